@@ -1,0 +1,52 @@
+"""`neo-sim`: what-if runs, policy comparisons, sweeps and cost-model inspection.
+
+Each subcommand lives in its own module with `add_parser(subparsers)` and `run(args) -> int`.
+User mistakes raise NeoError anywhere below; `main` prints them as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from neo_sim import __version__
+from neo_sim.cli import cost, plan
+from neo_sim.errors import NeoError
+
+COMMANDS = [plan, cost]
+
+EPILOG = """examples:
+  neo-sim plan --hardware t4 --model llama-2-7b --requests 64 --input-len 400 --output-len 50
+  neo-sim cost --hardware t4 --model llama-2-7b --op cpu_decode_attn --sizes 1024,8192 --batch 8
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neo-sim", description=__doc__.splitlines()[0], epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"neo-sim {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except NeoError as exc:
+        print(f"neo-sim: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The cost model: per-layer seconds of each stage of a Llama layer on one machine.
+
+DESIGN.md section 3. The scheduler prices its candidate plans with it and the simulator advances
+its clock with it. Two implementations: `RooflineCostModel` here (from specs and efficiency
+factors) and `ProfiledCostModel` in `neo_sim.profiled` (from a measured or derived profile).
+
+Argument conventions (fixed by the interface, mind the order of the two decode ops):
+- `linear(num_tokens)`: pre- plus post-projection GEMMs of `num_tokens` tokens;
+- `prefill_attn(prompt_lens)`: causal attention of each prompt, summed;
+- `gpu_decode_attn(total_tokens, batch)`: paged decode attention, `batch` requests attending
+  over `total_tokens` cached tokens in all;
+- `cpu_decode_attn(batch, total_tokens)`: the same on the host CPU;
+- `h2d(num_bytes)`, `d2h(num_bytes)`: one PCIe copy (all GPUs of a TP group together);
+- `launch`: fixed per-layer cost of issuing a layer's CPU work (dispatch and synchronisation);
+- `lm_head(num_seqs)`: per *iteration*, not per layer: final norm, LM head and sampling.
+All return seconds (float) and 0.0 for empty work.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from neo_sim.errors import NeoError
+from neo_sim.hardware import HardwareSpec
+from neo_sim.model import ModelSpec
+
+
+class CostModel(ABC):
+    """Per-layer cost of each stage, in seconds. Pure Python: the scheduler calls it."""
+
+    model: ModelSpec
+    description: str
+
+    @abstractmethod
+    def linear(self, num_tokens: int) -> float:
+        """Pre- and post-projection of `num_tokens` tokens (one layer)."""
+
+    @abstractmethod
+    def prefill_attn(self, prompt_lens: Sequence[int]) -> float:
+        """Causal self-attention of each prompt in `prompt_lens` (one layer)."""
+
+    @abstractmethod
+    def gpu_decode_attn(self, total_tokens: int, batch: int) -> float:
+        """Paged decode attention on the GPU: `batch` queries over `total_tokens` cached tokens."""
+
+    @abstractmethod
+    def cpu_decode_attn(self, batch: int, total_tokens: int) -> float:
+        """Decode attention on the host CPU: `batch` queries over `total_tokens` cached tokens."""
+
+    @abstractmethod
+    def h2d(self, num_bytes: float) -> float:
+        """One host-to-device copy of `num_bytes`."""
+
+    @abstractmethod
+    def d2h(self, num_bytes: float) -> float:
+        """One device-to-host copy of `num_bytes`."""
+
+    @property
+    @abstractmethod
+    def launch(self) -> float:
+        """Fixed per-layer cost of issuing a sub-batch's CPU attention."""
+
+    @abstractmethod
+    def lm_head(self, num_seqs: int) -> float:
+        """Per iteration: final norm, LM head GEMM and sampling for `num_seqs` sequences."""
+
+    # Helpers shared by every implementation --------------------------------------------------
+    def qkv_bytes(self, batch: int) -> int:
+        """Bytes of one layer's new q, k, v for `batch` CPU-decode requests (device to host)."""
+        m = self.model
+        return batch * (m.q_size + 2 * m.kv_size) * m.kv_dtype_bytes
+
+    def attn_out_bytes(self, batch: int) -> int:
+        """Bytes of one layer's attention output for `batch` CPU decodes (host to device)."""
+        m = self.model
+        return batch * m.q_size * m.dtype_bytes
+
+
+@dataclass(frozen=True)
+class Efficiencies:
+    """Fractions of datasheet peaks that real kernels achieve, plus fixed overheads.
+
+    Defaults are round, sourced assumptions, not fits to any result; a profile measured on real
+    hardware replaces all of them.
+    """
+
+    gpu_gemm: float = 0.7  # dense GEMMs reach 60-80% of tensor peak at large sizes (assumption)
+    gpu_attn: float = 0.5  # flash-style prefill attention, ~50% of peak (assumption)
+    gpu_memory: float = 0.8  # streaming reads from HBM/GDDR, ~80% of peak (assumption)
+    cpu_memory: float = 0.9  # host kernel vs the host's *sustained* bandwidth (assumption)
+    cpu_compute: float = 0.5  # fp32 SIMD in a reduction-heavy kernel (assumption)
+    pcie: float = 0.8  # pinned-memory copies, ~80% of link rate (assumption)
+    interconnect: float = 0.7  # NCCL all-reduce bus bandwidth vs NVLink (assumption)
+    pcie_latency_s: float = 10e-6  # per copy (assumption)
+    collective_latency_s: float = 10e-6  # per all-reduce (assumption)
+    gpu_kernel_s: float = 5e-6  # per kernel launch on the GPU lane (assumption)
+    launch_s: float = 0.8e-3  # per layer of CPU attention; the artifact's constant [artifact]
+    sampling_s: float = 0.2e-3  # per iteration: sampling and bookkeeping (assumption)
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("gpu_gemm", "gpu_attn", "gpu_memory", "cpu_memory", "cpu_compute", "pcie",
+                     "interconnect"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise NeoError(f"efficiency {name} must be in (0, 1], got {value}")
+
+
+def _roofline(flops: float, flops_per_s: float, num_bytes: float, bytes_per_s: float) -> float:
+    return max(flops / flops_per_s, num_bytes / bytes_per_s)
+
+
+class RooflineCostModel(CostModel):
+    """Costs from datasheet peaks: each op takes the longer of its compute and memory time.
+
+    With tensor parallelism the GPU ops split across `tp` GPUs (plus two all-reduces per layer);
+    the host CPU attends for all of them, and each GPU has its own PCIe link.
+    """
+
+    def __init__(self, model: ModelSpec, hardware: HardwareSpec,
+                 efficiencies: Efficiencies | None = None):
+        self.model = model
+        self.hardware = hardware
+        self.eff = efficiencies or Efficiencies()
+        e, g = self.eff, hardware.gpu
+        self._tp = hardware.tp
+        self._gemm_flops = g.peak_flops_per_s * e.gpu_gemm
+        self._attn_flops = g.peak_flops_per_s * e.gpu_attn
+        self._gpu_bw = g.hbm_bytes_per_s * e.gpu_memory
+        self._cpu_bw = hardware.cpu.mem_bytes_per_s * e.cpu_memory
+        self._cpu_flops = hardware.cpu.peak_flops_per_s * e.cpu_compute
+        self.description = f"roofline: {model.name} on {hardware.name} (datasheet x efficiencies)"
+
+    # per layer ----------------------------------------------------------------------------
+    def linear(self, num_tokens: int) -> float:
+        if num_tokens <= 0:
+            return 0.0
+        m, tp = self.model, self._tp
+        flops = num_tokens * m.linear_flops_per_token_per_layer / tp
+        activations = num_tokens * (4 * m.hidden_size + 3 * m.intermediate_size) * m.dtype_bytes
+        num_bytes = (m.linear_weight_bytes_per_layer + activations) / tp
+        t = _roofline(flops, self._gemm_flops, num_bytes, self._gpu_bw) + 7 * self.eff.gpu_kernel_s
+        if tp > 1:
+            t += 2 * self._all_reduce(num_tokens * m.hidden_size * m.dtype_bytes)
+        return t
+
+    def prefill_attn(self, prompt_lens: Sequence[int]) -> float:
+        m, tp = self.model, self._tp
+        total = 0.0
+        for length in prompt_lens:
+            if length <= 0:
+                continue
+            flops = m.attn_flops_per_query_key * length * (length + 1) / 2 / tp
+            num_bytes = length * (2 * m.q_size + 2 * m.kv_size) * m.dtype_bytes / tp
+            total += _roofline(flops, self._attn_flops, num_bytes, self._gpu_bw)
+        return total + (self.eff.gpu_kernel_s if total else 0.0)
+
+    def gpu_decode_attn(self, total_tokens: int, batch: int) -> float:
+        if batch <= 0:
+            return 0.0
+        m, tp = self.model, self._tp
+        flops = m.attn_flops_per_query_key * total_tokens / tp
+        num_bytes = (total_tokens * m.kv_bytes_per_token_per_layer
+                     + batch * 2 * m.q_size * m.dtype_bytes) / tp
+        return _roofline(flops, self._attn_flops, num_bytes, self._gpu_bw) + self.eff.gpu_kernel_s
+
+    def cpu_decode_attn(self, batch: int, total_tokens: int) -> float:
+        if batch <= 0:
+            return 0.0
+        m = self.model
+        flops = m.attn_flops_per_query_key * total_tokens
+        num_bytes = total_tokens * m.kv_bytes_per_token_per_layer
+        return _roofline(flops, self._cpu_flops, num_bytes, self._cpu_bw)
+
+    def h2d(self, num_bytes: float) -> float:
+        return self._copy(num_bytes, self.hardware.pcie_h2d_bytes_per_s)
+
+    def d2h(self, num_bytes: float) -> float:
+        return self._copy(num_bytes, self.hardware.pcie_d2h_bytes_per_s)
+
+    @property
+    def launch(self) -> float:
+        return self.eff.launch_s
+
+    # per iteration ------------------------------------------------------------------------
+    def lm_head(self, num_seqs: int) -> float:
+        if num_seqs <= 0:
+            return 0.0
+        m, tp = self.model, self._tp
+        flops = num_seqs * m.lm_head_flops_per_token / tp
+        num_bytes = m.lm_head_weight_bytes / tp
+        return _roofline(flops, self._gemm_flops, num_bytes, self._gpu_bw) + self.eff.sampling_s
+
+    # internals ----------------------------------------------------------------------------
+    def _copy(self, num_bytes: float, link_bytes_per_s: float) -> float:
+        if num_bytes <= 0:
+            return 0.0
+        bandwidth = link_bytes_per_s * self.eff.pcie * self._tp
+        return self.eff.pcie_latency_s + num_bytes / bandwidth
+
+    def _all_reduce(self, num_bytes: float) -> float:
+        tp = self._tp
+        bus = self.hardware.interconnect_bytes_per_s * self.eff.interconnect
+        return self.eff.collective_latency_s + 2 * (tp - 1) / tp * num_bytes / bus

@@ -1,0 +1,11 @@
+"""The one exception type for user mistakes.
+
+Every bad input a user can give (an unknown preset, a malformed profile, a negative size)
+raises `NeoError` with a message that names the input and the fix. The command-line tools print
+that message as one line and exit with status 2; nothing else is caught there, so a stack trace
+always means a bug in neo, not in the input.
+"""
+
+
+class NeoError(ValueError):
+    """A user-facing error: bad input, with a message that says what and how to fix it."""

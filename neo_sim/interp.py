@@ -1,0 +1,83 @@
+"""Piecewise-linear lookup tables in pure Python.
+
+The scheduler prices hundreds of candidate sub-batches per iteration, so a lookup must cost a
+microsecond, not the tens of microseconds of numpy/scipy calls on scalars. These tables are
+exact on their grid points and linear between them; outside the grid they report so, and the
+caller extrapolates (see `neo_sim.profiled`).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+
+
+def _check_axis(values: Sequence[float], what: str) -> list[float]:
+    axis = [float(v) for v in values]
+    if not axis:
+        raise ValueError(f"{what}: empty grid")
+    if any(b <= a for a, b in zip(axis, axis[1:])):
+        raise ValueError(f"{what}: grid must be strictly increasing")
+    return axis
+
+
+def _bracket(axis: list[float], x: float) -> tuple[int, float]:
+    """Index i and weight w so that x = (1-w)*axis[i] + w*axis[i+1], clamped to the grid."""
+    if len(axis) == 1 or x <= axis[0]:
+        return 0, 0.0
+    if x >= axis[-1]:
+        return len(axis) - 2, 1.0
+    i = bisect_right(axis, x) - 1
+    return i, (x - axis[i]) / (axis[i + 1] - axis[i])
+
+
+class Table1D:
+    """y(x) on a strictly increasing grid."""
+
+    def __init__(self, xs: Sequence[float], ys: Sequence[float], what: str = "table"):
+        self.xs = _check_axis(xs, what)
+        self.ys = [float(y) for y in ys]
+        if len(self.ys) != len(self.xs):
+            raise ValueError(f"{what}: {len(self.xs)} grid points but {len(self.ys)} values")
+
+    def contains(self, x: float) -> bool:
+        return self.xs[0] <= x <= self.xs[-1]
+
+    def clamp(self, x: float) -> float:
+        return min(max(x, self.xs[0]), self.xs[-1])
+
+    def __call__(self, x: float) -> float:
+        """Linear interpolation, clamped to the end values outside the grid."""
+        if len(self.xs) == 1:
+            return self.ys[0]
+        i, w = _bracket(self.xs, x)
+        return self.ys[i] + w * (self.ys[i + 1] - self.ys[i])
+
+
+class Table2D:
+    """z(x, y) on a rectangular grid; `zs[i][j]` belongs to (xs[i], ys[j])."""
+
+    def __init__(self, xs: Sequence[float], ys: Sequence[float], zs: Sequence[Sequence[float]],
+                 what: str = "table"):
+        self.xs = _check_axis(xs, f"{what} (first axis)")
+        self.ys = _check_axis(ys, f"{what} (second axis)")
+        if len(zs) != len(self.xs) or any(len(row) != len(self.ys) for row in zs):
+            raise ValueError(f"{what}: values must be a {len(self.xs)} x {len(self.ys)} matrix")
+        self.zs = [[float(z) for z in row] for row in zs]
+
+    def contains(self, x: float, y: float) -> bool:
+        return self.xs[0] <= x <= self.xs[-1] and self.ys[0] <= y <= self.ys[-1]
+
+    def clamp(self, x: float, y: float) -> tuple[float, float]:
+        return (min(max(x, self.xs[0]), self.xs[-1]), min(max(y, self.ys[0]), self.ys[-1]))
+
+    def __call__(self, x: float, y: float) -> float:
+        """Bilinear interpolation, clamped to the grid's edges outside it."""
+        i, wx = _bracket(self.xs, x)
+        j, wy = _bracket(self.ys, y)
+        zs = self.zs
+        i1 = min(i + 1, len(self.xs) - 1)
+        j1 = min(j + 1, len(self.ys) - 1)
+        low = zs[i][j] + wy * (zs[i][j1] - zs[i][j])
+        high = zs[i1][j] + wy * (zs[i1][j1] - zs[i1][j])
+        return low + wx * (high - low)

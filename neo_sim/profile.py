@@ -1,0 +1,248 @@
+"""The profile file: measured (or derived) operator times of one model on one machine.
+
+A profile is JSON:
+
+    {
+      "schema_version": 1,
+      "name": "t4-llama-2-7b",
+      "hardware": {HardwareSpec fields, every figure with a source},
+      "model": {ModelSpec fields},
+      "provenance": {"kind": "measured" | "derived", "date": "YYYY-MM-DD", "tool": "...",
+                     "notes": "...", "sources": [...], "machine": {...}},
+      "samples": {
+        "linear":          {"num_tokens": [...], "seconds": [...]},
+        "prefill_attn":    {"prompt_len": [...], "seconds": [...]},
+        "lm_head":         {"num_seqs":   [...], "seconds": [...]},
+        "h2d":             {"bytes":      [...], "seconds": [...]},
+        "d2h":             {"bytes":      [...], "seconds": [...]},
+        "gpu_decode_attn": {"batch": [...], "context_len": [...], "seconds": [[...], ...]},
+        "cpu_decode_attn": {"batch": [...], "context_len": [...], "seconds": [[...], ...]},
+        "launch":          {"seconds": 0.0008}
+      },
+      "fit": {op: {"fixed_s", "per_item_s", "flops_per_s", "bytes_per_s"}}   (optional)
+    }
+
+Times are per layer (lm_head: per iteration), in seconds. For the decode ops `context_len` is
+the mean context per request, so `seconds[i][j]` is the time of `batch[i]` requests over
+`batch[i] * context_len[j]` cached tokens. Loading validates everything and raises `NeoError`
+with one line naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neo_sim.errors import NeoError
+from neo_sim.fitting import OPS_1D, OPS_2D, RooflineFit, fit_roofline, work
+from neo_sim.hardware import HardwareSpec
+from neo_sim.model import ModelSpec
+
+SCHEMA_VERSION = 1
+OPS = (*OPS_1D, *OPS_2D, "launch")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How a profile was obtained: `measured` on a machine or `derived` from cited specs."""
+
+    kind: str
+    date: str
+    tool: str
+    notes: str = ""
+    sources: tuple[str, ...] = ()
+    machine: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Samples1D:
+    xs: tuple[float, ...]
+    seconds: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Samples2D:
+    batch: tuple[float, ...]
+    context_len: tuple[float, ...]
+    seconds: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    hardware: HardwareSpec
+    model: ModelSpec
+    provenance: Provenance
+    samples: dict[str, Samples1D | Samples2D]
+    launch_s: float
+    fits: dict[str, RooflineFit]
+    path: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        samples: dict[str, Any] = {}
+        for op, s in self.samples.items():
+            if isinstance(s, Samples1D):
+                samples[op] = {OPS_1D[op]: list(s.xs), "seconds": list(s.seconds)}
+            else:
+                samples[op] = {"batch": list(s.batch), "context_len": list(s.context_len),
+                               "seconds": [list(row) for row in s.seconds]}
+        samples["launch"] = {"seconds": self.launch_s}
+        p = self.provenance
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "hardware": self.hardware.to_dict(),
+            "model": self.model.to_dict(),
+            "provenance": {"kind": p.kind, "date": p.date, "tool": p.tool, "notes": p.notes,
+                           "sources": list(p.sources), "machine": dict(p.machine)},
+            "samples": samples,
+            "fit": {op: f.to_dict() for op, f in self.fits.items()},
+        }
+
+
+def fit_samples(model: ModelSpec, samples: dict[str, Samples1D | Samples2D]) -> dict[str, RooflineFit]:
+    """Fit every operator's samples (needs scipy)."""
+    fits = {}
+    for op, s in samples.items():
+        works, seconds = [], []
+        if isinstance(s, Samples1D):
+            for x, t in zip(s.xs, s.seconds):
+                works.append(work(op, model, x))
+                seconds.append(t)
+        else:
+            for b, row in zip(s.batch, s.seconds):
+                for length, t in zip(s.context_len, row):
+                    works.append(work(op, model, b * length, b))
+                    seconds.append(t)
+        fits[op] = fit_roofline(works, seconds)
+    return fits
+
+
+def make_profile(name: str, hardware: HardwareSpec, model: ModelSpec, provenance: Provenance,
+                 samples: dict[str, Samples1D | Samples2D], launch_s: float) -> Profile:
+    """Assemble a profile from samples, fitting each operator."""
+    return Profile(name, hardware, model, provenance, dict(samples), float(launch_s),
+                   fit_samples(model, samples))
+
+
+def save_profile(profile: Profile, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
+    return path
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile file; any problem raises NeoError naming file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise NeoError(f"{path}: no such profile file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NeoError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return profile_from_dict(data, str(path))
+
+
+def profile_from_dict(data: Any, where: str = "profile") -> Profile:
+    v = _Validator(where)
+    if not isinstance(data, dict):
+        v.fail("", "expected a JSON object")
+    version = v.get(data, "schema_version", int)
+    if version > SCHEMA_VERSION:
+        v.fail("schema_version", f"version {version} is newer than this neo understands "
+               f"({SCHEMA_VERSION}); upgrade neo")
+    if version < 1:
+        v.fail("schema_version", f"must be >= 1, got {version}")
+    name = v.get(data, "name", str)
+    hardware = _wrap(lambda: HardwareSpec.from_dict(v.get(data, "hardware", dict)), where, "hardware")
+    model = _wrap(lambda: ModelSpec.from_dict(v.get(data, "model", dict)), where, "model")
+    prov = v.get(data, "provenance", dict)
+    kind = v.get(prov, "kind", str, "provenance.kind")
+    if kind not in ("measured", "derived"):
+        v.fail("provenance.kind", f"must be 'measured' or 'derived', got {kind!r}")
+    provenance = Provenance(kind, v.get(prov, "date", str, "provenance.date"),
+                            v.get(prov, "tool", str, "provenance.tool"), str(prov.get("notes", "")),
+                            tuple(prov.get("sources", ())), dict(prov.get("machine", {})))
+    raw = v.get(data, "samples", dict)
+    samples: dict[str, Samples1D | Samples2D] = {}
+    for op in OPS_1D:
+        s = v.get(raw, op, dict, f"samples.{op}")
+        xs = v.numbers(s, OPS_1D[op], f"samples.{op}.{OPS_1D[op]}", increasing=True)
+        secs = v.numbers(s, "seconds", f"samples.{op}.seconds", length=len(xs))
+        samples[op] = Samples1D(xs, secs)
+    for op in OPS_2D:
+        s = v.get(raw, op, dict, f"samples.{op}")
+        batch = v.numbers(s, "batch", f"samples.{op}.batch", increasing=True)
+        ctx = v.numbers(s, "context_len", f"samples.{op}.context_len", increasing=True)
+        rows = v.get(s, "seconds", list, f"samples.{op}.seconds")
+        if len(rows) != len(batch):
+            v.fail(f"samples.{op}.seconds", f"expected {len(batch)} rows (one per batch size)")
+        secs2 = tuple(v.numbers({"r": row}, "r", f"samples.{op}.seconds[{i}]", length=len(ctx))
+                      for i, row in enumerate(rows))
+        samples[op] = Samples2D(batch, ctx, secs2)
+    launch = v.get(v.get(raw, "launch", dict, "samples.launch"), "seconds", (int, float),
+                   "samples.launch.seconds")
+    if not (launch >= 0 and math.isfinite(launch)):
+        v.fail("samples.launch.seconds", f"must be a finite number >= 0, got {launch}")
+    fits_raw = data.get("fit")
+    if fits_raw:
+        fits = {}
+        for op in (*OPS_1D, *OPS_2D):
+            entry = v.get(fits_raw, op, dict, f"fit.{op}")
+            fits[op] = _wrap(lambda entry=entry: RooflineFit.from_dict(entry), where, f"fit.{op}")
+    else:
+        fits = fit_samples(model, samples)
+    return Profile(name, hardware, model, provenance, samples, float(launch), fits, where)
+
+
+def _wrap(build, where: str, field_name: str):
+    try:
+        return build()
+    except NeoError as exc:
+        message = str(exc)
+        if message.startswith(where):
+            raise
+        raise NeoError(f"{where}: field '{field_name}': {message}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise NeoError(f"{where}: field '{field_name}': {exc}") from None
+
+
+class _Validator:
+    """Field access that fails with `file: field 'a.b': what is wrong`."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, field_name: str, message: str):
+        label = f" field '{field_name}':" if field_name else ""
+        raise NeoError(f"{self.where}:{label} {message}")
+
+    def get(self, obj: dict, key: str, kind, label: str | None = None):
+        label = label or key
+        if not isinstance(obj, dict) or key not in obj:
+            self.fail(label, "missing")
+        value = obj[key]
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            self.fail(label, f"expected {names}, got {type(value).__name__}")
+        return value
+
+    def numbers(self, obj: dict, key: str, label: str, length: int | None = None,
+                increasing: bool = False) -> tuple[float, ...]:
+        values = self.get(obj, key, list, label)
+        if not values:
+            self.fail(label, "empty list")
+        if length is not None and len(values) != length:
+            self.fail(label, f"expected {length} values, got {len(values)}")
+        for i, x in enumerate(values):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                self.fail(label, f"item {i} is not a finite number: {x!r}")
+            if x <= 0:
+                self.fail(label, f"item {i} must be positive, got {x}")
+        if increasing and any(b <= a for a, b in zip(values, values[1:])):
+            self.fail(label, "must be strictly increasing")
+        return tuple(float(x) for x in values)

@@ -1,0 +1,116 @@
+"""ProfiledCostModel: operator costs from a profile's measured grid and its fits.
+
+Inside the grid a lookup interpolates the measured samples (exact on grid points). Outside it,
+the roofline-shaped fit gives the shape and the nearest grid value the level:
+`t(x) = table(edge) * fit(x) / fit(edge)`, so the curve stays continuous at the grid's edge and
+grows like the physics says (flat when overhead-bound, linear when bound by bytes or FLOPs).
+
+Given a model other than the profile's, every lookup uses the fit with that model's FLOPs and
+bytes (the fit's parameters are machine rates, see `neo_sim.fitting`). How well that predicts
+is measured by `neo-profile check`, not assumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+
+from neo_sim.costmodel import CostModel
+from neo_sim.fitting import OPS_1D, work
+from neo_sim.interp import Table1D, Table2D
+from neo_sim.model import ModelSpec
+from neo_sim.profile import Profile, Samples1D
+
+
+class Lookup(str, Enum):
+    """How a prediction was made."""
+
+    INTERPOLATED = "interpolated"
+    EXTRAPOLATED = "extrapolated"
+    SCALED = "scaled"  # another model: the fit with that model's FLOPs and bytes
+
+
+def same_dimensions(a: ModelSpec, b: ModelSpec) -> bool:
+    """Whether two specs have the same layer shapes and dtypes (names may differ)."""
+    keys = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+            "intermediate_size", "vocab_size", "dtype", "kv_dtype")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+class ProfiledCostModel(CostModel):
+    def __init__(self, profile: Profile, model: ModelSpec | None = None):
+        self.profile = profile
+        self.hardware = profile.hardware
+        self.model = model or profile.model
+        self.scaled = not same_dimensions(self.model, profile.model)
+        self._tables: dict[str, Table1D | Table2D] = {}
+        for op, s in profile.samples.items():
+            if isinstance(s, Samples1D):
+                self._tables[op] = Table1D(s.xs, s.seconds, op)
+            else:
+                self._tables[op] = Table2D(s.batch, s.context_len, s.seconds, op)
+        self._fits = profile.fits
+        how = (f"scaled from {profile.model.name} by FLOPs and bytes" if self.scaled
+               else "interpolated, roofline-extrapolated")
+        self.description = (f"profile {profile.name} ({profile.provenance.kind}"
+                            f"{', ' + profile.provenance.date if profile.provenance.date else ''}): "
+                            f"{self.model.name}, {how}")
+
+    # the lookups --------------------------------------------------------------------------
+    def explain(self, op: str, size: float, batch: float = 0.0) -> tuple[float, Lookup]:
+        """Seconds of one call of `op` and how it was obtained.
+
+        `size` is the operator's natural size (tokens, prompt length, sequences, bytes; total
+        cached tokens for the decode ops, with `batch` requests).
+        """
+        fit = self._fits[op]
+        if self.scaled:
+            return fit.predict(work(op, self.model, size, batch)), Lookup.SCALED
+        table = self._tables[op]
+        if op in OPS_1D:
+            if table.contains(size):
+                return table(size), Lookup.INTERPOLATED
+            edge = table.clamp(size)
+            return self._extrapolate(table(edge), fit, op, size, 0, edge, 0), Lookup.EXTRAPOLATED
+        context = size / batch
+        if table.contains(batch, context):
+            return table(batch, context), Lookup.INTERPOLATED
+        b_edge, c_edge = table.clamp(batch, context)
+        value = self._extrapolate(table(b_edge, c_edge), fit, op, size, batch,
+                                  b_edge * c_edge, b_edge)
+        return value, Lookup.EXTRAPOLATED
+
+    def _extrapolate(self, edge_value, fit, op, size, batch, edge_size, edge_batch) -> float:
+        at_edge = fit.predict(work(op, self.model, edge_size, edge_batch))
+        here = fit.predict(work(op, self.model, size, batch))
+        return edge_value * here / at_edge
+
+    # CostModel ----------------------------------------------------------------------------
+    def linear(self, num_tokens: int) -> float:
+        return self.explain("linear", num_tokens)[0] if num_tokens > 0 else 0.0
+
+    def prefill_attn(self, prompt_lens: Sequence[int]) -> float:
+        return sum(self.explain("prefill_attn", n)[0] for n in prompt_lens if n > 0)
+
+    def gpu_decode_attn(self, total_tokens: int, batch: int) -> float:
+        if batch <= 0:
+            return 0.0
+        return self.explain("gpu_decode_attn", max(total_tokens, batch), batch)[0]
+
+    def cpu_decode_attn(self, batch: int, total_tokens: int) -> float:
+        if batch <= 0:
+            return 0.0
+        return self.explain("cpu_decode_attn", max(total_tokens, batch), batch)[0]
+
+    def h2d(self, num_bytes: float) -> float:
+        return self.explain("h2d", num_bytes)[0] if num_bytes > 0 else 0.0
+
+    def d2h(self, num_bytes: float) -> float:
+        return self.explain("d2h", num_bytes)[0] if num_bytes > 0 else 0.0
+
+    @property
+    def launch(self) -> float:
+        return self.profile.launch_s
+
+    def lm_head(self, num_seqs: int) -> float:
+        return self.explain("lm_head", num_seqs)[0] if num_seqs > 0 else 0.0

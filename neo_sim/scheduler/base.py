@@ -1,0 +1,207 @@
+"""What every policy shares: the config, the queues, the request lifecycle and its contract.
+
+Policy API (the simulator and the engine call exactly this):
+- `add(requests)`: enqueue new requests (FCFS by call order);
+- `step(now) -> Plan`: decide the next iteration; blocks are allocated and swaps applied in
+  the scheduler's books before it returns, so the executor reads block tables from `kv`;
+- `complete(plan, finished=())`: the iteration ran; advance every request in it, retire those
+  that reached `max_new_tokens` or are listed in `finished` (EOS/stop, from the engine);
+  returns the retired requests;
+- `abort(request_id)`: drop a request wherever it is and free its blocks.
+No clock, no I/O: `now` is only recorded. The cost model is injected at construction.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from neo_sim.costmodel import CostModel
+from neo_sim.errors import NeoError
+from neo_sim.scheduler.kv import KVManager, blocks_for
+from neo_sim.scheduler.plan import Plan
+from neo_sim.scheduler.request import Request, RequestState
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Capacities and budgets (DESIGN.md section 1, "State")."""
+
+    num_gpu_blocks: int
+    num_cpu_blocks: int
+    block_size: int = 16
+    max_batch_size: int = 256  # sequences per iteration
+    max_num_seqs: int = 512  # request slots: requests resident on GPU or CPU
+    max_batch_tokens: int = 4096  # tokens per iteration
+    swap_in_watermark: float = 0.95  # swap CPU decodes back while GPU usage stays under this
+    cpu_prefill_min_tokens: int = 128  # NEO keeps at least this width when trimming CPU prefills
+    max_cpu_wait_steps: int = 16  # starvation bound: a CPU decode waits at most this many steps
+    chunked_prefill_tokens: int = 0  # gpu-only: 0 = whole prompts; else the token budget
+
+    def __post_init__(self) -> None:
+        checks = {
+            "num_gpu_blocks": self.num_gpu_blocks >= 0,
+            "num_cpu_blocks": self.num_cpu_blocks >= 0,
+            "block_size": self.block_size >= 1,
+            "max_batch_size": self.max_batch_size >= 1,
+            "max_num_seqs": self.max_num_seqs >= 1,
+            "max_batch_tokens": self.max_batch_tokens >= 1,
+            "swap_in_watermark": 0 < self.swap_in_watermark <= 1,
+            "cpu_prefill_min_tokens": self.cpu_prefill_min_tokens >= 0,
+            "max_cpu_wait_steps": self.max_cpu_wait_steps >= 1,
+            "chunked_prefill_tokens": self.chunked_prefill_tokens >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise NeoError(f"scheduler config: invalid {name} = {getattr(self, name)!r}")
+
+
+class Budget:
+    """Sequences and tokens left in this iteration."""
+
+    def __init__(self, seqs: int, tokens: int):
+        self.seqs, self.tokens = seqs, tokens
+
+    def take(self, tokens: int) -> bool:
+        if self.seqs >= 1 and self.tokens >= tokens:
+            self.seqs -= 1
+            self.tokens -= tokens
+            return True
+        return False
+
+    def give(self, tokens: int) -> None:
+        self.seqs += 1
+        self.tokens += tokens
+
+
+class Policy(ABC):
+    """Queues and lifecycle shared by all policies; subclasses implement `step`."""
+
+    name = "policy"
+
+    def __init__(self, config: SchedulerConfig, cost: CostModel):
+        self.config = config
+        self.cost = cost
+        self.kv = KVManager(config.num_gpu_blocks, config.num_cpu_blocks, config.block_size)
+        self.requests: dict[int, Request] = {}
+        self.waiting: deque[Request] = deque()
+        self.gpu_running: dict[int, Request] = {}  # admission order
+        self.cpu_running: dict[int, Request] = {}  # admission order (NEO's CPU decodes)
+        self.swapped: dict[int, Request] = {}  # gpu-only: parked on the host
+        self.step_index = 0
+        self.now = 0.0
+        self._admitted = 0
+
+    # ---- the contract ----------------------------------------------------------------------
+    def add(self, requests: Iterable[Request] | Request) -> None:
+        if isinstance(requests, Request):
+            requests = [requests]
+        for r in requests:
+            if r.request_id in self.requests:
+                raise NeoError(f"request id {r.request_id} is already in the scheduler")
+            limit = self.max_seq_tokens()
+            if r.max_seq_len > limit:
+                raise NeoError(
+                    f"request {r.request_id}: prompt {r.prompt_len} + max_new_tokens "
+                    f"{r.max_new_tokens} tokens can never fit the KV pools of policy "
+                    f"{self.name} ({limit} tokens); raise the KV capacity or shorten it"
+                )
+            if r.max_seq_len > self.max_prompt_tokens():
+                # A preempted request re-prefills prompt + outputs in one iteration.
+                raise NeoError(
+                    f"request {r.request_id}: prompt {r.prompt_len} + max_new_tokens "
+                    f"{r.max_new_tokens} exceeds the {self.max_prompt_tokens()}-token "
+                    "per-iteration budget; raise max_batch_tokens or enable chunked prefill"
+                )
+            r.state = RequestState.WAITING
+            self.requests[r.request_id] = r
+            self.waiting.append(r)
+
+    @abstractmethod
+    def step(self, now: float = 0.0) -> Plan:
+        """Decide the next iteration."""
+
+    def complete(self, plan: Plan, finished: Iterable[int] = ()) -> list[Request]:
+        stop = set(finished)
+        done: list[Request] = []
+        for sb in plan.sub_batches:
+            for p in sb.prefills:
+                self._advance(self.requests.get(p.request_id), p.end, stop, done)
+            for d in (*sb.gpu_decodes, *sb.cpu_decodes):
+                self._advance(self.requests.get(d.request_id), d.context_len, stop, done)
+        return done
+
+    def abort(self, request_id: int) -> bool:
+        r = self.requests.get(request_id)
+        if r is None or r.is_done:
+            return False
+        self._retire(r, RequestState.ABORTED)
+        return True
+
+    # ---- views -----------------------------------------------------------------------------
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.gpu_running or self.cpu_running or self.swapped)
+
+    @property
+    def num_resident(self) -> int:
+        return len(self.gpu_running) + len(self.cpu_running)
+
+    def max_seq_tokens(self) -> int:
+        """Longest sequence this policy can ever hold (checked at `add`)."""
+        return max(self.kv.gpu.num_blocks, self.kv.cpu.num_blocks) * self.config.block_size
+
+    def max_prompt_tokens(self) -> int:
+        if self.config.chunked_prefill_tokens:
+            return self.max_seq_tokens()
+        return self.config.max_batch_tokens
+
+    # ---- shared mechanics ------------------------------------------------------------------
+    def _advance(self, r: Request | None, end: int, stop: set[int], done: list[Request]) -> None:
+        if r is None or r.is_done:
+            return  # aborted while the iteration ran
+        r.num_computed = end
+        r.last_progress_step = self.step_index
+        if r.state == RequestState.RUNNING_CPU:
+            r.cpu_steps += 1
+        else:
+            r.gpu_steps += 1
+        if end >= r.seq_len:
+            r.num_generated += 1
+            if r.num_generated >= r.max_new_tokens or r.request_id in stop:
+                self._retire(r, RequestState.FINISHED)
+                done.append(r)
+
+    def _retire(self, r: Request, state: RequestState) -> None:
+        rid = r.request_id
+        self.gpu_running.pop(rid, None)
+        self.cpu_running.pop(rid, None)
+        self.swapped.pop(rid, None)
+        if r.state == RequestState.WAITING:
+            try:
+                self.waiting.remove(r)
+            except ValueError:
+                pass
+        self.kv.free(rid)
+        r.state = state
+        del self.requests[rid]
+
+    def _mark_admitted(self, r: Request) -> None:
+        if r.admit_order < 0:
+            r.admit_order = self._admitted
+            self._admitted += 1
+
+    def _blocks(self, num_tokens: int) -> int:
+        return blocks_for(num_tokens, self.config.block_size)
+
+    def _recompute(self, r: Request) -> None:
+        """Preempt by dropping KV: the request re-prefills its prompt and outputs so far."""
+        self.gpu_running.pop(r.request_id, None)
+        self.cpu_running.pop(r.request_id, None)
+        self.kv.free(r.request_id)
+        r.num_computed = 0
+        r.num_preemptions += 1
+        r.state = RequestState.WAITING
+        self.waiting.appendleft(r)

@@ -1,0 +1,147 @@
+"""The scheduler's own estimate of an iteration: per-layer lane times, slack, duration.
+
+DESIGN.md section 1, with the PCIe terms the artifact leaves out. Per layer, for sub-batch b:
+- gpu_s(b) = linear(S_b) + prefill_attn(b) + gpu_decode_attn(b);
+- cpu_s(b) = d2h(q,k,v) + cpu_decode_attn(b) + h2d(attention output) + launch, if b has CPU
+  decodes, else 0;
+- offload_s(b) = d2h of the fresh KV of b's CPU-placed prefills (a copy engine, overlapped).
+Pipelined: slack[j] = linear(S_other) + prefill_attn(j) + gpu_decode_attn(j) - cpu_s(j), and a
+layer takes gpu_s(0) + gpu_s(1) plus any negative slack (the GPU waits for the CPU).
+Sequential: a layer takes linear + max(GPU attention, CPU attention).
+Per iteration add the LM head, and swap copies (not overlapped: a conservative estimate).
+
+`SubBatchBuilder` keeps these sums incrementally so that NEO's greedy loop prices a candidate
+with a few cost-model lookups, not a rescan of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from neo_sim.costmodel import CostModel
+from neo_sim.scheduler.plan import DecodeWork, PrefillWork, SubBatch, Swap
+from neo_sim.scheduler.request import Device
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """Per-layer seconds of one sub-batch on each lane."""
+
+    linear_s: float
+    gpu_attn_s: float  # prefill + GPU decode attention
+    cpu_s: float  # CPU attention with its q/k/v and output copies and launch
+    offload_s: float  # d2h of CPU-placed prefills' KV
+
+    @property
+    def gpu_s(self) -> float:
+        return self.linear_s + self.gpu_attn_s
+
+
+class SubBatchBuilder:
+    """A sub-batch under construction, with running cost sums."""
+
+    def __init__(self, cost: CostModel):
+        self.cost = cost
+        self.prefills: list[PrefillWork] = []
+        self.gpu_decodes: list[DecodeWork] = []
+        self.cpu_decodes: list[DecodeWork] = []
+        self.num_tokens = 0
+        self.prefill_attn_s = 0.0
+        self.gpu_decode_tokens = 0
+        self.cpu_decode_tokens = 0
+        self.cpu_prefill_tokens = 0
+        self._cache: LayerTimes | None = None
+
+    # mutation -----------------------------------------------------------------------------
+    def add_prefill(self, work: PrefillWork) -> None:
+        self.prefills.append(work)
+        self._account_prefill(work, +1)
+
+    def pop_prefill(self) -> PrefillWork:
+        work = self.prefills.pop()
+        self._account_prefill(work, -1)
+        return work
+
+    def add_gpu_decode(self, work: DecodeWork) -> None:
+        self.gpu_decodes.append(work)
+        self.num_tokens += 1
+        self.gpu_decode_tokens += work.context_len
+        self._cache = None
+
+    def add_cpu_decode(self, work: DecodeWork) -> None:
+        self.cpu_decodes.append(work)
+        self.num_tokens += 1
+        self.cpu_decode_tokens += work.context_len
+        self._cache = None
+
+    def pop_cpu_decode(self) -> DecodeWork:
+        work = self.cpu_decodes.pop()
+        self.num_tokens -= 1
+        self.cpu_decode_tokens -= work.context_len
+        self._cache = None
+        return work
+
+    def _account_prefill(self, work: PrefillWork, sign: int) -> None:
+        c = self.cost
+        attn = c.prefill_attn((work.end,)) - c.prefill_attn((work.start,)) if work.start else \
+            c.prefill_attn((work.end,))
+        self.num_tokens += sign * work.num_tokens
+        self.prefill_attn_s += sign * attn
+        if work.kv_device == Device.CPU:
+            self.cpu_prefill_tokens += sign * work.num_tokens
+        self._cache = None
+
+    # pricing ------------------------------------------------------------------------------
+    @property
+    def num_seqs(self) -> int:
+        return len(self.prefills) + len(self.gpu_decodes) + len(self.cpu_decodes)
+
+    def __bool__(self) -> bool:
+        return self.num_seqs > 0
+
+    def times(self) -> LayerTimes:
+        if self._cache is None:
+            c = self.cost
+            n_gdec, n_cdec = len(self.gpu_decodes), len(self.cpu_decodes)
+            gpu_attn = self.prefill_attn_s + c.gpu_decode_attn(self.gpu_decode_tokens, n_gdec)
+            cpu = 0.0
+            if n_cdec:
+                cpu = (c.d2h(c.qkv_bytes(n_cdec)) + c.cpu_decode_attn(n_cdec, self.cpu_decode_tokens)
+                       + c.h2d(c.attn_out_bytes(n_cdec)) + c.launch)
+            offload = c.d2h(self.cpu_prefill_tokens * c.model.kv_bytes_per_token_per_layer)
+            self._cache = LayerTimes(c.linear(self.num_tokens), gpu_attn, cpu, offload)
+        return self._cache
+
+    def freeze(self) -> SubBatch:
+        return SubBatch(tuple(self.prefills), tuple(self.gpu_decodes), tuple(self.cpu_decodes))
+
+
+def slacks(b0: SubBatchBuilder, b1: SubBatchBuilder) -> tuple[float, float]:
+    """Per-layer slack of each sub-batch's CPU work under the GPU work it overlaps."""
+    t0, t1 = b0.times(), b1.times()
+    return (t1.linear_s + t0.gpu_attn_s - t0.cpu_s, t0.linear_s + t1.gpu_attn_s - t1.cpu_s)
+
+
+def pipelined_layer_s(b0: SubBatchBuilder, b1: SubBatchBuilder) -> float:
+    t0, t1 = b0.times(), b1.times()
+    s0, s1 = slacks(b0, b1)
+    gpu = t0.gpu_s + t1.gpu_s + max(0.0, -s0) + max(0.0, -s1)
+    return max(gpu, t0.offload_s + t1.offload_s)
+
+
+def sequential_layer_s(b: SubBatchBuilder) -> float:
+    t = b.times()
+    return max(t.linear_s + max(t.gpu_attn_s, t.cpu_s), t.offload_s)
+
+
+def swap_s(cost: CostModel, swap_out: tuple[Swap, ...], swap_in: tuple[Swap, ...],
+           block_size: int) -> float:
+    """PCIe time of whole-request swaps (all layers), copied block by block."""
+    per_token = cost.model.kv_bytes_per_token
+    out_bytes = sum(len(s.src_blocks) for s in swap_out) * block_size * per_token
+    in_bytes = sum(len(s.src_blocks) for s in swap_in) * block_size * per_token
+    return cost.d2h(out_bytes) + cost.h2d(in_bytes)
+
+
+def iteration_s(cost: CostModel, layer_s: float, num_seqs: int) -> float:
+    return cost.model.num_layers * layer_s + cost.lm_head(num_seqs)

@@ -1,0 +1,130 @@
+"""GPU-only baseline: vLLM-like FCFS continuous batching (NEO's `always_use_gpu`).
+
+Every running request keeps its KV on the GPU. When the GPU pool (or the batch budget) runs
+short, the most recently admitted request is preempted: swapped to host memory if it fits
+there, else dropped and recomputed later. Swapped requests come back oldest first, before any
+new prefill is admitted. With `chunked_prefill_tokens` set (the paper's vllm-256/vllm-512
+baselines), decodes go first and prompts are cut into chunks that fill the token budget.
+"""
+
+from __future__ import annotations
+
+from neo_sim.scheduler.base import Budget, Policy
+from neo_sim.scheduler.estimate import SubBatchBuilder, iteration_s, sequential_layer_s, swap_s
+from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap
+from neo_sim.scheduler.request import Request, RequestState
+
+
+class GpuOnlyPolicy(Policy):
+    name = "gpu-only"
+
+    def max_seq_tokens(self) -> int:
+        return self.kv.gpu.num_blocks * self.config.block_size
+
+    def step(self, now: float = 0.0) -> Plan:
+        self.step_index += 1
+        self.now = now
+        cfg = self.config
+        budget = Budget(cfg.max_batch_size, cfg.chunked_prefill_tokens or cfg.max_batch_tokens)
+        swap_out, recomputed = self._preempt_until_decodes_fit(budget)
+        swap_in = () if (swap_out or recomputed) else self._swap_in(budget)
+        batch = SubBatchBuilder(self.cost)
+        self._schedule_running(batch, budget)
+        if not self.swapped:
+            self._admit(batch, budget)
+        layer_s = sequential_layer_s(batch)
+        predicted = iteration_s(self.cost, layer_s, batch.num_seqs) + swap_s(
+            self.cost, swap_out, swap_in, cfg.block_size)
+        return Plan(self.step_index, Mode.SEQUENTIAL, (batch.freeze(),), swap_out, swap_in,
+                    recomputed, predicted)
+
+    # ---- phases ----------------------------------------------------------------------------
+    def _preempt_until_decodes_fit(self, budget: Budget) -> tuple[tuple[Swap, ...], tuple[int, ...]]:
+        """Preempt the newest running requests until every decode has a slot and a block."""
+        gpu = self.kv.gpu
+        running = list(self.gpu_running.values())
+        decodes = [r for r in running if not r.is_prefilling]
+        need = sum(gpu.extra_blocks(r.request_id, r.seq_len) for r in decodes)
+        swaps: list[Swap] = []
+        recomputed: list[int] = []
+        while running and (need > gpu.num_free or len(decodes) > min(budget.seqs, budget.tokens)):
+            victim = running.pop()
+            if not victim.is_prefilling:
+                decodes.pop()
+                need -= gpu.extra_blocks(victim.request_id, victim.seq_len)
+            swap = self._preempt(victim)
+            if swap is None:
+                recomputed.append(victim.request_id)
+            else:
+                swaps.append(swap)
+        return tuple(swaps), tuple(recomputed)
+
+    def _preempt(self, r: Request) -> Swap | None:
+        cpu = self.kv.cpu
+        if r.is_prefilling or cpu.extra_blocks(r.request_id, r.num_computed) > cpu.num_free:
+            self._recompute(r)
+            return None
+        src, dst = self.kv.move(r.request_id, r.num_computed, to_gpu=False)
+        del self.gpu_running[r.request_id]
+        self.swapped[r.request_id] = r
+        r.state = RequestState.SWAPPED
+        r.num_preemptions += 1
+        r.num_swaps += 1
+        return Swap(r.request_id, r.num_computed, tuple(src), tuple(dst))
+
+    def _swap_in(self, budget: Budget) -> tuple[Swap, ...]:
+        gpu = self.kv.gpu
+        limit = self.config.swap_in_watermark * gpu.num_blocks
+        used = gpu.num_used + sum(gpu.extra_blocks(r.request_id, r.seq_len)
+                                  for r in self.gpu_running.values() if not r.is_prefilling)
+        swaps = []
+        for r in sorted(self.swapped.values(), key=lambda r: r.admit_order):
+            blocks = self._blocks(r.seq_len)
+            if used + blocks > limit or len(self.gpu_running) + 1 > min(budget.seqs, budget.tokens):
+                break
+            used += blocks
+            src, dst = self.kv.move(r.request_id, r.num_computed, to_gpu=True)
+            del self.swapped[r.request_id]
+            r.state = RequestState.RUNNING_GPU
+            r.num_swaps += 1
+            self.gpu_running[r.request_id] = r
+            swaps.append(Swap(r.request_id, r.num_computed, tuple(src), tuple(dst)))
+        if swaps:
+            self.gpu_running = dict(sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order))
+        return tuple(swaps)
+
+    def _schedule_running(self, batch: SubBatchBuilder, budget: Budget) -> None:
+        """Decodes first, then the next chunk of any prompt already being prefilled."""
+        gpu = self.kv.gpu
+        prefilling = []
+        for r in self.gpu_running.values():
+            if r.is_prefilling:
+                prefilling.append(r)
+                continue
+            budget.take(1)
+            gpu.grow(r.request_id, r.seq_len)
+            batch.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
+        for r in prefilling:
+            chunk = min(r.seq_len - r.num_computed, budget.tokens)
+            end = r.num_computed + chunk
+            if chunk < 1 or gpu.extra_blocks(r.request_id, end) > gpu.num_free or not budget.take(chunk):
+                continue
+            gpu.grow(r.request_id, end)
+            batch.add_prefill(PrefillWork(r.request_id, r.num_computed, end))
+
+    def _admit(self, batch: SubBatchBuilder, budget: Budget) -> None:
+        """New prompts in FCFS order while slots, tokens and GPU blocks allow."""
+        gpu, cfg = self.kv.gpu, self.config
+        while self.waiting and len(self.gpu_running) < cfg.max_num_seqs:
+            r = self.waiting[0]
+            remaining = r.seq_len - r.num_computed
+            chunk = min(remaining, budget.tokens) if cfg.chunked_prefill_tokens else remaining
+            end = r.num_computed + chunk
+            if chunk < 1 or gpu.extra_blocks(r.request_id, end) > gpu.num_free or not budget.take(chunk):
+                break
+            self.waiting.popleft()
+            gpu.grow(r.request_id, end)
+            r.state = RequestState.RUNNING_GPU
+            self._mark_admitted(r)
+            self.gpu_running[r.request_id] = r
+            batch.add_prefill(PrefillWork(r.request_id, r.num_computed, end))

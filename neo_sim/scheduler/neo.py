@@ -1,0 +1,280 @@
+"""NEO: asymmetric pipelining with load-aware scheduling (DESIGN.md section 1).
+
+`step()` runs the six steps of the design, one method each:
+1. `_swap_out`: keep every GPU decode; if the GPU pool or the budget is short, move the most
+   recently admitted GPU decodes to the CPU (their KV goes to host memory).
+2. `_swap_in`: if nothing was swapped out, bring CPU decodes back to the GPU, oldest first,
+   while GPU KV usage stays under the low watermark.
+3. `_admit`: take waiting prompts FCFS while tokens, request slots and KV allow; place each on
+   the GPU while it fits, else on the CPU, and once one goes to the CPU later ones follow.
+   (Tentative: only the prompts that survive steps 5 and 6 are really admitted.)
+4. `_build_sub_batches`: sub-batch 0 gets the prefills and GPU decodes; CPU decodes are added
+   one by one to the sub-batch with more slack, skipping any request at least as long as one
+   already rejected, and rejecting one that would make a slack negative.
+5. `_trim_cpu_prefills`: while the CPU would idle, drop CPU-placed prefills from sub-batch 0
+   down to a width of `cpu_prefill_min_tokens` as long as slack stays non-negative.
+6. `_choose_mode`: run the pipelined plan only if it serves more requests per second than the
+   sequential GPU-only plan of the same GPU work.
+Beyond the artifact: a CPU decode that has waited `max_cpu_wait_steps` iterations is forced
+into the pipelined plan (the artifact can starve them, DESIGN.md section 6); such a plan may
+carry negative slack and lists the forced requests in `Plan.forced_ids`.
+"""
+
+from __future__ import annotations
+
+from neo_sim.scheduler.base import Budget, Policy
+from neo_sim.scheduler.estimate import (
+    SubBatchBuilder,
+    iteration_s,
+    pipelined_layer_s,
+    sequential_layer_s,
+    slacks,
+    swap_s,
+)
+from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap
+from neo_sim.scheduler.request import Device, Request, RequestState
+
+Candidate = tuple[Request, Device]
+
+
+class NeoPolicy(Policy):
+    name = "neo"
+
+    def step(self, now: float = 0.0) -> Plan:
+        self.step_index += 1
+        self.now = now
+        budget = Budget(self.config.max_batch_size, self.config.max_batch_tokens)
+        reserved = self._reserve_for_overdue(budget)
+        swap_out, recomputed = self._swap_out(budget)
+        swap_in = () if (swap_out or recomputed) else self._swap_in(budget)
+        candidates = self._admit(budget)
+        budget.seqs += reserved
+        budget.tokens += reserved
+        b0, b1, forced = self._build_sub_batches(candidates, budget)
+        if b1:
+            self._trim_cpu_prefills(b0, b1)
+        mode, chosen = self._choose_mode(b0, b1, forced)
+        return self._commit(mode, chosen, swap_out, swap_in, recomputed, forced)
+
+    def _reserve_for_overdue(self, budget: Budget) -> int:
+        """Hold batch slots for overdue CPU decodes so that admissions cannot starve them."""
+        overdue = sum(1 for r in self.cpu_running.values() if self._is_overdue(r))
+        reserved = max(0, min(overdue, budget.seqs - 1, budget.tokens - 1))
+        budget.seqs -= reserved
+        budget.tokens -= reserved
+        return reserved
+
+    # ---- step 1 ---------------------------------------------------------------------------
+    def _swap_out(self, budget: Budget) -> tuple[tuple[Swap, ...], tuple[int, ...]]:
+        gpu = self.kv.gpu
+        decodes = list(self.gpu_running.values())
+        need = sum(gpu.extra_blocks(r.request_id, r.seq_len) for r in decodes)
+        swaps: list[Swap] = []
+        recomputed: list[int] = []
+        while decodes and (need > gpu.num_free or len(decodes) > min(budget.seqs, budget.tokens)):
+            victim = decodes.pop()
+            need -= gpu.extra_blocks(victim.request_id, victim.seq_len)
+            swap = self._move_to_cpu(victim)
+            if swap is None:
+                recomputed.append(victim.request_id)
+            else:
+                swaps.append(swap)
+        budget.seqs -= len(decodes)
+        budget.tokens -= len(decodes)
+        return tuple(swaps), tuple(recomputed)
+
+    def _move_to_cpu(self, r: Request) -> Swap | None:
+        cpu = self.kv.cpu
+        if cpu.extra_blocks(r.request_id, r.seq_len) > cpu.num_free:
+            self._recompute(r)  # host memory is full too: drop the KV
+            return None
+        src, dst = self.kv.move(r.request_id, r.num_computed, to_gpu=False)
+        del self.gpu_running[r.request_id]
+        self.cpu_running[r.request_id] = r
+        r.state = RequestState.RUNNING_CPU
+        r.num_swaps += 1
+        return Swap(r.request_id, r.num_computed, tuple(src), tuple(dst))
+
+    # ---- step 2 ---------------------------------------------------------------------------
+    def _swap_in(self, budget: Budget) -> tuple[Swap, ...]:
+        gpu = self.kv.gpu
+        limit = self.config.swap_in_watermark * gpu.num_blocks
+        used = self._gpu_blocks_after_growth()
+        swaps = []
+        for r in self._cpu_decodes_oldest_first():
+            blocks = self._blocks(r.seq_len)
+            if used + blocks > limit or not budget.take(1):
+                break
+            used += blocks
+            src, dst = self.kv.move(r.request_id, r.num_computed, to_gpu=True)
+            del self.cpu_running[r.request_id]
+            self.gpu_running[r.request_id] = r
+            r.state = RequestState.RUNNING_GPU
+            r.num_swaps += 1
+            swaps.append(Swap(r.request_id, r.num_computed, tuple(src), tuple(dst)))
+        if swaps:
+            self.gpu_running = dict(sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order))
+        return tuple(swaps)
+
+    # ---- step 3 ---------------------------------------------------------------------------
+    def _admit(self, budget: Budget) -> list[Candidate]:
+        gpu, cpu = self.kv.gpu, self.kv.cpu
+        gpu_used = self._gpu_blocks_after_growth()
+        cpu_used = cpu.num_used
+        cpu_limit = self._cpu_admission_limit()
+        slots = self.config.max_num_seqs - self.num_resident
+        to_cpu = False
+        candidates: list[Candidate] = []
+        for r in self.waiting:
+            if slots <= 0:
+                break
+            blocks = self._blocks(r.seq_len)
+            if not to_cpu and gpu_used + blocks <= gpu.num_blocks and self._gpu_allowed():
+                device = Device.GPU
+            elif cpu_used + blocks <= cpu_limit:
+                device = Device.CPU
+            else:
+                break
+            if not budget.take(r.seq_len - r.num_computed):
+                break
+            if device == Device.GPU:
+                gpu_used += blocks
+            else:
+                cpu_used += blocks
+                to_cpu = True
+            slots -= 1
+            candidates.append((r, device))
+        return candidates
+
+    def _cpu_admission_limit(self) -> int:
+        """Prompts may fill the CPU pool only up to the room that a full GPU swap-out needs."""
+        return max(0, self.kv.cpu.num_blocks - self.kv.gpu.num_blocks)
+
+    def _gpu_allowed(self) -> bool:
+        return True
+
+    # ---- step 4 ---------------------------------------------------------------------------
+    def _build_sub_batches(self, candidates: list[Candidate], budget: Budget
+                           ) -> tuple[SubBatchBuilder, SubBatchBuilder, tuple[int, ...]]:
+        b0, b1 = SubBatchBuilder(self.cost), SubBatchBuilder(self.cost)
+        for r, device in candidates:
+            b0.add_prefill(PrefillWork(r.request_id, r.num_computed, r.seq_len, device))
+        for r in self.gpu_running.values():
+            b0.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
+        cpu_free = self.kv.cpu.num_free - sum(
+            self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU)
+        if not b0:
+            # No GPU work to hide CPU attention behind: a CPU-only sequential batch.
+            for r in self._cpu_decodes_oldest_first():
+                growth = self.kv.cpu.extra_blocks(r.request_id, r.seq_len)
+                if growth <= cpu_free and budget.take(1):
+                    cpu_free -= growth
+                    b0.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+            return b0, b1, ()
+        builders = (b0, b1)
+        target = 1
+        shortest_rejected = float("inf")
+        forced: list[int] = []
+        for r in self._cpu_decodes_oldest_first(overdue_first=True):
+            overdue = self._is_overdue(r)
+            if not overdue and r.seq_len >= shortest_rejected:
+                continue
+            growth = self.kv.cpu.extra_blocks(r.request_id, r.seq_len)
+            if growth > cpu_free or not budget.take(1):
+                continue
+            builders[target].add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+            s0, s1 = slacks(b0, b1)
+            if min(s0, s1) < 0 and not overdue:
+                builders[target].pop_cpu_decode()
+                budget.give(1)
+                shortest_rejected = r.seq_len
+                continue
+            cpu_free -= growth
+            if overdue:
+                forced.append(r.request_id)
+            target = 1 if s1 > s0 else 0
+        return b0, b1, tuple(forced)
+
+    def _is_overdue(self, r: Request) -> bool:
+        return self.step_index - r.last_progress_step > self.config.max_cpu_wait_steps
+
+    # ---- step 5 ---------------------------------------------------------------------------
+    def _trim_cpu_prefills(self, b0: SubBatchBuilder, b1: SubBatchBuilder) -> None:
+        threshold = self.config.cpu_prefill_min_tokens
+        while b0.prefills:
+            p = b0.pop_prefill()
+            if p.kv_device == Device.GPU or b0.num_tokens < threshold or min(slacks(b0, b1)) < 0:
+                b0.add_prefill(p)
+                return
+
+    # ---- step 6 ---------------------------------------------------------------------------
+    def _choose_mode(self, b0: SubBatchBuilder, b1: SubBatchBuilder, forced: tuple[int, ...]
+                     ) -> tuple[Mode, tuple[SubBatchBuilder, ...]]:
+        if not b1:
+            return Mode.SEQUENTIAL, (self._sequential_batch(b0) if not b0.cpu_decodes else b0,)
+        if forced:
+            return Mode.PIPELINED, (b0, b1)
+        seq = self._sequential_batch(b0)
+        n_pipe = b0.num_seqs + b1.num_seqs
+        t_pipe = iteration_s(self.cost, pipelined_layer_s(b0, b1), n_pipe)
+        t_seq = iteration_s(self.cost, sequential_layer_s(seq), seq.num_seqs)
+        if seq.num_seqs and seq.num_seqs / t_seq >= n_pipe / t_pipe:
+            return Mode.SEQUENTIAL, (seq,)
+        return Mode.PIPELINED, (b0, b1)
+
+    def _sequential_batch(self, b0: SubBatchBuilder) -> SubBatchBuilder:
+        """The GPU-only alternative: b0's prefills and GPU decodes, CPU prefills trimmed."""
+        seq = SubBatchBuilder(self.cost)
+        for p in b0.prefills:
+            seq.add_prefill(p)
+        for d in b0.gpu_decodes:
+            seq.add_gpu_decode(d)
+        threshold = self.config.cpu_prefill_min_tokens
+        while seq.prefills:
+            p = seq.pop_prefill()
+            if p.kv_device == Device.GPU or seq.num_tokens < threshold:
+                seq.add_prefill(p)
+                break
+        return seq
+
+    # ---- commit ---------------------------------------------------------------------------
+    def _commit(self, mode: Mode, chosen: tuple[SubBatchBuilder, ...], swap_out, swap_in,
+                recomputed, forced) -> Plan:
+        gpu, cpu = self.kv.gpu, self.kv.cpu
+        admitted = {p.request_id: p for b in chosen for p in b.prefills}
+        for _ in range(len(admitted)):
+            r = self.waiting.popleft()
+            p = admitted[r.request_id]  # KeyError: admitted prompts were not a FCFS prefix
+            on_gpu = p.kv_device == Device.GPU
+            self.kv.pool(on_gpu).grow(r.request_id, p.end)
+            r.state = RequestState.RUNNING_GPU if on_gpu else RequestState.RUNNING_CPU
+            (self.gpu_running if on_gpu else self.cpu_running)[r.request_id] = r
+            self._mark_admitted(r)
+        for b in chosen:
+            for d in b.gpu_decodes:
+                gpu.grow(d.request_id, d.context_len)
+            for d in b.cpu_decodes:
+                cpu.grow(d.request_id, d.context_len)
+        num_seqs = sum(b.num_seqs for b in chosen)
+        if mode == Mode.PIPELINED:
+            layer_s = pipelined_layer_s(*chosen)
+            slack = slacks(*chosen)
+        else:
+            layer_s, slack = sequential_layer_s(chosen[0]), ()
+        predicted = iteration_s(self.cost, layer_s, num_seqs) + swap_s(
+            self.cost, swap_out, swap_in, self.config.block_size)
+        forced_in_plan = forced if mode == Mode.PIPELINED else ()
+        return Plan(self.step_index, mode, tuple(b.freeze() for b in chosen), swap_out, swap_in,
+                    recomputed, predicted, slack, forced_in_plan)
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _gpu_blocks_after_growth(self) -> int:
+        gpu = self.kv.gpu
+        return gpu.num_used + sum(gpu.extra_blocks(r.request_id, r.seq_len)
+                                  for r in self.gpu_running.values())
+
+    def _cpu_decodes_oldest_first(self, overdue_first: bool = False) -> list[Request]:
+        if overdue_first:
+            return sorted(self.cpu_running.values(),
+                          key=lambda r: (not self._is_overdue(r), r.admit_order))
+        return sorted(self.cpu_running.values(), key=lambda r: r.admit_order)

@@ -1,0 +1,129 @@
+"""Plan: what one iteration runs, as decided by a policy's `step()`.
+
+A plan has one sub-batch (sequential mode) or two (asymmetric pipelining: sub-batch 0 carries
+prefills and GPU decodes, sub-batch 1 CPU decodes only, with some CPU decodes possibly in
+sub-batch 0 too). It also lists the swaps to perform before the iteration and the scheduler's
+predicted duration. Plans are frozen and compare by value: the simulator and the engine must
+produce equal plans from equal inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from neo_sim.scheduler.request import Device
+
+
+class Mode(str, Enum):
+    SEQUENTIAL = "sequential"
+    PIPELINED = "pipelined"
+
+
+@dataclass(frozen=True)
+class PrefillWork:
+    """Compute tokens [start, end) of a request whose KV is written to `kv_device`."""
+
+    request_id: int
+    start: int
+    end: int
+    kv_device: Device = Device.GPU
+
+    @property
+    def num_tokens(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class DecodeWork:
+    """One decode step attending over `context_len` tokens (the new token included)."""
+
+    request_id: int
+    context_len: int
+
+
+@dataclass(frozen=True)
+class SubBatch:
+    prefills: tuple[PrefillWork, ...] = ()
+    gpu_decodes: tuple[DecodeWork, ...] = ()
+    cpu_decodes: tuple[DecodeWork, ...] = ()
+
+    @property
+    def num_tokens(self) -> int:
+        """Iteration width: tokens through the linear layers."""
+        return sum(p.num_tokens for p in self.prefills) + len(self.gpu_decodes) + len(self.cpu_decodes)
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.prefills) + len(self.gpu_decodes) + len(self.cpu_decodes)
+
+    @property
+    def request_ids(self) -> tuple[int, ...]:
+        return (*(p.request_id for p in self.prefills), *(d.request_id for d in self.gpu_decodes),
+                *(d.request_id for d in self.cpu_decodes))
+
+    def __bool__(self) -> bool:
+        return bool(self.prefills or self.gpu_decodes or self.cpu_decodes)
+
+
+@dataclass(frozen=True)
+class Swap:
+    """Move a request's KV between pools before the iteration: copy src blocks to dst blocks."""
+
+    request_id: int
+    num_tokens: int
+    src_blocks: tuple[int, ...]
+    dst_blocks: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    step: int
+    mode: Mode
+    sub_batches: tuple[SubBatch, ...]
+    swap_out: tuple[Swap, ...] = ()  # GPU -> CPU
+    swap_in: tuple[Swap, ...] = ()  # CPU -> GPU
+    recomputed: tuple[int, ...] = ()  # preempted by dropping KV: back to waiting
+    predicted_s: float = 0.0  # the scheduler's estimate of the iteration's duration
+    slack_s: tuple[float, ...] = ()  # per-layer slack of each sub-batch (pipelined plans)
+    forced_ids: tuple[int, ...] = ()  # CPU decodes included by the starvation bound
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(self.sub_batches)
+
+    @property
+    def num_seqs(self) -> int:
+        return sum(sb.num_seqs for sb in self.sub_batches)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(sb.num_tokens for sb in self.sub_batches)
+
+    @property
+    def request_ids(self) -> tuple[int, ...]:
+        return tuple(rid for sb in self.sub_batches for rid in sb.request_ids)
+
+    @property
+    def prefills(self) -> tuple[PrefillWork, ...]:
+        return tuple(p for sb in self.sub_batches for p in sb.prefills)
+
+    @property
+    def gpu_decodes(self) -> tuple[DecodeWork, ...]:
+        return tuple(d for sb in self.sub_batches for d in sb.gpu_decodes)
+
+    @property
+    def cpu_decodes(self) -> tuple[DecodeWork, ...]:
+        return tuple(d for sb in self.sub_batches for d in sb.cpu_decodes)
+
+    def describe(self) -> str:
+        """One line for logs and the `plan` demo."""
+        parts = []
+        for i, sb in enumerate(self.sub_batches):
+            gp = sum(1 for p in sb.prefills if p.kv_device == Device.GPU)
+            parts.append(f"sb{i}[prefill {gp} gpu + {len(sb.prefills) - gp} cpu "
+                         f"({sum(p.num_tokens for p in sb.prefills)} tok), "
+                         f"gpu-decode {len(sb.gpu_decodes)}, cpu-decode {len(sb.cpu_decodes)}]")
+        swaps = f", swap out {len(self.swap_out)} / in {len(self.swap_in)}"
+        return f"step {self.step} {self.mode.value}: " + " ".join(parts) + swaps + \
+            f", predicted {self.predicted_s * 1e3:.2f} ms"

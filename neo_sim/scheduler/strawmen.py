@@ -1,0 +1,86 @@
+"""The paper's strawmen, as variations of NEO's steps.
+
+- `symmetric`: placement as NEO, but the iteration is split into two *equal* sub-batches (each
+  gets half the prefill tokens, half the GPU decodes and half the CPU decodes) with no slack
+  check: the pipelining design NEO argues against.
+- `full-offload` (FastDecode-like): every request's KV and decode attention live on the CPU;
+  the GPU only runs linear layers and prefills. CPU decodes are spread over two sub-batches to
+  balance them, with no slack check, and the plan is always pipelined when both have work.
+"""
+
+from __future__ import annotations
+
+from neo_sim.scheduler.base import Budget
+from neo_sim.scheduler.estimate import SubBatchBuilder
+from neo_sim.scheduler.neo import Candidate, NeoPolicy
+from neo_sim.scheduler.plan import DecodeWork, Mode, PrefillWork
+from neo_sim.scheduler.request import Device
+
+
+class SymmetricPolicy(NeoPolicy):
+    name = "symmetric"
+
+    def _build_sub_batches(self, candidates: list[Candidate], budget: Budget):
+        halves = (SubBatchBuilder(self.cost), SubBatchBuilder(self.cost))
+
+        def lighter() -> SubBatchBuilder:
+            return min(halves, key=lambda b: (b.num_tokens, b.num_seqs))
+
+        for r, device in candidates:
+            lighter().add_prefill(PrefillWork(r.request_id, r.num_computed, r.seq_len, device))
+        for r in self.gpu_running.values():
+            lighter().add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
+        _add_all_cpu_decodes(self, halves, budget, candidates)
+        b0, b1 = halves
+        return (b0, b1, ()) if b0 else (b1, b0, ())
+
+    def _trim_cpu_prefills(self, b0, b1) -> None:
+        return None
+
+    def _choose_mode(self, b0, b1, forced):
+        if b0 and b1:
+            return Mode.PIPELINED, (b0, b1)
+        return Mode.SEQUENTIAL, (b0 if b0 else b1,)
+
+
+class FullOffloadPolicy(NeoPolicy):
+    name = "full-offload"
+
+    def _gpu_allowed(self) -> bool:
+        return False
+
+    def _cpu_admission_limit(self) -> int:
+        return self.kv.cpu.num_blocks
+
+    def max_seq_tokens(self) -> int:
+        return self.kv.cpu.num_blocks * self.config.block_size
+
+    def _build_sub_batches(self, candidates: list[Candidate], budget: Budget):
+        b0, b1 = SubBatchBuilder(self.cost), SubBatchBuilder(self.cost)
+        for r, device in candidates:
+            b0.add_prefill(PrefillWork(r.request_id, r.num_computed, r.seq_len, device))
+        for r in self.gpu_running.values():  # only if the pools were shared; normally empty
+            b0.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
+        _add_all_cpu_decodes(self, (b0, b1), budget, candidates)
+        return b0, b1, ()
+
+    def _trim_cpu_prefills(self, b0, b1) -> None:
+        return None
+
+    def _choose_mode(self, b0, b1, forced):
+        if b0 and b1:
+            return Mode.PIPELINED, (b0, b1)
+        return Mode.SEQUENTIAL, (b0 if b0 else b1,)
+
+
+def _add_all_cpu_decodes(policy: NeoPolicy, builders, budget: Budget, candidates) -> None:
+    """Every CPU decode that budget and host KV allow, each to the sub-batch with less CPU work."""
+    cpu = policy.kv.cpu
+    cpu_free = cpu.num_free - sum(policy._blocks(r.seq_len) for r, d in candidates if d == Device.CPU)
+    for r in policy._cpu_decodes_oldest_first():
+        growth = cpu.extra_blocks(r.request_id, r.seq_len)
+        if growth > cpu_free or not budget.take(1):
+            continue
+        cpu_free -= growth
+        target = min(builders, key=lambda b: (b.cpu_decode_tokens, len(b.cpu_decodes)))
+        target.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
