@@ -39,13 +39,21 @@ def activation_reserve_bytes(model: ModelSpec, max_batch_tokens: int) -> float:
     return max_batch_tokens * per_token + 0.5 * GiB  # + CUDA context and allocator slack
 
 
-def default_capacity(model: ModelSpec, hardware: HardwareSpec, block_size: int = 16,
-                     max_batch_tokens: int = 4096, gpu_blocks: int | None = None,
-                     cpu_kv_bytes: float | None = None) -> KVCapacity:
+def default_capacity(
+    model: ModelSpec,
+    hardware: HardwareSpec,
+    block_size: int = 16,
+    max_batch_tokens: int = 4096,
+    gpu_blocks: int | None = None,
+    cpu_kv_bytes: float | None = None,
+) -> KVCapacity:
     block_bytes = block_size * model.kv_bytes_per_token
     if gpu_blocks is None:
-        free = (hardware.total_gpu_memory_bytes * GPU_MEMORY_UTILIZATION - model.weight_bytes
-                - hardware.tp * activation_reserve_bytes(model, max_batch_tokens))
+        free = (
+            hardware.total_gpu_memory_bytes * GPU_MEMORY_UTILIZATION
+            - model.weight_bytes
+            - hardware.tp * activation_reserve_bytes(model, max_batch_tokens)
+        )
         if free < block_bytes:
             raise NeoError(
                 f"{model.name} ({model.weight_bytes / GiB:.1f} GiB of weights) leaves no room for "

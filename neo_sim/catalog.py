@@ -55,8 +55,9 @@ def shipped_profile(hardware_name: str, model: ModelSpec) -> Path | None:
     return None
 
 
-def resolve_target(hardware_arg: str, model_arg: str | None = None,
-                   prefer_profile: bool = True) -> Target:
+def resolve_target(
+    hardware_arg: str, model_arg: str | None = None, prefer_profile: bool = True
+) -> Target:
     """Resolve `--hardware` and `--model` into specs and a cost model.
 
     With a profile file and no model, the profile's own model is used.
@@ -65,7 +66,8 @@ def resolve_target(hardware_arg: str, model_arg: str | None = None,
         profile = load_profile(hardware_arg)
         model = parse_model_arg(model_arg).spec if model_arg else profile.model
         if model.dtype != profile.model.dtype and same_dimensions(
-                model.with_dtype(profile.model.dtype), profile.model):
+            model.with_dtype(profile.model.dtype), profile.model
+        ):
             model = profile.model  # same model named by preset: measured dtype wins
         cost = ProfiledCostModel(profile, model)
         return Target(profile.hardware, model, cost, f"profile {hardware_arg}")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from neo_sim.errors import NeoError
 from neo_sim.hardware import HardwareSpec
 from neo_sim.model import ModelSpec
+from neo_sim.opwork import work
 
 
 class CostModel(ABC):
@@ -101,8 +102,15 @@ class Efficiencies:
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("gpu_gemm", "gpu_attn", "gpu_memory", "cpu_memory", "cpu_compute", "pcie",
-                     "interconnect"):
+        for name in (
+            "gpu_gemm",
+            "gpu_attn",
+            "gpu_memory",
+            "cpu_memory",
+            "cpu_compute",
+            "pcie",
+            "interconnect",
+        ):
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise NeoError(f"efficiency {name} must be in (0, 1], got {value}")
@@ -119,8 +127,9 @@ class RooflineCostModel(CostModel):
     the host CPU attends for all of them, and each GPU has its own PCIe link.
     """
 
-    def __init__(self, model: ModelSpec, hardware: HardwareSpec,
-                 efficiencies: Efficiencies | None = None):
+    def __init__(
+        self, model: ModelSpec, hardware: HardwareSpec, efficiencies: Efficiencies | None = None
+    ):
         self.model = model
         self.hardware = hardware
         self.eff = efficiencies or Efficiencies()
@@ -134,45 +143,46 @@ class RooflineCostModel(CostModel):
         self.description = f"roofline: {model.name} on {hardware.name} (datasheet x efficiencies)"
 
     # per layer ----------------------------------------------------------------------------
+    def _gpu_op(self, op: str, size: float, batch: float = 0.0, flops_per_s: float = 0.0) -> float:
+        """Roofline time of one GPU op, split over the TP group."""
+        w = work(op, self.model, size, batch)
+        return _roofline(
+            w.flops / self._tp,
+            flops_per_s or self._gemm_flops,
+            w.num_bytes / self._tp,
+            self._gpu_bw,
+        )
+
     def linear(self, num_tokens: int) -> float:
         if num_tokens <= 0:
             return 0.0
-        m, tp = self.model, self._tp
-        flops = num_tokens * m.linear_flops_per_token_per_layer / tp
-        activations = num_tokens * (4 * m.hidden_size + 3 * m.intermediate_size) * m.dtype_bytes
-        num_bytes = (m.linear_weight_bytes_per_layer + activations) / tp
-        t = _roofline(flops, self._gemm_flops, num_bytes, self._gpu_bw) + 7 * self.eff.gpu_kernel_s
-        if tp > 1:
+        t = self._gpu_op("linear", num_tokens) + 7 * self.eff.gpu_kernel_s
+        if self._tp > 1:
+            m = self.model
             t += 2 * self._all_reduce(num_tokens * m.hidden_size * m.dtype_bytes)
         return t
 
     def prefill_attn(self, prompt_lens: Sequence[int]) -> float:
-        m, tp = self.model, self._tp
-        total = 0.0
-        for length in prompt_lens:
-            if length <= 0:
-                continue
-            flops = m.attn_flops_per_query_key * length * (length + 1) / 2 / tp
-            num_bytes = length * (2 * m.q_size + 2 * m.kv_size) * m.dtype_bytes / tp
-            total += _roofline(flops, self._attn_flops, num_bytes, self._gpu_bw)
+        total = sum(
+            self._gpu_op("prefill_attn", n, flops_per_s=self._attn_flops)
+            for n in prompt_lens
+            if n > 0
+        )
         return total + (self.eff.gpu_kernel_s if total else 0.0)
 
     def gpu_decode_attn(self, total_tokens: int, batch: int) -> float:
         if batch <= 0:
             return 0.0
-        m, tp = self.model, self._tp
-        flops = m.attn_flops_per_query_key * total_tokens / tp
-        num_bytes = (total_tokens * m.kv_bytes_per_token_per_layer
-                     + batch * 2 * m.q_size * m.dtype_bytes) / tp
-        return _roofline(flops, self._attn_flops, num_bytes, self._gpu_bw) + self.eff.gpu_kernel_s
+        return (
+            self._gpu_op("gpu_decode_attn", total_tokens, batch, self._attn_flops)
+            + self.eff.gpu_kernel_s
+        )
 
     def cpu_decode_attn(self, batch: int, total_tokens: int) -> float:
         if batch <= 0:
             return 0.0
-        m = self.model
-        flops = m.attn_flops_per_query_key * total_tokens
-        num_bytes = total_tokens * m.kv_bytes_per_token_per_layer
-        return _roofline(flops, self._cpu_flops, num_bytes, self._cpu_bw)
+        w = work("cpu_decode_attn", self.model, total_tokens, batch)
+        return _roofline(w.flops, self._cpu_flops, w.num_bytes, self._cpu_bw)
 
     def h2d(self, num_bytes: float) -> float:
         return self._copy(num_bytes, self.hardware.pcie_h2d_bytes_per_s)
@@ -188,10 +198,7 @@ class RooflineCostModel(CostModel):
     def lm_head(self, num_seqs: int) -> float:
         if num_seqs <= 0:
             return 0.0
-        m, tp = self.model, self._tp
-        flops = num_seqs * m.lm_head_flops_per_token / tp
-        num_bytes = m.lm_head_weight_bytes / tp
-        return _roofline(flops, self._gemm_flops, num_bytes, self._gpu_bw) + self.eff.sampling_s
+        return self._gpu_op("lm_head", num_seqs) + self.eff.sampling_s
 
     # internals ----------------------------------------------------------------------------
     def _copy(self, num_bytes: float, link_bytes_per_s: float) -> float:

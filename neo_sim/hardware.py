@@ -17,13 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neo_sim.errors import NeoError
-from neo_sim.units import GB, GiB, TFLOPS
+from neo_sim.units import GB, TFLOPS, GiB
 
 
 def _check_sources(obj: Any, kind: str) -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if f.name == "sources" or isinstance(value, (str, bool)) or not isinstance(value, (int, float)):
+        if (
+            f.name == "sources"
+            or isinstance(value, (str, bool))
+            or not isinstance(value, (int, float))
+        ):
             continue
         if value < 0:
             raise NeoError(f"{kind} {obj.name!r}: {f.name} must be >= 0, got {value}")
@@ -113,7 +117,8 @@ class HardwareSpec:
 SUSTAINED_FRACTION = 0.8
 SUSTAINED_SOURCE = (
     "sustained all-core DRAM bandwidth is 75-85% of peak across Intel/AMD server generations "
-    "(J. McCalpin, 'The evolution of single-core bandwidth in multicore processors', 2023); 0.8 used"
+    "(J. McCalpin, 'The evolution of single-core bandwidth in multicore processors', 2023); "
+    "0.8 used"
 )
 
 
@@ -142,12 +147,17 @@ def host_bandwidth(
 PCIE3_X16 = 15.75 * GB  # 8 GT/s x 16 lanes x 128/130 / 8 bits, per direction
 PCIE4_X16 = 31.5 * GB
 PCIE5_X16 = 63.0 * GB
-_PCIE_SRC = {3: "PCIe 3.0 x16: 8 GT/s x 16 lanes, 128b/130b = 15.75 GB/s per direction",
-             4: "PCIe 4.0 x16: 16 GT/s x 16 lanes, 128b/130b = 31.5 GB/s per direction",
-             5: "PCIe 5.0 x16: 32 GT/s x 16 lanes, 128b/130b = 63 GB/s per direction"}
+_PCIE_SRC = {
+    3: "PCIe 3.0 x16: 8 GT/s x 16 lanes, 128b/130b = 15.75 GB/s per direction",
+    4: "PCIe 4.0 x16: 16 GT/s x 16 lanes, 128b/130b = 31.5 GB/s per direction",
+    5: "PCIe 5.0 x16: 32 GT/s x 16 lanes, 128b/130b = 63 GB/s per direction",
+}
 
 T4 = GPUSpec(
-    "NVIDIA T4", 16 * GiB, 320 * GB, 65 * TFLOPS,
+    "NVIDIA T4",
+    16 * GiB,
+    320 * GB,
+    65 * TFLOPS,
     sources={
         "memory_bytes": "NVIDIA T4 datasheet: 16 GB GDDR6",
         "hbm_bytes_per_s": "NVIDIA T4 datasheet: 320+ GB/s",
@@ -155,20 +165,27 @@ T4 = GPUSpec(
     },
 )
 A10G = GPUSpec(
-    "NVIDIA A10G", 24 * GiB, 600 * GB, 125 * TFLOPS,
+    "NVIDIA A10G",
+    24 * GiB,
+    600 * GB,
+    125 * TFLOPS,
     sources={
         "memory_bytes": "AWS EC2 G5 page: A10G with 24 GB GPU memory",
         "hbm_bytes_per_s": "NVIDIA A10 datasheet: 600 GB/s GDDR6 (AWS's A10G is an A10 variant)",
         "peak_flops_per_s": "NVIDIA A10 datasheet: 125 TFLOPS FP16 Tensor dense; AWS publishes no "
-                            "A10G tensor peak, so the A10's is assumed",
+        "A10G tensor peak, so the A10's is assumed",
     },
 )
 H100_SXM = GPUSpec(
-    "NVIDIA H100 SXM5 80GB", 80 * GiB, 3350 * GB, 989 * TFLOPS,
+    "NVIDIA H100 SXM5 80GB",
+    80 * GiB,
+    3350 * GB,
+    989 * TFLOPS,
     sources={
         "memory_bytes": "NVIDIA H100 datasheet: 80 GB HBM3 (SXM5)",
         "hbm_bytes_per_s": "NVIDIA H100 datasheet: 3.35 TB/s (SXM5)",
-        "peak_flops_per_s": "NVIDIA H100 datasheet: 989 TFLOPS BF16/FP16 Tensor dense (1,979 sparse)",
+        "peak_flops_per_s": "NVIDIA H100 datasheet: 989 TFLOPS BF16/FP16 Tensor dense "
+        "(1,979 sparse)",
     },
 )
 H100_NVLINK = 450 * GB
@@ -176,16 +193,22 @@ _NVLINK_SRC = "NVIDIA H100 datasheet: NVLink 900 GB/s total, 450 GB/s per direct
 
 # Per-core sustained read bandwidth (Little's law: outstanding misses x 64 B / latency).
 _CLX_PER_CORE = 12 * GB
-_CLX_PER_CORE_SRC = ("estimate: Skylake/Cascade Lake-SP cores sustain ~12 GB/s each from DRAM "
-                     "(Little's law, ~20 lines in flight x 64 B / ~100 ns; McCalpin 2023 shows "
-                     "Intel server single-core bandwidth in this range)")
+_CLX_PER_CORE_SRC = (
+    "estimate: Skylake/Cascade Lake-SP cores sustain ~12 GB/s each from DRAM "
+    "(Little's law, ~20 lines in flight x 64 B / ~100 ns; McCalpin 2023 shows "
+    "Intel server single-core bandwidth in this range)"
+)
 _ZEN_PER_CORE = 20 * GB
-_ZEN_PER_CORE_SRC = ("estimate: Zen 2/3 cores sustain ~20 GB/s each from DRAM (Little's law; "
-                     "McCalpin 2023 shows AMD single-core bandwidth well above Intel's)")
+_ZEN_PER_CORE_SRC = (
+    "estimate: Zen 2/3 cores sustain ~20 GB/s each from DRAM (Little's law; "
+    "McCalpin 2023 shows AMD single-core bandwidth well above Intel's)"
+)
 _ZEN_CCD = 51.2 * GB
-_ZEN_CCD_SRC = ("AMD Zen 2/3 Infinity Fabric: 32 B/clock read per CCD at FCLK 1.6 GHz "
-                "(DDR4-3200, 1:1) = 51.2 GB/s per 8-core CCD; a VM's cores assumed packed on "
-                "the fewest CCDs")
+_ZEN_CCD_SRC = (
+    "AMD Zen 2/3 Infinity Fabric: 32 B/clock read per CCD at FCLK 1.6 GHz "
+    "(DDR4-3200, 1:1) = 51.2 GB/s per 8-core CCD; a VM's cores assumed packed on "
+    "the fewest CCDs"
+)
 _DDR4_2933_X6 = 6 * 2933e6 * 8
 _DDR4_3200_X8 = 8 * 3200e6 * 8
 
@@ -193,7 +216,10 @@ _DDR4_3200_X8 = 8 * 3200e6 * 8
 def _cascade_lake_host(cores: int, memory_gib: int, instance: str) -> CPUSpec:
     bandwidth = host_bandwidth(cores, _CLX_PER_CORE, _DDR4_2933_X6)
     return CPUSpec(
-        "Intel Xeon Platinum 8259CL (Cascade Lake)", cores, memory_gib * GiB, bandwidth,
+        "Intel Xeon Platinum 8259CL (Cascade Lake)",
+        cores,
+        memory_gib * GiB,
+        bandwidth,
         cores * 2.5e9 * 64,
         sources={
             "cores": f"AWS EC2 G4 page: {instance} has {2 * cores} vCPUs = {cores} cores (SMT)",
@@ -207,11 +233,22 @@ def _cascade_lake_host(cores: int, memory_gib: int, instance: str) -> CPUSpec:
     )
 
 
-def _epyc_host(cores: int, memory_gib: int, instance: str, cpu: str, ghz: float,
-               dram_share: float, share_note: str) -> CPUSpec:
+def _epyc_host(
+    cores: int,
+    memory_gib: int,
+    instance: str,
+    cpu: str,
+    ghz: float,
+    dram_share: float,
+    share_note: str,
+) -> CPUSpec:
     bandwidth = host_bandwidth(cores, _ZEN_PER_CORE, dram_share, 8, _ZEN_CCD)
     return CPUSpec(
-        cpu, cores, memory_gib * GiB, bandwidth, cores * ghz * 1e9 * 32,
+        cpu,
+        cores,
+        memory_gib * GiB,
+        bandwidth,
+        cores * ghz * 1e9 * 32,
         sources={
             "cores": f"AWS instance page: {instance} = {2 * cores} vCPUs = {cores} cores (SMT)",
             "memory_bytes": f"AWS instance page: {instance} has {memory_gib} GiB",
@@ -224,12 +261,21 @@ def _epyc_host(cores: int, memory_gib: int, instance: str, cpu: str, ghz: float,
     )
 
 
-def _host(name: str, description: str, gpu: GPUSpec, cpu: CPUSpec, pcie_gen: int,
-          num_gpus: int = 1, note: str = "") -> HardwareSpec:
+def _host(
+    name: str,
+    description: str,
+    gpu: GPUSpec,
+    cpu: CPUSpec,
+    pcie_gen: int,
+    num_gpus: int = 1,
+    note: str = "",
+) -> HardwareSpec:
     pcie = {3: PCIE3_X16, 4: PCIE4_X16, 5: PCIE5_X16}[pcie_gen]
-    sources = {"pcie_h2d_bytes_per_s": _PCIE_SRC[pcie_gen],
-               "pcie_d2h_bytes_per_s": _PCIE_SRC[pcie_gen],
-               "num_gpus": note or "instance definition"}
+    sources = {
+        "pcie_h2d_bytes_per_s": _PCIE_SRC[pcie_gen],
+        "pcie_d2h_bytes_per_s": _PCIE_SRC[pcie_gen],
+        "num_gpus": note or "instance definition",
+    }
     interconnect = 0.0
     if num_gpus > 1:
         interconnect = H100_NVLINK
@@ -239,29 +285,60 @@ def _host(name: str, description: str, gpu: GPUSpec, cpu: CPUSpec, pcie_gen: int
 
 def _g5(size: str, vcpus: int, memory_gib: int) -> HardwareSpec:
     instance = f"g5.{size}"
-    cpu = _epyc_host(vcpus // 2, memory_gib, instance, "AMD EPYC 7R32 (Rome)", 2.8,
-                     _DDR4_3200_X8, "peak 8 ch x DDR4-3200 = 204.8 GB/s")
-    return _host(f"a10g-{instance}", f"AWS {instance}: 1x A10G 24 GB, {vcpus} vCPU EPYC 7R32, "
-                 f"{memory_gib} GiB", A10G, cpu, 4)
+    cpu = _epyc_host(
+        vcpus // 2,
+        memory_gib,
+        instance,
+        "AMD EPYC 7R32 (Rome)",
+        2.8,
+        _DDR4_3200_X8,
+        "peak 8 ch x DDR4-3200 = 204.8 GB/s",
+    )
+    return _host(
+        f"a10g-{instance}",
+        f"AWS {instance}: 1x A10G 24 GB, {vcpus} vCPU EPYC 7R32, {memory_gib} GiB",
+        A10G,
+        cpu,
+        4,
+    )
 
 
 def _p5_share(gpus: int) -> HardwareSpec:
     share = gpus / 8
     cores, memory_gib = int(96 * share), int(2048 * share)
     dram = 2 * _DDR4_3200_X8 * share
-    cpu = _epyc_host(cores, memory_gib, f"{gpus}/8 of p5.48xlarge", "AMD EPYC 7R13 (Milan)", 2.65,
-                     dram, f"{gpus}/8 share of 2 sockets x 204.8 GB/s")
+    cpu = _epyc_host(
+        cores,
+        memory_gib,
+        f"{gpus}/8 of p5.48xlarge",
+        "AMD EPYC 7R13 (Milan)",
+        2.65,
+        dram,
+        f"{gpus}/8 share of 2 sockets x 204.8 GB/s",
+    )
     name = "h100" if gpus == 1 else f"h100x{gpus}"
     label = "one H100" if gpus == 1 else f"{gpus}x H100 (tensor parallel {gpus})"
-    return _host(name, f"{label} SXM5 80 GB with its {gpus}/8 share of a p5.48xlarge host "
-                 f"({cores} cores, {memory_gib} GiB)", H100_SXM, cpu, 5, gpus,
-                 "AWS EC2 P5 page: p5.48xlarge = 8x H100 80GB, 192 vCPU, 2 TiB; the host "
-                 "is split evenly per GPU")
+    return _host(
+        name,
+        f"{label} SXM5 80 GB with its {gpus}/8 share of a p5.48xlarge host "
+        f"({cores} cores, {memory_gib} GiB)",
+        H100_SXM,
+        cpu,
+        5,
+        gpus,
+        "AWS EC2 P5 page: p5.48xlarge = 8x H100 80GB, 192 vCPU, 2 TiB; the host "
+        "is split evenly per GPU",
+    )
 
 
 PRESETS: dict[str, HardwareSpec] = {
-    "t4": _host("t4", "AWS g4dn.4xlarge: 1x T4 16 GB, 16 vCPU Xeon P-8259CL, 64 GiB", T4,
-                _cascade_lake_host(8, 64, "g4dn.4xlarge"), 3),
+    "t4": _host(
+        "t4",
+        "AWS g4dn.4xlarge: 1x T4 16 GB, 16 vCPU Xeon P-8259CL, 64 GiB",
+        T4,
+        _cascade_lake_host(8, 64, "g4dn.4xlarge"),
+        3,
+    ),
     "a10g-g5.2xlarge": _g5("2xlarge", 8, 32),
     "a10g-g5.4xlarge": _g5("4xlarge", 16, 64),
     "a10g-g5.8xlarge": _g5("8xlarge", 32, 128),
@@ -283,5 +360,6 @@ def resolve_hardware(name: str) -> HardwareSpec:
         return PRESETS[key]
     except KeyError:
         choices = ", ".join([*PRESETS, *ALIASES])
-        raise NeoError(f"unknown hardware preset {name!r}: use one of {choices}, "
-                       "or a profile JSON file") from None
+        raise NeoError(
+            f"unknown hardware preset {name!r}: use one of {choices}, or a profile JSON file"
+        ) from None

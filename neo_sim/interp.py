@@ -57,8 +57,13 @@ class Table1D:
 class Table2D:
     """z(x, y) on a rectangular grid; `zs[i][j]` belongs to (xs[i], ys[j])."""
 
-    def __init__(self, xs: Sequence[float], ys: Sequence[float], zs: Sequence[Sequence[float]],
-                 what: str = "table"):
+    def __init__(
+        self,
+        xs: Sequence[float],
+        ys: Sequence[float],
+        zs: Sequence[Sequence[float]],
+        what: str = "table",
+    ):
         self.xs = _check_axis(xs, f"{what} (first axis)")
         self.ys = _check_axis(ys, f"{what} (second axis)")
         if len(zs) != len(self.xs) or any(len(row) != len(self.ys) for row in zs):

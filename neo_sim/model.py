@@ -42,11 +42,20 @@ class ModelSpec:
     kv_dtype: str = ""  # "" means same as dtype
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads",
-                     "intermediate_size", "vocab_size", "max_position_embeddings"):
+        for name in (
+            "num_layers",
+            "hidden_size",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "vocab_size",
+            "max_position_embeddings",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise NeoError(f"model {self.name!r}: {name} must be a positive integer, got {value!r}")
+                raise NeoError(
+                    f"model {self.name!r}: {name} must be a positive integer, got {value!r}"
+                )
         if self.num_heads % self.num_kv_heads:
             raise NeoError(
                 f"model {self.name!r}: num_heads ({self.num_heads}) must be a multiple of "
@@ -86,7 +95,9 @@ class ModelSpec:
     def linear_params_per_layer(self) -> int:
         """Weights of the GEMMs of one layer: QKV, O, gate/up/down."""
         h = self.hidden_size
-        return h * (self.q_size + 2 * self.kv_size) + self.q_size * h + 3 * h * self.intermediate_size
+        return (
+            h * (self.q_size + 2 * self.kv_size) + self.q_size * h + 3 * h * self.intermediate_size
+        )
 
     @property
     def num_params(self) -> int:
@@ -175,7 +186,9 @@ class ModelSpec:
         return config
 
     @classmethod
-    def from_hf_config(cls, source: str | Path | dict[str, Any], name: str | None = None) -> ModelSpec:
+    def from_hf_config(
+        cls, source: str | Path | dict[str, Any], name: str | None = None
+    ) -> ModelSpec:
         """Read an HF `config.json` (a path to it, to its directory, or the parsed dict)."""
         if isinstance(source, dict):
             config, where = source, name or "config"
@@ -194,8 +207,13 @@ class ModelSpec:
         model_type = config.get("model_type", "llama")
         if model_type not in ("llama", "mistral", "smollm", "qwen2"):
             raise NeoError(f"{where}: model_type {model_type!r} is not a Llama-family model")
-        required = ["num_hidden_layers", "hidden_size", "num_attention_heads",
-                    "intermediate_size", "vocab_size"]
+        required = [
+            "num_hidden_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "intermediate_size",
+            "vocab_size",
+        ]
         missing = [key for key in required if key not in config]
         if missing:
             raise NeoError(f"{where}: missing field(s) {missing}")
@@ -221,8 +239,13 @@ class ModelSpec:
 
 
 # Llama-3.1's RoPE scaling (HF config of Llama-3.1-8B/70B).
-_LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+_LLAMA31_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 # Dimensions from each model's published HF config.json.
 PRESETS: dict[str, ModelSpec] = {
@@ -233,13 +256,43 @@ PRESETS: dict[str, ModelSpec] = {
         ModelSpec("llama-2-70b", 80, 8192, 64, 8, 28672, 32000, 4096),
         ModelSpec("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, rope_theta=500000.0),
         ModelSpec("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, 8192, rope_theta=500000.0),
-        ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, 131072,
-                  rope_theta=500000.0, rope_scaling=_LLAMA31_ROPE),
-        ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256, 131072,
-                  rope_theta=500000.0, rope_scaling=_LLAMA31_ROPE),
+        ModelSpec(
+            "llama-3.1-8b",
+            32,
+            4096,
+            32,
+            8,
+            14336,
+            128256,
+            131072,
+            rope_theta=500000.0,
+            rope_scaling=_LLAMA31_ROPE,
+        ),
+        ModelSpec(
+            "llama-3.1-70b",
+            80,
+            8192,
+            64,
+            8,
+            28672,
+            128256,
+            131072,
+            rope_theta=500000.0,
+            rope_scaling=_LLAMA31_ROPE,
+        ),
         # SmolLM2-135M: a real Llama-architecture model small enough to run on 2 CPU cores.
-        ModelSpec("smollm2-135m", 30, 576, 9, 3, 1536, 49152, 8192, rope_theta=100000.0,
-                  tie_word_embeddings=True),
+        ModelSpec(
+            "smollm2-135m",
+            30,
+            576,
+            9,
+            3,
+            1536,
+            49152,
+            8192,
+            rope_theta=100000.0,
+            tie_word_embeddings=True,
+        ),
         # Test models of our own: `tiny` (~4M parameters), `small` (~100M).
         ModelSpec("tiny", 4, 256, 4, 2, 768, 2048, 2048),
         ModelSpec("small", 12, 768, 12, 4, 2048, 32000, 4096, tie_word_embeddings=True),
@@ -261,7 +314,7 @@ def parse_model_arg(arg: str) -> ModelRef:
     if not arg:
         raise NeoError("empty model name: give a preset, dummy:PRESET or a path")
     if arg.startswith("dummy:"):
-        return ModelRef(_preset(arg[len("dummy:"):]), None, dummy=True)
+        return ModelRef(_preset(arg[len("dummy:") :]), None, dummy=True)
     if arg in PRESETS:
         return ModelRef(PRESETS[arg])
     path = Path(arg)

@@ -87,8 +87,11 @@ class Profile:
             if isinstance(s, Samples1D):
                 samples[op] = {OPS_1D[op]: list(s.xs), "seconds": list(s.seconds)}
             else:
-                samples[op] = {"batch": list(s.batch), "context_len": list(s.context_len),
-                               "seconds": [list(row) for row in s.seconds]}
+                samples[op] = {
+                    "batch": list(s.batch),
+                    "context_len": list(s.context_len),
+                    "seconds": [list(row) for row in s.seconds],
+                }
         samples["launch"] = {"seconds": self.launch_s}
         p = self.provenance
         return {
@@ -96,14 +99,22 @@ class Profile:
             "name": self.name,
             "hardware": self.hardware.to_dict(),
             "model": self.model.to_dict(),
-            "provenance": {"kind": p.kind, "date": p.date, "tool": p.tool, "notes": p.notes,
-                           "sources": list(p.sources), "machine": dict(p.machine)},
+            "provenance": {
+                "kind": p.kind,
+                "date": p.date,
+                "tool": p.tool,
+                "notes": p.notes,
+                "sources": list(p.sources),
+                "machine": dict(p.machine),
+            },
             "samples": samples,
             "fit": {op: f.to_dict() for op, f in self.fits.items()},
         }
 
 
-def fit_samples(model: ModelSpec, samples: dict[str, Samples1D | Samples2D]) -> dict[str, RooflineFit]:
+def fit_samples(
+    model: ModelSpec, samples: dict[str, Samples1D | Samples2D]
+) -> dict[str, RooflineFit]:
     """Fit every operator's samples (needs scipy)."""
     fits = {}
     for op, s in samples.items():
@@ -121,11 +132,24 @@ def fit_samples(model: ModelSpec, samples: dict[str, Samples1D | Samples2D]) -> 
     return fits
 
 
-def make_profile(name: str, hardware: HardwareSpec, model: ModelSpec, provenance: Provenance,
-                 samples: dict[str, Samples1D | Samples2D], launch_s: float) -> Profile:
+def make_profile(
+    name: str,
+    hardware: HardwareSpec,
+    model: ModelSpec,
+    provenance: Provenance,
+    samples: dict[str, Samples1D | Samples2D],
+    launch_s: float,
+) -> Profile:
     """Assemble a profile from samples, fitting each operator."""
-    return Profile(name, hardware, model, provenance, dict(samples), float(launch_s),
-                   fit_samples(model, samples))
+    return Profile(
+        name,
+        hardware,
+        model,
+        provenance,
+        dict(samples),
+        float(launch_s),
+        fit_samples(model, samples),
+    )
 
 
 def save_profile(profile: Profile, path: str | Path) -> Path:
@@ -153,20 +177,29 @@ def profile_from_dict(data: Any, where: str = "profile") -> Profile:
         v.fail("", "expected a JSON object")
     version = v.get(data, "schema_version", int)
     if version > SCHEMA_VERSION:
-        v.fail("schema_version", f"version {version} is newer than this neo understands "
-               f"({SCHEMA_VERSION}); upgrade neo")
+        v.fail(
+            "schema_version",
+            f"version {version} is newer than this neo understands ({SCHEMA_VERSION}); upgrade neo",
+        )
     if version < 1:
         v.fail("schema_version", f"must be >= 1, got {version}")
     name = v.get(data, "name", str)
-    hardware = _wrap(lambda: HardwareSpec.from_dict(v.get(data, "hardware", dict)), where, "hardware")
+    hardware = _wrap(
+        lambda: HardwareSpec.from_dict(v.get(data, "hardware", dict)), where, "hardware"
+    )
     model = _wrap(lambda: ModelSpec.from_dict(v.get(data, "model", dict)), where, "model")
     prov = v.get(data, "provenance", dict)
     kind = v.get(prov, "kind", str, "provenance.kind")
     if kind not in ("measured", "derived"):
         v.fail("provenance.kind", f"must be 'measured' or 'derived', got {kind!r}")
-    provenance = Provenance(kind, v.get(prov, "date", str, "provenance.date"),
-                            v.get(prov, "tool", str, "provenance.tool"), str(prov.get("notes", "")),
-                            tuple(prov.get("sources", ())), dict(prov.get("machine", {})))
+    provenance = Provenance(
+        kind,
+        v.get(prov, "date", str, "provenance.date"),
+        v.get(prov, "tool", str, "provenance.tool"),
+        str(prov.get("notes", "")),
+        tuple(prov.get("sources", ())),
+        dict(prov.get("machine", {})),
+    )
     raw = v.get(data, "samples", dict)
     samples: dict[str, Samples1D | Samples2D] = {}
     for op in OPS_1D:
@@ -181,11 +214,17 @@ def profile_from_dict(data: Any, where: str = "profile") -> Profile:
         rows = v.get(s, "seconds", list, f"samples.{op}.seconds")
         if len(rows) != len(batch):
             v.fail(f"samples.{op}.seconds", f"expected {len(batch)} rows (one per batch size)")
-        secs2 = tuple(v.numbers({"r": row}, "r", f"samples.{op}.seconds[{i}]", length=len(ctx))
-                      for i, row in enumerate(rows))
+        secs2 = tuple(
+            v.numbers({"r": row}, "r", f"samples.{op}.seconds[{i}]", length=len(ctx))
+            for i, row in enumerate(rows)
+        )
         samples[op] = Samples2D(batch, ctx, secs2)
-    launch = v.get(v.get(raw, "launch", dict, "samples.launch"), "seconds", (int, float),
-                   "samples.launch.seconds")
+    launch = v.get(
+        v.get(raw, "launch", dict, "samples.launch"),
+        "seconds",
+        (int, float),
+        "samples.launch.seconds",
+    )
     if not (launch >= 0 and math.isfinite(launch)):
         v.fail("samples.launch.seconds", f"must be a finite number >= 0, got {launch}")
     fits_raw = data.get("fit")
@@ -231,8 +270,9 @@ class _Validator:
             self.fail(label, f"expected {names}, got {type(value).__name__}")
         return value
 
-    def numbers(self, obj: dict, key: str, label: str, length: int | None = None,
-                increasing: bool = False) -> tuple[float, ...]:
+    def numbers(
+        self, obj: dict, key: str, label: str, length: int | None = None, increasing: bool = False
+    ) -> tuple[float, ...]:
         values = self.get(obj, key, list, label)
         if not values:
             self.fail(label, "empty list")

@@ -32,8 +32,17 @@ class Lookup(str, Enum):
 
 def same_dimensions(a: ModelSpec, b: ModelSpec) -> bool:
     """Whether two specs have the same layer shapes and dtypes (names may differ)."""
-    keys = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
-            "intermediate_size", "vocab_size", "dtype", "kv_dtype")
+    keys = (
+        "num_layers",
+        "hidden_size",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+        "dtype",
+        "kv_dtype",
+    )
     return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
@@ -50,11 +59,16 @@ class ProfiledCostModel(CostModel):
             else:
                 self._tables[op] = Table2D(s.batch, s.context_len, s.seconds, op)
         self._fits = profile.fits
-        how = (f"scaled from {profile.model.name} by FLOPs and bytes" if self.scaled
-               else "interpolated, roofline-extrapolated")
-        self.description = (f"profile {profile.name} ({profile.provenance.kind}"
-                            f"{', ' + profile.provenance.date if profile.provenance.date else ''}): "
-                            f"{self.model.name}, {how}")
+        how = (
+            f"scaled from {profile.model.name} by FLOPs and bytes"
+            if self.scaled
+            else "interpolated, roofline-extrapolated"
+        )
+        self.description = (
+            f"profile {profile.name} ({profile.provenance.kind}"
+            f"{', ' + profile.provenance.date if profile.provenance.date else ''}): "
+            f"{self.model.name}, {how}"
+        )
 
     # the lookups --------------------------------------------------------------------------
     def explain(self, op: str, size: float, batch: float = 0.0) -> tuple[float, Lookup]:
@@ -76,8 +90,9 @@ class ProfiledCostModel(CostModel):
         if table.contains(batch, context):
             return table(batch, context), Lookup.INTERPOLATED
         b_edge, c_edge = table.clamp(batch, context)
-        value = self._extrapolate(table(b_edge, c_edge), fit, op, size, batch,
-                                  b_edge * c_edge, b_edge)
+        value = self._extrapolate(
+            table(b_edge, c_edge), fit, op, size, batch, b_edge * c_edge, b_edge
+        )
         return value, Lookup.EXTRAPOLATED
 
     def _extrapolate(self, edge_value, fit, op, size, batch, edge_size, edge_batch) -> float:

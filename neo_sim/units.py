@@ -17,9 +17,7 @@ def dtype_bytes(dtype: str) -> int:
     try:
         return DTYPE_BYTES[dtype]
     except KeyError:
-        raise NeoError(
-            f"unknown dtype {dtype!r}: use one of float32, float16, bfloat16"
-        ) from None
+        raise NeoError(f"unknown dtype {dtype!r}: use one of float32, float16, bfloat16") from None
 
 
 def canonical_dtype(dtype: str) -> str:

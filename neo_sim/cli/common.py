@@ -45,25 +45,51 @@ def positive_float(text: str) -> float:
 
 
 def add_target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--hardware", required=True,
-                   help="hardware preset (t4, a10g-g5.4xlarge, h100, ...) or a profile JSON file")
-    p.add_argument("--model", default=None,
-                   help="model preset (llama-2-7b, ...), dummy:PRESET, or an HF config.json path; "
-                        "optional with a profile file")
+    p.add_argument(
+        "--hardware",
+        required=True,
+        help="hardware preset (t4, a10g-g5.4xlarge, h100, ...) or a profile JSON file",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model preset (llama-2-7b, ...), dummy:PRESET, or an HF config.json path; "
+        "optional with a profile file",
+    )
 
 
 def add_capacity_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpu-kv-blocks", type=nonneg_int, default=None,
-                   help="GPU KV pool in blocks (default: from GPU memory minus weights)")
-    p.add_argument("--cpu-kv-gb", type=float, default=None,
-                   help="host KV pool in GB (default: half of host memory)")
+    p.add_argument(
+        "--gpu-kv-blocks",
+        type=nonneg_int,
+        default=None,
+        help="GPU KV pool in blocks (default: from GPU memory minus weights)",
+    )
+    p.add_argument(
+        "--cpu-kv-gb",
+        type=float,
+        default=None,
+        help="host KV pool in GB (default: half of host memory)",
+    )
     p.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block")
-    p.add_argument("--max-batch-tokens", type=positive_int, default=4096,
-                   help="tokens per iteration (default 4096)")
-    p.add_argument("--max-batch-size", type=positive_int, default=256,
-                   help="sequences per iteration (default 256)")
-    p.add_argument("--max-num-seqs", type=positive_int, default=512,
-                   help="requests resident on GPU or CPU (default 512)")
+    p.add_argument(
+        "--max-batch-tokens",
+        type=positive_int,
+        default=4096,
+        help="tokens per iteration (default 4096)",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=positive_int,
+        default=256,
+        help="sequences per iteration (default 256)",
+    )
+    p.add_argument(
+        "--max-num-seqs",
+        type=positive_int,
+        default=512,
+        help="requests resident on GPU or CPU (default 512)",
+    )
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -73,7 +99,9 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 def policy_name(text: str) -> str:
     if text not in POLICIES:
-        raise argparse.ArgumentTypeError(f"unknown policy {text!r}: use one of {', '.join(POLICIES)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown policy {text!r}: use one of {', '.join(POLICIES)}"
+        )
     return text
 
 
@@ -85,15 +113,25 @@ def capacity_from_args(args: argparse.Namespace, target: Target) -> KVCapacity:
     if args.cpu_kv_gb is not None and args.cpu_kv_gb < 0:
         raise NeoError(f"--cpu-kv-gb must be >= 0, got {args.cpu_kv_gb}")
     cpu_bytes = None if args.cpu_kv_gb is None else args.cpu_kv_gb * GB
-    return default_capacity(target.model, target.hardware, args.block_size, args.max_batch_tokens,
-                            args.gpu_kv_blocks, cpu_bytes)
+    return default_capacity(
+        target.model,
+        target.hardware,
+        args.block_size,
+        args.max_batch_tokens,
+        args.gpu_kv_blocks,
+        cpu_bytes,
+    )
 
 
 def config_from_args(args: argparse.Namespace, capacity: KVCapacity) -> SchedulerConfig:
     return SchedulerConfig(
-        num_gpu_blocks=capacity.num_gpu_blocks, num_cpu_blocks=capacity.num_cpu_blocks,
-        block_size=capacity.block_size, max_batch_size=args.max_batch_size,
-        max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens)
+        num_gpu_blocks=capacity.num_gpu_blocks,
+        num_cpu_blocks=capacity.num_cpu_blocks,
+        block_size=capacity.block_size,
+        max_batch_size=args.max_batch_size,
+        max_num_seqs=args.max_num_seqs,
+        max_batch_tokens=args.max_batch_tokens,
+    )
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -16,18 +16,34 @@ from neo_sim.cli import common
 from neo_sim.errors import NeoError
 from neo_sim.profiled import ProfiledCostModel
 
-OPS = ("linear", "prefill_attn", "gpu_decode_attn", "cpu_decode_attn", "lm_head", "h2d", "d2h",
-       "launch")
+OPS = (
+    "linear",
+    "prefill_attn",
+    "gpu_decode_attn",
+    "cpu_decode_attn",
+    "lm_head",
+    "h2d",
+    "d2h",
+    "launch",
+)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("cost", help="print predicted seconds of one operator (JSON)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "cost",
+        help="print predicted seconds of one operator (JSON)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common.add_target_args(p)
     p.add_argument("--op", required=True, choices=OPS)
     p.add_argument("--sizes", default="1,16,256,4096", help="comma-separated sizes")
-    p.add_argument("--batch", type=common.positive_int, default=1,
-                   help="requests, for the decode ops (default 1)")
+    p.add_argument(
+        "--batch",
+        type=common.positive_int,
+        default=1,
+        help="requests, for the decode ops (default 1)",
+    )
     common.add_output_args(p)
     p.set_defaults(run=run)
 

@@ -16,8 +16,12 @@ from neo_sim.scheduler import Mode, Request, make_policy
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("plan", help="print the plans a policy makes for a queue",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "plan",
+        help="print the plans a policy makes for a queue",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common.add_target_args(p)
     p.add_argument("--policy", type=common.policy_name, default="neo")
     p.add_argument("--requests", type=common.positive_int, default=64, help="queued requests")
@@ -35,12 +39,18 @@ def run(args: argparse.Namespace) -> int:
     config = common.config_from_args(args, capacity)
     policy = make_policy(args.policy, config, target.cost)
     rng = random.Random(args.seed)
-    policy.add(Request(i, _around(rng, args.input_len), _around(rng, args.output_len))
-               for i in range(args.requests))
-    print(f"{args.policy} on {target.hardware.name} with {target.model.name}; "
-          f"cost model: {target.cost.description}")
-    print(f"KV pools: GPU {capacity.num_gpu_blocks} blocks ({capacity.gpu_tokens} tokens), "
-          f"CPU {capacity.num_cpu_blocks} blocks ({capacity.cpu_tokens} tokens)")
+    policy.add(
+        Request(i, _around(rng, args.input_len), _around(rng, args.output_len))
+        for i in range(args.requests)
+    )
+    print(
+        f"{args.policy} on {target.hardware.name} with {target.model.name}; "
+        f"cost model: {target.cost.description}"
+    )
+    print(
+        f"KV pools: GPU {capacity.num_gpu_blocks} blocks ({capacity.gpu_tokens} tokens), "
+        f"CPU {capacity.num_cpu_blocks} blocks ({capacity.cpu_tokens} tokens)"
+    )
     now, shown = 0.0, []
     for _ in range(args.steps):
         if not policy.has_work:
@@ -53,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
         shown.append(plan)
         now += plan.predicted_s
         policy.complete(plan)
-    print(f"after {len(shown)} steps ({now:.3f} s predicted): waiting {len(policy.waiting)}, "
-          f"GPU-resident {len(policy.gpu_running)}, CPU-resident {len(policy.cpu_running)}")
+    print(
+        f"after {len(shown)} steps ({now:.3f} s predicted): waiting {len(policy.waiting)}, "
+        f"GPU-resident {len(policy.gpu_running)}, CPU-resident {len(policy.cpu_running)}"
+    )
     if args.output:
         common.write_json(args.output / "plans.json", [dataclasses.asdict(p) for p in shown])
         common.write_json(args.output / "config.json", vars(args) | {"run": None})

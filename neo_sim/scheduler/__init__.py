@@ -45,7 +45,21 @@ def make_policy(name: str, config: SchedulerConfig, cost: CostModel) -> Policy:
 
 
 __all__ = [
-    "POLICIES", "Policy", "SchedulerConfig", "make_policy", "GpuOnlyPolicy", "NeoPolicy",
-    "SymmetricPolicy", "FullOffloadPolicy", "Plan", "SubBatch", "PrefillWork", "DecodeWork",
-    "Swap", "Mode", "Request", "RequestState", "Device",
+    "POLICIES",
+    "Policy",
+    "SchedulerConfig",
+    "make_policy",
+    "GpuOnlyPolicy",
+    "NeoPolicy",
+    "SymmetricPolicy",
+    "FullOffloadPolicy",
+    "Plan",
+    "SubBatch",
+    "PrefillWork",
+    "DecodeWork",
+    "Swap",
+    "Mode",
+    "Request",
+    "RequestState",
+    "Device",
 ]

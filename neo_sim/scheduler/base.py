@@ -179,11 +179,8 @@ class Policy(ABC):
         self.gpu_running.pop(rid, None)
         self.cpu_running.pop(rid, None)
         self.swapped.pop(rid, None)
-        if r.state == RequestState.WAITING:
-            try:
-                self.waiting.remove(r)
-            except ValueError:
-                pass
+        if r.state == RequestState.WAITING and r in self.waiting:
+            self.waiting.remove(r)
         self.kv.free(rid)
         r.state = state
         del self.requests[rid]

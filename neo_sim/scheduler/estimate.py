@@ -83,8 +83,11 @@ class SubBatchBuilder:
 
     def _account_prefill(self, work: PrefillWork, sign: int) -> None:
         c = self.cost
-        attn = c.prefill_attn((work.end,)) - c.prefill_attn((work.start,)) if work.start else \
-            c.prefill_attn((work.end,))
+        attn = (
+            c.prefill_attn((work.end,)) - c.prefill_attn((work.start,))
+            if work.start
+            else c.prefill_attn((work.end,))
+        )
         self.num_tokens += sign * work.num_tokens
         self.prefill_attn_s += sign * attn
         if work.kv_device == Device.CPU:
@@ -106,8 +109,12 @@ class SubBatchBuilder:
             gpu_attn = self.prefill_attn_s + c.gpu_decode_attn(self.gpu_decode_tokens, n_gdec)
             cpu = 0.0
             if n_cdec:
-                cpu = (c.d2h(c.qkv_bytes(n_cdec)) + c.cpu_decode_attn(n_cdec, self.cpu_decode_tokens)
-                       + c.h2d(c.attn_out_bytes(n_cdec)) + c.launch)
+                cpu = (
+                    c.d2h(c.qkv_bytes(n_cdec))
+                    + c.cpu_decode_attn(n_cdec, self.cpu_decode_tokens)
+                    + c.h2d(c.attn_out_bytes(n_cdec))
+                    + c.launch
+                )
             offload = c.d2h(self.cpu_prefill_tokens * c.model.kv_bytes_per_token_per_layer)
             self._cache = LayerTimes(c.linear(self.num_tokens), gpu_attn, cpu, offload)
         return self._cache
@@ -134,8 +141,9 @@ def sequential_layer_s(b: SubBatchBuilder) -> float:
     return max(t.linear_s + max(t.gpu_attn_s, t.cpu_s), t.offload_s)
 
 
-def swap_s(cost: CostModel, swap_out: tuple[Swap, ...], swap_in: tuple[Swap, ...],
-           block_size: int) -> float:
+def swap_s(
+    cost: CostModel, swap_out: tuple[Swap, ...], swap_in: tuple[Swap, ...], block_size: int
+) -> float:
     """PCIe time of whole-request swaps (all layers), copied block by block."""
     per_token = cost.model.kv_bytes_per_token
     out_bytes = sum(len(s.src_blocks) for s in swap_out) * block_size * per_token

@@ -34,12 +34,22 @@ class GpuOnlyPolicy(Policy):
             self._admit(batch, budget)
         layer_s = sequential_layer_s(batch)
         predicted = iteration_s(self.cost, layer_s, batch.num_seqs) + swap_s(
-            self.cost, swap_out, swap_in, cfg.block_size)
-        return Plan(self.step_index, Mode.SEQUENTIAL, (batch.freeze(),), swap_out, swap_in,
-                    recomputed, predicted)
+            self.cost, swap_out, swap_in, cfg.block_size
+        )
+        return Plan(
+            self.step_index,
+            Mode.SEQUENTIAL,
+            (batch.freeze(),),
+            swap_out,
+            swap_in,
+            recomputed,
+            predicted,
+        )
 
     # ---- phases ----------------------------------------------------------------------------
-    def _preempt_until_decodes_fit(self, budget: Budget) -> tuple[tuple[Swap, ...], tuple[int, ...]]:
+    def _preempt_until_decodes_fit(
+        self, budget: Budget
+    ) -> tuple[tuple[Swap, ...], tuple[int, ...]]:
         """Preempt the newest running requests until every decode has a slot and a block."""
         gpu = self.kv.gpu
         running = list(self.gpu_running.values())
@@ -74,9 +84,15 @@ class GpuOnlyPolicy(Policy):
 
     def _swap_in(self, budget: Budget) -> tuple[Swap, ...]:
         gpu = self.kv.gpu
-        limit = self.config.swap_in_watermark * gpu.num_blocks
-        used = gpu.num_used + sum(gpu.extra_blocks(r.request_id, r.seq_len)
-                                  for r in self.gpu_running.values() if not r.is_prefilling)
+        # The low watermark leaves room for growth; an idle GPU takes whatever fits.
+        limit = (
+            self.config.swap_in_watermark * gpu.num_blocks if self.gpu_running else gpu.num_blocks
+        )
+        used = gpu.num_used + sum(
+            gpu.extra_blocks(r.request_id, r.seq_len)
+            for r in self.gpu_running.values()
+            if not r.is_prefilling
+        )
         swaps = []
         for r in sorted(self.swapped.values(), key=lambda r: r.admit_order):
             blocks = self._blocks(r.seq_len)
@@ -90,7 +106,9 @@ class GpuOnlyPolicy(Policy):
             self.gpu_running[r.request_id] = r
             swaps.append(Swap(r.request_id, r.num_computed, tuple(src), tuple(dst)))
         if swaps:
-            self.gpu_running = dict(sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order))
+            self.gpu_running = dict(
+                sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order)
+            )
         return tuple(swaps)
 
     def _schedule_running(self, batch: SubBatchBuilder, budget: Budget) -> None:
@@ -107,7 +125,11 @@ class GpuOnlyPolicy(Policy):
         for r in prefilling:
             chunk = min(r.seq_len - r.num_computed, budget.tokens)
             end = r.num_computed + chunk
-            if chunk < 1 or gpu.extra_blocks(r.request_id, end) > gpu.num_free or not budget.take(chunk):
+            if (
+                chunk < 1
+                or gpu.extra_blocks(r.request_id, end) > gpu.num_free
+                or not budget.take(chunk)
+            ):
                 continue
             gpu.grow(r.request_id, end)
             batch.add_prefill(PrefillWork(r.request_id, r.num_computed, end))
@@ -120,7 +142,11 @@ class GpuOnlyPolicy(Policy):
             remaining = r.seq_len - r.num_computed
             chunk = min(remaining, budget.tokens) if cfg.chunked_prefill_tokens else remaining
             end = r.num_computed + chunk
-            if chunk < 1 or gpu.extra_blocks(r.request_id, end) > gpu.num_free or not budget.take(chunk):
+            if (
+                chunk < 1
+                or gpu.extra_blocks(r.request_id, end) > gpu.num_free
+                or not budget.take(chunk)
+            ):
                 break
             self.waiting.popleft()
             gpu.grow(r.request_id, end)

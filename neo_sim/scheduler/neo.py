@@ -54,7 +54,16 @@ class NeoPolicy(Policy):
         if b1:
             self._trim_cpu_prefills(b0, b1)
         mode, chosen = self._choose_mode(b0, b1, forced)
+        if not any(chosen) and not swap_in and self.cpu_running:
+            recomputed = (*recomputed, self._break_host_deadlock())
         return self._commit(mode, chosen, swap_out, swap_in, recomputed, forced)
+
+    def _break_host_deadlock(self) -> int:
+        """Nothing can run: CPU decodes cannot grow in a full host pool and cannot move to the
+        GPU. Drop the newest one's KV (it will recompute) so the others can proceed."""
+        newest = max(self.cpu_running.values(), key=lambda r: r.admit_order)
+        self._recompute(newest)
+        return newest.request_id
 
     def _reserve_for_overdue(self, budget: Budget) -> int:
         """Hold batch slots for overdue CPU decodes so that admissions cannot starve them."""
@@ -98,7 +107,10 @@ class NeoPolicy(Policy):
     # ---- step 2 ---------------------------------------------------------------------------
     def _swap_in(self, budget: Budget) -> tuple[Swap, ...]:
         gpu = self.kv.gpu
-        limit = self.config.swap_in_watermark * gpu.num_blocks
+        # The low watermark leaves room for new prompts; an idle GPU takes whatever fits.
+        limit = (
+            self.config.swap_in_watermark * gpu.num_blocks if self.gpu_running else gpu.num_blocks
+        )
         used = self._gpu_blocks_after_growth()
         swaps = []
         for r in self._cpu_decodes_oldest_first():
@@ -113,7 +125,9 @@ class NeoPolicy(Policy):
             r.num_swaps += 1
             swaps.append(Swap(r.request_id, r.num_computed, tuple(src), tuple(dst)))
         if swaps:
-            self.gpu_running = dict(sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order))
+            self.gpu_running = dict(
+                sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order)
+            )
         return tuple(swaps)
 
     # ---- step 3 ---------------------------------------------------------------------------
@@ -121,7 +135,6 @@ class NeoPolicy(Policy):
         gpu, cpu = self.kv.gpu, self.kv.cpu
         gpu_used = self._gpu_blocks_after_growth()
         cpu_used = cpu.num_used
-        cpu_limit = self._cpu_admission_limit()
         slots = self.config.max_num_seqs - self.num_resident
         to_cpu = False
         candidates: list[Candidate] = []
@@ -131,7 +144,7 @@ class NeoPolicy(Policy):
             blocks = self._blocks(r.seq_len)
             if not to_cpu and gpu_used + blocks <= gpu.num_blocks and self._gpu_allowed():
                 device = Device.GPU
-            elif cpu_used + blocks <= cpu_limit:
+            elif cpu_used + blocks <= self._cpu_admission_limit(gpu_used):
                 device = Device.CPU
             else:
                 break
@@ -146,23 +159,29 @@ class NeoPolicy(Policy):
             candidates.append((r, device))
         return candidates
 
-    def _cpu_admission_limit(self) -> int:
-        """Prompts may fill the CPU pool only up to the room that a full GPU swap-out needs."""
-        return max(0, self.kv.cpu.num_blocks - self.kv.gpu.num_blocks)
+    def _cpu_admission_limit(self, gpu_used: int) -> int:
+        """Prompts may fill the CPU pool only up to the room a full GPU swap-out would need.
+
+        The artifact reserves the whole GPU pool's size; reserving what the GPU holds now is
+        as safe for swaps and never locks out a prompt that fits while the GPU is idle.
+        """
+        return max(0, self.kv.cpu.num_blocks - gpu_used)
 
     def _gpu_allowed(self) -> bool:
         return True
 
     # ---- step 4 ---------------------------------------------------------------------------
-    def _build_sub_batches(self, candidates: list[Candidate], budget: Budget
-                           ) -> tuple[SubBatchBuilder, SubBatchBuilder, tuple[int, ...]]:
+    def _build_sub_batches(
+        self, candidates: list[Candidate], budget: Budget
+    ) -> tuple[SubBatchBuilder, SubBatchBuilder, tuple[int, ...]]:
         b0, b1 = SubBatchBuilder(self.cost), SubBatchBuilder(self.cost)
         for r, device in candidates:
             b0.add_prefill(PrefillWork(r.request_id, r.num_computed, r.seq_len, device))
         for r in self.gpu_running.values():
             b0.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
         cpu_free = self.kv.cpu.num_free - sum(
-            self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU)
+            self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
+        )
         if not b0:
             # No GPU work to hide CPU attention behind: a CPU-only sequential batch.
             for r in self._cpu_decodes_oldest_first():
@@ -203,13 +222,19 @@ class NeoPolicy(Policy):
         threshold = self.config.cpu_prefill_min_tokens
         while b0.prefills:
             p = b0.pop_prefill()
-            if p.kv_device == Device.GPU or b0.num_tokens < threshold or min(slacks(b0, b1)) < 0:
+            if (
+                p.kv_device == Device.GPU
+                or b0.num_tokens < threshold
+                or not b0
+                or min(slacks(b0, b1)) < 0
+            ):
                 b0.add_prefill(p)
                 return
 
     # ---- step 6 ---------------------------------------------------------------------------
-    def _choose_mode(self, b0: SubBatchBuilder, b1: SubBatchBuilder, forced: tuple[int, ...]
-                     ) -> tuple[Mode, tuple[SubBatchBuilder, ...]]:
+    def _choose_mode(
+        self, b0: SubBatchBuilder, b1: SubBatchBuilder, forced: tuple[int, ...]
+    ) -> tuple[Mode, tuple[SubBatchBuilder, ...]]:
         if not b1:
             return Mode.SEQUENTIAL, (self._sequential_batch(b0) if not b0.cpu_decodes else b0,)
         if forced:
@@ -232,14 +257,15 @@ class NeoPolicy(Policy):
         threshold = self.config.cpu_prefill_min_tokens
         while seq.prefills:
             p = seq.pop_prefill()
-            if p.kv_device == Device.GPU or seq.num_tokens < threshold:
+            if p.kv_device == Device.GPU or seq.num_tokens < threshold or not seq:
                 seq.add_prefill(p)
                 break
         return seq
 
     # ---- commit ---------------------------------------------------------------------------
-    def _commit(self, mode: Mode, chosen: tuple[SubBatchBuilder, ...], swap_out, swap_in,
-                recomputed, forced) -> Plan:
+    def _commit(
+        self, mode: Mode, chosen: tuple[SubBatchBuilder, ...], swap_out, swap_in, recomputed, forced
+    ) -> Plan:
         gpu, cpu = self.kv.gpu, self.kv.cpu
         admitted = {p.request_id: p for b in chosen for p in b.prefills}
         for _ in range(len(admitted)):
@@ -262,19 +288,31 @@ class NeoPolicy(Policy):
         else:
             layer_s, slack = sequential_layer_s(chosen[0]), ()
         predicted = iteration_s(self.cost, layer_s, num_seqs) + swap_s(
-            self.cost, swap_out, swap_in, self.config.block_size)
+            self.cost, swap_out, swap_in, self.config.block_size
+        )
         forced_in_plan = forced if mode == Mode.PIPELINED else ()
-        return Plan(self.step_index, mode, tuple(b.freeze() for b in chosen), swap_out, swap_in,
-                    recomputed, predicted, slack, forced_in_plan)
+        return Plan(
+            self.step_index,
+            mode,
+            tuple(b.freeze() for b in chosen),
+            swap_out,
+            swap_in,
+            recomputed,
+            predicted,
+            slack,
+            forced_in_plan,
+        )
 
     # ---- helpers ---------------------------------------------------------------------------
     def _gpu_blocks_after_growth(self) -> int:
         gpu = self.kv.gpu
-        return gpu.num_used + sum(gpu.extra_blocks(r.request_id, r.seq_len)
-                                  for r in self.gpu_running.values())
+        return gpu.num_used + sum(
+            gpu.extra_blocks(r.request_id, r.seq_len) for r in self.gpu_running.values()
+        )
 
     def _cpu_decodes_oldest_first(self, overdue_first: bool = False) -> list[Request]:
         if overdue_first:
-            return sorted(self.cpu_running.values(),
-                          key=lambda r: (not self._is_overdue(r), r.admit_order))
+            return sorted(
+                self.cpu_running.values(), key=lambda r: (not self._is_overdue(r), r.admit_order)
+            )
         return sorted(self.cpu_running.values(), key=lambda r: r.admit_order)

@@ -51,7 +51,9 @@ class SubBatch:
     @property
     def num_tokens(self) -> int:
         """Iteration width: tokens through the linear layers."""
-        return sum(p.num_tokens for p in self.prefills) + len(self.gpu_decodes) + len(self.cpu_decodes)
+        return (
+            sum(p.num_tokens for p in self.prefills) + len(self.gpu_decodes) + len(self.cpu_decodes)
+        )
 
     @property
     def num_seqs(self) -> int:
@@ -59,8 +61,11 @@ class SubBatch:
 
     @property
     def request_ids(self) -> tuple[int, ...]:
-        return (*(p.request_id for p in self.prefills), *(d.request_id for d in self.gpu_decodes),
-                *(d.request_id for d in self.cpu_decodes))
+        return (
+            *(p.request_id for p in self.prefills),
+            *(d.request_id for d in self.gpu_decodes),
+            *(d.request_id for d in self.cpu_decodes),
+        )
 
     def __bool__(self) -> bool:
         return bool(self.prefills or self.gpu_decodes or self.cpu_decodes)
@@ -121,9 +126,15 @@ class Plan:
         parts = []
         for i, sb in enumerate(self.sub_batches):
             gp = sum(1 for p in sb.prefills if p.kv_device == Device.GPU)
-            parts.append(f"sb{i}[prefill {gp} gpu + {len(sb.prefills) - gp} cpu "
-                         f"({sum(p.num_tokens for p in sb.prefills)} tok), "
-                         f"gpu-decode {len(sb.gpu_decodes)}, cpu-decode {len(sb.cpu_decodes)}]")
+            parts.append(
+                f"sb{i}[prefill {gp} gpu + {len(sb.prefills) - gp} cpu "
+                f"({sum(p.num_tokens for p in sb.prefills)} tok), "
+                f"gpu-decode {len(sb.gpu_decodes)}, cpu-decode {len(sb.cpu_decodes)}]"
+            )
         swaps = f", swap out {len(self.swap_out)} / in {len(self.swap_in)}"
-        return f"step {self.step} {self.mode.value}: " + " ".join(parts) + swaps + \
-            f", predicted {self.predicted_s * 1e3:.2f} ms"
+        return (
+            f"step {self.step} {self.mode.value}: "
+            + " ".join(parts)
+            + swaps
+            + f", predicted {self.predicted_s * 1e3:.2f} ms"
+        )

@@ -49,7 +49,7 @@ class FullOffloadPolicy(NeoPolicy):
     def _gpu_allowed(self) -> bool:
         return False
 
-    def _cpu_admission_limit(self) -> int:
+    def _cpu_admission_limit(self, gpu_used: int) -> int:
         return self.kv.cpu.num_blocks
 
     def max_seq_tokens(self) -> int:
@@ -76,7 +76,9 @@ class FullOffloadPolicy(NeoPolicy):
 def _add_all_cpu_decodes(policy: NeoPolicy, builders, budget: Budget, candidates) -> None:
     """Every CPU decode that budget and host KV allow, each to the sub-batch with less CPU work."""
     cpu = policy.kv.cpu
-    cpu_free = cpu.num_free - sum(policy._blocks(r.seq_len) for r, d in candidates if d == Device.CPU)
+    cpu_free = cpu.num_free - sum(
+        policy._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
+    )
     for r in policy._cpu_decodes_oldest_first():
         growth = cpu.extra_blocks(r.request_id, r.seq_len)
         if growth > cpu_free or not budget.take(1):

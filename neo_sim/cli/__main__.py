@@ -1,0 +1,5 @@
+import sys
+
+from neo_sim.cli import main
+
+sys.exit(main())

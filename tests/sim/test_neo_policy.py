@@ -1,0 +1,105 @@
+"""NEO-specific behaviour: offloading under KV pressure, slack, and the starvation bound."""
+
+from __future__ import annotations
+
+import random
+
+from neo_sim.costmodel import Efficiencies, RooflineCostModel
+from neo_sim.hardware import PRESETS as HW
+from neo_sim.model import PRESETS as MODELS
+from neo_sim.scheduler import Device, Mode, Request, SchedulerConfig, make_policy
+
+
+def run_load(policy, rng, steps: int, rate_per_step: float, prompt=(300, 440), out=(20, 300)):
+    """Sustained load: Poisson-ish arrivals per step; returns the longest wait (in steps)
+    between two progress steps of any CPU-resident request, and the plans."""
+    next_id, longest, plans = 0, 0, []
+    last_seen: dict[int, int] = {}
+    for step in range(1, steps + 1):
+        for _ in range(int(rate_per_step) + (rng.random() < rate_per_step % 1)):
+            policy.add(Request(next_id, rng.randint(*prompt), rng.randint(*out)))
+            next_id += 1
+        plan = policy.step()
+        plans.append(plan)
+        ran = {d.request_id for d in plan.cpu_decodes} | {p.request_id for p in plan.prefills}
+        for rid, r in policy.cpu_running.items():
+            if rid in ran or rid not in last_seen:
+                last_seen[rid] = step
+            longest = max(longest, step - last_seen[rid])
+        for rid in list(last_seen):
+            if rid not in policy.cpu_running:
+                del last_seen[rid]
+        policy.complete(plan)
+    return longest, plans
+
+
+def t4_config(**overrides):
+    base = dict(num_gpu_blocks=54, num_cpu_blocks=4000, max_batch_tokens=832, max_batch_size=256,
+                max_num_seqs=512)
+    return SchedulerConfig(**(base | overrides))
+
+
+def test_neo_offloads_under_kv_pressure_and_beats_gpu_only_offline():
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    results = {}
+    for name in ("gpu-only", "neo"):
+        policy = make_policy(name, t4_config(), cost)
+        rng = random.Random(7)
+        policy.add(Request(i, rng.randint(330, 410), rng.randint(30, 60)) for i in range(120))
+        clock, cpu_decodes, pipelined = 0.0, 0, 0
+        while policy.has_work:
+            plan = policy.step(clock)
+            clock += plan.predicted_s
+            cpu_decodes += len(plan.cpu_decodes)
+            pipelined += plan.mode == Mode.PIPELINED
+            policy.complete(plan)
+        results[name] = (120 / clock, cpu_decodes, pipelined)
+    assert results["gpu-only"][1] == 0 and results["gpu-only"][2] == 0
+    assert results["neo"][1] > 0 and results["neo"][2] > 0
+    assert results["neo"][0] > 2 * results["gpu-only"][0]
+
+
+def test_cpu_placement_follows_fcfs_once_one_prompt_goes_to_cpu():
+    from neo_sim.scheduler.base import Budget
+
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    policy = make_policy("neo", t4_config(num_gpu_blocks=60, max_batch_tokens=4096), cost)
+    # 400 tokens fit the 960-token GPU pool, 700 more do not: the second prompt goes to the CPU,
+    # and the third (small enough for the GPU) follows it there, for fairness (step 3).
+    policy.add([Request(0, 400, 10), Request(1, 700, 10), Request(2, 20, 10)])
+    placed = [(r.request_id, d) for r, d in policy._admit(Budget(256, 4096))]
+    assert placed == [(0, Device.GPU), (1, Device.CPU), (2, Device.CPU)]
+
+
+def _slow_launch_cost():
+    # A host whose per-layer CPU launch cost is huge: pipelining rarely pays, so the artifact's
+    # rule (run the sequential plan when it serves more) leaves CPU-resident requests idle.
+    return RooflineCostModel(MODELS["llama-2-7b"], HW["t4"], Efficiencies(launch_s=6e-3))
+
+
+def test_starvation_bound_holds_under_sustained_load():
+    bound = 8
+    policy = make_policy("neo", t4_config(max_cpu_wait_steps=bound), _slow_launch_cost())
+    longest, plans = run_load(policy, random.Random(3), steps=600, rate_per_step=0.25)
+    assert any(p.forced_ids for p in plans), "scenario should exercise the bound"
+    assert longest <= bound + 1
+
+
+def test_without_the_bound_cpu_requests_starve():
+    policy = make_policy("neo", t4_config(max_cpu_wait_steps=10**9), _slow_launch_cost())
+    longest, _ = run_load(policy, random.Random(3), steps=600, rate_per_step=0.25)
+    assert longest > 50, "the artifact's rule should starve CPU requests in this scenario"
+
+
+def test_pipelined_plan_slack_and_prediction_are_consistent():
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    policy = make_policy("neo", t4_config(), cost)
+    rng = random.Random(1)
+    _, plans = run_load(policy, rng, steps=200, rate_per_step=1.0)
+    pipelined = [p for p in plans if p.mode == Mode.PIPELINED]
+    assert pipelined
+    for p in pipelined:
+        assert len(p.sub_batches) == 2 and not p.sub_batches[1].prefills
+        assert not p.sub_batches[1].gpu_decodes
+        assert p.forced_ids or min(p.slack_s) >= 0
+        assert p.predicted_s > 0

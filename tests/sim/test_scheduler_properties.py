@@ -1,0 +1,183 @@
+"""Invariants of every policy over random workloads (hypothesis).
+
+A driver feeds random arrivals to a policy, runs each plan with the policy's own prediction as
+the clock, randomly finishes requests early (EOS) and aborts some, and checks after every step:
+KV pools consistent and within capacity; every request's blocks in the pool its state says;
+plans well formed (no duplicates, blocks cover the work); NEO's pipelined plans have no negative
+slack unless they carry starvation-forced requests; first admissions in arrival order; and in
+the end, every request finished or aborted exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from neo_sim.errors import NeoError
+from neo_sim.scheduler import (
+    POLICIES,
+    Device,
+    Mode,
+    Plan,
+    Request,
+    RequestState,
+    SchedulerConfig,
+    make_policy,
+)
+from neo_sim.scheduler.kv import blocks_for
+
+
+@dataclass
+class Workload:
+    config: SchedulerConfig
+    requests: list[tuple[int, int, int]]  # (arrival step, prompt_len, max_new_tokens)
+    seed: int
+
+
+@st.composite
+def workloads(draw):
+    block_size = draw(st.sampled_from([1, 4, 16]))
+    config = SchedulerConfig(
+        num_gpu_blocks=draw(st.integers(4, 80)),
+        num_cpu_blocks=draw(st.integers(0, 300)),
+        block_size=block_size,
+        max_batch_size=draw(st.integers(1, 24)),
+        max_num_seqs=draw(st.integers(1, 32)),
+        max_batch_tokens=draw(st.integers(64, 600)),
+        cpu_prefill_min_tokens=draw(st.sampled_from([0, 16, 128])),
+        max_cpu_wait_steps=draw(st.integers(1, 8)),
+    )
+    n = draw(st.integers(1, 30))
+    arrivals = sorted(draw(st.lists(st.integers(0, 40), min_size=n, max_size=n)))
+    requests = [(a, draw(st.integers(1, 200)), draw(st.integers(1, 40))) for a in arrivals]
+    return Workload(config, requests, draw(st.integers(0, 2**16)))
+
+
+def check_pools(policy) -> None:
+    for pool in (policy.kv.gpu, policy.kv.cpu):
+        seen: set[int] = set()
+        for table in pool._tables.values():
+            assert not seen & set(table), f"{pool.name}: block shared by two requests"
+            seen |= set(table)
+        assert len(seen) == pool.num_used <= pool.num_blocks
+        assert not seen & set(pool._free)
+    for rid, r in policy.requests.items():
+        on_gpu, on_cpu = policy.kv.gpu.holds(rid), policy.kv.cpu.holds(rid)
+        if r.state == RequestState.RUNNING_GPU:
+            assert not on_cpu
+        elif r.state in (RequestState.RUNNING_CPU, RequestState.SWAPPED):
+            assert not on_gpu
+        elif r.state == RequestState.WAITING:
+            assert not on_gpu and not on_cpu
+
+
+def check_plan(policy, plan: Plan) -> None:
+    ids = plan.request_ids
+    assert len(ids) == len(set(ids)), "a request appears twice in one plan"
+    bs = policy.config.block_size
+    for p in plan.prefills:
+        r = policy.requests[p.request_id]
+        want = RequestState.RUNNING_GPU if p.kv_device == Device.GPU else RequestState.RUNNING_CPU
+        assert r.state == want
+        assert p.start == r.num_computed and p.start < p.end <= r.seq_len
+        pool = policy.kv.gpu if p.kv_device == Device.GPU else policy.kv.cpu
+        assert pool.num_blocks_of(p.request_id) >= blocks_for(p.end, bs)
+    for decodes, state, pool in ((plan.gpu_decodes, RequestState.RUNNING_GPU, policy.kv.gpu),
+                                 (plan.cpu_decodes, RequestState.RUNNING_CPU, policy.kv.cpu)):
+        for d in decodes:
+            r = policy.requests[d.request_id]
+            assert r.state == state and d.context_len == r.seq_len == r.num_computed + 1
+            assert pool.num_blocks_of(d.request_id) >= blocks_for(d.context_len, bs)
+    assert plan.num_seqs <= policy.config.max_batch_size
+    if len(plan.sub_batches) == 2:
+        assert plan.mode == Mode.PIPELINED
+        assert not plan.sub_batches[1].prefills or policy.name == "symmetric"
+    if policy.name == "neo" and plan.mode == Mode.PIPELINED and not plan.forced_ids:
+        assert min(plan.slack_s) >= -1e-12, f"negative slack {plan.slack_s}"
+
+
+def drive(name: str, w: Workload, max_steps: int = 20_000):
+    rng = random.Random(w.seed)
+    policy = make_policy(name, w.config, _cost())
+    pending = list(enumerate(w.requests))
+    added: list[int] = []
+    finished: list[int] = []
+    aborted: list[int] = []
+    now, step = 0.0, 0
+    while pending or policy.has_work:
+        while pending and pending[0][1][0] <= step:
+            rid, (_, prompt, max_new) = pending.pop(0)
+            try:
+                policy.add(Request(rid, prompt, max_new, arrival_s=now))
+                added.append(rid)
+            except NeoError:
+                pass  # can never fit this configuration: refused up front
+        plan = policy.step(now)
+        check_pools(policy)
+        check_plan(policy, plan)
+        now += plan.predicted_s
+        eos = {rid for rid in plan.request_ids if rng.random() < 0.02}
+        finished += [r.request_id for r in policy.complete(plan, eos)]
+        if policy.requests and rng.random() < 0.03:
+            victim = rng.choice(sorted(policy.requests))
+            assert policy.abort(victim)
+            aborted.append(victim)
+        check_pools(policy)
+        step += 1
+        assert step < max_steps, f"{name}: no progress (livelock) after {step} steps"
+    return policy, added, finished, aborted
+
+
+_COST = None
+
+
+def _cost():
+    global _COST
+    if _COST is None:
+        from neo_sim.costmodel import RooflineCostModel
+        from neo_sim.hardware import PRESETS as HW
+        from neo_sim.model import PRESETS as MODELS
+
+        _COST = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    return _COST
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(w=workloads())
+def test_policy_invariants(name, w):
+    policy, added, finished, aborted = drive(name, w)
+    assert sorted(finished + aborted) == sorted(added), "a request was lost or duplicated"
+    assert not policy.requests and policy.kv.gpu.num_used == 0 and policy.kv.cpu.num_used == 0
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+@settings(max_examples=80, deadline=None)
+@given(w=workloads())
+def test_first_admissions_follow_arrival_order(name, w):
+    rng = random.Random(w.seed)
+    policy = make_policy(name, w.config, _cost())
+    order: list[int] = []
+    accepted: list[int] = []
+    for rid, (_, prompt, max_new) in enumerate(w.requests):
+        try:
+            policy.add(Request(rid, prompt, max_new))
+            accepted.append(rid)
+        except NeoError:
+            pass
+    tracked = {rid: policy.requests[rid] for rid in accepted}
+    steps = 0
+    while policy.has_work:
+        steps += 1
+        assert steps < 20_000, f"{name}: no progress (livelock)"
+        before = {rid for rid, r in tracked.items() if r.admit_order >= 0}
+        plan = policy.step()
+        order += sorted((r.admit_order, rid) for rid, r in tracked.items()
+                        if r.admit_order >= 0 and rid not in before)
+        policy.complete(plan, {rid for rid in plan.request_ids if rng.random() < 0.05})
+    admitted = [rid for _, rid in sorted(order)]
+    assert admitted == sorted(admitted), "FCFS violated: a later request was admitted first"
