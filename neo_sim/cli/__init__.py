@@ -11,12 +11,14 @@ import logging
 import sys
 
 from neo_sim import __version__
-from neo_sim.cli import cost, plan
+from neo_sim.cli import compare, cost, plan, run
 from neo_sim.errors import NeoError
 
-COMMANDS = [plan, cost]
+COMMANDS = [run, compare, plan, cost]
 
 EPILOG = """examples:
+  neo-sim compare --hardware t4 --model llama-2-7b --policies gpu-only,neo
+  neo-sim run --hardware a10g --model llama-3-8b --policy neo --rate 4 --output runs/a10g
   neo-sim plan --hardware t4 --model llama-2-7b --requests 64 --input-len 400 --output-len 50
   neo-sim cost --hardware t4 --model llama-2-7b --op cpu_decode_attn --sizes 1024,8192 --batch 8
 """

@@ -1,0 +1,87 @@
+"""`neo-sim compare`: several policies on the very same arrivals, side by side.
+
+Prints one column per policy and the ratio of each to the first. With --output DIR writes
+compare.csv (one row per policy, every summary metric), each policy's run files under
+DIR/POLICY/, and compare.html (throughput and latency bars).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from neo_sim.cli import common
+from neo_sim.cli.run import write_run
+from neo_sim.errors import NeoError
+from neo_sim.runs import build_workload, execute
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="compare policies on the same workload",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  neo-sim compare --hardware t4 --model llama-2-7b "
+        "--policies gpu-only,neo --output runs/t4",
+    )
+    common.add_target_args(p)
+    p.add_argument(
+        "--policies",
+        default="gpu-only,neo",
+        help="comma-separated policies; the first is the baseline for ratios",
+    )
+    common.add_workload_args(p)
+    common.add_capacity_args(p)
+    common.add_output_args(p)
+    p.set_defaults(run=run)
+
+
+def parse_policies(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise NeoError("--policies is empty")
+    for name in names:
+        try:
+            common.policy_name(name)
+        except argparse.ArgumentTypeError as exc:
+            raise NeoError(str(exc)) from None
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    names = parse_policies(args.policies)
+    base = common.run_spec_from_args(args, timeline_iterations=40 if args.output else 0)
+    workload = build_workload(base)
+    outputs = {name: execute(base.with_(policy=name), workload) for name in names}
+    first = next(iter(outputs.values())).summary
+    print(
+        f"{len(workload)} requests at rate {base.rate} on {first['hardware']} with "
+        f"{first['model']}; cost model: {first['cost_model']}"
+    )
+    print(f"KV pools: GPU {first['gpu_kv_blocks']} blocks, CPU {first['cpu_kv_blocks']} blocks")
+    print(common.format_table({n: o.summary for n, o in outputs.items()}, ratio_to=names[0]))
+    if args.output:
+        from neo_sim import plots
+
+        frame = pd.DataFrame([o.summary for o in outputs.values()])
+        for metric in ("throughput_req_s", "throughput_tok_s"):
+            frame[f"{metric}_ratio"] = frame[metric] / frame[metric].iloc[0]
+        args.output.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.output / "compare.csv", index=False)
+        for name, out in outputs.items():
+            write_run(out, args.output / name)
+        long = frame.melt(
+            id_vars=["policy"], value_vars=["throughput_req_s", "ttft_p50", "tpot_p50", "e2e_p50"]
+        )
+        fig = plots.bar_figure(
+            long,
+            x="variable",
+            y="value",
+            group="policy",
+            title=f"{first['model']} on {first['hardware']}, rate {base.rate}",
+        )
+        plots.save_html(fig, args.output / "compare.html")
+        print(f"results in {args.output}/ (compare.csv, compare.html, one folder per policy)")
+    return 0

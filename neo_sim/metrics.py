@@ -1,0 +1,180 @@
+"""Per-request and per-iteration records, and the summary a user reads.
+
+Definitions follow vLLM's serving benchmark (DESIGN.md section 5): TTFT = first token - arrival;
+TPOT = (E2E - TTFT) / (output tokens - 1); ITL pools every gap between consecutive tokens;
+per-token latency = E2E / output tokens; goodput counts a request only if every given SLO holds.
+Throughput is completed requests (and output tokens) over the span from the first arrival to
+the last finish. Busy fractions are lane busy time over that span.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+PERCENTILES = (50, 90, 99)
+
+REQUEST_COLUMNS = [
+    "request_id",
+    "arrival_s",
+    "first_token_s",
+    "finish_s",
+    "prompt_len",
+    "output_len",
+    "num_tokens",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "gpu_steps",
+    "cpu_steps",
+    "ran_on",
+    "preemptions",
+    "swaps",
+    "status",
+]
+
+
+@dataclass
+class RequestRecord:
+    request_id: int
+    arrival_s: float
+    prompt_len: int
+    output_len: int
+    first_token_s: float = float("nan")
+    last_token_s: float = float("nan")
+    finish_s: float = float("nan")
+    num_tokens: int = 0
+    gpu_steps: int = 0
+    cpu_steps: int = 0
+    preemptions: int = 0
+    swaps: int = 0
+    status: str = "pending"  # finished | aborted | rejected | pending
+
+    def on_token(self, now: float, itl: list[float]) -> None:
+        if self.num_tokens == 0:
+            self.first_token_s = now
+        else:
+            itl.append(now - self.last_token_s)
+        self.last_token_s = now
+        self.num_tokens += 1
+
+
+@dataclass
+class IterationRecord:
+    step: int
+    start_s: float
+    duration_s: float
+    predicted_s: float
+    mode: str
+    prefill_tokens: int
+    num_prefills: int
+    num_gpu_decodes: int
+    num_cpu_decodes: int
+    swap_out: int
+    swap_in: int
+    gpu_busy_s: float
+    cpu_busy_s: float
+    h2d_busy_s: float
+    d2h_busy_s: float
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Service-level objectives for goodput (seconds); None = not required."""
+
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    e2e_s: float | None = None
+
+
+@dataclass
+class Metrics:
+    requests: list[RequestRecord]
+    iterations: list[IterationRecord]
+    itl_s: list[float] = field(default_factory=list)
+
+    def requests_frame(self) -> pd.DataFrame:
+        rows = []
+        for r in self.requests:
+            row = asdict(r)
+            row["ttft_s"] = r.first_token_s - r.arrival_s
+            row["e2e_s"] = r.finish_s - r.arrival_s
+            row["tpot_s"] = (
+                (row["e2e_s"] - row["ttft_s"]) / (r.num_tokens - 1)
+                if r.num_tokens > 1
+                else float("nan")
+            )
+            row["ran_on"] = (
+                "both" if r.gpu_steps and r.cpu_steps else "cpu" if r.cpu_steps else "gpu"
+            )
+            rows.append(row)
+        return pd.DataFrame(rows, columns=REQUEST_COLUMNS)
+
+    def iterations_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [asdict(i) for i in self.iterations], columns=list(IterationRecord.__dataclass_fields__)
+        )
+
+    def summary(self, slo: SLO | None = None) -> dict[str, float]:
+        return summarize(self.requests_frame(), self.iterations_frame(), self.itl_s, slo)
+
+
+def _percentiles(prefix: str, values: pd.Series | np.ndarray, out: dict[str, float]) -> None:
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    for p in PERCENTILES:
+        out[f"{prefix}_p{p}"] = float(np.percentile(values, p)) if len(values) else float("nan")
+    out[f"{prefix}_mean"] = float(values.mean()) if len(values) else float("nan")
+
+
+def summarize(
+    requests: pd.DataFrame, iterations: pd.DataFrame, itl_s=(), slo: SLO | None = None
+) -> dict[str, float]:
+    """The flat summary written to summary.json (seconds as floats)."""
+    done = requests[requests["status"] == "finished"]
+    out: dict[str, float] = {
+        "num_requests": float(len(requests)),
+        "completed": float(len(done)),
+        "rejected": float((requests["status"] == "rejected").sum()),
+    }
+    if len(done):
+        span = float(done["finish_s"].max() - requests["arrival_s"].min())
+    else:
+        span = float("nan")
+    out["duration_s"] = span
+    out["throughput_req_s"] = len(done) / span if span and span > 0 else float("nan")
+    tokens = float(done["num_tokens"].sum())
+    out["throughput_tok_s"] = tokens / span if span and span > 0 else float("nan")
+    _percentiles("ttft", done["ttft_s"], out)
+    _percentiles("tpot", done["tpot_s"], out)
+    _percentiles("e2e", done["e2e_s"], out)
+    _percentiles("per_token_latency", done["e2e_s"] / done["num_tokens"].clip(lower=1), out)
+    _percentiles("itl", np.asarray(itl_s, dtype=float), out)
+    if slo is not None and len(done):
+        ok = np.ones(len(done), dtype=bool)
+        if slo.ttft_s is not None:
+            ok &= done["ttft_s"].to_numpy() <= slo.ttft_s
+        if slo.tpot_s is not None:
+            ok &= np.nan_to_num(done["tpot_s"].to_numpy(), nan=0.0) <= slo.tpot_s
+        if slo.e2e_s is not None:
+            ok &= done["e2e_s"].to_numpy() <= slo.e2e_s
+        out["goodput_req_s"] = float(ok.sum()) / span if span > 0 else float("nan")
+    if len(iterations) and span and span > 0:
+        out["gpu_busy"] = float(iterations["gpu_busy_s"].sum()) / span
+        out["cpu_busy"] = float(iterations["cpu_busy_s"].sum()) / span
+        pcie = iterations["h2d_busy_s"].sum() + iterations["d2h_busy_s"].sum()
+        out["pcie_busy"] = float(pcie) / (2 * span)  # two directions
+        out["num_iterations"] = float(len(iterations))
+        out["pipelined_fraction"] = float((iterations["mode"] == "pipelined").mean())
+        batch = (
+            iterations["num_prefills"]
+            + iterations["num_gpu_decodes"]
+            + iterations["num_cpu_decodes"]
+        )
+        out["mean_batch_size"] = float(batch.mean())
+        out["mean_cpu_decodes"] = float(iterations["num_cpu_decodes"].mean())
+        out["iteration_s_p50"] = float(iterations["duration_s"].median())
+    out["cpu_served_fraction"] = float((done["cpu_steps"] > 0).mean()) if len(done) else 0.0
+    return out

@@ -1,0 +1,207 @@
+"""plotly figures and the Chrome trace of the lanes.
+
+HTML files reference one `plotly.min.js` written beside them (`include_plotlyjs="directory"`):
+figures display offline, and a folder of several figures carries the 4.8 MB bundle once.
+Pass `self_contained=True` to `save_html` to embed it in the file instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from neo_sim.timing import LANES, TaskEvent
+
+LANE_COLORS = {"gpu": "#2b6cb0", "cpu": "#dd6b20", "h2d": "#38a169", "d2h": "#805ad5"}
+
+
+def save_html(fig: go.Figure, path: str | Path, self_contained: bool = False) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True if self_contained else "directory", full_html=True)
+    return path
+
+
+def load_latency_figure(
+    df: pd.DataFrame,
+    metrics: Sequence[str] = ("per_token_latency_p50", "ttft_p50", "throughput_req_s"),
+    x: str = "rate",
+    group: str = "policy",
+    title: str = "",
+) -> go.Figure:
+    """One panel per metric against the offered rate, one line per policy (or host)."""
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics))
+    for name, part in df.sort_values(x).groupby(group, sort=False):
+        for col, metric in enumerate(metrics, start=1):
+            fig.add_trace(
+                go.Scatter(
+                    x=part[x],
+                    y=part[metric],
+                    mode="lines+markers",
+                    name=str(name),
+                    legendgroup=str(name),
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+            fig.update_xaxes(title_text=f"{x} (req/s)" if x == "rate" else x, row=1, col=col)
+    for col, metric in enumerate(metrics, start=1):
+        unit = (
+            "req/s"
+            if metric.startswith("throughput_req")
+            else ("tok/s" if metric.startswith("throughput_tok") else "s")
+        )
+        fig.update_yaxes(title_text=unit, row=1, col=col)
+    fig.update_layout(title=title or "load vs latency", height=420, width=420 * len(metrics))
+    return fig
+
+
+def bar_figure(
+    df: pd.DataFrame, x: str, y: str, group: str | None = None, title: str = "", y_title: str = ""
+) -> go.Figure:
+    """Bars of `y` per `x` (grouped by `group`): throughput vs host CPU size and similar."""
+    fig = go.Figure()
+    groups = df.groupby(group, sort=False) if group else [("", df)]
+    for name, part in groups:
+        fig.add_trace(
+            go.Bar(
+                x=part[x].astype(str),
+                y=part[y],
+                name=str(name),
+                text=[f"{v:.3g}" for v in part[y]],
+                textposition="outside",
+            )
+        )
+    fig.update_layout(
+        title=title, barmode="group", yaxis_title=y_title or y, xaxis_title=x, height=450, width=900
+    )
+    return fig
+
+
+def timeline_figure(timeline: Iterable[tuple[int, float, TaskEvent]], title: str = "") -> go.Figure:
+    """Gantt chart of the four lanes over the recorded iterations (milliseconds)."""
+    rows = [
+        (
+            lane_event.lane,
+            (start + lane_event.start_s) * 1e3,
+            lane_event.duration_s * 1e3,
+            f"step {step}: {lane_event.name}",
+        )
+        for step, start, lane_event in timeline
+    ]
+    fig = go.Figure()
+    for lane in LANES:
+        part = [r for r in rows if r[0] == lane]
+        if not part:
+            continue
+        fig.add_trace(
+            go.Bar(
+                y=[lane] * len(part),
+                x=[r[2] for r in part],
+                base=[r[1] for r in part],
+                orientation="h",
+                name=lane,
+                marker_color=LANE_COLORS[lane],
+                hovertext=[r[3] for r in part],
+                hoverinfo="text+x",
+            )
+        )
+    fig.update_layout(
+        title=title or "per-iteration lanes",
+        barmode="overlay",
+        xaxis_title="ms",
+        yaxis={"categoryorder": "array", "categoryarray": list(reversed(LANES))},
+        height=350,
+        width=1200,
+    )
+    return fig
+
+
+def batch_composition_figure(iterations: pd.DataFrame, title: str = "") -> go.Figure:
+    """What each iteration carried, over time: prefill tokens, GPU decodes, CPU decodes."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    t = iterations["start_s"]
+    for col, name in (("num_gpu_decodes", "GPU decodes"), ("num_cpu_decodes", "CPU decodes")):
+        fig.add_trace(
+            go.Scatter(x=t, y=iterations[col], name=name, stackgroup="seqs", mode="lines"),
+            secondary_y=False,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=t,
+            y=iterations["prefill_tokens"],
+            name="prefill tokens",
+            mode="lines",
+            line={"dash": "dot"},
+        ),
+        secondary_y=True,
+    )
+    fig.update_layout(title=title or "batch composition over time", height=420, width=1100)
+    fig.update_xaxes(title_text="simulated time (s)")
+    fig.update_yaxes(title_text="decodes per iteration", secondary_y=False)
+    fig.update_yaxes(title_text="prefill tokens per iteration", secondary_y=True)
+    return fig
+
+
+def scatter_figure(
+    x: Sequence[float],
+    y: Sequence[float],
+    x_title: str,
+    y_title: str,
+    title: str = "",
+    names: Sequence[str] | None = None,
+) -> go.Figure:
+    """Predicted vs measured (or any x/y) with the y = x diagonal."""
+    fig = go.Figure(go.Scatter(x=list(x), y=list(y), mode="markers", text=names, opacity=0.6))
+    if len(x):
+        lo, hi = min(min(x), min(y)), max(max(x), max(y))
+        fig.add_trace(
+            go.Scatter(
+                x=[lo, hi],
+                y=[lo, hi],
+                mode="lines",
+                name="y = x",
+                line={"dash": "dash", "color": "gray"},
+            )
+        )
+    fig.update_layout(
+        title=title,
+        xaxis_title=x_title,
+        yaxis_title=y_title,
+        height=500,
+        width=600,
+        showlegend=False,
+    )
+    return fig
+
+
+def write_chrome_trace(timeline: Iterable[tuple[int, float, TaskEvent]], path: str | Path) -> Path:
+    """Chrome trace-event JSON (open in Perfetto or chrome://tracing): one thread per lane."""
+    tids = {lane: i for i, lane in enumerate(LANES)}
+    events = [
+        {"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": lane}}
+        for lane, tid in tids.items()
+    ]
+    for step, start, e in timeline:
+        events.append(
+            {
+                "name": e.name,
+                "cat": e.lane,
+                "ph": "X",
+                "pid": 1,
+                "tid": tids[e.lane],
+                "ts": (start + e.start_s) * 1e6,
+                "dur": e.duration_s * 1e6,
+                "args": {"step": step},
+            }
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+    return path
