@@ -9,7 +9,7 @@ the last finish. Busy fractions are lane busy time over that span.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -98,7 +98,7 @@ class Metrics:
     def requests_frame(self) -> pd.DataFrame:
         rows = []
         for r in self.requests:
-            row = asdict(r)
+            row = dict(vars(r))
             row["ttft_s"] = r.first_token_s - r.arrival_s
             row["e2e_s"] = r.finish_s - r.arrival_s
             row["tpot_s"] = (
@@ -114,7 +114,7 @@ class Metrics:
 
     def iterations_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
-            [asdict(i) for i in self.iterations], columns=list(IterationRecord.__dataclass_fields__)
+            [vars(i) for i in self.iterations], columns=list(IterationRecord.__dataclass_fields__)
         )
 
     def summary(self, slo: SLO | None = None) -> dict[str, float]:

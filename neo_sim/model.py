@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import cached_property
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,26 +73,26 @@ class ModelSpec:
         object.__setattr__(self, "kv_dtype", canonical_dtype(self.kv_dtype or self.dtype))
 
     # ---- shapes -------------------------------------------------------------------------
-    @property
+    @cached_property
     def q_size(self) -> int:
         """Width of the query projection (num_heads * head_dim)."""
         return self.num_heads * self.head_dim
 
-    @property
+    @cached_property
     def kv_size(self) -> int:
         """Width of one of the key/value projections (num_kv_heads * head_dim)."""
         return self.num_kv_heads * self.head_dim
 
-    @property
+    @cached_property
     def dtype_bytes(self) -> int:
         return dtype_bytes(self.dtype)
 
-    @property
+    @cached_property
     def kv_dtype_bytes(self) -> int:
         return dtype_bytes(self.kv_dtype)
 
     # ---- parameters and bytes -------------------------------------------------------------
-    @property
+    @cached_property
     def linear_params_per_layer(self) -> int:
         """Weights of the GEMMs of one layer: QKV, O, gate/up/down."""
         h = self.hidden_size
@@ -99,47 +100,47 @@ class ModelSpec:
             h * (self.q_size + 2 * self.kv_size) + self.q_size * h + 3 * h * self.intermediate_size
         )
 
-    @property
+    @cached_property
     def num_params(self) -> int:
         embed = self.vocab_size * self.hidden_size
         lm_head = 0 if self.tie_word_embeddings else embed
         norms = self.num_layers * 2 * self.hidden_size + self.hidden_size
         return self.num_layers * self.linear_params_per_layer + embed + lm_head + norms
 
-    @property
+    @cached_property
     def weight_bytes(self) -> int:
         return self.num_params * self.dtype_bytes
 
-    @property
+    @cached_property
     def linear_weight_bytes_per_layer(self) -> int:
         return self.linear_params_per_layer * self.dtype_bytes
 
-    @property
+    @cached_property
     def kv_bytes_per_token_per_layer(self) -> int:
         """K and V of one token in one layer."""
         return 2 * self.kv_size * self.kv_dtype_bytes
 
-    @property
+    @cached_property
     def kv_bytes_per_token(self) -> int:
         """K and V of one token across all layers: the unit of KV-cache capacity."""
         return self.num_layers * self.kv_bytes_per_token_per_layer
 
     # ---- FLOPs ---------------------------------------------------------------------------
-    @property
+    @cached_property
     def linear_flops_per_token_per_layer(self) -> int:
         """Multiply-adds count twice: 2 FLOPs per weight per token."""
         return 2 * self.linear_params_per_layer
 
-    @property
+    @cached_property
     def attn_flops_per_query_key(self) -> int:
         """FLOPs of one (query token, cached token) pair in one layer: QK^T and PV."""
         return 4 * self.q_size
 
-    @property
+    @cached_property
     def lm_head_flops_per_token(self) -> int:
         return 2 * self.vocab_size * self.hidden_size
 
-    @property
+    @cached_property
     def lm_head_weight_bytes(self) -> int:
         return self.vocab_size * self.hidden_size * self.dtype_bytes
 

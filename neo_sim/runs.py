@@ -123,7 +123,6 @@ def execute(spec: RunSpec, workload: list[RequestSpec] | None = None) -> RunOutp
         "cpu_kv_blocks": config.num_cpu_blocks,
     }
     summary.update(result.metrics.summary(slo))
-    summary["scheduler_s_per_step"] = result.scheduler_s / max(1, len(iterations))
     return RunOutput(spec, summary, frame, iterations, result)
 
 

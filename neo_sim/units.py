@@ -7,13 +7,13 @@ GB = 1e9  # datasheets quote decimal gigabytes for bandwidth and sometimes memor
 TB = 1e12
 TFLOPS = 1e12
 
+from neo_sim.errors import NeoError
+
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2}
 
 
 def dtype_bytes(dtype: str) -> int:
     """Bytes per element of a floating-point dtype name such as 'float16' or 'bf16'."""
-    from neo_sim.errors import NeoError
-
     try:
         return DTYPE_BYTES[dtype]
     except KeyError:

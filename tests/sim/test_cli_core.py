@@ -8,22 +8,70 @@ from neo_sim.cli import main
 
 
 def test_plan_prints_each_step(capsys):
-    assert main(["plan", "--hardware", "t4", "--model", "llama-2-7b", "--gpu-kv-blocks", "54",
-                 "--max-batch-tokens", "832", "--requests", "16", "--steps", "6"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--hardware",
+                "t4",
+                "--model",
+                "llama-2-7b",
+                "--gpu-kv-blocks",
+                "54",
+                "--max-batch-tokens",
+                "832",
+                "--requests",
+                "16",
+                "--steps",
+                "6",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("step ") >= 6 and "cost model: roofline" in out
 
 
 def test_plan_writes_output(tmp_path):
-    assert main(["plan", "--hardware", "a10g", "--model", "llama-3-8b", "--steps", "2",
-                 "--output", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--hardware",
+                "a10g",
+                "--model",
+                "llama-3-8b",
+                "--steps",
+                "2",
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     plans = json.loads((tmp_path / "plans.json").read_text())
     assert len(plans) == 2 and plans[0]["step"] == 1
 
 
 def test_cost_prints_json(capsys):
-    assert main(["cost", "--hardware", "t4", "--model", "llama-2-7b", "--op", "cpu_decode_attn",
-                 "--sizes", "1024,8192", "--batch", "8"]) == 0
+    assert (
+        main(
+            [
+                "cost",
+                "--hardware",
+                "t4",
+                "--model",
+                "llama-2-7b",
+                "--op",
+                "cpu_decode_attn",
+                "--sizes",
+                "1024,8192",
+                "--batch",
+                "8",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["op"] == "cpu_decode_attn" and data["sizes"] == [1024, 8192]
     assert data["seconds"][1] > data["seconds"][0] > 0
@@ -38,22 +86,52 @@ def test_cost_reads_a_profile_file(tmp_path, t4_profile, capsys):
     assert data["lookup"] == ["interpolated", "extrapolated"]
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["plan", "--hardware", "t5", "--model", "llama-2-7b"], "unknown hardware preset"),
-    (["plan", "--hardware", "t4", "--model", "llama-9"], "unknown model"),
-    (["cost", "--hardware", "t4", "--model", "llama-2-7b", "--op", "linear", "--sizes", "a,b"],
-     "--sizes"),
-    (["cost", "--hardware", "missing.json", "--op", "linear"], "no such profile"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["plan", "--hardware", "t5", "--model", "llama-2-7b"], "unknown hardware preset"),
+        (["plan", "--hardware", "t4", "--model", "llama-9"], "unknown model"),
+        (
+            [
+                "cost",
+                "--hardware",
+                "t4",
+                "--model",
+                "llama-2-7b",
+                "--op",
+                "linear",
+                "--sizes",
+                "a,b",
+            ],
+            "--sizes",
+        ),
+        (["cost", "--hardware", "missing.json", "--op", "linear"], "no such profile"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, needle):
-    proc = subprocess.run([sys.executable, "-m", "neo_sim.cli", *argv], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "neo_sim.cli", *argv], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
 
 
 def test_argparse_rejects_nonpositive_sizes():
-    proc = subprocess.run([sys.executable, "-m", "neo_sim.cli", "plan", "--hardware", "t4",
-                           "--model", "tiny", "--requests", "0"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neo_sim.cli",
+            "plan",
+            "--hardware",
+            "t4",
+            "--model",
+            "tiny",
+            "--requests",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "must be > 0" in proc.stderr

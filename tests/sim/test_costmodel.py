@@ -86,7 +86,8 @@ def test_profiled_extrapolation_is_continuous_and_roofline_shaped(t4_profile, t4
     # Far outside the grid the fit follows the roofline it was sampled from.
     assert c.linear(8 * top) == pytest.approx(t4_llama2.linear(8 * top), rel=0.02)
     assert c.cpu_decode_attn(512, 512 * 20000) == pytest.approx(
-        t4_llama2.cpu_decode_attn(512, 512 * 20000), rel=0.02)
+        t4_llama2.cpu_decode_attn(512, 512 * 20000), rel=0.02
+    )
 
 
 def test_profile_scales_to_another_model_by_flops_and_bytes(t4_profile):
@@ -94,8 +95,10 @@ def test_profile_scales_to_another_model_by_flops_and_bytes(t4_profile):
     c = ProfiledCostModel(t4_profile, other)
     truth = RooflineCostModel(other, HW["t4"])
     assert c.explain("linear", 512)[1] == Lookup.SCALED
-    for value, expected in [(c.linear(512), truth.linear(512)),
-                            (c.cpu_decode_attn(16, 16000), truth.cpu_decode_attn(16, 16000)),
-                            (c.gpu_decode_attn(16000, 16), truth.gpu_decode_attn(16000, 16)),
-                            (c.prefill_attn([2000]), truth.prefill_attn([2000]))]:
+    for value, expected in [
+        (c.linear(512), truth.linear(512)),
+        (c.cpu_decode_attn(16, 16000), truth.cpu_decode_attn(16, 16000)),
+        (c.gpu_decode_attn(16000, 16), truth.gpu_decode_attn(16000, 16)),
+        (c.prefill_attn([2000]), truth.prefill_attn([2000])),
+    ]:
         assert value == pytest.approx(expected, rel=0.02)

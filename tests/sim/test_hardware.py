@@ -5,8 +5,15 @@ import pytest
 from neo_sim.errors import NeoError
 from neo_sim.hardware import ALIASES, PRESETS, GPUSpec, host_bandwidth, resolve_hardware
 
-REQUIRED = ["t4", "a10g-g5.2xlarge", "a10g-g5.4xlarge", "a10g-g5.8xlarge", "a10g-g5.16xlarge",
-            "h100", "h100x8"]
+REQUIRED = [
+    "t4",
+    "a10g-g5.2xlarge",
+    "a10g-g5.4xlarge",
+    "a10g-g5.8xlarge",
+    "a10g-g5.16xlarge",
+    "h100",
+    "h100x8",
+]
 
 
 def _numeric_fields(spec):
@@ -35,8 +42,13 @@ def test_unsourced_figure_is_refused():
 
 def test_negative_figure_is_refused():
     with pytest.raises(NeoError, match=">= 0"):
-        GPUSpec("x", -1.0, 2.0, 3.0, sources={"memory_bytes": "a", "hbm_bytes_per_s": "b",
-                                              "peak_flops_per_s": "c"})
+        GPUSpec(
+            "x",
+            -1.0,
+            2.0,
+            3.0,
+            sources={"memory_bytes": "a", "hbm_bytes_per_s": "b", "peak_flops_per_s": "c"},
+        )
 
 
 def test_unknown_preset_lists_choices():
@@ -55,7 +67,9 @@ def test_host_bandwidth_grows_with_g5_size_and_is_capped_by_dram():
 def test_host_bandwidth_takes_least_ceiling():
     assert host_bandwidth(4, 10.0, 1000.0) == pytest.approx(0.8 * 40)
     assert host_bandwidth(100, 10.0, 50.0) == pytest.approx(0.8 * 50)
-    assert host_bandwidth(16, 10.0, 1000.0, ccd_cores=8, ccd_bytes_per_s=30.0) == pytest.approx(0.8 * 60)
+    assert host_bandwidth(16, 10.0, 1000.0, ccd_cores=8, ccd_bytes_per_s=30.0) == pytest.approx(
+        0.8 * 60
+    )
 
 
 def test_round_trip_dict():

@@ -15,8 +15,10 @@ def test_scheduler_imports_no_heavy_package():
 
 
 def test_cost_models_and_profiles_import_pure():
-    assert loaded_after("import neo_sim.costmodel, neo_sim.profiled, neo_sim.profile, "
-                        "neo_sim.catalog") == []
+    assert (
+        loaded_after("import neo_sim.costmodel, neo_sim.profiled, neo_sim.profile, neo_sim.catalog")
+        == []
+    )
 
 
 def test_scheduler_sources_never_import_torch_or_simpy():

@@ -6,8 +6,14 @@ from neo_sim.errors import NeoError
 from neo_sim.model import PRESETS, ModelSpec, parse_model_arg, resolve_model
 
 # Published parameter counts (model cards), in billions.
-PUBLISHED_PARAMS_B = {"llama-2-7b": 6.74, "llama-2-13b": 13.0, "llama-2-70b": 69.0,
-                      "llama-3-8b": 8.03, "llama-3-70b": 70.6, "smollm2-135m": 0.135}
+PUBLISHED_PARAMS_B = {
+    "llama-2-7b": 6.74,
+    "llama-2-13b": 13.0,
+    "llama-2-70b": 69.0,
+    "llama-3-8b": 8.03,
+    "llama-3-70b": 70.6,
+    "smollm2-135m": 0.135,
+}
 
 
 @pytest.mark.parametrize("name,billions", PUBLISHED_PARAMS_B.items())

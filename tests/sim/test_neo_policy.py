@@ -34,8 +34,13 @@ def run_load(policy, rng, steps: int, rate_per_step: float, prompt=(300, 440), o
 
 
 def t4_config(**overrides):
-    base = dict(num_gpu_blocks=54, num_cpu_blocks=4000, max_batch_tokens=832, max_batch_size=256,
-                max_num_seqs=512)
+    base = dict(
+        num_gpu_blocks=54,
+        num_cpu_blocks=4000,
+        max_batch_tokens=832,
+        max_batch_size=256,
+        max_num_seqs=512,
+    )
     return SchedulerConfig(**(base | overrides))
 
 

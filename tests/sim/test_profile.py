@@ -33,19 +33,30 @@ def test_fit_is_recomputed_when_absent(tmp_path, profile_dict, t4_profile):
         assert again.fits[op].bytes_per_s == pytest.approx(fit.bytes_per_s, rel=1e-3)
 
 
-@pytest.mark.parametrize("mutate,field", [
-    (lambda d: d["samples"].pop("cpu_decode_attn"), "samples.cpu_decode_attn"),
-    (lambda d: d["samples"]["linear"]["seconds"].__setitem__(0, -1.0), "samples.linear.seconds"),
-    (lambda d: d["samples"]["linear"]["num_tokens"].reverse(), "samples.linear.num_tokens"),
-    (lambda d: d["samples"]["gpu_decode_attn"]["seconds"].pop(), "samples.gpu_decode_attn.seconds"),
-    (lambda d: d["provenance"].__setitem__("kind", "guessed"), "provenance.kind"),
-    (lambda d: d.pop("model"), "model"),
-    (lambda d: d["model"].__setitem__("hidden_size", -4), "model"),
-    (lambda d: d["hardware"]["gpu"].pop("memory_bytes"), "hardware"),
-    (lambda d: d.__setitem__("schema_version", SCHEMA_VERSION + 1), "schema_version"),
-    (lambda d: d["samples"]["launch"].__setitem__("seconds", "fast"), "samples.launch.seconds"),
-])
-def test_bad_profiles_fail_with_one_line_naming_file_and_field(tmp_path, profile_dict, mutate, field):
+@pytest.mark.parametrize(
+    "mutate,field",
+    [
+        (lambda d: d["samples"].pop("cpu_decode_attn"), "samples.cpu_decode_attn"),
+        (
+            lambda d: d["samples"]["linear"]["seconds"].__setitem__(0, -1.0),
+            "samples.linear.seconds",
+        ),
+        (lambda d: d["samples"]["linear"]["num_tokens"].reverse(), "samples.linear.num_tokens"),
+        (
+            lambda d: d["samples"]["gpu_decode_attn"]["seconds"].pop(),
+            "samples.gpu_decode_attn.seconds",
+        ),
+        (lambda d: d["provenance"].__setitem__("kind", "guessed"), "provenance.kind"),
+        (lambda d: d.pop("model"), "model"),
+        (lambda d: d["model"].__setitem__("hidden_size", -4), "model"),
+        (lambda d: d["hardware"]["gpu"].pop("memory_bytes"), "hardware"),
+        (lambda d: d.__setitem__("schema_version", SCHEMA_VERSION + 1), "schema_version"),
+        (lambda d: d["samples"]["launch"].__setitem__("seconds", "fast"), "samples.launch.seconds"),
+    ],
+)
+def test_bad_profiles_fail_with_one_line_naming_file_and_field(
+    tmp_path, profile_dict, mutate, field
+):
     mutate(profile_dict)
     path = write(tmp_path, profile_dict)
     with pytest.raises(NeoError) as info:

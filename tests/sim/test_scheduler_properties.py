@@ -86,8 +86,10 @@ def check_plan(policy, plan: Plan) -> None:
         assert p.start == r.num_computed and p.start < p.end <= r.seq_len
         pool = policy.kv.gpu if p.kv_device == Device.GPU else policy.kv.cpu
         assert pool.num_blocks_of(p.request_id) >= blocks_for(p.end, bs)
-    for decodes, state, pool in ((plan.gpu_decodes, RequestState.RUNNING_GPU, policy.kv.gpu),
-                                 (plan.cpu_decodes, RequestState.RUNNING_CPU, policy.kv.cpu)):
+    for decodes, state, pool in (
+        (plan.gpu_decodes, RequestState.RUNNING_GPU, policy.kv.gpu),
+        (plan.cpu_decodes, RequestState.RUNNING_CPU, policy.kv.cpu),
+    ):
         for d in decodes:
             r = policy.requests[d.request_id]
             assert r.state == state and d.context_len == r.seq_len == r.num_computed + 1
@@ -176,8 +178,11 @@ def test_first_admissions_follow_arrival_order(name, w):
         assert steps < 20_000, f"{name}: no progress (livelock)"
         before = {rid for rid, r in tracked.items() if r.admit_order >= 0}
         plan = policy.step()
-        order += sorted((r.admit_order, rid) for rid, r in tracked.items()
-                        if r.admit_order >= 0 and rid not in before)
+        order += sorted(
+            (r.admit_order, rid)
+            for rid, r in tracked.items()
+            if r.admit_order >= 0 and rid not in before
+        )
         policy.complete(plan, {rid for rid in plan.request_ids if rng.random() < 0.05})
     admitted = [rid for _, rid in sorted(order)]
     assert admitted == sorted(admitted), "FCFS violated: a later request was admitted first"

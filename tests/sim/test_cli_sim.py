@@ -1,0 +1,218 @@
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from neo_sim.cli import main
+
+T4 = [
+    "--hardware",
+    "t4",
+    "--model",
+    "llama-2-7b",
+    "--gpu-kv-blocks",
+    "54",
+    "--max-batch-tokens",
+    "832",
+]
+
+
+def test_run_writes_summary_requests_plots_and_trace(tmp_path, capsys):
+    out = tmp_path / "run"
+    trace = tmp_path / "trace.json"
+    assert (
+        main(
+            [
+                "run",
+                *T4,
+                "--rate",
+                "3",
+                "--num-requests",
+                "80",
+                "--output",
+                str(out),
+                "--trace-events",
+                str(trace),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "throughput (req/s)" in printed and "cost model: roofline" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "throughput_req_s",
+        "throughput_tok_s",
+        "ttft_p50",
+        "ttft_p90",
+        "ttft_p99",
+        "tpot_p50",
+        "tpot_p90",
+        "tpot_p99",
+        "e2e_p50",
+        "e2e_p90",
+        "e2e_p99",
+        "gpu_busy",
+        "cpu_busy",
+    ):
+        assert isinstance(summary[key], float), key
+    requests = pd.read_csv(out / "requests.csv")
+    assert len(requests) == 80 and {"arrival_s", "first_token_s", "finish_s", "ran_on"} <= set(
+        requests
+    )
+    assert (out / "timeline.html").stat().st_size > 1000 and (out / "plotly.min.js").exists()
+    events = json.loads(trace.read_text())["traceEvents"]
+    lanes = {e["cat"] for e in events if e["ph"] == "X"}
+    assert {"gpu"} <= lanes and all(e["dur"] >= 0 for e in events if e["ph"] == "X")
+    config = json.loads((out / "config.json").read_text())
+    assert config["policy"] == "neo" and config["gpu_kv_blocks"] == 54
+
+
+def test_compare_same_arrivals_and_ratios(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "compare",
+                *T4,
+                "--policies",
+                "gpu-only,neo",
+                "--rate",
+                "4",
+                "--num-requests",
+                "100",
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "neo/gpu-only" in printed
+    frame = pd.read_csv(tmp_path / "compare.csv")
+    assert list(frame["policy"]) == ["gpu-only", "neo"]
+    assert frame["throughput_req_s_ratio"].iloc[0] == 1.0
+    a = pd.read_csv(tmp_path / "gpu-only" / "requests.csv")
+    b = pd.read_csv(tmp_path / "neo" / "requests.csv")
+    assert (a["arrival_s"] == b["arrival_s"]).all() and (a["prompt_len"] == b["prompt_len"]).all()
+    assert (tmp_path / "compare.html").exists()
+
+
+@pytest.mark.parametrize("executor", ["process", "dask"])
+def test_sweep_runs_the_grid(tmp_path, executor):
+    if executor == "dask":
+        pytest.importorskip("dask.distributed")
+    grid = tmp_path / "grid.toml"
+    grid.write_text('policy = ["gpu-only", "neo"]\nrate = [1.0, 4.0]\nnum_requests = 60\n')
+    assert (
+        main(
+            [
+                "sweep",
+                *T4,
+                "--grid",
+                str(grid),
+                "--executor",
+                executor,
+                "--workers",
+                "2",
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
+    frame = pd.read_csv(tmp_path / "out" / "sweep.csv")
+    assert len(frame) == 4
+    assert sorted(zip(frame["policy"], frame["rate"])) == [
+        ("gpu-only", 1.0),
+        ("gpu-only", 4.0),
+        ("neo", 1.0),
+        ("neo", 4.0),
+    ]
+    assert (tmp_path / "out" / "load_latency.html").exists()
+
+
+def test_trace_workload_from_shared_traces(tmp_path):
+    from tests.sim.test_workload import CONV_TRACE
+
+    if not CONV_TRACE.exists():
+        pytest.skip("shared traces not present")
+    assert (
+        main(
+            [
+                "run",
+                "--hardware",
+                "a10g",
+                "--model",
+                "llama-3-8b",
+                "--workload",
+                f"trace:{CONV_TRACE}",
+                "--num-requests",
+                "100",
+                "--rate",
+                "2",
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    assert len(pd.read_csv(tmp_path / "requests.csv")) == 100
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["run", "--hardware", "t4", "--model", "llama-2-7b", "--rate", "0"], "must be > 0"),
+        (
+            [
+                "run",
+                "--hardware",
+                "t4",
+                "--model",
+                "llama-2-7b",
+                "--workload",
+                "trace:/no/such.csv",
+            ],
+            "no such trace",
+        ),
+        (["run", "--hardware", "t4", "--model", "llama-2-7b", "--workload", "bogus"], "--workload"),
+        (
+            ["compare", "--hardware", "t4", "--model", "llama-2-7b", "--policies", "neo,fast"],
+            "unknown policy",
+        ),
+        (
+            ["sweep", "--hardware", "t4", "--model", "llama-2-7b", "--grid", "/no/grid.toml"],
+            "no such grid",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, needle):
+    proc = subprocess.run(
+        [sys.executable, "-m", "neo_sim.cli", *argv], capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_malformed_trace_row_is_one_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("num_prefill_tokens,num_decode_tokens,arrived_at\n10,5,0\n10,x,1\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neo_sim.cli",
+            "run",
+            "--hardware",
+            "t4",
+            "--model",
+            "llama-2-7b",
+            "--workload",
+            f"trace:{bad}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and f"{bad}:3: malformed row" in proc.stderr

@@ -1,0 +1,140 @@
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from neo_sim.costmodel import Efficiencies, RooflineCostModel
+from neo_sim.hardware import PRESETS as HW
+from neo_sim.metrics import SLO, Metrics, RequestRecord, summarize
+from neo_sim.model import PRESETS as MODELS
+from neo_sim.runs import RunSpec, execute
+from neo_sim.scheduler import DecodeWork, Mode, Plan, SchedulerConfig, SubBatch
+from neo_sim.simulator import simulate
+from neo_sim.timing import TimingModel
+from neo_sim.workload import RequestSpec, synthetic
+
+T4 = dict(gpu_kv_blocks=54, max_batch_tokens=832, cpu_kv_gb=20)
+
+
+def test_same_seed_same_summary_and_different_seed_differs():
+    spec = RunSpec("t4", "llama-2-7b", "neo", rate=3.0, num_requests=150, noise=0.05, **T4)
+    a, b = execute(spec).summary, execute(spec).summary
+    assert a == b
+    assert execute(spec.with_(seed=1)).summary != a
+
+
+def test_every_request_completes_with_its_output_length():
+    out = execute(RunSpec("t4", "llama-2-7b", "neo", rate=4.0, num_requests=120, **T4))
+    done = out.requests
+    assert (done["status"] == "finished").all()
+    assert (done["num_tokens"] == done["output_len"]).all()
+    assert (done["first_token_s"] >= done["arrival_s"]).all()
+    assert (done["finish_s"] >= done["first_token_s"]).all()
+
+
+def test_neo_sustains_more_load_than_gpu_only_on_t4():
+    base = RunSpec("t4", "llama-2-7b", rate=4.0, num_requests=300, **T4)
+    gpu = execute(base.with_(policy="gpu-only")).summary
+    neo = execute(base.with_(policy="neo")).summary
+    assert neo["throughput_req_s"] > 1.5 * gpu["throughput_req_s"]
+    assert neo["cpu_busy"] > 0 and gpu["cpu_busy"] == 0
+
+
+def test_metrics_follow_vllm_definitions():
+    r = RequestRecord(0, arrival_s=1.0, prompt_len=10, output_len=3)
+    itl: list[float] = []
+    for t in (1.5, 1.7, 2.0):
+        r.on_token(t, itl)
+    r.finish_s, r.status = 2.0, "finished"
+    m = Metrics([r], [], itl)
+    frame = m.requests_frame()
+    assert frame.loc[0, "ttft_s"] == pytest.approx(0.5)
+    assert frame.loc[0, "tpot_s"] == pytest.approx((1.0 - 0.5) / 2)
+    assert sorted(itl) == pytest.approx([0.2, 0.3])
+    s = summarize(frame, m.iterations_frame(), itl, SLO(ttft_s=0.4))
+    assert s["goodput_req_s"] == 0.0 and s["throughput_req_s"] == pytest.approx(1.0)
+
+
+def test_timing_model_shows_a_bubble_when_the_cpu_is_slow():
+    model = MODELS["llama-2-7b"]
+    fast = RooflineCostModel(model, HW["t4"])
+    slow = RooflineCostModel(model, HW["t4"], Efficiencies(cpu_memory=0.02))
+    plan = Plan(
+        1,
+        Mode.PIPELINED,
+        (
+            SubBatch(gpu_decodes=tuple(DecodeWork(i, 400) for i in range(4))),
+            SubBatch(cpu_decodes=tuple(DecodeWork(10 + i, 400) for i in range(8))),
+        ),
+    )
+    t_fast = TimingModel(fast, 16).run(plan)
+    t_slow = TimingModel(slow, 16).run(plan)
+    assert t_slow.busy_s["gpu"] == pytest.approx(t_fast.busy_s["gpu"])
+    assert t_slow.duration_s > 2 * t_fast.duration_s  # the GPU waits for the CPU
+    assert t_slow.duration_s >= t_slow.busy_s["cpu"]
+
+
+def test_swaps_occupy_pcie_lanes():
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    from neo_sim.scheduler import Swap
+
+    plan = Plan(
+        1,
+        Mode.SEQUENTIAL,
+        (SubBatch(gpu_decodes=(DecodeWork(0, 100),)),),
+        swap_out=(Swap(1, 800, tuple(range(50)), tuple(range(50))),),
+    )
+    timing = TimingModel(cost, 16).run(plan)
+    expected = 50 * 16 * MODELS["llama-2-7b"].kv_bytes_per_token / (15.75e9 * 0.8)
+    assert timing.busy_s["d2h"] == pytest.approx(expected, rel=0.05)
+
+
+def test_rejected_requests_are_reported_not_lost():
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    config = SchedulerConfig(num_gpu_blocks=10, num_cpu_blocks=10, max_batch_tokens=4096)
+    workload = [RequestSpec(0, 0.0, 50, 5), RequestSpec(1, 0.0, 5000, 5)]
+    result = simulate("gpu-only", config, cost, workload)
+    statuses = {r.request_id: r.status for r in result.metrics.requests}
+    assert statuses == {0: "finished", 1: "rejected"}
+
+
+def test_golden_summary(tmp_path):
+    """A seeded run compared with its stored summary (regenerate with NEO_UPDATE_GOLDEN=1)."""
+    import os
+    from pathlib import Path
+
+    golden = Path(__file__).with_name("golden_t4_neo.json")
+    spec = RunSpec("t4", "llama-2-7b", "neo", rate=3.0, num_requests=200, seed=7, **T4)
+    keys = [
+        "completed",
+        "throughput_req_s",
+        "ttft_p50",
+        "tpot_p50",
+        "e2e_p90",
+        "gpu_busy",
+        "cpu_busy",
+        "num_iterations",
+    ]
+    summary = {k: execute(spec).summary[k] for k in keys}
+    if os.environ.get("NEO_UPDATE_GOLDEN"):
+        golden.write_text(json.dumps(summary, indent=1) + "\n")
+    stored = json.loads(golden.read_text())
+    for k in keys:
+        assert summary[k] == pytest.approx(stored[k], rel=1e-9), k
+
+
+def test_offline_workload_and_frames():
+    out = execute(RunSpec("a10g", "llama-3-8b", "neo", rate=math.inf, num_requests=50))
+    assert isinstance(out.requests, pd.DataFrame) and len(out.requests) == 50
+    assert len(out.iterations) == out.summary["num_iterations"]
+    assert set(
+        ["throughput_req_s", "ttft_p99", "tpot_p99", "e2e_p99", "gpu_busy", "cpu_busy"]
+    ) <= set(out.summary)
+
+
+def test_synthetic_rejects_bad_sizes():
+    from neo_sim.errors import NeoError
+
+    with pytest.raises(NeoError):
+        synthetic(0, 1.0, 10, 10)
