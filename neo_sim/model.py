@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from functools import cached_property
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 

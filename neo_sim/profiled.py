@@ -13,7 +13,7 @@ is measured by `neo-profile check`, not assumed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 
 from neo_sim.costmodel import CostModel
 from neo_sim.fitting import OPS_1D, work
@@ -22,7 +22,7 @@ from neo_sim.model import ModelSpec
 from neo_sim.profile import Profile, Samples1D
 
 
-class Lookup(str, Enum):
+class Lookup(StrEnum):
     """How a prediction was made."""
 
     INTERPOLATED = "interpolated"

@@ -1,13 +1,13 @@
 """Byte and rate units, so that figures in the code read like their datasheets."""
 
+from neo_sim.errors import NeoError
+
 KiB = 1024
 MiB = 1024**2
 GiB = 1024**3
 GB = 1e9  # datasheets quote decimal gigabytes for bandwidth and sometimes memory
 TB = 1e12
 TFLOPS = 1e12
-
-from neo_sim.errors import NeoError
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2}
 

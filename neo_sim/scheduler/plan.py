@@ -10,12 +10,12 @@ produce equal plans from equal inputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from neo_sim.scheduler.request import Device
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     SEQUENTIAL = "sequential"
     PIPELINED = "pipelined"
 

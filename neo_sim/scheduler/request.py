@@ -11,12 +11,12 @@ the prompt plus the tokens generated so far).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from neo_sim.errors import NeoError
 
 
-class RequestState(str, Enum):
+class RequestState(StrEnum):
     WAITING = "waiting"  # queued for (re)prefill, no KV
     RUNNING_GPU = "running_gpu"  # KV on the GPU, decoding there
     RUNNING_CPU = "running_cpu"  # KV on the host, decode attention on the CPU
@@ -25,7 +25,7 @@ class RequestState(str, Enum):
     ABORTED = "aborted"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     GPU = "gpu"
     CPU = "cpu"
 

@@ -22,7 +22,7 @@ def run_load(policy, rng, steps: int, rate_per_step: float, prompt=(300, 440), o
         plan = policy.step()
         plans.append(plan)
         ran = {d.request_id for d in plan.cpu_decodes} | {p.request_id for p in plan.prefills}
-        for rid, r in policy.cpu_running.items():
+        for rid in policy.cpu_running:
             if rid in ran or rid not in last_seen:
                 last_seen[rid] = step
             longest = max(longest, step - last_seen[rid])
