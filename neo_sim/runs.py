@@ -43,6 +43,7 @@ class RunSpec:
     max_batch_tokens: int = 4096
     max_batch_size: int = 256
     max_num_seqs: int = 512
+    max_cpu_wait_steps: int = 256
     noise: float = 0.0
     slo_ttft_s: float | None = None
     slo_tpot_s: float | None = None
@@ -92,6 +93,7 @@ def scheduler_config(spec: RunSpec, target: Target) -> SchedulerConfig:
         max_batch_size=spec.max_batch_size,
         max_num_seqs=spec.max_num_seqs,
         max_batch_tokens=spec.max_batch_tokens,
+        max_cpu_wait_steps=spec.max_cpu_wait_steps,
     )
 
 

@@ -66,6 +66,7 @@ class Simulation:
         self._env = simpy.Environment()
         self._wake: simpy.Event | None = None
         self._arrived = 0
+        self.rejected = 0
 
     def run(self) -> SimResult:
         self._env.process(self._arrivals())
@@ -100,7 +101,11 @@ class Simulation:
             )
         except NeoError as exc:
             self.records[spec.request_id].status = "rejected"
-            log.warning("request %d rejected: %s", spec.request_id, exc)
+            self.rejected += 1
+            if self.rejected == 1:
+                log.warning(
+                    "%s: rejecting requests that can never fit, first: %s", self.policy.name, exc
+                )
 
     def _engine(self):
         import time

@@ -7,11 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from neo_sim.capacity import KVCapacity, default_capacity
 from neo_sim.catalog import Target, resolve_target
 from neo_sim.errors import NeoError
 from neo_sim.scheduler import POLICIES, SchedulerConfig
-from neo_sim.units import GB
 
 
 def positive_int(text: str) -> int:
@@ -73,6 +71,13 @@ def add_capacity_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block")
     p.add_argument(
+        "--max-cpu-wait-steps",
+        type=positive_int,
+        default=64,
+        help="neo: iterations a CPU-resident request may wait before it is forced "
+        "into the next plan (default 64; larger favours throughput)",
+    )
+    p.add_argument(
         "--max-batch-tokens",
         type=positive_int,
         default=4096,
@@ -109,29 +114,22 @@ def target_from_args(args: argparse.Namespace) -> Target:
     return resolve_target(args.hardware, args.model)
 
 
-def capacity_from_args(args: argparse.Namespace, target: Target) -> KVCapacity:
-    if args.cpu_kv_gb is not None and args.cpu_kv_gb < 0:
-        raise NeoError(f"--cpu-kv-gb must be >= 0, got {args.cpu_kv_gb}")
-    cpu_bytes = None if args.cpu_kv_gb is None else args.cpu_kv_gb * GB
-    return default_capacity(
-        target.model,
-        target.hardware,
-        args.block_size,
-        args.max_batch_tokens,
-        args.gpu_kv_blocks,
-        cpu_bytes,
-    )
+def config_from_args(args: argparse.Namespace, target: Target) -> SchedulerConfig:
+    """The scheduler config the capacity flags describe (shared with `neo_sim.runs`)."""
+    from neo_sim.runs import RunSpec, scheduler_config
 
-
-def config_from_args(args: argparse.Namespace, capacity: KVCapacity) -> SchedulerConfig:
-    return SchedulerConfig(
-        num_gpu_blocks=capacity.num_gpu_blocks,
-        num_cpu_blocks=capacity.num_cpu_blocks,
-        block_size=capacity.block_size,
+    spec = RunSpec(
+        args.hardware,
+        args.model,
+        gpu_kv_blocks=args.gpu_kv_blocks,
+        cpu_kv_gb=args.cpu_kv_gb,
+        block_size=args.block_size,
+        max_batch_tokens=args.max_batch_tokens,
         max_batch_size=args.max_batch_size,
         max_num_seqs=args.max_num_seqs,
-        max_batch_tokens=args.max_batch_tokens,
+        max_cpu_wait_steps=args.max_cpu_wait_steps,
     )
+    return scheduler_config(spec, target)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -209,6 +207,7 @@ def run_spec_from_args(args: argparse.Namespace, **overrides):
         max_batch_tokens=args.max_batch_tokens,
         max_batch_size=args.max_batch_size,
         max_num_seqs=args.max_num_seqs,
+        max_cpu_wait_steps=args.max_cpu_wait_steps,
         noise=args.noise,
         slo_ttft_s=args.slo_ttft,
         slo_tpot_s=args.slo_tpot,

@@ -35,8 +35,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     target = common.target_from_args(args)
-    capacity = common.capacity_from_args(args, target)
-    config = common.config_from_args(args, capacity)
+    config = common.config_from_args(args, target)
     policy = make_policy(args.policy, config, target.cost)
     rng = random.Random(args.seed)
     policy.add(
@@ -47,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
         f"{args.policy} on {target.hardware.name} with {target.model.name}; "
         f"cost model: {target.cost.description}"
     )
+    bs = config.block_size
     print(
-        f"KV pools: GPU {capacity.num_gpu_blocks} blocks ({capacity.gpu_tokens} tokens), "
-        f"CPU {capacity.num_cpu_blocks} blocks ({capacity.cpu_tokens} tokens)"
+        f"KV pools: GPU {config.num_gpu_blocks} blocks ({config.num_gpu_blocks * bs} tokens), "
+        f"CPU {config.num_cpu_blocks} blocks ({config.num_cpu_blocks * bs} tokens)"
     )
     now, shown = 0.0, []
     for _ in range(args.steps):

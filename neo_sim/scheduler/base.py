@@ -37,7 +37,7 @@ class SchedulerConfig:
     max_batch_tokens: int = 4096  # tokens per iteration
     swap_in_watermark: float = 0.95  # swap CPU decodes back while GPU usage stays under this
     cpu_prefill_min_tokens: int = 128  # NEO keeps at least this width when trimming CPU prefills
-    max_cpu_wait_steps: int = 16  # starvation bound: a CPU decode waits at most this many steps
+    max_cpu_wait_steps: int = 256  # starvation bound: a CPU decode waits at most this many steps
     chunked_prefill_tokens: int = 0  # gpu-only: 0 = whole prompts; else the token budget
 
     def __post_init__(self) -> None:

@@ -1,0 +1,56 @@
+"""Shared plumbing of the experiment scripts: output folders, sweeps with progress, reports."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from neo_sim.runs import RunSpec
+from neo_sim.sweeps import run_sweep
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--output", type=Path, default=None, help="results folder")
+    p.add_argument("--quick", action="store_true", help="fewer requests and points (smoke run)")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def sweep(specs: list[RunSpec], workers: int | None) -> pd.DataFrame:
+    return run_sweep(
+        specs, "process", workers, progress=lambda it, total: tqdm(it, total=total, unit="run")
+    )
+
+
+def output_dir(args: argparse.Namespace, name: str) -> Path:
+    path = args.output or RESULTS / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in frame.iterrows():
+        cells = [floatfmt.format(v) if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(path: Path, title: str, body: str, command: str) -> None:
+    stamp = datetime.date.today().isoformat()
+    header = (
+        f"# {title}\n\nGenerated {stamp} by `{command}` on {platform.node() or 'this machine'}"
+        f" (simulation: every number below is a prediction of neo-sim, except those marked"
+        f" [paper]).\n\n"
+    )
+    path.write_text(header + body.strip() + "\n")
