@@ -1,0 +1,83 @@
+"""Attention of the three kinds a plan contains.
+
+- `prefill_attention`: causal self-attention of one prompt (or one chunk of it, over the
+  request's cached prefix);
+- `device_decode_attention`: one query per request over its paged KV in the device pool;
+- host decode attention: `neo_engine.cpu_kernel.decode_attention` over the host pool.
+GQA is handled by grouping query heads over each KV head. Outputs are [T, heads * head_dim].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from neo_engine.cpu_kernel import decode_attention as host_decode_attention
+from neo_engine.kv_cache import KVPool
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """q [T, Hq, D], k/v [T, Hkv, D] of new tokens; prefix k/v [Hkv, P, D] already cached."""
+    t = q.shape[0]
+    qh, kh, vh = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+    if prefix is None:
+        out = F.scaled_dot_product_attention(
+            qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True
+        )
+    else:
+        pk, pv = prefix
+        p = pk.shape[1]
+        kh = torch.cat([pk.to(kh.dtype), kh], dim=1)
+        vh = torch.cat([pv.to(vh.dtype), vh], dim=1)
+        key_pos = torch.arange(p + t, device=q.device)
+        query_pos = torch.arange(t, device=q.device) + p
+        mask = key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)
+        out = F.scaled_dot_product_attention(
+            qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True
+        )
+    return out.transpose(0, 1).reshape(t, -1)
+
+
+def device_decode_attention(
+    q: torch.Tensor,
+    pool: KVPool,
+    layer: int,
+    tables: torch.Tensor,
+    lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """q [B, Hq, D] over the device pool; tables [B, max_blocks] int32, lens [B] int32."""
+    if pool.device.type == "cpu":
+        # The CPU stands in for the GPU: the same in-place paged kernel serves both pools.
+        out = host_decode_attention(
+            q.float().contiguous(), pool.k[layer], pool.v[layer], tables, lens, scale
+        )
+        return out.to(q.dtype).reshape(q.shape[0], -1)
+    return _gathered_decode_attention(q, pool, layer, tables, lens, scale)
+
+
+def _gathered_decode_attention(q, pool: KVPool, layer: int, tables, lens, scale):
+    """Portable paged decode: gather each request's blocks, pad, and run SDPA with a mask."""
+    batch, heads, dim = q.shape
+    max_len = int(lens.max())
+    nblocks = -(-max_len // pool.block_size)
+    index = tables[:, :nblocks].long().to(q.device)
+    kv_heads = pool.k.shape[2]
+
+    def gather(cache: torch.Tensor) -> torch.Tensor:
+        tiles = cache[layer][index]  # [B, n, Hkv, bs, D]
+        return tiles.permute(0, 2, 1, 3, 4).reshape(batch, kv_heads, -1, dim)[:, :, :max_len]
+
+    k, v = gather(pool.k), gather(pool.v)
+    positions = torch.arange(max_len, device=q.device)
+    mask = (positions.unsqueeze(0) < lens.to(q.device).unsqueeze(1)).view(batch, 1, 1, max_len)
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(2), k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=scale, enable_gqa=True
+    )
+    return out.reshape(batch, heads * dim)

@@ -1,0 +1,136 @@
+"""Build and load the host decode-attention kernel (C++, OpenMP), with a torch fallback.
+
+The extension is compiled from `csrc/cpu_attention.cpp` on first use with the machine's own
+instruction set (`-march=native`) and cached by torch under a name that includes the CPU's
+flags, so a cache is never reused on a different CPU. If no compiler is available, or
+NEO_DISABLE_CPP_KERNEL=1, `decode_attention` falls back to a pure-torch version that gives the
+same numbers more slowly (it gathers the blocks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+_SOURCE = Path(__file__).with_name("csrc") / "cpu_attention.cpp"
+_lock = threading.Lock()
+_module = None
+_failed = False
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def load_extension():
+    """The compiled module, or None if it cannot be built here."""
+    global _module, _failed
+    if _module is not None or _failed:
+        return _module
+    with _lock:
+        if _module is not None or _failed:
+            return _module
+        if os.environ.get("NEO_DISABLE_CPP_KERNEL") == "1":
+            _failed = True
+            return None
+        try:
+            from torch.utils.cpp_extension import load
+
+            tag = hashlib.sha1((_cpu_flags() + torch.__version__).encode()).hexdigest()[:10]
+            _module = load(
+                name=f"neo_cpu_attention_{tag}",
+                sources=[str(_SOURCE)],
+                extra_cflags=[
+                    "-O3",
+                    "-march=native",
+                    "-fopenmp",
+                    "-ffast-math",
+                    "-fno-finite-math-only",
+                ],
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
+        except Exception as exc:  # no compiler, no headers: fall back, loudly once
+            log.warning(
+                "host attention kernel could not be built (%s); using the torch fallback", exc
+            )
+            _failed = True
+    return _module
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None = None,
+    num_threads: int | None = None,
+) -> torch.Tensor:
+    """Attention of one new query per request over its paged KV, on the CPU.
+
+    q: [B, Hq, D] fp32; k_cache, v_cache: [num_blocks, Hkv, block_size, D] (fp32/fp16/bf16);
+    block_tables: [B, max_blocks] int32; context_lens: [B] int32. Returns [B, Hq, D] fp32.
+    """
+    if out is None:
+        out = torch.empty_like(q)
+    module = load_extension()
+    if module is not None:
+        module.decode_attention(
+            q,
+            k_cache,
+            v_cache,
+            block_tables,
+            context_lens,
+            out,
+            scale,
+            num_threads or torch.get_num_threads(),
+        )
+        return out
+    return reference_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, out)
+
+
+def reference_decode_attention(
+    q, k_cache, v_cache, block_tables, context_lens, scale, out=None, dtype=torch.float32
+) -> torch.Tensor:
+    """Plain torch: gather each request's blocks and attend (the fallback and the oracle)."""
+    batch, q_heads, head_dim = q.shape
+    kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
+    group = q_heads // kv_heads
+    result = out if out is not None else torch.empty_like(q)
+    for b in range(batch):
+        length = int(context_lens[b])
+        blocks = block_tables[b, : -(-length // block_size)].long()
+        k = (
+            k_cache[blocks]
+            .to(dtype)
+            .permute(1, 0, 2, 3)
+            .reshape(kv_heads, -1, head_dim)[:, :length]
+        )
+        v = (
+            v_cache[blocks]
+            .to(dtype)
+            .permute(1, 0, 2, 3)
+            .reshape(kv_heads, -1, head_dim)[:, :length]
+        )
+        qb = q[b].to(dtype).view(kv_heads, group, head_dim)
+        scores = torch.einsum("hgd,htd->hgt", qb, k) * scale
+        probs = torch.softmax(scores, dim=-1)
+        result[b] = (
+            torch.einsum("hgt,htd->hgd", probs, v).reshape(q_heads, head_dim).to(result.dtype)
+        )
+    return result

@@ -1,0 +1,363 @@
+"""LLMEngine: the serving loop around the shared scheduler.
+
+    plan = policy.step(now)          # neo_sim.scheduler, unchanged
+    result = executor.run(plan)      # swaps, layers on two lanes, logits
+    sample -> append tokens -> detect EOS / stop strings
+    policy.complete(plan, finished)  # the scheduler retires and frees
+
+The clock is wall time, or (clock="predicted") the sum of the scheduler's own predicted
+iteration times: then the scheduler sees exactly the clock it would see in the simulator,
+which is how decision equality between the two is tested.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from neo_engine.executor import Executor, LaneEvent
+from neo_engine.kv_cache import KVPool
+from neo_engine.sampling import SamplingParams, sample
+from neo_engine.tokenizer import load_tokenizer
+from neo_engine.weights import load_checkpoint, random_weights
+from neo_sim.costmodel import CostModel, Efficiencies, RooflineCostModel
+from neo_sim.errors import NeoError
+from neo_sim.model import ModelSpec, parse_model_arg
+from neo_sim.profile import load_profile
+from neo_sim.profiled import ProfiledCostModel
+from neo_sim.scheduler import Plan, Request, SchedulerConfig, make_policy
+from neo_sim.scheduler.kv import blocks_for
+from neo_sim.units import GiB, canonical_dtype
+
+log = logging.getLogger(__name__)
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine is built from (defaults suit a small model on this CPU)."""
+
+    model: str
+    device: str = "cpu"
+    policy: str = "neo"
+    dtype: str | None = None  # default: float32 on the CPU, the model's dtype on CUDA
+    kv_dtype: str | None = None  # default: dtype
+    block_size: int = 16
+    gpu_kv_blocks: int | None = None  # default: from device memory (1 GiB on the CPU)
+    cpu_kv_blocks: int | None = None  # default: 2 GiB of host memory
+    max_model_len: int | None = None  # default: min(model's context, 4096)
+    max_batch_tokens: int | None = None  # default: max_model_len
+    max_batch_size: int = 256
+    max_num_seqs: int = 256
+    max_cpu_wait_steps: int = 256
+    profile: str | None = None  # profile JSON for the scheduler's cost model
+    clock: str = "wall"  # or "predicted"
+    host_threads: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class RequestOutput:
+    request_id: int
+    prompt: str | None
+    prompt_token_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finished: bool = False
+    finish_reason: str | None = None  # "stop", "length" or "abort"
+    arrival_s: float = 0.0
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    cpu_steps: int = 0
+    gpu_steps: int = 0
+
+
+@dataclass
+class IterationLog:
+    plan: Plan
+    start_s: float
+    duration_s: float  # measured
+    events: list[LaneEvent]
+
+
+@dataclass
+class EngineStats:
+    waiting: int
+    running_gpu: int
+    running_cpu: int
+    swapped: int
+    gpu_kv_usage: float
+    cpu_kv_usage: float
+    gpu_kv_blocks_used: int
+    cpu_kv_blocks_used: int
+    iterations: int
+    pipelined_iterations: int
+    sequential_iterations: int
+    generated_tokens: int
+    cpu_attention_s_last: float
+    tokens_per_s: float
+
+
+@dataclass
+class _Live:
+    output: RequestOutput
+    params: SamplingParams
+    tokens: list[int]  # prompt + generated
+    generator: torch.Generator | None
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise NeoError("device 'cuda' requested but torch sees no CUDA device; use cpu")
+        ref = parse_model_arg(config.model)
+        default_dtype = "float32" if self.device.type == "cpu" else ref.spec.dtype
+        dtype = canonical_dtype(config.dtype or default_dtype)
+        self.spec: ModelSpec = ref.spec.with_dtype(dtype, canonical_dtype(config.kv_dtype or dtype))
+        self.torch_dtype = TORCH_DTYPES[dtype]
+        started = time.perf_counter()
+        if ref.checkpoint_dir is not None:
+            self.weights = load_checkpoint(
+                ref.checkpoint_dir, self.spec, self.torch_dtype, self.device
+            )
+        else:
+            self.weights = random_weights(self.spec, self.torch_dtype, self.device, config.seed)
+        self.tokenizer = load_tokenizer(ref.checkpoint_dir, self.spec.vocab_size)
+        log.info("loaded %s in %.1f s", config.model, time.perf_counter() - started)
+        self.max_model_len = config.max_model_len or min(self.spec.max_position_embeddings, 4096)
+        self.scheduler_config = self._scheduler_config()
+        self.cost: CostModel = self._cost_model()
+        self.policy = make_policy(config.policy, self.scheduler_config, self.cost)
+        kv_dtype = TORCH_DTYPES[self.spec.kv_dtype]
+        cuda = self.device.type == "cuda"
+        self.gpu_pool = KVPool(
+            self.spec,
+            self.scheduler_config.num_gpu_blocks,
+            config.block_size,
+            kv_dtype,
+            self.device,
+        )
+        self.cpu_pool = KVPool(
+            self.spec,
+            self.scheduler_config.num_cpu_blocks,
+            config.block_size,
+            kv_dtype,
+            torch.device("cpu"),
+            pin=cuda,
+        )
+        self.executor = Executor(
+            self.spec, self.weights, self.device, self.gpu_pool, self.cpu_pool, config.host_threads
+        )
+        self._live: dict[int, _Live] = {}
+        self._ids = itertools.count()
+        self._t0 = time.monotonic()
+        self._predicted_now = 0.0
+        self.iterations: list[IterationLog] = []
+        self.keep_iteration_log = False
+        self._counts = {"pipelined": 0, "sequential": 0, "tokens": 0, "iterations": 0}
+        self._last_cpu_attention_s = 0.0
+        self._recent: list[tuple[float, int]] = []
+
+    # ---- setup -----------------------------------------------------------------------------
+    def _scheduler_config(self) -> SchedulerConfig:
+        c, spec = self.config, self.spec
+        block_bytes = c.block_size * spec.kv_bytes_per_token
+        gpu_blocks = c.gpu_kv_blocks
+        if gpu_blocks is None:
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                gpu_blocks = int(max(0.0, free * 0.9 - 1 * GiB) // block_bytes)
+            else:
+                gpu_blocks = int(1 * GiB // block_bytes)
+        cpu_blocks = c.cpu_kv_blocks if c.cpu_kv_blocks is not None else int(2 * GiB // block_bytes)
+        max_tokens = c.max_batch_tokens or self.max_model_len
+        needed = blocks_for(self.max_model_len, c.block_size)
+        if max(gpu_blocks, cpu_blocks) < needed:
+            raise NeoError(
+                f"KV pools ({gpu_blocks} GPU / {cpu_blocks} CPU blocks) cannot hold one "
+                f"{self.max_model_len}-token sequence; raise them or max_model_len"
+            )
+        return SchedulerConfig(
+            num_gpu_blocks=gpu_blocks,
+            num_cpu_blocks=cpu_blocks,
+            block_size=c.block_size,
+            max_batch_size=c.max_batch_size,
+            max_num_seqs=c.max_num_seqs,
+            max_batch_tokens=max_tokens,
+            max_cpu_wait_steps=c.max_cpu_wait_steps,
+        )
+
+    def _cost_model(self) -> CostModel:
+        if self.config.profile:
+            return ProfiledCostModel(load_profile(self.config.profile), self.spec)
+        from neo_engine.local import probe_hardware
+
+        hardware = probe_hardware(self.device, self.torch_dtype)
+        # Probed figures are achieved rates already: efficiencies of 1, a small launch cost.
+        eff = Efficiencies(
+            gpu_gemm=1.0,
+            gpu_attn=1.0,
+            gpu_memory=1.0,
+            cpu_memory=1.0,
+            cpu_compute=1.0,
+            pcie=1.0,
+            launch_s=50e-6,
+            sampling_s=1e-4,
+        )
+        return RooflineCostModel(self.spec, hardware, eff)
+
+    # ---- requests ----------------------------------------------------------------------------
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: int | None = None,
+    ) -> int:
+        params = params or SamplingParams()
+        if isinstance(prompt, str):
+            text, tokens = prompt, self.tokenizer.encode(prompt)
+        else:
+            text, tokens = None, [int(t) for t in prompt]
+        if not tokens:
+            raise NeoError("prompt is empty")
+        if any(t < 0 or t >= self.spec.vocab_size for t in tokens):
+            raise NeoError(
+                f"prompt has token ids outside the vocabulary [0, {self.spec.vocab_size})"
+            )
+        if len(tokens) + params.max_tokens > self.max_model_len:
+            raise NeoError(
+                f"prompt ({len(tokens)} tokens) + max_tokens ({params.max_tokens}) "
+                f"exceeds the context length {self.max_model_len}"
+            )
+        rid = next(self._ids) if request_id is None else request_id
+        if rid in self._live:
+            raise NeoError(f"request id {rid} is already running")
+        now = self.now()
+        self.policy.add(Request(rid, len(tokens), params.max_tokens, arrival_s=now))
+        gen = None
+        if not params.greedy:
+            gen = torch.Generator().manual_seed(
+                params.seed
+                if params.seed is not None
+                else hash((self.config.seed, rid)) & 0xFFFFFFFF
+            )
+        out = RequestOutput(rid, text, list(tokens), arrival_s=now)
+        self._live[rid] = _Live(out, params, list(tokens), gen)
+        return rid
+
+    def abort(self, request_id: int) -> bool:
+        live = self._live.pop(request_id, None)
+        found = self.policy.abort(request_id)
+        if live is not None:
+            live.output.finished, live.output.finish_reason = True, "abort"
+            live.output.finish_s = self.now()
+        return found or live is not None
+
+    def has_unfinished(self) -> bool:
+        return bool(self._live)
+
+    def now(self) -> float:
+        if self.config.clock == "predicted":
+            return self._predicted_now
+        return time.monotonic() - self._t0
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one iteration; returns the outputs of requests that got a token or finished."""
+        if not self.policy.has_work:
+            return []
+        start = self.now()
+        plan = self.policy.step(start)
+        if plan.is_empty:
+            return []
+        result = self.executor.run(
+            plan, {rid: s.tokens for rid, s in self._live.items()}, self.policy.kv
+        )
+        if self.config.clock == "predicted":
+            self._predicted_now += plan.predicted_s
+        now = self.now()
+        stopped: set[int] = set()
+        touched: list[RequestOutput] = []
+        for row, rid in enumerate(result.request_ids):
+            live = self._live[rid]
+            token = sample(result.logits[row], live.params, live.generator)
+            live.tokens.append(token)
+            out = live.output
+            out.token_ids.append(token)
+            if out.first_token_s is None:
+                out.first_token_s = now
+            if self._hits_stop(live, token):
+                stopped.add(rid)
+            out.text = self._text(live)
+            touched.append(out)
+        for r in self.policy.complete(plan, stopped):
+            live = self._live.pop(r.request_id)
+            out = live.output
+            out.finished, out.finish_s = True, now
+            out.finish_reason = "stop" if r.request_id in stopped else "length"
+            out.cpu_steps, out.gpu_steps = r.cpu_steps, r.gpu_steps
+        self._account(plan, result, start, len(result.request_ids))
+        return touched
+
+    def _hits_stop(self, live: _Live, token: int) -> bool:
+        p = live.params
+        if not p.ignore_eos and token == self.tokenizer.eos_token_id:
+            return True
+        if token in p.stop_token_ids:
+            return True
+        if p.stop:
+            text = self.tokenizer.decode(live.output.token_ids)
+            return any(s in text for s in p.stop)
+        return False
+
+    def _text(self, live: _Live) -> str:
+        """Generated text so far, cut at the first stop string."""
+        text = self.tokenizer.decode(live.output.token_ids)
+        for stop in live.params.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                text = text[:cut]
+        return text
+
+    def _account(self, plan: Plan, result, start: float, tokens: int) -> None:
+        c = self._counts
+        c["iterations"] += 1
+        c["tokens"] += tokens
+        c[plan.mode.value] += 1
+        self._last_cpu_attention_s = sum(e.duration_s for e in result.events if e.lane == "host")
+        wall = time.monotonic()
+        self._recent.append((wall, tokens))
+        while self._recent and wall - self._recent[0][0] > 10.0:
+            self._recent.pop(0)
+        if self.keep_iteration_log:
+            self.iterations.append(IterationLog(plan, start, result.duration_s, result.events))
+
+    def stats(self) -> EngineStats:
+        p, c = self.policy, self._counts
+        span = (self._recent[-1][0] - self._recent[0][0]) if len(self._recent) > 1 else 0.0
+        rate = sum(n for _, n in self._recent[1:]) / span if span > 0 else 0.0
+        return EngineStats(
+            waiting=len(p.waiting),
+            running_gpu=len(p.gpu_running),
+            running_cpu=len(p.cpu_running),
+            swapped=len(p.swapped),
+            gpu_kv_usage=p.kv.gpu.usage,
+            cpu_kv_usage=p.kv.cpu.usage,
+            gpu_kv_blocks_used=p.kv.gpu.num_used,
+            cpu_kv_blocks_used=p.kv.cpu.num_used,
+            iterations=c["iterations"],
+            pipelined_iterations=c["pipelined"],
+            sequential_iterations=c["sequential"],
+            generated_tokens=c["tokens"],
+            cpu_attention_s_last=self._last_cpu_attention_s,
+            tokens_per_s=rate,
+        )
+
+    def close(self) -> None:
+        self.executor.close()

@@ -1,0 +1,319 @@
+"""Runs a Plan: swaps, then every layer of every sub-batch, on two lanes.
+
+The device lane (the GPU, or on a CPU-only machine the calling thread standing in for it) runs
+the projections, prefill attention and device decode attention. The host lane is a worker
+thread that receives each CPU decode's q, k, v, appends k, v to the host cache and runs the host
+attention kernel (which releases the GIL). Per layer i, in issue order on the device lane:
+
+    for each sub-batch b:  post(b, i-1)  [waits for b's host attention of layer i-1]
+                           pre(b, i)  -> hand q/k/v of b's CPU decodes to the host lane
+                           device attention of b's prefills and GPU decodes
+
+so with two sub-batches the host attention of one overlaps the device work of the other
+(asymmetric pipelining, DESIGN.md section 1); with one sub-batch it overlaps only that
+sub-batch's own device attention. On CUDA the lanes synchronise with events and copies are
+non-blocking through pinned memory; on the CPU the same code runs with plain tensors.
+
+Every task is timed (lane, name, start, duration), for the profiler and fidelity checks.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from neo_engine.attention import device_decode_attention, prefill_attention
+from neo_engine.cpu_kernel import decode_attention as host_decode_attention
+from neo_engine.kv_cache import KVPool, copy_blocks
+from neo_engine.layers import Rotary, post_projection, pre_projection, rms_norm
+from neo_engine.weights import ModelWeights
+from neo_sim.model import ModelSpec
+from neo_sim.scheduler.kv import KVManager
+from neo_sim.scheduler.plan import Plan, SubBatch
+from neo_sim.scheduler.request import Device
+
+
+@dataclass(frozen=True)
+class LaneEvent:
+    lane: str  # "device" or "host"
+    name: str
+    start_s: float  # from the start of the iteration
+    duration_s: float
+
+
+@dataclass
+class StepResult:
+    request_ids: list[int]  # requests that produce a token, in row order of `logits`
+    logits: torch.Tensor  # [n, vocab] float32 on the CPU
+    events: list[LaneEvent]
+    duration_s: float
+
+
+@dataclass
+class _Prefill:
+    rows: tuple[int, int]
+    start: int
+    end: int
+    pool: KVPool
+    slots: tuple[torch.Tensor, torch.Tensor]
+    table: list[int]
+
+
+@dataclass
+class _Decodes:
+    rows: tuple[int, int]
+    tables: torch.Tensor  # int32 [n, max_blocks]
+    lens: torch.Tensor  # int32 [n]
+    slots: tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class _Prepared:
+    hidden: torch.Tensor
+    positions: torch.Tensor
+    prefills: list[_Prefill]
+    gpu: _Decodes | None
+    cpu: _Decodes | None
+    producers: list[tuple[int, int]]  # (row, request id)
+    device_out: torch.Tensor | None = None
+    host_future: Future | None = None
+    label: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class Executor:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: ModelWeights,
+        device: torch.device,
+        gpu_pool: KVPool,
+        cpu_pool: KVPool,
+        host_threads: int | None = None,
+    ):
+        self.spec = spec
+        self.w = weights
+        self.device = device
+        self.gpu_pool = gpu_pool
+        self.cpu_pool = cpu_pool
+        self.rotary = Rotary(spec, device)
+        self.scale = spec.head_dim**-0.5
+        self.host_threads = host_threads or torch.get_num_threads()
+        self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neo-host-attn")
+        self._cuda = device.type == "cuda"
+        self._copy_stream = torch.cuda.Stream(device) if self._cuda else None
+        self._t0 = 0.0
+        self._events: list[LaneEvent] = []
+
+    def close(self) -> None:
+        self._host.shutdown(wait=True)
+
+    # ---- one iteration ---------------------------------------------------------------------
+    def run(self, plan: Plan, token_ids: dict[int, list[int]], kv: KVManager) -> StepResult:
+        self._t0 = time.perf_counter()
+        self._events = []
+        self._swap(plan)
+        preps = [self._prepare(sb, i, token_ids, kv) for i, sb in enumerate(plan.sub_batches) if sb]
+        for layer in range(self.spec.num_layers):
+            for p in preps:
+                if layer:
+                    self._post(p, layer - 1)
+                self._pre_and_attend(p, layer)
+        for p in preps:
+            self._post(p, self.spec.num_layers - 1)
+        request_ids, logits = self._logits(preps)
+        duration = time.perf_counter() - self._t0
+        return StepResult(request_ids, logits, self._events, duration)
+
+    # ---- stages ------------------------------------------------------------------------------
+    def _swap(self, plan: Plan) -> None:
+        if not (plan.swap_out or plan.swap_in):
+            return
+        with self._span("device", "swap"):
+            for s in plan.swap_out:
+                copy_blocks(self.gpu_pool, self.cpu_pool, s.src_blocks, s.dst_blocks)
+            for s in plan.swap_in:
+                copy_blocks(
+                    self.cpu_pool,
+                    self.gpu_pool,
+                    s.src_blocks,
+                    s.dst_blocks,
+                    non_blocking=self._cuda,
+                )
+            if self._cuda:
+                torch.cuda.current_stream(self.device).synchronize()
+
+    def _pre_and_attend(self, p: _Prepared, layer: int) -> None:
+        lw = self.w.layers[layer]
+        with self._span("device", f"{p.label} pre L{layer}"):
+            q, k, v = pre_projection(self.spec, lw, self.rotary, p.hidden, p.positions)
+        if p.cpu is not None:
+            a, b = p.cpu.rows
+            p.host_future = self._submit_host(p, layer, q[a:b], k[a:b], v[a:b])
+        with self._span("device", f"{p.label} attn L{layer}"):
+            out = torch.empty(q.shape[0], self.spec.q_size, dtype=q.dtype, device=q.device)
+            for pf in p.prefills:
+                a, b = pf.rows
+                pf.pool.write(layer, pf.slots, k[a:b], v[a:b])
+                prefix = pf.pool.gather(layer, pf.table, pf.start) if pf.start else None
+                if prefix is not None:
+                    prefix = (prefix[0].to(self.device), prefix[1].to(self.device))
+                out[a:b] = prefill_attention(q[a:b], k[a:b], v[a:b], self.scale, prefix)
+            if p.gpu is not None:
+                a, b = p.gpu.rows
+                self.gpu_pool.write(layer, p.gpu.slots, k[a:b], v[a:b])
+                out[a:b] = device_decode_attention(
+                    q[a:b], self.gpu_pool, layer, p.gpu.tables, p.gpu.lens, self.scale
+                )
+            p.device_out = out
+
+    def _submit_host(self, p: _Prepared, layer: int, q, k, v) -> Future:
+        if self._cuda:  # ship q/k/v through pinned memory, then let the host wait on an event
+            q, k, v = (t.to("cpu", non_blocking=True) for t in (q, k, v))
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self.device))
+        else:
+            ready = None
+        decodes = p.cpu
+        label = p.label
+
+        def task() -> torch.Tensor:
+            if ready is not None:
+                ready.synchronize()
+            with self._span("host", f"{label} cpu-attn L{layer}"):
+                self.cpu_pool.write(layer, decodes.slots, k, v)
+                out = host_decode_attention(
+                    q.float().contiguous(),
+                    self.cpu_pool.k[layer],
+                    self.cpu_pool.v[layer],
+                    decodes.tables,
+                    decodes.lens,
+                    self.scale,
+                    num_threads=self.host_threads,
+                )
+                out = out.reshape(out.shape[0], -1)
+                if self._cuda:
+                    out = out.pin_memory()
+            return out
+
+        return self._host.submit(task)
+
+    def _post(self, p: _Prepared, layer: int) -> None:
+        out = p.device_out
+        if p.host_future is not None:
+            with self._span("device", f"{p.label} wait-host L{layer}"):
+                host_out = p.host_future.result()
+            a, b = p.cpu.rows
+            out[a:b] = host_out.to(self.device, dtype=out.dtype, non_blocking=self._cuda)
+            p.host_future = None
+        with self._span("device", f"{p.label} post L{layer}"):
+            p.hidden = post_projection(self.spec, self.w.layers[layer], out, p.hidden)
+
+    def _logits(self, preps: list[_Prepared]) -> tuple[list[int], torch.Tensor]:
+        request_ids: list[int] = []
+        parts = []
+        with self._span("device", "lm-head"):
+            for p in preps:
+                if not p.producers:
+                    continue
+                rows = torch.tensor([r for r, _ in p.producers], device=self.device)
+                x = rms_norm(p.hidden.index_select(0, rows), self.w.norm, self.spec.rms_norm_eps)
+                parts.append(F.linear(x, self.w.lm_head).float())
+                request_ids += [rid for _, rid in p.producers]
+            logits = torch.cat(parts).cpu() if parts else torch.empty(0, self.spec.vocab_size)
+        return request_ids, logits
+
+    # ---- inputs --------------------------------------------------------------------------------
+    def _prepare(
+        self, sb: SubBatch, index: int, token_ids: dict[int, list[int]], kv: KVManager
+    ) -> _Prepared:
+        ids: list[int] = []
+        positions: list[int] = []
+        prefills: list[_Prefill] = []
+        producers: list[tuple[int, int]] = []
+        for w in sb.prefills:
+            tokens = token_ids[w.request_id]
+            on_cpu = w.kv_device == Device.CPU
+            pool = self.cpu_pool if on_cpu else self.gpu_pool
+            table = kv.pool(not on_cpu).table(w.request_id)
+            row = len(ids)
+            ids += tokens[w.start : w.end]
+            positions += range(w.start, w.end)
+            prefills.append(
+                _Prefill(
+                    (row, len(ids)), w.start, w.end, pool, pool.slots(table, w.start, w.end), table
+                )
+            )
+            if w.end >= len(tokens):
+                producers.append((len(ids) - 1, w.request_id))
+        gpu = self._decodes(
+            sb.gpu_decodes, token_ids, kv.gpu, self.gpu_pool, ids, positions, producers
+        )
+        cpu = self._decodes(
+            sb.cpu_decodes, token_ids, kv.cpu, self.cpu_pool, ids, positions, producers
+        )
+        token_tensor = torch.tensor(ids, dtype=torch.long, device=self.device)
+        return _Prepared(
+            hidden=self.w.embed.index_select(0, token_tensor),
+            positions=torch.tensor(positions, dtype=torch.long, device=self.device),
+            prefills=prefills,
+            gpu=gpu,
+            cpu=cpu,
+            producers=producers,
+            label=f"sb{index}",
+        )
+
+    def _decodes(
+        self, works, token_ids, block_pool, kv_pool: KVPool, ids, positions, producers
+    ) -> _Decodes | None:
+        if not works:
+            return None
+        start = len(ids)
+        tables = [block_pool.table(w.request_id) for w in works]
+        width = max(len(t) for t in tables)
+        table_tensor = torch.zeros(len(works), width, dtype=torch.int32)
+        block_ids, offsets = [], []
+        for i, (w, table) in enumerate(zip(works, tables)):
+            table_tensor[i, : len(table)] = torch.tensor(table, dtype=torch.int32)
+            position = w.context_len - 1
+            ids.append(token_ids[w.request_id][position])
+            positions.append(position)
+            producers.append((len(ids) - 1, w.request_id))
+            block_ids.append(table[position // kv_pool.block_size])
+            offsets.append(position % kv_pool.block_size)
+        lens = torch.tensor([w.context_len for w in works], dtype=torch.int32)
+        slots = (
+            torch.tensor(block_ids, device=kv_pool.device),
+            torch.tensor(offsets, device=kv_pool.device),
+        )
+        return _Decodes(
+            (start, len(ids)), table_tensor.to(kv_pool.device), lens.to(kv_pool.device), slots
+        )
+
+    # ---- timing --------------------------------------------------------------------------------
+    def _span(self, lane: str, name: str):
+        return _Span(self, lane, name)
+
+
+class _Span:
+    """Times one task on a lane (wall clock; on CUDA the device lane is synchronised first)."""
+
+    def __init__(self, executor: Executor, lane: str, name: str):
+        self.ex, self.lane, self.name = executor, lane, name
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.ex._cuda and self.lane == "device":
+            torch.cuda.current_stream(self.ex.device).synchronize()
+        end = time.perf_counter()
+        self.ex._events.append(
+            LaneEvent(self.lane, self.name, self.start - self.ex._t0, end - self.start)
+        )
+        return False

@@ -1,0 +1,84 @@
+"""KV caches: a paged pool on the device and a paged pool in host memory.
+
+Both pools share one layout, [layers, blocks, kv_heads, block_size, head_dim], so a swap copies
+whole blocks between them. Block ids come from the scheduler's allocator (`neo_sim.scheduler.kv`):
+the engine only stores and moves bytes. On CUDA the host pool is pinned, so copies can be
+asynchronous; on a CPU-only machine both pools live in RAM and the "device" one stands in for
+GPU memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from neo_sim.model import ModelSpec
+
+
+class KVPool:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        pin: bool = False,
+    ):
+        shape = (spec.num_layers, num_blocks, spec.num_kv_heads, block_size, spec.head_dim)
+        self.block_size = block_size
+        self.device = device
+        self.k = torch.zeros(shape, dtype=dtype, device=device, pin_memory=pin)
+        self.v = torch.zeros(shape, dtype=dtype, device=device, pin_memory=pin)
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+    def slots(
+        self, table: Sequence[int], start: int, end: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block, offset) of token positions [start, end) of a request with this block table."""
+        positions = torch.arange(start, end)
+        blocks = torch.tensor(table, dtype=torch.long)[positions // self.block_size]
+        return blocks.to(self.device), (positions % self.block_size).to(self.device)
+
+    def write(
+        self, layer: int, slots: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor
+    ) -> None:
+        """Store k, v [T, kv_heads, head_dim] at the given slots of one layer."""
+        blocks, offsets = slots
+        self.k[layer][blocks, :, offsets, :] = k.to(device=self.device, dtype=self.k.dtype)
+        self.v[layer][blocks, :, offsets, :] = v.to(device=self.device, dtype=self.v.dtype)
+
+    def gather(
+        self, layer: int, table: Sequence[int], length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `length` tokens of a request: k, v [kv_heads, length, head_dim]."""
+        n = -(-length // self.block_size)
+        index = torch.tensor(list(table[:n]), dtype=torch.long, device=self.device)
+        heads, dim = self.k.shape[2], self.k.shape[4]
+
+        def pick(cache: torch.Tensor) -> torch.Tensor:
+            tile = cache[layer].index_select(0, index)  # [n, H, bs, D]
+            return tile.permute(1, 0, 2, 3).reshape(heads, -1, dim)[:, :length]
+
+        return pick(self.k), pick(self.v)
+
+
+def copy_blocks(
+    src: KVPool,
+    dst: KVPool,
+    src_blocks: Sequence[int],
+    dst_blocks: Sequence[int],
+    non_blocking: bool = False,
+) -> None:
+    """Move whole blocks (all layers) between pools: the bytes of a swap."""
+    if not src_blocks:
+        return
+    s = torch.tensor(list(src_blocks), dtype=torch.long, device=src.device)
+    d = torch.tensor(list(dst_blocks), dtype=torch.long, device=dst.device)
+    for cache_src, cache_dst in ((src.k, dst.k), (src.v, dst.v)):
+        moved = cache_src.index_select(1, s).to(dst.device, non_blocking=non_blocking)
+        cache_dst.index_copy_(1, d, moved.to(cache_dst.dtype))

@@ -1,0 +1,90 @@
+"""The three stages of a Llama layer, as NEO splits them (DESIGN.md section 1).
+
+- `pre_projection`: RMSNorm, fused QKV projection, rotary embedding -> q, k, v;
+- attention: in `neo_engine.attention` (prefill, device decode, host decode);
+- `post_projection`: O projection, residual, RMSNorm, gated MLP, residual.
+The executor runs these per layer and per sub-batch, on whichever lane the plan says.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from neo_engine.weights import LayerWeights
+from neo_sim.model import ModelSpec
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+class Rotary:
+    """Rotary position embedding (rotate-half convention), with Llama-3.1 frequency scaling."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device):
+        dim = spec.head_dim
+        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        scaling = spec.rope_scaling or {}
+        if scaling.get("rope_type", scaling.get("type")) == "llama3":
+            inv_freq = _llama3_scaled(inv_freq, scaling)
+        self.inv_freq = inv_freq.to(device)
+        self.device = device
+        self._cos = self._sin = torch.empty(0, dim, device=device)
+
+    def _ensure(self, length: int) -> None:
+        if self._cos.shape[0] >= length:
+            return
+        size = max(length, 2 * self._cos.shape[0], 256)
+        t = torch.arange(size, dtype=torch.float64, device=self.device)
+        freqs = torch.outer(t, self.inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self._cos, self._sin = emb.cos().float(), emb.sin().float()
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: [T, heads, head_dim]; positions: [T]."""
+        self._ensure(int(positions.max()) + 1 if positions.numel() else 1)
+        cos = self._cos[positions].unsqueeze(1).to(x.dtype)
+        sin = self._sin[positions].unsqueeze(1).to(x.dtype)
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+
+def _llama3_scaled(inv_freq: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """Llama-3.1's piecewise rescaling of RoPE frequencies (long wavelengths slowed by factor)."""
+    factor = cfg["factor"]
+    low, high = cfg.get("low_freq_factor", 1.0), cfg.get("high_freq_factor", 4.0)
+    old_len = cfg.get("original_max_position_embeddings", 8192)
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def pre_projection(
+    spec: ModelSpec, w: LayerWeights, rotary: Rotary, hidden: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """hidden [T, h] -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D] (rotary applied)."""
+    x = rms_norm(hidden, w.input_norm, spec.rms_norm_eps)
+    qkv = F.linear(x, w.qkv)
+    q, k, v = qkv.split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
+    q = rotary(q.view(-1, spec.num_heads, spec.head_dim), positions)
+    k = rotary(k.view(-1, spec.num_kv_heads, spec.head_dim), positions)
+    return q, k, v.reshape(-1, spec.num_kv_heads, spec.head_dim)
+
+
+def post_projection(
+    spec: ModelSpec, w: LayerWeights, attn_out: torch.Tensor, residual: torch.Tensor
+) -> torch.Tensor:
+    """attn_out [T, Hq*D] and the layer's input -> the layer's output [T, h]."""
+    h = residual + F.linear(attn_out, w.o)
+    x = rms_norm(h, w.post_norm, spec.rms_norm_eps)
+    gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
+    return h + F.linear(F.silu(gate) * up, w.down)

@@ -1,0 +1,86 @@
+"""Tokenizers: a real HF tokenizer from a checkpoint, or a byte tokenizer for dummy models.
+
+Dummy (random-weight) models have no tokenizer of their own; `ByteTokenizer` maps text to its
+UTF-8 bytes so that prompts and outputs still round-trip as strings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from neo_sim.errors import NeoError
+
+
+class Tokenizer(Protocol):
+    eos_token_id: int | None
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, token_ids: list[int]) -> str: ...
+
+    def chat_prompt(self, messages: list[dict]) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes are tokens 0-255; 256 is BOS, 257 is EOS."""
+
+    bos_token_id = 256
+    eos_token_id = 257
+
+    def __init__(self, vocab_size: int):
+        if vocab_size < 258:
+            raise NeoError(f"byte tokenizer needs a vocabulary of >= 258, model has {vocab_size}")
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return [self.bos_token_id, *text.encode("utf-8")]
+
+    def decode(self, token_ids: list[int]) -> str:
+        data = bytes(t for t in token_ids if t < 256)
+        return data.decode("utf-8", errors="replace")
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        return plain_chat_prompt(messages)
+
+
+class HFTokenizer:
+    """A tokenizer loaded offline from a checkpoint directory (transformers' AutoTokenizer)."""
+
+    def __init__(self, directory: str | Path):
+        from transformers import AutoTokenizer
+
+        try:
+            self._tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise NeoError(f"{directory}: cannot load a tokenizer ({exc})") from None
+        self.eos_token_id = self._tok.eos_token_id
+        self.vocab_size = len(self._tok)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text))
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self._tok.decode(token_ids, skip_special_tokens=True)
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        if getattr(self._tok, "chat_template", None):
+            return self._tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        return plain_chat_prompt(messages)
+
+
+def plain_chat_prompt(messages: list[dict]) -> str:
+    """The fallback chat format when a tokenizer has no template."""
+    lines = [f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages]
+    return "\n".join(lines) + "\nassistant:"
+
+
+def load_tokenizer(directory: Path | None, vocab_size: int) -> Tokenizer:
+    if directory is not None and any(
+        (directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        return HFTokenizer(directory)
+    return ByteTokenizer(vocab_size)

@@ -1,0 +1,139 @@
+"""Model weights: read an HF Llama checkpoint (safetensors) or make random ones.
+
+Weights are kept per layer with the GEMMs fused the way the layer runs them: one QKV matrix
+(pre-projection) and one gate+up matrix (post-projection), both as [out, in] like nn.Linear.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from neo_sim.errors import NeoError
+from neo_sim.model import ModelSpec
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor  # [hidden]
+    qkv: torch.Tensor  # [q_size + 2 kv_size, hidden]
+    o: torch.Tensor  # [hidden, q_size]
+    post_norm: torch.Tensor  # [hidden]
+    gate_up: torch.Tensor  # [2 intermediate, hidden]
+    down: torch.Tensor  # [hidden, intermediate]
+
+
+@dataclass
+class ModelWeights:
+    embed: torch.Tensor  # [vocab, hidden]
+    layers: list[LayerWeights]
+    norm: torch.Tensor  # [hidden]
+    lm_head: torch.Tensor  # [vocab, hidden] (may be `embed` itself)
+
+
+def _fuse(spec: ModelSpec, get, dtype: torch.dtype, device: torch.device) -> ModelWeights:
+    def t(name: str) -> torch.Tensor:
+        return get(name).to(device=device, dtype=dtype).contiguous()
+
+    layers = []
+    for i in range(spec.num_layers):
+        p = f"model.layers.{i}."
+        layers.append(
+            LayerWeights(
+                input_norm=t(p + "input_layernorm.weight"),
+                qkv=torch.cat(
+                    [
+                        t(p + "self_attn.q_proj.weight"),
+                        t(p + "self_attn.k_proj.weight"),
+                        t(p + "self_attn.v_proj.weight"),
+                    ]
+                ).contiguous(),
+                o=t(p + "self_attn.o_proj.weight"),
+                post_norm=t(p + "post_attention_layernorm.weight"),
+                gate_up=torch.cat(
+                    [t(p + "mlp.gate_proj.weight"), t(p + "mlp.up_proj.weight")]
+                ).contiguous(),
+                down=t(p + "mlp.down_proj.weight"),
+            )
+        )
+    embed = t("model.embed_tokens.weight")
+    lm_head = embed if spec.tie_word_embeddings else t("lm_head.weight")
+    return ModelWeights(embed, layers, t("model.norm.weight"), lm_head)
+
+
+def load_checkpoint(
+    directory: Path, spec: ModelSpec, dtype: torch.dtype, device: torch.device
+) -> ModelWeights:
+    """Read `*.safetensors` (single file or sharded with an index) from an HF checkpoint."""
+    from safetensors import safe_open
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise NeoError(f"{directory}: no *.safetensors files (convert the checkpoint first)")
+    index: dict[str, Path] = {}
+    index_file = directory / "model.safetensors.index.json"
+    if index_file.exists():
+        mapping = json.loads(index_file.read_text())["weight_map"]
+        index = {name: directory / fname for name, fname in mapping.items()}
+    else:
+        for f in files:
+            with safe_open(str(f), framework="pt") as handle:
+                index.update({name: f for name in handle.keys()})  # noqa: SIM118
+    handles: dict[Path, object] = {}
+
+    def get(name: str) -> torch.Tensor:
+        if name not in index:
+            if name == "lm_head.weight" and "model.embed_tokens.weight" in index:
+                return get("model.embed_tokens.weight")
+            raise NeoError(f"{directory}: checkpoint has no tensor {name!r}")
+        path = index[name]
+        if path not in handles:
+            handles[path] = safe_open(str(path), framework="pt")
+        return handles[path].get_tensor(name)
+
+    weights = _fuse(spec, get, dtype, device)
+    _check_shapes(spec, weights, directory)
+    return weights
+
+
+def random_weights(
+    spec: ModelSpec, dtype: torch.dtype, device: torch.device, seed: int = 0
+) -> ModelWeights:
+    """Random weights of the right shapes (std 0.02, norms at 1), for dummy:PRESET models."""
+    gen = torch.Generator().manual_seed(seed)
+    h, q, kv, inter = spec.hidden_size, spec.q_size, spec.kv_size, spec.intermediate_size
+
+    def rand(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gen) * 0.02).to(device=device, dtype=dtype)
+
+    def ones(n: int) -> torch.Tensor:
+        return torch.ones(n, device=device, dtype=dtype)
+
+    layers = [
+        LayerWeights(
+            ones(h), rand(q + 2 * kv, h), rand(h, q), ones(h), rand(2 * inter, h), rand(h, inter)
+        )
+        for _ in range(spec.num_layers)
+    ]
+    embed = rand(spec.vocab_size, h)
+    lm_head = embed if spec.tie_word_embeddings else rand(spec.vocab_size, h)
+    return ModelWeights(embed, layers, ones(h), lm_head)
+
+
+def _check_shapes(spec: ModelSpec, w: ModelWeights, where: Path) -> None:
+    expected = {
+        "embed": (spec.vocab_size, spec.hidden_size),
+        "qkv": (spec.q_size + 2 * spec.kv_size, spec.hidden_size),
+        "down": (spec.hidden_size, spec.intermediate_size),
+    }
+    actual = {
+        "embed": tuple(w.embed.shape),
+        "qkv": tuple(w.layers[0].qkv.shape),
+        "down": tuple(w.layers[0].down.shape),
+    }
+    for key, shape in expected.items():
+        if actual[key] != shape:
+            raise NeoError(f"{where}: {key} has shape {actual[key]}, config says {shape}")
