@@ -29,6 +29,7 @@ class LLM:
         block_size: int = 16,
         dtype: str | None = None,
         kv_dtype: str | None = None,
+        cost_model=None,
         **kwargs,
     ):
         self.engine = LLMEngine(
@@ -42,7 +43,8 @@ class LLM:
                 dtype=dtype,
                 kv_dtype=kv_dtype,
                 **kwargs,
-            )
+            ),
+            cost_model=cost_model,
         )
 
     @property

@@ -111,7 +111,10 @@ class _Live:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig):
+    """The serving loop. `cost_model` overrides the scheduler's cost model (else the profile
+    named in the config, else a quick probe of this machine)."""
+
+    def __init__(self, config: EngineConfig, cost_model: CostModel | None = None):
         self.config = config
         self.device = torch.device(config.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -132,7 +135,7 @@ class LLMEngine:
         log.info("loaded %s in %.1f s", config.model, time.perf_counter() - started)
         self.max_model_len = config.max_model_len or min(self.spec.max_position_embeddings, 4096)
         self.scheduler_config = self._scheduler_config()
-        self.cost: CostModel = self._cost_model()
+        self.cost: CostModel = cost_model or self._cost_model()
         self.policy = make_policy(config.policy, self.scheduler_config, self.cost)
         kv_dtype = TORCH_DTYPES[self.spec.kv_dtype]
         cuda = self.device.type == "cuda"

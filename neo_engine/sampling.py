@@ -35,7 +35,7 @@ class SamplingParams:
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise NeoError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if not 0 <= self.temperature:
+        if not self.temperature >= 0:
             raise NeoError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise NeoError(f"top_p must be in (0, 1], got {self.top_p}")

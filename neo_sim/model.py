@@ -218,6 +218,12 @@ class ModelSpec:
         missing = [key for key in required if key not in config]
         if missing:
             raise NeoError(f"{where}: missing field(s) {missing}")
+        # transformers >= 5 nests RoPE settings under "rope_parameters"; older configs do not.
+        rope = config.get("rope_parameters") or {}
+        rope_theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
+        rope_scaling = config.get("rope_scaling")
+        if rope_scaling is None and rope.get("rope_type", "default") != "default":
+            rope_scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
         dtype = config.get("torch_dtype") or config.get("dtype") or "float16"
         if dtype not in ("float32", "float16", "bfloat16"):
             dtype = "float16"
@@ -231,8 +237,8 @@ class ModelSpec:
             vocab_size=config["vocab_size"],
             max_position_embeddings=config.get("max_position_embeddings", 4096),
             head_dim=config.get("head_dim") or 0,
-            rope_theta=float(config.get("rope_theta", 10000.0)),
-            rope_scaling=config.get("rope_scaling"),
+            rope_theta=float(rope_theta),
+            rope_scaling=rope_scaling,
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             dtype=dtype,

@@ -1,0 +1,85 @@
+"""Greedy tokens of our engine equal transformers' greedy generation, token for token,
+for every policy, including runs where most decodes run on the CPU and runs with swaps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neo_engine import LLM, SamplingParams
+from neo_sim.costmodel import RooflineCostModel
+from neo_sim.hardware import PRESETS as HW
+from neo_sim.model import PRESETS as MODELS
+from neo_sim.scheduler import Mode
+from tests.engine.conftest import hf_greedy
+
+NEW_TOKENS = 20
+CASES = [  # (policy, GPU KV blocks of 4 tokens)
+    ("gpu-only", 64),  # everything fits
+    ("gpu-only", 25),  # preemption by swapping to host memory
+    ("vllm-256", 25),
+    ("neo", 64),
+    ("neo", 8),  # most decodes on the CPU
+    ("neo", 4),
+    ("symmetric", 8),
+    ("full-offload", 0),  # every decode on the CPU
+]
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randint(1, 300, (n,), generator=gen).tolist() for n in (5, 17, 33, 40, 9, 60)]
+
+
+def t4_like_cost():
+    """Price plans as Llama-2-7B on a T4 host, where NEO pipelines (the tiny model runs)."""
+    return RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+
+
+@pytest.mark.parametrize("policy,gpu_blocks", CASES)
+def test_greedy_tokens_equal_transformers(tiny_llama, prompts, policy, gpu_blocks):
+    directory, model = tiny_llama
+    expected = hf_greedy(model, prompts, NEW_TOKENS)
+    llm = LLM(
+        str(directory),
+        policy=policy,
+        gpu_kv_blocks=gpu_blocks,
+        cpu_kv_blocks=200,
+        block_size=4,
+        max_model_len=128,
+    )
+    llm.engine.keep_iteration_log = True
+    outputs = llm.generate(
+        prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+    )
+    assert [o.token_ids for o in outputs] == expected
+    plans = [it.plan for it in llm.engine.iterations]
+    if gpu_blocks <= 8:
+        assert sum(o.cpu_steps for o in outputs) > sum(o.gpu_steps for o in outputs) / 2
+    if (policy, gpu_blocks) == ("gpu-only", 25):
+        assert any(p.swap_out for p in plans) and any(p.swap_in for p in plans)
+    llm.engine.close()
+
+
+def test_neo_pipelined_plans_give_the_same_tokens(tiny_llama, prompts):
+    directory, model = tiny_llama
+    expected = hf_greedy(model, prompts, NEW_TOKENS)
+    llm = LLM(
+        str(directory),
+        policy="neo",
+        gpu_kv_blocks=10,
+        cpu_kv_blocks=200,
+        block_size=4,
+        max_model_len=128,
+    )
+    llm.engine.policy.cost = t4_like_cost()  # decide as on a T4 host
+    llm.engine.keep_iteration_log = True
+    outputs = llm.generate(
+        prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+    )
+    assert [o.token_ids for o in outputs] == expected
+    plans = [it.plan for it in llm.engine.iterations]
+    pipelined = [p for p in plans if p.mode == Mode.PIPELINED]
+    assert pipelined and any(p.sub_batches[1].cpu_decodes for p in pipelined)
+    llm.engine.close()
