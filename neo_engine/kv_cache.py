@@ -29,8 +29,11 @@ class KVPool:
         shape = (spec.num_layers, num_blocks, spec.num_kv_heads, block_size, spec.head_dim)
         self.block_size = block_size
         self.device = device
-        self.k = torch.zeros(shape, dtype=dtype, device=device, pin_memory=pin)
-        self.v = torch.zeros(shape, dtype=dtype, device=device, pin_memory=pin)
+        if device.type == "cpu":
+            self.k, self.v = cpu_tensor(shape, dtype, pin), cpu_tensor(shape, dtype, pin)
+        else:
+            self.k = torch.zeros(shape, dtype=dtype, device=device)
+            self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     @property
     def nbytes(self) -> int:
@@ -82,3 +85,34 @@ def copy_blocks(
     for cache_src, cache_dst in ((src.k, dst.k), (src.v, dst.v)):
         moved = cache_src.index_select(1, s).to(dst.device, non_blocking=non_blocking)
         cache_dst.index_copy_(1, d, moved.to(cache_dst.dtype))
+
+
+def advise_huge_pages(tensor: torch.Tensor) -> bool:
+    """Ask Linux for 2 MiB pages under a large CPU tensor (before it is first touched).
+
+    A KV tile is one 4 KiB page; random tiles then cost a TLB miss each. Transparent huge pages
+    in `madvise` mode need this call; it is a no-op elsewhere. Returns whether it applied.
+    """
+    if tensor.device.type != "cpu" or tensor.nbytes < 4 * 2**20:
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        huge = 2**21
+        start = (tensor.data_ptr() + huge - 1) & ~(huge - 1)
+        end = (tensor.data_ptr() + tensor.nbytes) & ~(huge - 1)
+        if end <= start:
+            return False
+        return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 14) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def cpu_tensor(shape, dtype: torch.dtype, pin: bool = False) -> torch.Tensor:
+    """A zeroed CPU tensor, on huge pages where the OS allows (pinned memory when asked)."""
+    if pin:
+        return torch.zeros(shape, dtype=dtype, pin_memory=True)
+    t = torch.empty(shape, dtype=dtype)
+    advise_huge_pages(t)
+    return t.zero_()

@@ -26,6 +26,9 @@
 #include <immintrin.h>
 #define NEO_AVX2 1
 #endif
+#if defined(NEO_AVX2) && defined(__AVX512F__)
+#define NEO_AVX512 1
+#endif
 
 namespace {
 
@@ -43,6 +46,16 @@ inline __m256 load8(const at::BFloat16* p) {
   __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
+#ifdef NEO_AVX512
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load16(const at::BFloat16* p) {
+  __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+#endif
 inline float hsum(__m256 v) {
   __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
   lo = _mm_add_ps(lo, hi);
@@ -69,20 +82,151 @@ inline float dot(const float* q, const T* k, int d) {
   return sum;
 }
 
-// acc[0:d] = acc * scale + w * v
+// Scores of 4 consecutive tokens at once: four independent FMA chains instead of one.
 template <typename T>
-inline void axpy(float* acc, float w, const T* v, int d) {
+inline void dot4(const float* q, const T* k, int d, float* out) {
+#ifdef NEO_AVX512
+  if (d % 16 == 0) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (int i = 0; i < d; i += 16) {
+      const __m512 qv = _mm512_loadu_ps(q + i);
+      a0 = _mm512_fmadd_ps(qv, load16(k + i), a0);
+      a1 = _mm512_fmadd_ps(qv, load16(k + d + i), a1);
+      a2 = _mm512_fmadd_ps(qv, load16(k + 2 * d + i), a2);
+      a3 = _mm512_fmadd_ps(qv, load16(k + 3 * d + i), a3);
+    }
+    out[0] = _mm512_reduce_add_ps(a0); out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2); out[3] = _mm512_reduce_add_ps(a3);
+    return;
+  }
+#endif
+#ifdef NEO_AVX2
+  if (d % 8 == 0) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (int i = 0; i < d; i += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + i);
+      a0 = _mm256_fmadd_ps(qv, load8(k + i), a0);
+      a1 = _mm256_fmadd_ps(qv, load8(k + d + i), a1);
+      a2 = _mm256_fmadd_ps(qv, load8(k + 2 * d + i), a2);
+      a3 = _mm256_fmadd_ps(qv, load8(k + 3 * d + i), a3);
+    }
+    out[0] = hsum(a0); out[1] = hsum(a1); out[2] = hsum(a2); out[3] = hsum(a3);
+    return;
+  }
+#endif
+  for (int t = 0; t < 4; ++t) out[t] = dot(q, k + t * d, d);
+}
+
+// acc[0:d] += sum_t w[t] * v[t], accumulating 64 columns at a time in registers.
+template <typename T>
+inline void accumulate_block(float* acc, const float* w, const T* v, int ntok, int d) {
+  int c = 0;
+#ifdef NEO_AVX512
+  for (; c + 128 <= d; c += 128) {
+    __m512 r[8];
+    for (int u = 0; u < 8; ++u) r[u] = _mm512_loadu_ps(acc + c + 16 * u);
+    for (int t = 0; t < ntok; ++t) {
+      const __m512 wv = _mm512_set1_ps(w[t]);
+      const T* vt = v + t * d + c;
+      for (int u = 0; u < 8; ++u) r[u] = _mm512_fmadd_ps(wv, load16(vt + 16 * u), r[u]);
+    }
+    for (int u = 0; u < 8; ++u) _mm512_storeu_ps(acc + c + 16 * u, r[u]);
+  }
+#endif
+#ifdef NEO_AVX2
+  for (; c + 64 <= d; c += 64) {
+    __m256 r[8];
+    for (int u = 0; u < 8; ++u) r[u] = _mm256_loadu_ps(acc + c + 8 * u);
+    for (int t = 0; t < ntok; ++t) {
+      const __m256 wv = _mm256_set1_ps(w[t]);
+      const T* vt = v + t * d + c;
+      for (int u = 0; u < 8; ++u) r[u] = _mm256_fmadd_ps(wv, load8(vt + 8 * u), r[u]);
+    }
+    for (int u = 0; u < 8; ++u) _mm256_storeu_ps(acc + c + 8 * u, r[u]);
+  }
+#endif
+  for (int t = 0; t < ntok; ++t) {
+    const float wt = w[t];
+    const T* vt = v + t * d;
+    for (int i = c; i < d; ++i) acc[i] += wt * to_float(vt[i]);
+  }
+}
+
+// exp(x - shift) for n scores in place; returns their sum. AVX2: a Cephes-style polynomial
+// (relative error ~1e-7 over the range softmax uses), scalar expf for the tail.
+inline float exp_shifted_sum(float* x, int n, float shift) {
+  float sum = 0.f;
   int i = 0;
 #ifdef NEO_AVX2
-  __m256 wv = _mm256_set1_ps(w);
-  for (; i + 8 <= d; i += 8)
-    _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(wv, load8(v + i), _mm256_loadu_ps(acc + i)));
+  const __m256 lo = _mm256_set1_ps(-87.3f), log2e = _mm256_set1_ps(1.44269504088896341f);
+  const __m256 c1 = _mm256_set1_ps(0.693359375f), c2 = _mm256_set1_ps(-2.12194440e-4f);
+  const __m256 sh = _mm256_set1_ps(shift), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f);
+  __m256 total = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh), lo);
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(v, log2e, half));
+    v = _mm256_fnmadd_ps(fx, c1, v);
+    v = _mm256_fnmadd_ps(fx, c2, v);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(v, v), _mm256_add_ps(v, one));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    _mm256_storeu_ps(x + i, y);
+    total = _mm256_add_ps(total, y);
+  }
+  sum = hsum(total);
 #endif
-  for (; i < d; ++i) acc[i] += w * to_float(v[i]);
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i] - shift);
+    sum += x[i];
+  }
+  return sum;
 }
 
 inline void scale_inplace(float* acc, float s, int d) {
   for (int i = 0; i < d; ++i) acc[i] *= s;
+}
+
+// Per query head of one (request, KV head): running max, running sum, output accumulator.
+struct HeadState {
+  std::vector<float> q, acc, m, l, s;
+  void reset(int64_t group, int64_t head_dim, int64_t block_size) {
+    q.assign(group * head_dim, 0.f);
+    acc.assign(group * head_dim, 0.f);
+    m.assign(group, -std::numeric_limits<float>::infinity());
+    l.assign(group, 0.f);
+    s.assign(group * block_size, 0.f);
+  }
+};
+
+// Fold one (block, KV head) tile into the running state of that head's query group.
+template <typename T>
+inline void attend_tile(HeadState& st, const T* kt, const T* vt, int64_t ntok, int64_t group,
+                        int64_t head_dim, int64_t block_size) {
+  const int d = static_cast<int>(head_dim);
+  for (int64_t g = 0; g < group; ++g) {
+    float* sg = &st.s[g * block_size];
+    const float* qg = &st.q[g * head_dim];
+    int64_t t = 0;
+    for (; t + 4 <= ntok; t += 4) dot4(qg, kt + t * head_dim, d, sg + t);
+    for (; t < ntok; ++t) sg[t] = dot(qg, kt + t * head_dim, d);
+    float bmax = -std::numeric_limits<float>::infinity();
+    for (t = 0; t < ntok; ++t) bmax = std::max(bmax, sg[t]);
+    const float new_m = std::max(st.m[g], bmax);
+    const float correction = std::exp(st.m[g] - new_m);  // exp(-inf) = 0 on the first tile
+    st.l[g] *= correction;
+    scale_inplace(&st.acc[g * head_dim], correction, d);
+    st.m[g] = new_m;
+    st.l[g] += exp_shifted_sum(sg, static_cast<int>(ntok), new_m);
+    accumulate_block(&st.acc[g * head_dim], sg, vt, static_cast<int>(ntok), d);
+  }
 }
 
 template <typename T>
@@ -93,46 +237,56 @@ void attend(const float* q, const T* k_cache, const T* v_cache, const int32_t* t
   const int64_t group = q_heads / kv_heads;
   const int64_t tile = block_size * head_dim;  // one (block, head) tile
   const int64_t block_stride = kv_heads * tile;
-  const int d = static_cast<int>(head_dim);
+  // A task walks one request over a run of adjacent KV heads: in this layout the tiles of
+  // adjacent heads are adjacent in memory, so a task streams long contiguous runs that the
+  // hardware prefetchers follow. Runs are as long as possible while leaving every thread
+  // several tasks to balance.
+  int64_t runs = 1;
+  while (runs < kv_heads && batch * runs < 4 * static_cast<int64_t>(num_threads)) runs *= 2;
+  runs = std::min(runs, kv_heads);
+  const int64_t heads_per_run = (kv_heads + runs - 1) / runs;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
-  for (int64_t task = 0; task < batch * kv_heads; ++task) {
-    const int64_t b = task / kv_heads, h = task % kv_heads;
+  for (int64_t task = 0; task < batch * runs; ++task) {
+    const int64_t b = task / runs;
+    const int64_t h0 = (task % runs) * heads_per_run;
+    const int64_t h1 = std::min(kv_heads, h0 + heads_per_run);
+    if (h0 >= h1) continue;
     const int64_t len = lens[b];
-    std::vector<float> qs(group * head_dim), acc(group * head_dim, 0.f);
-    std::vector<float> m(group, -std::numeric_limits<float>::infinity()), l(group, 0.f);
-    std::vector<float> s(group * block_size);
-    for (int64_t g = 0; g < group; ++g)  // fold the softmax scale into q once
-      for (int64_t i = 0; i < head_dim; ++i)
-        qs[g * head_dim + i] = q[(b * q_heads + h * group + g) * head_dim + i] * scale;
+    std::vector<HeadState> state(h1 - h0);
+    for (int64_t h = h0; h < h1; ++h) {
+      HeadState& st = state[h - h0];
+      st.reset(group, head_dim, block_size);
+      for (int64_t g = 0; g < group; ++g)  // fold the softmax scale into q once
+        for (int64_t i = 0; i < head_dim; ++i)
+          st.q[g * head_dim + i] = q[(b * q_heads + h * group + g) * head_dim + i] * scale;
+    }
     const int64_t nblocks = (len + block_size - 1) / block_size;
+    const int64_t ahead = std::min<int64_t>(tile * static_cast<int64_t>(sizeof(T)), 2048);
     for (int64_t j = 0; j < nblocks; ++j) {
       const int64_t block = tables[b * max_blocks + j];
       const int64_t ntok = std::min<int64_t>(block_size, len - j * block_size);
-      const T* kt = k_cache + block * block_stride + h * tile;
-      const T* vt = v_cache + block * block_stride + h * tile;
-      for (int64_t g = 0; g < group; ++g) {
-        float bmax = -std::numeric_limits<float>::infinity();
-        for (int64_t t = 0; t < ntok; ++t) {
-          float sc = dot(&qs[g * head_dim], kt + t * head_dim, d);
-          s[g * block_size + t] = sc;
-          bmax = std::max(bmax, sc);
-        }
-        const float new_m = std::max(m[g], bmax);
-        const float correction = std::exp(m[g] - new_m);  // exp(-inf) = 0 on the first block
-        l[g] *= correction;
-        scale_inplace(&acc[g * head_dim], correction, d);
-        m[g] = new_m;
-        for (int64_t t = 0; t < ntok; ++t) {
-          const float w = std::exp(s[g * block_size + t] - new_m);
-          l[g] += w;
-          axpy(&acc[g * head_dim], w, vt + t * head_dim, d);
+      if (j + 1 < nblocks) {  // start the next block's streams before they are needed
+        const int64_t next = tables[b * max_blocks + j + 1] * block_stride + h0 * tile;
+        const char* kn = reinterpret_cast<const char*>(k_cache + next);
+        const char* vn = reinterpret_cast<const char*>(v_cache + next);
+        for (int64_t off = 0; off < ahead; off += 64) {
+          __builtin_prefetch(kn + off, 0, 3);
+          __builtin_prefetch(vn + off, 0, 3);
         }
       }
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t offset = block * block_stride + h * tile;
+        attend_tile(state[h - h0], k_cache + offset, v_cache + offset, ntok, group, head_dim,
+                    block_size);
+      }
     }
-    for (int64_t g = 0; g < group; ++g) {
-      float* o = out + (b * q_heads + h * group + g) * head_dim;
-      const float inv = l[g] > 0.f ? 1.f / l[g] : 0.f;
-      for (int64_t i = 0; i < head_dim; ++i) o[i] = acc[g * head_dim + i] * inv;
+    for (int64_t h = h0; h < h1; ++h) {
+      const HeadState& st = state[h - h0];
+      for (int64_t g = 0; g < group; ++g) {
+        float* o = out + (b * q_heads + h * group + g) * head_dim;
+        const float inv = st.l[g] > 0.f ? 1.f / st.l[g] : 0.f;
+        for (int64_t i = 0; i < head_dim; ++i) o[i] = st.acc[g * head_dim + i] * inv;
+      }
     }
   }
 }
