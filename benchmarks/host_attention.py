@@ -34,6 +34,12 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
+def read_bandwidth(repeats: int) -> float:
+    """GB/s of summing a 1 GiB fp32 buffer with all threads: this machine's read bandwidth."""
+    buffer = torch.ones(2**28, dtype=torch.float32)
+    return buffer.numel() * 4 / best(buffer.sum, repeats) / 1e9
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=32)
@@ -48,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load_extension()
 
-    buffer = torch.ones(2**28, dtype=torch.float32)  # 1 GiB
-    read_gbs = buffer.numel() * 4 / best(lambda: buffer.sum(), args.repeats) / 1e9
-    del buffer
+    read_gbs = read_bandwidth(args.repeats)
 
     b, L, hq, hkv, d, bs = (
         args.batch,
