@@ -50,7 +50,7 @@ class EngineConfig:
     gpu_kv_blocks: int | None = None  # default: from device memory (1 GiB on the CPU)
     cpu_kv_blocks: int | None = None  # default: 2 GiB of host memory
     max_model_len: int | None = None  # default: min(model's context, 4096)
-    max_batch_tokens: int | None = None  # default: max_model_len
+    max_batch_tokens: int | None = None  # default: max(max_model_len, 2048), as vLLM
     max_batch_size: int = 256
     max_num_seqs: int = 256
     max_cpu_wait_steps: int = 256
@@ -179,7 +179,8 @@ class LLMEngine:
             else:
                 gpu_blocks = int(1 * GiB // block_bytes)
         cpu_blocks = c.cpu_kv_blocks if c.cpu_kv_blocks is not None else int(2 * GiB // block_bytes)
-        max_tokens = c.max_batch_tokens or self.max_model_len
+        # vLLM's default for whole-prompt prefill: max(max_model_len, 2048) tokens per step.
+        max_tokens = c.max_batch_tokens or max(self.max_model_len, 2048)
         needed = blocks_for(self.max_model_len, c.block_size)
         if max(gpu_blocks, cpu_blocks) < needed:
             raise NeoError(

