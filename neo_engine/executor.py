@@ -24,7 +24,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from neo_engine.attention import device_decode_attention, prefill_attention
 from neo_engine.cpu_kernel import decode_attention as host_decode_attention
