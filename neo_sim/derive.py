@@ -100,3 +100,46 @@ def derive_profile(
     return make_profile(
         name or f"{hardware.name}__{model.name}", hardware, model, provenance, samples, launch
     )
+
+
+# The paper's hosts and models (issue: shipped profiles), as derived profiles.
+SHIPPED = [
+    ("t4", "llama-2-7b"),
+    *((f"a10g-g5.{size}", "llama-3-8b") for size in ("2xlarge", "4xlarge", "8xlarge", "16xlarge")),
+    ("h100", "llama-2-7b"),
+    ("h100", "llama-3-8b"),
+    ("h100x8", "llama-3-70b"),
+]
+DERIVED_NOTE = (
+    "DERIVED, not measured: the roofline of this host's datasheet figures (see hardware.sources) "
+    "times efficiency factors that are stated assumptions (provenance.machine.efficiencies), "
+    "sampled on the profiler's grids. Calibrate against a profile measured with neo-profile on "
+    "the real hardware before trusting absolute times."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the shipped derived profiles: python -m neo_sim.derive [--output profiles]."""
+    import argparse
+    from pathlib import Path
+
+    from neo_sim.hardware import resolve_hardware
+    from neo_sim.model import resolve_model
+    from neo_sim.profile import save_profile
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--output", type=Path, default=Path("profiles"))
+    args = p.parse_args(argv)
+    for host, model in SHIPPED:
+        profile = derive_profile(
+            resolve_model(model),
+            resolve_hardware(host),
+            name=f"{host}__{model}",
+            notes=DERIVED_NOTE,
+        )
+        print(save_profile(profile, args.output / f"{host}__{model}.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

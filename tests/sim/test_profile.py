@@ -78,3 +78,9 @@ def test_not_json_and_missing_file(tmp_path):
         load_profile(bad)
     with pytest.raises(NeoError, match="no such profile"):
         load_profile(tmp_path / "missing.json")
+
+
+def test_incompatible_model_dimensions(tmp_path, profile_dict):
+    profile_dict["model"]["num_kv_heads"] = 7  # 32 heads are not a multiple of 7
+    with pytest.raises(NeoError, match="num_kv_heads"):
+        load_profile(write(tmp_path, profile_dict))

@@ -1,0 +1,143 @@
+"""neo-profile: measure -> save -> load -> predict, `check`, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from neo_engine.profiler import ProfileGrids, main, measure, resolve_spec
+from neo_sim.profile import Provenance, load_profile, make_profile, save_profile
+from neo_sim.profiled import Lookup, ProfiledCostModel
+
+TINY_GRIDS = ProfileGrids([1, 8, 32], [16, 64], [1, 4], [4096, 65536], [1, 4], [16, 64], 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    from neo_engine.local import probe_hardware
+
+    device = torch.device("cpu")
+    spec = resolve_spec("dummy:tiny", device, None, None)
+    samples, launch = measure(spec, device, TINY_GRIDS, passes=1)
+    provenance = Provenance("measured", "2026-01-01", "test", "tiny grids")
+    profile = make_profile("test-tiny", probe_hardware(device), spec, provenance, samples, launch)
+    return save_profile(profile, tmp_path_factory.mktemp("prof") / "tiny.json"), samples
+
+
+def test_round_trip_predicts_the_measured_grid_exactly(tiny_profile):
+    path, samples = tiny_profile
+    profile = load_profile(path)
+    cost = ProfiledCostModel(profile)
+    for n, t in zip(samples["linear"].xs, samples["linear"].seconds):
+        value, how = cost.explain("linear", n)
+        assert how == Lookup.INTERPOLATED and value == pytest.approx(t, rel=1e-12)
+    s = samples["cpu_decode_attn"]
+    for b, row in zip(s.batch, s.seconds):
+        for c, t in zip(s.context_len, row):
+            assert cost.cpu_decode_attn(int(b), int(b * c)) == pytest.approx(t, rel=1e-9)
+    assert all(t > 0 for t in samples["h2d"].seconds) and profile.launch_s > 0
+
+
+def test_neo_sim_accepts_a_measured_profile(tiny_profile, tmp_path):
+    from neo_sim.cli import main as sim_main
+
+    path, _ = tiny_profile
+    assert (
+        sim_main(
+            [
+                "run",
+                "--hardware",
+                str(path),
+                "--num-requests",
+                "20",
+                "--input-len",
+                "40",
+                "--output-len",
+                "8",
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["completed"] == 20 and "profile test-tiny (measured" in summary["cost_model"]
+
+
+def test_check_reports_error_per_operator(tiny_profile, capsys, tmp_path):
+    path, _ = tiny_profile
+    out_json = tmp_path / "check.json"
+    assert (
+        main(
+            [
+                "check",
+                str(path),
+                "--points",
+                "2",
+                "--passes",
+                "1",
+                "--repeats",
+                "1",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "cpu_decode_attn" in printed and "noise floor" in printed
+    rows = json.loads(out_json.read_text())["rows"]
+    assert {r["op"] for r in rows} >= {"linear", "gpu_decode_attn", "cpu_decode_attn", "d2h"}
+    assert all(r["mape"] >= 0 and r["grid_mape"] is not None for r in rows)
+
+
+def test_check_on_another_model_scales(tiny_profile, capsys):
+    path, _ = tiny_profile
+    assert (
+        main(
+            [
+                "check",
+                str(path),
+                "--model",
+                "dummy:small",
+                "--points",
+                "1",
+                "--passes",
+                "1",
+                "--repeats",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert "scaled from tiny" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--model", "no-such-model"], "unknown model"),
+        (["check", "/no/such/profile.json"], "no such profile"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(argv, needle):
+    proc = subprocess.run(
+        [sys.executable, "-m", "neo_engine.profiler", *argv], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_shipped_profiles_load_and_are_labelled_derived():
+    from pathlib import Path
+
+    shipped = sorted((Path(__file__).resolve().parents[2] / "profiles").glob("*.json"))
+    kinds = {p.name: load_profile(p).provenance.kind for p in shipped}
+    assert kinds["t4__llama-2-7b.json"] == "derived"
+    assert kinds["h100x8__llama-3-70b.json"] == "derived"
+    assert kinds["cpu-2core-vm__small.json"] == "measured"
+    for name in ("a10g-g5.2xlarge", "a10g-g5.4xlarge", "a10g-g5.8xlarge", "a10g-g5.16xlarge"):
+        assert kinds[f"{name}__llama-3-8b.json"] == "derived"
