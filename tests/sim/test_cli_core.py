@@ -29,7 +29,7 @@ def test_plan_prints_each_step(capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert out.count("step ") >= 6 and "cost model: roofline" in out
+    assert out.count("step ") >= 6 and "cost model: profile t4__llama-2-7b (derived" in out
 
 
 def test_plan_writes_output(tmp_path):
