@@ -1,10 +1,344 @@
-"""`neo-serve` (placeholder until the server issue lands)."""
+"""`neo-serve`: an OpenAI-compatible HTTP server over the engine (FastAPI + uvicorn).
 
-from __future__ import annotations
+    neo-serve --model dummy:tiny --policy neo --port 8000
+    neo-serve --model models/smollm2-135m --policy neo --gpu-kv-blocks 64
 
+Endpoints: POST /v1/completions, POST /v1/chat/completions (both with `stream: true` as
+server-sent events, `stream_options.include_usage` for a final usage chunk), GET /v1/models,
+GET /health, GET /metrics (Prometheus). Bad requests get a 4xx with an OpenAI-style error body
+naming the field; a client that disconnects mid-stream has its request aborted and its KV
+blocks freed.
+"""
+
+# No `from __future__ import annotations` here: FastAPI must see the request models of the
+# routes as real classes, and they are imported inside build_app (fastapi is optional).
+import argparse
+import asyncio
+import json
+import logging
 import sys
+import time
+import uuid
+
+from neo_sim.errors import NeoError
+
+log = logging.getLogger("neo.serve")
+
+
+def _error(status: int, message: str, param: str | None = None, code: str | None = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(
+        status_code=status,
+        content={
+            "error": {
+                "message": message,
+                "type": "invalid_request_error" if status < 500 else "server_error",
+                "param": param,
+                "code": code,
+            }
+        },
+    )
+
+
+def build_app(engine, model_name: str, max_model_len: int):
+    """The FastAPI app over an AsyncEngine."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import PlainTextResponse, StreamingResponse
+
+    from neo_engine.protocol import ChatRequest, CompletionRequest
+    from neo_engine.serve_metrics import ServerMetrics
+
+    app = FastAPI(title="neo-serve", version="0.1.0")
+    metrics = ServerMetrics(engine)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or "body"
+        message = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            field, message = "body", "request body is not valid JSON"
+        return _error(400, f"{field}: {message}", param=field)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "neo",
+                    "max_model_len": max_model_len,
+                }
+            ],
+        }
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    def _check_model(name: str):
+        if name != model_name:
+            return _error(
+                404,
+                f"model {name!r} does not exist; this server serves {model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+        return None
+
+    async def _start(prompt, params, param: str):
+        try:
+            return await engine.start(prompt, params), None
+        except NeoError as exc:
+            return None, _error(400, f"{param}: {exc}", param=param)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest):
+        if (bad := _check_model(req.model)) is not None:
+            return bad
+        prompts = _split_prompts(req.prompt)
+        if prompts is None:
+            return _error(
+                400,
+                "prompt: must be a string, a list of token ids, or a list of those",
+                param="prompt",
+            )
+        if req.stream and len(prompts) != 1:
+            return _error(400, "prompt: streaming takes exactly one prompt", param="prompt")
+        try:
+            params = req.sampling()
+        except NeoError as exc:
+            return _error(400, str(exc))
+        streams = []
+        for prompt in prompts:
+            stream, bad = await _start(prompt, params, "prompt")
+            if bad is not None:
+                for s in streams:
+                    s.close()
+                return bad
+            streams.append(stream)
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            return StreamingResponse(
+                _sse(streams[0], rid, created, model_name, chat=False, usage=req.wants_usage),
+                media_type="text/event-stream",
+            )
+        results = await asyncio.gather(*(_drain(s) for s in streams))
+        choices = [
+            {"index": i, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
+            for i, out in enumerate(results)
+        ]
+        return {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": model_name,
+            "choices": choices,
+            "usage": _usage(results),
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest):
+        if (bad := _check_model(req.model)) is not None:
+            return bad
+        prompt = engine.engine.tokenizer.chat_prompt([m.model_dump() for m in req.messages])
+        try:
+            params = req.sampling()
+        except NeoError as exc:
+            return _error(400, str(exc))
+        stream, bad = await _start(prompt, params, "messages")
+        if bad is not None:
+            return bad
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            return StreamingResponse(
+                _sse(stream, rid, created, model_name, chat=True, usage=req.wants_usage),
+                media_type="text/event-stream",
+            )
+        out = await _drain(stream)
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": out.text},
+                    "finish_reason": out.finish_reason,
+                }
+            ],
+            "usage": _usage([out]),
+        }
+
+    return app
+
+
+def _split_prompts(prompt) -> list | None:
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(t, int) for t in prompt):
+        return [list(prompt)]
+    if prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    if prompt and all(isinstance(p, list) for p in prompt):
+        return [list(p) for p in prompt]
+    return None
+
+
+def _usage(outputs) -> dict:
+    prompt = sum(len(o.prompt_token_ids) for o in outputs)
+    completion = sum(len(o.token_ids) for o in outputs)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+async def _drain(stream):
+    last = None
+    try:
+        async for out in stream:
+            last = out
+    finally:
+        stream.close()
+    return last
+
+
+async def _sse(stream, rid: str, created: int, model: str, chat: bool, usage: bool):
+    """Server-sent events of one request; closing it early (client gone) aborts the request."""
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    sent = ""
+    last = None
+    try:
+        if chat:
+            first = {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "finish_reason": None,
+            }
+            yield _event(
+                {"id": rid, "object": kind, "created": created, "model": model, "choices": [first]}
+            )
+        async for out in stream:
+            last = out
+            delta = out.text[len(sent) :] if out.text.startswith(sent) else ""
+            sent = out.text if out.text.startswith(sent) else sent
+            finish = out.finish_reason if out.finished else None
+            choice = (
+                {"index": 0, "delta": {"content": delta}, "finish_reason": finish}
+                if chat
+                else {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
+            )
+            yield _event(
+                {"id": rid, "object": kind, "created": created, "model": model, "choices": [choice]}
+            )
+        if usage and last is not None:
+            yield _event(
+                {
+                    "id": rid,
+                    "object": kind,
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": _usage([last]),
+                }
+            )
+        yield "data: [DONE]\n\n"
+    finally:
+        stream.close()
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+# ---- command line ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="neo-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", required=True, help="checkpoint dir, preset, or dummy:PRESET")
+    p.add_argument("--policy", default="neo")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", default=None, help="name clients use (default: --model)")
+    p.add_argument("--gpu-kv-blocks", type=int, default=None)
+    p.add_argument("--cpu-kv-blocks", type=int, default=None)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--kv-dtype", default=None)
+    p.add_argument("--profile", default=None, help="profile JSON for the scheduler's cost model")
+    p.add_argument("--log-level", default="warning")
+    return p
+
+
+def create_server(args: argparse.Namespace, sockets=None):
+    """Build engine, app and uvicorn server (not started); returns (server, async_engine)."""
+    import uvicorn
+
+    from neo_engine.async_engine import AsyncEngine
+    from neo_engine.engine import EngineConfig, LLMEngine
+
+    config = EngineConfig(
+        model=args.model,
+        device=args.device,
+        policy=args.policy,
+        dtype=args.dtype,
+        kv_dtype=args.kv_dtype,
+        block_size=args.block_size,
+        gpu_kv_blocks=args.gpu_kv_blocks,
+        cpu_kv_blocks=args.cpu_kv_blocks,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        max_batch_size=args.max_num_seqs,
+        profile=args.profile,
+    )
+    engine = AsyncEngine(LLMEngine(config))
+    app = build_app(engine, args.served_model_name or args.model, engine.engine.max_model_len)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=args.host, port=args.port, log_level=args.log_level, access_log=False
+        )
+    )
+    return server, engine
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("neo-serve: not built yet", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        print("neo-serve: error: needs the serve extra: pip install 'neo[serve]'", file=sys.stderr)
+        return 2
+    try:
+        server, engine = create_server(args)
+    except NeoError as exc:
+        print(f"neo-serve: error: {exc}", file=sys.stderr)
+        return 2
+    log.info("serving %s (%s) on http://%s:%d", args.model, args.policy, args.host, args.port)
+    try:
+        server.run()
+    finally:
+        engine.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

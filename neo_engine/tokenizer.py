@@ -24,7 +24,7 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """UTF-8 bytes are tokens 0-255; 256 is BOS, 257 is EOS."""
+    """UTF-8 bytes are tokens 0-255; 256 is BOS, 257 is EOS; higher ids decode as `<id>`."""
 
     bos_token_id = 256
     eos_token_id = 257
@@ -38,8 +38,21 @@ class ByteTokenizer:
         return [self.bos_token_id, *text.encode("utf-8")]
 
     def decode(self, token_ids: list[int]) -> str:
-        data = bytes(t for t in token_ids if t < 256)
-        return data.decode("utf-8", errors="replace")
+        """Bytes decode as UTF-8; ids past the byte range (a random model emits plenty) show
+        as `<id>` so that their text is visible; BOS/EOS show as nothing."""
+        parts, run = [], bytearray()
+        for t in token_ids:
+            if t < 256:
+                run.append(t)
+                continue
+            if run:
+                parts.append(run.decode("utf-8", errors="replace"))
+                run = bytearray()
+            if t > self.eos_token_id:
+                parts.append(f"<{t}>")
+        if run:
+            parts.append(run.decode("utf-8", errors="replace"))
+        return "".join(parts)
 
     def chat_prompt(self, messages: list[dict]) -> str:
         return plain_chat_prompt(messages)

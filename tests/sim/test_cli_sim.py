@@ -40,7 +40,9 @@ def test_run_writes_summary_requests_plots_and_trace(tmp_path, capsys):
         == 0
     )
     printed = capsys.readouterr().out
-    assert "throughput (req/s)" in printed and "cost model: profile t4__llama-2-7b (derived" in printed
+    assert (
+        "throughput (req/s)" in printed and "cost model: profile t4__llama-2-7b (derived" in printed
+    )
     summary = json.loads((out / "summary.json").read_text())
     for key in (
         "throughput_req_s",

@@ -1,0 +1,229 @@
+"""neo-serve over a real uvicorn on 127.0.0.1: OpenAI clients, streaming, errors, disconnects.
+
+The test binds the listening socket before the server starts, so clients can connect at once
+(connections queue in the kernel until uvicorn accepts): no sleeps to wait for start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from neo_engine.server import build_parser, create_server
+
+MODEL = "dummy:tiny"
+
+
+@pytest.fixture(scope="module")
+def server():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    args: argparse.Namespace = build_parser().parse_args(
+        [
+            "--model",
+            MODEL,
+            "--policy",
+            "neo",
+            "--port",
+            str(port),
+            "--gpu-kv-blocks",
+            "8",
+            "--cpu-kv-blocks",
+            "600",
+            "--block-size",
+            "8",
+            "--max-model-len",
+            "512",
+        ]
+    )
+    srv, engine = create_server(args)
+    thread = threading.Thread(target=lambda: asyncio.run(srv.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}", engine
+    srv.should_exit = True
+    thread.join(timeout=30)
+    engine.shutdown()
+    sock.close()
+
+
+def metrics(base: str) -> dict[str, float]:
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("neo:") and " " in line:
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def test_models_and_health(server):
+    base, _ = server
+    assert httpx.get(f"{base}/health", timeout=30).json() == {"status": "ok"}
+    data = httpx.get(f"{base}/v1/models", timeout=30).json()["data"]
+    assert data[0]["id"] == MODEL and data[0]["max_model_len"] == 512
+
+
+def test_openai_client_completion_chat_and_stream(server):
+    openai = pytest.importorskip("openai")
+    base, _ = server
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=60)
+    done = client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=5, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert done.usage.completion_tokens == 5 and done.choices[0].finish_reason == "length"
+    chat = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=4,
+        temperature=0,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"ignore_eos": True},
+    )
+    assert chat.usage.completion_tokens == 4 and chat.choices[0].message.role == "assistant"
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt="Hello",
+            max_tokens=5,
+            stream=True,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+            stream_options={"include_usage": True},
+        )
+    )
+    token_chunks = [c for c in chunks if c.choices]
+    assert len(token_chunks) == 5 and chunks[-1].usage.completion_tokens == 5
+    assert "".join(c.choices[0].text for c in token_chunks) == done.choices[0].text
+
+
+def test_concurrent_streaming_and_plain_clients_all_complete(server):
+    base, _ = server
+
+    async def plain(client, n):
+        r = await client.post(
+            "/v1/completions",
+            json={
+                "model": MODEL,
+                "prompt": list(range(1, 30)),
+                "max_tokens": n,
+                "ignore_eos": True,
+            },
+        )
+        r.raise_for_status()
+        return r.json()["usage"]["completion_tokens"]
+
+    async def streamed(client, n):
+        count, usage = 0, None
+        body = {
+            "model": MODEL,
+            "prompt": "stream me",
+            "max_tokens": n,
+            "stream": True,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        }
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = httpx.Response(200, content=line[6:]).json()
+                if chunk["choices"]:
+                    count += 1
+                else:
+                    usage = chunk["usage"]["completion_tokens"]
+        return count, usage
+
+    async def main():
+        async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+            lengths = [3 + i % 9 for i in range(12)]
+            results = await asyncio.gather(
+                *(plain(client, n) for n in lengths), *(streamed(client, n) for n in lengths)
+            )
+            return lengths, results
+
+    lengths, results = asyncio.run(main())
+    assert results[:12] == lengths
+    assert results[12:] == [(n, n) for n in lengths]
+    m = metrics(base)
+    assert m["neo:num_requests_running"] == 0 and m["neo:gpu_kv_blocks_used"] == 0
+    assert m["neo:cpu_kv_blocks_used"] == 0
+
+
+@pytest.mark.parametrize(
+    "path,body,status,field",
+    [
+        ("/v1/completions", b"{not json", 400, "body"),
+        ("/v1/completions", {"model": "gpt-9", "prompt": "x"}, 404, "model"),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": -3}, 400, "max_tokens"),
+        ("/v1/completions", {"model": MODEL, "prompt": "x" * 600, "max_tokens": 8}, 400, "prompt"),
+        (
+            "/v1/completions",
+            {"model": MODEL, "prompt": "x", "temperature": "hot"},
+            400,
+            "temperature",
+        ),
+        ("/v1/completions", {"model": MODEL, "prompt": 42}, 400, "prompt"),
+        ("/v1/completions", {"prompt": "x"}, 400, "model"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user"}]}, 400, "content"),
+    ],
+)
+def test_malformed_requests_get_4xx_naming_the_field(server, path, body, status, field):
+    base, _ = server
+    kw = (
+        {"content": body, "headers": {"content-type": "application/json"}}
+        if isinstance(body, bytes)
+        else {"json": body}
+    )
+    r = httpx.post(base + path, timeout=30, **kw)
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert field in error["message"] and error["type"] == "invalid_request_error"
+    assert httpx.get(f"{base}/health", timeout=30).status_code == 200  # still serving
+
+
+def test_disconnect_mid_stream_aborts_and_frees_kv(server):
+    base, _ = server
+    body = {
+        "model": MODEL,
+        "prompt": list(range(1, 200)),
+        "max_tokens": 300,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with (
+        httpx.Client(base_url=base, timeout=60) as client,
+        client.stream("POST", "/v1/completions", json=body) as r,
+    ):
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(4)]
+        assert any(line.startswith("data: ") for line in got)
+        assert metrics(base)["neo:num_requests_running"] >= 1
+    # The connection is closed; the server must abort the request. Poll its metrics (each poll
+    # is a real request) until the KV is free, within a deadline.
+    deadline = time.monotonic() + 30
+    while True:
+        m = metrics(base)
+        if (
+            m["neo:num_requests_running"] == 0
+            and m["neo:gpu_kv_blocks_used"] == 0
+            and m["neo:cpu_kv_blocks_used"] == 0
+        ):
+            break
+        assert time.monotonic() < deadline, f"request not aborted: {m}"
+    after = httpx.post(
+        f"{base}/v1/completions",
+        timeout=60,
+        json={"model": MODEL, "prompt": "again", "max_tokens": 3, "ignore_eos": True},
+    )
+    assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 3
