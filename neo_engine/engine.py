@@ -163,6 +163,7 @@ class LLMEngine:
         self._predicted_now = 0.0
         self.iterations: list[IterationLog] = []
         self.keep_iteration_log = False
+        self.idle_step = False
         self._counts = {"pipelined": 0, "sequential": 0, "tokens": 0, "iterations": 0}
         self._last_cpu_attention_s = 0.0
         self._recent: list[tuple[float, int]] = []
@@ -266,6 +267,12 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return bool(self._live)
 
+    def advance_clock_to(self, t: float) -> None:
+        """Predicted clock only: jump an idle engine forward to time t (the next arrival)."""
+        if self.config.clock != "predicted":
+            raise NeoError("advance_clock_to needs clock='predicted'")
+        self._predicted_now = max(self._predicted_now, t)
+
     def now(self) -> float:
         if self.config.clock == "predicted":
             return self._predicted_now
@@ -274,12 +281,14 @@ class LLMEngine:
     # ---- the loop ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Run one iteration; returns the outputs of requests that got a token or finished."""
+        self.idle_step = True  # nothing ran: the caller should wait for an arrival
         if not self.policy.has_work:
             return []
         start = self.now()
         plan = self.policy.step(start)
         if plan.is_empty:
             return []
+        self.idle_step = False
         result = self.executor.run(
             plan, {rid: s.tokens for rid, s in self._live.items()}, self.policy.kv
         )

@@ -48,9 +48,14 @@ class Simulation:
         seed: int = 0,
         record_timeline: int = 0,
         record_plans: bool = False,
+        clock: str = "timing",
+        lanes_share_compute: bool = False,
     ):
         self.policy = policy if isinstance(policy, Policy) else make_policy(policy, config, cost)
-        self.timing = TimingModel(cost, config.block_size, noise, seed)
+        if clock not in ("timing", "predicted"):
+            raise ValueError("clock must be 'timing' or 'predicted'")
+        self.clock = clock  # "predicted": advance by the scheduler's own estimate (tests)
+        self.timing = TimingModel(cost, config.block_size, noise, seed, lanes_share_compute)
         self.workload = sorted(workload, key=lambda r: (r.arrival_s, r.request_id))
         self.record_timeline = record_timeline  # record lane events of the first N iterations
         self.record_plans = record_plans
@@ -130,7 +135,7 @@ class Simulation:
             record = len(self.iterations) < self.record_timeline
             timing = self.timing.run(plan, record=record)
             start = env.now
-            yield env.timeout(timing.duration_s)
+            yield env.timeout(plan.predicted_s if self.clock == "predicted" else timing.duration_s)
             self._account(plan, timing, start, record)
 
     # ---- bookkeeping -------------------------------------------------------------------------

@@ -60,9 +60,19 @@ class _SubBatchCosts:
 class TimingModel:
     """Turns a plan into lane timings with a cost model's per-operator prices."""
 
-    def __init__(self, cost: CostModel, block_size: int, noise: float = 0.0, seed: int = 0):
+    def __init__(
+        self,
+        cost: CostModel,
+        block_size: int,
+        noise: float = 0.0,
+        seed: int = 0,
+        lanes_share_compute: bool = False,
+    ):
+        """`lanes_share_compute`: the "GPU" and the host CPU are the same cores (an engine on a
+        CPU-only machine), so device and host tasks run one at a time, not side by side."""
         if noise < 0:
             raise ValueError("noise must be >= 0")
+        self.lanes_share_compute = lanes_share_compute
         self.cost = cost
         self.block_size = block_size
         self.noise = noise
@@ -82,8 +92,12 @@ class TimingModel:
                 return ready
             if self.noise:
                 duration *= self._rng.lognormvariate(0.0, self.noise)
-            start = max(lane_free[lane], ready)
-            lane_free[lane] = end = start + duration
+            shared = self.lanes_share_compute and lane in ("gpu", "cpu")
+            lanes = ("gpu", "cpu") if shared else (lane,)
+            start = max(ready, *(lane_free[x] for x in lanes))
+            end = start + duration
+            for x in lanes:
+                lane_free[x] = end
             busy[lane] += duration
             if record:
                 events.append(TaskEvent(lane, name, start, duration))
