@@ -81,3 +81,44 @@ def _gathered_decode_attention(q, pool: KVPool, layer: int, tables, lens, scale)
         q.unsqueeze(2), k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=scale, enable_gqa=True
     )
     return out.reshape(batch, heads * dim)
+
+
+# ---- the attention stage as the executor runs it: store the new K/V, then attend ----------------
+# The profiler times these same functions, so a profile prices exactly what an iteration does.
+
+
+def prefill_stage(
+    pool: KVPool, layer: int, slots, table, start: int, q, k, v, scale: float, device: torch.device
+) -> torch.Tensor:
+    """Store a prompt chunk's K/V in its pool (device or host) and attend, causally."""
+    pool.write(layer, slots, k, v)
+    prefix = None
+    if start:
+        pk, pv = pool.gather(layer, table, start)
+        prefix = (pk.to(device), pv.to(device))
+    return prefill_attention(q, k, v, scale, prefix)
+
+
+def device_decode_stage(
+    pool: KVPool, layer: int, slots, tables, lens, q, k, v, scale: float
+) -> torch.Tensor:
+    """Store each decode's new K/V in the device pool and attend over it."""
+    pool.write(layer, slots, k, v)
+    return device_decode_attention(q, pool, layer, tables, lens, scale)
+
+
+def host_decode_stage(
+    pool: KVPool, layer: int, slots, tables, lens, q, k, v, scale: float, threads: int
+) -> torch.Tensor:
+    """On the host: store the new K/V in the host pool and run the host kernel (fp32)."""
+    pool.write(layer, slots, k, v)
+    out = host_decode_attention(
+        q.float().contiguous(),
+        pool.k[layer],
+        pool.v[layer],
+        tables,
+        lens,
+        scale,
+        num_threads=threads,
+    )
+    return out.reshape(out.shape[0], -1)

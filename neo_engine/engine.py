@@ -267,6 +267,11 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return bool(self._live)
 
+    def reset_clock(self) -> None:
+        """Start the clock at zero now (after a warm-up, before a timed workload)."""
+        self._t0 = time.monotonic()
+        self._predicted_now = 0.0
+
     def advance_clock_to(self, t: float) -> None:
         """Predicted clock only: jump an idle engine forward to time t (the next arrival)."""
         if self.config.clock != "predicted":

@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from neo_engine.attention import device_decode_attention, prefill_attention
-from neo_engine.cpu_kernel import decode_attention as host_decode_attention
+from neo_engine.attention import device_decode_stage, host_decode_stage, prefill_stage
 from neo_engine.kv_cache import KVPool, copy_blocks
 from neo_engine.layers import Rotary, linear, post_projection, pre_projection, rms_norm
 from neo_engine.weights import ModelWeights
@@ -157,16 +156,30 @@ class Executor:
             out = torch.empty(q.shape[0], self.spec.q_size, dtype=q.dtype, device=q.device)
             for pf in p.prefills:
                 a, b = pf.rows
-                pf.pool.write(layer, pf.slots, k[a:b], v[a:b])
-                prefix = pf.pool.gather(layer, pf.table, pf.start) if pf.start else None
-                if prefix is not None:
-                    prefix = (prefix[0].to(self.device), prefix[1].to(self.device))
-                out[a:b] = prefill_attention(q[a:b], k[a:b], v[a:b], self.scale, prefix)
+                out[a:b] = prefill_stage(
+                    pf.pool,
+                    layer,
+                    pf.slots,
+                    pf.table,
+                    pf.start,
+                    q[a:b],
+                    k[a:b],
+                    v[a:b],
+                    self.scale,
+                    self.device,
+                )
             if p.gpu is not None:
                 a, b = p.gpu.rows
-                self.gpu_pool.write(layer, p.gpu.slots, k[a:b], v[a:b])
-                out[a:b] = device_decode_attention(
-                    q[a:b], self.gpu_pool, layer, p.gpu.tables, p.gpu.lens, self.scale
+                out[a:b] = device_decode_stage(
+                    self.gpu_pool,
+                    layer,
+                    p.gpu.slots,
+                    p.gpu.tables,
+                    p.gpu.lens,
+                    q[a:b],
+                    k[a:b],
+                    v[a:b],
+                    self.scale,
                 )
             p.device_out = out
 
@@ -184,17 +197,18 @@ class Executor:
             if ready is not None:
                 ready.synchronize()
             with self._span("host", f"{label} cpu-attn L{layer}"):
-                self.cpu_pool.write(layer, decodes.slots, k, v)
-                out = host_decode_attention(
-                    q.float().contiguous(),
-                    self.cpu_pool.k[layer],
-                    self.cpu_pool.v[layer],
+                out = host_decode_stage(
+                    self.cpu_pool,
+                    layer,
+                    decodes.slots,
                     decodes.tables,
                     decodes.lens,
+                    q,
+                    k,
+                    v,
                     self.scale,
-                    num_threads=self.host_threads,
+                    self.host_threads,
                 )
-                out = out.reshape(out.shape[0], -1)
                 if self._cuda:
                     out = out.pin_memory()
             return out

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neo_engine.attention import device_decode_attention, prefill_attention
-from neo_engine.cpu_kernel import decode_attention as host_decode_attention
+from neo_engine.attention import device_decode_stage, host_decode_stage, prefill_stage
 from neo_engine.kv_cache import KVPool
 from neo_engine.layers import Rotary, linear, post_projection, pre_projection, rms_norm
 from neo_engine.weights import random_weights
@@ -102,14 +101,21 @@ class OpBench:
         return self._time(run)
 
     def time_prefill_attn(self, prompt_len: int) -> float:
+        """Store a prompt's K/V in the paged device pool, then attend (the engine's stage)."""
         s = self.spec
+        pool, _, _ = self._decode_inputs(True, 1, prompt_len)
+        table = list(range(-(-prompt_len // self.block_size)))
+        slots = pool.slots(table, 0, prompt_len)
         q = torch.randn(prompt_len, s.num_heads, s.head_dim, device=self.device, dtype=self.dtype)
         k = torch.randn(
             prompt_len, s.num_kv_heads, s.head_dim, device=self.device, dtype=self.dtype
         )
-        return self._time(lambda: prefill_attention(q, k, k, self.scale))
+        return self._time(
+            lambda: prefill_stage(pool, 0, slots, table, 0, q, k, k, self.scale, self.device)
+        )
 
     def _decode_inputs(self, on_device: bool, batch: int, context_len: int):
+        """A one-layer pool holding `batch` requests of `context_len` tokens, scattered."""
         blocks_per = -(-context_len // self.block_size)
         needed = batch * blocks_per
         key = ("device" if on_device else "host", needed)
@@ -127,21 +133,29 @@ class OpBench:
         lens = torch.full((batch,), context_len, dtype=torch.int32)
         return pool, tables.to(pool.device), lens.to(pool.device)
 
-    def time_gpu_decode_attn(self, batch: int, context_len: int) -> float:
+    def _decode_stage_inputs(self, on_device: bool, batch: int, context_len: int):
         s = self.spec
-        pool, tables, lens = self._decode_inputs(True, batch, context_len)
-        q = torch.randn(batch, s.num_heads, s.head_dim, device=self.device, dtype=self.dtype)
-        return self._time(lambda: device_decode_attention(q, pool, 0, tables, lens, self.scale))
+        pool, tables, lens = self._decode_inputs(on_device, batch, context_len)
+        device = pool.device
+        position = context_len - 1
+        block_rows = tables[:, position // self.block_size].long()
+        slots = (block_rows, torch.full((batch,), position % self.block_size, device=device))
+        dev = self.device if on_device else torch.device("cpu")
+        q = torch.randn(batch, s.num_heads, s.head_dim, device=dev, dtype=self.dtype)
+        k = torch.randn(batch, s.num_kv_heads, s.head_dim, device=dev, dtype=self.dtype)
+        return pool, tables, lens, slots, q, k
+
+    def time_gpu_decode_attn(self, batch: int, context_len: int) -> float:
+        pool, tables, lens, slots, q, k = self._decode_stage_inputs(True, batch, context_len)
+        return self._time(
+            lambda: device_decode_stage(pool, 0, slots, tables, lens, q, k, k, self.scale)
+        )
 
     def time_cpu_decode_attn(self, batch: int, context_len: int) -> float:
-        s = self.spec
-        pool, tables, lens = self._decode_inputs(False, batch, context_len)
-        q = torch.randn(batch, s.num_heads, s.head_dim)
+        pool, tables, lens, slots, q, k = self._decode_stage_inputs(False, batch, context_len)
         threads = self.host_threads or torch.get_num_threads()
         return _median_time(
-            lambda: host_decode_attention(
-                q, pool.k[0], pool.v[0], tables, lens, self.scale, num_threads=threads
-            ),
+            lambda: host_decode_stage(pool, 0, slots, tables, lens, q, k, k, self.scale, threads),
             torch.device("cpu"),
             self.repeats,
         )

@@ -11,10 +11,10 @@ import logging
 import sys
 
 from neo_sim import __version__
-from neo_sim.cli import compare, cost, plan, run, sweep
+from neo_sim.cli import compare, cost, plan, run, sweep, validate
 from neo_sim.errors import NeoError
 
-COMMANDS = [run, compare, sweep, plan, cost]
+COMMANDS = [run, compare, sweep, plan, cost, validate]
 
 EPILOG = """examples:
   neo-sim compare --hardware t4 --model llama-2-7b --policies gpu-only,neo

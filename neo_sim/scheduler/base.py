@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from neo_sim.costmodel import CostModel
 from neo_sim.errors import NeoError
 from neo_sim.scheduler.kv import KVManager, blocks_for
-from neo_sim.scheduler.plan import Plan
+from neo_sim.scheduler.plan import Plan, Swap
 from neo_sim.scheduler.request import Request, RequestState
 
 
@@ -192,6 +192,13 @@ class Policy(ABC):
 
     def _blocks(self, num_tokens: int) -> int:
         return blocks_for(num_tokens, self.config.block_size)
+
+    def _move_kv(self, r: Request, to_gpu: bool) -> Swap:
+        """Move a request's cached KV to the other pool; the Swap tells the executor what to copy.
+        (The caller updates the request's state and queues.)"""
+        src, dst = self.kv.move(r.request_id, r.num_computed, to_gpu=to_gpu)
+        r.num_swaps += 1
+        return Swap(r.request_id, r.num_computed, tuple(src), tuple(dst))
 
     def _recompute(self, r: Request) -> None:
         """Preempt by dropping KV: the request re-prefills its prompt and outputs so far."""

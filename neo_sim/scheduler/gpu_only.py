@@ -74,13 +74,12 @@ class GpuOnlyPolicy(Policy):
         if r.is_prefilling or cpu.extra_blocks(r.request_id, r.num_computed) > cpu.num_free:
             self._recompute(r)
             return None
-        src, dst = self.kv.move(r.request_id, r.num_computed, to_gpu=False)
+        swap = self._move_kv(r, to_gpu=False)
         del self.gpu_running[r.request_id]
         self.swapped[r.request_id] = r
         r.state = RequestState.SWAPPED
         r.num_preemptions += 1
-        r.num_swaps += 1
-        return Swap(r.request_id, r.num_computed, tuple(src), tuple(dst))
+        return swap
 
     def _swap_in(self, budget: Budget) -> tuple[Swap, ...]:
         gpu = self.kv.gpu
@@ -99,12 +98,10 @@ class GpuOnlyPolicy(Policy):
             if used + blocks > limit or len(self.gpu_running) + 1 > min(budget.seqs, budget.tokens):
                 break
             used += blocks
-            src, dst = self.kv.move(r.request_id, r.num_computed, to_gpu=True)
+            swaps.append(self._move_kv(r, to_gpu=True))
             del self.swapped[r.request_id]
             r.state = RequestState.RUNNING_GPU
-            r.num_swaps += 1
             self.gpu_running[r.request_id] = r
-            swaps.append(Swap(r.request_id, r.num_computed, tuple(src), tuple(dst)))
         if swaps:
             self.gpu_running = dict(
                 sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order)

@@ -97,12 +97,11 @@ class NeoPolicy(Policy):
         if cpu.extra_blocks(r.request_id, r.seq_len) > cpu.num_free:
             self._recompute(r)  # host memory is full too: drop the KV
             return None
-        src, dst = self.kv.move(r.request_id, r.num_computed, to_gpu=False)
+        swap = self._move_kv(r, to_gpu=False)
         del self.gpu_running[r.request_id]
         self.cpu_running[r.request_id] = r
         r.state = RequestState.RUNNING_CPU
-        r.num_swaps += 1
-        return Swap(r.request_id, r.num_computed, tuple(src), tuple(dst))
+        return swap
 
     # ---- step 2 ---------------------------------------------------------------------------
     def _swap_in(self, budget: Budget) -> tuple[Swap, ...]:
@@ -118,12 +117,10 @@ class NeoPolicy(Policy):
             if used + blocks > limit or not budget.take(1):
                 break
             used += blocks
-            src, dst = self.kv.move(r.request_id, r.num_computed, to_gpu=True)
+            swaps.append(self._move_kv(r, to_gpu=True))
             del self.cpu_running[r.request_id]
             self.gpu_running[r.request_id] = r
             r.state = RequestState.RUNNING_GPU
-            r.num_swaps += 1
-            swaps.append(Swap(r.request_id, r.num_computed, tuple(src), tuple(dst)))
         if swaps:
             self.gpu_running = dict(
                 sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order)

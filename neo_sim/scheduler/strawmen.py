@@ -17,7 +17,19 @@ from neo_sim.scheduler.plan import DecodeWork, Mode, PrefillWork
 from neo_sim.scheduler.request import Device
 
 
-class SymmetricPolicy(NeoPolicy):
+class _NoSlackPolicy(NeoPolicy):
+    """Strawmen keep every sub-batch they build: no prefill trimming, no mode comparison."""
+
+    def _trim_cpu_prefills(self, b0, b1) -> None:
+        return None
+
+    def _choose_mode(self, b0, b1, forced):
+        if b0 and b1:
+            return Mode.PIPELINED, (b0, b1)
+        return Mode.SEQUENTIAL, (b0 if b0 else b1,)
+
+
+class SymmetricPolicy(_NoSlackPolicy):
     name = "symmetric"
 
     def _build_sub_batches(self, candidates: list[Candidate], budget: Budget):
@@ -34,16 +46,8 @@ class SymmetricPolicy(NeoPolicy):
         b0, b1 = halves
         return (b0, b1, ()) if b0 else (b1, b0, ())
 
-    def _trim_cpu_prefills(self, b0, b1) -> None:
-        return None
 
-    def _choose_mode(self, b0, b1, forced):
-        if b0 and b1:
-            return Mode.PIPELINED, (b0, b1)
-        return Mode.SEQUENTIAL, (b0 if b0 else b1,)
-
-
-class FullOffloadPolicy(NeoPolicy):
+class FullOffloadPolicy(_NoSlackPolicy):
     name = "full-offload"
 
     def _gpu_allowed(self) -> bool:
@@ -63,14 +67,6 @@ class FullOffloadPolicy(NeoPolicy):
             b0.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
         _add_all_cpu_decodes(self, (b0, b1), budget, candidates)
         return b0, b1, ()
-
-    def _trim_cpu_prefills(self, b0, b1) -> None:
-        return None
-
-    def _choose_mode(self, b0, b1, forced):
-        if b0 and b1:
-            return Mode.PIPELINED, (b0, b1)
-        return Mode.SEQUENTIAL, (b0 if b0 else b1,)
 
 
 def _add_all_cpu_decodes(policy: NeoPolicy, builders, budget: Budget, candidates) -> None:

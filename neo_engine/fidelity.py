@@ -1,0 +1,292 @@
+"""Does neo-sim predict the real engine? Run both on the same arrivals and compare.
+
+For each policy: (a) a profile of this machine (measured with neo-profile, or measured now),
+(b) the real engine serving a Poisson workload in real time, logging every request and every
+iteration's measured duration and lane timings, (c) neo-sim on the same arrivals with the same
+profile, policy and KV limits, (d) side by side: throughput, TTFT/TPOT/E2E p50 and p90, and
+per-iteration time (the timing model applied to the engine's own plans, vs measured) with
+relative errors. Writes CSVs, HTML plots and a markdown report.
+
+The engine on a CPU-only machine computes "GPU" and host attention on the same cores, so the
+simulator's timing model is told that its GPU and CPU lanes share compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from neo_engine.engine import EngineConfig, LLMEngine
+from neo_engine.replay import replay
+from neo_sim.metrics import IterationRecord, Metrics, RequestRecord
+from neo_sim.profile import load_profile
+from neo_sim.profiled import ProfiledCostModel
+from neo_sim.simulator import Simulation
+from neo_sim.timing import TimingModel
+from neo_sim.workload import synthetic
+
+DEFAULT_PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "cpu-2core-vm__small.json"
+COMPARED = [
+    "throughput_req_s",
+    "throughput_tok_s",
+    "ttft_p50",
+    "ttft_p90",
+    "tpot_p50",
+    "tpot_p90",
+    "e2e_p50",
+    "e2e_p90",
+]
+
+
+@dataclass(frozen=True)
+class FidelitySettings:
+    model: str = "dummy:small"
+    num_requests: int = 200
+    rate: float = 3.0
+    input_len: int = 64
+    output_len: int = 24
+    gpu_kv_blocks: int = 30
+    cpu_kv_blocks: int = 2000
+    block_size: int = 16
+    seed: int = 0
+
+
+def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
+    """Engine run -> the simulator's record types (arrival = the workload's arrival time)."""
+    by_id = {o.request_id: o for o in outputs}
+    records = []
+    itl: list[float] = []
+    for spec in workload:
+        r = RequestRecord(spec.request_id, spec.arrival_s, spec.prompt_len, spec.output_len)
+        out = by_id.get(spec.request_id)
+        if out is not None:
+            r.first_token_s, r.finish_s = out.first_token_s, out.finish_s
+            r.num_tokens, r.status = len(out.token_ids), "finished"
+            r.cpu_steps, r.gpu_steps = out.cpu_steps, out.gpu_steps
+        records.append(r)
+    iterations = []
+    for it in engine.iterations:
+        p = it.plan
+        busy = {
+            lane: sum(e.duration_s for e in it.events if e.lane == lane)
+            for lane in ("device", "host")
+        }
+        iterations.append(
+            IterationRecord(
+                p.step,
+                it.start_s,
+                it.duration_s,
+                p.predicted_s,
+                p.mode.value,
+                sum(w.num_tokens for w in p.prefills),
+                len(p.prefills),
+                len(p.gpu_decodes),
+                len(p.cpu_decodes),
+                len(p.swap_out),
+                len(p.swap_in),
+                busy["device"],
+                busy["host"],
+                0.0,
+                0.0,
+            )
+        )
+    return Metrics(records, iterations, itl)
+
+
+def run_policy(policy: str, settings: FidelitySettings, profile_path: Path, out: Path) -> dict:
+    s = settings
+    workload = synthetic(s.num_requests, s.rate, s.input_len, s.output_len, s.seed)
+    engine = LLMEngine(
+        EngineConfig(
+            s.model,
+            policy=policy,
+            profile=str(profile_path),
+            gpu_kv_blocks=s.gpu_kv_blocks,
+            cpu_kv_blocks=s.cpu_kv_blocks,
+            block_size=s.block_size,
+            max_model_len=512,
+        )
+    )
+    # Warm up (kernel load, allocator), then start the clock the workload is timed against.
+    warm = synthetic(2, math.inf, s.input_len, 4, s.seed + 1)
+    replay(
+        engine, [w.__class__(10**6 + w.request_id, 0.0, w.prompt_len, w.output_len) for w in warm]
+    )
+    engine.keep_iteration_log = True
+    engine.reset_clock()
+    started = time.perf_counter()
+    outputs = replay(engine, workload)
+    wall = time.perf_counter() - started
+    real = engine_metrics(engine, workload, outputs)
+    plans = [it.plan for it in engine.iterations]
+    measured = [it.duration_s for it in engine.iterations]
+    config = engine.scheduler_config
+    engine.close()
+
+    cost = ProfiledCostModel(load_profile(profile_path), engine.spec)
+    shared = load_profile(profile_path).provenance.machine.get("device", "cpu") == "cpu"
+    sim = Simulation(policy, config, cost, workload, lanes_share_compute=shared).run()
+    timing = TimingModel(cost, config.block_size, lanes_share_compute=shared)
+    predicted = [timing.run(p).duration_s for p in plans]
+    overlapped = TimingModel(cost, config.block_size)  # as if GPU and CPU were separate chips
+    predicted_overlap = [overlapped.run(p).duration_s for p in plans]
+
+    real_summary, sim_summary = real.summary(), sim.metrics.summary()
+    rows = [
+        {
+            "policy": policy,
+            "metric": k,
+            "engine": real_summary[k],
+            "neo-sim": sim_summary[k],
+            "error": (sim_summary[k] - real_summary[k]) / real_summary[k],
+        }
+        for k in COMPARED
+    ]
+    per_iteration = pd.DataFrame(
+        {
+            "policy": policy,
+            "step": [p.step for p in plans],
+            "mode": [p.mode.value for p in plans],
+            "measured_s": measured,
+            "timing_model_s": predicted,
+            "timing_model_overlapped_s": predicted_overlap,
+            "scheduler_estimate_s": [p.predicted_s for p in plans],
+            "num_seqs": [p.num_seqs for p in plans],
+            "prefill_tokens": [sum(w.num_tokens for w in p.prefills) for p in plans],
+            "cpu_decodes": [len(p.cpu_decodes) for p in plans],
+        }
+    )
+    ape = (
+        np.abs(per_iteration["timing_model_s"] - per_iteration["measured_s"])
+        / per_iteration["measured_s"]
+    )
+    real.requests_frame().to_csv(out / f"{policy}_engine_requests.csv", index=False)
+    sim.metrics.requests_frame().to_csv(out / f"{policy}_sim_requests.csv", index=False)
+    ape_overlap = (
+        np.abs(per_iteration["timing_model_overlapped_s"] - per_iteration["measured_s"])
+        / per_iteration["measured_s"]
+    )
+    return {
+        "rows": rows,
+        "iterations": per_iteration,
+        "iteration_mape": float(ape.mean()),
+        "iteration_mape_overlapped": float(ape_overlap.mean()),
+        "wall_s": wall,
+        "cpu_decodes": int(per_iteration["cpu_decodes"].sum()),
+        "pipelined": int((per_iteration["mode"] == "pipelined").sum()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="neo-sim vs the real engine on this machine")
+    p.add_argument("--quick", action="store_true", help="a small smoke run (< 3 min)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="profile measured on this machine (default: the shipped "
+        "cpu-2core-vm__small.json; measured now if absent)",
+    )
+    p.add_argument("--policies", default="gpu-only,neo")
+    p.add_argument("--output", type=Path, default=Path("experiments/results/fidelity"))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    settings = FidelitySettings(seed=args.seed)
+    if args.quick:
+        settings = FidelitySettings(num_requests=24, rate=4.0, output_len=12, seed=args.seed)
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    profile_path = args.profile or DEFAULT_PROFILE
+    if not profile_path.exists():
+        from neo_engine.profiler import main as profile_main
+
+        profile_path = out / "profile.json"
+        profile_main(["--model", settings.model, "--quick", "--output", str(profile_path)])
+    results = {}
+    for policy in [x.strip() for x in args.policies.split(",") if x.strip()]:
+        print(f"fidelity: {policy}: engine in real time, then neo-sim ...", flush=True)
+        results[policy] = run_policy(policy, settings, profile_path, out)
+    write_report(results, settings, profile_path, out, args)
+    print((out / "report.md").read_text())
+    return 0
+
+
+def write_report(
+    results: dict, settings: FidelitySettings, profile_path: Path, out: Path, args
+) -> None:
+    from neo_sim import plots
+
+    summary = pd.DataFrame([row for r in results.values() for row in r["rows"]])
+    summary.to_csv(out / "summary.csv", index=False)
+    iterations = pd.concat([r["iterations"] for r in results.values()], ignore_index=True)
+    iterations.to_csv(out / "iterations.csv", index=False)
+    for policy, r in results.items():
+        it = r["iterations"]
+        fig = plots.scatter_figure(
+            it["measured_s"],
+            it["timing_model_s"],
+            "measured (s)",
+            "neo-sim timing model (s)",
+            f"{policy}: per-iteration time, predicted vs measured",
+        )
+        plots.save_html(fig, out / f"{policy}_iterations.html")
+    lines = ["| policy | metric | engine (measured) | neo-sim | error |", "|---|---|---|---|---|"]
+    for row in summary.itertuples():
+        lines.append(
+            f"| {row.policy} | {row.metric} | {row.engine:.4g} | {row._4:.4g} | "
+            f"{100 * row.error:+.1f}% |"
+        )
+    per_it = "\n".join(
+        f"| {pol} | {len(r['iterations'])} | {100 * r['iteration_mape']:.1f}% | "
+        f"{100 * r['iteration_mape_overlapped']:.1f}% | "
+        f"{r['pipelined']} | {r['cpu_decodes']} | {r['wall_s']:.0f} s |"
+        for pol, r in results.items()
+    )
+    s = settings
+    body = f"""# Fidelity: neo-sim vs the real engine on this machine
+
+Generated {datetime.date.today().isoformat()} on {platform.node()} by
+`python -m experiments.fidelity{" --quick" if args.quick else ""}`.
+
+Workload: {s.num_requests} requests, Poisson at {s.rate} req/s, prompts ~{s.input_len} and
+outputs ~{s.output_len} tokens (uniform +-10%), model `{s.model}` (random weights, fp32 on the
+CPU), GPU KV {s.gpu_kv_blocks} blocks of {s.block_size} (forcing offload), host KV
+{s.cpu_kv_blocks} blocks. Profile: `{profile_path.name}` (measured on this machine). The engine
+ran in real time; neo-sim ran the same arrivals with the same profile, policy and KV limits.
+
+## Summary metrics
+
+{chr(10).join(lines)}
+
+## Per iteration (neo-sim's timing model on the engine's own plans vs measured)
+
+| policy | iterations | MAPE | MAPE, lanes overlapped | pipelined | CPU decodes | wall |
+|---|---|---|---|---|---|---|
+{per_it}
+
+"MAPE, lanes overlapped" prices the same plans as if the GPU and CPU lanes were separate
+chips; on this CPU-only machine they share two cores, which the timing model now knows.
+
+Targets (issue 6): throughput error <= 5%, p50 TTFT and TPOT error <= 10%, per-iteration
+MAPE <= 10%. This machine's own repeatability is worse than some of these targets: timing one
+operator twice gives 8-21% (`neo-profile check`, re-measured grid column), and its speed drifts
++-20-30% over tens of seconds.
+
+Files: summary.csv, iterations.csv, *_engine_requests.csv, *_sim_requests.csv,
+*_iterations.html.
+"""
+    (out / "report.md").write_text(body)
+    (out / "settings.json").write_text(json.dumps(s.__dict__, indent=1))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
