@@ -277,9 +277,11 @@ ran in real time; neo-sim ran the same arrivals with the same profile, policy an
 chips; on this CPU-only machine they share two cores, which the timing model now knows.
 
 Targets (issue 6): throughput error <= 5%, p50 TTFT and TPOT error <= 10%, per-iteration
-MAPE <= 10%. This machine's own repeatability is worse than some of these targets: timing one
-operator twice gives 8-21% (`neo-profile check`, re-measured grid column), and its speed drifts
-+-20-30% over tens of seconds.
+MAPE <= 10%. This machine's own repeatability is worse than the latency targets: the same
+in-situ measurement of one operator ranges over +-30% within a minute (a 4-token projection
+layer: 1.57-2.98 ms), `neo-profile check` re-measures grid points at 3-30% error, and the
+profile and the engine run are minutes apart, so a drift between them biases every latency the
+same way (two full runs on this VM gave TPOT p50 errors of -22% and +44% for the same policy).
 
 Files: summary.csv, iterations.csv, *_engine_requests.csv, *_sim_requests.csv,
 *_iterations.html.

@@ -140,16 +140,24 @@ def estimate_seconds(spec: ModelSpec, grids: ProfileGrids, hardware) -> float:
     """Up-front estimate of a run: the probed machine's roofline over every grid point."""
     eff = Efficiencies(1, 1, 1, 1, 1, 1, launch_s=1e-4)
     cost = RooflineCostModel(spec, hardware, eff)
-    total = sum(cost.linear(n) for n in grids.num_tokens)
-    total += sum(cost.prefill_attn([n]) for n in grids.prompt_len)
-    total += sum(cost.lm_head(n) for n in grids.num_seqs)
-    total += sum(cost.h2d(n) + cost.d2h(n) for n in grids.copy_bytes)
-    total += sum(
-        cost.gpu_decode_attn(b * c, b) + cost.cpu_decode_attn(b, b * c)
+    # In situ, every per-layer sample runs a whole small model (4 layers) and its LM head.
+    layers = min(4, spec.num_layers)
+    layer_ops = sum(cost.linear(n) for n in grids.num_tokens)
+    layer_ops += sum(cost.prefill_attn([n]) + cost.linear(n) for n in grids.prompt_len)
+    layer_ops += sum(
+        cost.gpu_decode_attn(b * c, b) + cost.cpu_decode_attn(b, b * c) + 2 * cost.linear(b)
         for b in grids.batch
         for c in grids.context_len
     )
-    return (grids.repeats + 1) * total * 1.5  # +50%: Python overhead, pool setup (per pass)
+    samples = (
+        len(grids.num_tokens)
+        + len(grids.prompt_len)
+        + 2 * len(grids.batch) * len(grids.context_len)
+    )
+    heads = sum(cost.lm_head(n) for n in grids.num_seqs) + samples * cost.lm_head(1)
+    copies = sum(cost.h2d(n) + cost.d2h(n) for n in grids.copy_bytes)
+    total = layers * layer_ops + heads + copies
+    return (grids.repeats + 1) * total * 2.0  # x2: Python overhead, pool setup (per pass)
 
 
 def measure(
@@ -159,9 +167,7 @@ def measure(
     host_threads: int | None = None,
     passes: int = 3,
 ) -> tuple[dict, float]:
-    from neo_engine.opbench import OpBench
-
-    bench = OpBench(spec, device, grids.repeats, host_threads=host_threads)
+    bench = Benches(spec, device, grids.repeats, host_threads)
     jobs: list[tuple[str, tuple]] = []
     jobs += [("linear", (n,)) for n in grids.num_tokens]
     jobs += [("prefill_attn", (n,)) for n in grids.prompt_len]
@@ -206,12 +212,32 @@ def measure(
     return samples, launch
 
 
-def run_op(bench, op: str, args: tuple) -> float:
+class Benches:
+    """Per-layer operators timed in situ (the executor on synthetic plans); copies and the
+    host hand-off timed in isolation."""
+
+    def __init__(
+        self, spec: ModelSpec, device: torch.device, repeats: int, host_threads: int | None = None
+    ):
+        from neo_engine.opbench import InSituBench, OpBench
+
+        self.in_situ = InSituBench(spec, device, repeats, host_threads=host_threads)
+        self.isolated = OpBench(spec, device, repeats, host_threads=host_threads)
+
+    def time_launch(self) -> float:
+        return self.isolated.time_launch()
+
+    def close(self) -> None:
+        self.in_situ.close()
+        self.isolated.close()
+
+
+def run_op(bench: Benches, op: str, args: tuple) -> float:
     if op == "h2d":
-        return bench.time_copy(args[0], to_device=True)
+        return bench.isolated.time_copy(args[0], to_device=True)
     if op == "d2h":
-        return bench.time_copy(args[0], to_device=False)
-    return getattr(bench, f"time_{op}")(*args)
+        return bench.isolated.time_copy(args[0], to_device=False)
+    return getattr(bench.in_situ, f"time_{op}")(*args)
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -282,8 +308,6 @@ def grid_points(profile, op: str, count: int, rng: random.Random) -> list[tuple]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from neo_engine.opbench import OpBench
-
     profile = load_profile(args.profile)
     device = torch.device(args.device)
     spec = profile.model
@@ -291,7 +315,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         other = parse_model_arg(args.model).spec
         spec = other.with_dtype(profile.model.dtype, profile.model.kv_dtype)
     cost = ProfiledCostModel(profile, spec)
-    bench = OpBench(spec, device, args.repeats)
+    bench = Benches(spec, device, args.repeats)
     rng = random.Random(args.seed)
     ops = ["linear", "prefill_attn", "gpu_decode_attn", "cpu_decode_attn", "lm_head", "h2d", "d2h"]
     jobs = [
