@@ -111,18 +111,22 @@ def config_from_args(args: argparse.Namespace, target: Target) -> SchedulerConfi
     """The scheduler config the capacity flags describe (shared with `neo_sim.runs`)."""
     from neo_sim.runs import RunSpec, scheduler_config
 
-    spec = RunSpec(
-        args.hardware,
-        args.model,
-        gpu_kv_blocks=args.gpu_kv_blocks,
-        cpu_kv_gb=args.cpu_kv_gb,
-        block_size=args.block_size,
-        max_batch_tokens=args.max_batch_tokens,
-        max_batch_size=args.max_batch_size,
-        max_num_seqs=args.max_num_seqs,
-        max_cpu_wait_steps=args.max_cpu_wait_steps,
-    )
+    spec = RunSpec(args.hardware, args.model, **capacity_fields(args))
     return scheduler_config(spec, target)
+
+
+def capacity_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The RunSpec fields that `add_capacity_args` flags set."""
+    names = (
+        "gpu_kv_blocks",
+        "cpu_kv_gb",
+        "block_size",
+        "max_batch_tokens",
+        "max_batch_size",
+        "max_num_seqs",
+        "max_cpu_wait_steps",
+    )
+    return {name: getattr(args, name) for name in names}
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -194,13 +198,7 @@ def run_spec_from_args(args: argparse.Namespace, **overrides):
         output_len=args.output_len,
         burstiness=args.burstiness,
         seed=args.seed,
-        gpu_kv_blocks=args.gpu_kv_blocks,
-        cpu_kv_gb=args.cpu_kv_gb,
-        block_size=args.block_size,
-        max_batch_tokens=args.max_batch_tokens,
-        max_batch_size=args.max_batch_size,
-        max_num_seqs=args.max_num_seqs,
-        max_cpu_wait_steps=args.max_cpu_wait_steps,
+        **capacity_fields(args),
         noise=args.noise,
         slo_ttft_s=args.slo_ttft,
         slo_tpot_s=args.slo_tpot,
