@@ -103,7 +103,6 @@ class Executor:
         self.host_threads = host_threads or torch.get_num_threads()
         self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neo-host-attn")
         self._cuda = device.type == "cuda"
-        self._copy_stream = torch.cuda.Stream(device) if self._cuda else None
         self._t0 = 0.0
         self._events: list[LaneEvent] = []
 
