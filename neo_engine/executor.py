@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -80,7 +80,6 @@ class _Prepared:
     device_out: torch.Tensor | None = None
     host_future: Future | None = None
     label: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 class Executor:

@@ -1,16 +1,15 @@
-"""Timing the engine's own operators, one function per cost-model operator.
+"""Timing the engine's own operators, the way `neo-profile` measures them.
 
-Each `time_*` runs the real engine code (`neo_engine.layers`, `.attention`, the host kernel,
-pool copies) on one layer of the model with random weights and data of the right shapes, and
-returns the median seconds of `repeats` synchronised runs after a warm-up. On CUDA, CUDA events
-time the device; the host kernel and copies are timed by wall clock around a synchronisation.
+`InSituBench` measures the per-layer operators (projections, attention stages, LM head): it
+runs the engine's executor on synthetic plans over a few layers and reads the per-layer lane
+timings the executor records. Operators then run as they do when serving, with other layers'
+weights streaming through the caches between them, which a loop over one operator cannot
+reproduce (measured here: a small decode attention stage took 0.04-0.05 ms in a hot loop,
+0.10-0.13 ms in the engine, 0.13-0.18 ms after a cache flush).
 
-`InSituBench` measures the per-layer operators a second way, the one profiles use: it runs the
-engine's executor on synthetic plans over a few layers and reads the per-layer lane timings the
-executor records. Operators then run as they do when serving, with other layers' weights
-streaming through the caches between them, which a loop over one operator cannot reproduce
-(measured here: a small decode attention stage took 0.05 ms in a hot loop, 0.10 ms in the
-engine, 0.13-0.18 ms after a cache flush).
+`CopyBench` times what runs outside the layers: host<->device copies and the hand-off of a
+layer's attention to the host worker thread. Both report medians of synchronised runs (CUDA
+events on a GPU).
 """
 
 from __future__ import annotations
@@ -20,13 +19,10 @@ import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 
-from neo_engine.attention import device_decode_stage, host_decode_stage, prefill_stage
 from neo_engine.kv_cache import KVPool
-from neo_engine.layers import Rotary, linear, post_projection, pre_projection, rms_norm
 from neo_engine.weights import random_weights
 from neo_sim.model import ModelSpec
 
@@ -67,113 +63,26 @@ def _median_time(
     return statistics.median(times)
 
 
-@dataclass
-class OpBench:
-    """One layer of `spec` on `device`, ready to time every operator."""
+class CopyBench:
+    """Copies between host and device, and the per-layer host hand-off."""
 
-    spec: ModelSpec
-    device: torch.device
-    repeats: int = 5
-    block_size: int = 16
-    host_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        one_layer = self.spec.__class__(**{**self.spec.to_dict(), "num_layers": 1})
-        self.dtype = getattr(torch, self.spec.dtype)
-        self.kv_dtype = getattr(torch, self.spec.kv_dtype)
-        self.w = random_weights(one_layer, self.dtype, self.device)
-        self.layer = self.w.layers[0]
-        self.rotary = Rotary(self.spec, self.device)
-        self.scale = self.spec.head_dim**-0.5
-        self._pools: dict[tuple[str, int], KVPool] = {}
+    def __init__(self, device: torch.device, repeats: int = 5):
+        self.device = device
+        self.repeats = repeats
         self._host = ThreadPoolExecutor(max_workers=1)
 
     def close(self) -> None:
         self._host.shutdown()
-
-    def _time(self, fn) -> float:
-        return _median_time(fn, self.device, self.repeats)
-
-    # ---- per layer ---------------------------------------------------------------------------
-    def time_linear(self, num_tokens: int) -> float:
-        s = self.spec
-        x = torch.randn(num_tokens, s.hidden_size, device=self.device, dtype=self.dtype)
-        attn = torch.randn(num_tokens, s.q_size, device=self.device, dtype=self.dtype)
-        positions = torch.arange(num_tokens, device=self.device) % s.max_position_embeddings
-
-        def run():
-            pre_projection(s, self.layer, self.rotary, x, positions)
-            post_projection(s, self.layer, attn, x)
-
-        return self._time(run)
-
-    def time_prefill_attn(self, prompt_len: int) -> float:
-        """Store a prompt's K/V in the paged device pool, then attend (the engine's stage)."""
-        s = self.spec
-        pool, _, _ = self._decode_inputs(True, 1, prompt_len)
-        table = list(range(-(-prompt_len // self.block_size)))
-        slots = pool.slots(table, 0, prompt_len)
-        q = torch.randn(prompt_len, s.num_heads, s.head_dim, device=self.device, dtype=self.dtype)
-        k = torch.randn(
-            prompt_len, s.num_kv_heads, s.head_dim, device=self.device, dtype=self.dtype
-        )
-        return self._time(
-            lambda: prefill_stage(pool, 0, slots, table, 0, q, k, k, self.scale, self.device)
-        )
-
-    def _decode_inputs(self, on_device: bool, batch: int, context_len: int):
-        """A one-layer pool holding `batch` requests of `context_len` tokens, scattered."""
-        blocks_per = -(-context_len // self.block_size)
-        needed = batch * blocks_per
-        key = ("device" if on_device else "host", needed)
-        pool = self._pools.get(key)
-        if pool is None:
-            self._pools.clear()  # one pool at a time: memory
-            device = self.device if on_device else torch.device("cpu")
-            one_layer = self.spec.__class__(**{**self.spec.to_dict(), "num_layers": 1})
-            pool = KVPool(one_layer, needed, self.block_size, self.kv_dtype, device)
-            pool.k.normal_()
-            pool.v.normal_()
-            self._pools[key] = pool
-        gen = torch.Generator().manual_seed(batch * 7919 + context_len)
-        tables = torch.randperm(needed, generator=gen).view(batch, blocks_per).int().contiguous()
-        lens = torch.full((batch,), context_len, dtype=torch.int32)
-        return pool, tables.to(pool.device), lens.to(pool.device)
-
-    def _decode_stage_inputs(self, on_device: bool, batch: int, context_len: int):
-        s = self.spec
-        pool, tables, lens = self._decode_inputs(on_device, batch, context_len)
-        device = pool.device
-        position = context_len - 1
-        block_rows = tables[:, position // self.block_size].long()
-        slots = (block_rows, torch.full((batch,), position % self.block_size, device=device))
-        dev = self.device if on_device else torch.device("cpu")
-        q = torch.randn(batch, s.num_heads, s.head_dim, device=dev, dtype=self.dtype)
-        k = torch.randn(batch, s.num_kv_heads, s.head_dim, device=dev, dtype=self.dtype)
-        return pool, tables, lens, slots, q, k
-
-    def time_gpu_decode_attn(self, batch: int, context_len: int) -> float:
-        pool, tables, lens, slots, q, k = self._decode_stage_inputs(True, batch, context_len)
-        return self._time(
-            lambda: device_decode_stage(pool, 0, slots, tables, lens, q, k, k, self.scale)
-        )
-
-    def time_cpu_decode_attn(self, batch: int, context_len: int) -> float:
-        pool, tables, lens, slots, q, k = self._decode_stage_inputs(False, batch, context_len)
-        threads = self.host_threads or torch.get_num_threads()
-        return _median_time(
-            lambda: host_decode_stage(pool, 0, slots, tables, lens, q, k, k, self.scale, threads),
-            torch.device("cpu"),
-            self.repeats,
-        )
 
     def time_copy(self, num_bytes: int, to_device: bool) -> float:
         cuda = self.device.type == "cuda"
         host = torch.empty(num_bytes, dtype=torch.uint8, pin_memory=cuda)
         dev = torch.empty(num_bytes, dtype=torch.uint8, device=self.device)
         if to_device:
-            return self._time(lambda: dev.copy_(host, non_blocking=cuda))
-        return self._time(lambda: host.copy_(dev, non_blocking=cuda))
+            return _median_time(
+                lambda: dev.copy_(host, non_blocking=cuda), self.device, self.repeats
+            )
+        return _median_time(lambda: host.copy_(dev, non_blocking=cuda), self.device, self.repeats)
 
     def time_launch(self) -> float:
         """Fixed cost of issuing one layer's host attention: hand a task to the host worker
@@ -183,17 +92,6 @@ class OpBench:
             torch.device("cpu"),
             max(self.repeats, 50),
         )
-
-    # ---- per iteration -----------------------------------------------------------------------
-    def time_lm_head(self, num_seqs: int) -> float:
-        s = self.spec
-        x = torch.randn(num_seqs, s.hidden_size, device=self.device, dtype=self.dtype)
-
-        def run():
-            logits = linear(rms_norm(x, self.w.norm, s.rms_norm_eps), self.w.lm_head).float()
-            torch.argmax(logits, dim=-1).cpu()
-
-        return self._time(run)
 
 
 class InSituBench:

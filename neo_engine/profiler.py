@@ -219,24 +219,24 @@ class Benches:
     def __init__(
         self, spec: ModelSpec, device: torch.device, repeats: int, host_threads: int | None = None
     ):
-        from neo_engine.opbench import InSituBench, OpBench
+        from neo_engine.opbench import CopyBench, InSituBench
 
         self.in_situ = InSituBench(spec, device, repeats, host_threads=host_threads)
-        self.isolated = OpBench(spec, device, repeats, host_threads=host_threads)
+        self.copies = CopyBench(device, repeats)
 
     def time_launch(self) -> float:
-        return self.isolated.time_launch()
+        return self.copies.time_launch()
 
     def close(self) -> None:
         self.in_situ.close()
-        self.isolated.close()
+        self.copies.close()
 
 
 def run_op(bench: Benches, op: str, args: tuple) -> float:
     if op == "h2d":
-        return bench.isolated.time_copy(args[0], to_device=True)
+        return bench.copies.time_copy(args[0], to_device=True)
     if op == "d2h":
-        return bench.isolated.time_copy(args[0], to_device=False)
+        return bench.copies.time_copy(args[0], to_device=False)
     return getattr(bench.in_situ, f"time_{op}")(*args)
 
 

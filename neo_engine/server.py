@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def create_server(args: argparse.Namespace, sockets=None):
+def create_server(args: argparse.Namespace):
     """Build engine, app and uvicorn server (not started); returns (server, async_engine)."""
     import uvicorn
 

@@ -65,11 +65,6 @@ class Request:
         return self.num_computed < self.seq_len - 1 or self.num_computed == 0
 
     @property
-    def decode_context_len(self) -> int:
-        """KV tokens a decode step attends over (including the token it writes)."""
-        return self.seq_len
-
-    @property
     def is_done(self) -> bool:
         return self.state in (RequestState.FINISHED, RequestState.ABORTED)
 
