@@ -54,8 +54,9 @@ def test_seeded_sampling_is_reproducible_and_top_k_one_is_greedy(tiny):
     assert tiny.generate("abc", top1)[0].token_ids == tiny.generate("abc", GREEDY)[0].token_ids[:10]
 
 
-def test_offload_happens_under_kv_pressure_and_counters_show_it():
-    engine = LLMEngine(
+def pressured_engine() -> LLMEngine:
+    """NEO with a 4-block GPU pool: most requests must live on the CPU."""
+    return LLMEngine(
         EngineConfig(
             "dummy:tiny",
             policy="neo",
@@ -65,6 +66,10 @@ def test_offload_happens_under_kv_pressure_and_counters_show_it():
             max_model_len=256,
         )
     )
+
+
+def test_offload_happens_under_kv_pressure_and_counters_show_it():
+    engine = pressured_engine()
     gen = torch.Generator().manual_seed(0)
     for _ in range(6):
         engine.add_request(torch.randint(0, 256, (40,), generator=gen).tolist(), GREEDY)
@@ -82,16 +87,7 @@ def test_offload_happens_under_kv_pressure_and_counters_show_it():
 
 
 def test_abort_frees_everything():
-    engine = LLMEngine(
-        EngineConfig(
-            "dummy:tiny",
-            policy="neo",
-            gpu_kv_blocks=4,
-            cpu_kv_blocks=400,
-            block_size=8,
-            max_model_len=256,
-        )
-    )
+    engine = pressured_engine()
     ids = [
         engine.add_request(
             list(range(1, 60)), SamplingParams(max_tokens=50, temperature=0, ignore_eos=True)
