@@ -56,17 +56,32 @@ def start_server(extra: str) -> tuple[subprocess.Popen, str]:
 
 def kv_in_use(base: str) -> dict[str, float]:
     text = httpx.get(f"{base}/metrics", timeout=60).text
-    wanted = ("neo:num_requests_running", "neo:num_requests_waiting", "neo:gpu_kv_blocks_used",
-              "neo:cpu_kv_blocks_used")
-    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-            if line.split() and line.split()[0] in wanted}
+    wanted = (
+        "neo:num_requests_running",
+        "neo:num_requests_waiting",
+        "neo:gpu_kv_blocks_used",
+        "neo:cpu_kv_blocks_used",
+    )
+    return {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.split() and line.split()[0] in wanted
+    }
 
 
-async def one_request(client, model, record: RequestRecord, itl: list[float], t0: float,
-                      vocab: int) -> None:
+async def one_request(
+    client, model, record: RequestRecord, itl: list[float], t0: float, vocab: int
+) -> None:
     prompt = [1 + (record.request_id * 7 + i) % (vocab - 1) for i in range(record.prompt_len)]
-    body = {"model": model, "prompt": prompt, "max_tokens": record.output_len, "stream": True,
-            "ignore_eos": True, "temperature": 0, "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": record.output_len,
+        "stream": True,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream_options": {"include_usage": True},
+    }
     try:
         async with client.stream("POST", "/v1/completions", json=body) as r:
             if r.status_code != 200:
@@ -90,14 +105,17 @@ async def run(args, base: str) -> tuple[Metrics, float]:
         lengths = [(r.prompt_len, r.output_len) for r in rows]
     else:
         lengths = [(args.input_len, args.output_len)] * args.num_requests
-    lengths = [(max(1, min(p, args.max_prompt_len)), max(1, min(o, args.max_output_len)))
-               for p, o in lengths]
+    lengths = [
+        (max(1, min(p, args.max_prompt_len)), max(1, min(o, args.max_output_len)))
+        for p, o in lengths
+    ]
     times = arrival_times(len(lengths), args.rate, rng, args.burstiness)
     records = [RequestRecord(i, t, p, o) for i, (t, (p, o)) in enumerate(zip(times, lengths))]
     itl: list[float] = []
     model = httpx.get(f"{base}/v1/models", timeout=60).json()["data"][0]["id"]
-    limits = httpx.Limits(max_connections=args.num_requests + 10,
-                          max_keepalive_connections=args.num_requests + 10)
+    limits = httpx.Limits(
+        max_connections=args.num_requests + 10, max_keepalive_connections=args.num_requests + 10
+    )
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(3600), limits=limits) as c:
         t0 = time.perf_counter()
 
@@ -145,19 +163,24 @@ def main(argv: list[str] | None = None) -> int:
     frame = metrics.requests_frame()
     summary = metrics.summary()
     failures = int((frame["status"] != "finished").sum())
-    leaked = int(leftover.get("neo:gpu_kv_blocks_used", 0)
-                 + leftover.get("neo:cpu_kv_blocks_used", 0))
+    leaked = int(
+        leftover.get("neo:gpu_kv_blocks_used", 0) + leftover.get("neo:cpu_kv_blocks_used", 0)
+    )
     summary.update(wall_s=wall, failures=failures, leaked_kv_blocks=leaked)
     args.output.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.output / "requests.csv", index=False)
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"{len(frame)} requests, rate {args.rate}, {wall:.1f} s wall; failures {failures}; "
-          f"KV blocks left allocated {leaked}; server after: {leftover}")
+    print(
+        f"{len(frame)} requests, rate {args.rate}, {wall:.1f} s wall; failures {failures}; "
+        f"KV blocks left allocated {leaked}; server after: {leftover}"
+    )
     for key in ("throughput_req_s", "throughput_tok_s"):
         print(f"  {key:18s} {summary[key]:10.2f}")
     for metric in ("ttft", "tpot", "itl", "e2e"):
-        print(f"  {metric:5s} p50 {summary[f'{metric}_p50']:8.3f} s  p90 "
-              f"{summary[f'{metric}_p90']:8.3f} s  p99 {summary[f'{metric}_p99']:8.3f} s")
+        print(
+            f"  {metric:5s} p50 {summary[f'{metric}_p50']:8.3f} s  p90 "
+            f"{summary[f'{metric}_p90']:8.3f} s  p99 {summary[f'{metric}_p99']:8.3f} s"
+        )
     print(f"results in {args.output}/ (requests.csv, summary.json)")
     return 0 if failures == 0 and leaked == 0 else 1
 

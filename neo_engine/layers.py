@@ -13,16 +13,22 @@ import math
 import torch
 import torch.nn.functional as F
 
+from neo_engine.cpu_kernel import skinny_linear
 from neo_engine.weights import LayerWeights
 from neo_sim.model import ModelSpec
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [M, in] @ weight[out, in]^T, computed as (weight @ x^T)^T.
+    """x [M, in] @ weight[out, in]^T: F.linear's result.
 
-    Same result as F.linear; on this CPU's BLAS the weight-major form is up to 2x faster for
-    the small M of decode batches (measured: benchmarks/engine_vs_transformers.py).
+    Decode batches (few rows) on a CPU device go to the skinny-GEMM kernel, which streams the
+    weights at the machine's read bandwidth; otherwise the weight-major form (weight @ x^T)^T,
+    which this CPU's BLAS runs faster than F.linear for mid-sized M
+    (both measured: benchmarks/skinny_gemm.py).
     """
+    out = skinny_linear(x, weight)
+    if out is not None:
+        return out
     return torch.mm(weight, x.t()).t().contiguous()
 
 

@@ -332,9 +332,3 @@ bool built_with_avx2() {
   return false;
 #endif
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_attention", &decode_attention, "paged decode attention on the CPU",
-        py::call_guard<py::gil_scoped_release>());
-  m.def("built_with_avx2", &built_with_avx2);
-}

@@ -1,0 +1,83 @@
+"""Benchmark: the skinny decode GEMM vs torch's BLAS, over a decode step's weights.
+
+One decode step of the `small` preset (~100M params: 12 layers of QKV, O, gate+up, down, and
+the LM head, ~400 MB of fp32 weights, far more than the caches hold) at M = 1..32 token rows,
+fp32. Reported side by side in one run, as the median of alternating repeats:
+- F.linear (what transformers calls), the weight-major torch.mm the engine used before, and
+  our kernel; GB/s of weights streamed and the kernel's speed-up over each;
+- this machine's read bandwidth (benchmarks.host_attention's 1 GiB sum), for reference.
+It sets `neo_engine.cpu_kernel.SKINNY_MAX_ROWS`: the kernel is used up to the M where it wins.
+
+Run: python -m benchmarks.skinny_gemm [--repeats N] [--rows 1,2,4,8,16,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.host_attention import read_bandwidth
+from neo_engine.cpu_kernel import load_extension
+from neo_sim.model import PRESETS
+
+
+def median_times(rows: int, weights, module, threads: int, repeats: int) -> dict[str, float]:
+    """Median seconds of one pass over all weights with `rows` rows of x, per variant."""
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
+    outs = {w.shape: torch.empty(rows, w.shape[0]) for w in weights}
+    variants = {
+        "F.linear": lambda: [F.linear(xs[w.shape[1]], w) for w in weights],
+        "weight-major": lambda: [torch.mm(w, xs[w.shape[1]].t()).t().contiguous() for w in weights],
+        "skinny": lambda: [
+            module.skinny_linear(xs[w.shape[1]], w, outs[w.shape], threads) for w in weights
+        ],
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():
+        fn()  # warm-up
+    for _ in range(repeats):  # alternate, so drifting machine load hits all alike
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--rows", default="1,2,4,8,16,24,32")
+    args = p.parse_args(argv)
+    module = load_extension()
+    if module is None:
+        raise SystemExit("the host kernels could not be built here; nothing to compare")
+
+    spec = PRESETS["small"]
+    h, kv = spec.hidden_size, spec.num_kv_heads * spec.head_dim
+    shapes = [(h + 2 * kv, h), (h, h), (2 * spec.intermediate_size, h), (h, spec.intermediate_size)]
+    shapes = shapes * spec.num_layers + [(spec.vocab_size, h)]
+    torch.manual_seed(0)
+    weights = [torch.randn(n, k) for n, k in shapes]
+    gigabytes = sum(w.numel() * 4 for w in weights) / 1e9
+    threads = torch.get_num_threads()
+    print(
+        f"decode-step weights of `small`: {len(weights)} matrices, {gigabytes * 1e3:.0f} MB "
+        f"fp32, {threads} threads; read bandwidth {read_bandwidth(5):.1f} GB/s"
+    )
+    print(f"{'M':>3} {'F.linear':>15} {'weight-major':>15} {'skinny':>15}  speed-up vs each")
+    for rows in [int(r) for r in args.rows.split(",")]:
+        med = median_times(rows, weights, module, threads, args.repeats)
+        cells = " ".join(f"{med[n] * 1e3:6.1f}ms {gigabytes / med[n]:5.1f}GB/s" for n in med)
+        print(
+            f"{rows:>3} {cells}  {med['F.linear'] / med['skinny']:.2f}x "
+            f"{med['weight-major'] / med['skinny']:.2f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
