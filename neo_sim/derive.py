@@ -112,7 +112,8 @@ SHIPPED = [
 ]
 DERIVED_NOTE = (
     "DERIVED, not measured: the roofline of this host's datasheet figures (see hardware.sources) "
-    "times efficiency factors that are stated assumptions (provenance.machine.efficiencies), "
+    "times efficiency factors (provenance.machine.efficiencies), each inside a cited published "
+    "measurement or labelled an assumption (the 'efficiency' lines of provenance.sources), "
     "sampled on the profiler's grids. Calibrate against a profile measured with neo-profile on "
     "the real hardware before trusting absolute times."
 )

@@ -84,3 +84,28 @@ def test_incompatible_model_dimensions(tmp_path, profile_dict):
     profile_dict["model"]["num_kv_heads"] = 7  # 32 heads are not a multiple of 7
     with pytest.raises(NeoError, match="num_kv_heads"):
         load_profile(write(tmp_path, profile_dict))
+
+
+def test_shipped_derived_profiles_cite_every_efficiency_factor():
+    # Issue 5: every number of a derived profile is sourced; efficiency factors are either
+    # inside a cited measurement or labelled an assumption, and the shipped files carry it.
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from neo_sim.costmodel import EFFICIENCY_SOURCES, Efficiencies
+
+    factors = {f.name for f in dataclasses.fields(Efficiencies) if f.name != "sources"}
+    assert set(EFFICIENCY_SOURCES) == factors
+    for name, text in EFFICIENCY_SOURCES.items():
+        assert any(
+            tag in text
+            for tag in ("(assumption)", "[artifact]", "arXiv", "github.com", "issue", "measured")
+        ), name
+    shipped = sorted(Path(__file__).parents[2].joinpath("profiles").glob("*.json"))
+    derived = [json.loads(p.read_text()) for p in shipped]
+    derived = [d for d in derived if d["provenance"]["kind"] == "derived"]
+    assert len(derived) == 8
+    for d in derived:
+        lines = [s for s in d["provenance"]["sources"] if s.startswith("efficiency ")]
+        assert {line.split(":")[0].removeprefix("efficiency ") for line in lines} == factors
