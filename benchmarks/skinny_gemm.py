@@ -6,7 +6,8 @@ fp32. Reported side by side in one run, as the median of alternating repeats:
 - F.linear (what transformers calls), the weight-major torch.mm the engine used before, and
   our kernel; GB/s of weights streamed and the kernel's speed-up over each;
 - this machine's read bandwidth (benchmarks.host_attention's 1 GiB sum), for reference.
-It sets `neo_engine.cpu_kernel.SKINNY_MAX_ROWS`: the kernel is used up to the M where it wins.
+Its results chose `neo_engine.cpu_kernel.SKINNY_MAX_ROWS`: the kernel is used up to the M where
+it wins.
 
 Run: python -m benchmarks.skinny_gemm [--repeats N] [--rows 1,2,4,8,16,32]
 """

@@ -106,8 +106,8 @@ def decode_attention(
     return reference_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, out)
 
 
-# Up to this many rows of x, `skinny_linear` beats torch's BLAS on the CPUs measured (1.2-5x
-# at 1..32 rows here, benchmarks/skinny_gemm.py); above it the BLAS's blocked GEMM wins.
+# Up to this many rows of x, `skinny_linear` beats torch's BLAS on the CPU measured here
+# (1.2-4.4x at 1..32 rows, benchmarks/skinny_gemm.py); above it the BLAS's blocked GEMM wins.
 SKINNY_MAX_ROWS = 32
 
 
