@@ -2,7 +2,7 @@
 
 10,000 requests, NEO policy, T4 + Llama-2-7B with the artifact's settings (54 GPU blocks,
 832 tokens per iteration, 20 GB host KV), Poisson arrivals at a saturating 6 req/s (the policy
-sustains ~5). Targets (issue 7): <= 10 s wall on one core; scheduler time per step < 2% of the
+sustains ~5). Targets: <= 10 s wall on one core; scheduler time per step < 2% of the
 simulated iteration it plans. Reports events/s (simpy events: arrivals + iterations) and
 requests/s simulated.
 
@@ -22,15 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--policy", default="neo")
     args = p.parse_args(argv)
-    spec = RunSpec(
-        "t4",
-        "llama-2-7b",
-        args.policy,
+    spec = RunSpec.of(
+        hardware="t4",
+        model="llama-2-7b",
+        policy=args.policy,
         rate=6.0,
         num_requests=args.requests,
         gpu_kv_blocks=54,
         max_batch_tokens=832,
         cpu_kv_gb=20,
+        timeline_iterations=0,
     )
     started = time.perf_counter()
     out = execute(spec)

@@ -41,9 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     specs = []
     for host in HOSTS:
         host_kv_gb = min(120.0, PRESETS[host].cpu.memory_bytes * 0.5 / 1e9)
-        base = RunSpec(
-            host,
-            "llama-3-8b",
+        base = RunSpec.of(
+            hardware=host,
+            model="llama-3-8b",
             rate=math.inf,
             num_requests=n,
             input_len=1000,

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     specs, labels = [], []
     for host, settings in HOSTS.items():
         settings = {k: v for k, v in settings.items() if k != "paper"}
-        base = RunSpec(
+        base = RunSpec.of(
             rate=math.inf,
             num_requests=n,
             max_num_seqs=1024,

@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         else [0.5, 2.0, 4.0]
     )
     n = 200 if args.quick else 1000
-    base = RunSpec(
-        "t4",
-        "llama-2-7b",
+    base = RunSpec.of(
+        hardware="t4",
+        model="llama-2-7b",
         input_len=370,
         output_len=45,
         num_requests=n,

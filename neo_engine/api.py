@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from neo_engine.engine import EngineConfig, LLMEngine, RequestOutput
+from neo_engine.config import EngineConfig
+from neo_engine.engine import LLMEngine, RequestOutput
 from neo_engine.sampling import SamplingParams
 
 
@@ -19,33 +20,11 @@ class LLM:
         print(out[0].text, out[0].token_ids)
     """
 
-    def __init__(
-        self,
-        model: str,
-        device: str = "cpu",
-        policy: str = "neo",
-        gpu_kv_blocks: int | None = None,
-        cpu_kv_blocks: int | None = None,
-        block_size: int = 16,
-        dtype: str | None = None,
-        kv_dtype: str | None = None,
-        cost_model=None,
-        **kwargs,
-    ):
-        self.engine = LLMEngine(
-            EngineConfig(
-                model=model,
-                device=device,
-                policy=policy,
-                gpu_kv_blocks=gpu_kv_blocks,
-                cpu_kv_blocks=cpu_kv_blocks,
-                block_size=block_size,
-                dtype=dtype,
-                kv_dtype=kv_dtype,
-                **kwargs,
-            ),
-            cost_model=cost_model,
-        )
+    def __init__(self, model: str, cost_model=None, **settings):
+        """`settings`: any engine setting by its flat name, as `neo-serve`'s flags name them
+        (`device`, `policy`, `dtype`, `gpu_kv_blocks`, `max_num_seqs`, `max_model_len`, ...;
+        see `neo_engine.config`). `cost_model` replaces the scheduler's cost model."""
+        self.engine = LLMEngine(EngineConfig.of(model, **settings), cost_model=cost_model)
 
     @property
     def tokenizer(self):

@@ -19,45 +19,24 @@ from dataclasses import dataclass, field
 
 import torch
 
+from neo_engine.config import DEFAULT_MAX_MODEL_LEN, EngineConfig
 from neo_engine.executor import Executor, LaneEvent
 from neo_engine.kv_cache import KVPool
+from neo_engine.local import host_memory_bytes
 from neo_engine.sampling import SamplingParams, sample
 from neo_engine.tokenizer import load_tokenizer
 from neo_engine.weights import load_checkpoint, random_weights
+from neo_sim.capacity import DeviceMemory, resolve_pools
 from neo_sim.costmodel import CostModel, Efficiencies, RooflineCostModel
 from neo_sim.errors import NeoError
-from neo_sim.model import ModelSpec, parse_model_arg
+from neo_sim.model import ModelSpec
 from neo_sim.profile import load_profile
 from neo_sim.profiled import ProfiledCostModel
 from neo_sim.scheduler import Plan, Request, SchedulerConfig, make_policy
 from neo_sim.scheduler.kv import blocks_for
-from neo_sim.units import GiB, canonical_dtype
 
 log = logging.getLogger(__name__)
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Everything the engine is built from (defaults suit a small model on this CPU)."""
-
-    model: str
-    device: str = "cpu"
-    policy: str = "neo"
-    dtype: str | None = None  # default: float32 on the CPU, the model's dtype on CUDA
-    kv_dtype: str | None = None  # default: dtype
-    block_size: int = 16
-    gpu_kv_blocks: int | None = None  # default: from device memory (1 GiB on the CPU)
-    cpu_kv_blocks: int | None = None  # default: 2 GiB of host memory
-    max_model_len: int | None = None  # default: min(model's context, 4096)
-    max_batch_tokens: int | None = None  # default: max(max_model_len, 2048), as vLLM
-    max_batch_size: int = 256
-    max_num_seqs: int = 256
-    max_cpu_wait_steps: int = 256
-    profile: str | None = None  # profile JSON for the scheduler's cost model
-    clock: str = "wall"  # or "predicted"
-    host_threads: int | None = None
-    seed: int = 0
 
 
 @dataclass
@@ -116,40 +95,38 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig, cost_model: CostModel | None = None):
         self.config = config
-        self.device = torch.device(config.device)
+        load = config.load
+        self.device = torch.device(load.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise NeoError("device 'cuda' requested but torch sees no CUDA device; use cpu")
-        ref = parse_model_arg(config.model)
-        default_dtype = "float32" if self.device.type == "cpu" else ref.spec.dtype
-        dtype = canonical_dtype(config.dtype or default_dtype)
-        self.spec: ModelSpec = ref.spec.with_dtype(dtype, canonical_dtype(config.kv_dtype or dtype))
-        self.torch_dtype = TORCH_DTYPES[dtype]
+        ref = load.model_ref()
+        self.spec: ModelSpec = ref.spec
+        self.torch_dtype = TORCH_DTYPES[self.spec.dtype]
         started = time.perf_counter()
         if ref.checkpoint_dir is not None:
             self.weights = load_checkpoint(
                 ref.checkpoint_dir, self.spec, self.torch_dtype, self.device
             )
         else:
-            self.weights = random_weights(self.spec, self.torch_dtype, self.device, config.seed)
+            self.weights = random_weights(self.spec, self.torch_dtype, self.device, load.seed)
         self.tokenizer = load_tokenizer(ref.checkpoint_dir, self.spec.vocab_size)
-        log.info("loaded %s in %.1f s", config.model, time.perf_counter() - started)
-        self.max_model_len = config.max_model_len or min(self.spec.max_position_embeddings, 4096)
+        log.info("loaded %s in %.1f s", load.model, time.perf_counter() - started)
+        self.max_model_len = config.max_model_len or min(
+            self.spec.max_position_embeddings, DEFAULT_MAX_MODEL_LEN
+        )
         self.scheduler_config = self._scheduler_config()
         self.cost: CostModel = cost_model or self._cost_model()
         self.policy = make_policy(config.policy, self.scheduler_config, self.cost)
         kv_dtype = TORCH_DTYPES[self.spec.kv_dtype]
         cuda = self.device.type == "cuda"
+        pools = self.scheduler_config
         self.gpu_pool = KVPool(
-            self.spec,
-            self.scheduler_config.num_gpu_blocks,
-            config.block_size,
-            kv_dtype,
-            self.device,
+            self.spec, pools.num_gpu_blocks, pools.block_size, kv_dtype, self.device
         )
         self.cpu_pool = KVPool(
             self.spec,
-            self.scheduler_config.num_cpu_blocks,
-            config.block_size,
+            pools.num_cpu_blocks,
+            pools.block_size,
             kv_dtype,
             torch.device("cpu"),
             pin=cuda,
@@ -170,33 +147,29 @@ class LLMEngine:
 
     # ---- setup -----------------------------------------------------------------------------
     def _scheduler_config(self) -> SchedulerConfig:
-        c, spec = self.config, self.spec
-        block_bytes = c.block_size * spec.kv_bytes_per_token
-        gpu_blocks = c.gpu_kv_blocks
-        if gpu_blocks is None:
-            if self.device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(self.device)
-                gpu_blocks = int(max(0.0, free * 0.9 - 1 * GiB) // block_bytes)
-            else:
-                gpu_blocks = int(1 * GiB // block_bytes)
-        cpu_blocks = c.cpu_kv_blocks if c.cpu_kv_blocks is not None else int(2 * GiB // block_bytes)
-        # vLLM's default for whole-prompt prefill: max(max_model_len, 2048) tokens per step.
-        max_tokens = c.max_batch_tokens or max(self.max_model_len, 2048)
-        needed = blocks_for(self.max_model_len, c.block_size)
-        if max(gpu_blocks, cpu_blocks) < needed:
+        """The configured scheduler settings, KV pools sized by the simulator's formula
+        (`neo_sim.capacity`) from this device's measured memory."""
+        c = self.config
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            memory = DeviceMemory(float(total), float(total - free), host_memory_bytes())
+        else:  # a CPU standing in for a GPU: no device memory to measure
+            memory = DeviceMemory(None, self.spec.weight_bytes, host_memory_bytes())
+        config = resolve_pools(c.scheduler, c.kv, self.spec, memory)
+        if not config.chunked_prefill_tokens and config.max_batch_tokens < self.max_model_len:
             raise NeoError(
-                f"KV pools ({gpu_blocks} GPU / {cpu_blocks} CPU blocks) cannot hold one "
-                f"{self.max_model_len}-token sequence; raise them or max_model_len"
+                f"max_batch_tokens ({config.max_batch_tokens}) < max_model_len "
+                f"({self.max_model_len}): a preempted request re-prefills its whole sequence in "
+                "one iteration; raise max_batch_tokens or lower max_model_len"
             )
-        return SchedulerConfig(
-            num_gpu_blocks=gpu_blocks,
-            num_cpu_blocks=cpu_blocks,
-            block_size=c.block_size,
-            max_batch_size=c.max_batch_size,
-            max_num_seqs=c.max_num_seqs,
-            max_batch_tokens=max_tokens,
-            max_cpu_wait_steps=c.max_cpu_wait_steps,
-        )
+        needed = blocks_for(self.max_model_len, config.block_size)
+        if max(config.num_gpu_blocks, config.num_cpu_blocks) < needed:
+            raise NeoError(
+                f"KV pools ({config.num_gpu_blocks} GPU / {config.num_cpu_blocks} CPU blocks) "
+                f"cannot hold one {self.max_model_len}-token sequence; raise them or "
+                "max_model_len"
+            )
+        return config
 
     def _cost_model(self) -> CostModel:
         if self.config.profile:
@@ -250,7 +223,7 @@ class LLMEngine:
             gen = torch.Generator().manual_seed(
                 params.seed
                 if params.seed is not None
-                else hash((self.config.seed, rid)) & 0xFFFFFFFF
+                else hash((self.config.load.seed, rid)) & 0xFFFFFFFF
             )
         out = RequestOutput(rid, text, list(tokens), arrival_s=now)
         self._live[rid] = _Live(out, params, list(tokens), gen)

@@ -14,27 +14,32 @@ simulator's timing model is told that its GPU and CPU lanes share compute.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
 import platform
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from neo_engine.engine import EngineConfig, LLMEngine
+from neo_engine.config import EngineConfig
+from neo_engine.engine import LLMEngine
 from neo_engine.replay import replay
+from neo_engine.validate import SHIPPED_PROFILE, FidelitySettings, add_arguments
+from neo_sim.errors import NeoError
 from neo_sim.metrics import IterationRecord, Metrics, RequestRecord
 from neo_sim.profile import load_profile
 from neo_sim.profiled import ProfiledCostModel
+from neo_sim.settings import from_args
 from neo_sim.simulator import Simulation
 from neo_sim.timing import TimingModel
-from neo_sim.workload import synthetic
+from neo_sim.workload import build_workload, synthetic
 
-DEFAULT_PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "cpu-2core-vm__small.json"
+REPO = Path(__file__).resolve().parent.parent
 COMPARED = [
     "throughput_req_s",
     "throughput_tok_s",
@@ -45,19 +50,6 @@ COMPARED = [
     "e2e_p50",
     "e2e_p90",
 ]
-
-
-@dataclass(frozen=True)
-class FidelitySettings:
-    model: str = "dummy:small"
-    num_requests: int = 200
-    rate: float = 3.0
-    input_len: int = 64
-    output_len: int = 24
-    gpu_kv_blocks: int = 30
-    cpu_kv_blocks: int = 2000
-    block_size: int = 16
-    seed: int = 0
 
 
 def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
@@ -104,20 +96,18 @@ def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
 
 def run_policy(policy: str, settings: FidelitySettings, profile_path: Path, out: Path) -> dict:
     s = settings
-    workload = synthetic(s.num_requests, s.rate, s.input_len, s.output_len, s.seed)
+    workload = build_workload(s.requests)
     engine = LLMEngine(
-        EngineConfig(
+        EngineConfig.of(
             s.model,
             policy=policy,
             profile=str(profile_path),
-            gpu_kv_blocks=s.gpu_kv_blocks,
-            cpu_kv_blocks=s.cpu_kv_blocks,
-            block_size=s.block_size,
-            max_model_len=512,
+            max_model_len=s.max_model_len,
+            scheduler=s.scheduler,
         )
     )
     # Warm up (kernel load, allocator), then start the clock the workload is timed against.
-    warm = synthetic(2, math.inf, s.input_len, 4, s.seed + 1)
+    warm = synthetic(2, math.inf, s.requests.input_len, 4, s.requests.seed + 1)
     replay(
         engine, [w.__class__(10**6 + w.request_id, 0.0, w.prompt_len, w.output_len) for w in warm]
     )
@@ -186,43 +176,38 @@ def run_policy(policy: str, settings: FidelitySettings, profile_path: Path, out:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="neo-sim vs the real engine on this machine")
-    p.add_argument("--quick", action="store_true", help="a small smoke run (< 3 min)")
-    p.add_argument(
-        "--profile",
-        type=Path,
-        default=None,
-        help="profile measured on this machine (default: the shipped "
-        "cpu-2core-vm__small.json; measured now if absent)",
-    )
-    p.add_argument("--policies", default="gpu-only,neo")
-    p.add_argument("--output", type=Path, default=Path("experiments/results/fidelity"))
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    settings = FidelitySettings(seed=args.seed)
-    if args.quick:
-        settings = FidelitySettings(num_requests=24, rate=4.0, output_len=12, seed=args.seed)
-    out = args.output
+def run_fidelity(settings: FidelitySettings) -> int:
+    """Run every policy on the engine and in neo-sim; write and print the report."""
+    out = Path(settings.output)
     out.mkdir(parents=True, exist_ok=True)
-    profile_path = args.profile or DEFAULT_PROFILE
+    profile_path = Path(settings.profile) if settings.profile else REPO / SHIPPED_PROFILE
     if not profile_path.exists():
         from neo_engine.profiler import main as profile_main
 
         profile_path = out / "profile.json"
         profile_main(["--model", settings.model, "--quick", "--output", str(profile_path)])
     results = {}
-    for policy in [x.strip() for x in args.policies.split(",") if x.strip()]:
+    for policy in [x.strip() for x in settings.policies.split(",") if x.strip()]:
         print(f"fidelity: {policy}: engine in real time, then neo-sim ...", flush=True)
         results[policy] = run_policy(policy, settings, profile_path, out)
-    write_report(results, settings, profile_path, out, args)
+    write_report(results, settings, profile_path, out)
     print((out / "report.md").read_text())
     return 0
 
 
-def write_report(
-    results: dict, settings: FidelitySettings, profile_path: Path, out: Path, args
-) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m experiments.fidelity`: the same flags as `neo-sim validate`."""
+    parser = argparse.ArgumentParser(description="neo-sim vs the real engine on this machine")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_fidelity(from_args(FidelitySettings, args).resolved())
+    except NeoError as exc:
+        print(f"fidelity: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def write_report(results: dict, settings: FidelitySettings, profile_path: Path, out: Path) -> None:
     from neo_sim import plots
 
     summary = pd.DataFrame([row for r in results.values() for row in r["rows"]])
@@ -251,16 +236,16 @@ def write_report(
         f"{r['pipelined']} | {r['cpu_decodes']} | {r['wall_s']:.0f} s |"
         for pol, r in results.items()
     )
-    s = settings
+    s, w, pools = settings, settings.requests, settings.scheduler
     body = f"""# Fidelity: neo-sim vs the real engine on this machine
 
 Generated {datetime.date.today().isoformat()} on {platform.node()} by
-`python -m experiments.fidelity{" --quick" if args.quick else ""}`.
+`neo-sim validate{" --quick" if s.quick else ""}`.
 
-Workload: {s.num_requests} requests, Poisson at {s.rate} req/s, prompts ~{s.input_len} and
-outputs ~{s.output_len} tokens (uniform +-10%), model `{s.model}` (random weights, fp32 on the
-CPU), GPU KV {s.gpu_kv_blocks} blocks of {s.block_size} (forcing offload), host KV
-{s.cpu_kv_blocks} blocks. Profile: `{profile_path.name}` (measured on this machine). The engine
+Workload: {w.num_requests} requests, Poisson at {w.rate} req/s, prompts ~{w.input_len} and
+outputs ~{w.output_len} tokens (uniform +-10%), model `{s.model}` (random weights, fp32 on the
+CPU), GPU KV {pools.num_gpu_blocks} blocks of {pools.block_size} (forcing offload), host KV
+{pools.num_cpu_blocks} blocks. Profile: `{profile_path.name}` (measured on this machine). The engine
 ran in real time; neo-sim ran the same arrivals with the same profile, policy and KV limits.
 
 ## Summary metrics
@@ -276,7 +261,7 @@ ran in real time; neo-sim ran the same arrivals with the same profile, policy an
 "MAPE, lanes overlapped" prices the same plans as if the GPU and CPU lanes were separate
 chips; on this CPU-only machine they share two cores, which the timing model now knows.
 
-Targets (issue 6): throughput error <= 5%, p50 TTFT and TPOT error <= 10%, per-iteration
+Targets: throughput error <= 5%, p50 TTFT and TPOT error <= 10%, per-iteration
 MAPE <= 10%. This machine's own repeatability is worse than the latency targets: the same
 in-situ measurement of one operator ranges over +-30% within a minute (a 4-token projection
 layer: 1.57-2.98 ms), `neo-profile check` re-measures grid points at 3-30% error, and the
@@ -287,7 +272,7 @@ Files: summary.csv, iterations.csv, *_engine_requests.csv, *_sim_requests.csv,
 *_iterations.html.
 """
     (out / "report.md").write_text(body)
-    (out / "settings.json").write_text(json.dumps(s.__dict__, indent=1))
+    (out / "settings.json").write_text(json.dumps(dataclasses.asdict(s), indent=1))
 
 
 if __name__ == "__main__":

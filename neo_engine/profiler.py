@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from neo_sim import __version__
+from neo_engine.config import LoadSettings
+from neo_sim import __version__, settings
 from neo_sim.costmodel import Efficiencies, RooflineCostModel
 from neo_sim.derive import geometric_grid
 from neo_sim.errors import NeoError
@@ -43,7 +44,7 @@ from neo_sim.profile import (
     save_profile,
 )
 from neo_sim.profiled import ProfiledCostModel
-from neo_sim.units import canonical_dtype
+from neo_sim.settings import check, setting
 
 
 @dataclass(frozen=True)
@@ -107,14 +108,6 @@ def fit_memory(spec: ModelSpec, grids: ProfileGrids, budget_bytes: float) -> Pro
         context,
         grids.repeats,
     )
-
-
-def resolve_spec(
-    model_arg: str, device: torch.device, dtype: str | None, kv_dtype: str | None
-) -> ModelSpec:
-    spec = parse_model_arg(model_arg).spec
-    dtype = canonical_dtype(dtype or ("float32" if device.type == "cpu" else spec.dtype))
-    return spec.with_dtype(dtype, canonical_dtype(kv_dtype or dtype))
 
 
 def machine_info(device: torch.device) -> dict:
@@ -240,31 +233,31 @@ def run_op(bench: Benches, op: str, args: tuple) -> float:
     return getattr(bench.in_situ, f"time_{op}")(*args)
 
 
-def cmd_measure(args: argparse.Namespace) -> int:
+def cmd_measure(run: ProfileSettings) -> int:
     from neo_engine.local import probe_hardware
 
-    device = torch.device(args.device)
+    device = torch.device(run.load.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NeoError("--device cuda: torch sees no CUDA device")
-    spec = resolve_spec(args.model, device, args.dtype, args.kv_dtype)
+    spec = run.load.model_spec()
     hardware = probe_hardware(device, getattr(torch, spec.dtype))
     budget = 0.25 * (
         hardware.gpu.memory_bytes if device.type == "cuda" else hardware.cpu.memory_bytes
     )
-    grids = fit_memory(spec, grids_for(args.quick), budget)
-    eta = estimate_seconds(spec, grids, hardware) * args.passes
+    grids = fit_memory(spec, grids_for(run.quick), budget)
+    eta = estimate_seconds(spec, grids, hardware) * run.passes
     print(
         f"neo-profile: {spec.name} ({spec.dtype}, KV {spec.kv_dtype}) on {hardware.description}; "
-        f"{'quick' if args.quick else 'full'} grids, {grids.repeats} repeats; "
+        f"{'quick' if run.quick else 'full'} grids, {grids.repeats} repeats; "
         f"expected ~{max(1, round(eta / 60))} min"
     )
     started = time.perf_counter()
-    samples, launch = measure(spec, device, grids, args.host_threads, args.passes)
+    samples, launch = measure(spec, device, grids, run.host_threads, run.passes)
     elapsed = time.perf_counter() - started
     machine = machine_info(device) | {
-        "quick": args.quick,
+        "quick": run.quick,
         "repeats": grids.repeats,
-        "passes": args.passes,
+        "passes": run.passes,
         "elapsed_s": round(elapsed, 1),
     }
     provenance = Provenance(
@@ -275,9 +268,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
         (),
         machine,
     )
-    name = args.output.stem if args.output else f"local-{device.type}__{spec.name}"
+    output = Path(run.output) if run.output else None
+    name = output.stem if output else f"local-{device.type}__{spec.name}"
     profile = make_profile(name, hardware, spec, provenance, samples, launch)
-    path = save_profile(profile, args.output or Path("profiles") / f"{name}.json")
+    path = save_profile(profile, output or Path("profiles") / f"{name}.json")
     print(f"wrote {path} in {elapsed:.0f} s; use it with: neo-sim run --hardware {path}")
     return 0
 
@@ -307,7 +301,7 @@ def grid_points(profile, op: str, count: int, rng: random.Random) -> list[tuple]
     return rng.sample(pairs, min(count, len(pairs)))
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def cmd_check(args: CheckSettings) -> int:
     profile = load_profile(args.profile)
     device = torch.device(args.device)
     spec = profile.model
@@ -384,58 +378,75 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # ---- entry -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What `neo-profile` measures, and how carefully."""
+
+    load: LoadSettings
+    quick: bool = setting(False, "small grids, 3 repeats (< 5 min with a small model on 2 cores)")
+    output: str | None = setting(
+        None, "profile JSON to write; unset: profiles/local-DEVICE__MODEL.json"
+    )
+    host_threads: int | None = setting(
+        None, "threads of the host attention kernel; unset: torch's thread count", low=1
+    )
+    passes: int = setting(3, "shuffled passes over the grid; the median per point is kept", low=1)
+
+    def __post_init__(self) -> None:
+        check(self, "profile settings")
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """What `neo-profile check` re-measures."""
+
+    profile: str = setting(help="the profile JSON to check")
+    model: str | None = setting(
+        None, "check another model than the profile's (scaling by FLOPs and bytes)"
+    )
+    device: str = setting("cpu", "device to measure on", choices=("cpu", "cuda"))
+    points: int = setting(8, "held-out points per operator", low=1)
+    repeats: int = setting(3, "timed repeats per point", low=1)
+    passes: int = setting(3, "shuffled passes; the median per point is kept", low=1)
+    seed: int = setting(0, "seed of the held-out points")
+    json: str | None = setting(None, "also write the table as JSON to this file")
+
+    def __post_init__(self) -> None:
+        check(self, "check settings")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     measure_p = argparse.ArgumentParser(
         prog="neo-profile",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    measure_p.add_argument(
-        "--model", required=True, help="preset, dummy:PRESET, config.json or checkpoint dir"
-    )
-    measure_p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    measure_p.add_argument(
-        "--quick",
-        action="store_true",
-        help="small grids, 3 repeats (< 5 min with a small model on 2 cores)",
-    )
-    measure_p.add_argument("--output", type=Path, default=None, help="profile JSON to write")
-    measure_p.add_argument("--dtype", default=None, help="default: float32 on CPU, model's on CUDA")
-    measure_p.add_argument("--kv-dtype", default=None, help="KV cache dtype (default: dtype)")
-    measure_p.add_argument("--host-threads", type=int, default=None)
-    measure_p.add_argument(
-        "--passes",
-        type=int,
-        default=3,
-        help="shuffled passes over the grid; the median per point is kept",
-    )
-    measure_p.add_argument("--seed", type=int, default=0)
+    settings.add_arguments(measure_p, ProfileSettings)
     check_p = argparse.ArgumentParser(
         prog="neo-profile check", description="re-measure held-out points of a profile"
     )
-    check_p.add_argument("profile", type=Path)
-    check_p.add_argument("--model", default=None, help="check another model (scaling)")
-    check_p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    check_p.add_argument("--points", type=int, default=8, help="held-out points per operator")
-    check_p.add_argument("--repeats", type=int, default=3)
-    check_p.add_argument("--passes", type=int, default=3, help="shuffled passes; median kept")
-    check_p.add_argument("--seed", type=int, default=0)
-    check_p.add_argument("--json", default=None, help="also write the table as JSON")
-    check_p.add_argument("--output", default=None, help="folder for a copy of the JSON")
+    settings.add_arguments(check_p, CheckSettings)
     return measure_p, check_p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     measure_p, check_p = build_parser()
+    if argv and argv[0] == "check":  # the profile is positional, as the usage shows
+        rest = argv[1:]
+        if rest and not rest[0].startswith("-"):
+            rest = ["--profile", *rest]
+        args = check_p.parse_args(rest)
+    else:
+        args = measure_p.parse_args(argv)
     try:
         if argv and argv[0] == "check":
-            args = check_p.parse_args(argv[1:])
-            torch.manual_seed(args.seed)
-            return cmd_check(args)
-        args = measure_p.parse_args(argv)
-        torch.manual_seed(args.seed)
-        return cmd_measure(args)
+            run = settings.from_args(CheckSettings, args)
+            torch.manual_seed(run.seed)
+            return cmd_check(run)
+        run = settings.from_args(ProfileSettings, args)
+        torch.manual_seed(run.load.seed)
+        return cmd_measure(run)
     except NeoError as exc:
         print(f"neo-profile: error: {exc}", file=sys.stderr)
         return 2

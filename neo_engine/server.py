@@ -19,8 +19,12 @@ import logging
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 
+from neo_engine.config import EngineConfig
+from neo_sim import settings
 from neo_sim.errors import NeoError
+from neo_sim.settings import check, setting
 
 log = logging.getLogger("neo.serve")
 
@@ -265,25 +269,29 @@ def _event(payload: dict) -> str:
 
 
 # ---- command line ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where and how neo-serve listens."""
+
+    host: str = setting("127.0.0.1", "address to bind")
+    port: int = setting(8000, "port to bind", low=0, high=65535)
+    served_model_name: str | None = setting(
+        None, "the model name clients send; unset: the --model argument"
+    )
+    log_level: str = setting(
+        "warning", "uvicorn's log level", choices=("critical", "error", "warning", "info", "debug")
+    )
+
+    def __post_init__(self) -> None:
+        check(self, "server settings")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="neo-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--model", required=True, help="checkpoint dir, preset, or dummy:PRESET")
-    p.add_argument("--policy", default="neo")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--served-model-name", default=None, help="name clients use (default: --model)")
-    p.add_argument("--gpu-kv-blocks", type=int, default=None)
-    p.add_argument("--cpu-kv-blocks", type=int, default=None)
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--kv-dtype", default=None)
-    p.add_argument("--profile", default=None, help="profile JSON for the scheduler's cost model")
-    p.add_argument("--log-level", default="warning")
+    settings.add_arguments(p, ServerSettings)
+    settings.add_arguments(p, EngineConfig)
     return p
 
 
@@ -292,27 +300,20 @@ def create_server(args: argparse.Namespace):
     import uvicorn
 
     from neo_engine.async_engine import AsyncEngine
-    from neo_engine.engine import EngineConfig, LLMEngine
+    from neo_engine.engine import LLMEngine
 
-    config = EngineConfig(
-        model=args.model,
-        device=args.device,
-        policy=args.policy,
-        dtype=args.dtype,
-        kv_dtype=args.kv_dtype,
-        block_size=args.block_size,
-        gpu_kv_blocks=args.gpu_kv_blocks,
-        cpu_kv_blocks=args.cpu_kv_blocks,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        max_batch_size=args.max_num_seqs,
-        profile=args.profile,
-    )
+    server_settings = settings.from_args(ServerSettings, args)
+    config = settings.from_args(EngineConfig, args)
     engine = AsyncEngine(LLMEngine(config))
-    app = build_app(engine, args.served_model_name or args.model, engine.engine.max_model_len)
+    name = server_settings.served_model_name or config.load.model
+    app = build_app(engine, name, engine.engine.max_model_len)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=args.host, port=args.port, log_level=args.log_level, access_log=False
+            app,
+            host=server_settings.host,
+            port=server_settings.port,
+            log_level=server_settings.log_level,
+            access_log=False,
         )
     )
     return server, engine

@@ -1,67 +1,127 @@
-"""KV-cache capacities that follow from memory sizes, as a serving engine would size them.
+"""KV-pool sizes from memory sizes: one formula for the simulator and the engine.
 
-GPU pool: the GPUs' memory times a utilisation fraction (vLLM's `gpu_memory_utilization`),
-minus the weights and an activation reserve for the largest iteration. CPU pool: a fraction of
-host memory. Flags override both, as the paper's artifact does.
+GPU pool: the device memory times a utilisation fraction (vLLM's `gpu_memory_utilization`),
+minus what is already resident (weights; on a real device, measured), minus an activation
+reserve for the largest iteration. Host pool: a size in GB, else a fraction of host memory.
+The simulator feeds the formula a hardware spec's datasheet memory and the model's computed
+weight bytes (`memory_of_hardware`); the engine feeds it the device's measured memory after
+loading the weights. Explicit block counts in the scheduler config override both pools.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from neo_sim.errors import NeoError
 from neo_sim.hardware import HardwareSpec
 from neo_sim.model import ModelSpec
-from neo_sim.units import GiB
-
-GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default
-HOST_KV_FRACTION = 0.5  # leave the rest of host memory to the OS, weights staging, buffers
+from neo_sim.scheduler import SchedulerConfig
+from neo_sim.settings import check, setting
+from neo_sim.units import GB, GiB
 
 
 @dataclass(frozen=True)
-class KVCapacity:
-    num_gpu_blocks: int
-    num_cpu_blocks: int
-    block_size: int
+class KVCacheSettings:
+    """How KV pools are sized when the scheduler config leaves their block counts unset."""
 
-    @property
-    def gpu_tokens(self) -> int:
-        return self.num_gpu_blocks * self.block_size
+    gpu_memory_utilization: float = setting(
+        0.9,
+        "fraction of GPU memory for weights, activations and KV (vLLM's gpu_memory_utilization)",
+        low=0,
+        high=1,
+        low_open=True,
+    )
+    cpu_kv_gb: float | None = setting(
+        None,
+        "host KV pool size when --cpu-kv-blocks is unset; unset: --host-kv-fraction of host memory",
+        unit="GB",
+        low=0,
+    )
+    host_kv_fraction: float = setting(
+        0.5,
+        "fraction of host memory for the host KV pool when neither --cpu-kv-blocks nor "
+        "--cpu-kv-gb is given (the rest: OS, weights staging, buffers)",
+        low=0,
+        high=1,
+        low_open=True,
+    )
+    cpu_device_kv_gb: float = setting(
+        1.0,
+        "engine on a CPU device: the KV space of the CPU standing in for a GPU, which has no "
+        "device memory to measure (as VLLM_CPU_KVCACHE_SPACE in vLLM's CPU backend)",
+        unit="GB",
+        low=0,
+        low_open=True,
+    )
 
-    @property
-    def cpu_tokens(self) -> int:
-        return self.num_cpu_blocks * self.block_size
+    def __post_init__(self) -> None:
+        check(self, "KV cache settings")
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """The memory KV pools are carved from, in bytes.
+
+    `device_bytes` is all GPUs of the tensor-parallel group together; None means a CPU device
+    standing in for a GPU (the engine on a CPU-only machine). `resident_bytes` is what is
+    already there before any KV: weights, and on a real device the runtime's own use.
+    """
+
+    device_bytes: float | None
+    resident_bytes: float
+    host_bytes: float
+    tp: int = 1
+
+
+def memory_of_hardware(hardware: HardwareSpec, model: ModelSpec) -> DeviceMemory:
+    """The simulator's view: datasheet memory, the model's computed weight bytes."""
+    return DeviceMemory(
+        hardware.total_gpu_memory_bytes, model.weight_bytes, hardware.cpu.memory_bytes, hardware.tp
+    )
 
 
 def activation_reserve_bytes(model: ModelSpec, max_batch_tokens: int) -> float:
-    """Peak activations of one iteration: the MLP intermediates and logits dominate."""
+    """Peak activations of one iteration: the MLP intermediates and logits dominate, plus
+    0.5 GiB for the CUDA context and allocator slack. Per GPU."""
     per_token = (4 * model.hidden_size + 2 * model.intermediate_size) * model.dtype_bytes
-    return max_batch_tokens * per_token + 0.5 * GiB  # + CUDA context and allocator slack
+    return max_batch_tokens * per_token + 0.5 * GiB
 
 
-def default_capacity(
-    model: ModelSpec,
-    hardware: HardwareSpec,
-    block_size: int = 16,
-    max_batch_tokens: int = 4096,
-    gpu_blocks: int | None = None,
-    cpu_kv_bytes: float | None = None,
-) -> KVCapacity:
-    block_bytes = block_size * model.kv_bytes_per_token
+def device_kv_bytes(
+    model: ModelSpec, memory: DeviceMemory, kv: KVCacheSettings, max_batch_tokens: int
+) -> float:
+    """Bytes the device KV pool may take (before rounding to blocks)."""
+    if memory.device_bytes is None:
+        return kv.cpu_device_kv_gb * GB
+    return (
+        memory.device_bytes * kv.gpu_memory_utilization
+        - memory.resident_bytes
+        - memory.tp * activation_reserve_bytes(model, max_batch_tokens)
+    )
+
+
+def host_kv_bytes(memory: DeviceMemory, kv: KVCacheSettings) -> float:
+    if kv.cpu_kv_gb is not None:
+        return kv.cpu_kv_gb * GB
+    return memory.host_bytes * kv.host_kv_fraction
+
+
+def resolve_pools(
+    config: SchedulerConfig, kv: KVCacheSettings, model: ModelSpec, memory: DeviceMemory
+) -> SchedulerConfig:
+    """`config` with its unset pool sizes computed from memory; explicit counts are kept."""
+    block_bytes = config.block_size * model.kv_bytes_per_token
+    gpu_blocks = config.num_gpu_blocks
     if gpu_blocks is None:
-        free = (
-            hardware.total_gpu_memory_bytes * GPU_MEMORY_UTILIZATION
-            - model.weight_bytes
-            - hardware.tp * activation_reserve_bytes(model, max_batch_tokens)
-        )
+        free = device_kv_bytes(model, memory, kv, config.max_batch_tokens)
         if free < block_bytes:
             raise NeoError(
-                f"{model.name} ({model.weight_bytes / GiB:.1f} GiB of weights) leaves no room for "
-                f"KV cache on {hardware.name}; give --gpu-kv-blocks or a bigger host"
+                f"{model.name} ({memory.resident_bytes / GiB:.1f} GiB resident) leaves no room "
+                "for KV cache in device memory; give --gpu-kv-blocks or a bigger device"
             )
         gpu_blocks = int(free // block_bytes)
-    if cpu_kv_bytes is None:
-        cpu_kv_bytes = hardware.cpu.memory_bytes * HOST_KV_FRACTION
-    if gpu_blocks < 0 or cpu_kv_bytes < 0:
-        raise NeoError("KV capacities must be >= 0")
-    return KVCapacity(int(gpu_blocks), int(cpu_kv_bytes // block_bytes), block_size)
+    cpu_blocks = config.num_cpu_blocks
+    if cpu_blocks is None:
+        cpu_blocks = int(host_kv_bytes(memory, kv) // block_bytes)
+    return dataclasses.replace(config, num_gpu_blocks=gpu_blocks, num_cpu_blocks=cpu_blocks)

@@ -10,47 +10,62 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from neo_sim.capacity import default_capacity
+from neo_sim import settings
+from neo_sim.capacity import KVCacheSettings, memory_of_hardware, resolve_pools
 from neo_sim.catalog import Target, resolve_target
-from neo_sim.errors import NeoError
 from neo_sim.metrics import SLO
-from neo_sim.scheduler import SchedulerConfig
+from neo_sim.scheduler import POLICIES, SchedulerConfig
+from neo_sim.settings import check, setting
 from neo_sim.simulator import SimResult, simulate
-from neo_sim.units import GB
-from neo_sim.workload import RequestSpec, from_trace, synthetic
+from neo_sim.workload import RequestSpec, WorkloadSettings, build_workload
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    hardware: str
-    model: str | None
-    policy: str = "neo"
-    workload: str = "synthetic"  # or "trace:PATH"
-    rate: float = math.inf
-    num_requests: int | None = 200  # None: the whole trace
-    input_len: int = 370
-    output_len: int = 45
-    burstiness: float = 1.0
-    seed: int = 0
-    gpu_kv_blocks: int | None = None
-    cpu_kv_gb: float | None = None
-    block_size: int = 16
-    max_batch_tokens: int = 4096
-    max_batch_size: int = 256
-    max_num_seqs: int = 512
-    max_cpu_wait_steps: int = 256
-    noise: float = 0.0
-    slo_ttft_s: float | None = None
-    slo_tpot_s: float | None = None
-    timeline_iterations: int = 0
+    """Every setting of one simulation run; `neo-sim`'s flags are generated from it."""
+
+    hardware: str = setting(
+        help="hardware preset (t4, a10g-g5.4xlarge, h100, ...) or a profile JSON file"
+    )
+    model: str | None = setting(
+        None,
+        "model preset (llama-2-7b, ...), dummy:PRESET, or an HF config.json path; optional "
+        "with a profile file",
+    )
+    policy: str = setting("neo", "scheduling policy", choices=tuple(POLICIES))
+    noise: float = setting(0.0, "log-normal sigma of per-task time noise (0: deterministic)", low=0)
+    slo_ttft_s: float | None = setting(
+        None, "TTFT SLO for goodput", unit="s", low=0, low_open=True, flag="slo-ttft"
+    )
+    slo_tpot_s: float | None = setting(
+        None, "TPOT SLO for goodput", unit="s", low=0, low_open=True, flag="slo-tpot"
+    )
+    timeline_iterations: int = setting(
+        40, "iterations whose lane events are recorded for plots and traces", low=0
+    )
+    requests: WorkloadSettings = field(default_factory=WorkloadSettings)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    kv: KVCacheSettings = field(default_factory=KVCacheSettings)
+
+    def __post_init__(self) -> None:
+        check(self, "run")
+
+    @classmethod
+    def of(cls, **flat: Any) -> RunSpec:
+        """A spec from flat settings (`RunSpec.of(hardware="t4", rate=2, gpu_kv_blocks=54)`)."""
+        return settings.build(cls, flat)
 
     def with_(self, **changes: Any) -> RunSpec:
-        return dataclasses.replace(self, **changes)
+        """A copy with flat settings changed, wherever they live."""
+        return settings.replace(self, **changes)
+
+    def flat(self) -> dict[str, Any]:
+        return settings.flatten(self)
 
 
 @dataclass
@@ -62,38 +77,10 @@ class RunOutput:
     result: SimResult
 
 
-def build_workload(spec: RunSpec) -> list[RequestSpec]:
-    if spec.workload == "synthetic":
-        n = spec.num_requests or 200
-        return synthetic(n, spec.rate, spec.input_len, spec.output_len, spec.seed, spec.burstiness)
-    if spec.workload.startswith("trace:"):
-        rate = None if spec.rate is None else spec.rate
-        return from_trace(
-            spec.workload[len("trace:") :], spec.num_requests, rate, spec.seed, spec.burstiness
-        )
-    raise NeoError(f"--workload must be 'synthetic' or 'trace:PATH', got {spec.workload!r}")
-
-
 def scheduler_config(spec: RunSpec, target: Target) -> SchedulerConfig:
-    if spec.cpu_kv_gb is not None and spec.cpu_kv_gb < 0:
-        raise NeoError(f"--cpu-kv-gb must be >= 0, got {spec.cpu_kv_gb}")
-    cpu_bytes = None if spec.cpu_kv_gb is None else spec.cpu_kv_gb * GB
-    capacity = default_capacity(
-        target.model,
-        target.hardware,
-        spec.block_size,
-        spec.max_batch_tokens,
-        spec.gpu_kv_blocks,
-        cpu_bytes,
-    )
-    return SchedulerConfig(
-        num_gpu_blocks=capacity.num_gpu_blocks,
-        num_cpu_blocks=capacity.num_cpu_blocks,
-        block_size=spec.block_size,
-        max_batch_size=spec.max_batch_size,
-        max_num_seqs=spec.max_num_seqs,
-        max_batch_tokens=spec.max_batch_tokens,
-        max_cpu_wait_steps=spec.max_cpu_wait_steps,
+    """The run's scheduler config with its KV pools sized from the target's memory."""
+    return resolve_pools(
+        spec.scheduler, spec.kv, target.model, memory_of_hardware(target.hardware, target.model)
     )
 
 
@@ -101,14 +88,14 @@ def execute(spec: RunSpec, workload: list[RequestSpec] | None = None) -> RunOutp
     """Simulate one run; `workload` lets several policies share the very same arrivals."""
     target = resolve_target(spec.hardware, spec.model)
     config = scheduler_config(spec, target)
-    requests = workload if workload is not None else build_workload(spec)
+    requests = workload if workload is not None else build_workload(spec.requests)
     result = simulate(
         spec.policy,
         config,
         target.cost,
         requests,
         noise=spec.noise,
-        seed=spec.seed,
+        seed=spec.requests.seed,
         record_timeline=spec.timeline_iterations,
     )
     slo = None
@@ -120,7 +107,7 @@ def execute(spec: RunSpec, workload: list[RequestSpec] | None = None) -> RunOutp
         "hardware": target.hardware.name,
         "model": target.model.name,
         "cost_model": target.cost.description,
-        "rate": spec.rate,
+        "rate": math.inf if spec.requests.rate is None else spec.requests.rate,
         "gpu_kv_blocks": config.num_gpu_blocks,
         "cpu_kv_blocks": config.num_cpu_blocks,
     }
@@ -128,9 +115,17 @@ def execute(spec: RunSpec, workload: list[RequestSpec] | None = None) -> RunOutp
     return RunOutput(spec, summary, frame, iterations, result)
 
 
+def resolved_config(out: RunOutput) -> dict[str, Any]:
+    """config.json of a run: every setting by its dataclass field name, pools resolved."""
+    data = dataclasses.asdict(out.spec)
+    data["scheduler"]["num_gpu_blocks"] = out.summary["gpu_kv_blocks"]
+    data["scheduler"]["num_cpu_blocks"] = out.summary["cpu_kv_blocks"]
+    return data
+
+
 def execute_summary(spec: RunSpec) -> dict[str, Any]:
     """What a sweep worker returns: the run's settings and its summary, one flat row."""
-    out = execute(spec)
-    row = {k: v for k, v in dataclasses.asdict(spec).items() if k != "timeline_iterations"}
+    out = execute(spec.with_(timeline_iterations=0))  # a sweep row keeps no lane events
+    row = {k: v for k, v in spec.flat().items() if k != "timeline_iterations"}
     row.update(out.summary)
     return row

@@ -1,13 +1,12 @@
 """Run many simulations: a grid of run settings, on local processes or a dask cluster.
 
-A grid maps RunSpec field names to a value or a list of values; the sweep runs their cartesian
-product. Results come back as one tidy row per run (settings + summary), in grid order whatever
-order they finished in.
+A grid maps RunSpec setting names (flat: `rate`, `gpu_kv_blocks`, `policy`, ...) to a value or
+a list of values; the sweep runs their cartesian product. Results come back as one tidy row per
+run (settings + summary), in grid order whatever order they finished in.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import os
@@ -17,17 +16,17 @@ from typing import Any
 
 import pandas as pd
 
+from neo_sim import settings
 from neo_sim.errors import NeoError
 from neo_sim.runs import RunSpec, execute_summary
 
-FIELDS = {f.name for f in dataclasses.fields(RunSpec)}
-
 
 def expand_grid(base: RunSpec, grid: Mapping[str, Any]) -> list[RunSpec]:
-    unknown = set(grid) - FIELDS
+    known = settings.names(RunSpec)
+    unknown = set(grid) - set(known)
     if unknown:
         raise NeoError(
-            f"sweep grid: unknown setting(s) {sorted(unknown)}; use {', '.join(sorted(FIELDS))}"
+            f"sweep grid: unknown setting(s) {sorted(unknown)}; use {', '.join(sorted(known))}"
         )
     keys = list(grid)
     values = [v if isinstance(v, (list, tuple)) else [v] for v in grid.values()]

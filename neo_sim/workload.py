@@ -1,10 +1,10 @@
 """Request streams: arrival times and lengths, seeded and reproducible.
 
-Arrivals follow vLLM's serving benchmark (DESIGN.md section 5): gaps are gamma-distributed with
-shape `burstiness` (1 = Poisson) and mean 1/rate, and the cumulative times are rescaled so that
-the last request arrives at exactly N/rate seconds. `rate = inf` sends everything at t = 0
-(offline throughput). Lengths are fixed, uniform in [0.9 L, 1.1 L] (the paper's synthetic
-workloads), or read from a trace.
+Arrivals follow vLLM's serving benchmark (docs/architecture.md, "Conventions"): gaps are
+gamma-distributed with shape `burstiness` (1 = Poisson) and mean 1/rate, and the cumulative
+times are rescaled so that the last request arrives at exactly N/rate seconds. `rate = inf`
+sends everything at t = 0 (offline throughput). Lengths are fixed, uniform in [0.9 L, 1.1 L]
+(the paper's synthetic workloads), or read from a trace.
 
 Trace files are CSV with columns `num_prefill_tokens,num_decode_tokens` and an optional
 `arrived_at` (seconds), the format of the public Azure LLM inference traces. With arrival times
@@ -22,6 +22,67 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neo_sim.errors import NeoError
+from neo_sim.settings import check, setting
+
+SYNTHETIC_REQUESTS = 200  # requests of a synthetic workload when --num-requests is unset
+
+
+def rate_value(text: str) -> float:
+    """A positive rate in req/s from text, or 'inf' (everything at t = 0)."""
+    if text.lower() in ("inf", "infinite", "offline"):
+        return math.inf
+    return float(text)
+
+
+@dataclass(frozen=True)
+class WorkloadSettings:
+    """What requests a run serves: their source, arrival rate and lengths."""
+
+    workload: str = setting(
+        "synthetic",
+        "'synthetic' (uniform lengths around --input-len/--output-len) or 'trace:PATH' "
+        "(CSV: num_prefill_tokens,num_decode_tokens[,arrived_at])",
+    )
+    rate: float | None = setting(
+        None,
+        "mean arrival rate, or 'inf' for all at once; unset: inf for synthetic, the trace's own "
+        "times for a timed trace",
+        unit="req/s",
+        low=0,
+        low_open=True,
+        parse=rate_value,
+    )
+    num_requests: int | None = setting(
+        None,
+        f"requests to serve; unset: {SYNTHETIC_REQUESTS} synthetic, or the whole trace",
+        unit="requests",
+        low=1,
+    )
+    input_len: int = setting(370, "mean prompt length (synthetic)", unit="tokens", low=1)
+    output_len: int = setting(45, "mean output length (synthetic)", unit="tokens", low=1)
+    burstiness: float = setting(
+        1.0, "gamma shape of arrival gaps: 1 = Poisson, < 1 burstier", low=0, low_open=True
+    )
+    seed: int = setting(0, "random seed of arrivals, lengths and timing noise")
+
+    def __post_init__(self) -> None:
+        check(self, "workload")
+        if not (self.workload == "synthetic" or self.workload.startswith("trace:")):
+            raise NeoError(f"--workload must be 'synthetic' or 'trace:PATH', got {self.workload!r}")
+
+    @property
+    def trace_path(self) -> str | None:
+        return self.workload[len("trace:") :] if self.workload.startswith("trace:") else None
+
+
+def build_workload(settings: WorkloadSettings) -> list[RequestSpec]:
+    """The requests `settings` describe (seeded: the same settings give the same requests)."""
+    s = settings
+    if s.trace_path is None:
+        rate = math.inf if s.rate is None else s.rate
+        n = s.num_requests or SYNTHETIC_REQUESTS
+        return synthetic(n, rate, s.input_len, s.output_len, s.seed, s.burstiness)
+    return from_trace(s.trace_path, s.num_requests, s.rate, s.seed, s.burstiness)
 
 
 @dataclass(frozen=True)

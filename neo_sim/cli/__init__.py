@@ -1,7 +1,9 @@
 """`neo-sim`: what-if runs, policy comparisons, sweeps and cost-model inspection.
 
 Each subcommand lives in its own module with `add_parser(subparsers)` and `run(args) -> int`.
-User mistakes raise NeoError anywhere below; `main` prints them as one line and exits 2.
+Packages that build on neo_sim add commands through the `neo_sim.commands` entry-point group
+(the engine adds `validate`), so that neo_sim never imports them. User mistakes raise NeoError
+anywhere below; `main` prints them as one line and exits 2.
 """
 
 from __future__ import annotations
@@ -9,12 +11,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from importlib.metadata import entry_points
 
 from neo_sim import __version__
-from neo_sim.cli import compare, cost, plan, run, sweep, validate
+from neo_sim.cli import compare, cost, plan, run, sweep
 from neo_sim.errors import NeoError
 
-COMMANDS = [run, compare, sweep, plan, cost, validate]
+COMMANDS = [run, compare, sweep, plan, cost]
+PLUGIN_GROUP = "neo_sim.commands"
+
+
+def plugin_commands() -> list:
+    """Command modules other packages register (pyproject `[project.entry-points]`)."""
+    return [ep.load() for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name)]
 
 EPILOG = """examples:
   neo-sim compare --hardware t4 --model llama-2-7b --policies gpu-only,neo
@@ -34,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"neo-sim {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
+    for command in COMMANDS + plugin_commands():
         command.add_parser(sub)
     return parser
 

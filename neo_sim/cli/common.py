@@ -7,204 +7,54 @@ import json
 from pathlib import Path
 from typing import Any
 
-from neo_sim.catalog import Target, resolve_target
+from neo_sim import settings
 from neo_sim.errors import NeoError
-from neo_sim.scheduler import POLICIES, SchedulerConfig
+from neo_sim.runs import RunSpec
+from neo_sim.scheduler import POLICIES
+
+# Settings of the engine alone: the simulator never runs on a CPU device.
+SIM_SKIP = ("cpu_device_kv_gb",)
 
 
-def _number(kind: type, minimum: float, strict: bool):
-    """An argparse type: `kind` parsed from text, > minimum (strict) or >= minimum."""
-    noun = "an integer" if kind is int else "a number"
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        if (strict and not value > minimum) or (not strict and not value >= minimum):
-            raise argparse.ArgumentTypeError(
-                f"must be {'>' if strict else '>='} {minimum:g}, got {value}"
-            )
-        return value
-
-    return parse
+def add_run_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Flags for every RunSpec setting (generated from the dataclasses, defaults included)."""
+    settings.add_arguments(p, RunSpec, skip=SIM_SKIP + skip)
 
 
-positive_int = _number(int, 0, strict=True)
-nonneg_int = _number(int, 0, strict=False)
-positive_float = _number(float, 0, strict=True)
+def run_spec_from_args(args: argparse.Namespace, **overrides: Any) -> RunSpec:
+    """The RunSpec the flags describe; `overrides` are flat settings the command fixes."""
+    return settings.from_args(RunSpec, args, **overrides)
 
 
-def add_target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--hardware",
-        required=True,
-        help="hardware preset (t4, a10g-g5.4xlarge, h100, ...) or a profile JSON file",
-    )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="model preset (llama-2-7b, ...), dummy:PRESET, or an HF config.json path; "
-        "optional with a profile file",
-    )
+def positive_int(text: str) -> int:
+    """An argparse type for the commands' own counts (workers, steps, batch)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
-def add_capacity_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--gpu-kv-blocks",
-        type=nonneg_int,
-        default=None,
-        help="GPU KV pool in blocks (default: from GPU memory minus weights)",
-    )
-    p.add_argument(
-        "--cpu-kv-gb",
-        type=float,
-        default=None,
-        help="host KV pool in GB (default: half of host memory)",
-    )
-    p.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block")
-    p.add_argument(
-        "--max-cpu-wait-steps",
-        type=positive_int,
-        default=64,
-        help="neo: iterations a CPU-resident request may wait before it is forced "
-        "into the next plan (default 64; larger favours throughput)",
-    )
-    p.add_argument(
-        "--max-batch-tokens",
-        type=positive_int,
-        default=4096,
-        help="tokens per iteration (default 4096)",
-    )
-    p.add_argument(
-        "--max-batch-size",
-        type=positive_int,
-        default=256,
-        help="sequences per iteration (default 256)",
-    )
-    p.add_argument(
-        "--max-num-seqs",
-        type=positive_int,
-        default=512,
-        help="requests resident on GPU or CPU (default 512)",
-    )
-
-
-def add_output_args(p: argparse.ArgumentParser) -> None:
+def add_output_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, default=None, help="directory for results")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
-def policy_name(text: str) -> str:
-    if text not in POLICIES:
-        raise argparse.ArgumentTypeError(
-            f"unknown policy {text!r}: use one of {', '.join(POLICIES)}"
-        )
-    return text
-
-
-def target_from_args(args: argparse.Namespace) -> Target:
-    return resolve_target(args.hardware, args.model)
-
-
-def config_from_args(args: argparse.Namespace, target: Target) -> SchedulerConfig:
-    """The scheduler config the capacity flags describe (shared with `neo_sim.runs`)."""
-    from neo_sim.runs import RunSpec, scheduler_config
-
-    spec = RunSpec(args.hardware, args.model, **capacity_fields(args))
-    return scheduler_config(spec, target)
-
-
-def capacity_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The RunSpec fields that `add_capacity_args` flags set."""
-    names = (
-        "gpu_kv_blocks",
-        "cpu_kv_gb",
-        "block_size",
-        "max_batch_tokens",
-        "max_batch_size",
-        "max_num_seqs",
-        "max_cpu_wait_steps",
-    )
-    return {name: getattr(args, name) for name in names}
+def parse_policies(text: str) -> list[str]:
+    """A comma-separated list of policy names; NeoError naming an unknown one."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise NeoError("--policies is empty")
+    for name in names:
+        if name not in POLICIES:
+            raise NeoError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
+    return names
 
 
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def rate_value(text: str) -> float:
-    """A positive rate in req/s, or 'inf' (everything at t = 0)."""
-    if text.lower() in ("inf", "infinite", "offline"):
-        return float("inf")
-    return positive_float(text)
-
-
-def add_workload_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--workload",
-        default="synthetic",
-        help="'synthetic' (uniform lengths around --input-len/--output-len) or "
-        "'trace:PATH' (CSV: num_prefill_tokens,num_decode_tokens[,arrived_at])",
-    )
-    p.add_argument(
-        "--rate",
-        type=rate_value,
-        default=None,
-        help="mean arrival rate in req/s, or 'inf' for all at once (default: inf for "
-        "synthetic; the trace's own times for a timed trace)",
-    )
-    p.add_argument(
-        "--num-requests",
-        type=positive_int,
-        default=None,
-        help="requests to simulate (default 200; a trace: all of it)",
-    )
-    p.add_argument("--input-len", type=positive_int, default=370, help="mean prompt tokens")
-    p.add_argument("--output-len", type=positive_int, default=45, help="mean output tokens")
-    p.add_argument(
-        "--burstiness",
-        type=positive_float,
-        default=1.0,
-        help="gamma shape of arrival gaps; 1 = Poisson, < 1 burstier",
-    )
-    p.add_argument(
-        "--noise",
-        type=float,
-        default=0.0,
-        help="log-normal sigma of per-task time noise (default 0: deterministic)",
-    )
-    p.add_argument("--slo-ttft", type=positive_float, default=None, help="TTFT SLO (s) for goodput")
-    p.add_argument("--slo-tpot", type=positive_float, default=None, help="TPOT SLO (s) for goodput")
-
-
-def run_spec_from_args(args: argparse.Namespace, **overrides):
-    from neo_sim.runs import RunSpec
-
-    is_trace = args.workload.startswith("trace:")
-    n = args.num_requests if args.num_requests is not None else (None if is_trace else 200)
-    rate = args.rate if args.rate is not None else (None if is_trace else float("inf"))
-    if args.noise < 0:
-        raise NeoError(f"--noise must be >= 0, got {args.noise}")
-    values = dict(
-        hardware=args.hardware,
-        model=args.model,
-        policy=getattr(args, "policy", "neo"),
-        workload=args.workload,
-        rate=rate,
-        num_requests=n,
-        input_len=args.input_len,
-        output_len=args.output_len,
-        burstiness=args.burstiness,
-        seed=args.seed,
-        **capacity_fields(args),
-        noise=args.noise,
-        slo_ttft_s=args.slo_ttft,
-        slo_tpot_s=args.slo_tpot,
-    )
-    values.update(overrides)
-    return RunSpec(**values)
 
 
 SUMMARY_ROWS = [

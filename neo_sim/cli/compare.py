@@ -13,8 +13,8 @@ import pandas as pd
 
 from neo_sim.cli import common
 from neo_sim.cli.run import write_run
-from neo_sim.errors import NeoError
-from neo_sim.runs import build_workload, execute
+from neo_sim.runs import execute
+from neo_sim.workload import build_workload
 
 
 def add_parser(sub) -> None:
@@ -26,38 +26,24 @@ def add_parser(sub) -> None:
         epilog="example:\n  neo-sim compare --hardware t4 --model llama-2-7b "
         "--policies gpu-only,neo --output runs/t4",
     )
-    common.add_target_args(p)
     p.add_argument(
         "--policies",
         default="gpu-only,neo",
         help="comma-separated policies; the first is the baseline for ratios",
     )
-    common.add_workload_args(p)
-    common.add_capacity_args(p)
-    common.add_output_args(p)
+    common.add_run_args(p, skip=("policy",))
+    common.add_output_arg(p)
     p.set_defaults(run=run)
 
 
-def parse_policies(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise NeoError("--policies is empty")
-    for name in names:
-        try:
-            common.policy_name(name)
-        except argparse.ArgumentTypeError as exc:
-            raise NeoError(str(exc)) from None
-    return names
-
-
 def run(args: argparse.Namespace) -> int:
-    names = parse_policies(args.policies)
-    base = common.run_spec_from_args(args, timeline_iterations=40 if args.output else 0)
-    workload = build_workload(base)
+    names = common.parse_policies(args.policies)
+    base = common.run_spec_from_args(args)
+    workload = build_workload(base.requests)
     outputs = {name: execute(base.with_(policy=name), workload) for name in names}
     first = next(iter(outputs.values())).summary
     print(
-        f"{len(workload)} requests at rate {base.rate} on {first['hardware']} with "
+        f"{len(workload)} requests at rate {first['rate']} on {first['hardware']} with "
         f"{first['model']}; cost model: {first['cost_model']}"
     )
     print(f"KV pools: GPU {first['gpu_kv_blocks']} blocks, CPU {first['cpu_kv_blocks']} blocks")
@@ -80,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             x="variable",
             y="value",
             group="policy",
-            title=f"{first['model']} on {first['hardware']}, rate {base.rate}",
+            title=f"{first['model']} on {first['hardware']}, rate {first['rate']}",
         )
         plots.save_html(fig, args.output / "compare.html")
         print(f"results in {args.output}/ (compare.csv, compare.html, one folder per policy)")

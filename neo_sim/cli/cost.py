@@ -10,11 +10,14 @@ also how each value was obtained (interpolated / extrapolated / scaled). Sizes a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
+from neo_sim.catalog import resolve_target
 from neo_sim.cli import common
 from neo_sim.errors import NeoError
 from neo_sim.profiled import ProfiledCostModel
+from neo_sim.runs import RunSpec
 
 OPS = (
     "linear",
@@ -35,7 +38,8 @@ def add_parser(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_target_args(p)
+    p.add_argument("--hardware", required=True, help=_field_help("hardware"))
+    p.add_argument("--model", default=None, help=_field_help("model"))
     p.add_argument("--op", required=True, choices=OPS)
     p.add_argument("--sizes", default="1,16,256,4096", help="comma-separated sizes")
     p.add_argument(
@@ -44,8 +48,12 @@ def add_parser(sub) -> None:
         default=1,
         help="requests, for the decode ops (default 1)",
     )
-    common.add_output_args(p)
+    common.add_output_arg(p)
     p.set_defaults(run=run)
+
+
+def _field_help(name: str) -> str:
+    return next(f for f in dataclasses.fields(RunSpec) if f.name == name).metadata["help"]
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -59,7 +67,7 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    target = common.target_from_args(args)
+    target = resolve_target(args.hardware, args.model)
     sizes = parse_sizes(args.sizes)
     cost, op = target.cost, args.op
     result = {"op": op, "sizes": sizes, "cost_model": target.cost.description}

@@ -1,18 +1,20 @@
 """`neo-sim plan`: show what a policy would run, iteration by iteration, for a queue.
 
-A queue of `--requests` prompts (lengths uniform in [0.9 L, 1.1 L]) arrives at once; the command
-steps the scheduler `--steps` times, pricing each plan with the cost model as its clock, and
-prints every plan: sub-batches, placements, swaps, slack and predicted time.
+The run's requests (the same workload flags as `neo-sim run`) are all queued at once; the
+command steps the scheduler `--steps` times, pricing each plan with the cost model as its
+clock, and prints every plan: sub-batches, placements, swaps, slack and predicted time.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 
+from neo_sim.catalog import resolve_target
 from neo_sim.cli import common
+from neo_sim.runs import scheduler_config
 from neo_sim.scheduler import Mode, Request, make_policy
+from neo_sim.workload import build_workload
 
 
 def add_parser(sub) -> None:
@@ -22,28 +24,28 @@ def add_parser(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common.add_target_args(p)
-    p.add_argument("--policy", type=common.policy_name, default="neo")
-    p.add_argument("--requests", type=common.positive_int, default=64, help="queued requests")
-    p.add_argument("--input-len", type=common.positive_int, default=400, help="mean prompt tokens")
-    p.add_argument("--output-len", type=common.positive_int, default=50, help="mean output tokens")
-    p.add_argument("--steps", type=common.positive_int, default=10, help="iterations to show")
-    common.add_capacity_args(p)
-    common.add_output_args(p)
+    common.add_run_args(p, skip=_UNUSED)
+    p.add_argument(
+        "--steps", type=common.positive_int, default=10, help="iterations to show (default 10)"
+    )
+    common.add_output_arg(p)
     p.set_defaults(run=run)
 
 
+# Run settings that do not shape plans: arrivals (all are queued at once) and the clock.
+_UNUSED = ("rate", "burstiness", "noise", "slo_ttft_s", "slo_tpot_s", "timeline_iterations")
+
+
 def run(args: argparse.Namespace) -> int:
-    target = common.target_from_args(args)
-    config = common.config_from_args(args, target)
-    policy = make_policy(args.policy, config, target.cost)
-    rng = random.Random(args.seed)
+    spec = common.run_spec_from_args(args)
+    target = resolve_target(spec.hardware, spec.model)
+    config = scheduler_config(spec, target)
+    policy = make_policy(spec.policy, config, target.cost)
     policy.add(
-        Request(i, _around(rng, args.input_len), _around(rng, args.output_len))
-        for i in range(args.requests)
+        Request(r.request_id, r.prompt_len, r.output_len) for r in build_workload(spec.requests)
     )
     print(
-        f"{args.policy} on {target.hardware.name} with {target.model.name}; "
+        f"{spec.policy} on {target.hardware.name} with {target.model.name}; "
         f"cost model: {target.cost.description}"
     )
     bs = config.block_size
@@ -69,9 +71,5 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.output:
         common.write_json(args.output / "plans.json", [dataclasses.asdict(p) for p in shown])
-        common.write_json(args.output / "config.json", vars(args) | {"run": None})
+        common.write_json(args.output / "config.json", dataclasses.asdict(spec))
     return 0
-
-
-def _around(rng: random.Random, mean: int) -> int:
-    return max(1, round(rng.uniform(0.9 * mean, 1.1 * mean)))

@@ -8,10 +8,9 @@ plots (lanes timeline of the first iterations, batch composition over time).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from neo_sim.cli import common
-from neo_sim.runs import RunOutput, execute
+from neo_sim.runs import RunOutput, execute, resolved_config
 
 
 def add_parser(sub) -> None:
@@ -23,33 +22,25 @@ def add_parser(sub) -> None:
         epilog="example:\n  neo-sim run --hardware t4 --model llama-2-7b "
         "--policy neo --rate 2 --num-requests 500 --output runs/t4-neo",
     )
-    common.add_target_args(p)
-    p.add_argument("--policy", type=common.policy_name, default="neo")
-    common.add_workload_args(p)
-    common.add_capacity_args(p)
-    common.add_output_args(p)
+    common.add_run_args(p)
+    common.add_output_arg(p)
     p.add_argument(
         "--trace-events",
         default=None,
         help="write a Chrome trace-event JSON of the lanes (open in Perfetto)",
     )
-    p.add_argument(
-        "--timeline-iterations",
-        type=common.nonneg_int,
-        default=40,
-        help="iterations whose lane events are recorded for plots/trace (default 40)",
-    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = common.run_spec_from_args(args, timeline_iterations=args.timeline_iterations)
+    spec = common.run_spec_from_args(args)
     out = execute(spec)
     s = out.summary
     print(f"{spec.policy} on {s['hardware']} with {s['model']}; cost model: {s['cost_model']}")
     print(
         f"KV pools: GPU {s['gpu_kv_blocks']} blocks, CPU {s['cpu_kv_blocks']} blocks "
-        f"(block size {spec.block_size}); {int(s['num_requests'])} requests at rate {spec.rate}"
+        f"(block size {spec.scheduler.block_size}); {int(s['num_requests'])} requests at rate "
+        f"{s['rate']}"
     )
     if s["rejected"]:
         print(f"warning: {int(s['rejected'])} requests can never fit and were rejected")
@@ -69,7 +60,7 @@ def write_run(out: RunOutput, directory, prefix: str = "") -> None:
 
     directory.mkdir(parents=True, exist_ok=True)
     common.write_json(directory / f"{prefix}summary.json", out.summary)
-    common.write_json(directory / f"{prefix}config.json", dataclasses.asdict(out.spec))
+    common.write_json(directory / f"{prefix}config.json", resolved_config(out))
     out.requests.to_csv(directory / f"{prefix}requests.csv", index=False)
     out.iterations.to_csv(directory / f"{prefix}iterations.csv", index=False)
     if out.result.timeline:

@@ -16,14 +16,22 @@ Runs go to a local process pool by default (--workers N), or to a dask cluster w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tomllib
 
 from tqdm import tqdm
 
 from neo_sim.cli import common
-from neo_sim.cli.compare import parse_policies
 from neo_sim.errors import NeoError
 from neo_sim.sweeps import expand_grid, run_sweep
+from neo_sim.workload import rate_value
+
+
+def _rate(text: str) -> float:
+    try:
+        return rate_value(text)
+    except ValueError:
+        raise NeoError(f"--rates: expected numbers or 'inf', got {text!r}") from None
 
 
 def add_parser(sub) -> None:
@@ -36,16 +44,14 @@ def add_parser(sub) -> None:
         "--policies gpu-only,neo --rates 0.5,1,2,4 --output runs/sweep",
     )
     p.add_argument("--hardware", default=None, help="preset(s) or profile(s), comma-separated")
-    p.add_argument("--model", default=None)
     p.add_argument("--policies", default="gpu-only,neo")
     p.add_argument("--rates", default=None, help="comma-separated req/s values ('inf' allowed)")
     p.add_argument("--grid", default=None, help="TOML file of settings -> value or list")
     p.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
     p.add_argument("--workers", type=common.positive_int, default=None)
     p.add_argument("--dask-address", default=None, help="scheduler address of a dask cluster")
-    common.add_workload_args(p)
-    common.add_capacity_args(p)
-    common.add_output_args(p)
+    common.add_run_args(p, skip=("hardware", "policy"))
+    common.add_output_arg(p)
     p.set_defaults(run=run)
 
 
@@ -62,9 +68,9 @@ def build_grid(args: argparse.Namespace) -> dict:
     if args.hardware:
         grid["hardware"] = [h.strip() for h in args.hardware.split(",") if h.strip()]
     if args.policies and "policy" not in grid:
-        grid["policy"] = parse_policies(args.policies)
+        grid["policy"] = common.parse_policies(args.policies)
     if args.rates:
-        grid["rate"] = [common.rate_value(r.strip()) for r in args.rates.split(",") if r.strip()]
+        grid["rate"] = [_rate(r.strip()) for r in args.rates.split(",") if r.strip()]
     if "hardware" not in grid:
         raise NeoError("give --hardware or a 'hardware' entry in --grid")
     return grid
@@ -73,9 +79,7 @@ def build_grid(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     grid = build_grid(args)
     first_hw = grid["hardware"][0] if isinstance(grid["hardware"], list) else grid["hardware"]
-    base = common.run_spec_from_args(
-        argparse.Namespace(**{**vars(args), "hardware": first_hw, "policy": "neo"})
-    )
+    base = common.run_spec_from_args(args, hardware=first_hw)
     specs = expand_grid(base, grid)
     print(f"sweep: {len(specs)} runs on {args.executor} executor")
     frame = run_sweep(
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         frame.to_csv(args.output / "sweep.csv", index=False)
         common.write_json(
             args.output / "config.json",
-            {"grid": grid, "base": vars(args) | {"run": None, "output": str(args.output)}},
+            {"grid": grid, "base": dataclasses.asdict(base)},
         )
         one_host = frame["hardware"].nunique() == 1
         frame["series"] = frame["policy"] if one_host else frame["hardware"] + " " + frame["policy"]

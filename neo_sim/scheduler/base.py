@@ -23,39 +23,71 @@ from neo_sim.errors import NeoError
 from neo_sim.scheduler.kv import KVManager, blocks_for
 from neo_sim.scheduler.plan import Plan, Swap
 from neo_sim.scheduler.request import Request, RequestState
+from neo_sim.settings import check, setting
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """Capacities and budgets (DESIGN.md section 1, "State")."""
+    """Every scheduler setting: KV pools and per-iteration budgets (docs/architecture.md,
+    "Scheduler"). The single home of these defaults: the simulator's and the engine's flags are
+    generated from it.
 
-    num_gpu_blocks: int
-    num_cpu_blocks: int
-    block_size: int = 16
-    max_batch_size: int = 256  # sequences per iteration
-    max_num_seqs: int = 512  # request slots: requests resident on GPU or CPU
-    max_batch_tokens: int = 4096  # tokens per iteration
-    swap_in_watermark: float = 0.95  # swap CPU decodes back while GPU usage stays under this
-    cpu_prefill_min_tokens: int = 128  # NEO keeps at least this width when trimming CPU prefills
-    max_cpu_wait_steps: int = 256  # starvation bound: a CPU decode waits at most this many steps
-    chunked_prefill_tokens: int = 0  # gpu-only: 0 = whole prompts; else the token budget
+    The pool sizes may be left unset (None) in a configuration; `neo_sim.capacity` resolves them
+    from memory sizes before a policy is built.
+    """
+
+    num_gpu_blocks: int | None = setting(
+        None,
+        "GPU KV pool; unset: what device memory leaves after weights and activations",
+        unit="blocks",
+        low=0,
+        flag="gpu-kv-blocks",
+    )
+    num_cpu_blocks: int | None = setting(
+        None,
+        "host KV pool; unset: from --cpu-kv-gb, else a fraction of host memory",
+        unit="blocks",
+        low=0,
+        flag="cpu-kv-blocks",
+    )
+    block_size: int = setting(16, "tokens per KV block", unit="tokens", low=1)
+    max_batch_size: int = setting(256, "sequences per iteration", unit="sequences", low=1)
+    max_num_seqs: int = setting(
+        512, "request slots: requests resident on the GPU or the CPU", unit="requests", low=1
+    )
+    max_batch_tokens: int = setting(
+        4096, "tokens per iteration (a whole prompt must fit)", unit="tokens", low=1
+    )
+    swap_in_watermark: float = setting(
+        0.95,
+        "swap CPU decodes back while GPU KV usage stays under this fraction",
+        low=0,
+        high=1,
+        low_open=True,
+    )
+    cpu_prefill_min_tokens: int = setting(
+        128, "neo: width kept when trimming CPU-placed prefills", unit="tokens", low=0
+    )
+    max_cpu_wait_steps: int = setting(
+        256,
+        "neo: iterations a CPU-resident request may wait before it is forced into the next "
+        "plan (larger favours throughput)",
+        unit="iterations",
+        low=1,
+    )
+    chunked_prefill_tokens: int = setting(
+        0,
+        "gpu-only: prompt chunk budget per iteration, 0 = whole prompts (vllm-N sets N)",
+        unit="tokens",
+        low=0,
+    )
 
     def __post_init__(self) -> None:
-        checks = {
-            "num_gpu_blocks": self.num_gpu_blocks >= 0,
-            "num_cpu_blocks": self.num_cpu_blocks >= 0,
-            "block_size": self.block_size >= 1,
-            "max_batch_size": self.max_batch_size >= 1,
-            "max_num_seqs": self.max_num_seqs >= 1,
-            "max_batch_tokens": self.max_batch_tokens >= 1,
-            "swap_in_watermark": 0 < self.swap_in_watermark <= 1,
-            "cpu_prefill_min_tokens": self.cpu_prefill_min_tokens >= 0,
-            "max_cpu_wait_steps": self.max_cpu_wait_steps >= 1,
-            "chunked_prefill_tokens": self.chunked_prefill_tokens >= 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise NeoError(f"scheduler config: invalid {name} = {getattr(self, name)!r}")
+        check(self, "scheduler config")
+
+    @property
+    def pools_resolved(self) -> bool:
+        return self.num_gpu_blocks is not None and self.num_cpu_blocks is not None
 
 
 class Budget:
@@ -82,6 +114,11 @@ class Policy(ABC):
     name = "policy"
 
     def __init__(self, config: SchedulerConfig, cost: CostModel):
+        if not config.pools_resolved:
+            raise NeoError(
+                "scheduler config: KV pool sizes are unset; resolve them with "
+                "neo_sim.capacity.resolve_pools (or give num_gpu_blocks and num_cpu_blocks)"
+            )
         self.config = config
         self.cost = cost
         self.kv = KVManager(config.num_gpu_blocks, config.num_cpu_blocks, config.block_size)

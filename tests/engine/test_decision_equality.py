@@ -26,7 +26,7 @@ def test_simulator_and_engine_make_identical_plans(policy):
     cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
     workload = synthetic(40, rate=6.0, input_len=48, output_len=14, seed=3)
     engine = LLMEngine(
-        EngineConfig(
+        EngineConfig.of(
             "dummy:tiny",
             policy=policy,
             clock="predicted",

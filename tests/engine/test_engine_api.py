@@ -57,7 +57,7 @@ def test_seeded_sampling_is_reproducible_and_top_k_one_is_greedy(tiny):
 def pressured_engine() -> LLMEngine:
     """NEO with a 4-block GPU pool: most requests must live on the CPU."""
     return LLMEngine(
-        EngineConfig(
+        EngineConfig.of(
             "dummy:tiny",
             policy="neo",
             gpu_kv_blocks=4,
@@ -132,7 +132,7 @@ def test_cuda_request_without_a_gpu_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(NeoError, match="cuda"):
-        LLMEngine(EngineConfig("dummy:tiny", device="cuda"))
+        LLMEngine(EngineConfig.of("dummy:tiny", device="cuda"))
 
 
 def test_real_smollm2_matches_transformers(smollm2_dir):

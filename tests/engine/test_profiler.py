@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from neo_engine.profiler import ProfileGrids, main, measure, resolve_spec
+from neo_engine.config import LoadSettings
+from neo_engine.profiler import ProfileGrids, main, measure
 from neo_sim.profile import Provenance, load_profile, make_profile, save_profile
 from neo_sim.profiled import Lookup, ProfiledCostModel
 
@@ -21,7 +22,7 @@ def tiny_profile(tmp_path_factory):
     from neo_engine.local import probe_hardware
 
     device = torch.device("cpu")
-    spec = resolve_spec("dummy:tiny", device, None, None)
+    spec = LoadSettings("dummy:tiny").model_spec()
     samples, launch = measure(spec, device, TINY_GRIDS, passes=1)
     provenance = Provenance("measured", "2026-01-01", "test", "tiny grids")
     profile = make_profile("test-tiny", probe_hardware(device), spec, provenance, samples, launch)

@@ -20,7 +20,7 @@ def test_plan_prints_each_step(capsys):
                 "54",
                 "--max-batch-tokens",
                 "832",
-                "--requests",
+                "--num-requests",
                 "16",
                 "--steps",
                 "6",
@@ -128,10 +128,10 @@ def test_argparse_rejects_nonpositive_sizes():
             "t4",
             "--model",
             "tiny",
-            "--requests",
+            "--num-requests",
             "0",
         ],
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 2 and "must be > 0" in proc.stderr
+    assert proc.returncode == 2 and "must be >= 1" in proc.stderr

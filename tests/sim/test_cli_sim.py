@@ -69,7 +69,8 @@ def test_run_writes_summary_requests_plots_and_trace(tmp_path, capsys):
     lanes = {e["cat"] for e in events if e["ph"] == "X"}
     assert {"gpu"} <= lanes and all(e["dur"] >= 0 for e in events if e["ph"] == "X")
     config = json.loads((out / "config.json").read_text())
-    assert config["policy"] == "neo" and config["gpu_kv_blocks"] == 54
+    assert config["policy"] == "neo" and config["scheduler"]["num_gpu_blocks"] == 54
+    assert config["scheduler"]["num_cpu_blocks"] > 0  # resolved from memory, not left unset
 
 
 def test_compare_same_arrivals_and_ratios(tmp_path, capsys):

@@ -18,14 +18,16 @@ T4 = dict(gpu_kv_blocks=54, max_batch_tokens=832, cpu_kv_gb=20)
 
 
 def test_same_seed_same_summary_and_different_seed_differs():
-    spec = RunSpec("t4", "llama-2-7b", "neo", rate=3.0, num_requests=150, noise=0.05, **T4)
+    spec = RunSpec.of(
+        hardware="t4", model="llama-2-7b", rate=3.0, num_requests=150, noise=0.05, **T4
+    )
     a, b = execute(spec).summary, execute(spec).summary
     assert a == b
     assert execute(spec.with_(seed=1)).summary != a
 
 
 def test_every_request_completes_with_its_output_length():
-    out = execute(RunSpec("t4", "llama-2-7b", "neo", rate=4.0, num_requests=120, **T4))
+    out = execute(RunSpec.of(hardware="t4", model="llama-2-7b", rate=4.0, num_requests=120, **T4))
     done = out.requests
     assert (done["status"] == "finished").all()
     assert (done["num_tokens"] == done["output_len"]).all()
@@ -34,7 +36,7 @@ def test_every_request_completes_with_its_output_length():
 
 
 def test_neo_sustains_more_load_than_gpu_only_on_t4():
-    base = RunSpec("t4", "llama-2-7b", rate=4.0, num_requests=300, **T4)
+    base = RunSpec.of(hardware="t4", model="llama-2-7b", rate=4.0, num_requests=300, **T4)
     gpu = execute(base.with_(policy="gpu-only")).summary
     neo = execute(base.with_(policy="neo")).summary
     assert neo["throughput_req_s"] > 1.5 * gpu["throughput_req_s"]
@@ -105,7 +107,7 @@ def test_golden_summary(tmp_path):
     from pathlib import Path
 
     golden = Path(__file__).with_name("golden_t4_neo.json")
-    spec = RunSpec("t4", "llama-2-7b", "neo", rate=3.0, num_requests=200, seed=7, **T4)
+    spec = RunSpec.of(hardware="t4", model="llama-2-7b", rate=3.0, num_requests=200, seed=7, **T4)
     keys = [
         "completed",
         "throughput_req_s",
@@ -125,7 +127,7 @@ def test_golden_summary(tmp_path):
 
 
 def test_offline_workload_and_frames():
-    out = execute(RunSpec("a10g", "llama-3-8b", "neo", rate=math.inf, num_requests=50))
+    out = execute(RunSpec.of(hardware="a10g", model="llama-3-8b", rate=math.inf, num_requests=50))
     assert isinstance(out.requests, pd.DataFrame) and len(out.requests) == 50
     assert len(out.iterations) == out.summary["num_iterations"]
     assert set(

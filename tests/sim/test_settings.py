@@ -1,0 +1,157 @@
+"""One source per setting: flags are generated from the settings dataclasses, defaults match."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from neo_sim import settings
+from neo_sim.capacity import DeviceMemory, KVCacheSettings, memory_of_hardware, resolve_pools
+from neo_sim.cli import build_parser
+from neo_sim.errors import NeoError
+from neo_sim.hardware import PRESETS
+from neo_sim.model import PRESETS as MODELS
+from neo_sim.runs import RunSpec
+from neo_sim.scheduler import SchedulerConfig
+from neo_sim.units import GB, GiB
+
+# Flags of the commands themselves, not settings of a run (none of them repeats a setting).
+COMMAND_FLAGS = {
+    "help",
+    "output",
+    "trace_events",
+    "policies",
+    "rates",
+    "grid",
+    "executor",
+    "workers",
+    "dask_address",
+    "steps",
+    "op",
+    "sizes",
+    "batch",
+    "hardware",  # sweep: a comma-separated list
+    "run",
+}
+
+
+def value_at(obj, path: tuple[str, ...]):
+    for name in path:
+        obj = getattr(obj, name)
+    return obj
+
+
+def assert_flags_match(parser: argparse.ArgumentParser, defaults, extra: set[str]) -> int:
+    """Every flag of `parser` is a setting of `defaults`' class with the same default, or one
+    of the command's own flags. Returns how many settings were checked."""
+    known = settings.names(type(defaults))
+    checked = 0
+    for action in parser._actions:
+        if action.dest in extra:
+            continue
+        if action.dest in known:
+            expected = value_at(defaults, known[action.dest])
+            if action.required:
+                continue
+            assert action.default == expected, f"--{action.dest}: {action.default} != {expected}"
+            checked += 1
+        else:
+            raise AssertionError(f"--{action.dest} is neither a setting nor a command flag")
+    return checked
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "sweep", "plan"])
+def test_neo_sim_flags_are_the_run_settings_with_their_defaults(command):
+    parser = subparsers(build_parser())[command]
+    checked = assert_flags_match(parser, RunSpec.of(hardware="t4"), COMMAND_FLAGS)
+    assert checked >= 20  # workload, scheduler and KV settings all came through
+
+
+def test_the_cli_runs_the_documented_starvation_bound():
+    """The first wave's CLI defaulted to 64 while the library said 256."""
+    args = subparsers(build_parser())["run"].parse_args(["--hardware", "t4"])
+    spec = settings.from_args(RunSpec, args)
+    assert spec.scheduler.max_cpu_wait_steps == SchedulerConfig().max_cpu_wait_steps == 256
+    assert spec == RunSpec.of(hardware="t4")
+
+
+def test_a_hand_written_flag_would_be_caught():
+    parser = argparse.ArgumentParser()
+    settings.add_arguments(parser, RunSpec)
+    parser.add_argument("--verbose-extra", default=1)
+    with pytest.raises(AssertionError, match="neither a setting"):
+        assert_flags_match(parser, RunSpec.of(hardware="t4"), COMMAND_FLAGS)
+    drifted = argparse.ArgumentParser()
+    settings.add_arguments(drifted, RunSpec)
+    drifted.set_defaults(max_cpu_wait_steps=64)
+    with pytest.raises(AssertionError, match="max_cpu_wait_steps"):
+        assert_flags_match(drifted, RunSpec.of(hardware="t4"), COMMAND_FLAGS)
+
+
+def test_flat_settings_route_to_their_groups_and_aliases_work():
+    spec = RunSpec.of(hardware="t4", rate=2.0, gpu_kv_blocks=54, cpu_kv_gb=20, seed=3)
+    assert spec.requests.rate == 2.0 and spec.requests.seed == 3
+    assert spec.scheduler.num_gpu_blocks == 54 and spec.kv.cpu_kv_gb == 20
+    changed = spec.with_(max_cpu_wait_steps=10, input_len=99)
+    assert changed.scheduler.max_cpu_wait_steps == 10 and changed.requests.input_len == 99
+    assert changed.scheduler.num_gpu_blocks == 54  # the rest is kept
+    assert settings.build(RunSpec, changed.flat()) == changed
+    with pytest.raises(NeoError, match="unknown setting 'max_cpu_wait'"):
+        spec.with_(max_cpu_wait=1)
+
+
+def test_bounds_are_checked_once_for_code_and_flags():
+    with pytest.raises(NeoError, match="max_batch_size must be >= 1"):
+        SchedulerConfig(max_batch_size=0)
+    with pytest.raises(NeoError, match="rate must be > 0"):
+        RunSpec.of(hardware="t4", rate=0.0)
+    parser = subparsers(build_parser())["run"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--hardware", "t4", "--max-batch-size", "0"])
+
+
+def test_flat_names_are_unique_across_groups():
+    @dataclasses.dataclass(frozen=True)
+    class Clash:
+        scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
+        block_size: int = settings.setting(16, "twice")
+
+    with pytest.raises(TypeError, match="defined twice"):
+        settings.names(Clash)
+
+
+def test_one_capacity_formula_for_hardware_and_measured_memory():
+    model, hw = MODELS["llama-2-7b"], PRESETS["t4"]
+    config = resolve_pools(
+        SchedulerConfig(), KVCacheSettings(), model, memory_of_hardware(hw, model)
+    )
+    assert config.num_gpu_blocks == 135  # the README's main job: 16 GB T4 minus 12.6 GiB
+    assert config.num_cpu_blocks == int(
+        hw.cpu.memory_bytes * 0.5 // (16 * model.kv_bytes_per_token)
+    )
+    # The same formula on a device's measured memory: 80 GB total, 14 GB already resident.
+    measured = DeviceMemory(80e9, 14e9, 256 * GiB)
+    config = resolve_pools(SchedulerConfig(), KVCacheSettings(cpu_kv_gb=10), model, measured)
+    reserve = 4096 * (4 * 4096 + 2 * 11008) * 2 + 0.5 * GiB
+    block = 16 * model.kv_bytes_per_token
+    assert config.num_gpu_blocks == int((80e9 * 0.9 - 14e9 - reserve) // block)
+    assert config.num_cpu_blocks == int(10 * GB // block)
+    # Explicit block counts win; a CPU device has a KV space setting instead of memory.
+    cpu_device = DeviceMemory(None, 1e9, 16 * GiB)
+    kept = resolve_pools(SchedulerConfig(num_gpu_blocks=7), KVCacheSettings(), model, cpu_device)
+    assert kept.num_gpu_blocks == 7
+    stand_in = resolve_pools(SchedulerConfig(), KVCacheSettings(), model, cpu_device)
+    assert stand_in.num_gpu_blocks == int(1.0 * GB // block)
+
+
+def test_a_model_that_cannot_fit_says_what_to_do():
+    model, hw = MODELS["llama-2-70b"], PRESETS["t4"]
+    with pytest.raises(NeoError, match="--gpu-kv-blocks"):
+        resolve_pools(SchedulerConfig(), KVCacheSettings(), model, memory_of_hardware(hw, model))
