@@ -32,82 +32,33 @@ from tqdm import tqdm
 from neo_engine.config import LoadSettings
 from neo_sim import __version__, settings
 from neo_sim.costmodel import Efficiencies, RooflineCostModel
-from neo_sim.derive import geometric_grid
 from neo_sim.errors import NeoError
+from neo_sim.grids import Grids, measured_grids, points, samples_on
 from neo_sim.model import ModelSpec, parse_model_arg
+from neo_sim.operators import SAMPLED, Operator
 from neo_sim.profile import (
     Provenance,
     Samples1D,
-    Samples2D,
     load_profile,
     make_profile,
+    sample_points,
     save_profile,
 )
 from neo_sim.profiled import ProfiledCostModel
 from neo_sim.settings import check, setting
 
-
-@dataclass(frozen=True)
-class ProfileGrids:
-    num_tokens: list[int]
-    prompt_len: list[int]
-    num_seqs: list[int]
-    copy_bytes: list[int]
-    batch: list[int]
-    context_len: list[int]
-    repeats: int
+REPEATS = {True: 3, False: 5}  # timed repeats per point: quick, full
 
 
-def dense_then_geometric(dense_to: int, step_to: int, step: int, high: int) -> list[int]:
-    """Every size up to `dense_to`, every `step` up to `step_to`, then two per octave.
-
-    GEMM time on a CPU BLAS (and tile quantisation on a GPU) jumps between neighbouring small
-    sizes (multiples of 8 run much faster), so small sizes are sampled densely.
-    """
-    points = set(range(1, dense_to + 1)) | set(range(step, step_to + 1, step))
-    points |= set(geometric_grid(step_to, high, 2))
-    return sorted(points)
-
-
-def grids_for(quick: bool) -> ProfileGrids:
-    if quick:
-        return ProfileGrids(
-            dense_then_geometric(64, 256, 8, 1024),
-            geometric_grid(16, 1024, 2),
-            dense_then_geometric(16, 64, 8, 64),
-            geometric_grid(4096, 2**26, 1),
-            geometric_grid(1, 32, 1),
-            geometric_grid(16, 1024, 1),
-            3,
-        )
-    return ProfileGrids(
-        dense_then_geometric(32, 512, 8, 8192),
-        geometric_grid(16, 8192, 2),
-        dense_then_geometric(16, 128, 8, 512),
-        geometric_grid(4096, 2**30, 1),
-        geometric_grid(1, 256, 1),
-        geometric_grid(16, 16384, 1),
-        5,
-    )
-
-
-def fit_memory(spec: ModelSpec, grids: ProfileGrids, budget_bytes: float) -> ProfileGrids:
+def fit_memory(spec: ModelSpec, grids: Grids, budget_bytes: float) -> Grids:
     """Trim the decode grids so the largest (batch x context) KV of one layer fits the budget."""
     per_token = spec.kv_bytes_per_token_per_layer
-    batch, context = list(grids.batch), list(grids.context_len)
+    batch, context = list(grids["batch"]), list(grids["context_len"])
     while len(context) > 2 and batch[-1] * context[-1] * per_token > budget_bytes:
         context.pop()
     while len(batch) > 2 and batch[-1] * context[-1] * per_token > budget_bytes:
         batch.pop()
-    return ProfileGrids(
-        grids.num_tokens,
-        grids.prompt_len,
-        grids.num_seqs,
-        grids.copy_bytes,
-        batch,
-        context,
-        grids.repeats,
-    )
+    return {**grids, "batch": tuple(batch), "context_len": tuple(context)}
 
 
 def machine_info(device: torch.device) -> dict:
@@ -129,49 +80,33 @@ def machine_info(device: torch.device) -> dict:
 
 
 # ---- measure ---------------------------------------------------------------------------------
-def estimate_seconds(spec: ModelSpec, grids: ProfileGrids, hardware) -> float:
+def estimate_seconds(spec: ModelSpec, grids: Grids, repeats: int, hardware) -> float:
     """Up-front estimate of a run: the probed machine's roofline over every grid point."""
     eff = Efficiencies(1, 1, 1, 1, 1, 1, launch_s=1e-4)
     cost = RooflineCostModel(spec, hardware, eff)
     # In situ, every per-layer sample runs a whole small model (4 layers) and its LM head.
     layers = min(4, spec.num_layers)
-    layer_ops = sum(cost.linear(n) for n in grids.num_tokens)
-    layer_ops += sum(cost.prefill_attn([n]) + cost.linear(n) for n in grids.prompt_len)
-    layer_ops += sum(
-        cost.gpu_decode_attn(b * c, b) + cost.cpu_decode_attn(b, b * c) + 2 * cost.linear(b)
-        for b in grids.batch
-        for c in grids.context_len
-    )
-    samples = (
-        len(grids.num_tokens)
-        + len(grids.prompt_len)
-        + 2 * len(grids.batch) * len(grids.context_len)
-    )
-    heads = sum(cost.lm_head(n) for n in grids.num_seqs) + samples * cost.lm_head(1)
-    copies = sum(cost.h2d(n) + cost.d2h(n) for n in grids.copy_bytes)
-    total = layers * layer_ops + heads + copies
-    return (grids.repeats + 1) * total * 2.0  # x2: Python overhead, pool setup (per pass)
+    total = 0.0
+    for op in SAMPLED:
+        for point in points(grids, op):
+            seconds = cost.evaluate(op.name, *op.from_axes(*point))
+            if op.per == "layer":
+                seconds = layers * (seconds + cost.linear(int(point[0]))) + cost.lm_head(1)
+            total += seconds
+    return (repeats + 1) * total * 2.0  # x2: Python overhead, pool setup (per pass)
 
 
 def measure(
     spec: ModelSpec,
     device: torch.device,
-    grids: ProfileGrids,
+    grids: Grids,
+    repeats: int,
     host_threads: int | None = None,
     passes: int = 3,
 ) -> tuple[dict, float]:
-    bench = Benches(spec, device, grids.repeats, host_threads)
-    jobs: list[tuple[str, tuple]] = []
-    jobs += [("linear", (n,)) for n in grids.num_tokens]
-    jobs += [("prefill_attn", (n,)) for n in grids.prompt_len]
-    jobs += [("lm_head", (n,)) for n in grids.num_seqs]
-    jobs += [("h2d", (n,)) for n in grids.copy_bytes] + [("d2h", (n,)) for n in grids.copy_bytes]
-    jobs += [
-        (op, (b, c))
-        for op in ("gpu_decode_attn", "cpu_decode_attn")
-        for b in grids.batch
-        for c in grids.context_len
-    ]
+    """Time every sampled operator on every grid point; returns (samples, launch seconds)."""
+    bench = Benches(spec, device, repeats, host_threads)
+    jobs = [(op, point) for op in SAMPLED for point in points(grids, op)]
     # Several shuffled passes, median per point: a slow phase of a noisy machine then spreads
     # over all curves and all passes instead of bending one stretch of one curve.
     rng = random.Random(0)
@@ -181,33 +116,18 @@ def measure(
         order = list(jobs)
         rng.shuffle(order)
         schedule += order
-    for op, args in tqdm(schedule, unit="point", desc="profiling"):
-        runs.setdefault((op, args), []).append(run_op(bench, op, args))
+    for op, point in tqdm(schedule, unit="point", desc="profiling"):
+        runs.setdefault((op.name, point), []).append(bench.time(op, point))
     results = {key: statistics.median(values) for key, values in runs.items()}
     launch = bench.time_launch()
     bench.close()
-    samples = {
-        op: Samples1D(tuple(float(x) for x in xs), tuple(results[(op, (x,))] for x in xs))
-        for op, xs in (
-            ("linear", grids.num_tokens),
-            ("prefill_attn", grids.prompt_len),
-            ("lm_head", grids.num_seqs),
-            ("h2d", grids.copy_bytes),
-            ("d2h", grids.copy_bytes),
-        )
-    }
-    for op in ("gpu_decode_attn", "cpu_decode_attn"):
-        samples[op] = Samples2D(
-            tuple(float(b) for b in grids.batch),
-            tuple(float(c) for c in grids.context_len),
-            tuple(tuple(results[(op, (b, c))] for c in grids.context_len) for b in grids.batch),
-        )
-    return samples, launch
+    return samples_on(grids, lambda op, point: results[(op.name, point)]), launch
 
 
 class Benches:
-    """Per-layer operators timed in situ (the executor on synthetic plans); copies and the
-    host hand-off timed in isolation."""
+    """One timer per registered operator, on sample points (the profile's axes): per-layer
+    operators in situ (the executor on synthetic plans), copies and the host hand-off in
+    isolation."""
 
     def __init__(
         self, spec: ModelSpec, device: torch.device, repeats: int, host_threads: int | None = None
@@ -216,6 +136,22 @@ class Benches:
 
         self.in_situ = InSituBench(spec, device, repeats, host_threads=host_threads)
         self.copies = CopyBench(device, repeats)
+        self.timers = {
+            "linear": self.in_situ.time_linear,
+            "prefill_attn": self.in_situ.time_prefill_attn,
+            "gpu_decode_attn": self.in_situ.time_gpu_decode_attn,
+            "cpu_decode_attn": self.in_situ.time_cpu_decode_attn,
+            "lm_head": self.in_situ.time_lm_head,
+            "h2d": lambda num_bytes: self.copies.time_copy(num_bytes, to_device=True),
+            "d2h": lambda num_bytes: self.copies.time_copy(num_bytes, to_device=False),
+        }
+        missing = {op.name for op in SAMPLED} - set(self.timers)
+        if missing:
+            raise TypeError(f"no timer for registered operator(s) {sorted(missing)}")
+
+    def time(self, op: Operator, point: tuple[float, ...]) -> float:
+        """Seconds of `op` at a sample point (its axes' values)."""
+        return self.timers[op.name](*(int(v) for v in point))
 
     def time_launch(self) -> float:
         return self.copies.time_launch()
@@ -223,14 +159,6 @@ class Benches:
     def close(self) -> None:
         self.in_situ.close()
         self.copies.close()
-
-
-def run_op(bench: Benches, op: str, args: tuple) -> float:
-    if op == "h2d":
-        return bench.copies.time_copy(args[0], to_device=True)
-    if op == "d2h":
-        return bench.copies.time_copy(args[0], to_device=False)
-    return getattr(bench.in_situ, f"time_{op}")(*args)
 
 
 def cmd_measure(run: ProfileSettings) -> int:
@@ -244,19 +172,20 @@ def cmd_measure(run: ProfileSettings) -> int:
     budget = 0.25 * (
         hardware.gpu.memory_bytes if device.type == "cuda" else hardware.cpu.memory_bytes
     )
-    grids = fit_memory(spec, grids_for(run.quick), budget)
-    eta = estimate_seconds(spec, grids, hardware) * run.passes
+    grids = fit_memory(spec, measured_grids(run.quick), budget)
+    repeats = REPEATS[run.quick]
+    eta = estimate_seconds(spec, grids, repeats, hardware) * run.passes
     print(
         f"neo-profile: {spec.name} ({spec.dtype}, KV {spec.kv_dtype}) on {hardware.description}; "
-        f"{'quick' if run.quick else 'full'} grids, {grids.repeats} repeats; "
+        f"{'quick' if run.quick else 'full'} grids, {repeats} repeats; "
         f"expected ~{max(1, round(eta / 60))} min"
     )
     started = time.perf_counter()
-    samples, launch = measure(spec, device, grids, run.host_threads, run.passes)
+    samples, launch = measure(spec, device, grids, repeats, run.host_threads, run.passes)
     elapsed = time.perf_counter() - started
     machine = machine_info(device) | {
         "quick": run.quick,
-        "repeats": grids.repeats,
+        "repeats": repeats,
         "passes": run.passes,
         "elapsed_s": round(elapsed, 1),
     }
@@ -277,28 +206,24 @@ def cmd_measure(run: ProfileSettings) -> int:
 
 
 # ---- check -----------------------------------------------------------------------------------
-def held_out_points(profile, op: str, count: int, rng: random.Random) -> list[tuple]:
-    """Random sizes strictly between grid points (log-uniform over the measured range)."""
-    s = profile.samples[op]
+def held_out_points(profile, op: Operator, count: int, rng: random.Random) -> list[tuple]:
+    """Random sample points strictly between grid points (log-uniform over the measured range)."""
+    s = profile.samples[op.name]
+    axes = [s.xs] if isinstance(s, Samples1D) else [s.batch, s.context_len]
 
     def between(axis) -> float:
         lo, hi = math.log(axis[0]), math.log(axis[-1])
         while True:
             x = round(math.exp(rng.uniform(lo, hi)))
             if axis[0] < x < axis[-1] and x not in axis:
-                return x
+                return float(x)
 
-    if isinstance(s, Samples1D):
-        return [(between(s.xs),) for _ in range(count)]
-    return [(between(s.batch), between(s.context_len)) for _ in range(count)]
+    return [tuple(between(axis) for axis in axes) for _ in range(count)]
 
 
-def grid_points(profile, op: str, count: int, rng: random.Random) -> list[tuple]:
-    s = profile.samples[op]
-    if isinstance(s, Samples1D):
-        return [(x,) for x in rng.sample(list(s.xs), min(count, len(s.xs)))]
-    pairs = [(b, c) for b in s.batch for c in s.context_len]
-    return rng.sample(pairs, min(count, len(pairs)))
+def grid_points(profile, op: Operator, count: int, rng: random.Random) -> list[tuple]:
+    measured = [point for point, _ in sample_points(profile.samples[op.name])]
+    return rng.sample(measured, min(count, len(measured)))
 
 
 def cmd_check(args: CheckSettings) -> int:
@@ -311,12 +236,15 @@ def cmd_check(args: CheckSettings) -> int:
     cost = ProfiledCostModel(profile, spec)
     bench = Benches(spec, device, args.repeats)
     rng = random.Random(args.seed)
-    ops = ["linear", "prefill_attn", "gpu_decode_attn", "cpu_decode_attn", "lm_head", "h2d", "d2h"]
     jobs = [
-        (op, p, "held-out") for op in ops for p in held_out_points(profile, op, args.points, rng)
+        (op, p, "held-out")
+        for op in SAMPLED
+        for p in held_out_points(profile, op, args.points, rng)
     ]
     if not cost.scaled:  # the repeatability floor: grid points measured again
-        jobs += [(op, p, "grid") for op in ops for p in grid_points(profile, op, args.points, rng)]
+        jobs += [
+            (op, p, "grid") for op in SAMPLED for p in grid_points(profile, op, args.points, rng)
+        ]
     measured_runs: dict[tuple, list[float]] = {}
     schedule = []
     for _ in range(args.passes):
@@ -324,23 +252,20 @@ def cmd_check(args: CheckSettings) -> int:
         rng.shuffle(order)
         schedule += order
     for op, point, kind in tqdm(schedule, unit="point", desc="checking"):
-        measured_runs.setdefault((op, point, kind), []).append(
-            run_op(bench, op, tuple(int(v) for v in point))
-        )
+        measured_runs.setdefault((op, point, kind), []).append(bench.time(op, point))
     errors: dict[tuple[str, str], list[float]] = {}
     for (op, point, kind), values in measured_runs.items():
         measured = statistics.median(values)
-        size, batch = (point[0], 0.0) if len(point) == 1 else (point[0] * point[1], point[0])
-        predicted = cost.explain(op, size, batch)[0]
-        errors.setdefault((op, kind), []).append(abs(predicted - measured) / measured)
+        predicted = cost.explain(op.name, *op.from_axes(*point))[0]
+        errors.setdefault((op.name, kind), []).append(abs(predicted - measured) / measured)
     bench.close()
     rows = []
-    for op in ops:
-        e = errors[(op, "held-out")]
-        floor = errors.get((op, "grid"), [])
+    for op in SAMPLED:
+        e = errors[(op.name, "held-out")]
+        floor = errors.get((op.name, "grid"), [])
         rows.append(
             {
-                "op": op,
+                "op": op.name,
                 "points": len(e),
                 "mape": sum(e) / len(e),
                 "worst": max(e),

@@ -1,71 +1,81 @@
-"""The cost model: per-layer seconds of each stage of a Llama layer on one machine.
+"""The cost model: per-layer seconds of each operator of a Llama layer on one machine.
 
-DESIGN.md section 3. The scheduler prices its candidate plans with it and the simulator advances
-its clock with it. Two implementations: `RooflineCostModel` here (from specs and efficiency
+The scheduler prices its candidate plans with it and the simulator advances its clock with it
+(docs/architecture.md, "Cost model"). The operators, their arguments (in call order), units
+and what each covers are the registry `neo_sim.operators.OPERATORS`; every implementation has
+one method per operator with exactly those arguments, which `CostModel` checks when a
+subclass is defined. Two implementations: `RooflineCostModel` here (from specs and efficiency
 factors) and `ProfiledCostModel` in `neo_sim.profiled` (from a measured or derived profile).
-
-Argument conventions (fixed by the interface, mind the order of the two decode ops):
-- `linear(num_tokens)`: pre- plus post-projection GEMMs of `num_tokens` tokens;
-- `prefill_attn(prompt_lens)`: causal attention of each prompt, summed;
-- `gpu_decode_attn(total_tokens, batch)`: paged decode attention, `batch` requests attending
-  over `total_tokens` cached tokens in all;
-- `cpu_decode_attn(batch, total_tokens)`: the same on the host CPU;
-- `h2d(num_bytes)`, `d2h(num_bytes)`: one PCIe copy (all GPUs of a TP group together);
-- `launch`: fixed per-layer cost of issuing a layer's CPU work (dispatch and synchronisation);
-- `lm_head(num_seqs)`: per *iteration*, not per layer: final norm, LM head and sampling.
-All return seconds (float) and 0.0 for empty work.
+All return seconds (float) and 0.0 for empty work; `launch` is a property (no arguments).
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from neo_sim.errors import NeoError
 from neo_sim.hardware import HardwareSpec
 from neo_sim.model import ModelSpec
+from neo_sim.operators import OPERATORS, operator
 from neo_sim.opwork import work
 
 
 class CostModel(ABC):
-    """Per-layer cost of each stage, in seconds. Pure Python: the scheduler calls it."""
+    """Per-layer cost of each operator, in seconds. Pure Python: the scheduler calls it."""
 
     model: ModelSpec
     description: str
 
-    @abstractmethod
-    def linear(self, num_tokens: int) -> float:
-        """Pre- and post-projection of `num_tokens` tokens (one layer)."""
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A concrete cost model implements every registered operator, arguments in order."""
+        super().__init_subclass__(**kwargs)
+        if inspect.isabstract(cls):
+            return
+        for op in OPERATORS.values():
+            member = inspect.getattr_static(cls, op.name, None)
+            if op.args == ():
+                ok = isinstance(member, property)
+            else:
+                params = tuple(inspect.signature(member).parameters)[1:] if member else None
+                ok = params == op.args
+            if not ok:
+                raise TypeError(
+                    f"{cls.__name__}.{op.name} must take {op.args or 'no arguments (a property)'}"
+                    " as registered in neo_sim.operators"
+                )
 
     @abstractmethod
-    def prefill_attn(self, prompt_lens: Sequence[int]) -> float:
-        """Causal self-attention of each prompt in `prompt_lens` (one layer)."""
+    def linear(self, num_tokens: int) -> float: ...
 
     @abstractmethod
-    def gpu_decode_attn(self, total_tokens: int, batch: int) -> float:
-        """Paged decode attention on the GPU: `batch` queries over `total_tokens` cached tokens."""
+    def prefill_attn(self, prompt_len: int) -> float: ...
 
     @abstractmethod
-    def cpu_decode_attn(self, batch: int, total_tokens: int) -> float:
-        """Decode attention on the host CPU: `batch` queries over `total_tokens` cached tokens."""
+    def gpu_decode_attn(self, batch: int, total_tokens: int) -> float: ...
 
     @abstractmethod
-    def h2d(self, num_bytes: float) -> float:
-        """One host-to-device copy of `num_bytes`."""
+    def cpu_decode_attn(self, batch: int, total_tokens: int) -> float: ...
 
     @abstractmethod
-    def d2h(self, num_bytes: float) -> float:
-        """One device-to-host copy of `num_bytes`."""
+    def h2d(self, num_bytes: float) -> float: ...
+
+    @abstractmethod
+    def d2h(self, num_bytes: float) -> float: ...
 
     @property
     @abstractmethod
-    def launch(self) -> float:
-        """Fixed per-layer cost of issuing a sub-batch's CPU attention."""
+    def launch(self) -> float: ...
 
     @abstractmethod
-    def lm_head(self, num_seqs: int) -> float:
-        """Per iteration: final norm, LM head GEMM and sampling for `num_seqs` sequences."""
+    def lm_head(self, num_seqs: int) -> float: ...
+
+    def evaluate(self, op: str, *args: float) -> float:
+        """Seconds of operator `op` called with `args` (the registry's order)."""
+        operator(op)  # KeyError naming the registered operators
+        member = getattr(self, op)
+        return member if not args and not callable(member) else member(*args)
 
     # Helpers shared by every implementation --------------------------------------------------
     def qkv_bytes(self, batch: int) -> int:
@@ -188,9 +198,9 @@ class RooflineCostModel(CostModel):
         self.description = f"roofline: {model.name} on {hardware.name} (datasheet x efficiencies)"
 
     # per layer ----------------------------------------------------------------------------
-    def _gpu_op(self, op: str, size: float, batch: float = 0.0, flops_per_s: float = 0.0) -> float:
+    def _gpu_op(self, op: str, *args: float, flops_per_s: float = 0.0) -> float:
         """Roofline time of one GPU op, split over the TP group."""
-        w = work(op, self.model, size, batch)
+        w = work(op, self.model, *args)
         return _roofline(
             w.flops / self._tp,
             flops_per_s or self._gemm_flops,
@@ -207,26 +217,24 @@ class RooflineCostModel(CostModel):
             t += 2 * self._all_reduce(num_tokens * m.hidden_size * m.dtype_bytes)
         return t
 
-    def prefill_attn(self, prompt_lens: Sequence[int]) -> float:
-        total = sum(
-            self._gpu_op("prefill_attn", n, flops_per_s=self._attn_flops)
-            for n in prompt_lens
-            if n > 0
-        )
-        return total + (self.eff.gpu_kernel_s if total else 0.0)
+    def prefill_attn(self, prompt_len: int) -> float:
+        if prompt_len <= 0:
+            return 0.0
+        attn = self._gpu_op("prefill_attn", prompt_len, flops_per_s=self._attn_flops)
+        return attn + self.eff.gpu_kernel_s
 
-    def gpu_decode_attn(self, total_tokens: int, batch: int) -> float:
+    def gpu_decode_attn(self, batch: int, total_tokens: int) -> float:
         if batch <= 0:
             return 0.0
         return (
-            self._gpu_op("gpu_decode_attn", total_tokens, batch, self._attn_flops)
+            self._gpu_op("gpu_decode_attn", batch, total_tokens, flops_per_s=self._attn_flops)
             + self.eff.gpu_kernel_s
         )
 
     def cpu_decode_attn(self, batch: int, total_tokens: int) -> float:
         if batch <= 0:
             return 0.0
-        w = work("cpu_decode_attn", self.model, total_tokens, batch)
+        w = work("cpu_decode_attn", self.model, batch, total_tokens)
         return _roofline(w.flops, self._cpu_flops, w.num_bytes, self._cpu_bw)
 
     def h2d(self, num_bytes: float) -> float:

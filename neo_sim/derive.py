@@ -9,67 +9,18 @@ every tool treats the two alike and the README can compare them.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from neo_sim import __version__
-from neo_sim.costmodel import Efficiencies, RooflineCostModel
+from neo_sim.costmodel import CostModel, Efficiencies, RooflineCostModel
+from neo_sim.grids import DERIVED, Grids, samples_on
 from neo_sim.hardware import HardwareSpec
 from neo_sim.model import ModelSpec
-from neo_sim.profile import Profile, Provenance, Samples1D, Samples2D, make_profile
+from neo_sim.profile import Profile, Provenance, make_profile
 
 
-def geometric_grid(low: int, high: int, per_octave: int = 2) -> list[int]:
-    """Integers from low to high, `per_octave` points per doubling (denser where curves bend)."""
-    points, x = {low, high}, float(low)
-    step = 2 ** (1 / per_octave)
-    while x < high:
-        points.add(int(round(x)))
-        x *= step
-    return sorted(p for p in points if low <= p <= high)
-
-
-@dataclass(frozen=True)
-class Grids:
-    """Where operators are sampled (the profiler measures on the same kind of grids)."""
-
-    num_tokens: Sequence[int] = tuple(geometric_grid(1, 16384))
-    prompt_len: Sequence[int] = tuple(geometric_grid(16, 32768))
-    num_seqs: Sequence[int] = tuple(geometric_grid(1, 1024))
-    copy_bytes: Sequence[int] = tuple(geometric_grid(4096, 2**30, 1))
-    batch: Sequence[int] = tuple(geometric_grid(1, 512, 1))
-    context_len: Sequence[int] = tuple(geometric_grid(16, 32768, 1))
-
-
-def sample_cost_model(cost, grids: Grids) -> tuple[dict[str, Samples1D | Samples2D], float]:
+def sample_cost_model(cost: CostModel, grids: Grids = DERIVED):
     """Evaluate a cost model on grids: the samples of a profile, and its launch cost."""
-    samples: dict[str, Samples1D | Samples2D] = {
-        "linear": Samples1D(
-            tuple(grids.num_tokens), tuple(cost.linear(n) for n in grids.num_tokens)
-        ),
-        "prefill_attn": Samples1D(
-            tuple(grids.prompt_len), tuple(cost.prefill_attn([n]) for n in grids.prompt_len)
-        ),
-        "lm_head": Samples1D(tuple(grids.num_seqs), tuple(cost.lm_head(n) for n in grids.num_seqs)),
-        "h2d": Samples1D(tuple(grids.copy_bytes), tuple(cost.h2d(n) for n in grids.copy_bytes)),
-        "d2h": Samples1D(tuple(grids.copy_bytes), tuple(cost.d2h(n) for n in grids.copy_bytes)),
-        "gpu_decode_attn": Samples2D(
-            tuple(grids.batch),
-            tuple(grids.context_len),
-            tuple(
-                tuple(cost.gpu_decode_attn(b * c, b) for c in grids.context_len)
-                for b in grids.batch
-            ),
-        ),
-        "cpu_decode_attn": Samples2D(
-            tuple(grids.batch),
-            tuple(grids.context_len),
-            tuple(
-                tuple(cost.cpu_decode_attn(b, b * c) for c in grids.context_len)
-                for b in grids.batch
-            ),
-        ),
-    }
+    samples = samples_on(grids, lambda op, point: cost.evaluate(op.name, *op.from_axes(*point)))
     return samples, cost.launch
 
 
@@ -77,14 +28,14 @@ def derive_profile(
     model: ModelSpec,
     hardware: HardwareSpec,
     efficiencies: Efficiencies | None = None,
-    grids: Grids | None = None,
+    grids: Grids = DERIVED,
     name: str | None = None,
     notes: str = "",
 ) -> Profile:
     """A `derived` profile: the roofline model of `hardware` sampled for `model`."""
     eff = efficiencies or Efficiencies()
     cost = RooflineCostModel(model, hardware, eff)
-    samples, launch = sample_cost_model(cost, grids or Grids())
+    samples, launch = sample_cost_model(cost, grids)
     sources = [f"{k}: {v}" for k, v in hardware.sources.items()]
     sources += [f"gpu.{k}: {v}" for k, v in hardware.gpu.sources.items()]
     sources += [f"cpu.{k}: {v}" for k, v in hardware.cpu.sources.items()]
@@ -102,7 +53,7 @@ def derive_profile(
     )
 
 
-# The paper's hosts and models (issue: shipped profiles), as derived profiles.
+# The paper's hosts and models, as derived profiles (shipped in profiles/).
 SHIPPED = [
     ("t4", "llama-2-7b"),
     *((f"a10g-g5.{size}", "llama-3-8b") for size in ("2xlarge", "4xlarge", "8xlarge", "16xlarge")),

@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from neo_sim.opwork import OPS_1D, OPS_2D, Work, work  # noqa: F401 (re-exported)
+from neo_sim.opwork import Work, work  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 One definition shared by the roofline cost model (which divides by peak rates) and the profile
 fits (which fit effective rates), so that the two always agree on what an operator costs.
+Arguments are the operator's, in the registry's order (`neo_sim.operators`).
 """
 
 from __future__ import annotations
@@ -9,15 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from neo_sim.model import ModelSpec
-
-OPS_1D = {
-    "linear": "num_tokens",
-    "prefill_attn": "prompt_len",
-    "lm_head": "num_seqs",
-    "h2d": "bytes",
-    "d2h": "bytes",
-}
-OPS_2D = ("gpu_decode_attn", "cpu_decode_attn")
 
 
 @dataclass(frozen=True)
@@ -29,30 +21,33 @@ class Work:
     items: float = 0.0
 
 
-def work(op: str, model: ModelSpec, size: float, batch: float = 0.0) -> Work:
-    """The work of `op` at `size` (tokens, prompt length, sequences or bytes).
-
-    For the decode ops, `size` is the total cached tokens and `batch` the number of requests.
-    """
+def work(op: str, model: ModelSpec, *args: float) -> Work:
+    """The work of `op` called with `args` (see `neo_sim.operators.OPERATORS[op].args`)."""
     m = model
     if op == "linear":
-        activations = size * (4 * m.hidden_size + 3 * m.intermediate_size) * m.dtype_bytes
+        (num_tokens,) = args
+        activations = num_tokens * (4 * m.hidden_size + 3 * m.intermediate_size) * m.dtype_bytes
         return Work(
-            size * m.linear_flops_per_token_per_layer, m.linear_weight_bytes_per_layer + activations
+            num_tokens * m.linear_flops_per_token_per_layer,
+            m.linear_weight_bytes_per_layer + activations,
         )
     if op == "prefill_attn":
+        (n,) = args
         return Work(
-            m.attn_flops_per_query_key * size * (size + 1) / 2,
-            size * (2 * m.q_size + 2 * m.kv_size) * m.dtype_bytes,
+            m.attn_flops_per_query_key * n * (n + 1) / 2,
+            n * (2 * m.q_size + 2 * m.kv_size) * m.dtype_bytes,
         )
     if op == "lm_head":
-        return Work(size * m.lm_head_flops_per_token, m.lm_head_weight_bytes)
+        (num_seqs,) = args
+        return Work(num_seqs * m.lm_head_flops_per_token, m.lm_head_weight_bytes)
     if op in ("h2d", "d2h"):
-        return Work(0.0, size)
-    if op in OPS_2D:
+        (num_bytes,) = args
+        return Work(0.0, num_bytes)
+    if op in ("gpu_decode_attn", "cpu_decode_attn"):
+        batch, total_tokens = args
         return Work(
-            m.attn_flops_per_query_key * size,
-            size * m.kv_bytes_per_token_per_layer + batch * 2 * m.q_size * m.dtype_bytes,
+            m.attn_flops_per_query_key * total_tokens,
+            total_tokens * m.kv_bytes_per_token_per_layer + batch * 2 * m.q_size * m.dtype_bytes,
             batch,
         )
     raise KeyError(op)

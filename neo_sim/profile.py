@@ -37,12 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from neo_sim.errors import NeoError
-from neo_sim.fitting import OPS_1D, OPS_2D, RooflineFit, fit_roofline, work
+from neo_sim.fitting import RooflineFit, fit_roofline
 from neo_sim.hardware import HardwareSpec
 from neo_sim.model import ModelSpec
+from neo_sim.operators import SAMPLED, operator
+from neo_sim.opwork import work
 
 SCHEMA_VERSION = 1
-OPS = (*OPS_1D, *OPS_2D, "launch")
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ class Profile:
         samples: dict[str, Any] = {}
         for op, s in self.samples.items():
             if isinstance(s, Samples1D):
-                samples[op] = {OPS_1D[op]: list(s.xs), "seconds": list(s.seconds)}
+                (axis,) = operator(op).axes
+                samples[op] = {axis: list(s.xs), "seconds": list(s.seconds)}
             else:
                 samples[op] = {
                     "batch": list(s.batch),
@@ -118,18 +120,17 @@ def fit_samples(
     """Fit every operator's samples (needs scipy)."""
     fits = {}
     for op, s in samples.items():
-        works, seconds = [], []
-        if isinstance(s, Samples1D):
-            for x, t in zip(s.xs, s.seconds):
-                works.append(work(op, model, x))
-                seconds.append(t)
-        else:
-            for b, row in zip(s.batch, s.seconds):
-                for length, t in zip(s.context_len, row):
-                    works.append(work(op, model, b * length, b))
-                    seconds.append(t)
-        fits[op] = fit_roofline(works, seconds)
+        points = sample_points(s)
+        works = [work(op, model, *operator(op).from_axes(*point)) for point, _ in points]
+        fits[op] = fit_roofline(works, [t for _, t in points])
     return fits
+
+
+def sample_points(s: Samples1D | Samples2D) -> list[tuple[tuple[float, ...], float]]:
+    """Every (sample point, seconds) of one operator's samples."""
+    if isinstance(s, Samples1D):
+        return [((x,), t) for x, t in zip(s.xs, s.seconds)]
+    return [((b, c), t) for b, row in zip(s.batch, s.seconds) for c, t in zip(s.context_len, row)]
 
 
 def make_profile(
@@ -202,23 +203,26 @@ def profile_from_dict(data: Any, where: str = "profile") -> Profile:
     )
     raw = v.get(data, "samples", dict)
     samples: dict[str, Samples1D | Samples2D] = {}
-    for op in OPS_1D:
-        s = v.get(raw, op, dict, f"samples.{op}")
-        xs = v.numbers(s, OPS_1D[op], f"samples.{op}.{OPS_1D[op]}", increasing=True)
-        secs = v.numbers(s, "seconds", f"samples.{op}.seconds", length=len(xs))
-        samples[op] = Samples1D(xs, secs)
-    for op in OPS_2D:
-        s = v.get(raw, op, dict, f"samples.{op}")
-        batch = v.numbers(s, "batch", f"samples.{op}.batch", increasing=True)
-        ctx = v.numbers(s, "context_len", f"samples.{op}.context_len", increasing=True)
-        rows = v.get(s, "seconds", list, f"samples.{op}.seconds")
-        if len(rows) != len(batch):
-            v.fail(f"samples.{op}.seconds", f"expected {len(batch)} rows (one per batch size)")
+    for op in SAMPLED:
+        s = v.get(raw, op.name, dict, f"samples.{op.name}")
+        where = f"samples.{op.name}"
+        if len(op.axes) == 1:
+            (axis,) = op.axes
+            xs = v.numbers(s, axis, f"{where}.{axis}", increasing=True)
+            secs = v.numbers(s, "seconds", f"{where}.seconds", length=len(xs))
+            samples[op.name] = Samples1D(xs, secs)
+            continue
+        rows_axis, cols_axis = op.axes
+        rows_at = v.numbers(s, rows_axis, f"{where}.{rows_axis}", increasing=True)
+        cols_at = v.numbers(s, cols_axis, f"{where}.{cols_axis}", increasing=True)
+        rows = v.get(s, "seconds", list, f"{where}.seconds")
+        if len(rows) != len(rows_at):
+            v.fail(f"{where}.seconds", f"expected {len(rows_at)} rows (one per {rows_axis})")
         secs2 = tuple(
-            v.numbers({"r": row}, "r", f"samples.{op}.seconds[{i}]", length=len(ctx))
+            v.numbers({"r": row}, "r", f"{where}.seconds[{i}]", length=len(cols_at))
             for i, row in enumerate(rows)
         )
-        samples[op] = Samples2D(batch, ctx, secs2)
+        samples[op.name] = Samples2D(rows_at, cols_at, secs2)
     launch = v.get(
         v.get(raw, "launch", dict, "samples.launch"),
         "seconds",
@@ -230,9 +234,11 @@ def profile_from_dict(data: Any, where: str = "profile") -> Profile:
     fits_raw = data.get("fit")
     if fits_raw:
         fits = {}
-        for op in (*OPS_1D, *OPS_2D):
-            entry = v.get(fits_raw, op, dict, f"fit.{op}")
-            fits[op] = _wrap(lambda entry=entry: RooflineFit.from_dict(entry), where, f"fit.{op}")
+        for op in SAMPLED:
+            entry = v.get(fits_raw, op.name, dict, f"fit.{op.name}")
+            fits[op.name] = _wrap(
+                lambda entry=entry: RooflineFit.from_dict(entry), where, f"fit.{op.name}"
+            )
     else:
         fits = fit_samples(model, samples)
     return Profile(name, hardware, model, provenance, samples, float(launch), fits, where)

@@ -12,13 +12,13 @@ is measured by `neo-profile check`, not assumed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import StrEnum
 
 from neo_sim.costmodel import CostModel
-from neo_sim.fitting import OPS_1D, work
 from neo_sim.interp import Table1D, Table2D
 from neo_sim.model import ModelSpec
+from neo_sim.operators import operator
+from neo_sim.opwork import work
 from neo_sim.profile import Profile, Samples1D
 
 
@@ -71,51 +71,38 @@ class ProfiledCostModel(CostModel):
         )
 
     # the lookups --------------------------------------------------------------------------
-    def explain(self, op: str, size: float, batch: float = 0.0) -> tuple[float, Lookup]:
-        """Seconds of one call of `op` and how it was obtained.
-
-        `size` is the operator's natural size (tokens, prompt length, sequences, bytes; total
-        cached tokens for the decode ops, with `batch` requests).
-        """
+    def explain(self, op: str, *args: float) -> tuple[float, Lookup]:
+        """Seconds of one call of `op` with `args` (the registry's order) and how it was
+        obtained: interpolated in the grid, extrapolated from its edge, or scaled."""
         fit = self._fits[op]
         if self.scaled:
-            return fit.predict(work(op, self.model, size, batch)), Lookup.SCALED
+            return fit.predict(work(op, self.model, *args)), Lookup.SCALED
+        point = operator(op).to_axes(*args)
         table = self._tables[op]
-        if op in OPS_1D:
-            if table.contains(size):
-                return table(size), Lookup.INTERPOLATED
-            edge = table.clamp(size)
-            return self._extrapolate(table(edge), fit, op, size, 0, edge, 0), Lookup.EXTRAPOLATED
-        context = size / batch
-        if table.contains(batch, context):
-            return table(batch, context), Lookup.INTERPOLATED
-        b_edge, c_edge = table.clamp(batch, context)
-        value = self._extrapolate(
-            table(b_edge, c_edge), fit, op, size, batch, b_edge * c_edge, b_edge
-        )
-        return value, Lookup.EXTRAPOLATED
-
-    def _extrapolate(self, edge_value, fit, op, size, batch, edge_size, edge_batch) -> float:
-        at_edge = fit.predict(work(op, self.model, edge_size, edge_batch))
-        here = fit.predict(work(op, self.model, size, batch))
-        return edge_value * here / at_edge
+        if table.contains(*point):
+            return table(*point), Lookup.INTERPOLATED
+        edge = table.clamp(*point)
+        edge = edge if isinstance(edge, tuple) else (edge,)
+        at_edge = fit.predict(work(op, self.model, *operator(op).from_axes(*edge)))
+        here = fit.predict(work(op, self.model, *args))
+        return table(*edge) * here / at_edge, Lookup.EXTRAPOLATED
 
     # CostModel ----------------------------------------------------------------------------
     def linear(self, num_tokens: int) -> float:
         return self.explain("linear", num_tokens)[0] if num_tokens > 0 else 0.0
 
-    def prefill_attn(self, prompt_lens: Sequence[int]) -> float:
-        return sum(self.explain("prefill_attn", n)[0] for n in prompt_lens if n > 0)
+    def prefill_attn(self, prompt_len: int) -> float:
+        return self.explain("prefill_attn", prompt_len)[0] if prompt_len > 0 else 0.0
 
-    def gpu_decode_attn(self, total_tokens: int, batch: int) -> float:
+    def gpu_decode_attn(self, batch: int, total_tokens: int) -> float:
         if batch <= 0:
             return 0.0
-        return self.explain("gpu_decode_attn", max(total_tokens, batch), batch)[0]
+        return self.explain("gpu_decode_attn", batch, max(total_tokens, batch))[0]
 
     def cpu_decode_attn(self, batch: int, total_tokens: int) -> float:
         if batch <= 0:
             return 0.0
-        return self.explain("cpu_decode_attn", max(total_tokens, batch), batch)[0]
+        return self.explain("cpu_decode_attn", batch, max(total_tokens, batch))[0]
 
     def h2d(self, num_bytes: float) -> float:
         return self.explain("h2d", num_bytes)[0] if num_bytes > 0 else 0.0

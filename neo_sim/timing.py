@@ -139,10 +139,10 @@ class TimingModel:
         prefill = 0.0
         cpu_prefill_tokens = 0
         for p in sb.prefills:
-            prefill += c.prefill_attn((p.end,)) - (c.prefill_attn((p.start,)) if p.start else 0.0)
+            prefill += c.prefill_attn(p.end) - c.prefill_attn(p.start)
             if p.kv_device == Device.CPU:
                 cpu_prefill_tokens += p.num_tokens
-        gdec = c.gpu_decode_attn(sum(d.context_len for d in sb.gpu_decodes), len(sb.gpu_decodes))
+        gdec = c.gpu_decode_attn(len(sb.gpu_decodes), sum(d.context_len for d in sb.gpu_decodes))
         n_cpu = len(sb.cpu_decodes)
         cpu_attn = 0.0
         if n_cpu:

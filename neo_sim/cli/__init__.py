@@ -25,6 +25,7 @@ def plugin_commands() -> list:
     """Command modules other packages register (pyproject `[project.entry-points]`)."""
     return [ep.load() for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name)]
 
+
 EPILOG = """examples:
   neo-sim compare --hardware t4 --model llama-2-7b --policies gpu-only,neo
   neo-sim run --hardware a10g --model llama-3-8b --policy neo --rate 4 --output runs/a10g

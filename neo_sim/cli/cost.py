@@ -1,10 +1,12 @@
 """`neo-sim cost`: the cost model made inspectable.
 
-Prints the predicted per-layer seconds of one operator at several sizes as JSON:
-{"op": ..., "sizes": [...], "seconds": [...], "cost_model": ...}; for a profiled cost model
-also how each value was obtained (interpolated / extrapolated / scaled). Sizes are tokens for
-`linear`, prompt lengths for `prefill_attn`, total cached tokens for the decode ops (with
-`--batch` requests), sequences for `lm_head` and bytes for `h2d`/`d2h`.
+Prints the predicted seconds of one operator at several sizes as JSON:
+{"op": ..., "args": [...], "units": [...], "sizes": [...], "seconds": [...], "cost_model": ...};
+for a profiled cost model also how each value was obtained (interpolated / extrapolated /
+scaled). The operators and their arguments are the registry's (`neo_sim.operators`): `--sizes`
+varies an operator's last argument (tokens for `linear`, the prompt length for
+`prefill_attn`, total cached tokens for the decode attentions, sequences for `lm_head`, bytes
+for `h2d`/`d2h`); `--batch` sets the decode attentions' first argument (requests).
 """
 
 from __future__ import annotations
@@ -16,37 +18,31 @@ import json
 from neo_sim.catalog import resolve_target
 from neo_sim.cli import common
 from neo_sim.errors import NeoError
+from neo_sim.operators import OPERATORS, operator
 from neo_sim.profiled import ProfiledCostModel
 from neo_sim.runs import RunSpec
 
-OPS = (
-    "linear",
-    "prefill_attn",
-    "gpu_decode_attn",
-    "cpu_decode_attn",
-    "lm_head",
-    "h2d",
-    "d2h",
-    "launch",
-)
-
 
 def add_parser(sub) -> None:
+    lines = "\n".join(
+        f"  {op.name}({', '.join(op.args)}): {op.covers}" for op in OPERATORS.values()
+    )
     p = sub.add_parser(
         "cost",
         help="print predicted seconds of one operator (JSON)",
         description=__doc__,
+        epilog=f"operators:\n{lines}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--hardware", required=True, help=_field_help("hardware"))
     p.add_argument("--model", default=None, help=_field_help("model"))
-    p.add_argument("--op", required=True, choices=OPS)
+    p.add_argument("--op", required=True, choices=tuple(OPERATORS))
     p.add_argument("--sizes", default="1,16,256,4096", help="comma-separated sizes")
     p.add_argument(
         "--batch",
         type=common.positive_int,
         default=1,
-        help="requests, for the decode ops (default 1)",
+        help="requests, for the decode attentions (default 1)",
     )
     common.add_output_arg(p)
     p.set_defaults(run=run)
@@ -66,28 +62,30 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def call_args(op_name: str, size: int, batch: int) -> tuple[int, ...]:
+    """The operator's arguments for one printed size: `size` is its last argument."""
+    op = operator(op_name)
+    return {0: (), 1: (size,), 2: (batch, size)}[len(op.args)]
+
+
 def run(args: argparse.Namespace) -> int:
     target = resolve_target(args.hardware, args.model)
     sizes = parse_sizes(args.sizes)
-    cost, op = target.cost, args.op
-    result = {"op": op, "sizes": sizes, "cost_model": target.cost.description}
-    if op == "launch":
-        result["seconds"] = [cost.launch for _ in sizes]
-    else:
-        calls = {
-            "linear": lambda s: cost.linear(s),
-            "prefill_attn": lambda s: cost.prefill_attn([s]),
-            "gpu_decode_attn": lambda s: cost.gpu_decode_attn(s, args.batch),
-            "cpu_decode_attn": lambda s: cost.cpu_decode_attn(args.batch, s),
-            "lm_head": lambda s: cost.lm_head(s),
-            "h2d": lambda s: cost.h2d(s),
-            "d2h": lambda s: cost.d2h(s),
-        }
-        result["seconds"] = [calls[op](s) for s in sizes]
-        if op in ("gpu_decode_attn", "cpu_decode_attn"):
-            result["batch"] = args.batch
-        if isinstance(cost, ProfiledCostModel):
-            result["lookup"] = [cost.explain(op, s, args.batch)[1].value for s in sizes]
+    cost, op = target.cost, operator(args.op)
+    calls = [call_args(op.name, s, args.batch) for s in sizes]
+    result = {
+        "op": op.name,
+        "args": list(op.args),
+        "units": list(op.units),
+        "per": op.per,
+        "sizes": sizes,
+        "cost_model": cost.description,
+        "seconds": [cost.evaluate(op.name, *c) for c in calls],
+    }
+    if len(op.args) == 2:
+        result["batch"] = args.batch
+    if isinstance(cost, ProfiledCostModel) and op.args:
+        result["lookup"] = [cost.explain(op.name, *c)[1].value for c in calls]
     text = json.dumps(result)
     print(text)
     if args.output:

@@ -83,11 +83,7 @@ class SubBatchBuilder:
 
     def _account_prefill(self, work: PrefillWork, sign: int) -> None:
         c = self.cost
-        attn = (
-            c.prefill_attn((work.end,)) - c.prefill_attn((work.start,))
-            if work.start
-            else c.prefill_attn((work.end,))
-        )
+        attn = c.prefill_attn(work.end) - c.prefill_attn(work.start)
         self.num_tokens += sign * work.num_tokens
         self.prefill_attn_s += sign * attn
         if work.kv_device == Device.CPU:
@@ -106,7 +102,7 @@ class SubBatchBuilder:
         if self._cache is None:
             c = self.cost
             n_gdec, n_cdec = len(self.gpu_decodes), len(self.cpu_decodes)
-            gpu_attn = self.prefill_attn_s + c.gpu_decode_attn(self.gpu_decode_tokens, n_gdec)
+            gpu_attn = self.prefill_attn_s + c.gpu_decode_attn(n_gdec, self.gpu_decode_tokens)
             cpu = 0.0
             if n_cdec:
                 cpu = (

@@ -10,11 +10,18 @@ import pytest
 import torch
 
 from neo_engine.config import LoadSettings
-from neo_engine.profiler import ProfileGrids, main, measure
+from neo_engine.profiler import main, measure
 from neo_sim.profile import Provenance, load_profile, make_profile, save_profile
 from neo_sim.profiled import Lookup, ProfiledCostModel
 
-TINY_GRIDS = ProfileGrids([1, 8, 32], [16, 64], [1, 4], [4096, 65536], [1, 4], [16, 64], 1)
+TINY_GRIDS = {
+    "num_tokens": (1, 8, 32),
+    "prompt_len": (16, 64),
+    "num_seqs": (1, 4),
+    "bytes": (4096, 65536),
+    "batch": (1, 4),
+    "context_len": (16, 64),
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +30,7 @@ def tiny_profile(tmp_path_factory):
 
     device = torch.device("cpu")
     spec = LoadSettings("dummy:tiny").model_spec()
-    samples, launch = measure(spec, device, TINY_GRIDS, passes=1)
+    samples, launch = measure(spec, device, TINY_GRIDS, repeats=1, passes=1)
     provenance = Provenance("measured", "2026-01-01", "test", "tiny grids")
     profile = make_profile("test-tiny", probe_hardware(device), spec, provenance, samples, launch)
     return save_profile(profile, tmp_path_factory.mktemp("prof") / "tiny.json"), samples

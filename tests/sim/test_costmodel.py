@@ -18,8 +18,8 @@ def test_roofline_is_monotone_in_size(t4_llama2, a, b, batch):
     lo, hi = sorted((a, b))
     c = t4_llama2
     assert c.linear(lo) <= c.linear(hi)
-    assert c.prefill_attn([lo]) <= c.prefill_attn([hi])
-    assert c.gpu_decode_attn(lo, batch) <= c.gpu_decode_attn(hi, batch)
+    assert c.prefill_attn(lo) <= c.prefill_attn(hi)
+    assert c.gpu_decode_attn(batch, lo) <= c.gpu_decode_attn(batch, hi)
     assert c.cpu_decode_attn(batch, lo) <= c.cpu_decode_attn(batch, hi)
     assert c.h2d(lo) <= c.h2d(hi) and c.d2h(lo) <= c.d2h(hi)
     assert c.lm_head(lo) <= c.lm_head(hi)
@@ -36,7 +36,7 @@ def test_roofline_never_beats_the_datasheet(hw):
     for tokens in (1024, 65536):
         kv = tokens * model.kv_bytes_per_token_per_layer
         assert c.cpu_decode_attn(8, tokens) >= kv / spec.cpu.mem_bytes_per_s
-        assert c.gpu_decode_attn(tokens, 8) >= kv / spec.gpu.hbm_bytes_per_s
+        assert c.gpu_decode_attn(8, tokens) >= kv / spec.gpu.hbm_bytes_per_s
     assert c.h2d(2**30) >= 2**30 / spec.pcie_h2d_bytes_per_s
 
 
@@ -48,7 +48,7 @@ def test_linear_is_weight_bound_small_and_compute_bound_large(t4_llama2):
 
 def test_empty_work_costs_nothing(t4_llama2):
     c = t4_llama2
-    assert c.linear(0) == c.prefill_attn([]) == c.gpu_decode_attn(0, 0) == 0.0
+    assert c.linear(0) == c.prefill_attn(0) == c.gpu_decode_attn(0, 0) == 0.0
     assert c.cpu_decode_attn(0, 0) == c.h2d(0) == c.lm_head(0) == 0.0
 
 
@@ -56,7 +56,7 @@ def test_tensor_parallel_splits_gpu_work():
     one = RooflineCostModel(MODELS["llama-3-70b"], HW["h100"])
     eight = RooflineCostModel(MODELS["llama-3-70b"], HW["h100x8"])
     assert eight.linear(4096) < one.linear(4096) / 4
-    assert eight.gpu_decode_attn(100_000, 64) < one.gpu_decode_attn(100_000, 64) / 4
+    assert eight.gpu_decode_attn(64, 100_000) < one.gpu_decode_attn(64, 100_000) / 4
 
 
 def test_efficiencies_validated():
@@ -71,14 +71,14 @@ def test_profiled_interpolation_is_exact_on_grid(t4_profile):
     s = t4_profile.samples["cpu_decode_attn"]
     for i, b in enumerate(s.batch):
         for j, length in enumerate(s.context_len):
-            value, how = c.explain("cpu_decode_attn", b * length, b)
+            value, how = c.explain("cpu_decode_attn", b, b * length)
             assert how == Lookup.INTERPOLATED
             assert value == pytest.approx(s.seconds[i][j], rel=1e-9)
 
 
 def test_profiled_extrapolation_is_continuous_and_roofline_shaped(t4_profile, t4_llama2):
     c = ProfiledCostModel(t4_profile)
-    top = SMALL_GRIDS.num_tokens[-1]
+    top = SMALL_GRIDS["num_tokens"][-1]
     at_edge = c.linear(top)
     beyond, how = c.explain("linear", top * 1.0001)
     assert how == Lookup.EXTRAPOLATED
@@ -98,7 +98,7 @@ def test_profile_scales_to_another_model_by_flops_and_bytes(t4_profile):
     for value, expected in [
         (c.linear(512), truth.linear(512)),
         (c.cpu_decode_attn(16, 16000), truth.cpu_decode_attn(16, 16000)),
-        (c.gpu_decode_attn(16000, 16), truth.gpu_decode_attn(16000, 16)),
-        (c.prefill_attn([2000]), truth.prefill_attn([2000])),
+        (c.gpu_decode_attn(16, 16000), truth.gpu_decode_attn(16, 16000)),
+        (c.prefill_attn(2000), truth.prefill_attn(2000)),
     ]:
         assert value == pytest.approx(expected, rel=0.02)
