@@ -27,7 +27,8 @@ from pathlib import Path
 
 import httpx
 
-from neo_sim.metrics import Metrics, RequestRecord
+from neo_sim.latency import RequestRecord
+from neo_sim.metrics import Metrics
 from neo_sim.workload import arrival_times, read_trace
 
 
@@ -110,7 +111,10 @@ async def run(args, base: str) -> tuple[Metrics, float]:
         for p, o in lengths
     ]
     times = arrival_times(len(lengths), args.rate, rng, args.burstiness)
-    records = [RequestRecord(i, t, p, o) for i, (t, (p, o)) in enumerate(zip(times, lengths))]
+    records = [
+        RequestRecord(request_id=i, arrival_s=t, prompt_len=p, output_len=o)
+        for i, (t, (p, o)) in enumerate(zip(times, lengths))
+    ]
     itl: list[float] = []
     model = httpx.get(f"{base}/v1/models", timeout=60).json()["data"][0]["id"]
     limits = httpx.Limits(

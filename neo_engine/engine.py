@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from neo_engine.config import DEFAULT_MAX_MODEL_LEN, EngineConfig
-from neo_engine.executor import Executor, LaneEvent
+from neo_engine.executor import Executor
 from neo_engine.kv_cache import KVPool
 from neo_engine.local import host_memory_bytes
 from neo_engine.sampling import SamplingParams, sample
@@ -29,6 +29,8 @@ from neo_engine.weights import load_checkpoint, random_weights
 from neo_sim.capacity import DeviceMemory, resolve_pools
 from neo_sim.costmodel import CostModel, Efficiencies, RooflineCostModel
 from neo_sim.errors import NeoError
+from neo_sim.lanes import Lane, Span, busy_by_lane
+from neo_sim.latency import Latency
 from neo_sim.model import ModelSpec
 from neo_sim.profile import load_profile
 from neo_sim.profiled import ProfiledCostModel
@@ -54,13 +56,17 @@ class RequestOutput:
     cpu_steps: int = 0
     gpu_steps: int = 0
 
+    def latency(self) -> Latency:
+        """TTFT, TPOT, E2E of this request so far (neo_sim.latency's definitions)."""
+        return Latency.of(self.arrival_s, self.first_token_s, self.finish_s, len(self.token_ids))
+
 
 @dataclass
 class IterationLog:
     plan: Plan
     start_s: float
     duration_s: float  # measured
-    events: list[LaneEvent]
+    spans: list[Span]
 
 
 @dataclass
@@ -321,13 +327,13 @@ class LLMEngine:
         c["iterations"] += 1
         c["tokens"] += tokens
         c[plan.mode.value] += 1
-        self._last_cpu_attention_s = sum(e.duration_s for e in result.events if e.lane == "host")
+        self._last_cpu_attention_s = busy_by_lane(result.spans)[Lane.CPU]
         wall = time.monotonic()
         self._recent.append((wall, tokens))
         while self._recent and wall - self._recent[0][0] > 10.0:
             self._recent.pop(0)
         if self.keep_iteration_log:
-            self.iterations.append(IterationLog(plan, start, result.duration_s, result.events))
+            self.iterations.append(IterationLog(plan, start, result.duration_s, result.spans))
 
     def stats(self) -> EngineStats:
         p, c = self.policy, self._counts

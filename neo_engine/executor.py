@@ -1,20 +1,22 @@
-"""Runs a Plan: swaps, then every layer of every sub-batch, on two lanes.
+"""Runs a Plan: swaps, then every layer of every sub-batch, on two compute lanes.
 
-The device lane (the GPU, or on a CPU-only machine the calling thread standing in for it) runs
-the projections, prefill attention and device decode attention. The host lane is a worker
+Swaps come first: whole requests, every layer, out then in (docs/architecture.md, "Swaps").
+The GPU lane (the device, or on a CPU-only machine the calling thread standing in for it) runs
+the projections, prefill attention and device decode attention. The CPU lane is a worker
 thread that receives each CPU decode's q, k, v, appends k, v to the host cache and runs the host
-attention kernel (which releases the GIL). Per layer i, in issue order on the device lane:
+attention kernel (which releases the GIL). Per layer i, in issue order on the GPU lane:
 
     for each sub-batch b:  post(b, i-1)  [waits for b's host attention of layer i-1]
                            pre(b, i)  -> hand q/k/v of b's CPU decodes to the host lane
                            device attention of b's prefills and GPU decodes
 
 so with two sub-batches the host attention of one overlaps the device work of the other
-(asymmetric pipelining, DESIGN.md section 1); with one sub-batch it overlaps only that
+(asymmetric pipelining, docs/architecture.md); with one sub-batch it overlaps only that
 sub-batch's own device attention. On CUDA the lanes synchronise with events and copies are
 non-blocking through pinned memory; on the CPU the same code runs with plain tensors.
 
-Every task is timed (lane, name, start, duration), for the profiler and fidelity checks.
+Every task is timed as a `neo_sim.lanes.Span` (lane, task, layer, sub-batch), the vocabulary
+of the simulator's timing model, for the profiler and the fidelity report.
 """
 
 from __future__ import annotations
@@ -29,25 +31,18 @@ from neo_engine.attention import device_decode_stage, host_decode_stage, prefill
 from neo_engine.kv_cache import KVPool, copy_blocks
 from neo_engine.layers import Rotary, linear, post_projection, pre_projection, rms_norm
 from neo_engine.weights import ModelWeights
+from neo_sim.lanes import Lane, Span, Task
 from neo_sim.model import ModelSpec
 from neo_sim.scheduler.kv import KVManager
 from neo_sim.scheduler.plan import Plan, SubBatch
 from neo_sim.scheduler.request import Device
 
 
-@dataclass(frozen=True)
-class LaneEvent:
-    lane: str  # "device" or "host"
-    name: str
-    start_s: float  # from the start of the iteration
-    duration_s: float
-
-
 @dataclass
 class StepResult:
     request_ids: list[int]  # requests that produce a token, in row order of `logits`
     logits: torch.Tensor  # [n, vocab] float32 on the CPU
-    events: list[LaneEvent]
+    spans: list[Span]
     duration_s: float
 
 
@@ -79,7 +74,7 @@ class _Prepared:
     producers: list[tuple[int, int]]  # (row, request id)
     device_out: torch.Tensor | None = None
     host_future: Future | None = None
-    label: str = ""
+    index: int = 0  # the sub-batch's index in the plan
 
 
 class Executor:
@@ -103,7 +98,7 @@ class Executor:
         self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neo-host-attn")
         self._cuda = device.type == "cuda"
         self._t0 = 0.0
-        self._events: list[LaneEvent] = []
+        self._spans: list[Span] = []
 
     def close(self) -> None:
         self._host.shutdown(wait=True)
@@ -111,7 +106,7 @@ class Executor:
     # ---- one iteration ---------------------------------------------------------------------
     def run(self, plan: Plan, token_ids: dict[int, list[int]], kv: KVManager) -> StepResult:
         self._t0 = time.perf_counter()
-        self._events = []
+        self._spans = []
         self._swap(plan)
         preps = [self._prepare(sb, i, token_ids, kv) for i, sb in enumerate(plan.sub_batches) if sb]
         for layer in range(self.spec.num_layers):
@@ -123,35 +118,39 @@ class Executor:
             self._post(p, self.spec.num_layers - 1)
         request_ids, logits = self._logits(preps)
         duration = time.perf_counter() - self._t0
-        return StepResult(request_ids, logits, self._events, duration)
+        return StepResult(request_ids, logits, self._spans, duration)
 
     # ---- stages ------------------------------------------------------------------------------
     def _swap(self, plan: Plan) -> None:
-        if not (plan.swap_out or plan.swap_in):
-            return
-        with self._span("device", "swap"):
-            for s in plan.swap_out:
-                copy_blocks(self.gpu_pool, self.cpu_pool, s.src_blocks, s.dst_blocks)
-            for s in plan.swap_in:
-                copy_blocks(
-                    self.cpu_pool,
-                    self.gpu_pool,
-                    s.src_blocks,
-                    s.dst_blocks,
-                    non_blocking=self._cuda,
-                )
-            if self._cuda:
-                torch.cuda.current_stream(self.device).synchronize()
+        """Whole-request copies before any layer runs: the freed GPU blocks may be reused by
+        this iteration's prefills, and a swapped-in request attends at layer 0."""
+        if plan.swap_out:
+            with self._span(Lane.D2H, Task.SWAP_OUT):
+                for s in plan.swap_out:
+                    copy_blocks(self.gpu_pool, self.cpu_pool, s.src_blocks, s.dst_blocks)
+        if plan.swap_in:
+            with self._span(Lane.H2D, Task.SWAP_IN):
+                for s in plan.swap_in:
+                    copy_blocks(
+                        self.cpu_pool,
+                        self.gpu_pool,
+                        s.src_blocks,
+                        s.dst_blocks,
+                        non_blocking=self._cuda,
+                    )
 
     def _pre_and_attend(self, p: _Prepared, layer: int) -> None:
         lw = self.w.layers[layer]
-        with self._span("device", f"{p.label} pre L{layer}"):
+        with self._span(Lane.GPU, Task.PRE, layer, p.index):
             q, k, v = pre_projection(self.spec, lw, self.rotary, p.hidden, p.positions)
         if p.cpu is not None:
             a, b = p.cpu.rows
             p.host_future = self._submit_host(p, layer, q[a:b], k[a:b], v[a:b])
-        with self._span("device", f"{p.label} attn L{layer}"):
-            out = torch.empty(q.shape[0], self.spec.q_size, dtype=q.dtype, device=q.device)
+        out = torch.empty(q.shape[0], self.spec.q_size, dtype=q.dtype, device=q.device)
+        p.device_out = out
+        if not (p.prefills or p.gpu is not None):
+            return  # a sub-batch of CPU decodes only: no device attention to run
+        with self._span(Lane.GPU, Task.GPU_ATTN, layer, p.index):
             for pf in p.prefills:
                 a, b = pf.rows
                 out[a:b] = prefill_stage(
@@ -179,7 +178,6 @@ class Executor:
                     v[a:b],
                     self.scale,
                 )
-            p.device_out = out
 
     def _submit_host(self, p: _Prepared, layer: int, q, k, v) -> Future:
         if self._cuda:  # ship q/k/v through pinned memory, then let the host wait on an event
@@ -189,12 +187,12 @@ class Executor:
         else:
             ready = None
         decodes = p.cpu
-        label = p.label
+        index = p.index
 
         def task() -> torch.Tensor:
             if ready is not None:
                 ready.synchronize()
-            with self._span("host", f"{label} cpu-attn L{layer}"):
+            with self._span(Lane.CPU, Task.CPU_ATTN, layer, index):
                 out = host_decode_stage(
                     self.cpu_pool,
                     layer,
@@ -216,18 +214,18 @@ class Executor:
     def _post(self, p: _Prepared, layer: int) -> None:
         out = p.device_out
         if p.host_future is not None:
-            with self._span("device", f"{p.label} wait-host L{layer}"):
+            with self._span(Lane.GPU, Task.WAIT, layer, p.index):
                 host_out = p.host_future.result()
             a, b = p.cpu.rows
             out[a:b] = host_out.to(self.device, dtype=out.dtype, non_blocking=self._cuda)
             p.host_future = None
-        with self._span("device", f"{p.label} post L{layer}"):
+        with self._span(Lane.GPU, Task.POST, layer, p.index):
             p.hidden = post_projection(self.spec, self.w.layers[layer], out, p.hidden)
 
     def _logits(self, preps: list[_Prepared]) -> tuple[list[int], torch.Tensor]:
         request_ids: list[int] = []
         parts = []
-        with self._span("device", "lm-head"):
+        with self._span(Lane.GPU, Task.LM_HEAD):
             for p in preps:
                 if not p.producers:
                     continue
@@ -275,7 +273,7 @@ class Executor:
             gpu=gpu,
             cpu=cpu,
             producers=producers,
-            label=f"sb{index}",
+            index=index,
         )
 
     def _decodes(
@@ -306,25 +304,34 @@ class Executor:
         )
 
     # ---- timing --------------------------------------------------------------------------------
-    def _span(self, lane: str, name: str):
-        return _Span(self, lane, name)
+    def _span(self, lane: Lane, task: Task, layer: int | None = None, sub_batch: int | None = None):
+        return _Timed(self, lane, task, layer, sub_batch)
 
 
-class _Span:
-    """Times one task on a lane (wall clock; on CUDA the device lane is synchronised first)."""
+class _Timed:
+    """Times one task on a lane (wall clock; on CUDA the stream is synchronised first, except
+    for the host lane, which runs on the CPU)."""
 
-    def __init__(self, executor: Executor, lane: str, name: str):
-        self.ex, self.lane, self.name = executor, lane, name
+    def __init__(self, executor: Executor, lane: Lane, task: Task, layer, sub_batch):
+        self.ex, self.lane, self.task = executor, lane, task
+        self.layer, self.sub_batch = layer, sub_batch
 
     def __enter__(self):
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
-        if self.ex._cuda and self.lane == "device":
+        if self.ex._cuda and self.lane != Lane.CPU:
             torch.cuda.current_stream(self.ex.device).synchronize()
         end = time.perf_counter()
-        self.ex._events.append(
-            LaneEvent(self.lane, self.name, self.start - self.ex._t0, end - self.start)
+        self.ex._spans.append(
+            Span(
+                self.lane,
+                self.task,
+                self.start - self.ex._t0,
+                end - self.start,
+                self.layer,
+                self.sub_batch,
+            )
         )
         return False

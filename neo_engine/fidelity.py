@@ -31,7 +31,9 @@ from neo_engine.engine import LLMEngine
 from neo_engine.replay import replay
 from neo_engine.validate import SHIPPED_PROFILE, FidelitySettings, add_arguments
 from neo_sim.errors import NeoError
-from neo_sim.metrics import IterationRecord, Metrics, RequestRecord
+from neo_sim.lanes import busy_by_lane
+from neo_sim.latency import RequestRecord
+from neo_sim.metrics import IterationRecord, Metrics
 from neo_sim.profile import load_profile
 from neo_sim.profiled import ProfiledCostModel
 from neo_sim.settings import from_args
@@ -58,39 +60,22 @@ def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
     records = []
     itl: list[float] = []
     for spec in workload:
-        r = RequestRecord(spec.request_id, spec.arrival_s, spec.prompt_len, spec.output_len)
+        r = RequestRecord(
+            request_id=spec.request_id,
+            arrival_s=spec.arrival_s,
+            prompt_len=spec.prompt_len,
+            output_len=spec.output_len,
+        )
         out = by_id.get(spec.request_id)
         if out is not None:
             r.first_token_s, r.finish_s = out.first_token_s, out.finish_s
             r.num_tokens, r.status = len(out.token_ids), "finished"
             r.cpu_steps, r.gpu_steps = out.cpu_steps, out.gpu_steps
         records.append(r)
-    iterations = []
-    for it in engine.iterations:
-        p = it.plan
-        busy = {
-            lane: sum(e.duration_s for e in it.events if e.lane == lane)
-            for lane in ("device", "host")
-        }
-        iterations.append(
-            IterationRecord(
-                p.step,
-                it.start_s,
-                it.duration_s,
-                p.predicted_s,
-                p.mode.value,
-                sum(w.num_tokens for w in p.prefills),
-                len(p.prefills),
-                len(p.gpu_decodes),
-                len(p.cpu_decodes),
-                len(p.swap_out),
-                len(p.swap_in),
-                busy["device"],
-                busy["host"],
-                0.0,
-                0.0,
-            )
-        )
+    iterations = [
+        IterationRecord.of(it.plan, it.start_s, it.duration_s, busy_by_lane(it.spans))
+        for it in engine.iterations
+    ]
     return Metrics(records, iterations, itl)
 
 

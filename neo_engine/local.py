@@ -68,6 +68,36 @@ def cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
+def cpu_features() -> dict[str, bool]:
+    """The vector extensions that decide which kernels and dtypes are fast on this CPU."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+    }
+
+
+def machine_summary() -> dict:
+    """What a benchmark result records about the machine it ran on."""
+    return {
+        "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "hostname": platform.node(),
+    }
+
+
 def probe_hardware(device: torch.device, dtype: torch.dtype = torch.float32) -> HardwareSpec:
     host = torch.device("cpu")
     sources = dict.fromkeys(("memory_bytes", "hbm_bytes_per_s", "peak_flops_per_s"), _SOURCE)

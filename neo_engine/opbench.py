@@ -24,6 +24,7 @@ import torch
 
 from neo_engine.kv_cache import KVPool
 from neo_engine.weights import random_weights
+from neo_sim.lanes import Task
 from neo_sim.model import ModelSpec
 
 
@@ -138,8 +139,8 @@ class InSituBench:
         if self._executor is not None:
             self._executor.close()
 
-    def _run(self, plan, lengths: dict[int, int], on_gpu: dict[int, bool]) -> dict[str, float]:
-        """Median over repeats of the per-layer time of each stage (seconds per layer)."""
+    def _run(self, plan, lengths: dict[int, int], on_gpu: dict[int, bool]) -> dict[Task, float]:
+        """Median over repeats of the per-layer time of each task (seconds per layer)."""
         from neo_sim.scheduler.kv import KVManager, blocks_for
 
         need = sum(blocks_for(n, self.block_size) for n in lengths.values())
@@ -149,18 +150,17 @@ class InSituBench:
             kv.pool(on_gpu[rid]).grow(rid, n)
         tokens = {rid: [1 + (rid + i) % 200 for i in range(n)] for rid, n in lengths.items()}
         executor.run(plan, tokens, kv)  # warm-up
-        runs: dict[str, list[float]] = {}
+        runs: dict[Task, list[float]] = {}
         for _ in range(self.repeats):
-            stages: dict[str, list[float]] = {}
-            for e in executor.run(plan, tokens, kv).events:
-                stage = e.name.split(" L")[0].split(" ", 1)[-1]
-                stages.setdefault(stage, []).append(e.duration_s)
-            for stage, values in stages.items():
-                per_layer = statistics.median(values) if stage != "lm-head" else sum(values)
-                runs.setdefault(stage, []).append(per_layer)
-        return {stage: statistics.median(v) for stage, v in runs.items()}
+            by_task: dict[Task, list[float]] = {}
+            for span in executor.run(plan, tokens, kv).spans:
+                by_task.setdefault(span.task, []).append(span.duration_s)
+            for task, values in by_task.items():
+                per_layer = statistics.median(values) if task != Task.LM_HEAD else sum(values)
+                runs.setdefault(task, []).append(per_layer)
+        return {task: statistics.median(v) for task, v in runs.items()}
 
-    def decode(self, batch: int, context_len: int, on_gpu: bool = True) -> dict[str, float]:
+    def decode(self, batch: int, context_len: int, on_gpu: bool = True) -> dict[Task, float]:
         """A sequential plan of `batch` decodes over `context_len` tokens each."""
         from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, SubBatch
 
@@ -172,7 +172,7 @@ class InSituBench:
             dict.fromkeys(range(batch), on_gpu),
         )
 
-    def prefill(self, prompt_len: int) -> dict[str, float]:
+    def prefill(self, prompt_len: int) -> dict[Task, float]:
         """A sequential plan of one whole prompt."""
         from neo_sim.scheduler.plan import Mode, Plan, PrefillWork, SubBatch
 
@@ -185,16 +185,16 @@ class InSituBench:
             st = self.decode(num_tokens, self.block_size)
         else:
             st = self.prefill(num_tokens)
-        return st["pre"] + st["post"]
+        return st[Task.PRE] + st[Task.POST]
 
     def time_prefill_attn(self, prompt_len: int) -> float:
-        return self.prefill(prompt_len)["attn"]
+        return self.prefill(prompt_len)[Task.GPU_ATTN]
 
     def time_gpu_decode_attn(self, batch: int, context_len: int) -> float:
-        return self.decode(batch, context_len)["attn"]
+        return self.decode(batch, context_len)[Task.GPU_ATTN]
 
     def time_cpu_decode_attn(self, batch: int, context_len: int) -> float:
-        return self.decode(batch, context_len, on_gpu=False)["cpu-attn"]
+        return self.decode(batch, context_len, on_gpu=False)[Task.CPU_ATTN]
 
     def time_lm_head(self, num_seqs: int) -> float:
-        return self.decode(num_seqs, self.block_size)["lm-head"]
+        return self.decode(num_seqs, self.block_size)[Task.LM_HEAD]

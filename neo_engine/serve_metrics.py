@@ -8,6 +8,8 @@ iteration, and iterations by mode (pipelined vs sequential).
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -75,10 +77,12 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         for out in self.engine.take_finished():
-            if out.first_token_s is None or out.finish_s is None:
-                continue
-            self.ttft.observe(out.first_token_s - out.arrival_s)
-            self.e2e.observe(out.finish_s - out.arrival_s)
-            if len(out.token_ids) > 1:
-                self.tpot.observe((out.finish_s - out.first_token_s) / (len(out.token_ids) - 1))
+            latency = out.latency()
+            for histogram, value in (
+                (self.ttft, latency.ttft_s),
+                (self.tpot, latency.tpot_s),
+                (self.e2e, latency.e2e_s),
+            ):
+                if not math.isnan(value):  # no first token (aborted early), or one token only
+                    histogram.observe(value)
         return generate_latest(self.registry)

@@ -1,18 +1,22 @@
-"""Per-request and per-iteration records, and the summary a user reads.
+"""Per-request and per-iteration tables, and the summary a user reads.
 
-Definitions follow vLLM's serving benchmark (DESIGN.md section 5): TTFT = first token - arrival;
-TPOT = (E2E - TTFT) / (output tokens - 1); ITL pools every gap between consecutive tokens;
-per-token latency = E2E / output tokens; goodput counts a request only if every given SLO holds.
-Throughput is completed requests (and output tokens) over the span from the first arrival to
-the last finish. Busy fractions are lane busy time over that span.
+Request latencies (TTFT, TPOT, ITL, E2E) are defined once, in `neo_sim.latency`; goodput counts
+a request only if every given SLO holds. Throughput is completed requests (and output tokens)
+over the span from the first arrival to the last finish. Busy fractions are lane busy time
+over that span.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from neo_sim.lanes import Lane
+from neo_sim.latency import RequestRecord
+from neo_sim.scheduler.plan import Plan
 
 PERCENTILES = (50, 90, 99)
 
@@ -27,6 +31,7 @@ REQUEST_COLUMNS = [
     "ttft_s",
     "tpot_s",
     "e2e_s",
+    "per_token_s",
     "gpu_steps",
     "cpu_steps",
     "ran_on",
@@ -36,33 +41,10 @@ REQUEST_COLUMNS = [
 ]
 
 
-@dataclass
-class RequestRecord:
-    request_id: int
-    arrival_s: float
-    prompt_len: int
-    output_len: int
-    first_token_s: float = float("nan")
-    last_token_s: float = float("nan")
-    finish_s: float = float("nan")
-    num_tokens: int = 0
-    gpu_steps: int = 0
-    cpu_steps: int = 0
-    preemptions: int = 0
-    swaps: int = 0
-    status: str = "pending"  # finished | aborted | rejected | pending
-
-    def on_token(self, now: float, itl: list[float]) -> None:
-        if self.num_tokens == 0:
-            self.first_token_s = now
-        else:
-            itl.append(now - self.last_token_s)
-        self.last_token_s = now
-        self.num_tokens += 1
-
-
-@dataclass
+@dataclass(frozen=True)
 class IterationRecord:
+    """One iteration: what its plan ran, how long it took, how busy each lane was."""
+
     step: int
     start_s: float
     duration_s: float
@@ -78,6 +60,29 @@ class IterationRecord:
     cpu_busy_s: float
     h2d_busy_s: float
     d2h_busy_s: float
+
+    @classmethod
+    def of(
+        cls, plan: Plan, start_s: float, duration_s: float, busy: Mapping[Lane, float]
+    ) -> IterationRecord:
+        """The record of `plan`, run from `start_s` for `duration_s` with `busy` lanes."""
+        return cls(
+            step=plan.step,
+            start_s=start_s,
+            duration_s=duration_s,
+            predicted_s=plan.predicted_s,
+            mode=plan.mode.value,
+            prefill_tokens=sum(p.num_tokens for p in plan.prefills),
+            num_prefills=len(plan.prefills),
+            num_gpu_decodes=len(plan.gpu_decodes),
+            num_cpu_decodes=len(plan.cpu_decodes),
+            swap_out=len(plan.swap_out),
+            swap_in=len(plan.swap_in),
+            gpu_busy_s=busy[Lane.GPU],
+            cpu_busy_s=busy[Lane.CPU],
+            h2d_busy_s=busy[Lane.H2D],
+            d2h_busy_s=busy[Lane.D2H],
+        )
 
 
 @dataclass(frozen=True)
@@ -98,16 +103,14 @@ class Metrics:
     def requests_frame(self) -> pd.DataFrame:
         rows = []
         for r in self.requests:
+            latency = r.latency()
             row = dict(vars(r))
-            row["ttft_s"] = r.first_token_s - r.arrival_s
-            row["e2e_s"] = r.finish_s - r.arrival_s
-            row["tpot_s"] = (
-                (row["e2e_s"] - row["ttft_s"]) / (r.num_tokens - 1)
-                if r.num_tokens > 1
-                else float("nan")
-            )
-            row["ran_on"] = (
-                "both" if r.gpu_steps and r.cpu_steps else "cpu" if r.cpu_steps else "gpu"
+            row.update(
+                ttft_s=latency.ttft_s,
+                tpot_s=latency.tpot_s,
+                e2e_s=latency.e2e_s,
+                per_token_s=latency.per_token_s,
+                ran_on=r.ran_on,
             )
             rows.append(row)
         return pd.DataFrame(rows, columns=REQUEST_COLUMNS)
@@ -150,7 +153,7 @@ def summarize(
     _percentiles("ttft", done["ttft_s"], out)
     _percentiles("tpot", done["tpot_s"], out)
     _percentiles("e2e", done["e2e_s"], out)
-    _percentiles("per_token_latency", done["e2e_s"] / done["num_tokens"].clip(lower=1), out)
+    _percentiles("per_token_latency", done["per_token_s"], out)
     _percentiles("itl", np.asarray(itl_s, dtype=float), out)
     if slo is not None and len(done):
         ok = np.ones(len(done), dtype=bool)

@@ -15,9 +15,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from neo_sim.timing import LANES, TaskEvent
+from neo_sim.lanes import Lane, Span
 
-LANE_COLORS = {"gpu": "#2b6cb0", "cpu": "#dd6b20", "h2d": "#38a169", "d2h": "#805ad5"}
+LANE_COLORS = {Lane.GPU: "#2b6cb0", Lane.CPU: "#dd6b20", Lane.H2D: "#38a169", Lane.D2H: "#805ad5"}
 
 
 def save_html(fig: go.Figure, path: str | Path, self_contained: bool = False) -> Path:
@@ -84,29 +84,29 @@ def bar_figure(
     return fig
 
 
-def timeline_figure(timeline: Iterable[tuple[int, float, TaskEvent]], title: str = "") -> go.Figure:
+def timeline_figure(timeline: Iterable[tuple[int, float, Span]], title: str = "") -> go.Figure:
     """Gantt chart of the four lanes over the recorded iterations (milliseconds)."""
     rows = [
         (
-            lane_event.lane,
-            (start + lane_event.start_s) * 1e3,
-            lane_event.duration_s * 1e3,
-            f"step {step}: {lane_event.name}",
+            span.lane,
+            (start + span.start_s) * 1e3,
+            span.duration_s * 1e3,
+            f"step {step}: {span.label}",
         )
-        for step, start, lane_event in timeline
+        for step, start, span in timeline
     ]
     fig = go.Figure()
-    for lane in LANES:
+    for lane in Lane:
         part = [r for r in rows if r[0] == lane]
         if not part:
             continue
         fig.add_trace(
             go.Bar(
-                y=[lane] * len(part),
+                y=[lane.value] * len(part),
                 x=[r[2] for r in part],
                 base=[r[1] for r in part],
                 orientation="h",
-                name=lane,
+                name=lane.value,
                 marker_color=LANE_COLORS[lane],
                 hovertext=[r[3] for r in part],
                 hoverinfo="text+x",
@@ -116,7 +116,7 @@ def timeline_figure(timeline: Iterable[tuple[int, float, TaskEvent]], title: str
         title=title or "per-iteration lanes",
         barmode="overlay",
         xaxis_title="ms",
-        yaxis={"categoryorder": "array", "categoryarray": list(reversed(LANES))},
+        yaxis={"categoryorder": "array", "categoryarray": [x.value for x in reversed(Lane)]},
         height=350,
         width=1200,
     )
@@ -181,24 +181,29 @@ def scatter_figure(
     return fig
 
 
-def write_chrome_trace(timeline: Iterable[tuple[int, float, TaskEvent]], path: str | Path) -> Path:
+def write_chrome_trace(timeline: Iterable[tuple[int, float, Span]], path: str | Path) -> Path:
     """Chrome trace-event JSON (open in Perfetto or chrome://tracing): one thread per lane."""
-    tids = {lane: i for i, lane in enumerate(LANES)}
+    tids = {lane: i for i, lane in enumerate(Lane)}
     events = [
-        {"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": lane}}
+        {"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": lane.value}}
         for lane, tid in tids.items()
     ]
-    for step, start, e in timeline:
+    for step, start, span in timeline:
         events.append(
             {
-                "name": e.name,
-                "cat": e.lane,
+                "name": span.label,
+                "cat": span.lane.value,
                 "ph": "X",
                 "pid": 1,
-                "tid": tids[e.lane],
-                "ts": (start + e.start_s) * 1e6,
-                "dur": e.duration_s * 1e6,
-                "args": {"step": step},
+                "tid": tids[span.lane],
+                "ts": (start + span.start_s) * 1e6,
+                "dur": span.duration_s * 1e6,
+                "args": {
+                    "step": step,
+                    "task": span.task.value,
+                    "layer": span.layer,
+                    "sub_batch": span.sub_batch,
+                },
             }
         )
     path = Path(path)

@@ -17,10 +17,12 @@ import simpy
 
 from neo_sim.costmodel import CostModel
 from neo_sim.errors import NeoError
-from neo_sim.metrics import IterationRecord, Metrics, RequestRecord
+from neo_sim.lanes import Span
+from neo_sim.latency import RequestRecord
+from neo_sim.metrics import IterationRecord, Metrics
 from neo_sim.scheduler import Policy, Request, SchedulerConfig, make_policy
 from neo_sim.scheduler.plan import Plan
-from neo_sim.timing import IterationTiming, TaskEvent, TimingModel
+from neo_sim.timing import IterationTiming, TimingModel
 from neo_sim.workload import RequestSpec
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 class SimResult:
     metrics: Metrics
     policy: str
-    timeline: list[tuple[int, float, TaskEvent]]  # (step, iteration start, event), if recorded
+    timeline: list[tuple[int, float, Span]]  # (step, iteration start, event), if recorded
     plans: list[Plan]  # if recorded
     scheduler_s: float  # wall time spent inside policy.step()
 
@@ -60,12 +62,17 @@ class Simulation:
         self.record_timeline = record_timeline  # record lane events of the first N iterations
         self.record_plans = record_plans
         self.records = {
-            r.request_id: RequestRecord(r.request_id, r.arrival_s, r.prompt_len, r.output_len)
+            r.request_id: RequestRecord(
+                request_id=r.request_id,
+                arrival_s=r.arrival_s,
+                prompt_len=r.prompt_len,
+                output_len=r.output_len,
+            )
             for r in self.workload
         }
         self.iterations: list[IterationRecord] = []
         self.itl: list[float] = []
-        self.timeline: list[tuple[int, float, TaskEvent]] = []
+        self.timeline: list[tuple[int, float, Span]] = []
         self.plans: list[Plan] = []
         self.scheduler_s = 0.0
         self._env = simpy.Environment()
@@ -153,29 +160,9 @@ class Simulation:
             rec.finish_s, rec.status = now, "finished"
             rec.gpu_steps, rec.cpu_steps = r.gpu_steps, r.cpu_steps
             rec.preemptions, rec.swaps = r.num_preemptions, r.num_swaps
-        prefill_tokens = sum(p.num_tokens for p in plan.prefills)
-        busy = timing.busy_s
-        self.iterations.append(
-            IterationRecord(
-                plan.step,
-                start,
-                timing.duration_s,
-                plan.predicted_s,
-                plan.mode.value,
-                prefill_tokens,
-                len(plan.prefills),
-                len(plan.gpu_decodes),
-                len(plan.cpu_decodes),
-                len(plan.swap_out),
-                len(plan.swap_in),
-                busy["gpu"],
-                busy["cpu"],
-                busy["h2d"],
-                busy["d2h"],
-            )
-        )
+        self.iterations.append(IterationRecord.of(plan, start, timing.duration_s, timing.busy_s))
         if record:
-            self.timeline.extend((plan.step, start, e) for e in timing.events)
+            self.timeline.extend((plan.step, start, span) for span in timing.spans)
         if self.record_plans:
             self.plans.append(plan)
 

@@ -1,22 +1,24 @@
 """How long a plan really takes: per-layer tasks on four lanes, with their dependencies.
 
 The scheduler decides with its own estimate (`neo_sim.scheduler.estimate`); the simulator's
-clock follows this finer model, as a real system's clock follows the hardware. Lanes: the GPU
-compute stream, the host CPU (attention threads), and PCIe in each direction (full duplex).
-Each lane runs its tasks in issue order; a task starts when its lane is free and its inputs are
-ready. Per layer i and sub-batch b:
+clock follows this finer model, as a real system's clock follows the hardware. Lanes and tasks
+are the shared vocabulary of `neo_sim.lanes` (the engine's executor records the same spans).
+Each lane runs its tasks in issue order; a task starts when its lane is free and its inputs
+are ready. Swaps come first: whole requests, every layer, out then in, before any layer work
+(as the executor copies them; docs/architecture.md, "Swaps"). Then per layer i and sub-batch b:
 
-  GPU  post(b, i-1) + pre(b, i)   needs b's attention output of layer i-1
+  GPU  post(b, i-1)        needs b's attention output of layer i-1
+  GPU  pre(b, i)
   D2H  q/k/v of b's CPU decodes   after pre(b, i)
-  CPU  attention of b's CPU decodes (+ launch)   after the q/k/v copy and layer i's swap-out
+  CPU  attention of b's CPU decodes (+ launch)   after the q/k/v copy
   H2D  attention output back      after the CPU attention
   D2H  fresh KV of b's CPU-placed prefills        after pre(b, i)
-  GPU  attention of b's prefills and GPU decodes  after layer i's swap-in
+  GPU  attention of b's prefills and GPU decodes  after pre(b, i)
 
-Sub-batches alternate on the GPU one layer apart (DESIGN.md section 1), so sub-batch 1's CPU
-attention of layer i overlaps sub-batch 0's GPU work of layer i+1, and a slow CPU shows up as a
-GPU bubble. Swaps move one layer's KV per layer, ahead of that layer's work, sharing the PCIe
-lanes with everything else. Optional seeded log-normal noise scales every task.
+Sub-batches alternate on the GPU one layer apart (docs/architecture.md, "Asymmetric
+pipelining"), so sub-batch 1's CPU attention of layer i overlaps sub-batch 0's GPU work of
+layer i+1, and a slow CPU shows up as a GPU bubble. Optional seeded log-normal noise scales
+every task.
 """
 
 from __future__ import annotations
@@ -25,25 +27,17 @@ import random
 from dataclasses import dataclass, field
 
 from neo_sim.costmodel import CostModel
+from neo_sim.lanes import Lane, Span, Task
+from neo_sim.scheduler.estimate import swap_bytes
 from neo_sim.scheduler.plan import Plan, SubBatch
 from neo_sim.scheduler.request import Device
-
-LANES = ("gpu", "cpu", "h2d", "d2h")
-
-
-@dataclass(frozen=True)
-class TaskEvent:
-    lane: str
-    name: str
-    start_s: float
-    duration_s: float
 
 
 @dataclass(frozen=True)
 class IterationTiming:
     duration_s: float
-    busy_s: dict[str, float]
-    events: tuple[TaskEvent, ...] = field(default=(), repr=False)
+    busy_s: dict[Lane, float]
+    spans: tuple[Span, ...] = field(default=(), repr=False)
 
 
 @dataclass
@@ -69,7 +63,7 @@ class TimingModel:
         lanes_share_compute: bool = False,
     ):
         """`lanes_share_compute`: the "GPU" and the host CPU are the same cores (an engine on a
-        CPU-only machine), so device and host tasks run one at a time, not side by side."""
+        CPU-only machine), so GPU and CPU tasks run one at a time, not side by side."""
         if noise < 0:
             raise ValueError("noise must be >= 0")
         self.lanes_share_compute = lanes_share_compute
@@ -83,55 +77,56 @@ class TimingModel:
     def run(self, plan: Plan, record: bool = False) -> IterationTiming:
         cost, layers = self.cost, self.cost.model.num_layers
         batches = [self._costs(sb) for sb in plan.sub_batches if sb]
-        lane_free = dict.fromkeys(LANES, 0.0)
-        busy = dict.fromkeys(LANES, 0.0)
-        events: list[TaskEvent] = []
+        lane_free = dict.fromkeys(Lane, 0.0)
+        busy = dict.fromkeys(Lane, 0.0)
+        spans: list[Span] = []
+        compute = (Lane.GPU, Lane.CPU)
 
-        def run_task(lane: str, name: str, duration: float, ready: float) -> float:
+        def run_task(
+            lane: Lane,
+            task: Task,
+            duration: float,
+            ready: float,
+            layer: int | None = None,
+            sub_batch: int | None = None,
+        ) -> float:
             if duration <= 0:
                 return ready
             if self.noise:
                 duration *= self._rng.lognormvariate(0.0, self.noise)
-            shared = self.lanes_share_compute and lane in ("gpu", "cpu")
-            lanes = ("gpu", "cpu") if shared else (lane,)
+            lanes = compute if self.lanes_share_compute and lane in compute else (lane,)
             start = max(ready, *(lane_free[x] for x in lanes))
             end = start + duration
             for x in lanes:
                 lane_free[x] = end
             busy[lane] += duration
             if record:
-                events.append(TaskEvent(lane, name, start, duration))
+                spans.append(Span(lane, task, start, duration, layer, sub_batch))
             return end
 
-        per_token = cost.model.kv_bytes_per_token_per_layer * self.block_size
-        out_bytes = sum(len(s.src_blocks) for s in plan.swap_out) * per_token
-        in_bytes = sum(len(s.src_blocks) for s in plan.swap_in) * per_token
-        swap_out_s, swap_in_s = cost.d2h(out_bytes), cost.h2d(in_bytes)
-        out_ready = [0.0] * len(batches)  # b's attention output of the previous layer is back
-        attn_done = [0.0] * len(batches)
+        out_bytes, in_bytes = swap_bytes(cost.model, plan.swap_out, plan.swap_in, self.block_size)
+        swapped = run_task(Lane.D2H, Task.SWAP_OUT, cost.d2h(out_bytes), 0.0)
+        swapped = run_task(Lane.H2D, Task.SWAP_IN, cost.h2d(in_bytes), swapped)
+        out_ready = [swapped] * len(batches)  # b's attention output of the previous layer
+        attn_done = [swapped] * len(batches)
         for i in range(layers):
-            swapped_out = run_task("d2h", f"swap-out L{i}", swap_out_s, 0.0)
-            swapped_in = run_task("h2d", f"swap-in L{i}", swap_in_s, 0.0)
             for b, c in enumerate(batches):
-                linear_s = c.pre_s + (c.post_s if i else 0.0)
-                pre_done = run_task(
-                    "gpu", f"sb{b} linear L{i}", linear_s, max(out_ready[b], attn_done[b])
-                )
+                ready = max(out_ready[b], attn_done[b])
+                if i:
+                    ready = run_task(Lane.GPU, Task.POST, c.post_s, ready, i - 1, b)
+                pre_done = run_task(Lane.GPU, Task.PRE, c.pre_s, ready, i, b)
                 out_ready[b] = pre_done
                 if c.cpu_attn_s:
-                    qkv = run_task("d2h", f"sb{b} qkv L{i}", c.qkv_d2h_s, pre_done)
-                    attn = run_task(
-                        "cpu", f"sb{b} cpu-attn L{i}", c.cpu_attn_s, max(qkv, swapped_out)
-                    )
-                    out_ready[b] = run_task("h2d", f"sb{b} attn-out L{i}", c.out_h2d_s, attn)
-                run_task("d2h", f"sb{b} kv-offload L{i}", c.kv_offload_s, pre_done)
-                attn_done[b] = run_task(
-                    "gpu", f"sb{b} gpu-attn L{i}", c.gpu_attn_s, max(pre_done, swapped_in)
-                )
+                    qkv = run_task(Lane.D2H, Task.QKV, c.qkv_d2h_s, pre_done, i, b)
+                    attn = run_task(Lane.CPU, Task.CPU_ATTN, c.cpu_attn_s, qkv, i, b)
+                    out_ready[b] = run_task(Lane.H2D, Task.ATTN_OUT, c.out_h2d_s, attn, i, b)
+                run_task(Lane.D2H, Task.KV_OFFLOAD, c.kv_offload_s, pre_done, i, b)
+                attn_done[b] = run_task(Lane.GPU, Task.GPU_ATTN, c.gpu_attn_s, pre_done, i, b)
         for b, c in enumerate(batches):
-            run_task("gpu", f"sb{b} post L{layers - 1}", c.post_s, max(out_ready[b], attn_done[b]))
-        run_task("gpu", "lm-head", cost.lm_head(plan.num_seqs), 0.0)
-        return IterationTiming(max(lane_free.values()), busy, tuple(events))
+            ready = max(out_ready[b], attn_done[b])
+            run_task(Lane.GPU, Task.POST, c.post_s, ready, layers - 1, b)
+        run_task(Lane.GPU, Task.LM_HEAD, cost.lm_head(plan.num_seqs), swapped)
+        return IterationTiming(max(lane_free.values()), busy, tuple(spans))
 
     def _costs(self, sb: SubBatch) -> _SubBatchCosts:
         c = self.cost

@@ -1,6 +1,7 @@
 """The scheduler's own estimate of an iteration: per-layer lane times, slack, duration.
 
-DESIGN.md section 1, with the PCIe terms the artifact leaves out. Per layer, for sub-batch b:
+docs/architecture.md, "Scheduler estimate", with the PCIe terms the artifact leaves out. Per
+layer, for sub-batch b:
 - gpu_s(b) = linear(S_b) + prefill_attn(b) + gpu_decode_attn(b);
 - cpu_s(b) = d2h(q,k,v) + cpu_decode_attn(b) + h2d(attention output) + launch, if b has CPU
   decodes, else 0;
@@ -8,7 +9,8 @@ DESIGN.md section 1, with the PCIe terms the artifact leaves out. Per layer, for
 Pipelined: slack[j] = linear(S_other) + prefill_attn(j) + gpu_decode_attn(j) - cpu_s(j), and a
 layer takes gpu_s(0) + gpu_s(1) plus any negative slack (the GPU waits for the CPU).
 Sequential: a layer takes linear + max(GPU attention, CPU attention).
-Per iteration add the LM head, and swap copies (not overlapped: a conservative estimate).
+Per iteration add the LM head, and the swaps: whole requests copied before the iteration, out
+then in, as the engine copies them.
 
 `SubBatchBuilder` keeps these sums incrementally so that NEO's greedy loop prices a candidate
 with a few cost-model lookups, not a rescan of the batch.
@@ -19,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from neo_sim.costmodel import CostModel
+from neo_sim.model import ModelSpec
 from neo_sim.scheduler.plan import DecodeWork, PrefillWork, SubBatch, Swap
 from neo_sim.scheduler.request import Device
 
@@ -137,13 +140,23 @@ def sequential_layer_s(b: SubBatchBuilder) -> float:
     return max(t.linear_s + max(t.gpu_attn_s, t.cpu_s), t.offload_s)
 
 
+def swap_bytes(
+    model: ModelSpec, swap_out: tuple[Swap, ...], swap_in: tuple[Swap, ...], block_size: int
+) -> tuple[float, float]:
+    """Bytes of a plan's swaps (out, in): whole requests, every layer, whole blocks, as the
+    engine copies them."""
+    per_block = block_size * model.kv_bytes_per_token
+    out_bytes = sum(len(s.src_blocks) for s in swap_out) * per_block
+    in_bytes = sum(len(s.src_blocks) for s in swap_in) * per_block
+    return out_bytes, in_bytes
+
+
 def swap_s(
     cost: CostModel, swap_out: tuple[Swap, ...], swap_in: tuple[Swap, ...], block_size: int
 ) -> float:
-    """PCIe time of whole-request swaps (all layers), copied block by block."""
-    per_token = cost.model.kv_bytes_per_token
-    out_bytes = sum(len(s.src_blocks) for s in swap_out) * block_size * per_token
-    in_bytes = sum(len(s.src_blocks) for s in swap_in) * block_size * per_token
+    """Seconds of a plan's swaps: one copy out, then one copy in, before any layer work (the
+    timing model charges exactly these terms; docs/architecture.md, "Swaps")."""
+    out_bytes, in_bytes = swap_bytes(cost.model, swap_out, swap_in, block_size)
     return cost.d2h(out_bytes) + cost.h2d(in_bytes)
 
 

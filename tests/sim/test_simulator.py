@@ -6,7 +6,9 @@ import pytest
 
 from neo_sim.costmodel import Efficiencies, RooflineCostModel
 from neo_sim.hardware import PRESETS as HW
-from neo_sim.metrics import SLO, Metrics, RequestRecord, summarize
+from neo_sim.lanes import Lane
+from neo_sim.latency import RequestRecord
+from neo_sim.metrics import SLO, Metrics, summarize
 from neo_sim.model import PRESETS as MODELS
 from neo_sim.runs import RunSpec, execute
 from neo_sim.scheduler import DecodeWork, Mode, Plan, SchedulerConfig, SubBatch
@@ -72,9 +74,9 @@ def test_timing_model_shows_a_bubble_when_the_cpu_is_slow():
     )
     t_fast = TimingModel(fast, 16).run(plan)
     t_slow = TimingModel(slow, 16).run(plan)
-    assert t_slow.busy_s["gpu"] == pytest.approx(t_fast.busy_s["gpu"])
+    assert t_slow.busy_s[Lane.GPU] == pytest.approx(t_fast.busy_s[Lane.GPU])
     assert t_slow.duration_s > 2 * t_fast.duration_s  # the GPU waits for the CPU
-    assert t_slow.duration_s >= t_slow.busy_s["cpu"]
+    assert t_slow.duration_s >= t_slow.busy_s[Lane.CPU]
 
 
 def test_swaps_occupy_pcie_lanes():
@@ -89,7 +91,7 @@ def test_swaps_occupy_pcie_lanes():
     )
     timing = TimingModel(cost, 16).run(plan)
     expected = 50 * 16 * MODELS["llama-2-7b"].kv_bytes_per_token / (15.75e9 * 0.8)
-    assert timing.busy_s["d2h"] == pytest.approx(expected, rel=0.05)
+    assert timing.busy_s[Lane.D2H] == pytest.approx(expected, rel=0.05)
 
 
 def test_rejected_requests_are_reported_not_lost():
@@ -140,3 +142,27 @@ def test_synthetic_rejects_bad_sizes():
 
     with pytest.raises(NeoError):
         synthetic(0, 1.0, 10, 10)
+
+
+@pytest.mark.parametrize("policy", ["gpu-only", "neo"])
+def test_timing_model_and_scheduler_estimate_charge_swaps_alike(policy):
+    """One swap model: whole requests, all layers, out then in, before the iteration (what the
+    executor does). The timing model adds exactly the estimate's swap term to a plan."""
+    import dataclasses
+
+    from neo_sim.scheduler.estimate import swap_s
+    from neo_sim.simulator import Simulation
+    from neo_sim.workload import synthetic
+
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    config = SchedulerConfig(num_gpu_blocks=40, num_cpu_blocks=2000, max_batch_tokens=832)
+    workload = synthetic(60, 8.0, 300, 60, seed=1)
+    plans = Simulation(policy, config, cost, workload, record_plans=True).run().plans
+    with_swaps = [p for p in plans if p.swap_out or p.swap_in]
+    assert len(with_swaps) >= 3
+    timing = TimingModel(cost, config.block_size)
+    for plan in with_swaps:
+        bare = dataclasses.replace(plan, swap_out=(), swap_in=())
+        added = timing.run(plan).duration_s - timing.run(bare).duration_s
+        charged = swap_s(cost, plan.swap_out, plan.swap_in, config.block_size)
+        assert added == pytest.approx(charged, rel=1e-9)

@@ -1,0 +1,67 @@
+"""The executor and the timing model describe an iteration with the same spans."""
+
+from __future__ import annotations
+
+import torch
+
+from neo_engine.config import LoadSettings
+from neo_engine.executor import Executor
+from neo_engine.kv_cache import KVPool
+from neo_engine.weights import random_weights
+from neo_sim.costmodel import RooflineCostModel
+from neo_sim.hardware import PRESETS as HW
+from neo_sim.lanes import Lane, Task, busy_by_lane
+from neo_sim.scheduler.kv import KVManager
+from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, SubBatch, Swap
+from neo_sim.timing import TimingModel
+
+# Copies that exist only between a real GPU and its host; on a CPU device they are no-ops.
+DEVICE_COPIES = {Task.QKV, Task.ATTN_OUT, Task.KV_OFFLOAD}
+
+
+def key(span):
+    return span.lane, span.task, span.layer, span.sub_batch
+
+
+def test_executor_and_timing_model_emit_the_same_spans():
+    spec = LoadSettings("dummy:tiny").model_spec()
+    cpu = torch.device("cpu")
+    gpu_pool, host_pool = (KVPool(spec, 64, 8, torch.float32, cpu) for _ in range(2))
+    executor = Executor(spec, random_weights(spec, torch.float32, cpu), cpu, gpu_pool, host_pool)
+    kv = KVManager(64, 64, 8)
+    lengths = {0: 20, 1: 30, 2: 24, 3: 17, 4: 12}
+    for rid in (1, 2):
+        kv.gpu.grow(rid, lengths[rid])
+    for rid in (3, 4):
+        kv.cpu.grow(rid, lengths[rid])
+    kv.gpu.grow(0, lengths[0])
+    victim = kv.gpu.grow(9, 16)
+    parked = kv.cpu.grow(9, 16)
+    plan = Plan(
+        1,
+        Mode.PIPELINED,
+        (
+            SubBatch(
+                prefills=(PrefillWork(0, 0, lengths[0]),),
+                gpu_decodes=(DecodeWork(1, 30), DecodeWork(2, 24)),
+                cpu_decodes=(DecodeWork(3, 17),),
+            ),
+            SubBatch(cpu_decodes=(DecodeWork(4, 12),)),
+        ),
+        swap_out=(Swap(9, 16, tuple(victim), tuple(parked)),),
+    )
+    tokens = {rid: [1 + rid] * n for rid, n in lengths.items()}
+    measured = executor.run(plan, tokens, kv).spans
+    executor.close()
+    predicted = TimingModel(RooflineCostModel(spec, HW["t4"]), 8).run(plan, record=True).spans
+
+    assert {key(s) for s in measured if s.task != Task.WAIT} == {
+        key(s) for s in predicted if s.task not in DEVICE_COPIES
+    }
+    layers = spec.num_layers
+    assert {s.layer for s in measured if s.task == Task.CPU_ATTN} == set(range(layers))
+    assert {s.sub_batch for s in measured if s.task == Task.CPU_ATTN} == {0, 1}
+    assert all(s.lane == Lane.CPU for s in measured if s.task == Task.CPU_ATTN)
+    busy = busy_by_lane(measured)
+    assert busy[Lane.GPU] > 0 and busy[Lane.CPU] > 0 and busy[Lane.D2H] > 0
+    assert busy[Lane.H2D] == 0.0  # no swap in
