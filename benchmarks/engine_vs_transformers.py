@@ -3,7 +3,7 @@
 The same ~100M-parameter random Llama (the `small` preset, saved once as an HF safetensors
 checkpoint), the same prompts, the same batch, greedy, fp32 on this CPU. transformers gets
 the whole batch at once (left padding, its KV cache); neo_engine gets the same requests.
-Target (issue 3): >= 3x transformers.
+Target: >= 3x transformers' throughput.
 
 Two shapes of batch:
 - uniform (default): every prompt --prompt-len tokens, every output --new-tokens tokens: this

@@ -6,21 +6,27 @@ sustains ~5). Targets: <= 10 s wall on one core; scheduler time per step < 2% of
 simulated iteration it plans. Reports events/s (simpy events: arrivals + iterations) and
 requests/s simulated.
 
-Run: python -m benchmarks.sim_speed [--requests N]
+Run: python -m benchmarks.sim_speed [--requests N]; writes benchmarks/results/sim_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
+from neo_engine.local import machine_summary
 from neo_sim.runs import RunSpec, execute
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--policy", default="neo")
+    p.add_argument("--output", type=Path, default=RESULTS / "sim_speed.json")
     args = p.parse_args(argv)
     spec = RunSpec.of(
         hardware="t4",
@@ -51,6 +57,22 @@ def main(argv: list[str] | None = None) -> int:
         f"({mean_iteration * 1e3:.1f} ms; target < 2%)"
     )
     print(f"simulated throughput {out.summary['throughput_req_s']:.2f} req/s")
+    result = {
+        "benchmark": "sim_speed",
+        "machine": machine_summary(),
+        "requests": args.requests,
+        "policy": args.policy,
+        "wall_s": wall,
+        "iterations": iterations,
+        "events_per_s": events / wall,
+        "requests_per_s_simulated": args.requests / wall,
+        "scheduler_s_per_step": sched_per_step,
+        "scheduler_fraction_of_iteration": sched_per_step / mean_iteration,
+        "simulated_throughput_req_s": out.summary["throughput_req_s"],
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Experiment: neo-sim vs the real engine on this machine (issue 6).
+"""Experiment: neo-sim vs the real engine on this machine.
 
 Run: python -m experiments.fidelity [--quick]   (also: neo-sim validate [--quick])
 The pipeline is neo_engine.fidelity; results go to experiments/results/fidelity/.

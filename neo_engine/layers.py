@@ -1,4 +1,4 @@
-"""The three stages of a Llama layer, as NEO splits them (DESIGN.md section 1).
+"""The three stages of a Llama layer, as NEO splits them (docs/architecture.md, "What NEO does").
 
 - `pre_projection`: RMSNorm, fused QKV projection, rotary embedding -> q, k, v;
 - attention: in `neo_engine.attention` (prefill, device decode, host decode);

@@ -17,6 +17,7 @@ Pure Python.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -38,7 +39,7 @@ class Operator:
     covers: str
     axes: tuple[str, ...]
 
-    @property
+    @functools.cached_property
     def mean_context(self) -> bool:
         return self.axes == ("batch", "context_len")
 
@@ -47,7 +48,7 @@ class Operator:
         if self.mean_context:
             batch, total = args
             return (batch, total / batch)
-        return tuple(args)
+        return args
 
     def from_axes(self, *point: float) -> tuple[float, ...]:
         """A sample point -> call arguments."""

@@ -59,6 +59,7 @@ class ProfiledCostModel(CostModel):
             else:
                 self._tables[op] = Table2D(s.batch, s.context_len, s.seconds, op)
         self._fits = profile.fits
+        self._operators = {name: operator(name) for name in profile.samples}
         how = (
             f"scaled from {profile.model.name} by FLOPs and bytes"
             if self.scaled
@@ -77,13 +78,13 @@ class ProfiledCostModel(CostModel):
         fit = self._fits[op]
         if self.scaled:
             return fit.predict(work(op, self.model, *args)), Lookup.SCALED
-        point = operator(op).to_axes(*args)
+        point = self._operators[op].to_axes(*args)
         table = self._tables[op]
         if table.contains(*point):
             return table(*point), Lookup.INTERPOLATED
         edge = table.clamp(*point)
         edge = edge if isinstance(edge, tuple) else (edge,)
-        at_edge = fit.predict(work(op, self.model, *operator(op).from_axes(*edge)))
+        at_edge = fit.predict(work(op, self.model, *self._operators[op].from_axes(*edge)))
         here = fit.predict(work(op, self.model, *args))
         return table(*edge) * here / at_edge, Lookup.EXTRAPOLATED
 

@@ -80,7 +80,9 @@ class TimingModel:
         lane_free = dict.fromkeys(Lane, 0.0)
         busy = dict.fromkeys(Lane, 0.0)
         spans: list[Span] = []
-        compute = (Lane.GPU, Lane.CPU)
+        gpu, cpu = Lane.GPU, Lane.CPU
+        shared = self.lanes_share_compute
+        noise, rng = self.noise, self._rng
 
         def run_task(
             lane: Lane,
@@ -92,17 +94,19 @@ class TimingModel:
         ) -> float:
             if duration <= 0:
                 return ready
-            if self.noise:
-                duration *= self._rng.lognormvariate(0.0, self.noise)
-            lanes = compute if self.lanes_share_compute and lane in compute else (lane,)
-            start = max(ready, *(lane_free[x] for x in lanes))
-            end = start + duration
-            for x in lanes:
-                lane_free[x] = end
+            if noise:
+                duration *= rng.lognormvariate(0.0, noise)
+            if shared and (lane is gpu or lane is cpu):  # one set of cores for both lanes
+                start = max(ready, lane_free[gpu], lane_free[cpu])
+                lane_free[gpu] = lane_free[cpu] = start + duration
+            else:
+                free = lane_free[lane]
+                start = ready if ready > free else free
+                lane_free[lane] = start + duration
             busy[lane] += duration
             if record:
                 spans.append(Span(lane, task, start, duration, layer, sub_batch))
-            return end
+            return start + duration
 
         out_bytes, in_bytes = swap_bytes(cost.model, plan.swap_out, plan.swap_in, self.block_size)
         swapped = run_task(Lane.D2H, Task.SWAP_OUT, cost.d2h(out_bytes), 0.0)

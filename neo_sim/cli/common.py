@@ -9,6 +9,7 @@ from typing import Any
 
 from neo_sim import settings
 from neo_sim.errors import NeoError
+from neo_sim.metrics import SUMMARY_ROWS
 from neo_sim.runs import RunSpec
 from neo_sim.scheduler import POLICIES
 
@@ -55,25 +56,6 @@ def parse_policies(text: str) -> list[str]:
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-
-
-SUMMARY_ROWS = [
-    ("completed", "completed requests", "{:.0f}"),
-    ("throughput_req_s", "throughput (req/s)", "{:.3f}"),
-    ("throughput_tok_s", "output tokens/s", "{:.1f}"),
-    ("ttft_p50", "TTFT p50 (s)", "{:.3f}"),
-    ("ttft_p90", "TTFT p90 (s)", "{:.3f}"),
-    ("tpot_p50", "TPOT p50 (s)", "{:.4f}"),
-    ("tpot_p90", "TPOT p90 (s)", "{:.4f}"),
-    ("e2e_p50", "E2E p50 (s)", "{:.3f}"),
-    ("e2e_p90", "E2E p90 (s)", "{:.3f}"),
-    ("per_token_latency_p50", "per-token latency p50 (s)", "{:.4f}"),
-    ("gpu_busy", "GPU busy", "{:.2f}"),
-    ("cpu_busy", "CPU busy", "{:.2f}"),
-    ("pipelined_fraction", "pipelined iterations", "{:.2f}"),
-    ("cpu_served_fraction", "requests that ran on CPU", "{:.2f}"),
-    ("mean_batch_size", "mean batch size", "{:.1f}"),
-]
 
 
 def format_table(columns: dict[str, dict], ratio_to: str | None = None) -> str:

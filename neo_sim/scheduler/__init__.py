@@ -1,6 +1,6 @@
 """The scheduler shared by the simulator and the engine. Pure Python: no torch, no simpy.
 
-Policies, by name (`make_policy`):
+Policies, by name (`make_policy`; each policy class lists its names in `variants`):
 - `gpu-only`: vLLM-like FCFS continuous batching with swap preemption (NEO's baseline);
 - `vllm-256`, `vllm-512`: the same with chunked prefill at that token budget;
 - `neo`: asymmetric pipelining + load-aware scheduling;
@@ -11,34 +11,44 @@ Policies, by name (`make_policy`):
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 
 from neo_sim.costmodel import CostModel
 from neo_sim.errors import NeoError
 from neo_sim.scheduler.base import Policy, SchedulerConfig
-from neo_sim.scheduler.gpu_only import GpuOnlyPolicy
-from neo_sim.scheduler.neo import NeoPolicy
 from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, SubBatch, Swap
 from neo_sim.scheduler.request import Device, Request, RequestState
-from neo_sim.scheduler.strawmen import FullOffloadPolicy, SymmetricPolicy
 
-POLICIES: dict[str, tuple[type[Policy], int]] = {
-    "gpu-only": (GpuOnlyPolicy, 0),
-    "vllm-256": (GpuOnlyPolicy, 256),
-    "vllm-512": (GpuOnlyPolicy, 512),
-    "neo": (NeoPolicy, 0),
-    "symmetric": (SymmetricPolicy, 0),
-    "full-offload": (FullOffloadPolicy, 0),
-}
+
+def _discover() -> dict[str, tuple[type[Policy], dict]]:
+    """Every policy of this package: each Policy subclass names its variants (a name and the
+    config settings it fixes) in `variants`. A new policy is one module here, no list to edit."""
+    found: dict[str, tuple[type[Policy], dict]] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for cls in vars(module).values():
+            own = isinstance(cls, type) and issubclass(cls, Policy) and "variants" in vars(cls)
+            if not own or cls.__module__ != module.__name__:
+                continue
+            for name, fixed in cls.variants.items():
+                if name in found:
+                    raise TypeError(f"policy name {name!r} is defined twice")
+                found[name] = (cls, dict(fixed))
+    return found
+
+
+POLICIES: dict[str, tuple[type[Policy], dict]] = _discover()
 
 
 def make_policy(name: str, config: SchedulerConfig, cost: CostModel) -> Policy:
     """Build the policy `name` over `config` and `cost`; NeoError for unknown names."""
     try:
-        cls, chunk = POLICIES[name]
+        cls, fixed = POLICIES[name]
     except KeyError:
         raise NeoError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}") from None
-    if chunk:
-        config = dataclasses.replace(config, chunked_prefill_tokens=chunk)
+    if fixed:
+        config = dataclasses.replace(config, **fixed)
     policy = cls(config, cost)
     policy.name = name
     return policy
@@ -49,10 +59,6 @@ __all__ = [
     "Policy",
     "SchedulerConfig",
     "make_policy",
-    "GpuOnlyPolicy",
-    "NeoPolicy",
-    "SymmetricPolicy",
-    "FullOffloadPolicy",
     "Plan",
     "SubBatch",
     "PrefillWork",

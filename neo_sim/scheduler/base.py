@@ -112,6 +112,9 @@ class Policy(ABC):
     """Queues and lifecycle shared by all policies; subclasses implement `step`."""
 
     name = "policy"
+    # The names this class is offered under, each with the config settings it fixes (e.g.
+    # {"vllm-256": {"chunked_prefill_tokens": 256}}); empty for abstract or helper classes.
+    variants: dict[str, dict] = {}
 
     def __init__(self, config: SchedulerConfig, cost: CostModel):
         if not config.pools_resolved:

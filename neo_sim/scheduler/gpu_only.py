@@ -17,6 +17,11 @@ from neo_sim.scheduler.request import Request, RequestState
 
 class GpuOnlyPolicy(Policy):
     name = "gpu-only"
+    variants = {
+        "gpu-only": {},
+        "vllm-256": {"chunked_prefill_tokens": 256},
+        "vllm-512": {"chunked_prefill_tokens": 512},
+    }
 
     def max_seq_tokens(self) -> int:
         return self.kv.gpu.num_blocks * self.config.block_size

@@ -1,4 +1,4 @@
-"""NEO: asymmetric pipelining with load-aware scheduling (DESIGN.md section 1).
+"""NEO: asymmetric pipelining with load-aware scheduling (docs/architecture.md, "NEO's six steps").
 
 `step()` runs the six steps of the design, one method each:
 1. `_swap_out`: keep every GPU decode; if the GPU pool or the budget is short, move the most
@@ -16,8 +16,9 @@
 6. `_choose_mode`: run the pipelined plan only if it serves more requests per second than the
    sequential GPU-only plan of the same GPU work.
 Beyond the artifact: a CPU decode that has waited `max_cpu_wait_steps` iterations is forced
-into the pipelined plan (the artifact can starve them, DESIGN.md section 6); such a plan may
-carry negative slack and lists the forced requests in `Plan.forced_ids`.
+into the pipelined plan (the artifact can starve them: docs/architecture.md, "Departures from
+the artifact"); such a plan may carry negative slack and lists the forced requests in
+`Plan.forced_ids`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ Candidate = tuple[Request, Device]
 
 class NeoPolicy(Policy):
     name = "neo"
+    variants = {"neo": {}}
 
     def step(self, now: float = 0.0) -> Plan:
         self.step_index += 1

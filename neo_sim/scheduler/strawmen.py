@@ -31,6 +31,7 @@ class _NoSlackPolicy(NeoPolicy):
 
 class SymmetricPolicy(_NoSlackPolicy):
     name = "symmetric"
+    variants = {"symmetric": {}}
 
     def _build_sub_batches(self, candidates: list[Candidate], budget: Budget):
         halves = (SubBatchBuilder(self.cost), SubBatchBuilder(self.cost))
@@ -49,6 +50,7 @@ class SymmetricPolicy(_NoSlackPolicy):
 
 class FullOffloadPolicy(_NoSlackPolicy):
     name = "full-offload"
+    variants = {"full-offload": {}}
 
     def _gpu_allowed(self) -> bool:
         return False

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import pytest
 
-from neo_engine.engine import EngineConfig, LLMEngine
+from neo_engine.config import EngineConfig
+from neo_engine.engine import LLMEngine
 from neo_engine.replay import replay
 from neo_sim.costmodel import RooflineCostModel
 from neo_sim.hardware import PRESETS as HW
 from neo_sim.model import PRESETS as MODELS
-from neo_sim.scheduler import Mode
+from neo_sim.scheduler import POLICIES, Mode
+from neo_sim.scheduler.gpu_only import GpuOnlyPolicy
 from neo_sim.simulator import Simulation
 from neo_sim.workload import synthetic
 
 
-@pytest.mark.parametrize("policy", ["gpu-only", "vllm-256", "neo", "symmetric", "full-offload"])
+@pytest.mark.parametrize("policy", list(POLICIES))
 def test_simulator_and_engine_make_identical_plans(policy):
     cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
     workload = synthetic(40, rate=6.0, input_len=48, output_len=14, seed=3)
@@ -54,7 +56,8 @@ def test_simulator_and_engine_make_identical_plans(policy):
     for step, (a, b) in enumerate(zip(engine_plans, result.plans)):
         assert a == b, f"{policy}: plans differ at iteration {step}:\n{a}\n{b}"
     cpu_decodes = sum(len(p.cpu_decodes) for p in engine_plans)
-    if policy != "gpu-only" and policy != "vllm-256":
+    offloads = not issubclass(POLICIES[policy][0], GpuOnlyPolicy)
+    if offloads:
         assert cpu_decodes > 0, "KV pressure should have pushed decodes to the CPU"
     if policy == "neo":
         assert any(p.mode == Mode.PIPELINED for p in engine_plans)

@@ -23,7 +23,7 @@ def _numeric_fields(spec):
             yield f.name
 
 
-@pytest.mark.parametrize("name", REQUIRED)
+@pytest.mark.parametrize("name", sorted(set(REQUIRED) | set(PRESETS)))
 def test_preset_exists_and_every_figure_has_a_source(name):
     hw = resolve_hardware(name)
     for part in (hw, hw.gpu, hw.cpu):
@@ -75,3 +75,12 @@ def test_host_bandwidth_takes_least_ceiling():
 def test_round_trip_dict():
     hw = PRESETS["h100x8"]
     assert type(hw).from_dict(hw.to_dict()) == hw
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_simulates_a_small_run(name):
+    """A new preset works end to end without further code (docs/architecture.md)."""
+    from neo_sim.runs import RunSpec, execute
+
+    spec = RunSpec.of(hardware=name, model="llama-2-7b", num_requests=8, output_len=4)
+    assert execute(spec).summary["completed"] == 8

@@ -32,6 +32,12 @@ def test_a_cost_model_with_arguments_out_of_order_is_refused():
                 return 0.0
 
 
+def test_the_interface_declares_exactly_the_registered_operators():
+    from neo_sim.costmodel import CostModel
+
+    assert set(CostModel.__abstractmethods__) == set(OPERATORS)
+
+
 def test_every_operator_has_its_work_and_round_trips_its_axes():
     model = MODELS["llama-2-7b"]
     for op in SAMPLED:
