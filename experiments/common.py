@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from neo_sim.runs import RunSpec
 from neo_sim.sweeps import run_sweep
+from neo_sim.workload import WorkloadSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -21,7 +22,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=None, help="results folder")
     p.add_argument("--quick", action="store_true", help="fewer requests and points (smoke run)")
     p.add_argument("--workers", type=int, default=None, help="parallel processes")
-    p.add_argument("--seed", type=int, default=0)
+    seed = WorkloadSettings().seed  # the run setting's own default, not a second one
+    p.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
     return p
 
 
