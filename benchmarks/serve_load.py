@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 
 from neo_sim.latency import RequestRecord
-from neo_sim.metrics import Metrics
+from neo_sim.metrics import GapLog, Metrics
 from neo_sim.workload import arrival_times, read_trace
 
 
@@ -71,7 +71,7 @@ def kv_in_use(base: str) -> dict[str, float]:
 
 
 async def one_request(
-    client, model, record: RequestRecord, itl: list[float], t0: float, vocab: int
+    client, model, record: RequestRecord, itl: GapLog, t0: float, vocab: int
 ) -> None:
     prompt = [1 + (record.request_id * 7 + i) % (vocab - 1) for i in range(record.prompt_len)]
     body = {
@@ -115,7 +115,7 @@ async def run(args, base: str) -> tuple[Metrics, float]:
         RequestRecord(request_id=i, arrival_s=t, prompt_len=p, output_len=o)
         for i, (t, (p, o)) in enumerate(zip(times, lengths))
     ]
-    itl: list[float] = []
+    itl = GapLog()
     model = httpx.get(f"{base}/v1/models", timeout=60).json()["data"][0]["id"]
     limits = httpx.Limits(
         max_connections=args.num_requests + 10, max_keepalive_connections=args.num_requests + 10
@@ -132,7 +132,7 @@ async def run(args, base: str) -> tuple[Metrics, float]:
 
         await asyncio.gather(*(send(r) for r in records))
         wall = time.perf_counter() - t0
-    return Metrics(records, [], itl), wall
+    return Metrics.of(records, [], itl), wall
 
 
 def main(argv: list[str] | None = None) -> int:

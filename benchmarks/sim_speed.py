@@ -1,75 +1,116 @@
 """Benchmark: how fast neo-sim simulates, and how much of it is the scheduler.
 
-10,000 requests, NEO policy, T4 + Llama-2-7B with the artifact's settings (54 GPU blocks,
-832 tokens per iteration, 20 GB host KV), Poisson arrivals at a saturating 6 req/s (the policy
-sustains ~5). Targets: <= 10 s wall on one core; scheduler time per step < 2% of the
-simulated iteration it plans. Reports events/s (simpy events: arrivals + iterations) and
-requests/s simulated.
+Two workloads, each run in a fresh process (so its peak memory is its own):
+- `vidur`: the workload Vidur (microsoft/vidur) was timed on beside us: Llama-2-7B on one
+  H100, 10,000 requests, prompts 512 / outputs 128 tokens, Poisson 4 req/s, at most 128
+  sequences per iteration; for gpu-only and for neo. Mostly steady decode iterations between
+  arrivals: what steady runs (`--no-steady-runs` turns them off) are for.
+- `neo-t4`: NEO on T4 + Llama-2-7B with the artifact's settings (54 GPU blocks, 832 tokens
+  per iteration, 20 GB host KV), 10,000 requests at a saturating 6 req/s: every iteration
+  pipelined, a full scheduler step each.
+Reports wall time, iterations, microseconds per iteration, requests simulated per second,
+the scheduler's share, the share of iterations advanced as steady runs, and peak memory.
 
-Run: python -m benchmarks.sim_speed [--requests N]; writes benchmarks/results/sim_speed.json.
+Run: python -m benchmarks.sim_speed [--requests N] [--no-steady-runs]
+Writes benchmarks/results/sim_speed.json with the machine it ran on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import resource
 import time
 from pathlib import Path
 
-from neo_engine.local import machine_summary
-from neo_sim.runs import RunSpec, execute
-
 RESULTS = Path(__file__).resolve().parent / "results"
+
+WORKLOADS = {
+    "vidur gpu-only": dict(
+        hardware="h100",
+        model="llama-2-7b",
+        policy="gpu-only",
+        input_len=512,
+        output_len=128,
+        rate=4.0,
+        max_batch_size=128,
+    ),
+    "vidur neo": dict(
+        hardware="h100",
+        model="llama-2-7b",
+        policy="neo",
+        input_len=512,
+        output_len=128,
+        rate=4.0,
+        max_batch_size=128,
+    ),
+    "neo-t4": dict(
+        hardware="t4",
+        model="llama-2-7b",
+        policy="neo",
+        rate=6.0,
+        gpu_kv_blocks=54,
+        max_batch_tokens=832,
+        cpu_kv_gb=20,
+    ),
+}
+
+
+def run_one(name: str, requests: int, steady: bool) -> dict:
+    """One workload, timed from RunSpec to summary (profile loading included)."""
+    from neo_sim.runs import RunSpec, execute
+
+    spec = RunSpec.of(
+        num_requests=requests, steady_runs=steady, timeline_iterations=0, **WORKLOADS[name]
+    )
+    started = time.perf_counter()
+    out = execute(spec)
+    wall = time.perf_counter() - started
+    iterations = int(out.summary["num_iterations"])
+    mean_iteration = out.summary["iteration_s_mean"]
+    sched_per_step = out.result.scheduler_s / max(1, iterations - out.result.steady_iterations)
+    return {
+        "workload": name,
+        "settings": WORKLOADS[name] | {"num_requests": requests, "steady_runs": steady},
+        "wall_s": wall,
+        "iterations": iterations,
+        "us_per_iteration": 1e6 * wall / iterations,
+        "requests_per_s_simulated": requests / wall,
+        "scheduler_s": out.result.scheduler_s,
+        "scheduler_share_of_wall": out.result.scheduler_s / wall,
+        "scheduler_s_per_step": sched_per_step,
+        "scheduler_share_of_simulated_iteration": sched_per_step / mean_iteration,
+        "steady_iterations": out.result.steady_iterations,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "simulated_throughput_req_s": out.summary["throughput_req_s"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=10_000)
-    p.add_argument("--policy", default="neo")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
+    p.add_argument("--steady-runs", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--output", type=Path, default=RESULTS / "sim_speed.json")
     args = p.parse_args(argv)
-    spec = RunSpec.of(
-        hardware="t4",
-        model="llama-2-7b",
-        policy=args.policy,
-        rate=6.0,
-        num_requests=args.requests,
-        gpu_kv_blocks=54,
-        max_batch_tokens=832,
-        cpu_kv_gb=20,
-        timeline_iterations=0,
-    )
-    started = time.perf_counter()
-    out = execute(spec)
-    wall = time.perf_counter() - started
-    iterations = len(out.iterations)
-    events = iterations + args.requests
-    sched_per_step = out.result.scheduler_s / iterations
-    mean_iteration = float(out.iterations["duration_s"].mean())
-    print(f"{args.requests} requests, {args.policy}, t4 + llama-2-7b at 6 req/s")
-    print(f"wall time            {wall:.2f} s   (target <= 10 s)")
-    print(f"iterations simulated {iterations}")
-    print(f"events/s             {events / wall:,.0f}")
-    print(f"requests/s simulated {args.requests / wall:,.0f}")
-    print(
-        f"scheduler per step   {sched_per_step * 1e3:.3f} ms = "
-        f"{100 * sched_per_step / mean_iteration:.2f}% of the mean simulated iteration "
-        f"({mean_iteration * 1e3:.1f} ms; target < 2%)"
-    )
-    print(f"simulated throughput {out.summary['throughput_req_s']:.2f} req/s")
-    result = {
-        "benchmark": "sim_speed",
-        "machine": machine_summary(),
-        "requests": args.requests,
-        "policy": args.policy,
-        "wall_s": wall,
-        "iterations": iterations,
-        "events_per_s": events / wall,
-        "requests_per_s_simulated": args.requests / wall,
-        "scheduler_s_per_step": sched_per_step,
-        "scheduler_fraction_of_iteration": sched_per_step / mean_iteration,
-        "simulated_throughput_req_s": out.summary["throughput_req_s"],
-    }
+    from neo_engine.local import machine_summary
+
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
+        with context.Pool(1) as pool:
+            row = pool.apply(run_one, (name, args.requests, args.steady_runs))
+        rows.append(row)
+        print(
+            f"{name:15s} {row['wall_s']:6.2f} s  {row['iterations']:7d} iterations  "
+            f"{row['us_per_iteration']:6.1f} us/iteration  "
+            f"{row['requests_per_s_simulated']:7.0f} requests/s  "
+            f"scheduler {100 * row['scheduler_share_of_wall']:4.1f}% of wall  "
+            f"steady {100 * row['steady_iterations'] / row['iterations']:4.1f}%  "
+            f"peak {row['peak_rss_mib']:.0f} MiB"
+        )
+    result = {"benchmark": "sim_speed", "machine": machine_summary(), "runs": rows}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.output}")

@@ -33,7 +33,7 @@ from neo_engine.validate import SHIPPED_PROFILE, FidelitySettings, add_arguments
 from neo_sim.errors import NeoError
 from neo_sim.lanes import busy_by_lane
 from neo_sim.latency import RequestRecord
-from neo_sim.metrics import IterationRecord, Metrics
+from neo_sim.metrics import GapLog, IterationRecord, Metrics
 from neo_sim.profile import load_profile
 from neo_sim.profiled import ProfiledCostModel
 from neo_sim.settings import from_args
@@ -58,7 +58,6 @@ def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
     """Engine run -> the simulator's record types (arrival = the workload's arrival time)."""
     by_id = {o.request_id: o for o in outputs}
     records = []
-    itl: list[float] = []
     for spec in workload:
         r = RequestRecord(
             request_id=spec.request_id,
@@ -76,7 +75,7 @@ def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
         IterationRecord.of(it.plan, it.start_s, it.duration_s, busy_by_lane(it.spans))
         for it in engine.iterations
     ]
-    return Metrics(records, iterations, itl)
+    return Metrics.of(records, iterations, GapLog())  # the engine keeps no per-token times
 
 
 def run_policy(policy: str, settings: FidelitySettings, profile_path: Path, out: Path) -> dict:

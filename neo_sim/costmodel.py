@@ -78,6 +78,18 @@ class CostModel(ABC):
         return member if not args and not callable(member) else member(*args)
 
     # Helpers shared by every implementation --------------------------------------------------
+    def cpu_copies_s(self, batch: int) -> tuple[float, float]:
+        """Per layer, for `batch` CPU decodes: (q/k/v to the host, attention output back),
+        seconds. Memoised: the scheduler asks for the same few batch sizes constantly."""
+        memo = self.__dict__.setdefault("_cpu_copies_memo", {})
+        value = memo.get(batch)
+        if value is None:
+            value = memo[batch] = (
+                self.d2h(self.qkv_bytes(batch)),
+                self.h2d(self.attn_out_bytes(batch)),
+            )
+        return value
+
     def qkv_bytes(self, batch: int) -> int:
         """Bytes of one layer's new q, k, v for `batch` CPU-decode requests (device to host)."""
         m = self.model

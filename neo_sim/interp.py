@@ -69,6 +69,7 @@ class Table2D:
         if len(zs) != len(self.xs) or any(len(row) != len(self.ys) for row in zs):
             raise ValueError(f"{what}: values must be a {len(self.xs)} x {len(self.ys)} matrix")
         self.zs = [[float(z) for z in row] for row in zs]
+        self._x_brackets: dict[float, tuple[int, float]] = {}  # x is a batch size: few values
 
     def contains(self, x: float, y: float) -> bool:
         return self.xs[0] <= x <= self.xs[-1] and self.ys[0] <= y <= self.ys[-1]
@@ -78,7 +79,12 @@ class Table2D:
 
     def __call__(self, x: float, y: float) -> float:
         """Bilinear interpolation, clamped to the grid's edges outside it."""
-        i, wx = _bracket(self.xs, x)
+        bracket = self._x_brackets.get(x)
+        if bracket is None:
+            if len(self._x_brackets) > 4096:
+                self._x_brackets.clear()
+            bracket = self._x_brackets[x] = _bracket(self.xs, x)
+        i, wx = bracket
         j, wy = _bracket(self.ys, y)
         zs = self.zs
         i1 = min(i + 1, len(self.xs) - 1)

@@ -8,7 +8,7 @@ over that span.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,10 +114,102 @@ class SLO:
 
 
 @dataclass
+class IterationTotals:
+    """Sums over iterations: everything the summary needs, in constant memory."""
+
+    count: int = 0
+    duration_s: float = 0.0
+    gpu_busy_s: float = 0.0
+    cpu_busy_s: float = 0.0
+    h2d_busy_s: float = 0.0
+    d2h_busy_s: float = 0.0
+    pipelined: int = 0
+    seqs: int = 0
+    cpu_decodes: int = 0
+
+    def add(self, r: IterationRecord) -> None:
+        self.add_values(
+            r.duration_s,
+            r.gpu_busy_s,
+            r.cpu_busy_s,
+            r.h2d_busy_s,
+            r.d2h_busy_s,
+            pipelined=r.mode == "pipelined",
+            seqs=r.num_prefills + r.num_gpu_decodes + r.num_cpu_decodes,
+            cpu_decodes=r.num_cpu_decodes,
+        )
+
+    def add_values(
+        self,
+        duration_s: float,
+        gpu_busy_s: float,
+        cpu_busy_s: float,
+        h2d_busy_s: float,
+        d2h_busy_s: float,
+        pipelined: bool,
+        seqs: int,
+        cpu_decodes: int,
+    ) -> None:
+        """One iteration's values, without building its record (steady runs)."""
+        self.count += 1
+        self.duration_s += duration_s
+        self.gpu_busy_s += gpu_busy_s
+        self.cpu_busy_s += cpu_busy_s
+        self.h2d_busy_s += h2d_busy_s
+        self.d2h_busy_s += d2h_busy_s
+        self.pipelined += pipelined
+        self.seqs += seqs
+        self.cpu_decodes += cpu_decodes
+
+    @classmethod
+    def of(cls, records: Iterable[IterationRecord]) -> IterationTotals:
+        totals = cls()
+        for r in records:
+            totals.add(r)
+        return totals
+
+
+class GapLog:
+    """Inter-token gaps (ITL), pooled over requests, stored as (gap, count) runs: a steady run
+    of iterations adds one gap per iteration for all its requests at once."""
+
+    def __init__(self) -> None:
+        self._gaps: list[float] = []
+        self._counts: list[int] = []
+
+    def append(self, gap: float) -> None:
+        self._gaps.append(gap)
+        self._counts.append(1)
+
+    def add(self, gap: float, count: int) -> None:
+        if count > 0:
+            self._gaps.append(gap)
+            self._counts.append(count)
+
+    def extend(self, gaps: Iterable[float]) -> None:
+        for gap in gaps:
+            self.append(gap)
+
+    def values(self) -> np.ndarray:
+        return np.repeat(np.asarray(self._gaps, dtype=float), np.asarray(self._counts, dtype=int))
+
+
+@dataclass
 class Metrics:
+    """A run's records: every request, the iteration totals, the pooled inter-token gaps, and
+    (when kept) one record per iteration."""
+
     requests: list[RequestRecord]
-    iterations: list[IterationRecord]
-    itl_s: list[float] = field(default_factory=list)
+    totals: IterationTotals
+    itl: GapLog = field(default_factory=GapLog)
+    iterations: list[IterationRecord] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls, requests: list[RequestRecord], iterations: list[IterationRecord], itl: GapLog
+    ) -> Metrics:
+        """Metrics whose iteration records are all kept (the engine, the load benchmark)."""
+        return cls(requests, IterationTotals.of(iterations), itl, iterations)
 
     def requests_frame(self) -> pd.DataFrame:
         rows = []
@@ -140,7 +232,7 @@ class Metrics:
         )
 
     def summary(self, slo: SLO | None = None) -> dict[str, float]:
-        return summarize(self.requests_frame(), self.iterations_frame(), self.itl_s, slo)
+        return summarize(self.requests_frame(), self.totals, self.itl.values(), slo)
 
 
 def _percentiles(prefix: str, values: pd.Series | np.ndarray, out: dict[str, float]) -> None:
@@ -152,7 +244,7 @@ def _percentiles(prefix: str, values: pd.Series | np.ndarray, out: dict[str, flo
 
 
 def summarize(
-    requests: pd.DataFrame, iterations: pd.DataFrame, itl_s=(), slo: SLO | None = None
+    requests: pd.DataFrame, totals: IterationTotals, itl_s=(), slo: SLO | None = None
 ) -> dict[str, float]:
     """The flat summary written to summary.json (seconds as floats)."""
     done = requests[requests["status"] == "finished"]
@@ -183,20 +275,15 @@ def summarize(
         if slo.e2e_s is not None:
             ok &= done["e2e_s"].to_numpy() <= slo.e2e_s
         out["goodput_req_s"] = float(ok.sum()) / span if span > 0 else float("nan")
-    if len(iterations) and span and span > 0:
-        out["gpu_busy"] = float(iterations["gpu_busy_s"].sum()) / span
-        out["cpu_busy"] = float(iterations["cpu_busy_s"].sum()) / span
-        pcie = iterations["h2d_busy_s"].sum() + iterations["d2h_busy_s"].sum()
-        out["pcie_busy"] = float(pcie) / (2 * span)  # two directions
-        out["num_iterations"] = float(len(iterations))
-        out["pipelined_fraction"] = float((iterations["mode"] == "pipelined").mean())
-        batch = (
-            iterations["num_prefills"]
-            + iterations["num_gpu_decodes"]
-            + iterations["num_cpu_decodes"]
-        )
-        out["mean_batch_size"] = float(batch.mean())
-        out["mean_cpu_decodes"] = float(iterations["num_cpu_decodes"].mean())
-        out["iteration_s_p50"] = float(iterations["duration_s"].median())
+    if totals.count and span and span > 0:
+        n = totals.count
+        out["gpu_busy"] = totals.gpu_busy_s / span
+        out["cpu_busy"] = totals.cpu_busy_s / span
+        out["pcie_busy"] = (totals.h2d_busy_s + totals.d2h_busy_s) / (2 * span)  # two directions
+        out["num_iterations"] = float(n)
+        out["pipelined_fraction"] = totals.pipelined / n
+        out["mean_batch_size"] = totals.seqs / n
+        out["mean_cpu_decodes"] = totals.cpu_decodes / n
+        out["iteration_s_mean"] = totals.duration_s / n
     out["cpu_served_fraction"] = float((done["cpu_steps"] > 0).mean()) if len(done) else 0.0
     return out

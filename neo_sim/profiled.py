@@ -21,6 +21,8 @@ from neo_sim.operators import operator
 from neo_sim.opwork import work
 from neo_sim.profile import Profile, Samples1D
 
+MEMO_LIMIT = 1 << 16  # entries per operator before its memo is cleared
+
 
 class Lookup(StrEnum):
     """How a prediction was made."""
@@ -60,6 +62,7 @@ class ProfiledCostModel(CostModel):
                 self._tables[op] = Table2D(s.batch, s.context_len, s.seconds, op)
         self._fits = profile.fits
         self._operators = {name: operator(name) for name in profile.samples}
+        self._memos: dict[str, dict[tuple, float]] = {name: {} for name in profile.samples}
         how = (
             f"scaled from {profile.model.name} by FLOPs and bytes"
             if self.scaled
@@ -89,31 +92,61 @@ class ProfiledCostModel(CostModel):
         return table(*edge) * here / at_edge, Lookup.EXTRAPOLATED
 
     # CostModel ----------------------------------------------------------------------------
+    # Lookups are memoised per operator: the scheduler asks the same few sizes over and over
+    # (a candidate sub-batch's linear width, q/k/v copy bytes), and a table lookup costs ~100x
+    # a dict hit. Each memo is cleared when it grows past MEMO_LIMIT entries.
+    def _memo(self, op: str, *args: float) -> float:
+        memo = self._memos[op]
+        value = memo.get(args)
+        if value is None:
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            value = memo[args] = self.explain(op, *args)[0]
+        return value
+
+    def _decode_attn(self, op: str, batch: int, total_tokens: int) -> float:
+        """A decode attention: a memo hit, else the table when inside the grid (the common
+        case, the same value `explain` gives), else `explain`."""
+        memo = self._memos[op]
+        key = (batch, total_tokens)
+        value = memo.get(key)
+        if value is None:
+            table = self._tables[op]
+            context = total_tokens / batch
+            if not self.scaled and table.contains(batch, context):
+                value = table(batch, context)
+            else:
+                value = self.explain(op, batch, total_tokens)[0]
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            memo[key] = value
+        return value
+
     def linear(self, num_tokens: int) -> float:
-        return self.explain("linear", num_tokens)[0] if num_tokens > 0 else 0.0
+        return self._memo("linear", num_tokens) if num_tokens > 0 else 0.0
 
     def prefill_attn(self, prompt_len: int) -> float:
-        return self.explain("prefill_attn", prompt_len)[0] if prompt_len > 0 else 0.0
+        return self._memo("prefill_attn", prompt_len) if prompt_len > 0 else 0.0
 
     def gpu_decode_attn(self, batch: int, total_tokens: int) -> float:
         if batch <= 0:
             return 0.0
-        return self.explain("gpu_decode_attn", batch, max(total_tokens, batch))[0]
+        return self._decode_attn("gpu_decode_attn", batch, max(total_tokens, batch))
 
     def cpu_decode_attn(self, batch: int, total_tokens: int) -> float:
         if batch <= 0:
             return 0.0
-        return self.explain("cpu_decode_attn", batch, max(total_tokens, batch))[0]
+        return self._decode_attn("cpu_decode_attn", batch, max(total_tokens, batch))
 
     def h2d(self, num_bytes: float) -> float:
-        return self.explain("h2d", num_bytes)[0] if num_bytes > 0 else 0.0
+        return self._memo("h2d", num_bytes) if num_bytes > 0 else 0.0
 
     def d2h(self, num_bytes: float) -> float:
-        return self.explain("d2h", num_bytes)[0] if num_bytes > 0 else 0.0
+        return self._memo("d2h", num_bytes) if num_bytes > 0 else 0.0
 
     @property
     def launch(self) -> float:
         return self.profile.launch_s
 
     def lm_head(self, num_seqs: int) -> float:
-        return self.explain("lm_head", num_seqs)[0] if num_seqs > 0 else 0.0
+        return self._memo("lm_head", num_seqs) if num_seqs > 0 else 0.0

@@ -48,6 +48,17 @@ class RunSpec:
     timeline_iterations: int = setting(
         40, "iterations whose lane events are recorded for plots and traces", low=0
     )
+    steady_runs: bool = setting(
+        True,
+        "advance runs of identical decode iterations without stepping the scheduler (exact: "
+        "same results; --no-steady-runs steps every iteration)",
+    )
+    iteration_records: bool = setting(
+        False,
+        "keep one record per iteration (iterations.csv, the batch plot); off: totals only, "
+        "memory flat in the number of iterations",
+        cli=False,
+    )
     requests: WorkloadSettings = field(default_factory=WorkloadSettings)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     kv: KVCacheSettings = field(default_factory=KVCacheSettings)
@@ -97,6 +108,8 @@ def execute(spec: RunSpec, workload: list[RequestSpec] | None = None) -> RunOutp
         noise=spec.noise,
         seed=spec.requests.seed,
         record_timeline=spec.timeline_iterations,
+        record_iterations=spec.iteration_records,
+        steady_runs=spec.steady_runs,
     )
     slo = None
     if spec.slo_ttft_s is not None or spec.slo_tpot_s is not None:

@@ -1,28 +1,37 @@
 """The discrete-event simulator: arrivals -> scheduler -> iteration time -> completions.
 
-Two simpy processes tell the story. `arrivals` hands each request to the policy at its arrival
-time and wakes the engine if it idles. `engine` loops: ask the policy for a plan, hold the
-clock for the plan's duration under the timing model (not the scheduler's own estimate, as in
-a real system), then report the iteration back to the policy and record tokens. simpy only
-orders events; the policy decides and the cost model prices.
+One engine serves one arrival stream, so the event loop is plain: admit every request that
+has arrived by the clock, ask the policy for a plan, advance the clock by the plan's duration
+under the timing model (not the scheduler's own estimate, as in a real system), report the
+iteration back to the policy and record tokens; when idle, jump to the next arrival. An
+arrival at exactly the clock's time is admitted before the next step. (The first wave ran the
+same loop as two simpy processes; a sorted arrival list and one clock do it exactly, and let
+a steady run of iterations advance in one go.)
+
+Steady runs: when the policy promises that the next iterations repeat the last plan with
+contexts one token longer (`Policy.steady_run`), the simulator advances them without calling
+`step()`, with each iteration's exact estimate and duration, until an arrival is due, a
+request finishes or the run ends (`steady_runs=False` turns this off;
+`tests/sim/test_steady_runs.py` checks both give the same results).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import simpy
 
 from neo_sim.costmodel import CostModel
 from neo_sim.errors import NeoError
 from neo_sim.lanes import Span
 from neo_sim.latency import RequestRecord
-from neo_sim.metrics import IterationRecord, Metrics
-from neo_sim.scheduler import Policy, Request, SchedulerConfig, make_policy
+from neo_sim.metrics import GapLog, IterationRecord, IterationTotals, Metrics
+from neo_sim.scheduler import Mode, Policy, Request, SchedulerConfig, make_policy
+from neo_sim.scheduler.base import SteadyRun
+from neo_sim.scheduler.estimate import gpu_attn_s, gpu_decodes_pricer
 from neo_sim.scheduler.plan import Plan
-from neo_sim.timing import IterationTiming, TimingModel
+from neo_sim.timing import TimingModel
 from neo_sim.workload import RequestSpec
 
 log = logging.getLogger(__name__)
@@ -32,9 +41,10 @@ log = logging.getLogger(__name__)
 class SimResult:
     metrics: Metrics
     policy: str
-    timeline: list[tuple[int, float, Span]]  # (step, iteration start, event), if recorded
+    timeline: list[tuple[int, float, Span]]  # (step, iteration start, span), if recorded
     plans: list[Plan]  # if recorded
     scheduler_s: float  # wall time spent inside policy.step()
+    steady_iterations: int  # iterations advanced as steady runs, without step()
 
 
 class Simulation:
@@ -50,17 +60,26 @@ class Simulation:
         seed: int = 0,
         record_timeline: int = 0,
         record_plans: bool = False,
+        record_iterations: bool = True,
+        steady_runs: bool = True,
         clock: str = "timing",
         lanes_share_compute: bool = False,
     ):
+        """`record_timeline`: lane spans of the first N iterations; `record_plans`: every plan
+        (tests); `record_iterations`: one IterationRecord per iteration (else totals only, in
+        constant memory); `clock="predicted"` advances by the scheduler's own estimate."""
         self.policy = policy if isinstance(policy, Policy) else make_policy(policy, config, cost)
         if clock not in ("timing", "predicted"):
             raise ValueError("clock must be 'timing' or 'predicted'")
-        self.clock = clock  # "predicted": advance by the scheduler's own estimate (tests)
+        self.clock = clock
+        self.cost = cost
         self.timing = TimingModel(cost, config.block_size, noise, seed, lanes_share_compute)
         self.workload = sorted(workload, key=lambda r: (r.arrival_s, r.request_id))
-        self.record_timeline = record_timeline  # record lane events of the first N iterations
+        self.record_timeline = record_timeline
         self.record_plans = record_plans
+        self.record_iterations = record_iterations
+        # Steady runs skip step(): not while plans, lane spans or per-task noise must be drawn.
+        self.steady_runs = steady_runs and not record_plans and noise == 0
         self.records = {
             r.request_id: RequestRecord(
                 request_id=r.request_id,
@@ -70,84 +89,92 @@ class Simulation:
             )
             for r in self.workload
         }
+        self.totals = IterationTotals()
         self.iterations: list[IterationRecord] = []
-        self.itl: list[float] = []
+        self.itl = GapLog()
         self.timeline: list[tuple[int, float, Span]] = []
         self.plans: list[Plan] = []
         self.scheduler_s = 0.0
-        self._env = simpy.Environment()
-        self._wake: simpy.Event | None = None
-        self._arrived = 0
+        self.steady_iterations = 0
+        self.now = 0.0
+        self._next = 0  # index of the next arrival in self.workload
         self.rejected = 0
 
     def run(self) -> SimResult:
-        self._env.process(self._arrivals())
-        self._env.process(self._engine())
-        self._env.run()
+        policy = self.policy
+        while True:
+            self._admit_arrivals()
+            if not policy.has_work:
+                if not self._idle_until_next_arrival():
+                    break
+                continue
+            started = time.perf_counter()
+            plan = policy.step(self.now)
+            self.scheduler_s += time.perf_counter() - started
+            if plan.is_empty:
+                if not self._idle_until_next_arrival():
+                    raise RuntimeError(f"{policy.name}: scheduler stalled with work left")
+                continue
+            self._run_plan(plan)
+            if self.steady_runs and self.totals.count >= self.record_timeline:
+                run = policy.steady_run()
+                if run is not None:
+                    self._run_steady(run)
         pending = [r for r in self.records.values() if r.status == "pending"]
         if pending:
             raise RuntimeError(f"simulation ended with {len(pending)} requests unfinished")
+        metrics = Metrics(list(self.records.values()), self.totals, self.itl, self.iterations)
         return SimResult(
-            Metrics(list(self.records.values()), self.iterations, self.itl),
-            self.policy.name,
+            metrics,
+            policy.name,
             self.timeline,
             self.plans,
             self.scheduler_s,
+            self.steady_iterations,
         )
 
-    # ---- processes ---------------------------------------------------------------------------
-    def _arrivals(self):
-        env = self._env
-        for spec in self.workload:
-            if spec.arrival_s > env.now:
-                yield env.timeout(spec.arrival_s - env.now)
-            self._admit(spec)
-            self._arrived += 1
-            if self._wake is not None and not self._wake.triggered:
-                self._wake.succeed()
-
-    def _admit(self, spec: RequestSpec) -> None:
-        try:
-            self.policy.add(
-                Request(spec.request_id, spec.prompt_len, spec.output_len, arrival_s=spec.arrival_s)
-            )
-        except NeoError as exc:
-            self.records[spec.request_id].status = "rejected"
-            self.rejected += 1
-            if self.rejected == 1:
-                log.warning(
-                    "%s: rejecting requests that can never fit, first: %s", self.policy.name, exc
+    # ---- arrivals ------------------------------------------------------------------------------
+    def _admit_arrivals(self) -> None:
+        """Hand the policy every request that has arrived by the clock."""
+        workload = self.workload
+        while self._next < len(workload) and workload[self._next].arrival_s <= self.now:
+            spec = workload[self._next]
+            self._next += 1
+            try:
+                self.policy.add(
+                    Request(
+                        spec.request_id, spec.prompt_len, spec.output_len, arrival_s=spec.arrival_s
+                    )
                 )
+            except NeoError as exc:
+                self.records[spec.request_id].status = "rejected"
+                self.rejected += 1
+                if self.rejected == 1:
+                    log.warning(
+                        "%s: rejecting requests that can never fit, first: %s",
+                        self.policy.name,
+                        exc,
+                    )
 
-    def _engine(self):
-        import time
+    def _next_arrival_s(self) -> float:
+        if self._next < len(self.workload):
+            return self.workload[self._next].arrival_s
+        return float("inf")
 
-        env, policy = self._env, self.policy
-        while True:
-            if not policy.has_work:
-                if self._arrived == len(self.workload):
-                    return
-                self._wake = env.event()
-                yield self._wake
-                continue
-            started = time.perf_counter()
-            plan = policy.step(env.now)
-            self.scheduler_s += time.perf_counter() - started
-            if plan.is_empty:
-                if self._arrived == len(self.workload):
-                    raise RuntimeError(f"{policy.name}: scheduler stalled with work left")
-                self._wake = env.event()
-                yield self._wake  # nothing runnable until something arrives
-                continue
-            record = len(self.iterations) < self.record_timeline
-            timing = self.timing.run(plan, record=record)
-            start = env.now
-            yield env.timeout(plan.predicted_s if self.clock == "predicted" else timing.duration_s)
-            self._account(plan, timing, start, record)
+    def _idle_until_next_arrival(self) -> bool:
+        """Nothing can run: jump the clock to the next arrival; False if there is none."""
+        if self._next >= len(self.workload):
+            return False
+        self.now = max(self.now, self.workload[self._next].arrival_s)
+        return True
 
-    # ---- bookkeeping -------------------------------------------------------------------------
-    def _account(self, plan: Plan, timing: IterationTiming, start: float, record: bool) -> None:
-        now, policy = self._env.now, self.policy
+    # ---- one iteration -------------------------------------------------------------------------
+    def _run_plan(self, plan: Plan) -> None:
+        record = self.totals.count < self.record_timeline
+        timing = self.timing.run(plan, record=record)
+        start = self.now
+        self.now = start + (plan.predicted_s if self.clock == "predicted" else timing.duration_s)
+        policy, now = self.policy, self.now
         producers = [
             p.request_id for p in plan.prefills if p.end >= policy.requests[p.request_id].seq_len
         ]
@@ -156,15 +183,84 @@ class Simulation:
         for rid in producers:
             self.records[rid].on_token(now, self.itl)
         for r in policy.complete(plan):
-            rec = self.records[r.request_id]
-            rec.finish_s, rec.status = now, "finished"
-            rec.gpu_steps, rec.cpu_steps = r.gpu_steps, r.cpu_steps
-            rec.preemptions, rec.swaps = r.num_preemptions, r.num_swaps
-        self.iterations.append(IterationRecord.of(plan, start, timing.duration_s, timing.busy_s))
+            self._finish(r)
+        iteration = IterationRecord.of(plan, start, timing.duration_s, timing.busy_s)
+        self.totals.add(iteration)
+        if self.record_iterations:
+            self.iterations.append(iteration)
         if record:
             self.timeline.extend((plan.step, start, span) for span in timing.spans)
         if self.record_plans:
             self.plans.append(plan)
+
+    def _finish(self, r: Request) -> None:
+        rec = self.records[r.request_id]
+        rec.finish_s, rec.status = self.now, "finished"
+        rec.gpu_steps, rec.cpu_steps = r.gpu_steps, r.cpu_steps
+        rec.preemptions, rec.swaps = r.num_preemptions, r.num_swaps
+
+    # ---- steady runs ---------------------------------------------------------------------------
+    def _run_steady(self, run: SteadyRun) -> None:
+        """Advance the iterations of `run` that start before the next arrival, each with the
+        duration and estimate its plan would have, then update the books in one go."""
+        n, first_step = run.batch, self.policy.step_index + 1
+        next_arrival = self._next_arrival_s()
+        duration_of = self.timing.gpu_decodes_pricer(n)
+        predicted_of = gpu_decodes_pricer(self.cost, n)
+        predicted_clock, keep = self.clock == "predicted", self.record_iterations
+        totals, now, cost = self.totals, self.now, self.cost
+        # Running sums in the order IterationTotals.add would make them (the other lanes'
+        # sums gain 0.0 per iteration).
+        duration_sum, gpu_sum = totals.duration_s, totals.gpu_busy_s
+        starts: list[float] = []
+        total = run.total_context
+        while len(starts) < run.max_iterations and now < next_arrival:
+            gpu_attn = gpu_attn_s(cost, 0.0, n, total)
+            duration = duration_of(gpu_attn)  # all GPU time: the only lane busy
+            predicted = predicted_of(gpu_attn)
+            starts.append(now)
+            duration_sum += duration
+            gpu_sum += duration
+            if keep:
+                self.iterations.append(
+                    IterationRecord(
+                        step=first_step + len(starts) - 1,
+                        start_s=now,
+                        duration_s=duration,
+                        predicted_s=predicted,
+                        mode=Mode.SEQUENTIAL.value,
+                        prefill_tokens=0,
+                        num_prefills=0,
+                        num_gpu_decodes=n,
+                        num_cpu_decodes=0,
+                        swap_out=0,
+                        swap_in=0,
+                        gpu_busy_s=duration,
+                        cpu_busy_s=0.0,
+                        h2d_busy_s=0.0,
+                        d2h_busy_s=0.0,
+                    )
+                )
+            now += predicted if predicted_clock else duration
+            total += n
+        self.now = now
+        k = len(starts)
+        if not k:
+            return
+        totals.count += k
+        totals.seqs += n * k
+        totals.duration_s, totals.gpu_busy_s = duration_sum, gpu_sum
+        # Tokens: every request gets one at each iteration's end.
+        ends = starts[1:] + [self.now]
+        for r in run.requests:
+            rec = self.records[r.request_id]
+            self.itl.append(ends[0] - rec.last_token_s)
+            rec.last_token_s = self.now
+            rec.num_tokens += k
+        for j in range(1, k):
+            self.itl.add(ends[j] - ends[j - 1], n)
+        self.policy.advance_steady(run, k, starts[-1])
+        self.steady_iterations += k
 
 
 def simulate(

@@ -24,6 +24,7 @@ every task.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from neo_sim.costmodel import CostModel
@@ -49,6 +50,33 @@ class _SubBatchCosts:
     qkv_d2h_s: float
     out_h2d_s: float
     kv_offload_s: float
+
+    @property
+    def gpu_only(self) -> bool:
+        return not self.cpu_attn_s and not self.kv_offload_s
+
+
+def _gpu_lane_s(layers: int, pre_s: float, gpu_attn_s: float, post_s: float, lm_head_s: float):
+    """GPU time of an iteration whose layers run back to back on the GPU lane."""
+    return layers * (pre_s + gpu_attn_s + post_s) + lm_head_s
+
+
+def _relative_state(
+    lane_free: dict[Lane, float], out_ready: list[float], attn_done: list[float]
+) -> tuple[float, tuple[float, ...]]:
+    """After a layer: (the GPU lane's free time, what decides the next layers relative to it).
+    A sub-batch's next post-projection waits for the later of its two inputs; a lane free
+    before every such input cannot delay anything."""
+    base = lane_free[Lane.GPU]
+    inputs = [max(a, b) for a, b in zip(out_ready, attn_done)]
+    floor = min(inputs)
+    lanes = tuple(max(lane_free[lane], floor) - base for lane in Lane)
+    return base, lanes + tuple(x - base for x in inputs)
+
+
+def _same_state(a: tuple[float, ...], b: tuple[float, ...], scale: float) -> bool:
+    tolerance = 1e-12 * scale
+    return all(abs(x - y) <= tolerance for x, y in zip(a, b))
 
 
 class TimingModel:
@@ -109,11 +137,20 @@ class TimingModel:
             return start + duration
 
         out_bytes, in_bytes = swap_bytes(cost.model, plan.swap_out, plan.swap_in, self.block_size)
+        if not noise and len(batches) == 1 and batches[0].gpu_only:
+            swap_out_s, swap_in_s = cost.d2h(out_bytes), cost.h2d(in_bytes)
+            return self._gpu_only(batches[0], swap_out_s, swap_in_s, plan.num_seqs, record)
         swapped = run_task(Lane.D2H, Task.SWAP_OUT, cost.d2h(out_bytes), 0.0)
         swapped = run_task(Lane.H2D, Task.SWAP_IN, cost.h2d(in_bytes), swapped)
         out_ready = [swapped] * len(batches)  # b's attention output of the previous layer
         attn_done = [swapped] * len(batches)
-        for i in range(layers):
+        # Layers repeat the same tasks: once the lanes' state relative to the GPU lane repeats
+        # from one layer to the next, every later layer repeats it too, so the remaining ones
+        # are added in one step (not with per-task noise, nor when spans are recorded).
+        periodic = not noise and not record
+        previous: tuple[float, tuple[float, ...], dict[Lane, float]] | None = None
+        i = 0
+        while i < layers:
             for b, c in enumerate(batches):
                 ready = max(out_ready[b], attn_done[b])
                 if i:
@@ -126,34 +163,112 @@ class TimingModel:
                     out_ready[b] = run_task(Lane.H2D, Task.ATTN_OUT, c.out_h2d_s, attn, i, b)
                 run_task(Lane.D2H, Task.KV_OFFLOAD, c.kv_offload_s, pre_done, i, b)
                 attn_done[b] = run_task(Lane.GPU, Task.GPU_ATTN, c.gpu_attn_s, pre_done, i, b)
+            i += 1
+            if periodic and i < layers:
+                state = _relative_state(lane_free, out_ready, attn_done)
+                if previous is not None and _same_state(state[1], previous[1], state[0]):
+                    remaining = layers - i
+                    shift = remaining * (state[0] - previous[0])
+                    for lane in Lane:
+                        busy[lane] += remaining * (busy[lane] - previous[2][lane])
+                        if lane_free[lane] > 0.0:
+                            lane_free[lane] += shift
+                    out_ready = [x + shift for x in out_ready]
+                    attn_done = [x + shift for x in attn_done]
+                    break
+                previous = (state[0], state[1], dict(busy))
         for b, c in enumerate(batches):
             ready = max(out_ready[b], attn_done[b])
             run_task(Lane.GPU, Task.POST, c.post_s, ready, layers - 1, b)
         run_task(Lane.GPU, Task.LM_HEAD, cost.lm_head(plan.num_seqs), swapped)
         return IterationTiming(max(lane_free.values()), busy, tuple(spans))
 
+    def _gpu_only(
+        self, c: _SubBatchCosts, swap_out_s: float, swap_in_s: float, num_seqs: int, record: bool
+    ) -> IterationTiming:
+        """Closed form of a plan whose work is all on the GPU lane (one sub-batch, no CPU
+        decodes, no KV offload): swaps, then every layer's tasks back to back, then the LM
+        head. Equal to the task loop up to floating-point summation order."""
+        layers = self.cost.model.num_layers
+        swapped = swap_out_s + swap_in_s
+        lm_head = self.cost.lm_head(num_seqs)
+        gpu_busy = _gpu_lane_s(layers, c.pre_s, c.gpu_attn_s, c.post_s, lm_head)
+        busy = {Lane.GPU: gpu_busy, Lane.CPU: 0.0, Lane.H2D: swap_in_s, Lane.D2H: swap_out_s}
+        spans: list[Span] = []
+        if record:
+            if swap_out_s:
+                spans.append(Span(Lane.D2H, Task.SWAP_OUT, 0.0, swap_out_s))
+            if swap_in_s:
+                spans.append(Span(Lane.H2D, Task.SWAP_IN, swap_out_s, swap_in_s))
+            t = swapped
+            for i in range(layers):
+                for task, seconds in ((Task.PRE, c.pre_s), (Task.GPU_ATTN, c.gpu_attn_s)):
+                    if seconds > 0:
+                        spans.append(Span(Lane.GPU, task, t, seconds, i, 0))
+                        t += seconds
+                if c.post_s > 0:
+                    spans.append(Span(Lane.GPU, Task.POST, t, c.post_s, i, 0))
+                    t += c.post_s
+            spans.append(Span(Lane.GPU, Task.LM_HEAD, t, lm_head))
+        return IterationTiming(swapped + gpu_busy, busy, tuple(spans))
+
+    def gpu_decodes_pricer(self, batch: int) -> Callable[[float], float]:
+        """For steady runs: the GPU attention time of the iteration's decodes (`gpu_attn_s`)
+        -> the duration (= GPU busy time) of a sequential iteration of `batch` GPU decodes and
+        nothing else. The same arithmetic as `run()` on that plan (`_costs_of` with no
+        prefill, no CPU work, then `_gpu_only` without swaps), per-batch terms looked up once."""
+        c = self.cost
+        layers = c.model.num_layers
+        linear = c.linear(batch)
+        pre, post = linear * self._pre_fraction, linear * (1 - self._pre_fraction)
+        lm_head = c.lm_head(batch)
+        swapped = c.d2h(0) + c.h2d(0)
+
+        def duration_s(gpu_attn: float) -> float:
+            return swapped + layers * (pre + gpu_attn + post) + lm_head  # _gpu_lane_s
+
+        return duration_s
+
     def _costs(self, sb: SubBatch) -> _SubBatchCosts:
         c = self.cost
-        linear = c.linear(sb.num_tokens)
         prefill = 0.0
         cpu_prefill_tokens = 0
         for p in sb.prefills:
             prefill += c.prefill_attn(p.end) - c.prefill_attn(p.start)
             if p.kv_device == Device.CPU:
                 cpu_prefill_tokens += p.num_tokens
-        gdec = c.gpu_decode_attn(len(sb.gpu_decodes), sum(d.context_len for d in sb.gpu_decodes))
-        n_cpu = len(sb.cpu_decodes)
+        return self._costs_of(
+            sb.num_tokens,
+            prefill,
+            len(sb.gpu_decodes),
+            sum(d.context_len for d in sb.gpu_decodes),
+            len(sb.cpu_decodes),
+            sum(d.context_len for d in sb.cpu_decodes),
+            cpu_prefill_tokens,
+        )
+
+    def _costs_of(
+        self,
+        num_tokens: int,
+        prefill_s: float,
+        n_gdec: int,
+        gpu_decode_tokens: int,
+        n_cpu: int,
+        cpu_decode_tokens: int,
+        cpu_prefill_tokens: int,
+    ) -> _SubBatchCosts:
+        c = self.cost
+        linear = c.linear(num_tokens)
+        gdec = c.gpu_decode_attn(n_gdec, gpu_decode_tokens)
         cpu_attn = 0.0
         if n_cpu:
-            cpu_attn = (
-                c.cpu_decode_attn(n_cpu, sum(d.context_len for d in sb.cpu_decodes)) + c.launch
-            )
+            cpu_attn = c.cpu_decode_attn(n_cpu, cpu_decode_tokens) + c.launch
         return _SubBatchCosts(
             pre_s=linear * self._pre_fraction,
             post_s=linear * (1 - self._pre_fraction),
-            gpu_attn_s=prefill + gdec,
+            gpu_attn_s=prefill_s + gdec,
             cpu_attn_s=cpu_attn,
-            qkv_d2h_s=c.d2h(c.qkv_bytes(n_cpu)) if n_cpu else 0.0,
-            out_h2d_s=c.h2d(c.attn_out_bytes(n_cpu)) if n_cpu else 0.0,
+            qkv_d2h_s=c.cpu_copies_s(n_cpu)[0] if n_cpu else 0.0,
+            out_h2d_s=c.cpu_copies_s(n_cpu)[1] if n_cpu else 0.0,
             kv_offload_s=c.d2h(cpu_prefill_tokens * c.model.kv_bytes_per_token_per_layer),
         )

@@ -33,7 +33,15 @@ def add_parser(sub) -> None:
 
 
 # Run settings that do not shape plans: arrivals (all are queued at once) and the clock.
-_UNUSED = ("rate", "burstiness", "noise", "slo_ttft_s", "slo_tpot_s", "timeline_iterations")
+_UNUSED = (
+    "rate",
+    "burstiness",
+    "noise",
+    "slo_ttft_s",
+    "slo_tpot_s",
+    "timeline_iterations",
+    "steady_runs",
+)
 
 
 def run(args: argparse.Namespace) -> int:

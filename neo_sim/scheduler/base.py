@@ -90,6 +90,22 @@ class SchedulerConfig:
         return self.num_gpu_blocks is not None and self.num_cpu_blocks is not None
 
 
+@dataclass(frozen=True)
+class SteadyRun:
+    """Iterations a policy guarantees to repeat, absent arrivals and aborts: the same GPU
+    decodes, in the same order, each one token longer per iteration, nothing else (no
+    prefill, swap, CPU work, finish or block shortage). The simulator advances them in one
+    go (`Policy.advance_steady`) instead of stepping each one."""
+
+    requests: tuple[Request, ...]  # in plan order
+    max_iterations: int  # guaranteed iterations; nobody finishes within them
+    total_context: int  # the first iteration's decode contexts, summed (tokens)
+
+    @property
+    def batch(self) -> int:
+        return len(self.requests)
+
+
 class Budget:
     """Sequences and tokens left in this iteration."""
 
@@ -197,6 +213,72 @@ class Policy(ABC):
         if self.config.chunked_prefill_tokens:
             return self.max_seq_tokens()
         return self.config.max_batch_tokens
+
+    # ---- steady runs (a simulator fast path; see SteadyRun) -------------------------------
+    def steady_run(self) -> SteadyRun | None:
+        """The run of iterations that will repeat the last plan with contexts one token longer
+        each, or None. A policy that cannot promise this keeps the default (None): the
+        simulator then steps every iteration."""
+        return None
+
+    def _steady_gpu_decodes(self, token_budget: int) -> SteadyRun | None:
+        """Steady when every resident request is a GPU decode and nothing else can happen:
+        nothing waits, is swapped or is CPU-resident, the batch fits the budget, and the GPU
+        pool has the blocks the run will grow into."""
+        if self.waiting or self.swapped or self.cpu_running or not self.gpu_running:
+            return None
+        running = tuple(self.gpu_running.values())
+        if len(running) > min(self.config.max_batch_size, token_budget):
+            return None
+        if any(r.is_prefilling for r in running):
+            return None
+        iterations = min(r.max_new_tokens - r.num_generated for r in running) - 1
+        iterations = self._iterations_with_blocks(running, iterations)
+        if iterations < 1:
+            return None
+        return SteadyRun(running, iterations, sum(r.seq_len for r in running))
+
+    def _iterations_with_blocks(self, running: tuple[Request, ...], limit: int) -> int:
+        """The most iterations (<= limit) whose block growth fits the free GPU blocks."""
+        gpu, bs = self.kv.gpu, self.config.block_size
+
+        def growth(m: int) -> int:  # blocks the run's first m iterations add
+            return sum(
+                blocks_for(r.seq_len + m - 1, bs) - gpu.num_blocks_of(r.request_id) for r in running
+            )
+
+        if growth(limit) <= gpu.num_free:
+            return limit  # the usual case: the pool has room for the whole run
+        low, high = 0, limit
+        while low < high:
+            mid = (low + high + 1) // 2
+            if growth(mid) <= gpu.num_free:
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
+    def advance_steady(self, run: SteadyRun, iterations: int, last_start: float) -> None:
+        """Apply `iterations` iterations of `run` to the books exactly as `step()` and
+        `complete()` would: the same block ids in the same order, the same counters."""
+        gpu, bs = self.kv.gpu, self.config.block_size
+        growth = []  # (iteration, position in plan, request): a new block at that iteration
+        for index, r in enumerate(run.requests):
+            # Iteration j decodes context seq_len + j - 1; a block starts at context % bs == 1.
+            first = r.seq_len
+            first_new = first + (1 - first) % bs if bs > 1 else first
+            for context in range(first_new, first + iterations, bs):
+                growth.append((context - first + 1, index, r))
+        growth.sort(key=lambda g: (g[0], g[1]))
+        for j, _, r in growth:
+            gpu.grow(r.request_id, r.seq_len + j - 1)  # one block each: a boundary is crossed
+        self.step_index += iterations
+        for r in run.requests:
+            r.num_computed = r.seq_len + iterations - 1
+            r.num_generated += iterations
+            r.gpu_steps += iterations
+            r.last_progress_step = self.step_index
+        self.now = last_start
 
     # ---- shared mechanics ------------------------------------------------------------------
     def _advance(self, r: Request | None, end: int, stop: set[int], done: list[Request]) -> None:

@@ -18,6 +18,7 @@ with a few cost-model lookups, not a rescan of the batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from neo_sim.costmodel import CostModel
@@ -40,8 +41,27 @@ class LayerTimes:
         return self.linear_s + self.gpu_attn_s
 
 
+def gpu_attn_s(c: CostModel, prefill_attn_s: float, n_gdec: int, gpu_decode_tokens: int) -> float:
+    """Per layer: a sub-batch's attention on the GPU (its prefills' summed, plus its decodes)."""
+    return prefill_attn_s + c.gpu_decode_attn(n_gdec, gpu_decode_tokens)
+
+
+def cpu_lane_s(c: CostModel, n_cdec: int, cpu_decode_tokens: int) -> float:
+    """Per layer: a sub-batch's CPU work, q/k/v and output copies and launch included."""
+    if not n_cdec:
+        return 0.0
+    to_host, back = c.cpu_copies_s(n_cdec)
+    return to_host + c.cpu_decode_attn(n_cdec, cpu_decode_tokens) + back + c.launch
+
+
+def offload_s(c: CostModel, cpu_prefill_tokens: int) -> float:
+    """Per layer: the d2h copy of the fresh KV of a sub-batch's CPU-placed prefills."""
+    return c.d2h(cpu_prefill_tokens * c.model.kv_bytes_per_token_per_layer)
+
+
 class SubBatchBuilder:
-    """A sub-batch under construction, with running cost sums."""
+    """A sub-batch under construction, with running cost sums. Its lane times are cached per
+    component, so that adding a CPU decode re-prices only the linear width and the CPU lane."""
 
     def __init__(self, cost: CostModel):
         self.cost = cost
@@ -54,6 +74,10 @@ class SubBatchBuilder:
         self.cpu_decode_tokens = 0
         self.cpu_prefill_tokens = 0
         self._cache: LayerTimes | None = None
+        self._linear: float | None = None
+        self._gpu_attn: float | None = None
+        self._cpu: float | None = None
+        self._offload: float | None = None
 
     # mutation -----------------------------------------------------------------------------
     def add_prefill(self, work: PrefillWork) -> None:
@@ -69,19 +93,19 @@ class SubBatchBuilder:
         self.gpu_decodes.append(work)
         self.num_tokens += 1
         self.gpu_decode_tokens += work.context_len
-        self._cache = None
+        self._cache = self._linear = self._gpu_attn = None
 
     def add_cpu_decode(self, work: DecodeWork) -> None:
         self.cpu_decodes.append(work)
         self.num_tokens += 1
         self.cpu_decode_tokens += work.context_len
-        self._cache = None
+        self._cache = self._linear = self._cpu = None
 
     def pop_cpu_decode(self) -> DecodeWork:
         work = self.cpu_decodes.pop()
         self.num_tokens -= 1
         self.cpu_decode_tokens -= work.context_len
-        self._cache = None
+        self._cache = self._linear = self._cpu = None
         return work
 
     def _account_prefill(self, work: PrefillWork, sign: int) -> None:
@@ -91,7 +115,7 @@ class SubBatchBuilder:
         self.prefill_attn_s += sign * attn
         if work.kv_device == Device.CPU:
             self.cpu_prefill_tokens += sign * work.num_tokens
-        self._cache = None
+        self._cache = self._linear = self._gpu_attn = self._offload = None
 
     # pricing ------------------------------------------------------------------------------
     @property
@@ -101,21 +125,23 @@ class SubBatchBuilder:
     def __bool__(self) -> bool:
         return self.num_seqs > 0
 
+    def _refresh(self) -> None:
+        """Price the components that changed since the last call."""
+        c = self.cost
+        if self._gpu_attn is None:
+            n_gdec = len(self.gpu_decodes)
+            self._gpu_attn = gpu_attn_s(c, self.prefill_attn_s, n_gdec, self.gpu_decode_tokens)
+        if self._cpu is None:
+            self._cpu = cpu_lane_s(c, len(self.cpu_decodes), self.cpu_decode_tokens)
+        if self._offload is None:
+            self._offload = offload_s(c, self.cpu_prefill_tokens)
+        if self._linear is None:
+            self._linear = c.linear(self.num_tokens)
+
     def times(self) -> LayerTimes:
         if self._cache is None:
-            c = self.cost
-            n_gdec, n_cdec = len(self.gpu_decodes), len(self.cpu_decodes)
-            gpu_attn = self.prefill_attn_s + c.gpu_decode_attn(n_gdec, self.gpu_decode_tokens)
-            cpu = 0.0
-            if n_cdec:
-                cpu = (
-                    c.d2h(c.qkv_bytes(n_cdec))
-                    + c.cpu_decode_attn(n_cdec, self.cpu_decode_tokens)
-                    + c.h2d(c.attn_out_bytes(n_cdec))
-                    + c.launch
-                )
-            offload = c.d2h(self.cpu_prefill_tokens * c.model.kv_bytes_per_token_per_layer)
-            self._cache = LayerTimes(c.linear(self.num_tokens), gpu_attn, cpu, offload)
+            self._refresh()
+            self._cache = LayerTimes(self._linear, self._gpu_attn, self._cpu, self._offload)
         return self._cache
 
     def freeze(self) -> SubBatch:
@@ -124,8 +150,12 @@ class SubBatchBuilder:
 
 def slacks(b0: SubBatchBuilder, b1: SubBatchBuilder) -> tuple[float, float]:
     """Per-layer slack of each sub-batch's CPU work under the GPU work it overlaps."""
-    t0, t1 = b0.times(), b1.times()
-    return (t1.linear_s + t0.gpu_attn_s - t0.cpu_s, t0.linear_s + t1.gpu_attn_s - t1.cpu_s)
+    b0._refresh()
+    b1._refresh()
+    return (
+        b1._linear + b0._gpu_attn - b0._cpu,  # type: ignore[operator]
+        b0._linear + b1._gpu_attn - b1._cpu,  # type: ignore[operator]
+    )
 
 
 def pipelined_layer_s(b0: SubBatchBuilder, b1: SubBatchBuilder) -> float:
@@ -136,8 +166,28 @@ def pipelined_layer_s(b0: SubBatchBuilder, b1: SubBatchBuilder) -> float:
 
 
 def sequential_layer_s(b: SubBatchBuilder) -> float:
-    t = b.times()
+    return _sequential_layer_s(b.times())
+
+
+def _sequential_layer_s(t: LayerTimes) -> float:
     return max(t.linear_s + max(t.gpu_attn_s, t.cpu_s), t.offload_s)
+
+
+def gpu_decodes_pricer(cost: CostModel, batch: int) -> Callable[[float], float]:
+    """For steady runs: the GPU attention time (`gpu_attn_s` of the iteration's decodes) ->
+    what `step()` predicts for a sequential iteration of `batch` GPU decodes and nothing
+    else. The same arithmetic as `SubBatchBuilder.times`, `sequential_layer_s` and
+    `iteration_s` on that plan, with the per-batch terms looked up once."""
+    layers = cost.model.num_layers
+    linear = cost.linear(batch)
+    cpu = cpu_lane_s(cost, 0, 0)
+    offload = offload_s(cost, 0)
+    lm_head = cost.lm_head(batch)
+
+    def predicted_s(gpu_attn: float) -> float:
+        return layers * max(linear + max(gpu_attn, cpu), offload) + lm_head  # _sequential_layer_s
+
+    return predicted_s
 
 
 def swap_bytes(

@@ -9,7 +9,7 @@ baselines), decodes go first and prompts are cut into chunks that fill the token
 
 from __future__ import annotations
 
-from neo_sim.scheduler.base import Budget, Policy
+from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import SubBatchBuilder, iteration_s, sequential_layer_s, swap_s
 from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap
 from neo_sim.scheduler.request import Request, RequestState
@@ -25,6 +25,10 @@ class GpuOnlyPolicy(Policy):
 
     def max_seq_tokens(self) -> int:
         return self.kv.gpu.num_blocks * self.config.block_size
+
+    def steady_run(self) -> SteadyRun | None:
+        cfg = self.config
+        return self._steady_gpu_decodes(cfg.chunked_prefill_tokens or cfg.max_batch_tokens)
 
     def step(self, now: float = 0.0) -> Plan:
         self.step_index += 1
@@ -87,6 +91,8 @@ class GpuOnlyPolicy(Policy):
         return swap
 
     def _swap_in(self, budget: Budget) -> tuple[Swap, ...]:
+        if not self.swapped:
+            return ()
         gpu = self.kv.gpu
         # The low watermark leaves room for growth; an idle GPU takes whatever fits.
         limit = (

@@ -51,11 +51,17 @@ class BlockPool:
 
     def grow(self, request_id: int, num_tokens: int) -> list[int]:
         """Extend the request's table to hold `num_tokens`; returns the new block ids."""
-        extra = self.extra_blocks(request_id, num_tokens)
+        table = self._tables.get(request_id)
+        extra = -(-num_tokens // self.block_size) - (len(table) if table else 0)
+        if extra <= 0:
+            return []
         if extra > len(self._free):
             raise RuntimeError(f"{self.name} pool exhausted: need {extra}, have {len(self._free)}")
         new = [self._free.pop() for _ in range(extra)]
-        self._tables.setdefault(request_id, []).extend(new)
+        if table is None:
+            self._tables[request_id] = new
+            return list(new)
+        table.extend(new)
         return new
 
     def free(self, request_id: int) -> list[int]:

@@ -23,7 +23,9 @@ the artifact"); such a plan may carry negative slack and lists the forced reques
 
 from __future__ import annotations
 
-from neo_sim.scheduler.base import Budget, Policy
+import operator
+
+from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import (
     SubBatchBuilder,
     iteration_s,
@@ -36,11 +38,17 @@ from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap
 from neo_sim.scheduler.request import Device, Request, RequestState
 
 Candidate = tuple[Request, Device]
+_ADMIT_ORDER = operator.attrgetter("admit_order")
 
 
 class NeoPolicy(Policy):
     name = "neo"
     variants = {"neo": {}}
+
+    def steady_run(self) -> SteadyRun | None:
+        """With nothing waiting and nothing on the CPU, NEO's step is GPU-only's: it decodes
+        every GPU-resident request in one sequential sub-batch."""
+        return self._steady_gpu_decodes(self.config.max_batch_tokens)
 
     def step(self, now: float = 0.0) -> Plan:
         self.step_index += 1
@@ -69,7 +77,8 @@ class NeoPolicy(Policy):
 
     def _reserve_for_overdue(self, budget: Budget) -> int:
         """Hold batch slots for overdue CPU decodes so that admissions cannot starve them."""
-        overdue = sum(1 for r in self.cpu_running.values() if self._is_overdue(r))
+        limit = self._overdue_before()
+        overdue = sum(1 for r in self.cpu_running.values() if r.last_progress_step < limit)
         reserved = max(0, min(overdue, budget.seqs - 1, budget.tokens - 1))
         budget.seqs -= reserved
         budget.tokens -= reserved
@@ -107,6 +116,8 @@ class NeoPolicy(Policy):
 
     # ---- step 2 ---------------------------------------------------------------------------
     def _swap_in(self, budget: Budget) -> tuple[Swap, ...]:
+        if not self.cpu_running:
+            return ()
         gpu = self.kv.gpu
         # The low watermark leaves room for new prompts; an idle GPU takes whatever fits.
         limit = (
@@ -193,19 +204,22 @@ class NeoPolicy(Policy):
         target = 1
         shortest_rejected = float("inf")
         forced: list[int] = []
+        limit = self._overdue_before()
+        cpu_pool = self.kv.cpu
         for r in self._cpu_decodes_oldest_first(overdue_first=True):
-            overdue = self._is_overdue(r)
-            if not overdue and r.seq_len >= shortest_rejected:
+            overdue = r.last_progress_step < limit
+            seq_len = r.seq_len
+            if not overdue and seq_len >= shortest_rejected:
                 continue
-            growth = self.kv.cpu.extra_blocks(r.request_id, r.seq_len)
+            growth = cpu_pool.extra_blocks(r.request_id, seq_len)
             if growth > cpu_free or not budget.take(1):
                 continue
-            builders[target].add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+            builders[target].add_cpu_decode(DecodeWork(r.request_id, seq_len))
             s0, s1 = slacks(b0, b1)
-            if min(s0, s1) < 0 and not overdue:
+            if (s0 < 0 or s1 < 0) and not overdue:
                 builders[target].pop_cpu_decode()
                 budget.give(1)
-                shortest_rejected = r.seq_len
+                shortest_rejected = seq_len
                 continue
             cpu_free -= growth
             if overdue:
@@ -214,7 +228,11 @@ class NeoPolicy(Policy):
         return b0, b1, tuple(forced)
 
     def _is_overdue(self, r: Request) -> bool:
-        return self.step_index - r.last_progress_step > self.config.max_cpu_wait_steps
+        return r.last_progress_step < self._overdue_before()
+
+    def _overdue_before(self) -> int:
+        """A CPU decode whose last progress is before this step waited too long."""
+        return self.step_index - self.config.max_cpu_wait_steps
 
     # ---- step 5 ---------------------------------------------------------------------------
     def _trim_cpu_prefills(self, b0: SubBatchBuilder, b1: SubBatchBuilder) -> None:
@@ -310,8 +328,11 @@ class NeoPolicy(Policy):
         )
 
     def _cpu_decodes_oldest_first(self, overdue_first: bool = False) -> list[Request]:
-        if overdue_first:
-            return sorted(
-                self.cpu_running.values(), key=lambda r: (not self._is_overdue(r), r.admit_order)
-            )
-        return sorted(self.cpu_running.values(), key=lambda r: r.admit_order)
+        ordered = sorted(self.cpu_running.values(), key=_ADMIT_ORDER)
+        if not overdue_first:
+            return ordered
+        limit = self._overdue_before()
+        overdue = [r for r in ordered if r.last_progress_step < limit]
+        if not overdue:
+            return ordered
+        return overdue + [r for r in ordered if r.last_progress_step >= limit]

@@ -20,6 +20,11 @@ from neo_sim.scheduler.request import Device
 class _NoSlackPolicy(NeoPolicy):
     """Strawmen keep every sub-batch they build: no prefill trimming, no mode comparison."""
 
+    def steady_run(self) -> None:
+        """Not supported: symmetric splits GPU decodes over two sub-batches, full offload runs
+        them on the CPU; the simulator steps every iteration of these policies."""
+        return None
+
     def _trim_cpu_prefills(self, b0, b1) -> None:
         return None
 

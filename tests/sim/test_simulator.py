@@ -8,7 +8,7 @@ from neo_sim.costmodel import Efficiencies, RooflineCostModel
 from neo_sim.hardware import PRESETS as HW
 from neo_sim.lanes import Lane
 from neo_sim.latency import RequestRecord
-from neo_sim.metrics import SLO, Metrics, summarize
+from neo_sim.metrics import SLO, GapLog, Metrics, summarize
 from neo_sim.model import PRESETS as MODELS
 from neo_sim.runs import RunSpec, execute
 from neo_sim.scheduler import DecodeWork, Mode, Plan, SchedulerConfig, SubBatch
@@ -47,16 +47,16 @@ def test_neo_sustains_more_load_than_gpu_only_on_t4():
 
 def test_metrics_follow_vllm_definitions():
     r = RequestRecord(0, arrival_s=1.0, prompt_len=10, output_len=3)
-    itl: list[float] = []
+    itl = GapLog()
     for t in (1.5, 1.7, 2.0):
         r.on_token(t, itl)
     r.finish_s, r.status = 2.0, "finished"
-    m = Metrics([r], [], itl)
+    m = Metrics.of([r], [], itl)
     frame = m.requests_frame()
     assert frame.loc[0, "ttft_s"] == pytest.approx(0.5)
     assert frame.loc[0, "tpot_s"] == pytest.approx((1.0 - 0.5) / 2)
-    assert sorted(itl) == pytest.approx([0.2, 0.3])
-    s = summarize(frame, m.iterations_frame(), itl, SLO(ttft_s=0.4))
+    assert sorted(itl.values()) == pytest.approx([0.2, 0.3])
+    s = summarize(frame, m.totals, itl.values(), SLO(ttft_s=0.4))
     assert s["goodput_req_s"] == 0.0 and s["throughput_req_s"] == pytest.approx(1.0)
 
 
@@ -129,9 +129,12 @@ def test_golden_summary(tmp_path):
 
 
 def test_offline_workload_and_frames():
-    out = execute(RunSpec.of(hardware="a10g", model="llama-3-8b", rate=math.inf, num_requests=50))
+    spec = RunSpec.of(hardware="a10g", model="llama-3-8b", rate=math.inf, num_requests=50)
+    out = execute(spec.with_(iteration_records=True))
     assert isinstance(out.requests, pd.DataFrame) and len(out.requests) == 50
     assert len(out.iterations) == out.summary["num_iterations"]
+    lean = execute(spec)  # by default only the totals: memory flat in the number of iterations
+    assert len(lean.iterations) == 0 and lean.summary == out.summary
     assert set(
         ["throughput_req_s", "ttft_p99", "tpot_p99", "e2e_p99", "gpu_busy", "cpu_busy"]
     ) <= set(out.summary)
