@@ -1,6 +1,6 @@
 """Feed a workload's arrivals to the engine between iterations, as the simulator does.
 
-With the engine's predicted clock, idle gaps are jumped over (as simpy jumps to the next
+With the engine's predicted clock, idle gaps are jumped over (as the simulator jumps to the next
 event); with the wall clock, the driver waits for each arrival in real time. Either way a
 request enters the scheduler before the first step that starts at or after its arrival time.
 """

@@ -1,7 +1,7 @@
 """neo_sim: the performance model of NEO-style LLM serving and everything pure Python.
 
 Importing this package loads nothing heavy: the scheduler, specs and cost models are plain
-Python, so the engine (torch) and the simulator (simpy) can both import them.
+Python, so the engine (torch) and the simulator can both import them.
 """
 
 __version__ = "0.1.0"
