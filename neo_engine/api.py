@@ -44,7 +44,14 @@ class LLM:
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError("give one SamplingParams, or one per prompt")
-        ids = [self.engine.add_request(p, sp) for p, sp in zip(prompts, params)]
+        ids: list[int] = []
+        try:
+            for prompt, sp in zip(prompts, params):
+                ids.append(self.engine.add_request(prompt, sp))
+        except Exception:  # a refused prompt: the batch is not started, nothing is left behind
+            for rid in ids:
+                self.engine.abort(rid)
+            raise
         results: dict[int, RequestOutput] = {}
         bar = tqdm(total=len(ids), unit="req", disable=not use_tqdm)
         while self.engine.has_unfinished():

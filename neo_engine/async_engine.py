@@ -4,15 +4,22 @@
 aborts reach that thread through a command queue; it steps the engine while there is work and
 blocks on the queue when there is none (no busy waiting). Each request's outputs go back to the
 event loop through its own asyncio queue, so a streaming HTTP response reads them as they come.
+
+Failure isolation: a request the engine refuses fails alone (NeoError: the client's input;
+EngineError: ours), a request whose sampling fails ends with finish_reason "error", and should
+the thread itself ever die, `healthy` turns False and every request fails fast instead of
+hanging. The thread warms the engine up (kernels built, one tiny generation) before `ready`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, replace
 
 from neo_engine.engine import EngineStats, LLMEngine, RequestOutput
@@ -20,6 +27,12 @@ from neo_engine.sampling import SamplingParams
 from neo_sim.errors import NeoError
 
 log = logging.getLogger(__name__)
+
+FINISHED_KEPT = 10_000  # finished outputs kept for the latency histograms between scrapes
+
+
+class EngineError(RuntimeError):
+    """The engine failed (our bug, not the client's input): a 5xx."""
 
 
 @dataclass
@@ -77,10 +90,15 @@ class AsyncEngine:
         self._ids = itertools.count()
         self._stats: EngineStats = engine.stats()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="neo-engine", daemon=True)
-        self.finished_outputs: list[
-            RequestOutput
-        ] = []  # for latency histograms, drained by /metrics
+        self._deadline = float("inf")  # when stopping: in-flight work may run until then
+        self.shutdown_timeout_s = 30.0  # the server sets its own
+        self.ready = threading.Event()  # set once the engine is warm
+        self.healthy = True  # False if the engine thread died
+        self._thread = threading.Thread(target=self._main, name="neo-engine", daemon=True)
+        # Finished outputs for the latency histograms, drained by /metrics; bounded.
+        self.finished_outputs: collections.deque[RequestOutput] = collections.deque(
+            maxlen=FINISHED_KEPT
+        )
         self._finished_lock = threading.Lock()
         self._thread.start()
 
@@ -88,8 +106,11 @@ class AsyncEngine:
     async def start(self, prompt: str | list[int], params: SamplingParams) -> RequestStream:
         """Submit a request; returns its stream once the engine accepted it.
 
-        Raises NeoError if the engine refuses the request (too long, bad tokens...).
+        Raises NeoError if the engine refuses the request (too long, bad tokens...), and
+        EngineError if the engine cannot take requests or failed on this one.
         """
+        if not self.healthy:
+            raise EngineError("the engine has stopped; see the server log")
         loop = asyncio.get_running_loop()
         rid = next(self._ids)
         sink: asyncio.Queue = asyncio.Queue()
@@ -106,48 +127,96 @@ class AsyncEngine:
 
     def take_finished(self) -> list[RequestOutput]:
         with self._finished_lock:
-            done, self.finished_outputs = self.finished_outputs, []
+            done = list(self.finished_outputs)
+            self.finished_outputs.clear()
         return done
 
-    def shutdown(self) -> None:
+    def in_flight(self) -> int:
+        return len(self._sinks)
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop: new requests are refused, in-flight ones may finish for `timeout_s`, then
+        the rest end with an error."""
+        self._deadline = time.monotonic() + timeout_s
         self._stop.set()
         self._commands.put(None)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=timeout_s + 10)
+        if self._thread.is_alive():
+            log.warning("engine thread did not stop within %.0f s", timeout_s)
         self.engine.close()
 
     # ---- the engine thread --------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            self._warm_up()
+            self.ready.set()
+            self._run()
+        except BaseException:  # the thread must not die silently: fail everything, fast
+            log.exception("the engine thread died")
+            self.healthy = False
+            self._fail_all("the engine stopped: internal error")
+            self._reject_queued()
+
+    def _warm_up(self) -> None:
+        """One tiny generation through every lane, so the first client does not wait for
+        kernels to build (on a CPU device the host kernels compile on first use)."""
+        self.engine.warm_up()
+
+    def _reject_queued(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, _Add):
+                error = EngineError("the engine has stopped; see the server log")
+                command.loop.call_soon_threadsafe(_set_exception, command.accepted, error)
+
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while True:
+            stopping = self._stop.is_set()
+            if stopping and (
+                not self.engine.has_unfinished() or time.monotonic() >= self._deadline
+            ):
+                self._fail_all("the server shut down before this request finished")
+                return
             busy = self.engine.has_unfinished()
             try:
-                command = self._commands.get(block=not busy)
+                command = self._commands.get(block=not (busy or stopping))
             except queue.Empty:
                 command = None
             while command is not None:
-                self._handle(command)
+                self._handle(command, stopping)
                 try:
                     command = self._commands.get_nowait()
                 except queue.Empty:
                     command = None
-            if self._stop.is_set():
-                break
             if self.engine.has_unfinished():
                 try:
                     outputs = self.engine.step()
-                except Exception:  # a bug: fail the requests in flight, keep serving
+                except Exception:  # a bug outside one plan: fail the requests in flight
                     log.exception("engine step failed")
-                    self._fail_all()
+                    self._fail_all("internal error in the engine step")
                     outputs = []
                 for out in outputs:
                     self._deliver(out)
             self._stats = self.engine.stats()
 
-    def _handle(self, command) -> None:
+    def _handle(self, command, stopping: bool = False) -> None:
         if isinstance(command, _Add):
+            if stopping:
+                error = EngineError("the server is shutting down")
+                command.loop.call_soon_threadsafe(_set_exception, command.accepted, error)
+                return
             try:
                 self.engine.add_request(command.prompt, command.params, command.request_id)
-            except NeoError as exc:
+            except NeoError as exc:  # the client's input
                 command.loop.call_soon_threadsafe(_set_exception, command.accepted, exc)
+                return
+            except Exception as exc:  # ours: this request fails, the engine goes on
+                log.exception("adding request %d failed", command.request_id)
+                error = EngineError(f"internal error: {exc}")
+                command.loop.call_soon_threadsafe(_set_exception, command.accepted, error)
                 return
             self._sinks[command.request_id] = (command.sink, command.loop)
             command.loop.call_soon_threadsafe(_set_result, command.accepted, True)
@@ -167,11 +236,16 @@ class AsyncEngine:
             with self._finished_lock:
                 self.finished_outputs.append(snapshot)
 
-    def _fail_all(self) -> None:
+    def _fail_all(self, message: str) -> None:
         for rid in list(self._sinks):
-            self.engine.abort(rid)
+            try:
+                self.engine.abort(rid)
+            except Exception:  # the engine may be broken; the clients must hear anyway
+                log.exception("aborting request %d failed", rid)
             sink, loop = self._sinks.pop(rid)
-            failed = RequestOutput(rid, None, [], finished=True, finish_reason="abort")
+            failed = RequestOutput(
+                rid, None, [], finished=True, finish_reason="error", error=message
+            )
             loop.call_soon_threadsafe(sink.put_nowait, failed)
 
 

@@ -23,7 +23,7 @@ from neo_engine.config import DEFAULT_MAX_MODEL_LEN, EngineConfig
 from neo_engine.executor import Executor
 from neo_engine.kv_cache import KVPool
 from neo_engine.local import host_memory_bytes
-from neo_engine.sampling import SamplingParams, sample
+from neo_engine.sampling import SamplingError, SamplingParams, sample
 from neo_engine.tokenizer import load_tokenizer
 from neo_engine.weights import load_checkpoint, random_weights
 from neo_sim.capacity import DeviceMemory, resolve_pools
@@ -49,7 +49,8 @@ class RequestOutput:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finished: bool = False
-    finish_reason: str | None = None  # "stop", "length" or "abort"
+    finish_reason: str | None = None  # "stop", "length", "abort" or "error"
+    error: str | None = None  # what went wrong, when finish_reason is "error"
     arrival_s: float = 0.0
     first_token_s: float | None = None
     finish_s: float | None = None
@@ -203,11 +204,21 @@ class LLMEngine:
         params: SamplingParams | None = None,
         request_id: int | None = None,
     ) -> int:
+        """Queue a request. Everything is validated before the scheduler hears of it, so a
+        refused request (NeoError) leaves no trace."""
         params = params or SamplingParams()
         if isinstance(prompt, str):
-            text, tokens = prompt, self.tokenizer.encode(prompt)
+            text = prompt
+            try:
+                tokens = self.tokenizer.encode(prompt)
+            except Exception as exc:  # e.g. a lone surrogate: valid JSON, not valid UTF-8
+                raise NeoError(f"prompt cannot be tokenized: {exc}") from None
         else:
-            text, tokens = None, [int(t) for t in prompt]
+            text = None
+            try:
+                tokens = [int(t) for t in prompt]
+            except (TypeError, ValueError):
+                raise NeoError("prompt must be a string or a list of token ids") from None
         if not tokens:
             raise NeoError("prompt is empty")
         if any(t < 0 or t >= self.spec.vocab_size for t in tokens):
@@ -222,15 +233,14 @@ class LLMEngine:
         rid = next(self._ids) if request_id is None else request_id
         if rid in self._live:
             raise NeoError(f"request id {rid} is already running")
-        now = self.now()
-        self.policy.add(Request(rid, len(tokens), params.max_tokens, arrival_s=now))
         gen = None
         if not params.greedy:
-            gen = torch.Generator().manual_seed(
-                params.seed
-                if params.seed is not None
-                else hash((self.config.load.seed, rid)) & 0xFFFFFFFF
-            )
+            seed = params.seed
+            if seed is None:
+                seed = hash((self.config.load.seed, rid)) & 0xFFFFFFFF
+            gen = torch.Generator().manual_seed(seed)
+        now = self.now()
+        self.policy.add(Request(rid, len(tokens), params.max_tokens, arrival_s=now))
         out = RequestOutput(rid, text, list(tokens), arrival_s=now)
         self._live[rid] = _Live(out, params, list(tokens), gen)
         return rid
@@ -273,17 +283,27 @@ class LLMEngine:
         if plan.is_empty:
             return []
         self.idle_step = False
-        result = self.executor.run(
-            plan, {rid: s.tokens for rid, s in self._live.items()}, self.policy.kv
-        )
+        try:
+            result = self.executor.run(
+                plan, {rid: s.tokens for rid, s in self._live.items()}, self.policy.kv
+            )
+        except Exception as exc:  # a bug in a kernel: the plan's requests fail, others go on
+            log.exception("executing step %d failed", plan.step)
+            now = self.now()
+            return [self._fail(rid, f"internal error: {exc}", now) for rid in plan.request_ids]
         if self.config.clock == "predicted":
             self._predicted_now += plan.predicted_s
         now = self.now()
         stopped: set[int] = set()
+        failed: dict[int, str] = {}
         touched: list[RequestOutput] = []
         for row, rid in enumerate(result.request_ids):
             live = self._live[rid]
-            token = sample(result.logits[row], live.params, live.generator)
+            try:
+                token = sample(result.logits[row], live.params, live.generator)
+            except SamplingError as exc:
+                failed[rid] = str(exc)
+                continue
             live.tokens.append(token)
             out = live.output
             out.token_ids.append(token)
@@ -299,8 +319,19 @@ class LLMEngine:
             out.finished, out.finish_s = True, now
             out.finish_reason = "stop" if r.request_id in stopped else "length"
             out.cpu_steps, out.gpu_steps = r.cpu_steps, r.gpu_steps
+        for rid, reason in failed.items():  # after complete(): the others' books are settled
+            touched.append(self._fail(rid, reason, now))
         self._account(plan, result, start, len(result.request_ids))
         return touched
+
+    def _fail(self, request_id: int, message: str, now: float) -> RequestOutput:
+        """End one request with an error, free its KV; the rest of the batch is unaffected."""
+        self.policy.abort(request_id)
+        live = self._live.pop(request_id, None)
+        out = live.output if live is not None else RequestOutput(request_id, None, [])
+        out.finished, out.finish_s = True, now
+        out.finish_reason, out.error = "error", message
+        return out
 
     def _hits_stop(self, live: _Live, token: int) -> bool:
         p = live.params
@@ -355,6 +386,18 @@ class LLMEngine:
             cpu_attention_s_last=self._last_cpu_attention_s,
             tokens_per_s=rate,
         )
+
+    def warm_up(self) -> None:
+        """Build the host kernels (compiled on first use) and run one tiny generation, so that
+        the first real request does not pay for either. Leaves no trace in the counters."""
+        from neo_engine.cpu_kernel import load_extension
+
+        load_extension()
+        rid = self.add_request([1], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
+        while rid in self._live:
+            self.step()
+        self._counts = dict.fromkeys(self._counts, 0)
+        self._recent.clear()
 
     def close(self) -> None:
         self.executor.close()

@@ -1,35 +1,78 @@
 """OpenAI request bodies (pydantic), as neo-serve accepts them.
 
-Unknown fields are ignored, as OpenAI clients and benchmark tools send extras. Field limits
-(max_tokens > 0, 0 <= temperature, 0 < top_p <= 1, n = 1) produce 400s naming the field.
+Unknown fields are ignored, as OpenAI clients and benchmark tools send extras. Known fields
+that neo-serve does not implement are refused with a 400 naming the field when a client asks
+for them (a non-default value), never silently ignored (`UNSUPPORTED`). Field limits
+(max_tokens > 0, 0 <= temperature, 0 < top_p <= 1, n = 1, a 64-bit seed, stop strings) give
+400s naming the field.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from neo_engine.sampling import SamplingParams
+from neo_engine.sampling import MAX_STOP_STRINGS, SEED_MAX, SamplingParams
+from neo_sim.errors import NeoError
+
+MAX_PROMPTS = 256  # prompts in one completions request
+
+# Fields clients send that neo-serve does not implement, with the value that means "not asked".
+UNSUPPORTED: dict[str, Any] = {
+    "logprobs": None,
+    "top_logprobs": None,
+    "echo": False,
+    "best_of": None,
+    "logit_bias": None,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "response_format": None,
+    "tools": None,
+    "tool_choice": None,
+    "functions": None,
+    "function_call": None,
+    "suffix": None,
+    "guided_json": None,
+    "guided_regex": None,
+    "guided_choice": None,
+}
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     model: str
     max_tokens: int | None = Field(default=None, gt=0)
     max_completion_tokens: int | None = Field(default=None, gt=0)
-    temperature: float = Field(default=1.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    temperature: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
     top_k: int = -1
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    stop: str | list[str] | None = Field(default=None)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     ignore_eos: bool = False
     n: int = Field(default=1, ge=1, le=1)
 
+    def refused_field(self) -> str | None:
+        """The first field the client asked for that neo-serve does not implement."""
+        extra = self.model_extra or {}
+        for name, default in UNSUPPORTED.items():
+            value = extra.get(name, default)
+            if value in (default, None, False, 0, 0.0, [], {}):
+                continue
+            if name == "response_format" and _is_text_format(value):
+                continue
+            if name == "best_of" and value == 1:
+                continue
+            return name
+        return None
+
     def sampling(self) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if len(stop) > MAX_STOP_STRINGS:
+            raise NeoError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
         return SamplingParams(
             max_tokens=self.max_tokens or self.max_completion_tokens or 16,
             temperature=self.temperature,
@@ -45,14 +88,48 @@ class _Common(BaseModel):
         return bool(self.stream_options and self.stream_options.get("include_usage"))
 
 
+def _is_text_format(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("type") == "text"
+
+
 class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
 
 
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
-    role: str
-    content: str
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[TextPart] | None = None
+
+    def text(self, where: str) -> str:
+        """The message's text; NeoError naming the field for parts neo-serve cannot read."""
+        if self.content is None:
+            if self.role != "assistant":
+                raise NeoError(f"{where}.content: required for role {self.role!r}")
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        pieces = []
+        for i, part in enumerate(self.content):
+            if part.type != "text" or part.text is None:
+                raise NeoError(
+                    f"{where}.content[{i}].type: only text parts are supported, got {part.type!r}"
+                )
+            pieces.append(part.text)
+        return "".join(pieces)
 
 
 class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        return [
+            {"role": m.role, "content": m.text(f"messages[{i}]")}
+            for i, m in enumerate(self.messages)
+        ]

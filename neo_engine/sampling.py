@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from neo_sim.errors import NeoError
 
+# Temperatures below this sample greedily: dividing logits by them overflows to inf/NaN
+# (vLLM's _SAMPLING_EPS makes the same choice).
+GREEDY_BELOW = 1e-5
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+MAX_STOP_STRINGS = 32
+MAX_STOP_CHARS = 1024
+
+
+class SamplingError(RuntimeError):
+    """Sampling one request failed (non-finite logits): that request fails alone."""
+
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens and when to stop.
 
-    temperature 0 means greedy; top_k <= 0 and top_p = 1 disable those filters; `seed` makes a
-    request's sampling reproducible; `stop` strings end generation and are cut from the text;
+    temperature 0 (or below 1e-5) means greedy; top_k <= 0 and top_p = 1 disable those
+    filters; `seed` (0..2^64-1) makes a request's sampling reproducible; `stop` strings (at
+    most 32, each at most 1024 characters) end generation and are cut from the text;
     `ignore_eos` keeps generating past the end-of-sequence token (benchmarks use it).
     """
 
@@ -35,20 +48,31 @@ class SamplingParams:
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise NeoError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if not self.temperature >= 0:
-            raise NeoError(f"temperature must be >= 0, got {self.temperature}")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise NeoError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise NeoError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int):
             raise NeoError(f"top_k must be an integer, got {self.top_k!r}")
+        if self.seed is not None and not (
+            isinstance(self.seed, int) and 0 <= self.seed <= SEED_MAX
+        ):
+            raise NeoError(f"seed must be an integer in [0, 2^64 - 1], got {self.seed!r}")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise NeoError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
+        for s in self.stop:
+            if not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS:
+                raise NeoError(f"stop: strings must be 1..{MAX_STOP_CHARS} characters")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token from one row of logits [vocab] (float32)."""
+    """One token from one row of logits [vocab] (float32); SamplingError if they are unusable."""
+    if not bool(torch.isfinite(logits).any()):
+        raise SamplingError("the model produced no finite logit for this request")
     if params.greedy:
         return int(torch.argmax(logits))
     scores = logits / params.temperature
@@ -62,4 +86,6 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
         scores = torch.full_like(scores, float("-inf")).scatter(0, order, sorted_scores)
     probs = torch.softmax(scores, dim=-1)
+    if not bool(torch.isfinite(probs).all()):
+        raise SamplingError("sampling probabilities are not finite")
     return int(torch.multinomial(probs, 1, generator=generator))

@@ -28,6 +28,9 @@ from neo_sim.settings import check, setting
 
 log = logging.getLogger("neo.serve")
 
+MAX_BODY_BYTES = 16 * 2**20  # a request body larger than this is refused (413)
+DISCONNECT_POLL_S = 0.5  # how often a non-streaming request checks that its client is there
+
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None):
     from fastapi.responses import JSONResponse
@@ -45,17 +48,30 @@ def _error(status: int, message: str, param: str | None = None, code: str | None
     )
 
 
-def build_app(engine, model_name: str, max_model_len: int):
+def build_app(engine, model_name: str, max_model_len: int, api_key: str | None = None):  # noqa: C901 - the routes read best together
     """The FastAPI app over an AsyncEngine."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import PlainTextResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
 
-    from neo_engine.protocol import ChatRequest, CompletionRequest
+    from neo_engine.async_engine import EngineError
+    from neo_engine.protocol import MAX_PROMPTS, ChatRequest, CompletionRequest
     from neo_engine.serve_metrics import ServerMetrics
 
     app = FastAPI(title="neo-serve", version="0.1.0")
     metrics = ServerMetrics(engine)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):
+        """Bearer API key (when configured) and the body-size bound, before any parsing."""
+        authorized = request.headers.get("authorization") == f"Bearer {api_key}"
+        if api_key is not None and request.url.path.startswith("/v1") and not authorized:
+            return _error(401, "missing or wrong API key", code="invalid_api_key")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return _error(413, f"body: larger than {MAX_BODY_BYTES} bytes", param="body")
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -67,8 +83,16 @@ def build_app(engine, model_name: str, max_model_len: int):
             field, message = "body", "request body is not valid JSON"
         return _error(400, f"{field}: {message}", param=field)
 
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
     @app.get("/health")
     async def health():
+        if not engine.healthy:
+            return JSONResponse({"status": "unhealthy"}, status_code=503)
+        if not engine.ready.is_set():
+            return JSONResponse({"status": "starting"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/v1/models")
@@ -90,14 +114,19 @@ def build_app(engine, model_name: str, max_model_len: int):
     async def prometheus():
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    def _check_model(name: str):
-        if name != model_name:
+    def _check(req) -> JSONResponse | None:
+        """The checks every request passes first: model name, refused fields, readiness."""
+        if req.model != model_name:
             return _error(
                 404,
-                f"model {name!r} does not exist; this server serves {model_name!r}",
+                f"model {req.model!r} does not exist; this server serves {model_name!r}",
                 param="model",
                 code="model_not_found",
             )
+        if (field := req.refused_field()) is not None:
+            return _error(400, f"{field}: not supported by neo-serve", param=field)
+        if not engine.healthy:
+            return _error(503, "the engine has stopped; see the server log")
         return None
 
     async def _start(prompt, params, param: str):
@@ -105,10 +134,26 @@ def build_app(engine, model_name: str, max_model_len: int):
             return await engine.start(prompt, params), None
         except NeoError as exc:
             return None, _error(400, f"{param}: {exc}", param=param)
+        except EngineError as exc:
+            return None, _error(500, str(exc))
+
+    async def _collect(request: Request, streams: list) -> list | None:
+        """Every stream's last output; None if the client went away first (then the
+        requests are aborted and their KV freed)."""
+        gather = asyncio.gather(*(_drain(s) for s in streams))
+        while True:
+            done, _ = await asyncio.wait({gather}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return gather.result()
+            if await request.is_disconnected():
+                gather.cancel()
+                for s in streams:
+                    s.close()
+                return None
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest):
-        if (bad := _check_model(req.model)) is not None:
+    async def completions(req: CompletionRequest, request: Request):
+        if (bad := _check(req)) is not None:
             return bad
         prompts = _split_prompts(req.prompt)
         if prompts is None:
@@ -117,6 +162,8 @@ def build_app(engine, model_name: str, max_model_len: int):
                 "prompt: must be a string, a list of token ids, or a list of those",
                 param="prompt",
             )
+        if len(prompts) > MAX_PROMPTS:
+            return _error(400, f"prompt: at most {MAX_PROMPTS} prompts", param="prompt")
         if req.stream and len(prompts) != 1:
             return _error(400, "prompt: streaming takes exactly one prompt", param="prompt")
         try:
@@ -137,7 +184,11 @@ def build_app(engine, model_name: str, max_model_len: int):
                 _sse(streams[0], rid, created, model_name, chat=False, usage=req.wants_usage),
                 media_type="text/event-stream",
             )
-        results = await asyncio.gather(*(_drain(s) for s in streams))
+        results = await _collect(request, streams)
+        if results is None:
+            return _error(499, "client closed the request")
+        if (failed := _failure(results)) is not None:
+            return failed
         choices = [
             {"index": i, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
             for i, out in enumerate(results)
@@ -152,11 +203,11 @@ def build_app(engine, model_name: str, max_model_len: int):
         }
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest):
-        if (bad := _check_model(req.model)) is not None:
+    async def chat(req: ChatRequest, request: Request):
+        if (bad := _check(req)) is not None:
             return bad
-        prompt = engine.engine.tokenizer.chat_prompt([m.model_dump() for m in req.messages])
         try:
+            prompt = engine.engine.tokenizer.chat_prompt(req.chat_messages())
             params = req.sampling()
         except NeoError as exc:
             return _error(400, str(exc))
@@ -169,7 +220,12 @@ def build_app(engine, model_name: str, max_model_len: int):
                 _sse(stream, rid, created, model_name, chat=True, usage=req.wants_usage),
                 media_type="text/event-stream",
             )
-        out = await _drain(stream)
+        results = await _collect(request, [stream])
+        if results is None:
+            return _error(499, "client closed the request")
+        if (failed := _failure(results)) is not None:
+            return failed
+        out = results[0]
         return {
             "id": rid,
             "object": "chat.completion",
@@ -186,6 +242,14 @@ def build_app(engine, model_name: str, max_model_len: int):
         }
 
     return app
+
+
+def _failure(outputs):
+    """A 500 in the OpenAI shape if any output ended in an engine error."""
+    for out in outputs:
+        if out is not None and out.finish_reason == "error":
+            return _error(500, f"generation failed: {out.error}")
+    return None
 
 
 def _split_prompts(prompt) -> list | None:
@@ -237,6 +301,10 @@ async def _sse(stream, rid: str, created: int, model: str, chat: bool, usage: bo
             )
         async for out in stream:
             last = out
+            if out.finish_reason == "error":  # the OpenAI streaming error event, then done
+                error = {"message": f"generation failed: {out.error}", "type": "server_error"}
+                yield _event({"error": error | {"param": None, "code": None}})
+                break
             delta = out.text[len(sent) :] if out.text.startswith(sent) else ""
             sent = out.text if out.text.startswith(sent) else sent
             finish = out.finish_reason if out.finished else None
@@ -248,7 +316,7 @@ async def _sse(stream, rid: str, created: int, model: str, chat: bool, usage: bo
             yield _event(
                 {"id": rid, "object": kind, "created": created, "model": model, "choices": [choice]}
             )
-        if usage and last is not None:
+        if usage and last is not None and last.finish_reason != "error":
             yield _event(
                 {
                     "id": rid,
@@ -281,6 +349,15 @@ class ServerSettings:
     log_level: str = setting(
         "warning", "uvicorn's log level", choices=("critical", "error", "warning", "info", "debug")
     )
+    api_key: str | None = setting(
+        None, "require 'Authorization: Bearer KEY' on /v1 routes; unset: no key"
+    )
+    shutdown_timeout_s: float = setting(
+        30.0,
+        "on SIGTERM, in-flight requests may finish for this long; the rest end with an error",
+        unit="s",
+        low=0,
+    )
 
     def __post_init__(self) -> None:
         check(self, "server settings")
@@ -306,7 +383,7 @@ def create_server(args: argparse.Namespace):
     config = settings.from_args(EngineConfig, args)
     engine = AsyncEngine(LLMEngine(config))
     name = server_settings.served_model_name or config.load.model
-    app = build_app(engine, name, engine.engine.max_model_len)
+    app = build_app(engine, name, engine.engine.max_model_len, server_settings.api_key)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -314,8 +391,10 @@ def create_server(args: argparse.Namespace):
             port=server_settings.port,
             log_level=server_settings.log_level,
             access_log=False,
+            timeout_graceful_shutdown=int(server_settings.shutdown_timeout_s) + 1,
         )
     )
+    engine.shutdown_timeout_s = server_settings.shutdown_timeout_s
     return server, engine
 
 
@@ -337,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.run()
     finally:
-        engine.shutdown()
+        engine.shutdown(engine.shutdown_timeout_s)
     return 0
 
 

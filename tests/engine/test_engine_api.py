@@ -153,3 +153,14 @@ def test_real_smollm2_matches_transformers(smollm2_dir):
     assert out.token_ids == expected[: len(out.token_ids)]
     assert "Paris" in out.text
     llm.engine.close()
+
+
+def test_a_refused_prompt_leaves_the_offline_llm_healthy():
+    llm = LLM("dummy:tiny", max_model_len=256)
+    with pytest.raises(NeoError, match="seed"):
+        llm.generate(["ok", "bad"], [GREEDY, SamplingParams(max_tokens=4, seed=2**64)])
+    with pytest.raises(NeoError, match="tokenized"):
+        llm.generate(["ok", "a\ud800b"], GREEDY)
+    assert not llm.engine.has_unfinished()
+    out = llm.generate(["fine"], SamplingParams(max_tokens=3, ignore_eos=True))
+    assert len(out[0].token_ids) == 3

@@ -48,6 +48,7 @@ def server():
     srv, engine = create_server(args)
     thread = threading.Thread(target=lambda: asyncio.run(srv.serve(sockets=[sock])), daemon=True)
     thread.start()
+    assert engine.ready.wait(timeout=600), "the engine did not warm up"
     yield f"http://127.0.0.1:{port}", engine
     srv.should_exit = True
     thread.join(timeout=30)
