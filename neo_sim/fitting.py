@@ -45,13 +45,24 @@ class RooflineFit:
 
     @classmethod
     def from_dict(cls, data: dict) -> RooflineFit:
+        """A fit from its JSON; ValueError naming the parameter if it is not a usable number
+        (times finite and >= 0, rates positive; a missing FLOP rate means never compute-bound)."""
         flops = data.get("flops_per_s")
-        return cls(
+        fit = cls(
             float(data["fixed_s"]),
             float(data.get("per_item_s", 0.0)),
             math.inf if flops is None else float(flops),
             float(data["bytes_per_s"]),
         )
+        for name in ("fixed_s", "per_item_s"):
+            value = getattr(fit, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not fit.bytes_per_s > 0 or not math.isfinite(fit.bytes_per_s):
+            raise ValueError(f"bytes_per_s must be a finite number > 0, got {fit.bytes_per_s}")
+        if not fit.flops_per_s > 0:  # inf allowed (written as null)
+            raise ValueError(f"flops_per_s must be > 0, got {fit.flops_per_s}")
+        return fit
 
 
 def fit_roofline(works: Sequence[Work], seconds: Sequence[float]) -> RooflineFit:

@@ -12,13 +12,13 @@ form; the simulator treats it as NAME).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from neo_sim.errors import NeoError
+from neo_sim.files import read_json_object
 from neo_sim.units import canonical_dtype, dtype_bytes
 
 
@@ -199,10 +199,7 @@ class ModelSpec:
                 path = path / "config.json"
             if not path.is_file():
                 raise NeoError(f"{source}: no config.json there (expected an HF Llama checkpoint)")
-            try:
-                config = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise NeoError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            config = read_json_object(path, "an HF config")
             where = str(path)
             name = name or path.parent.name
         model_type = config.get("model_type", "llama")

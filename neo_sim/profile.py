@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from neo_sim.errors import NeoError
+from neo_sim.files import read_json_object
 from neo_sim.fitting import RooflineFit, fit_roofline
 from neo_sim.hardware import HardwareSpec
 from neo_sim.model import ModelSpec
@@ -165,10 +166,7 @@ def load_profile(path: str | Path) -> Profile:
     path = Path(path)
     if not path.is_file():
         raise NeoError(f"{path}: no such profile file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NeoError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json_object(path, "a profile")
     return profile_from_dict(data, str(path))
 
 

@@ -45,6 +45,7 @@ class SimResult:
     plans: list[Plan]  # if recorded
     scheduler_s: float  # wall time spent inside policy.step()
     steady_iterations: int  # iterations advanced as steady runs, without step()
+    first_rejection: str | None = None  # why the first rejected request can never run
 
 
 class Simulation:
@@ -99,6 +100,7 @@ class Simulation:
         self.now = 0.0
         self._next = 0  # index of the next arrival in self.workload
         self.rejected = 0
+        self.first_rejection: str | None = None
 
     def run(self) -> SimResult:
         policy = self.policy
@@ -131,6 +133,7 @@ class Simulation:
             self.plans,
             self.scheduler_s,
             self.steady_iterations,
+            self.first_rejection,
         )
 
     # ---- arrivals ------------------------------------------------------------------------------
@@ -150,6 +153,7 @@ class Simulation:
                 self.records[spec.request_id].status = "rejected"
                 self.rejected += 1
                 if self.rejected == 1:
+                    self.first_rejection = str(exc)
                     log.warning(
                         "%s: rejecting requests that can never fit, first: %s",
                         self.policy.name,

@@ -155,6 +155,15 @@ def read_trace(path: str | Path) -> list[TraceRow]:
     path = Path(path)
     if not path.is_file():
         raise NeoError(f"{path}: no such trace file")
+    try:
+        return _read_trace_rows(path)
+    except UnicodeDecodeError:
+        raise NeoError(f"{path}: not a text file (a trace is CSV)") from None
+    except csv.Error as exc:
+        raise NeoError(f"{path}: not a readable CSV ({exc})") from None
+
+
+def _read_trace_rows(path: Path) -> list[TraceRow]:
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         fields = set(reader.fieldnames or ())
@@ -173,8 +182,10 @@ def read_trace(path: str | Path) -> list[TraceRow]:
                 arrived = float(row["arrived_at"]) if timed else None
             except (TypeError, ValueError):
                 raise NeoError(f"{path}:{line}: malformed row {dict(row)}") from None
-            if prompt < 1 or output < 1 or (arrived is not None and not arrived >= 0):
-                raise NeoError(f"{path}:{line}: token counts must be >= 1 and arrived_at >= 0")
+            if arrived is not None and not (math.isfinite(arrived) and arrived >= 0):
+                raise NeoError(f"{path}:{line}: arrived_at must be a finite time >= 0")
+            if prompt < 1 or output < 1:
+                raise NeoError(f"{path}:{line}: token counts must be >= 1")
             rows.append(TraceRow(arrived, prompt, output))
     if not rows:
         raise NeoError(f"{path}: trace has no requests")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from neo_sim import settings
 from neo_sim.errors import NeoError
 from neo_sim.metrics import SUMMARY_ROWS
-from neo_sim.runs import RunSpec
+from neo_sim.runs import RunSpec, check_size
 from neo_sim.scheduler import POLICIES
 
 # Settings of the engine alone: the simulator never runs on a CPU device.
@@ -25,6 +27,17 @@ def add_run_args(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None
 def run_spec_from_args(args: argparse.Namespace, **overrides: Any) -> RunSpec:
     """The RunSpec the flags describe; `overrides` are flat settings the command fixes."""
     return settings.from_args(RunSpec, args, **overrides)
+
+
+def announce_size(spec: RunSpec, runs: int = 1) -> None:
+    """Say what a huge run will cost before starting it; refuse one that cannot fit."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        available = float("inf")
+    line = check_size(spec, available, runs)
+    if line:
+        print(f"neo-sim: {line}", file=sys.stderr)
 
 
 def positive_int(text: str) -> int:

@@ -39,6 +39,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     names = common.parse_policies(args.policies)
     base = common.run_spec_from_args(args, iteration_records=args.output is not None)
+    common.announce_size(base, runs=len(names))
     workload = build_workload(base.requests)
     outputs = {name: execute(base.with_(policy=name), workload) for name in names}
     first = next(iter(outputs.values())).summary

@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = common.run_spec_from_args(args, iteration_records=args.output is not None)
+    common.announce_size(spec)
     out = execute(spec)
     s = out.summary
     print(f"{spec.policy} on {s['hardware']} with {s['model']}; cost model: {s['cost_model']}")

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from neo_sim.cli import common
 from neo_sim.errors import NeoError
+from neo_sim.runs import estimate
 from neo_sim.sweeps import expand_grid, run_sweep
 from neo_sim.workload import rate_value
 
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     first_hw = grid["hardware"][0] if isinstance(grid["hardware"], list) else grid["hardware"]
     base = common.run_spec_from_args(args, hardware=first_hw)
     specs = expand_grid(base, grid)
+    common.announce_size(max(specs, key=lambda s: estimate(s).requests), runs=len(specs))
     print(f"sweep: {len(specs)} runs on {args.executor} executor")
     frame = run_sweep(
         specs,

@@ -135,3 +135,42 @@ def test_argparse_rejects_nonpositive_sizes():
         text=True,
     )
     assert proc.returncode == 2 and "must be >= 1" in proc.stderr
+
+
+@pytest.fixture()
+def bad_files(tmp_path, t4_profile):
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(bytes(range(256)) * 8)
+    inf_trace = tmp_path / "inf.csv"
+    inf_trace.write_text("num_prefill_tokens,num_decode_tokens,arrived_at\n10,5,inf\n")
+    nan_fit = tmp_path / "nan.json"
+    data = t4_profile.to_dict()
+    data["fit"]["linear"]["bytes_per_s"] = float("nan")
+    nan_fit.write_text(json.dumps(data))
+    return {"garbage": garbage, "inf": inf_trace, "nan": nan_fit}
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--hardware", "{garbage}"], "not a text file (a profile is JSON)"),
+        (["--hardware", "t4", "--model", "{garbage}"], "not a text file (an HF config"),
+        (
+            ["--hardware", "t4", "--model", "tiny", "--workload", "trace:{garbage}"],
+            "a trace is CSV",
+        ),
+        (["--hardware", "t4", "--model", "tiny", "--workload", "trace:{inf}"], "finite time"),
+        (["--hardware", "{nan}"], "fit.linear"),
+        (
+            ["--hardware", "t4", "--model", "llama-2-7b", "--policy", "gpu-only"]
+            + ["--gpu-kv-blocks", "0", "--num-requests", "3"],
+            "none of the 3 requests can ever run",
+        ),
+        (["--hardware", "t4", "--model", "tiny", "--num-requests", "100000000"], "GB of memory"),
+    ],
+)
+def test_bad_files_and_flags_are_one_line_exit_2(bad_files, argv, needle, capsys):
+    argv = [a.format(**bad_files) for a in argv]
+    assert main(["run", *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.count("error:") == 1
