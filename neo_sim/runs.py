@@ -104,8 +104,11 @@ def estimate(spec: RunSpec) -> RunEstimate:
     elif w.trace_path is None:
         n = SYNTHETIC_REQUESTS
     else:
-        with open(w.trace_path, "rb") as f:
-            n = max(0, sum(1 for _ in f) - 1)
+        try:
+            with open(w.trace_path, "rb") as f:
+                n = max(0, sum(1 for _ in f) - 1)
+        except OSError:
+            n = 0  # reading the workload will say what is wrong with the file
     return RunEstimate(n, n * BYTES_PER_REQUEST, n / REQUESTS_PER_S)
 
 
