@@ -1,7 +1,9 @@
 """Request latency, defined once, as vLLM's serving benchmark defines it.
 
 TTFT = first token - arrival; E2E = finish - arrival; TPOT = (E2E - TTFT) / (tokens - 1);
-per-token latency = E2E / tokens; ITL pools every gap between consecutive tokens. The
+per-token latency = E2E / tokens; ITL pools every gap between consecutive tokens. Fairness:
+a request's longest gap between two consecutive tokens (`max_token_gap_s`), the stall a
+CPU-resident request feels when the scheduler passes it over. The
 simulator's metrics, the engine's outputs, neo-serve's Prometheus histograms, the fidelity
 report and the load benchmark all compute them here. Seconds throughout. Pure Python.
 """
@@ -45,6 +47,7 @@ class RequestRecord:
     last_token_s: float = math.nan
     finish_s: float = math.nan
     num_tokens: int = 0
+    max_token_gap_s: float = 0.0  # the longest gap between two consecutive tokens
     gpu_steps: int = 0
     cpu_steps: int = 0
     preemptions: int = 0
@@ -56,7 +59,10 @@ class RequestRecord:
         if self.num_tokens == 0:
             self.first_token_s = now
         else:
-            itl.append(now - self.last_token_s)
+            gap = now - self.last_token_s
+            itl.append(gap)
+            if gap > self.max_token_gap_s:
+                self.max_token_gap_s = gap
         self.last_token_s = now
         self.num_tokens += 1
 

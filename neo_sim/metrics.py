@@ -32,6 +32,8 @@ SUMMARY_ROWS = [
     ("e2e_p50", "E2E p50 (s)", "{:.3f}"),
     ("e2e_p90", "E2E p90 (s)", "{:.3f}"),
     ("per_token_latency_p50", "per-token latency p50 (s)", "{:.4f}"),
+    ("max_token_gap_p99_s", "longest token gap p99 (s)", "{:.3f}"),
+    ("max_token_gap_max_s", "longest token gap max (s)", "{:.3f}"),
     ("gpu_busy", "GPU busy", "{:.2f}"),
     ("cpu_busy", "CPU busy", "{:.2f}"),
     ("pipelined_fraction", "pipelined iterations", "{:.2f}"),
@@ -47,6 +49,7 @@ REQUEST_COLUMNS = [
     "prompt_len",
     "output_len",
     "num_tokens",
+    "max_token_gap_s",
     "ttft_s",
     "tpot_s",
     "e2e_s",
@@ -266,6 +269,9 @@ def summarize(
     _percentiles("e2e", done["e2e_s"], out)
     _percentiles("per_token_latency", done["per_token_s"], out)
     _percentiles("itl", np.asarray(itl_s, dtype=float), out)
+    gaps = done["max_token_gap_s"].to_numpy(dtype=float)
+    out["max_token_gap_p99_s"] = float(np.percentile(gaps, 99)) if len(gaps) else float("nan")
+    out["max_token_gap_max_s"] = float(gaps.max()) if len(gaps) else float("nan")
     if slo is not None and len(done):
         ok = np.ones(len(done), dtype=bool)
         if slo.ttft_s is not None:

@@ -256,13 +256,17 @@ class Simulation:
         totals.duration_s, totals.gpu_busy_s = duration_sum, gpu_sum
         # Tokens: every request gets one at each iteration's end.
         ends = starts[1:] + [self.now]
+        gaps = [ends[j] - ends[j - 1] for j in range(1, k)]
+        longest = max(gaps, default=0.0)
         for r in run.requests:
             rec = self.records[r.request_id]
-            self.itl.append(ends[0] - rec.last_token_s)
+            first_gap = ends[0] - rec.last_token_s
+            self.itl.append(first_gap)
+            rec.max_token_gap_s = max(rec.max_token_gap_s, first_gap, longest)
             rec.last_token_s = self.now
             rec.num_tokens += k
-        for j in range(1, k):
-            self.itl.add(ends[j] - ends[j - 1], n)
+        for gap in gaps:
+            self.itl.add(gap, n)
         self.policy.advance_steady(run, k, starts[-1])
         self.steady_iterations += k
 

@@ -3,21 +3,24 @@
 `step()` runs the six steps of the design, one method each:
 1. `_swap_out`: keep every GPU decode; if the GPU pool or the budget is short, move the most
    recently admitted GPU decodes to the CPU (their KV goes to host memory).
-2. `_swap_in`: if nothing was swapped out, bring CPU decodes back to the GPU, oldest first,
-   while GPU KV usage stays under the low watermark.
+2. `_swap_in`: if nothing was swapped out, bring CPU decodes back to the GPU, longest-waiting
+   first, while GPU KV usage stays under the low watermark.
 3. `_admit`: take waiting prompts FCFS while tokens, request slots and KV allow; place each on
-   the GPU while it fits, else on the CPU, and once one goes to the CPU later ones follow.
-   (Tentative: only the prompts that survive steps 5 and 6 are really admitted.)
+   the GPU while it fits, else on the CPU (only with host room for every CPU resident to grow
+   to its full length), and once one goes to the CPU later ones follow. (Tentative: only the
+   prompts that survive steps 5 and 6 are really admitted.)
 4. `_build_sub_batches`: sub-batch 0 gets the prefills and GPU decodes; CPU decodes are added
-   one by one to the sub-batch with more slack, skipping any request at least as long as one
-   already rejected, and rejecting one that would make a slack negative.
+   one by one, longest-waiting first, to the sub-batch with more slack, skipping any request at
+   least as long as one already rejected, and rejecting one that would make a slack negative.
 5. `_trim_cpu_prefills`: while the CPU would idle, drop CPU-placed prefills from sub-batch 0
    down to a width of `cpu_prefill_min_tokens` as long as slack stays non-negative.
 6. `_choose_mode`: run the pipelined plan only if it serves more requests per second than the
    sequential GPU-only plan of the same GPU work.
-Beyond the artifact: a CPU decode that has waited `max_cpu_wait_steps` iterations is forced
-into the pipelined plan (the artifact can starve them: docs/architecture.md, "Departures from
-the artifact"); such a plan may carry negative slack and lists the forced requests in
+Beyond the artifact (docs/architecture.md, "Departures from the artifact"): CPU decodes are
+offered and swapped back longest-waiting first (the artifact takes them in admission order,
+so the newest starve while the oldest finish), the host pool is reserved for residents'
+growth, and a CPU decode that has waited `max_cpu_wait_steps` iterations is forced into the
+pipelined plan; such a plan may carry negative slack and lists the forced requests in
 `Plan.forced_ids`.
 """
 
@@ -38,7 +41,7 @@ from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap
 from neo_sim.scheduler.request import Device, Request, RequestState
 
 Candidate = tuple[Request, Device]
-_ADMIT_ORDER = operator.attrgetter("admit_order")
+_WAITED = operator.attrgetter("last_progress_step", "admit_order")
 
 
 class NeoPolicy(Policy):
@@ -125,7 +128,7 @@ class NeoPolicy(Policy):
         )
         used = self._gpu_blocks_after_growth()
         swaps = []
-        for r in self._cpu_decodes_oldest_first():
+        for r in self._cpu_decodes_longest_waiting_first():
             blocks = self._blocks(r.seq_len)
             if used + blocks > limit or not budget.take(1):
                 break
@@ -144,7 +147,13 @@ class NeoPolicy(Policy):
     def _admit(self, budget: Budget) -> list[Candidate]:
         gpu, cpu = self.kv.gpu, self.kv.cpu
         gpu_used = self._gpu_blocks_after_growth()
-        cpu_used = cpu.num_used
+        # A prompt goes to the CPU only if the host pool keeps room for every CPU resident to
+        # grow to its full length: a full host pool would stall them all (decodes that cannot
+        # grow are skipped), which the artifact's rule allowed.
+        cpu_used = cpu.num_used + sum(
+            self._blocks(r.max_seq_len) - cpu.num_blocks_of(r.request_id)
+            for r in self.cpu_running.values()
+        )
         slots = self.config.max_num_seqs - self.num_resident
         to_cpu = False
         candidates: list[Candidate] = []
@@ -154,7 +163,7 @@ class NeoPolicy(Policy):
             blocks = self._blocks(r.seq_len)
             if not to_cpu and gpu_used + blocks <= gpu.num_blocks and self._gpu_allowed():
                 device = Device.GPU
-            elif cpu_used + blocks <= self._cpu_admission_limit(gpu_used):
+            elif cpu_used + self._blocks(r.max_seq_len) <= self._cpu_admission_limit(gpu_used):
                 device = Device.CPU
             else:
                 break
@@ -163,7 +172,7 @@ class NeoPolicy(Policy):
             if device == Device.GPU:
                 gpu_used += blocks
             else:
-                cpu_used += blocks
+                cpu_used += self._blocks(r.max_seq_len)
                 to_cpu = True
             slots -= 1
             candidates.append((r, device))
@@ -194,7 +203,7 @@ class NeoPolicy(Policy):
         )
         if not b0:
             # No GPU work to hide CPU attention behind: a CPU-only sequential batch.
-            for r in self._cpu_decodes_oldest_first():
+            for r in self._cpu_decodes_longest_waiting_first():
                 growth = self.kv.cpu.extra_blocks(r.request_id, r.seq_len)
                 if growth <= cpu_free and budget.take(1):
                     cpu_free -= growth
@@ -206,7 +215,7 @@ class NeoPolicy(Policy):
         forced: list[int] = []
         limit = self._overdue_before()
         cpu_pool = self.kv.cpu
-        for r in self._cpu_decodes_oldest_first(overdue_first=True):
+        for r in self._cpu_decodes_longest_waiting_first():
             overdue = r.last_progress_step < limit
             seq_len = r.seq_len
             if not overdue and seq_len >= shortest_rejected:
@@ -327,12 +336,7 @@ class NeoPolicy(Policy):
             gpu.extra_blocks(r.request_id, r.seq_len) for r in self.gpu_running.values()
         )
 
-    def _cpu_decodes_oldest_first(self, overdue_first: bool = False) -> list[Request]:
-        ordered = sorted(self.cpu_running.values(), key=_ADMIT_ORDER)
-        if not overdue_first:
-            return ordered
-        limit = self._overdue_before()
-        overdue = [r for r in ordered if r.last_progress_step < limit]
-        if not overdue:
-            return ordered
-        return overdue + [r for r in ordered if r.last_progress_step >= limit]
+    def _cpu_decodes_longest_waiting_first(self) -> list[Request]:
+        """CPU decodes by the step of their last token, oldest first (ties: admission order),
+        so overdue requests come first and the rest take turns."""
+        return sorted(self.cpu_running.values(), key=_WAITED)

@@ -82,7 +82,7 @@ def _add_all_cpu_decodes(policy: NeoPolicy, builders, budget: Budget, candidates
     cpu_free = cpu.num_free - sum(
         policy._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
     )
-    for r in policy._cpu_decodes_oldest_first():
+    for r in policy._cpu_decodes_longest_waiting_first():
         growth = cpu.extra_blocks(r.request_id, r.seq_len)
         if growth > cpu_free or not budget.take(1):
             continue

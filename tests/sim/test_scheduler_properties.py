@@ -10,6 +10,7 @@ the end, every request finished or aborted exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 
@@ -186,3 +187,32 @@ def test_first_admissions_follow_arrival_order(name, w):
         policy.complete(plan, {rid for rid in plan.request_ids if rng.random() < 0.05})
     admitted = [rid for _, rid in sorted(order)]
     assert admitted == sorted(admitted), "FCFS violated: a later request was admitted first"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads())
+def test_neo_fairness_guarantee(w):
+    """NEO's starvation bound, as stated: a CPU decode that has waited `max_cpu_wait_steps`
+    iterations is in the next plan, whenever the overdue decodes fit the batch beside the GPU
+    decodes (one slot kept for progress) and their next token needs no new host block."""
+    policy = make_policy("neo", w.config, _cost())
+    pending = list(enumerate(w.requests))
+    now, step = 0.0, 0
+    while pending or policy.has_work:
+        while pending and pending[0][1][0] <= step:
+            rid, (_, prompt, max_new) = pending.pop(0)
+            with contextlib.suppress(NeoError):  # can never fit: refused up front
+                policy.add(Request(rid, prompt, max_new, arrival_s=now))
+        limit = policy.step_index + 1 - w.config.max_cpu_wait_steps
+        overdue = [r for r in policy.cpu_running.values() if r.last_progress_step < limit]
+        room = min(w.config.max_batch_size, w.config.max_batch_tokens) - 1
+        room -= len(policy.gpu_running)
+        growth_free = all(policy.kv.cpu.extra_blocks(r.request_id, r.seq_len) == 0 for r in overdue)
+        plan = policy.step(now)
+        if overdue and len(overdue) <= room and growth_free:
+            still_on_cpu = [r for r in overdue if r.request_id in policy.cpu_running]
+            assert {r.request_id for r in still_on_cpu} <= set(plan.request_ids)
+        now += plan.predicted_s
+        policy.complete(plan)
+        step += 1
+        assert step < 20_000
