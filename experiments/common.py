@@ -27,10 +27,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def progress(iterable, total: int):
+    return tqdm(iterable, total=total, unit="run")
+
+
 def sweep(specs: list[RunSpec], workers: int | None) -> pd.DataFrame:
-    return run_sweep(
-        specs, "process", workers, progress=lambda it, total: tqdm(it, total=total, unit="run")
-    )
+    return run_sweep(specs, "process", workers, progress=progress)
 
 
 def output_dir(args: argparse.Namespace, name: str) -> Path:

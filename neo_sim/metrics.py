@@ -114,6 +114,7 @@ class SLO:
     ttft_s: float | None = None
     tpot_s: float | None = None
     e2e_s: float | None = None
+    per_token_s: float | None = None  # mean per-token latency, E2E / tokens (NEO's bound)
 
 
 @dataclass
@@ -280,6 +281,8 @@ def summarize(
             ok &= np.nan_to_num(done["tpot_s"].to_numpy(), nan=0.0) <= slo.tpot_s
         if slo.e2e_s is not None:
             ok &= done["e2e_s"].to_numpy() <= slo.e2e_s
+        if slo.per_token_s is not None:
+            ok &= done["per_token_s"].to_numpy() <= slo.per_token_s
         out["goodput_req_s"] = float(ok.sum()) / span if span > 0 else float("nan")
     if totals.count and span and span > 0:
         n = totals.count

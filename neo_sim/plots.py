@@ -84,6 +84,33 @@ def bar_figure(
     return fig
 
 
+def heatmap_figure(
+    frame: pd.DataFrame, x: str, y: str, value: str, title: str = "", center: float = 1.0
+) -> go.Figure:
+    """A heat map of `value` over (x, y) cells, diverging around `center` (parity), every
+    cell labelled with its value."""
+    wide = frame.pivot_table(index=y, columns=x, values=value, sort=False)
+    spread = max(abs(wide.max().max() - center), abs(center - wide.min().min()), 1e-9)
+    fig = go.Figure(
+        go.Heatmap(
+            z=wide.values,
+            x=list(wide.columns),
+            y=list(wide.index),
+            zmid=center,
+            zmin=center - spread,
+            zmax=center + spread,
+            colorscale="RdBu",
+            text=[[f"{v:.2f}" for v in row] for row in wide.values],
+            texttemplate="%{text}",
+            colorbar={"title": value},
+        )
+    )
+    fig.update_layout(
+        title=title, xaxis_title=x, yaxis_title=y, height=120 + 40 * len(wide), width=1400
+    )
+    return fig
+
+
 def timeline_figure(timeline: Iterable[tuple[int, float, Span]], title: str = "") -> go.Figure:
     """Gantt chart of the four lanes over the recorded iterations (milliseconds)."""
     rows = [

@@ -47,6 +47,14 @@ class RunSpec:
     slo_tpot_s: float | None = setting(
         None, "TPOT SLO for goodput", unit="s", low=0, low_open=True, flag="slo-tpot"
     )
+    slo_per_token_s: float | None = setting(
+        None,
+        "mean per-token latency (E2E / tokens) SLO for goodput, the NEO paper's bound",
+        unit="s",
+        low=0,
+        low_open=True,
+        flag="slo-per-token",
+    )
     timeline_iterations: int = setting(
         40, "iterations whose lane events are recorded for plots and traces", low=0
     )
@@ -167,8 +175,8 @@ def execute(spec: RunSpec, workload: list[RequestSpec] | None = None) -> RunOutp
             f"{result.first_rejection}"
         )
     slo = None
-    if spec.slo_ttft_s is not None or spec.slo_tpot_s is not None:
-        slo = SLO(ttft_s=spec.slo_ttft_s, tpot_s=spec.slo_tpot_s)
+    if any(x is not None for x in (spec.slo_ttft_s, spec.slo_tpot_s, spec.slo_per_token_s)):
+        slo = SLO(ttft_s=spec.slo_ttft_s, tpot_s=spec.slo_tpot_s, per_token_s=spec.slo_per_token_s)
     frame, iterations = result.metrics.requests_frame(), result.metrics.iterations_frame()
     summary: dict[str, Any] = {
         "policy": spec.policy,

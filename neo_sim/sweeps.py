@@ -41,27 +41,29 @@ def run_sweep(
     workers: int | None = None,
     dask_address: str | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    run: Callable[[RunSpec], dict] = execute_summary,
 ) -> pd.DataFrame:
-    """Execute every spec; returns one row per run in the order of `specs`."""
+    """Execute every spec; returns one row per run in the order of `specs`. `run` turns a spec
+    into its row (a module-level function: it crosses process boundaries)."""
     progress = progress or (lambda it, **_: it)
     rows: list[dict | None] = [None] * len(specs)
     if executor == "serial":
         for i, spec in enumerate(progress(specs, total=len(specs))):
-            rows[i] = execute_summary(spec)
+            rows[i] = run(spec)
     elif executor == "process":
         workers = workers or max(1, os.cpu_count() or 1)
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(execute_summary, s): i for i, s in enumerate(specs)}
+            futures = {pool.submit(run, s): i for i, s in enumerate(specs)}
             for f in progress(as_completed(futures), total=len(specs)):
                 rows[futures[f]] = f.result()
     elif executor == "dask":
-        rows = _run_dask(specs, workers, dask_address, progress)
+        rows = _run_dask(specs, workers, dask_address, progress, run)
     else:
         raise NeoError(f"--executor must be serial, process or dask, got {executor!r}")
     return pd.DataFrame(rows)
 
 
-def _run_dask(specs, workers, address, progress) -> list[dict]:
+def _run_dask(specs, workers, address, progress, run=execute_summary) -> list[dict]:
     try:
         from dask.distributed import Client, LocalCluster
         from dask.distributed import as_completed as dask_completed
@@ -81,7 +83,7 @@ def _run_dask(specs, workers, address, progress) -> list[dict]:
         )
         client = Client(cluster)
     try:
-        futures = client.map(execute_summary, specs, pure=False)
+        futures = client.map(run, specs, pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
         rows: list[dict | None] = [None] * len(specs)
         for f in progress(dask_completed(futures), total=len(specs)):

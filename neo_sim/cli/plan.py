@@ -39,6 +39,7 @@ _UNUSED = (
     "noise",
     "slo_ttft_s",
     "slo_tpot_s",
+    "slo_per_token_s",
     "timeline_iterations",
     "steady_runs",
 )

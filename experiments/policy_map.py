@@ -1,0 +1,249 @@
+"""Experiment: the policy map. Every policy, on the paper's hosts, workloads and loads.
+
+For each host (and its model) and workload, every registered policy runs offline; gpu-only's
+offline throughput is that cell's capacity, and every policy then runs under Poisson arrivals
+at 50%, 90% and 150% of it, on the very same arrivals. The report gives, per cell, the winner
+and its margin, neo against gpu-only, the longest token gaps, and where each policy loses and
+by how much; a heat map shows neo/gpu-only throughput over the whole map.
+
+Hosts: t4 + Llama-2-7B, a10g-g5.{2,4,8,16}xlarge + Llama-3-8B, h100 + Llama-3-8B, h100x2 +
+Llama-3.1-70B, each with its shipped cost model and default settings (KV pools from memory)
+except 8,192 tokens per iteration, so that every trace prompt fits one iteration.
+Workloads: the Azure code and conversation traces (their first N requests, lengths as
+recorded, arrivals stretched to the load's rate), OSC-like summarisation (~370 in / ~45 out),
+synthetic input 1000 with outputs 50, 200, 400 and 800, and a long-prompt one (~2,600 / ~300).
+Goodput counts requests whose mean per-token latency meets the paper's bound for that host
+(1 s on T4, 2 s elsewhere [paper]).
+
+Run: python -m experiments.policy_map [--quick] [--workers N] [--executor dask]
+Writes experiments/results/policy_map/ (results.csv, report.md, heatmap.html).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from experiments import common
+from neo_sim import plots
+from neo_sim.errors import NeoError
+from neo_sim.runs import RunSpec, execute_summary
+from neo_sim.scheduler import POLICIES
+from neo_sim.sweeps import run_sweep
+
+TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+HOSTS = {
+    "t4": dict(hardware="t4", model="llama-2-7b"),
+    "g5.2xlarge": dict(hardware="a10g-g5.2xlarge", model="llama-3-8b"),
+    "g5.4xlarge": dict(hardware="a10g-g5.4xlarge", model="llama-3-8b"),
+    "g5.8xlarge": dict(hardware="a10g-g5.8xlarge", model="llama-3-8b"),
+    "g5.16xlarge": dict(hardware="a10g-g5.16xlarge", model="llama-3-8b"),
+    "h100": dict(hardware="h100", model="llama-3-8b"),
+    "h100x2": dict(hardware="h100x2", model="llama-3.1-70b"),
+}
+LATENCY_BOUND_S = {"t4": 1.0}  # mean per-token latency for goodput [paper]; 2 s elsewhere
+TRACE_FILES = {
+    "azure-code": TRACES / "azure_code_2023.csv",
+    "azure-conv": TRACES / "azure_conv_2023.csv",
+}
+WORKLOADS = {
+    **{name: dict(workload=f"trace:{path}") for name, path in TRACE_FILES.items()},
+    "osc": dict(input_len=370, output_len=45),
+    "1000/50": dict(input_len=1000, output_len=50),
+    "1000/200": dict(input_len=1000, output_len=200),
+    "1000/400": dict(input_len=1000, output_len=400),
+    "1000/800": dict(input_len=1000, output_len=800),
+    "long": dict(input_len=2600, output_len=300),
+}
+LOADS = (0.5, 0.9, 1.5)  # fractions of gpu-only's offline throughput
+QUICK = {
+    "hosts": ("t4", "g5.2xlarge", "g5.16xlarge"),
+    "workloads": ("osc", "1000/200"),
+    "loads": (0.9,),
+    "requests": 60,
+}
+FULL_REQUESTS = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    host: str
+    workload: str
+    load: str  # "offline" or "50%" ...
+
+
+def base_spec(host: str, workload: str, requests: int, seed: int) -> RunSpec:
+    return RunSpec.of(
+        **HOSTS[host],
+        **WORKLOADS[workload],
+        num_requests=requests,
+        max_batch_tokens=8192,
+        seed=seed,
+        timeline_iterations=0,
+        slo_per_token_s=LATENCY_BOUND_S.get(host, 2.0),
+    )
+
+
+def run_cell_spec(spec: RunSpec) -> dict:
+    """One run's row; a configuration where nothing fits is a row saying so, not a crash."""
+    try:
+        return execute_summary(spec)
+    except NeoError as exc:
+        return spec.flat() | {"error": str(exc)}
+
+
+def sweep(specs: list[RunSpec], args) -> pd.DataFrame:
+    return run_sweep(
+        specs,
+        args.executor,
+        args.workers,
+        progress=common.progress,
+        run=run_cell_spec,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
+    args = p.parse_args(argv)
+    out = common.output_dir(args, "policy_map")
+    hosts = QUICK["hosts"] if args.quick else tuple(HOSTS)
+    workloads = [  # a trace that is not beside the checkout is left out
+        w
+        for w in (QUICK["workloads"] if args.quick else tuple(WORKLOADS))
+        if w not in TRACE_FILES or TRACE_FILES[w].exists()
+    ]
+    loads = QUICK["loads"] if args.quick else LOADS
+    requests = QUICK["requests"] if args.quick else FULL_REQUESTS
+    policies = list(POLICIES)
+    started = time.perf_counter()
+
+    # Phase 1: every policy offline; gpu-only's throughput is the cell's capacity.
+    offline = [
+        base_spec(h, w, requests, args.seed).with_(policy=pol, rate=math.inf)
+        for h in hosts
+        for w in workloads
+        for pol in policies
+    ]
+    rows = sweep(offline, args)
+    rows["host"] = [h for h in hosts for w in workloads for _ in policies]
+    rows["workload_name"] = [w for h in hosts for w in workloads for _ in policies]
+    rows["load"] = "offline"
+    capacity = {
+        (r.host, r.workload_name): r.throughput_req_s
+        for r in rows.itertuples()
+        if r.policy == "gpu-only" and not isinstance(getattr(r, "error", None), str)
+    }
+    # Phase 2: Poisson arrivals at fractions of that capacity, the same arrivals per cell.
+    loaded, labels = [], []
+    for (h, w), cap in capacity.items():
+        for fraction in loads:
+            for pol in policies:
+                spec = base_spec(h, w, requests, args.seed).with_(policy=pol, rate=fraction * cap)
+                loaded.append(spec)
+                labels.append((h, w, f"{fraction:.0%}"))
+    if loaded:
+        more = sweep(loaded, args)
+        more[["host", "workload_name", "load"]] = pd.DataFrame(labels, index=more.index)
+        rows = pd.concat([rows, more], ignore_index=True)
+    wall = time.perf_counter() - started
+    rows.to_csv(out / "results.csv", index=False)
+    write_report(rows, out, args, wall, requests)
+    print((out / "report.md").read_text())
+    return 0
+
+
+def cell_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: each policy's throughput relative to gpu-only, the winner."""
+    ok = rows[rows.get("error", pd.Series(index=rows.index, dtype=object)).isna()]
+    keys = ["host", "workload_name", "load"]
+    wide = ok.pivot_table(index=keys, columns="policy", values="throughput_tok_s", sort=False)
+    table = wide.div(wide["gpu-only"], axis=0).round(3)
+    table["winner"] = wide.idxmax(axis=1)
+    ranked = wide.apply(lambda r: r.nlargest(2).tolist(), axis=1)
+    table["margin"] = ranked.apply(lambda pair: round(pair[0] / pair[1], 3))
+    gaps = ok.pivot_table(index=keys, columns="policy", values="max_token_gap_max_s", sort=False)
+    table["neo_gap_max_s"] = gaps["neo"].round(2)
+    table["gpu_only_gap_max_s"] = gaps["gpu-only"].round(2)
+    return table.reset_index()
+
+
+def write_report(rows: pd.DataFrame, out: Path, args, wall: float, requests: int) -> None:
+    table = cell_table(rows)
+    table.to_csv(out / "cells.csv", index=False)
+    neo = table["neo"]
+    below = table[neo < 0.97]
+    n_runs = len(rows)
+    below_table = (
+        common.markdown_table(below[["host", "workload_name", "load", "neo", "winner"]])
+        if len(below)
+        else "(none)"
+    )
+    errors = rows[rows.get("error", pd.Series(index=rows.index, dtype=object)).notna()]
+    wins = table["winner"].value_counts().to_dict()
+    losses = []
+    for pol in POLICIES:
+        if pol == "gpu-only" or pol not in table:
+            continue
+        worst = table.loc[table[pol].idxmin()]
+        losses.append(
+            f"| {pol} | {(table[pol] < 1).sum()} of {len(table)} | {table[pol].min():.3f} "
+            f"({worst.host}, {worst.workload_name}, {worst.load}) | {table[pol].median():.3f} |"
+        )
+    fig = plots.heatmap_figure(
+        table.assign(cell=table["workload_name"] + " " + table["load"]),
+        x="cell",
+        y="host",
+        value="neo",
+        title="neo / gpu-only output tokens/s (1 = parity)",
+    )
+    plots.save_html(fig, out / "heatmap.html")
+    body = f"""
+{n_runs} runs ({len(table)} cells x {len(POLICIES)} policies, {requests} requests each) in
+{wall / 60:.1f} min on {args.workers or "all"} worker(s) of this machine. Capacity = gpu-only's
+offline throughput in that cell; loads are Poisson at the given fraction of it.
+
+## neo vs gpu-only
+
+neo >= 0.97 x gpu-only output tokens/s in {(neo >= 0.97).sum()} of {len(table)} cells;
+below in {len(below)}. Median {neo.median():.3f}, best {neo.max():.3f}. Longest token gap
+(max over requests): neo {table["neo_gap_max_s"].max():.1f} s at most, gpu-only
+{table["gpu_only_gap_max_s"].max():.1f} s.
+
+{below_table}
+
+## Winners
+
+{", ".join(f"{k}: {v} cells" for k, v in wins.items())}.
+
+| policy | cells below gpu-only | worst ratio (cell) | median ratio |
+|---|---|---|---|
+{chr(10).join(losses)}
+
+{len(errors)} runs could not run at all (e.g. a model whose KV cannot fit the GPU pool under
+gpu-only); they are rows with an `error` in results.csv.
+
+## Every cell
+
+Throughput of each policy relative to gpu-only (output tokens/s), the winner and its margin
+over the runner-up, and the longest token gap of neo and gpu-only:
+
+{common.markdown_table(table)}
+
+Files: results.csv (one row per run, every setting and summary metric), cells.csv (the table
+above), heatmap.html.
+"""
+    common.write_report(
+        out / "report.md",
+        "The policy map",
+        body,
+        f"python -m experiments.policy_map{' --quick' if args.quick else ''}",
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
