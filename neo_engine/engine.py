@@ -281,6 +281,9 @@ class LLMEngine:
         start = self.now()
         plan = self.policy.step(start)
         if plan.is_empty:
+            if plan.changes_books:  # KV moved or dropped without work: copy it, step again
+                self.idle_step = False
+                self.executor.run(plan, {}, self.policy.kv)
             return []
         self.idle_step = False
         try:

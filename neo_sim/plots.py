@@ -18,6 +18,18 @@ from plotly.subplots import make_subplots
 from neo_sim.lanes import Lane, Span
 
 LANE_COLORS = {Lane.GPU: "#2b6cb0", Lane.CPU: "#dd6b20", Lane.H2D: "#38a169", Lane.D2H: "#805ad5"}
+# One colour per series (policy, host), the same in every panel of a figure.
+PALETTE = (
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#7f7f7f", "#bcbd22",
+)  # fmt: skip
+UNITS = {"throughput_req": "req/s", "throughput_tok": "tokens/s", "goodput": "req/s"}
+TIMELINE_OPENS_ON = 3  # iterations visible when a timeline opens; the rest by zoom or slider
+
+
+def unit_of(metric: str) -> str:
+    """The unit a summary metric is in: rates for throughputs, seconds otherwise."""
+    return next((u for prefix, u in UNITS.items() if metric.startswith(prefix)), "s")
 
 
 def save_html(fig: go.Figure, path: str | Path, self_contained: bool = False) -> Path:
@@ -36,7 +48,9 @@ def load_latency_figure(
 ) -> go.Figure:
     """One panel per metric against the offered rate, one line per policy (or host)."""
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics))
-    for name, part in df.sort_values(x).groupby(group, sort=False):
+    groups = df.sort_values(x).groupby(group, sort=False)
+    for i, (name, part) in enumerate(groups):
+        color = PALETTE[i % len(PALETTE)]
         for col, metric in enumerate(metrics, start=1):
             fig.add_trace(
                 go.Scatter(
@@ -46,18 +60,15 @@ def load_latency_figure(
                     name=str(name),
                     legendgroup=str(name),
                     showlegend=col == 1,
+                    line={"color": color},
+                    marker={"color": color},
                 ),
                 row=1,
                 col=col,
             )
             fig.update_xaxes(title_text=f"{x} (req/s)" if x == "rate" else x, row=1, col=col)
     for col, metric in enumerate(metrics, start=1):
-        unit = (
-            "req/s"
-            if metric.startswith("throughput_req")
-            else ("tok/s" if metric.startswith("throughput_tok") else "s")
-        )
-        fig.update_yaxes(title_text=unit, row=1, col=col)
+        fig.update_yaxes(title_text=unit_of(metric), row=1, col=col)
     fig.update_layout(title=title or "load vs latency", height=420, width=420 * len(metrics))
     return fig
 
@@ -80,6 +91,38 @@ def bar_figure(
         )
     fig.update_layout(
         title=title, barmode="group", yaxis_title=y_title or y, xaxis_title=x, height=450, width=900
+    )
+    return fig
+
+
+def comparison_figure(
+    summaries: pd.DataFrame, metrics: Sequence[str], series: str = "policy", title: str = ""
+) -> go.Figure:
+    """One panel per metric (its own axis and unit), one bar per policy, each bar labelled
+    with its value and its ratio to the first policy."""
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics))
+    names = [str(n) for n in summaries[series]]
+    colors = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
+    for col, metric in enumerate(metrics, start=1):
+        values = summaries[metric].astype(float).tolist()
+        base = values[0]
+        labels = [f"{v:.3g}<br>{v / base:.2f}x" if base else f"{v:.3g}" for v in values]
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=values,
+                marker_color=colors,
+                text=labels,
+                textposition="outside",
+                showlegend=False,
+                cliponaxis=False,
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_yaxes(title_text=unit_of(metric), row=1, col=col)
+    fig.update_layout(
+        title=title or f"ratios to {names[0]}", height=480, width=max(900, 330 * len(metrics))
     )
     return fig
 
@@ -113,6 +156,7 @@ def heatmap_figure(
 
 def timeline_figure(timeline: Iterable[tuple[int, float, Span]], title: str = "") -> go.Figure:
     """Gantt chart of the four lanes over the recorded iterations (milliseconds)."""
+    timeline = list(timeline)
     rows = [
         (
             span.lane,
@@ -144,9 +188,15 @@ def timeline_figure(timeline: Iterable[tuple[int, float, Span]], title: str = ""
         barmode="overlay",
         xaxis_title="ms",
         yaxis={"categoryorder": "array", "categoryarray": [x.value for x in reversed(Lane)]},
-        height=350,
+        height=380,
         width=1200,
     )
+    # Open on the first few iterations, so each layer's tasks and the GPU's bubbles show;
+    # the slider and zoom reach the rest.
+    starts = sorted({start for _, start, _ in timeline})
+    if len(starts) > TIMELINE_OPENS_ON and rows:
+        end = starts[TIMELINE_OPENS_ON] * 1e3
+        fig.update_xaxes(range=[starts[0] * 1e3, end], rangeslider={"visible": True})
     return fig
 
 

@@ -114,6 +114,8 @@ class Simulation:
             plan = policy.step(self.now)
             self.scheduler_s += time.perf_counter() - started
             if plan.is_empty:
+                if plan.changes_books:
+                    continue  # e.g. a host-pool deadlock broken by dropping KV: step again
                 if not self._idle_until_next_arrival():
                     raise RuntimeError(f"{policy.name}: scheduler stalled with work left")
                 continue

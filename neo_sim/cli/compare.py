@@ -59,15 +59,11 @@ def run(args: argparse.Namespace) -> int:
         frame.to_csv(args.output / "compare.csv", index=False)
         for name, out in outputs.items():
             write_run(out, args.output / name)
-        long = frame.melt(
-            id_vars=["policy"], value_vars=["throughput_req_s", "ttft_p50", "tpot_p50", "e2e_p50"]
-        )
-        fig = plots.bar_figure(
-            long,
-            x="variable",
-            y="value",
-            group="policy",
-            title=f"{first['model']} on {first['hardware']}, rate {first['rate']}",
+        fig = plots.comparison_figure(
+            frame,
+            ["throughput_tok_s", "ttft_p50", "tpot_p50", "e2e_p50", "max_token_gap_max_s"],
+            title=f"{first['model']} on {first['hardware']}, rate {first['rate']}: "
+            f"ratios to {names[0]}",
         )
         plots.save_html(fig, args.output / "compare.html")
         print(f"results in {args.output}/ (compare.csv, compare.html, one folder per policy)")

@@ -95,7 +95,13 @@ class Plan:
 
     @property
     def is_empty(self) -> bool:
+        """No request computes this iteration (it may still move or drop KV)."""
         return not any(self.sub_batches)
+
+    @property
+    def changes_books(self) -> bool:
+        """The plan moved or dropped some KV, work or not: the next step sees a new state."""
+        return bool(self.swap_out or self.swap_in or self.recomputed)
 
     @property
     def num_seqs(self) -> int:

@@ -108,3 +108,28 @@ def test_pipelined_plan_slack_and_prediction_are_consistent():
         assert not p.sub_batches[1].gpu_decodes
         assert p.forced_ids or min(p.slack_s) >= 0
         assert p.predicted_s > 0
+
+
+def test_a_full_host_pool_is_unblocked_not_reported_as_a_stall():
+    """GPU pool too small for any resident, host pool full of CPU decodes that each need one
+    more block: NEO drops the newest one's KV (it recomputes later) and the rest go on. The
+    simulator once took that KV-only plan for a stall."""
+    import math
+
+    from neo_sim.runs import RunSpec, execute
+
+    spec = RunSpec.of(
+        hardware="t4",
+        model="llama-2-7b",
+        policy="neo",
+        rate=math.inf,
+        num_requests=30,
+        input_len=150,
+        output_len=200,
+        gpu_kv_blocks=20,
+        cpu_kv_blocks=60,
+        iteration_records=True,
+    )
+    out = execute(spec)
+    assert out.summary["completed"] == 30
+    assert (out.requests["preemptions"] > 0).any()
