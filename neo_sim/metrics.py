@@ -82,6 +82,7 @@ class IterationRecord:
     cpu_busy_s: float
     h2d_busy_s: float
     d2h_busy_s: float
+    forced: int = 0  # CPU decodes the starvation bound forced into this plan
 
     @classmethod
     def of(
@@ -104,6 +105,7 @@ class IterationRecord:
             cpu_busy_s=busy[Lane.CPU],
             h2d_busy_s=busy[Lane.H2D],
             d2h_busy_s=busy[Lane.D2H],
+            forced=len(plan.forced_ids),
         )
 
 
@@ -130,6 +132,7 @@ class IterationTotals:
     pipelined: int = 0
     seqs: int = 0
     cpu_decodes: int = 0
+    forced_s: float = 0.0  # time of plans with starvation-forced CPU decodes
 
     def add(self, r: IterationRecord) -> None:
         self.add_values(
@@ -141,6 +144,7 @@ class IterationTotals:
             pipelined=r.mode == "pipelined",
             seqs=r.num_prefills + r.num_gpu_decodes + r.num_cpu_decodes,
             cpu_decodes=r.num_cpu_decodes,
+            forced=r.forced > 0,
         )
 
     def add_values(
@@ -153,6 +157,7 @@ class IterationTotals:
         pipelined: bool,
         seqs: int,
         cpu_decodes: int,
+        forced: bool = False,
     ) -> None:
         """One iteration's values, without building its record (steady runs)."""
         self.count += 1
@@ -164,6 +169,8 @@ class IterationTotals:
         self.pipelined += pipelined
         self.seqs += seqs
         self.cpu_decodes += cpu_decodes
+        if forced:
+            self.forced_s += duration_s
 
     @classmethod
     def of(cls, records: Iterable[IterationRecord]) -> IterationTotals:
@@ -294,5 +301,6 @@ def summarize(
         out["mean_batch_size"] = totals.seqs / n
         out["mean_cpu_decodes"] = totals.cpu_decodes / n
         out["iteration_s_mean"] = totals.duration_s / n
+        out["forced_time_share"] = totals.forced_s / totals.duration_s
     out["cpu_served_fraction"] = float((done["cpu_steps"] > 0).mean()) if len(done) else 0.0
     return out

@@ -41,12 +41,14 @@ from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap
 from neo_sim.scheduler.request import Device, Request, RequestState
 
 Candidate = tuple[Request, Device]
+UNBOUNDED_WAIT = 10**9  # iterations: a starvation bound that never binds
 _WAITED = operator.attrgetter("last_progress_step", "admit_order")
 
 
 class NeoPolicy(Policy):
     name = "neo"
-    variants = {"neo": {}}
+    # neo-unbounded: the artifact's rule, no starvation bound (throughput over fairness).
+    variants = {"neo": {}, "neo-unbounded": {"max_cpu_wait_steps": UNBOUNDED_WAIT}}
 
     def steady_run(self) -> SteadyRun | None:
         """With nothing waiting and nothing on the CPU, NEO's step is GPU-only's: it decodes
