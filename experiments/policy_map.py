@@ -204,12 +204,16 @@ def write_report(rows: pd.DataFrame, out: Path, args, wall: float, requests: int
             f"| {pol} | {(table[pol] < 1).sum()} of {len(table)} | {table[pol].min():.3f} "
             f"({worst.host}, {worst.workload_name}, {worst.load}) | {table[pol].median():.3f} |"
         )
-    fig = plots.heatmap_figure(
-        table.assign(cell=table["workload_name"] + " " + table["load"]),
+    fig = plots.ratio_heatmap_figure(
+        table.assign(
+            cell=table["workload_name"] + " " + table["load"], refused=table["gpu_only_refused"] > 0
+        ),
         x="cell",
         y="host",
         value="neo",
-        title="neo / gpu-only output tokens/s (1 = parity)",
+        title="neo / gpu-only output tokens/s (1 = parity; * gpu-only refused requests that "
+        "cannot fit its KV pool; - gpu-only could run none)",
+        note="refused",
     )
     plots.save_html(fig, out / "heatmap.html")
     body = f"""

@@ -24,7 +24,7 @@ PALETTE = (
     "#7f7f7f", "#bcbd22",
 )  # fmt: skip
 UNITS = {"throughput_req": "req/s", "throughput_tok": "tokens/s", "goodput": "req/s"}
-TIMELINE_OPENS_ON = 3  # iterations visible when a timeline opens; the rest by zoom or slider
+TIMELINE_OPENS_ON = 2  # iterations visible when a timeline opens; the rest by zoom or slider
 
 
 def unit_of(metric: str) -> str:
@@ -122,34 +122,55 @@ def comparison_figure(
         )
         fig.update_yaxes(title_text=unit_of(metric), row=1, col=col)
     fig.update_layout(
-        title=title or f"ratios to {names[0]}", height=480, width=max(900, 330 * len(metrics))
+        title=title or f"ratios to {names[0]}", height=480, width=max(900, 280 * len(metrics))
     )
     return fig
 
 
-def heatmap_figure(
-    frame: pd.DataFrame, x: str, y: str, value: str, title: str = "", center: float = 1.0
+def ratio_heatmap_figure(
+    frame: pd.DataFrame, x: str, y: str, value: str, title: str = "", note: str | None = None
 ) -> go.Figure:
-    """A heat map of `value` over (x, y) cells, diverging around `center` (parity), every
-    cell labelled with its value."""
+    """A heat map of ratios (1 = parity) over (x, y) cells, coloured on a log scale so that
+    2x and 0.5x look equally far from parity; every cell labelled with its ratio, and with a
+    '*' where the boolean column `note` is true."""
+    import math
+
     wide = frame.pivot_table(index=y, columns=x, values=value, sort=False)
-    spread = max(abs(wide.max().max() - center), abs(center - wide.min().min()), 1e-9)
+    marks = (
+        frame.pivot_table(index=y, columns=x, values=note, sort=False, aggfunc="max")
+        if note
+        else None
+    )
+    logs = wide.map(lambda v: math.log2(v) if v and v > 0 else float("nan"))
+    reach = max(1.0, float(logs.abs().max().max()))
+    text = [
+        [
+            "-" if v != v else f"{v:.2f}{'*' if marks is not None and marks.loc[r, c] else ''}"
+            for c, v in row.items()
+        ]
+        for r, row in wide.iterrows()
+    ]
+    ticks = [t for t in range(-math.ceil(reach), math.ceil(reach) + 1)]
     fig = go.Figure(
         go.Heatmap(
-            z=wide.values,
+            z=logs.values,
             x=list(wide.columns),
             y=list(wide.index),
-            zmid=center,
-            zmin=center - spread,
-            zmax=center + spread,
+            zmid=0,
+            zmin=-reach,
+            zmax=reach,
             colorscale="RdBu",
-            text=[[f"{v:.2f}" for v in row] for row in wide.values],
+            text=text,
             texttemplate="%{text}",
-            colorbar={"title": value},
+            colorbar={
+                "title": value,
+                "tickvals": ticks,
+                "ticktext": [f"{2.0**t:g}x" for t in ticks],
+            },
         )
     )
     fig.update_layout(
-        title=title, xaxis_title=x, yaxis_title=y, height=120 + 40 * len(wide), width=1400
+        title=title, xaxis_title=x, yaxis_title=y, height=160 + 40 * len(wide), width=1500
     )
     return fig
 
@@ -191,12 +212,15 @@ def timeline_figure(timeline: Iterable[tuple[int, float, Span]], title: str = ""
         height=380,
         width=1200,
     )
-    # Open on the first few iterations, so each layer's tasks and the GPU's bubbles show;
-    # the slider and zoom reach the rest.
+    # Open on a few iterations, the first ones with CPU work if any (where pipelining and its
+    # bubbles show), so each layer's tasks are visible; the slider and zoom reach the rest.
     starts = sorted({start for _, start, _ in timeline})
-    if len(starts) > TIMELINE_OPENS_ON and rows:
-        end = starts[TIMELINE_OPENS_ON] * 1e3
-        fig.update_xaxes(range=[starts[0] * 1e3, end], rangeslider={"visible": True})
+    with_cpu = sorted({start for _, start, span in timeline if span.lane == Lane.CPU})
+    first = starts.index(with_cpu[0]) if with_cpu else 0
+    if len(starts) > first + 1 and rows:
+        last = min(first + TIMELINE_OPENS_ON, len(starts) - 1)
+        window = [starts[first] * 1e3, starts[last] * 1e3]
+        fig.update_xaxes(range=window, rangeslider={"visible": True})
     return fig
 
 
