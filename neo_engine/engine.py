@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -118,9 +119,15 @@ class LLMEngine:
             self.weights = random_weights(self.spec, self.torch_dtype, self.device, load.seed)
         self.tokenizer = load_tokenizer(ref.checkpoint_dir, self.spec.vocab_size)
         log.info("loaded %s in %.1f s", load.model, time.perf_counter() - started)
-        self.max_model_len = config.max_model_len or min(
-            self.spec.max_position_embeddings, DEFAULT_MAX_MODEL_LEN
-        )
+        window = self.spec.sliding_window
+        limits = (self.spec.max_position_embeddings, DEFAULT_MAX_MODEL_LEN, window or math.inf)
+        self.max_model_len = config.max_model_len or int(min(limits))
+        if window is not None and self.max_model_len > window:
+            raise NeoError(
+                f"{load.model} uses sliding-window attention ({window} tokens), which neo_engine "
+                f"does not implement; up to max_model_len={window} full attention is identical: "
+                "lower max_model_len"
+            )
         self.scheduler_config = self._scheduler_config()
         self.cost: CostModel = cost_model or self._cost_model()
         self.policy = make_policy(config.policy, self.scheduler_config, self.cost)

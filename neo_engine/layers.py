@@ -89,6 +89,8 @@ def pre_projection(
     """hidden [T, h] -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D] (rotary applied)."""
     x = rms_norm(hidden, w.input_norm, spec.rms_norm_eps)
     qkv = linear(x, w.qkv)
+    if w.qkv_bias is not None:
+        qkv = qkv + w.qkv_bias
     q, k, v = qkv.split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
     q = rotary(q.view(-1, spec.num_heads, spec.head_dim), positions)
     k = rotary(k.view(-1, spec.num_kv_heads, spec.head_dim), positions)

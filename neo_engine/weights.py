@@ -24,6 +24,7 @@ class LayerWeights:
     post_norm: torch.Tensor  # [hidden]
     gate_up: torch.Tensor  # [2 intermediate, hidden]
     down: torch.Tensor  # [hidden, intermediate]
+    qkv_bias: torch.Tensor | None = None  # [q_size + 2 kv_size] (Qwen2)
 
 
 @dataclass
@@ -57,6 +58,11 @@ def _fuse(spec: ModelSpec, get, dtype: torch.dtype, device: torch.device) -> Mod
                     [t(p + "mlp.gate_proj.weight"), t(p + "mlp.up_proj.weight")]
                 ).contiguous(),
                 down=t(p + "mlp.down_proj.weight"),
+                qkv_bias=torch.cat(
+                    [t(p + f"self_attn.{x}_proj.bias") for x in ("q", "k", "v")]
+                ).contiguous()
+                if spec.qkv_bias
+                else None,
             )
         )
     embed = t("model.embed_tokens.weight")
@@ -114,7 +120,13 @@ def random_weights(
 
     layers = [
         LayerWeights(
-            ones(h), rand(q + 2 * kv, h), rand(h, q), ones(h), rand(2 * inter, h), rand(h, inter)
+            ones(h),
+            rand(q + 2 * kv, h),
+            rand(h, q),
+            ones(h),
+            rand(2 * inter, h),
+            rand(h, inter),
+            rand(q + 2 * kv) if spec.qkv_bias else None,
         )
         for _ in range(spec.num_layers)
     ]

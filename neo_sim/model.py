@@ -41,6 +41,8 @@ class ModelSpec:
     tie_word_embeddings: bool = False
     dtype: str = "float16"  # weights and activations
     kv_dtype: str = ""  # "" means same as dtype
+    qkv_bias: bool = False  # Qwen2: the q, k, v projections carry biases
+    sliding_window: int | None = None  # Mistral: attention sees only this many past tokens
 
     def __post_init__(self) -> None:
         for name in (
@@ -224,6 +226,14 @@ class ModelSpec:
         dtype = config.get("torch_dtype") or config.get("dtype") or "float16"
         if dtype not in ("float32", "float16", "bfloat16"):
             dtype = "float16"
+        # Qwen2's q/k/v projections have biases (its O projection has none).
+        qkv_bias = model_type == "qwen2"
+        for flag in ("attention_bias", "mlp_bias"):
+            if config.get(flag) and model_type != "qwen2":
+                raise NeoError(f"{where}: {flag} (biased projections) is not supported")
+        window = config.get("sliding_window")
+        if model_type == "qwen2" and not config.get("use_sliding_window", False):
+            window = None  # Qwen2 configs carry a window that is off unless this says so
         return cls(
             name=name or "model",
             num_layers=config["num_hidden_layers"],
@@ -239,6 +249,8 @@ class ModelSpec:
             rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             dtype=dtype,
+            qkv_bias=qkv_bias,
+            sliding_window=int(window) if window else None,
         )
 
 
