@@ -24,7 +24,13 @@ from neo_engine.config import DEFAULT_MAX_MODEL_LEN, EngineConfig
 from neo_engine.executor import Executor
 from neo_engine.kv_cache import KVPool
 from neo_engine.local import host_memory_bytes
-from neo_engine.sampling import SamplingError, SamplingParams, sample
+from neo_engine.sampling import (
+    SamplingError,
+    SamplingParams,
+    TokenLogprob,
+    sample,
+    token_logprob,
+)
 from neo_engine.tokenizer import load_tokenizer
 from neo_engine.weights import load_checkpoint, random_weights
 from neo_sim.capacity import DeviceMemory, resolve_pools
@@ -57,6 +63,8 @@ class RequestOutput:
     finish_s: float | None = None
     cpu_steps: int = 0
     gpu_steps: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # per generated token, if asked
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # per prompt token (first: None)
 
     def latency(self) -> Latency:
         """TTFT, TPOT, E2E of this request so far (neo_sim.latency's definitions)."""
@@ -249,6 +257,8 @@ class LLMEngine:
         now = self.now()
         self.policy.add(Request(rid, len(tokens), params.max_tokens, arrival_s=now))
         out = RequestOutput(rid, text, list(tokens), arrival_s=now)
+        if params.prompt_logprobs is not None:
+            out.prompt_logprobs = [None]  # the first token has nothing before it
         self._live[rid] = _Live(out, params, list(tokens), gen)
         return rid
 
@@ -293,9 +303,15 @@ class LLMEngine:
                 self.executor.run(plan, {}, self.policy.kv)
             return []
         self.idle_step = False
+        scoring = frozenset(
+            rid
+            for rid, live in self._live.items()
+            if live.output.prompt_logprobs is not None
+            and len(live.output.prompt_logprobs) < len(live.output.prompt_token_ids)
+        )
         try:
             result = self.executor.run(
-                plan, {rid: s.tokens for rid, s in self._live.items()}, self.policy.kv
+                plan, {rid: s.tokens for rid, s in self._live.items()}, self.policy.kv, scoring
             )
         except Exception as exc:  # a bug in a kernel: the plan's requests fail, others go on
             log.exception("executing step %d failed", plan.step)
@@ -307,6 +323,8 @@ class LLMEngine:
         stopped: set[int] = set()
         failed: dict[int, str] = {}
         touched: list[RequestOutput] = []
+        for rid, (first, logits) in result.prompt_logits.items():
+            self._score_prompt(self._live[rid], first, logits)
         for row, rid in enumerate(result.request_ids):
             live = self._live[rid]
             try:
@@ -314,6 +332,10 @@ class LLMEngine:
             except SamplingError as exc:
                 failed[rid] = str(exc)
                 continue
+            if live.params.logprobs is not None:
+                live.output.logprobs.append(
+                    token_logprob(result.logits[row], token, live.params.logprobs)
+                )
             live.tokens.append(token)
             out = live.output
             out.token_ids.append(token)
@@ -333,6 +355,18 @@ class LLMEngine:
             touched.append(self._fail(rid, reason, now))
         self._account(plan, result, start, len(result.request_ids))
         return touched
+
+    @staticmethod
+    def _score_prompt(live: _Live, first: int, logits) -> None:
+        """Prompt log-probabilities from the logits of prefilled positions first, first+1, ...
+        (row i predicts the token at first + i + 1); positions already scored (a request
+        prefilled again after preemption) are skipped."""
+        scored, prompt = live.output.prompt_logprobs, live.output.prompt_token_ids
+        top = live.params.prompt_logprobs or 0
+        for i in range(logits.shape[0]):
+            position = first + i + 1
+            if position == len(scored) and position < len(prompt):
+                scored.append(token_logprob(logits[i], prompt[position], top))
 
     def _fail(self, request_id: int, message: str, now: float) -> RequestOutput:
         """End one request with an error, free its KV; the rest of the batch is unaffected."""

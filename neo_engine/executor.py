@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -44,6 +44,9 @@ class StepResult:
     logits: torch.Tensor  # [n, vocab] float32 on the CPU
     spans: list[Span]
     duration_s: float
+    # For requests that asked for prompt log-probabilities: (first position, logits [n, vocab])
+    # of every prefilled position; row i predicts the token at position first + i + 1.
+    prompt_logits: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +75,7 @@ class _Prepared:
     gpu: _Decodes | None
     cpu: _Decodes | None
     producers: list[tuple[int, int]]  # (row, request id)
+    prompt_rows: list[tuple[int, int, int, int]] = field(default_factory=list)  # rid, a, b, pos
     device_out: torch.Tensor | None = None
     host_future: Future | None = None
     index: int = 0  # the sub-batch's index in the plan
@@ -104,11 +108,23 @@ class Executor:
         self._host.shutdown(wait=True)
 
     # ---- one iteration ---------------------------------------------------------------------
-    def run(self, plan: Plan, token_ids: dict[int, list[int]], kv: KVManager) -> StepResult:
+    def run(
+        self,
+        plan: Plan,
+        token_ids: dict[int, list[int]],
+        kv: KVManager,
+        prompt_logits_for: frozenset[int] = frozenset(),
+    ) -> StepResult:
+        """Run `plan`; `prompt_logits_for` names requests whose prefilled positions also need
+        logits (prompt log-probabilities)."""
         self._t0 = time.perf_counter()
         self._spans = []
         self._swap(plan)
-        preps = [self._prepare(sb, i, token_ids, kv) for i, sb in enumerate(plan.sub_batches) if sb]
+        preps = [
+            self._prepare(sb, i, token_ids, kv, prompt_logits_for)
+            for i, sb in enumerate(plan.sub_batches)
+            if sb
+        ]
         for layer in range(self.spec.num_layers):
             for p in preps:
                 if layer:
@@ -116,9 +132,9 @@ class Executor:
                 self._pre_and_attend(p, layer)
         for p in preps:
             self._post(p, self.spec.num_layers - 1)
-        request_ids, logits = self._logits(preps)
+        request_ids, logits, prompt_logits = self._logits(preps)
         duration = time.perf_counter() - self._t0
-        return StepResult(request_ids, logits, self._spans, duration)
+        return StepResult(request_ids, logits, self._spans, duration, prompt_logits)
 
     # ---- stages ------------------------------------------------------------------------------
     def _swap(self, plan: Plan) -> None:
@@ -222,28 +238,40 @@ class Executor:
         with self._span(Lane.GPU, Task.POST, layer, p.index):
             p.hidden = post_projection(self.spec, self.w.layers[layer], out, p.hidden)
 
-    def _logits(self, preps: list[_Prepared]) -> tuple[list[int], torch.Tensor]:
+    def _logits(self, preps: list[_Prepared]):
+        """(request ids, their next-token logits, prompt logits of the requests asking)."""
         request_ids: list[int] = []
         parts = []
+        prompt_logits: dict[int, tuple[int, torch.Tensor]] = {}
+        norm, eps = self.w.norm, self.spec.rms_norm_eps
         with self._span(Lane.GPU, Task.LM_HEAD):
             for p in preps:
+                for rid, a, b, first in p.prompt_rows:
+                    x = rms_norm(p.hidden[a:b], norm, eps)
+                    prompt_logits[rid] = (first, linear(x, self.w.lm_head).float().cpu())
                 if not p.producers:
                     continue
                 rows = torch.tensor([r for r, _ in p.producers], device=self.device)
-                x = rms_norm(p.hidden.index_select(0, rows), self.w.norm, self.spec.rms_norm_eps)
+                x = rms_norm(p.hidden.index_select(0, rows), norm, eps)
                 parts.append(linear(x, self.w.lm_head).float())
                 request_ids += [rid for _, rid in p.producers]
             logits = torch.cat(parts).cpu() if parts else torch.empty(0, self.spec.vocab_size)
-        return request_ids, logits
+        return request_ids, logits, prompt_logits
 
     # ---- inputs --------------------------------------------------------------------------------
     def _prepare(
-        self, sb: SubBatch, index: int, token_ids: dict[int, list[int]], kv: KVManager
+        self,
+        sb: SubBatch,
+        index: int,
+        token_ids: dict[int, list[int]],
+        kv: KVManager,
+        prompt_logits_for: frozenset[int] = frozenset(),
     ) -> _Prepared:
         ids: list[int] = []
         positions: list[int] = []
         prefills: list[_Prefill] = []
         producers: list[tuple[int, int]] = []
+        prompt_rows: list[tuple[int, int, int, int]] = []
         for w in sb.prefills:
             tokens = token_ids[w.request_id]
             on_cpu = w.kv_device == Device.CPU
@@ -257,6 +285,8 @@ class Executor:
                     (row, len(ids)), w.start, w.end, pool, pool.slots(table, w.start, w.end), table
                 )
             )
+            if w.request_id in prompt_logits_for:
+                prompt_rows.append((w.request_id, row, len(ids), w.start))
             if w.end >= len(tokens):
                 producers.append((len(ids) - 1, w.request_id))
         gpu = self._decodes(
@@ -273,6 +303,7 @@ class Executor:
             gpu=gpu,
             cpu=cpu,
             producers=producers,
+            prompt_rows=prompt_rows,
             index=index,
         )
 

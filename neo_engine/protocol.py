@@ -13,16 +13,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from neo_engine.sampling import MAX_STOP_STRINGS, SEED_MAX, SamplingParams
+from neo_engine.sampling import MAX_LOGPROBS, MAX_STOP_STRINGS, SEED_MAX, SamplingParams
 from neo_sim.errors import NeoError
 
 MAX_PROMPTS = 256  # prompts in one completions request
 
 # Fields clients send that neo-serve does not implement, with the value that means "not asked".
 UNSUPPORTED: dict[str, Any] = {
-    "logprobs": None,
-    "top_logprobs": None,
-    "echo": False,
     "best_of": None,
     "logit_bias": None,
     "presence_penalty": 0.0,
@@ -43,7 +40,7 @@ UNSUPPORTED: dict[str, Any] = {
 class _Common(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, ge=0)  # 0: echo the prompt only
     max_completion_tokens: int | None = Field(default=None, gt=0)
     temperature: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     top_p: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
@@ -69,12 +66,29 @@ class _Common(BaseModel):
             return name
         return None
 
+    def token_logprobs(self) -> int | None:
+        """Alternatives per generated token the client asked for (None: no log-probabilities)."""
+        return None
+
+    def prompt_logprobs(self) -> int | None:
+        """Alternatives per prompt token (echo with log-probabilities), or None."""
+        return None
+
+    def prompt_only(self) -> bool:
+        """max_tokens 0: score or echo the prompt, generate nothing (runs one token, dropped)."""
+        return self.max_tokens == 0
+
     def sampling(self) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if len(stop) > MAX_STOP_STRINGS:
             raise NeoError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
+        if self.prompt_only() and not getattr(self, "echo", False):
+            raise NeoError("max_tokens: must be >= 1 (0 only with echo)")
+        max_tokens = self.max_tokens or self.max_completion_tokens or 16
         return SamplingParams(
-            max_tokens=self.max_tokens or self.max_completion_tokens or 16,
+            max_tokens=1 if self.prompt_only() else max_tokens,
+            logprobs=self.token_logprobs(),
+            prompt_logprobs=self.prompt_logprobs(),
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
@@ -93,7 +107,18 @@ def _is_text_format(value: Any) -> bool:
 
 
 class CompletionRequest(_Common):
+    """The legacy completions body: `logprobs` is a count of alternatives (0..20), `echo`
+    returns the prompt (and its log-probabilities) before the completion."""
+
     prompt: str | list[int] | list[str] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+
+    def token_logprobs(self) -> int | None:
+        return self.logprobs
+
+    def prompt_logprobs(self) -> int | None:
+        return self.logprobs if self.echo else None
 
 
 class TextPart(BaseModel):
@@ -126,7 +151,14 @@ class ChatMessage(BaseModel):
 
 
 class ChatRequest(_Common):
+    """The chat body: `logprobs` is a switch, `top_logprobs` the count of alternatives."""
+
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+
+    def token_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def chat_messages(self) -> list[dict[str, str]]:
         return [

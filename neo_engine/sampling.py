@@ -15,6 +15,7 @@ GREEDY_BELOW = 1e-5
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
 MAX_STOP_STRINGS = 32
 MAX_STOP_CHARS = 1024
+MAX_LOGPROBS = 20  # alternatives per token a request may ask for (vLLM's default cap)
 
 
 class SamplingError(RuntimeError):
@@ -39,6 +40,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # per generated token: its log-probability and this many top
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -58,6 +61,10 @@ class SamplingParams:
             isinstance(self.seed, int) and 0 <= self.seed <= SEED_MAX
         ):
             raise NeoError(f"seed must be an integer in [0, 2^64 - 1], got {self.seed!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 0 <= value <= MAX_LOGPROBS):
+                raise NeoError(f"{name} must be an integer in [0, {MAX_LOGPROBS}], got {value!r}")
         if len(self.stop) > MAX_STOP_STRINGS:
             raise NeoError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
         for s in self.stop:
@@ -67,6 +74,26 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model (raw logits, before temperature or top-k/p,
+    as vLLM reports them) and the most likely alternatives at that position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, log-probability), most likely first
+
+
+def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """`token`'s log-probability from one row of logits [vocab], with `top` alternatives."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best: tuple[tuple[int, float], ...] = ()
+    if top:
+        values, ids = torch.topk(logprobs, min(top, logprobs.shape[-1]))
+        best = tuple(zip(ids.tolist(), values.tolist()))
+    return TokenLogprob(int(token), float(logprobs[token]), best)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:

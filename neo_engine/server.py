@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from neo_engine import openai_format as fmt
 from neo_engine.config import EngineConfig
 from neo_sim import settings
 from neo_sim.errors import NeoError
@@ -166,6 +167,8 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             return _error(400, f"prompt: at most {MAX_PROMPTS} prompts", param="prompt")
         if req.stream and len(prompts) != 1:
             return _error(400, "prompt: streaming takes exactly one prompt", param="prompt")
+        if req.stream and req.echo:
+            return _error(400, "echo: not supported with stream", param="echo")
         try:
             params = req.sampling()
         except NeoError as exc:
@@ -179,9 +182,17 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
                 return bad
             streams.append(stream)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        tokenizer = engine.engine.tokenizer
         if req.stream:
+            stream_logprobs = None
+            if req.logprobs is not None:
+
+                def stream_logprobs(out, start):
+                    shown = fmt.entries(out, echo=False, prompt_only=False, start=start)
+                    return fmt.completion_logprobs(tokenizer, shown), start + len(shown)
+
             return StreamingResponse(
-                _sse(streams[0], rid, created, model_name, chat=False, usage=req.wants_usage),
+                _sse(streams[0], rid, created, model_name, False, req.wants_usage, stream_logprobs),
                 media_type="text/event-stream",
             )
         results = await _collect(request, streams)
@@ -189,17 +200,26 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             return _error(499, "client closed the request")
         if (failed := _failure(results)) is not None:
             return failed
-        choices = [
-            {"index": i, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
-            for i, out in enumerate(results)
-        ]
+        only = req.prompt_only()
+        choices = []
+        for i, (prompt, out) in enumerate(zip(prompts, results)):
+            text = "" if only else out.text
+            if req.echo:
+                text = (prompt if isinstance(prompt, str) else tokenizer.decode(prompt)) + text
+            logprobs = None
+            if req.logprobs is not None:
+                logprobs = fmt.completion_logprobs(tokenizer, fmt.entries(out, req.echo, only))
+            reason = "length" if only else out.finish_reason
+            choices.append(
+                {"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason}
+            )
         return {
             "id": rid,
             "object": "text_completion",
             "created": created,
             "model": model_name,
             "choices": choices,
-            "usage": _usage(results),
+            "usage": fmt.usage(results, only),
         }
 
     @app.post("/v1/chat/completions")
@@ -215,9 +235,16 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
         if bad is not None:
             return bad
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        tokenizer = engine.engine.tokenizer
         if req.stream:
+            stream_logprobs = None
+            if req.logprobs:
+
+                def stream_logprobs(out, start):
+                    return fmt.chat_logprobs(tokenizer, out.logprobs[start:]), len(out.logprobs)
+
             return StreamingResponse(
-                _sse(stream, rid, created, model_name, chat=True, usage=req.wants_usage),
+                _sse(stream, rid, created, model_name, True, req.wants_usage, stream_logprobs),
                 media_type="text/event-stream",
             )
         results = await _collect(request, [stream])
@@ -235,10 +262,13 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": out.text},
+                    "logprobs": fmt.chat_logprobs(tokenizer, out.logprobs)
+                    if req.logprobs
+                    else None,
                     "finish_reason": out.finish_reason,
                 }
             ],
-            "usage": _usage([out]),
+            "usage": fmt.usage([out]),
         }
 
     return app
@@ -264,16 +294,6 @@ def _split_prompts(prompt) -> list | None:
     return None
 
 
-def _usage(outputs) -> dict:
-    prompt = sum(len(o.prompt_token_ids) for o in outputs)
-    completion = sum(len(o.token_ids) for o in outputs)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
 async def _drain(stream):
     last = None
     try:
@@ -284,11 +304,16 @@ async def _drain(stream):
     return last
 
 
-async def _sse(stream, rid: str, created: int, model: str, chat: bool, usage: bool):
-    """Server-sent events of one request; closing it early (client gone) aborts the request."""
+async def _sse(
+    stream, rid: str, created: int, model: str, chat: bool, usage: bool, logprobs_of=None
+):
+    """Server-sent events of one request; closing it early (client gone) aborts the request.
+    `logprobs_of(out, start) -> (logprobs object of the tokens from start, next start)` adds
+    each chunk's log-probabilities when the client asked for them."""
     kind = "chat.completion.chunk" if chat else "text_completion"
     sent = ""
     last = None
+    scored = 0
     try:
         if chat:
             first = {
@@ -308,11 +333,14 @@ async def _sse(stream, rid: str, created: int, model: str, chat: bool, usage: bo
             delta = out.text[len(sent) :] if out.text.startswith(sent) else ""
             sent = out.text if out.text.startswith(sent) else sent
             finish = out.finish_reason if out.finished else None
+            logprobs = None
+            if logprobs_of is not None:
+                logprobs, scored = logprobs_of(out, scored)
             choice = (
                 {"index": 0, "delta": {"content": delta}, "finish_reason": finish}
                 if chat
-                else {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
-            )
+                else {"index": 0, "text": delta, "finish_reason": finish}
+            ) | {"logprobs": logprobs}
             yield _event(
                 {"id": rid, "object": kind, "created": created, "model": model, "choices": [choice]}
             )
@@ -324,7 +352,7 @@ async def _sse(stream, rid: str, created: int, model: str, chat: bool, usage: bo
                     "created": created,
                     "model": model,
                     "choices": [],
-                    "usage": _usage([last]),
+                    "usage": fmt.usage([last]),
                 }
             )
         yield "data: [DONE]\n\n"

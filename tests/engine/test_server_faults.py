@@ -55,8 +55,9 @@ def post_raw(base: str, path: str, text: str) -> httpx.Response:
         ({"seed": -1}, "seed"),
         ({"temperature": float("nan")}, "temperature"),
         ({"stop": ["x"] * 100}, "stop"),
-        ({"logprobs": 3}, "logprobs"),
-        ({"echo": True}, "echo"),
+        ({"logprobs": 50}, "logprobs"),
+        ({"echo": True, "stream": True}, "echo"),
+        ({"max_tokens": 0}, "max_tokens"),
         ({"logit_bias": {"5": 10}}, "logit_bias"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"best_of": 2}, "best_of"),
@@ -243,3 +244,55 @@ def test_shutdown_drains_then_ends_what_is_left_with_an_error():
     last = asyncio.run(asyncio.wait_for(main(), timeout=60))
     assert all(out.finished and out.finish_reason == "error" for out in last)
     assert "shut down" in last[0].error
+
+
+def test_logprobs_and_echo_in_the_openai_shapes(server):  # noqa: F811
+    base, _ = server
+    prompt = [5, 6, 7, 8, 9]
+    r = httpx.post(
+        base + COMPLETIONS,
+        json={"model": MODEL, "prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 2},
+        timeout=60,
+    ).json()
+    lp = r["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(prompt) and lp["token_logprobs"][0] is None
+    assert all(v <= 0 for v in lp["token_logprobs"][1:]) and len(lp["top_logprobs"][1]) == 2
+    assert lp["text_offset"][0] == 0 and r["usage"]["completion_tokens"] == 0
+    r = httpx.post(
+        base + COMPLETIONS,
+        json={"model": MODEL, "prompt": "hi", "max_tokens": 3, "logprobs": 1, "ignore_eos": True},
+        timeout=60,
+    ).json()
+    assert len(r["choices"][0]["logprobs"]["token_logprobs"]) == 3
+    chat = httpx.post(
+        base + CHAT,
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 3,
+            "logprobs": True,
+            "top_logprobs": 2,
+            "ignore_eos": True,
+        },
+        timeout=60,
+    ).json()
+    content = chat["choices"][0]["logprobs"]["content"]
+    assert len(content) == 3 and len(content[0]["top_logprobs"]) == 2 and "bytes" in content[0]
+    lines = []
+    with httpx.stream(
+        "POST",
+        base + COMPLETIONS,
+        json={
+            "model": MODEL,
+            "prompt": "hi",
+            "max_tokens": 4,
+            "logprobs": 0,
+            "stream": True,
+            "ignore_eos": True,
+        },
+        timeout=60,
+    ) as s:
+        lines = [json.loads(x[6:]) for x in s.iter_lines() if x.startswith("data: {")]
+    streamed = [v for e in lines for v in e["choices"][0]["logprobs"]["token_logprobs"]]
+    assert len(streamed) == 4
+    ok(base)

@@ -1,0 +1,78 @@
+"""Engine outputs in OpenAI's response shapes: completion text with echo, log-probabilities of
+completions and chat (whole responses and streamed deltas), usage.
+
+Token strings are each token decoded alone by the model's tokenizer; a completion's
+`text_offset` is the cumulative length of those strings, as OpenAI's legacy API gives it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # light at import time: the server loads this before the engine
+    from neo_engine.engine import RequestOutput
+    from neo_engine.sampling import TokenLogprob
+
+
+def entries(
+    out: RequestOutput, echo: bool, prompt_only: bool, start: int = 0
+) -> list[tuple[int, TokenLogprob | None]]:
+    """(token id, its log-probability or None) of the tokens a response shows, from `start`:
+    the prompt's when echoed, then the generated ones (none when only the prompt is asked)."""
+    shown: list[tuple[int, TokenLogprob | None]] = []
+    if echo:
+        scored = out.prompt_logprobs or []
+        shown += [
+            (token, scored[i] if i < len(scored) else None)
+            for i, token in enumerate(out.prompt_token_ids)
+        ]
+    if not prompt_only:
+        if out.logprobs:
+            shown += [(lp.token_id, lp) for lp in out.logprobs]
+        else:
+            shown += [(token, None) for token in out.token_ids]
+    return shown[start:]
+
+
+def completion_logprobs(
+    tokenizer, shown: list[tuple[int, TokenLogprob | None]], offset: int = 0
+) -> dict:
+    """The legacy completions `logprobs` object over `shown` tokens, offsets from `offset`."""
+    tokens = [tokenizer.decode([token]) for token, _ in shown]
+    offsets = []
+    for text in tokens:
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp.logprob if lp else None for _, lp in shown],
+        "top_logprobs": [
+            {tokenizer.decode([t]): v for t, v in lp.top} if lp else None for _, lp in shown
+        ],
+        "text_offset": offsets,
+    }
+
+
+def chat_logprobs(tokenizer, logprobs: list[TokenLogprob]) -> dict:
+    """The chat `logprobs` object: one entry per generated token, with its alternatives."""
+
+    def entry(token: int, logprob: float) -> dict:
+        text = tokenizer.decode([token])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {
+        "content": [
+            entry(lp.token_id, lp.logprob) | {"top_logprobs": [entry(t, v) for t, v in lp.top]}
+            for lp in logprobs
+        ]
+    }
+
+
+def usage(outputs: list[RequestOutput], prompt_only: bool = False) -> dict:
+    prompt = sum(len(o.prompt_token_ids) for o in outputs)
+    completion = 0 if prompt_only else sum(len(o.token_ids) for o in outputs)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
