@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from neo_sim.runs import RunSpec
+from neo_sim.errors import NeoError
+from neo_sim.runs import RunSpec, execute_summary
 from neo_sim.sweeps import run_sweep
 from neo_sim.workload import WorkloadSettings
 
@@ -31,8 +32,21 @@ def progress(iterable, total: int):
     return tqdm(iterable, total=total, unit="run")
 
 
-def sweep(specs: list[RunSpec], workers: int | None) -> pd.DataFrame:
-    return run_sweep(specs, "process", workers, progress=progress)
+def run_or_error(spec: RunSpec) -> dict:
+    """One run's summary row; a configuration where no request fits is a row saying so.
+
+    Such a row has `error` set, no throughput, and every request counted as rejected, so that
+    a comparison leaves it out rather than the whole sweep crashing.
+    """
+    try:
+        return execute_summary(spec)
+    except NeoError as exc:
+        flat = spec.flat()
+        return flat | {"error": str(exc), "rejected": flat["num_requests"]}
+
+
+def sweep(specs: list[RunSpec], workers: int | None, executor: str = "process") -> pd.DataFrame:
+    return run_sweep(specs, executor, workers, progress=progress, run=run_or_error)
 
 
 def output_dir(args: argparse.Namespace, name: str) -> Path:

@@ -30,10 +30,8 @@ import pandas as pd
 
 from experiments import common
 from neo_sim import plots
-from neo_sim.errors import NeoError
-from neo_sim.runs import RunSpec, execute_summary
+from neo_sim.runs import RunSpec
 from neo_sim.scheduler import POLICIES
-from neo_sim.sweeps import run_sweep
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 HOSTS = {
@@ -88,24 +86,6 @@ def base_spec(host: str, workload: str, requests: int, seed: int) -> RunSpec:
     )
 
 
-def run_cell_spec(spec: RunSpec) -> dict:
-    """One run's row; a configuration where nothing fits is a row saying so, not a crash."""
-    try:
-        return execute_summary(spec)
-    except NeoError as exc:
-        return spec.flat() | {"error": str(exc)}
-
-
-def sweep(specs: list[RunSpec], args) -> pd.DataFrame:
-    return run_sweep(
-        specs,
-        args.executor,
-        args.workers,
-        progress=common.progress,
-        run=run_cell_spec,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
@@ -129,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for w in workloads
         for pol in policies
     ]
-    rows = sweep(offline, args)
+    rows = common.sweep(offline, args.workers, args.executor)
     rows["host"] = [h for h in hosts for w in workloads for _ in policies]
     rows["workload_name"] = [w for h in hosts for w in workloads for _ in policies]
     rows["load"] = "offline"
@@ -147,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 loaded.append(spec)
                 labels.append((h, w, f"{fraction:.0%}"))
     if loaded:
-        more = sweep(loaded, args)
+        more = common.sweep(loaded, args.workers, args.executor)
         more[["host", "workload_name", "load"]] = pd.DataFrame(labels, index=more.index)
         rows = pd.concat([rows, more], ignore_index=True)
     wall = time.perf_counter() - started

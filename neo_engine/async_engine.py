@@ -125,6 +125,11 @@ class AsyncEngine:
     def stats(self) -> EngineStats:
         return self._stats
 
+    @property
+    def build_info(self) -> dict[str, str]:
+        """Fixed at start (model, dtypes, kernel path, CPU); safe to read from any thread."""
+        return self.engine.build_info
+
     def take_finished(self) -> list[RequestOutput]:
         with self._finished_lock:
             done = list(self.finished_outputs)

@@ -48,8 +48,10 @@ class LoadSettings:
     def __post_init__(self) -> None:
         check(self, "load settings")
         for name in ("dtype", "kv_dtype"):
-            if getattr(self, name) is not None:
-                canonical_dtype(getattr(self, name))  # NeoError naming the dtype
+            value = getattr(self, name)
+            if value is not None:  # a name ("bf16", "float32") or a torch dtype (torch.float32)
+                text = str(value).removeprefix("torch.")
+                object.__setattr__(self, name, canonical_dtype(text))  # NeoError if unknown
 
     def model_ref(self) -> ModelRef:
         """The model's spec in the precision these settings give it, and its checkpoint."""
@@ -61,6 +63,14 @@ class LoadSettings:
 
     def model_spec(self) -> ModelSpec:
         return self.model_ref().spec
+
+    def dtype_reason(self) -> str:
+        """Why the compute dtype is what it is, in words for logs and /metrics."""
+        if self.dtype is not None:
+            return "set by dtype"
+        if self.device == "cpu":
+            return "cpu device default: the host kernels (skinny GEMM, attention) are fp32"
+        return "the model's own dtype"
 
 
 @dataclass(frozen=True)

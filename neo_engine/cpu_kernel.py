@@ -2,10 +2,11 @@
 
 Two kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spot) and a
 skinny fp32 GEMM for decode batches on a CPU device (`csrc/skinny_gemm.cpp`). The extension is
-compiled on first use with the machine's own instruction set (`-march=native`) and cached by
-torch under a name that includes the CPU's flags, so a cache is never reused on a different
-CPU. If no compiler is available, or NEO_DISABLE_CPP_KERNEL=1, both fall back to pure torch:
-the same numbers, more slowly.
+compiled when an engine starts (before it accepts a request) with the machine's own instruction
+set (`-march=native`), and cached by torch under a name that hashes the CPU's flags, torch's
+version and the sources themselves: a cache is never reused on a different CPU, and two
+checkouts with different sources never rebuild over each other. If no compiler is available,
+or NEO_DISABLE_CPP_KERNEL=1, both fall back to pure torch: the same numbers, more slowly.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def load_extension():
         try:
             from torch.utils.cpp_extension import load
 
-            tag = hashlib.sha1((_cpu_flags() + torch.__version__).encode()).hexdigest()[:10]
+            key = hashlib.sha1((_cpu_flags() + torch.__version__).encode())
+            for path in _SOURCES:
+                key.update(path.read_bytes())
+            tag = key.hexdigest()[:12]
             _module = load(
                 name=f"neo_cpu_attention_{tag}",
                 sources=[str(path) for path in _SOURCES],

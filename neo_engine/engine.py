@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 import torch
 
 from neo_engine.config import DEFAULT_MAX_MODEL_LEN, EngineConfig
+from neo_engine.cpu_kernel import load_extension
 from neo_engine.executor import Executor
 from neo_engine.kv_cache import KVPool
-from neo_engine.local import host_memory_bytes
+from neo_engine.local import cpu_features, cpu_name, host_memory_bytes
 from neo_engine.sampling import (
     SamplingError,
     SamplingParams,
@@ -126,7 +127,24 @@ class LLMEngine:
         else:
             self.weights = random_weights(self.spec, self.torch_dtype, self.device, load.seed)
         self.tokenizer = load_tokenizer(ref.checkpoint_dir, self.spec.vocab_size)
-        log.info("loaded %s in %.1f s", load.model, time.perf_counter() - started)
+        kernels = load_extension()  # build the host kernels now, not inside the first request
+        features = cpu_features()
+        self.build_info: dict[str, str] = {  # what decides this engine's speed, for /metrics
+            "model": load.model,
+            "device": load.device,
+            "dtype": self.spec.dtype,
+            "kv_dtype": self.spec.kv_dtype,
+            "dtype_reason": load.dtype_reason(),
+            "host_kernels": "c++" if kernels is not None else "torch fallback",
+            "cpu": cpu_name(),
+            "cpu_features": ",".join(name for name, present in features.items() if present),
+        }
+        log.info(
+            "loaded %s in %.1f s (%s)",
+            load.model,
+            time.perf_counter() - started,
+            ", ".join(f"{k}={v}" for k, v in self.build_info.items() if k != "model"),
+        )
         window = self.spec.sliding_window
         limits = (self.spec.max_position_embeddings, DEFAULT_MAX_MODEL_LEN, window or math.inf)
         self.max_model_len = config.max_model_len or int(min(limits))
@@ -432,11 +450,8 @@ class LLMEngine:
         )
 
     def warm_up(self) -> None:
-        """Build the host kernels (compiled on first use) and run one tiny generation, so that
-        the first real request does not pay for either. Leaves no trace in the counters."""
-        from neo_engine.cpu_kernel import load_extension
-
-        load_extension()
+        """Run one tiny generation (allocator, caches, lazy torch paths), so that the first
+        real request does not pay for it. Leaves no trace in the counters."""
         rid = self.add_request([1], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
         while rid in self._live:
             self.step()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
 from neo_engine.async_engine import AsyncEngine
 
@@ -23,6 +23,11 @@ class _EngineCollector:
         self.engine = engine
 
     def collect(self):
+        yield InfoMetricFamily(
+            "neo:engine",
+            "model, dtypes and why, host kernel path and CPU features of this engine",
+            value=self.engine.build_info,
+        )
         s = self.engine.stats()
         gauges = [
             (

@@ -73,6 +73,18 @@ def test_models_and_health(server):
     assert data[0]["id"] == MODEL and data[0]["max_model_len"] == 512
 
 
+def test_metrics_say_which_precision_and_kernels_run_and_why(server):
+    base, _ = server
+    info = next(
+        line
+        for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines()
+        if line.startswith("neo:engine_info{")
+    )
+    assert 'dtype="float32"' in info and 'kv_dtype="float32"' in info
+    assert 'dtype_reason="cpu device default' in info
+    assert 'host_kernels="c++"' in info or 'host_kernels="torch fallback"' in info
+
+
 def test_openai_client_completion_chat_and_stream(server):
     openai = pytest.importorskip("openai")
     base, _ = server

@@ -21,3 +21,22 @@ def test_quick_policy_map_writes_its_report(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "neo vs gpu-only" in report and "Every cell" in report
     assert (tmp_path / "heatmap.html").stat().st_size > 1000
+
+
+def test_a_configuration_where_nothing_fits_is_a_row_not_a_crash():
+    from experiments.common import run_or_error
+    from neo_sim.runs import RunSpec
+
+    spec = RunSpec.of(
+        policy="gpu-only",
+        hardware="t4",
+        model="llama-2-7b",
+        gpu_kv_blocks=2,
+        input_len=1000,
+        output_len=50,
+        num_requests=3,
+        rate=float("inf"),
+    )
+    row = run_or_error(spec)
+    assert "can never fit" in row["error"] and row["rejected"] == 3
+    assert row["policy"] == "gpu-only"
