@@ -42,7 +42,7 @@ from neo_sim.latency import Latency
 from neo_sim.model import ModelSpec
 from neo_sim.profile import load_profile
 from neo_sim.profiled import ProfiledCostModel
-from neo_sim.scheduler import Plan, Request, SchedulerConfig, make_policy
+from neo_sim.scheduler import Mode, Plan, Request, SchedulerConfig, make_policy
 from neo_sim.scheduler.kv import blocks_for
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class EngineStats:
     iterations: int
     pipelined_iterations: int
     sequential_iterations: int
+    fused_iterations: int
     generated_tokens: int
     cpu_attention_s_last: float
     tokens_per_s: float
@@ -181,7 +182,7 @@ class LLMEngine:
         self.iterations: list[IterationLog] = []
         self.keep_iteration_log = False
         self.idle_step = False
-        self._counts = {"pipelined": 0, "sequential": 0, "tokens": 0, "iterations": 0}
+        self._counts = dict.fromkeys(("tokens", "iterations", *(m.value for m in Mode)), 0)
         self._last_cpu_attention_s = 0.0
         self._recent: list[tuple[float, int]] = []
 
@@ -444,6 +445,7 @@ class LLMEngine:
             iterations=c["iterations"],
             pipelined_iterations=c["pipelined"],
             sequential_iterations=c["sequential"],
+            fused_iterations=c["fused"],
             generated_tokens=c["tokens"],
             cpu_attention_s_last=self._last_cpu_attention_s,
             tokens_per_s=rate,

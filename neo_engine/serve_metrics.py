@@ -3,7 +3,7 @@
 Gauges and counters are read from the engine's counters at scrape time (a custom collector);
 latency histograms observe every finished request. Beside vLLM's names, the offload-specific
 ones: requests resident on the CPU, KV blocks used per pool, host attention time of the last
-iteration, and iterations by mode (pipelined vs sequential).
+iteration, and iterations by mode (pipelined, sequential, fused).
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class _EngineCollector:
         )
         iterations.add_metric(["pipelined"], s.pipelined_iterations)
         iterations.add_metric(["sequential"], s.sequential_iterations)
+        iterations.add_metric(["fused"], s.fused_iterations)
         yield iterations
         yield CounterMetricFamily(
             "neo:generation_tokens", "tokens generated", value=s.generated_tokens

@@ -37,6 +37,7 @@ SUMMARY_ROWS = [
     ("gpu_busy", "GPU busy", "{:.2f}"),
     ("cpu_busy", "CPU busy", "{:.2f}"),
     ("pipelined_fraction", "pipelined iterations", "{:.2f}"),
+    ("fused_fraction", "fused iterations", "{:.2f}"),
     ("cpu_served_fraction", "requests that ran on CPU", "{:.2f}"),
     ("mean_batch_size", "mean batch size", "{:.1f}"),
 ]
@@ -130,6 +131,7 @@ class IterationTotals:
     h2d_busy_s: float = 0.0
     d2h_busy_s: float = 0.0
     pipelined: int = 0
+    fused: int = 0
     seqs: int = 0
     cpu_decodes: int = 0
     forced_s: float = 0.0  # time of plans with starvation-forced CPU decodes
@@ -142,6 +144,7 @@ class IterationTotals:
             r.h2d_busy_s,
             r.d2h_busy_s,
             pipelined=r.mode == "pipelined",
+            fused=r.mode == "fused",
             seqs=r.num_prefills + r.num_gpu_decodes + r.num_cpu_decodes,
             cpu_decodes=r.num_cpu_decodes,
             forced=r.forced > 0,
@@ -158,6 +161,7 @@ class IterationTotals:
         seqs: int,
         cpu_decodes: int,
         forced: bool = False,
+        fused: bool = False,
     ) -> None:
         """One iteration's values, without building its record (steady runs)."""
         self.count += 1
@@ -167,6 +171,7 @@ class IterationTotals:
         self.h2d_busy_s += h2d_busy_s
         self.d2h_busy_s += d2h_busy_s
         self.pipelined += pipelined
+        self.fused += fused
         self.seqs += seqs
         self.cpu_decodes += cpu_decodes
         if forced:
@@ -298,6 +303,7 @@ def summarize(
         out["pcie_busy"] = (totals.h2d_busy_s + totals.d2h_busy_s) / (2 * span)  # two directions
         out["num_iterations"] = float(n)
         out["pipelined_fraction"] = totals.pipelined / n
+        out["fused_fraction"] = totals.fused / n
         out["mean_batch_size"] = totals.seqs / n
         out["mean_cpu_decodes"] = totals.cpu_decodes / n
         out["iteration_s_mean"] = totals.duration_s / n

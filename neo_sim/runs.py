@@ -44,9 +44,6 @@ class RunSpec:
     slo_ttft_s: float | None = setting(
         None, "TTFT SLO for goodput", unit="s", low=0, low_open=True, flag="slo-ttft"
     )
-    slo_tpot_s: float | None = setting(
-        None, "TPOT SLO for goodput", unit="s", low=0, low_open=True, flag="slo-tpot"
-    )
     slo_per_token_s: float | None = setting(
         None,
         "mean per-token latency (E2E / tokens) SLO for goodput, the NEO paper's bound",
@@ -175,8 +172,9 @@ def execute(spec: RunSpec, workload: list[RequestSpec] | None = None) -> RunOutp
             f"{result.first_rejection}"
         )
     slo = None
-    if any(x is not None for x in (spec.slo_ttft_s, spec.slo_tpot_s, spec.slo_per_token_s)):
-        slo = SLO(ttft_s=spec.slo_ttft_s, tpot_s=spec.slo_tpot_s, per_token_s=spec.slo_per_token_s)
+    tpot_s = spec.scheduler.slo_tpot_s  # a scheduler setting too: adaptive plans within it
+    if any(x is not None for x in (spec.slo_ttft_s, tpot_s, spec.slo_per_token_s)):
+        slo = SLO(ttft_s=spec.slo_ttft_s, tpot_s=tpot_s, per_token_s=spec.slo_per_token_s)
     frame, iterations = result.metrics.requests_frame(), result.metrics.iterations_frame()
     summary: dict[str, Any] = {
         "policy": spec.policy,

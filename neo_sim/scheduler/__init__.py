@@ -3,7 +3,9 @@
 Policies, by name (`make_policy`; each policy class lists its names in `variants`):
 - `gpu-only`: vLLM-like FCFS continuous batching with swap preemption (NEO's baseline);
 - `vllm-256`, `vllm-512`: the same with chunked prefill at that token budget;
-- `neo`: asymmetric pipelining + load-aware scheduling;
+- `neo`: asymmetric pipelining + load-aware scheduling (`neo-unbounded`: no starvation bound);
+- `apex`: APEX's fused batches (host attention beside GPU attention, no split), NEO's
+  pipelining or GPU-only, whichever predicts more requests/s per iteration;
 - `symmetric`: two equal sub-batches (strawman);
 - `full-offload`: all decode attention and KV on the CPU (FastDecode-like strawman).
 """
@@ -24,17 +26,19 @@ from neo_sim.scheduler.request import Device, Request, RequestState
 def _discover() -> dict[str, tuple[type[Policy], dict]]:
     """Every policy of this package: each Policy subclass names its variants (a name and the
     config settings it fixes) in `variants`. A new policy is one module here, no list to edit."""
-    found: dict[str, tuple[type[Policy], dict]] = {}
+    classes: list[type[Policy]] = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
         for cls in vars(module).values():
             own = isinstance(cls, type) and issubclass(cls, Policy) and "variants" in vars(cls)
-            if not own or cls.__module__ != module.__name__:
-                continue
-            for name, fixed in cls.variants.items():
-                if name in found:
-                    raise TypeError(f"policy name {name!r} is defined twice")
-                found[name] = (cls, dict(fixed))
+            if own and cls.__module__ == module.__name__:
+                classes.append(cls)
+    found: dict[str, tuple[type[Policy], dict]] = {}
+    for cls in sorted(classes, key=lambda c: c.listing_rank):  # stable: module order on ties
+        for name, fixed in cls.variants.items():
+            if name in found:
+                raise TypeError(f"policy name {name!r} is defined twice")
+            found[name] = (cls, dict(fixed))
     return found
 
 

@@ -82,6 +82,16 @@ class SchedulerConfig:
         low=0,
     )
 
+    slo_tpot_s: float | None = setting(
+        None,
+        "TPOT SLO: goodput counts the requests within it; adaptive picks no plan predicted "
+        "longer while one within it exists",
+        unit="s",
+        low=0,
+        low_open=True,
+        flag="slo-tpot",
+    )
+
     def __post_init__(self) -> None:
         check(self, "scheduler config")
 
@@ -131,6 +141,9 @@ class Policy(ABC):
     # The names this class is offered under, each with the config settings it fixes (e.g.
     # {"vllm-256": {"chunked_prefill_tokens": 256}}); empty for abstract or helper classes.
     variants: dict[str, dict] = {}
+    # Where the variants are listed (CLI choices, comparisons, the policy map): baselines
+    # first, then the offloading policies, then the strawmen.
+    listing_rank = 100
 
     def __init__(self, config: SchedulerConfig, cost: CostModel):
         if not config.pools_resolved:

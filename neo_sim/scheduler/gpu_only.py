@@ -17,6 +17,7 @@ from neo_sim.scheduler.request import Request, RequestState
 
 class GpuOnlyPolicy(Policy):
     name = "gpu-only"
+    listing_rank = 0
     variants = {
         "gpu-only": {},
         "vllm-256": {"chunked_prefill_tokens": 256},

@@ -48,6 +48,7 @@ _WAITED = operator.attrgetter("last_progress_step", "admit_order")
 class NeoPolicy(Policy):
     name = "neo"
     # neo-unbounded: the artifact's rule, no starvation bound (throughput over fairness).
+    listing_rank = 10
     variants = {"neo": {}, "neo-unbounded": {"max_cpu_wait_steps": UNBOUNDED_WAIT}}
 
     def steady_run(self) -> SteadyRun | None:
@@ -65,13 +66,21 @@ class NeoPolicy(Policy):
         candidates = self._admit(budget)
         budget.seqs += reserved
         budget.tokens += reserved
+        mode, chosen, forced = self._plan_work(candidates, budget)
+        if not any(chosen) and not swap_in and self.cpu_running:
+            recomputed = (*recomputed, self._break_host_deadlock())
+        return self._commit(mode, chosen, swap_out, swap_in, recomputed, forced)
+
+    def _plan_work(
+        self, candidates: list[Candidate], budget: Budget
+    ) -> tuple[Mode, tuple[SubBatchBuilder, ...], tuple[int, ...]]:
+        """Steps 4-6: the iteration's sub-batches, its mode, and the overdue CPU decodes it
+        carries because of the starvation bound."""
         b0, b1, forced = self._build_sub_batches(candidates, budget)
         if b1:
             self._trim_cpu_prefills(b0, b1)
         mode, chosen = self._choose_mode(b0, b1, forced)
-        if not any(chosen) and not swap_in and self.cpu_running:
-            recomputed = (*recomputed, self._break_host_deadlock())
-        return self._commit(mode, chosen, swap_out, swap_in, recomputed, forced)
+        return mode, chosen, (forced if mode == Mode.PIPELINED else ())
 
     def _break_host_deadlock(self) -> int:
         """Nothing can run: CPU decodes cannot grow in a full host pool and cannot move to the
@@ -268,10 +277,7 @@ class NeoPolicy(Policy):
         if forced:
             return Mode.PIPELINED, (b0, b1)
         seq = self._sequential_batch(b0)
-        n_pipe = b0.num_seqs + b1.num_seqs
-        t_pipe = iteration_s(self.cost, pipelined_layer_s(b0, b1), n_pipe)
-        t_seq = iteration_s(self.cost, sequential_layer_s(seq), seq.num_seqs)
-        if seq.num_seqs and seq.num_seqs / t_seq >= n_pipe / t_pipe:
+        if self._rate(Mode.SEQUENTIAL, (seq,)) >= self._rate(Mode.PIPELINED, (b0, b1)):
             return Mode.SEQUENTIAL, (seq,)
         return Mode.PIPELINED, (b0, b1)
 
@@ -309,16 +315,10 @@ class NeoPolicy(Policy):
                 gpu.grow(d.request_id, d.context_len)
             for d in b.cpu_decodes:
                 cpu.grow(d.request_id, d.context_len)
-        num_seqs = sum(b.num_seqs for b in chosen)
-        if mode == Mode.PIPELINED:
-            layer_s = pipelined_layer_s(*chosen)
-            slack = slacks(*chosen)
-        else:
-            layer_s, slack = sequential_layer_s(chosen[0]), ()
-        predicted = iteration_s(self.cost, layer_s, num_seqs) + swap_s(
+        slack = slacks(*chosen) if mode == Mode.PIPELINED else ()
+        predicted = self._work_s(mode, chosen) + swap_s(
             self.cost, swap_out, swap_in, self.config.block_size
         )
-        forced_in_plan = forced if mode == Mode.PIPELINED else ()
         return Plan(
             self.step_index,
             mode,
@@ -328,10 +328,22 @@ class NeoPolicy(Policy):
             recomputed,
             predicted,
             slack,
-            forced_in_plan,
+            forced,
         )
 
     # ---- helpers ---------------------------------------------------------------------------
+    def _work_s(self, mode: Mode, chosen: tuple[SubBatchBuilder, ...]) -> float:
+        """Predicted seconds of an iteration's layers and LM head (swaps not included)."""
+        num_seqs = sum(b.num_seqs for b in chosen)
+        if mode == Mode.PIPELINED:
+            return iteration_s(self.cost, pipelined_layer_s(*chosen), num_seqs)
+        return iteration_s(self.cost, sequential_layer_s(chosen[0]), num_seqs)
+
+    def _rate(self, mode: Mode, chosen: tuple[SubBatchBuilder, ...]) -> float:
+        """Predicted requests served per second by an iteration: NEO's criterion of choice."""
+        num_seqs = sum(b.num_seqs for b in chosen)
+        return num_seqs / self._work_s(mode, chosen) if num_seqs else 0.0
+
     def _gpu_blocks_after_growth(self) -> int:
         gpu = self.kv.gpu
         return gpu.num_used + sum(

@@ -1,10 +1,13 @@
 """Plan: what one iteration runs, as decided by a policy's `step()`.
 
-A plan has one sub-batch (sequential mode) or two (asymmetric pipelining: sub-batch 0 carries
-prefills and GPU decodes, sub-batch 1 CPU decodes only, with some CPU decodes possibly in
-sub-batch 0 too). It also lists the swaps to perform before the iteration and the scheduler's
-predicted duration. Plans are frozen and compare by value: the simulator and the engine must
-produce equal plans from equal inputs.
+A plan has one sub-batch (sequential mode; fused mode when that one sub-batch runs CPU decodes
+beside GPU work, APEX's asynchronous overlap) or two (asymmetric pipelining: sub-batch 0
+carries prefills and GPU decodes, sub-batch 1 CPU decodes only, with some CPU decodes possibly
+in sub-batch 0 too). Timing model and executor run every mode the same way: sub-batch by
+sub-batch, each layer's host attention overlapping whatever device work follows it. A plan
+also lists the swaps to perform before the iteration and the scheduler's predicted duration.
+Plans are frozen and compare by value: the simulator and the engine must produce equal plans
+from equal inputs.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from neo_sim.scheduler.request import Device
 
 
 class Mode(StrEnum):
-    SEQUENTIAL = "sequential"
-    PIPELINED = "pipelined"
+    SEQUENTIAL = "sequential"  # one sub-batch (GPU work only, or CPU decodes only)
+    PIPELINED = "pipelined"  # two sub-batches, asymmetric pipelining (NEO)
+    FUSED = "fused"  # one sub-batch: CPU decodes' host attention beside its GPU attention (APEX)
 
 
 @dataclass(frozen=True)

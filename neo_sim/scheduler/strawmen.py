@@ -20,6 +20,8 @@ from neo_sim.scheduler.request import Device
 class _NoSlackPolicy(NeoPolicy):
     """Strawmen keep every sub-batch they build: no prefill trimming, no mode comparison."""
 
+    listing_rank = 50
+
     def steady_run(self) -> None:
         """Not supported: symmetric splits GPU decodes over two sub-batches, full offload runs
         them on the CPU; the simulator steps every iteration of these policies."""

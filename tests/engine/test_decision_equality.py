@@ -61,5 +61,7 @@ def test_simulator_and_engine_make_identical_plans(policy):
         assert cpu_decodes > 0, "KV pressure should have pushed decodes to the CPU"
     if policy == "neo":
         assert any(p.mode == Mode.PIPELINED for p in engine_plans)
+    if policy in ("apex", "adaptive"):  # host attention beside GPU attention, one batch
+        assert any(p.mode == Mode.FUSED for p in engine_plans)
     if policy == "gpu-only":
         assert any(p.swap_out for p in engine_plans)

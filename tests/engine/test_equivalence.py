@@ -62,12 +62,17 @@ def test_greedy_tokens_equal_transformers(tiny_llama, prompts, policy, gpu_block
     llm.engine.close()
 
 
-def test_neo_pipelined_plans_give_the_same_tokens(tiny_llama, prompts):
+@pytest.mark.parametrize(
+    "policy,mode", [("neo", Mode.PIPELINED), ("apex", Mode.FUSED), ("adaptive", Mode.FUSED)]
+)
+def test_offloading_plans_give_the_same_tokens(tiny_llama, prompts, policy, mode):
+    """Pipelined (two sub-batches) and fused (host attention beside device attention in one
+    batch) plans, chosen as on a T4 host under KV pressure, give transformers' tokens."""
     directory, model = tiny_llama
     expected = hf_greedy(model, prompts, NEW_TOKENS)
     llm = LLM(
         str(directory),
-        policy="neo",
+        policy=policy,
         gpu_kv_blocks=10,
         cpu_kv_blocks=200,
         block_size=4,
@@ -80,6 +85,8 @@ def test_neo_pipelined_plans_give_the_same_tokens(tiny_llama, prompts):
     )
     assert [o.token_ids for o in outputs] == expected
     plans = [it.plan for it in llm.engine.iterations]
-    pipelined = [p for p in plans if p.mode == Mode.PIPELINED]
-    assert pipelined and any(p.sub_batches[1].cpu_decodes for p in pipelined)
+    chosen = [p for p in plans if p.mode == mode]
+    assert chosen and any(p.sub_batches[-1].cpu_decodes for p in chosen)
+    if mode == Mode.FUSED:  # the host attention ran beside device work of the same batch
+        assert any(p.sub_batches[0].gpu_decodes or p.sub_batches[0].prefills for p in chosen)
     llm.engine.close()

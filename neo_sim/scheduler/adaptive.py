@@ -1,0 +1,113 @@
+"""Adaptive: per iteration, the best of GPU-only, fused (APEX) and pipelined (NEO) plans, each
+with its host set sized by predicted throughput, within a TPOT SLO when one is set.
+
+What it adds to `apex` (docs/architecture.md, "Adaptive"):
+- NEO's pipelined plan keeps a CPU decode only while no slack turns negative (host attention
+  stays hidden). Past that point the GPU waits, yet one more request per iteration can still
+  be worth the wait; adaptive keeps adding CPU decodes, longest-waiting first, while the
+  pipelined plan's predicted requests/s rises (`_extend_pipelined`).
+- With `slo_tpot_s` set, no host decode is added that makes the iteration's predicted time
+  exceed it, and of the candidate plans the fastest-serving one within it is run (the fastest
+  one if none is within it): every request of the batch gets its next token within the SLO
+  whenever the hardware allows it.
+Steps 1-3 (swaps, admission, placement) and the starvation bound are NEO's.
+"""
+
+from __future__ import annotations
+
+from neo_sim.scheduler.apex import ApexPolicy
+from neo_sim.scheduler.base import Budget
+from neo_sim.scheduler.estimate import SubBatchBuilder, slacks
+from neo_sim.scheduler.neo import Candidate
+from neo_sim.scheduler.plan import DecodeWork, Mode
+from neo_sim.scheduler.request import Device
+
+Option = tuple[Mode, tuple[SubBatchBuilder, ...], tuple[int, ...]]
+
+
+class AdaptivePolicy(ApexPolicy):
+    name = "adaptive"
+    listing_rank = 30
+    variants = {"adaptive": {}}
+
+    def _plan_work(self, candidates: list[Candidate], budget: Budget) -> Option:
+        if not (candidates or self.gpu_running) or not self.cpu_running:
+            return super()._plan_work(candidates, budget)  # GPU-only or CPU-only work
+        fused_budget = Budget(budget.seqs, budget.tokens)
+        b0, b1, forced = self._build_sub_batches(candidates, budget)
+        if b1:
+            self._trim_cpu_prefills(b0, b1)
+        seq = self._sequential_batch(b0)
+        self._extend_pipelined(b0, b1, budget, candidates, seq)
+        fused, fused_forced = self._build_fused(candidates, fused_budget)
+        options: list[Option] = []
+        if not (forced or fused_forced):  # GPU-only cannot serve an overdue CPU decode
+            options.append((Mode.SEQUENTIAL, (seq,), ()))
+        if b1:
+            options.append((Mode.PIPELINED, (b0, b1), forced))
+        if fused.cpu_decodes:
+            options.append((Mode.FUSED, (fused,), fused_forced))
+        if not options:  # overdue decodes that fitted neither plan: NEO's choice
+            mode, chosen = self._choose_mode(b0, b1, forced)
+            return mode, chosen, (forced if mode == Mode.PIPELINED else ())
+        return self._best(options)
+
+    def _best(self, options: list[Option]) -> Option:
+        """Most requests/s; with a TPOT SLO, among the plans within it (else the fastest)."""
+        slo = self.config.slo_tpot_s
+        if slo is not None:
+            within = [o for o in options if self._work_s(o[0], o[1]) <= slo]
+            if not within:
+                return min(options, key=lambda o: self._work_s(o[0], o[1]))
+            options = within
+        return max(options, key=lambda o: self._rate(o[0], o[1]))  # first of equals wins
+
+    def _worth(
+        self, mode: Mode, chosen: tuple[SubBatchBuilder, ...], best: float
+    ) -> tuple[bool, float]:
+        worth, rate = super()._worth(mode, chosen, best)
+        slo = self.config.slo_tpot_s
+        if worth and slo is not None:
+            worth = self._work_s(mode, chosen) <= slo
+        return worth, rate
+
+    def _extend_pipelined(
+        self,
+        b0: SubBatchBuilder,
+        b1: SubBatchBuilder,
+        budget: Budget,
+        candidates: list[Candidate],
+        seq: SubBatchBuilder,
+    ) -> None:
+        """Add the CPU decodes NEO's slack rule left out while the pipelined plan's predicted
+        requests/s rises (and beats the GPU-only plan once sub-batch 1 is no longer empty)."""
+        planned = {d.request_id for b in (b0, b1) for d in b.cpu_decodes}
+        cpu_pool = self.kv.cpu
+        cpu_free = cpu_pool.num_free - sum(
+            self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
+        )
+        cpu_free -= sum(
+            cpu_pool.extra_blocks(d.request_id, d.context_len)
+            for b in (b0, b1)
+            for d in b.cpu_decodes
+        )
+        best = self._rate(*((Mode.PIPELINED, (b0, b1)) if b1 else (Mode.SEQUENTIAL, (seq,))))
+        shortest_rejected = float("inf")
+        for r in self._cpu_decodes_longest_waiting_first():
+            seq_len = r.seq_len
+            if r.request_id in planned or seq_len >= shortest_rejected:
+                continue
+            growth = cpu_pool.extra_blocks(r.request_id, seq_len)
+            if growth > cpu_free or not budget.take(1):
+                continue
+            s0, s1 = slacks(b0, b1)
+            target = b1 if s1 >= s0 or not b1 else b0
+            target.add_cpu_decode(DecodeWork(r.request_id, seq_len))
+            worth, rate = self._worth(Mode.PIPELINED, (b0, b1), best)
+            if not worth:
+                target.pop_cpu_decode()
+                budget.give(1)
+                shortest_rejected = seq_len
+                continue
+            best = rate
+            cpu_free -= growth
