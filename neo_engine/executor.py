@@ -12,8 +12,9 @@ attention kernel (which releases the GIL). Per layer i, in issue order on the GP
 
 so with two sub-batches the host attention of one overlaps the device work of the other
 (asymmetric pipelining, docs/architecture.md); with one sub-batch it overlaps only that
-sub-batch's own device attention. On CUDA the lanes synchronise with events and copies are
-non-blocking through pinned memory; on the CPU the same code runs with plain tensors.
+sub-batch's own device attention (APEX's fused iteration, `Mode.FUSED`, is exactly that
+case). On CUDA the lanes synchronise with events and copies are non-blocking through pinned
+memory; on the CPU the same code runs with plain tensors.
 
 Every task is timed as a `neo_sim.lanes.Span` (lane, task, layer, sub-batch), the vocabulary
 of the simulator's timing model, for the profiler and the fidelity report.

@@ -25,6 +25,7 @@ SUMMARY_ROWS = [
     ("completed", "completed requests", "{:.0f}"),
     ("throughput_req_s", "throughput (req/s)", "{:.3f}"),
     ("throughput_tok_s", "output tokens/s", "{:.1f}"),
+    ("goodput_req_s", "goodput (req/s)", "{:.3f}"),  # only with an SLO set
     ("ttft_p50", "TTFT p50 (s)", "{:.3f}"),
     ("ttft_p90", "TTFT p90 (s)", "{:.3f}"),
     ("tpot_p50", "TPOT p50 (s)", "{:.4f}"),

@@ -6,6 +6,8 @@ Policies, by name (`make_policy`; each policy class lists its names in `variants
 - `neo`: asymmetric pipelining + load-aware scheduling (`neo-unbounded`: no starvation bound);
 - `apex`: APEX's fused batches (host attention beside GPU attention, no split), NEO's
   pipelining or GPU-only, whichever predicts more requests/s per iteration;
+- `adaptive`: ours: APEX's choice with host sets sized by predicted requests/s, host residents
+  served before new host prompts while the host lags, within a TPOT SLO when one is set;
 - `symmetric`: two equal sub-batches (strawman);
 - `full-offload`: all decode attention and KV on the CPU (FastDecode-like strawman).
 """

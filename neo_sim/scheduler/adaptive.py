@@ -6,10 +6,11 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   stays hidden). Past that point the GPU waits, yet one more request per iteration can still
   be worth the wait; adaptive keeps adding CPU decodes, longest-waiting first, while the
   pipelined plan's predicted requests/s rises (`_extend_pipelined`).
-- With `slo_tpot_s` set, no host decode is added that makes the iteration's predicted time
-  exceed it, and of the candidate plans the fastest-serving one within it is run (the fastest
-  one if none is within it): every request of the batch gets its next token within the SLO
-  whenever the hardware allows it.
+- With `slo_tpot_s` set, a prompt goes to the host only while an iteration decoding every
+  resident is predicted within it, host decodes are added while the iteration stays within
+  it, and of the candidate plans the fastest-serving one within it is run (the fastest one
+  if none is within it): host residents do not take turns, so each gets its next token within
+  the SLO whenever the hardware allows it.
 Steps 1-3 (swaps, admission, placement) and the starvation bound are NEO's.
 """
 
@@ -65,11 +66,51 @@ class AdaptivePolicy(ApexPolicy):
     def _worth(
         self, mode: Mode, chosen: tuple[SubBatchBuilder, ...], best: float
     ) -> tuple[bool, float]:
+        """Without an SLO: the host decode just added pays for itself. With one: the iteration
+        stays within it (a host decode left out waits a whole iteration more, which is what
+        breaks a TPOT SLO, so the admission rule below sizes the host set instead)."""
         worth, rate = super()._worth(mode, chosen, best)
         slo = self.config.slo_tpot_s
-        if worth and slo is not None:
+        if slo is not None:
             worth = self._work_s(mode, chosen) <= slo
         return worth, rate
+
+    def _admit(self, budget: Budget) -> list[Candidate]:
+        candidates = super()._admit(budget)
+        if self.config.slo_tpot_s is None:
+            return candidates
+        kept = self._within_slo(candidates)
+        for r, _ in candidates[kept:]:  # a suffix: once one prompt goes to the host, all do
+            budget.give(r.seq_len - r.num_computed)
+        return candidates[:kept]
+
+    def _within_slo(self, candidates: list[Candidate]) -> int:
+        """How many of `candidates` to admit under a TPOT SLO: every GPU-placed one, and
+        host-placed ones while an iteration decoding every resident (fused, or pipelined
+        with the host decodes in sub-batch 1, whichever is faster) is predicted within it."""
+        first_cpu = next((i for i, (_, d) in enumerate(candidates) if d == Device.CPU), None)
+        if first_cpu is None:
+            return len(candidates)
+        gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
+        gpu_side = [r.seq_len for r in self.gpu_running.values()]
+        gpu_side += [r.seq_len for r, _ in candidates[:first_cpu]]
+        for i, seq_len in enumerate(gpu_side):
+            for b in (gpu, fused):
+                b.add_gpu_decode(DecodeWork(i, seq_len))
+        for r in self.cpu_running.values():
+            for b in (host, fused):
+                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+        slo = self.config.slo_tpot_s
+        for i in range(first_cpu, len(candidates)):
+            r = candidates[i][0]
+            for b in (host, fused):
+                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+            fastest = self._work_s(Mode.FUSED, (fused,))
+            if gpu:
+                fastest = min(fastest, self._work_s(Mode.PIPELINED, (gpu, host)))
+            if fastest > slo:
+                return i
+        return len(candidates)
 
     def _extend_pipelined(
         self,

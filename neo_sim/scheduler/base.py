@@ -84,8 +84,8 @@ class SchedulerConfig:
 
     slo_tpot_s: float | None = setting(
         None,
-        "TPOT SLO: goodput counts the requests within it; adaptive picks no plan predicted "
-        "longer while one within it exists",
+        "TPOT SLO: goodput counts the requests within it; adaptive sizes its host set and "
+        "picks its plans so that every resident's next token is predicted within it",
         unit="s",
         low=0,
         low_open=True,

@@ -1,0 +1,109 @@
+"""Benchmark: what a scheduler step costs next to the iteration it plans.
+
+The scheduler runs on the serving host between iterations (the engine overlaps nothing with
+it), so its Python time per step adds to every iteration. For every shipped host preset and
+its model (the policy map's), each offloading policy and gpu-only schedule the same workload
+(input ~1000, output ~200 tokens, Poisson at 90% of gpu-only's offline throughput, which
+keeps both GPU and host pools busy); this times `step()` on this machine and divides by the
+simulated iteration time on the target hardware. Target (issue 13): below 1%.
+
+Run: python -m benchmarks.scheduler_cost [--requests N]
+Writes benchmarks/results/scheduler_cost.json with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+RESULTS = Path(__file__).resolve().parent / "results"
+HOSTS = {
+    "t4": "llama-2-7b",
+    "a10g-g5.2xlarge": "llama-3-8b",
+    "a10g-g5.16xlarge": "llama-3-8b",
+    "h100": "llama-3-8b",
+    "h100x2": "llama-3.1-70b",
+}
+POLICIES = ("gpu-only", "neo", "apex", "adaptive")
+TARGET_SHARE = 0.01
+
+
+def measure(hardware: str, model: str, requests: int) -> list[dict]:
+    from neo_sim.runs import RunSpec, execute
+
+    base = RunSpec.of(
+        hardware=hardware,
+        model=model,
+        input_len=1000,
+        output_len=200,
+        num_requests=requests,
+        max_batch_tokens=8192,
+        timeline_iterations=0,
+        steady_runs=False,  # every iteration a full scheduler step
+    )
+    capacity = execute(base.with_(policy="gpu-only", rate=math.inf)).summary["throughput_req_s"]
+    rows = []
+    for policy in POLICIES:
+        spec = base.with_(policy=policy, rate=0.9 * capacity)
+        started = time.perf_counter()
+        out = execute(spec)
+        wall = time.perf_counter() - started
+        steps = int(out.summary["num_iterations"])
+        per_step = out.result.scheduler_s / max(1, steps)
+        rows.append(
+            {
+                "hardware": hardware,
+                "model": model,
+                "policy": policy,
+                "rate": spec.requests.rate,
+                "iterations": steps,
+                "wall_s": wall,
+                "scheduler_ms_per_step": 1e3 * per_step,
+                "iteration_ms_mean": 1e3 * out.summary["iteration_s_mean"],
+                "scheduler_share": per_step / out.summary["iteration_s_mean"],
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=500)
+    p.add_argument("--output", type=Path, default=RESULTS / "scheduler_cost.json")
+    args = p.parse_args(argv)
+    from neo_engine.local import machine_summary
+
+    rows = []
+    for hardware, model in tqdm(HOSTS.items(), unit="host"):
+        rows += measure(hardware, model, args.requests)
+    print(f"{'hardware':18s} {'policy':9s} {'sched ms/step':>13s} {'iter ms':>8s} {'share':>7s}")
+    for r in rows:
+        print(
+            f"{r['hardware']:18s} {r['policy']:9s} {r['scheduler_ms_per_step']:13.3f} "
+            f"{r['iteration_ms_mean']:8.1f} {100 * r['scheduler_share']:6.2f}%"
+        )
+    worst = max(rows, key=lambda r: r["scheduler_share"])
+    print(
+        f"worst: {worst['policy']} on {worst['hardware']}, "
+        f"{100 * worst['scheduler_share']:.2f}% (target < {100 * TARGET_SHARE:.0f}%)"
+    )
+    result = {
+        "benchmark": "scheduler_cost",
+        "machine": machine_summary(),
+        "settings": {"requests": args.requests, "load": "90% of gpu-only offline throughput"},
+        "target_share": TARGET_SHARE,
+        "runs": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
