@@ -1,8 +1,8 @@
 """Experiment: calibrate the GPU linear-layer and all-reduce costs on measured GPU data.
 
-The derived profiles price a layer's GEMMs as the longer of FLOPs / (peak x 0.7) and bytes /
+The derived profiles priced a layer's GEMMs as the longer of FLOPs / (peak x 0.7) and bytes /
 (bandwidth x 0.8), plus 5 us per kernel: one efficiency constant per resource, cited from
-other GPUs' best shapes (neo_sim/costmodel.py, EFFICIENCY_SOURCES). Measured GEMMs are slower
+other GPUs' best shapes. Measured GEMMs are slower
 than that near the ridge point, where neither resource is saturated, and small kernels pay a
 fixed cost. This fits a physically shaped model per GPU on the measured per-layer operator
 times of `../shared/gpu-measurements/` [vidur-profiling] (A100 80 GB and A40, Llama-2-7B,
@@ -37,6 +37,8 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from experiments import common
+from neo_sim.model import ModelSpec
+from neo_sim.opwork import linear_kernels
 
 MEASUREMENTS = Path(__file__).resolve().parents[2] / "shared" / "gpu-measurements"
 # Datasheet figures (dense fp16/bf16 tensor peak, memory bandwidth). The source does not state
@@ -55,12 +57,10 @@ GPUS = {
         link_bytes_per_s=0.0,
     ),
 }
-GEMMS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
-ELEMENTWISE = ("input_layernorm", "post_attention_layernorm", "attn_rope", "mlp_act", "add")
-DTYPE_BYTES = 2
 HOLD_OUT_EVERY = 4
-# What the derived profiles assume today (neo_sim.costmodel.Efficiencies defaults).
-ROOFLINE_TODAY = dict(ec=0.7, em=0.8, t0=5e-6, p=np.inf, ee=0.8, t1=5e-6)
+# What the derived profiles assumed before this calibration: one efficiency per resource,
+# cited from other GPUs' best shapes, the roofline's max and 5 us per kernel.
+ROOFLINE_BEFORE = dict(ec=0.7, em=0.8, t0=5e-6, p=np.inf, ee=0.8, t1=5e-6)
 
 
 @dataclass(frozen=True)
@@ -75,61 +75,49 @@ class LinearFit:
     t1: float
 
 
-def op_work(frame: pd.DataFrame, op: str) -> tuple[np.ndarray, np.ndarray]:
-    """FLOPs and bytes of one op on one TP shard, per row of a measurement file."""
-    m = frame["num_tokens"].to_numpy(float)
-    tp = frame["num_tensor_parallel_workers"].to_numpy(float)
-    h = frame["n_embd"].to_numpy(float)
-    ffn = frame["n_expanded_embd"].to_numpy(float)
-    head_dim = h / frame["n_head"].to_numpy(float)
-    q = h / tp
-    kv = frame["n_kv_head"].to_numpy(float) * head_dim / tp
-    gated = frame["use_gated_mlp"].astype(bool).to_numpy()
-    up = np.where(gated, 2 * ffn, ffn) / tp
-    shapes = {  # (K, N) of each GEMM's shard
-        "attn_pre_proj": (h, q + 2 * kv),
-        "attn_post_proj": (q, h),
-        "mlp_up_proj": (h, up),
-        "mlp_down_proj": (ffn / tp, h),
-    }
-    if op in shapes:
-        k, n = shapes[op]
-        return 2 * m * k * n, DTYPE_BYTES * (k * n + m * k + m * n)
-    elements = {  # elements read + written
-        "input_layernorm": 2 * m * h,
-        "post_attention_layernorm": 2 * m * h,
-        "attn_rope": 2 * m * (q + kv),
-        "mlp_act": m * (up + ffn / tp),
-        "add": 3 * m * h,
-    }
-    return np.zeros_like(m), DTYPE_BYTES * elements[op]
+def model_of(frame: pd.DataFrame, name: str) -> ModelSpec:
+    """The model a measurement file describes, from its dimension columns."""
+    first = frame.iloc[0]
+    if not bool(first["use_gated_mlp"]):
+        raise ValueError(f"{name}: only gated MLPs (Llama) are modelled")
+    return ModelSpec(
+        name=name,
+        num_layers=1,
+        hidden_size=int(first["n_embd"]),
+        num_heads=int(first["n_head"]),
+        num_kv_heads=int(first["n_kv_head"]),
+        intermediate_size=int(first["n_expanded_embd"]),
+        vocab_size=int(first["vocab_size"]),
+    )
 
 
 def load(gpu: str) -> pd.DataFrame:
-    """One row per (file, tokens, TP, op): measured median seconds and the op's work."""
+    """One row per (file, tokens, TP, op): measured median seconds and the op's work, from the
+    cost model's own kernel list (`neo_sim.opwork.linear_kernels`)."""
     rows = []
     for path in sorted((MEASUREMENTS / gpu).glob("*.mlp.csv")):
         frame = pd.read_csv(path).drop_duplicates(["num_tokens", "num_tensor_parallel_workers"])
-        for op in GEMMS + ELEMENTWISE:
-            column = f"time_stats.{op}.median"
-            if column not in frame:
-                continue
-            flops, num_bytes = op_work(frame, op)
-            rows.append(
-                pd.DataFrame(
-                    {
-                        "gpu": gpu,
-                        "model": path.name.removesuffix(".mlp.csv"),
-                        "num_tokens": frame["num_tokens"].to_numpy(),
-                        "tp": frame["num_tensor_parallel_workers"].to_numpy(),
-                        "op": op,
-                        "gemm": op in GEMMS,
-                        "flops": flops,
-                        "bytes": num_bytes,
-                        "measured_s": frame[column].to_numpy() * 1e-3,
-                    }
+        name = path.name.removesuffix(".mlp.csv")
+        model = model_of(frame, name)
+        for tp, part in frame.groupby("num_tensor_parallel_workers"):
+            tokens = part["num_tokens"].to_numpy(float)
+            for kernel in linear_kernels(model, tokens, int(tp)):
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "gpu": gpu,
+                            "model": name,
+                            "num_tokens": tokens,
+                            "tp": int(tp),
+                            "op": kernel.name,
+                            "gemm": kernel.gemm,
+                            "flops": kernel.flops * np.ones_like(tokens),
+                            "bytes": kernel.num_bytes,
+                            "measured_s": part[f"time_stats.{kernel.name}.median"].to_numpy()
+                            * 1e-3,
+                        }
+                    )
                 )
-            )
     data = pd.concat(rows, ignore_index=True)
     sizes = np.sort(data["num_tokens"].unique())
     held_out = set(sizes[HOLD_OUT_EVERY - 1 :: HOLD_OUT_EVERY])
@@ -224,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     data = {gpu: load(gpu) for gpu in GPUS}
     fits = {gpu: fit_gpus({gpu: data[gpu]}) for gpu in GPUS}
     fits["both"] = fit_gpus(data)
-    today = LinearFit(**ROOFLINE_TODAY)
+    today = LinearFit(**ROOFLINE_BEFORE)
     rows = []
     for target in GPUS:
         held = data[target]["held_out"]
-        candidates = {"roofline today": today, **{f"fit on {g}": f for g, f in fits.items()}}
+        candidates = {"roofline before": today, **{f"fit on {g}": f for g, f in fits.items()}}
         for label, fit in candidates.items():
             predicted = predict(fit, data[target], target)
             op_err = pd.Series(predicted / data[target]["measured_s"].to_numpy() - 1)[held.values]
@@ -276,7 +264,8 @@ p: sharpness of the compute/memory transition (the roofline's max is p = inf).
 
 ## Errors of a layer's linear time (sum of its GEMMs and elementwise ops)
 
-"roofline today" is what the derived profiles use now (ec 0.7, em 0.8, 5 us per kernel, max);
+"roofline before" is what the derived profiles used before this fit (ec 0.7, em 0.8, 5 us per
+kernel, max); they now use "fit on both" (neo_sim/costmodel.py, Efficiencies).
 "fit on X" predicts the GPU in the first column with X's parameters and that GPU's datasheet
 peaks, so a row whose GPU differs from X is a transfer to a GPU the fit has not seen; "fit on
 both" is one parameter set for both GPUs, the candidate for GPUs without measurements.

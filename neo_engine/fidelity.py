@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -160,16 +161,62 @@ def run_policy(policy: str, settings: FidelitySettings, profile_path: Path, out:
     }
 
 
+def profile_cache() -> Path:
+    """Where profiles measured by `neo-sim validate` are kept, one per machine and model."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "neo" / "profiles"
+
+
+def machine_key(here: dict) -> str:
+    features = "-".join(k for k, v in sorted(here["cpu_features"].items()) if v) or "base"
+    name = "".join(c if c.isalnum() else "-" for c in here["cpu"]).strip("-").lower()
+    return f"{name}-{here['cpu_cores']}c-{features}" + (f"-{here['gpu']}" if "gpu" in here else "")
+
+
+def profile_of_this_machine(requested: str | None, model: str, measure=None) -> Path:
+    """The profile the simulator gets: `requested` if given (with a one-line warning if it was
+    measured on another machine), else the first measured on this machine among the shipped
+    profile and the cache, else one measured now (`neo-profile --quick`) and cached. A
+    committed profile measured elsewhere is never trusted as this machine's."""
+    import torch
+
+    from neo_sim.catalog import parse_model_arg
+    from neo_sim.machine import mismatches, this_machine
+
+    here = this_machine()
+    if torch.cuda.is_available():
+        here["gpu"] = torch.cuda.get_device_name(0)
+    if requested:
+        differs = mismatches(load_profile(requested).provenance.machine, here)
+        if differs:
+            print(
+                f"fidelity: warning: {requested} was measured on another machine: "
+                + "; ".join(differs),
+                file=sys.stderr,
+            )
+        return Path(requested)
+    name = parse_model_arg(model).spec.name
+    cache = profile_cache()
+    for path in [REPO / SHIPPED_PROFILE, *sorted(cache.glob(f"*__{name}.json"))]:
+        if path.exists():
+            profile = load_profile(path)
+            if profile.model.name == name and not mismatches(profile.provenance.machine, here):
+                print(f"fidelity: profile {path} (measured on this machine)", flush=True)
+                return path
+    path = cache / f"{machine_key(here)}__{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"fidelity: no profile of {name} measured on this machine: measuring {path}", flush=True)
+    if measure is None:
+        from neo_engine.profiler import main as measure
+    measure(["--model", model, "--quick", "--output", str(path)])
+    return path
+
+
 def run_fidelity(settings: FidelitySettings) -> int:
     """Run every policy on the engine and in neo-sim; write and print the report."""
     out = Path(settings.output)
     out.mkdir(parents=True, exist_ok=True)
-    profile_path = Path(settings.profile) if settings.profile else REPO / SHIPPED_PROFILE
-    if not profile_path.exists():
-        from neo_engine.profiler import main as profile_main
-
-        profile_path = out / "profile.json"
-        profile_main(["--model", settings.model, "--quick", "--output", str(profile_path)])
+    profile_path = profile_of_this_machine(settings.profile, settings.model)
     results = {}
     for policy in [x.strip() for x in settings.policies.split(",") if x.strip()]:
         print(f"fidelity: {policy}: engine in real time, then neo-sim ...", flush=True)

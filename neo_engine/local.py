@@ -15,6 +15,7 @@ import time
 import torch
 
 from neo_sim.hardware import CPUSpec, GPUSpec, HardwareSpec
+from neo_sim.machine import cpu_features, cpu_name
 
 _SOURCE = "measured at engine start by neo_engine.local.probe_hardware (rough)"
 
@@ -55,36 +56,6 @@ def host_memory_bytes() -> float:
         return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return 16 * 2**30
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def cpu_features() -> dict[str, bool]:
-    """The vector extensions that decide which kernels and dtypes are fast on this CPU."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return {
-        "avx2": "avx2" in flags,
-        "avx512f": "avx512f" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx_bf16": "amx_bf16" in flags,
-    }
 
 
 def machine_summary() -> dict:

@@ -62,10 +62,12 @@ def fit_memory(spec: ModelSpec, grids: Grids, budget_bytes: float) -> Grids:
 
 
 def machine_info(device: torch.device) -> dict:
-    from neo_engine.local import cpu_name, host_memory_bytes
+    """What the profile's times depend on: `neo_sim.machine.this_machine()` (CPU model,
+    extensions, cores), the GPU's name on CUDA, and the rest for the record."""
+    from neo_engine.local import host_memory_bytes
+    from neo_sim.machine import this_machine
 
-    info = {
-        "cpu": cpu_name(),
+    info = this_machine() | {
         "cpu_count": torch.get_num_threads(),
         "platform": platform.platform(),
         "host_memory_gib": round(host_memory_bytes() / 2**30, 1),

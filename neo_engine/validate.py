@@ -31,8 +31,9 @@ class FidelitySettings:
     policies: str = setting("gpu-only,neo", "comma-separated policies to compare")
     profile: str | None = setting(
         None,
-        f"profile measured on this machine; unset: the shipped {SHIPPED_PROFILE} (measured "
-        "now if absent)",
+        "profile to simulate with (a warning if it was measured on another machine); unset: "
+        f"one measured on this machine ({SHIPPED_PROFILE} or the cache), else one measured "
+        "now with neo-profile --quick (~3 min) and cached",
     )
     output: str = setting("experiments/results/fidelity", "results folder")
     quick: bool = setting(

@@ -12,6 +12,7 @@ All return seconds (float) and 0.0 for empty work; `launch` is a property (no ar
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from neo_sim.errors import NeoError
 from neo_sim.hardware import HardwareSpec
 from neo_sim.model import ModelSpec
 from neo_sim.operators import OPERATORS, operator
-from neo_sim.opwork import work
+from neo_sim.opwork import linear_kernels, work
 
 
 class CostModel(ABC):
@@ -101,14 +102,24 @@ class CostModel(ABC):
         return batch * m.q_size * m.dtype_bytes
 
 
+_FIT = (
+    "fitted by experiments/gpu_calibration.py on measured A100 and A40 times "
+    "[vidur-profiling] (experiments/results/gpu_calibration/report.md)"
+)
+
 # Where each default efficiency comes from. A factor is either inside a published measurement's
 # range (cited) or a labelled assumption; none was fitted to a result of the NEO paper.
 EFFICIENCY_SOURCES: dict[str, str] = {
     "gpu_gemm": (
-        "0.7, below the measured best-shape ceiling: BF16 matmul reaches 80.1% of peak on "
-        "H100 SXM, 82.2-85.9% on A100 (Maximum Achievable Matmul FLOPS table, "
-        "github.com/stas00/ml-engineering compute/accelerator/README.md); serving shapes are not "
-        "best shapes, the 0.1 margin below 0.8 is an assumption"
+        "0.749 of the tensor peak for GEMMs, one value for both GPUs, "
+        + _FIT
+        + "; below the best-shape ceiling: BF16 matmul reaches 80.1% of peak on H100 SXM, "
+        "82.2-85.9% on A100 (Maximum Achievable Matmul FLOPS table, "
+        "github.com/stas00/ml-engineering compute/accelerator/README.md)"
+    ),
+    "gpu_gemm_sharpness": (
+        "1.61: how sharply a GEMM's compute and weight-streaming limits meet (the roofline's max "
+        "is infinity; measured GEMMs near the ridge are slower than either limit), " + _FIT
     ),
     "gpu_attn": (
         "0.5, inside the measured range of FlashAttention-2: 50-73% of peak FLOPs/s on A100 "
@@ -116,8 +127,15 @@ EFFICIENCY_SOURCES: dict[str, str] = {
         "FlashAttention-3, arXiv:2407.08608, abstract)"
     ),
     "gpu_memory": (
-        "0.8, inside measured H100 SXM5 weight streaming: 2.6-2.8 TB/s = 78-84% of 3.35 TB/s "
-        "(Nsight Compute, mikamirai.com/blog/gpu-memory-bandwidth, 2026)"
+        "0.84 of the memory bandwidth, GEMM weight streaming, "
+        + _FIT
+        + "; inside measured H100 SXM5 weight streaming: 2.6-2.8 TB/s = 78-84% of 3.35 TB/s "
+        "(Nsight Compute, mikamirai.com/blog/gpu-memory-bandwidth, 2026); also applied to "
+        "attention and the LM head, which the measurements do not cover"
+    ),
+    "gpu_elementwise_memory": (
+        "0.644 of the memory bandwidth for elementwise kernels (norms, rotary, activation, "
+        "residual add), " + _FIT
     ),
     "cpu_memory": (
         "0.9 of the host's sustained bandwidth: our host kernel measured 83-99% (median 87%) "
@@ -132,14 +150,14 @@ EFFICIENCY_SOURCES: dict[str, str] = {
         "optimistic on H2D swaps"
     ),
     "interconnect": (
-        "0.7 (assumption): 8x H100 NVLink-SHARP all-reduce measures 476 GB/s bus bandwidth "
-        "at GB-sized messages (NVIDIA maintainer, NVIDIA/nccl-tests issue 290), i.e. the link "
-        "rate; tensor-parallel inference all-reduces are MB-sized, where no H100 measurement "
-        "was found"
+        "0.663 of the NVLink per-direction rate: 2-GPU NVLink all-reduce on A100 (ring cost "
+        "2 (n-1)/n x bytes), " + _FIT + "; 8x H100 NVLink-SHARP measures 476 GB/s bus "
+        "bandwidth at GB-sized messages (NVIDIA/nccl-tests issue 290)"
     ),
     "pcie_latency_s": "10 us per copy (assumption)",
-    "collective_latency_s": "10 us per all-reduce (assumption)",
-    "gpu_kernel_s": "5 us per kernel launch (assumption)",
+    "collective_latency_s": ("42.7 us per all-reduce: 2-GPU NVLink all-reduce on A100, " + _FIT),
+    "gpu_kernel_s": "5.66 us per GEMM or attention kernel, " + _FIT,
+    "gpu_elementwise_kernel_s": "2.44 us per elementwise kernel, " + _FIT,
     "launch_s": "0.8 ms per layer of CPU attention: the NEO artifact's constant [artifact]",
     "sampling_s": "0.2 ms per iteration for sampling and bookkeeping (assumption)",
 }
@@ -154,16 +172,19 @@ class Efficiencies:
     replaces all of them.
     """
 
-    gpu_gemm: float = 0.7
+    gpu_gemm: float = 0.749
+    gpu_gemm_sharpness: float = 1.61
     gpu_attn: float = 0.5
-    gpu_memory: float = 0.8
+    gpu_memory: float = 0.84
+    gpu_elementwise_memory: float = 0.644
     cpu_memory: float = 0.9
     cpu_compute: float = 0.5
     pcie: float = 0.8
-    interconnect: float = 0.7
+    interconnect: float = 0.663
     pcie_latency_s: float = 10e-6
-    collective_latency_s: float = 10e-6
-    gpu_kernel_s: float = 5e-6
+    collective_latency_s: float = 42.7e-6
+    gpu_kernel_s: float = 5.66e-6
+    gpu_elementwise_kernel_s: float = 2.44e-6
     launch_s: float = 0.8e-3
     sampling_s: float = 0.2e-3
     sources: dict[str, str] = field(default_factory=lambda: dict(EFFICIENCY_SOURCES), compare=False)
@@ -173,6 +194,7 @@ class Efficiencies:
             "gpu_gemm",
             "gpu_attn",
             "gpu_memory",
+            "gpu_elementwise_memory",
             "cpu_memory",
             "cpu_compute",
             "pcie",
@@ -181,6 +203,8 @@ class Efficiencies:
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise NeoError(f"efficiency {name} must be in (0, 1], got {value}")
+        if not self.gpu_gemm_sharpness >= 1:
+            raise NeoError(f"gpu_gemm_sharpness must be >= 1, got {self.gpu_gemm_sharpness}")
 
 
 def _roofline(flops: float, flops_per_s: float, num_bytes: float, bytes_per_s: float) -> float:
@@ -205,6 +229,7 @@ class RooflineCostModel(CostModel):
         self._gemm_flops = g.peak_flops_per_s * e.gpu_gemm
         self._attn_flops = g.peak_flops_per_s * e.gpu_attn
         self._gpu_bw = g.hbm_bytes_per_s * e.gpu_memory
+        self._elementwise_bw = g.hbm_bytes_per_s * e.gpu_elementwise_memory
         self._cpu_bw = hardware.cpu.mem_bytes_per_s * e.cpu_memory
         self._cpu_flops = hardware.cpu.peak_flops_per_s * e.cpu_compute
         self.description = f"roofline: {model.name} on {hardware.name} (datasheet x efficiencies)"
@@ -221,9 +246,17 @@ class RooflineCostModel(CostModel):
         )
 
     def linear(self, num_tokens: int) -> float:
+        """The layer's kernels on one TP shard (`opwork.linear_kernels`): GEMMs priced by
+        `_gemm_s`, elementwise passes by bandwidth plus a fixed cost; then two all-reduces."""
         if num_tokens <= 0:
             return 0.0
-        t = self._gpu_op("linear", num_tokens) + 7 * self.eff.gpu_kernel_s
+        e = self.eff
+        t = 0.0
+        for k in linear_kernels(self.model, num_tokens, self._tp):
+            if k.gemm:
+                t += self._gemm_s(k.flops, k.num_bytes)
+            else:
+                t += e.gpu_elementwise_kernel_s + k.num_bytes / self._elementwise_bw
         if self._tp > 1:
             m = self.model
             t += 2 * self._all_reduce(num_tokens * m.hidden_size * m.dtype_bytes)
@@ -263,9 +296,22 @@ class RooflineCostModel(CostModel):
     def lm_head(self, num_seqs: int) -> float:
         if num_seqs <= 0:
             return 0.0
-        return self._gpu_op("lm_head", num_seqs) + self.eff.sampling_s
+        w = work("lm_head", self.model, num_seqs)
+        return self._gemm_s(w.flops / self._tp, w.num_bytes / self._tp) + self.eff.sampling_s
 
     # internals ----------------------------------------------------------------------------
+    def _gemm_s(self, flops: float, num_bytes: float) -> float:
+        """One GEMM: its compute and weight-streaming limits meet smoothly, as measured GEMMs
+        do near the ridge point, (c^p + m^p)^(1/p) with p = `gpu_gemm_sharpness` (the
+        roofline's max is p = inf), plus a fixed cost per kernel."""
+        compute = flops / self._gemm_flops
+        memory = num_bytes / self._gpu_bw
+        top = max(compute, memory)
+        p = self.eff.gpu_gemm_sharpness
+        if top > 0 and not math.isinf(p):
+            top *= ((compute / top) ** p + (memory / top) ** p) ** (1 / p)
+        return self.eff.gpu_kernel_s + top
+
     def _copy(self, num_bytes: float, link_bytes_per_s: float) -> float:
         if num_bytes <= 0:
             return 0.0

@@ -21,16 +21,50 @@ class Work:
     items: float = 0.0
 
 
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel of a layer's `linear` work, on one tensor-parallel shard."""
+
+    name: str  # the name measured GPU profiles use (e.g. "mlp_up_proj")
+    flops: float
+    num_bytes: float
+    gemm: bool  # a GEMM (compute- or weight-bound), else an elementwise pass over activations
+
+
+def linear_kernels(model: ModelSpec, num_tokens: float, tp: int = 1) -> tuple[Kernel, ...]:
+    """The kernels of one layer's `linear(num_tokens)` on one of `tp` shards: four GEMMs (each
+    reads its weights and input and writes its output, `dtype` operands) and five elementwise
+    passes (bytes read + written). The layout of measured GPU profiles [vidur-profiling]."""
+    m, n, b = model, num_tokens, model.dtype_bytes
+    h, ffn = m.hidden_size, m.intermediate_size
+    q, kv, ffn_shard = m.q_size / tp, m.kv_size / tp, ffn / tp
+
+    def gemm(name: str, k: float, out: float) -> Kernel:
+        return Kernel(name, 2 * n * k * out, b * (k * out + n * k + n * out), True)
+
+    def elementwise(name: str, elements: float) -> Kernel:
+        return Kernel(name, 0.0, b * elements, False)
+
+    return (
+        elementwise("input_layernorm", 2 * n * h),
+        gemm("attn_pre_proj", h, q + 2 * kv),
+        elementwise("attn_rope", 2 * n * (q + kv)),
+        gemm("attn_post_proj", q, h),
+        elementwise("post_attention_layernorm", 2 * n * h),
+        gemm("mlp_up_proj", h, 2 * ffn_shard),
+        elementwise("mlp_act", 3 * n * ffn_shard),
+        gemm("mlp_down_proj", ffn_shard, h),
+        elementwise("add", 3 * n * h),
+    )
+
+
 def work(op: str, model: ModelSpec, *args: float) -> Work:
     """The work of `op` called with `args` (see `neo_sim.operators.OPERATORS[op].args`)."""
     m = model
     if op == "linear":
         (num_tokens,) = args
-        activations = num_tokens * (4 * m.hidden_size + 3 * m.intermediate_size) * m.dtype_bytes
-        return Work(
-            num_tokens * m.linear_flops_per_token_per_layer,
-            m.linear_weight_bytes_per_layer + activations,
-        )
+        kernels = linear_kernels(m, num_tokens)
+        return Work(sum(k.flops for k in kernels), sum(k.num_bytes for k in kernels))
     if op == "prefill_attn":
         (n,) = args
         return Work(

@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from neo_sim.costmodel import CostModel
 from neo_sim.interp import Table1D, Table2D
+from neo_sim.machine import mismatches
 from neo_sim.model import ModelSpec
 from neo_sim.operators import operator
 from neo_sim.opwork import work
@@ -73,6 +74,10 @@ class ProfiledCostModel(CostModel):
             f"{', ' + profile.provenance.date if profile.provenance.date else ''}): "
             f"{self.model.name}, {how}"
         )
+        if profile.provenance.kind == "measured":
+            differs = mismatches(profile.provenance.machine)
+            if differs:  # fine for a what-if on that machine, wrong for this one
+                self.description += "; measured on another machine: " + "; ".join(differs)
 
     # the lookups --------------------------------------------------------------------------
     def explain(self, op: str, *args: float) -> tuple[float, Lookup]:

@@ -262,9 +262,15 @@ class Simulation:
         longest = max(gaps, default=0.0)
         for r in run.requests:
             rec = self.records[r.request_id]
-            first_gap = ends[0] - rec.last_token_s
-            self.itl.append(first_gap)
-            rec.max_token_gap_s = max(rec.max_token_gap_s, first_gap, longest)
+            if rec.num_tokens == 0:
+                # Its first token: a chunked prefill stopped one token short of the prompt, and
+                # that last prompt token runs as a decode does (`Request.is_prefilling`).
+                rec.first_token_s = ends[0]
+                rec.max_token_gap_s = max(rec.max_token_gap_s, longest)
+            else:
+                first_gap = ends[0] - rec.last_token_s
+                self.itl.append(first_gap)
+                rec.max_token_gap_s = max(rec.max_token_gap_s, first_gap, longest)
             rec.last_token_s = self.now
             rec.num_tokens += k
         for gap in gaps:

@@ -1,15 +1,20 @@
 """`neo-sim validate --quick` runs end to end and writes its report (not its error bounds,
-which depend on this machine's noise)."""
+which depend on this machine's noise). It is given the shipped profile: on a machine without
+one of its own, validate would first measure one (minutes; test_validate_profile.py covers
+that choice)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from neo_engine.fidelity import REPO
+from neo_engine.validate import SHIPPED_PROFILE
 from neo_sim.cli import main
 
 
 def test_validate_quick_writes_the_report(tmp_path):
-    assert main(["validate", "--quick", "--output", str(tmp_path)]) == 0
+    profile = str(REPO / SHIPPED_PROFILE)
+    assert main(["validate", "--quick", "--profile", profile, "--output", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
     assert "Summary metrics" in report and "Per iteration" in report
     summary = pd.read_csv(tmp_path / "summary.csv")

@@ -59,3 +59,28 @@ def test_steady_runs_really_skip_the_scheduler_where_they_can():
     assert fast.result.steady_iterations > 0.8 * len(fast.iterations)
     neo = run("neo", WORKLOADS["h100-low-load"], steady=True)
     assert neo.result.steady_iterations > 0.8 * len(neo.iterations)
+
+
+def test_a_first_token_inside_a_steady_run_is_recorded():
+    """A chunked prefill that stops one token short leaves its last prompt token to run as a
+    decode does; when that iteration starts a steady run, the request's first token (TTFT)
+    comes from the run and must equal the stepped result."""
+    from neo_sim.costmodel import RooflineCostModel
+    from neo_sim.hardware import PRESETS as HW
+    from neo_sim.model import PRESETS as MODELS
+    from neo_sim.scheduler import SchedulerConfig
+    from neo_sim.simulator import simulate
+    from neo_sim.workload import RequestSpec
+
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["a10g-g5.4xlarge"])
+    config = SchedulerConfig(
+        num_gpu_blocks=200, num_cpu_blocks=200, max_batch_tokens=256, chunked_prefill_tokens=256
+    )
+    # Iteration 1: A's 100-token prompt and 156 of B's 157; then both run as decodes.
+    workload = [RequestSpec(0, 0.0, 100, 20), RequestSpec(1, 0.0, 157, 20)]
+    fast = simulate("gpu-only", config, cost, workload)
+    slow = simulate("gpu-only", config, cost, workload, steady_runs=False)
+    assert fast.steady_iterations > 0
+    first = {r.request_id: r.first_token_s for r in fast.metrics.requests}
+    assert first == {r.request_id: r.first_token_s for r in slow.metrics.requests}
+    assert all(t is not None and t == t for t in first.values())

@@ -1,0 +1,71 @@
+"""Which machine a measured profile describes, and whether this one is it.
+
+A measured profile's times hold for the machine that measured them: another CPU model, other
+vector extensions (AVX2 vs AVX-512/AMX change torch's kernels several-fold) or another core
+count give other times. Profiles record these facts (`Provenance.machine`); whatever uses a
+measured profile compares them with the machine it runs on. Pure Python (reads
+/proc/cpuinfo), so that neo-sim can check without torch; the engine adds the GPU's name.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+# The vector extensions that decide which kernels and dtypes are fast on a CPU.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def _cpuinfo_line(prefix: str) -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_name() -> str:
+    return _cpuinfo_line("model name") or platform.processor() or "cpu"
+
+
+def cpu_features() -> dict[str, bool]:
+    flags = set(_cpuinfo_line("flags").split())
+    return {name: name in flags for name in CPU_FEATURES}
+
+
+def this_machine() -> dict[str, Any]:
+    """The facts of this machine that a profile records (no GPU: the engine adds it)."""
+    return {"cpu": cpu_name(), "cpu_features": cpu_features(), "cpu_cores": os.cpu_count() or 1}
+
+
+def mismatches(recorded: dict[str, Any], here: dict[str, Any] | None = None) -> list[str]:
+    """How the machine a profile was measured on differs from `here` (this machine by
+    default), one phrase per difference; empty when they match. A fact the profile did not
+    record (profiles older than this check) counts as a difference: nothing vouches for it."""
+    here = this_machine() if here is None else here
+    out = []
+    for key, label in (("cpu", "CPU"), ("cpu_cores", "cores"), ("gpu", "GPU")):
+        if key not in here:
+            continue
+        theirs = recorded.get(key)
+        if theirs is None:
+            out.append(f"{label} not recorded (this machine: {here[key]})")
+        elif theirs != here[key]:
+            out.append(f"{label} {theirs} (this machine: {here[key]})")
+    if "cpu_features" in here:
+        theirs = recorded.get("cpu_features")
+        if theirs is None:
+            out.append("CPU extensions not recorded")
+        else:
+            ours = {k for k, v in here["cpu_features"].items() if v}
+            recorded_set = {k for k, v in theirs.items() if v}
+            if ours != recorded_set:
+                out.append(
+                    f"CPU extensions {','.join(sorted(recorded_set)) or 'none'} "
+                    f"(this machine: {','.join(sorted(ours)) or 'none'})"
+                )
+    return out
