@@ -1,11 +1,14 @@
 """Does neo-sim predict the real engine? Run both on the same arrivals and compare.
 
-For each policy: (a) a profile of this machine (measured with neo-profile, or measured now),
-(b) the real engine serving a Poisson workload in real time, logging every request and every
-iteration's measured duration and lane timings, (c) neo-sim on the same arrivals with the same
-profile, policy and KV limits, (d) side by side: throughput, TTFT/TPOT/E2E p50 and p90, and
-per-iteration time (the timing model applied to the engine's own plans, vs measured) with
-relative errors. Writes CSVs, HTML plots and a markdown report.
+For each policy and load: (a) a profile of this machine (`profile_of_this_machine`), (b) the
+real engine serving the workload in real time, logging every request and every iteration's
+measured duration and lane timings, (c) neo-sim on the same arrivals with the same profile,
+policy and KV limits, (d) side by side: throughput, TTFT/TPOT/E2E p50 and p90, per-iteration
+time (the timing model applied to the engine's own plans, vs measured) and a two-sample KS test
+of per-request latencies. Loads: offline (all at once) and overload (1.5x the engine's offline
+throughput), where throughput is the system's, and unsaturated (the configured rate), where it
+is the arrivals'. Writes fidelity.json (one row per policy, load and metric), CSVs, HTML plots
+and a markdown report.
 
 The engine on a CPU-only machine computes "GPU" and host attention on the same cores, so the
 simulator's timing model is told that its GPU and CPU lanes share compute.
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import ks_2samp
 
 from neo_engine.config import EngineConfig
 from neo_engine.engine import LLMEngine
@@ -43,16 +47,30 @@ from neo_sim.timing import TimingModel
 from neo_sim.workload import build_workload, synthetic
 
 REPO = Path(__file__).resolve().parent.parent
-COMPARED = [
-    "throughput_req_s",
-    "throughput_tok_s",
-    "ttft_p50",
-    "ttft_p90",
-    "tpot_p50",
-    "tpot_p90",
-    "e2e_p50",
-    "e2e_p90",
-]
+# The metrics compared per policy and load: fidelity.json's names -> summary keys.
+COMPARED = {
+    "throughput": "throughput_req_s",
+    "ttft_p50": "ttft_p50",
+    "ttft_p90": "ttft_p90",
+    "tpot_p50": "tpot_p50",
+    "tpot_p90": "tpot_p90",
+    "e2e_p50": "e2e_p50",
+    "e2e_p90": "e2e_p90",
+}
+OVERLOAD = 1.5  # the overload rate, as a multiple of the engine's offline throughput
+
+
+def row(policy: str, load: str, metric: str, engine: float, sim: float) -> dict:
+    """One line of fidelity.json: error = sim / engine - 1."""
+    error = sim / engine - 1 if engine else float("nan")
+    return {
+        "policy": policy,
+        "load": load,
+        "metric": metric,
+        "engine": engine,
+        "sim": sim,
+        "error": error,
+    }
 
 
 def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
@@ -79,9 +97,13 @@ def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
     return Metrics.of(records, iterations, GapLog())  # the engine keeps no per-token times
 
 
-def run_policy(policy: str, settings: FidelitySettings, profile_path: Path, out: Path) -> dict:
+def run_policy(
+    policy: str, load: str, rate: float, settings: FidelitySettings, profile_path: Path, out: Path
+) -> dict:
+    """One policy at one load (`rate` req/s, inf = all at once): the engine in real time, then
+    neo-sim on the same arrivals; per-metric rows and the per-iteration comparison."""
     s = settings
-    workload = build_workload(s.requests)
+    workload = build_workload(dataclasses.replace(s.requests, rate=rate))
     engine = LLMEngine(
         EngineConfig.of(
             s.model,
@@ -117,18 +139,13 @@ def run_policy(policy: str, settings: FidelitySettings, profile_path: Path, out:
 
     real_summary, sim_summary = real.summary(), sim.metrics.summary()
     rows = [
-        {
-            "policy": policy,
-            "metric": k,
-            "engine": real_summary[k],
-            "neo-sim": sim_summary[k],
-            "error": (sim_summary[k] - real_summary[k]) / real_summary[k],
-        }
-        for k in COMPARED
+        row(policy, load, metric, real_summary[key], sim_summary[key])
+        for metric, key in COMPARED.items()
     ]
     per_iteration = pd.DataFrame(
         {
             "policy": policy,
+            "load": load,
             "step": [p.step for p in plans],
             "mode": [p.mode.value for p in plans],
             "measured_s": measured,
@@ -144,13 +161,33 @@ def run_policy(policy: str, settings: FidelitySettings, profile_path: Path, out:
         np.abs(per_iteration["timing_model_s"] - per_iteration["measured_s"])
         / per_iteration["measured_s"]
     )
-    real.requests_frame().to_csv(out / f"{policy}_engine_requests.csv", index=False)
-    sim.metrics.requests_frame().to_csv(out / f"{policy}_sim_requests.csv", index=False)
+    real_requests, sim_requests = real.requests_frame(), sim.metrics.requests_frame()
+    real_requests.to_csv(out / f"{policy}_{load}_engine_requests.csv", index=False)
+    sim_requests.to_csv(out / f"{policy}_{load}_sim_requests.csv", index=False)
+    rows.append(
+        row(policy, load, "iteration_mape", float(np.mean(measured)), float(np.mean(predicted)))
+        | {"error": float(ape.mean())}
+    )
+    engine_e2e = real_requests["e2e_s"].dropna().to_numpy()
+    sim_e2e = sim_requests["e2e_s"].dropna().to_numpy()
+    rows.append(
+        {
+            "policy": policy,
+            "load": load,
+            "metric": "ks_pvalue",
+            "engine": len(engine_e2e),
+            "sim": len(sim_e2e),
+            "error": float(ks_2samp(engine_e2e, sim_e2e).pvalue),
+        }
+    )
     ape_overlap = (
         np.abs(per_iteration["timing_model_overlapped_s"] - per_iteration["measured_s"])
         / per_iteration["measured_s"]
     )
     return {
+        "policy": policy,
+        "load": load,
+        "rate": rate,
         "rows": rows,
         "iterations": per_iteration,
         "iteration_mape": float(ape.mean()),
@@ -217,10 +254,19 @@ def run_fidelity(settings: FidelitySettings) -> int:
     out = Path(settings.output)
     out.mkdir(parents=True, exist_ok=True)
     profile_path = profile_of_this_machine(settings.profile, settings.model)
-    results = {}
+    results = []
     for policy in [x.strip() for x in settings.policies.split(",") if x.strip()]:
-        print(f"fidelity: {policy}: engine in real time, then neo-sim ...", flush=True)
-        results[policy] = run_policy(policy, settings, profile_path, out)
+        # Offline first: the engine's throughput there sets the overload rate.
+        print(f"fidelity: {policy}, offline: engine in real time, then neo-sim ...", flush=True)
+        offline = run_policy(policy, "offline", math.inf, settings, profile_path, out)
+        results.append(offline)
+        capacity = offline["rows"][0]["engine"]  # requests/s
+        loads = [("unsaturated", settings.requests.rate)]
+        if not settings.quick:
+            loads.insert(0, ("overload", OVERLOAD * capacity))
+        for load, rate in loads:
+            print(f"fidelity: {policy}, {load} ({rate:.2f} req/s) ...", flush=True)
+            results.append(run_policy(policy, load, rate, settings, profile_path, out))
     write_report(results, settings, profile_path, out)
     print((out / "report.md").read_text())
     return 0
@@ -238,34 +284,38 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def write_report(results: dict, settings: FidelitySettings, profile_path: Path, out: Path) -> None:
+def write_report(results: list[dict], settings: FidelitySettings, profile_path: Path, out: Path):
     from neo_sim import plots
 
-    summary = pd.DataFrame([row for r in results.values() for row in r["rows"]])
+    rows = [r for result in results for r in result["rows"]]
+    (out / "fidelity.json").write_text(json.dumps(rows, indent=1) + "\n")
+    summary = pd.DataFrame(rows)
     summary.to_csv(out / "summary.csv", index=False)
-    iterations = pd.concat([r["iterations"] for r in results.values()], ignore_index=True)
+    iterations = pd.concat([r["iterations"] for r in results], ignore_index=True)
     iterations.to_csv(out / "iterations.csv", index=False)
-    for policy, r in results.items():
+    for r in results:
         it = r["iterations"]
         fig = plots.scatter_figure(
             it["measured_s"],
             it["timing_model_s"],
             "measured (s)",
             "neo-sim timing model (s)",
-            f"{policy}: per-iteration time, predicted vs measured",
+            f"{r['policy']}, {r['load']}: per-iteration time, predicted vs measured",
         )
-        plots.save_html(fig, out / f"{policy}_iterations.html")
-    lines = ["| policy | metric | engine (measured) | neo-sim | error |", "|---|---|---|---|---|"]
-    for row in summary.itertuples():
-        lines.append(
-            f"| {row.policy} | {row.metric} | {row.engine:.4g} | {row._4:.4g} | "
-            f"{100 * row.error:+.1f}% |"
-        )
-    per_it = "\n".join(
-        f"| {pol} | {len(r['iterations'])} | {100 * r['iteration_mape']:.1f}% | "
-        f"{100 * r['iteration_mape_overlapped']:.1f}% | "
-        f"{r['pipelined']} | {r['cpu_decodes']} | {r['wall_s']:.0f} s |"
-        for pol, r in results.items()
+        plots.save_html(fig, out / f"{r['policy']}_{r['load']}_iterations.html")
+    table = summary.pivot_table(
+        index="metric", columns=["policy", "load"], values="error", sort=False
+    )
+    header = " | ".join(f"{pol}, {load}" for pol, load in table.columns)
+    lines = [f"| metric | {header} |", "|---|" + "---|" * len(table.columns)]
+    for metric, values in table.iterrows():
+        cells = [f"{v:.3g}" if metric == "ks_pvalue" else f"{100 * v:+.1f}%" for v in values]
+        lines.append(f"| {metric} | {' | '.join(cells)} |")
+    runs = "\n".join(
+        f"| {r['policy']} | {r['load']} | {r['rate']:.2f} | {len(r['iterations'])} | "
+        f"{100 * r['iteration_mape_overlapped']:.1f}% | {r['pipelined']} | {r['cpu_decodes']} | "
+        f"{r['wall_s']:.0f} s |"
+        for r in results
     )
     s, w, pools = settings, settings.requests, settings.scheduler
     body = f"""# Fidelity: neo-sim vs the real engine on this machine
@@ -273,34 +323,41 @@ def write_report(results: dict, settings: FidelitySettings, profile_path: Path, 
 Generated {datetime.date.today().isoformat()} on {platform.node()} by
 `neo-sim validate{" --quick" if s.quick else ""}`.
 
-Workload: {w.num_requests} requests, Poisson at {w.rate} req/s, prompts ~{w.input_len} and
-outputs ~{w.output_len} tokens (uniform +-10%), model `{s.model}` (random weights, fp32 on the
-CPU), GPU KV {pools.num_gpu_blocks} blocks of {pools.block_size} (forcing offload), host KV
-{pools.num_cpu_blocks} blocks. Profile: `{profile_path.name}` (measured on this machine). The engine
-ran in real time; neo-sim ran the same arrivals with the same profile, policy and KV limits.
+Workload: {w.num_requests} requests, prompts ~{w.input_len} and outputs ~{w.output_len} tokens
+(uniform +-10%), model `{s.model}` (random weights, fp32 on the CPU), GPU KV
+{pools.num_gpu_blocks} blocks of {pools.block_size} (forcing offload), host KV
+{pools.num_cpu_blocks} blocks, at each load: offline (all at once), overload ({OVERLOAD}x the
+engine's offline throughput, Poisson; not in --quick) and unsaturated (Poisson at {w.rate}
+req/s). Offline and overload are where throughput is decided by the system, not by arrivals.
+Profile: `{profile_path.name}`, measured on this machine. The engine ran in real time; neo-sim
+ran the same arrivals with the same profile, policy and KV limits.
 
-## Summary metrics
+## Errors (neo-sim / engine - 1)
 
 {chr(10).join(lines)}
 
-## Per iteration (neo-sim's timing model on the engine's own plans vs measured)
+iteration_mape: neo-sim's timing model on the engine's own plans against each iteration's
+measured time (mean absolute percentage error). ks_pvalue: two-sample Kolmogorov-Smirnov test of
+the per-request E2E latencies of engine and neo-sim (a p-value, not an error: small values
+mean the two distributions differ). Every row, with the engine's and neo-sim's values, is in
+fidelity.json (`{{"policy", "load", "metric", "engine", "sim", "error"}}`).
 
-| policy | iterations | MAPE | MAPE, lanes overlapped | pipelined | CPU decodes | wall |
-|---|---|---|---|---|---|---|
-{per_it}
+## Runs
+
+| policy | load | req/s | iterations | MAPE, lanes overlapped | pipelined | CPU decodes | wall |
+|---|---|---|---|---|---|---|---|
+{runs}
 
 "MAPE, lanes overlapped" prices the same plans as if the GPU and CPU lanes were separate
-chips; on this CPU-only machine they share two cores, which the timing model now knows.
+chips; on this CPU-only machine they share the cores, which the timing model knows.
 
-Targets: throughput error <= 5%, p50 TTFT and TPOT error <= 10%, per-iteration
-MAPE <= 10%. This machine's own repeatability is worse than the latency targets: the same
-in-situ measurement of one operator ranges over +-30% within a minute (a 4-token projection
-layer: 1.57-2.98 ms), `neo-profile check` re-measures grid points at 3-30% error, and the
-profile and the engine run are minutes apart, so a drift between them biases every latency the
-same way (two full runs on this VM gave TPOT p50 errors of -22% and +44% for the same policy).
+Targets: throughput error <= 5%, p50 TTFT and TPOT error <= 10%, per-iteration MAPE <= 10%.
+This machine's own repeatability is worse than the latency targets: the same in-situ
+measurement of one operator ranges over +-30% within a minute, and the profile and the engine
+runs are minutes apart, so a drift between them biases every latency the same way.
 
-Files: summary.csv, iterations.csv, *_engine_requests.csv, *_sim_requests.csv,
-*_iterations.html.
+Files: fidelity.json, summary.csv, iterations.csv, *_engine_requests.csv, *_sim_requests.csv,
+*_iterations.html (per policy and load).
 """
     (out / "report.md").write_text(body)
     (out / "settings.json").write_text(json.dumps(dataclasses.asdict(s), indent=1))

@@ -1,8 +1,9 @@
 """`neo-sim validate`: check neo-sim against the real engine on this machine.
 
-The fidelity experiment (`neo_engine.fidelity`): the real engine serves a Poisson workload in
-real time, neo-sim simulates the same arrivals with a profile measured on this machine, and the
-report compares throughput, TTFT/TPOT/E2E and per-iteration times.
+The fidelity experiment (`neo_engine.fidelity`): the real engine serves a workload in real time
+at three loads (offline, overload, unsaturated), neo-sim simulates the same arrivals with a
+profile measured on this machine, and the report compares throughput, TTFT/TPOT/E2E,
+per-iteration times and the latency distributions (fidelity.json).
 
 The command needs both the engine and the simulator, so it lives in the engine and plugs into
 `neo-sim` through the `neo_sim.commands` entry point (pyproject.toml): `neo_sim` never imports
@@ -37,7 +38,8 @@ class FidelitySettings:
     )
     output: str = setting("experiments/results/fidelity", "results folder")
     quick: bool = setting(
-        False, "a smoke run (< 3 minutes): 24 requests at 4 req/s, outputs ~12 tokens"
+        False,
+        "a smoke run (< 3 minutes): 24 requests offline and at 4 req/s, outputs ~12 tokens",
     )
     max_model_len: int = setting(512, "the engine's context length", unit="tokens", low=1)
     requests: WorkloadSettings = field(

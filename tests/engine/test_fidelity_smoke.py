@@ -5,7 +5,10 @@ that choice)."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
+import pytest
 
 from neo_engine.fidelity import REPO
 from neo_engine.validate import SHIPPED_PROFILE
@@ -16,11 +19,18 @@ def test_validate_quick_writes_the_report(tmp_path):
     profile = str(REPO / SHIPPED_PROFILE)
     assert main(["validate", "--quick", "--profile", profile, "--output", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
-    assert "Summary metrics" in report and "Per iteration" in report
-    summary = pd.read_csv(tmp_path / "summary.csv")
-    assert set(summary["policy"]) == {"gpu-only", "neo"}
-    assert {"throughput_req_s", "ttft_p50", "tpot_p50"} <= set(summary["metric"])
-    assert summary["engine"].gt(0).all() and summary["neo-sim"].gt(0).all()
+    assert "Errors (neo-sim / engine - 1)" in report and "## Runs" in report
+    rows = json.loads((tmp_path / "fidelity.json").read_text())
+    assert {r["load"] for r in rows} == {"offline", "unsaturated"}
+    assert {r["policy"] for r in rows} == {"gpu-only", "neo"}
+    metrics = {r["metric"] for r in rows}
+    assert {"throughput", "ttft_p50", "tpot_p90", "e2e_p90", "iteration_mape"} <= metrics
+    assert "ks_pvalue" in metrics
+    for r in rows:
+        assert set(r) == {"policy", "load", "metric", "engine", "sim", "error"}
+        if r["metric"] not in ("ks_pvalue", "iteration_mape"):
+            assert r["engine"] > 0 and r["sim"] > 0
+            assert r["error"] == pytest.approx(r["sim"] / r["engine"] - 1)
     iterations = pd.read_csv(tmp_path / "iterations.csv")
     assert iterations["measured_s"].gt(0).all() and iterations["timing_model_s"].gt(0).all()
-    assert (tmp_path / "neo_iterations.html").exists()
+    assert (tmp_path / "neo_offline_iterations.html").exists()
