@@ -65,10 +65,14 @@ class Simulation:
         steady_runs: bool = True,
         clock: str = "timing",
         lanes_share_compute: bool = False,
+        replay_s: Sequence[float] | None = None,
     ):
         """`record_timeline`: lane spans of the first N iterations; `record_plans`: every plan
         (tests); `record_iterations`: one IterationRecord per iteration (else totals only, in
-        constant memory); `clock="predicted"` advances by the scheduler's own estimate."""
+        constant memory); `clock="predicted"` advances by the scheduler's own estimate;
+        `replay_s`: the k-th iteration takes replay_s[k] seconds (a real run's measured
+        iteration periods: the trace-driven mode, whose error is the queueing and scheduling
+        model's alone), iterations beyond it the timing model's."""
         self.policy = policy if isinstance(policy, Policy) else make_policy(policy, config, cost)
         if clock not in ("timing", "predicted"):
             raise ValueError("clock must be 'timing' or 'predicted'")
@@ -79,8 +83,10 @@ class Simulation:
         self.record_timeline = record_timeline
         self.record_plans = record_plans
         self.record_iterations = record_iterations
-        # Steady runs skip step(): not while plans, lane spans or per-task noise must be drawn.
-        self.steady_runs = steady_runs and not record_plans and noise == 0
+        self.replay_s = list(replay_s) if replay_s is not None else None
+        # Steady runs skip step(): not while plans, lane spans or per-task noise must be drawn,
+        # nor while iterations take replayed times.
+        self.steady_runs = steady_runs and not record_plans and noise == 0 and replay_s is None
         self.records = {
             r.request_id: RequestRecord(
                 request_id=r.request_id,
@@ -179,7 +185,13 @@ class Simulation:
         record = self.totals.count < self.record_timeline
         timing = self.timing.run(plan, record=record)
         start = self.now
-        self.now = start + (plan.predicted_s if self.clock == "predicted" else timing.duration_s)
+        k = self.totals.count
+        if self.replay_s is not None and k < len(self.replay_s):
+            self.now = start + self.replay_s[k]
+        else:
+            self.now = start + (
+                plan.predicted_s if self.clock == "predicted" else timing.duration_s
+            )
         policy, now = self.policy, self.now
         producers = [
             p.request_id for p in plan.prefills if p.end >= policy.requests[p.request_id].seq_len

@@ -31,6 +31,11 @@ def test_validate_quick_writes_the_report(tmp_path):
         if r["metric"] not in ("ks_pvalue", "iteration_mape"):
             assert r["engine"] > 0 and r["sim"] > 0
             assert r["error"] == pytest.approx(r["sim"] / r["engine"] - 1)
+    replay = json.loads((tmp_path / "fidelity_replay.json").read_text())
+    assert len(replay) == len(
+        [r for r in rows if r["metric"] not in ("ks_pvalue", "iteration_mape")]
+    )
+    assert "Trace-driven" in report and "drift" in report
     iterations = pd.read_csv(tmp_path / "iterations.csv")
     assert iterations["measured_s"].gt(0).all() and iterations["timing_model_s"].gt(0).all()
     assert (tmp_path / "neo_offline_iterations.html").exists()

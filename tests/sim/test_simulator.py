@@ -169,3 +169,17 @@ def test_timing_model_and_scheduler_estimate_charge_swaps_alike(policy):
         added = timing.run(plan).duration_s - timing.run(bare).duration_s
         charged = swap_s(cost, plan.swap_out, plan.swap_in, config.block_size)
         assert added == pytest.approx(charged, rel=1e-9)
+
+
+def test_trace_driven_mode_takes_the_replayed_iteration_times():
+    """`replay_s`: the k-th iteration lasts replay_s[k] (a real run's measured times); the
+    rest fall back to the timing model."""
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    config = SchedulerConfig(num_gpu_blocks=10, num_cpu_blocks=10, max_batch_tokens=4096)
+    workload = [RequestSpec(0, 0.0, 10, 4)]
+    replayed = simulate("gpu-only", config, cost, workload, replay_s=[1.0, 2.0, 4.0])
+    (record,) = replayed.metrics.requests
+    assert record.first_token_s == 1.0
+    plain = simulate("gpu-only", config, cost, workload)
+    last = plain.metrics.iterations[-1].duration_s
+    assert record.finish_s == pytest.approx(7.0 + last)
