@@ -23,11 +23,17 @@ Run: python -m benchmarks.engine_vs_transformers [--batch 32 --prompt-len 128 --
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+from neo_engine.local import machine_summary
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--trace", help="take prompt/output lengths from this trace CSV")
     p.add_argument("--length-scale", type=float, default=1.0, help="scale the trace's lengths")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="results JSON (default: benchmarks/results/engine_vs_transformers/<shape>.json)",
+    )
     args = p.parse_args(argv)
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -120,6 +132,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  transformers generate  {hf_s:7.2f} s  {total / hf_s:8.1f} tok/s")
     print(f"  neo_engine ({args.policy})  {neo_s:7.2f} s  {total / neo_s:8.1f} tok/s")
     print(f"  speed-up {hf_s / neo_s:.2f}x; identical outputs for {same}/{args.batch} prompts")
+    lengths = "trace" if args.trace else f"{args.prompt_len}+{args.new_tokens}"
+    name = f"batch{args.batch}-{lengths}"
+    output = args.output or RESULTS / "engine_vs_transformers" / f"{name}.json"
+    result = {
+        "benchmark": "engine_vs_transformers",
+        "machine": machine_summary(),
+        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        "shape": shape,
+        "generated_tokens": total,
+        "transformers_s": hf_times,
+        "neo_engine_s": neo_times,
+        "transformers_tok_s": total / hf_s,
+        "neo_engine_tok_s": total / neo_s,
+        "speed_up": hf_s / neo_s,
+        "identical_outputs": same,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {output}")
     return 0
 
 

@@ -15,15 +15,20 @@ Run: python -m benchmarks.skinny_gemm [--repeats N] [--rows 1,2,4,8,16,32]
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.host_attention import read_bandwidth
 from neo_engine.cpu_kernel import load_extension
+from neo_engine.local import machine_summary
 from neo_sim.model import PRESETS
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def median_times(rows: int, weights, module, threads: int, repeats: int) -> dict[str, float]:
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--rows", default="1,2,4,8,16,24,32")
+    p.add_argument("--output", type=Path, default=RESULTS / "skinny_gemm.json")
     args = p.parse_args(argv)
     module = load_extension()
     if module is None:
@@ -65,10 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     weights = [torch.randn(n, k) for n, k in shapes]
     gigabytes = sum(w.numel() * 4 for w in weights) / 1e9
     threads = torch.get_num_threads()
+    read_gbs = read_bandwidth(5)
     print(
         f"decode-step weights of `small`: {len(weights)} matrices, {gigabytes * 1e3:.0f} MB "
-        f"fp32, {threads} threads; read bandwidth {read_bandwidth(5):.1f} GB/s"
+        f"fp32, {threads} threads; read bandwidth {read_gbs:.1f} GB/s"
     )
+    rows_out = []
     print(f"{'M':>3} {'F.linear':>15} {'weight-major':>15} {'skinny':>15}  speed-up vs each")
     for rows in [int(r) for r in args.rows.split(",")]:
         med = median_times(rows, weights, module, threads, args.repeats)
@@ -77,6 +85,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{rows:>3} {cells}  {med['F.linear'] / med['skinny']:.2f}x "
             f"{med['weight-major'] / med['skinny']:.2f}x"
         )
+        rows_out.append({"rows": rows, **{f"{n}_s": t for n, t in med.items()}})
+    result = {
+        "benchmark": "skinny_gemm",
+        "machine": machine_summary(),
+        "weights_gb": gigabytes,
+        "read_bandwidth_gb_s": read_gbs,
+        "repeats": args.repeats,
+        "runs": rows_out,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.output}")
     return 0
 
 

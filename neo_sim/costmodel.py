@@ -138,8 +138,9 @@ EFFICIENCY_SOURCES: dict[str, str] = {
         "residual add), " + _FIT
     ),
     "cpu_memory": (
-        "0.9 of the host's sustained bandwidth: our host kernel measured 83-99% (median 87%) "
-        "of this machine's read bandwidth (benchmarks/host_attention.py, README)"
+        "0.9 of the host's sustained bandwidth (assumption): our host kernel reaches 71% of the "
+        "read bandwidth of a 2-core AVX2 VM (benchmarks/results/host_attention.json); an earlier "
+        "AVX-512 VM measured 83-99%, not committed"
     ),
     "cpu_compute": "0.5 of fp32 FMA peak in a reduction-heavy kernel (assumption)",
     "pcie": (
