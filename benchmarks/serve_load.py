@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         leftover.get("neo:gpu_kv_blocks_used", 0) + leftover.get("neo:cpu_kv_blocks_used", 0)
     )
     summary.update(wall_s=wall, failures=failures, leaked_kv_blocks=leaked)
+    if args.serve:  # the server ran on this machine: record it (torch only now)
+        from neo_engine.local import machine_summary
+
+        summary.update(machine=machine_summary(), server=args.serve)
     args.output.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.output / "requests.csv", index=False)
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
