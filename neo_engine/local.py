@@ -58,14 +58,39 @@ def host_memory_bytes() -> float:
         return 16 * 2**30
 
 
+def source_commit() -> str:
+    """The checkout's commit (with "+dirty" if it has uncommitted changes), or "unknown"
+    outside a git checkout: which code produced a result."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def machine_summary() -> dict:
-    """What a benchmark result records about the machine it ran on."""
+    """What a benchmark result records about the machine and the code it ran on."""
     return {
         "cpu": cpu_name(),
         "cpu_features": cpu_features(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "hostname": platform.node(),
+        "commit": source_commit(),
     }
 
 
