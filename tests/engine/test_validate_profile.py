@@ -39,4 +39,3 @@ def test_a_requested_profile_from_elsewhere_is_used_with_a_warning(tmp_path, cap
     path.write_text(json.dumps(data))
     assert fidelity.profile_of_this_machine(str(path), "dummy:small") == path
     assert "measured on another machine" in capsys.readouterr().err
-
