@@ -1,0 +1,21 @@
+"""Benchmarks: each measures one thing and writes its result, with the machine and the code it
+ran on, under benchmarks/results/ (the README quotes those files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_result(path: Path, benchmark: str, **fields: Any) -> dict:
+    """Write `{"benchmark", "machine", **fields}` as JSON to `path` and say so; returns it."""
+    from neo_engine.local import machine_summary  # torch: only when a result is written
+
+    result = {"benchmark": benchmark, "machine": machine_summary(), **fields}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}")
+    return result

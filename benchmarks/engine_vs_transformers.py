@@ -23,7 +23,6 @@ Run: python -m benchmarks.engine_vs_transformers [--batch 32 --prompt-len 128 --
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -31,9 +30,7 @@ from pathlib import Path
 
 import torch
 
-from neo_engine.local import machine_summary
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks import RESULTS, write_result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,22 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     lengths = "trace" if args.trace else f"{args.prompt_len}+{args.new_tokens}"
     name = f"batch{args.batch}-{lengths}"
     output = args.output or RESULTS / "engine_vs_transformers" / f"{name}.json"
-    result = {
-        "benchmark": "engine_vs_transformers",
-        "machine": machine_summary(),
-        "settings": {k: v for k, v in vars(args).items() if k != "output"},
-        "shape": shape,
-        "generated_tokens": total,
-        "transformers_s": hf_times,
-        "neo_engine_s": neo_times,
-        "transformers_tok_s": total / hf_s,
-        "neo_engine_tok_s": total / neo_s,
-        "speed_up": hf_s / neo_s,
-        "identical_outputs": same,
-    }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {output}")
+    write_result(
+        output,
+        "engine_vs_transformers",
+        settings={k: v for k, v in vars(args).items() if k != "output"},
+        shape=shape,
+        generated_tokens=total,
+        transformers_s=hf_times,
+        neo_engine_s=neo_times,
+        transformers_tok_s=total / hf_s,
+        neo_engine_tok_s=total / neo_s,
+        speed_up=hf_s / neo_s,
+        identical_outputs=same,
+    )
     return 0
 
 

@@ -14,7 +14,6 @@ Run: python -m benchmarks.host_attention [--repeats N] [--threads T]
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -22,11 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks import RESULTS, write_result
 from neo_engine.cpu_kernel import decode_attention, load_extension, reference_decode_attention
 from neo_engine.kv_cache import cpu_tensor
-from neo_engine.local import machine_summary
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def best(fn, repeats: int) -> float:
@@ -110,21 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         f"  kernel speed-up vs SDPA {t_sdpa / t_kernel:.2f}x, vs fallback "
         f"{t_gather / t_kernel:.2f}x"
     )
-    result = {
-        "benchmark": "host_attention",
-        "machine": machine_summary(),
-        "settings": {k: v for k, v in vars(args).items() if k != "output"},
-        "kv_read_bytes": kv_bytes,
-        "read_bandwidth_gb_s": read_gbs,
-        "kernel_s": t_kernel,
-        "kernel_gb_s": kernel_gbs,
-        "kernel_share_of_read_bandwidth": kernel_gbs / read_gbs,
-        "sdpa_contiguous_fp32_s": t_sdpa,
-        "gather_then_attend_s": t_gather,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.output}")
+    write_result(
+        args.output,
+        "host_attention",
+        settings={k: v for k, v in vars(args).items() if k != "output"},
+        kv_read_bytes=kv_bytes,
+        read_bandwidth_gb_s=read_gbs,
+        kernel_s=t_kernel,
+        kernel_gb_s=kernel_gbs,
+        kernel_share_of_read_bandwidth=kernel_gbs / read_gbs,
+        sdpa_contiguous_fp32_s=t_sdpa,
+        gather_then_attend_s=t_gather,
+    )
     return 0
 
 

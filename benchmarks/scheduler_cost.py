@@ -14,14 +14,14 @@ Writes benchmarks/results/scheduler_cost.json with the machine it ran on.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks import RESULTS, write_result
+
 HOSTS = {
     "t4": "llama-2-7b",
     "a10g-g5.2xlarge": "llama-3-8b",
@@ -76,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--output", type=Path, default=RESULTS / "scheduler_cost.json")
     args = p.parse_args(argv)
-    from neo_engine.local import machine_summary
-
     rows = []
     for hardware, model in tqdm(HOSTS.items(), unit="host"):
         rows += measure(hardware, model, args.requests)
@@ -92,16 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         f"worst: {worst['policy']} on {worst['hardware']}, "
         f"{100 * worst['scheduler_share']:.2f}% (target < {100 * TARGET_SHARE:.0f}%)"
     )
-    result = {
-        "benchmark": "scheduler_cost",
-        "machine": machine_summary(),
-        "settings": {"requests": args.requests, "load": "90% of gpu-only offline throughput"},
-        "target_share": TARGET_SHARE,
-        "runs": rows,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.output}")
+    write_result(
+        args.output,
+        "scheduler_cost",
+        settings={"requests": args.requests, "load": "90% of gpu-only offline throughput"},
+        target_share=TARGET_SHARE,
+        runs=rows,
+    )
     return 0
 
 

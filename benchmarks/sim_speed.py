@@ -18,13 +18,12 @@ Writes benchmarks/results/sim_speed.json with the machine it ran on.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import resource
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks import RESULTS, write_result
 
 WORKLOADS = {
     "vidur gpu-only": dict(
@@ -94,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steady-runs", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--output", type=Path, default=RESULTS / "sim_speed.json")
     args = p.parse_args(argv)
-    from neo_engine.local import machine_summary
-
     context = multiprocessing.get_context("spawn")
     rows = []
     for name in [w.strip() for w in args.workloads.split(",") if w.strip()]:
@@ -110,10 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             f"steady {100 * row['steady_iterations'] / row['iterations']:4.1f}%  "
             f"peak {row['peak_rss_mib']:.0f} MiB"
         )
-    result = {"benchmark": "sim_speed", "machine": machine_summary(), "runs": rows}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.output}")
+    write_result(args.output, "sim_speed", runs=rows)
     return 0
 
 

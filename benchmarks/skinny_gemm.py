@@ -15,7 +15,6 @@ Run: python -m benchmarks.skinny_gemm [--repeats N] [--rows 1,2,4,8,16,32]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -23,12 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks import RESULTS, write_result
 from benchmarks.host_attention import read_bandwidth
 from neo_engine.cpu_kernel import load_extension
-from neo_engine.local import machine_summary
 from neo_sim.model import PRESETS
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def median_times(rows: int, weights, module, threads: int, repeats: int) -> dict[str, float]:
@@ -86,17 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{med['weight-major'] / med['skinny']:.2f}x"
         )
         rows_out.append({"rows": rows, **{f"{n}_s": t for n, t in med.items()}})
-    result = {
-        "benchmark": "skinny_gemm",
-        "machine": machine_summary(),
-        "weights_gb": gigabytes,
-        "read_bandwidth_gb_s": read_gbs,
-        "repeats": args.repeats,
-        "runs": rows_out,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.output}")
+    write_result(
+        args.output,
+        "skinny_gemm",
+        weights_gb=gigabytes,
+        read_bandwidth_gb_s=read_gbs,
+        repeats=args.repeats,
+        runs=rows_out,
+    )
     return 0
 
 

@@ -14,22 +14,19 @@ Writes benchmarks/results/swap_copies.json (with the CPU it ran on).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks import RESULTS, write_result
 from neo_engine.config import LoadSettings
 from neo_engine.executor import Executor
 from neo_engine.kv_cache import KVPool, copy_blocks
-from neo_engine.local import machine_summary
 from neo_engine.weights import random_weights
 from neo_sim.scheduler.kv import KVManager
 from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, SubBatch, Swap
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,25 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     medians = {k: statistics.median(v) for k, v in runs.items()}
     added = medians["with_swaps"] - medians["bare"]
     swap_bytes = sum(len(s.src_blocks) for s in swaps) * 16 * spec.kv_bytes_per_token
-    result = {
-        "benchmark": "swap_copies",
-        "machine": machine_summary(),
-        "model": spec.name,
-        "swaps": args.swaps,
-        "swap_bytes": swap_bytes,
-        "repeats": args.repeats,
-        "median_s": medians,
-        "runs_s": runs,
-        "added_by_swaps_s": added,
-        "added_over_copies_alone": added / medians["copies_alone"],
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    result = write_result(
+        args.output,
+        "swap_copies",
+        model=spec.name,
+        swaps=args.swaps,
+        swap_bytes=swap_bytes,
+        repeats=args.repeats,
+        median_s=medians,
+        runs_s=runs,
+        added_by_swaps_s=added,
+        added_over_copies_alone=added / medians["copies_alone"],
+    )
     print(
         f"iteration {medians['bare'] * 1e3:.1f} ms; with {args.swaps} swaps out "
         f"({swap_bytes / 2**20:.0f} MiB) {medians['with_swaps'] * 1e3:.1f} ms: +"
         f"{added * 1e3:.1f} ms; the copies alone {medians['copies_alone'] * 1e3:.1f} ms "
-        f"(added / alone = {result['added_over_copies_alone']:.2f}); wrote {args.output}"
+        f"(added / alone = {result['added_over_copies_alone']:.2f})"
     )
     return 0
 
