@@ -218,11 +218,14 @@ class LLMEngine:
         from neo_engine.local import probe_hardware
 
         hardware = probe_hardware(self.device, self.torch_dtype)
-        # Probed figures are achieved rates already: efficiencies of 1, a small launch cost.
+        # Probed figures are achieved rates already: efficiencies of 1 and the roofline's max
+        # (the GPU calibration's shape describes datasheet peaks), a small launch cost.
         eff = Efficiencies(
             gpu_gemm=1.0,
+            gpu_gemm_sharpness=math.inf,
             gpu_attn=1.0,
             gpu_memory=1.0,
+            gpu_elementwise_memory=1.0,
             cpu_memory=1.0,
             cpu_compute=1.0,
             pcie=1.0,

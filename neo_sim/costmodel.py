@@ -164,7 +164,7 @@ EFFICIENCY_SOURCES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Efficiencies:
     """Fractions of datasheet peaks that real kernels achieve, plus fixed overheads.
 
