@@ -129,8 +129,9 @@ def run_policy(
     config = engine.scheduler_config
     engine.close()
 
-    cost = ProfiledCostModel(load_profile(profile_path), engine.spec)
-    shared = load_profile(profile_path).provenance.machine.get("device", "cpu") == "cpu"
+    profile = load_profile(profile_path)
+    cost = ProfiledCostModel(profile, engine.spec)
+    shared = profile.provenance.machine.get("device", "cpu") == "cpu"
     sim = Simulation(policy, config, cost, workload, lanes_share_compute=shared).run()
     # Trace-driven: the same simulation with each iteration taking the engine's measured time.
     replayed = Simulation(
@@ -328,6 +329,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def errors_table(rows: list[dict]) -> str:
+    """Markdown: one line per metric, one column per (policy, load), the rows' errors (the KS
+    p-value as a number, the rest as percentages)."""
+    table = pd.DataFrame(rows).pivot_table(
+        index="metric", columns=["policy", "load"], values="error", sort=False
+    )
+    header = " | ".join(f"{pol}, {load}" for pol, load in table.columns)
+    lines = [f"| metric | {header} |", "|---|" + "---|" * len(table.columns)]
+    for metric, values in table.iterrows():
+        cells = [f"{v:.3g}" if metric == "ks_pvalue" else f"{100 * v:+.1f}%" for v in values]
+        lines.append(f"| {metric} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def write_report(results: list[dict], settings: FidelitySettings, profile_path: Path, out: Path):
     from neo_sim import plots
 
@@ -335,13 +350,6 @@ def write_report(results: list[dict], settings: FidelitySettings, profile_path: 
     (out / "fidelity.json").write_text(json.dumps(rows, indent=1) + "\n")
     replay = [r for result in results for r in result["replay_rows"]]
     (out / "fidelity_replay.json").write_text(json.dumps(replay, indent=1) + "\n")
-    replay_table = pd.DataFrame(replay).pivot_table(
-        index="metric", columns=["policy", "load"], values="error", sort=False
-    )
-    replay_lines = [
-        f"| {metric} | " + " | ".join(f"{100 * v:+.1f}%" for v in values) + " |"
-        for metric, values in replay_table.iterrows()
-    ]
     summary = pd.DataFrame(rows)
     summary.to_csv(out / "summary.csv", index=False)
     iterations = pd.concat([r["iterations"] for r in results], ignore_index=True)
@@ -356,14 +364,6 @@ def write_report(results: list[dict], settings: FidelitySettings, profile_path: 
             f"{r['policy']}, {r['load']}: per-iteration time, predicted vs measured",
         )
         plots.save_html(fig, out / f"{r['policy']}_{r['load']}_iterations.html")
-    table = summary.pivot_table(
-        index="metric", columns=["policy", "load"], values="error", sort=False
-    )
-    header = " | ".join(f"{pol}, {load}" for pol, load in table.columns)
-    lines = [f"| metric | {header} |", "|---|" + "---|" * len(table.columns)]
-    for metric, values in table.iterrows():
-        cells = [f"{v:.3g}" if metric == "ks_pvalue" else f"{100 * v:+.1f}%" for v in values]
-        lines.append(f"| {metric} | {' | '.join(cells)} |")
     runs = "\n".join(
         f"| {r['policy']} | {r['load']} | {r['rate']:.2f} | {len(r['iterations'])} | "
         f"{100 * r['iteration_mape_overlapped']:.1f}% | {r['pipelined']} | {r['cpu_decodes']} | "
@@ -387,7 +387,7 @@ ran the same arrivals with the same profile, policy and KV limits.
 
 ## Errors (neo-sim / engine - 1)
 
-{chr(10).join(lines)}
+{errors_table(rows)}
 
 iteration_mape: neo-sim's timing model on the engine's own plans against each iteration's
 measured time (mean absolute percentage error). ks_pvalue: two-sample Kolmogorov-Smirnov test of
@@ -413,9 +413,7 @@ taken out): what remains is the error of the arrivals, batching and scheduling m
 the time the engine spends between iterations, which neo-sim does not model
 (fidelity_replay.json, same rows).
 
-| metric | {header} |
-|---|{"---|" * len(table.columns)}
-{chr(10).join(replay_lines)}
+{errors_table(replay)}
 
 Targets: throughput error <= 5%, p50 TTFT and TPOT error <= 10%, per-iteration MAPE <= 10%.
 This machine's own repeatability is worse than the latency targets: the same in-situ

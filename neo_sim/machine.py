@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import platform
+from functools import cache
 from typing import Any
 
 # The vector extensions that decide which kernels and dtypes are fast on a CPU.
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
+@cache  # a machine's CPU does not change within a process
 def _cpuinfo_line(prefix: str) -> str:
     try:
         with open("/proc/cpuinfo") as f:
