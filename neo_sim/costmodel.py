@@ -139,8 +139,7 @@ EFFICIENCY_SOURCES: dict[str, str] = {
     ),
     "cpu_memory": (
         "0.9 of the host's sustained bandwidth (assumption): our host kernel reaches 71% of the "
-        "read bandwidth of a 2-core AVX2 VM (benchmarks/results/host_attention.json); an earlier "
-        "AVX-512 VM measured 83-99%, not committed"
+        "read bandwidth of a 2-core AVX2 VM (benchmarks/results/host_attention.json)"
     ),
     "cpu_compute": "0.5 of fp32 FMA peak in a reduction-heavy kernel (assumption)",
     "pcie": (
