@@ -236,20 +236,27 @@ class Policy(ABC):
 
     def _steady_gpu_decodes(self, token_budget: int) -> SteadyRun | None:
         """Steady when every resident request is a GPU decode and nothing else can happen:
-        nothing waits, is swapped or is CPU-resident, the batch fits the budget, and the GPU
-        pool has the blocks the run will grow into."""
-        if self.waiting or self.swapped or self.cpu_running or not self.gpu_running:
+        nothing is CPU-resident, queued work cannot start (`_queues_stay_put`), the batch fits
+        the budget, and the GPU pool has the blocks the run will grow into."""
+        if self.cpu_running or not self.gpu_running:
             return None
         running = tuple(self.gpu_running.values())
         if len(running) > min(self.config.max_batch_size, token_budget):
             return None
         if any(r.is_prefilling for r in running):
             return None
+        if (self.waiting or self.swapped) and not self._queues_stay_put(running, token_budget):
+            return None
         iterations = min(r.max_new_tokens - r.num_generated for r in running) - 1
         iterations = self._iterations_with_blocks(running, iterations)
         if iterations < 1:
             return None
         return SteadyRun(running, iterations, sum(r.seq_len for r in running))
+
+    def _queues_stay_put(self, running: tuple[Request, ...], token_budget: int) -> bool:
+        """Whether no waiting or swapped request can start during a steady run of `running`.
+        The default makes no such promise: a policy that can prove it overrides this."""
+        return False
 
     def _iterations_with_blocks(self, running: tuple[Request, ...], limit: int) -> int:
         """The most iterations (<= limit) whose block growth fits the free GPU blocks."""

@@ -148,6 +148,56 @@ class SubBatchBuilder:
         return SubBatch(tuple(self.prefills), tuple(self.gpu_decodes), tuple(self.cpu_decodes))
 
 
+class CpuDecodeOffers:
+    """NEO's greedy step 4 priced without touching the builders: "what would the slacks be
+    with one more CPU decode on sub-batch t?" costs two cost-model lookups (the CPU lane at
+    the new count and tokens, the linear layers at the new width), not a rebuild.
+
+    The arithmetic is `SubBatchBuilder._refresh`'s and `slacks`'s, term for term, so the
+    values are bit for bit those of the builders with the decode added; `accept` records a
+    decode, and `apply` hands the accepted ones to the builders in the order they came."""
+
+    def __init__(self, b0: SubBatchBuilder, b1: SubBatchBuilder):
+        self.builders = (b0, b1)
+        t0, t1 = b0.times(), b1.times()
+        self.count = [len(b0.cpu_decodes), len(b1.cpu_decodes)]
+        self.tokens = [b0.cpu_decode_tokens, b1.cpu_decode_tokens]
+        self.width = [b0.num_tokens, b1.num_tokens]
+        self.linear = [t0.linear_s, t1.linear_s]
+        self.gpu_attn = (t0.gpu_attn_s, t1.gpu_attn_s)
+        self.cpu = [t0.cpu_s, t1.cpu_s]
+        self.accepted: tuple[list[DecodeWork], list[DecodeWork]] = ([], [])
+        self._pending: tuple[int, float, float] = (0, 0.0, 0.0)
+        cost = b0.cost
+        self._linear_of, self._copies = cost.linear, cost.cpu_copies_s
+        self._attn, self._launch = cost.cpu_decode_attn, cost.launch
+
+    def slacks_with(self, target: int, context_len: int) -> tuple[float, float]:
+        """(slack 0, slack 1) if a CPU decode of `context_len` tokens joined `target`."""
+        n = self.count[target] + 1
+        to_host, back = self._copies(n)  # cpu_lane_s
+        cpu = to_host + self._attn(n, self.tokens[target] + context_len) + back + self._launch
+        linear = self._linear_of(self.width[target] + 1)
+        self._pending = (target, linear, cpu)
+        if target == 0:
+            return self.linear[1] + self.gpu_attn[0] - cpu, linear + self.gpu_attn[1] - self.cpu[1]
+        return linear + self.gpu_attn[0] - self.cpu[0], self.linear[0] + self.gpu_attn[1] - cpu
+
+    def accept(self, work: DecodeWork) -> None:
+        """Keep the decode last priced by `slacks_with`."""
+        target, linear, cpu = self._pending
+        self.count[target] += 1
+        self.tokens[target] += work.context_len
+        self.width[target] += 1
+        self.linear[target], self.cpu[target] = linear, cpu
+        self.accepted[target].append(work)
+
+    def apply(self) -> None:
+        for builder, decodes in zip(self.builders, self.accepted):
+            for work in decodes:
+                builder.add_cpu_decode(work)
+
+
 def slacks(b0: SubBatchBuilder, b1: SubBatchBuilder) -> tuple[float, float]:
     """Per-layer slack of each sub-batch's CPU work under the GPU work it overlaps."""
     b0._refresh()

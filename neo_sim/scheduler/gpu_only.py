@@ -31,6 +31,35 @@ class GpuOnlyPolicy(Policy):
         cfg = self.config
         return self._steady_gpu_decodes(cfg.chunked_prefill_tokens or cfg.max_batch_tokens)
 
+    def _queues_stay_put(self, running: tuple[Request, ...], token_budget: int) -> bool:
+        """Queued work that cannot start at a steady run's first iteration cannot start later
+        in it: the run's batch (so its slots and tokens) is fixed and the GPU pool's free
+        blocks only shrink as contexts grow. So check `step()`'s swap-in and admission
+        conditions as they will stand at that iteration, after the decodes' growth."""
+        cfg, gpu = self.config, self.kv.gpu
+        n = len(running)
+        growth = sum(gpu.extra_blocks(r.request_id, r.seq_len) for r in running)
+        if self.swapped:  # _swap_in, and no admission while anything is swapped
+            first = min(self.swapped.values(), key=lambda r: r.admit_order)
+            used = gpu.num_used + growth
+            limit = cfg.swap_in_watermark * gpu.num_blocks
+            return used + self._blocks(first.seq_len) > limit or n + 1 > min(
+                cfg.max_batch_size, token_budget
+            )
+        if n >= cfg.max_num_seqs:  # _admit's slot check
+            return True
+        head = self.waiting[0]
+        seqs_left, tokens_left = cfg.max_batch_size - n, token_budget - n
+        remaining = head.seq_len - head.num_computed
+        chunk = min(remaining, tokens_left) if cfg.chunked_prefill_tokens else remaining
+        end = head.num_computed + chunk
+        return (
+            chunk < 1
+            or gpu.extra_blocks(head.request_id, end) > gpu.num_free - growth
+            or seqs_left < 1
+            or tokens_left < chunk
+        )
+
     def step(self, now: float = 0.0) -> Plan:
         self.step_index += 1
         self.now = now

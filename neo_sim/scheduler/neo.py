@@ -30,6 +30,7 @@ import operator
 
 from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import (
+    CpuDecodeOffers,
     SubBatchBuilder,
     iteration_s,
     pipelined_layer_s,
@@ -220,7 +221,7 @@ class NeoPolicy(Policy):
                     cpu_free -= growth
                     b0.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
             return b0, b1, ()
-        builders = (b0, b1)
+        offers = CpuDecodeOffers(b0, b1)
         target = 1
         shortest_rejected = float("inf")
         forced: list[int] = []
@@ -232,19 +233,19 @@ class NeoPolicy(Policy):
             if not overdue and seq_len >= shortest_rejected:
                 continue
             growth = cpu_pool.extra_blocks(r.request_id, seq_len)
-            if growth > cpu_free or not budget.take(1):
+            if growth > cpu_free or budget.seqs < 1 or budget.tokens < 1:  # budget.take(1)
                 continue
-            builders[target].add_cpu_decode(DecodeWork(r.request_id, seq_len))
-            s0, s1 = slacks(b0, b1)
+            s0, s1 = offers.slacks_with(target, seq_len)
             if (s0 < 0 or s1 < 0) and not overdue:
-                builders[target].pop_cpu_decode()
-                budget.give(1)
                 shortest_rejected = seq_len
                 continue
+            budget.take(1)
+            offers.accept(DecodeWork(r.request_id, seq_len))
             cpu_free -= growth
             if overdue:
                 forced.append(r.request_id)
             target = 1 if s1 > s0 else 0
+        offers.apply()
         return b0, b1, tuple(forced)
 
     def _is_overdue(self, r: Request) -> bool:

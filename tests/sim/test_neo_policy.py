@@ -133,3 +133,37 @@ def test_a_full_host_pool_is_unblocked_not_reported_as_a_stall():
     out = execute(spec)
     assert out.summary["completed"] == 30
     assert (out.requests["preemptions"] > 0).any()
+
+
+def test_greedy_offers_price_exactly_what_the_builders_would():
+    """NEO's greedy loop prices "one more CPU decode on sub-batch t" incrementally
+    (`CpuDecodeOffers`); the slacks must be those of builders with the decode added, for
+    either target, after any sequence of accepted and rejected offers, and `apply` must leave
+    the builders holding exactly the accepted decodes, in order."""
+    from neo_sim.scheduler.estimate import CpuDecodeOffers, SubBatchBuilder, slacks
+    from neo_sim.scheduler.plan import DecodeWork, PrefillWork
+
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    rng = random.Random(3)
+    for _ in range(20):
+        pairs = []  # (the builders the offers price, mirrors mutated the slow way)
+        for _ in range(2):
+            pair = (SubBatchBuilder(cost), SubBatchBuilder(cost))
+            pair[0].add_prefill(PrefillWork(0, 0, 400))
+            for rid in range(1, 4):
+                pair[0].add_gpu_decode(DecodeWork(rid, 100 * rid))
+            pairs.append(pair)
+        (b0, b1), (m0, m1) = pairs
+        offers = CpuDecodeOffers(b0, b1)
+        for rid in range(100, 100 + rng.randint(1, 40)):
+            target, work = rng.randint(0, 1), DecodeWork(rid, rng.randint(10, 3000))
+            mirror = (m0, m1)[target]
+            mirror.add_cpu_decode(work)
+            assert offers.slacks_with(target, work.context_len) == slacks(m0, m1)
+            if rng.random() < 0.3:
+                mirror.pop_cpu_decode()  # rejected
+            else:
+                offers.accept(work)
+        offers.apply()
+        assert (b0.freeze(), b1.freeze()) == (m0.freeze(), m1.freeze())
+        assert (b0.times(), b1.times()) == (m0.times(), m1.times())

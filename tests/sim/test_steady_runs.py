@@ -17,6 +17,12 @@ WORKLOADS = {
     "t4-offline": dict(hardware="t4", rate=math.inf, gpu_kv_blocks=54, max_batch_tokens=832),
     # Bursty arrivals with short outputs: runs cut by arrivals and finishes.
     "a10g-bursty": dict(hardware="a10g", rate=3.0, burstiness=0.3, input_len=200, output_len=20),
+    # Overloaded, batch-capped: a queue that cannot move until a request finishes.
+    "h100-queued": dict(hardware="h100", rate=50.0, input_len=300, output_len=60, max_batch_size=8),
+    # Overloaded, KV-bound: a queue (and swapped requests) held back by the GPU pool.
+    "a10g-kv-bound": dict(
+        hardware="a10g", rate=20.0, input_len=300, output_len=100, gpu_kv_blocks=90
+    ),
 }
 
 
@@ -84,3 +90,11 @@ def test_a_first_token_inside_a_steady_run_is_recorded():
     first = {r.request_id: r.first_token_s for r in fast.metrics.requests}
     assert first == {r.request_id: r.first_token_s for r in slow.metrics.requests}
     assert all(t is not None and t == t for t in first.values())
+
+
+@pytest.mark.parametrize("policy", ["gpu-only", "vllm-256"])
+def test_steady_runs_cover_a_queue_that_cannot_move(policy):
+    """Overloaded with a full batch: requests wait, yet the batch repeats until one finishes."""
+    fast = run(policy, WORKLOADS["h100-queued"], steady=True)
+    assert fast.summary["ttft_p50"] > 5 * fast.summary["tpot_p50"]  # a real queue
+    assert fast.result.steady_iterations > 0.5 * len(fast.iterations)
