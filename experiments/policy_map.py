@@ -16,7 +16,8 @@ Goodput counts requests whose mean per-token latency meets the paper's bound for
 (1 s on T4, 2 s elsewhere [paper]).
 
 Run: python -m experiments.policy_map [--quick] [--workers N] [--executor dask]
-Writes experiments/results/policy_map/ (results.csv, run.json, report.md, heatmap.html);
+Writes experiments/results/policy_map/ (results.csv, run.json, report.md, heatmap.html and,
+with the `png` extra, heatmap.png);
 --report-only rewrites the report from results.csv and run.json.
 """
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--report-only",
         action="store_true",
-        help="rewrite report.md, cells.csv and heatmap.html from the folder's results.csv",
+        help="rewrite report.md, cells.csv and the heat map from the folder's results.csv",
     )
     args = p.parse_args(argv)
     out = common.output_dir(args, "policy_map")
@@ -255,6 +256,8 @@ def write_report(rows: pd.DataFrame, out: Path, args, wall: float, requests: int
         note="refused",
     )
     plots.save_html(fig, out / "heatmap.html")
+    png = plots.save_png(fig, out / "heatmap.png", width=1800, height=520)
+    png_note = ", heatmap.png (the same heat map as an image)" if png else ""
     timing = (
         f"in {wall / 60:.1f} min on {args.workers or 'all'} worker(s) of this machine"
         if math.isfinite(wall)
@@ -319,7 +322,7 @@ over the runner-up, and the longest token gap of neo and gpu-only:
 {common.markdown_table(table)}
 
 Files: results.csv (one row per run, every setting and summary metric), cells.csv (the table
-above), heatmap.html.
+above), heatmap.html{png_note}.
 """
     common.write_report(
         out / "report.md",

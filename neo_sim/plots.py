@@ -8,6 +8,7 @@ Pass `self_contained=True` to `save_html` to embed it in the file instead.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from neo_sim.lanes import Lane, Span
+
+log = logging.getLogger(__name__)
 
 LANE_COLORS = {Lane.GPU: "#2b6cb0", Lane.CPU: "#dd6b20", Lane.H2D: "#38a169", Lane.D2H: "#805ad5"}
 # One colour per series (policy, host), the same in every panel of a figure.
@@ -36,6 +39,27 @@ def save_html(fig: go.Figure, path: str | Path, self_contained: bool = False) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(path, include_plotlyjs=True if self_contained else "directory", full_html=True)
+    return path
+
+
+def save_png(fig: go.Figure, path: str | Path, width: int = 1400, height: int = 700) -> Path | None:
+    """A PNG of the figure, for reports and READMEs that cannot embed HTML. Needs the `png`
+    extra (kaleido) and a Chromium it can drive; without them, logs how to get them and
+    returns None (the HTML is the figure of record)."""
+    path = Path(path)
+    try:
+        import kaleido  # noqa: F401  (plotly's exporter; imported here only to name it)
+
+        fig.write_image(path, width=width, height=height, scale=1)
+    except Exception as exc:  # ImportError, or kaleido's own "no browser" errors
+        log.warning(
+            "no PNG written to %s (%s: %s); `pip install -e .[png]` and a Chromium "
+            "(Debian: apt-get install chromium) make it work",
+            path,
+            type(exc).__name__,
+            exc,
+        )
+        return None
     return path
 
 

@@ -219,3 +219,20 @@ def test_malformed_trace_row_is_one_line(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and f"{bad}:3: malformed row" in proc.stderr
+
+
+def test_png_export_without_kaleido_warns_and_keeps_going(tmp_path, monkeypatch, caplog):
+    """The PNG copy is optional (the `png` extra): without kaleido, no file, a warning that
+    says how to get one, and no exception (the HTML is the figure of record)."""
+    import sys
+
+    import plotly.graph_objects as go
+
+    from neo_sim import plots
+
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # import kaleido -> ImportError
+    fig = go.Figure(go.Heatmap(z=[[1, 2], [3, 4]]))
+    with caplog.at_level("WARNING"):
+        assert plots.save_png(fig, tmp_path / "map.png") is None
+    assert not (tmp_path / "map.png").exists()
+    assert "pip install -e .[png]" in caplog.text
