@@ -103,7 +103,8 @@ Settings: {n} requests per run, all at t = 0, prompts ~1000 tokens, outputs {out
 GPU KV 1,650 blocks, 20,480 tokens per iteration, max 1,024 sequences [artifact]; host KV
 min(120 GB, half of host memory). Cost model: roofline of each `a10g-g5.*` preset. The hosts
 differ only in their CPU: cores, memory, and the derived host memory bandwidth (see
-`neo_sim/hardware.py`: per-core and per-CCD ceilings of EPYC 7R32, x0.8 sustained).
+`neo_sim/hardware.py`: the least of the cores' sustained bandwidth, 0.8 x the links of the
+CCDs they sit on and 0.8 x the DRAM peak; the EPYC 7R32's 8 CCDs x 6 cores is an estimate).
 
 `neo` is our policy with its default starvation bound (a CPU-resident request waits at most
 256 iterations); `neo-unbounded` is the artifact's rule (no bound), which the paper measured.

@@ -131,15 +131,16 @@ def host_bandwidth(
 ) -> float:
     """Sustained memory bandwidth of `cores` cores of a socket (or socket share).
 
-    The least of three ceilings: what the cores can keep in flight (Little's law, per core),
-    what their chiplets' links carry (AMD CCD-to-IO-die, if given; cores packed on the fewest
-    CCDs), and the DRAM peak of the socket share, each scaled to the sustained fraction.
+    The least of three ceilings: what the cores can keep in flight (Little's law, per core:
+    already a sustained figure), what their chiplets' links carry (AMD CCD-to-IO-die, if
+    given; cores packed on the fewest CCDs) and the DRAM peak of the socket share. The two
+    peak figures are scaled to the sustained fraction; the per-core one is not.
     """
-    ceilings = [cores * per_core_bytes_per_s, dram_peak_bytes_per_s]
+    ceilings = [cores * per_core_bytes_per_s, SUSTAINED_FRACTION * dram_peak_bytes_per_s]
     if ccd_cores:
         ccds = -(-cores // ccd_cores)
-        ceilings.append(ccds * ccd_bytes_per_s)
-    return SUSTAINED_FRACTION * min(ceilings)
+        ceilings.append(SUSTAINED_FRACTION * ccds * ccd_bytes_per_s)
+    return min(ceilings)
 
 
 # ---- component figures --------------------------------------------------------------------------
@@ -206,8 +207,18 @@ _ZEN_PER_CORE_SRC = (
 _ZEN_CCD = 51.2 * GB
 _ZEN_CCD_SRC = (
     "AMD Zen 2/3 Infinity Fabric: 32 B/clock read per CCD at FCLK 1.6 GHz "
-    "(DDR4-3200, 1:1) = 51.2 GB/s per 8-core CCD; a VM's cores assumed packed on "
-    "the fewest CCDs"
+    "(DDR4-3200, 1:1) = 51.2 GB/s per CCD; a VM's cores assumed packed on the fewest CCDs"
+)
+# Cores per CCD of the 48-core parts. AMD publishes no die layout for the AWS-only 7R32 and
+# 7R13; AMD's own 48-core parts of both generations with the full 256 MB of L3 (Rome 7642,
+# Milan 7643, amd.com product pages) carry all 8 CCDs (Rome: 2 CCX x 16 MB per CCD; Milan:
+# 32 MB per CCD) with 6 cores each; the Rome 7552 (192 MB L3) is 6 CCDs x 8 cores instead.
+_EPYC_48_CORE_CCD_CORES = 6
+_EPYC_48_CORE_CCD_SRC = (
+    "estimate: a 48-core EPYC assumed to be 8 CCDs x 6 cores, as AMD's 48-core parts with "
+    "256 MB L3 are (Rome 7642, Milan 7643: 256 MB = 8 CCDs' full L3); AMD publishes no layout "
+    "for AWS's 7R32/7R13 (the 192 MB Rome 7552 is 6 CCDs x 8 cores, which would halve "
+    "g5.4xlarge's CCD ceiling)"
 )
 _DDR4_2933_X6 = 6 * 2933e6 * 8
 _DDR4_3200_X8 = 8 * 3200e6 * 8
@@ -225,8 +236,8 @@ def _cascade_lake_host(cores: int, memory_gib: int, instance: str) -> CPUSpec:
             "cores": f"AWS EC2 G4 page: {instance} has {2 * cores} vCPUs = {cores} cores (SMT)",
             "memory_bytes": f"AWS EC2 G4 page: {instance} has {memory_gib} GiB",
             "mem_bytes_per_s": (
-                f"derived: min({cores} cores x 12 GB/s, socket DRAM peak 6 ch x DDR4-2933 = "
-                f"140.8 GB/s) x {SUSTAINED_FRACTION}. {_CLX_PER_CORE_SRC}. {SUSTAINED_SOURCE}"
+                f"derived: min({cores} cores x 12 GB/s, {SUSTAINED_FRACTION} x socket DRAM "
+                f"peak 6 ch x DDR4-2933 = 140.8 GB/s). {_CLX_PER_CORE_SRC}. {SUSTAINED_SOURCE}"
             ),
             "peak_flops_per_s": "2.5 GHz (AWS) x 2 AVX-512 FMA units x 16 fp32 x 2 per core",
         },
@@ -242,7 +253,7 @@ def _epyc_host(
     dram_share: float,
     share_note: str,
 ) -> CPUSpec:
-    bandwidth = host_bandwidth(cores, _ZEN_PER_CORE, dram_share, 8, _ZEN_CCD)
+    bandwidth = host_bandwidth(cores, _ZEN_PER_CORE, dram_share, _EPYC_48_CORE_CCD_CORES, _ZEN_CCD)
     return CPUSpec(
         cpu,
         cores,
@@ -253,8 +264,10 @@ def _epyc_host(
             "cores": f"AWS instance page: {instance} = {2 * cores} vCPUs = {cores} cores (SMT)",
             "memory_bytes": f"AWS instance page: {instance} has {memory_gib} GiB",
             "mem_bytes_per_s": (
-                f"derived: min({cores} x 20 GB/s per core, CCD links, DRAM {share_note}) x "
-                f"{SUSTAINED_FRACTION}. {_ZEN_PER_CORE_SRC}. {_ZEN_CCD_SRC}. {SUSTAINED_SOURCE}"
+                f"derived: min({cores} x 20 GB/s per core, {SUSTAINED_FRACTION} x the links "
+                f"of {-(-cores // _EPYC_48_CORE_CCD_CORES)} CCD(s), {SUSTAINED_FRACTION} x DRAM "
+                f"{share_note}). {_ZEN_PER_CORE_SRC}. {_ZEN_CCD_SRC}. {_EPYC_48_CORE_CCD_SRC}. "
+                f"{SUSTAINED_SOURCE}"
             ),
             "peak_flops_per_s": f"{ghz} GHz x 2 x 256-bit FMA (8 fp32 x 2) per Zen core",
         },

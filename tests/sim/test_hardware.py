@@ -59,13 +59,15 @@ def test_unknown_preset_lists_choices():
 def test_host_bandwidth_grows_with_g5_size_and_is_capped_by_dram():
     sizes = ["a10g-g5.2xlarge", "a10g-g5.4xlarge", "a10g-g5.8xlarge", "a10g-g5.16xlarge"]
     bandwidths = [PRESETS[s].cpu.mem_bytes_per_s for s in sizes]
-    assert bandwidths == sorted(bandwidths)
+    # 4, 8, 16, 32 cores on 6-core CCDs: 1, 2, 3, 6 CCD links; the largest is DRAM-bound.
+    assert bandwidths == sorted(set(bandwidths))
     peak = 8 * 3200e6 * 8
-    assert all(b <= peak for b in bandwidths)
+    assert bandwidths[-1] == pytest.approx(0.8 * peak)
 
 
 def test_host_bandwidth_takes_least_ceiling():
-    assert host_bandwidth(4, 10.0, 1000.0) == pytest.approx(0.8 * 40)
+    """Per-core figures are sustained estimates already; only the peaks are derated."""
+    assert host_bandwidth(4, 10.0, 1000.0) == pytest.approx(40)
     assert host_bandwidth(100, 10.0, 50.0) == pytest.approx(0.8 * 50)
     assert host_bandwidth(16, 10.0, 1000.0, ccd_cores=8, ccd_bytes_per_s=30.0) == pytest.approx(
         0.8 * 60
