@@ -79,12 +79,6 @@ class CostModel(ABC):
         return member if not args and not callable(member) else member(*args)
 
     # Helpers shared by every implementation --------------------------------------------------
-    def gpu_decode_attn_run(self, batch: int, first_total: int, count: int) -> list[float]:
-        """`gpu_decode_attn` of `count` iterations of one batch whose summed context grows by
-        `batch` tokens per iteration (a steady run), first at `first_total`. Implementations
-        may compute it faster, never differently."""
-        return [self.gpu_decode_attn(batch, first_total + batch * j) for j in range(count)]
-
     def cpu_copies_s(self, batch: int) -> tuple[float, float]:
         """Per layer, for `batch` CPU decodes: (q/k/v to the host, attention output back),
         seconds. Memoised: the scheduler asks for the same few batch sizes constantly."""

@@ -92,28 +92,3 @@ class Table2D:
         low = zs[i][j] + wy * (zs[i][j1] - zs[i][j])
         high = zs[i1][j] + wy * (zs[i1][j1] - zs[i1][j])
         return low + wx * (high - low)
-
-    def along_y(self, x: float, ys: Sequence[float]) -> list[float]:
-        """`self(x, y)` for each y of a nondecreasing sequence, bit for bit: the same
-        arithmetic, with the y bracket walked forward instead of searched (a steady run's
-        contexts grow by one token per iteration)."""
-        i, wx = _bracket(self.xs, x)
-        i1 = min(i + 1, len(self.xs) - 1)
-        row, row1 = self.zs[i], self.zs[i1]
-        axis, last = self.ys, len(self.ys) - 1
-        out = []
-        j = 0
-        for y in ys:
-            if last == 0 or y <= axis[0] or y >= axis[-1]:
-                j_edge, wy = _bracket(axis, y)
-                j1 = min(j_edge + 1, last)
-                low = row[j_edge] + wy * (row[j1] - row[j_edge])
-                high = row1[j_edge] + wy * (row1[j1] - row1[j_edge])
-            else:
-                while axis[j + 1] <= y:
-                    j += 1
-                wy = (y - axis[j]) / (axis[j + 1] - axis[j])
-                low = row[j] + wy * (row[j + 1] - row[j])
-                high = row1[j] + wy * (row1[j + 1] - row1[j])
-            out.append(low + wx * (high - low))
-        return out

@@ -138,19 +138,6 @@ class ProfiledCostModel(CostModel):
             return 0.0
         return self._decode_attn("gpu_decode_attn", batch, max(total_tokens, batch))
 
-    def gpu_decode_attn_run(self, batch: int, first_total: int, count: int) -> list[float]:
-        """A steady run's GPU decode attention, iteration by iteration: the table walked along
-        the context axis where the whole run is inside the grid (the value `_decode_attn`
-        gives, bit for bit), else one lookup per iteration."""
-        table = self._tables["gpu_decode_attn"]
-        if batch <= 0 or count <= 0 or self.scaled or first_total < batch:
-            return super().gpu_decode_attn_run(batch, first_total, count)
-        first, last = first_total / batch, (first_total + batch * (count - 1)) / batch
-        if not (table.contains(batch, first) and table.contains(batch, last)):
-            return super().gpu_decode_attn_run(batch, first_total, count)
-        totals = range(first_total, first_total + batch * count, batch)
-        return table.along_y(batch, [total / batch for total in totals])
-
     def cpu_decode_attn(self, batch: int, total_tokens: int) -> float:
         if batch <= 0:
             return 0.0

@@ -18,7 +18,6 @@ request finishes or the run ends (`steady_runs=False` turns this off;
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from neo_sim.latency import RequestRecord
 from neo_sim.metrics import GapLog, IterationRecord, IterationTotals, Metrics
 from neo_sim.scheduler import Mode, Policy, Request, SchedulerConfig, make_policy
 from neo_sim.scheduler.base import SteadyRun
-from neo_sim.scheduler.estimate import gpu_decodes_pricer
+from neo_sim.scheduler.estimate import gpu_attn_s, gpu_decodes_pricer
 from neo_sim.scheduler.plan import Plan
 from neo_sim.timing import TimingModel
 from neo_sim.workload import RequestSpec
@@ -233,26 +232,10 @@ class Simulation:
         duration_sum, gpu_sum = totals.duration_s, totals.gpu_busy_s
         starts: list[float] = []
         total = run.total_context
-        # The next iterations are priced a chunk at a time: as many as fit before the next
-        # arrival at the first iteration's duration (later ones are no shorter, physically;
-        # where they are, the next chunk prices the rest).
-        durations: list[float] = []
-        predictions: list[float] = []
-        position = 0
         while len(starts) < run.max_iterations and now < next_arrival:
-            if position == len(durations):
-                size = run.max_iterations - len(starts)
-                if next_arrival < math.inf:
-                    first = duration_of(cost.gpu_decode_attn(n, total))
-                    if first > 0:
-                        size = min(size, 1 + int((next_arrival - now) / first))
-                # gpu_attn_s(cost, 0.0, n, total) of each iteration:
-                attn = [0.0 + a for a in cost.gpu_decode_attn_run(n, total, size)]
-                durations = [duration_of(a) for a in attn]  # all GPU time: the only lane busy
-                predictions = [predicted_of(a) for a in attn]
-                position = 0
-            duration, predicted = durations[position], predictions[position]
-            position += 1
+            gpu_attn = gpu_attn_s(cost, 0.0, n, total)
+            duration = duration_of(gpu_attn)  # all GPU time: the only lane busy
+            predicted = predicted_of(gpu_attn)
             starts.append(now)
             duration_sum += duration
             gpu_sum += duration

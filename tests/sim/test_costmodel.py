@@ -102,22 +102,3 @@ def test_profile_scales_to_another_model_by_flops_and_bytes(t4_profile):
         (c.prefill_attn(2000), truth.prefill_attn(2000)),
     ]:
         assert value == pytest.approx(expected, rel=0.02)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    batch=st.integers(1, 700),
-    first_context=st.integers(1, 40_000),
-    count=st.integers(1, 300),
-)
-def test_a_steady_runs_decode_attention_is_the_lookup_of_each_iteration(
-    t4_profile, batch, first_context, count
-):
-    """`gpu_decode_attn_run` walks the table instead of searching it: it must give, bit for
-    bit, what one `gpu_decode_attn` per iteration gives, inside the grid, across its edges and
-    outside it (batches and contexts here span all three)."""
-    cost = ProfiledCostModel(t4_profile)
-    first_total = batch * first_context
-    run = cost.gpu_decode_attn_run(batch, first_total, count)
-    stepped = [cost.gpu_decode_attn(batch, first_total + batch * j) for j in range(count)]
-    assert run == stepped
