@@ -153,7 +153,7 @@ class CpuDecodeOffers:
     with one more CPU decode on sub-batch t?" costs two cost-model lookups (the CPU lane at
     the new count and tokens, the linear layers at the new width), not a rebuild.
 
-    The arithmetic is `SubBatchBuilder._refresh`'s and `slacks`'s, term for term, so the
+    The arithmetic is `SubBatchBuilder._refresh`'s and `slacks`'s (the same `cpu_lane_s`), so the
     values are bit for bit those of the builders with the decode added; `accept` records a
     decode, and `apply` hands the accepted ones to the builders in the order they came."""
 
@@ -168,16 +168,12 @@ class CpuDecodeOffers:
         self.cpu = [t0.cpu_s, t1.cpu_s]
         self.accepted: tuple[list[DecodeWork], list[DecodeWork]] = ([], [])
         self._pending: tuple[int, float, float] = (0, 0.0, 0.0)
-        cost = b0.cost
-        self._linear_of, self._copies = cost.linear, cost.cpu_copies_s
-        self._attn, self._launch = cost.cpu_decode_attn, cost.launch
+        self.cost = b0.cost
 
     def slacks_with(self, target: int, context_len: int) -> tuple[float, float]:
         """(slack 0, slack 1) if a CPU decode of `context_len` tokens joined `target`."""
-        n = self.count[target] + 1
-        to_host, back = self._copies(n)  # cpu_lane_s
-        cpu = to_host + self._attn(n, self.tokens[target] + context_len) + back + self._launch
-        linear = self._linear_of(self.width[target] + 1)
+        cpu = cpu_lane_s(self.cost, self.count[target] + 1, self.tokens[target] + context_len)
+        linear = self.cost.linear(self.width[target] + 1)
         self._pending = (target, linear, cpu)
         if target == 0:
             return self.linear[1] + self.gpu_attn[0] - cpu, linear + self.gpu_attn[1] - self.cpu[1]
