@@ -218,20 +218,8 @@ class LLMEngine:
         from neo_engine.local import probe_hardware
 
         hardware = probe_hardware(self.device, self.torch_dtype)
-        # Probed figures are achieved rates already: efficiencies of 1 and the roofline's max
-        # (the GPU calibration's shape describes datasheet peaks), a small launch cost.
-        eff = Efficiencies(
-            gpu_gemm=1.0,
-            gpu_gemm_sharpness=math.inf,
-            gpu_attn=1.0,
-            gpu_memory=1.0,
-            gpu_elementwise_memory=1.0,
-            cpu_memory=1.0,
-            cpu_compute=1.0,
-            pcie=1.0,
-            launch_s=50e-6,
-            sampling_s=1e-4,
-        )
+        # Probed figures are achieved rates already (see of_probed_rates); a small launch cost.
+        eff = Efficiencies.of_probed_rates(launch_s=50e-6, sampling_s=1e-4)
         return RooflineCostModel(self.spec, hardware, eff)
 
     # ---- requests ----------------------------------------------------------------------------

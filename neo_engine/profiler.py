@@ -84,17 +84,7 @@ def machine_info(device: torch.device) -> dict:
 # ---- measure ---------------------------------------------------------------------------------
 def estimate_seconds(spec: ModelSpec, grids: Grids, repeats: int, hardware) -> float:
     """Up-front estimate of a run: the probed machine's roofline over every grid point."""
-    eff = Efficiencies(
-        gpu_gemm=1,
-        gpu_gemm_sharpness=math.inf,
-        gpu_attn=1,
-        gpu_memory=1,
-        gpu_elementwise_memory=1,
-        cpu_memory=1,
-        cpu_compute=1,
-        pcie=1,
-        launch_s=1e-4,
-    )
+    eff = Efficiencies.of_probed_rates(launch_s=1e-4)
     cost = RooflineCostModel(spec, hardware, eff)
     # In situ, every per-layer sample runs a whole small model (4 layers) and its LM head.
     layers = min(4, spec.num_layers)

@@ -163,6 +163,19 @@ EFFICIENCY_SOURCES: dict[str, str] = {
 }
 
 
+# The fields of Efficiencies that are fractions of a peak, in (0, 1].
+_FRACTIONS = (
+    "gpu_gemm",
+    "gpu_attn",
+    "gpu_memory",
+    "gpu_elementwise_memory",
+    "cpu_memory",
+    "cpu_compute",
+    "pcie",
+    "interconnect",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Efficiencies:
     """Fractions of datasheet peaks that real kernels achieve, plus fixed overheads.
@@ -190,21 +203,20 @@ class Efficiencies:
     sources: dict[str, str] = field(default_factory=lambda: dict(EFFICIENCY_SOURCES), compare=False)
 
     def __post_init__(self) -> None:
-        for name in (
-            "gpu_gemm",
-            "gpu_attn",
-            "gpu_memory",
-            "gpu_elementwise_memory",
-            "cpu_memory",
-            "cpu_compute",
-            "pcie",
-            "interconnect",
-        ):
+        for name in _FRACTIONS:
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise NeoError(f"efficiency {name} must be in (0, 1], got {value}")
         if not self.gpu_gemm_sharpness >= 1:
             raise NeoError(f"gpu_gemm_sharpness must be >= 1, got {self.gpu_gemm_sharpness}")
+
+    @classmethod
+    def of_probed_rates(cls, **overrides: float) -> Efficiencies:
+        """For a cost model over a machine's probed rates, which are achieved rates already:
+        efficiencies of 1 and the roofline's plain max (the calibrated shape describes
+        datasheet peaks). The interconnect keeps its default: a probe measures one device."""
+        ones = {name: 1.0 for name in _FRACTIONS if name != "interconnect"}
+        return cls(**(ones | {"gpu_gemm_sharpness": math.inf} | overrides))
 
 
 def _roofline(flops: float, flops_per_s: float, num_bytes: float, bytes_per_s: float) -> float:
