@@ -4,6 +4,7 @@ ran on, under benchmarks/results/ (the README quotes those files)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,3 +20,14 @@ def write_result(path: Path, benchmark: str, **fields: Any) -> dict:
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
     return result
+
+
+def reference_s() -> float:
+    """Seconds of a fixed pure-Python loop (the best of three), timed beside a measurement:
+    this VM's speed drifts, and the ratio of a time to it compares runs across sessions."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        sum(i * i for i in range(1_000_000))
+        best = min(best, time.perf_counter() - started)
+    return best

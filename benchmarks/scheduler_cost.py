@@ -5,7 +5,9 @@ it), so its Python time per step adds to every iteration. For every shipped host
 its model (the policy map's), each offloading policy and gpu-only schedule the same workload
 (input ~1000, output ~200 tokens, Poisson at 90% of gpu-only's offline throughput, which
 keeps both GPU and host pools busy); this times `step()` on this machine and divides by the
-simulated iteration time on the target hardware. Target (issue 13): below 1%.
+simulated iteration time on the target hardware. Target (issue 13): below 1%. This VM's speed
+drifts (up to 2x within an hour), so each host's rows record `reference_s`, a fixed
+pure-Python loop timed just before them (`benchmarks.reference_s`).
 
 Run: python -m benchmarks.scheduler_cost [--requests N]
 Writes benchmarks/results/scheduler_cost.json with the machine it ran on.
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks import RESULTS, write_result
+from benchmarks import RESULTS, reference_s, write_result
 
 HOSTS = {
     "t4": "llama-2-7b",
@@ -48,6 +50,7 @@ def measure(hardware: str, model: str, requests: int) -> list[dict]:
     )
     capacity = execute(base.with_(policy="gpu-only", rate=math.inf)).summary["throughput_req_s"]
     rows = []
+    reference = reference_s()
     for policy in POLICIES:
         spec = base.with_(policy=policy, rate=0.9 * capacity)
         started = time.perf_counter()
@@ -66,6 +69,7 @@ def measure(hardware: str, model: str, requests: int) -> list[dict]:
                 "scheduler_ms_per_step": 1e3 * per_step,
                 "iteration_ms_mean": 1e3 * out.summary["iteration_s_mean"],
                 "scheduler_share": per_step / out.summary["iteration_s_mean"],
+                "reference_s": reference,
             }
         )
     return rows
@@ -79,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for hardware, model in tqdm(HOSTS.items(), unit="host"):
         rows += measure(hardware, model, args.requests)
-    print(f"{'hardware':18s} {'policy':9s} {'sched ms/step':>13s} {'iter ms':>8s} {'share':>7s}")
+    header = f"{'hardware':18s} {'policy':9s} {'sched ms/step':>13s} {'iter ms':>8s} {'share':>7s}"
+    print(f"{header} {'reference s':>11s}")
     for r in rows:
         print(
             f"{r['hardware']:18s} {r['policy']:9s} {r['scheduler_ms_per_step']:13.3f} "
-            f"{r['iteration_ms_mean']:8.1f} {100 * r['scheduler_share']:6.2f}%"
+            f"{r['iteration_ms_mean']:8.1f} {100 * r['scheduler_share']:6.2f}% "
+            f"{r['reference_s']:11.3f}"
         )
     worst = max(rows, key=lambda r: r["scheduler_share"])
     print(

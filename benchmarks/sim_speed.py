@@ -28,7 +28,7 @@ import resource
 import time
 from pathlib import Path
 
-from benchmarks import RESULTS, write_result
+from benchmarks import RESULTS, reference_s, write_result
 
 WORKLOADS = {
     "vidur gpu-only": dict(
@@ -68,17 +68,6 @@ WORKLOADS = {
     ),
 }
 REQUEST_SHARE = {"overloaded gpu-only": 0.2}  # of --requests: its requests are 16x longer
-
-
-def reference_s() -> float:
-    """Seconds of a fixed pure-Python loop (the best of three), timed beside each run: this
-    VM's speed drifts, and the ratio wall / reference compares runs across sessions."""
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        sum(i * i for i in range(1_000_000))
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def run_one(name: str, requests: int, steady: bool) -> dict:
