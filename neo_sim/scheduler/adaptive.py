@@ -6,28 +6,22 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   stays hidden). Past that point the GPU waits, yet one more request per iteration can still
   be worth the wait; adaptive keeps adding CPU decodes, longest-waiting first, while the
   pipelined plan's predicted requests/s rises (`_extend_pipelined`).
-- Host placement is sticky (a prompt placed on the host decodes there until it ends or is
-  swapped back), so a prompt NEO would place on the host waits for GPU KV instead, as under
-  gpu-only, unless the host pays for it: a decode-only iteration that decodes every resident
-  still serves more requests/s with it, or the decodes the starvation bound makes mandatory
-  stay hidden under the GPU work of a steady iteration, prefills included
-  (`_host_admissions`).
 - With `slo_tpot_s` set, a prompt goes to the host only while an iteration decoding every
   resident is predicted within it, host decodes are added while the iteration stays within
   it, and of the candidate plans the fastest-serving one within it is run (the fastest one
   if none is within it): host residents do not take turns, so each gets its next token within
   the SLO whenever the hardware allows it.
-Steps 1-2 (swaps), the FCFS admission order and the starvation bound are NEO's.
+Steps 1-3 (swaps, admission, placement where the host pays) and the starvation bound are NEO's.
 """
 
 from __future__ import annotations
 
 from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget
-from neo_sim.scheduler.estimate import SubBatchBuilder, cpu_lane_s, slacks
+from neo_sim.scheduler.estimate import SubBatchBuilder, slacks
 from neo_sim.scheduler.neo import Candidate
 from neo_sim.scheduler.plan import DecodeWork, Mode
-from neo_sim.scheduler.request import Device, Request
+from neo_sim.scheduler.request import Device
 
 Option = tuple[Mode, tuple[SubBatchBuilder, ...], tuple[int, ...]]
 
@@ -81,78 +75,24 @@ class AdaptivePolicy(ApexPolicy):
             worth = self._work_s(mode, chosen) <= slo
         return worth, rate
 
-    def _admit(self, budget: Budget) -> list[Candidate]:
-        candidates = super()._admit(budget)
-        kept = self._host_admissions(candidates)
-        for r, _ in candidates[kept:]:  # a suffix: once one prompt goes to the host, all do
-            budget.give(r.seq_len - r.num_computed)
-        return candidates[:kept]
-
-    def _host_admissions(self, candidates: list[Candidate]) -> int:
-        """How many of `candidates` to admit: every GPU-placed one, and host-placed ones while
-        the host pays for them.
-
-        Without an SLO a host resident pays if a decode-only iteration decoding every resident
-        (fused, or pipelined with the host decodes in sub-batch 1, whichever serves more) is
-        predicted to serve at least as many requests/s with it, or if the host decodes the
-        starvation bound makes mandatory stay hidden under the GPU's steady work (then the
-        host serves residents in turns at no cost to the GPU). With a TPOT SLO it pays while
-        that iteration stays within the SLO."""
-        first_cpu = next((i for i, (_, d) in enumerate(candidates) if d == Device.CPU), None)
-        if first_cpu is None:
-            return len(candidates)
-        gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
-        gpu_side = [*self.gpu_running.values(), *(r for r, _ in candidates[:first_cpu])]
-        for i, r in enumerate(gpu_side):
-            for b in (gpu, fused):
-                b.add_gpu_decode(DecodeWork(i, r.seq_len))
-        for r in self.cpu_running.values():
-            for b in (host, fused):
-                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+    def _host_resident_pays(
+        self,
+        gpu: SubBatchBuilder,
+        host: SubBatchBuilder,
+        fused: SubBatchBuilder,
+        prefill_tokens: float,
+        best: float,
+    ) -> tuple[bool, float]:
+        """With a TPOT SLO a host resident pays while an iteration decoding every resident
+        (fused, or pipelined with the host decodes in sub-batch 1, whichever is faster) stays
+        within it: host residents do not take turns under an SLO. Without one, NEO's test."""
         slo = self.config.slo_tpot_s
-        best = self._steady_rate(gpu, host, fused)
-        prefill = sum(_steady_prefill_tokens(r) for r in (*gpu_side, *self.cpu_running.values()))
-        for i in range(first_cpu, len(candidates)):
-            r = candidates[i][0]
-            for b in (host, fused):
-                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
-            if slo is not None:
-                fastest = self._work_s(Mode.FUSED, (fused,))
-                if gpu:
-                    fastest = min(fastest, self._work_s(Mode.PIPELINED, (gpu, host)))
-                if fastest > slo:
-                    return i
-                continue
-            prefill += _steady_prefill_tokens(r)
-            rate = self._steady_rate(gpu, host, fused)
-            if rate < best and not self._bound_stays_hidden(gpu, host, prefill):
-                return i
-            best = max(best, rate)
-        return len(candidates)
-
-    def _bound_stays_hidden(
-        self, gpu: SubBatchBuilder, host: SubBatchBuilder, prefill_tokens: float
-    ) -> bool:
-        """Whether the host decodes the starvation bound makes mandatory (each of `host`'s
-        residents once per `max_cpu_wait_steps` iterations; the longest contexts, to be safe)
-        fit under the linear layers of the GPU's steady work (`gpu`'s decodes plus
-        `prefill_tokens` prompt tokens) in a pipelined iteration: slack 1 stays non-negative."""
-        mandatory = -(-len(host.cpu_decodes) // self.config.max_cpu_wait_steps)
-        longest = sorted((d.context_len for d in host.cpu_decodes), reverse=True)[:mandatory]
-        window = self.cost.linear(gpu.num_tokens + round(prefill_tokens))
-        return cpu_lane_s(self.cost, mandatory, sum(longest)) <= window
-
-    def _steady_rate(
-        self, gpu: SubBatchBuilder, host: SubBatchBuilder, fused: SubBatchBuilder
-    ) -> float:
-        """Requests/s of the best decode-only iteration over `gpu`'s and `host`'s decodes
-        (`fused` holds both): GPU-only if the host holds none."""
-        if not host:
-            return self._rate(Mode.SEQUENTIAL, (gpu,)) if gpu else 0.0
-        rate = self._rate(Mode.FUSED, (fused,))
+        if slo is None:
+            return super()._host_resident_pays(gpu, host, fused, prefill_tokens, best)
+        fastest = self._work_s(Mode.FUSED, (fused,))
         if gpu:
-            rate = max(rate, self._rate(Mode.PIPELINED, (gpu, host)))
-        return rate
+            fastest = min(fastest, self._work_s(Mode.PIPELINED, (gpu, host)))
+        return fastest <= slo, best
 
     def _extend_pipelined(
         self,
@@ -194,9 +134,3 @@ class AdaptivePolicy(ApexPolicy):
                 continue
             best = rate
             cpu_free -= growth
-
-
-def _steady_prefill_tokens(r: Request) -> float:
-    """Prompt tokens per iteration that `r`'s slot brings in the steady state: a new prompt
-    about as long as its own once per its output length (in iterations)."""
-    return r.prompt_len / max(1, r.max_new_tokens)

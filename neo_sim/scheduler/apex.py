@@ -16,7 +16,8 @@ dependencies.
 
 Our reading, from the paper's abstract, its eq. 6 and third-party summaries (the paper's body
 was not available to us; docs/architecture.md, "APEX"):
-- steps 1-3 (swaps, admission, GPU-first placement with overflow to the host) are NEO's;
+- steps 1-3 (swaps, admission, GPU-first placement with overflow to the host where the host
+  pays) are NEO's, with fused iterations among the steady plans that placement prices;
 - the fused batch takes CPU decodes longest-waiting first while each one raises the predicted
   requests/s of the iteration (APEX "predicts the execution times of CPU and GPU subtasks and
   dispatches them to maximise overlap": host work that fits the GPU-attention window is free,
@@ -89,6 +90,13 @@ class ApexPolicy(NeoPolicy):
             if overdue:
                 forced.append(r.request_id)
         return b, tuple(forced)
+
+    def _steady_rate(
+        self, gpu: SubBatchBuilder, host: SubBatchBuilder, fused: SubBatchBuilder
+    ) -> float:
+        """NEO's steady rate, or the fused iteration's if it serves more."""
+        rate = super()._steady_rate(gpu, host, fused)
+        return max(rate, self._rate(Mode.FUSED, (fused,))) if host else rate
 
     def _worth(
         self, mode: Mode, chosen: tuple[SubBatchBuilder, ...], best: float

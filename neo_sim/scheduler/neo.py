@@ -7,8 +7,9 @@
    first, while GPU KV usage stays under the low watermark.
 3. `_admit`: take waiting prompts FCFS while tokens, request slots and KV allow; place each on
    the GPU while it fits, else on the CPU (only with host room for every CPU resident to grow
-   to its full length), and once one goes to the CPU later ones follow. (Tentative: only the
-   prompts that survive steps 5 and 6 are really admitted.)
+   to its full length), and once one goes to the CPU later ones follow; a prompt goes to the
+   CPU only where the host pays for it (`_host_resident_pays`), else it waits for GPU KV.
+   (Tentative: only the prompts that survive steps 5 and 6 are really admitted.)
 4. `_build_sub_batches`: sub-batch 0 gets the prefills and GPU decodes; CPU decodes are added
    one by one, longest-waiting first, to the sub-batch with more slack, skipping any request at
    least as long as one already rejected, and rejecting one that would make a slack negative.
@@ -19,9 +20,9 @@
 Beyond the artifact (docs/architecture.md, "Departures from the artifact"): CPU decodes are
 offered and swapped back longest-waiting first (the artifact takes them in admission order,
 so the newest starve while the oldest finish), the host pool is reserved for residents'
-growth, and a CPU decode that has waited `max_cpu_wait_steps` iterations is forced into the
-pipelined plan; such a plan may carry negative slack and lists the forced requests in
-`Plan.forced_ids`.
+growth, a prompt goes to the host only where the host pays for it, and a CPU decode that has
+waited `max_cpu_wait_steps` iterations is forced into the pipelined plan; such a plan may
+carry negative slack and lists the forced requests in `Plan.forced_ids`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import (
     CpuDecodeOffers,
     SubBatchBuilder,
+    cpu_lane_s,
     iteration_s,
     pipelined_layer_s,
     sequential_layer_s,
@@ -157,6 +159,14 @@ class NeoPolicy(Policy):
 
     # ---- step 3 ---------------------------------------------------------------------------
     def _admit(self, budget: Budget) -> list[Candidate]:
+        candidates = self._place(budget)
+        kept = self._host_admissions(candidates)
+        for r, _ in candidates[kept:]:  # a suffix: once one prompt goes to the host, all do
+            budget.give(r.seq_len - r.num_computed)
+        return candidates[:kept]
+
+    def _place(self, budget: Budget) -> list[Candidate]:
+        """The artifact's placement: FCFS, GPU while it fits, then the host."""
         gpu, cpu = self.kv.gpu, self.kv.cpu
         gpu_used = self._gpu_blocks_after_growth()
         # A prompt goes to the CPU only if the host pool keeps room for every CPU resident to
@@ -189,6 +199,80 @@ class NeoPolicy(Policy):
             slots -= 1
             candidates.append((r, device))
         return candidates
+
+    def _host_admissions(self, candidates: list[Candidate]) -> int:
+        """How many of `candidates` to admit: every GPU-placed one, and host-placed ones while
+        the host pays for them (`_host_resident_pays`). Host placement is sticky (a prompt
+        placed on the host decodes there until it ends or is swapped back), so a prompt the
+        host cannot pay for waits for GPU KV instead, as under gpu-only."""
+        first_cpu = next((i for i, (_, d) in enumerate(candidates) if d == Device.CPU), None)
+        if first_cpu is None:
+            return len(candidates)
+        gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
+        gpu_side = [*self.gpu_running.values(), *(r for r, _ in candidates[:first_cpu])]
+        for i, r in enumerate(gpu_side):
+            for b in (gpu, fused):
+                b.add_gpu_decode(DecodeWork(i, r.seq_len))
+        for r in self.cpu_running.values():
+            for b in (host, fused):
+                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+        best = self._steady_rate(gpu, host, fused)
+        prefill = sum(_steady_prefill_tokens(r) for r in (*gpu_side, *self.cpu_running.values()))
+        for i in range(first_cpu, len(candidates)):
+            r = candidates[i][0]
+            for b in (host, fused):
+                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+            prefill += _steady_prefill_tokens(r)
+            pays, best = self._host_resident_pays(gpu, host, fused, prefill, best)
+            if not pays:
+                return i
+        return len(candidates)
+
+    def _host_resident_pays(
+        self,
+        gpu: SubBatchBuilder,
+        host: SubBatchBuilder,
+        fused: SubBatchBuilder,
+        prefill_tokens: float,
+        best: float,
+    ) -> tuple[bool, float]:
+        """Whether the host resident just added to `host` (and `fused`) pays for itself, and
+        the best steady rate so far: a decode-only iteration decoding every resident serves at
+        least `best` requests/s with it, or the host decodes the starvation bound makes
+        mandatory stay hidden under the GPU's steady work (the host then serves its residents
+        in turns at no cost to the GPU, and the bound never forces a plan slower than the
+        GPU's own)."""
+        rate = self._steady_rate(gpu, host, fused)
+        pays = rate >= best or self._bound_stays_hidden(gpu, host, prefill_tokens)
+        return pays, max(best, rate)
+
+    def _steady_rate(
+        self, gpu: SubBatchBuilder, host: SubBatchBuilder, fused: SubBatchBuilder
+    ) -> float:
+        """Requests/s of the best decode-only iteration over `gpu`'s and `host`'s decodes
+        (`fused` holds both, for policies that run fused plans): the pipelined one with the
+        host decodes in sub-batch 1, or GPU-only if the host holds none."""
+        if not host:
+            return self._rate(Mode.SEQUENTIAL, (gpu,)) if gpu else 0.0
+        return (
+            self._rate(Mode.PIPELINED, (gpu, host)) if gpu else self._rate(Mode.SEQUENTIAL, (host,))
+        )
+
+    def _bound_stays_hidden(
+        self, gpu: SubBatchBuilder, host: SubBatchBuilder, prefill_tokens: float
+    ) -> bool:
+        """Whether the host decodes the starvation bound makes mandatory (each of `host`'s
+        residents once per `max_cpu_wait_steps` iterations; the longest contexts, to be safe)
+        fit under the linear layers of the GPU's steady work (`gpu`'s decodes plus
+        `prefill_tokens` prompt tokens) in a pipelined iteration: slack 1 stays non-negative.
+        Without a bound (neo-unbounded) nothing is mandatory."""
+        wait = self.config.max_cpu_wait_steps
+        if wait >= UNBOUNDED_WAIT:
+            return True
+        mandatory = -(-len(host.cpu_decodes) // wait)
+        longest = sorted((d.context_len for d in host.cpu_decodes), reverse=True)[:mandatory]
+        window = self.cost.linear(gpu.num_tokens + round(prefill_tokens))
+        return cpu_lane_s(self.cost, mandatory, sum(longest)) <= window
 
     def _cpu_admission_limit(self, gpu_used: int) -> int:
         """Prompts may fill the CPU pool only up to the room a full GPU swap-out would need.
@@ -355,3 +439,9 @@ class NeoPolicy(Policy):
         """CPU decodes by the step of their last token, oldest first (ties: admission order),
         so overdue requests come first and the rest take turns."""
         return sorted(self.cpu_running.values(), key=_WAITED)
+
+
+def _steady_prefill_tokens(r: Request) -> float:
+    """Prompt tokens per iteration that `r`'s slot brings in the steady state: a new prompt
+    about as long as its own once per its output length (in iterations)."""
+    return r.prompt_len / max(1, r.max_new_tokens)

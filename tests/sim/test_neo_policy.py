@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from neo_sim.costmodel import Efficiencies, RooflineCostModel
 from neo_sim.hardware import PRESETS as HW
 from neo_sim.model import PRESETS as MODELS
+from neo_sim.runs import RunSpec, execute
 from neo_sim.scheduler import Device, Mode, Request, SchedulerConfig, make_policy
+from neo_sim.scheduler.neo import NeoPolicy
 
 
 def run_load(policy, rng, steps: int, rate_per_step: float, prompt=(300, 440), out=(20, 300)):
@@ -167,3 +170,29 @@ def test_greedy_offers_price_exactly_what_the_builders_would():
         offers.apply()
         assert (b0.freeze(), b1.freeze()) == (m0.freeze(), m1.freeze())
         assert (b0.times(), b1.times()) == (m0.times(), m1.times())
+
+
+def test_a_prompt_goes_to_the_host_only_where_the_host_pays_for_it(monkeypatch):
+    """Llama-3.1-70B on two H100s, long prompts: host attention is slow next to the GPUs.
+    Placing every prompt that overflows the GPU pool on the host (the artifact's rule) fills
+    the host with residents that the starvation bound then forces into plans slower than the
+    GPU's own; with the host-pays test those prompts wait for GPU KV, as under gpu-only."""
+    spec = RunSpec.of(
+        hardware="h100x2",
+        model="llama-3.1-70b",
+        input_len=2600,
+        output_len=300,
+        num_requests=100,
+        rate=math.inf,
+        max_batch_tokens=8192,
+        timeline_iterations=0,
+    )
+    gpu_only = execute(spec.with_(policy="gpu-only")).summary["throughput_tok_s"]
+    neo = execute(spec.with_(policy="neo")).summary
+    assert neo["throughput_tok_s"] >= 0.99 * gpu_only
+    assert neo["forced_time_share"] < 0.005
+    monkeypatch.setattr(NeoPolicy, "_host_admissions", lambda self, candidates: len(candidates))
+    artifact = execute(spec.with_(policy="neo")).summary
+    assert artifact["throughput_tok_s"] < 0.97 * gpu_only
+    assert artifact["forced_time_share"] > 0.01
+    assert neo["cpu_served_fraction"] < artifact["cpu_served_fraction"] / 10
