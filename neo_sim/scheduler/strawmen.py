@@ -18,7 +18,8 @@ from neo_sim.scheduler.request import Device
 
 
 class _NoSlackPolicy(NeoPolicy):
-    """Strawmen keep every sub-batch they build: no prefill trimming, no mode comparison."""
+    """Strawmen keep every sub-batch they build: no prefill trimming, no mode comparison, and
+    the artifact's placement (every prompt that overflows the GPU goes to the host)."""
 
     listing_rank = 50
 
@@ -29,6 +30,9 @@ class _NoSlackPolicy(NeoPolicy):
 
     def _trim_cpu_prefills(self, b0, b1) -> None:
         return None
+
+    def _host_admissions(self, candidates: list[Candidate]) -> int:
+        return len(candidates)
 
     def _choose_mode(self, b0, b1, forced):
         if b0 and b1:
