@@ -342,6 +342,37 @@ class Policy(ABC):
         r.num_swaps += 1
         return Swap(r.request_id, r.num_computed, tuple(src), tuple(dst))
 
+    def _swap_in_parked(self, budget: Budget) -> tuple[Swap, ...]:
+        """Bring parked (swapped-out) requests back to the GPU, oldest first, while GPU KV
+        stays under the low watermark and the batch has room."""
+        if not self.swapped:
+            return ()
+        gpu = self.kv.gpu
+        # The low watermark leaves room for growth; an idle GPU takes whatever fits.
+        limit = (
+            self.config.swap_in_watermark * gpu.num_blocks if self.gpu_running else gpu.num_blocks
+        )
+        used = gpu.num_used + sum(
+            gpu.extra_blocks(r.request_id, r.seq_len)
+            for r in self.gpu_running.values()
+            if not r.is_prefilling
+        )
+        swaps = []
+        for r in sorted(self.swapped.values(), key=lambda r: r.admit_order):
+            blocks = self._blocks(r.seq_len)
+            if used + blocks > limit or len(self.gpu_running) + 1 > min(budget.seqs, budget.tokens):
+                break
+            used += blocks
+            swaps.append(self._move_kv(r, to_gpu=True))
+            del self.swapped[r.request_id]
+            r.state = RequestState.RUNNING_GPU
+            self.gpu_running[r.request_id] = r
+        if swaps:
+            self.gpu_running = dict(
+                sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order)
+            )
+        return tuple(swaps)
+
     def _recompute(self, r: Request) -> None:
         """Preempt by dropping KV: the request re-prefills its prompt and outputs so far."""
         self.gpu_running.pop(r.request_id, None)

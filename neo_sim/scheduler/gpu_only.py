@@ -121,33 +121,7 @@ class GpuOnlyPolicy(Policy):
         return swap
 
     def _swap_in(self, budget: Budget) -> tuple[Swap, ...]:
-        if not self.swapped:
-            return ()
-        gpu = self.kv.gpu
-        # The low watermark leaves room for growth; an idle GPU takes whatever fits.
-        limit = (
-            self.config.swap_in_watermark * gpu.num_blocks if self.gpu_running else gpu.num_blocks
-        )
-        used = gpu.num_used + sum(
-            gpu.extra_blocks(r.request_id, r.seq_len)
-            for r in self.gpu_running.values()
-            if not r.is_prefilling
-        )
-        swaps = []
-        for r in sorted(self.swapped.values(), key=lambda r: r.admit_order):
-            blocks = self._blocks(r.seq_len)
-            if used + blocks > limit or len(self.gpu_running) + 1 > min(budget.seqs, budget.tokens):
-                break
-            used += blocks
-            swaps.append(self._move_kv(r, to_gpu=True))
-            del self.swapped[r.request_id]
-            r.state = RequestState.RUNNING_GPU
-            self.gpu_running[r.request_id] = r
-        if swaps:
-            self.gpu_running = dict(
-                sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order)
-            )
-        return tuple(swaps)
+        return self._swap_in_parked(budget)
 
     def _schedule_running(self, batch: SubBatchBuilder, budget: Budget) -> None:
         """Decodes first, then the next chunk of any prompt already being prefilled."""

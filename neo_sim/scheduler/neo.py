@@ -121,18 +121,47 @@ class NeoPolicy(Policy):
         return tuple(swaps), tuple(recomputed)
 
     def _move_to_cpu(self, r: Request) -> Swap | None:
+        """Swap `r`'s KV to the host: it decodes there if the host pays for it as a resident,
+        else it is parked (as under gpu-only) until the GPU has room again."""
         cpu = self.kv.cpu
         if cpu.extra_blocks(r.request_id, r.seq_len) > cpu.num_free:
             self._recompute(r)  # host memory is full too: drop the KV
             return None
+        park = not self._host_pays_for_swapped(r)
         swap = self._move_kv(r, to_gpu=False)
         del self.gpu_running[r.request_id]
-        self.cpu_running[r.request_id] = r
-        r.state = RequestState.RUNNING_CPU
+        if park:
+            self.swapped[r.request_id] = r
+            r.state = RequestState.SWAPPED
+            r.num_preemptions += 1
+        else:
+            self.cpu_running[r.request_id] = r
+            r.state = RequestState.RUNNING_CPU
         return swap
+
+    def _host_pays_for_swapped(self, victim: Request) -> bool:
+        """The host-pays test of step 3 for a request about to leave the GPU."""
+        if self.config.max_cpu_wait_steps >= UNBOUNDED_WAIT:
+            return True  # no bound, nothing mandatory: the artifact's rule
+        gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
+        for r in self.gpu_running.values():
+            if r.request_id != victim.request_id:
+                for b in (gpu, fused):
+                    b.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
+        for r in self.cpu_running.values():
+            for b in (host, fused):
+                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+        best = self._steady_rate(gpu, host, fused)
+        residents = (*self.gpu_running.values(), *self.cpu_running.values())
+        prefill = sum(_steady_prefill_tokens(r) for r in residents)
+        for b in (host, fused):
+            b.add_cpu_decode(DecodeWork(victim.request_id, victim.seq_len))
+        return self._host_resident_pays(gpu, host, fused, prefill, best)[0]
 
     # ---- step 2 ---------------------------------------------------------------------------
     def _swap_in(self, budget: Budget) -> tuple[Swap, ...]:
+        if self.swapped:  # parked requests first, oldest first, as under gpu-only
+            return self._swap_in_parked(budget)
         if not self.cpu_running:
             return ()
         gpu = self.kv.gpu
@@ -283,7 +312,8 @@ class NeoPolicy(Policy):
         return max(0, self.kv.cpu.num_blocks - gpu_used)
 
     def _gpu_allowed(self) -> bool:
-        return True
+        """New prompts do not take GPU room before parked requests are back."""
+        return not self.swapped
 
     # ---- step 4 ---------------------------------------------------------------------------
     def _build_sub_batches(

@@ -34,6 +34,9 @@ class _NoSlackPolicy(NeoPolicy):
     def _host_admissions(self, candidates: list[Candidate]) -> int:
         return len(candidates)
 
+    def _host_pays_for_swapped(self, victim) -> bool:
+        return True
+
     def _choose_mode(self, b0, b1, forced):
         if b0 and b1:
             return Mode.PIPELINED, (b0, b1)

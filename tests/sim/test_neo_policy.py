@@ -85,7 +85,11 @@ def _slow_launch_cost():
     return RooflineCostModel(MODELS["llama-2-7b"], HW["t4"], Efficiencies(launch_s=6e-3))
 
 
-def test_starvation_bound_holds_under_sustained_load():
+def test_starvation_bound_holds_under_sustained_load(monkeypatch):
+    """With the artifact's placement (every request that leaves or overflows the GPU becomes
+    a host resident), the bound still gets each one a token every `bound` iterations."""
+    monkeypatch.setattr(NeoPolicy, "_host_admissions", lambda self, candidates: len(candidates))
+    monkeypatch.setattr(NeoPolicy, "_host_pays_for_swapped", lambda self, victim: True)
     bound = 8
     policy = make_policy("neo", t4_config(max_cpu_wait_steps=bound), _slow_launch_cost())
     longest, plans = run_load(policy, random.Random(3), steps=600, rate_per_step=0.25)
@@ -196,3 +200,29 @@ def test_a_prompt_goes_to_the_host_only_where_the_host_pays_for_it(monkeypatch):
     assert artifact["throughput_tok_s"] < 0.97 * gpu_only
     assert artifact["forced_time_share"] > 0.01
     assert neo["cpu_served_fraction"] < artifact["cpu_served_fraction"] / 10
+
+
+def test_a_request_swapped_out_where_the_host_cannot_pay_is_parked(monkeypatch):
+    """2x H100 + 70B, outputs that outgrow the GPU pool: a request swapped out of it waits,
+    parked, for GPU room (as under gpu-only) instead of becoming a host resident that the
+    starvation bound then forces into plans slower than the GPU's own."""
+    spec = RunSpec.of(
+        hardware="h100x2",
+        model="llama-3.1-70b",
+        input_len=1000,
+        output_len=300,
+        num_requests=300,
+        rate=math.inf,
+        max_num_seqs=1024,
+        max_batch_size=512,
+        max_batch_tokens=8192,
+        timeline_iterations=0,
+    )
+    gpu_only = execute(spec.with_(policy="gpu-only")).summary["throughput_tok_s"]
+    neo = execute(spec.with_(policy="neo")).summary
+    assert neo["throughput_tok_s"] >= 0.99 * gpu_only
+    assert neo["forced_time_share"] == 0
+    monkeypatch.setattr(NeoPolicy, "_host_pays_for_swapped", lambda self, victim: True)
+    resident = execute(spec.with_(policy="neo")).summary
+    assert resident["throughput_tok_s"] < 0.99 * gpu_only
+    assert resident["forced_time_share"] > 0.01
