@@ -141,8 +141,10 @@ class NeoPolicy(Policy):
 
     def _host_pays_for_swapped(self, victim: Request) -> bool:
         """The host-pays test of step 3 for a request about to leave the GPU."""
-        if self.config.max_cpu_wait_steps >= UNBOUNDED_WAIT:
-            return True  # no bound, nothing mandatory: the artifact's rule
+        if self.config.max_cpu_wait_steps >= UNBOUNDED_WAIT or self.config.slo_tpot_s is not None:
+            # No bound, nothing mandatory: the artifact's rule. Under a TPOT SLO a parked
+            # request would wait for GPU room far beyond it: it stays a host resident.
+            return True
         gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
         for r in self.gpu_running.values():
             if r.request_id != victim.request_id:
