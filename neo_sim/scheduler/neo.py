@@ -27,7 +27,9 @@ carry negative slack and lists the forced requests in `Plan.forced_ids`.
 
 from __future__ import annotations
 
+import heapq
 import operator
+from collections.abc import Iterable
 
 from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import (
@@ -145,14 +147,8 @@ class NeoPolicy(Policy):
             # No bound, nothing mandatory: the artifact's rule. Under a TPOT SLO a parked
             # request would wait for GPU room far beyond it: it stays a host resident.
             return True
-        gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
-        for r in self.gpu_running.values():
-            if r.request_id != victim.request_id:
-                for b in (gpu, fused):
-                    b.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
-        for r in self.cpu_running.values():
-            for b in (host, fused):
-                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+        others = (r for r in self.gpu_running.values() if r.request_id != victim.request_id)
+        gpu, host, fused = self._steady_builders(others)
         best = self._steady_rate(gpu, host, fused)
         residents = (*self.gpu_running.values(), *self.cpu_running.values())
         prefill = sum(_steady_prefill_tokens(r) for r in residents)
@@ -239,14 +235,8 @@ class NeoPolicy(Policy):
         first_cpu = next((i for i, (_, d) in enumerate(candidates) if d == Device.CPU), None)
         if first_cpu is None:
             return len(candidates)
-        gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
         gpu_side = [*self.gpu_running.values(), *(r for r, _ in candidates[:first_cpu])]
-        for i, r in enumerate(gpu_side):
-            for b in (gpu, fused):
-                b.add_gpu_decode(DecodeWork(i, r.seq_len))
-        for r in self.cpu_running.values():
-            for b in (host, fused):
-                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+        gpu, host, fused = self._steady_builders(gpu_side)
         best = self._steady_rate(gpu, host, fused)
         prefill = sum(_steady_prefill_tokens(r) for r in (*gpu_side, *self.cpu_running.values()))
         for i in range(first_cpu, len(candidates)):
@@ -258,6 +248,20 @@ class NeoPolicy(Policy):
             if not pays:
                 return i
         return len(candidates)
+
+    def _steady_builders(
+        self, gpu_side: Iterable[Request]
+    ) -> tuple[SubBatchBuilder, SubBatchBuilder, SubBatchBuilder]:
+        """The decode-only iteration the host-pays test prices: `gpu_side`'s decodes on the
+        GPU, the host residents' on the host, and both in one fused batch (gpu, host, fused)."""
+        gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
+        for r in gpu_side:
+            for b in (gpu, fused):
+                b.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
+        for r in self.cpu_running.values():
+            for b in (host, fused):
+                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+        return gpu, host, fused
 
     def _host_resident_pays(
         self,
@@ -301,7 +305,7 @@ class NeoPolicy(Policy):
         if wait >= UNBOUNDED_WAIT:
             return True
         mandatory = -(-len(host.cpu_decodes) // wait)
-        longest = sorted((d.context_len for d in host.cpu_decodes), reverse=True)[:mandatory]
+        longest = heapq.nlargest(mandatory, (d.context_len for d in host.cpu_decodes))
         window = self.cost.linear(gpu.num_tokens + round(prefill_tokens))
         return cpu_lane_s(self.cost, mandatory, sum(longest)) <= window
 

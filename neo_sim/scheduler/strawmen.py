@@ -14,7 +14,7 @@ from neo_sim.scheduler.base import Budget
 from neo_sim.scheduler.estimate import SubBatchBuilder
 from neo_sim.scheduler.neo import Candidate, NeoPolicy
 from neo_sim.scheduler.plan import DecodeWork, Mode, PrefillWork
-from neo_sim.scheduler.request import Device
+from neo_sim.scheduler.request import Device, Request
 
 
 class _NoSlackPolicy(NeoPolicy):
@@ -34,7 +34,7 @@ class _NoSlackPolicy(NeoPolicy):
     def _host_admissions(self, candidates: list[Candidate]) -> int:
         return len(candidates)
 
-    def _host_pays_for_swapped(self, victim) -> bool:
+    def _host_pays_for_swapped(self, victim: Request) -> bool:
         return True
 
     def _choose_mode(self, b0, b1, forced):

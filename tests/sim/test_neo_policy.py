@@ -176,21 +176,23 @@ def test_greedy_offers_price_exactly_what_the_builders_would():
         assert (b0.times(), b1.times()) == (m0.times(), m1.times())
 
 
+# Llama-3.1-70B on two H100s, all requests at once: a host whose CPU attention is slow next to
+# its GPUs, where a host resident that cannot pay for itself costs the most.
+H100X2_70B_OFFLINE = dict(
+    hardware="h100x2",
+    model="llama-3.1-70b",
+    rate=math.inf,
+    max_batch_tokens=8192,
+    timeline_iterations=0,
+)
+
+
 def test_a_prompt_goes_to_the_host_only_where_the_host_pays_for_it(monkeypatch):
     """Llama-3.1-70B on two H100s, long prompts: host attention is slow next to the GPUs.
     Placing every prompt that overflows the GPU pool on the host (the artifact's rule) fills
     the host with residents that the starvation bound then forces into plans slower than the
     GPU's own; with the host-pays test those prompts wait for GPU KV, as under gpu-only."""
-    spec = RunSpec.of(
-        hardware="h100x2",
-        model="llama-3.1-70b",
-        input_len=2600,
-        output_len=300,
-        num_requests=100,
-        rate=math.inf,
-        max_batch_tokens=8192,
-        timeline_iterations=0,
-    )
+    spec = RunSpec.of(**H100X2_70B_OFFLINE, input_len=2600, output_len=300, num_requests=100)
     gpu_only = execute(spec.with_(policy="gpu-only")).summary["throughput_tok_s"]
     neo = execute(spec.with_(policy="neo")).summary
     assert neo["throughput_tok_s"] >= 0.99 * gpu_only
@@ -207,16 +209,12 @@ def test_a_request_swapped_out_where_the_host_cannot_pay_is_parked(monkeypatch):
     parked, for GPU room (as under gpu-only) instead of becoming a host resident that the
     starvation bound then forces into plans slower than the GPU's own."""
     spec = RunSpec.of(
-        hardware="h100x2",
-        model="llama-3.1-70b",
+        **H100X2_70B_OFFLINE,
         input_len=1000,
         output_len=300,
         num_requests=300,
-        rate=math.inf,
         max_num_seqs=1024,
         max_batch_size=512,
-        max_batch_tokens=8192,
-        timeline_iterations=0,
     )
     gpu_only = execute(spec.with_(policy="gpu-only")).summary["throughput_tok_s"]
     neo = execute(spec.with_(policy="neo")).summary
