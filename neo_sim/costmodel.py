@@ -78,6 +78,12 @@ class CostModel(ABC):
         member = getattr(self, op)
         return member if not args and not callable(member) else member(*args)
 
+    def gpu_decode_attn_run(self, batch: int, first_total: int, count: int) -> list[float]:
+        """`gpu_decode_attn(batch, first_total + k * batch)` for k = 0, 1, ..., count - 1: a
+        steady run's decode attention, every context one token longer per iteration. An
+        implementation may walk its tables faster; the values stay the same."""
+        return [self.gpu_decode_attn(batch, first_total + k * batch) for k in range(count)]
+
     # Helpers shared by every implementation --------------------------------------------------
     def cpu_copies_s(self, batch: int) -> tuple[float, float]:
         """Per layer, for `batch` CPU decodes: (q/k/v to the host, attention output back),

@@ -77,6 +77,31 @@ class Table2D:
     def clamp(self, x: float, y: float) -> tuple[float, float]:
         return (min(max(x, self.xs[0]), self.xs[-1]), min(max(y, self.ys[0]), self.ys[-1]))
 
+    def along_y(self, x: float, ys: Sequence[float]) -> list[float]:
+        """`[self(x, y) for y in ys]`, fast when successive y mostly share a grid cell (a
+        steady run's contexts): a cell's corners are looked up once, and the arithmetic is
+        `__call__`'s, so the values are the same bit for bit."""
+        i, wx = _bracket(self.xs, x)
+        axis, row, row1 = self.ys, self.zs[i], self.zs[min(i + 1, len(self.xs) - 1)]
+        values: list[float] = []
+        lo = hi = span = r0 = r1 = d0 = d1 = 0.0  # the current cell [lo, hi): none yet
+        for y in ys:
+            if not lo <= y < hi:
+                if len(axis) == 1 or y <= axis[0] or y >= axis[-1]:
+                    values.append(self(x, y))  # on or beyond the grid's edge
+                    lo = hi = 0.0
+                    continue
+                j = bisect_right(axis, y) - 1  # as `_bracket` finds it
+                lo, hi = axis[j], axis[j + 1]
+                span = hi - lo
+                r0, r1 = row[j], row1[j]
+                d0, d1 = row[j + 1] - r0, row1[j + 1] - r1
+            wy = (y - lo) / span
+            low = r0 + wy * d0
+            high = r1 + wy * d1
+            values.append(low + wx * (high - low))
+        return values
+
     def __call__(self, x: float, y: float) -> float:
         """Bilinear interpolation, clamped to the grid's edges outside it."""
         bracket = self._x_brackets.get(x)

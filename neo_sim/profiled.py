@@ -138,6 +138,20 @@ class ProfiledCostModel(CostModel):
             return 0.0
         return self._decode_attn("gpu_decode_attn", batch, max(total_tokens, batch))
 
+    def gpu_decode_attn_run(self, batch: int, first_total: int, count: int) -> list[float]:
+        """As `CostModel`'s, with the table walked along the context axis (`Table2D.along_y`)
+        when every context of the run is inside the grid: what `_decode_attn` computes,
+        without a bisection or a memo entry per iteration."""
+        op = "gpu_decode_attn"
+        table = self._tables[op]
+        if self.scaled or first_total < batch or not table.xs[0] <= batch <= table.xs[-1]:
+            return super().gpu_decode_attn_run(batch, first_total, count)
+        # Contexts grow with k: the run is inside the grid if its first and last ones are.
+        first, last = first_total / batch, (first_total + (count - 1) * batch) / batch
+        if count < 1 or first < table.ys[0] or last > table.ys[-1]:
+            return super().gpu_decode_attn_run(batch, first_total, count)
+        return table.along_y(batch, [(first_total + k * batch) / batch for k in range(count)])
+
     def cpu_decode_attn(self, batch: int, total_tokens: int) -> float:
         if batch <= 0:
             return 0.0

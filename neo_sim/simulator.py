@@ -10,16 +10,17 @@ a steady run of iterations advance in one go.)
 
 Steady runs: when the policy promises that the next iterations repeat the last plan with
 contexts one token longer (`Policy.steady_run`), the simulator advances them without calling
-`step()`, with each iteration's exact estimate and duration, until an arrival is due, a
-request finishes or the run ends (`steady_runs=False` turns this off;
-`tests/sim/test_steady_runs.py` checks both give the same results).
+`step()`, with each iteration's exact estimate and duration, until an arrival is due or
+requests finish (then the next steady run, if any, follows at once). `steady_runs=False`
+turns this off; `tests/sim/test_steady_runs.py` checks both give the same results.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from neo_sim.costmodel import CostModel
@@ -29,12 +30,13 @@ from neo_sim.latency import RequestRecord
 from neo_sim.metrics import GapLog, IterationRecord, IterationTotals, Metrics
 from neo_sim.scheduler import Mode, Policy, Request, SchedulerConfig, make_policy
 from neo_sim.scheduler.base import SteadyRun
-from neo_sim.scheduler.estimate import gpu_attn_s, gpu_decodes_pricer
+from neo_sim.scheduler.estimate import gpu_decodes_pricer
 from neo_sim.scheduler.plan import Plan
 from neo_sim.timing import TimingModel
 from neo_sim.workload import RequestSpec
 
 log = logging.getLogger(__name__)
+STEADY_CHUNK = 16  # iterations of a steady run priced at once, at first (a speed setting only)
 
 
 @dataclass
@@ -127,9 +129,7 @@ class Simulation:
                 continue
             self._run_plan(plan)
             if self.steady_runs and self.totals.count >= self.record_timeline:
-                run = policy.steady_run()
-                if run is not None:
-                    self._run_steady(run)
+                self._run_steadily()
         pending = [r for r in self.records.values() if r.status == "pending"]
         if pending:
             raise RuntimeError(f"simulation ended with {len(pending)} requests unfinished")
@@ -218,53 +218,83 @@ class Simulation:
         rec.preemptions, rec.swaps = r.num_preemptions, r.num_swaps
 
     # ---- steady runs ---------------------------------------------------------------------------
-    def _run_steady(self, run: SteadyRun) -> None:
+    def _run_steadily(self) -> None:
+        """Advance steady runs while the policy offers them: a run that ends because its
+        last iteration finished requests is often followed by another, one request shorter."""
+        run = self.policy.steady_run()
+        while run is not None and self._run_steady(run):
+            run = self.policy.steady_run()
+
+    def _steady_attention(
+        self, run: SteadyRun, next_arrival: float, duration_of: Callable[[float], float]
+    ) -> Iterator[float]:
+        """Each iteration's GPU attention in `run` (`gpu_attn_s` of its decodes alone), looked
+        up in chunks: a few, then about as many as fit before the next arrival if none took
+        longer than the first (only a guess of how many will be used: more follow if needed)."""
+        n, total, left = run.batch, run.total_context, run.max_iterations
+        chunk = STEADY_CHUNK
+        while left > 0:
+            values = self.cost.gpu_decode_attn_run(n, total, min(chunk, left))
+            yield from values
+            if chunk == STEADY_CHUNK:
+                first = duration_of(values[0])
+                fit = (next_arrival - self.now) / first if first > 0 else math.inf
+                chunk = max(STEADY_CHUNK, int(min(fit, left)) - STEADY_CHUNK + 8)
+            else:
+                chunk *= 2
+            left -= len(values)
+            total += n * len(values)
+
+    def _run_steady(self, run: SteadyRun) -> bool:
         """Advance the iterations of `run` that start before the next arrival, each with the
-        duration and estimate its plan would have, then update the books in one go."""
+        duration and estimate its plan would have, then update the books in one go. Whether
+        the run went to its end (else an arrival is due)."""
         n, first_step = run.batch, self.policy.step_index + 1
         next_arrival = self._next_arrival_s()
         duration_of = self.timing.gpu_decodes_pricer(n)
         predicted_of = gpu_decodes_pricer(self.cost, n)
         predicted_clock, keep = self.clock == "predicted", self.record_iterations
-        totals, now, cost = self.totals, self.now, self.cost
+        totals, now = self.totals, self.now
         # Running sums in the order IterationTotals.add would make them (the other lanes'
         # sums gain 0.0 per iteration).
         duration_sum, gpu_sum = totals.duration_s, totals.gpu_busy_s
         starts: list[float] = []
-        total = run.total_context
-        while len(starts) < run.max_iterations and now < next_arrival:
-            gpu_attn = gpu_attn_s(cost, 0.0, n, total)
+        for gpu_attn in self._steady_attention(run, next_arrival, duration_of):
+            if now >= next_arrival:
+                break
             duration = duration_of(gpu_attn)  # all GPU time: the only lane busy
-            predicted = predicted_of(gpu_attn)
             starts.append(now)
             duration_sum += duration
             gpu_sum += duration
-            if keep:
-                self.iterations.append(
-                    IterationRecord(
-                        step=first_step + len(starts) - 1,
-                        start_s=now,
-                        duration_s=duration,
-                        predicted_s=predicted,
-                        mode=Mode.SEQUENTIAL.value,
-                        prefill_tokens=0,
-                        num_prefills=0,
-                        num_gpu_decodes=n,
-                        num_cpu_decodes=0,
-                        swap_out=0,
-                        swap_in=0,
-                        gpu_busy_s=duration,
-                        cpu_busy_s=0.0,
-                        h2d_busy_s=0.0,
-                        d2h_busy_s=0.0,
+            if keep or predicted_clock:
+                predicted = predicted_of(gpu_attn)
+                if keep:
+                    self.iterations.append(
+                        IterationRecord(
+                            step=first_step + len(starts) - 1,
+                            start_s=now,
+                            duration_s=duration,
+                            predicted_s=predicted,
+                            mode=Mode.SEQUENTIAL.value,
+                            prefill_tokens=0,
+                            num_prefills=0,
+                            num_gpu_decodes=n,
+                            num_cpu_decodes=0,
+                            swap_out=0,
+                            swap_in=0,
+                            gpu_busy_s=duration,
+                            cpu_busy_s=0.0,
+                            h2d_busy_s=0.0,
+                            d2h_busy_s=0.0,
+                        )
                     )
-                )
-            now += predicted if predicted_clock else duration
-            total += n
+                now += predicted if predicted_clock else duration
+            else:
+                now += duration
         self.now = now
         k = len(starts)
         if not k:
-            return
+            return False
         totals.count += k
         totals.seqs += n * k
         totals.duration_s, totals.gpu_busy_s = duration_sum, gpu_sum
@@ -285,10 +315,11 @@ class Simulation:
                 rec.max_token_gap_s = max(rec.max_token_gap_s, first_gap, longest)
             rec.last_token_s = self.now
             rec.num_tokens += k
-        for gap in gaps:
-            self.itl.add(gap, n)
-        self.policy.advance_steady(run, k, starts[-1])
+        self.itl.add_each(gaps, n)
+        for r in self.policy.advance_steady(run, k, starts[-1]):
+            self._finish(r)
         self.steady_iterations += k
+        return k == run.max_iterations
 
 
 def simulate(

@@ -104,11 +104,13 @@ class SchedulerConfig:
 class SteadyRun:
     """Iterations a policy guarantees to repeat, absent arrivals and aborts: the same GPU
     decodes, in the same order, each one token longer per iteration, nothing else (no
-    prefill, swap, CPU work, finish or block shortage). The simulator advances them in one
-    go (`Policy.advance_steady`) instead of stepping each one."""
+    prefill, swap, CPU work or block shortage). The simulator advances them in one go
+    (`Policy.advance_steady`) instead of stepping each one. The run's last iteration gives
+    the requests nearest their end their last token: they retire when it ends, as `complete`
+    would retire them."""
 
     requests: tuple[Request, ...]  # in plan order
-    max_iterations: int  # guaranteed iterations; nobody finishes within them
+    max_iterations: int  # guaranteed iterations; only the last one can finish requests
     total_context: int  # the first iteration's decode contexts, summed (tokens)
 
     @property
@@ -247,7 +249,7 @@ class Policy(ABC):
             return None
         if (self.waiting or self.swapped) and not self._queues_stay_put(running, token_budget):
             return None
-        iterations = min(r.max_new_tokens - r.num_generated for r in running) - 1
+        iterations = min(r.max_new_tokens - r.num_generated for r in running)
         iterations = self._iterations_with_blocks(running, iterations)
         if iterations < 1:
             return None
@@ -278,20 +280,21 @@ class Policy(ABC):
                 high = mid - 1
         return low
 
-    def advance_steady(self, run: SteadyRun, iterations: int, last_start: float) -> None:
+    def advance_steady(self, run: SteadyRun, iterations: int, last_start: float) -> list[Request]:
         """Apply `iterations` iterations of `run` to the books exactly as `step()` and
-        `complete()` would: the same block ids in the same order, the same counters."""
+        `complete()` would: the same block ids in the same order, the same counters, and the
+        requests that got their last token retired in plan order (returned, as `complete`)."""
         gpu, bs = self.kv.gpu, self.config.block_size
-        growth = []  # (iteration, position in plan, request): a new block at that iteration
+        growth = []  # (iteration, position in plan, request id): a new block at that iteration
         for index, r in enumerate(run.requests):
             # Iteration j decodes context seq_len + j - 1; a block starts at context % bs == 1.
             first = r.seq_len
             first_new = first + (1 - first) % bs if bs > 1 else first
             for context in range(first_new, first + iterations, bs):
-                growth.append((context - first + 1, index, r))
-        growth.sort(key=lambda g: (g[0], g[1]))
-        for j, _, r in growth:
-            gpu.grow(r.request_id, r.seq_len + j - 1)  # one block each: a boundary is crossed
+                growth.append((context - first + 1, index, r.request_id))
+        growth.sort()
+        for _, _, request_id in growth:
+            gpu.add_block(request_id)  # one block each: a boundary is crossed
         self.step_index += iterations
         for r in run.requests:
             r.num_computed = r.seq_len + iterations - 1
@@ -299,6 +302,10 @@ class Policy(ABC):
             r.gpu_steps += iterations
             r.last_progress_step = self.step_index
         self.now = last_start
+        done = [r for r in run.requests if r.num_generated >= r.max_new_tokens]
+        for r in done:
+            self._retire(r, RequestState.FINISHED)
+        return done
 
     # ---- shared mechanics ------------------------------------------------------------------
     def _advance(self, r: Request | None, end: int, stop: set[int], done: list[Request]) -> None:

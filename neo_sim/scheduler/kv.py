@@ -64,6 +64,15 @@ class BlockPool:
         table.extend(new)
         return new
 
+    def add_block(self, request_id: int) -> int:
+        """Append one block to the request's table (what `grow` does when a context crosses
+        a block boundary); returns its id."""
+        if not self._free:
+            raise RuntimeError(f"{self.name} pool exhausted: need 1, have 0")
+        block = self._free.pop()
+        self._tables.setdefault(request_id, []).append(block)
+        return block
+
     def free(self, request_id: int) -> list[int]:
         """Release all blocks of the request; returns them (the engine may copy from them)."""
         blocks = self._tables.pop(request_id, [])

@@ -102,3 +102,32 @@ def test_profile_scales_to_another_model_by_flops_and_bytes(t4_profile):
         (c.prefill_attn(2000), truth.prefill_attn(2000)),
     ]:
         assert value == pytest.approx(expected, rel=0.02)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.integers(1, 300),
+    first_context=st.integers(1, 40_000),
+    count=st.integers(1, 400),
+)
+def test_a_steady_runs_attention_equals_one_lookup_per_iteration(
+    t4_profile, batch, first_context, count
+):
+    """`gpu_decode_attn_run` walks the table instead of looking up each iteration: the
+    values must be those lookups bit for bit, inside the grid, at its edges and beyond."""
+    c = ProfiledCostModel(t4_profile)
+    first_total = batch * first_context
+    expected = [c.gpu_decode_attn(batch, first_total + k * batch) for k in range(count)]
+    assert c.gpu_decode_attn_run(batch, first_total, count) == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-10.0, 300.0), min_size=1, max_size=50), st.floats(0.0, 40.0))
+def test_walking_a_table_along_one_axis_equals_its_lookups(ys, x):
+    from neo_sim.interp import Table2D
+
+    table = Table2D(
+        [1.0, 8.0, 32.0], [0.0, 16.0, 64.0, 256.0], [[1, 2, 4, 9], [2, 3, 7, 20], [5, 6, 9, 31]]
+    )
+    assert table.along_y(x, ys) == [table(x, y) for y in ys]
+    assert table.along_y(x, sorted(ys)) == [table(x, y) for y in sorted(ys)]
