@@ -69,7 +69,8 @@ class Table2D:
         if len(zs) != len(self.xs) or any(len(row) != len(self.ys) for row in zs):
             raise ValueError(f"{what}: values must be a {len(self.xs)} x {len(self.ys)} matrix")
         self.zs = [[float(z) for z in row] for row in zs]
-        self._x_brackets: dict[float, tuple[int, float]] = {}  # x is a batch size: few values
+        # x is a batch size: few values, each looked up once
+        self._x_rows: dict[float, tuple[list[float], list[float], float]] = {}
 
     def contains(self, x: float, y: float) -> bool:
         return self.xs[0] <= x <= self.xs[-1] and self.ys[0] <= y <= self.ys[-1]
@@ -81,8 +82,8 @@ class Table2D:
         """`[self(x, y) for y in ys]`, fast when successive y mostly share a grid cell (a
         steady run's contexts): a cell's corners are looked up once, and the arithmetic is
         `__call__`'s, so the values are the same bit for bit."""
-        i, wx = _bracket(self.xs, x)
-        axis, row, row1 = self.ys, self.zs[i], self.zs[min(i + 1, len(self.xs) - 1)]
+        row, row1, wx = self._rows(x)
+        axis = self.ys
         values: list[float] = []
         lo = hi = span = r0 = r1 = d0 = d1 = 0.0  # the current cell [lo, hi): none yet
         for y in ys:
@@ -102,18 +103,28 @@ class Table2D:
             values.append(low + wx * (high - low))
         return values
 
+    def _rows(self, x: float) -> tuple[list[float], list[float], float]:
+        """The two rows of z that bracket x, and x's weight between them (cached per x)."""
+        rows = self._x_rows.get(x)
+        if rows is None:
+            if len(self._x_rows) > 4096:
+                self._x_rows.clear()
+            i, wx = _bracket(self.xs, x)
+            rows = self._x_rows[x] = (self.zs[i], self.zs[min(i + 1, len(self.xs) - 1)], wx)
+        return rows
+
     def __call__(self, x: float, y: float) -> float:
         """Bilinear interpolation, clamped to the grid's edges outside it."""
-        bracket = self._x_brackets.get(x)
-        if bracket is None:
-            if len(self._x_brackets) > 4096:
-                self._x_brackets.clear()
-            bracket = self._x_brackets[x] = _bracket(self.xs, x)
-        i, wx = bracket
-        j, wy = _bracket(self.ys, y)
-        zs = self.zs
-        i1 = min(i + 1, len(self.xs) - 1)
-        j1 = min(j + 1, len(self.ys) - 1)
-        low = zs[i][j] + wy * (zs[i][j1] - zs[i][j])
-        high = zs[i1][j] + wy * (zs[i1][j1] - zs[i1][j])
+        row, row1, wx = self._rows(x)
+        ys = self.ys
+        if len(ys) == 1 or y <= ys[0]:  # _bracket(ys, y), inlined: the scheduler's hot path
+            j, j1, wy = 0, min(1, len(ys) - 1), 0.0
+        elif y >= ys[-1]:
+            j, j1, wy = len(ys) - 2, len(ys) - 1, 1.0
+        else:
+            j = bisect_right(ys, y) - 1
+            j1 = j + 1
+            wy = (y - ys[j]) / (ys[j1] - ys[j])
+        low = row[j] + wy * (row[j1] - row[j])
+        high = row1[j] + wy * (row1[j1] - row1[j])
         return low + wx * (high - low)

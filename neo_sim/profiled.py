@@ -110,21 +110,20 @@ class ProfiledCostModel(CostModel):
         return value
 
     def _decode_attn(self, op: str, batch: int, total_tokens: int) -> float:
-        """A decode attention: a memo hit, else the table when inside the grid (the common
-        case, the same value `explain` gives), else `explain`."""
+        """A decode attention: the table when inside the grid (the common case, the same
+        value `explain` gives; cheaper than a memo, whose keys rarely repeat here), else
+        `explain`, memoised."""
+        table = self._tables[op]
+        context = total_tokens / batch
+        if not self.scaled and table.contains(batch, context):
+            return table(batch, context)
         memo = self._memos[op]
         key = (batch, total_tokens)
         value = memo.get(key)
         if value is None:
-            table = self._tables[op]
-            context = total_tokens / batch
-            if not self.scaled and table.contains(batch, context):
-                value = table(batch, context)
-            else:
-                value = self.explain(op, batch, total_tokens)[0]
             if len(memo) >= MEMO_LIMIT:
                 memo.clear()
-            memo[key] = value
+            value = memo[key] = self.explain(op, batch, total_tokens)[0]
         return value
 
     def linear(self, num_tokens: int) -> float:

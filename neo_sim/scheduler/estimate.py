@@ -18,7 +18,7 @@ with a few cost-model lookups, not a rescan of the batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from neo_sim.costmodel import CostModel
@@ -100,6 +100,19 @@ class SubBatchBuilder:
         self.num_tokens += 1
         self.cpu_decode_tokens += work.context_len
         self._cache = self._linear = self._cpu = None
+
+    def add_decodes(self, works: Sequence[DecodeWork], on_gpu: bool) -> None:
+        """`add_gpu_decode` (or `add_cpu_decode`) of each of `works`, in one go."""
+        tokens = sum(w.context_len for w in works)
+        self.num_tokens += len(works)
+        if on_gpu:
+            self.gpu_decodes.extend(works)
+            self.gpu_decode_tokens += tokens
+            self._cache = self._linear = self._gpu_attn = None
+        else:
+            self.cpu_decodes.extend(works)
+            self.cpu_decode_tokens += tokens
+            self._cache = self._linear = self._cpu = None
 
     def pop_cpu_decode(self) -> DecodeWork:
         work = self.cpu_decodes.pop()
@@ -190,8 +203,7 @@ class CpuDecodeOffers:
 
     def apply(self) -> None:
         for builder, decodes in zip(self.builders, self.accepted):
-            for work in decodes:
-                builder.add_cpu_decode(work)
+            builder.add_decodes(decodes, on_gpu=False)
 
 
 def slacks(b0: SubBatchBuilder, b1: SubBatchBuilder) -> tuple[float, float]:

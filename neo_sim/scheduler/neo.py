@@ -255,12 +255,12 @@ class NeoPolicy(Policy):
         """The decode-only iteration the host-pays test prices: `gpu_side`'s decodes on the
         GPU, the host residents' on the host, and both in one fused batch (gpu, host, fused)."""
         gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
-        for r in gpu_side:
-            for b in (gpu, fused):
-                b.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
-        for r in self.cpu_running.values():
-            for b in (host, fused):
-                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+        on_gpu = [DecodeWork(r.request_id, r.seq_len) for r in gpu_side]
+        on_host = [DecodeWork(r.request_id, r.seq_len) for r in self.cpu_running.values()]
+        for b in (gpu, fused):
+            b.add_decodes(on_gpu, on_gpu=True)
+        for b in (host, fused):
+            b.add_decodes(on_host, on_gpu=False)
         return gpu, host, fused
 
     def _host_resident_pays(
@@ -328,8 +328,9 @@ class NeoPolicy(Policy):
         b0, b1 = SubBatchBuilder(self.cost), SubBatchBuilder(self.cost)
         for r, device in candidates:
             b0.add_prefill(PrefillWork(r.request_id, r.num_computed, r.seq_len, device))
-        for r in self.gpu_running.values():
-            b0.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
+        b0.add_decodes(
+            [DecodeWork(r.request_id, r.seq_len) for r in self.gpu_running.values()], True
+        )
         cpu_free = self.kv.cpu.num_free - sum(
             self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
         )
