@@ -153,6 +153,22 @@ class IterationTotals:
             forced=r.forced > 0,
         )
 
+    def add_plan(self, plan: Plan, duration_s: float, busy: Mapping[Lane, float]) -> None:
+        """`add(IterationRecord.of(plan, ..., duration_s, busy))` without building the record
+        (the simulator keeps none by default)."""
+        self.add_values(
+            duration_s,
+            busy[Lane.GPU],
+            busy[Lane.CPU],
+            busy[Lane.H2D],
+            busy[Lane.D2H],
+            pipelined=plan.mode == "pipelined",
+            fused=plan.mode == "fused",
+            seqs=plan.num_seqs,
+            cpu_decodes=sum(len(sb.cpu_decodes) for sb in plan.sub_batches),
+            forced=len(plan.forced_ids) > 0,
+        )
+
     def add_values(
         self,
         duration_s: float,

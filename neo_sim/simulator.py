@@ -202,10 +202,12 @@ class Simulation:
             self.records[rid].on_token(now, self.itl)
         for r in policy.complete(plan):
             self._finish(r)
-        iteration = IterationRecord.of(plan, start, timing.duration_s, timing.busy_s)
-        self.totals.add(iteration)
         if self.record_iterations:
+            iteration = IterationRecord.of(plan, start, timing.duration_s, timing.busy_s)
+            self.totals.add(iteration)
             self.iterations.append(iteration)
+        else:
+            self.totals.add_plan(plan, timing.duration_s, timing.busy_s)
         if record:
             self.timeline.extend((plan.step, start, span) for span in timing.spans)
         if self.record_plans:
@@ -299,22 +301,25 @@ class Simulation:
         totals.seqs += n * k
         totals.duration_s, totals.gpu_busy_s = duration_sum, gpu_sum
         # Tokens: every request gets one at each iteration's end.
-        ends = starts[1:] + [self.now]
+        ends = starts[1:] + [now]
         gaps = [ends[j] - ends[j - 1] for j in range(1, k)]
         longest = max(gaps, default=0.0)
+        first_end, records = ends[0], self.records
+        first_gaps = []  # each request's gap to its last token before the run, in plan order
         for r in run.requests:
-            rec = self.records[r.request_id]
+            rec = records[r.request_id]
             if rec.num_tokens == 0:
                 # Its first token: a chunked prefill stopped one token short of the prompt, and
                 # that last prompt token runs as a decode does (`Request.is_prefilling`).
-                rec.first_token_s = ends[0]
+                rec.first_token_s = first_end
                 rec.max_token_gap_s = max(rec.max_token_gap_s, longest)
             else:
-                first_gap = ends[0] - rec.last_token_s
-                self.itl.append(first_gap)
+                first_gap = first_end - rec.last_token_s
+                first_gaps.append(first_gap)
                 rec.max_token_gap_s = max(rec.max_token_gap_s, first_gap, longest)
-            rec.last_token_s = self.now
+            rec.last_token_s = now
             rec.num_tokens += k
+        self.itl.add_each(first_gaps, 1)
         self.itl.add_each(gaps, n)
         for r in self.policy.advance_steady(run, k, starts[-1]):
             self._finish(r)

@@ -245,29 +245,32 @@ class Policy(ABC):
         running = tuple(self.gpu_running.values())
         if len(running) > min(self.config.max_batch_size, token_budget):
             return None
+        iterations = min(r.max_new_tokens - r.num_generated for r in running)
         if any(r.is_prefilling for r in running):
             return None
+        seq_lens = [r.seq_len for r in running]
         if (self.waiting or self.swapped) and not self._queues_stay_put(running, token_budget):
             return None
-        iterations = min(r.max_new_tokens - r.num_generated for r in running)
-        iterations = self._iterations_with_blocks(running, iterations)
+        iterations = self._iterations_with_blocks(running, seq_lens, iterations)
         if iterations < 1:
             return None
-        return SteadyRun(running, iterations, sum(r.seq_len for r in running))
+        return SteadyRun(running, iterations, sum(seq_lens))
 
     def _queues_stay_put(self, running: tuple[Request, ...], token_budget: int) -> bool:
         """Whether no waiting or swapped request can start during a steady run of `running`.
         The default makes no such promise: a policy that can prove it overrides this."""
         return False
 
-    def _iterations_with_blocks(self, running: tuple[Request, ...], limit: int) -> int:
-        """The most iterations (<= limit) whose block growth fits the free GPU blocks."""
+    def _iterations_with_blocks(
+        self, running: tuple[Request, ...], seq_lens: list[int], limit: int
+    ) -> int:
+        """The most iterations (<= limit) whose block growth fits the free GPU blocks
+        (`seq_lens`: each running request's `seq_len`)."""
         gpu, bs = self.kv.gpu, self.config.block_size
+        held = sum(gpu.num_blocks_of(r.request_id) for r in running)
 
         def growth(m: int) -> int:  # blocks the run's first m iterations add
-            return sum(
-                blocks_for(r.seq_len + m - 1, bs) - gpu.num_blocks_of(r.request_id) for r in running
-            )
+            return sum(blocks_for(s + m - 1, bs) for s in seq_lens) - held
 
         if growth(limit) <= gpu.num_free:
             return limit  # the usual case: the pool has room for the whole run
@@ -286,21 +289,21 @@ class Policy(ABC):
         requests that got their last token retired in plan order (returned, as `complete`)."""
         gpu, bs = self.kv.gpu, self.config.block_size
         growth = []  # (iteration, position in plan, request id): a new block at that iteration
+        self.step_index += iterations
+        step = self.step_index
         for index, r in enumerate(run.requests):
             # Iteration j decodes context seq_len + j - 1; a block starts at context % bs == 1.
             first = r.seq_len
             first_new = first + (1 - first) % bs if bs > 1 else first
             for context in range(first_new, first + iterations, bs):
                 growth.append((context - first + 1, index, r.request_id))
+            r.num_computed = first + iterations - 1
+            r.num_generated += iterations
+            r.gpu_steps += iterations
+            r.last_progress_step = step
         growth.sort()
         for _, _, request_id in growth:
             gpu.add_block(request_id)  # one block each: a boundary is crossed
-        self.step_index += iterations
-        for r in run.requests:
-            r.num_computed = r.seq_len + iterations - 1
-            r.num_generated += iterations
-            r.gpu_steps += iterations
-            r.last_progress_step = self.step_index
         self.now = last_start
         done = [r for r in run.requests if r.num_generated >= r.max_new_tokens]
         for r in done:

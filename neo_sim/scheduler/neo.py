@@ -395,7 +395,9 @@ class NeoPolicy(Policy):
         self, b0: SubBatchBuilder, b1: SubBatchBuilder, forced: tuple[int, ...]
     ) -> tuple[Mode, tuple[SubBatchBuilder, ...]]:
         if not b1:
-            return Mode.SEQUENTIAL, (self._sequential_batch(b0) if not b0.cpu_decodes else b0,)
+            if b0.cpu_decodes or not any(p.kv_device == Device.CPU for p in b0.prefills):
+                return Mode.SEQUENTIAL, (b0,)  # nothing for `_sequential_batch` to trim
+            return Mode.SEQUENTIAL, (self._sequential_batch(b0),)
         if forced:
             return Mode.PIPELINED, (b0, b1)
         seq = self._sequential_batch(b0)

@@ -128,13 +128,28 @@ def test_golden_summary(tmp_path):
         assert summary[k] == pytest.approx(stored[k], rel=1e-9), k
 
 
-def test_offline_workload_and_frames():
-    spec = RunSpec.of(hardware="a10g", model="llama-3-8b", rate=math.inf, num_requests=50)
+@pytest.mark.parametrize("policy,hardware", [("gpu-only", "a10g"), ("neo", "t4"), ("apex", "t4")])
+def test_offline_workload_and_frames(policy, hardware):
+    """Totals kept without records (the default) equal those summed from the records: on
+    T4 with a small GPU pool, over pipelined and fused iterations too."""
+    small_gpu = dict(gpu_kv_blocks=54, max_batch_tokens=832) if hardware == "t4" else {}
+    spec = RunSpec.of(
+        hardware=hardware,
+        model="llama-3-8b" if hardware == "a10g" else "llama-2-7b",
+        policy=policy,
+        rate=math.inf,
+        num_requests=50,
+        **small_gpu,
+    )
     out = execute(spec.with_(iteration_records=True))
     assert isinstance(out.requests, pd.DataFrame) and len(out.requests) == 50
     assert len(out.iterations) == out.summary["num_iterations"]
     lean = execute(spec)  # by default only the totals: memory flat in the number of iterations
     assert len(lean.iterations) == 0 and lean.summary == out.summary
+    if policy != "gpu-only":
+        assert out.summary["pipelined_fraction"] > 0.5
+    if policy == "apex":
+        assert out.summary["fused_fraction"] > 0
     assert set(
         ["throughput_req_s", "ttft_p99", "tpot_p99", "e2e_p99", "gpu_busy", "cpu_busy"]
     ) <= set(out.summary)
