@@ -41,6 +41,7 @@ from neo_sim.latency import RequestRecord
 from neo_sim.metrics import GapLog, IterationRecord, Metrics
 from neo_sim.profile import load_profile
 from neo_sim.profiled import ProfiledCostModel
+from neo_sim.scheduler import make_policy
 from neo_sim.settings import from_args
 from neo_sim.simulator import Simulation
 from neo_sim.timing import TimingModel
@@ -98,11 +99,20 @@ def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
 
 
 def run_policy(
-    policy: str, load: str, rate: float, settings: FidelitySettings, profile_path: Path, out: Path
+    policy: str,
+    load: str,
+    rate: float,
+    settings: FidelitySettings,
+    profile_path: Path,
+    out: Path,
+    anchor: ProfileAnchor | None = None,
 ) -> dict:
     """One policy at one load (`rate` req/s, inf = all at once): the engine in real time, then
-    neo-sim on the same arrivals; per-metric rows and the per-iteration comparison."""
+    neo-sim on the same arrivals; per-metric rows and the per-iteration comparison. With an
+    `anchor`, the profile's operators are re-measured just before and after the engine run and
+    neo-sim runs once more with the profile re-anchored to them (`anchored_rows`)."""
     s = settings
+    factors_before = anchor.measure() if anchor else []
     workload = build_workload(dataclasses.replace(s.requests, rate=rate))
     engine = LLMEngine(
         EngineConfig.of(
@@ -128,6 +138,7 @@ def run_policy(
     measured = [it.duration_s for it in engine.iterations]
     config = engine.scheduler_config
     engine.close()
+    factors = anchor.factors(factors_before + anchor.measure()) if anchor else {}
 
     profile = load_profile(profile_path)
     cost = ProfiledCostModel(profile, engine.spec)
@@ -147,6 +158,36 @@ def run_policy(
         row(policy, load, metric, real_summary[key], sim_summary[key])
         for metric, key in COMPARED.items()
     ]
+    anchored_rows = []
+    if factors:
+        # The engine decided with the profile as measured: so does the simulated scheduler;
+        # only the clock (the timing model) uses the re-anchored costs.
+        anchored_cost = ProfiledCostModel(profile.rescaled(factors), engine.spec)
+        anchored = Simulation(
+            make_policy(policy, config, cost),
+            config,
+            anchored_cost,
+            workload,
+            lanes_share_compute=shared,
+        ).run()
+        anchored_summary = anchored.metrics.summary()
+        anchored_rows = [
+            row(policy, load, metric, real_summary[key], anchored_summary[key])
+            for metric, key in COMPARED.items()
+        ]
+        anchored_timing = TimingModel(anchored_cost, config.block_size, lanes_share_compute=shared)
+        anchored_predicted = [anchored_timing.run(p).duration_s for p in plans]
+        anchored_ape = np.abs(np.array(anchored_predicted) - measured) / np.array(measured)
+        anchored_rows.append(
+            row(
+                policy,
+                load,
+                "iteration_mape",
+                float(np.mean(measured)),
+                float(np.mean(anchored_predicted)),
+            )
+            | {"error": float(anchored_ape.mean())}
+        )
     replay_summary = replayed.metrics.summary()
     replay_rows = [
         row(policy, load, metric, real_summary[key], replay_summary[key])
@@ -200,6 +241,8 @@ def run_policy(
         "rate": rate,
         "rows": rows,
         "replay_rows": replay_rows,
+        "anchored_rows": anchored_rows,
+        "anchor_factors": factors,
         "iterations": per_iteration,
         "iteration_mape": float(ape.mean()),
         "iteration_mape_overlapped": float(ape_overlap.mean()),
@@ -207,6 +250,45 @@ def run_policy(
         "cpu_decodes": int(per_iteration["cpu_decodes"].sum()),
         "pipelined": int((per_iteration["mode"] == "pipelined").sum()),
     }
+
+
+class ProfileAnchor:
+    """A few of the profile's own grid points per operator, re-measured in situ (the
+    profiler's benches) beside an engine run: how much slower or faster each operator runs
+    now than when the profile was taken. The points are the cheaper half of each operator's
+    grid (the sizes a small fidelity workload runs), spread evenly over it."""
+
+    def __init__(self, profile_path: Path, points: int, repeats: int = 3):
+        import torch
+
+        from neo_engine.profiler import Benches
+        from neo_sim.operators import SAMPLED
+        from neo_sim.profile import sample_points
+
+        profile = load_profile(profile_path)
+        self.bench = Benches(profile.model, torch.device("cpu"), repeats)
+        self.jobs = []  # (operator, point, profile seconds)
+        for op in SAMPLED:
+            by_cost = sorted(sample_points(profile.samples[op.name]), key=lambda p: p[1])
+            cheap = by_cost[: max(1, len(by_cost) // 2)]
+            step = (len(cheap) - 1) / max(1, points - 1)
+            for i in sorted({round(k * step) for k in range(points)}):
+                self.jobs.append((op, *cheap[i]))
+
+    def measure(self) -> list[tuple[str, float]]:
+        """(operator, measured / profile) for every anchor point, now."""
+        return [(op.name, self.bench.time(op, p) / seconds) for op, p, seconds in self.jobs]
+
+    @staticmethod
+    def factors(ratios: list[tuple[str, float]]) -> dict[str, float]:
+        """Per operator, the median ratio: the factor its samples are scaled by."""
+        by_op: dict[str, list[float]] = {}
+        for name, ratio in ratios:
+            by_op.setdefault(name, []).append(ratio)
+        return {name: float(np.median(values)) for name, values in by_op.items()}
+
+    def close(self) -> None:
+        self.bench.close()
 
 
 def reference_kernel(model: str, repeats: int = 200):
@@ -291,12 +373,13 @@ def run_fidelity(settings: FidelitySettings) -> int:
     profile_path = profile_of_this_machine(settings.profile, settings.model)
     reference = reference_kernel(settings.model)
     baseline_ms = reference()
+    anchor = ProfileAnchor(profile_path, settings.anchor_points) if settings.anchor_points else None
     results = []
 
     def timed(policy: str, load: str, rate: float) -> dict:
         """One run, with the reference kernel timed before and after it (drift)."""
         before = reference()
-        result = run_policy(policy, load, rate, settings, profile_path, out)
+        result = run_policy(policy, load, rate, settings, profile_path, out, anchor)
         result["drift"] = (before / baseline_ms - 1, reference() / baseline_ms - 1)
         return result
 
@@ -312,6 +395,8 @@ def run_fidelity(settings: FidelitySettings) -> int:
         for load, rate in loads:
             print(f"fidelity: {policy}, {load} ({rate:.2f} req/s) ...", flush=True)
             results.append(timed(policy, load, rate))
+    if anchor:
+        anchor.close()
     write_report(results, settings, profile_path, out)
     print((out / "report.md").read_text())
     return 0
@@ -350,6 +435,34 @@ def write_report(results: list[dict], settings: FidelitySettings, profile_path: 
     (out / "fidelity.json").write_text(json.dumps(rows, indent=1) + "\n")
     replay = [r for result in results for r in result["replay_rows"]]
     (out / "fidelity_replay.json").write_text(json.dumps(replay, indent=1) + "\n")
+    anchored = [r for result in results for r in result["anchored_rows"]]
+    if anchored:
+        (out / "fidelity_anchored.json").write_text(json.dumps(anchored, indent=1) + "\n")
+        factors = "\n".join(
+            f"| {r['policy']} | {r['load']} | "
+            + " | ".join(f"{r['anchor_factors'][op]:.2f}" for op in sorted(r["anchor_factors"]))
+            + " |"
+            for r in results
+        )
+        ops = sorted(results[0]["anchor_factors"])
+        anchored_section = f"""## Re-anchored: the profile re-measured beside each run
+
+Drift taken out: just before and just after each engine run, {settings.anchor_points} grid points
+per operator of the profile (the cheaper half of its grid, the sizes this workload runs) were
+timed again in situ, and each operator's samples scaled by the median of measured / profiled.
+The simulated scheduler still decides with the profile as measured (as the engine did); only
+its clock uses the re-anchored costs (fidelity_anchored.json, same rows).
+
+{errors_table(anchored)}
+
+Factors (measured now / profile):
+
+| policy | load | {" | ".join(ops)} |
+|---|---|{"---|" * len(ops)}
+{factors}
+"""
+    else:
+        anchored_section = ""
     summary = pd.DataFrame(rows)
     summary.to_csv(out / "summary.csv", index=False)
     iterations = pd.concat([r["iterations"] for r in results], ignore_index=True)
@@ -415,12 +528,13 @@ the time the engine spends between iterations, which neo-sim does not model
 
 {errors_table(replay)}
 
+{anchored_section}
 Targets: throughput error <= 5%, p50 TTFT and TPOT error <= 10%, per-iteration MAPE <= 10%.
 This machine's own repeatability is worse than the latency targets: the same in-situ
 measurement of one operator ranges over +-30% within a minute, and the profile and the engine
 runs are minutes apart, so a drift between them biases every latency the same way.
 
-Files: fidelity.json, fidelity_replay.json, summary.csv, iterations.csv,
+Files: fidelity.json, fidelity_replay.json, fidelity_anchored.json, summary.csv, iterations.csv,
 *_engine_requests.csv, *_sim_requests.csv, *_iterations.html (per policy and load).
 """
     (out / "report.md").write_text(body)

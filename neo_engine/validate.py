@@ -42,6 +42,12 @@ class FidelitySettings:
         "a smoke run (< 3 minutes): 24 requests offline and at 4 req/s, outputs ~12 tokens",
     )
     max_model_len: int = setting(512, "the engine's context length", unit="tokens", low=1)
+    anchor_points: int = setting(
+        3,
+        "grid points per operator of the profile re-measured just before and after each "
+        "engine run, to re-anchor the profile to the machine's speed then (0: off)",
+        low=0,
+    )
     requests: WorkloadSettings = field(
         default_factory=lambda: WorkloadSettings(
             num_requests=200, rate=3.0, input_len=64, output_len=24

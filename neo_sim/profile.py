@@ -30,8 +30,10 @@ with one line naming the file and the field.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,21 @@ class Profile:
     launch_s: float
     fits: dict[str, RooflineFit]
     path: str = ""
+
+    def rescaled(self, factors: Mapping[str, float]) -> Profile:
+        """This profile with each operator's samples times its factor (1 where none is given):
+        the same machine measured again at another speed. Extrapolation scales with them (it
+        is relative to the grid's edge), so the fits stay."""
+
+        def scaled(op: str, s: Samples1D | Samples2D) -> Samples1D | Samples2D:
+            f = factors.get(op, 1.0)
+            if isinstance(s, Samples1D):
+                return Samples1D(s.xs, tuple(f * t for t in s.seconds))
+            rows = tuple(tuple(f * t for t in row) for row in s.seconds)
+            return Samples2D(s.batch, s.context_len, rows)
+
+        samples = {op: scaled(op, s) for op, s in self.samples.items()}
+        return dataclasses.replace(self, samples=samples)
 
     def to_dict(self) -> dict[str, Any]:
         samples: dict[str, Any] = {}

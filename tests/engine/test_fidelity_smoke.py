@@ -36,6 +36,12 @@ def test_validate_quick_writes_the_report(tmp_path):
         [r for r in rows if r["metric"] not in ("ks_pvalue", "iteration_mape")]
     )
     assert "Trace-driven" in report and "drift" in report
+    # Re-anchored to the operators re-measured beside each run: the same metrics again.
+    anchored = json.loads((tmp_path / "fidelity_anchored.json").read_text())
+    assert {(r["policy"], r["load"], r["metric"]) for r in anchored} == {
+        (r["policy"], r["load"], r["metric"]) for r in rows if r["metric"] != "ks_pvalue"
+    }
+    assert "Re-anchored" in report
     iterations = pd.read_csv(tmp_path / "iterations.csv")
     assert iterations["measured_s"].gt(0).all() and iterations["timing_model_s"].gt(0).all()
     assert (tmp_path / "neo_offline_iterations.html").exists()

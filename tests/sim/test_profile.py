@@ -109,3 +109,17 @@ def test_shipped_derived_profiles_cite_every_efficiency_factor():
     for d in derived:
         lines = [s for s in d["provenance"]["sources"] if s.startswith("efficiency ")]
         assert {line.split(":")[0].removeprefix("efficiency ") for line in lines} == factors
+
+
+def test_a_rescaled_profile_scales_each_operator_inside_and_beyond_its_grid(t4_profile):
+    from neo_sim.profiled import ProfiledCostModel
+
+    base = ProfiledCostModel(t4_profile)
+    slower = ProfiledCostModel(t4_profile.rescaled({"linear": 2.0, "cpu_decode_attn": 1.5}))
+    top = t4_profile.samples["linear"].xs[-1]
+    for tokens in (1, 37, int(top), int(4 * top)):  # on, between and beyond the grid
+        assert slower.linear(tokens) == pytest.approx(2.0 * base.linear(tokens), rel=1e-12)
+    assert slower.cpu_decode_attn(8, 8 * 300) == pytest.approx(
+        1.5 * base.cpu_decode_attn(8, 8 * 300), rel=1e-12
+    )
+    assert slower.gpu_decode_attn(8, 8 * 300) == base.gpu_decode_attn(8, 8 * 300)  # no factor
