@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
-    p.add_argument("--repeat", type=int, default=2, help="runs per workload; the fastest kept")
+    p.add_argument("--repeat", type=int, default=3, help="runs per workload; the fastest kept")
     p.add_argument("--steady-runs", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--output", type=Path, default=RESULTS / "sim_speed.json")
     args = p.parse_args(argv)

@@ -331,6 +331,8 @@ class NeoPolicy(Policy):
         b0.add_decodes(
             [DecodeWork(r.request_id, r.seq_len) for r in self.gpu_running.values()], True
         )
+        if not self.cpu_running:
+            return b0, b1, ()  # no CPU decode to place
         cpu_free = self.kv.cpu.num_free - sum(
             self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
         )
