@@ -216,6 +216,94 @@ def rivals_section(comparable: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+WINDOWS = 10  # a losing cell's run is cut into this many windows of gpu-only's duration
+LOSS_HEADER = (
+    "| host | workload | window | sequences/s | mean iteration | neo host decodes per "
+    "iteration | neo pipelined | prompt tokens prefilled | run duration |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def loss_window(host: str, workload: str, rate: float, requests: int, seed: int) -> tuple[str, str]:
+    """Where in time neo falls behind gpu-only in one cell, and what neo ran then: both
+    policies re-run with iteration records on the cell's arrivals; the window (a tenth of
+    gpu-only's run) where neo serves fewest sequences per second next to gpu-only, with
+    neo's iterations there (duration, host decodes, pipelined share, prompt tokens): a table
+    row, and a sentence saying why where the numbers show it."""
+    from neo_sim.runs import execute
+
+    runs = {}
+    for policy in ("gpu-only", "neo"):
+        spec = base_spec(host, workload, requests, seed).with_(
+            policy=policy, rate=rate, iteration_records=True
+        )
+        runs[policy] = execute(spec)
+    width = runs["gpu-only"].summary["duration_s"] / WINDOWS
+    per_window = {}
+    for policy, out in runs.items():
+        it = out.iterations.copy()
+        it["window"] = (it["start_s"] // width).astype(int)
+        it["seqs"] = it["num_prefills"] + it["num_gpu_decodes"] + it["num_cpu_decodes"]
+        per_window[policy] = it.groupby("window").agg(
+            seqs=("seqs", "sum"),
+            iteration_s=("duration_s", "mean"),
+            host_decodes=("num_cpu_decodes", "mean"),
+            pipelined=("mode", lambda m: float((m == "pipelined").mean())),
+            swaps=("swap_in", "sum"),
+            prefill_tokens=("prefill_tokens", "sum"),
+        )
+    deficit = (per_window["gpu-only"]["seqs"] - per_window["neo"]["seqs"]).dropna()
+    w = int(deficit.idxmax())
+    g, n = per_window["gpu-only"].loc[w], per_window["neo"].loc[w]
+    durations = {p: o.summary["duration_s"] for p, o in runs.items()}
+    why = ""
+    if n.prefill_tokens > 1.5 * g.prefill_tokens and n.host_decodes > 0:
+        more = n.prefill_tokens / max(1.0, g.prefill_tokens)
+        why = (
+            f"{host}, {workload}: neo prefilled {more:.1f}x gpu-only's "
+            "prompt tokens there: it took prompts onto the host that gpu-only kept queued, and "
+            "its pipelined iterations, carrying their prefill and the new residents' host "
+            "attention, served fewer sequences per second until that burst drained (the "
+            "host-pays test prices a steady decode-only iteration, not the burst)."
+        )
+    return (
+        f"| {host} | {workload} | {w * width:.0f}-{(w + 1) * width:.0f} s | "
+        f"{n.seqs / width:.1f} / {g.seqs / width:.1f} | {n.iteration_s:.3f} / "
+        f"{g.iteration_s:.3f} s | {n.host_decodes:.1f} | {n.pipelined:.0%} | "
+        f"{n.prefill_tokens:.0f} / {g.prefill_tokens:.0f} | "
+        f"{durations['neo']:.1f} / {durations['gpu-only']:.1f} s |",
+        why,
+    )
+
+
+def losses_section(below: pd.DataFrame, rows: pd.DataFrame, requests: int, seed: int) -> str:
+    """The table of `loss_window` for every cell where neo < 0.97 x gpu-only."""
+    if not len(below):
+        return ""
+    rates = rows[rows["policy"] == "gpu-only"].set_index(["host", "workload_name", "load"])
+    found = [
+        loss_window(
+            c.host,
+            c.workload_name,
+            rates.loc[(c.host, c.workload_name, c.load), "rate"],
+            requests,
+            seed,
+        )
+        for c in below.itertuples()
+    ]
+    lines = [line for line, _ in found]
+    notes = "\n\n".join(why for _, why in found if why)
+    return f"""Where each of these cells loses, in time (both policies re-run on the cell's arrivals
+with one record per iteration; the window, a tenth of gpu-only's run, where neo serves fewest
+sequences per second next to gpu-only; values neo / gpu-only):
+
+{LOSS_HEADER}
+{chr(10).join(lines)}
+
+{notes}
+"""
+
+
 def write_report(rows: pd.DataFrame, out: Path, args, wall: float, requests: int) -> None:
     table = cell_table(rows)
     table.to_csv(out / "cells.csv", index=False)
@@ -284,6 +372,7 @@ median {comparable["neo-unbounded"].median():.3f}. Longest token gap (max over r
 
 {below_table}
 
+{losses_section(below, rows, requests, args.seed)}
 forced_time_share: the share of neo's time spent in plans that the starvation bound forced
 (CPU decodes that had waited max_cpu_wait_steps iterations, pipelined even though the cost
 model priced the plan slower than the sequential one). Where neo-unbounded keeps up with
