@@ -64,6 +64,13 @@ class ProfiledCostModel(CostModel):
         self._fits = profile.fits
         self._operators = {name: operator(name) for name in profile.samples}
         self._memos: dict[str, dict[tuple, float]] = {name: {} for name in profile.samples}
+        # Per 2-D operator, its grid's (batch low, batch high, context low, context high);
+        # an empty range when the profile is of another model (every lookup is then scaled).
+        self._grid_bounds = {
+            op: (t.xs[0], t.xs[-1], t.ys[0], t.ys[-1]) if not self.scaled else (1.0, 0.0, 1.0, 0.0)
+            for op, t in self._tables.items()
+            if isinstance(t, Table2D)
+        }
         how = (
             f"scaled from {profile.model.name} by FLOPs and bytes"
             if self.scaled
@@ -112,11 +119,12 @@ class ProfiledCostModel(CostModel):
     def _decode_attn(self, op: str, batch: int, total_tokens: int) -> float:
         """A decode attention: the table when inside the grid (the common case, the same
         value `explain` gives; cheaper than a memo, whose keys rarely repeat here), else
-        `explain`, memoised."""
-        table = self._tables[op]
+        `explain`, memoised. The scheduler prices every CPU decode candidate with this, so
+        the grid's bounds are looked up once (`_grid_bounds`), not through `contains`."""
         context = total_tokens / batch
-        if not self.scaled and table.contains(batch, context):
-            return table(batch, context)
+        low_x, high_x, low_y, high_y = self._grid_bounds[op]
+        if low_x <= batch <= high_x and low_y <= context <= high_y:
+            return self._tables[op](batch, context)
         memo = self._memos[op]
         key = (batch, total_tokens)
         value = memo.get(key)
