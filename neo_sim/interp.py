@@ -115,7 +115,7 @@ class Table2D:
 
     def __call__(self, x: float, y: float) -> float:
         """Bilinear interpolation, clamped to the grid's edges outside it."""
-        row, row1, wx = self._rows(x)
+        row, row1, wx = self._x_rows.get(x) or self._rows(x)
         ys = self.ys
         if len(ys) == 1 or y <= ys[0]:  # _bracket(ys, y), inlined: the scheduler's hot path
             j, j1, wy = 0, min(1, len(ys) - 1), 0.0

@@ -143,7 +143,9 @@ class ProfiledCostModel(CostModel):
     def gpu_decode_attn(self, batch: int, total_tokens: int) -> float:
         if batch <= 0:
             return 0.0
-        return self._decode_attn("gpu_decode_attn", batch, max(total_tokens, batch))
+        return self._decode_attn(
+            "gpu_decode_attn", batch, total_tokens if total_tokens > batch else batch
+        )
 
     def gpu_decode_attn_run(self, batch: int, first_total: int, count: int) -> list[float]:
         """As `CostModel`'s, with the table walked along the context axis (`Table2D.along_y`)
@@ -162,7 +164,9 @@ class ProfiledCostModel(CostModel):
     def cpu_decode_attn(self, batch: int, total_tokens: int) -> float:
         if batch <= 0:
             return 0.0
-        return self._decode_attn("cpu_decode_attn", batch, max(total_tokens, batch))
+        return self._decode_attn(
+            "cpu_decode_attn", batch, total_tokens if total_tokens > batch else batch
+        )
 
     def h2d(self, num_bytes: float) -> float:
         return self._memo("h2d", num_bytes) if num_bytes > 0 else 0.0
