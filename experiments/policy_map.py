@@ -263,8 +263,7 @@ def loss_window(host: str, workload: str, rate: float, requests: int, seed: int)
             f"{host}, {workload}: neo prefilled {more:.1f}x gpu-only's "
             "prompt tokens there: it took prompts onto the host that gpu-only kept queued, and "
             "its pipelined iterations, carrying their prefill and the new residents' host "
-            "attention, served fewer sequences per second until that burst drained (the "
-            "host-pays test prices a steady decode-only iteration, not the burst)."
+            "attention, served fewer sequences per second until that burst drained."
         )
     return (
         f"| {host} | {workload} | {w * width:.0f}-{(w + 1) * width:.0f} s | "
