@@ -249,7 +249,6 @@ def loss_window(host: str, workload: str, rate: float, requests: int, seed: int)
             iteration_s=("duration_s", "mean"),
             host_decodes=("num_cpu_decodes", "mean"),
             pipelined=("mode", lambda m: float((m == "pipelined").mean())),
-            swaps=("swap_in", "sum"),
             prefill_tokens=("prefill_tokens", "sum"),
         )
     deficit = (per_window["gpu-only"]["seqs"] - per_window["neo"]["seqs"]).dropna()

@@ -74,6 +74,26 @@ def row(policy: str, load: str, metric: str, engine: float, sim: float) -> dict:
     }
 
 
+def metric_rows(policy: str, load: str, engine: dict, sim: dict) -> list[dict]:
+    """One row per COMPARED metric, from the engine's and a simulation's summaries."""
+    return [row(policy, load, metric, engine[key], sim[key]) for metric, key in COMPARED.items()]
+
+
+def iteration_mape(measured: list[float], predicted: list[float]) -> float:
+    """Mean absolute percentage error of predicted per-iteration times against measured."""
+    actual = np.asarray(measured)
+    return float((np.abs(np.asarray(predicted) - actual) / actual).mean())
+
+
+def iteration_mape_row(
+    policy: str, load: str, measured: list[float], predicted: list[float]
+) -> dict:
+    """fidelity.json's iteration_mape row: the mean times beside the MAPE (its error)."""
+    return row(
+        policy, load, "iteration_mape", float(np.mean(measured)), float(np.mean(predicted))
+    ) | {"error": iteration_mape(measured, predicted)}
+
+
 def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
     """Engine run -> the simulator's record types (arrival = the workload's arrival time)."""
     by_id = {o.request_id: o for o in outputs}
@@ -154,10 +174,7 @@ def run_policy(
     predicted_overlap = [overlapped.run(p).duration_s for p in plans]
 
     real_summary, sim_summary = real.summary(), sim.metrics.summary()
-    rows = [
-        row(policy, load, metric, real_summary[key], sim_summary[key])
-        for metric, key in COMPARED.items()
-    ]
+    rows = metric_rows(policy, load, real_summary, sim_summary)
     anchored_rows = []
     if factors:
         # The engine decided with the profile as measured: so does the simulated scheduler;
@@ -170,29 +187,11 @@ def run_policy(
             workload,
             lanes_share_compute=shared,
         ).run()
-        anchored_summary = anchored.metrics.summary()
-        anchored_rows = [
-            row(policy, load, metric, real_summary[key], anchored_summary[key])
-            for metric, key in COMPARED.items()
-        ]
+        anchored_rows = metric_rows(policy, load, real_summary, anchored.metrics.summary())
         anchored_timing = TimingModel(anchored_cost, config.block_size, lanes_share_compute=shared)
         anchored_predicted = [anchored_timing.run(p).duration_s for p in plans]
-        anchored_ape = np.abs(np.array(anchored_predicted) - measured) / np.array(measured)
-        anchored_rows.append(
-            row(
-                policy,
-                load,
-                "iteration_mape",
-                float(np.mean(measured)),
-                float(np.mean(anchored_predicted)),
-            )
-            | {"error": float(anchored_ape.mean())}
-        )
-    replay_summary = replayed.metrics.summary()
-    replay_rows = [
-        row(policy, load, metric, real_summary[key], replay_summary[key])
-        for metric, key in COMPARED.items()
-    ]
+        anchored_rows.append(iteration_mape_row(policy, load, measured, anchored_predicted))
+    replay_rows = metric_rows(policy, load, real_summary, replayed.metrics.summary())
     per_iteration = pd.DataFrame(
         {
             "policy": policy,
@@ -208,17 +207,10 @@ def run_policy(
             "cpu_decodes": [len(p.cpu_decodes) for p in plans],
         }
     )
-    ape = (
-        np.abs(per_iteration["timing_model_s"] - per_iteration["measured_s"])
-        / per_iteration["measured_s"]
-    )
     real_requests, sim_requests = real.requests_frame(), sim.metrics.requests_frame()
     real_requests.to_csv(out / f"{policy}_{load}_engine_requests.csv", index=False)
     sim_requests.to_csv(out / f"{policy}_{load}_sim_requests.csv", index=False)
-    rows.append(
-        row(policy, load, "iteration_mape", float(np.mean(measured)), float(np.mean(predicted)))
-        | {"error": float(ape.mean())}
-    )
+    rows.append(iteration_mape_row(policy, load, measured, predicted))
     engine_e2e = real_requests["e2e_s"].dropna().to_numpy()
     sim_e2e = sim_requests["e2e_s"].dropna().to_numpy()
     rows.append(
@@ -231,10 +223,6 @@ def run_policy(
             "error": float(ks_2samp(engine_e2e, sim_e2e).pvalue),
         }
     )
-    ape_overlap = (
-        np.abs(per_iteration["timing_model_overlapped_s"] - per_iteration["measured_s"])
-        / per_iteration["measured_s"]
-    )
     return {
         "policy": policy,
         "load": load,
@@ -244,8 +232,8 @@ def run_policy(
         "anchored_rows": anchored_rows,
         "anchor_factors": factors,
         "iterations": per_iteration,
-        "iteration_mape": float(ape.mean()),
-        "iteration_mape_overlapped": float(ape_overlap.mean()),
+        "iteration_mape": iteration_mape(measured, predicted),
+        "iteration_mape_overlapped": iteration_mape(measured, predicted_overlap),
         "wall_s": wall,
         "cpu_decodes": int(per_iteration["cpu_decodes"].sum()),
         "pipelined": int((per_iteration["mode"] == "pipelined").sum()),

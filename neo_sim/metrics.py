@@ -269,8 +269,12 @@ class Metrics:
             [vars(i) for i in self.iterations], columns=list(IterationRecord.__dataclass_fields__)
         )
 
-    def summary(self, slo: SLO | None = None) -> dict[str, float]:
-        return summarize(self.requests_frame(), self.totals, self.itl.values(), slo)
+    def summary(
+        self, slo: SLO | None = None, frame: pd.DataFrame | None = None
+    ) -> dict[str, float]:
+        """summary.json's values; `frame`: this run's `requests_frame()` if already built."""
+        frame = self.requests_frame() if frame is None else frame
+        return summarize(frame, self.totals, self.itl.values(), slo)
 
 
 def _percentiles(prefix: str, values: pd.Series | np.ndarray, out: dict[str, float]) -> None:

@@ -152,14 +152,15 @@ class ProfiledCostModel(CostModel):
         when every context of the run is inside the grid: what `_decode_attn` computes,
         without a bisection or a memo entry per iteration."""
         op = "gpu_decode_attn"
-        table = self._tables[op]
-        if self.scaled or first_total < batch or not table.xs[0] <= batch <= table.xs[-1]:
-            return super().gpu_decode_attn_run(batch, first_total, count)
+        low_x, high_x, low_y, high_y = self._grid_bounds[op]
         # Contexts grow with k: the run is inside the grid if its first and last ones are.
         first, last = first_total / batch, (first_total + (count - 1) * batch) / batch
-        if count < 1 or first < table.ys[0] or last > table.ys[-1]:
+        if count < 1 or first_total < batch or not low_x <= batch <= high_x:
             return super().gpu_decode_attn_run(batch, first_total, count)
-        return table.along_y(batch, [(first_total + k * batch) / batch for k in range(count)])
+        if first < low_y or last > high_y:
+            return super().gpu_decode_attn_run(batch, first_total, count)
+        contexts = [(first_total + k * batch) / batch for k in range(count)]
+        return self._tables[op].along_y(batch, contexts)
 
     def cpu_decode_attn(self, batch: int, total_tokens: int) -> float:
         if batch <= 0:

@@ -19,7 +19,7 @@ from neo_sim import settings
 from neo_sim.capacity import KVCacheSettings, memory_of_hardware, resolve_pools
 from neo_sim.catalog import Target, resolve_target
 from neo_sim.errors import NeoError
-from neo_sim.metrics import SLO, summarize
+from neo_sim.metrics import SLO
 from neo_sim.scheduler import POLICIES, SchedulerConfig
 from neo_sim.settings import check, setting
 from neo_sim.simulator import SimResult, simulate
@@ -185,8 +185,7 @@ def execute(spec: RunSpec, workload: list[RequestSpec] | None = None) -> RunOutp
         "gpu_kv_blocks": config.num_gpu_blocks,
         "cpu_kv_blocks": config.num_cpu_blocks,
     }
-    metrics = result.metrics  # the summary from the frame just built (10k rows: 0.2 s)
-    summary.update(summarize(frame, metrics.totals, metrics.itl.values(), slo))
+    summary.update(result.metrics.summary(slo, frame))  # the frame is built once
     return RunOutput(spec, summary, frame, iterations, result)
 
 

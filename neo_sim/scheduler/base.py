@@ -245,12 +245,12 @@ class Policy(ABC):
         running = tuple(self.gpu_running.values())
         if len(running) > min(self.config.max_batch_size, token_budget):
             return None
-        iterations = min(r.max_new_tokens - r.num_generated for r in running)
         if any(r.is_prefilling for r in running):
             return None
-        seq_lens = [r.seq_len for r in running]
         if (self.waiting or self.swapped) and not self._queues_stay_put(running, token_budget):
             return None
+        seq_lens = [r.seq_len for r in running]
+        iterations = min(r.max_new_tokens - r.num_generated for r in running)
         iterations = self._iterations_with_blocks(running, seq_lens, iterations)
         if iterations < 1:
             return None

@@ -46,10 +46,8 @@ class BlockPool:
         return len(self._tables.get(request_id, ()))
 
     def extra_blocks(self, request_id: int, num_tokens: int) -> int:
-        """Blocks to add so that `request_id` holds `num_tokens` tokens. (Inlined: the
-        scheduler asks this for every resident request at every step.)"""
-        table = self._tables.get(request_id)
-        extra = -(-num_tokens // self.block_size) - (len(table) if table else 0)
+        """Blocks to add so that `request_id` holds `num_tokens` tokens."""
+        extra = blocks_for(num_tokens, self.block_size) - len(self._tables.get(request_id, ()))
         return extra if extra > 0 else 0
 
     def grow(self, request_id: int, num_tokens: int) -> list[int]:

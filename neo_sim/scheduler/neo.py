@@ -199,11 +199,9 @@ class NeoPolicy(Policy):
         # A prompt goes to the CPU only if the host pool keeps room for every CPU resident to
         # grow to its full length: a full host pool would stall them all (decodes that cannot
         # grow are skipped), which the artifact's rule allowed.
-        residents = self.cpu_running.values()
-        cpu_used = (
-            cpu.num_used
-            + sum(self._blocks(r.max_seq_len) for r in residents)
-            - sum(cpu.num_blocks_of(r.request_id) for r in residents)
+        cpu_used = cpu.num_used + sum(
+            self._blocks(r.max_seq_len) - cpu.num_blocks_of(r.request_id)
+            for r in self.cpu_running.values()
         )
         slots = self.config.max_num_seqs - self.num_resident
         to_cpu = False
