@@ -222,14 +222,22 @@ LOSS_HEADER = (
     "iteration | neo pipelined | prompt tokens prefilled | run duration |\n"
     "|---|---|---|---|---|---|---|---|---|"
 )
+LAST_HEADER = (
+    "| host | workload | request | output tokens | of them on the host | first token | "
+    "finish | decoding alone at the end |\n|---|---|---|---|---|---|---|---|"
+)
 
 
-def loss_window(host: str, workload: str, rate: float, requests: int, seed: int) -> tuple[str, str]:
+def loss_window(
+    host: str, workload: str, rate: float, requests: int, seed: int
+) -> tuple[str, str, str]:
     """Where in time neo falls behind gpu-only in one cell, and what neo ran then: both
     policies re-run with iteration records on the cell's arrivals; the window (a tenth of
     gpu-only's run) where neo serves fewest sequences per second next to gpu-only, with
-    neo's iterations there (duration, host decodes, pipelined share, prompt tokens): a table
-    row, and a sentence saying why where the numbers show it."""
+    neo's iterations there (duration, host decodes, pipelined share, prompt tokens), and the
+    request that finishes neo's run (a run's throughput is its tokens over the time to its
+    last token, so that request's chain of tokens sets it): two table rows, and sentences
+    saying why where the numbers show it."""
     from neo_sim.runs import execute
 
     runs = {}
@@ -255,22 +263,61 @@ def loss_window(host: str, workload: str, rate: float, requests: int, seed: int)
     w = int(deficit.idxmax())
     g, n = per_window["gpu-only"].loc[w], per_window["neo"].loc[w]
     durations = {p: o.summary["duration_s"] for p, o in runs.items()}
-    why = ""
+    why = []
     if n.prefill_tokens > 1.5 * g.prefill_tokens and n.host_decodes > 0:
         more = n.prefill_tokens / max(1.0, g.prefill_tokens)
-        why = (
-            f"{host}, {workload}: neo prefilled {more:.1f}x gpu-only's "
+        why.append(
+            f"neo prefilled {more:.1f}x gpu-only's "
             "prompt tokens there: it took prompts onto the host that gpu-only kept queued, and "
             "its pipelined iterations, carrying their prefill and the new residents' host "
             "attention, served fewer sequences per second until that burst drained."
         )
+    last_row, last_why = _last_request(runs["neo"].requests, runs["gpu-only"].requests)
+    if last_why:
+        why.append(last_why)
     return (
         f"| {host} | {workload} | {w * width:.0f}-{(w + 1) * width:.0f} s | "
         f"{n.seqs / width:.1f} / {g.seqs / width:.1f} | {n.iteration_s:.3f} / "
         f"{g.iteration_s:.3f} s | {n.host_decodes:.1f} | {n.pipelined:.0%} | "
         f"{n.prefill_tokens:.0f} / {g.prefill_tokens:.0f} | "
         f"{durations['neo']:.1f} / {durations['gpu-only']:.1f} s |",
-        why,
+        f"| {host} | {workload} | {last_row}",
+        f"{host}, {workload}: " + " ".join(why) if why else "",
+    )
+
+
+def _last_request(neo: pd.DataFrame, gpu_only: pd.DataFrame) -> tuple[str, str]:
+    """The request that finishes neo's run, next to the same request under gpu-only: the
+    rest of a `LAST_HEADER` row (values neo / gpu-only), and a sentence where it ends the run
+    alone (the GPU decoding it and nothing else after every other request has finished)."""
+    done = neo[neo["status"] == "finished"].sort_values("finish_s")
+    last = done.iloc[-1]
+    alone = last.finish_s - (done.iloc[-2].finish_s if len(done) > 1 else last.first_token_s)
+    same = gpu_only.set_index("request_id").loc[last.request_id]
+    others = gpu_only[gpu_only["request_id"] != last.request_id]["finish_s"].max()
+    row = (
+        f"{last.request_id} | {last.output_len} | {last.cpu_steps} | "
+        f"{last.first_token_s:.1f} / {same.first_token_s:.1f} s | "
+        f"{last.finish_s:.1f} / {same.finish_s:.1f} s | {alone:.1f} s |"
+    )
+    longest = done["output_len"].max()
+    if not (last.cpu_steps > 0 and last.finish_s > same.finish_s and alone > 1.0):
+        return row, ""
+    rank = "the longest output of the run" if last.output_len == longest else "a long output"
+    per_token = {
+        name: (r.finish_s - r.first_token_s) / max(1, r.output_len - 1)
+        for name, r in (("neo", last), ("gpu-only", same))
+    }
+    return row, (
+        f"The run ends with request {last.request_id} ({last.output_len} output tokens, {rank}) "
+        f"decoding alone for {alone:.1f} s. It got its first token earlier under neo "
+        f"({last.first_token_s:.1f} s against {same.first_token_s:.1f} s) but then took "
+        f"{per_token['neo']:.3f} s per token against {per_token['gpu-only']:.3f} s: "
+        f"{last.cpu_steps} of its tokens were decoded on the host, where residents take turns "
+        "in the iterations whose GPU work can hide their attention, and it came back to the "
+        "GPU with the rest of its output still to go. Every other request had finished by "
+        f"{last.finish_s - alone:.1f} s (under gpu-only by {others:.1f} s): the run's end, and "
+        "so its throughput, is set by when this one long request reaches the GPU."
     )
 
 
@@ -289,14 +336,21 @@ def losses_section(below: pd.DataFrame, rows: pd.DataFrame, requests: int, seed:
         )
         for c in below.itertuples()
     ]
-    lines = [line for line, _ in found]
-    notes = "\n\n".join(why for _, why in found if why)
+    lines = [line for line, _, _ in found]
+    last_lines = [line for _, line, _ in found]
+    notes = "\n\n".join(why for _, _, why in found if why)
     return f"""Where each of these cells loses, in time (both policies re-run on the cell's arrivals
 with one record per iteration; the window, a tenth of gpu-only's run, where neo serves fewest
 sequences per second next to gpu-only; values neo / gpu-only):
 
 {LOSS_HEADER}
 {chr(10).join(lines)}
+
+The request that finishes neo's run (a run's throughput is its output tokens over the time
+to its last token), next to the same request under gpu-only (values neo / gpu-only):
+
+{LAST_HEADER}
+{chr(10).join(last_lines)}
 
 {notes}
 """

@@ -40,3 +40,22 @@ def test_a_configuration_where_nothing_fits_is_a_row_not_a_crash():
     row = run_or_error(spec)
     assert "can never fit" in row["error"] and row["rejected"] == 3
     assert row["policy"] == "gpu-only"
+
+
+def _requests(rows):
+    columns = ["request_id", "first_token_s", "finish_s", "output_len", "cpu_steps", "status"]
+    return pd.DataFrame([(*r, "finished") for r in rows], columns=columns)
+
+
+def test_the_request_that_ends_a_losing_run_is_named_with_its_tail():
+    from experiments.policy_map import _last_request
+
+    neo = _requests([(0, 1.0, 10.0, 50, 0), (1, 2.0, 20.0, 300, 40)])
+    gpu_only = _requests([(0, 1.0, 12.0, 50, 0), (1, 5.0, 15.0, 300, 0)])
+    row, why = _last_request(neo, gpu_only)
+    assert row == "1 | 300 | 40 | 2.0 / 5.0 s | 20.0 / 15.0 s | 10.0 s |"
+    assert "request 1 (300 output tokens, the longest output of the run)" in why
+    assert "decoding alone for 10.0 s" in why and "by 10.0 s (under gpu-only by 12.0 s)" in why
+    # It never ran on the host, or it ends no later than under gpu-only: no such sentence.
+    assert _last_request(neo.assign(cpu_steps=0), gpu_only)[1] == ""
+    assert _last_request(neo, gpu_only.assign(finish_s=[12.0, 25.0]))[1] == ""
