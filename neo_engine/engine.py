@@ -64,6 +64,7 @@ class RequestOutput:
     finish_s: float | None = None
     cpu_steps: int = 0
     gpu_steps: int = 0
+    max_host_wait_steps: int = 0  # iterations, the longest wait as a host resident
     logprobs: list[TokenLogprob] = field(default_factory=list)  # per generated token, if asked
     prompt_logprobs: list[TokenLogprob | None] | None = None  # per prompt token (first: None)
 
@@ -361,6 +362,7 @@ class LLMEngine:
             out.finished, out.finish_s = True, now
             out.finish_reason = "stop" if r.request_id in stopped else "length"
             out.cpu_steps, out.gpu_steps = r.cpu_steps, r.gpu_steps
+            out.max_host_wait_steps = r.max_host_wait_steps
         for rid, reason in failed.items():  # after complete(): the others' books are settled
             touched.append(self._fail(rid, reason, now))
         self._account(plan, result, start, len(result.request_ids))

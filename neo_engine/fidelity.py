@@ -110,6 +110,7 @@ def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
             r.first_token_s, r.finish_s = out.first_token_s, out.finish_s
             r.num_tokens, r.status = len(out.token_ids), "finished"
             r.cpu_steps, r.gpu_steps = out.cpu_steps, out.gpu_steps
+            r.max_host_wait_steps = out.max_host_wait_steps
         records.append(r)
     iterations = [
         IterationRecord.of(it.plan, it.start_s, it.duration_s, busy_by_lane(it.spans))

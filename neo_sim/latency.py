@@ -50,6 +50,7 @@ class RequestRecord:
     max_token_gap_s: float = 0.0  # the longest gap between two consecutive tokens
     gpu_steps: int = 0
     cpu_steps: int = 0
+    max_host_wait_steps: int = 0  # iterations, the longest wait as a host resident
     preemptions: int = 0
     swaps: int = 0
     status: str = "pending"  # finished | aborted | rejected | pending

@@ -58,6 +58,7 @@ REQUEST_COLUMNS = [
     "per_token_s",
     "gpu_steps",
     "cpu_steps",
+    "max_host_wait_steps",
     "ran_on",
     "preemptions",
     "swaps",
@@ -311,6 +312,9 @@ def summarize(
     gaps = done["max_token_gap_s"].to_numpy(dtype=float)
     out["max_token_gap_p99_s"] = float(np.percentile(gaps, 99)) if len(gaps) else float("nan")
     out["max_token_gap_max_s"] = float(gaps.max()) if len(gaps) else float("nan")
+    # The starvation bound's unit: iterations a host resident waited for progress.
+    waits = done["max_host_wait_steps"].to_numpy(dtype=float)
+    out["max_host_wait_steps_max"] = float(waits.max()) if len(waits) else float("nan")
     if slo is not None and len(done):
         ok = np.ones(len(done), dtype=bool)
         if slo.ttft_s is not None:

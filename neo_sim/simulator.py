@@ -217,6 +217,7 @@ class Simulation:
         rec = self.records[r.request_id]
         rec.finish_s, rec.status = self.now, "finished"
         rec.gpu_steps, rec.cpu_steps = r.gpu_steps, r.cpu_steps
+        rec.max_host_wait_steps = r.max_host_wait_steps
         rec.preemptions, rec.swaps = r.num_preemptions, r.num_swaps
 
     # ---- steady runs ---------------------------------------------------------------------------

@@ -314,12 +314,16 @@ class Policy(ABC):
     def _advance(self, r: Request | None, end: int, stop: set[int], done: list[Request]) -> None:
         if r is None or r.is_done:
             return  # aborted while the iteration ran
-        r.num_computed = end
-        r.last_progress_step = self.step_index
         if r.state == RequestState.RUNNING_CPU:
             r.cpu_steps += 1
+            if r.num_computed:  # it had KV, so it waited since its last progress
+                waited = self.step_index - r.last_progress_step
+                if waited > r.max_host_wait_steps:
+                    r.max_host_wait_steps = waited
         else:
             r.gpu_steps += 1
+        r.num_computed = end
+        r.last_progress_step = self.step_index
         if end >= r.seq_len:
             r.num_generated += 1
             if r.num_generated >= r.max_new_tokens or r.request_id in stop:

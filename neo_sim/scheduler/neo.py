@@ -68,6 +68,7 @@ class NeoPolicy(Policy):
         reserved = self._reserve_for_overdue(budget)
         swap_out, recomputed = self._swap_out(budget)
         swap_in = () if (swap_out or recomputed) else self._swap_in(budget)
+        recomputed = (*recomputed, *self._make_room_for_overdue())
         candidates = self._admit(budget)
         budget.seqs += reserved
         budget.tokens += reserved
@@ -93,6 +94,26 @@ class NeoPolicy(Policy):
         newest = max(self.cpu_running.values(), key=lambda r: r.admit_order)
         self._recompute(newest)
         return newest.request_id
+
+    def _make_room_for_overdue(self) -> tuple[int, ...]:
+        """Overdue CPU decodes whose next token needs a host block that a full host pool
+        lacks (swapped-out GPU decodes can fill the room kept for residents' growth) would
+        wait until some resident finishes: the newest residents that are not overdue give their
+        KV back (they will recompute), newest first, until the overdue ones can grow."""
+        cpu = self.kv.cpu
+        limit = self._overdue_before()
+        overdue = [r for r in self.cpu_running.values() if r.last_progress_step < limit]
+        need = sum(cpu.extra_blocks(r.request_id, r.seq_len) for r in overdue)
+        if need <= cpu.num_free:
+            return ()
+        others = [r for r in self.cpu_running.values() if r.last_progress_step >= limit]
+        dropped = []
+        for r in sorted(others, key=lambda r: r.admit_order, reverse=True):
+            if need <= cpu.num_free:
+                break
+            self._recompute(r)
+            dropped.append(r.request_id)
+        return tuple(dropped)
 
     def _reserve_for_overdue(self, budget: Budget) -> int:
         """Hold batch slots for overdue CPU decodes so that admissions cannot starve them."""

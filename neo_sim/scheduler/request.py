@@ -47,6 +47,9 @@ class Request:
     num_swaps: int = 0
     gpu_steps: int = 0  # iterations it progressed with KV on the GPU
     cpu_steps: int = 0  # ... with KV on the host
+    # The longest a host resident with KV waited for progress, in iterations (the starvation
+    # bound's unit: NEO's `max_cpu_wait_steps` caps it where its conditions hold).
+    max_host_wait_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.prompt_len < 1:

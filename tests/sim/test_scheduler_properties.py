@@ -194,25 +194,49 @@ def test_first_admissions_follow_arrival_order(name, w):
 def test_neo_fairness_guarantee(w):
     """NEO's starvation bound, as stated: a CPU decode that has waited `max_cpu_wait_steps`
     iterations is in the next plan, whenever the overdue decodes fit the batch beside the GPU
-    decodes (one slot kept for progress) and their next token needs no new host block."""
+    decodes (one slot kept for progress) and their next tokens' host blocks fit the free ones
+    and those of the residents that are not overdue (which give their KV back for them). Each
+    request's recorded `max_host_wait_steps` is the longest wait seen here."""
     policy = make_policy("neo", w.config, _cost())
     pending = list(enumerate(w.requests))
     now, step = 0.0, 0
+    seen: dict[int, Request] = {}
+    longest: dict[int, int] = {}
     while pending or policy.has_work:
         while pending and pending[0][1][0] <= step:
             rid, (_, prompt, max_new) = pending.pop(0)
             with contextlib.suppress(NeoError):  # can never fit: refused up front
                 policy.add(Request(rid, prompt, max_new, arrival_s=now))
+                seen[rid] = policy.requests[rid]
         limit = policy.step_index + 1 - w.config.max_cpu_wait_steps
+        cpu = policy.kv.cpu
         overdue = [r for r in policy.cpu_running.values() if r.last_progress_step < limit]
         room = min(w.config.max_batch_size, w.config.max_batch_tokens) - 1
         room -= len(policy.gpu_running)
-        growth_free = all(policy.kv.cpu.extra_blocks(r.request_id, r.seq_len) == 0 for r in overdue)
+        need = sum(cpu.extra_blocks(r.request_id, r.seq_len) for r in overdue)
+        spare = cpu.num_free + sum(
+            cpu.num_blocks_of(r.request_id)
+            for r in policy.cpu_running.values()
+            if r.last_progress_step >= limit
+        )
+        waits = {  # were it to progress on the host in this step
+            rid: policy.step_index + 1 - r.last_progress_step
+            for rid, r in policy.requests.items()
+            if r.num_computed
+        }
         plan = policy.step(now)
-        if overdue and len(overdue) <= room and growth_free:
+        if overdue and len(overdue) <= room and need <= spare:
             still_on_cpu = [r for r in overdue if r.request_id in policy.cpu_running]
             assert {r.request_id for r in still_on_cpu} <= set(plan.request_ids)
+        for rid in {d.request_id for d in plan.cpu_decodes} | {
+            p.request_id for p in plan.prefills if p.kv_device == Device.CPU and p.start
+        }:
+            if rid in waits:
+                longest[rid] = max(longest.get(rid, 0), waits[rid])
         now += plan.predicted_s
         policy.complete(plan)
         step += 1
         assert step < 20_000
+    assert {rid: r.max_host_wait_steps for rid, r in seen.items() if r.max_host_wait_steps} == (
+        longest
+    )
