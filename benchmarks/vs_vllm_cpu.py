@@ -17,9 +17,10 @@ The vLLM venv (../shared/ENVIRONMENT.md): python3 -m venv W && W/bin/pip install
 (0.32.0, ~3.5 GB, needs the same torch 2.13.0 CPU build), then uninstall the CUDA torchvision
 and torchaudio it pulls. vLLM runs here with VLLM_TARGET_DEVICE=cpu (its CPU build, whatever
 its metadata says; on an AVX2-only CPU it then loads its AVX2 kernels), its OpenMP threads
-bound to every core (VLLM_CPU_OMP_THREADS_BIND; its default keeps one back) and 2 GB of KV
-(VLLM_CPU_KVCACHE_SPACE). Its first start compiles (torch.compile, minutes); --vllm-eager
-skips that and runs it uncompiled.
+bound to every core (VLLM_CPU_OMP_THREADS_BIND; its default keeps one back), 2 GB of KV
+(VLLM_CPU_KVCACHE_SPACE) and prefix caching off (each workload repeats the same prompts, whose
+KV vLLM would otherwise reuse; neo_engine caches no prefixes). Its first start compiles
+(torch.compile, minutes); --vllm-eager skips that and runs it uncompiled.
 
 Run: python -m benchmarks.vs_vllm_cpu --vllm-python W/bin/python
 Writes benchmarks/results/vs_vllm_cpu.json.

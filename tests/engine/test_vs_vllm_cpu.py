@@ -1,0 +1,45 @@
+"""The neo_engine-vs-vLLM benchmark's own logic (vLLM itself is not needed here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.vs_vllm_cpu import (
+    TRACE,
+    UNIFORM_BATCHES,
+    agreement,
+    main,
+    vllm_kernels,
+    workloads,
+)
+
+
+def test_agreement_counts_identical_outputs_and_the_agreeing_prefix():
+    same, share = agreement([[1, 2, 3, 4], [5, 6], [7]], [[1, 2, 3, 4], [5, 9], [8]])
+    assert same == 1
+    assert share == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+
+
+def test_workloads_are_the_stated_shapes_and_fit_the_context():
+    jobs = workloads(vocab_size=1000, max_model_len=512, trace=TRACE)
+    uniform = jobs[: len(UNIFORM_BATCHES)]
+    assert [len(w["prompts"]) for w in uniform] == list(UNIFORM_BATCHES)
+    assert all(len(p) == 128 for w in uniform for p in w["prompts"])
+    assert all(n == 64 for w in uniform for n in w["max_tokens"])
+    assert all(100 <= t < 1000 for w in jobs for p in w["prompts"] for t in p)
+    if TRACE.exists():
+        trace = jobs[-1]
+        assert len(trace["prompts"]) == 64
+        assert max(len(p) + n for p, n in zip(trace["prompts"], trace["max_tokens"])) <= 511
+    assert workloads(1000, 512, TRACE)[0]["prompts"] == uniform[0]["prompts"]  # fixed seed
+
+
+def test_which_vllm_kernels_this_cpu_gets():
+    assert vllm_kernels({"avx2": True}) == "_C_AVX2"
+    assert vllm_kernels({"avx512f": True}) == "_C_AVX512"
+    assert vllm_kernels({"avx512f": True, "avx512_bf16": True}).startswith("_C ")
+
+
+def test_without_a_vllm_python_it_skips_with_a_clear_message(capsys):
+    assert main([]) == 0
+    assert "skipped: give --vllm-python" in capsys.readouterr().out
