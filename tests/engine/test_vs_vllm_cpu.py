@@ -43,3 +43,10 @@ def test_which_vllm_kernels_this_cpu_gets():
 def test_without_a_vllm_python_it_skips_with_a_clear_message(capsys):
     assert main([]) == 0
     assert "skipped: give --vllm-python" in capsys.readouterr().out
+
+
+def test_the_serving_comparison_skips_without_a_vllm_venv(capsys, tmp_path):
+    from benchmarks.serve_vs_vllm import main as serve_main
+
+    assert serve_main(["--vllm-venv", str(tmp_path)]) == 0
+    assert "skipped: give --vllm-venv" in capsys.readouterr().out

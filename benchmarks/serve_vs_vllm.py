@@ -1,0 +1,179 @@
+"""Benchmark: `vllm bench serve` against neo-serve and against `vllm serve`, same arguments.
+
+The serving-side comparison users make: the same checkpoint (SmolLM2-135M), fp32, a context
+of --max-model-len, served in turn by neo-serve (its defaults: policy neo, KV pools sized
+from memory) and by vLLM's CPU backend (`vllm serve`, prefix caching off, as neo-serve
+caches no prefixes), each then driven by the same `vllm bench serve` command: the random
+dataset, --num-prompts prompts of --input-len tokens, --output-len tokens each (ignore_eos),
+all sent at once (request rate inf), so the figure is each server's throughput under a
+backlog. Never both servers at once. Records each run's exit status and what
+`vllm bench serve` reports, with its own JSON beside the summary.
+
+The vLLM venv W is the one of benchmarks/vs_vllm_cpu.py (with the metadata-only `vllm`
+dist-info of benchmarks/serve_clients.py, so that the `vllm` command finds itself); both
+its server and its client run with VLLM_TARGET_DEVICE=cpu.
+
+Run: python -m benchmarks.serve_vs_vllm --vllm-venv W
+Writes benchmarks/results/serve_vs_vllm/ (summary.json, neo-serve.json, vllm-serve.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks import RESULTS, write_result
+from benchmarks.serve_clients import DEFAULT_MODEL, run_client
+from benchmarks.serve_load import free_port, start_server
+
+
+def bench_argv(venv: Path, base: str, model: Path, args, out: Path, name: str) -> list[str]:
+    return [
+        str(venv / "bin" / "vllm"),
+        "bench",
+        "serve",
+        "--backend",
+        "openai",
+        "--base-url",
+        base,
+        "--model",
+        str(model),
+        "--tokenizer",
+        str(model),
+        "--dataset-name",
+        "random",
+        "--random-input-len",
+        str(args.input_len),
+        "--random-output-len",
+        str(args.output_len),
+        "--ignore-eos",
+        "--num-prompts",
+        str(args.num_prompts),
+        "--request-rate",
+        "inf",
+        "--seed",
+        "0",
+        "--save-result",
+        "--result-dir",
+        str(out),
+        "--result-filename",
+        f"{name}.json",
+    ]
+
+
+def start_vllm(
+    venv: Path, model: Path, max_model_len: int, env: dict
+) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    argv = [
+        str(venv / "bin" / "vllm"),
+        "serve",
+        str(model),
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        str(max_model_len),
+        "--no-enable-prefix-caching",
+    ]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 900  # its first start compiles
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"vllm serve exited: {proc.stderr.read()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(1.0)
+    proc.terminate()
+    raise SystemExit("vllm serve did not come up within 900 s")
+
+
+def reported(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    return {
+        "completed": data["completed"],
+        "failed": data.get("failed", 0),
+        "duration_s": data["duration"],
+        "requests_per_s": data["request_throughput"],
+        "output_tokens_per_s": data["output_throughput"],
+        "ttft_ms_p50": data["median_ttft_ms"],
+        "tpot_ms_p50": data["median_tpot_ms"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--vllm-venv", type=Path, help="virtual env with vllm-cpu")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="SmolLM2-135M directory")
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--output", type=Path, default=RESULTS / "serve_vs_vllm")
+    args = p.parse_args(argv)
+    if args.vllm_venv is None or not (args.vllm_venv / "bin" / "vllm").exists():
+        print("serve_vs_vllm: skipped: give --vllm-venv, a venv with vllm-cpu (see --help)")
+        return 0
+    args.output.mkdir(parents=True, exist_ok=True)
+    env = os.environ | {
+        "VLLM_TARGET_DEVICE": "cpu",
+        "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}",
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "HF_HUB_OFFLINE": "1",
+    }
+    runs = []
+    servers = {
+        "neo-serve": lambda: start_server(
+            f"--model {args.model} --dtype float32 --max-model-len {args.max_model_len}"
+        ),
+        "vllm-serve": lambda: start_vllm(args.vllm_venv, args.model, args.max_model_len, env),
+    }
+    for name, start in servers.items():
+        print(f"serve_vs_vllm: starting {name} ...", flush=True)
+        proc, base = start()
+        try:
+            bench = bench_argv(args.vllm_venv, base, args.model, args, args.output, name)
+            result = run_client(f"vllm bench serve against {name}", bench, env, timeout_s=1800)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+        result["server"] = name
+        if result["rc"] == 0:
+            result["reported"] = reported(args.output / f"{name}.json")
+            print(f"  {name}: {result['reported']}", flush=True)
+        else:
+            print(f"  {name}: rc {result['rc']}\n{result['output_tail']}", flush=True)
+        runs.append(result)
+    both = [r.get("reported") for r in runs]
+    ratio = both[0]["output_tokens_per_s"] / both[1]["output_tokens_per_s"] if all(both) else None
+    write_result(
+        args.output / "summary.json",
+        "serve_vs_vllm",
+        model=args.model.name,
+        dtype="float32",
+        workload={
+            "num_prompts": args.num_prompts,
+            "input_len": args.input_len,
+            "output_len": args.output_len,
+            "request_rate": "inf",
+        },
+        runs=runs,
+        neo_over_vllm_output_tokens_per_s=ratio,
+    )
+    return 0 if all(r["rc"] == 0 for r in runs) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
