@@ -22,14 +22,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [M, in] @ weight[out, in]^T: F.linear's result.
 
     Decode batches (few rows) on a CPU device go to the skinny-GEMM kernel, which streams the
-    weights at the machine's read bandwidth; otherwise the weight-major form (weight @ x^T)^T,
-    which this CPU's BLAS runs faster than F.linear for mid-sized M
-    (both measured: benchmarks/skinny_gemm.py).
+    weights at the machine's read bandwidth. Past it, while the weights are most of the bytes
+    the GEMM moves (M * (in + out) < out * in), the weight-major form (weight @ x^T)^T, which
+    this CPU's BLAS runs faster than F.linear there (benchmarks/skinny_gemm.py); beyond that
+    (prefills), F.linear: the weight-major form's transposed copy of the output then costs more
+    than its layout saves (up to 1.4x slower at a 3,600-token prefill of SmolLM2's MLP here).
     """
     out = skinny_linear(x, weight)
     if out is not None:
         return out
-    return torch.mm(weight, x.t()).t().contiguous()
+    rows, (features_out, features_in) = x.shape[0], weight.shape
+    if rows * (features_in + features_out) < features_out * features_in:
+        return torch.mm(weight, x.t()).t().contiguous()
+    return F.linear(x, weight)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
