@@ -43,16 +43,24 @@ def start_server(extra: str) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "neo_engine.server", "--port", str(port), *shlex.split(extra)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # a benchmark script may wait for a process to come up
+    wait_healthy(proc, base, "neo-serve", timeout_s=300)
+    return proc, base
+
+
+def wait_healthy(proc: subprocess.Popen, base: str, name: str, timeout_s: float) -> None:
+    """Wait until the server at `base` answers /health with 200 (a benchmark script may wait
+    for a process to come up); exit with its stderr if it dies, or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"neo-serve exited: {proc.stderr.read()}")
+            raise SystemExit(f"{name} exited: {proc.stderr.read()[-3000:]}")
         try:
             if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return proc, base
+                return
         except httpx.HTTPError:
             time.sleep(0.5)
-    raise SystemExit("neo-serve did not come up within 300 s")
+    proc.terminate()
+    raise SystemExit(f"{name} did not come up within {timeout_s:.0f} s")
 
 
 def kv_in_use(base: str) -> dict[str, float]:

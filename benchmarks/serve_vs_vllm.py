@@ -23,14 +23,11 @@ import argparse
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
-
-import httpx
 
 from benchmarks import RESULTS, write_result
 from benchmarks.serve_clients import DEFAULT_MODEL, run_client
-from benchmarks.serve_load import free_port, start_server
+from benchmarks.serve_load import free_port, start_server, wait_healthy
 
 
 def bench_argv(venv: Path, base: str, model: Path, args, out: Path, name: str) -> list[str]:
@@ -87,17 +84,8 @@ def start_vllm(
         argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 900  # its first start compiles
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"vllm serve exited: {proc.stderr.read()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(1.0)
-    proc.terminate()
-    raise SystemExit("vllm serve did not come up within 900 s")
+    wait_healthy(proc, base, "vllm serve", timeout_s=900)  # its first start compiles
+    return proc, base
 
 
 def reported(path: Path) -> dict:
