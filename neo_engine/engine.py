@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from neo_engine.config import DEFAULT_MAX_MODEL_LEN, EngineConfig
-from neo_engine.cpu_kernel import load_extension
+from neo_engine.cpu_kernel import load_extension, skinny_path
 from neo_engine.executor import Executor
 from neo_engine.kv_cache import KVPool
 from neo_engine.local import cpu_features, cpu_name, host_memory_bytes
@@ -138,6 +138,7 @@ class LLMEngine:
             "kv_dtype": self.spec.kv_dtype,
             "dtype_reason": load.dtype_reason(),
             "host_kernels": "c++" if kernels is not None else "torch fallback",
+            "decode_gemm": skinny_path(self.torch_dtype) if self.device.type == "cpu" else "torch",
             "cpu": cpu_name(),
             "cpu_features": ",".join(name for name, present in features.items() if present),
         }

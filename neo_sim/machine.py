@@ -39,6 +39,17 @@ def cpu_features() -> dict[str, bool]:
     return {name: name in flags for name in CPU_FEATURES}
 
 
+def native_bf16() -> str | None:
+    """The extension that gives this CPU native bf16 arithmetic, or None: with it torch's
+    bf16 GEMMs (oneDNN) and our bf16 kernels outrun fp32; without it bf16 GEMMs crawl."""
+    features = cpu_features()
+    if features["amx_bf16"]:
+        return "AMX-BF16"
+    if features["avx512_bf16"]:
+        return "AVX512-BF16"
+    return None
+
+
 def this_machine() -> dict[str, Any]:
     """The facts of this machine that a profile records (no GPU: the engine adds it)."""
     return {"cpu": cpu_name(), "cpu_features": cpu_features(), "cpu_cores": os.cpu_count() or 1}

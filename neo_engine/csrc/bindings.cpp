@@ -8,12 +8,16 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
                       torch::Tensor block_tables, torch::Tensor context_lens, torch::Tensor out,
                       double scale, int64_t num_threads);
 void skinny_linear(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out,
-                   int64_t num_threads);
+                   int64_t num_threads, bool native);
+bool skinny_native_bf16();
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "paged decode attention on the CPU",
         py::call_guard<py::gil_scoped_release>());
-  m.def("skinny_linear", &skinny_linear, "out = x @ weight^T for few rows of x, fp32",
-        py::call_guard<py::gil_scoped_release>());
+  m.def("skinny_linear", &skinny_linear, "out = x @ weight^T for few rows of x, fp32 or bf16",
+        py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("num_threads"),
+        py::arg("native") = true, py::call_guard<py::gil_scoped_release>());
+  m.def("skinny_native_bf16", &skinny_native_bf16,
+        "whether bf16 runs on native bf16 dot products (AVX512-BF16) in this build");
   m.def("built_with_avx2", &built_with_avx2);
 }

@@ -43,6 +43,7 @@ def test_greedy_tokens_equal_transformers(tiny_llama, prompts, policy, gpu_block
     expected = hf_greedy(model, prompts, NEW_TOKENS)
     llm = LLM(
         str(directory),
+        dtype="float32",  # transformers' precision: equality, not closeness
         policy=policy,
         gpu_kv_blocks=gpu_blocks,
         cpu_kv_blocks=200,
@@ -72,6 +73,7 @@ def test_offloading_plans_give_the_same_tokens(tiny_llama, prompts, policy, mode
     expected = hf_greedy(model, prompts, NEW_TOKENS)
     llm = LLM(
         str(directory),
+        dtype="float32",  # transformers' precision: equality, not closeness
         policy=policy,
         gpu_kv_blocks=10,
         cpu_kv_blocks=200,

@@ -19,7 +19,9 @@ def hf_logprobs(model, tokens: list[int]) -> torch.Tensor:
 def test_prompt_and_token_logprobs_equal_transformers(tiny_llama, policy, gpu_blocks):
     directory, model = tiny_llama
     prompt = list(range(3, 40))
-    llm = LLM(str(directory), policy=policy, gpu_kv_blocks=gpu_blocks, block_size=4)
+    llm = LLM(
+        str(directory), dtype="float32", policy=policy, gpu_kv_blocks=gpu_blocks, block_size=4
+    )
     params = SamplingParams(
         max_tokens=6, temperature=0, ignore_eos=True, logprobs=3, prompt_logprobs=2
     )

@@ -41,7 +41,7 @@ def save_tiny_qwen2(directory):
 def test_qwen2_greedy_tokens_equal_transformers(tmp_path, policy, gpu_blocks):
     model = save_tiny_qwen2(tmp_path)
     prompts = [[5, 17, 33, 40], list(range(1, 30))]
-    llm = LLM(str(tmp_path), policy=policy, gpu_kv_blocks=gpu_blocks, block_size=4)
+    llm = LLM(str(tmp_path), dtype="float32", policy=policy, gpu_kv_blocks=gpu_blocks, block_size=4)
     assert llm.engine.spec.qkv_bias and llm.engine.spec.sliding_window is None
     out = llm.generate(
         prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from neo_engine.server import build_parser, create_server
+from neo_sim.machine import native_bf16
 
 MODEL = "dummy:tiny"
 
@@ -80,8 +81,10 @@ def test_metrics_say_which_precision_and_kernels_run_and_why(server):
         for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines()
         if line.startswith("neo:engine_info{")
     )
-    assert 'dtype="float32"' in info and 'kv_dtype="float32"' in info
+    expected = "bfloat16" if native_bf16() else "float32"  # the CPU device's default
+    assert f'dtype="{expected}"' in info and f'kv_dtype="{expected}"' in info
     assert 'dtype_reason="cpu device default' in info
+    assert 'decode_gemm="' in info
     assert 'host_kernels="c++"' in info or 'host_kernels="torch fallback"' in info
 
 

@@ -1,4 +1,7 @@
-"""The skinny decode GEMM against a float64 reference, and where `linear` uses it."""
+"""The skinny decode GEMM against a float64 reference, and where `linear` uses it.
+
+fp32 and bf16; bf16 on both of its paths where this CPU has the native one (AVX512-BF16), the
+portable path alone elsewhere."""
 
 from __future__ import annotations
 
@@ -6,21 +9,20 @@ import pytest
 import torch
 
 from neo_engine import cpu_kernel
-from neo_engine.cpu_kernel import SKINNY_MAX_ROWS, skinny_linear
+from neo_engine.cpu_kernel import SKINNY_MAX_ROWS, skinny_linear, skinny_path
 from neo_engine.layers import linear
 
+SHAPES = [
+    (1, 768, 2048),
+    (3, 768, 1280),  # a partial x-row tile
+    (4, 2048, 768),
+    (7, 40, 9),  # K under one vector, N not a multiple of the 4-row tile
+    (13, 100, 30),  # K with a scalar tail
+    (SKINNY_MAX_ROWS, 576, 1536),  # SmolLM2's width, the largest batch it takes
+]
 
-@pytest.mark.parametrize(
-    "rows, k, n",
-    [
-        (1, 768, 2048),
-        (3, 768, 1280),  # a partial x-row tile
-        (4, 2048, 768),
-        (7, 40, 9),  # K under one vector, N not a multiple of the 4-row tile
-        (13, 100, 30),  # K with a scalar tail
-        (SKINNY_MAX_ROWS, 576, 1536),  # SmolLM2's width, the largest batch it takes
-    ],
-)
+
+@pytest.mark.parametrize("rows, k, n", SHAPES)
 def test_matches_float64(rows, k, n):
     gen = torch.Generator().manual_seed(rows * 1000 + k + n)
     x = torch.randn(rows, k, generator=gen, dtype=torch.float64)
@@ -31,11 +33,57 @@ def test_matches_float64(rows, k, n):
     assert ((out.double() - ref).abs().max() / ref.abs().max()).item() < 1e-5
 
 
+def _bf16_paths() -> list[bool]:
+    """native=True runs the native path where the build has it, else the portable one."""
+    module = cpu_kernel.load_extension()
+    if module is None:
+        pytest.skip("no compiled host kernels here")
+    return [True, False] if module.skinny_native_bf16() else [False]
+
+
+@pytest.mark.parametrize("rows, k, n", SHAPES + [(2, 33, 5), (4, 31, 8)])  # K tails under 32
+def test_bf16_matches_float64_to_its_own_rounding(rows, k, n):
+    """Products of bf16 inputs are exact in fp32 and the sums are fp32: each output must be
+    the exact result rounded once to bf16 (half an ulp: at most 2^-8 relative) up to fp32 summation
+    error, on every path."""
+    gen = torch.Generator().manual_seed(rows * 1000 + k + n)
+    x = torch.randn(rows, k, generator=gen).bfloat16()
+    w = torch.randn(n, k, generator=gen).bfloat16()
+    ref = x.double() @ w.double().T  # exact: the inputs are what the kernel reads
+    bound = ref.abs() * 2.0**-8 + 1e-5 * ref.abs().max()
+    for native in _bf16_paths():
+        out = skinny_linear(x, w, native=native)
+        assert out is not None and out.dtype == torch.bfloat16 and out.shape == (rows, n)
+        excess = (out.double() - ref).abs() - bound
+        assert excess.max().item() <= 0, f"native={native}: {excess.max().item()} over bound"
+
+
+def test_bf16_paths_agree_with_torch():
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(6, 576, generator=gen).bfloat16()
+    w = torch.randn(1536, 576, generator=gen).bfloat16()
+    torch_out = torch.nn.functional.linear(x, w).double()
+    for native in _bf16_paths():
+        out = skinny_linear(x, w, native=native).double()
+        assert (out - torch_out).abs().max().item() <= 2.0**-7 * torch_out.abs().max().item()
+
+
+def test_path_names_what_runs():
+    module = cpu_kernel.load_extension()
+    if module is None:
+        assert skinny_path(torch.bfloat16).startswith("torch")
+        return
+    native = module.skinny_native_bf16()
+    assert ("native" in skinny_path(torch.bfloat16)) == native
+    assert skinny_path(torch.float32) == "fp32 FMA kernel"
+
+
 def test_declines_what_it_does_not_cover():
     x, w = torch.randn(2, 16), torch.randn(8, 16)
     assert skinny_linear(torch.randn(SKINNY_MAX_ROWS + 1, 16), w) is None  # prefill-sized
     assert skinny_linear(x.double(), w.double()) is None
     assert skinny_linear(x.half(), w.half()) is None
+    assert skinny_linear(x.bfloat16(), w) is None  # mixed dtypes
 
 
 def test_linear_gives_the_same_numbers_with_and_without_the_kernel(monkeypatch):
