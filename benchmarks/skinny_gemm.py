@@ -9,8 +9,8 @@ the median of alternating repeats:
   GB/s of weights streamed and the kernel's speed-up over F.linear;
 - this machine's read bandwidth (benchmarks.host_attention's 1 GiB sum), for reference, and
   which path the kernel took.
-Its results chose `neo_engine.cpu_kernel.SKINNY_MAX_ROWS`: the kernel is used up to the M where
-it wins.
+Its results chose `neo_engine.cpu_kernel.SKINNY_MAX_ROWS` (per dtype): the kernel is used up
+to the M where it wins.
 
 Run: python -m benchmarks.skinny_gemm [--dtype bfloat16] [--repeats N] [--rows 1,2,4,8,16,32]
 Writes benchmarks/results/skinny_gemm.json (float32) or skinny_gemm_DTYPE.json.

@@ -110,10 +110,11 @@ def decode_attention(
     return reference_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, out)
 
 
-# Up to this many rows of x, `skinny_linear` beats torch's BLAS on the CPU measured here
-# (1.2-4.4x at 1..32 rows, benchmarks/skinny_gemm.py); above it the BLAS's blocked GEMM wins.
-SKINNY_MAX_ROWS = 32
-SKINNY_DTYPES = (torch.float32, torch.bfloat16)
+# Up to this many rows of x, per dtype, `skinny_linear` beats torch on the CPUs measured
+# (benchmarks/skinny_gemm.py): fp32 1.2-4.4x at 1..32 rows (AVX2, results/skinny_gemm.json);
+# bf16 2.1x at 1 row down to 1.03x at 24 and 0.88x at 32 (AVX512-BF16, oneDNN's bf16 GEMM
+# beyond; results/skinny_gemm_bfloat16.json). Above it the blocked GEMMs win.
+SKINNY_MAX_ROWS = {torch.float32: 32, torch.bfloat16: 24}
 
 
 def skinny_linear(
@@ -125,10 +126,10 @@ def skinny_linear(
     bf16 path on a CPU that has the native one (its tests)."""
     if (
         x.device.type != "cpu"
-        or x.dtype not in SKINNY_DTYPES
+        or x.dtype not in SKINNY_MAX_ROWS
         or weight.dtype != x.dtype
         or x.dim() != 2
-        or x.shape[0] > SKINNY_MAX_ROWS
+        or x.shape[0] > SKINNY_MAX_ROWS[x.dtype]
     ):
         return None
     module = load_extension()

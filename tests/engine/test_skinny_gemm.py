@@ -18,7 +18,7 @@ SHAPES = [
     (4, 2048, 768),
     (7, 40, 9),  # K under one vector, N not a multiple of the 4-row tile
     (13, 100, 30),  # K with a scalar tail
-    (SKINNY_MAX_ROWS, 576, 1536),  # SmolLM2's width, the largest batch it takes
+    (32, 576, 1536),  # SmolLM2's width, the largest fp32 batch it takes
 ]
 
 
@@ -41,7 +41,19 @@ def _bf16_paths() -> list[bool]:
     return [True, False] if module.skinny_native_bf16() else [False]
 
 
-@pytest.mark.parametrize("rows, k, n", SHAPES + [(2, 33, 5), (4, 31, 8)])  # K tails under 32
+# bf16's native path streams weight rows while x fits 16 KB and tiles them beyond: K tails
+# under 32, past a 128-wide step (200 = 128 + 64 + 8), and tiles with x-row and K tails.
+BF16_SHAPES = [shape for shape in SHAPES if shape[0] <= SKINNY_MAX_ROWS[torch.bfloat16]] + [
+    (2, 33, 5),
+    (4, 31, 8),
+    (2, 200, 12),
+    (9, 1000, 20),
+    (5, 2000, 13),
+    (SKINNY_MAX_ROWS[torch.bfloat16], 576, 1536),  # the largest bf16 batch it takes
+]
+
+
+@pytest.mark.parametrize("rows, k, n", BF16_SHAPES)
 def test_bf16_matches_float64_to_its_own_rounding(rows, k, n):
     """Products of bf16 inputs are exact in fp32 and the sums are fp32: each output must be
     the exact result rounded once to bf16 (half an ulp: at most 2^-8 relative) up to fp32 summation
@@ -80,7 +92,10 @@ def test_path_names_what_runs():
 
 def test_declines_what_it_does_not_cover():
     x, w = torch.randn(2, 16), torch.randn(8, 16)
-    assert skinny_linear(torch.randn(SKINNY_MAX_ROWS + 1, 16), w) is None  # prefill-sized
+    for dtype, rows in SKINNY_MAX_ROWS.items():  # prefill-sized
+        assert skinny_linear(torch.randn(rows + 1, 16).to(dtype), w.to(dtype)) is None
+        if cpu_kernel.load_extension() is not None:
+            assert skinny_linear(torch.randn(rows, 16).to(dtype), w.to(dtype)) is not None
     assert skinny_linear(x.double(), w.double()) is None
     assert skinny_linear(x.half(), w.half()) is None
     assert skinny_linear(x.bfloat16(), w) is None  # mixed dtypes
