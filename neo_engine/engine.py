@@ -21,19 +21,20 @@ from dataclasses import dataclass, field
 import torch
 
 from neo_engine.config import DEFAULT_MAX_MODEL_LEN, EngineConfig
-from neo_engine.cpu_kernel import load_extension, skinny_path
+from neo_engine.cpu_kernel import SKINNY_MAX_ROWS, load_extension, skinny_path
 from neo_engine.executor import Executor
 from neo_engine.kv_cache import KVPool
+from neo_engine.layers import SKINNY_ROWS_WITH_PREPACKED
 from neo_engine.local import cpu_features, cpu_name, host_memory_bytes
 from neo_engine.sampling import (
     SamplingError,
     SamplingParams,
     TokenLogprob,
-    sample,
+    sample_rows,
     token_logprob,
 )
 from neo_engine.tokenizer import load_tokenizer
-from neo_engine.weights import load_checkpoint, random_weights
+from neo_engine.weights import can_prepack, load_checkpoint, prepack, random_weights
 from neo_sim.capacity import DeviceMemory, resolve_pools
 from neo_sim.costmodel import CostModel, Efficiencies, RooflineCostModel
 from neo_sim.errors import NeoError
@@ -108,6 +109,18 @@ class _Live:
     generator: torch.Generator | None
 
 
+def _gemm_path(dtype: torch.dtype, device: torch.device, prepacked: bool) -> str:
+    """Which GEMMs an engine's linear layers run, in words (logs, /metrics, benchmarks)."""
+    if device.type != "cpu":
+        return "torch"
+    if prepacked:
+        return (
+            f"{skinny_path(dtype)} up to {SKINNY_ROWS_WITH_PREPACKED} rows, "
+            "oneDNN with prepacked weights beyond"
+        )
+    return f"{skinny_path(dtype)} up to {SKINNY_MAX_ROWS.get(dtype, 0)} rows, torch beyond"
+
+
 class LLMEngine:
     """The serving loop. `cost_model` overrides the scheduler's cost model (else the profile
     named in the config, else a quick probe of this machine)."""
@@ -128,6 +141,9 @@ class LLMEngine:
             )
         else:
             self.weights = random_weights(self.spec, self.torch_dtype, self.device, load.seed)
+        prepacked = can_prepack(self.torch_dtype, self.device)
+        if prepacked:
+            prepack(self.weights)
         self.tokenizer = load_tokenizer(ref.checkpoint_dir, self.spec.vocab_size)
         kernels = load_extension()  # build the host kernels now, not inside the first request
         features = cpu_features()
@@ -138,7 +154,7 @@ class LLMEngine:
             "kv_dtype": self.spec.kv_dtype,
             "dtype_reason": load.dtype_reason(),
             "host_kernels": "c++" if kernels is not None else "torch fallback",
-            "decode_gemm": skinny_path(self.torch_dtype) if self.device.type == "cpu" else "torch",
+            "decode_gemm": _gemm_path(self.torch_dtype, self.device, prepacked),
             "cpu": cpu_name(),
             "cpu_features": ",".join(name for name, present in features.items() if present),
         }
@@ -337,12 +353,13 @@ class LLMEngine:
         touched: list[RequestOutput] = []
         for rid, (first, logits) in result.prompt_logits.items():
             self._score_prompt(self._live[rid], first, logits)
-        for row, rid in enumerate(result.request_ids):
-            live = self._live[rid]
-            try:
-                token = sample(result.logits[row], live.params, live.generator)
-            except SamplingError as exc:
-                failed[rid] = str(exc)
+        lives = [self._live[rid] for rid in result.request_ids]
+        tokens = sample_rows(
+            result.logits, [live.params for live in lives], [live.generator for live in lives]
+        )
+        for row, (rid, live, token) in enumerate(zip(result.request_ids, lives, tokens)):
+            if isinstance(token, SamplingError):
+                failed[rid] = str(token)
                 continue
             if live.params.logprobs is not None:
                 live.output.logprobs.append(

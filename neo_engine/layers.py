@@ -14,12 +14,20 @@ import torch
 import torch.nn.functional as F
 
 from neo_engine.cpu_kernel import skinny_linear
-from neo_engine.weights import LayerWeights
+from neo_engine.weights import LayerWeights, Linear, PrepackedWeight
 from neo_sim.model import ModelSpec
 
+# With a prepacked weight, the skinny kernel only up to this many rows: beyond it oneDNN's
+# prepacked GEMM is as fast or faster (SmolLM2 and `small` shapes in bf16, AVX512-BF16: the
+# kernel 1.5x faster at 1-2 rows, level at 4, 1.3-1.5x slower at 8-32).
+SKINNY_ROWS_WITH_PREPACKED = 4
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+
+def linear(x: torch.Tensor, weight: Linear) -> torch.Tensor:
     """x [M, in] @ weight[out, in]^T: F.linear's result.
+
+    A prepacked weight (bf16 on a CPU device, `weights.PrepackedWeight`) goes to oneDNN with
+    its blocked copy, or for a row or few to the skinny kernel. Otherwise:
 
     Decode batches (few rows) on a CPU device go to the skinny-GEMM kernel, which streams the
     weights at the machine's read bandwidth. Past it, while the weights are most of the bytes
@@ -27,12 +35,21 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     this CPU's BLAS runs faster than F.linear there (benchmarks/skinny_gemm.py); beyond that
     (prefills), F.linear: the weight-major form's transposed copy of the output then costs more
     than its layout saves (up to 1.4x slower at a 3,600-token prefill of SmolLM2's MLP here).
+    The weight-major form is for fp32 only: in bf16, oneDNN's F.linear is as fast or faster at
+    every M past the kernel (benchmarks/results/skinny_gemm_bfloat16.json) and needs no copy.
     """
+    if isinstance(weight, PrepackedWeight):
+        if x.shape[0] <= SKINNY_ROWS_WITH_PREPACKED:
+            out = skinny_linear(x, weight.weight)
+            if out is not None:
+                return out
+        return torch.ops.mkldnn._linear_pointwise(x, weight.blocked, None, "none", [], "")
     out = skinny_linear(x, weight)
     if out is not None:
         return out
     rows, (features_out, features_in) = x.shape[0], weight.shape
-    if rows * (features_in + features_out) < features_out * features_in:
+    weight_major = rows * (features_in + features_out) < features_out * features_in
+    if weight_major and x.dtype == torch.float32:
         return torch.mm(weight, x.t()).t().contiguous()
     return F.linear(x, weight)
 

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from neo_engine.kv_cache import KVPool
-from neo_engine.weights import random_weights
+from neo_engine.weights import can_prepack, prepack, random_weights
 from neo_sim.lanes import Task
 from neo_sim.model import ModelSpec
 
@@ -115,6 +115,8 @@ class InSituBench:
         self.block_size = block_size
         dtype, kv_dtype = getattr(torch, spec.dtype), getattr(torch, spec.kv_dtype)
         self.weights = random_weights(self.spec, dtype, device)
+        if can_prepack(dtype, device):  # as the engine runs them
+            prepack(self.weights)
         self.dtype, self.kv_dtype = dtype, kv_dtype
         self.host_threads = host_threads
         self._executor = None

@@ -16,14 +16,36 @@ from neo_sim.errors import NeoError
 from neo_sim.model import ModelSpec
 
 
+@dataclass(frozen=True)
+class PrepackedWeight:
+    """A weight [out, in] with oneDNN's blocked copy of it, for bf16 on a CPU device.
+
+    F.linear hands torch's plain [out, in] weight to oneDNN, which reorders it into its blocked
+    layout on every call; at decode sizes that reorder costs half as much again as the
+    multiplication itself (SmolLM2's GEMMs at 32 rows: 34 ms prepacked vs 49-60 ms through
+    F.linear, measured here on AVX512-BF16; identical results). The plain weight stays for the
+    skinny kernel, which reads it faster for a row or two (`layers.linear`): bf16 weights take
+    twice their memory on a CPU device."""
+
+    weight: torch.Tensor  # [out, in], plain
+    blocked: torch.Tensor  # oneDNN's layout of the same numbers (torch.ops.mkldnn)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.weight.shape
+
+
+Linear = torch.Tensor | PrepackedWeight  # what `layers.linear` multiplies by
+
+
 @dataclass
 class LayerWeights:
     input_norm: torch.Tensor  # [hidden]
-    qkv: torch.Tensor  # [q_size + 2 kv_size, hidden]
-    o: torch.Tensor  # [hidden, q_size]
+    qkv: Linear  # [q_size + 2 kv_size, hidden]
+    o: Linear  # [hidden, q_size]
     post_norm: torch.Tensor  # [hidden]
-    gate_up: torch.Tensor  # [2 intermediate, hidden]
-    down: torch.Tensor  # [hidden, intermediate]
+    gate_up: Linear  # [2 intermediate, hidden]
+    down: Linear  # [hidden, intermediate]
     qkv_bias: torch.Tensor | None = None  # [q_size + 2 kv_size] (Qwen2)
 
 
@@ -32,7 +54,36 @@ class ModelWeights:
     embed: torch.Tensor  # [vocab, hidden]
     layers: list[LayerWeights]
     norm: torch.Tensor  # [hidden]
-    lm_head: torch.Tensor  # [vocab, hidden] (may be `embed` itself)
+    lm_head: Linear  # [vocab, hidden] (may be `embed` itself)
+
+
+# Rows the blocked layout is prepared for: decode batches (it serves prefills as fast).
+PREPACK_ROWS_HINT = 32
+
+
+def can_prepack(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `prepack` applies: bf16 on a CPU device with torch's oneDNN ops."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
+
+
+def prepack(weights: ModelWeights) -> ModelWeights:
+    """The same weights with every GEMM weight also in oneDNN's blocked layout (in place)."""
+
+    def pack(w: Linear) -> PrepackedWeight:
+        plain = w.weight if isinstance(w, PrepackedWeight) else w
+        blocked = torch.ops.mkldnn._reorder_linear_weight(plain, PREPACK_ROWS_HINT)
+        return PrepackedWeight(plain, blocked)
+
+    for layer in weights.layers:
+        layer.qkv, layer.o = pack(layer.qkv), pack(layer.o)
+        layer.gate_up, layer.down = pack(layer.gate_up), pack(layer.down)
+    weights.lm_head = pack(weights.lm_head)
+    return weights
 
 
 def _fuse(spec: ModelSpec, get, dtype: torch.dtype, device: torch.device) -> ModelWeights:

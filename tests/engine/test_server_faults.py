@@ -102,16 +102,16 @@ def test_a_tiny_temperature_samples_greedily_beside_other_requests(server):  # n
 def test_a_request_failing_mid_batch_fails_alone(server, monkeypatch):  # noqa: F811
     """Sampling raises for one request (seed 4242) among concurrent ones: it gets a 500 (or
     an error event), the others complete in full."""
-    import neo_engine.engine as engine_module
+    import neo_engine.sampling as sampling_module
 
-    real = engine_module.sample
+    real = sampling_module.sample  # what sample_rows calls for each sampled (non-greedy) row
 
     def faulty(logits, params, generator):
         if params.seed == 4242:
             raise SamplingError("injected fault")
         return real(logits, params, generator)
 
-    monkeypatch.setattr(engine_module, "sample", faulty)
+    monkeypatch.setattr(sampling_module, "sample", faulty)
     base, _ = server
 
     async def main():

@@ -109,3 +109,23 @@ def test_linear_gives_the_same_numbers_with_and_without_the_kernel(monkeypatch):
     slow = linear(x, w)
     assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5)
     assert torch.allclose(slow, torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 5, 32, 300])
+def test_prepacked_weights_give_f_linear_s_numbers(rows):
+    """bf16 on a CPU device: oneDNN with the blocked copy past a few rows, the skinny kernel
+    below; both within bf16's rounding of F.linear (oneDNN's own: identical)."""
+    from neo_engine.weights import ModelWeights, can_prepack, prepack
+
+    if not can_prepack(torch.bfloat16, torch.device("cpu")):
+        pytest.skip("torch has no oneDNN bf16 prepacking here")
+    gen = torch.Generator().manual_seed(rows)
+    w = torch.randn(200, 96, generator=gen).bfloat16()
+    x = torch.randn(rows, 96, generator=gen).bfloat16()
+    packed = prepack(ModelWeights(w, [], w, w)).lm_head
+    assert packed.shape == w.shape
+    expected = torch.nn.functional.linear(x, w)
+    got = linear(x, packed)
+    assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+    diff = (got.double() - expected.double()).abs().max().item()
+    assert diff <= 2.0**-7 * expected.abs().max().item()
