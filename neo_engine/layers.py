@@ -72,6 +72,10 @@ class Rotary:
         self.inv_freq = inv_freq.to(device)
         self.device = device
         self._cos = self._sin = torch.empty(0, dim, device=device)
+        # The cos/sin rows of the last few positions tensors (one per sub-batch of an
+        # iteration): every layer rotates q and k at the same positions, so an iteration
+        # gathers them once instead of 2 x layers times (~80 us a call on a CPU).
+        self._recent: list[tuple[torch.Tensor, torch.dtype, torch.Tensor, torch.Tensor]] = []
 
     def _ensure(self, length: int) -> None:
         if self._cos.shape[0] >= length:
@@ -82,11 +86,21 @@ class Rotary:
         emb = torch.cat([freqs, freqs], dim=-1)
         self._cos, self._sin = emb.cos().float(), emb.sin().float()
 
+    def _rows(self, positions: torch.Tensor, dtype: torch.dtype):
+        """cos, sin [T, 1, head_dim] at `positions`, in `dtype` (positions are never written
+        in place, so the same tensor object means the same positions)."""
+        for seen, seen_dtype, cos, sin in self._recent:
+            if seen is positions and seen_dtype == dtype:
+                return cos, sin
+        self._ensure(int(positions.max()) + 1 if positions.numel() else 1)
+        cos = self._cos[positions].unsqueeze(1).to(dtype)
+        sin = self._sin[positions].unsqueeze(1).to(dtype)
+        self._recent = [(positions, dtype, cos, sin), *self._recent[:3]]
+        return cos, sin
+
     def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: [T, heads, head_dim]; positions: [T]."""
-        self._ensure(int(positions.max()) + 1 if positions.numel() else 1)
-        cos = self._cos[positions].unsqueeze(1).to(x.dtype)
-        sin = self._sin[positions].unsqueeze(1).to(x.dtype)
+        cos, sin = self._rows(positions, x.dtype)
         half = x.shape[-1] // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
