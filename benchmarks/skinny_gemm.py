@@ -6,6 +6,8 @@ M = 1..32 token rows, in --dtype (float32 or bfloat16). Reported side by side in
 the median of alternating repeats:
 - F.linear (what transformers calls), the weight-major torch.mm the engine used before, and
   our kernel (in bf16 on a CPU with AVX512-BF16: its native path and its portable path);
+  in bf16, also oneDNN with prepacked weights as `layers.linear` runs it (the kernel up to
+  `layers.SKINNY_ROWS_WITH_PREPACKED` rows, oneDNN's blocked weights beyond);
   GB/s of weights streamed and the kernel's speed-up over F.linear;
 - this machine's read bandwidth (benchmarks.host_attention's 1 GiB sum), for reference, and
   which path the kernel took.
@@ -29,6 +31,8 @@ import torch.nn.functional as F
 from benchmarks import RESULTS, write_result
 from benchmarks.host_attention import read_bandwidth
 from neo_engine.cpu_kernel import load_extension, skinny_path
+from neo_engine.layers import linear
+from neo_engine.weights import PREPACK_ROWS_HINT, PrepackedWeight, can_prepack
 from neo_sim.model import PRESETS
 
 
@@ -50,6 +54,12 @@ def median_times(rows: int, weights, module, threads: int, repeats: int) -> dict
     }
     if dtype == torch.bfloat16 and module.skinny_native_bf16():
         variants["skinny-portable"] = kernel(False)
+    if can_prepack(dtype, torch.device("cpu")):  # what the engine runs past a few rows
+        packed = [
+            PrepackedWeight(w, torch.ops.mkldnn._reorder_linear_weight(w, PREPACK_ROWS_HINT))
+            for w in weights
+        ]
+        variants["oneDNN-prepacked"] = lambda: [linear(xs[p.shape[1]], p) for p in packed]
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():
         fn()  # warm-up
