@@ -110,11 +110,12 @@ def decode_attention(
     return reference_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, out)
 
 
-# Up to this many rows of x, per dtype, `skinny_linear` beats torch on the CPUs measured
-# (benchmarks/skinny_gemm.py): fp32 1.2-4.4x at 1..32 rows (AVX2, results/skinny_gemm.json);
-# bf16 2.1x at 1 row down to 1.03x at 24 and 0.88x at 32 (AVX512-BF16, oneDNN's bf16 GEMM
-# beyond; results/skinny_gemm_bfloat16.json). Above it the blocked GEMMs win.
-SKINNY_MAX_ROWS = {torch.float32: 32, torch.bfloat16: 24}
+# Up to this many rows of x, per dtype, `skinny_linear` beats torch's F.linear on the CPUs
+# measured (benchmarks/skinny_gemm.py): fp32 1.2-4.4x at 1..32 rows (AVX2,
+# results/skinny_gemm.json); bf16 2.1x at 1 row, 1.1x at 16, 0.93x at 24 and 32 (AVX512-BF16,
+# results/skinny_gemm_bfloat16.json). Above it the blocked GEMMs win. (With prepacked bf16
+# weights `layers.linear` hands over to oneDNN far earlier: SKINNY_ROWS_WITH_PREPACKED.)
+SKINNY_MAX_ROWS = {torch.float32: 32, torch.bfloat16: 16}
 
 
 def skinny_linear(

@@ -18,8 +18,8 @@ from neo_engine.weights import LayerWeights, Linear, PrepackedWeight
 from neo_sim.model import ModelSpec
 
 # With a prepacked weight, the skinny kernel only up to this many rows: beyond it oneDNN's
-# prepacked GEMM is as fast or faster (SmolLM2 and `small` shapes in bf16, AVX512-BF16: the
-# kernel 1.5x faster at 1-2 rows, level at 4, 1.3-1.5x slower at 8-32).
+# prepacked GEMM is as fast or faster (bf16 on AVX512-BF16, measured beside each other on
+# SmolLM2's shapes: the kernel 1.5x faster at 1-2 rows, level at 4, 1.3-1.5x slower at 8-32).
 SKINNY_ROWS_WITH_PREPACKED = 4
 
 

@@ -21,11 +21,11 @@ class PrepackedWeight:
     """A weight [out, in] with oneDNN's blocked copy of it, for bf16 on a CPU device.
 
     F.linear hands torch's plain [out, in] weight to oneDNN, which reorders it into its blocked
-    layout on every call; at decode sizes that reorder costs half as much again as the
-    multiplication itself (SmolLM2's GEMMs at 32 rows: 34 ms prepacked vs 49-60 ms through
-    F.linear, measured here on AVX512-BF16; identical results). The plain weight stays for the
-    skinny kernel, which reads it faster for a row or two (`layers.linear`): bf16 weights take
-    twice their memory on a CPU device."""
+    layout on every call; at decode sizes that reorder costs up to half as much again as the
+    multiplication itself (benchmarks/results/skinny_gemm_bfloat16.json, AVX512-BF16: 21 ms vs
+    27 ms at 32 rows, 15 vs 24 ms at 16; the same numbers). The plain weight stays for the
+    skinny kernel, which reads it as fast or faster for a few rows (`layers.linear`): bf16
+    weights take twice their memory on a CPU device."""
 
     weight: torch.Tensor  # [out, in], plain
     blocked: torch.Tensor  # oneDNN's layout of the same numbers (torch.ops.mkldnn)
