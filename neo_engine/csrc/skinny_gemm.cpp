@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -112,18 +113,26 @@ inline void tile(const float* x, int64_t x_stride, const W* w, int64_t k_dim, O*
     for (int r = 0; r < RT; ++r) store(out + m * out_stride + r, sums[m][r]);
 }
 
+// Calls visit(std::integral_constant<int, MT>{}, m) for the x rows from m on: kMTile rows at a
+// time, then the 1-3 left over, so each tile is compiled for its row count.
+template <typename Visit>
+inline void over_x_rows(int64_t m_dim, Visit visit) {
+  int64_t m = 0;
+  for (; m + kMTile <= m_dim; m += kMTile) visit(std::integral_constant<int, kMTile>{}, m);
+  switch (m_dim - m) {
+    case 3: visit(std::integral_constant<int, 3>{}, m); break;
+    case 2: visit(std::integral_constant<int, 2>{}, m); break;
+    case 1: visit(std::integral_constant<int, 1>{}, m); break;
+    default: break;
+  }
+}
+
 template <int RT, typename W, typename O>
 void row_tile(const float* x, int64_t m_dim, int64_t k_dim, const W* w, O* out,
               int64_t n_dim) {
-  int64_t m = 0;
-  for (; m + kMTile <= m_dim; m += kMTile)
-    tile<kMTile, RT>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim);
-  switch (m_dim - m) {
-    case 3: tile<3, RT>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim); break;
-    case 2: tile<2, RT>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim); break;
-    case 1: tile<1, RT>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim); break;
-    default: break;
-  }
+  over_x_rows(m_dim, [&](auto mt, int64_t m) {
+    tile<decltype(mt)::value, RT>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim);
+  });
 }
 
 #if defined(NEO_GEMM_AVX512_BF16)
@@ -206,29 +215,19 @@ inline void row_stream_native(const bf16* x, int64_t x_stride, const bf16* w, in
 
 void row_stream_all(const bf16* x, int64_t m_dim, int64_t k_dim, const bf16* w, bf16* out,
                     int64_t n_dim) {
-  int64_t m = 0;
-  for (; m + kMTile <= m_dim; m += kMTile)
-    row_stream_native<kMTile>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim);
-  switch (m_dim - m) {
-    case 3: row_stream_native<3>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim); break;
-    case 2: row_stream_native<2>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim); break;
-    case 1: row_stream_native<1>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim); break;
-    default: break;
-  }
+  over_x_rows(m_dim, [&](auto mt, int64_t m) {
+    row_stream_native<decltype(mt)::value>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim,
+                                           n_dim);
+  });
 }
 
 template <int RT>
 void row_tile_native(const bf16* x, int64_t m_dim, int64_t k_dim, const bf16* w, bf16* out,
                      int64_t n_dim) {
-  int64_t m = 0;
-  for (; m + kMTile <= m_dim; m += kMTile)
-    tile_native<kMTile, RT>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim);
-  switch (m_dim - m) {
-    case 3: tile_native<3, RT>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim); break;
-    case 2: tile_native<2, RT>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim); break;
-    case 1: tile_native<1, RT>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim, n_dim); break;
-    default: break;
-  }
+  over_x_rows(m_dim, [&](auto mt, int64_t m) {
+    tile_native<decltype(mt)::value, RT>(x + m * k_dim, k_dim, w, k_dim, out + m * n_dim,
+                                         n_dim);
+  });
 }
 #endif
 

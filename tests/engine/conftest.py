@@ -6,7 +6,9 @@ import pytest
 import torch
 
 
-def save_tiny_llama(directory, num_kv_heads: int, seed: int = 0):
+def save_tiny_llama(directory, num_kv_heads: int, seed: int = 0, initializer_range: float = 0.02):
+    """A 2-layer random Llama saved to `directory`; a larger initializer_range spreads its
+    log-probabilities (at the default 0.02 every token is nearly equally likely)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -21,6 +23,7 @@ def save_tiny_llama(directory, num_kv_heads: int, seed: int = 0):
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
         rope_theta=10000.0,
+        initializer_range=initializer_range,
         eos_token_id=None,
         bos_token_id=None,
         pad_token_id=0,

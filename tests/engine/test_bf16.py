@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from neo_engine import LLM, SamplingParams
+from tests.engine.conftest import save_tiny_llama
 
 TOLERANCE_NATS = 0.05
 RELATIVE_TO_HF = 2.0
@@ -27,28 +28,8 @@ NEW_TOKENS = 8
 
 @pytest.fixture(scope="module", params=[4, 2], ids=["mha", "gqa"])
 def spread_llama(request, tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=request.param,
-        intermediate_size=128,
-        vocab_size=300,
-        max_position_embeddings=512,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        initializer_range=0.1,
-        eos_token_id=None,
-        bos_token_id=None,
-        pad_token_id=0,
-    )
-    model = LlamaForCausalLM(config).float().eval()
     directory = tmp_path_factory.mktemp(f"spread-llama-kv{request.param}")
-    model.save_pretrained(directory, safe_serialization=True)
-    return directory, model
+    return directory, save_tiny_llama(directory, request.param, initializer_range=0.1)
 
 
 def _logprobs_of(model, tokens: list[int], dtype: torch.dtype) -> torch.Tensor:
