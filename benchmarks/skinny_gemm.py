@@ -32,7 +32,7 @@ from benchmarks import RESULTS, write_result
 from benchmarks.host_attention import read_bandwidth
 from neo_engine.cpu_kernel import load_extension, skinny_path
 from neo_engine.layers import linear
-from neo_engine.weights import PREPACK_ROWS_HINT, PrepackedWeight, can_prepack
+from neo_engine.weights import PrepackedWeight, can_prepack
 from neo_sim.model import PRESETS
 
 
@@ -55,10 +55,7 @@ def median_times(rows: int, weights, module, threads: int, repeats: int) -> dict
     if dtype == torch.bfloat16 and module.skinny_native_bf16():
         variants["skinny-portable"] = kernel(False)
     if can_prepack(dtype, torch.device("cpu")):  # what the engine runs past a few rows
-        packed = [
-            PrepackedWeight(w, torch.ops.mkldnn._reorder_linear_weight(w, PREPACK_ROWS_HINT))
-            for w in weights
-        ]
+        packed = [PrepackedWeight.of(w) for w in weights]
         variants["oneDNN-prepacked"] = lambda: [linear(xs[p.shape[1]], p) for p in packed]
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():

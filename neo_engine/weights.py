@@ -15,6 +15,9 @@ import torch
 from neo_sim.errors import NeoError
 from neo_sim.model import ModelSpec
 
+# Rows the blocked layout is prepared for: decode batches (it serves prefills as fast).
+PREPACK_ROWS_HINT = 32
+
 
 @dataclass(frozen=True)
 class PrepackedWeight:
@@ -29,6 +32,11 @@ class PrepackedWeight:
 
     weight: torch.Tensor  # [out, in], plain
     blocked: torch.Tensor  # oneDNN's layout of the same numbers (torch.ops.mkldnn)
+
+    @classmethod
+    def of(cls, weight: torch.Tensor) -> PrepackedWeight:
+        """`weight` [out, in] with its blocked copy, laid out for PREPACK_ROWS_HINT rows."""
+        return cls(weight, torch.ops.mkldnn._reorder_linear_weight(weight, PREPACK_ROWS_HINT))
 
     @property
     def shape(self) -> torch.Size:
@@ -57,10 +65,6 @@ class ModelWeights:
     lm_head: Linear  # [vocab, hidden] (may be `embed` itself)
 
 
-# Rows the blocked layout is prepared for: decode batches (it serves prefills as fast).
-PREPACK_ROWS_HINT = 32
-
-
 def can_prepack(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether `prepack` applies: bf16 on a CPU device with torch's oneDNN ops."""
     return (
@@ -75,9 +79,7 @@ def prepack(weights: ModelWeights) -> ModelWeights:
     """The same weights with every GEMM weight also in oneDNN's blocked layout (in place)."""
 
     def pack(w: Linear) -> PrepackedWeight:
-        plain = w.weight if isinstance(w, PrepackedWeight) else w
-        blocked = torch.ops.mkldnn._reorder_linear_weight(plain, PREPACK_ROWS_HINT)
-        return PrepackedWeight(plain, blocked)
+        return w if isinstance(w, PrepackedWeight) else PrepackedWeight.of(w)
 
     for layer in weights.layers:
         layer.qkv, layer.o = pack(layer.qkv), pack(layer.o)

@@ -115,14 +115,14 @@ def test_linear_gives_the_same_numbers_with_and_without_the_kernel(monkeypatch):
 def test_prepacked_weights_give_f_linear_s_numbers(rows):
     """bf16 on a CPU device: oneDNN with the blocked copy past a few rows, the skinny kernel
     below; both within bf16's rounding of F.linear (oneDNN's own: identical)."""
-    from neo_engine.weights import ModelWeights, can_prepack, prepack
+    from neo_engine.weights import PrepackedWeight, can_prepack
 
     if not can_prepack(torch.bfloat16, torch.device("cpu")):
         pytest.skip("torch has no oneDNN bf16 prepacking here")
     gen = torch.Generator().manual_seed(rows)
     w = torch.randn(200, 96, generator=gen).bfloat16()
     x = torch.randn(rows, 96, generator=gen).bfloat16()
-    packed = prepack(ModelWeights(w, [], w, w)).lm_head
+    packed = PrepackedWeight.of(w)
     assert packed.shape == w.shape
     expected = torch.nn.functional.linear(x, w)
     got = linear(x, packed)
