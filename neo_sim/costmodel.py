@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from neo_sim.errors import NeoError
@@ -83,6 +84,12 @@ class CostModel(ABC):
         steady run's decode attention, every context one token longer per iteration. An
         implementation may walk its tables faster; the values stay the same."""
         return [self.gpu_decode_attn(batch, first_total + k * batch) for k in range(count)]
+
+    def cpu_decode_attn_at(self, batch: int) -> Callable[[int], float]:
+        """`cpu_decode_attn(batch, total_tokens)` as a function of `total_tokens`: NEO's
+        greedy step prices many CPU decode candidates at one batch size. An implementation
+        may bind per-batch terms once; the values stay the same."""
+        return lambda total_tokens: self.cpu_decode_attn(batch, total_tokens)
 
     # Helpers shared by every implementation --------------------------------------------------
     def cpu_copies_s(self, batch: int) -> tuple[float, float]:

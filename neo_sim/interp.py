@@ -9,7 +9,7 @@ caller extrapolates (see `neo_sim.profiled`).
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def _check_axis(values: Sequence[float], what: str) -> list[float]:
@@ -112,6 +112,28 @@ class Table2D:
             i, wx = _bracket(self.xs, x)
             rows = self._x_rows[x] = (self.zs[i], self.zs[min(i + 1, len(self.xs) - 1)], wx)
         return rows
+
+    def at(self, x: float) -> Callable[[float], float]:
+        """`lambda y: self(x, y)` with x's rows looked up once: the scheduler prices many
+        candidates of one batch size. The arithmetic is `__call__`'s, bit for bit."""
+        row, row1, wx = self._rows(x)
+        ys = self.ys
+        first, last, last_index = ys[0], ys[-1], len(ys) - 1
+
+        def z(y: float) -> float:
+            if not last_index or y <= first:
+                j, j1, wy = 0, min(1, last_index), 0.0
+            elif y >= last:
+                j, j1, wy = last_index - 1, last_index, 1.0
+            else:
+                j = bisect_right(ys, y) - 1
+                j1 = j + 1
+                wy = (y - ys[j]) / (ys[j1] - ys[j])
+            low = row[j] + wy * (row[j1] - row[j])
+            high = row1[j] + wy * (row1[j1] - row1[j])
+            return low + wx * (high - low)
+
+        return z
 
     def __call__(self, x: float, y: float) -> float:
         """Bilinear interpolation, clamped to the grid's edges outside it."""

@@ -12,6 +12,7 @@ is measured by `neo-profile check`, not assumed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 
 from neo_sim.costmodel import CostModel
@@ -64,6 +65,7 @@ class ProfiledCostModel(CostModel):
         self._fits = profile.fits
         self._operators = {name: operator(name) for name in profile.samples}
         self._memos: dict[str, dict[tuple, float]] = {name: {} for name in profile.samples}
+        self._attn_at: dict[int, Callable[[int], float]] = {}  # cpu_decode_attn_at, per batch
         # Per 2-D operator, its grid's (batch low, batch high, context low, context high);
         # an empty range when the profile is of another model (every lookup is then scaled).
         self._grid_bounds = {
@@ -168,6 +170,34 @@ class ProfiledCostModel(CostModel):
         return self._decode_attn(
             "cpu_decode_attn", batch, total_tokens if total_tokens > batch else batch
         )
+
+    def cpu_decode_attn_at(self, batch: int) -> Callable[[int], float]:
+        """`cpu_decode_attn(batch, ·)` with the grid's row for `batch` bound once (the
+        common case, inside the grid); what `_decode_attn` computes, bit for bit. Memoised
+        per batch: NEO's greedy step asks for each batch size it grows through."""
+        pricers = self._attn_at
+        pricer = pricers.get(batch)
+        if pricer is None:
+            if len(pricers) >= MEMO_LIMIT:
+                pricers.clear()
+            pricer = pricers[batch] = self._cpu_decode_attn_at(batch)
+        return pricer
+
+    def _cpu_decode_attn_at(self, batch: int) -> Callable[[int], float]:
+        op = "cpu_decode_attn"
+        low_x, high_x, low_y, high_y = self._grid_bounds[op]
+        if batch <= 0 or not low_x <= batch <= high_x:
+            return super().cpu_decode_attn_at(batch)
+        inside = self._tables[op].at(batch)  # type: ignore[union-attr]
+
+        def seconds(total_tokens: int) -> float:
+            total = total_tokens if total_tokens > batch else batch
+            context = total / batch
+            if low_y <= context <= high_y:
+                return inside(context)
+            return self._decode_attn(op, batch, total)
+
+        return seconds
 
     def h2d(self, num_bytes: float) -> float:
         return self._memo("h2d", num_bytes) if num_bytes > 0 else 0.0

@@ -79,6 +79,6 @@ def run(args: argparse.Namespace) -> int:
         f"GPU-resident {len(policy.gpu_running)}, CPU-resident {len(policy.cpu_running)}"
     )
     if args.output:
-        common.write_json(args.output / "plans.json", [dataclasses.asdict(p) for p in shown])
+        common.write_json(args.output / "plans.json", [p.record() for p in shown])
         common.write_json(args.output / "config.json", dataclasses.asdict(spec))
     return 0

@@ -162,16 +162,22 @@ class SubBatchBuilder:
 
 
 class CpuDecodeOffers:
-    """NEO's greedy step 4 priced without touching the builders: "what would the slacks be
-    with one more CPU decode on sub-batch t?" costs two cost-model lookups (the CPU lane at
-    the new count and tokens, the linear layers at the new width), not a rebuild.
+    """NEO's greedy step 4, priced without touching the builders: each CPU decode offered
+    goes to the current target sub-batch if both slacks stay non-negative there, and the next
+    one aims at the sub-batch with more slack. An offer costs one lookup (the CPU attention at
+    the new count and tokens): the terms that do not depend on the candidate's context (the
+    linear layers at the new width, the copies at the new count) are looked up once per kept
+    decode.
 
-    The arithmetic is `SubBatchBuilder._refresh`'s and `slacks`'s (the same `cpu_lane_s`), so the
-    values are bit for bit those of the builders with the decode added; `accept` records a
-    decode, and `apply` hands the accepted ones to the builders in the order they came."""
+    The arithmetic is `SubBatchBuilder._refresh`'s and `slacks`'s (`cpu_lane_s`'s sum, in its
+    order), so the values are bit for bit those of the builders with the decode added; `apply`
+    hands the kept decodes to the builders in the order they came."""
 
-    def __init__(self, b0: SubBatchBuilder, b1: SubBatchBuilder):
+    def __init__(self, b0: SubBatchBuilder, b1: SubBatchBuilder, target: int = 1):
         self.builders = (b0, b1)
+        self.cost = b0.cost
+        self.launch = b0.cost.launch
+        self.target = target  # the sub-batch the next offer goes to
         t0, t1 = b0.times(), b1.times()
         self.count = [len(b0.cpu_decodes), len(b1.cpu_decodes)]
         self.tokens = [b0.cpu_decode_tokens, b1.cpu_decode_tokens]
@@ -179,31 +185,52 @@ class CpuDecodeOffers:
         self.linear = [t0.linear_s, t1.linear_s]
         self.gpu_attn = (t0.gpu_attn_s, t1.gpu_attn_s)
         self.cpu = [t0.cpu_s, t1.cpu_s]
-        self.accepted: tuple[list[DecodeWork], list[DecodeWork]] = ([], [])
-        self._pending: tuple[int, float, float] = (0, 0.0, 0.0)
-        self.cost = b0.cost
+        self.kept: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])
+        self._next = [self._next_terms(0), self._next_terms(1)]
 
-    def slacks_with(self, target: int, context_len: int) -> tuple[float, float]:
-        """(slack 0, slack 1) if a CPU decode of `context_len` tokens joined `target`."""
-        cpu = cpu_lane_s(self.cost, self.count[target] + 1, self.tokens[target] + context_len)
-        linear = self.cost.linear(self.width[target] + 1)
-        self._pending = (target, linear, cpu)
-        if target == 0:
-            return self.linear[1] + self.gpu_attn[0] - cpu, linear + self.gpu_attn[1] - self.cpu[1]
-        return linear + self.gpu_attn[0] - self.cpu[0], self.linear[0] + self.gpu_attn[1] - cpu
+    def _next_terms(self, target: int) -> tuple[float, float, Callable[[int], float], float]:
+        """One more CPU decode on `target`: (linear layers at the new width, q/k/v copy, CPU
+        attention at the new count as a function of its tokens, output copy)."""
+        c, n = self.cost, self.count[target] + 1
+        to_host, back = c.cpu_copies_s(n)
+        return c.linear(self.width[target] + 1), to_host, c.cpu_decode_attn_at(n), back
 
-    def accept(self, work: DecodeWork) -> None:
-        """Keep the decode last priced by `slacks_with`."""
-        target, linear, cpu = self._pending
-        self.count[target] += 1
-        self.tokens[target] += work.context_len
-        self.width[target] += 1
-        self.linear[target], self.cpu[target] = linear, cpu
-        self.accepted[target].append(work)
+    def slacks_with(self, context_len: int) -> tuple[float, float]:
+        """(slack 0, slack 1) if a CPU decode of `context_len` tokens joined the target."""
+        return self._price(context_len)[:2]
+
+    def offer(self, request_id: int, context_len: int, force: bool = False) -> bool:
+        """Keep a CPU decode on the target sub-batch if both slacks stay non-negative (or if
+        `force`: the starvation bound); whether it was kept."""
+        s0, s1, cpu, tokens, linear = self._price(context_len)
+        if (s0 < 0 or s1 < 0) and not force:
+            return False
+        t = self.target
+        self.count[t] += 1
+        self.tokens[t] = tokens
+        self.width[t] += 1
+        self.linear[t], self.cpu[t] = linear, cpu
+        self.kept[t].append((request_id, context_len))
+        self._next[t] = self._next_terms(t)
+        self.target = 1 if s1 > s0 else 0
+        return True
+
+    def _price(self, context_len: int) -> tuple[float, float, float, int, float]:
+        """(slack 0, slack 1, the target's CPU lane, its CPU decode tokens, its linear
+        layers) with one more CPU decode of `context_len` tokens on the target."""
+        t = self.target
+        linear, to_host, attn, back = self._next[t]
+        tokens = self.tokens[t] + context_len
+        cpu = to_host + attn(tokens) + back + self.launch
+        if t == 0:
+            s0 = self.linear[1] + self.gpu_attn[0] - cpu
+            return s0, linear + self.gpu_attn[1] - self.cpu[1], cpu, tokens, linear
+        s1 = self.linear[0] + self.gpu_attn[1] - cpu
+        return linear + self.gpu_attn[0] - self.cpu[0], s1, cpu, tokens, linear
 
     def apply(self) -> None:
-        for builder, decodes in zip(self.builders, self.accepted):
-            builder.add_decodes(decodes, on_gpu=False)
+        for builder, kept in zip(self.builders, self.kept):
+            builder.add_decodes(list(map(DecodeWork._make, kept)), on_gpu=False)
 
 
 def slacks(b0: SubBatchBuilder, b1: SubBatchBuilder) -> tuple[float, float]:

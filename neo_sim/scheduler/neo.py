@@ -172,7 +172,7 @@ class NeoPolicy(Policy):
         gpu, host, fused = self._steady_builders(others)
         best = self._steady_rate(gpu, host, fused)
         residents = (*self.gpu_running.values(), *self.cpu_running.values())
-        prefill = sum(_steady_prefill_tokens(r) for r in residents)
+        prefill = _steady_prefill_sum(residents)
         for b in (host, fused):
             b.add_cpu_decode(DecodeWork(victim.request_id, victim.seq_len))
         return self._host_resident_pays(gpu, host, fused, prefill, best)[0]
@@ -220,9 +220,11 @@ class NeoPolicy(Policy):
         # A prompt goes to the CPU only if the host pool keeps room for every CPU resident to
         # grow to its full length: a full host pool would stall them all (decodes that cannot
         # grow are skipped), which the artifact's rule allowed.
-        cpu_used = cpu.num_used + sum(
-            self._blocks(r.max_seq_len) - cpu.num_blocks_of(r.request_id)
-            for r in self.cpu_running.values()
+        bs = self.config.block_size
+        cpu_used = (
+            cpu.num_used
+            + sum(-(-r.max_seq_len // bs) for r in self.cpu_running.values())  # _blocks
+            - sum(map(cpu.num_blocks_of, self.cpu_running))
         )
         slots = self.config.max_num_seqs - self.num_resident
         to_cpu = False
@@ -259,7 +261,7 @@ class NeoPolicy(Policy):
         gpu_side = [*self.gpu_running.values(), *(r for r, _ in candidates[:first_cpu])]
         gpu, host, fused = self._steady_builders(gpu_side)
         best = self._steady_rate(gpu, host, fused)
-        prefill = sum(_steady_prefill_tokens(r) for r in (*gpu_side, *self.cpu_running.values()))
+        prefill = _steady_prefill_sum((*gpu_side, *self.cpu_running.values()))
         for i in range(first_cpu, len(candidates)):
             r = candidates[i][0]
             for b in (host, fused):
@@ -366,29 +368,29 @@ class NeoPolicy(Policy):
                     b0.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
             return b0, b1, ()
         offers = CpuDecodeOffers(b0, b1)
-        target = 1
         shortest_rejected = float("inf")
         forced: list[int] = []
         limit = self._overdue_before()
-        cpu_pool = self.kv.cpu
+        extra_blocks = self.kv.cpu.extra_blocks
+        room = min(budget.seqs, budget.tokens)  # CPU decodes the budget still takes
+        kept = 0
         for r in self._cpu_decodes_longest_waiting_first():
             overdue = r.last_progress_step < limit
             seq_len = r.seq_len
             if not overdue and seq_len >= shortest_rejected:
                 continue
-            growth = cpu_pool.extra_blocks(r.request_id, seq_len)
-            if growth > cpu_free or budget.seqs < 1 or budget.tokens < 1:  # budget.take(1)
+            growth = extra_blocks(r.request_id, seq_len)
+            if growth > cpu_free or kept >= room:
                 continue
-            s0, s1 = offers.slacks_with(target, seq_len)
-            if (s0 < 0 or s1 < 0) and not overdue:
+            if not offers.offer(r.request_id, seq_len, force=overdue):
                 shortest_rejected = seq_len
                 continue
-            budget.take(1)
-            offers.accept(DecodeWork(r.request_id, seq_len))
+            kept += 1
             cpu_free -= growth
             if overdue:
                 forced.append(r.request_id)
-            target = 1 if s1 > s0 else 0
+        budget.seqs -= kept  # one budget.take(1) per kept decode
+        budget.tokens -= kept
         offers.apply()
         return b0, b1, tuple(forced)
 
@@ -505,5 +507,12 @@ class NeoPolicy(Policy):
 
 def _steady_prefill_tokens(r: Request) -> float:
     """Prompt tokens per iteration that `r`'s slot brings in the steady state: a new prompt
-    about as long as its own once per its output length (in iterations)."""
-    return r.prompt_len / max(1, r.max_new_tokens)
+    about as long as its own once per its output length (in iterations; at least one, as
+    `Request` checks)."""
+    return r.prompt_len / r.max_new_tokens
+
+
+def _steady_prefill_sum(requests: Iterable[Request]) -> float:
+    """`sum(map(_steady_prefill_tokens, requests))`, inlined: it runs over every resident
+    each iteration."""
+    return sum(r.prompt_len / r.max_new_tokens for r in requests)

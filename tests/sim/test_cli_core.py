@@ -51,6 +51,8 @@ def test_plan_writes_output(tmp_path):
     )
     plans = json.loads((tmp_path / "plans.json").read_text())
     assert len(plans) == 2 and plans[0]["step"] == 1
+    decodes = [d for sb in plans[1]["sub_batches"] for d in sb["gpu_decodes"]]
+    assert decodes and all(set(d) == {"request_id", "context_len"} for d in decodes)
 
 
 def test_cost_prints_json(capsys):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
+
 from neo_sim.costmodel import Efficiencies, RooflineCostModel
 from neo_sim.hardware import PRESETS as HW
 from neo_sim.model import PRESETS as MODELS
@@ -142,38 +144,54 @@ def test_a_full_host_pool_is_unblocked_not_reported_as_a_stall():
     assert (out.requests["preemptions"] > 0).any()
 
 
-def test_greedy_offers_price_exactly_what_the_builders_would():
-    """NEO's greedy loop prices "one more CPU decode on sub-batch t" incrementally
-    (`CpuDecodeOffers`); the slacks must be those of builders with the decode added, for
-    either target, after any sequence of accepted and rejected offers, and `apply` must leave
-    the builders holding exactly the accepted decodes, in order."""
+@pytest.mark.parametrize("which", ["roofline", "shipped t4 profile", "t4 on llama-3-8b (scaled)"])
+def test_greedy_offers_price_exactly_what_the_builders_would(which):
+    """NEO's greedy loop prices "one more CPU decode on the target sub-batch" incrementally
+    (`CpuDecodeOffers`); the slacks must be those of builders with the decode added, after
+    any sequence of kept and rejected offers, an offer is kept exactly when both slacks are
+    non-negative or it is forced, the next target is the sub-batch with more slack, and
+    `apply` must leave the builders holding exactly the kept decodes, in order. On the
+    roofline and on profiled cost models, inside their grid and beyond it (contexts to 3,000
+    tokens, batches past the grid's largest), where `cpu_decode_attn_at` binds a batch's row."""
+    from neo_sim.catalog import resolve_target
     from neo_sim.scheduler.estimate import CpuDecodeOffers, SubBatchBuilder, slacks
     from neo_sim.scheduler.plan import DecodeWork, PrefillWork
 
-    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    if which == "roofline":
+        cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    else:
+        cost = resolve_target("t4", "llama-2-7b" if "shipped" in which else "llama-3-8b").cost
     rng = random.Random(3)
+    kept_any = rejected_any = forced_any = False
     for _ in range(20):
         pairs = []  # (the builders the offers price, mirrors mutated the slow way)
+        prompt = rng.choice((64, 400, 1500))
         for _ in range(2):
             pair = (SubBatchBuilder(cost), SubBatchBuilder(cost))
-            pair[0].add_prefill(PrefillWork(0, 0, 400))
+            pair[0].add_prefill(PrefillWork(0, 0, prompt))
             for rid in range(1, 4):
                 pair[0].add_gpu_decode(DecodeWork(rid, 100 * rid))
             pairs.append(pair)
         (b0, b1), (m0, m1) = pairs
         offers = CpuDecodeOffers(b0, b1)
-        for rid in range(100, 100 + rng.randint(1, 40)):
-            target, work = rng.randint(0, 1), DecodeWork(rid, rng.randint(10, 3000))
-            mirror = (m0, m1)[target]
+        for rid in range(100, 100 + rng.randint(1, 300)):
+            work, force = DecodeWork(rid, rng.randint(10, 3000)), rng.random() < 0.1
+            mirror = (m0, m1)[offers.target]
             mirror.add_cpu_decode(work)
-            assert offers.slacks_with(target, work.context_len) == slacks(m0, m1)
-            if rng.random() < 0.3:
-                mirror.pop_cpu_decode()  # rejected
+            expected = slacks(m0, m1)
+            assert offers.slacks_with(work.context_len) == expected
+            keep = force or min(expected) >= 0
+            assert offers.offer(work.request_id, work.context_len, force) == keep
+            if keep:
+                assert offers.target == (1 if expected[1] > expected[0] else 0)
+                kept_any, forced_any = True, forced_any or min(expected) < 0
             else:
-                offers.accept(work)
+                mirror.pop_cpu_decode()
+                rejected_any = True
         offers.apply()
         assert (b0.freeze(), b1.freeze()) == (m0.freeze(), m1.freeze())
         assert (b0.times(), b1.times()) == (m0.times(), m1.times())
+    assert kept_any and rejected_any and forced_any  # every branch was exercised
 
 
 # Llama-3.1-70B on two H100s, all requests at once: a host whose CPU attention is slow next to
