@@ -20,6 +20,40 @@ def test_rows_equal_one_by_one_and_a_bad_row_fails_alone():
     tokens = sample_rows(logits, params, generators)
     assert tokens[0] == int(logits[0].argmax()) and tokens[1] == 7
     assert isinstance(tokens[3], SamplingError)
+    masked = logits[:1].clone()
+    masked[0, :40] = float("-inf")  # masked entries are fine, a NaN or +inf is not
+    broken_nan, broken_inf = masked.clone(), masked.clone()
+    broken_nan[0, 45], broken_inf[0, 45] = float("nan"), float("inf")
+    rows = torch.cat([masked, broken_nan, broken_inf])
+    checked = sample_rows(rows, [greedy, greedy, sampled], [None, None, None])
+    assert checked[0] == 40 + int(logits[0, 40:].argmax())
+    assert all(isinstance(t, SamplingError) for t in checked[1:])
     for row in (2, 4):
         again = torch.Generator().manual_seed(3 if row == 2 else 4)
         assert tokens[row] == sample(logits[row], params[row], again)
+
+
+def test_sampled_rows_follow_their_distribution_and_never_pick_a_filtered_token():
+    """Batched sampling (one uniform draw per row through the row's cumulative distribution)
+    draws each token with its softmax probability, honours temperature and top-k / top-p,
+    and a seeded row gives the same token alone or in any batch."""
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0])
+    logits = torch.log(probs).expand(20_000, -1).clone()  # the last token: -inf, never drawn
+    params = [SamplingParams(temperature=1.0)] * len(logits)
+    tokens = torch.tensor(sample_rows(logits, params, [None] * len(logits)))
+    freq = torch.bincount(tokens, minlength=5).double() / len(tokens)
+    assert torch.allclose(freq, probs.double(), atol=0.012), freq  # ~4 standard errors
+    hot = [SamplingParams(temperature=2.0)] * len(logits)
+    freq2 = torch.bincount(torch.tensor(sample_rows(logits, hot, [None] * len(logits))))
+    expected = torch.softmax(torch.log(probs.double()) / 2.0, dim=-1)
+    assert torch.allclose(freq2.double() / len(logits), expected[: len(freq2)], atol=0.012)
+    top2 = [SamplingParams(temperature=1.0, top_k=2)] * 2000
+    assert set(sample_rows(logits[:2000], top2, [None] * 2000)) == {2, 3}
+    nucleus = [SamplingParams(temperature=1.0, top_p=0.5)] * 2000  # keeps 0.4 and 0.3
+    assert set(sample_rows(logits[:2000], nucleus, [None] * 2000)) == {2, 3}
+    seeded = SamplingParams(temperature=1.0, seed=11)
+    alone = sample_rows(logits[:1], [seeded], [torch.Generator().manual_seed(11)])[0]
+    mixed = sample_rows(
+        logits[:3], [params[0], seeded, params[0]], [None, torch.Generator().manual_seed(11), None]
+    )
+    assert mixed[1] == alone

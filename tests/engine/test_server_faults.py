@@ -104,14 +104,15 @@ def test_a_request_failing_mid_batch_fails_alone(server, monkeypatch):  # noqa: 
     an error event), the others complete in full."""
     import neo_engine.sampling as sampling_module
 
-    real = sampling_module.sample  # what sample_rows calls for each sampled (non-greedy) row
+    real = sampling_module._sample_batch  # what sample_rows calls for the sampled rows
 
-    def faulty(logits, params, generator):
-        if params.seed == 4242:
-            raise SamplingError("injected fault")
-        return real(logits, params, generator)
+    def faulty(logits, params, generators):
+        tokens = real(logits, params, generators)
+        return [
+            SamplingError("injected fault") if p.seed == 4242 else t for p, t in zip(params, tokens)
+        ]
 
-    monkeypatch.setattr(sampling_module, "sample", faulty)
+    monkeypatch.setattr(sampling_module, "_sample_batch", faulty)
     base, _ = server
 
     async def main():
