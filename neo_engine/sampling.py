@@ -144,35 +144,75 @@ def _sample_batch(
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
 ) -> list[int | SamplingError]:
-    """Sample one token per row of logits [n, vocab] (rows with some finite logit, sampled
-    with temperature): temperature, then each row's top-k / top-p filter, then the inverse
-    of the row's cumulative distribution (float64) at one uniform draw, taken from the row's
-    generator when its request has a seed (so a seeded request reproduces whatever batch it
-    runs in), else from torch's global generator. One draw per row: torch.multinomial or an
-    exponential race draws per vocabulary entry, ~1 ms per row of a 49k vocabulary on a CPU,
-    which made sampling a third of a served decode step."""
-    temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
-    scores = logits.float() / temperature[:, None]
-    for row, p in enumerate(params):
-        if (0 < p.top_k < scores.shape[-1]) or p.top_p < 1.0:
-            scores[row] = _filtered(scores[row], p)
-    probs = torch.softmax(scores, dim=-1)
-    usable = torch.isfinite(probs.sum(dim=-1)).tolist()  # probabilities: NaN is the only risk
+    """Sample one token per row of logits [n, vocab] (rows whose largest logit is finite,
+    sampled with temperature): temperature, then each row's top-k / top-p filter, then the
+    inverse of the row's cumulative distribution at one uniform draw (`_inverse_cdf`), taken
+    from the row's generator when its request has a seed (so a seeded request reproduces
+    whatever batch it runs in), else from torch's global generator. One draw per row:
+    torch.multinomial, or an exponential race, draws per vocabulary entry, ~1 ms per row of
+    a 49k vocabulary on a CPU, which made sampling a third of a served decode step."""
+    scores = logits.float()
+    temperatures = [p.temperature for p in params]
+    if any(t != 1.0 for t in temperatures):  # x / 1.0 == x: skip a pass over the batch
+        scores = scores / torch.tensor(temperatures, dtype=torch.float32)[:, None]
+    filtered = [row for row, p in enumerate(params) if 0 < p.top_k < scores.shape[-1]]
+    filtered += [row for row, p in enumerate(params) if p.top_p < 1.0 and row not in filtered]
+    if filtered and scores.data_ptr() == logits.data_ptr():
+        scores = scores.clone()  # the caller's logits stay as they are (logprobs read them)
+    for row in filtered:
+        scores[row] = _filtered(scores[row], params[row])
+    weights = torch.softmax(scores, dim=-1)  # one fused pass (exp(x - max) alone takes 2x)
     unseeded = torch.rand(len(params), dtype=torch.float64)
-    draws = [
-        torch.rand((), dtype=torch.float64, generator=g) if g is not None else unseeded[row]
-        for row, g in enumerate(generators)
-    ]
-    cdf = probs.double().cumsum(dim=-1)
-    targets = torch.stack(draws) * cdf[:, -1]
-    # The first index whose cumulative probability exceeds the draw: never a zero-probability
-    # token (its cumulative value equals its predecessor's).
-    chosen = torch.searchsorted(cdf, targets[:, None], right=True)
-    chosen = chosen.clamp_(max=scores.shape[-1] - 1).view(-1).tolist()
+    draws = torch.stack(
+        [
+            torch.rand((), dtype=torch.float64, generator=g) if g is not None else unseeded[row]
+            for row, g in enumerate(generators)
+        ]
+    )
+    chosen, usable = _inverse_cdf(weights, draws)
     return [
-        int(chosen[row]) if usable[row] else SamplingError("sampling probabilities are not finite")
+        chosen[row] if usable[row] else SamplingError("sampling probabilities are not finite")
         for row in range(len(params))
     ]
+
+
+INVERSE_CDF_BLOCK = 256  # vocabulary entries per block of `_inverse_cdf`'s two-level search
+
+
+def _inverse_cdf(weights: torch.Tensor, draws: torch.Tensor) -> tuple[list[int], list[bool]]:
+    """Per row of non-negative weights [n, vocab] (float32) and a uniform draw in [0, 1)
+    (float64): the first index whose cumulative weight exceeds draw * total, and whether the
+    row is usable (total finite and positive). Two levels in float64: cumulative sums of
+    blocks of 256 entries find the block, a cumulative sum inside that block the entry (a
+    full float64 cumsum of a [64, 49k] batch costs ~7 ms a step on a CPU, this ~1 ms). A
+    zero-weight entry (filtered, or padding) is never chosen."""
+    n, vocab = weights.shape
+    size = INVERSE_CDF_BLOCK
+    if vocab % size:
+        weights = torch.nn.functional.pad(weights, (0, size - vocab % size))
+    blocks = weights.view(n, -1, size)
+    block_cdf = blocks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)  # [n, blocks]
+    total = block_cdf[:, -1]
+    usable = (torch.isfinite(total) & (total > 0)).tolist()
+    target = draws * torch.where(torch.isfinite(total), total, torch.zeros_like(total))
+    block = torch.searchsorted(block_cdf, target[:, None], right=True)
+    block = block.clamp_(max=blocks.shape[1] - 1).view(-1)
+    rows = torch.arange(n)
+    before = torch.where(block > 0, block_cdf[rows, (block - 1).clamp(min=0)], 0.0)
+    inside = blocks[rows, block]  # [n, size]
+    inner_cdf = inside.double().cumsum(dim=-1)
+    entry = torch.searchsorted(inner_cdf, (target - before)[:, None], right=True)
+    entry = entry.clamp_(max=size - 1).view(-1)
+    chosen = (block * size + entry).tolist()
+    # Rounding between the block sums and the cumulative sum inside a block can land a
+    # draw at the block's end, past its last non-zero entry: take that entry instead.
+    landed = inside[rows, entry].tolist()
+    for row, weight in enumerate(landed):
+        if weight == 0 and usable[row]:
+            before_entry = torch.nonzero(inside[row, : entry[row] + 1]).view(-1)
+            last = before_entry[-1] if len(before_entry) else torch.nonzero(inside[row])[0, 0]
+            chosen[row] = int(block[row]) * size + int(last)
+    return chosen, usable
 
 
 def _filtered(scores: torch.Tensor, params: SamplingParams) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from neo_engine.sampling import SamplingError, SamplingParams, sample, sample_rows
+from neo_engine.sampling import SamplingError, SamplingParams, _inverse_cdf, sample, sample_rows
 
 
 def test_rows_equal_one_by_one_and_a_bad_row_fails_alone():
@@ -57,3 +57,28 @@ def test_sampled_rows_follow_their_distribution_and_never_pick_a_filtered_token(
         logits[:3], [params[0], seeded, params[0]], [None, torch.Generator().manual_seed(11), None]
     )
     assert mixed[1] == alone
+
+
+def test_the_two_level_inverse_cdf_equals_one_full_cumulative_sum():
+    """`_inverse_cdf` (block sums, then a sum inside the block) picks what a full float64
+    cumulative sum picks, with a vocabulary that is not a multiple of the block (padding),
+    zero weights (filtered tokens), draws at the ends of [0, 1) and unusable rows."""
+    gen = torch.Generator().manual_seed(5)
+    vocab = 1000  # 3 blocks of 256 and a padded fourth
+    weights = torch.rand(64, vocab, generator=gen)
+    weights[weights < 0.6] = 0.0  # most entries filtered
+    weights[7, :] = 0.0
+    weights[7, 999] = 2.0  # the only token: the padded block's last real entry
+    weights[9, 300] = float("nan")
+    draws = torch.rand(64, dtype=torch.float64, generator=gen)
+    draws[0], draws[1], draws[2] = 0.0, 1 - 2**-52, 0.5
+    chosen, usable = _inverse_cdf(weights, draws)
+    cdf = weights.double().cumsum(dim=-1)
+    expected = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True).view(-1)
+    for row in range(64):
+        if row == 9:
+            assert not usable[row]
+            continue
+        assert usable[row] and weights[row, chosen[row]] > 0
+        assert chosen[row] == int(expected[row])
+    assert chosen[7] == 999
