@@ -1,7 +1,8 @@
 """Build and load the host kernels (C++, OpenMP), with torch fallbacks.
 
-Two kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spot) and a
-skinny fp32/bf16 GEMM for decode batches on a CPU device (`csrc/skinny_gemm.cpp`). The extension is
+Three kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spot), a
+skinny fp32/bf16 GEMM for decode batches on a CPU device (`csrc/skinny_gemm.cpp`), and the
+layer's elementwise ops fused for bf16 on a CPU device (`csrc/fused_ops.cpp`). The extension is
 compiled when an engine starts (before it accepts a request) with the machine's own instruction
 set (`-march=native`), and cached by torch under a name that hashes the CPU's flags, torch's
 version and the sources themselves: a cache is never reused on a different CPU, and two
@@ -23,7 +24,7 @@ import torch
 log = logging.getLogger(__name__)
 _SOURCES = [
     Path(__file__).with_name("csrc") / name
-    for name in ("cpu_attention.cpp", "skinny_gemm.cpp", "bindings.cpp")
+    for name in ("cpu_attention.cpp", "skinny_gemm.cpp", "fused_ops.cpp", "bindings.cpp")
 ]
 _lock = threading.Lock()
 _module = None
@@ -186,3 +187,38 @@ def reference_decode_attention(
             torch.einsum("hgt,htd->hgd", probs, v).reshape(q_heads, head_dim).to(result.dtype)
         )
     return result
+
+
+def _fused_applies(*tensors: torch.Tensor):
+    """The compiled module if every tensor is a bf16 CPU tensor (the fused ops' domain), else
+    None: fp32 keeps torch's own ops, whose results the equality tests pin exactly."""
+    if any(t.device.type != "cpu" or t.dtype != torch.bfloat16 for t in tensors):
+        return None
+    return load_extension()
+
+
+def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """`layers.rms_norm` in one pass (bf16, x [T, H]), or None where it does not apply."""
+    module = _fused_applies(x, weight)
+    if module is None or x.dim() != 2:
+        return None
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    module.fused_rms_norm(x, weight.contiguous(), out, eps)
+    return out
+
+
+def fused_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor | None:
+    """The rotate-half rotary embedding of x [T, H, D] with cos, sin [T, 1, D] in one pass
+    (bf16), or None."""
+    module = _fused_applies(x, cos, sin)
+    if module is None or x.dim() != 3 or x.stride(2) != 1 or x.stride(1) != x.shape[2]:
+        return None
+    out = torch.empty(x.shape, dtype=x.dtype)
+    module.fused_rotary(
+        x,
+        cos.reshape(cos.shape[0], -1).contiguous(),
+        sin.reshape(sin.shape[0], -1).contiguous(),
+        out,
+    )
+    return out

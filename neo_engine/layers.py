@@ -13,7 +13,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from neo_engine.cpu_kernel import skinny_linear
+from neo_engine.cpu_kernel import (
+    fused_rms_norm,
+    fused_rotary,
+    skinny_linear,
+)
 from neo_engine.weights import LayerWeights, Linear, PrepackedWeight
 from neo_sim.model import ModelSpec
 
@@ -55,6 +59,9 @@ def linear(x: torch.Tensor, weight: Linear) -> torch.Tensor:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    fused = fused_rms_norm(x, weight, eps)
+    if fused is not None:
+        return fused
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
@@ -101,6 +108,9 @@ class Rotary:
     def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: [T, heads, head_dim]; positions: [T]."""
         cos, sin = self._rows(positions, x.dtype)
+        fused = fused_rotary(x, cos, sin)
+        if fused is not None:
+            return fused
         half = x.shape[-1] // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
