@@ -1,6 +1,7 @@
 """Build and load the host kernels (C++, OpenMP), with torch fallbacks.
 
-Three kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spot), a
+Three kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spot, with
+the paged KV store `write_kv` that `KVPool.write` uses in RAM), a
 skinny fp32/bf16 GEMM for decode batches on a CPU device (`csrc/skinny_gemm.cpp`), and the
 layer's elementwise ops fused for bf16 on a CPU device (`csrc/fused_ops.cpp`). The extension is
 compiled when an engine starts (before it accepts a request) with the machine's own instruction

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from neo_engine.cpu_kernel import load_extension
 from neo_sim.model import ModelSpec
 
 
@@ -50,10 +51,19 @@ class KVPool:
     def write(
         self, layer: int, slots: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor
     ) -> None:
-        """Store k, v [T, kv_heads, head_dim] at the given slots of one layer."""
+        """Store k, v [T, kv_heads, head_dim] at the given slots of one layer (in RAM through
+        the compiled `write_kv`, a copy per token and head, where it is built)."""
         blocks, offsets = slots
-        self.k[layer][blocks, :, offsets, :] = k.to(device=self.device, dtype=self.k.dtype)
-        self.v[layer][blocks, :, offsets, :] = v.to(device=self.device, dtype=self.v.dtype)
+        k = k.to(device=self.device, dtype=self.k.dtype)
+        v = v.to(device=self.device, dtype=self.v.dtype)
+        module = load_extension() if self.device.type == "cpu" else None
+        if module is not None and blocks.dtype == offsets.dtype == torch.int64:
+            module.write_kv(
+                self.k[layer], self.v[layer], blocks, offsets, k.contiguous(), v.contiguous()
+            )
+            return
+        self.k[layer][blocks, :, offsets, :] = k
+        self.v[layer][blocks, :, offsets, :] = v
 
     def gather(
         self, layer: int, table: Sequence[int], length: int

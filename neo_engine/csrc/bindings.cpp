@@ -10,6 +10,8 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
 void skinny_linear(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out,
                    int64_t num_threads, bool native);
 bool skinny_native_bf16();
+void write_kv(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor blocks,
+              torch::Tensor offsets, torch::Tensor k, torch::Tensor v);
 void fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out, double eps);
 void fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                   at::Tensor& out);
@@ -23,6 +25,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("skinny_native_bf16", &skinny_native_bf16,
         "whether bf16 runs on native bf16 dot products (AVX512-BF16) in this build");
   m.def("built_with_avx2", &built_with_avx2);
+  m.def("write_kv", &write_kv, "store new k, v at paged slots of one layer",
+        py::call_guard<py::gil_scoped_release>());
   m.def("fused_rms_norm", &fused_rms_norm, "bf16 RMSNorm in one pass",
         py::call_guard<py::gil_scoped_release>());
   m.def("fused_rotary", &fused_rotary, "bf16 rotate-half rotary embedding in one pass",

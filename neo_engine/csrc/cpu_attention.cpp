@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -322,6 +323,45 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
     case torch::kFloat16: run(at::Half{}); break;
     case torch::kBFloat16: run(at::BFloat16{}); break;
     default: TORCH_CHECK(false, "KV cache dtype must be float32, float16 or bfloat16");
+  }
+}
+
+// Store k, v [T, Hkv, D] at token slots (block, offset) of one layer's paged caches
+// [blocks, Hkv, block_size, D], all of one dtype: one copy of D elements per token and head,
+// on the calling thread. What `cache[blocks, :, offsets, :] = k` does, without torch's
+// advanced-indexing machinery (two index tensors around a slice) and its thread pool.
+void write_kv(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor blocks,
+              torch::Tensor offsets, torch::Tensor k, torch::Tensor v) {
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k.is_contiguous() &&
+                  v.is_contiguous(),
+              "write_kv: contiguous tensors only");
+  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == v_cache.scalar_type() &&
+                  k.scalar_type() == v.scalar_type(),
+              "write_kv: k, v and the caches must share a dtype");
+  TORCH_CHECK(blocks.scalar_type() == torch::kInt64 && offsets.scalar_type() == torch::kInt64,
+              "write_kv: slots must be int64");
+  TORCH_CHECK(k_cache.dim() == 4 && k.dim() == 3 && k.sizes() == v.sizes(), "write_kv: bad ranks");
+  const int64_t tokens = k.size(0), heads = k.size(1), dim = k.size(2);
+  const int64_t num_blocks = k_cache.size(0), block_size = k_cache.size(2);
+  TORCH_CHECK(k_cache.size(1) == heads && k_cache.size(3) == dim && blocks.numel() == tokens &&
+                  offsets.numel() == tokens,
+              "write_kv: shape mismatch");
+  const int64_t bytes = dim * k.element_size();
+  const int64_t row = bytes, head_stride = block_size * bytes, block_stride = heads * head_stride;
+  const int64_t* bp = blocks.data_ptr<int64_t>();
+  const int64_t* op = offsets.data_ptr<int64_t>();
+  char* kc = static_cast<char*>(k_cache.data_ptr());
+  char* vc = static_cast<char*>(v_cache.data_ptr());
+  const char* ks = static_cast<const char*>(k.data_ptr());
+  const char* vs = static_cast<const char*>(v.data_ptr());
+  for (int64_t t = 0; t < tokens; ++t) {
+    TORCH_CHECK(0 <= bp[t] && bp[t] < num_blocks && 0 <= op[t] && op[t] < block_size,
+                "write_kv: slot out of range");
+    const int64_t base = bp[t] * block_stride + op[t] * row;
+    for (int64_t h = 0; h < heads; ++h) {
+      std::memcpy(kc + base + h * head_stride, ks + (t * heads + h) * bytes, bytes);
+      std::memcpy(vc + base + h * head_stride, vs + (t * heads + h) * bytes, bytes);
+    }
   }
 }
 
