@@ -155,8 +155,8 @@ def _sample_batch(
     temperatures = [p.temperature for p in params]
     if any(t != 1.0 for t in temperatures):  # x / 1.0 == x: skip a pass over the batch
         scores = scores / torch.tensor(temperatures, dtype=torch.float32)[:, None]
-    filtered = [row for row, p in enumerate(params) if 0 < p.top_k < scores.shape[-1]]
-    filtered += [row for row, p in enumerate(params) if p.top_p < 1.0 and row not in filtered]
+    vocab = scores.shape[-1]
+    filtered = [row for row, p in enumerate(params) if 0 < p.top_k < vocab or p.top_p < 1.0]
     if filtered and scores.data_ptr() == logits.data_ptr():
         scores = scores.clone()  # the caller's logits stay as they are (logprobs read them)
     for row in filtered:
