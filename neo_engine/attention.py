@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from neo_engine.cpu_kernel import decode_attention as host_decode_attention
+from neo_engine.cpu_kernel import prefill_attention_bf16
 from neo_engine.kv_cache import KVPool
 
 
@@ -27,8 +28,13 @@ def prefill_attention(
 
     SDPA gets 4-D [1, H, T, D] tensors: on a CPU, torch runs its flash kernel only for 4-D
     inputs and falls back to the math path (the whole T x T score matrix, ~6x slower at a
-    2,000-token prompt) for 3-D ones."""
+    2,000-token prompt) for 3-D ones. A whole bf16 prompt on a CPU with AVX512-BF16 goes to
+    the compiled flash kernel instead (`cpu_kernel.prefill_attention_bf16`: ~2x torch's there)."""
     t = q.shape[0]
+    if prefix is None:
+        native = prefill_attention_bf16(q, k, v, scale)
+        if native is not None:
+            return native.reshape(t, -1)
     qh, kh, vh = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
     if prefix is None:
         out = F.scaled_dot_product_attention(

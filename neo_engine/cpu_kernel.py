@@ -25,7 +25,13 @@ import torch
 log = logging.getLogger(__name__)
 _SOURCES = [
     Path(__file__).with_name("csrc") / name
-    for name in ("cpu_attention.cpp", "skinny_gemm.cpp", "fused_ops.cpp", "bindings.cpp")
+    for name in (
+        "cpu_attention.cpp",
+        "skinny_gemm.cpp",
+        "fused_ops.cpp",
+        "prefill_attention.cpp",
+        "bindings.cpp",
+    )
 ]
 _lock = threading.Lock()
 _module = None
@@ -222,4 +228,26 @@ def fused_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         sin.reshape(sin.shape[0], -1).contiguous(),
         out,
     )
+    return out
+
+
+def prefill_attention_bf16(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor | None:
+    """Causal attention of one whole prompt (q [T, Hq, D], k, v [T, Hkv, D], bf16 on the CPU,
+    head dims contiguous) through the compiled flash kernel with native bf16 dot products
+    (`csrc/prefill_attention.cpp`): [T, Hq, D], or None where it does not apply (another
+    dtype or device, a head size that is not a multiple of 32, no AVX512-BF16 in this build)."""
+    module = _fused_applies(q, k, v)
+    if (
+        module is None
+        or not module.prefill_native_bf16()
+        or q.dim() != 3
+        or q.shape[2] % 32
+        or q.shape[2] > 256
+        or any(t.stride(2) != 1 for t in (q, k, v))
+    ):
+        return None
+    out = torch.empty(q.shape, dtype=q.dtype)
+    module.prefill_attention_bf16(q, k, v, out, scale, torch.get_num_threads())
     return out

@@ -13,6 +13,9 @@ bool skinny_native_bf16();
 void write_kv(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor blocks,
               torch::Tensor offsets, torch::Tensor k, torch::Tensor v);
 void fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out, double eps);
+void prefill_attention_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            at::Tensor& out, double scale, int64_t num_threads);
+bool prefill_native_bf16();
 void fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                   at::Tensor& out);
 
@@ -31,4 +34,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("fused_rotary", &fused_rotary, "bf16 rotate-half rotary embedding in one pass",
         py::call_guard<py::gil_scoped_release>());
+  m.def("prefill_attention_bf16", &prefill_attention_bf16,
+        "causal prefill attention of one prompt, bf16, native bf16 dot products",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("prefill_native_bf16", &prefill_native_bf16,
+        "whether this build has the bf16 prefill attention kernel (AVX512-BF16)");
 }

@@ -1,0 +1,123 @@
+"""Benchmark: the bf16 flash prefill attention kernel vs torch's CPU SDPA, one prompt at a time.
+
+Causal attention of one prompt of T tokens, as `attention.prefill_attention` runs it, for
+SmolLM2-135M's heads (9 query heads over 3 KV heads of 64 dims) and Llama-3-8B's (32 over 8,
+128 dims), bf16, every core. Side by side in one run, as the median of alternating repeats:
+torch's `F.scaled_dot_product_attention` (its flash kernel for 4-D inputs, `enable_gqa`) and
+ours (`csrc/prefill_attention.cpp`, native bf16 dot products, AVX512-BF16 only); GFLOP/s
+counts the causal half of the two matrix products (2 T^2 Hq D). Also the largest difference
+from a float64 reference of each, at the shortest T of each shape (both round the
+probabilities to bf16 before the product with V).
+
+Run: python -m benchmarks.prefill_attention [--repeats N] [--tokens 128,512,1024,2048]
+Writes benchmarks/results/prefill_attention_bfloat16.json (--output elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks import RESULTS, reference_s, write_result
+from neo_engine.cpu_kernel import load_extension
+
+HEADS = {"smollm2-135m": (9, 3, 64), "llama-3-8b": (32, 8, 128)}  # query heads, KV heads, dim
+
+
+def causal_float64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+    group = q.shape[1] // k.shape[1]
+    kd, vd = (x.double().repeat_interleave(group, 1) for x in (k, v))
+    scores = torch.einsum("thd,shd->hts", q.double(), kd) * scale
+    causal = torch.ones(q.shape[0], q.shape[0], dtype=torch.bool).tril()
+    probs = torch.softmax(scores.masked_fill(~causal, -math.inf), dim=-1)
+    return torch.einsum("hts,shd->thd", probs, vd)
+
+
+def measure(module, shape: tuple[int, int, int, int], repeats: int, errors: bool) -> dict:
+    """Median seconds of torch's SDPA and ours for one prompt of `shape` (tokens, query heads,
+    KV heads, head dim), alternating; with `errors`, each one's largest difference from float64."""
+    tokens, heads, kv_heads, dim = shape
+    q = torch.randn(tokens, heads, dim).bfloat16()
+    k, v = (torch.randn(tokens, kv_heads, dim).bfloat16() for _ in range(2))
+    scale, threads = 1 / math.sqrt(dim), torch.get_num_threads()
+    qh, kh, vh = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+    out = torch.empty_like(q)
+
+    def ours():
+        module.prefill_attention_bf16(q, k, v, out, scale, threads)
+        return out
+
+    def torch_sdpa():
+        o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
+        return o[0].transpose(0, 1)
+
+    variants = {"torch_sdpa": torch_sdpa, "ours": ours}
+    result = {}
+    if errors:
+        exact = causal_float64(q, k, v, scale)
+        for name, f in variants.items():
+            result[f"{name}_max_error"] = (f().double() - exact).abs().max().item()
+    times: dict[str, list[float]] = {n: [] for n in variants}
+    for f in variants.values():
+        f()
+    for _ in range(repeats):
+        for name, f in variants.items():
+            start = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - start)
+    return {f"{n}_s": statistics.median(t) for n, t in times.items()} | result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--tokens", default="128,512,1024,2048")
+    p.add_argument("--output", type=Path, default=RESULTS / "prefill_attention_bfloat16.json")
+    args = p.parse_args(argv)
+    module = load_extension()
+    if module is None or not module.prefill_native_bf16():
+        raise SystemExit("prefill_attention: no AVX512-BF16 build of the host kernels here")
+    torch.manual_seed(0)
+    runs = []
+    for model, (heads, kv_heads, dim) in HEADS.items():
+        for i, tokens in enumerate(int(t) for t in args.tokens.split(",")):
+            run = measure(module, (tokens, heads, kv_heads, dim), args.repeats, errors=i == 0)
+            flops = 2 * tokens * tokens * heads * dim
+            torch_s, ours_s = run["torch_sdpa_s"], run["ours_s"]
+            print(
+                f"{model} T={tokens:<5} torch {torch_s * 1e3:7.2f} ms "
+                f"{flops / torch_s / 1e9:5.0f} GFLOP/s | ours {ours_s * 1e3:7.2f} ms "
+                f"{flops / ours_s / 1e9:5.0f} GFLOP/s | {torch_s / ours_s:.2f}x",
+                flush=True,
+            )
+            runs.append(
+                {
+                    "model": model,
+                    "tokens": tokens,
+                    "heads": heads,
+                    "kv_heads": kv_heads,
+                    "head_dim": dim,
+                    **run,
+                    "speedup": torch_s / ours_s,
+                }
+            )
+    write_result(
+        args.output,
+        "prefill_attention",
+        dtype="bfloat16",
+        threads=torch.get_num_threads(),
+        repeats=args.repeats,
+        reference_loop_s=reference_s(),
+        runs=runs,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

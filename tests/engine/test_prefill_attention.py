@@ -1,0 +1,116 @@
+"""The bf16 flash prefill attention (`csrc/prefill_attention.cpp`) against a float64 reference
+and against torch's own bf16 attention, whose error it must not exceed by more than rounding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from neo_engine import cpu_kernel
+from neo_engine.attention import prefill_attention
+
+module = cpu_kernel.load_extension()
+native = module is not None and module.prefill_native_bf16()
+needs_native = pytest.mark.skipif(not native, reason="no AVX512-BF16 in this build")
+
+
+def reference(q, k, v, scale) -> torch.Tensor:
+    """Causal attention in float64, KV heads repeated for GQA: [T, Hq, D]."""
+    t, heads, _ = q.shape
+    group = heads // k.shape[1]
+    qd, kd, vd = q.double(), k.double().repeat_interleave(group, 1), v.double()
+    vd = vd.repeat_interleave(group, 1)
+    scores = torch.einsum("thd,shd->hts", qd, kd) * scale
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    probs = torch.softmax(scores.masked_fill(~causal, -math.inf), dim=-1)
+    return torch.einsum("hts,shd->thd", probs, vd)
+
+
+def torch_sdpa(q, k, v, scale) -> torch.Tensor:
+    qh, kh, vh = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+    out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
+    return out[0].transpose(0, 1)
+
+
+SHAPES = [  # tokens, query heads, KV heads, head dim: tails of every tile, GQA, MHA, D 32..256
+    (1, 9, 3, 64),
+    (7, 9, 3, 64),
+    (16, 2, 1, 64),
+    (65, 9, 3, 64),
+    (100, 4, 4, 32),
+    (257, 8, 2, 128),
+    (130, 2, 1, 256),
+    (700, 9, 3, 64),
+]
+
+
+@needs_native
+@pytest.mark.parametrize("tokens,heads,kv_heads,dim", SHAPES)
+def test_as_close_to_float64_as_torch(tokens, heads, kv_heads, dim):
+    """Within torch's own bf16 error of the exact result (plus one bf16 rounding step of the
+    output): both round the probabilities to bf16 before the V product."""
+    gen = torch.Generator().manual_seed(tokens * 1000 + dim)
+    q = (torch.randn(tokens, heads, dim, generator=gen) * 2).bfloat16()
+    k = (torch.randn(tokens, kv_heads, dim, generator=gen) * 2).bfloat16()
+    v = torch.randn(tokens, kv_heads, dim, generator=gen).bfloat16()
+    scale = 1 / math.sqrt(dim)
+    ours = cpu_kernel.prefill_attention_bf16(q, k, v, scale)
+    assert ours is not None and ours.dtype == torch.bfloat16 and ours.shape == q.shape
+    exact = reference(q, k, v, scale)
+    ours_error = (ours.double() - exact).abs().max().item()
+    torch_error = (torch_sdpa(q, k, v, scale).double() - exact).abs().max().item()
+    assert ours_error <= 1.25 * torch_error + 2**-8, (ours_error, torch_error)
+    assert torch.isfinite(ours).all()
+
+
+@needs_native
+def test_strided_views_of_a_fused_qkv():
+    """q, k, v as the layer makes them: column slices of one [T, (Hq + 2 Hkv) D] output."""
+    tokens, heads, kv_heads, dim = 90, 9, 3, 64
+    gen = torch.Generator().manual_seed(7)
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).bfloat16()
+    q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=1)
+    q, k, v = (x.view(tokens, -1, dim) for x in (q, k, v))
+    assert not q.is_contiguous()
+    ours = cpu_kernel.prefill_attention_bf16(q, k, v, 0.125)
+    dense = cpu_kernel.prefill_attention_bf16(q.contiguous(), k.contiguous(), v.contiguous(), 0.125)
+    assert torch.equal(ours, dense)
+    # The layer's entry point takes the kernel for a whole bf16 prompt: [T, Hq * D].
+    assert torch.equal(prefill_attention(q, k, v, 0.125), dense.reshape(tokens, -1))
+
+
+@needs_native
+def test_rows_attend_only_to_earlier_keys():
+    """Changing the last token's K and V changes no earlier row's output (causality)."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(150, 4, 64, generator=gen).bfloat16() for _ in range(3))
+    before = cpu_kernel.prefill_attention_bf16(q, k, v, 0.125)
+    k[-1], v[-1] = k[-1] * 5, -v[-1]
+    after = cpu_kernel.prefill_attention_bf16(q, k, v, 0.125)
+    assert torch.equal(before[:-1], after[:-1])
+    assert not torch.equal(before[-1], after[-1])
+
+
+def test_declines_what_it_does_not_cover():
+    """fp32, a head size that is not a multiple of 32, or no native build: None (torch's SDPA
+    runs instead)."""
+    q = torch.randn(10, 2, 64)
+    assert cpu_kernel.prefill_attention_bf16(q, q, q, 0.125) is None
+    odd = torch.randn(10, 2, 40).bfloat16()
+    assert cpu_kernel.prefill_attention_bf16(odd, odd, odd, 0.125) is None
+    if not native:
+        b = q.bfloat16()
+        assert cpu_kernel.prefill_attention_bf16(b, b, b, 0.125) is None
+
+
+@needs_native
+def test_benchmark_measures_both_side_by_side():
+    """`benchmarks.prefill_attention.measure` times both and reports each one's error."""
+    from benchmarks.prefill_attention import measure
+
+    run = measure(module, (40, 4, 2, 64), repeats=1, errors=True)
+    assert run["torch_sdpa_s"] > 0 and run["ours_s"] > 0
+    assert run["ours_max_error"] <= 1.25 * run["torch_sdpa_max_error"] + 2**-8
