@@ -1,9 +1,11 @@
 """Build and load the host kernels (C++, OpenMP), with torch fallbacks.
 
-Three kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spot, with
+Four kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spot, with
 the paged KV store `write_kv` that `KVPool.write` uses in RAM), a
-skinny fp32/bf16 GEMM for decode batches on a CPU device (`csrc/skinny_gemm.cpp`), and the
-layer's elementwise ops fused for bf16 on a CPU device (`csrc/fused_ops.cpp`). The extension is
+skinny fp32/bf16 GEMM for decode batches on a CPU device (`csrc/skinny_gemm.cpp`), the
+layer's elementwise ops fused for bf16 on a CPU device (`csrc/fused_ops.cpp`), and a bf16
+flash prefill attention (`csrc/prefill_attention.cpp`; these last two use the vector e^x of
+`csrc/avx512_math.h`). The extension is
 compiled when an engine starts (before it accepts a request) with the machine's own instruction
 set (`-march=native`), and cached by torch under a name that hashes the CPU's flags, torch's
 version and the sources themselves: a cache is never reused on a different CPU, and two
@@ -33,6 +35,7 @@ _SOURCES = [
         "bindings.cpp",
     )
 ]
+_HEADERS = [Path(__file__).with_name("csrc") / "avx512_math.h"]  # in the cache key too
 _lock = threading.Lock()
 _module = None
 _failed = False
@@ -63,7 +66,7 @@ def load_extension():
             from torch.utils.cpp_extension import load
 
             key = hashlib.sha1((_cpu_flags() + torch.__version__).encode())
-            for path in _SOURCES:
+            for path in (*_SOURCES, *_HEADERS):
                 key.update(path.read_bytes())
             tag = key.hexdigest()[:12]
             _module = load(
@@ -194,6 +197,23 @@ def reference_decode_attention(
             torch.einsum("hgt,htd->hgd", probs, v).reshape(q_heads, head_dim).to(result.dtype)
         )
     return result
+
+
+def fused_silu_mul(gate_up: torch.Tensor) -> torch.Tensor | None:
+    """SiLU(gate) * up of gate_up [T, 2I] = [gate | up] in one pass (bf16, AVX512-BF16), or
+    None where it does not apply."""
+    module = _fused_applies(gate_up)
+    if (
+        module is None
+        or not module.fused_silu_mul_native()
+        or gate_up.dim() != 2
+        or gate_up.stride(1) != 1
+        or gate_up.shape[1] % 2
+    ):
+        return None
+    out = torch.empty(gate_up.shape[0], gate_up.shape[1] // 2, dtype=gate_up.dtype)
+    module.fused_silu_mul(gate_up, out)
+    return out
 
 
 def _fused_applies(*tensors: torch.Tensor):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from neo_engine.cpu_kernel import (
     fused_rms_norm,
     fused_rotary,
+    fused_silu_mul,
     skinny_linear,
 )
 from neo_engine.weights import LayerWeights, Linear, PrepackedWeight
@@ -149,5 +150,9 @@ def post_projection(
     """attn_out [T, Hq*D] and the layer's input -> the layer's output [T, h]."""
     h = residual + linear(attn_out, w.o)
     x = rms_norm(h, w.post_norm, spec.rms_norm_eps)
-    gate, up = linear(x, w.gate_up).chunk(2, dim=-1)
-    return h + linear(F.silu(gate) * up, w.down)
+    gate_up = linear(x, w.gate_up)
+    act = fused_silu_mul(gate_up)
+    if act is None:
+        gate, up = gate_up.chunk(2, dim=-1)
+        act = F.silu(gate) * up
+    return h + linear(act, w.down)

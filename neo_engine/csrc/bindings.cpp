@@ -16,6 +16,8 @@ void fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, at::Tensor& o
 void prefill_attention_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             at::Tensor& out, double scale, int64_t num_threads);
 bool prefill_native_bf16();
+void fused_silu_mul(const at::Tensor& gate_up, at::Tensor& out);
+bool fused_silu_mul_native();
 void fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                   at::Tensor& out);
 
@@ -39,4 +41,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("prefill_native_bf16", &prefill_native_bf16,
         "whether this build has the bf16 prefill attention kernel (AVX512-BF16)");
+  m.def("fused_silu_mul", &fused_silu_mul, "bf16 SiLU(gate) * up in one pass",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("fused_silu_mul_native", &fused_silu_mul_native,
+        "whether this build has the fused SiLU * up (AVX512-BF16)");
 }

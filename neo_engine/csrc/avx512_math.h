@@ -1,0 +1,32 @@
+// Vector math for the AVX-512 kernels (prefill attention, fused SiLU): e^x on 16 fp32 lanes.
+#pragma once
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+namespace neo {
+
+// e^x for fp32 lanes: 2^(x log2 e) split into an integer n and a fraction f in [-0.5, 0.5];
+// 2^f by its Taylor polynomial to degree 7 (relative error < 2e-8 there), scaled by 2^n.
+// Inputs are clamped to [-87.3, 88.7]: below, ~1e-38 (callers mask what must be exactly zero);
+// above, ~3e38.
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  x = _mm512_min_ps(x, _mm512_set1_ps(88.7f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.525273380405984e-05f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381606e-04f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618129107628477e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550410866482158e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402265069591007e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471805599453e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+}  // namespace neo
+
+#endif
