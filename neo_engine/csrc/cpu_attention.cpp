@@ -5,7 +5,9 @@
 // group (GQA) against the block's keys, folds them into a running max and sum (flash-decoding
 // style), and accumulates the block's values. Every cached K and V byte is read exactly once,
 // in place (no gather into a contiguous buffer), and all math is fp32 whatever the KV dtype
-// (fp32, fp16 via F16C, bf16 via a shift).
+// (fp32, fp16 via F16C, bf16 via a shift). With AVX-512, four scores share the shuffles of
+// their horizontal sums and a 64-dim head accumulates V in four 16-lane registers (~10-17%
+// faster at SmolLM2's decode shapes, bf16 KV, measured side by side with the version before).
 //
 // Cache layout: [num_blocks, num_kv_heads, block_size, head_dim], so one (block, head) is a
 // contiguous block_size x head_dim tile.
@@ -83,6 +85,20 @@ inline float dot(const float* q, const T* k, int d) {
   return sum;
 }
 
+#ifdef NEO_AVX512
+// [sum(a0), sum(a1), sum(a2), sum(a3)]: four horizontal sums sharing their shuffles (four
+// separate reductions cost ~2.5x the instructions).
+inline __m128 sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+  const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+  const __m512 w = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_ps(s01, s23, _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 x = _mm512_add_ps(w, _mm512_shuffle_f32x4(w, w, _MM_SHUFFLE(1, 0, 3, 2)));
+  const __m512 y = _mm512_add_ps(x, _mm512_shuffle_f32x4(x, x, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_castps512_ps128(y);
+}
+#endif
+
 // Scores of 4 consecutive tokens at once: four independent FMA chains instead of one.
 template <typename T>
 inline void dot4(const float* q, const T* k, int d, float* out) {
@@ -97,8 +113,7 @@ inline void dot4(const float* q, const T* k, int d, float* out) {
       a2 = _mm512_fmadd_ps(qv, load16(k + 2 * d + i), a2);
       a3 = _mm512_fmadd_ps(qv, load16(k + 3 * d + i), a3);
     }
-    out[0] = _mm512_reduce_add_ps(a0); out[1] = _mm512_reduce_add_ps(a1);
-    out[2] = _mm512_reduce_add_ps(a2); out[3] = _mm512_reduce_add_ps(a3);
+    _mm_storeu_ps(out, sum4(a0, a1, a2, a3));
     return;
   }
 #endif
@@ -134,6 +149,16 @@ inline void accumulate_block(float* acc, const float* w, const T* v, int ntok, i
       for (int u = 0; u < 8; ++u) r[u] = _mm512_fmadd_ps(wv, load16(vt + 16 * u), r[u]);
     }
     for (int u = 0; u < 8; ++u) _mm512_storeu_ps(acc + c + 16 * u, r[u]);
+  }
+  for (; c + 64 <= d; c += 64) {  // e.g. head_dim 64: four registers of 16
+    __m512 r[4];
+    for (int u = 0; u < 4; ++u) r[u] = _mm512_loadu_ps(acc + c + 16 * u);
+    for (int t = 0; t < ntok; ++t) {
+      const __m512 wv = _mm512_set1_ps(w[t]);
+      const T* vt = v + t * d + c;
+      for (int u = 0; u < 4; ++u) r[u] = _mm512_fmadd_ps(wv, load16(vt + 16 * u), r[u]);
+    }
+    for (int u = 0; u < 4; ++u) _mm512_storeu_ps(acc + c + 16 * u, r[u]);
   }
 #endif
 #ifdef NEO_AVX2
