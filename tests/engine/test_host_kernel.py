@@ -68,3 +68,34 @@ def test_fallback_path_gives_the_same_numbers(monkeypatch):
     monkeypatch.setattr(ck, "load_extension", lambda: None)
     slow = case(*SHAPES[1], torch.float16)
     assert slow < 2e-3 and fast < 2e-3
+
+
+def bf16_case(batch, q_heads, kv_heads, head_dim, block_size, lens, seed=0):
+    """bf16 KV and a query that is bf16 too (a bf16 model's, widened: the native dot-product
+    path where the build has AVX512-BF16), against float64 of the same bf16 numbers."""
+    gen = torch.Generator().manual_seed(seed)
+    blocks_per = max(-(-n // block_size) for n in lens)
+    num_blocks = batch * blocks_per + 3
+    shape = (num_blocks, kv_heads, block_size, head_dim)
+    k = torch.randn(*shape, generator=gen).bfloat16()
+    v = torch.randn(*shape, generator=gen).bfloat16()
+    tables = torch.randperm(num_blocks, generator=gen)[: batch * blocks_per]
+    tables = tables.view(batch, blocks_per).int().contiguous()
+    q = torch.randn(batch, q_heads, head_dim, generator=gen).bfloat16().float()
+    lens_t = torch.tensor(lens, dtype=torch.int32)
+    scale = 1 / math.sqrt(head_dim)
+    ref = reference_decode_attention(
+        q.double(), k.double(), v.double(), tables, lens_t, scale, dtype=torch.float64
+    )
+    out = decode_attention(q, k, v, tables, lens_t, scale)
+    widened = decode_attention(q + 1e-6, k, v, tables, lens_t, scale)  # not bf16: fp32 path
+    return ((out.double() - ref).norm() / ref.norm()).item(), out, widened
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bf16_query_and_kv_match_float64_of_the_same_numbers(shape):
+    """Products of bf16 numbers are exact in fp32: only fp32 summation error remains, whichever
+    path scores the keys; and the path taken for a bf16 query agrees with the widening one."""
+    error, out, widened = bf16_case(*shape)
+    assert error < 1e-5
+    torch.testing.assert_close(out, widened, rtol=1e-4, atol=1e-5)
