@@ -60,7 +60,8 @@ def host_memory_bytes() -> float:
 
 def source_commit() -> str:
     """The checkout's commit (with "+dirty" if it has uncommitted changes), or "unknown"
-    outside a git checkout: which code produced a result."""
+    outside a git checkout: which code produced a result. Result folders do not count: a
+    benchmark that writes several files would otherwise call its own later ones dirty."""
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +70,16 @@ def source_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!benchmarks/results",
+                ":!experiments/results",
+            ],
             cwd=root,
             capture_output=True,
             text=True,
