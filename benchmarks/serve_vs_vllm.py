@@ -7,8 +7,10 @@ from memory) and by vLLM's CPU backend (`vllm serve`, prefix caching off, as neo
 caches no prefixes), each then driven by the same `vllm bench serve` command: the random
 dataset, --num-prompts prompts of --input-len tokens, --output-len tokens each (ignore_eos),
 all sent at once (request rate inf), so the figure is each server's throughput under a
-backlog. Never both servers at once. Records each run's exit status and what
-`vllm bench serve` reports, with its own JSON beside the summary.
+backlog. Never both servers at once. Each server, once up, is benchmarked --repeats times
+(this VM's speed drifts by tens of percent within minutes): the summary compares medians.
+Records each run's exit status and what `vllm bench serve` reports, with its own JSON
+(NAME-I.json) beside the summary.
 
 The vLLM venv W is the one of benchmarks/vs_vllm_cpu.py (with the metadata-only `vllm`
 dist-info of benchmarks/serve_clients.py, so that the `vllm` command finds itself); both
@@ -24,10 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 from pathlib import Path
 
-from benchmarks import RESULTS, write_result
+from benchmarks import RESULTS, reference_s, write_result
 from benchmarks.serve_clients import DEFAULT_MODEL, run_client
 from benchmarks.serve_load import free_port, start_server, wait_healthy
 
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="bench runs per server (median)")
     p.add_argument(
         "--output", type=Path, help="result folder; unset: serve_vs_vllm[_DTYPE] in results"
     )
@@ -138,24 +142,38 @@ def main(argv: list[str] | None = None) -> int:
             args.vllm_venv, args.model, args.dtype, args.max_model_len, env
         ),
     }
+    medians = {}
     for name, start in servers.items():
         print(f"serve_vs_vllm: starting {name} ...", flush=True)
         proc, base = start()
+        reports = []
         try:
-            bench = bench_argv(args.vllm_venv, base, args.model, args, args.output, name)
-            result = run_client(f"vllm bench serve against {name}", bench, env, timeout_s=1800)
+            for i in range(args.repeats):
+                label = f"{name}-{i + 1}"
+                bench = bench_argv(args.vllm_venv, base, args.model, args, args.output, label)
+                result = run_client(f"vllm bench serve against {name}", bench, env, 1800)
+                result |= {"server": name, "repeat": i + 1, "reference_loop_s": reference_s()}
+                if result["rc"] == 0:
+                    result["reported"] = reported(args.output / f"{label}.json")
+                    reports.append(result["reported"])
+                    print(f"  {label}: {result['reported']}", flush=True)
+                else:
+                    print(f"  {label}: rc {result['rc']}\n{result['output_tail']}", flush=True)
+                runs.append(result)
         finally:
             proc.terminate()
             proc.wait(timeout=120)
-        result["server"] = name
-        if result["rc"] == 0:
-            result["reported"] = reported(args.output / f"{name}.json")
-            print(f"  {name}: {result['reported']}", flush=True)
-        else:
-            print(f"  {name}: rc {result['rc']}\n{result['output_tail']}", flush=True)
-        runs.append(result)
-    both = [r.get("reported") for r in runs]
-    ratio = both[0]["output_tokens_per_s"] / both[1]["output_tokens_per_s"] if all(both) else None
+        if reports:
+            medians[name] = {
+                key: statistics.median(r[key] for r in reports)
+                for key in ("output_tokens_per_s", "ttft_ms_p50", "tpot_ms_p50")
+            }
+    ratio = None
+    if len(medians) == 2:
+        ratio = (
+            medians["neo-serve"]["output_tokens_per_s"]
+            / medians["vllm-serve"]["output_tokens_per_s"]
+        )
     write_result(
         args.output / "summary.json",
         "serve_vs_vllm",
@@ -167,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             "output_len": args.output_len,
             "request_rate": "inf",
         },
+        repeats=args.repeats,
         runs=runs,
+        medians=medians,
         neo_over_vllm_output_tokens_per_s=ratio,
     )
     return 0 if all(r["rc"] == 0 for r in runs) else 1
