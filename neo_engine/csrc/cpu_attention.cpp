@@ -165,31 +165,28 @@ inline void dot4(const float* q, const T* k, int d, float* out) {
   for (int t = 0; t < 4; ++t) out[t] = dot(q, k + t * d, d);
 }
 
+#ifdef NEO_AVX512
+// acc[0:16U] += sum_t w[t] * v[t][0:16U] (rows of v `d` apart), in U registers of 16 lanes.
+template <int U, typename T>
+inline void accumulate_columns(float* acc, const float* w, const T* v, int ntok, int d) {
+  __m512 r[U];
+  for (int u = 0; u < U; ++u) r[u] = _mm512_loadu_ps(acc + 16 * u);
+  for (int t = 0; t < ntok; ++t) {
+    const __m512 wv = _mm512_set1_ps(w[t]);
+    const T* vt = v + t * d;
+    for (int u = 0; u < U; ++u) r[u] = _mm512_fmadd_ps(wv, load16(vt + 16 * u), r[u]);
+  }
+  for (int u = 0; u < U; ++u) _mm512_storeu_ps(acc + 16 * u, r[u]);
+}
+#endif
+
 // acc[0:d] += sum_t w[t] * v[t], accumulating 64 columns at a time in registers.
 template <typename T>
 inline void accumulate_block(float* acc, const float* w, const T* v, int ntok, int d) {
   int c = 0;
 #ifdef NEO_AVX512
-  for (; c + 128 <= d; c += 128) {
-    __m512 r[8];
-    for (int u = 0; u < 8; ++u) r[u] = _mm512_loadu_ps(acc + c + 16 * u);
-    for (int t = 0; t < ntok; ++t) {
-      const __m512 wv = _mm512_set1_ps(w[t]);
-      const T* vt = v + t * d + c;
-      for (int u = 0; u < 8; ++u) r[u] = _mm512_fmadd_ps(wv, load16(vt + 16 * u), r[u]);
-    }
-    for (int u = 0; u < 8; ++u) _mm512_storeu_ps(acc + c + 16 * u, r[u]);
-  }
-  for (; c + 64 <= d; c += 64) {  // e.g. head_dim 64: four registers of 16
-    __m512 r[4];
-    for (int u = 0; u < 4; ++u) r[u] = _mm512_loadu_ps(acc + c + 16 * u);
-    for (int t = 0; t < ntok; ++t) {
-      const __m512 wv = _mm512_set1_ps(w[t]);
-      const T* vt = v + t * d + c;
-      for (int u = 0; u < 4; ++u) r[u] = _mm512_fmadd_ps(wv, load16(vt + 16 * u), r[u]);
-    }
-    for (int u = 0; u < 4; ++u) _mm512_storeu_ps(acc + c + 16 * u, r[u]);
-  }
+  for (; c + 128 <= d; c += 128) accumulate_columns<8>(acc + c, w, v + c, ntok, d);
+  for (; c + 64 <= d; c += 64) accumulate_columns<4>(acc + c, w, v + c, ntok, d);  // d = 64
 #endif
 #ifdef NEO_AVX2
   for (; c + 64 <= d; c += 64) {
