@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=RESULTS / "prefill_attention_bfloat16.json")
     args = p.parse_args(argv)
     module = load_extension()
-    if module is None or not module.prefill_native_bf16():
+    if module is None or not module.native_bf16():
         raise SystemExit("prefill_attention: no AVX512-BF16 build of the host kernels here")
     torch.manual_seed(0)
     runs = []

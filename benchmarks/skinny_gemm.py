@@ -52,7 +52,7 @@ def median_times(rows: int, weights, module, threads: int, repeats: int) -> dict
         "weight-major": lambda: [torch.mm(w, xs[w.shape[1]].t()).t().contiguous() for w in weights],
         "skinny": kernel(True),
     }
-    if dtype == torch.bfloat16 and module.skinny_native_bf16():
+    if dtype == torch.bfloat16 and module.native_bf16():
         variants["skinny-portable"] = kernel(False)
     if can_prepack(dtype, torch.device("cpu")):  # what the engine runs past a few rows
         packed = [PrepackedWeight.of(w) for w in weights]

@@ -161,7 +161,7 @@ def skinny_path(dtype: torch.dtype) -> str:
     if dtype == torch.float32:
         return "fp32 FMA kernel"
     if dtype == torch.bfloat16:
-        if module.skinny_native_bf16():
+        if module.native_bf16():
             return "bf16 kernel, native bf16 dot products (AVX512-BF16)"
         return "bf16 kernel, portable (bf16 widened to fp32)"
     return "torch (no skinny kernel for this dtype)"
@@ -205,7 +205,7 @@ def fused_silu_mul(gate_up: torch.Tensor) -> torch.Tensor | None:
     module = _fused_applies(gate_up)
     if (
         module is None
-        or not module.fused_silu_mul_native()
+        or not module.native_bf16()
         or gate_up.dim() != 2
         or gate_up.stride(1) != 1
         or gate_up.shape[1] % 2
@@ -261,7 +261,7 @@ def prefill_attention_bf16(
     module = _fused_applies(q, k, v)
     if (
         module is None
-        or not module.prefill_native_bf16()
+        or not module.native_bf16()
         or q.dim() != 3
         or q.shape[2] % 32
         or q.shape[2] > 256

@@ -1,5 +1,11 @@
-// Vector math for the AVX-512 kernels (prefill attention, fused SiLU): e^x on 16 fp32 lanes.
+// What the AVX-512 kernels share: whether this build has native bf16 dot products
+// (NEO_NATIVE_BF16: AVX-512 with AVX512-BF16 and AVX512-BW; one build fact, which every kernel
+// and `native_bf16()` in bindings.cpp read), and e^x on 16 fp32 lanes.
 #pragma once
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
+#define NEO_NATIVE_BF16 1
+#endif
 
 #if defined(__AVX512F__)
 #include <immintrin.h>

@@ -3,21 +3,30 @@
 
 #include <torch/extension.h>
 
+#include "avx512_math.h"  // NEO_NATIVE_BF16
+
+// Whether this build's bf16 kernels (skinny GEMM, host attention scores, prefill attention,
+// fused SiLU * up) run on native bf16 dot products (AVX512-BF16).
+bool native_bf16() {
+#if defined(NEO_NATIVE_BF16)
+  return true;
+#else
+  return false;
+#endif
+}
+
 bool built_with_avx2();
 void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                       torch::Tensor block_tables, torch::Tensor context_lens, torch::Tensor out,
                       double scale, int64_t num_threads);
 void skinny_linear(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out,
                    int64_t num_threads, bool native);
-bool skinny_native_bf16();
 void write_kv(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor blocks,
               torch::Tensor offsets, torch::Tensor k, torch::Tensor v);
 void fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out, double eps);
 void prefill_attention_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             at::Tensor& out, double scale, int64_t num_threads);
-bool prefill_native_bf16();
 void fused_silu_mul(const at::Tensor& gate_up, at::Tensor& out);
-bool fused_silu_mul_native();
 void fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                   at::Tensor& out);
 
@@ -27,7 +36,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("skinny_linear", &skinny_linear, "out = x @ weight^T for few rows of x, fp32 or bf16",
         py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("num_threads"),
         py::arg("native") = true, py::call_guard<py::gil_scoped_release>());
-  m.def("skinny_native_bf16", &skinny_native_bf16,
+  m.def("native_bf16", &native_bf16,
         "whether bf16 runs on native bf16 dot products (AVX512-BF16) in this build");
   m.def("built_with_avx2", &built_with_avx2);
   m.def("write_kv", &write_kv, "store new k, v at paged slots of one layer",
@@ -39,10 +48,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("prefill_attention_bf16", &prefill_attention_bf16,
         "causal prefill attention of one prompt, bf16, native bf16 dot products",
         py::call_guard<py::gil_scoped_release>());
-  m.def("prefill_native_bf16", &prefill_native_bf16,
-        "whether this build has the bf16 prefill attention kernel (AVX512-BF16)");
   m.def("fused_silu_mul", &fused_silu_mul, "bf16 SiLU(gate) * up in one pass",
         py::call_guard<py::gil_scoped_release>());
-  m.def("fused_silu_mul_native", &fused_silu_mul_native,
-        "whether this build has the fused SiLU * up (AVX512-BF16)");
 }

@@ -35,9 +35,7 @@
 #if defined(NEO_AVX2) && defined(__AVX512F__)
 #define NEO_AVX512 1
 #endif
-#if defined(NEO_AVX512) && defined(__AVX512BF16__) && defined(__AVX512BW__)
-#define NEO_AVX512_BF16 1
-#endif
+#include "avx512_math.h"  // NEO_NATIVE_BF16
 
 namespace {
 
@@ -105,7 +103,7 @@ inline __m128 sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
 }
 #endif
 
-#ifdef NEO_AVX512_BF16
+#if defined(NEO_AVX512) && defined(NEO_NATIVE_BF16)
 // Scores of 4 consecutive bf16 keys against a bf16 query (d a multiple of 32), times `scale`:
 // vdpbf16ps multiplies bf16 pairs exactly and sums in fp32, with no widening of K.
 inline void dot4_bf16(const at::BFloat16* q, const at::BFloat16* k, int d, float scale,
@@ -273,7 +271,7 @@ inline void attend_tile(HeadState& st, const T* kt, const T* vt, int64_t ntok, i
     float* sg = &st.s[g * block_size];
     const float* qg = &st.q[g * head_dim];
     int64_t t = 0;
-#ifdef NEO_AVX512_BF16
+#if defined(NEO_AVX512) && defined(NEO_NATIVE_BF16)
     if constexpr (std::is_same_v<T, at::BFloat16>) {
       if (st.q_is_bf16) {
         const at::BFloat16* qbg = &st.qb[g * head_dim];
@@ -326,7 +324,7 @@ void attend(const float* q, const T* k_cache, const T* v_cache, const int32_t* t
       for (int64_t g = 0; g < group; ++g)  // fold the softmax scale into q once
         for (int64_t i = 0; i < head_dim; ++i)
           st.q[g * head_dim + i] = q[(b * q_heads + h * group + g) * head_dim + i] * scale;
-#ifdef NEO_AVX512_BF16
+#if defined(NEO_AVX512) && defined(NEO_NATIVE_BF16)
       if (std::is_same_v<T, at::BFloat16> && head_dim % 32 == 0) {
         const float* qh = q + (b * q_heads + h * group) * head_dim;
         bool exact = true;

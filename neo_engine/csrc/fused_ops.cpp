@@ -27,10 +27,6 @@
 
 #include "avx512_math.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
-#define NEO_FUSED_SILU 1
-#endif
-
 namespace {
 
 using bf16 = at::BFloat16;
@@ -101,17 +97,9 @@ void fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
   });
 }
 
-bool fused_silu_mul_native() {
-#if defined(NEO_FUSED_SILU)
-  return true;
-#else
-  return false;
-#endif
-}
-
 // out[t] = bf16(bf16(silu(gate[t])) * up[t]) with gate_up [T, 2I] = [gate | up], out [T, I].
 void fused_silu_mul(const at::Tensor& gate_up, at::Tensor& out) {
-#if defined(NEO_FUSED_SILU)
+#if defined(NEO_NATIVE_BF16)
   check_bf16(gate_up, "gate_up");
   TORCH_CHECK(gate_up.dim() == 2 && gate_up.stride(1) == 1 && gate_up.size(1) % 2 == 0,
               "gate_up: [T, 2I] with contiguous rows");
@@ -121,15 +109,17 @@ void fused_silu_mul(const at::Tensor& gate_up, at::Tensor& out) {
   const bf16* gp = gate_up.data_ptr<bf16>();
   bf16* op = out.data_ptr<bf16>();
   const __m512 one = _mm512_set1_ps(1.f);
-  const auto widen16 = [](const bf16* p, __mmask16 m) {  // 16 bf16 -> fp32 (exact)
-    const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  const auto widen = [](__m256i bits) {  // 16 bf16 -> fp32 (exact: a shift)
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
   };
-  const auto round16 = [](__m512 v) {  // fp32 -> bf16 (nearest even) -> fp32
+  const auto widen16 = [&](const bf16* p, __mmask16 m) {
+    return widen(_mm256_maskz_loadu_epi16(m, p));
+  };
+  const auto round16 = [&](__m512 v) {  // fp32 -> bf16 (nearest even) -> fp32
     const __m256bh b = _mm512_cvtneps_pbh(v);
     __m256i raw;
     std::memcpy(&raw, &b, sizeof(raw));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+    return widen(raw);
   };
   at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {

@@ -34,20 +34,7 @@
 
 #include "avx512_math.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
-#include <immintrin.h>
-#define NEO_PREFILL_NATIVE 1
-#endif
-
-bool prefill_native_bf16() {
-#if defined(NEO_PREFILL_NATIVE)
-  return true;
-#else
-  return false;
-#endif
-}
-
-#if defined(NEO_PREFILL_NATIVE)
+#if defined(NEO_NATIVE_BF16)
 namespace {
 
 using bf16 = at::BFloat16;
@@ -218,7 +205,7 @@ void attend_block(const Strided& q, int64_t head, int64_t kv_head, int64_t r0, i
 // all bf16 with D contiguous (rows may be strided: views of a fused QKV output).
 void prefill_attention_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             at::Tensor& out, double scale, int64_t num_threads) {
-#if defined(NEO_PREFILL_NATIVE)
+#if defined(NEO_NATIVE_BF16)
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&q, &k, &v, &out}) {
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kBFloat16 && t->dim() == 3 &&
                     t->stride(2) == 1,

@@ -31,12 +31,11 @@
 #include <omp.h>
 #endif
 
+#include "avx512_math.h"  // NEO_NATIVE_BF16
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define NEO_GEMM_AVX512 1
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
-#define NEO_GEMM_AVX512_BF16 1
-#endif
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define NEO_GEMM_AVX2 1
@@ -135,7 +134,7 @@ void row_tile(const float* x, int64_t m_dim, int64_t k_dim, const W* w, O* out,
   });
 }
 
-#if defined(NEO_GEMM_AVX512_BF16)
+#if defined(NEO_NATIVE_BF16)
 // The native path: bf16 x rows and weight rows, 32 products per vdpbf16ps. The K tail is
 // read with a zeroing mask (zeros add nothing), so no scalar loop is needed.
 inline __m512bh bf16_load(const bf16* p) { return (__m512bh)_mm512_loadu_si512(p); }
@@ -242,14 +241,6 @@ void over_weight_rows(int64_t n_dim, int64_t num_threads, Tile4 tile4, Tile1 til
 
 }  // namespace
 
-bool skinny_native_bf16() {
-#if defined(NEO_GEMM_AVX512_BF16)
-  return true;
-#else
-  return false;
-#endif
-}
-
 // x: [M, K]; weight: [N, K]; out: [M, N]; all contiguous, all fp32 or all bf16. `native`:
 // bf16 through vdpbf16ps where this build has it (false: the portable path, for its tests).
 void skinny_linear(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out,
@@ -279,7 +270,7 @@ void skinny_linear(const at::Tensor& x, const at::Tensor& weight, at::Tensor& ou
   const bf16* xb = reinterpret_cast<const bf16*>(x.data_ptr());
   const bf16* wb = reinterpret_cast<const bf16*>(weight.data_ptr());
   bf16* ob = reinterpret_cast<bf16*>(out.data_ptr());
-#if defined(NEO_GEMM_AVX512_BF16)
+#if defined(NEO_NATIVE_BF16)
   if (native && m_dim * k_dim * static_cast<int64_t>(sizeof(bf16)) <= kRowStreamMaxXBytes) {
 #pragma omp parallel for schedule(static) num_threads(std::max<int64_t>(1, num_threads))
     for (int64_t n = 0; n < n_dim; ++n)

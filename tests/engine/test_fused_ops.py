@@ -65,7 +65,7 @@ def test_silu_mul_equals_torch_but_for_rare_rounding_steps(rows, intermediate):
     bf16 step where that crosses a rounding boundary: rarely, and never by more. Tails of 16
     lanes (40 columns) and strided rows (a column slice of a wider output) are covered."""
     module = cpu_kernel.load_extension()
-    if not module.fused_silu_mul_native():
+    if not module.native_bf16():
         pytest.skip("no AVX512-BF16 in this build")
     gen = torch.Generator().manual_seed(rows)
     wide = (torch.randn(rows, 2 * intermediate + 8, generator=gen) * 4).bfloat16()

@@ -13,7 +13,7 @@ from neo_engine import cpu_kernel
 from neo_engine.attention import prefill_attention
 
 module = cpu_kernel.load_extension()
-native = module is not None and module.prefill_native_bf16()
+native = module is not None and module.native_bf16()
 needs_native = pytest.mark.skipif(not native, reason="no AVX512-BF16 in this build")
 
 

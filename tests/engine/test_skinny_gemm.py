@@ -38,7 +38,7 @@ def _bf16_paths() -> list[bool]:
     module = cpu_kernel.load_extension()
     if module is None:
         pytest.skip("no compiled host kernels here")
-    return [True, False] if module.skinny_native_bf16() else [False]
+    return [True, False] if module.native_bf16() else [False]
 
 
 # bf16's native path streams weight rows while x fits 16 KB and tiles them beyond: K tails
@@ -85,7 +85,7 @@ def test_path_names_what_runs():
     if module is None:
         assert skinny_path(torch.bfloat16).startswith("torch")
         return
-    native = module.skinny_native_bf16()
+    native = module.native_bf16()
     assert ("native" in skinny_path(torch.bfloat16)) == native
     assert skinny_path(torch.float32) == "fp32 FMA kernel"
 
