@@ -104,6 +104,25 @@ class CostModel(ABC):
             )
         return value
 
+    def linear_table(self, num_tokens: int) -> list[float]:
+        """`linear(n)` for n = 0, 1, ..., at least `num_tokens`, as a list: NEO's greedy step
+        reads the linear layers at each width it grows through. Kept and extended on demand
+        (widths stay below the batch token budget)."""
+        table = self.__dict__.setdefault("_linear_table", [])
+        if len(table) <= num_tokens:
+            table.extend(map(self.linear, range(len(table), num_tokens + 1)))
+        return table
+
+    def cpu_lane_table(self, batch: int) -> list[tuple[float, Callable[[int], float], float]]:
+        """Per layer, for n = 0, 1, ..., at least `batch` CPU decodes: (q/k/v to the host, CPU
+        attention as a function of the decodes' total context (`cpu_decode_attn_at`),
+        attention output back). Kept and extended on demand, as `linear_table`."""
+        table = self.__dict__.setdefault("_cpu_lane_table", [])
+        for n in range(len(table), batch + 1):
+            to_host, back = self.cpu_copies_s(n)
+            table.append((to_host, self.cpu_decode_attn_at(n), back))
+        return table
+
     def qkv_bytes(self, batch: int) -> int:
         """Bytes of one layer's new q, k, v for `batch` CPU-decode requests (device to host)."""
         m = self.model

@@ -9,7 +9,7 @@ caller extrapolates (see `neo_sim.profiled`).
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 
 def _check_axis(values: Sequence[float], what: str) -> list[float]:
@@ -82,7 +82,7 @@ class Table2D:
         """`[self(x, y) for y in ys]`, fast when successive y mostly share a grid cell (a
         steady run's contexts): a cell's corners are looked up once, and the arithmetic is
         `__call__`'s, so the values are the same bit for bit."""
-        row, row1, wx = self._rows(x)
+        row, row1, wx = self.rows_at(x)
         axis = self.ys
         values: list[float] = []
         lo = hi = span = r0 = r1 = d0 = d1 = 0.0  # the current cell [lo, hi): none yet
@@ -103,7 +103,7 @@ class Table2D:
             values.append(low + wx * (high - low))
         return values
 
-    def _rows(self, x: float) -> tuple[list[float], list[float], float]:
+    def rows_at(self, x: float) -> tuple[list[float], list[float], float]:
         """The two rows of z that bracket x, and x's weight between them (cached per x)."""
         rows = self._x_rows.get(x)
         if rows is None:
@@ -113,33 +113,9 @@ class Table2D:
             rows = self._x_rows[x] = (self.zs[i], self.zs[min(i + 1, len(self.xs) - 1)], wx)
         return rows
 
-    def at(self, x: float) -> Callable[[float], float]:
-        """`lambda y: self(x, y)` with x's rows looked up once: the scheduler prices many
-        candidates of one batch size. The arithmetic is `__call__`'s, bit for bit, repeated
-        on purpose: one helper shared by both (a `functools.partial` here, a call in
-        `__call__`) made the NEO T4 benchmark ~20% slower, side by side."""
-        row, row1, wx = self._rows(x)
-        ys = self.ys
-        first, last, last_index = ys[0], ys[-1], len(ys) - 1
-
-        def z(y: float) -> float:
-            if not last_index or y <= first:
-                j, j1, wy = 0, min(1, last_index), 0.0
-            elif y >= last:
-                j, j1, wy = last_index - 1, last_index, 1.0
-            else:
-                j = bisect_right(ys, y) - 1
-                j1 = j + 1
-                wy = (y - ys[j]) / (ys[j1] - ys[j])
-            low = row[j] + wy * (row[j1] - row[j])
-            high = row1[j] + wy * (row1[j1] - row1[j])
-            return low + wx * (high - low)
-
-        return z
-
     def __call__(self, x: float, y: float) -> float:
         """Bilinear interpolation, clamped to the grid's edges outside it."""
-        row, row1, wx = self._x_rows.get(x) or self._rows(x)
+        row, row1, wx = self._x_rows.get(x) or self.rows_at(x)
         ys = self.ys
         if len(ys) == 1 or y <= ys[0]:  # _bracket(ys, y), inlined: the scheduler's hot path
             j, j1, wy = 0, min(1, len(ys) - 1), 0.0

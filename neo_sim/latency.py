@@ -11,6 +11,7 @@ report and the load benchmark all compute them here. Seconds throughout. Pure Py
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -57,15 +58,7 @@ class RequestRecord:
 
     def on_token(self, now: float, itl: list[float]) -> None:
         """A token arrived at `now`: the first sets TTFT, every later one adds an ITL gap."""
-        if self.num_tokens == 0:
-            self.first_token_s = now
-        else:
-            gap = now - self.last_token_s
-            itl.append(gap)
-            if gap > self.max_token_gap_s:
-                self.max_token_gap_s = gap
-        self.last_token_s = now
-        self.num_tokens += 1
+        itl.extend(tokens_at((self,), now))
 
     def latency(self) -> Latency:
         return Latency.of(self.arrival_s, self.first_token_s, self.finish_s, self.num_tokens)
@@ -75,3 +68,21 @@ class RequestRecord:
         if self.gpu_steps and self.cpu_steps:
             return "both"
         return "cpu" if self.cpu_steps else "gpu"
+
+
+def tokens_at(records: Iterable[RequestRecord], now: float) -> list[float]:
+    """One token arrived at `now` for each of `records` (`RequestRecord.on_token` of each, in
+    one loop: the simulator calls this for every iteration's requests): the ITL gaps they add,
+    in order."""
+    gaps = []
+    for rec in records:
+        if rec.num_tokens == 0:
+            rec.first_token_s = now
+        else:
+            gap = now - rec.last_token_s
+            gaps.append(gap)
+            if gap > rec.max_token_gap_s:
+                rec.max_token_gap_s = gap
+        rec.last_token_s = now
+        rec.num_tokens += 1
+    return gaps

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from neo_sim.costmodel import CostModel
 from neo_sim.errors import NeoError
 from neo_sim.lanes import Span
-from neo_sim.latency import RequestRecord
+from neo_sim.latency import RequestRecord, tokens_at
 from neo_sim.metrics import GapLog, IterationRecord, IterationTotals, Metrics
 from neo_sim.scheduler import Mode, Policy, Request, SchedulerConfig, make_policy
 from neo_sim.scheduler.base import SteadyRun
 from neo_sim.scheduler.estimate import gpu_decodes_pricer
-from neo_sim.scheduler.plan import Plan
+from neo_sim.scheduler.plan import Plan, request_ids_of
 from neo_sim.timing import TimingModel
 from neo_sim.workload import RequestSpec
 
@@ -196,10 +196,12 @@ class Simulation:
         producers = [
             p.request_id for p in plan.prefills if p.end >= policy.requests[p.request_id].seq_len
         ]
-        producers += [d.request_id for d in plan.gpu_decodes]
-        producers += [d.request_id for d in plan.cpu_decodes]
-        for rid in producers:
-            self.records[rid].on_token(now, self.itl)
+        for sb in plan.sub_batches:
+            producers += request_ids_of(sb.gpu_decodes)
+        for sb in plan.sub_batches:
+            producers += request_ids_of(sb.cpu_decodes)
+        records = self.records
+        self.itl.add_each(tokens_at([records[rid] for rid in producers], now), 1)
         for r in policy.complete(plan):
             self._finish(r)
         if self.record_iterations:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from neo_sim.costmodel import CostModel
 from neo_sim.lanes import Lane, Span, Task
 from neo_sim.scheduler.estimate import swap_bytes
-from neo_sim.scheduler.plan import Plan, SubBatch
+from neo_sim.scheduler.plan import Plan, SubBatch, context_tokens
 from neo_sim.scheduler.request import Device
 
 
@@ -241,9 +241,9 @@ class TimingModel:
             sb.num_tokens,
             prefill,
             len(sb.gpu_decodes),
-            sum(d.context_len for d in sb.gpu_decodes),
+            context_tokens(sb.gpu_decodes),
             len(sb.cpu_decodes),
-            sum(d.context_len for d in sb.cpu_decodes),
+            context_tokens(sb.cpu_decodes),
             cpu_prefill_tokens,
         )
 

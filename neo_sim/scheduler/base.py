@@ -118,6 +118,10 @@ class SteadyRun:
         return len(self.requests)
 
 
+_DONE = frozenset((RequestState.FINISHED, RequestState.ABORTED))  # Request.is_done
+_ON_CPU = RequestState.RUNNING_CPU
+
+
 class Budget:
     """Sequences and tokens left in this iteration."""
 
@@ -198,10 +202,9 @@ class Policy(ABC):
         stop = set(finished)
         done: list[Request] = []
         for sb in plan.sub_batches:
-            for p in sb.prefills:
-                self._advance(self.requests.get(p.request_id), p.end, stop, done)
-            for d in (*sb.gpu_decodes, *sb.cpu_decodes):
-                self._advance(self.requests.get(d.request_id), d.context_len, stop, done)
+            self._advance([(p.request_id, p.end) for p in sb.prefills], stop, done)
+            self._advance(sb.gpu_decodes, stop, done)
+            self._advance(sb.cpu_decodes, stop, done)
         return done
 
     def abort(self, request_id: int) -> bool:
@@ -311,24 +314,32 @@ class Policy(ABC):
         return done
 
     # ---- shared mechanics ------------------------------------------------------------------
-    def _advance(self, r: Request | None, end: int, stop: set[int], done: list[Request]) -> None:
-        if r is None or r.is_done:
-            return  # aborted while the iteration ran
-        if r.state == RequestState.RUNNING_CPU:
-            r.cpu_steps += 1
-            if r.num_computed:  # it had KV, so it waited since its last progress
-                waited = self.step_index - r.last_progress_step
-                if waited > r.max_host_wait_steps:
-                    r.max_host_wait_steps = waited
-        else:
-            r.gpu_steps += 1
-        r.num_computed = end
-        r.last_progress_step = self.step_index
-        if end >= r.seq_len:
-            r.num_generated += 1
-            if r.num_generated >= r.max_new_tokens or r.request_id in stop:
-                self._retire(r, RequestState.FINISHED)
-                done.append(r)
+    def _advance(
+        self, works: Iterable[tuple[int, int]], stop: set[int], done: list[Request]
+    ) -> None:
+        """The books after an iteration computed (request id, end of its token range) of each
+        of `works`; those that got their last token are retired and added to `done`. One loop
+        with its state in locals: it runs for every request of every iteration."""
+        requests, step = self.requests, self.step_index
+        for request_id, end in works:
+            r = requests.get(request_id)
+            if r is None or r.state in _DONE:
+                continue  # aborted while the iteration ran
+            if r.state == _ON_CPU:
+                r.cpu_steps += 1
+                if r.num_computed:  # it had KV, so it waited since its last progress
+                    waited = step - r.last_progress_step
+                    if waited > r.max_host_wait_steps:
+                        r.max_host_wait_steps = waited
+            else:
+                r.gpu_steps += 1
+            r.num_computed = end
+            r.last_progress_step = step
+            if end >= r.prompt_len + r.num_generated:  # seq_len
+                r.num_generated += 1
+                if r.num_generated >= r.max_new_tokens or request_id in stop:
+                    self._retire(r, RequestState.FINISHED)
+                    done.append(r)
 
     def _retire(self, r: Request, state: RequestState) -> None:
         rid = r.request_id

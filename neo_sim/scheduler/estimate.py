@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from neo_sim.costmodel import CostModel
 from neo_sim.model import ModelSpec
-from neo_sim.scheduler.plan import DecodeWork, PrefillWork, SubBatch, Swap
+from neo_sim.scheduler.plan import DecodeWork, PrefillWork, SubBatch, Swap, context_tokens
 from neo_sim.scheduler.request import Device
 
 
@@ -103,7 +103,7 @@ class SubBatchBuilder:
 
     def add_decodes(self, works: Sequence[DecodeWork], on_gpu: bool) -> None:
         """`add_gpu_decode` (or `add_cpu_decode`) of each of `works`, in one go."""
-        tokens = sum(w.context_len for w in works)
+        tokens = context_tokens(works)
         self.num_tokens += len(works)
         if on_gpu:
             self.gpu_decodes.extend(works)
@@ -113,6 +113,17 @@ class SubBatchBuilder:
             self.cpu_decodes.extend(works)
             self.cpu_decode_tokens += tokens
             self._cache = self._linear = self._cpu = None
+
+    def add_priced_cpu_decodes(
+        self, works: list[DecodeWork], cpu_decode_tokens: int, linear_s: float, cpu_s: float
+    ) -> None:
+        """`add_cpu_decode` of each of `works`, with the totals and lane times that
+        `CpuDecodeOffers` priced for them (bit for bit `_refresh`'s)."""
+        self.cpu_decodes.extend(works)
+        self.num_tokens += len(works)
+        self.cpu_decode_tokens = cpu_decode_tokens
+        self._refresh()  # the other components, before the priced ones replace theirs
+        self._linear, self._cpu, self._cache = linear_s, cpu_s, None
 
     def pop_cpu_decode(self) -> DecodeWork:
         work = self.cpu_decodes.pop()
@@ -171,12 +182,11 @@ class CpuDecodeOffers:
 
     The arithmetic is `SubBatchBuilder._refresh`'s and `slacks`'s (`cpu_lane_s`'s sum, in its
     order), so the values are bit for bit those of the builders with the decode added; `apply`
-    hands the kept decodes to the builders in the order they came."""
+    hands the kept decodes to the builders in the order they came, with those values."""
 
     def __init__(self, b0: SubBatchBuilder, b1: SubBatchBuilder, target: int = 1):
         self.builders = (b0, b1)
         self.cost = b0.cost
-        self.launch = b0.cost.launch
         self.target = target  # the sub-batch the next offer goes to
         t0, t1 = b0.times(), b1.times()
         self.count = [len(b0.cpu_decodes), len(b1.cpu_decodes)]
@@ -185,52 +195,65 @@ class CpuDecodeOffers:
         self.linear = [t0.linear_s, t1.linear_s]
         self.gpu_attn = (t0.gpu_attn_s, t1.gpu_attn_s)
         self.cpu = [t0.cpu_s, t1.cpu_s]
-        self.kept: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])
-        self._next = [self._next_terms(0), self._next_terms(1)]
+        self.kept: tuple[list[DecodeWork], list[DecodeWork]] = ([], [])
 
-    def _next_terms(self, target: int) -> tuple[float, float, Callable[[int], float], float]:
-        """One more CPU decode on `target`: (linear layers at the new width, q/k/v copy, CPU
-        attention at the new count as a function of its tokens, output copy)."""
-        c, n = self.cost, self.count[target] + 1
-        to_host, back = c.cpu_copies_s(n)
-        return c.linear(self.width[target] + 1), to_host, c.cpu_decode_attn_at(n), back
-
-    def slacks_with(self, context_len: int) -> tuple[float, float]:
-        """(slack 0, slack 1) if a CPU decode of `context_len` tokens joined the target."""
-        return self._price(context_len)[:2]
-
-    def offer(self, request_id: int, context_len: int, force: bool = False) -> bool:
-        """Keep a CPU decode on the target sub-batch if both slacks stay non-negative (or if
-        `force`: the starvation bound); whether it was kept."""
-        s0, s1, cpu, tokens, linear = self._price(context_len)
-        if (s0 < 0 or s1 < 0) and not force:
-            return False
+    def offer_in_turn(
+        self, decodes: Sequence[tuple[int, int, bool, int]], blocks_free: int, room: int
+    ) -> list[int]:
+        """Offer `decodes` in turn: (request id, context tokens, overdue, KV blocks its next
+        token adds). One is kept on the target if both slacks stay non-negative, or if it is
+        overdue (the starvation bound); it is skipped, unpriced, if it is not overdue and at
+        least as long as one already rejected, if its blocks exceed those still free, or once
+        `room` decodes are kept. Returns the overdue ones kept. One loop with its state in
+        locals, the per-width and per-count terms read from lists: it runs for every CPU
+        decode of every iteration."""
+        launch = self.cost.launch
+        count, tokens, width = self.count, self.tokens, self.width
+        linear, cpu, gpu_attn, kept_by = self.linear, self.cpu, self.gpu_attn, self.kept
+        lanes = self.cost.cpu_lane_table(max(count) + len(decodes) + 1)
+        linears = self.cost.linear_table(max(width) + len(decodes) + 1)
         t = self.target
-        self.count[t] += 1
-        self.tokens[t] = tokens
-        self.width[t] += 1
-        self.linear[t], self.cpu[t] = linear, cpu
-        self.kept[t].append((request_id, context_len))
-        self._next[t] = self._next_terms(t)
-        self.target = 1 if s1 > s0 else 0
-        return True
+        shortest_rejected = float("inf")
+        forced: list[int] = []
+        kept = 0
+        for request_id, context_len, overdue, growth in decodes:
+            if not overdue and context_len >= shortest_rejected:
+                continue
+            if growth > blocks_free or kept >= room:
+                continue
+            o = 1 - t
+            to_host, attn, back = lanes[count[t] + 1]
+            new_linear = linears[width[t] + 1]
+            new_tokens = tokens[t] + context_len
+            new_cpu = to_host + attn(new_tokens) + back + launch
+            mine = linear[o] + gpu_attn[t] - new_cpu  # the target's slack
+            other = new_linear + gpu_attn[o] - cpu[o]
+            if (mine < 0 or other < 0) and not overdue:
+                shortest_rejected = context_len
+                continue
+            count[t] += 1
+            tokens[t] = new_tokens
+            width[t] += 1
+            linear[t], cpu[t] = new_linear, new_cpu
+            kept_by[t].append(DecodeWork(request_id, context_len))
+            s0, s1 = (mine, other) if t == 0 else (other, mine)
+            t = 1 if s1 > s0 else 0
+            kept += 1
+            blocks_free -= growth
+            if overdue:
+                forced.append(request_id)
+        self.target = t
+        return forced
 
-    def _price(self, context_len: int) -> tuple[float, float, float, int, float]:
-        """(slack 0, slack 1, the target's CPU lane, its CPU decode tokens, its linear
-        layers) with one more CPU decode of `context_len` tokens on the target."""
-        t = self.target
-        linear, to_host, attn, back = self._next[t]
-        tokens = self.tokens[t] + context_len
-        cpu = to_host + attn(tokens) + back + self.launch
-        if t == 0:
-            s0 = self.linear[1] + self.gpu_attn[0] - cpu
-            return s0, linear + self.gpu_attn[1] - self.cpu[1], cpu, tokens, linear
-        s1 = self.linear[0] + self.gpu_attn[1] - cpu
-        return linear + self.gpu_attn[0] - self.cpu[0], s1, cpu, tokens, linear
+    @property
+    def num_kept(self) -> int:
+        return len(self.kept[0]) + len(self.kept[1])
 
     def apply(self) -> None:
-        for builder, kept in zip(self.builders, self.kept):
-            builder.add_decodes(list(map(DecodeWork._make, kept)), on_gpu=False)
+        """Hand the kept decodes to the builders, with the lane times priced for them."""
+        for t, (builder, kept) in enumerate(zip(self.builders, self.kept)):
+            if kept:
+                builder.add_priced_cpu_decodes(kept, self.tokens[t], self.linear[t], self.cpu[t])
 
 
 def slacks(b0: SubBatchBuilder, b1: SubBatchBuilder) -> tuple[float, float]:

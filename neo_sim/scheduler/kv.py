@@ -7,6 +7,8 @@ are O(blocks touched); usage is kept as a running count.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 def blocks_for(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
@@ -64,6 +66,17 @@ class BlockPool:
             return list(new)
         table.extend(new)
         return new
+
+    def grow_each(self, works: Iterable[tuple[int, int]]) -> None:
+        """`grow(request_id, num_tokens)` of each of `works` in turn, in one loop: a decode
+        adds a block only when its context crosses a block boundary, and this runs for every
+        decode of every iteration."""
+        tables, bs = self._tables, self.block_size
+        for request_id, num_tokens in works:
+            table = tables.get(request_id)
+            extra = -(-num_tokens // bs) - (len(table) if table else 0)
+            if extra > 0:
+                self.grow(request_id, num_tokens)
 
     def add_block(self, request_id: int) -> int:
         """Append one block to the request's table (what `grow` does when a context crosses

@@ -368,27 +368,15 @@ class NeoPolicy(Policy):
                     b0.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
             return b0, b1, ()
         offers = CpuDecodeOffers(b0, b1)
-        shortest_rejected = float("inf")
-        forced: list[int] = []
         limit = self._overdue_before()
         extra_blocks = self.kv.cpu.extra_blocks
-        room = min(budget.seqs, budget.tokens)  # CPU decodes the budget still takes
-        kept = 0
-        for r in self._cpu_decodes_longest_waiting_first():
-            overdue = r.last_progress_step < limit
-            seq_len = r.seq_len
-            if not overdue and seq_len >= shortest_rejected:
-                continue
-            growth = extra_blocks(r.request_id, seq_len)
-            if growth > cpu_free or kept >= room:
-                continue
-            if not offers.offer(r.request_id, seq_len, force=overdue):
-                shortest_rejected = seq_len
-                continue
-            kept += 1
-            cpu_free -= growth
-            if overdue:
-                forced.append(r.request_id)
+        decodes = [
+            (r.request_id, n, r.last_progress_step < limit, extra_blocks(r.request_id, n))
+            for r in self._cpu_decodes_longest_waiting_first()
+            for n in (r.prompt_len + r.num_generated,)  # seq_len
+        ]
+        forced = offers.offer_in_turn(decodes, cpu_free, min(budget.seqs, budget.tokens))
+        kept = offers.num_kept
         budget.seqs -= kept  # one budget.take(1) per kept decode
         budget.tokens -= kept
         offers.apply()
@@ -460,10 +448,8 @@ class NeoPolicy(Policy):
             (self.gpu_running if on_gpu else self.cpu_running)[r.request_id] = r
             self._mark_admitted(r)
         for b in chosen:
-            for d in b.gpu_decodes:
-                gpu.grow(d.request_id, d.context_len)
-            for d in b.cpu_decodes:
-                cpu.grow(d.request_id, d.context_len)
+            gpu.grow_each(b.gpu_decodes)
+            cpu.grow_each(b.cpu_decodes)
         slack = slacks(*chosen) if mode == Mode.PIPELINED else ()
         predicted = self._work_s(mode, chosen) + swap_s(
             self.cost, swap_out, swap_in, self.config.block_size

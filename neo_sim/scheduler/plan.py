@@ -13,6 +13,8 @@ from equal inputs.
 from __future__ import annotations
 
 import dataclasses
+import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -51,6 +53,19 @@ class DecodeWork(NamedTuple):
     context_len: int
 
 
+def context_tokens(decodes: Iterable[DecodeWork]) -> int:
+    """Total context of `decodes` (the decode attention's tokens), summed at C speed: the
+    scheduler and the timing model sum every iteration's decodes."""
+    return sum(map(_CONTEXT_LEN, decodes))
+
+
+def request_ids_of(decodes: Iterable[DecodeWork]) -> list[int]:
+    return list(map(_REQUEST_ID, decodes))
+
+
+_REQUEST_ID, _CONTEXT_LEN = operator.itemgetter(0), operator.itemgetter(1)  # DecodeWork fields
+
+
 @dataclass(frozen=True)
 class SubBatch:
     prefills: tuple[PrefillWork, ...] = ()
@@ -72,8 +87,8 @@ class SubBatch:
     def request_ids(self) -> tuple[int, ...]:
         return (
             *(p.request_id for p in self.prefills),
-            *(d.request_id for d in self.gpu_decodes),
-            *(d.request_id for d in self.cpu_decodes),
+            *request_ids_of(self.gpu_decodes),
+            *request_ids_of(self.cpu_decodes),
         )
 
     def __bool__(self) -> bool:

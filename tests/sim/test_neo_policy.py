@@ -147,10 +147,10 @@ def test_a_full_host_pool_is_unblocked_not_reported_as_a_stall():
 @pytest.mark.parametrize("which", ["roofline", "shipped t4 profile", "t4 on llama-3-8b (scaled)"])
 def test_greedy_offers_price_exactly_what_the_builders_would(which):
     """NEO's greedy loop prices "one more CPU decode on the target sub-batch" incrementally
-    (`CpuDecodeOffers`); the slacks must be those of builders with the decode added, after
-    any sequence of kept and rejected offers, an offer is kept exactly when both slacks are
-    non-negative or it is forced, the next target is the sub-batch with more slack, and
-    `apply` must leave the builders holding exactly the kept decodes, in order. On the
+    (`CpuDecodeOffers`): after any sequence of kept and rejected offers, an offer is kept
+    exactly when both slacks of builders with the decode added are non-negative or it is
+    forced, the next target is the sub-batch with more slack, and `apply` must leave the
+    builders holding exactly the kept decodes, in order, priced as the builders price them. On the
     roofline and on profiled cost models, inside their grid and beyond it (contexts to 3,000
     tokens, batches past the grid's largest), where `cpu_decode_attn_at` binds a batch's row."""
     from neo_sim.catalog import resolve_target
@@ -179,9 +179,10 @@ def test_greedy_offers_price_exactly_what_the_builders_would(which):
             mirror = (m0, m1)[offers.target]
             mirror.add_cpu_decode(work)
             expected = slacks(m0, m1)
-            assert offers.slacks_with(work.context_len) == expected
             keep = force or min(expected) >= 0
-            assert offers.offer(work.request_id, work.context_len, force) == keep
+            before = offers.num_kept
+            forced = offers.offer_in_turn([(work.request_id, work.context_len, force, 0)], 0, 1)
+            assert offers.num_kept - before == keep and forced == ([rid] if keep and force else [])
             if keep:
                 assert offers.target == (1 if expected[1] > expected[0] else 0)
                 kept_any, forced_any = True, forced_any or min(expected) < 0
@@ -192,6 +193,40 @@ def test_greedy_offers_price_exactly_what_the_builders_would(which):
         assert (b0.freeze(), b1.freeze()) == (m0.freeze(), m1.freeze())
         assert (b0.times(), b1.times()) == (m0.times(), m1.times())
     assert kept_any and rejected_any and forced_any  # every branch was exercised
+
+
+def test_greedy_offers_skip_rules():
+    """`offer_in_turn`'s skips, each on its own: a decode not overdue and at least as long as
+    one already rejected is not priced, one whose blocks exceed those still free is skipped
+    (and does not use them), `room` caps the kept ones, and an overdue one is kept even where
+    its slack turns negative (returned as forced)."""
+    from neo_sim.catalog import resolve_target
+    from neo_sim.scheduler.estimate import CpuDecodeOffers, SubBatchBuilder
+    from neo_sim.scheduler.plan import PrefillWork
+
+    cost = resolve_target("t4", "llama-2-7b").cost
+
+    def offers() -> CpuDecodeOffers:
+        b0, b1 = SubBatchBuilder(cost), SubBatchBuilder(cost)
+        b0.add_prefill(PrefillWork(0, 0, 300))
+        return CpuDecodeOffers(b0, b1)
+
+    huge = 10**6  # a context no slack can hide
+    o = offers()
+    assert o.offer_in_turn([(1, huge, False, 0), (2, huge + 1, False, 0)], 10, 10) == []
+    assert o.num_kept == 0
+    o = offers()  # the same longer decode, overdue: kept, forced
+    assert o.offer_in_turn([(1, huge, False, 0), (2, huge + 1, True, 0)], 10, 10) == [2]
+    assert [d.request_id for d in o.kept[0] + o.kept[1]] == [2]
+    o = offers()  # a shorter one after a rejection is still priced
+    o.offer_in_turn([(1, huge, False, 0), (2, 50, False, 0)], 10, 10)
+    assert [d.request_id for d in o.kept[0] + o.kept[1]] == [2]
+    o = offers()  # blocks: 3 free; the second needs 3 more than remain, the third fits
+    o.offer_in_turn([(1, 50, False, 2), (2, 50, False, 2), (3, 50, False, 1)], 3, 10)
+    assert [d.request_id for d in o.kept[0] + o.kept[1]] == [1, 3]
+    o = offers()  # room for two
+    o.offer_in_turn([(i, 50, False, 0) for i in range(1, 6)], 10, 2)
+    assert o.num_kept == 2
 
 
 # Llama-3.1-70B on two H100s, all requests at once: a host whose CPU attention is slow next to
