@@ -65,7 +65,7 @@ class ProfiledCostModel(CostModel):
                 self._tables[op] = Table2D(s.batch, s.context_len, s.seconds, op)
         self._fits = profile.fits
         self._operators = {name: operator(name) for name in profile.samples}
-        self._memos: dict[str, dict[tuple, float]] = {name: {} for name in profile.samples}
+        self._memos: dict[str, dict] = {name: {} for name in profile.samples}  # op -> args -> s
         self._attn_at: dict[int, Callable[[int], float]] = {}  # cpu_decode_attn_at, per batch
         # Per 2-D operator, its grid's (batch low, batch high, context low, context high);
         # an empty range when the profile is of another model (every lookup is then scaled).
@@ -110,13 +110,15 @@ class ProfiledCostModel(CostModel):
     # Lookups are memoised per operator: the scheduler asks the same few sizes over and over
     # (a candidate sub-batch's linear width, q/k/v copy bytes), and a table lookup costs ~100x
     # a dict hit. Each memo is cleared when it grows past MEMO_LIMIT entries.
-    def _memo(self, op: str, *args: float) -> float:
+    def _memo(self, op: str, x: float) -> float:
+        """`explain(op, x)`'s seconds for a one-argument operator, memoised (keyed by x
+        itself: no argument tuple to build on the hot path)."""
         memo = self._memos[op]
-        value = memo.get(args)
+        value = memo.get(x)
         if value is None:
             if len(memo) >= MEMO_LIMIT:
                 memo.clear()
-            value = memo[args] = self.explain(op, *args)[0]
+            value = memo[x] = self.explain(op, x)[0]
         return value
 
     def _decode_attn(self, op: str, batch: int, total_tokens: int) -> float:

@@ -33,6 +33,8 @@ from neo_sim.scheduler.estimate import swap_bytes
 from neo_sim.scheduler.plan import Plan, SubBatch, context_tokens
 from neo_sim.scheduler.request import Device
 
+_LANES = tuple(Lane)  # iterating the enum class itself is a Python-level generator
+
 
 @dataclass(frozen=True)
 class IterationTiming:
@@ -70,7 +72,7 @@ def _relative_state(
     base = lane_free[Lane.GPU]
     inputs = [max(a, b) for a, b in zip(out_ready, attn_done)]
     floor = min(inputs)
-    lanes = tuple(max(lane_free[lane], floor) - base for lane in Lane)
+    lanes = tuple(max(lane_free[lane], floor) - base for lane in _LANES)
     return base, lanes + tuple(x - base for x in inputs)
 
 
@@ -105,8 +107,8 @@ class TimingModel:
     def run(self, plan: Plan, record: bool = False) -> IterationTiming:
         cost, layers = self.cost, self.cost.model.num_layers
         batches = [self._costs(sb) for sb in plan.sub_batches if sb]
-        lane_free = dict.fromkeys(Lane, 0.0)
-        busy = dict.fromkeys(Lane, 0.0)
+        lane_free = dict.fromkeys(_LANES, 0.0)
+        busy = dict.fromkeys(_LANES, 0.0)
         spans: list[Span] = []
         gpu, cpu = Lane.GPU, Lane.CPU
         shared = self.lanes_share_compute
@@ -142,12 +144,38 @@ class TimingModel:
             return self._gpu_only(batches[0], swap_out_s, swap_in_s, plan.num_seqs, record)
         swapped = run_task(Lane.D2H, Task.SWAP_OUT, cost.d2h(out_bytes), 0.0)
         swapped = run_task(Lane.H2D, Task.SWAP_IN, cost.h2d(in_bytes), swapped)
+        if not noise and not record and not shared:
+            out_ready, attn_done = self._layers_in_locals(batches, swapped, lane_free, busy)
+        else:
+            periodic = not noise and not record
+            out_ready, attn_done = self._layers(
+                batches, swapped, run_task, lane_free, busy, periodic
+            )
+        for b, c in enumerate(batches):
+            ready = max(out_ready[b], attn_done[b])
+            run_task(Lane.GPU, Task.POST, c.post_s, ready, layers - 1, b)
+        run_task(Lane.GPU, Task.LM_HEAD, cost.lm_head(plan.num_seqs), swapped)
+        return IterationTiming(max(lane_free.values()), busy, tuple(spans))
+
+    def _layers(
+        self,
+        batches: list[_SubBatchCosts],
+        swapped: float,
+        run_task: Callable[..., float],
+        lane_free: dict[Lane, float],
+        busy: dict[Lane, float],
+        periodic: bool,
+    ) -> tuple[list[float], list[float]]:
+        """Every layer's tasks but the last post-projections, through `run_task` (which
+        applies noise, shared lanes and span records): per sub-batch, when its attention
+        output and its attention are ready (`out_ready`, `attn_done`, returned). `periodic`:
+        take the shortcut below (not with per-task noise, nor when spans are recorded)."""
+        layers = self.cost.model.num_layers
         out_ready = [swapped] * len(batches)  # b's attention output of the previous layer
         attn_done = [swapped] * len(batches)
         # Layers repeat the same tasks: once the lanes' state relative to the GPU lane repeats
         # from one layer to the next, every later layer repeats it too, so the remaining ones
-        # are added in one step (not with per-task noise, nor when spans are recorded).
-        periodic = not noise and not record
+        # are added in one step.
         previous: tuple[float, tuple[float, ...], dict[Lane, float]] | None = None
         i = 0
         while i < layers:
@@ -169,7 +197,7 @@ class TimingModel:
                 if previous is not None and _same_state(state[1], previous[1], state[0]):
                     remaining = layers - i
                     shift = remaining * (state[0] - previous[0])
-                    for lane in Lane:
+                    for lane in _LANES:
                         busy[lane] += remaining * (busy[lane] - previous[2][lane])
                         if lane_free[lane] > 0.0:
                             lane_free[lane] += shift
@@ -177,11 +205,102 @@ class TimingModel:
                     attn_done = [x + shift for x in attn_done]
                     break
                 previous = (state[0], state[1], dict(busy))
-        for b, c in enumerate(batches):
-            ready = max(out_ready[b], attn_done[b])
-            run_task(Lane.GPU, Task.POST, c.post_s, ready, layers - 1, b)
-        run_task(Lane.GPU, Task.LM_HEAD, cost.lm_head(plan.num_seqs), swapped)
-        return IterationTiming(max(lane_free.values()), busy, tuple(spans))
+        return out_ready, attn_done
+
+    def _layers_in_locals(
+        self,
+        batches: list[_SubBatchCosts],
+        swapped: float,
+        lane_free: dict[Lane, float],
+        busy: dict[Lane, float],
+    ) -> tuple[list[float], list[float]]:
+        """`_layers` for a plan without noise, span records or shared lanes (the simulator's
+        usual case): the same tasks in the same order with the same arithmetic, each lane's
+        free time and busy sum kept in a local, and the same periodic shortcut; bit for bit
+        `_layers`' results (a test holds it to that). `run_task`'s body, inlined: this runs
+        every iteration. Updates `lane_free` and `busy`; returns (`out_ready`, `attn_done`)."""
+        layers = self.cost.model.num_layers
+        g_free, c_free, h_free, d_free = (lane_free[lane] for lane in _LANES)
+        g_busy, c_busy, h_busy, d_busy = (busy[lane] for lane in _LANES)
+        n = len(batches)
+        out_ready, attn_done = [swapped] * n, [swapped] * n
+        previous: tuple[float, tuple[float, ...], tuple[float, ...]] | None = None
+        i = 0
+        while i < layers:
+            for b in range(n):
+                c = batches[b]
+                ready = max(out_ready[b], attn_done[b])
+                if i and c.post_s > 0:
+                    start = ready if ready > g_free else g_free
+                    ready = g_free = start + c.post_s
+                    g_busy += c.post_s
+                pre_done = ready
+                if c.pre_s > 0:
+                    start = ready if ready > g_free else g_free
+                    pre_done = g_free = start + c.pre_s
+                    g_busy += c.pre_s
+                out_ready[b] = pre_done
+                if c.cpu_attn_s:
+                    t = pre_done
+                    if c.qkv_d2h_s > 0:
+                        start = t if t > d_free else d_free
+                        t = d_free = start + c.qkv_d2h_s
+                        d_busy += c.qkv_d2h_s
+                    if c.cpu_attn_s > 0:
+                        start = t if t > c_free else c_free
+                        t = c_free = start + c.cpu_attn_s
+                        c_busy += c.cpu_attn_s
+                    if c.out_h2d_s > 0:
+                        start = t if t > h_free else h_free
+                        t = h_free = start + c.out_h2d_s
+                        h_busy += c.out_h2d_s
+                    out_ready[b] = t
+                if c.kv_offload_s > 0:
+                    start = pre_done if pre_done > d_free else d_free
+                    d_free = start + c.kv_offload_s
+                    d_busy += c.kv_offload_s
+                t = pre_done
+                if c.gpu_attn_s > 0:
+                    start = t if t > g_free else g_free
+                    t = g_free = start + c.gpu_attn_s
+                    g_busy += c.gpu_attn_s
+                attn_done[b] = t
+            i += 1
+            if i < layers:  # `_relative_state`, `_same_state`
+                base = g_free
+                inputs = [max(a, b) for a, b in zip(out_ready, attn_done)]
+                floor = min(inputs)
+                state = (
+                    max(g_free, floor) - base,
+                    max(c_free, floor) - base,
+                    max(h_free, floor) - base,
+                    max(d_free, floor) - base,
+                    *[x - base for x in inputs],
+                )
+                if previous is not None and _same_state(state, previous[1], base):
+                    remaining = layers - i
+                    shift = remaining * (base - previous[0])
+                    g_busy += remaining * (g_busy - previous[2][0])
+                    c_busy += remaining * (c_busy - previous[2][1])
+                    h_busy += remaining * (h_busy - previous[2][2])
+                    d_busy += remaining * (d_busy - previous[2][3])
+                    if g_free > 0.0:
+                        g_free += shift
+                    if c_free > 0.0:
+                        c_free += shift
+                    if h_free > 0.0:
+                        h_free += shift
+                    if d_free > 0.0:
+                        d_free += shift
+                    out_ready = [x + shift for x in out_ready]
+                    attn_done = [x + shift for x in attn_done]
+                    break
+                previous = (base, state, (g_busy, c_busy, h_busy, d_busy))
+        for lane, free, spent in zip(
+            _LANES, (g_free, c_free, h_free, d_free), (g_busy, c_busy, h_busy, d_busy)
+        ):
+            lane_free[lane], busy[lane] = free, spent
+        return out_ready, attn_done
 
     def _gpu_only(
         self, c: _SubBatchCosts, swap_out_s: float, swap_in_s: float, num_seqs: int, record: bool

@@ -19,7 +19,7 @@ with a few cost-model lookups, not a rescan of the batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from neo_sim.costmodel import CostModel
 from neo_sim.model import ModelSpec
@@ -27,9 +27,9 @@ from neo_sim.scheduler.plan import DecodeWork, PrefillWork, SubBatch, Swap, cont
 from neo_sim.scheduler.request import Device
 
 
-@dataclass(frozen=True)
-class LayerTimes:
-    """Per-layer seconds of one sub-batch on each lane."""
+class LayerTimes(NamedTuple):
+    """Per-layer seconds of one sub-batch on each lane. A named tuple: builders make one
+    each time they are priced, several per iteration."""
 
     linear_s: float
     gpu_attn_s: float  # prefill + GPU decode attention
@@ -101,9 +101,13 @@ class SubBatchBuilder:
         self.cpu_decode_tokens += work.context_len
         self._cache = self._linear = self._cpu = None
 
-    def add_decodes(self, works: Sequence[DecodeWork], on_gpu: bool) -> None:
-        """`add_gpu_decode` (or `add_cpu_decode`) of each of `works`, in one go."""
-        tokens = context_tokens(works)
+    def add_decodes(
+        self, works: Sequence[DecodeWork], on_gpu: bool, tokens: int | None = None
+    ) -> None:
+        """`add_gpu_decode` (or `add_cpu_decode`) of each of `works`, in one go (`tokens`:
+        their `context_tokens`, if the caller has it)."""
+        if tokens is None:
+            tokens = context_tokens(works)
         self.num_tokens += len(works)
         if on_gpu:
             self.gpu_decodes.extend(works)
@@ -212,6 +216,7 @@ class CpuDecodeOffers:
         linear, cpu, gpu_attn, kept_by = self.linear, self.cpu, self.gpu_attn, self.kept
         lanes = self.cost.cpu_lane_table(max(count) + len(decodes) + 1)
         linears = self.cost.linear_table(max(width) + len(decodes) + 1)
+        new_work = tuple.__new__  # DecodeWork(...) without its Python-level __new__
         t = self.target
         shortest_rejected = float("inf")
         forced: list[int] = []
@@ -235,7 +240,7 @@ class CpuDecodeOffers:
             tokens[t] = new_tokens
             width[t] += 1
             linear[t], cpu[t] = new_linear, new_cpu
-            kept_by[t].append(DecodeWork(request_id, context_len))
+            kept_by[t].append(new_work(DecodeWork, (request_id, context_len)))
             s0, s1 = (mine, other) if t == 0 else (other, mine)
             t = 1 if s1 > s0 else 0
             kept += 1

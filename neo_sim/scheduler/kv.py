@@ -8,6 +8,7 @@ are O(blocks touched); usage is kept as a running count.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import repeat
 
 
 def blocks_for(num_tokens: int, block_size: int) -> int:
@@ -46,6 +47,10 @@ class BlockPool:
 
     def num_blocks_of(self, request_id: int) -> int:
         return len(self._tables.get(request_id, ()))
+
+    def num_blocks_of_each(self, request_ids: Iterable[int]) -> int:
+        """`sum(map(num_blocks_of, request_ids))`, at C speed."""
+        return sum(map(len, map(self._tables.get, request_ids, repeat(()))))
 
     def extra_blocks(self, request_id: int, num_tokens: int) -> int:
         """Blocks to add so that `request_id` holds `num_tokens` tokens."""

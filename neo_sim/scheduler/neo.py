@@ -42,7 +42,15 @@ from neo_sim.scheduler.estimate import (
     slacks,
     swap_s,
 )
-from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap
+from neo_sim.scheduler.plan import (
+    DecodeWork,
+    Mode,
+    Plan,
+    PrefillWork,
+    Swap,
+    context_tokens,
+    decode_works,
+)
 from neo_sim.scheduler.request import Device, Request, RequestState
 
 Candidate = tuple[Request, Device]
@@ -55,6 +63,8 @@ class NeoPolicy(Policy):
     # neo-unbounded: the artifact's rule, no starvation bound (throughput over fairness).
     listing_rank = 10
     variants = {"neo": {}, "neo-unbounded": {"max_cpu_wait_steps": UNBOUNDED_WAIT}}
+    # (step, its CPU decodes longest-waiting first): `_cpu_decodes_longest_waiting_first`
+    _waited_order: tuple[int, list[Request]] = (-1, [])
 
     def steady_run(self) -> SteadyRun | None:
         """With nothing waiting and nothing on the CPU, NEO's step is GPU-only's: it decodes
@@ -223,9 +233,9 @@ class NeoPolicy(Policy):
         bs = self.config.block_size
         cpu_used = (
             cpu.num_used
-            + sum(-(-r.max_seq_len // bs) for r in self.cpu_running.values())  # _blocks
-            - sum(map(cpu.num_blocks_of, self.cpu_running))
-        )
+            + sum(-(-(r.prompt_len + r.max_new_tokens) // bs) for r in self.cpu_running.values())
+            - cpu.num_blocks_of_each(self.cpu_running)
+        )  # (`_blocks` of each `max_seq_len`)
         slots = self.config.max_num_seqs - self.num_resident
         to_cpu = False
         candidates: list[Candidate] = []
@@ -278,12 +288,12 @@ class NeoPolicy(Policy):
         """The decode-only iteration the host-pays test prices: `gpu_side`'s decodes on the
         GPU, the host residents' on the host, and both in one fused batch (gpu, host, fused)."""
         gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
-        on_gpu = [DecodeWork(r.request_id, r.seq_len) for r in gpu_side]
-        on_host = [DecodeWork(r.request_id, r.seq_len) for r in self.cpu_running.values()]
+        on_gpu, on_host = decode_works(gpu_side), decode_works(self.cpu_running.values())
+        gpu_tokens, host_tokens = context_tokens(on_gpu), context_tokens(on_host)
         for b in (gpu, fused):
-            b.add_decodes(on_gpu, on_gpu=True)
+            b.add_decodes(on_gpu, on_gpu=True, tokens=gpu_tokens)
         for b in (host, fused):
-            b.add_decodes(on_host, on_gpu=False)
+            b.add_decodes(on_host, on_gpu=False, tokens=host_tokens)
         return gpu, host, fused
 
     def _host_resident_pays(
@@ -351,9 +361,7 @@ class NeoPolicy(Policy):
         b0, b1 = SubBatchBuilder(self.cost), SubBatchBuilder(self.cost)
         for r, device in candidates:
             b0.add_prefill(PrefillWork(r.request_id, r.num_computed, r.seq_len, device))
-        b0.add_decodes(
-            [DecodeWork(r.request_id, r.seq_len) for r in self.gpu_running.values()], True
-        )
+        b0.add_decodes(decode_works(self.gpu_running.values()), True)
         if not self.cpu_running:
             return b0, b1, ()  # no CPU decode to place
         cpu_free = self.kv.cpu.num_free - sum(
@@ -487,8 +495,19 @@ class NeoPolicy(Policy):
 
     def _cpu_decodes_longest_waiting_first(self) -> list[Request]:
         """CPU decodes by the step of their last token, oldest first (ties: admission order),
-        so overdue requests come first and the rest take turns."""
-        return sorted(self.cpu_running.values(), key=_WAITED)
+        so overdue requests come first and the rest take turns. Sorted once per step: a
+        later call in the same step drops those that left the host since (swapped in,
+        recomputed) and sorts again only if some joined (no progress is made within a step,
+        so the keys stay put)."""
+        residents = self.cpu_running
+        step, order = self._waited_order
+        if step == self.step_index:
+            order = [r for r in order if r.request_id in residents]
+            if len(order) == len(residents):
+                return order
+        order = sorted(residents.values(), key=_WAITED)
+        self._waited_order = (self.step_index, order)
+        return order
 
 
 def _steady_prefill_tokens(r: Request) -> float:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from neo_sim.scheduler.request import Device
+from neo_sim.scheduler.request import Device, Request
 
 
 class Mode(StrEnum):
@@ -53,6 +53,15 @@ class DecodeWork(NamedTuple):
     context_len: int
 
 
+def decode_works(requests: Iterable[Request]) -> list[DecodeWork]:
+    """`DecodeWork(r.request_id, r.seq_len)` of each of `requests`, built by `tuple.__new__`
+    (the named tuple's own `__new__` is a Python call, twice the time): the scheduler lists
+    every resident's decode every iteration."""
+    return [
+        _new_tuple(DecodeWork, (r.request_id, r.prompt_len + r.num_generated)) for r in requests
+    ]
+
+
 def context_tokens(decodes: Iterable[DecodeWork]) -> int:
     """Total context of `decodes` (the decode attention's tokens), summed at C speed: the
     scheduler and the timing model sum every iteration's decodes."""
@@ -64,6 +73,7 @@ def request_ids_of(decodes: Iterable[DecodeWork]) -> list[int]:
 
 
 _REQUEST_ID, _CONTEXT_LEN = operator.itemgetter(0), operator.itemgetter(1)  # DecodeWork fields
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)

@@ -198,3 +198,42 @@ def test_trace_driven_mode_takes_the_replayed_iteration_times():
     plain = simulate("gpu-only", config, cost, workload)
     last = plain.metrics.iterations[-1].duration_s
     assert record.finish_s == pytest.approx(7.0 + last)
+
+
+def test_layer_loop_in_locals_equals_the_task_loop():
+    """The timing model's usual path (`_layers_in_locals`: no noise, no spans, separate
+    lanes) runs the generic task loop (`_layers`) with its state in locals: on random sub-batch
+    costs (zeros included, one or two sub-batches, swaps before the layers), both give the
+    same lane free times, busy sums and per-sub-batch ready times, bit for bit."""
+    import random
+
+    from neo_sim.timing import _LANES, _SubBatchCosts
+
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    timing = TimingModel(cost, 16)
+    rng = random.Random(5)
+    for _ in range(300):
+        batches = [
+            _SubBatchCosts(*(rng.choice((0.0, rng.uniform(1e-5, 1e-3))) for _ in range(7)))
+            for _ in range(rng.choice((1, 2)))
+        ]
+        swapped = rng.choice((0.0, rng.uniform(0, 1e-2)))
+        results = []
+        for in_locals in (False, True):
+            free = dict.fromkeys(_LANES, 0.0) | {Lane.D2H: swapped / 2, Lane.H2D: swapped}
+            busy = dict.fromkeys(_LANES, 0.0) | {Lane.D2H: swapped / 2, Lane.H2D: swapped / 2}
+            if in_locals:
+                ready = timing._layers_in_locals(batches, swapped, free, busy)
+            else:
+
+                def run_task(lane, task, duration, ready, layer=None, b=None, free=free, busy=busy):
+                    if duration <= 0:
+                        return ready
+                    start = max(ready, free[lane])
+                    free[lane] = start + duration
+                    busy[lane] += duration
+                    return start + duration
+
+                ready = timing._layers(batches, swapped, run_task, free, busy, periodic=True)
+            results.append((ready, free, busy))
+        assert results[0] == results[1]
