@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from neo_sim.costmodel import CostModel
 from neo_sim.lanes import Lane, Span, Task
@@ -43,8 +44,7 @@ class IterationTiming:
     spans: tuple[Span, ...] = field(default=(), repr=False)
 
 
-@dataclass
-class _SubBatchCosts:
+class _SubBatchCosts(NamedTuple):
     pre_s: float
     post_s: float
     gpu_attn_s: float

@@ -19,7 +19,7 @@ from __future__ import annotations
 from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget
 from neo_sim.scheduler.estimate import SubBatchBuilder, slacks
-from neo_sim.scheduler.neo import Candidate
+from neo_sim.scheduler.neo import Candidate, SteadyPrefill
 from neo_sim.scheduler.plan import DecodeWork, Mode
 from neo_sim.scheduler.request import Device
 
@@ -80,7 +80,7 @@ class AdaptivePolicy(ApexPolicy):
         gpu: SubBatchBuilder,
         host: SubBatchBuilder,
         fused: SubBatchBuilder,
-        prefill_tokens: float,
+        prefill_tokens: SteadyPrefill,
         best: float,
     ) -> tuple[bool, float]:
         """With a TPOT SLO a host resident pays while an iteration decoding every resident

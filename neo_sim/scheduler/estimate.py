@@ -202,26 +202,26 @@ class CpuDecodeOffers:
         self.kept: tuple[list[DecodeWork], list[DecodeWork]] = ([], [])
 
     def offer_in_turn(
-        self, decodes: Sequence[tuple[int, int, bool, int]], blocks_free: int, room: int
+        self, decodes: Sequence[tuple[DecodeWork, bool, int]], blocks_free: int, room: int
     ) -> list[int]:
-        """Offer `decodes` in turn: (request id, context tokens, overdue, KV blocks its next
-        token adds). One is kept on the target if both slacks stay non-negative, or if it is
-        overdue (the starvation bound); it is skipped, unpriced, if it is not overdue and at
-        least as long as one already rejected, if its blocks exceed those still free, or once
-        `room` decodes are kept. Returns the overdue ones kept. One loop with its state in
-        locals, the per-width and per-count terms read from lists: it runs for every CPU
+        """Offer `decodes` in turn: (the decode, overdue, KV blocks its next token adds).
+        One is kept on the target if both slacks stay non-negative, or if it is overdue (the
+        starvation bound); it is skipped, unpriced, if it is not overdue and at least as long
+        as one already rejected, if its blocks exceed those still free, or once `room`
+        decodes are kept. Returns the ids of the overdue ones kept. One loop with its state
+        in locals, the per-width and per-count terms read from lists: it runs for every CPU
         decode of every iteration."""
         launch = self.cost.launch
         count, tokens, width = self.count, self.tokens, self.width
         linear, cpu, gpu_attn, kept_by = self.linear, self.cpu, self.gpu_attn, self.kept
         lanes = self.cost.cpu_lane_table(max(count) + len(decodes) + 1)
         linears = self.cost.linear_table(max(width) + len(decodes) + 1)
-        new_work = tuple.__new__  # DecodeWork(...) without its Python-level __new__
         t = self.target
         shortest_rejected = float("inf")
         forced: list[int] = []
         kept = 0
-        for request_id, context_len, overdue, growth in decodes:
+        for work, overdue, growth in decodes:
+            context_len = work[1]
             if not overdue and context_len >= shortest_rejected:
                 continue
             if growth > blocks_free or kept >= room:
@@ -240,13 +240,13 @@ class CpuDecodeOffers:
             tokens[t] = new_tokens
             width[t] += 1
             linear[t], cpu[t] = new_linear, new_cpu
-            kept_by[t].append(new_work(DecodeWork, (request_id, context_len)))
+            kept_by[t].append(work)
             s0, s1 = (mine, other) if t == 0 else (other, mine)
             t = 1 if s1 > s0 else 0
             kept += 1
             blocks_free -= growth
             if overdue:
-                forced.append(request_id)
+                forced.append(work[0])
         self.target = t
         return forced
 
@@ -273,7 +273,8 @@ def slacks(b0: SubBatchBuilder, b1: SubBatchBuilder) -> tuple[float, float]:
 
 def pipelined_layer_s(b0: SubBatchBuilder, b1: SubBatchBuilder) -> float:
     t0, t1 = b0.times(), b1.times()
-    s0, s1 = slacks(b0, b1)
+    s0 = t1.linear_s + t0.gpu_attn_s - t0.cpu_s  # `slacks`, from the times at hand
+    s1 = t0.linear_s + t1.gpu_attn_s - t1.cpu_s
     gpu = t0.gpu_s + t1.gpu_s + max(0.0, -s0) + max(0.0, -s1)
     return max(gpu, t0.offload_s + t1.offload_s)
 

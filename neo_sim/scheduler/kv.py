@@ -72,6 +72,16 @@ class BlockPool:
         table.extend(new)
         return new
 
+    def extra_blocks_each(self, works: Iterable[tuple[int, int]]) -> list[int]:
+        """`extra_blocks(request_id, num_tokens)` of each of `works`, in one loop."""
+        tables, bs = self._tables, self.block_size
+        extras = []
+        for request_id, num_tokens in works:
+            table = tables.get(request_id)
+            extra = -(-num_tokens // bs) - (len(table) if table else 0)
+            extras.append(extra if extra > 0 else 0)
+        return extras
+
     def grow_each(self, works: Iterable[tuple[int, int]]) -> None:
         """`grow(request_id, num_tokens)` of each of `works` in turn, in one loop: a decode
         adds a block only when its context crosses a block boundary, and this runs for every

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import heapq
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 
 from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import (
@@ -63,8 +64,8 @@ class NeoPolicy(Policy):
     # neo-unbounded: the artifact's rule, no starvation bound (throughput over fairness).
     listing_rank = 10
     variants = {"neo": {}, "neo-unbounded": {"max_cpu_wait_steps": UNBOUNDED_WAIT}}
-    # (step, its CPU decodes longest-waiting first): `_cpu_decodes_longest_waiting_first`
-    _waited_order: tuple[int, list[Request]] = (-1, [])
+    # (step, its CPU decodes longest-waiting first, their decodes): `_host_decodes`
+    _waited_order: tuple[int, list[Request], list[DecodeWork]] = (-1, [], [])
 
     def steady_run(self) -> SteadyRun | None:
         """With nothing waiting and nothing on the CPU, NEO's step is GPU-only's: it decodes
@@ -181,8 +182,7 @@ class NeoPolicy(Policy):
         others = (r for r in self.gpu_running.values() if r.request_id != victim.request_id)
         gpu, host, fused = self._steady_builders(others)
         best = self._steady_rate(gpu, host, fused)
-        residents = (*self.gpu_running.values(), *self.cpu_running.values())
-        prefill = _steady_prefill_sum(residents)
+        prefill = SteadyPrefill((*self.gpu_running.values(), *self.cpu_running.values()))
         for b in (host, fused):
             b.add_cpu_decode(DecodeWork(victim.request_id, victim.seq_len))
         return self._host_resident_pays(gpu, host, fused, prefill, best)[0]
@@ -231,11 +231,13 @@ class NeoPolicy(Policy):
         # grow to its full length: a full host pool would stall them all (decodes that cannot
         # grow are skipped), which the artifact's rule allowed.
         bs = self.config.block_size
+        residents = self.cpu_running.values()
+        full = map(operator.add, map(_PROMPT_LEN, residents), map(_MAX_NEW, residents))
         cpu_used = (
             cpu.num_used
-            + sum(-(-(r.prompt_len + r.max_new_tokens) // bs) for r in self.cpu_running.values())
+            - sum(map(operator.floordiv, map(operator.neg, full), repeat(bs)))  # _blocks, in C
             - cpu.num_blocks_of_each(self.cpu_running)
-        )  # (`_blocks` of each `max_seq_len`)
+        )
         slots = self.config.max_num_seqs - self.num_resident
         to_cpu = False
         candidates: list[Candidate] = []
@@ -271,12 +273,12 @@ class NeoPolicy(Policy):
         gpu_side = [*self.gpu_running.values(), *(r for r, _ in candidates[:first_cpu])]
         gpu, host, fused = self._steady_builders(gpu_side)
         best = self._steady_rate(gpu, host, fused)
-        prefill = _steady_prefill_sum((*gpu_side, *self.cpu_running.values()))
+        prefill = SteadyPrefill((*gpu_side, *self.cpu_running.values()))
         for i in range(first_cpu, len(candidates)):
             r = candidates[i][0]
             for b in (host, fused):
                 b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
-            prefill += _steady_prefill_tokens(r)
+            prefill.add(r)
             pays, best = self._host_resident_pays(gpu, host, fused, prefill, best)
             if not pays:
                 return i
@@ -288,7 +290,7 @@ class NeoPolicy(Policy):
         """The decode-only iteration the host-pays test prices: `gpu_side`'s decodes on the
         GPU, the host residents' on the host, and both in one fused batch (gpu, host, fused)."""
         gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
-        on_gpu, on_host = decode_works(gpu_side), decode_works(self.cpu_running.values())
+        on_gpu, on_host = decode_works(gpu_side), self._host_decodes()[1]
         gpu_tokens, host_tokens = context_tokens(on_gpu), context_tokens(on_host)
         for b in (gpu, fused):
             b.add_decodes(on_gpu, on_gpu=True, tokens=gpu_tokens)
@@ -301,7 +303,7 @@ class NeoPolicy(Policy):
         gpu: SubBatchBuilder,
         host: SubBatchBuilder,
         fused: SubBatchBuilder,
-        prefill_tokens: float,
+        prefill_tokens: SteadyPrefill,
         best: float,
     ) -> tuple[bool, float]:
         """Whether the host resident just added to `host` (and `fused`) pays for itself, and
@@ -327,7 +329,7 @@ class NeoPolicy(Policy):
         )
 
     def _bound_stays_hidden(
-        self, gpu: SubBatchBuilder, host: SubBatchBuilder, prefill_tokens: float
+        self, gpu: SubBatchBuilder, host: SubBatchBuilder, prefill_tokens: SteadyPrefill
     ) -> bool:
         """Whether the host decodes the starvation bound makes mandatory (each of `host`'s
         residents once per `max_cpu_wait_steps` iterations; the longest contexts, to be safe)
@@ -339,7 +341,7 @@ class NeoPolicy(Policy):
             return True
         mandatory = -(-len(host.cpu_decodes) // wait)
         longest = heapq.nlargest(mandatory, (d.context_len for d in host.cpu_decodes))
-        window = self.cost.linear(gpu.num_tokens + round(prefill_tokens))
+        window = self.cost.linear(gpu.num_tokens + round(prefill_tokens.total()))
         return cpu_lane_s(self.cost, mandatory, sum(longest)) <= window
 
     def _cpu_admission_limit(self, gpu_used: int) -> int:
@@ -377,12 +379,9 @@ class NeoPolicy(Policy):
             return b0, b1, ()
         offers = CpuDecodeOffers(b0, b1)
         limit = self._overdue_before()
-        extra_blocks = self.kv.cpu.extra_blocks
-        decodes = [
-            (r.request_id, n, r.last_progress_step < limit, extra_blocks(r.request_id, n))
-            for r in self._cpu_decodes_longest_waiting_first()
-            for n in (r.prompt_len + r.num_generated,)  # seq_len
-        ]
+        order, works = self._host_decodes()
+        overdue = [r.last_progress_step < limit for r in order]
+        decodes = list(zip(works, overdue, self.kv.cpu.extra_blocks_each(works)))
         forced = offers.offer_in_turn(decodes, cpu_free, min(budget.seqs, budget.tokens))
         kept = offers.num_kept
         budget.seqs -= kept  # one budget.take(1) per kept decode
@@ -495,19 +494,27 @@ class NeoPolicy(Policy):
 
     def _cpu_decodes_longest_waiting_first(self) -> list[Request]:
         """CPU decodes by the step of their last token, oldest first (ties: admission order),
-        so overdue requests come first and the rest take turns. Sorted once per step: a
-        later call in the same step drops those that left the host since (swapped in,
-        recomputed) and sorts again only if some joined (no progress is made within a step,
-        so the keys stay put)."""
+        so overdue requests come first and the rest take turns."""
+        return self._host_decodes()[0]
+
+    def _host_decodes(self) -> tuple[list[Request], list[DecodeWork]]:
+        """`_cpu_decodes_longest_waiting_first` and each one's decode (its `DecodeWork` at
+        its current length), built once per step: a later call in the same step drops those
+        that left the host since (swapped in, recomputed) and builds both again only if some
+        joined (no progress is made within a step, so order and lengths stay put)."""
         residents = self.cpu_running
-        step, order = self._waited_order
+        step, order, works = self._waited_order
         if step == self.step_index:
-            order = [r for r in order if r.request_id in residents]
+            if len(order) != len(residents):
+                kept = [i for i, r in enumerate(order) if r.request_id in residents]
+                order, works = [order[i] for i in kept], [works[i] for i in kept]
             if len(order) == len(residents):
-                return order
+                self._waited_order = (step, order, works)
+                return order, works
         order = sorted(residents.values(), key=_WAITED)
-        self._waited_order = (self.step_index, order)
-        return order
+        works = decode_works(order)
+        self._waited_order = (self.step_index, order, works)
+        return order, works
 
 
 def _steady_prefill_tokens(r: Request) -> float:
@@ -517,7 +524,32 @@ def _steady_prefill_tokens(r: Request) -> float:
     return r.prompt_len / r.max_new_tokens
 
 
-def _steady_prefill_sum(requests: Iterable[Request]) -> float:
-    """`sum(map(_steady_prefill_tokens, requests))`, inlined: it runs over every resident
-    each iteration."""
-    return sum(r.prompt_len / r.max_new_tokens for r in requests)
+class SteadyPrefill:
+    """Prompt tokens per iteration that residents bring in the steady state
+    (`_steady_prefill_tokens` summed over them, in order), summed only when asked for: the
+    host-pays test needs it only when its rate test fails."""
+
+    def __init__(self, residents: Sequence[Request]):
+        self.residents = residents
+        self.added: list[Request] = []  # candidates, in the order they were added
+        self._sum: float | None = None  # of residents, once computed
+
+    def add(self, r: Request) -> None:
+        self.added.append(r)
+
+    def total(self) -> float:
+        if self._sum is None:
+            self._sum = _steady_prefill_sum(self.residents)
+        total = self._sum
+        for r in self.added:
+            total += _steady_prefill_tokens(r)
+        return total
+
+
+def _steady_prefill_sum(requests: Sequence[Request]) -> float:
+    """`sum(map(_steady_prefill_tokens, requests))`, at C speed (same terms, same order): it
+    runs over every resident each iteration."""
+    return sum(map(operator.truediv, map(_PROMPT_LEN, requests), map(_MAX_NEW, requests)))
+
+
+_PROMPT_LEN, _MAX_NEW = operator.attrgetter("prompt_len"), operator.attrgetter("max_new_tokens")

@@ -181,7 +181,7 @@ def test_greedy_offers_price_exactly_what_the_builders_would(which):
             expected = slacks(m0, m1)
             keep = force or min(expected) >= 0
             before = offers.num_kept
-            forced = offers.offer_in_turn([(work.request_id, work.context_len, force, 0)], 0, 1)
+            forced = offers.offer_in_turn([(work, force, 0)], 0, 1)
             assert offers.num_kept - before == keep and forced == ([rid] if keep and force else [])
             if keep:
                 assert offers.target == (1 if expected[1] > expected[0] else 0)
@@ -202,7 +202,7 @@ def test_greedy_offers_skip_rules():
     its slack turns negative (returned as forced)."""
     from neo_sim.catalog import resolve_target
     from neo_sim.scheduler.estimate import CpuDecodeOffers, SubBatchBuilder
-    from neo_sim.scheduler.plan import PrefillWork
+    from neo_sim.scheduler.plan import DecodeWork, PrefillWork
 
     cost = resolve_target("t4", "llama-2-7b").cost
 
@@ -213,19 +213,34 @@ def test_greedy_offers_skip_rules():
 
     huge = 10**6  # a context no slack can hide
     o = offers()
-    assert o.offer_in_turn([(1, huge, False, 0), (2, huge + 1, False, 0)], 10, 10) == []
+    assert (
+        o.offer_in_turn(
+            [(DecodeWork(1, huge), False, 0), (DecodeWork(2, huge + 1), False, 0)], 10, 10
+        )
+        == []
+    )
     assert o.num_kept == 0
     o = offers()  # the same longer decode, overdue: kept, forced
-    assert o.offer_in_turn([(1, huge, False, 0), (2, huge + 1, True, 0)], 10, 10) == [2]
+    assert o.offer_in_turn(
+        [(DecodeWork(1, huge), False, 0), (DecodeWork(2, huge + 1), True, 0)], 10, 10
+    ) == [2]
     assert [d.request_id for d in o.kept[0] + o.kept[1]] == [2]
     o = offers()  # a shorter one after a rejection is still priced
-    o.offer_in_turn([(1, huge, False, 0), (2, 50, False, 0)], 10, 10)
+    o.offer_in_turn([(DecodeWork(1, huge), False, 0), (DecodeWork(2, 50), False, 0)], 10, 10)
     assert [d.request_id for d in o.kept[0] + o.kept[1]] == [2]
     o = offers()  # blocks: 3 free; the second needs 3 more than remain, the third fits
-    o.offer_in_turn([(1, 50, False, 2), (2, 50, False, 2), (3, 50, False, 1)], 3, 10)
+    o.offer_in_turn(
+        [
+            (DecodeWork(1, 50), False, 2),
+            (DecodeWork(2, 50), False, 2),
+            (DecodeWork(3, 50), False, 1),
+        ],
+        3,
+        10,
+    )
     assert [d.request_id for d in o.kept[0] + o.kept[1]] == [1, 3]
     o = offers()  # room for two
-    o.offer_in_turn([(i, 50, False, 0) for i in range(1, 6)], 10, 2)
+    o.offer_in_turn([(DecodeWork(i, 50), False, 0) for i in range(1, 6)], 10, 2)
     assert o.num_kept == 2
 
 
