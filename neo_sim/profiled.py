@@ -122,21 +122,23 @@ class ProfiledCostModel(CostModel):
         return value
 
     def _decode_attn(self, op: str, batch: int, total_tokens: int) -> float:
-        """A decode attention: the table when inside the grid (the common case, the same
-        value `explain` gives; cheaper than a memo, whose keys rarely repeat here), else
-        `explain`, memoised. The scheduler prices every CPU decode candidate with this, so
-        the grid's bounds are looked up once (`_grid_bounds`), not through `contains`."""
-        context = total_tokens / batch
-        low_x, high_x, low_y, high_y = self._grid_bounds[op]
-        if low_x <= batch <= high_x and low_y <= context <= high_y:
-            return self._tables[op](batch, context)
+        """A decode attention, memoised: the table when inside the grid (the common case,
+        the same value `explain` gives), else `explain`. The grid's bounds are looked up once
+        (`_grid_bounds`), not through `contains`. Within a step the scheduler and the timing
+        model price the same decode sets several times; NEO's greedy step prices each CPU
+        decode candidate through `cpu_decode_attn_at` instead (keys that rarely repeat)."""
         memo = self._memos[op]
         key = (batch, total_tokens)
         value = memo.get(key)
         if value is None:
             if len(memo) >= MEMO_LIMIT:
                 memo.clear()
-            value = memo[key] = self.explain(op, batch, total_tokens)[0]
+            context = total_tokens / batch
+            low_x, high_x, low_y, high_y = self._grid_bounds[op]
+            if low_x <= batch <= high_x and low_y <= context <= high_y:
+                value = memo[key] = self._tables[op](batch, context)
+            else:
+                value = memo[key] = self.explain(op, batch, total_tokens)[0]
         return value
 
     def linear(self, num_tokens: int) -> float:

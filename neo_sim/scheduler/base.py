@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from neo_sim.costmodel import CostModel
 from neo_sim.errors import NeoError
@@ -118,6 +119,41 @@ class SteadyRun:
         return len(self.requests)
 
 
+class Residents(dict[int, Request]):
+    """Requests by id, in insertion order, with the KV blocks their full lengths
+    (`max_seq_len`) take, summed as they come and go (`full_blocks`): NEO reserves host room
+    for every host resident to grow to its full length, and checks it each step. Only
+    `d[id] = r`, `del d[id]` and `d.pop(id, ...)` change it (others are refused)."""
+
+    def __init__(self, block_size: int):
+        super().__init__()
+        self.block_size = block_size
+        self.full_blocks = 0
+
+    def _blocks(self, r: Request) -> int:
+        return blocks_for(r.prompt_len + r.max_new_tokens, self.block_size)
+
+    def __setitem__(self, request_id: int, r: Request) -> None:
+        if request_id in self:
+            self.full_blocks -= self._blocks(self[request_id])
+        super().__setitem__(request_id, r)
+        self.full_blocks += self._blocks(r)
+
+    def __delitem__(self, request_id: int) -> None:
+        self.full_blocks -= self._blocks(self[request_id])
+        super().__delitem__(request_id)
+
+    def pop(self, request_id: int, *default: Any) -> Any:  # type: ignore[override]
+        if request_id in self:
+            self.full_blocks -= self._blocks(self[request_id])
+        return super().pop(request_id, *default)
+
+    def _refused(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("Residents: only d[id] = r, del d[id] and d.pop(id) keep full_blocks")
+
+    clear = popitem = setdefault = update = __ior__ = _refused  # type: ignore[assignment]
+
+
 _DONE = frozenset((RequestState.FINISHED, RequestState.ABORTED))  # Request.is_done
 _ON_CPU = RequestState.RUNNING_CPU
 
@@ -163,7 +199,8 @@ class Policy(ABC):
         self.requests: dict[int, Request] = {}
         self.waiting: deque[Request] = deque()
         self.gpu_running: dict[int, Request] = {}  # admission order
-        self.cpu_running: dict[int, Request] = {}  # admission order (NEO's CPU decodes)
+        # admission order (NEO's CPU decodes)
+        self.cpu_running: Residents = Residents(config.block_size)
         self.swapped: dict[int, Request] = {}  # gpu-only: parked on the host
         self.step_index = 0
         self.now = 0.0

@@ -18,7 +18,7 @@ with a few cost-model lookups, not a rescan of the batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from neo_sim.costmodel import CostModel
@@ -202,25 +202,31 @@ class CpuDecodeOffers:
         self.kept: tuple[list[DecodeWork], list[DecodeWork]] = ([], [])
 
     def offer_in_turn(
-        self, decodes: Sequence[tuple[DecodeWork, bool, int]], blocks_free: int, room: int
+        self,
+        decodes: Sequence[DecodeWork],
+        overdue: Iterable[bool],
+        growth: Iterable[int],
+        blocks_free: int,
+        room: int,
     ) -> list[int]:
-        """Offer `decodes` in turn: (the decode, overdue, KV blocks its next token adds).
-        One is kept on the target if both slacks stay non-negative, or if it is overdue (the
-        starvation bound); it is skipped, unpriced, if it is not overdue and at least as long
-        as one already rejected, if its blocks exceed those still free, or once `room`
-        decodes are kept. Returns the ids of the overdue ones kept. One loop with its state
-        in locals, the per-width and per-count terms read from lists: it runs for every CPU
-        decode of every iteration."""
+        """Offer `decodes` in turn, with whether each is overdue and the KV blocks its next
+        token adds. One is kept on the target if both slacks stay non-negative, or if it is
+        overdue (the starvation bound); it is skipped, unpriced, if it is not overdue and at
+        least as long as one already rejected, if its blocks exceed those still free, or
+        once `room` decodes are kept. Returns the ids of the overdue ones kept. One loop with
+        its state in locals, the per-width and per-count terms read from lists: it runs for
+        every CPU decode of every iteration."""
         launch = self.cost.launch
         count, tokens, width = self.count, self.tokens, self.width
         linear, cpu, gpu_attn, kept_by = self.linear, self.cpu, self.gpu_attn, self.kept
         lanes = self.cost.cpu_lane_table(max(count) + len(decodes) + 1)
         linears = self.cost.linear_table(max(width) + len(decodes) + 1)
+        overdue_of, growth_of = overdue, growth
         t = self.target
         shortest_rejected = float("inf")
         forced: list[int] = []
         kept = 0
-        for work, overdue, growth in decodes:
+        for work, overdue, growth in zip(decodes, overdue_of, growth_of):
             context_len = work[1]
             if not overdue and context_len >= shortest_rejected:
                 continue

@@ -30,7 +30,6 @@ from __future__ import annotations
 import heapq
 import operator
 from collections.abc import Iterable, Sequence
-from itertools import repeat
 
 from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import (
@@ -56,7 +55,13 @@ from neo_sim.scheduler.request import Device, Request, RequestState
 
 Candidate = tuple[Request, Device]
 UNBOUNDED_WAIT = 10**9  # iterations: a starvation bound that never binds
-_WAITED = operator.attrgetter("last_progress_step", "admit_order")
+
+
+def _waited(r: Request) -> int:
+    """Sort key, oldest progress first, then admission order: (last_progress_step,
+    admit_order) packed in one int (an admission rank is below 2**40), which sorts faster
+    than the pair."""
+    return (r.last_progress_step << 40) + r.admit_order
 
 
 class NeoPolicy(Policy):
@@ -230,14 +235,10 @@ class NeoPolicy(Policy):
         # A prompt goes to the CPU only if the host pool keeps room for every CPU resident to
         # grow to its full length: a full host pool would stall them all (decodes that cannot
         # grow are skipped), which the artifact's rule allowed.
-        bs = self.config.block_size
-        residents = self.cpu_running.values()
-        full = map(operator.add, map(_PROMPT_LEN, residents), map(_MAX_NEW, residents))
-        cpu_used = (
-            cpu.num_used
-            - sum(map(operator.floordiv, map(operator.neg, full), repeat(bs)))  # _blocks, in C
-            - cpu.num_blocks_of_each(self.cpu_running)
-        )
+        # The pool holds the blocks of host residents and of parked requests only, so
+        # what residents hold is the pool's usage less the parked requests' blocks.
+        held_by_residents = cpu.num_used - cpu.num_blocks_of_each(self.swapped)
+        cpu_used = cpu.num_used + self.cpu_running.full_blocks - held_by_residents
         slots = self.config.max_num_seqs - self.num_resident
         to_cpu = False
         candidates: list[Candidate] = []
@@ -380,9 +381,13 @@ class NeoPolicy(Policy):
         offers = CpuDecodeOffers(b0, b1)
         limit = self._overdue_before()
         order, works = self._host_decodes()
-        overdue = [r.last_progress_step < limit for r in order]
-        decodes = list(zip(works, overdue, self.kv.cpu.extra_blocks_each(works)))
-        forced = offers.offer_in_turn(decodes, cpu_free, min(budget.seqs, budget.tokens))
+        forced = offers.offer_in_turn(
+            works,
+            [r.last_progress_step < limit for r in order],
+            self.kv.cpu.extra_blocks_each(works),
+            cpu_free,
+            min(budget.seqs, budget.tokens),
+        )
         kept = offers.num_kept
         budget.seqs -= kept  # one budget.take(1) per kept decode
         budget.tokens -= kept
@@ -511,7 +516,7 @@ class NeoPolicy(Policy):
             if len(order) == len(residents):
                 self._waited_order = (step, order, works)
                 return order, works
-        order = sorted(residents.values(), key=_WAITED)
+        order = sorted(residents.values(), key=_waited)
         works = decode_works(order)
         self._waited_order = (self.step_index, order, works)
         return order, works

@@ -181,7 +181,7 @@ def test_greedy_offers_price_exactly_what_the_builders_would(which):
             expected = slacks(m0, m1)
             keep = force or min(expected) >= 0
             before = offers.num_kept
-            forced = offers.offer_in_turn([(work, force, 0)], 0, 1)
+            forced = offers.offer_in_turn([work], [force], [0], 0, 1)
             assert offers.num_kept - before == keep and forced == ([rid] if keep and force else [])
             if keep:
                 assert offers.target == (1 if expected[1] > expected[0] else 0)
@@ -211,25 +211,28 @@ def test_greedy_offers_skip_rules():
         b0.add_prefill(PrefillWork(0, 0, 300))
         return CpuDecodeOffers(b0, b1)
 
+    def offer(o: CpuDecodeOffers, decodes: list, blocks_free: int, room: int) -> list[int]:
+        works, overdue, growth = zip(*decodes)
+        return o.offer_in_turn(works, overdue, growth, blocks_free, room)
+
     huge = 10**6  # a context no slack can hide
     o = offers()
     assert (
-        o.offer_in_turn(
-            [(DecodeWork(1, huge), False, 0), (DecodeWork(2, huge + 1), False, 0)], 10, 10
-        )
+        offer(o, [(DecodeWork(1, huge), False, 0), (DecodeWork(2, huge + 1), False, 0)], 10, 10)
         == []
     )
     assert o.num_kept == 0
     o = offers()  # the same longer decode, overdue: kept, forced
-    assert o.offer_in_turn(
-        [(DecodeWork(1, huge), False, 0), (DecodeWork(2, huge + 1), True, 0)], 10, 10
+    assert offer(
+        o, [(DecodeWork(1, huge), False, 0), (DecodeWork(2, huge + 1), True, 0)], 10, 10
     ) == [2]
     assert [d.request_id for d in o.kept[0] + o.kept[1]] == [2]
     o = offers()  # a shorter one after a rejection is still priced
-    o.offer_in_turn([(DecodeWork(1, huge), False, 0), (DecodeWork(2, 50), False, 0)], 10, 10)
+    offer(o, [(DecodeWork(1, huge), False, 0), (DecodeWork(2, 50), False, 0)], 10, 10)
     assert [d.request_id for d in o.kept[0] + o.kept[1]] == [2]
     o = offers()  # blocks: 3 free; the second needs 3 more than remain, the third fits
-    o.offer_in_turn(
+    offer(
+        o,
         [
             (DecodeWork(1, 50), False, 2),
             (DecodeWork(2, 50), False, 2),
@@ -240,7 +243,7 @@ def test_greedy_offers_skip_rules():
     )
     assert [d.request_id for d in o.kept[0] + o.kept[1]] == [1, 3]
     o = offers()  # room for two
-    o.offer_in_turn([(DecodeWork(i, 50), False, 0) for i in range(1, 6)], 10, 2)
+    offer(o, [(DecodeWork(i, 50), False, 0) for i in range(1, 6)], 10, 2)
     assert o.num_kept == 2
 
 
@@ -292,3 +295,24 @@ def test_a_request_swapped_out_where_the_host_cannot_pay_is_parked(monkeypatch):
     resident = execute(spec.with_(policy="neo")).summary
     assert resident["throughput_tok_s"] < 0.99 * gpu_only
     assert resident["forced_time_share"] > 0.01
+
+
+def test_residents_keep_their_full_blocks_summed():
+    """`Residents.full_blocks` equals the blocks of every resident's full length, recounted,
+    after any sequence of sets, replacements, deletions and pops; other mutators refuse."""
+    from neo_sim.scheduler.base import Residents
+
+    rng = random.Random(2)
+    residents = Residents(16)
+    for _ in range(500):
+        rid = rng.randrange(20)
+        op = rng.random()
+        if op < 0.5:
+            residents[rid] = Request(rid, rng.randint(1, 300), rng.randint(1, 100))
+        elif op < 0.75 and rid in residents:
+            del residents[rid]
+        else:
+            residents.pop(rid, None)
+        assert residents.full_blocks == sum(-(-r.max_seq_len // 16) for r in residents.values())
+    with pytest.raises(TypeError):
+        residents.update({})
