@@ -117,11 +117,11 @@ class NeoPolicy(Policy):
         wait until some resident finishes: the newest residents that are not overdue give their
         KV back (they will recompute), newest first, until the overdue ones can grow."""
         cpu = self.kv.cpu
-        limit = self._overdue_before()
-        overdue = [r for r in self.cpu_running.values() if r.last_progress_step < limit]
+        overdue = self._overdue()
         need = sum(cpu.extra_blocks(r.request_id, r.seq_len) for r in overdue)
         if need <= cpu.num_free:
             return ()
+        limit = self._overdue_before()
         others = [r for r in self.cpu_running.values() if r.last_progress_step >= limit]
         dropped = []
         for r in sorted(others, key=lambda r: r.admit_order, reverse=True):
@@ -133,9 +133,7 @@ class NeoPolicy(Policy):
 
     def _reserve_for_overdue(self, budget: Budget) -> int:
         """Hold batch slots for overdue CPU decodes so that admissions cannot starve them."""
-        limit = self._overdue_before()
-        overdue = sum(1 for r in self.cpu_running.values() if r.last_progress_step < limit)
-        reserved = max(0, min(overdue, budget.seqs - 1, budget.tokens - 1))
+        reserved = max(0, min(len(self._overdue()), budget.seqs - 1, budget.tokens - 1))
         budget.seqs -= reserved
         budget.tokens -= reserved
         return reserved
@@ -379,11 +377,11 @@ class NeoPolicy(Policy):
                     b0.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
             return b0, b1, ()
         offers = CpuDecodeOffers(b0, b1)
-        limit = self._overdue_before()
-        order, works = self._host_decodes()
+        works = self._host_decodes()[1]
+        overdue = len(self._overdue())  # a prefix of `works`
         forced = offers.offer_in_turn(
             works,
-            [r.last_progress_step < limit for r in order],
+            [True] * overdue + [False] * (len(works) - overdue),
             self.kv.cpu.extra_blocks_each(works),
             cpu_free,
             min(budget.seqs, budget.tokens),
@@ -394,8 +392,17 @@ class NeoPolicy(Policy):
         offers.apply()
         return b0, b1, tuple(forced)
 
-    def _is_overdue(self, r: Request) -> bool:
-        return r.last_progress_step < self._overdue_before()
+    def _overdue(self) -> list[Request]:
+        """The CPU decodes that waited too long: a prefix of
+        `_cpu_decodes_longest_waiting_first` (oldest progress first)."""
+        order = self._cpu_decodes_longest_waiting_first()
+        limit = self._overdue_before()
+        k = 0
+        for r in order:
+            if r.last_progress_step >= limit:
+                break
+            k += 1
+        return order[:k]
 
     def _overdue_before(self) -> int:
         """A CPU decode whose last progress is before this step waited too long."""
