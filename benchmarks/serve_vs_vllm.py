@@ -7,8 +7,12 @@ from memory) and by vLLM's CPU backend (`vllm serve`, prefix caching off, as neo
 caches no prefixes), each then driven by the same `vllm bench serve` command: the random
 dataset, --num-prompts prompts of --input-len tokens, --output-len tokens each (ignore_eos),
 all sent at once (request rate inf), so the figure is each server's throughput under a
-backlog. Never both servers at once. Each server, once up, is benchmarked --repeats times
-(this VM's speed drifts by tens of percent within minutes): the summary compares medians.
+backlog. By default both servers stay up and their bench runs alternate (A B B A ...: this
+VM's speed drifts by tens of percent within minutes, and a drift then falls on both alike);
+each server's CPU use while idle is measured first and recorded (an idle server that spins
+would slow the other). `--order sequential` runs one server after the other instead. Each
+server gets --repeats bench runs: the summary compares medians, and the median of the ratios
+of runs made side by side.
 Records each run's exit status and what `vllm bench serve` reports, with its own JSON
 (NAME-I.json) beside the summary.
 
@@ -28,6 +32,7 @@ import json
 import os
 import statistics
 import subprocess
+import time
 from pathlib import Path
 
 from benchmarks import RESULTS, reference_s, write_result
@@ -93,6 +98,40 @@ def start_vllm(
     return proc, base
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and all its descendants."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(times.get(p, 0.0) for p in tree)
+
+
+def idle_cpu_share(pids: dict[str, int], seconds: float = 10.0) -> dict[str, float]:
+    """Cores each idle server (and its children) keeps busy over `seconds`: nonzero means it
+    spins while idle, and would slow the other one down in an interleaved run."""
+    time.sleep(2.0)  # past any spin-wait after start-up
+    before = {name: tree_cpu_s(pid) for name, pid in pids.items()}
+    time.sleep(seconds)
+    return {
+        name: round((tree_cpu_s(pid) - before[name]) / seconds, 3) for name, pid in pids.items()
+    }
+
+
 def reported(path: Path) -> dict:
     data = json.loads(path.read_text())
     return {
@@ -117,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="bench runs per server (median)")
     p.add_argument(
+        "--order",
+        choices=("interleaved", "sequential"),
+        default="interleaved",
+        help="both servers up, runs alternating (default), or one server after the other",
+    )
+    p.add_argument(
         "--output", type=Path, help="result folder; unset: serve_vs_vllm[_DTYPE] in results"
     )
     args = p.parse_args(argv)
@@ -133,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         "VLLM_CPU_KVCACHE_SPACE": "2",
         "HF_HUB_OFFLINE": "1",
     }
-    runs = []
+    runs: list[dict] = []
     servers = {
         "neo-serve": lambda: start_server(
             f"--model {args.model} --dtype {args.dtype} --max-model-len {args.max_model_len}"
@@ -142,32 +187,63 @@ def main(argv: list[str] | None = None) -> int:
             args.vllm_venv, args.model, args.dtype, args.max_model_len, env
         ),
     }
-    medians = {}
-    for name, start in servers.items():
-        print(f"serve_vs_vllm: starting {name} ...", flush=True)
-        proc, base = start()
-        reports = []
+    reports: dict[str, list[dict]] = {name: [] for name in servers}
+
+    def bench(name: str, base: str, i: int) -> None:
+        label = f"{name}-{i + 1}"
+        argv = bench_argv(args.vllm_venv, base, args.model, args, args.output, label)
+        result = run_client(f"vllm bench serve against {name}", argv, env, 1800)
+        result |= {"server": name, "repeat": i + 1, "reference_loop_s": reference_s()}
+        if result["rc"] == 0:
+            result["reported"] = reported(args.output / f"{label}.json")
+            reports[name].append(result["reported"])
+            print(f"  {label}: {result['reported']}", flush=True)
+        else:
+            print(f"  {label}: rc {result['rc']}\n{result['output_tail']}", flush=True)
+        runs.append(result)
+
+    idle: dict[str, float] = {}
+    if args.order == "interleaved":
+        # Both servers up; bench runs alternate A B B A A B ..., so that a drift of the
+        # VM's speed falls on both alike. Each server's CPU use while the other one runs
+        # would bias this: it is measured idle first and recorded.
+        procs = {}
         try:
+            for name in ("vllm-serve", "neo-serve"):  # vLLM first: its KV is a fixed size
+                print(f"serve_vs_vllm: starting {name} ...", flush=True)
+                procs[name] = servers[name]()
+            idle = idle_cpu_share({name: proc.pid for name, (proc, _) in procs.items()})
+            print(f"serve_vs_vllm: idle CPU share (cores): {idle}", flush=True)
+            names = list(procs)
             for i in range(args.repeats):
-                label = f"{name}-{i + 1}"
-                bench = bench_argv(args.vllm_venv, base, args.model, args, args.output, label)
-                result = run_client(f"vllm bench serve against {name}", bench, env, 1800)
-                result |= {"server": name, "repeat": i + 1, "reference_loop_s": reference_s()}
-                if result["rc"] == 0:
-                    result["reported"] = reported(args.output / f"{label}.json")
-                    reports.append(result["reported"])
-                    print(f"  {label}: {result['reported']}", flush=True)
-                else:
-                    print(f"  {label}: rc {result['rc']}\n{result['output_tail']}", flush=True)
-                runs.append(result)
+                for name in names if i % 2 == 0 else names[::-1]:
+                    bench(name, procs[name][1], i)
         finally:
-            proc.terminate()
-            proc.wait(timeout=120)
-        if reports:
-            medians[name] = {
-                key: statistics.median(r[key] for r in reports)
-                for key in ("output_tokens_per_s", "ttft_ms_p50", "tpot_ms_p50")
-            }
+            for proc, _ in procs.values():
+                proc.terminate()
+                proc.wait(timeout=120)
+    else:
+        for name, start in servers.items():
+            print(f"serve_vs_vllm: starting {name} ...", flush=True)
+            proc, base = start()
+            try:
+                for i in range(args.repeats):
+                    bench(name, base, i)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=120)
+    medians = {
+        name: {
+            key: statistics.median(r[key] for r in done)
+            for key in ("output_tokens_per_s", "ttft_ms_p50", "tpot_ms_p50")
+        }
+        for name, done in reports.items()
+        if done
+    }
+    paired = [
+        n["output_tokens_per_s"] / v["output_tokens_per_s"]
+        for n, v in zip(reports["neo-serve"], reports["vllm-serve"])
+    ]
     ratio = None
     if len(medians) == 2:
         ratio = (
@@ -186,9 +262,13 @@ def main(argv: list[str] | None = None) -> int:
             "request_rate": "inf",
         },
         repeats=args.repeats,
+        order=args.order,
+        idle_cpu_share=idle,
         runs=runs,
         medians=medians,
         neo_over_vllm_output_tokens_per_s=ratio,
+        paired_ratios=paired,
+        median_paired_ratio=statistics.median(paired) if paired else None,
     )
     return 0 if all(r["rc"] == 0 for r in runs) else 1
 
