@@ -131,7 +131,7 @@ class Residents(dict[int, Request]):
         self.full_blocks = 0
 
     def _blocks(self, r: Request) -> int:
-        return blocks_for(r.prompt_len + r.max_new_tokens, self.block_size)
+        return blocks_for(r.max_seq_len, self.block_size)
 
     def __setitem__(self, request_id: int, r: Request) -> None:
         if request_id in self:

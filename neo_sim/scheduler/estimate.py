@@ -204,8 +204,8 @@ class CpuDecodeOffers:
     def offer_in_turn(
         self,
         decodes: Sequence[DecodeWork],
-        overdue: Iterable[bool],
-        growth: Iterable[int],
+        overdue_each: Iterable[bool],
+        growth_each: Iterable[int],
         blocks_free: int,
         room: int,
     ) -> list[int]:
@@ -221,12 +221,11 @@ class CpuDecodeOffers:
         linear, cpu, gpu_attn, kept_by = self.linear, self.cpu, self.gpu_attn, self.kept
         lanes = self.cost.cpu_lane_table(max(count) + len(decodes) + 1)
         linears = self.cost.linear_table(max(width) + len(decodes) + 1)
-        overdue_of, growth_of = overdue, growth
         t = self.target
         shortest_rejected = float("inf")
         forced: list[int] = []
         kept = 0
-        for work, overdue, growth in zip(decodes, overdue_of, growth_of):
+        for work, overdue, growth in zip(decodes, overdue_each, growth_each):
             context_len = work[1]
             if not overdue and context_len >= shortest_rejected:
                 continue

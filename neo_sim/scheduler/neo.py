@@ -233,10 +233,9 @@ class NeoPolicy(Policy):
         # A prompt goes to the CPU only if the host pool keeps room for every CPU resident to
         # grow to its full length: a full host pool would stall them all (decodes that cannot
         # grow are skipped), which the artifact's rule allowed.
-        # The pool holds the blocks of host residents and of parked requests only, so
-        # what residents hold is the pool's usage less the parked requests' blocks.
-        held_by_residents = cpu.num_used - cpu.num_blocks_of_each(self.swapped)
-        cpu_used = cpu.num_used + self.cpu_running.full_blocks - held_by_residents
+        # Used: every host resident at its full length (a running sum), plus the blocks of
+        # parked requests, the only other holders of host blocks.
+        cpu_used = self.cpu_running.full_blocks + cpu.num_blocks_of_each(self.swapped)
         slots = self.config.max_num_seqs - self.num_resident
         to_cpu = False
         candidates: list[Candidate] = []
