@@ -78,8 +78,11 @@ class RequestOutput:
 class IterationLog:
     plan: Plan
     start_s: float
-    duration_s: float  # measured
+    duration_s: float  # measured: the executor's forward pass (layers, LM head)
     spans: list[Span]
+    # measured: the rest of `step()` (scheduling, sampling, detokenizing, bookkeeping), the
+    # engine's host work between forward passes, which neo-sim's cost model does not price
+    host_s: float = 0.0
 
 
 @dataclass
@@ -323,7 +326,7 @@ class LLMEngine:
         self.idle_step = True  # nothing ran: the caller should wait for an arrival
         if not self.policy.has_work:
             return []
-        start = self.now()
+        start, began = self.now(), time.perf_counter()
         plan = self.policy.step(start)
         if plan.is_empty:
             if plan.changes_books:  # KV moved or dropped without work: copy it, step again
@@ -383,7 +386,7 @@ class LLMEngine:
             out.max_host_wait_steps = r.max_host_wait_steps
         for rid, reason in failed.items():  # after complete(): the others' books are settled
             touched.append(self._fail(rid, reason, now))
-        self._account(plan, result, start, len(result.request_ids))
+        self._account(plan, result, start, began, len(result.request_ids))
         return touched
 
     @staticmethod
@@ -427,7 +430,9 @@ class LLMEngine:
                 text = text[:cut]
         return text
 
-    def _account(self, plan: Plan, result, start: float, tokens: int) -> None:
+    def _account(self, plan: Plan, result, start: float, began: float, tokens: int) -> None:
+        """Counters, the recent token rate and (if kept) the iteration log; `began` is the
+        perf_counter at the step's start."""
         c = self._counts
         c["iterations"] += 1
         c["tokens"] += tokens
@@ -438,7 +443,10 @@ class LLMEngine:
         while self._recent and wall - self._recent[0][0] > 10.0:
             self._recent.pop(0)
         if self.keep_iteration_log:
-            self.iterations.append(IterationLog(plan, start, result.duration_s, result.spans))
+            host_s = time.perf_counter() - began - result.duration_s
+            self.iterations.append(
+                IterationLog(plan, start, result.duration_s, result.spans, max(0.0, host_s))
+            )
 
     def stats(self) -> EngineStats:
         p, c = self.policy, self._counts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from neo_engine.config import LoadSettings
@@ -52,6 +54,10 @@ def test_executor_and_timing_model_emit_the_same_spans():
     )
     tokens = {rid: [1 + rid] * n for rid, n in lengths.items()}
     measured = executor.run(plan, tokens, kv).spans
+    # On a CPU device the host worker lives for one iteration: its OpenMP team, left alive,
+    # would slow every later kernel of the calling thread (executor.py says why).
+    assert not any(t.name.startswith("neo-host-attn") for t in threading.enumerate())
+    assert any(s.lane == Lane.CPU for s in measured)
     executor.close()
     predicted = TimingModel(RooflineCostModel(spec, HW["t4"]), 8).run(plan, record=True).spans
 
