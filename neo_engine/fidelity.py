@@ -33,6 +33,7 @@ from scipy.stats import ks_2samp
 
 from neo_engine.config import EngineConfig
 from neo_engine.engine import LLMEngine
+from neo_engine.opbench import reference_kernel
 from neo_engine.replay import replay
 from neo_engine.validate import SHIPPED_PROFILE, FidelitySettings, add_arguments
 from neo_sim.errors import NeoError
@@ -286,30 +287,6 @@ class ProfileAnchor:
         self.bench.close()
 
 
-def reference_kernel(model: str, repeats: int = 200):
-    """A fixed piece of the engine's work, timed alone: one layer's QKV projection of 4 tokens
-    (the model's shapes, fp32 whatever the engine's dtype: a fixed yardstick). Its median time
-    before and after each run, against the first, is this machine's drift over the run; a
-    profile measured at another speed biases every prediction by as much."""
-    import torch
-
-    from neo_sim.catalog import parse_model_arg
-
-    spec = parse_model_arg(model).spec
-    x = torch.randn(4, spec.hidden_size)
-    w = torch.randn(spec.hidden_size, spec.q_size + 2 * spec.kv_size)
-
-    def median_ms() -> float:
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            torch.mm(x, w)
-            times.append(time.perf_counter() - started)
-        return 1e3 * float(np.median(times))
-
-    return median_ms
-
-
 def profile_cache() -> Path:
     """Where profiles measured by `neo-sim validate` are kept, one per machine and model."""
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -366,7 +343,7 @@ def run_fidelity(settings: FidelitySettings) -> int:
     out = Path(settings.output)
     out.mkdir(parents=True, exist_ok=True)
     profile_path = profile_of_this_machine(settings.profile, settings.model)
-    reference = reference_kernel(settings.model)
+    reference = reference_kernel(load_profile(profile_path).model)
     baseline_ms = reference()
     anchor = ProfileAnchor(profile_path, settings.anchor_points) if settings.anchor_points else None
     results = []
@@ -392,7 +369,7 @@ def run_fidelity(settings: FidelitySettings) -> int:
             results.append(timed(policy, load, rate))
     if anchor:
         anchor.close()
-    write_report(results, settings, profile_path, out)
+    write_report(results, settings, profile_path, out, baseline_ms)
     print((out / "report.md").read_text())
     return 0
 
@@ -423,7 +400,30 @@ def errors_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: list[dict], settings: FidelitySettings, profile_path: Path, out: Path):
+def since_profiling(profile_path: Path, now_ms: float) -> str:
+    """One sentence: the reference kernel now against its time when the profile was measured
+    (`reference_kernel_ms`, recorded by neo-profile), the machine's drift since then."""
+    provenance = load_profile(profile_path).provenance
+    then_ms = provenance.machine.get("reference_kernel_ms")
+    if not then_ms:
+        return (
+            "The profile records no reference kernel time (measured before neo-profile "
+            "recorded one), so drift since profiling is not known."
+        )
+    return (
+        f"Since the profile was measured ({provenance.date}), the reference kernel went from "
+        f"{then_ms:.4f} to {now_ms:.4f} ms ({100 * (now_ms / then_ms - 1):+.0f}%): drift since "
+        "profiling, which biases every prediction below by about as much."
+    )
+
+
+def write_report(
+    results: list[dict],
+    settings: FidelitySettings,
+    profile_path: Path,
+    out: Path,
+    baseline_ms: float,
+):
     from neo_sim import plots
 
     rows = [r for result in results for r in result["rows"]]
@@ -517,7 +517,7 @@ of the engine's steps spent outside the forward pass (scheduling, sampling, book
 rest of `LLMEngine.step`), a cost neo-sim's cost model does not price, so it is a floor under
 the throughput error at the saturated loads. drift: a reference
 kernel (one QKV projection of 4 tokens) timed before / after the run, against its time at the
-start of validate.
+start of validate. {since_profiling(profile_path, baseline_ms)}
 
 ## Trace-driven: the queueing and scheduling model alone
 

@@ -64,6 +64,27 @@ def _median_time(
     return statistics.median(times)
 
 
+def reference_kernel(spec: ModelSpec, repeats: int = 200) -> Callable[[], float]:
+    """A fixed piece of the engine's work, timed alone: one layer's QKV projection of 4 tokens
+    (the model's shapes, fp32 whatever the engine's dtype: a fixed yardstick). Returns a
+    function giving its median time in ms now. `neo-profile` records it in a measured profile
+    (`reference_kernel_ms`) and `neo-sim validate` times it before and after each run: the
+    ratios are this machine's drift since profiling and over each run; a profile measured at
+    another speed biases every prediction by as much."""
+    x = torch.randn(4, spec.hidden_size)
+    w = torch.randn(spec.hidden_size, spec.q_size + 2 * spec.kv_size)
+
+    def median_ms() -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.mm(x, w)
+            times.append(time.perf_counter() - started)
+        return 1e3 * statistics.median(times)
+
+    return median_ms
+
+
 class CopyBench:
     """Copies between host and device, and the per-layer host hand-off."""
 

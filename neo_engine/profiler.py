@@ -185,7 +185,11 @@ def cmd_measure(run: ProfileSettings) -> int:
     started = time.perf_counter()
     samples, launch = measure(spec, device, grids, repeats, run.host_threads, run.passes)
     elapsed = time.perf_counter() - started
+    from neo_engine.opbench import reference_kernel
+
     machine = machine_info(device) | {
+        # this machine's speed now, for comparing later runs with (neo-sim validate's drift)
+        "reference_kernel_ms": round(reference_kernel(spec)(), 5),
         "quick": run.quick,
         "repeats": repeats,
         "passes": run.passes,

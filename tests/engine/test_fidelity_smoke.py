@@ -35,7 +35,7 @@ def test_validate_quick_writes_the_report(tmp_path):
     assert len(replay) == len(
         [r for r in rows if r["metric"] not in ("ks_pvalue", "iteration_mape")]
     )
-    assert "Trace-driven" in report and "drift" in report
+    assert "Trace-driven" in report and "drift since profiling" in report
     # Offline, the plans do not depend on the clock: replaying the engine's measured steps
     # (forward pass plus host work) gives its makespan back, up to the replay loop's own time.
     for r in replay:

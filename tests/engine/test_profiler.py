@@ -50,6 +50,26 @@ def test_round_trip_predicts_the_measured_grid_exactly(tiny_profile):
     assert all(t > 0 for t in samples["h2d"].seconds) and profile.launch_s > 0
 
 
+def test_validate_reports_drift_since_profiling(tiny_profile, tmp_path):
+    """A profile that recorded the reference kernel's time (neo-profile does) gives validate's
+    drift since profiling; one that did not says so."""
+    import dataclasses
+
+    from neo_engine.fidelity import since_profiling
+    from neo_engine.opbench import reference_kernel
+
+    path, _ = tiny_profile
+    profile = load_profile(path)
+    assert "not known" in since_profiling(path, 0.2)
+    assert reference_kernel(profile.model, repeats=5)() > 0
+    machine = {"reference_kernel_ms": 0.25}
+    recorded = dataclasses.replace(
+        profile, provenance=dataclasses.replace(profile.provenance, machine=machine)
+    )
+    again = save_profile(recorded, tmp_path / "with-reference.json")
+    assert "0.2500 to 0.3000 ms (+20%)" in since_profiling(again, 0.3)
+
+
 def test_neo_sim_accepts_a_measured_profile(tiny_profile, tmp_path):
     from neo_sim.cli import main as sim_main
 
