@@ -294,6 +294,8 @@ def cmd_check(args: CheckSettings) -> int:
             f"{floor:>30s}"
         )
     if args.json:
+        from neo_engine.local import source_commit
+
         Path(args.json).write_text(
             json.dumps(
                 {
@@ -301,6 +303,8 @@ def cmd_check(args: CheckSettings) -> int:
                     "model": spec.name,
                     "scaled": cost.scaled,
                     "rows": rows,
+                    "machine": machine_info(device) | {"commit": source_commit()},
+                    "date": datetime.date.today().isoformat(),
                 },
                 indent=1,
             )
