@@ -6,6 +6,9 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   stays hidden). Past that point the GPU waits, yet one more request per iteration can still
   be worth the wait; adaptive keeps adding CPU decodes, longest-waiting first, while the
   pipelined plan's predicted requests/s rises (`_extend_pipelined`).
+- Without an SLO, when the pipelined plan loses to the GPU-only one, the GPU-only plan leaves
+  out the prompts NEO would place on the host (`_without_cpu_prefills`): their decodes would
+  wait.
 - With `slo_tpot_s` set, a prompt goes to the host only while an iteration decoding every
   resident is predicted within it, host decodes are added while the iteration stays within
   it, and of the candidate plans the fastest-serving one within it is run (the fastest one
@@ -51,7 +54,31 @@ class AdaptivePolicy(ApexPolicy):
         if not options:  # overdue decodes that fitted neither plan: NEO's choice
             mode, chosen = self._choose_mode(b0, b1, forced)
             return mode, chosen, (forced if mode == Mode.PIPELINED else ())
-        return self._best(options)
+        best = self._best(options)
+        if best[0] == Mode.SEQUENTIAL and b1 and self.config.slo_tpot_s is None:
+            # The pipelined plan was priced and lost: decoding on the host does not pay this
+            # iteration, so a prompt placed there would only join residents that wait. (Under
+            # a TPOT SLO the host set is sized by the SLO instead.)
+            lean = self._without_cpu_prefills(best[1][0])
+            if lean is not None:
+                return Mode.SEQUENTIAL, (lean,), ()
+        return best
+
+    def _without_cpu_prefills(self, seq: SubBatchBuilder) -> SubBatchBuilder | None:
+        """`seq` without its host-placed prompts, if it has any and keeps other work (None
+        otherwise). NEO keeps a host prompt in a GPU-only iteration to keep the batch above
+        `cpu_prefill_min_tokens`; with many GPU decodes that prefill can double the iteration
+        while the prompt's host decodes wait for a pipelined plan that pays (policy map,
+        g5.2xlarge osc at 150%: one ~370-token prompt per iteration for 26 iterations)."""
+        if not any(p.kv_device == Device.CPU for p in seq.prefills):
+            return None
+        lean = SubBatchBuilder(self.cost)
+        for p in seq.prefills:
+            if p.kv_device == Device.GPU:
+                lean.add_prefill(p)
+        for d in seq.gpu_decodes:
+            lean.add_gpu_decode(d)
+        return lean if lean else None
 
     def _best(self, options: list[Option]) -> Option:
         """Most requests/s; with a TPOT SLO, among the plans within it (else the fastest)."""
