@@ -102,7 +102,7 @@ class Executor:
         self.host_threads = host_threads or torch.get_num_threads()
         self._cuda = device.type == "cuda"
         # The host worker thread. On CUDA it lives as long as the executor. On a CPU device it
-        # lives for one iteration (`_host_worker`): its attention kernel's OpenMP team, alive
+        # lives for one iteration (`run`): its attention kernel's OpenMP team, alive
         # beside the calling thread's, makes libgomp throttle every team's spin-wait once
         # their threads outnumber the cores, and each parallel kernel of the calling thread
         # then pays a wake-up (measured on 2 cores: a 4-token QKV projection 0.21 -> 0.29-0.35

@@ -78,3 +78,28 @@ def test_adaptive_with_a_tpot_slo_keeps_tpot_within_it_and_raises_goodput():
         name: execute(spec.with_(policy=name)).summary["goodput_req_s"] for name in ("neo", "apex")
     }
     assert bound.summary["goodput_req_s"] > 2 * max(good.values())
+
+
+def test_adaptive_leaves_host_prompts_out_of_gpu_only_iterations():
+    """A10G at 1.5x gpu-only's capacity (the policy map's g5.2xlarge osc cell): once the GPU
+    KV is full, NEO keeps one host-placed prompt in each GPU-only iteration (to keep the batch
+    above `cpu_prefill_min_tokens`), doubling iterations of ~110 GPU decodes while the prompt's
+    host decodes wait. adaptive leaves such prompts out where the pipelined plan lost, and
+    keeps up with gpu-only where neo falls behind."""
+    spec = RunSpec.of(
+        hardware="a10g-g5.2xlarge",
+        model="llama-3-8b",
+        input_len=370,
+        output_len=45,
+        num_requests=200,
+        max_batch_tokens=8192,
+        timeline_iterations=0,
+    )
+    capacity = execute(spec.with_(policy="gpu-only", rate=math.inf)).summary["throughput_req_s"]
+    loaded = spec.with_(rate=1.5 * capacity)
+    tok_s = {
+        p: execute(loaded.with_(policy=p)).summary["throughput_tok_s"]
+        for p in ("gpu-only", "neo", "adaptive")
+    }
+    assert tok_s["neo"] < 0.995 * tok_s["gpu-only"]  # the loss adaptive removes
+    assert tok_s["adaptive"] >= tok_s["gpu-only"]
