@@ -97,7 +97,10 @@ class EngineConfig:
         None, "profile JSON for the scheduler's cost model; unset: a quick probe of this machine"
     )
     host_threads: int | None = setting(
-        None, "threads of the host attention kernel; unset: torch's thread count", low=1
+        None,
+        "threads of the host attention kernel; unset: torch's thread count with a GPU, half of "
+        "it on a CPU device (the lanes share its cores)",
+        low=1,
     )
     clock: str = setting(
         "wall",

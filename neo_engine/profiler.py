@@ -323,7 +323,10 @@ class ProfileSettings:
         None, "profile JSON to write; unset: profiles/local-DEVICE__MODEL.json"
     )
     host_threads: int | None = setting(
-        None, "threads of the host attention kernel; unset: torch's thread count", low=1
+        None,
+        "threads of the host attention kernel; unset: as the engine's (torch's thread count "
+        "with a GPU, half of it on a CPU device)",
+        low=1,
     )
     passes: int = setting(3, "shuffled passes over the grid; the median per point is kept", low=1)
 
