@@ -40,7 +40,7 @@ from neo_sim.errors import NeoError
 from neo_sim.lanes import busy_by_lane
 from neo_sim.latency import RequestRecord
 from neo_sim.metrics import GapLog, IterationRecord, Metrics
-from neo_sim.profile import load_profile
+from neo_sim.profile import Profile, load_profile
 from neo_sim.profiled import ProfiledCostModel
 from neo_sim.scheduler import make_policy
 from neo_sim.settings import from_args
@@ -343,7 +343,8 @@ def run_fidelity(settings: FidelitySettings) -> int:
     out = Path(settings.output)
     out.mkdir(parents=True, exist_ok=True)
     profile_path = profile_of_this_machine(settings.profile, settings.model)
-    reference = reference_kernel(load_profile(profile_path).model)
+    profile = load_profile(profile_path)
+    reference = reference_kernel(profile.model)
     baseline_ms = reference()
     anchor = ProfileAnchor(profile_path, settings.anchor_points) if settings.anchor_points else None
     results = []
@@ -369,7 +370,7 @@ def run_fidelity(settings: FidelitySettings) -> int:
             results.append(timed(policy, load, rate))
     if anchor:
         anchor.close()
-    write_report(results, settings, profile_path, out, baseline_ms)
+    write_report(results, settings, profile_path, out, since_profiling(profile, baseline_ms))
     print((out / "report.md").read_text())
     return 0
 
@@ -400,10 +401,10 @@ def errors_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def since_profiling(profile_path: Path, now_ms: float) -> str:
+def since_profiling(profile: Profile, now_ms: float) -> str:
     """One sentence: the reference kernel now against its time when the profile was measured
     (`reference_kernel_ms`, recorded by neo-profile), the machine's drift since then."""
-    provenance = load_profile(profile_path).provenance
+    provenance = profile.provenance
     then_ms = provenance.machine.get("reference_kernel_ms")
     if not then_ms:
         return (
@@ -422,7 +423,7 @@ def write_report(
     settings: FidelitySettings,
     profile_path: Path,
     out: Path,
-    baseline_ms: float,
+    drift_since_profiling: str,
 ):
     from neo_sim import plots
 
@@ -517,7 +518,7 @@ of the engine's steps spent outside the forward pass (scheduling, sampling, book
 rest of `LLMEngine.step`), a cost neo-sim's cost model does not price, so it is a floor under
 the throughput error at the saturated loads. drift: a reference
 kernel (one QKV projection of 4 tokens) timed before / after the run, against its time at the
-start of validate. {since_profiling(profile_path, baseline_ms)}
+start of validate. {drift_since_profiling}
 
 ## Trace-driven: the queueing and scheduling model alone
 

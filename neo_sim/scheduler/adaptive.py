@@ -72,12 +72,8 @@ class AdaptivePolicy(ApexPolicy):
         g5.2xlarge osc at 150%: one ~370-token prompt per iteration for 26 iterations)."""
         if not any(p.kv_device == Device.CPU for p in seq.prefills):
             return None
-        lean = SubBatchBuilder(self.cost)
-        for p in seq.prefills:
-            if p.kv_device == Device.GPU:
-                lean.add_prefill(p)
-        for d in seq.gpu_decodes:
-            lean.add_gpu_decode(d)
+        on_gpu = (p for p in seq.prefills if p.kv_device == Device.GPU)
+        lean = self._gpu_only_batch(on_gpu, seq.gpu_decodes)
         return lean if lean else None
 
     def _best(self, options: list[Option]) -> Option:

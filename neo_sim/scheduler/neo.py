@@ -438,11 +438,7 @@ class NeoPolicy(Policy):
 
     def _sequential_batch(self, b0: SubBatchBuilder) -> SubBatchBuilder:
         """The GPU-only alternative: b0's prefills and GPU decodes, CPU prefills trimmed."""
-        seq = SubBatchBuilder(self.cost)
-        for p in b0.prefills:
-            seq.add_prefill(p)
-        for d in b0.gpu_decodes:
-            seq.add_gpu_decode(d)
+        seq = self._gpu_only_batch(b0.prefills, b0.gpu_decodes)
         threshold = self.config.cpu_prefill_min_tokens
         while seq.prefills:
             p = seq.pop_prefill()
@@ -450,6 +446,17 @@ class NeoPolicy(Policy):
                 seq.add_prefill(p)
                 break
         return seq
+
+    def _gpu_only_batch(
+        self, prefills: Iterable[PrefillWork], gpu_decodes: Iterable[DecodeWork]
+    ) -> SubBatchBuilder:
+        """A new sub-batch of these prefills and GPU decodes, in order."""
+        b = SubBatchBuilder(self.cost)
+        for p in prefills:
+            b.add_prefill(p)
+        for d in gpu_decodes:
+            b.add_gpu_decode(d)
+        return b
 
     # ---- commit ---------------------------------------------------------------------------
     def _commit(

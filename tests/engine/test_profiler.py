@@ -60,14 +60,14 @@ def test_validate_reports_drift_since_profiling(tiny_profile, tmp_path):
 
     path, _ = tiny_profile
     profile = load_profile(path)
-    assert "not known" in since_profiling(path, 0.2)
+    assert "not known" in since_profiling(profile, 0.2)
     assert reference_kernel(profile.model, repeats=5)() > 0
     machine = {"reference_kernel_ms": 0.25}
     recorded = dataclasses.replace(
         profile, provenance=dataclasses.replace(profile.provenance, machine=machine)
     )
     again = save_profile(recorded, tmp_path / "with-reference.json")
-    assert "0.2500 to 0.3000 ms (+20%)" in since_profiling(again, 0.3)
+    assert "0.2500 to 0.3000 ms (+20%)" in since_profiling(load_profile(again), 0.3)
 
 
 def test_neo_sim_accepts_a_measured_profile(tiny_profile, tmp_path):
