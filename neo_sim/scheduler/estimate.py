@@ -73,6 +73,9 @@ class SubBatchBuilder:
         self.gpu_decode_tokens = 0
         self.cpu_decode_tokens = 0
         self.cpu_prefill_tokens = 0
+        # The CPU decodes whose next token needs a new host block, where known (those priced
+        # by `CpuDecodeOffers`, which looked their blocks up); None: unknown, look each up.
+        self.cpu_decodes_growing: list[DecodeWork] | None = []
         self._cache: LayerTimes | None = None
         self._linear: float | None = None
         self._gpu_attn: float | None = None
@@ -97,6 +100,7 @@ class SubBatchBuilder:
 
     def add_cpu_decode(self, work: DecodeWork) -> None:
         self.cpu_decodes.append(work)
+        self.cpu_decodes_growing = None
         self.num_tokens += 1
         self.cpu_decode_tokens += work.context_len
         self._cache = self._linear = self._cpu = None
@@ -115,15 +119,24 @@ class SubBatchBuilder:
             self._cache = self._linear = self._gpu_attn = None
         else:
             self.cpu_decodes.extend(works)
+            self.cpu_decodes_growing = None
             self.cpu_decode_tokens += tokens
             self._cache = self._linear = self._cpu = None
 
     def add_priced_cpu_decodes(
-        self, works: list[DecodeWork], cpu_decode_tokens: int, linear_s: float, cpu_s: float
+        self,
+        works: list[DecodeWork],
+        cpu_decode_tokens: int,
+        linear_s: float,
+        cpu_s: float,
+        growing: list[DecodeWork],
     ) -> None:
         """`add_cpu_decode` of each of `works`, with the totals and lane times that
-        `CpuDecodeOffers` priced for them (bit for bit `_refresh`'s)."""
+        `CpuDecodeOffers` priced for them (bit for bit `_refresh`'s) and those of them whose
+        next token needs a new host block."""
         self.cpu_decodes.extend(works)
+        if self.cpu_decodes_growing is not None:
+            self.cpu_decodes_growing.extend(growing)
         self.num_tokens += len(works)
         self.cpu_decode_tokens = cpu_decode_tokens
         self._refresh()  # the other components, before the priced ones replace theirs
@@ -131,6 +144,7 @@ class SubBatchBuilder:
 
     def pop_cpu_decode(self) -> DecodeWork:
         work = self.cpu_decodes.pop()
+        self.cpu_decodes_growing = None
         self.num_tokens -= 1
         self.cpu_decode_tokens -= work.context_len
         self._cache = self._linear = self._cpu = None
@@ -200,6 +214,7 @@ class CpuDecodeOffers:
         self.gpu_attn = (t0.gpu_attn_s, t1.gpu_attn_s)
         self.cpu = [t0.cpu_s, t1.cpu_s]
         self.kept: tuple[list[DecodeWork], list[DecodeWork]] = ([], [])
+        self.growing: tuple[list[DecodeWork], list[DecodeWork]] = ([], [])  # of the kept
 
     def offer_in_turn(
         self,
@@ -219,6 +234,7 @@ class CpuDecodeOffers:
         launch = self.cost.launch
         count, tokens, width = self.count, self.tokens, self.width
         linear, cpu, gpu_attn, kept_by = self.linear, self.cpu, self.gpu_attn, self.kept
+        growing_by = self.growing
         lanes = self.cost.cpu_lane_table(max(count) + len(decodes) + 1)
         linears = self.cost.linear_table(max(width) + len(decodes) + 1)
         t = self.target
@@ -246,10 +262,12 @@ class CpuDecodeOffers:
             width[t] += 1
             linear[t], cpu[t] = new_linear, new_cpu
             kept_by[t].append(work)
+            if growth:
+                blocks_free -= growth
+                growing_by[t].append(work)
             s0, s1 = (mine, other) if t == 0 else (other, mine)
             t = 1 if s1 > s0 else 0
             kept += 1
-            blocks_free -= growth
             if overdue:
                 forced.append(work[0])
         self.target = t
@@ -263,7 +281,9 @@ class CpuDecodeOffers:
         """Hand the kept decodes to the builders, with the lane times priced for them."""
         for t, (builder, kept) in enumerate(zip(self.builders, self.kept)):
             if kept:
-                builder.add_priced_cpu_decodes(kept, self.tokens[t], self.linear[t], self.cpu[t])
+                builder.add_priced_cpu_decodes(
+                    kept, self.tokens[t], self.linear[t], self.cpu[t], self.growing[t]
+                )
 
 
 def slacks(b0: SubBatchBuilder, b1: SubBatchBuilder) -> tuple[float, float]:

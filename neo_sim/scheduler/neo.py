@@ -57,11 +57,17 @@ Candidate = tuple[Request, Device]
 UNBOUNDED_WAIT = 10**9  # iterations: a starvation bound that never binds
 
 
-def _waited(r: Request) -> int:
-    """Sort key, oldest progress first, then admission order: (last_progress_step,
-    admit_order) packed in one int (an admission rank is below 2**40), which sorts faster
-    than the pair."""
-    return (r.last_progress_step << 40) + r.admit_order
+def _oldest_progress_first(requests: Iterable[Request]) -> list[Request]:
+    """`requests` by the step of their last progress, oldest first, ties in admission order:
+    two stable sorts on C-level keys (admission rank, then last step), faster than one sort
+    on a Python key function; it runs over every host resident each iteration."""
+    order = sorted(requests, key=_ADMIT_ORDER)
+    order.sort(key=_LAST_PROGRESS)
+    return order
+
+
+_ADMIT_ORDER = operator.attrgetter("admit_order")
+_LAST_PROGRESS = operator.attrgetter("last_progress_step")
 
 
 class NeoPolicy(Policy):
@@ -474,7 +480,8 @@ class NeoPolicy(Policy):
             self._mark_admitted(r)
         for b in chosen:
             gpu.grow_each(b.gpu_decodes)
-            cpu.grow_each(b.cpu_decodes)
+            growing = b.cpu_decodes_growing
+            cpu.grow_each(b.cpu_decodes if growing is None else growing)
         slack = slacks(*chosen) if mode == Mode.PIPELINED else ()
         predicted = self._work_s(mode, chosen) + swap_s(
             self.cost, swap_out, swap_in, self.config.block_size
@@ -529,7 +536,7 @@ class NeoPolicy(Policy):
             if len(order) == len(residents):
                 self._waited_order = (step, order, works)
                 return order, works
-        order = sorted(residents.values(), key=_waited)
+        order = _oldest_progress_first(residents.values())
         works = decode_works(order)
         self._waited_order = (self.step_index, order, works)
         return order, works

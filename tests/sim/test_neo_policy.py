@@ -174,14 +174,18 @@ def test_greedy_offers_price_exactly_what_the_builders_would(which):
             pairs.append(pair)
         (b0, b1), (m0, m1) = pairs
         offers = CpuDecodeOffers(b0, b1)
+        needs_block = set()
         for rid in range(100, 100 + rng.randint(1, 300)):
             work, force = DecodeWork(rid, rng.randint(10, 3000)), rng.random() < 0.1
+            growth = rng.choice((0, 1))
+            if growth:
+                needs_block.add(rid)
             mirror = (m0, m1)[offers.target]
             mirror.add_cpu_decode(work)
             expected = slacks(m0, m1)
             keep = force or min(expected) >= 0
             before = offers.num_kept
-            forced = offers.offer_in_turn([work], [force], [0], 0, 1)
+            forced = offers.offer_in_turn([work], [force], [growth], 1, 1)
             assert offers.num_kept - before == keep and forced == ([rid] if keep and force else [])
             if keep:
                 assert offers.target == (1 if expected[1] > expected[0] else 0)
@@ -189,6 +193,10 @@ def test_greedy_offers_price_exactly_what_the_builders_would(which):
             else:
                 mirror.pop_cpu_decode()
                 rejected_any = True
+        # Those kept that need a block are listed on their own sub-batch (commit grows them).
+        assert offers.growing == tuple(
+            [d for d in k if d.request_id in needs_block] for k in offers.kept
+        )
         offers.apply()
         assert (b0.freeze(), b1.freeze()) == (m0.freeze(), m1.freeze())
         assert (b0.times(), b1.times()) == (m0.times(), m1.times())
@@ -242,6 +250,13 @@ def test_greedy_offers_skip_rules():
         10,
     )
     assert [d.request_id for d in o.kept[0] + o.kept[1]] == [1, 3]
+    # The kept ones that need blocks reach the builders, which commit grows only those.
+    assert o.growing == o.kept  # both need blocks
+    o.apply()
+    b0, b1 = o.builders
+    assert (b0.cpu_decodes_growing, b1.cpu_decodes_growing) == (b0.cpu_decodes, b1.cpu_decodes)
+    (b0 if b0.cpu_decodes else b1).pop_cpu_decode()  # unknown after a pop
+    assert None in (b0.cpu_decodes_growing, b1.cpu_decodes_growing)
     o = offers()  # room for two
     offer(o, [(DecodeWork(i, 50), False, 0) for i in range(1, 6)], 10, 2)
     assert o.num_kept == 2
