@@ -123,9 +123,8 @@ def sample_rows(
         for row, token in zip(greedy, logits[greedy].argmax(dim=-1).tolist()):
             tokens[row] = int(token)
     if sampled:
-        chosen = _sample_batch(
-            logits[sampled], [params[r] for r in sampled], [generators[r] for r in sampled]
-        )
+        rows = logits if len(sampled) == len(params) else logits[sampled]  # no copy if all
+        chosen = _sample_batch(rows, [params[r] for r in sampled], [generators[r] for r in sampled])
         for row, token in zip(sampled, chosen):
             tokens[row] = token
     return tokens
@@ -151,17 +150,22 @@ def _sample_batch(
     whatever batch it runs in), else from torch's global generator. One draw per row:
     torch.multinomial, or an exponential race, draws per vocabulary entry, ~1 ms per row of
     a 49k vocabulary on a CPU, which made sampling a third of a served decode step."""
-    scores = logits.float()
+    # Every pass over a decode batch's logits ([64, 49k] here: 6-12 MB, cold from the LM
+    # head) costs milliseconds, so bf16 logits go to float32 inside the pass that needs them
+    # (the division by the temperatures, else the softmax), never in a pass of their own.
     temperatures = [p.temperature for p in params]
+    scores = logits
     if any(t != 1.0 for t in temperatures):  # x / 1.0 == x: skip a pass over the batch
-        scores = scores / torch.tensor(temperatures, dtype=torch.float32)[:, None]
+        scores = logits / torch.tensor(temperatures, dtype=torch.float32)[:, None]
     vocab = scores.shape[-1]
     filtered = [row for row, p in enumerate(params) if 0 < p.top_k < vocab or p.top_p < 1.0]
     if filtered and scores.data_ptr() == logits.data_ptr():
-        scores = scores.clone()  # the caller's logits stay as they are (logprobs read them)
+        # the caller's logits stay as they are (logprobs read them)
+        scores = logits.to(torch.float32, copy=True)
     for row in filtered:
         scores[row] = _filtered(scores[row], params[row])
-    weights = torch.softmax(scores, dim=-1)  # one fused pass (exp(x - max) alone takes 2x)
+    # One fused pass (exp(x - max) alone takes 2x), in float32 whatever the logits' dtype.
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
     unseeded = torch.rand(len(params), dtype=torch.float64)
     draws = torch.stack(
         [
