@@ -186,21 +186,27 @@ INVERSE_CDF_BLOCK = 256  # vocabulary entries per block of `_inverse_cdf`'s two-
 def _inverse_cdf(weights: torch.Tensor, draws: torch.Tensor) -> tuple[list[int], list[bool]]:
     """Per row of non-negative weights [n, vocab] (float32) and a uniform draw in [0, 1)
     (float64): the first index whose cumulative weight exceeds draw * total, and whether the
-    row is usable (total finite and positive). Two levels in float64: cumulative sums of
-    blocks of 256 entries find the block, a cumulative sum inside that block the entry (a
-    full float64 cumsum of a [64, 49k] batch costs ~7 ms a step on a CPU, this ~1 ms). A
-    zero-weight entry (filtered, or padding) is never chosen."""
+    row is usable (total finite and positive). Two levels: each block of 256 entries summed in
+    float32, the block sums' cumulative sum in float64 finds the block, a float64 cumulative
+    sum inside that block the entry. A full float64 cumsum of a [64, 49k] batch costs ~7 ms a
+    step on a CPU, and so does a float64 block sum (torch first copies the whole batch to
+    float64); this costs ~1 ms. A float32 block sum is within ~1e-5 of the exact one, so
+    only a draw that close to a block boundary can land one entry across it from where a full
+    float64 cumsum would (the weights themselves carry float32 rounding). A zero-weight entry
+    (filtered, or padding) is never chosen."""
     n, vocab = weights.shape
     size = INVERSE_CDF_BLOCK
     if vocab % size:
         weights = torch.nn.functional.pad(weights, (0, size - vocab % size))
     blocks = weights.view(n, -1, size)
-    block_cdf = blocks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)  # [n, blocks]
+    block_cdf = blocks.sum(dim=-1).double().cumsum(dim=-1)  # [n, blocks]
     total = block_cdf[:, -1]
     usable = (torch.isfinite(total) & (total > 0)).tolist()
     target = draws * torch.where(torch.isfinite(total), total, torch.zeros_like(total))
-    block = torch.searchsorted(block_cdf, target[:, None], right=True)
-    block = block.clamp_(max=blocks.shape[1] - 1).view(-1)
+    block = torch.searchsorted(block_cdf, target[:, None], right=True).view(-1)
+    # A draw that rounds up to the total finds no block: take the last block that holds weight.
+    last = (block_cdf < total[:, None]).sum(dim=-1).clamp_(max=blocks.shape[1] - 1)
+    block = torch.minimum(block, last)
     rows = torch.arange(n)
     before = torch.where(block > 0, block_cdf[rows, (block - 1).clamp(min=0)], 0.0)
     inside = blocks[rows, block]  # [n, size]
