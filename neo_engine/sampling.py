@@ -205,7 +205,7 @@ def _inverse_cdf(weights: torch.Tensor, draws: torch.Tensor) -> tuple[list[int],
     target = draws * torch.where(torch.isfinite(total), total, torch.zeros_like(total))
     block = torch.searchsorted(block_cdf, target[:, None], right=True).view(-1)
     # A draw that rounds up to the total finds no block: take the last block that holds weight.
-    last = (block_cdf < total[:, None]).sum(dim=-1).clamp_(max=blocks.shape[1] - 1)
+    last = (block_cdf < total[:, None]).sum(dim=-1)  # the total's own block at most
     block = torch.minimum(block, last)
     rows = torch.arange(n)
     before = torch.where(block > 0, block_cdf[rows, (block - 1).clamp(min=0)], 0.0)

@@ -77,11 +77,9 @@ def test_the_two_level_inverse_cdf_picks_what_one_full_cumulative_sum_picks():
     draws = torch.rand(64, dtype=torch.float64, generator=gen)
     draws[0], draws[1], draws[2] = 0.0, 1 - 2**-52, 0.5
     draws[11] = 1 - 2**-53  # may round draw * total up to the total
-    boundaries = []
     for row, block in ((3, 1), (4, 2), (5, 1)):  # a draw exactly at a block boundary
         draws[row] = cdf[row, block * 256 - 1] / cdf[row, -1]
-        boundaries.append(row)
-    chosen, usable = _inverse_cdf(weights.float(), draws)
+    chosen, usable = _inverse_cdf(weights, draws)
     expected = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True).view(-1)
     tolerance = 2**-16  # of the total: float32 block sums of 256 entries, summed over blocks
     for row in range(64):
