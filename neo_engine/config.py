@@ -25,6 +25,8 @@ from neo_sim.units import canonical_dtype
 # locks the memory and takes seconds per GB); the simulator allocates nothing and models a
 # serving host that dedicates half its memory to KV.
 ENGINE_KV = KVCacheSettings(cpu_kv_gb=2.0)
+# `host_overlap` -> the executor's flag (None: `executor.default_host_overlap` decides)
+HOST_OVERLAP: dict[str, bool | None] = {"auto": None, "yes": True, "no": False}
 
 DEFAULT_MAX_MODEL_LEN = 4096  # cap on the default context: the model's own, at most this
 
@@ -98,9 +100,16 @@ class EngineConfig:
     )
     host_threads: int | None = setting(
         None,
-        "threads of the host attention kernel; unset: torch's thread count with a GPU, half of "
-        "it on a CPU device (the lanes share its cores)",
+        "threads of the host attention kernel; unset: torch's thread count, or half of it on a "
+        "CPU device whose lanes overlap (they share its cores)",
         low=1,
+    )
+    host_overlap: str = setting(
+        "auto",
+        "run the host attention beside the device's work (yes) or on the calling thread where "
+        "the device lane reaches it (no); auto: yes with a GPU, no on a CPU device (the lanes "
+        "share its cores, and overlapping them makes them contend)",
+        choices=tuple(HOST_OVERLAP),
     )
     clock: str = setting(
         "wall",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from neo_engine.config import DEFAULT_MAX_MODEL_LEN, EngineConfig
+from neo_engine.config import DEFAULT_MAX_MODEL_LEN, HOST_OVERLAP, EngineConfig
 from neo_engine.cpu_kernel import SKINNY_MAX_ROWS, load_extension, skinny_path
 from neo_engine.executor import Executor
 from neo_engine.kv_cache import KVPool
@@ -194,7 +194,13 @@ class LLMEngine:
             pin=cuda,
         )
         self.executor = Executor(
-            self.spec, self.weights, self.device, self.gpu_pool, self.cpu_pool, config.host_threads
+            self.spec,
+            self.weights,
+            self.device,
+            self.gpu_pool,
+            self.cpu_pool,
+            config.host_threads,
+            HOST_OVERLAP[config.host_overlap],
         )
         self._live: dict[int, _Live] = {}
         self._ids = itertools.count()

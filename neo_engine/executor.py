@@ -14,7 +14,9 @@ so with two sub-batches the host attention of one overlaps the device work of th
 (asymmetric pipelining, docs/architecture.md); with one sub-batch it overlaps only that
 sub-batch's own device attention (APEX's fused iteration, `Mode.FUSED`, is exactly that
 case). On CUDA the lanes synchronise with events and copies are non-blocking through pinned
-memory; on the CPU the same code runs with plain tensors.
+memory; on the CPU the same code runs with plain tensors. Where the two lanes share the same
+cores (a CPU device) they do not overlap by default (`host_overlap`): the host attention runs
+on the calling thread, in the same order, as the timing model's shared lanes price it.
 
 Every task is timed as a `neo_sim.lanes.Span` (lane, task, layer, sub-batch), the vocabulary
 of the simulator's timing model, for the profiler and the fidelity report.
@@ -82,15 +84,34 @@ class _Prepared:
     index: int = 0  # the sub-batch's index in the plan
 
 
-def default_host_threads(cuda: bool) -> int:
-    """Threads of the host attention kernel when not set. With a GPU the host's cores are its
-    own: torch's thread count. On a CPU device the "GPU" lane's kernels run on the same cores
-    at the same time (pipelined iterations), so the host lane gets half of them: two teams of
-    torch's size oversubscribe the cores, and a parallel region then waits for a thread the
-    OS has descheduled (2 cores, neo on `dummy:small`, 4 interleaved pairs: one host thread
-    took 9-18% less wall time than two in every pair)."""
+def default_host_overlap(cuda: bool) -> bool:
+    """Whether the host lane runs beside the device lane when not set: with a GPU, yes (the
+    host's cores are free while the GPU computes). On a CPU device the "GPU" lane runs on the
+    same cores, so overlapping the lanes only makes them contend; the host attention then runs
+    on the calling thread where the device lane reaches it, with every thread (2 cores, neo
+    offline on `dummy:small`, three interleaved rounds: 12.0-13.7 s inline vs 13.6-18.4 s
+    overlapped, both host thread counts; `benchmarks/host_overlap.py`)."""
+    return cuda
+
+
+def default_host_threads(cuda: bool, overlap: bool) -> int:
+    """Threads of the host attention kernel when not set. With a GPU, or with the lanes run one
+    after the other, the host's cores are its own: torch's thread count. On a CPU device with
+    the lanes overlapped the "GPU" lane's kernels run on the same cores at the same time, so
+    the host lane gets half of them: two teams of torch's size oversubscribe the cores, and a
+    parallel region then waits for a thread the OS has descheduled (2 cores, neo on
+    `dummy:small`, 4 interleaved pairs: one host thread took 9-18% less wall time than two in
+    every pair)."""
     threads = torch.get_num_threads()
-    return threads if cuda else max(1, threads // 2)
+    return threads if cuda or not overlap else max(1, threads // 2)
+
+
+def host_lane(cuda: bool, threads: int | None = None, overlap: bool | None = None) -> str:
+    """How the executor runs the host lane with these settings (unset: the defaults), in
+    words: a measured profile records it, since its host attention times hold only for it."""
+    overlap = default_host_overlap(cuda) if overlap is None else overlap
+    threads = threads or default_host_threads(cuda, overlap)
+    return f"{'overlapped' if overlap else 'inline'}, {threads} thread{'s' * (threads != 1)}"
 
 
 class Executor:
@@ -102,6 +123,7 @@ class Executor:
         gpu_pool: KVPool,
         cpu_pool: KVPool,
         host_threads: int | None = None,
+        host_overlap: bool | None = None,
     ):
         self.spec = spec
         self.w = weights
@@ -111,14 +133,20 @@ class Executor:
         self.rotary = Rotary(spec, device)
         self.scale = spec.head_dim**-0.5
         self._cuda = device.type == "cuda"
-        self.host_threads = host_threads or default_host_threads(self._cuda)
-        # The host worker thread. On CUDA it lives as long as the executor. On a CPU device it
-        # lives for one iteration (`run`): its attention kernel's OpenMP team, alive
+        if host_overlap is None:
+            host_overlap = default_host_overlap(self._cuda)
+        self.host_overlap = host_overlap
+        self.host_threads = host_threads or default_host_threads(self._cuda, self.host_overlap)
+        # The host worker thread, when the lanes overlap. On CUDA it lives as long as the
+        # executor. On a CPU device it lives for one iteration (`run`): its attention kernel's
+        # OpenMP team, alive
         # beside the calling thread's, makes libgomp throttle every team's spin-wait once
         # their threads outnumber the cores, and each parallel kernel of the calling thread
         # then pays a wake-up (measured on 2 cores: a 4-token QKV projection 0.21 -> 0.29-0.35
         # ms while an idle worker that had run one kernel was alive, 0.21 once it exited).
-        self._host: ThreadPoolExecutor | None = self._new_host_worker() if self._cuda else None
+        self._host: ThreadPoolExecutor | None = (
+            self._new_host_worker() if self._cuda and self.host_overlap else None
+        )
         self._t0 = 0.0
         self._spans: list[Span] = []
 
@@ -149,7 +177,9 @@ class Executor:
             for i, sb in enumerate(plan.sub_batches)
             if sb
         ]
-        one_iteration_worker = self._host is None and any(p.cpu is not None for p in preps)
+        one_iteration_worker = (
+            self.host_overlap and self._host is None and any(p.cpu is not None for p in preps)
+        )
         if one_iteration_worker:
             self._host = self._new_host_worker()
         try:
@@ -256,13 +286,20 @@ class Executor:
                     out = out.pin_memory()
             return out
 
+        if not self.host_overlap:  # the lanes share the cores: run it now, on this thread
+            done: Future = Future()
+            done.set_result(task())
+            return done
         return self._host.submit(task)
 
     def _post(self, p: _Prepared, layer: int) -> None:
         out = p.device_out
         if p.host_future is not None:
-            with self._span(Lane.GPU, Task.WAIT, layer, p.index):
-                host_out = p.host_future.result()
+            if self.host_overlap:
+                with self._span(Lane.GPU, Task.WAIT, layer, p.index):
+                    host_out = p.host_future.result()
+            else:
+                host_out = p.host_future.result()  # computed already, on this thread
             a, b = p.cpu.rows
             out[a:b] = host_out.to(self.device, dtype=out.dtype, non_blocking=self._cuda)
             p.host_future = None

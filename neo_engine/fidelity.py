@@ -46,7 +46,7 @@ from neo_sim.scheduler import make_policy
 from neo_sim.settings import from_args
 from neo_sim.simulator import Simulation
 from neo_sim.timing import TimingModel
-from neo_sim.workload import build_workload, synthetic
+from neo_sim.workload import WorkloadSettings, build_workload, synthetic
 
 REPO = Path(__file__).resolve().parent.parent
 # The metrics compared per policy and load: fidelity.json's names -> summary keys.
@@ -120,6 +120,17 @@ def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
     return Metrics.of(records, iterations, GapLog())  # the engine keeps no per-token times
 
 
+def warm_up(engine: LLMEngine, requests: WorkloadSettings) -> None:
+    """Two short requests (kernel load, allocator), then the iteration log on and the clock
+    at zero: what a timed workload runs after."""
+    warm = synthetic(2, math.inf, requests.input_len, 4, requests.seed + 1)
+    replay(
+        engine, [w.__class__(10**6 + w.request_id, 0.0, w.prompt_len, w.output_len) for w in warm]
+    )
+    engine.keep_iteration_log = True
+    engine.reset_clock()
+
+
 def run_policy(
     policy: str,
     load: str,
@@ -145,13 +156,7 @@ def run_policy(
             scheduler=s.scheduler,
         )
     )
-    # Warm up (kernel load, allocator), then start the clock the workload is timed against.
-    warm = synthetic(2, math.inf, s.requests.input_len, 4, s.requests.seed + 1)
-    replay(
-        engine, [w.__class__(10**6 + w.request_id, 0.0, w.prompt_len, w.output_len) for w in warm]
-    )
-    engine.keep_iteration_log = True
-    engine.reset_clock()
+    warm_up(engine, s.requests)
     started = time.perf_counter()
     outputs = replay(engine, workload)
     wall = time.perf_counter() - started
@@ -299,19 +304,30 @@ def machine_key(here: dict) -> str:
     return f"{name}-{here['cpu_cores']}c-{features}" + (f"-{here['gpu']}" if "gpu" in here else "")
 
 
+def this_engine_machine() -> dict:
+    """The facts a profile must share with this machine to price the engine here: the CPU's
+    (`neo_sim.machine.this_machine`), the GPU's name, and how the engine runs its host lane."""
+    import torch
+
+    from neo_engine.executor import host_lane
+    from neo_sim.machine import this_machine
+
+    here = this_machine()
+    if torch.cuda.is_available():
+        here["gpu"] = torch.cuda.get_device_name(0)
+    here["host_lane"] = host_lane(torch.cuda.is_available())  # as the engine will run it
+    return here
+
+
 def profile_of_this_machine(requested: str | None, model: str, measure=None) -> Path:
     """The profile the simulator gets: `requested` if given (with a one-line warning if it was
     measured on another machine), else the first measured on this machine among the shipped
     profile and the cache, else one measured now (`neo-profile --quick`) and cached. A
     committed profile measured elsewhere is never trusted as this machine's."""
-    import torch
-
     from neo_sim.catalog import parse_model_arg
-    from neo_sim.machine import mismatches, this_machine
+    from neo_sim.machine import mismatches
 
-    here = this_machine()
-    if torch.cuda.is_available():
-        here["gpu"] = torch.cuda.get_device_name(0)
+    here = this_engine_machine()
     if requested:
         differs = mismatches(load_profile(requested).provenance.machine, here)
         if differs:

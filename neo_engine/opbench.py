@@ -127,6 +127,7 @@ class InSituBench:
         layers: int = 4,
         block_size: int = 16,
         host_threads: int | None = None,
+        host_overlap: bool | None = None,
     ):
         from neo_engine.executor import Executor
 
@@ -140,6 +141,7 @@ class InSituBench:
             prepack(self.weights)
         self.dtype, self.kv_dtype = dtype, kv_dtype
         self.host_threads = host_threads
+        self.host_overlap = host_overlap
         self._executor = None
         self._capacity = 0
         self._Executor = Executor
@@ -154,7 +156,7 @@ class InSituBench:
                 self.spec, self._capacity, self.block_size, self.kv_dtype, torch.device("cpu")
             )
             self._executor = self._Executor(
-                self.spec, self.weights, self.device, gpu, cpu, self.host_threads
+                self.spec, self.weights, self.device, gpu, cpu, self.host_threads, self.host_overlap
             )
         return self._executor
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from neo_engine.config import LoadSettings
+from neo_engine.config import HOST_OVERLAP, LoadSettings
 from neo_sim import __version__, settings
 from neo_sim.costmodel import Efficiencies, RooflineCostModel
 from neo_sim.errors import NeoError
@@ -105,9 +105,10 @@ def measure(
     repeats: int,
     host_threads: int | None = None,
     passes: int = 3,
+    host_overlap: bool | None = None,
 ) -> tuple[dict, float]:
     """Time every sampled operator on every grid point; returns (samples, launch seconds)."""
-    bench = Benches(spec, device, repeats, host_threads)
+    bench = Benches(spec, device, repeats, host_threads, host_overlap)
     jobs = [(op, point) for op in SAMPLED for point in points(grids, op)]
     # Several shuffled passes, median per point: a slow phase of a noisy machine then spreads
     # over all curves and all passes instead of bending one stretch of one curve.
@@ -132,11 +133,18 @@ class Benches:
     isolation."""
 
     def __init__(
-        self, spec: ModelSpec, device: torch.device, repeats: int, host_threads: int | None = None
+        self,
+        spec: ModelSpec,
+        device: torch.device,
+        repeats: int,
+        host_threads: int | None = None,
+        host_overlap: bool | None = None,
     ):
         from neo_engine.opbench import CopyBench, InSituBench
 
-        self.in_situ = InSituBench(spec, device, repeats, host_threads=host_threads)
+        self.in_situ = InSituBench(
+            spec, device, repeats, host_threads=host_threads, host_overlap=host_overlap
+        )
         self.copies = CopyBench(device, repeats)
         self.timers = {
             "linear": self.in_situ.time_linear,
@@ -183,11 +191,15 @@ def cmd_measure(run: ProfileSettings) -> int:
         f"expected ~{max(1, round(eta / 60))} min"
     )
     started = time.perf_counter()
-    samples, launch = measure(spec, device, grids, repeats, run.host_threads, run.passes)
+    overlap = HOST_OVERLAP[run.host_overlap]
+    samples, launch = measure(spec, device, grids, repeats, run.host_threads, run.passes, overlap)
     elapsed = time.perf_counter() - started
+    from neo_engine.executor import host_lane
     from neo_engine.opbench import reference_kernel
 
     machine = machine_info(device) | {
+        # the host attention's times hold for the host lane as it ran (neo_engine.executor)
+        "host_lane": host_lane(device.type == "cuda", run.host_threads, overlap),
         # this machine's speed now, for comparing later runs with (neo-sim validate's drift)
         "reference_kernel_ms": round(reference_kernel(spec)(), 5),
         "quick": run.quick,
@@ -324,9 +336,15 @@ class ProfileSettings:
     )
     host_threads: int | None = setting(
         None,
-        "threads of the host attention kernel; unset: as the engine's (torch's thread count "
-        "with a GPU, half of it on a CPU device)",
+        "threads of the host attention kernel; unset: as the engine's (torch's thread count, "
+        "or half of it on a CPU device whose lanes overlap)",
         low=1,
+    )
+    host_overlap: str = setting(
+        "auto",
+        "run the host attention beside the device's work, as the engine does (see neo-serve "
+        "--help); auto: yes with a GPU, no on a CPU device",
+        choices=tuple(HOST_OVERLAP),
     )
     passes: int = setting(3, "shuffled passes over the grid; the median per point is kept", low=1)
 

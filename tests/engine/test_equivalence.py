@@ -63,12 +63,15 @@ def test_greedy_tokens_equal_transformers(tiny_llama, prompts, policy, gpu_block
     llm.engine.close()
 
 
+@pytest.mark.parametrize("host_overlap", ["yes", "no"])
 @pytest.mark.parametrize(
     "policy,mode", [("neo", Mode.PIPELINED), ("apex", Mode.FUSED), ("adaptive", Mode.FUSED)]
 )
-def test_offloading_plans_give_the_same_tokens(tiny_llama, prompts, policy, mode):
+def test_offloading_plans_give_the_same_tokens(tiny_llama, prompts, policy, mode, host_overlap):
     """Pipelined (two sub-batches) and fused (host attention beside device attention in one
-    batch) plans, chosen as on a T4 host under KV pressure, give transformers' tokens."""
+    batch) plans, chosen as on a T4 host under KV pressure, give transformers' tokens, with
+    the host lane on its worker thread beside the device lane (as with a GPU) or run inline
+    (a CPU device's default)."""
     directory, model = tiny_llama
     expected = hf_greedy(model, prompts, NEW_TOKENS)
     llm = LLM(
@@ -79,7 +82,9 @@ def test_offloading_plans_give_the_same_tokens(tiny_llama, prompts, policy, mode
         cpu_kv_blocks=200,
         block_size=4,
         max_model_len=128,
+        host_overlap=host_overlap,
     )
+    assert llm.engine.executor.host_overlap == (host_overlap == "yes")
     llm.engine.policy.cost = t4_like_cost()  # decide as on a T4 host
     llm.engine.keep_iteration_log = True
     outputs = llm.generate(

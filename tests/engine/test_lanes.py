@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 from neo_engine.config import LoadSettings
@@ -25,11 +26,29 @@ def key(span):
     return span.lane, span.task, span.layer, span.sub_batch
 
 
-def test_executor_and_timing_model_emit_the_same_spans():
+@pytest.mark.parametrize("overlap", [True, False, None])
+def test_executor_and_timing_model_emit_the_same_spans(overlap, monkeypatch):
     spec = LoadSettings("dummy:tiny").model_spec()
     cpu = torch.device("cpu")
     gpu_pool, host_pool = (KVPool(spec, 64, 8, torch.float32, cpu) for _ in range(2))
-    executor = Executor(spec, random_weights(spec, torch.float32, cpu), cpu, gpu_pool, host_pool)
+    workers = []
+    new_worker = Executor._new_host_worker
+    monkeypatch.setattr(
+        Executor, "_new_host_worker", staticmethod(lambda: workers.append(1) or new_worker())
+    )
+    executor = Executor(
+        spec,
+        random_weights(spec, torch.float32, cpu),
+        cpu,
+        gpu_pool,
+        host_pool,
+        host_overlap=overlap,
+    )
+    # On a CPU device the lanes share the cores: by default they do not overlap.
+    assert executor.host_overlap is bool(overlap)
+    assert executor.host_threads == (
+        max(1, torch.get_num_threads() // 2) if overlap else torch.get_num_threads()
+    )
     kv = KVManager(64, 64, 8)
     lengths = {0: 20, 1: 30, 2: 24, 3: 17, 4: 12}
     for rid in (1, 2):
@@ -54,6 +73,8 @@ def test_executor_and_timing_model_emit_the_same_spans():
     )
     tokens = {rid: [1 + rid] * n for rid, n in lengths.items()}
     measured = executor.run(plan, tokens, kv).spans
+    assert len(workers) == (1 if overlap else 0)  # inline: the host attention ran on this thread
+    assert any(s.task == Task.WAIT for s in measured) is bool(overlap)
     # On a CPU device the host worker lives for one iteration: its OpenMP team, left alive,
     # would slow every later kernel of the calling thread (executor.py says why).
     assert not any(t.name.startswith("neo-host-attn") for t in threading.enumerate())

@@ -7,7 +7,6 @@ import json
 
 from neo_engine import fidelity
 from neo_engine.validate import SHIPPED_PROFILE
-from neo_sim.machine import this_machine
 
 
 def test_a_profile_is_measured_once_per_machine_then_reused(tmp_path, monkeypatch):
@@ -22,7 +21,8 @@ def test_a_profile_is_measured_once_per_machine_then_reused(tmp_path, monkeypatc
     def measure(argv):  # stands in for neo-profile: this machine's facts, the same samples
         calls.append(argv)
         out = argv[argv.index("--output") + 1]
-        here = {**shipped, "provenance": {**shipped["provenance"], "machine": this_machine()}}
+        machine = fidelity.this_engine_machine()  # as neo-profile records it
+        here = {**shipped, "provenance": {**shipped["provenance"], "machine": machine}}
         with open(out, "w") as f:
             json.dump(here, f)
 

@@ -35,3 +35,16 @@ def test_a_gpu_is_compared_only_where_this_machine_has_one():
     assert mismatches(there, {**here, "gpu": "NVIDIA A100"}) == [
         "GPU NVIDIA H200 (this machine: NVIDIA A100)"
     ]
+
+
+def test_the_host_lane_is_compared_only_where_the_engine_names_it():
+    here = {"cpu": "c", "cpu_features": AVX2, "cpu_cores": 2}
+    inline, overlapped = "inline, 2 threads", "overlapped, 1 thread"
+    assert mismatches({**here, "host_lane": overlapped}, here) == []
+    assert mismatches({**here, "host_lane": overlapped}, {**here, "host_lane": inline}) == [
+        f"host lane {overlapped} (this machine: {inline})"
+    ]
+    # a profile from before the host lane was recorded timed its CPU attention some other way
+    assert mismatches(here, {**here, "host_lane": inline}) == [
+        f"host lane not recorded (this machine: {inline})"
+    ]
