@@ -88,9 +88,10 @@ def default_host_overlap(cuda: bool) -> bool:
     """Whether the host lane runs beside the device lane when not set: with a GPU, yes (the
     host's cores are free while the GPU computes). On a CPU device the "GPU" lane runs on the
     same cores, so overlapping the lanes only makes them contend; the host attention then runs
-    on the calling thread where the device lane reaches it, with every thread (2 cores, neo
-    offline on `dummy:small`, three interleaved rounds: 12.0-13.7 s inline vs 13.6-18.4 s
-    overlapped, both host thread counts; `benchmarks/host_overlap.py`)."""
+    on the calling thread where the device lane reaches it, with every thread: on 2 cores,
+    the same plans ran in 0.88x (neo, pipelined) and 0.89x (apex, fused) of the overlapped
+    wall time, medians of five alternating rounds, faster in every round
+    (`benchmarks/results/host_overlap.json`, written by `benchmarks/host_overlap.py`)."""
     return cuda
 
 
