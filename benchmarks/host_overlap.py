@@ -35,24 +35,13 @@ VARIANTS = ("yes", "no")  # --host-overlap
 
 def run_one(policy: str, host_overlap: str) -> dict:
     """One offline run of the validate workload; wall seconds and what ran."""
-    from neo_engine.config import EngineConfig
-    from neo_engine.engine import LLMEngine
-    from neo_engine.fidelity import warm_up
+    from neo_engine.fidelity import warm_up, workload_engine
     from neo_engine.replay import replay
     from neo_engine.validate import FidelitySettings
     from neo_sim.workload import build_workload
 
     s = FidelitySettings()
-    engine = LLMEngine(
-        EngineConfig.of(
-            s.model,
-            policy=policy,
-            profile=str(PROFILE),
-            max_model_len=s.max_model_len,
-            scheduler=s.scheduler,
-            host_overlap=host_overlap,
-        )
-    )
+    engine = workload_engine(s, policy, PROFILE, host_overlap=host_overlap)
     warm_up(engine, s.requests)
     workload = build_workload(dataclasses.replace(s.requests, rate=math.inf))
     reference = reference_s()

@@ -26,6 +26,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -120,6 +121,23 @@ def engine_metrics(engine: LLMEngine, workload, outputs) -> Metrics:
     return Metrics.of(records, iterations, GapLog())  # the engine keeps no per-token times
 
 
+def workload_engine(
+    settings: FidelitySettings, policy: str, profile_path: Path, **config: Any
+) -> LLMEngine:
+    """An engine for the fidelity workload: its model, context length and KV pools, `policy`
+    deciding with the profile at `profile_path`; `config`: other `EngineConfig` settings."""
+    return LLMEngine(
+        EngineConfig.of(
+            settings.model,
+            policy=policy,
+            profile=str(profile_path),
+            max_model_len=settings.max_model_len,
+            scheduler=settings.scheduler,
+            **config,
+        )
+    )
+
+
 def warm_up(engine: LLMEngine, requests: WorkloadSettings) -> None:
     """Two short requests (kernel load, allocator), then the iteration log on and the clock
     at zero: what a timed workload runs after."""
@@ -147,15 +165,7 @@ def run_policy(
     s = settings
     factors_before = anchor.measure() if anchor else []
     workload = build_workload(dataclasses.replace(s.requests, rate=rate))
-    engine = LLMEngine(
-        EngineConfig.of(
-            s.model,
-            policy=policy,
-            profile=str(profile_path),
-            max_model_len=s.max_model_len,
-            scheduler=s.scheduler,
-        )
-    )
+    engine = workload_engine(s, policy, profile_path)
     warm_up(engine, s.requests)
     started = time.perf_counter()
     outputs = replay(engine, workload)
