@@ -140,11 +140,11 @@ class Executor:
         self.host_threads = host_threads or default_host_threads(self._cuda, self.host_overlap)
         # The host worker thread, when the lanes overlap. On CUDA it lives as long as the
         # executor. On a CPU device it lives for one iteration (`run`): its attention kernel's
-        # OpenMP team, alive
-        # beside the calling thread's, makes libgomp throttle every team's spin-wait once
-        # their threads outnumber the cores, and each parallel kernel of the calling thread
-        # then pays a wake-up (measured on 2 cores: a 4-token QKV projection 0.21 -> 0.29-0.35
-        # ms while an idle worker that had run one kernel was alive, 0.21 once it exited).
+        # OpenMP team, alive beside the calling thread's, makes libgomp throttle every team's
+        # spin-wait once their threads outnumber the cores, and each parallel kernel of the
+        # calling thread then pays a wake-up (measured on 2 cores: a 4-token QKV projection
+        # 0.21 -> 0.29-0.35 ms while an idle worker that had run one kernel was alive, 0.21
+        # once it exited).
         self._host: ThreadPoolExecutor | None = (
             self._new_host_worker() if self._cuda and self.host_overlap else None
         )
