@@ -78,10 +78,12 @@ class RequestOutput:
 class IterationLog:
     plan: Plan
     start_s: float
-    duration_s: float  # measured: the executor's forward pass (layers, LM head)
+    # measured: the executor's forward pass (layers, LM head) and the sampling of its logits,
+    # what neo-sim's operators price (`lm_head` covers the sampling)
+    duration_s: float
     spans: list[Span]
-    # measured: the rest of `step()` (scheduling, sampling, detokenizing, bookkeeping), the
-    # engine's host work between forward passes, which neo-sim's cost model does not price
+    # measured: the rest of `step()` (scheduling, detokenizing, bookkeeping), the engine's host
+    # work between forward passes, which neo-sim's cost model does not price
     host_s: float = 0.0
 
 
@@ -363,9 +365,11 @@ class LLMEngine:
         for rid, (first, logits) in result.prompt_logits.items():
             self._score_prompt(self._live[rid], first, logits)
         lives = [self._live[rid] for rid in result.request_ids]
+        sampling = time.perf_counter()
         tokens = sample_rows(
             result.logits, [live.params for live in lives], [live.generator for live in lives]
         )
+        sampling_s = time.perf_counter() - sampling
         for row, (rid, live, token) in enumerate(zip(result.request_ids, lives, tokens)):
             if isinstance(token, SamplingError):
                 failed[rid] = str(token)
@@ -392,7 +396,7 @@ class LLMEngine:
             out.max_host_wait_steps = r.max_host_wait_steps
         for rid, reason in failed.items():  # after complete(): the others' books are settled
             touched.append(self._fail(rid, reason, now))
-        self._account(plan, result, start, began, len(result.request_ids))
+        self._account(plan, result, start, began, len(result.request_ids), sampling_s)
         return touched
 
     @staticmethod
@@ -436,9 +440,11 @@ class LLMEngine:
                 text = text[:cut]
         return text
 
-    def _account(self, plan: Plan, result, start: float, began: float, tokens: int) -> None:
+    def _account(
+        self, plan: Plan, result, start: float, began: float, tokens: int, sampling_s: float
+    ) -> None:
         """Counters, the recent token rate and (if kept) the iteration log; `began` is the
-        perf_counter at the step's start."""
+        perf_counter at the step's start, `sampling_s` the seconds `sample_rows` took."""
         c = self._counts
         c["iterations"] += 1
         c["tokens"] += tokens
@@ -449,9 +455,10 @@ class LLMEngine:
         while self._recent and wall - self._recent[0][0] > 10.0:
             self._recent.pop(0)
         if self.keep_iteration_log:
-            host_s = time.perf_counter() - began - result.duration_s
+            duration = result.duration_s + sampling_s
+            host_s = time.perf_counter() - began - duration
             self.iterations.append(
-                IterationLog(plan, start, result.duration_s, result.spans, max(0.0, host_s))
+                IterationLog(plan, start, duration, result.spans, max(0.0, host_s))
             )
 
     def stats(self) -> EngineStats:

@@ -173,8 +173,8 @@ def run_policy(
     real = engine_metrics(engine, workload, outputs)
     plans = [it.plan for it in engine.iterations]
     measured = [it.duration_s for it in engine.iterations]
-    # A step's whole time: the forward pass plus the engine's host work around it (scheduling,
-    # sampling, bookkeeping), which the cost model does not price.
+    # A step's whole time: the forward pass and sampling, plus the engine's host work around
+    # them (scheduling, detokenizing, bookkeeping), which the cost model does not price.
     step_s = [it.duration_s + it.host_s for it in engine.iterations]
     config = engine.scheduler_config
     dtype = f"{engine.spec.dtype} ({engine.config.load.dtype_reason()})"
@@ -540,9 +540,10 @@ fidelity.json (`{{"policy", "load", "metric", "engine", "sim", "error"}}`).
 
 "MAPE, overlapped" prices the same plans as if the GPU and CPU lanes were separate chips; on
 this CPU-only machine they share the cores, which the timing model knows. host work: the share
-of the engine's steps spent outside the forward pass (scheduling, sampling, bookkeeping; the
-rest of `LLMEngine.step`), a cost neo-sim's cost model does not price, so it is a floor under
-the throughput error at the saturated loads. drift: a reference
+of the engine's steps spent outside the forward pass and its sampling (scheduling,
+detokenizing, bookkeeping; the rest of `LLMEngine.step`), a cost neo-sim's cost model does not
+price, so it is a floor under the throughput error at the saturated loads (the sampling is
+priced: the profile's `lm_head` includes it). drift: a reference
 kernel (one QKV projection of 4 tokens) timed before / after the run, against its time at the
 start of validate. {drift_since_profiling}
 

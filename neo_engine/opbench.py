@@ -222,4 +222,22 @@ class InSituBench:
         return self.decode(batch, context_len, on_gpu=False)[Task.CPU_ATTN]
 
     def time_lm_head(self, num_seqs: int) -> float:
-        return self.decode(num_seqs, self.block_size)[Task.LM_HEAD]
+        """The LM head GEMM and the greedy sampling of its logits, as the operator covers them
+        (the engine samples after the executor's forward pass)."""
+        return self.decode(num_seqs, self.block_size)[Task.LM_HEAD] + self.time_sampling(num_seqs)
+
+    def time_sampling(self, num_seqs: int) -> float:
+        """Median seconds of `sample_rows` choosing greedy tokens from num_seqs rows of logits
+        (float32 on the CPU, as the executor hands them over)."""
+        from neo_engine.sampling import SamplingParams, sample_rows
+
+        logits = torch.randn(num_seqs, self.spec.vocab_size)
+        params = [SamplingParams(temperature=0)] * num_seqs
+        generators = [None] * num_seqs
+        sample_rows(logits, params, generators)  # warm-up
+        runs = []
+        for _ in range(self.repeats):
+            started = time.perf_counter()
+            sample_rows(logits, params, generators)
+            runs.append(time.perf_counter() - started)
+        return statistics.median(runs)

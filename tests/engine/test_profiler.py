@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -169,3 +170,33 @@ def test_shipped_profiles_load_and_are_labelled_derived():
     assert kinds["cpu-2core-vm__small.json"] == "measured"
     for name in ("a10g-g5.2xlarge", "a10g-g5.4xlarge", "a10g-g5.8xlarge", "a10g-g5.16xlarge"):
         assert kinds[f"{name}__llama-3-8b.json"] == "derived"
+
+
+def test_lm_head_is_timed_with_the_sampling_it_covers(monkeypatch):
+    """The `lm_head` operator covers the sampling of its logits (neo_sim.operators): the
+    profiler adds the greedy sampling the engine runs after the forward pass, and the engine's
+    iteration log counts it in the iteration, not in its unpriced host work."""
+    from neo_engine import LLM, SamplingParams
+    from neo_engine import engine as engine_module
+    from neo_engine.opbench import InSituBench
+
+    bench = InSituBench(LoadSettings("dummy:tiny").model_spec(), torch.device("cpu"), repeats=1)
+    assert bench.time_sampling(4) > 0
+    monkeypatch.setattr(InSituBench, "time_sampling", lambda self, n: 1.0)
+    assert bench.time_lm_head(4) > 1.0
+    bench.close()
+
+    slow = 0.05
+    real = engine_module.sample_rows
+
+    def slow_sampling(*args):
+        time.sleep(slow)
+        return real(*args)
+
+    monkeypatch.setattr(engine_module, "sample_rows", slow_sampling)
+    llm = LLM("dummy:tiny", policy="gpu-only")
+    llm.engine.keep_iteration_log = True
+    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    logs = llm.engine.iterations
+    assert logs and all(it.duration_s >= slow and it.host_s < slow for it in logs)
+    llm.engine.close()
