@@ -49,12 +49,10 @@ def run_one(policy: str, host_overlap: str) -> dict:
     replay(engine, workload)
     wall = time.perf_counter() - started
     plans = [it.plan for it in engine.iterations]
-    executor = engine.executor
     row = {
         "policy": policy,
         "host_overlap": host_overlap,
-        "host_lane": f"{'overlapped' if executor.host_overlap else 'inline'}, "
-        f"{executor.host_threads} host thread(s)",
+        "host_lane": engine.executor.host_lane,
         "wall_s": wall,
         "reference_s": reference,
         "iterations": len(plans),

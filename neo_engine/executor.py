@@ -151,6 +151,11 @@ class Executor:
         self._t0 = 0.0
         self._spans: list[Span] = []
 
+    @property
+    def host_lane(self) -> str:
+        """How this executor runs its host lane, in `host_lane`'s words."""
+        return host_lane(self._cuda, self.host_threads, self.host_overlap)
+
     def close(self) -> None:
         if self._host is not None:
             self._host.shutdown(wait=True)

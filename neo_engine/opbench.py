@@ -234,10 +234,5 @@ class InSituBench:
         logits = torch.randn(num_seqs, self.spec.vocab_size)
         params = [SamplingParams(temperature=0)] * num_seqs
         generators = [None] * num_seqs
-        sample_rows(logits, params, generators)  # warm-up
-        runs = []
-        for _ in range(self.repeats):
-            started = time.perf_counter()
-            sample_rows(logits, params, generators)
-            runs.append(time.perf_counter() - started)
-        return statistics.median(runs)
+        cpu = torch.device("cpu")
+        return _median_time(lambda: sample_rows(logits, params, generators), cpu, self.repeats)

@@ -55,18 +55,16 @@ def this_machine() -> dict[str, Any]:
     return {"cpu": cpu_name(), "cpu_features": cpu_features(), "cpu_cores": os.cpu_count() or 1}
 
 
-# How the engine ran the host attention lane (`neo_engine.executor.host_lane`): the engine
-# adds it to `here` where it matters (the profile's CPU attention was timed that way).
-_HOST_LANE = ("host_lane", "host lane")
-
-
 def mismatches(recorded: dict[str, Any], here: dict[str, Any] | None = None) -> list[str]:
     """How the machine a profile was measured on differs from `here` (this machine by
     default), one phrase per difference; empty when they match. A fact the profile did not
     record (profiles older than this check) counts as a difference: nothing vouches for it."""
     here = this_machine() if here is None else here
     out = []
-    for key, label in (("cpu", "CPU"), ("cpu_cores", "cores"), ("gpu", "GPU"), _HOST_LANE):
+    # The GPU and the host lane (how the engine runs its host attention,
+    # `neo_engine.executor.host_lane`) are compared only where the engine adds them to `here`.
+    facts = (("cpu", "CPU"), ("cpu_cores", "cores"), ("gpu", "GPU"), ("host_lane", "host lane"))
+    for key, label in facts:
         if key not in here:
             continue
         theirs = recorded.get(key)
