@@ -22,6 +22,7 @@ import torch
 
 from neo_engine.config import DEFAULT_MAX_MODEL_LEN, HOST_OVERLAP, EngineConfig
 from neo_engine.cpu_kernel import SKINNY_MAX_ROWS, load_extension, skinny_path
+from neo_engine.detokenizer import IncrementalDetokenizer
 from neo_engine.executor import Executor
 from neo_engine.kv_cache import KVPool
 from neo_engine.layers import SKINNY_ROWS_WITH_PREPACKED
@@ -112,6 +113,7 @@ class _Live:
     params: SamplingParams
     tokens: list[int]  # prompt + generated
     generator: torch.Generator | None
+    detokenizer: IncrementalDetokenizer
 
 
 def _gemm_path(dtype: torch.dtype, device: torch.device, prepacked: bool) -> str:
@@ -298,13 +300,15 @@ class LLMEngine:
         out = RequestOutput(rid, text, list(tokens), arrival_s=now)
         if params.prompt_logprobs is not None:
             out.prompt_logprobs = [None]  # the first token has nothing before it
-        self._live[rid] = _Live(out, params, list(tokens), gen)
+        detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)
+        self._live[rid] = _Live(out, params, list(tokens), gen, detokenizer)
         return rid
 
     def abort(self, request_id: int) -> bool:
         live = self._live.pop(request_id, None)
         found = self.policy.abort(request_id)
         if live is not None:
+            live.output.text = live.detokenizer.finish()
             live.output.finished, live.output.finish_reason = True, "abort"
             live.output.finish_s = self.now()
         return found or live is not None
@@ -385,11 +389,12 @@ class LLMEngine:
                 out.first_token_s = now
             if self._hits_stop(live, token):
                 stopped.add(rid)
-            out.text = self._text(live)
+            out.text = live.detokenizer.streamable_text
             touched.append(out)
         for r in self.policy.complete(plan, stopped):
             live = self._live.pop(r.request_id)
             out = live.output
+            out.text = live.detokenizer.finish()
             out.finished, out.finish_s = True, now
             out.finish_reason = "stop" if r.request_id in stopped else "length"
             out.cpu_steps, out.gpu_steps = r.cpu_steps, r.gpu_steps
@@ -421,24 +426,14 @@ class LLMEngine:
         return out
 
     def _hits_stop(self, live: _Live, token: int) -> bool:
+        """Whether `token` ends the request: EOS, a stop token, or text that reached a stop
+        string (the detokenizer takes every token, whichever it is)."""
         p = live.params
+        if live.detokenizer.add(token):
+            return True
         if not p.ignore_eos and token == self.tokenizer.eos_token_id:
             return True
-        if token in p.stop_token_ids:
-            return True
-        if p.stop:
-            text = self.tokenizer.decode(live.output.token_ids)
-            return any(s in text for s in p.stop)
-        return False
-
-    def _text(self, live: _Live) -> str:
-        """Generated text so far, cut at the first stop string."""
-        text = self.tokenizer.decode(live.output.token_ids)
-        for stop in live.params.stop:
-            cut = text.find(stop)
-            if cut >= 0:
-                text = text[:cut]
-        return text
+        return token in p.stop_token_ids
 
     def _account(
         self, plan: Plan, result, start: float, began: float, tokens: int, sampling_s: float
