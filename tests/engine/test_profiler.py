@@ -200,3 +200,24 @@ def test_lm_head_is_timed_with_the_sampling_it_covers(monkeypatch):
     logs = llm.engine.iterations
     assert logs and all(it.duration_s >= slow and it.host_s < slow for it in logs)
     llm.engine.close()
+
+
+def test_in_situ_layer_time_is_the_mean_over_the_layers_of_a_run(monkeypatch):
+    """An iteration sums its layers, so a per-layer operator is what the layers of one run
+    cost on average (one slow layer counts), and the median over runs of that."""
+    from types import SimpleNamespace
+
+    from neo_engine.opbench import InSituBench
+    from neo_sim.lanes import Lane, Span, Task
+
+    bench = InSituBench(LoadSettings("dummy:tiny").model_spec(), torch.device("cpu"), repeats=3)
+    runs = iter([[1.0, 1.0, 1.0, 5.0], [1.0, 1.0, 1.0, 9.0], [2.0, 2.0, 2.0, 2.0], [50.0] * 4])
+    executor = SimpleNamespace(
+        run=lambda *args: SimpleNamespace(
+            spans=[Span(Lane.GPU, Task.POST, 0.0, d, layer=i) for i, d in enumerate(next(runs))]
+        )
+    )
+    monkeypatch.setattr(bench, "_executor_for", lambda blocks: executor)
+    bench._capacity = 64  # what _executor_for would have sized
+    # the first run is the warm-up; then per-run means 3.0, 2.0, 50.0 -> their median
+    assert bench.decode(2, 16)[Task.POST] == 3.0
