@@ -203,8 +203,7 @@ class AsyncEngine:
                     log.exception("engine step failed")
                     self._fail_all("internal error in the engine step")
                     outputs = []
-                for out in outputs:
-                    self._deliver(out)
+                self._deliver(outputs)
             self._stats = self.engine.stats()
 
     def _handle(self, command, stopping: bool = False) -> None:
@@ -229,17 +228,23 @@ class AsyncEngine:
             self.engine.abort(command.request_id)
             self._sinks.pop(command.request_id, None)
 
-    def _deliver(self, out: RequestOutput) -> None:
-        target = self._sinks.get(out.request_id)
-        if target is None:
-            return
-        sink, loop = target
-        snapshot = replace(out, token_ids=list(out.token_ids))
-        loop.call_soon_threadsafe(sink.put_nowait, snapshot)
-        if out.finished:
-            self._sinks.pop(out.request_id, None)
-            with self._finished_lock:
-                self.finished_outputs.append(snapshot)
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        """Hand a step's outputs to their event loops: one wake-up (a write to the loop's
+        self-pipe, then a scheduled callback) per loop and step, not one per request."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        for out in outputs:
+            target = self._sinks.get(out.request_id)
+            if target is None:
+                continue
+            sink, loop = target
+            snapshot = replace(out, token_ids=list(out.token_ids))
+            by_loop.setdefault(loop, []).append((sink, snapshot))
+            if out.finished:
+                self._sinks.pop(out.request_id, None)
+                with self._finished_lock:
+                    self.finished_outputs.append(snapshot)
+        for loop, batch in by_loop.items():
+            loop.call_soon_threadsafe(_put_all, batch)
 
     def _fail_all(self, message: str) -> None:
         for rid in list(self._sinks):
@@ -252,6 +257,11 @@ class AsyncEngine:
                 rid, None, [], finished=True, finish_reason="error", error=message
             )
             loop.call_soon_threadsafe(sink.put_nowait, failed)
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    for sink, out in batch:
+        sink.put_nowait(out)
 
 
 def _set_result(future: asyncio.Future, value) -> None:
