@@ -257,10 +257,30 @@ def run_policy(
         "iteration_mape_overlapped": iteration_mape(measured, predicted_overlap),
         "wall_s": wall,
         "host_share": sum(step_s) and 1 - sum(measured) / sum(step_s),
+        "ratio_by_kind": measured_over_predicted_by_kind(per_iteration),
         "dtype": dtype,
         "cpu_decodes": int(per_iteration["cpu_decodes"].sum()),
         "pipelined": int((per_iteration["mode"] == "pipelined").sum()),
     }
+
+
+def measured_over_predicted_by_kind(iterations: pd.DataFrame) -> dict[str, float | None]:
+    """Summed measured / summed predicted time of the iterations that prefill some prompt
+    (compute-bound GEMMs) and of the decode-only ones (weight- and KV-bandwidth-bound at
+    these batch sizes): a cost-model term or a drift that hits one kind points at the
+    operators of that kind. None for a kind with no iteration."""
+    with_prefill = iterations["prefill_tokens"] > 0
+    ratios: dict[str, float | None] = {}
+    for kind, rows in (("with_prefill", with_prefill), ("decode_only", ~with_prefill)):
+        predicted = iterations.loc[rows, "timing_model_s"].sum()
+        ratios[kind] = (
+            float(iterations.loc[rows, "measured_s"].sum() / predicted) if predicted else None
+        )
+    return ratios
+
+
+def _ratio_cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 class ProfileAnchor:
@@ -502,7 +522,8 @@ Factors (measured now / profile):
     runs = "\n".join(
         f"| {r['policy']} | {r['load']} | {r['rate']:.2f} | {len(r['iterations'])} | "
         f"{100 * r['iteration_mape_overlapped']:.1f}% | {r['pipelined']} | {r['cpu_decodes']} | "
-        f"{100 * r['host_share']:.1f}% | {r['wall_s']:.0f} s | "
+        f"{100 * r['host_share']:.1f}% | {_ratio_cell(r['ratio_by_kind']['with_prefill'])} | "
+        f"{_ratio_cell(r['ratio_by_kind']['decode_only'])} | {r['wall_s']:.0f} s | "
         f"{100 * r['drift'][0]:+.0f}% / {100 * r['drift'][1]:+.0f}% |"
         for r in results
     )
@@ -534,8 +555,8 @@ fidelity.json (`{{"policy", "load", "metric", "engine", "sim", "error"}}`).
 ## Runs
 
 | policy | load | req/s | iterations | MAPE, overlapped | pipelined | CPU decodes | host work \
-| wall | drift |
-|---|---|---|---|---|---|---|---|---|---|
+| prefill iterations | decode-only iterations | wall | drift |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 {runs}
 
 "MAPE, overlapped" prices the same plans as if the GPU and CPU lanes were separate chips; on
@@ -543,7 +564,10 @@ this CPU-only machine they share the cores, which the timing model knows. host w
 of the engine's steps spent outside the forward pass and its sampling (scheduling,
 detokenizing, bookkeeping; the rest of `LLMEngine.step`), a cost neo-sim's cost model does not
 price, so it is a floor under the throughput error at the saturated loads (the sampling is
-priced: the profile's `lm_head` includes it). drift: a reference
+priced: the profile's `lm_head` includes it). prefill / decode-only iterations: measured
+over predicted time, summed over the iterations that prefill some prompt (compute-bound) and
+over the others (bound by weight and KV reads at these batch sizes); the kind whose ratio is
+off is where the cost model, or the machine since profiling, is wrong. drift: a reference
 kernel (one QKV projection of 4 tokens) timed before / after the run, against its time at the
 start of validate. {drift_since_profiling}
 

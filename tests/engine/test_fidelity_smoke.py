@@ -36,6 +36,7 @@ def test_validate_quick_writes_the_report(tmp_path):
         [r for r in rows if r["metric"] not in ("ks_pvalue", "iteration_mape")]
     )
     assert "Trace-driven" in report and "drift since profiling" in report
+    assert "| prefill iterations | decode-only iterations |" in report
     # Offline, the plans do not depend on the clock: replaying the engine's measured steps
     # (forward pass plus host work) gives its makespan back, up to the replay loop's own time.
     for r in replay:
@@ -50,3 +51,19 @@ def test_validate_quick_writes_the_report(tmp_path):
     iterations = pd.read_csv(tmp_path / "iterations.csv")
     assert iterations["measured_s"].gt(0).all() and iterations["timing_model_s"].gt(0).all()
     assert (tmp_path / "neo_offline_iterations.html").exists()
+
+
+def test_measured_over_predicted_is_summed_per_kind_of_iteration():
+    from neo_engine.fidelity import measured_over_predicted_by_kind
+
+    iterations = pd.DataFrame(
+        {
+            "measured_s": [2.0, 1.0, 3.0, 0.5],
+            "timing_model_s": [1.0, 1.0, 2.0, 1.0],
+            "prefill_tokens": [64, 0, 0, 8],
+        }
+    )
+    ratios = measured_over_predicted_by_kind(iterations)
+    assert ratios == {"with_prefill": 2.5 / 2.0, "decode_only": 4.0 / 3.0}
+    only_decodes = measured_over_predicted_by_kind(iterations[iterations.prefill_tokens == 0])
+    assert only_decodes["with_prefill"] is None
