@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from neo_engine.cpu_kernel import greedy_tokens
 from neo_sim.errors import NeoError
 
 # Temperatures below this sample greedily: dividing logits by them overflows to inf/NaN
@@ -108,7 +109,8 @@ def sample_rows(
     `torch.isfinite` over a [64, 49k] batch costs ~4 ms here, the max 0.1 ms)."""
     if len(generators) != len(params):
         raise ValueError(f"{len(params)} sampling params but {len(generators)} generators")
-    usable = torch.isfinite(logits.amax(dim=-1)).tolist()
+    maxes = logits.amax(dim=-1)
+    usable = torch.isfinite(maxes).tolist()
     tokens: list[int | SamplingError] = [
         SamplingError(
             "the model produced unusable logits for this request (all -inf, or NaN or +inf)"
@@ -120,7 +122,7 @@ def sample_rows(
     greedy = [row for row, p in enumerate(params) if usable[row] and p.greedy]
     sampled = [row for row, p in enumerate(params) if usable[row] and not p.greedy]
     if greedy:
-        for row, token in zip(greedy, logits[greedy].argmax(dim=-1).tolist()):
+        for row, token in zip(greedy, _greedy_choices(logits, maxes, greedy)):
             tokens[row] = int(token)
     if sampled:
         rows = logits if len(sampled) == len(params) else logits[sampled]  # no copy if all
@@ -128,6 +130,18 @@ def sample_rows(
         for row, token in zip(sampled, chosen):
             tokens[row] = token
     return tokens
+
+
+def _greedy_choices(logits: torch.Tensor, maxes: torch.Tensor, rows: list[int]) -> list[int]:
+    """argmax of each of `rows` (usable rows: their max, `maxes`, is finite): the compiled
+    search for each row's first maximal value where it applies, else torch's argmax over those
+    rows (no row copy when they are all of them)."""
+    every = len(rows) == logits.shape[0]
+    found = greedy_tokens(logits, maxes)
+    if found is not None:
+        chosen = found.tolist()
+        return chosen if every else [chosen[row] for row in rows]
+    return (logits if every else logits[rows]).argmax(dim=-1).tolist()
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:

@@ -29,6 +29,7 @@ void prefill_attention_bf16(const at::Tensor& q, const at::Tensor& k, const at::
 void fused_silu_mul(const at::Tensor& gate_up, at::Tensor& out);
 void fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                   at::Tensor& out);
+void first_index_of_max(const at::Tensor& logits, const at::Tensor& maxes, at::Tensor& out);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "paged decode attention on the CPU",
@@ -49,5 +50,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "causal prefill attention of one prompt, bf16, native bf16 dot products",
         py::call_guard<py::gil_scoped_release>());
   m.def("fused_silu_mul", &fused_silu_mul, "bf16 SiLU(gate) * up in one pass",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("first_index_of_max", &first_index_of_max,
+        "per row of float32 logits, the first index of its (given) maximum: greedy tokens",
         py::call_guard<py::gil_scoped_release>());
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from neo_engine.sampling import SamplingError, SamplingParams, _inverse_cdf, sample, sample_rows
@@ -98,3 +99,33 @@ def test_the_two_level_inverse_cdf_picks_what_one_full_cumulative_sum_picks():
             assert nonzero == 0, "it skipped a token with weight"
     assert chosen[7] == 999
     assert chosen[11] < 768
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_greedy_rows_are_torch_argmax_first_maximum(compiled, monkeypatch):
+    """Greedy tokens are torch.argmax's (the first maximal value) on logits full of ties, in
+    every row, whether some rows are sampled or unusable; with the compiled search and with
+    torch's argmax (no compiled module)."""
+    from neo_engine import cpu_kernel, sampling
+
+    if compiled and cpu_kernel.load_extension() is None:
+        pytest.skip("no compiled host kernels here")
+    if not compiled:
+        monkeypatch.setattr(sampling, "greedy_tokens", lambda logits, maxes: None)
+    generator = torch.Generator().manual_seed(3)
+    for batch, vocab in [(1, 5), (7, 33), (64, 49152), (3, 100_003)]:
+        logits = torch.randint(-4, 3, (batch, vocab), generator=generator).float()
+        logits[:, -1] = 2.0  # a tie with an earlier maximum, at the very end of the row
+        want = logits.argmax(dim=-1).tolist()
+        greedy = SamplingParams(temperature=0)
+        assert sample_rows(logits, [greedy] * batch, [None] * batch) == want
+        if batch < 3:
+            continue
+        logits[1] = float("-inf")  # unusable: fails alone
+        params = [greedy] * batch
+        params[2] = SamplingParams(temperature=1.0, seed=1)  # sampled, not greedy
+        tokens = sample_rows(logits, params, [None] * batch)
+        assert isinstance(tokens[1], SamplingError)
+        assert [t for i, t in enumerate(tokens) if i not in (1, 2)] == [
+            w for i, w in enumerate(want) if i not in (1, 2)
+        ]
