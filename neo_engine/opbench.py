@@ -167,9 +167,9 @@ class InSituBench:
     def _run(self, plan, lengths: dict[int, int], on_gpu: dict[int, bool]) -> dict[Task, float]:
         """Per-layer time of each task (seconds per layer): in each run, the mean over the
         layers (an iteration sums its layers, so their mean is what it pays; on this VM the
-        per-layer times are right-skewed: their median read ~5% under the mean in an engine run,
-        2026-12-04, ad hoc), then the
-        median over runs (a run that something else interrupted does not move it)."""
+        per-layer times are right-skewed: their median read ~5% under the mean in an engine
+        run, 2026-12-04, ad hoc), then the median over runs (a run that something else
+        interrupted does not move it)."""
         from neo_sim.scheduler.kv import KVManager, blocks_for
 
         need = sum(blocks_for(n, self.block_size) for n in lengths.values())

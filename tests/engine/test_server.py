@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -243,3 +244,34 @@ def test_disconnect_mid_stream_aborts_and_frees_kv(server):
         json={"model": MODEL, "prompt": "again", "max_tokens": 3, "ignore_eos": True},
     )
     assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 3
+
+
+def test_streamed_deltas_add_up_to_the_text_when_characters_span_tokens(server, monkeypatch):
+    """A character whose bytes come in two tokens streams once it is whole: the deltas of a
+    stream add up to the non-streamed text (before incremental detokenization the stream sent
+    U+FFFD for the partial character and then dropped every later delta). Bytes that never
+    form a character stay U+FFFD in both."""
+    from tests.engine.test_detokenizer import HalfCharacters
+
+    base, engine = server
+    monkeypatch.setattr(
+        engine.engine, "tokenizer", HalfCharacters(engine.engine.tokenizer.vocab_size)
+    )
+    body = {
+        "model": MODEL,
+        "prompt": "a prompt",
+        "max_tokens": 40,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    whole = httpx.post(f"{base}/v1/completions", json=body, timeout=120).json()
+    text = whole["choices"][0]["text"]
+    assert "é" in text  # the case this is for
+    streamed = []
+    with httpx.stream(
+        "POST", f"{base}/v1/completions", json=body | {"stream": True}, timeout=120
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                streamed.append(json.loads(line[len("data: ") :])["choices"][0]["text"])
+    assert "".join(streamed) == text
