@@ -70,3 +70,21 @@ def smollm2_dir():
 
         convert(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random Llama behind the offline API, neo deciding, with a GPU KV pool small
+    enough to offload (one per test module)."""
+    from neo_engine import LLM
+
+    llm = LLM(
+        "dummy:tiny",
+        policy="neo",
+        gpu_kv_blocks=6,
+        cpu_kv_blocks=200,
+        block_size=8,
+        max_model_len=256,
+    )
+    yield llm
+    llm.engine.close()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neo_engine import LLM, SamplingParams
+from neo_engine import SamplingParams
 from neo_engine.detokenizer import REPLACEMENT, IncrementalDetokenizer
 from neo_engine.tokenizer import ByteTokenizer, HFTokenizer
 
@@ -78,20 +77,6 @@ def test_multibyte_characters_split_over_tokens_never_stream_as_replacements(smo
     assert final == tokenizer.decode(ids) == text
     for earlier, later in zip(streamed, [*streamed[1:], final]):
         assert later.startswith(earlier) and REPLACEMENT not in earlier
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    llm = LLM(
-        "dummy:tiny",
-        policy="neo",
-        gpu_kv_blocks=6,
-        cpu_kv_blocks=200,
-        block_size=8,
-        max_model_len=256,
-    )
-    yield llm
-    llm.engine.close()
 
 
 class HalfCharacters(ByteTokenizer):

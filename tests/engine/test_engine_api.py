@@ -11,20 +11,6 @@ from neo_sim.errors import NeoError
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    llm = LLM(
-        "dummy:tiny",
-        policy="neo",
-        gpu_kv_blocks=6,
-        cpu_kv_blocks=200,
-        block_size=8,
-        max_model_len=256,
-    )
-    yield llm
-    llm.engine.close()
-
-
 def test_strings_in_strings_out(tiny):
     outs = tiny.generate(["Hello, world", "Second prompt"], GREEDY)
     assert [o.request_id for o in outs] == sorted(o.request_id for o in outs)
