@@ -172,10 +172,12 @@ def run_policy(
     wall = time.perf_counter() - started
     real = engine_metrics(engine, workload, outputs)
     plans = [it.plan for it in engine.iterations]
-    measured = [it.duration_s for it in engine.iterations]
+    forward_s = [it.duration_s for it in engine.iterations]  # forward pass and sampling
     # A step's whole time: the forward pass and sampling, plus the engine's host work around
-    # them (scheduling, detokenizing, bookkeeping), which the cost model does not price.
+    # them (scheduling, detokenizing, bookkeeping), which a measured profile's host overhead
+    # prices (an iteration of the timing model pays it). Predictions are compared with it.
     step_s = [it.duration_s + it.host_s for it in engine.iterations]
+    measured = step_s
     config = engine.scheduler_config
     dtype = f"{engine.spec.dtype} ({engine.config.load.dtype_reason()})"
     engine.close()
@@ -256,7 +258,8 @@ def run_policy(
         "iteration_mape": iteration_mape(measured, predicted),
         "iteration_mape_overlapped": iteration_mape(measured, predicted_overlap),
         "wall_s": wall,
-        "host_share": sum(step_s) and 1 - sum(measured) / sum(step_s),
+        "host_share": sum(step_s) and 1 - sum(forward_s) / sum(step_s),
+        "host_priced": profile.host_overhead is not None,
         "ratio_by_kind": measured_over_predicted_by_kind(per_iteration),
         "dtype": dtype,
         "cpu_decodes": int(per_iteration["cpu_decodes"].sum()),
@@ -474,6 +477,13 @@ def write_report(
     from neo_sim import plots
 
     rows = [r for result in results for r in result["rows"]]
+    host_priced = (
+        "which the profile's host overhead prices (neo-profile measured it on the engine)"
+        if all(r["host_priced"] for r in results)
+        else "which this profile does not price (measured before neo-profile measured the "
+        "engine's host overhead), so it is a floor under the throughput error at the "
+        "saturated loads"
+    )
     (out / "fidelity.json").write_text(json.dumps(rows, indent=1) + "\n")
     replay = [r for result in results for r in result["replay_rows"]]
     (out / "fidelity_replay.json").write_text(json.dumps(replay, indent=1) + "\n")
@@ -562,12 +572,12 @@ fidelity.json (`{{"policy", "load", "metric", "engine", "sim", "error"}}`).
 "MAPE, overlapped" prices the same plans as if the GPU and CPU lanes were separate chips; on
 this CPU-only machine they share the cores, which the timing model knows. host work: the share
 of the engine's steps spent outside the forward pass and its sampling (scheduling,
-detokenizing, bookkeeping; the rest of `LLMEngine.step`), a cost neo-sim's cost model does not
-price, so it is a floor under the throughput error at the saturated loads (the sampling is
-priced: the profile's `lm_head` includes it). prefill / decode-only iterations: measured
-over predicted time, summed over the iterations that prefill some prompt (compute-bound) and
-over the others (bound by weight and KV reads at these batch sizes); the kind whose ratio is
-off is where the cost model, or the machine since profiling, is wrong. drift: a reference
+detokenizing, bookkeeping; the rest of `LLMEngine.step`), {host_priced} (the sampling is
+priced too: the profile's `lm_head` includes it). Per-iteration times compare whole steps.
+prefill / decode-only iterations: measured over predicted time, summed over the iterations
+that prefill some prompt (compute-bound) and over the others (bound by weight and KV reads at
+these batch sizes); the kind whose ratio is off is where the cost model, or the machine since
+profiling, is wrong. drift: a reference
 kernel (one QKV projection of 4 tokens) timed before / after the run, against its time at the
 start of validate. {drift_since_profiling}
 

@@ -240,3 +240,70 @@ class InSituBench:
         generators = [None] * num_seqs
         cpu = torch.device("cpu")
         return _median_time(lambda: sample_rows(logits, params, generators), cpu, self.repeats)
+
+
+HOST_OVERHEAD_BATCHES = (1, 4, 16, 64)  # decode batch sizes the engine's host work is read at
+
+
+def measure_host_overhead(
+    load, host_overlap: str = "auto", batches=HOST_OVERHEAD_BATCHES, steps: int = 8
+):
+    """The engine's own work per step beyond its forward pass and sampling
+    (`IterationLog.host_s`: scheduling, preparing inputs, bookkeeping, detokenizing) as
+    `HostOverhead(fixed_s, per_seq_s)`: a real `LLMEngine` on the profiled model (`load`)
+    decodes greedy requests at each of `batches`, `steps` decode-only steps each; the median
+    host time per batch size, then a least-squares line (terms clamped at 0). gpu-only
+    plans with ample GPU KV: NEO's pricing of its host candidates, which the simulator runs
+    itself, is not in it."""
+    from neo_engine.config import EngineConfig
+    from neo_engine.engine import LLMEngine
+    from neo_engine.sampling import SamplingParams
+    from neo_sim.profile import HostOverhead
+
+    prompt_len, new_tokens = 8, steps + 2  # the first step prefills
+    block_size = 16
+    blocks = max(batches) * -(-(prompt_len + new_tokens) // block_size) + 8
+    engine = LLMEngine(
+        EngineConfig.of(
+            load.model,
+            device=load.device,
+            dtype=load.dtype,
+            kv_dtype=load.kv_dtype,
+            seed=load.seed,
+            policy="gpu-only",
+            max_model_len=prompt_len + new_tokens,
+            host_overlap=host_overlap,
+            gpu_kv_blocks=blocks,
+            cpu_kv_blocks=8,
+            block_size=block_size,
+        )
+    )
+    try:
+        engine.warm_up()
+        engine.keep_iteration_log = True
+        params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+        points = []
+        for batch in batches:
+            first = len(engine.iterations)
+            for i in range(batch):
+                engine.add_request([1 + (i + j) % 100 for j in range(prompt_len)], params)
+            while engine.has_unfinished():
+                engine.step()
+            host = [
+                it.host_s
+                for it in engine.iterations[first:]
+                if it.plan.num_seqs == batch and not any(sb.prefills for sb in it.plan.sub_batches)
+            ]
+            if host:
+                points.append((batch, statistics.median(host)))
+    finally:
+        engine.close()
+    if not points:
+        raise RuntimeError("the engine ran no decode-only step to read its host work from")
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
+    slope = max(0.0, slope)
+    return HostOverhead(fixed_s=max(0.0, mean_y - slope * mean_x), per_seq_s=slope)

@@ -73,6 +73,12 @@ class CostModel(ABC):
     @abstractmethod
     def lm_head(self, num_seqs: int) -> float: ...
 
+    def host_overhead(self, num_seqs: int) -> float:
+        """Seconds of the serving engine's own work in an iteration of `num_seqs` sequences
+        beyond the forward pass and sampling (`neo_sim.profile.HostOverhead`): an engine's
+        property, measured on it; 0 where nothing measured it (derived hardware)."""
+        return 0.0
+
     def evaluate(self, op: str, *args: float) -> float:
         """Seconds of operator `op` called with `args` (the registry's order)."""
         operator(op)  # KeyError naming the registered operators

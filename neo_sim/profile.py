@@ -17,7 +17,8 @@ A profile is JSON:
         "d2h":             {"bytes":      [...], "seconds": [...]},
         "gpu_decode_attn": {"batch": [...], "context_len": [...], "seconds": [[...], ...]},
         "cpu_decode_attn": {"batch": [...], "context_len": [...], "seconds": [[...], ...]},
-        "launch":          {"seconds": 0.0008}
+        "launch":          {"seconds": 0.0008},
+        "host_overhead":   {"fixed_s": ..., "per_seq_s": ...}   (optional: `HostOverhead`)
       },
       "fit": {op: {"fixed_s", "per_item_s", "flops_per_s", "bytes_per_s"}}   (optional)
     }
@@ -75,6 +76,21 @@ class Samples2D:
 
 
 @dataclass(frozen=True)
+class HostOverhead:
+    """The serving engine's own work in an iteration beyond its forward pass and sampling
+    (scheduling, preparing inputs, bookkeeping, detokenizing), which the GPU waits through in
+    a synchronous engine: `fixed_s + per_seq_s * num_seqs` seconds. neo-profile measures it
+    on the engine; derived profiles and profiles measured before it existed have none (an
+    iteration then pays nothing for it)."""
+
+    fixed_s: float
+    per_seq_s: float
+
+    def seconds(self, num_seqs: int) -> float:
+        return self.fixed_s + self.per_seq_s * num_seqs
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     hardware: HardwareSpec
@@ -84,6 +100,7 @@ class Profile:
     launch_s: float
     fits: dict[str, RooflineFit]
     path: str = ""
+    host_overhead: HostOverhead | None = None
 
     def rescaled(self, factors: Mapping[str, float]) -> Profile:
         """This profile with each operator's samples times its factor (1 where none is given):
@@ -113,6 +130,8 @@ class Profile:
                     "seconds": [list(row) for row in s.seconds],
                 }
         samples["launch"] = {"seconds": self.launch_s}
+        if self.host_overhead is not None:
+            samples["host_overhead"] = dataclasses.asdict(self.host_overhead)
         p = self.provenance
         return {
             "schema_version": SCHEMA_VERSION,
@@ -158,6 +177,7 @@ def make_profile(
     provenance: Provenance,
     samples: dict[str, Samples1D | Samples2D],
     launch_s: float,
+    host_overhead: HostOverhead | None = None,
 ) -> Profile:
     """Assemble a profile from samples, fitting each operator."""
     return Profile(
@@ -168,6 +188,7 @@ def make_profile(
         dict(samples),
         float(launch_s),
         fit_samples(model, samples),
+        host_overhead=host_overhead,
     )
 
 
@@ -246,6 +267,17 @@ def profile_from_dict(data: Any, where: str = "profile") -> Profile:
     )
     if not (launch >= 0 and math.isfinite(launch)):
         v.fail("samples.launch.seconds", f"must be a finite number >= 0, got {launch}")
+    host_overhead = None
+    if "host_overhead" in raw:  # optional: measured profiles only, since it exists
+        entry = v.get(raw, "host_overhead", dict, "samples.host_overhead")
+        terms = []
+        for term in ("fixed_s", "per_seq_s"):
+            field_name = f"samples.host_overhead.{term}"
+            value = v.get(entry, term, (int, float), field_name)
+            if not (value >= 0 and math.isfinite(value)):
+                v.fail(field_name, f"must be a finite number >= 0, got {value}")
+            terms.append(float(value))
+        host_overhead = HostOverhead(*terms)
     fits_raw = data.get("fit")
     if fits_raw:
         fits = {}
@@ -256,7 +288,9 @@ def profile_from_dict(data: Any, where: str = "profile") -> Profile:
             )
     else:
         fits = fit_samples(model, samples)
-    return Profile(name, hardware, model, provenance, samples, float(launch), fits, where)
+    return Profile(
+        name, hardware, model, provenance, samples, float(launch), fits, where, host_overhead
+    )
 
 
 def _wrap(build, where: str, field_name: str):

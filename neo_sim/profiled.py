@@ -232,3 +232,7 @@ class ProfiledCostModel(CostModel):
 
     def lm_head(self, num_seqs: int) -> float:
         return self._memo("lm_head", num_seqs) if num_seqs > 0 else 0.0
+
+    def host_overhead(self, num_seqs: int) -> float:
+        measured = self.profile.host_overhead
+        return measured.seconds(num_seqs) if measured is not None and num_seqs > 0 else 0.0

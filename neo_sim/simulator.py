@@ -231,7 +231,10 @@ class Simulation:
             run = self.policy.steady_run()
 
     def _steady_attention(
-        self, run: SteadyRun, next_arrival: float, duration_of: Callable[[float], float]
+        self,
+        run: SteadyRun,
+        next_arrival: float,
+        timed: Callable[[float], tuple[float, float]],
     ) -> Iterator[float]:
         """Each iteration's GPU attention in `run` (`gpu_attn_s` of its decodes alone), looked
         up in chunks: a few, then about as many as fit before the next arrival if none took
@@ -242,7 +245,7 @@ class Simulation:
             values = self.cost.gpu_decode_attn_run(n, total, min(chunk, left))
             yield from values
             if chunk == STEADY_CHUNK:
-                first = duration_of(values[0])
+                first = timed(values[0])[0]
                 fit = (next_arrival - self.now) / first if first > 0 else math.inf
                 chunk = max(STEADY_CHUNK, int(min(fit, left)) - STEADY_CHUNK + 8)
             else:
@@ -256,7 +259,7 @@ class Simulation:
         the run went to its end (else an arrival is due)."""
         n, first_step = run.batch, self.policy.step_index + 1
         next_arrival = self._next_arrival_s()
-        duration_of = self.timing.gpu_decodes_pricer(n)
+        timed = self.timing.gpu_decodes_pricer(n)
         predicted_of = gpu_decodes_pricer(self.cost, n)
         predicted_clock, keep = self.clock == "predicted", self.record_iterations
         totals, now = self.totals, self.now
@@ -264,13 +267,13 @@ class Simulation:
         # sums gain 0.0 per iteration).
         duration_sum, gpu_sum = totals.duration_s, totals.gpu_busy_s
         starts: list[float] = []
-        for gpu_attn in self._steady_attention(run, next_arrival, duration_of):
+        for gpu_attn in self._steady_attention(run, next_arrival, timed):
             if now >= next_arrival:
                 break
-            duration = duration_of(gpu_attn)  # all GPU time: the only lane busy
+            duration, gpu_busy = timed(gpu_attn)  # the GPU is the only lane busy
             starts.append(now)
             duration_sum += duration
-            gpu_sum += duration
+            gpu_sum += gpu_busy
             if keep or predicted_clock:
                 predicted = predicted_of(gpu_attn)
                 if keep:
@@ -287,7 +290,7 @@ class Simulation:
                             num_cpu_decodes=0,
                             swap_out=0,
                             swap_in=0,
-                            gpu_busy_s=duration,
+                            gpu_busy_s=gpu_busy,
                             cpu_busy_s=0.0,
                             h2d_busy_s=0.0,
                             d2h_busy_s=0.0,

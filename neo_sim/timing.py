@@ -155,7 +155,8 @@ class TimingModel:
             ready = max(out_ready[b], attn_done[b])
             run_task(Lane.GPU, Task.POST, c.post_s, ready, layers - 1, b)
         run_task(Lane.GPU, Task.LM_HEAD, cost.lm_head(plan.num_seqs), swapped)
-        return IterationTiming(max(lane_free.values()), busy, tuple(spans))
+        host = cost.host_overhead(plan.num_seqs)  # the engine's own work: no lane waits less
+        return IterationTiming(max(lane_free.values()) + host, busy, tuple(spans))
 
     def _layers(
         self,
@@ -307,7 +308,8 @@ class TimingModel:
     ) -> IterationTiming:
         """Closed form of a plan whose work is all on the GPU lane (one sub-batch, no CPU
         decodes, no KV offload): swaps, then every layer's tasks back to back, then the LM
-        head. Equal to the task loop up to floating-point summation order."""
+        head and the engine's own work. Equal to the task loop up to floating-point summation
+        order."""
         layers = self.cost.model.num_layers
         swapped = swap_out_s + swap_in_s
         lm_head = self.cost.lm_head(num_seqs)
@@ -329,11 +331,12 @@ class TimingModel:
                     spans.append(Span(Lane.GPU, Task.POST, t, c.post_s, i, 0))
                     t += c.post_s
             spans.append(Span(Lane.GPU, Task.LM_HEAD, t, lm_head))
-        return IterationTiming(swapped + gpu_busy, busy, tuple(spans))
+        host = self.cost.host_overhead(num_seqs)
+        return IterationTiming(swapped + gpu_busy + host, busy, tuple(spans))
 
-    def gpu_decodes_pricer(self, batch: int) -> Callable[[float], float]:
+    def gpu_decodes_pricer(self, batch: int) -> Callable[[float], tuple[float, float]]:
         """For steady runs: the GPU attention time of the iteration's decodes (`gpu_attn_s`)
-        -> the duration (= GPU busy time) of a sequential iteration of `batch` GPU decodes and
+        -> (duration, GPU busy time) of a sequential iteration of `batch` GPU decodes and
         nothing else. The same arithmetic as `run()` on that plan (`_costs_of` with no
         prefill, no CPU work, then `_gpu_only` without swaps), per-batch terms looked up once."""
         c = self.cost
@@ -342,11 +345,13 @@ class TimingModel:
         pre, post = linear * self._pre_fraction, linear * (1 - self._pre_fraction)
         lm_head = c.lm_head(batch)
         swapped = c.d2h(0) + c.h2d(0)
+        host = c.host_overhead(batch)
 
-        def duration_s(gpu_attn: float) -> float:
-            return swapped + layers * (pre + gpu_attn + post) + lm_head  # _gpu_lane_s
+        def timed(gpu_attn: float) -> tuple[float, float]:  # as _gpu_only
+            gpu_busy = layers * (pre + gpu_attn + post) + lm_head  # _gpu_lane_s
+            return swapped + gpu_busy + host, gpu_busy
 
-        return duration_s
+        return timed
 
     def _costs(self, sb: SubBatch) -> _SubBatchCosts:
         c = self.cost

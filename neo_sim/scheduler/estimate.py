@@ -322,9 +322,10 @@ def gpu_decodes_pricer(cost: CostModel, batch: int) -> Callable[[float], float]:
     cpu = cpu_lane_s(cost, 0, 0)
     offload = offload_s(cost, 0)
     lm_head = cost.lm_head(batch)
+    host = cost.host_overhead(batch)
 
-    def predicted_s(gpu_attn: float) -> float:
-        return layers * max(linear + max(gpu_attn, cpu), offload) + lm_head  # _sequential_layer_s
+    def predicted_s(gpu_attn: float) -> float:  # _sequential_layer_s, then iteration_s
+        return layers * max(linear + max(gpu_attn, cpu), offload) + lm_head + host
 
     return predicted_s
 
@@ -350,4 +351,5 @@ def swap_s(
 
 
 def iteration_s(cost: CostModel, layer_s: float, num_seqs: int) -> float:
-    return cost.model.num_layers * layer_s + cost.lm_head(num_seqs)
+    """An iteration: its layers, the LM head, and the engine's own work around them."""
+    return cost.model.num_layers * layer_s + cost.lm_head(num_seqs) + cost.host_overhead(num_seqs)

@@ -221,3 +221,13 @@ def test_in_situ_layer_time_is_the_mean_over_the_layers_of_a_run(monkeypatch):
     bench._capacity = 64  # what _executor_for would have sized
     # the first run is the warm-up; then per-run means 3.0, 2.0, 50.0 -> their median
     assert bench.decode(2, 16)[Task.POST] == 3.0
+
+
+def test_the_engines_host_overhead_is_read_from_its_decode_steps():
+    """neo-profile reads the engine's own work per step (scheduling, bookkeeping,
+    detokenizing) from a real engine's decode steps: some fixed time, growing with the batch."""
+    from neo_engine.opbench import measure_host_overhead
+
+    overhead = measure_host_overhead(LoadSettings("dummy:tiny"), batches=(1, 8), steps=4)
+    assert overhead.fixed_s >= 0 and overhead.per_seq_s >= 0
+    assert 0 < overhead.seconds(8) < 0.05

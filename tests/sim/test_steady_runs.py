@@ -102,3 +102,29 @@ def test_steady_runs_cover_a_queue_that_cannot_move(policy):
     fast = run(policy, WORKLOADS["h100-queued"], steady=True)
     assert fast.summary["ttft_p50"] > 5 * fast.summary["tpot_p50"]  # a real queue
     assert fast.result.steady_iterations > 0.5 * len(fast.iterations)
+
+
+@pytest.mark.parametrize("policy", ["gpu-only", "neo"])
+def test_the_engines_host_overhead_is_paid_by_every_iteration_steady_or_not(policy, tmp_path):
+    """A measured profile's host overhead (the engine's own work per iteration) lengthens
+    every iteration by fixed + per-sequence seconds, in the steady runs' closed forms exactly as
+    in the stepped iterations."""
+    import dataclasses
+    from pathlib import Path
+
+    from neo_sim.profile import HostOverhead, load_profile, save_profile
+
+    shipped = Path(__file__).resolve().parents[2] / "profiles" / "cpu-2core-vm__small.json"
+    profile = load_profile(shipped)
+    overhead = HostOverhead(fixed_s=4e-4, per_seq_s=2e-5)
+    path = save_profile(dataclasses.replace(profile, host_overhead=overhead), tmp_path / "p.json")
+    assert load_profile(path).host_overhead == overhead
+    workload = dict(hardware=str(path), rate=2.0, input_len=64, output_len=40)
+    spec = dict(model="small", policy=policy, num_requests=30, seed=2, timeline_iterations=0)
+    fast = execute(RunSpec.of(**spec, **workload, iteration_records=True))
+    slow = execute(RunSpec.of(**spec, **workload, iteration_records=True, steady_runs=False))
+    assert fast.result.steady_iterations > 0
+    pd.testing.assert_frame_equal(fast.requests, slow.requests, check_exact=True)
+    pd.testing.assert_frame_equal(fast.iterations, slow.iterations, check_exact=True)
+    bare = execute(RunSpec.of(**spec, **(workload | {"hardware": str(shipped)})))
+    assert fast.summary["iteration_s_mean"] > bare.summary["iteration_s_mean"]
