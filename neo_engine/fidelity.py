@@ -259,7 +259,7 @@ def run_policy(
         "iteration_mape_overlapped": iteration_mape(measured, predicted_overlap),
         "wall_s": wall,
         "host_share": sum(step_s) and 1 - sum(forward_s) / sum(step_s),
-        "host_priced": profile.host_overhead is not None,
+        "host_overhead": profile.host_overhead,
         "ratio_by_kind": measured_over_predicted_by_kind(per_iteration),
         "dtype": dtype,
         "cpu_decodes": int(per_iteration["cpu_decodes"].sum()),
@@ -477,9 +477,11 @@ def write_report(
     from neo_sim import plots
 
     rows = [r for result in results for r in result["rows"]]
+    overhead = results[0]["host_overhead"]  # one profile for every run
     host_priced = (
-        "which the profile's host overhead prices (neo-profile measured it on the engine)"
-        if all(r["host_priced"] for r in results)
+        f"which the profile's host overhead prices ({1e3 * overhead.fixed_s:.3f} ms + "
+        f"{1e6 * overhead.per_seq_s:.1f} us per sequence, measured by neo-profile on the engine)"
+        if overhead is not None
         else "which this profile does not price (measured before neo-profile measured the "
         "engine's host overhead), so it is a floor under the throughput error at the "
         "saturated loads"

@@ -37,6 +37,7 @@ def test_validate_quick_writes_the_report(tmp_path):
     )
     assert "Trace-driven" in report and "drift since profiling" in report
     assert "| prefill iterations | decode-only iterations |" in report
+    assert "which this profile does not price" in report  # the shipped one predates it
     # Offline, the plans do not depend on the clock: replaying the engine's measured steps
     # (forward pass plus host work) gives its makespan back, up to the replay loop's own time.
     for r in replay:
