@@ -84,7 +84,7 @@ class IterationLog:
     duration_s: float
     spans: list[Span]
     # measured: the rest of `step()` (scheduling, detokenizing, bookkeeping), the engine's host
-    # work between forward passes, which neo-sim's cost model does not price
+    # work between forward passes, which a measured profile's host overhead prices
     host_s: float = 0.0
 
 

@@ -176,8 +176,7 @@ def run_policy(
     # A step's whole time: the forward pass and sampling, plus the engine's host work around
     # them (scheduling, detokenizing, bookkeeping), which a measured profile's host overhead
     # prices (an iteration of the timing model pays it). Predictions are compared with it.
-    step_s = [it.duration_s + it.host_s for it in engine.iterations]
-    measured = step_s
+    measured = [it.duration_s + it.host_s for it in engine.iterations]
     config = engine.scheduler_config
     dtype = f"{engine.spec.dtype} ({engine.config.load.dtype_reason()})"
     engine.close()
@@ -189,7 +188,7 @@ def run_policy(
     sim = Simulation(policy, config, cost, workload, lanes_share_compute=shared).run()
     # Trace-driven: the same simulation with each iteration taking the engine's measured step.
     replayed = Simulation(
-        policy, config, cost, workload, lanes_share_compute=shared, replay_s=step_s
+        policy, config, cost, workload, lanes_share_compute=shared, replay_s=measured
     ).run()
     timing = TimingModel(cost, config.block_size, lanes_share_compute=shared)
     predicted = [timing.run(p).duration_s for p in plans]
@@ -258,7 +257,7 @@ def run_policy(
         "iteration_mape": iteration_mape(measured, predicted),
         "iteration_mape_overlapped": iteration_mape(measured, predicted_overlap),
         "wall_s": wall,
-        "host_share": sum(step_s) and 1 - sum(forward_s) / sum(step_s),
+        "host_share": sum(measured) and 1 - sum(forward_s) / sum(measured),
         "host_overhead": profile.host_overhead,
         "ratio_by_kind": measured_over_predicted_by_kind(per_iteration),
         "dtype": dtype,
@@ -479,8 +478,8 @@ def write_report(
     rows = [r for result in results for r in result["rows"]]
     overhead = results[0]["host_overhead"]  # one profile for every run
     host_priced = (
-        f"which the profile's host overhead prices ({1e3 * overhead.fixed_s:.3f} ms + "
-        f"{1e6 * overhead.per_seq_s:.1f} us per sequence, measured by neo-profile on the engine)"
+        f"which the profile's host overhead prices ({overhead}, measured by neo-profile on "
+        "the engine)"
         if overhead is not None
         else "which this profile does not price (measured before neo-profile measured the "
         "engine's host overhead), so it is a floor under the throughput error at the "

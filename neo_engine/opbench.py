@@ -22,10 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from neo_engine.config import LoadSettings
 from neo_engine.kv_cache import KVPool
 from neo_engine.weights import can_prepack, prepack, random_weights
 from neo_sim.lanes import Task
 from neo_sim.model import ModelSpec
+from neo_sim.profile import HostOverhead
 
 
 def _median_time(
@@ -246,8 +248,11 @@ HOST_OVERHEAD_BATCHES = (1, 4, 16, 64)  # decode batch sizes the engine's host w
 
 
 def measure_host_overhead(
-    load, host_overlap: str = "auto", batches=HOST_OVERHEAD_BATCHES, steps: int = 8
-):
+    load: LoadSettings,
+    host_overlap: str = "auto",
+    batches: tuple[int, ...] = HOST_OVERHEAD_BATCHES,
+    steps: int = 8,
+) -> HostOverhead:
     """The engine's own work per step beyond its forward pass and sampling
     (`IterationLog.host_s`: scheduling, preparing inputs, bookkeeping, detokenizing) as
     `HostOverhead(fixed_s, per_seq_s)`: a real `LLMEngine` on the profiled model (`load`)
@@ -258,11 +263,11 @@ def measure_host_overhead(
     from neo_engine.config import EngineConfig
     from neo_engine.engine import LLMEngine
     from neo_engine.sampling import SamplingParams
-    from neo_sim.profile import HostOverhead
+    from neo_sim.scheduler.kv import blocks_for
 
     prompt_len, new_tokens = 8, steps + 2  # the first step prefills
     block_size = 16
-    blocks = max(batches) * -(-(prompt_len + new_tokens) // block_size) + 8
+    blocks = max(batches) * blocks_for(prompt_len + new_tokens, block_size) + 8
     engine = LLMEngine(
         EngineConfig.of(
             load.model,
@@ -292,7 +297,7 @@ def measure_host_overhead(
             host = [
                 it.host_s
                 for it in engine.iterations[first:]
-                if it.plan.num_seqs == batch and not any(sb.prefills for sb in it.plan.sub_batches)
+                if it.plan.num_seqs == batch and not it.plan.prefills
             ]
             if host:
                 points.append((batch, statistics.median(host)))

@@ -193,12 +193,11 @@ def cmd_measure(run: ProfileSettings) -> int:
     started = time.perf_counter()
     overlap = HOST_OVERLAP[run.host_overlap]
     samples, launch = measure(spec, device, grids, repeats, run.host_threads, run.passes, overlap)
-    from neo_engine.opbench import measure_host_overhead
+    from neo_engine.executor import host_lane
+    from neo_engine.opbench import measure_host_overhead, reference_kernel
 
     host_overhead = measure_host_overhead(run.load, run.host_overlap)
     elapsed = time.perf_counter() - started
-    from neo_engine.executor import host_lane
-    from neo_engine.opbench import reference_kernel
 
     machine = machine_info(device) | {
         # the host attention's times hold for the host lane as it ran (neo_engine.executor)
@@ -222,10 +221,7 @@ def cmd_measure(run: ProfileSettings) -> int:
     name = output.stem if output else f"local-{device.type}__{spec.name}"
     profile = make_profile(name, hardware, spec, provenance, samples, launch, host_overhead)
     path = save_profile(profile, output or Path("profiles") / f"{name}.json")
-    print(
-        f"the engine's own work per iteration: {1e3 * host_overhead.fixed_s:.3f} ms + "
-        f"{1e6 * host_overhead.per_seq_s:.1f} us per sequence"
-    )
+    print(f"the engine's own work per iteration: {host_overhead}")
     print(f"wrote {path} in {elapsed:.0f} s; use it with: neo-sim run --hardware {path}")
     return 0
 

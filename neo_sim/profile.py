@@ -89,6 +89,9 @@ class HostOverhead:
     def seconds(self, num_seqs: int) -> float:
         return self.fixed_s + self.per_seq_s * num_seqs
 
+    def __str__(self) -> str:
+        return f"{1e3 * self.fixed_s:.3f} ms + {1e6 * self.per_seq_s:.1f} us per sequence"
+
 
 @dataclass(frozen=True)
 class Profile:

@@ -155,7 +155,7 @@ class TimingModel:
             ready = max(out_ready[b], attn_done[b])
             run_task(Lane.GPU, Task.POST, c.post_s, ready, layers - 1, b)
         run_task(Lane.GPU, Task.LM_HEAD, cost.lm_head(plan.num_seqs), swapped)
-        host = cost.host_overhead(plan.num_seqs)  # the engine's own work: no lane waits less
+        host = cost.host_overhead(plan.num_seqs)  # the engine's own work, once the lanes are done
         return IterationTiming(max(lane_free.values()) + host, busy, tuple(spans))
 
     def _layers(
