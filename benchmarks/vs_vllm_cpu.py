@@ -44,9 +44,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import RESULTS, reference_s, write_result
+from benchmarks import RESULTS, SMOLLM2, reference_s, write_result
 
-DEFAULT_MODEL = Path.home() / ".cache" / "neo" / "models" / "smollm2-135m"
+DEFAULT_MODEL = SMOLLM2
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_conv_2023.csv"
 UNIFORM_BATCHES, PROMPT_TOKENS, NEW_TOKENS, TRACE_REQUESTS = (1, 8, 32), 128, 64, 64
 # What decides neo_engine's speed on this machine, recorded with every result.
