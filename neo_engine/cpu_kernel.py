@@ -101,11 +101,14 @@ def decode_attention(
 ) -> torch.Tensor:
     """Attention of one new query per request over its paged KV, on the CPU.
 
-    q: [B, Hq, D] fp32; k_cache, v_cache: [num_blocks, Hkv, block_size, D] (fp32/fp16/bf16);
-    block_tables: [B, max_blocks] int32; context_lens: [B] int32. Returns [B, Hq, D] fp32.
+    q: [B, Hq, D] fp32 or bf16 (heads contiguous; rows may be strided, as in a view of the
+    fused q/k/v projection); k_cache, v_cache: [num_blocks, Hkv, block_size, D]
+    (fp32/fp16/bf16); block_tables: [B, max_blocks] int32; context_lens: [B] int32. Returns
+    [B, Hq, D] in q's dtype (fp32 sums either way; a bf16 output is rounded once, as torch's
+    cast of the fp32 result would round it).
     """
     if out is None:
-        out = torch.empty_like(q)
+        out = torch.empty(q.shape, dtype=q.dtype)
     module = load_extension()
     if module is not None:
         module.decode_attention(
@@ -241,9 +244,13 @@ def greedy_tokens(logits: torch.Tensor, maxes: torch.Tensor) -> torch.Tensor | N
 def _fused_applies(*tensors: torch.Tensor):
     """The compiled module if every tensor is a bf16 CPU tensor (the fused ops' domain), else
     None: fp32 keeps torch's own ops, whose results the equality tests pin exactly."""
-    if any(t.device.type != "cpu" or t.dtype != torch.bfloat16 for t in tensors):
-        return None
+    for t in tensors:  # a loop, not any(genexpr): this runs several times per layer
+        if t.dtype != _BF16 or t.device.type != "cpu":
+            return None
     return load_extension()
+
+
+_BF16 = torch.bfloat16
 
 
 def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:

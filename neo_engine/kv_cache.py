@@ -54,13 +54,13 @@ class KVPool:
         """Store k, v [T, kv_heads, head_dim] at the given slots of one layer (in RAM through
         the compiled `write_kv`, a copy per token and head, where it is built)."""
         blocks, offsets = slots
-        k = k.to(device=self.device, dtype=self.k.dtype)
-        v = v.to(device=self.device, dtype=self.v.dtype)
+        dtype, device = self.k.dtype, self.device
+        if not (k.dtype == v.dtype == dtype and k.device == v.device == device):
+            k, v = k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype)
         module = load_extension() if self.device.type == "cpu" else None
         if module is not None and blocks.dtype == offsets.dtype == torch.int64:
-            module.write_kv(
-                self.k[layer], self.v[layer], blocks, offsets, k.contiguous(), v.contiguous()
-            )
+            # Rows may be strided (views of the fused projection); heads must be contiguous.
+            module.write_kv(self.k[layer], self.v[layer], blocks, offsets, _heads(k), _heads(v))
             return
         self.k[layer][blocks, :, offsets, :] = k
         self.v[layer][blocks, :, offsets, :] = v
@@ -126,3 +126,9 @@ def cpu_tensor(shape, dtype: torch.dtype, pin: bool = False) -> torch.Tensor:
     t = torch.empty(shape, dtype=dtype)
     advise_huge_pages(t)
     return t.zero_()
+
+
+def _heads(x: torch.Tensor) -> torch.Tensor:
+    """x [T, H, D] with each row's heads contiguous, as `write_kv` reads it (a copy only if
+    they are not)."""
+    return x if x.stride(2) == 1 and x.stride(1) == x.shape[2] else x.contiguous()

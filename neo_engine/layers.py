@@ -138,10 +138,13 @@ def pre_projection(
     qkv = linear(x, w.qkv)
     if w.qkv_bias is not None:
         qkv = qkv + w.qkv_bias
-    q, k, v = qkv.split([spec.q_size, spec.kv_size, spec.kv_size], dim=-1)
-    q = rotary(q.view(-1, spec.num_heads, spec.head_dim), positions)
-    k = rotary(k.view(-1, spec.num_kv_heads, spec.head_dim), positions)
-    return q, k, v.reshape(-1, spec.num_kv_heads, spec.head_dim)
+    # q's and k's heads sit side by side in each row: one rotary pass over both (each head is
+    # rotated on its own, so the values are those of one pass per tensor, in half the calls).
+    heads, dim = spec.num_heads, spec.head_dim
+    qk = qkv[:, : spec.q_size + spec.kv_size].view(-1, heads + spec.num_kv_heads, dim)
+    qk = rotary(qk, positions)
+    v = qkv[:, spec.q_size + spec.kv_size :].view(-1, spec.num_kv_heads, dim)
+    return qk[:, :heads], qk[:, heads:], v
 
 
 def post_projection(

@@ -294,9 +294,12 @@ inline void attend_tile(HeadState& st, const T* kt, const T* vt, int64_t ntok, i
   }
 }
 
-template <typename T>
-void attend(const float* q, const T* k_cache, const T* v_cache, const int32_t* tables,
-            const int32_t* lens, float* out, int64_t batch, int64_t q_heads, int64_t kv_heads,
+// Q: the query's and the output's element type (float, or at::BFloat16 for a bf16 model:
+// its query is then scored as it is and its output rounded once, as torch's cast would).
+template <typename T, typename Q>
+void attend(const Q* q, const T* k_cache, const T* v_cache, const int32_t* tables,
+            const int32_t* lens, Q* out, int64_t batch, int64_t q_row, int64_t q_heads,
+            int64_t kv_heads,
             int64_t block_size, int64_t head_dim, int64_t max_blocks, float scale,
             int num_threads) {
   const int64_t group = q_heads / kv_heads;
@@ -323,15 +326,18 @@ void attend(const float* q, const T* k_cache, const T* v_cache, const int32_t* t
       st.reset(group, head_dim, block_size);
       for (int64_t g = 0; g < group; ++g)  // fold the softmax scale into q once
         for (int64_t i = 0; i < head_dim; ++i)
-          st.q[g * head_dim + i] = q[(b * q_heads + h * group + g) * head_dim + i] * scale;
+          st.q[g * head_dim + i] =
+              to_float(q[b * q_row + (h * group + g) * head_dim + i]) * scale;
 #if defined(NEO_AVX512) && defined(NEO_NATIVE_BF16)
       if (std::is_same_v<T, at::BFloat16> && head_dim % 32 == 0) {
-        const float* qh = q + (b * q_heads + h * group) * head_dim;
+        const Q* qh = q + b * q_row + h * group * head_dim;
         bool exact = true;
-        for (int64_t i = 0; i < group * head_dim && exact; ++i) {
-          uint32_t bits;
-          std::memcpy(&bits, qh + i, sizeof(bits));
-          exact = (bits & 0xFFFFu) == 0;
+        if constexpr (std::is_same_v<Q, float>) {
+          for (int64_t i = 0; i < group * head_dim && exact; ++i) {
+            uint32_t bits;
+            std::memcpy(&bits, qh + i, sizeof(bits));
+            exact = (bits & 0xFFFFu) == 0;
+          }
         }
         st.q_is_bf16 = exact;
         st.scale = scale;
@@ -365,9 +371,9 @@ void attend(const float* q, const T* k_cache, const T* v_cache, const int32_t* t
     for (int64_t h = h0; h < h1; ++h) {
       const HeadState& st = state[h - h0];
       for (int64_t g = 0; g < group; ++g) {
-        float* o = out + (b * q_heads + h * group + g) * head_dim;
+        Q* o = out + (b * q_heads + h * group + g) * head_dim;
         const float inv = st.l[g] > 0.f ? 1.f / st.l[g] : 0.f;
-        for (int64_t i = 0; i < head_dim; ++i) o[i] = st.acc[g * head_dim + i] * inv;
+        for (int64_t i = 0; i < head_dim; ++i) o[i] = Q(st.acc[g * head_dim + i] * inv);
       }
     }
   }
@@ -375,13 +381,18 @@ void attend(const float* q, const T* k_cache, const T* v_cache, const int32_t* t
 
 }  // namespace
 
-// q: [B, Hq, D] fp32; caches: [N, Hkv, block_size, D]; block_tables: [B, max_blocks] int32;
-// context_lens: [B] int32; out: [B, Hq, D] fp32 (written).
+// q: [B, Hq, D] fp32 or bf16, heads contiguous within a row (rows may be strided: a view of
+// a fused projection); caches: [N, Hkv, block_size, D]; block_tables: [B, max_blocks] int32;
+// context_lens: [B] int32; out: [B, Hq, D] contiguous, q's dtype (written).
 void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                       torch::Tensor block_tables, torch::Tensor context_lens, torch::Tensor out,
                       double scale, int64_t num_threads) {
-  TORCH_CHECK(q.dtype() == torch::kFloat32 && out.dtype() == torch::kFloat32, "q/out must be fp32");
-  TORCH_CHECK(q.is_contiguous() && out.is_contiguous() && k_cache.is_contiguous() &&
+  TORCH_CHECK((q.dtype() == torch::kFloat32 || q.dtype() == torch::kBFloat16) &&
+                  out.dtype() == q.dtype(),
+              "q and out must be fp32, or both bf16");
+  TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2),
+              "q: [B, Hq, D] with contiguous heads");
+  TORCH_CHECK(out.is_contiguous() && k_cache.is_contiguous() &&
                   v_cache.is_contiguous() && block_tables.is_contiguous() &&
                   context_lens.is_contiguous(),
               "all tensors must be contiguous");
@@ -394,10 +405,21 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
   const int threads = num_threads > 0 ? static_cast<int>(num_threads) : 1;
   auto run = [&](auto tag) {
     using T = decltype(tag);
-    attend<T>(q.data_ptr<float>(), reinterpret_cast<const T*>(k_cache.data_ptr()),
-              reinterpret_cast<const T*>(v_cache.data_ptr()), block_tables.data_ptr<int32_t>(),
-              context_lens.data_ptr<int32_t>(), out.data_ptr<float>(), batch, q_heads, kv_heads,
-              block_size, head_dim, block_tables.size(1), static_cast<float>(scale), threads);
+    auto with_q = [&](auto q_tag) {
+      using Q = decltype(q_tag);
+      attend<T, Q>(reinterpret_cast<const Q*>(q.data_ptr()),
+                   reinterpret_cast<const T*>(k_cache.data_ptr()),
+                   reinterpret_cast<const T*>(v_cache.data_ptr()),
+                   block_tables.data_ptr<int32_t>(), context_lens.data_ptr<int32_t>(),
+                   reinterpret_cast<Q*>(out.data_ptr()), batch, q.stride(0), q_heads, kv_heads,
+                   block_size, head_dim, block_tables.size(1), static_cast<float>(scale),
+                   threads);
+    };
+    if (q.scalar_type() == torch::kBFloat16) {
+      with_q(at::BFloat16{});
+    } else {
+      with_q(float{});
+    }
   };
   switch (k_cache.scalar_type()) {
     case torch::kFloat32: run(float{}); break;
@@ -409,13 +431,15 @@ void decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_ca
 
 // Store k, v [T, Hkv, D] at token slots (block, offset) of one layer's paged caches
 // [blocks, Hkv, block_size, D], all of one dtype: one copy of D elements per token and head,
-// on the calling thread. What `cache[blocks, :, offsets, :] = k` does, without torch's
+// on the calling thread (rows of k and v may be strided: views of a fused projection). What
+// `cache[blocks, :, offsets, :] = k` does, without torch's
 // advanced-indexing machinery (two index tensors around a slice) and its thread pool.
 void write_kv(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor blocks,
               torch::Tensor offsets, torch::Tensor k, torch::Tensor v) {
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k.is_contiguous() &&
-                  v.is_contiguous(),
-              "write_kv: contiguous tensors only");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "write_kv: contiguous caches");
+  TORCH_CHECK(k.dim() == 3 && v.dim() == 3 && k.stride(2) == 1 && v.stride(2) == 1 &&
+                  k.stride(1) == k.size(2) && v.stride(1) == v.size(2),
+              "write_kv: k, v [T, Hkv, D] with contiguous heads (rows may be strided)");
   TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == v_cache.scalar_type() &&
                   k.scalar_type() == v.scalar_type(),
               "write_kv: k, v and the caches must share a dtype");
@@ -435,13 +459,14 @@ void write_kv(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor blocks
   char* vc = static_cast<char*>(v_cache.data_ptr());
   const char* ks = static_cast<const char*>(k.data_ptr());
   const char* vs = static_cast<const char*>(v.data_ptr());
+  const int64_t k_row = k.stride(0) * k.element_size(), v_row = v.stride(0) * v.element_size();
   for (int64_t t = 0; t < tokens; ++t) {
     TORCH_CHECK(0 <= bp[t] && bp[t] < num_blocks && 0 <= op[t] && op[t] < block_size,
                 "write_kv: slot out of range");
     const int64_t base = bp[t] * block_stride + op[t] * row;
     for (int64_t h = 0; h < heads; ++h) {
-      std::memcpy(kc + base + h * head_stride, ks + (t * heads + h) * bytes, bytes);
-      std::memcpy(vc + base + h * head_stride, vs + (t * heads + h) * bytes, bytes);
+      std::memcpy(kc + base + h * head_stride, ks + t * k_row + h * bytes, bytes);
+      std::memcpy(vc + base + h * head_stride, vs + t * v_row + h * bytes, bytes);
     }
   }
 }

@@ -40,6 +40,30 @@ void check_bf16(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kBFloat16, name, ": CPU bf16 only");
 }
 
+#if defined(NEO_NATIVE_BF16)
+// bf16 -> fp32 (exact: a shift), 16 lanes.
+inline __m512 widen(__m256i bits) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+inline __m512 widen16(const bf16* p) {
+  return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+// The lanes of `m` only (a row's tail); the others read as zero.
+inline __m512 widen16(const bf16* p, __mmask16 m) { return widen(_mm256_maskz_loadu_epi16(m, p)); }
+// 16 fp32 -> 16 bf16 bits, rounded to nearest even as at::BFloat16 rounds.
+inline __m256i narrow16(__m512 v) {
+  const __m256bh b = _mm512_cvtneps_pbh(v);
+  __m256i raw;
+  std::memcpy(&raw, &b, sizeof(raw));
+  return raw;
+}
+// fp32 -> bf16 -> fp32: the rounding torch applies to each intermediate bf16 tensor.
+inline __m512 round16(__m512 v) { return widen(narrow16(v)); }
+inline void store16(bf16* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow16(v));
+}
+#endif
+
 }  // namespace
 
 // out[t] = w * bf16(x[t] * rsqrt(mean(x[t]^2) + eps)), x [T, H] contiguous.
@@ -57,9 +81,24 @@ void fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, at::Tensor& o
       const bf16* xr = xp + t * cols;
       bf16* o = op + t * cols;
       float squares = 0.f;
-      for (int64_t i = 0; i < cols; ++i) squares += f(xr[i]) * f(xr[i]);
+      int64_t i = 0;
+#if defined(NEO_NATIVE_BF16)
+      __m512 sq = _mm512_setzero_ps();
+      for (; i + 16 <= cols; i += 16) {
+        const __m512 v = widen16(xr + i);
+        sq = _mm512_fmadd_ps(v, v, sq);
+      }
+      squares = _mm512_reduce_add_ps(sq);
+#endif
+      for (; i < cols; ++i) squares += f(xr[i]) * f(xr[i]);
       const float scale = 1.f / std::sqrt(squares / static_cast<float>(cols) + epsf);
-      for (int64_t i = 0; i < cols; ++i) o[i] = bf16(f(wp[i]) * f(bf16(f(xr[i]) * scale)));
+      i = 0;
+#if defined(NEO_NATIVE_BF16)
+      const __m512 sv = _mm512_set1_ps(scale);
+      for (; i + 16 <= cols; i += 16)
+        store16(o + i, _mm512_mul_ps(widen16(wp + i), round16(_mm512_mul_ps(widen16(xr + i), sv))));
+#endif
+      for (; i < cols; ++i) o[i] = bf16(f(wp[i]) * f(bf16(f(xr[i]) * scale)));
     }
   });
 }
@@ -88,6 +127,20 @@ void fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
       for (int64_t h = 0; h < heads; ++h) {
         const bf16* xr = xp + t * row_stride + h * dim;
         bf16* o = op + (t * heads + h) * dim;
+#if defined(NEO_NATIVE_BF16)
+        if (half % 16 == 0) {  // the same roundings, 16 lanes at a time
+          for (int64_t i = 0; i < half; i += 16) {
+            const __m512 lo = widen16(xr + i), hi = widen16(xr + half + i);
+            const __m512 lo_cos = round16(_mm512_mul_ps(lo, widen16(c + i)));
+            const __m512 hi_sin = round16(_mm512_mul_ps(hi, widen16(s + i)));  // negated below
+            store16(o + i, _mm512_sub_ps(lo_cos, hi_sin));
+            const __m512 hi_cos = round16(_mm512_mul_ps(hi, widen16(c + half + i)));
+            const __m512 lo_sin = round16(_mm512_mul_ps(lo, widen16(s + half + i)));
+            store16(o + half + i, _mm512_add_ps(hi_cos, lo_sin));
+          }
+          continue;
+        }
+#endif
         for (int64_t i = 0; i < dim; ++i) {
           const float rotated = i < half ? -f(xr[i + half]) : f(xr[i - half]);
           o[i] = bf16(f(bf16(f(xr[i]) * f(c[i]))) + f(bf16(rotated * f(s[i]))));
@@ -109,18 +162,6 @@ void fused_silu_mul(const at::Tensor& gate_up, at::Tensor& out) {
   const bf16* gp = gate_up.data_ptr<bf16>();
   bf16* op = out.data_ptr<bf16>();
   const __m512 one = _mm512_set1_ps(1.f);
-  const auto widen = [](__m256i bits) {  // 16 bf16 -> fp32 (exact: a shift)
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-  };
-  const auto widen16 = [&](const bf16* p, __mmask16 m) {
-    return widen(_mm256_maskz_loadu_epi16(m, p));
-  };
-  const auto round16 = [&](__m512 v) {  // fp32 -> bf16 (nearest even) -> fp32
-    const __m256bh b = _mm512_cvtneps_pbh(v);
-    __m256i raw;
-    std::memcpy(&raw, &b, sizeof(raw));
-    return widen(raw);
-  };
   at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const bf16* g = gp + t * row_stride;
@@ -130,10 +171,7 @@ void fused_silu_mul(const at::Tensor& gate_up, at::Tensor& out) {
         const __mmask16 m = cols - i >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - i)) - 1);
         const __m512 x = widen16(g + i, m);
         const __m512 silu = _mm512_div_ps(x, _mm512_add_ps(one, neo::exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
-        const __m256bh r = _mm512_cvtneps_pbh(_mm512_mul_ps(round16(silu), widen16(u + i, m)));
-        __m256i raw;
-        std::memcpy(&raw, &r, sizeof(raw));
-        _mm256_mask_storeu_epi16(o + i, m, raw);
+        _mm256_mask_storeu_epi16(o + i, m, narrow16(_mm512_mul_ps(round16(silu), widen16(u + i, m))));
       }
     }
   });

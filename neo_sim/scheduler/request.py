@@ -30,7 +30,7 @@ class Device(StrEnum):
     CPU = "cpu"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Request:
     """A request's lengths, state and progress (tokens only)."""
 

@@ -99,3 +99,28 @@ def test_bf16_query_and_kv_match_float64_of_the_same_numbers(shape):
     error, out, widened = bf16_case(*shape)
     assert error < 1e-5
     torch.testing.assert_close(out, widened, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float32])
+def test_a_bf16_query_viewed_from_the_projection_gives_the_widened_result_rounded(kv_dtype):
+    """The engine hands a bf16 model's query over as it is: bf16, a view of its fused q/k
+    projection (rows strided by both). The output is bf16 and equals, bit for bit, the fp32
+    result for the same query widened to fp32, rounded once to bf16 (torch's cast)."""
+    gen = torch.Generator().manual_seed(7)
+    batch, q_heads, kv_heads, head_dim, block_size, lens = 4, 9, 3, 64, 16, [1, 40, 17, 64]
+    blocks_per = max(-(-n // block_size) for n in lens)
+    num_blocks = batch * blocks_per + 2
+    shape = (num_blocks, kv_heads, block_size, head_dim)
+    k = torch.randn(*shape, generator=gen).to(kv_dtype)
+    v = torch.randn(*shape, generator=gen).to(kv_dtype)
+    tables = torch.randperm(num_blocks, generator=gen)[: batch * blocks_per]
+    tables = tables.view(batch, blocks_per).int().contiguous()
+    lens_t = torch.tensor(lens, dtype=torch.int32)
+    qk = torch.randn(batch, q_heads + kv_heads, head_dim, generator=gen).bfloat16()
+    q = qk[:, :q_heads]  # rows strided by q_heads + kv_heads heads
+    assert not q.is_contiguous()
+    out = decode_attention(q, k, v, tables, lens_t, 0.125)
+    widened = decode_attention(q.float().contiguous(), k, v, tables, lens_t, 0.125)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, widened.bfloat16())
+    reference = reference_decode_attention(q, k, v, tables, lens_t, 0.125)
+    torch.testing.assert_close(out, reference, rtol=2e-2, atol=1e-2)

@@ -42,3 +42,24 @@ def test_a_slot_outside_the_pool_is_refused():
     k = torch.zeros(1, spec.num_kv_heads, spec.head_dim)
     with pytest.raises(RuntimeError, match="out of range"):
         pool.write(0, (torch.tensor([2]), torch.tensor([0])), k, k)
+
+
+def test_rows_strided_like_the_projections_views_are_written_as_they_read():
+    """The engine writes k and v as views of its fused projection (rows strided by the other
+    heads): the same cache contents as their contiguous copies give."""
+    spec = PRESETS["smollm2-135m"]
+    heads, dim = spec.num_kv_heads, spec.head_dim
+    gen = torch.Generator().manual_seed(2)
+    fused = torch.randn(9, (spec.num_heads + 2 * heads) * dim, generator=gen).bfloat16()
+    k = fused[:, spec.q_size : spec.q_size + spec.kv_size].view(-1, heads, dim)
+    v = fused[:, spec.q_size + spec.kv_size :].view(-1, heads, dim)
+    assert not k.is_contiguous() and not v.is_contiguous()
+    slots = (torch.arange(9) % 4, torch.arange(9))
+    pools = [
+        KVPool(spec, num_blocks=4, block_size=16, dtype=torch.bfloat16, device=torch.device("cpu"))
+        for _ in range(2)
+    ]
+    pools[0].write(1, slots, k, v)
+    pools[1].write(1, slots, k.contiguous(), v.contiguous())
+    assert pools[0].k[1].any() and torch.equal(pools[0].k[1], pools[1].k[1])
+    assert torch.equal(pools[0].v[1], pools[1].v[1])
