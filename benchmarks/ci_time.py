@@ -26,8 +26,9 @@ from pathlib import Path
 from benchmarks import RESULTS, reference_s, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-# pytest's last line, e.g. "==== 465 passed, 6 skipped in 312.40s (0:05:12) ===="
-SUMMARY = re.compile(r"=+ (?P<counts>.*?) in (?P<seconds>[\d.]+)s.*=+\s*$")
+# pytest's last line: "465 passed, 6 skipped in 312.40s (0:05:12)" under -q (the project's
+# addopts), framed by "=" without it
+SUMMARY = re.compile(r"^=*\s*(?P<counts>\d+ \w+(?:, \d+ \w+)*) in (?P<seconds>[\d.]+)s\b")
 
 
 def pytest_summary(output: str) -> dict:
@@ -66,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             [str(clone / ".ci" / "run")], cwd=clone, env=env, capture_output=True, text=True
         )
         wall = time.perf_counter() - started
-    output = run.stdout + run.stderr
-    summary = pytest_summary(output)
+    summary = pytest_summary(run.stdout)
     write_result(
         args.output,
         "ci_time",
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         wall_s=wall,
         reference_s=reference,
         **summary,
-        output_tail=output[-2000:],
+        stdout_tail=run.stdout[-2000:],
+        stderr_tail=run.stderr[-2000:],
     )
     counts = summary.get("counts", {})
     print(

@@ -5,6 +5,15 @@ from __future__ import annotations
 from benchmarks.ci_time import pytest_summary
 
 
+def test_the_quiet_summary_line_is_read():
+    """The project's addopts run pytest with -q: a bare summary line."""
+    output = "..........\n[100%]\n465 passed, 6 skipped in 312.40s (0:05:12)\n"
+    assert pytest_summary(output) == {
+        "counts": {"passed": 465, "skipped": 6},
+        "pytest_s": 312.4,
+    }
+
+
 def test_counts_and_seconds_come_from_the_last_summary_line():
     output = (
         "tests/sim/test_a.py ....\n"
