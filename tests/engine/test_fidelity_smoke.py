@@ -49,6 +49,7 @@ def test_validate_quick_writes_the_report(tmp_path):
         (r["policy"], r["load"], r["metric"]) for r in rows if r["metric"] != "ks_pvalue"
     }
     assert "Re-anchored" in report
+    assert "## Targets" in report and "| neo | offline | throughput |" in report
     iterations = pd.read_csv(tmp_path / "iterations.csv")
     assert iterations["measured_s"].gt(0).all() and iterations["timing_model_s"].gt(0).all()
     assert (tmp_path / "neo_offline_iterations.html").exists()
@@ -68,3 +69,43 @@ def test_measured_over_predicted_is_summed_per_kind_of_iteration():
     assert ratios == {"with_prefill": 2.5 / 2.0, "decode_only": 4.0 / 3.0}
     only_decodes = measured_over_predicted_by_kind(iterations[iterations.prefill_tokens == 0])
     assert only_decodes["with_prefill"] is None
+
+
+def test_a_missed_target_is_put_on_the_machine_or_on_a_kind_of_iteration():
+    from neo_engine.fidelity import target_verdicts
+
+    def run(policy, load, drift, with_prefill, decode_only):
+        ratios = {"with_prefill": with_prefill, "decode_only": decode_only}
+        return {"policy": policy, "load": load, "drift": drift, "ratio_by_kind": ratios}
+
+    def row(policy, load, metric, error):
+        return {"policy": policy, "load": load, "metric": metric, "error": error}
+
+    results = [
+        run("gpu-only", "offline", (0.01, 0.25), 1.03, 1.24),  # drifted during the run
+        run("neo", "offline", (-0.02, 0.01), 1.01, 1.20),  # steady; decode-only off
+        run("neo", "overload", (0.0, 0.02), 1.12, 1.13),  # steady; both kinds off alike
+        run("neo", "unsaturated", (0.0, 0.0), 1.0, 1.0),  # throughput not targeted there
+    ]
+    rows = [
+        row("gpu-only", "offline", "throughput", 0.145),
+        row("gpu-only", "offline", "tpot_p50", -0.04),
+        row("neo", "offline", "throughput", 0.09),
+        row("neo", "overload", "throughput", 0.11),
+        row("neo", "unsaturated", "throughput", 0.30),
+        row("neo", "unsaturated", "tpot_p50", -0.02),
+    ]
+    anchored = [row("gpu-only", "offline", "throughput", 0.062)]
+    table = target_verdicts(results, rows, anchored).splitlines()
+    assert table == [
+        "| gpu-only | offline | throughput | +14.5% | <= 5% | missed: the machine: the reference "
+        "kernel moved +1% / +25% (before / after the run), more than the target; re-anchored "
+        "beside the run: +6.2% |",
+        "| gpu-only | offline | tpot_p50 | -4.0% | <= 10% | met |",
+        "| neo | offline | throughput | +9.0% | <= 5% | missed: the decode-only iterations' "
+        "operators (iterations ran prefill-bearing 1.01x, decode-only 1.20x their prediction, "
+        "with the machine steady) |",
+        "| neo | overload | throughput | +11.0% | <= 5% | missed: the profile's level as a whole "
+        "(iterations ran prefill-bearing 1.12x, decode-only 1.13x their prediction) |",
+        "| neo | unsaturated | tpot_p50 | -2.0% | <= 10% | met |",
+    ]
