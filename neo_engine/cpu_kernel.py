@@ -241,6 +241,9 @@ def greedy_tokens(logits: torch.Tensor, maxes: torch.Tensor) -> torch.Tensor | N
     return out
 
 
+_BF16 = torch.bfloat16
+
+
 def _fused_applies(*tensors: torch.Tensor):
     """The compiled module if every tensor is a bf16 CPU tensor (the fused ops' domain), else
     None: fp32 keeps torch's own ops, whose results the equality tests pin exactly."""
@@ -248,9 +251,6 @@ def _fused_applies(*tensors: torch.Tensor):
         if t.dtype != _BF16 or t.device.type != "cpu":
             return None
     return load_extension()
-
-
-_BF16 = torch.bfloat16
 
 
 def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:

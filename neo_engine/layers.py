@@ -133,7 +133,9 @@ def _llama3_scaled(inv_freq: torch.Tensor, cfg: dict) -> torch.Tensor:
 def pre_projection(
     spec: ModelSpec, w: LayerWeights, rotary: Rotary, hidden: torch.Tensor, positions: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """hidden [T, h] -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D] (rotary applied)."""
+    """hidden [T, h] -> q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D] (rotary applied), as views
+    whose rows are strided (q and k share one rotated tensor, v is a slice of the projection):
+    the host kernels and the KV write read them in place (heads contiguous within a row)."""
     x = rms_norm(hidden, w.input_norm, spec.rms_norm_eps)
     qkv = linear(x, w.qkv)
     if w.qkv_bias is not None:
