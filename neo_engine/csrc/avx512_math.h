@@ -1,6 +1,6 @@
 // What the AVX-512 kernels share: whether this build has native bf16 dot products
 // (NEO_NATIVE_BF16: AVX-512 with AVX512-BF16 and AVX512-BW; one build fact, which every kernel
-// and `native_bf16()` in bindings.cpp read), and e^x on 16 fp32 lanes.
+// and `native_bf16()` in bindings.cpp read), bf16 -> fp32 widening and e^x on 16 fp32 lanes.
 #pragma once
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
@@ -11,6 +11,15 @@
 #include <immintrin.h>
 
 namespace neo {
+
+// 16 bf16 values (their bits) -> 16 fp32, exactly: a bf16 is the top half of an fp32.
+inline __m512 widen_bf16(__m256i bits) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+// 16 consecutive bf16 values at p, widened to fp32.
+inline __m512 load_bf16x16(const void* p) {
+  return widen_bf16(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
+}
 
 // e^x for fp32 lanes: 2^(x log2 e) split into an integer n and a fraction f in [-0.5, 0.5];
 // 2^f by its Taylor polynomial to degree 7 (relative error < 2e-8 there), scaled by 2^n.

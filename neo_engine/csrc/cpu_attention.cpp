@@ -35,7 +35,7 @@
 #if defined(NEO_AVX2) && defined(__AVX512F__)
 #define NEO_AVX512 1
 #endif
-#include "avx512_math.h"  // NEO_NATIVE_BF16
+#include "avx512_math.h"  // NEO_NATIVE_BF16, neo::load_bf16x16
 
 namespace {
 
@@ -58,10 +58,7 @@ inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const at::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
-inline __m512 load16(const at::BFloat16* p) {
-  __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
+inline __m512 load16(const at::BFloat16* p) { return neo::load_bf16x16(p); }
 #endif
 inline float hsum(__m256 v) {
   __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);

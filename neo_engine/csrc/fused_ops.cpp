@@ -41,15 +41,12 @@ void check_bf16(const at::Tensor& t, const char* name) {
 }
 
 #if defined(NEO_NATIVE_BF16)
-// bf16 -> fp32 (exact: a shift), 16 lanes.
-inline __m512 widen(__m256i bits) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-inline __m512 widen16(const bf16* p) {
-  return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
+using neo::widen_bf16;
+inline __m512 widen16(const bf16* p) { return neo::load_bf16x16(p); }
 // The lanes of `m` only (a row's tail); the others read as zero.
-inline __m512 widen16(const bf16* p, __mmask16 m) { return widen(_mm256_maskz_loadu_epi16(m, p)); }
+inline __m512 widen16(const bf16* p, __mmask16 m) {
+  return widen_bf16(_mm256_maskz_loadu_epi16(m, p));
+}
 // 16 fp32 -> 16 bf16 bits, rounded to nearest even as at::BFloat16 rounds.
 inline __m256i narrow16(__m512 v) {
   const __m256bh b = _mm512_cvtneps_pbh(v);
@@ -58,7 +55,7 @@ inline __m256i narrow16(__m512 v) {
   return raw;
 }
 // fp32 -> bf16 -> fp32: the rounding torch applies to each intermediate bf16 tensor.
-inline __m512 round16(__m512 v) { return widen(narrow16(v)); }
+inline __m512 round16(__m512 v) { return widen_bf16(narrow16(v)); }
 inline void store16(bf16* p, __m512 v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow16(v));
 }

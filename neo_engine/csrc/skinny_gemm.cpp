@@ -31,7 +31,7 @@
 #include <omp.h>
 #endif
 
-#include "avx512_math.h"  // NEO_NATIVE_BF16
+#include "avx512_math.h"  // NEO_NATIVE_BF16, neo::load_bf16x16
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -58,10 +58,7 @@ using Vec = __m512;
 constexpr int kLanes = 16;
 inline Vec vzero() { return _mm512_setzero_ps(); }
 inline Vec vload(const float* p) { return _mm512_loadu_ps(p); }
-inline Vec vload(const bf16* p) {  // 16 bf16 -> 16 fp32 (the bf16 bits are fp32's top half)
-  __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
+inline Vec vload(const bf16* p) { return neo::load_bf16x16(p); }
 inline Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
 inline float vsum(Vec v) { return _mm512_reduce_add_ps(v); }
 #elif defined(NEO_GEMM_AVX2)
