@@ -293,6 +293,14 @@ TARGETS = {
 SAME_KIND = 0.05  # two kinds' measured/predicted ratios closer than this move together
 
 
+def target_bounds() -> str:
+    """`TARGETS` in words, e.g. "throughput within 5% (offline, overload)"."""
+    return "; ".join(
+        f"{metric} within {100 * bound:.0f}% ({', '.join(loads)})"
+        for metric, (bound, loads) in TARGETS.items()
+    )
+
+
 def target_verdicts(results: list[dict], rows: list[dict], anchored: list[dict]) -> str:
     """One markdown table row per (run, targeted metric): its error, and for a miss the term
     that explains it: the machine, when the reference kernel moved by more than the target
@@ -656,9 +664,9 @@ arrivals, batching and scheduling model alone (fidelity_replay.json, same rows).
 {anchored_section}
 ## Targets
 
-Throughput where the system decides it, within 5%; TPOT p50 within 10%. For a miss, the term
-that explains it: the machine (the reference kernel moved by more than the target during the
-run), else the kind of iteration that ran off its prediction.
+{target_bounds()}. For a miss, the term that explains it: the machine (the reference kernel
+moved by more than the target during the run), else the kind of iteration that ran off its
+prediction.
 
 | policy | load | metric | error | target | verdict |
 |---|---|---|---|---|---|

@@ -262,25 +262,13 @@ def profile_from_dict(data: Any, where: str = "profile") -> Profile:
             for i, row in enumerate(rows)
         )
         samples[op.name] = Samples2D(rows_at, cols_at, secs2)
-    launch = v.get(
-        v.get(raw, "launch", dict, "samples.launch"),
-        "seconds",
-        (int, float),
-        "samples.launch.seconds",
-    )
-    if not (launch >= 0 and math.isfinite(launch)):
-        v.fail("samples.launch.seconds", f"must be a finite number >= 0, got {launch}")
+    launch = v.seconds(v.get(raw, "launch", dict, "samples.launch"), "seconds", "samples.launch")
     host_overhead = None
     if "host_overhead" in raw:  # optional: measured profiles only, since it exists
         entry = v.get(raw, "host_overhead", dict, "samples.host_overhead")
-        terms = []
-        for term in ("fixed_s", "per_seq_s"):
-            field_name = f"samples.host_overhead.{term}"
-            value = v.get(entry, term, (int, float), field_name)
-            if not (value >= 0 and math.isfinite(value)):
-                v.fail(field_name, f"must be a finite number >= 0, got {value}")
-            terms.append(float(value))
-        host_overhead = HostOverhead(*terms)
+        host_overhead = HostOverhead(
+            *(v.seconds(entry, term, "samples.host_overhead") for term in ("fixed_s", "per_seq_s"))
+        )
     fits_raw = data.get("fit")
     if fits_raw:
         fits = {}
@@ -291,9 +279,7 @@ def profile_from_dict(data: Any, where: str = "profile") -> Profile:
             )
     else:
         fits = fit_samples(model, samples)
-    return Profile(
-        name, hardware, model, provenance, samples, float(launch), fits, where, host_overhead
-    )
+    return Profile(name, hardware, model, provenance, samples, launch, fits, where, host_overhead)
 
 
 def _wrap(build, where: str, field_name: str):
@@ -327,6 +313,14 @@ class _Validator:
             names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
             self.fail(label, f"expected {names}, got {type(value).__name__}")
         return value
+
+    def seconds(self, obj: dict, key: str, parent: str) -> float:
+        """`obj[key]` as a finite number of seconds >= 0 (its label: `parent.key`)."""
+        label = f"{parent}.{key}"
+        value = self.get(obj, key, (int, float), label)
+        if not (value >= 0 and math.isfinite(value)):
+            self.fail(label, f"must be a finite number >= 0, got {value}")
+        return float(value)
 
     def numbers(
         self, obj: dict, key: str, label: str, length: int | None = None, increasing: bool = False
