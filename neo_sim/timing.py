@@ -228,43 +228,43 @@ class TimingModel:
         previous: tuple[float, tuple[float, ...], tuple[float, ...]] | None = None
         i = 0
         while i < layers:
-            for b in range(n):
-                c = batches[b]
+            for b, costs in enumerate(batches):  # unpacked: cheaper than 14 field reads
+                pre_s, post_s, gpu_attn_s, cpu_attn_s, qkv_d2h_s, out_h2d_s, kv_offload_s = costs
                 ready = max(out_ready[b], attn_done[b])
-                if i and c.post_s > 0:
+                if i and post_s > 0:
                     start = ready if ready > g_free else g_free
-                    ready = g_free = start + c.post_s
-                    g_busy += c.post_s
+                    ready = g_free = start + post_s
+                    g_busy += post_s
                 pre_done = ready
-                if c.pre_s > 0:
+                if pre_s > 0:
                     start = ready if ready > g_free else g_free
-                    pre_done = g_free = start + c.pre_s
-                    g_busy += c.pre_s
+                    pre_done = g_free = start + pre_s
+                    g_busy += pre_s
                 out_ready[b] = pre_done
-                if c.cpu_attn_s:
+                if cpu_attn_s:
                     t = pre_done
-                    if c.qkv_d2h_s > 0:
+                    if qkv_d2h_s > 0:
                         start = t if t > d_free else d_free
-                        t = d_free = start + c.qkv_d2h_s
-                        d_busy += c.qkv_d2h_s
-                    if c.cpu_attn_s > 0:
+                        t = d_free = start + qkv_d2h_s
+                        d_busy += qkv_d2h_s
+                    if cpu_attn_s > 0:
                         start = t if t > c_free else c_free
-                        t = c_free = start + c.cpu_attn_s
-                        c_busy += c.cpu_attn_s
-                    if c.out_h2d_s > 0:
+                        t = c_free = start + cpu_attn_s
+                        c_busy += cpu_attn_s
+                    if out_h2d_s > 0:
                         start = t if t > h_free else h_free
-                        t = h_free = start + c.out_h2d_s
-                        h_busy += c.out_h2d_s
+                        t = h_free = start + out_h2d_s
+                        h_busy += out_h2d_s
                     out_ready[b] = t
-                if c.kv_offload_s > 0:
+                if kv_offload_s > 0:
                     start = pre_done if pre_done > d_free else d_free
-                    d_free = start + c.kv_offload_s
-                    d_busy += c.kv_offload_s
+                    d_free = start + kv_offload_s
+                    d_busy += kv_offload_s
                 t = pre_done
-                if c.gpu_attn_s > 0:
+                if gpu_attn_s > 0:
                     start = t if t > g_free else g_free
-                    t = g_free = start + c.gpu_attn_s
-                    g_busy += c.gpu_attn_s
+                    t = g_free = start + gpu_attn_s
+                    g_busy += gpu_attn_s
                 attn_done[b] = t
             i += 1
             if i < layers:  # `_relative_state`, `_same_state`
@@ -384,15 +384,16 @@ class TimingModel:
         c = self.cost
         linear = c.linear(num_tokens)
         gdec = c.gpu_decode_attn(n_gdec, gpu_decode_tokens)
-        cpu_attn = 0.0
+        cpu_attn = to_host = back = 0.0
         if n_cpu:
             cpu_attn = c.cpu_decode_attn(n_cpu, cpu_decode_tokens) + c.launch
+            to_host, back = c.cpu_copies_s(n_cpu)
         return _SubBatchCosts(
             pre_s=linear * self._pre_fraction,
             post_s=linear * (1 - self._pre_fraction),
             gpu_attn_s=prefill_s + gdec,
             cpu_attn_s=cpu_attn,
-            qkv_d2h_s=c.cpu_copies_s(n_cpu)[0] if n_cpu else 0.0,
-            out_h2d_s=c.cpu_copies_s(n_cpu)[1] if n_cpu else 0.0,
+            qkv_d2h_s=to_host,
+            out_h2d_s=back,
             kv_offload_s=c.d2h(cpu_prefill_tokens * c.model.kv_bytes_per_token_per_layer),
         )

@@ -18,7 +18,7 @@ with a few cost-model lookups, not a rescan of the batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import NamedTuple
 
 from neo_sim.costmodel import CostModel
@@ -220,17 +220,19 @@ class CpuDecodeOffers:
         self,
         decodes: Sequence[DecodeWork],
         overdue_each: Iterable[bool],
-        growth_each: Iterable[int],
+        held: Mapping[int, Sized],
+        block_size: int,
         blocks_free: int,
         room: int,
     ) -> list[int]:
-        """Offer `decodes` in turn, with whether each is overdue and the KV blocks its next
-        token adds. One is kept on the target if both slacks stay non-negative, or if it is
-        overdue (the starvation bound); it is skipped, unpriced, if it is not overdue and at
-        least as long as one already rejected, if its blocks exceed those still free, or
-        once `room` decodes are kept. Returns the ids of the overdue ones kept. One loop with
-        its state in locals, the per-width and per-count terms read from lists: it runs for
-        every CPU decode of every iteration."""
+        """Offer `decodes` in turn, with whether each is overdue; `held` maps a request to the
+        host blocks it holds (blocks of `block_size` tokens), from which the blocks its next
+        token adds are counted, only for the decodes priced. One is kept on the target if both
+        slacks stay non-negative, or if it is overdue (the starvation bound); it is skipped,
+        unpriced, if it is not overdue and at least as long as one already rejected, if its
+        blocks exceed those still free, or once `room` decodes are kept. Returns the ids of
+        the overdue ones kept. One loop with its state in locals, the per-width and per-count
+        terms read from lists: it runs for every CPU decode of every iteration."""
         launch = self.cost.launch
         count, tokens, width = self.count, self.tokens, self.width
         linear, cpu, gpu_attn, kept_by = self.linear, self.cpu, self.gpu_attn, self.kept
@@ -241,11 +243,15 @@ class CpuDecodeOffers:
         shortest_rejected = float("inf")
         forced: list[int] = []
         kept = 0
-        for work, overdue, growth in zip(decodes, overdue_each, growth_each):
-            context_len = work[1]
+        for work, overdue in zip(decodes, overdue_each):
+            request_id, context_len = work
             if not overdue and context_len >= shortest_rejected:
                 continue
-            if growth > blocks_free or kept >= room:
+            if kept >= room:
+                continue
+            blocks = held.get(request_id)
+            growth = -(-context_len // block_size) - (len(blocks) if blocks else 0)
+            if growth > blocks_free:
                 continue
             o = 1 - t
             to_host, attn, back = lanes[count[t] + 1]
@@ -262,14 +268,14 @@ class CpuDecodeOffers:
             width[t] += 1
             linear[t], cpu[t] = new_linear, new_cpu
             kept_by[t].append(work)
-            if growth:
+            if growth > 0:
                 blocks_free -= growth
                 growing_by[t].append(work)
             s0, s1 = (mine, other) if t == 0 else (other, mine)
             t = 1 if s1 > s0 else 0
             kept += 1
             if overdue:
-                forced.append(work[0])
+                forced.append(request_id)
         self.target = t
         return forced
 

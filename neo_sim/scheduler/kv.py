@@ -7,7 +7,7 @@ are O(blocks touched); usage is kept as a running count.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from itertools import repeat
 
 
@@ -45,6 +45,11 @@ class BlockPool:
     def table(self, request_id: int) -> list[int]:
         return self._tables.get(request_id, [])
 
+    @property
+    def tables(self) -> Mapping[int, list[int]]:
+        """Each request's block table, read-only by contract (`grow`, `free` change them)."""
+        return self._tables
+
     def num_blocks_of(self, request_id: int) -> int:
         return len(self._tables.get(request_id, ()))
 
@@ -71,16 +76,6 @@ class BlockPool:
             return list(new)
         table.extend(new)
         return new
-
-    def extra_blocks_each(self, works: Iterable[tuple[int, int]]) -> list[int]:
-        """`extra_blocks(request_id, num_tokens)` of each of `works`, in one loop."""
-        tables, bs = self._tables, self.block_size
-        extras = []
-        for request_id, num_tokens in works:
-            table = tables.get(request_id)
-            extra = -(-num_tokens // bs) - (len(table) if table else 0)
-            extras.append(extra if extra > 0 else 0)
-        return extras
 
     def grow_each(self, works: Iterable[tuple[int, int]]) -> None:
         """`grow(request_id, num_tokens)` of each of `works` in turn, in one loop: a decode

@@ -387,7 +387,8 @@ class NeoPolicy(Policy):
         forced = offers.offer_in_turn(
             works,
             [True] * overdue + [False] * (len(works) - overdue),
-            self.kv.cpu.extra_blocks_each(works),
+            self.kv.cpu.tables,
+            self.config.block_size,
             cpu_free,
             min(budget.seqs, budget.tokens),
         )

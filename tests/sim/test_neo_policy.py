@@ -185,7 +185,8 @@ def test_greedy_offers_price_exactly_what_the_builders_would(which):
             expected = slacks(m0, m1)
             keep = force or min(expected) >= 0
             before = offers.num_kept
-            forced = offers.offer_in_turn([work], [force], [growth], 1, 1)
+            held = {rid: [0] * (-(-work.context_len // 16) - growth)}
+            forced = offers.offer_in_turn([work], [force], held, 16, 1, 1)
             assert offers.num_kept - before == keep and forced == ([rid] if keep and force else [])
             if keep:
                 assert offers.target == (1 if expected[1] > expected[0] else 0)
@@ -221,7 +222,8 @@ def test_greedy_offers_skip_rules():
 
     def offer(o: CpuDecodeOffers, decodes: list, blocks_free: int, room: int) -> list[int]:
         works, overdue, growth = zip(*decodes)
-        return o.offer_in_turn(works, overdue, growth, blocks_free, room)
+        held = {w.request_id: [0] * (-(-w.context_len // 16) - g) for w, g in zip(works, growth)}
+        return o.offer_in_turn(works, overdue, held, 16, blocks_free, room)
 
     huge = 10**6  # a context no slack can hide
     o = offers()
