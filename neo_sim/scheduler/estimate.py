@@ -234,12 +234,18 @@ class CpuDecodeOffers:
         the overdue ones kept. One loop with its state in locals, the per-width and per-count
         terms read from lists: it runs for every CPU decode of every iteration."""
         launch = self.cost.launch
-        count, tokens, width = self.count, self.tokens, self.width
-        linear, cpu, gpu_attn, kept_by = self.linear, self.cpu, self.gpu_attn, self.kept
-        growing_by = self.growing
-        lanes = self.cost.cpu_lane_table(max(count) + len(decodes) + 1)
-        linears = self.cost.linear_table(max(width) + len(decodes) + 1)
+        lanes = self.cost.cpu_lane_table(max(self.count) + len(decodes) + 1)
+        linears = self.cost.linear_table(max(self.width) + len(decodes) + 1)
         t = self.target
+        # The target's state and the other sub-batch's, in locals, swapped when the target
+        # changes (cheaper than indexing per-sub-batch lists by t), written back at the end.
+        o = 1 - t
+        t_count, t_tokens, t_width = self.count[t], self.tokens[t], self.width[t]
+        t_linear, t_cpu, t_gpu_attn = self.linear[t], self.cpu[t], self.gpu_attn[t]
+        t_kept, t_growing = self.kept[t], self.growing[t]
+        o_count, o_tokens, o_width = self.count[o], self.tokens[o], self.width[o]
+        o_linear, o_cpu, o_gpu_attn = self.linear[o], self.cpu[o], self.gpu_attn[o]
+        o_kept, o_growing = self.kept[o], self.growing[o]
         shortest_rejected = float("inf")
         forced: list[int] = []
         kept = 0
@@ -248,34 +254,46 @@ class CpuDecodeOffers:
             if not overdue and context_len >= shortest_rejected:
                 continue
             if kept >= room:
-                continue
+                break
             blocks = held.get(request_id)
             growth = -(-context_len // block_size) - (len(blocks) if blocks else 0)
             if growth > blocks_free:
                 continue
-            o = 1 - t
-            to_host, attn, back = lanes[count[t] + 1]
-            new_linear = linears[width[t] + 1]
-            new_tokens = tokens[t] + context_len
+            to_host, attn, back = lanes[t_count + 1]
+            new_linear = linears[t_width + 1]
+            new_tokens = t_tokens + context_len
             new_cpu = to_host + attn(new_tokens) + back + launch
-            mine = linear[o] + gpu_attn[t] - new_cpu  # the target's slack
-            other = new_linear + gpu_attn[o] - cpu[o]
+            mine = o_linear + t_gpu_attn - new_cpu  # the target's slack
+            other = new_linear + o_gpu_attn - o_cpu
             if (mine < 0 or other < 0) and not overdue:
                 shortest_rejected = context_len
                 continue
-            count[t] += 1
-            tokens[t] = new_tokens
-            width[t] += 1
-            linear[t], cpu[t] = new_linear, new_cpu
-            kept_by[t].append(work)
+            t_count += 1
+            t_tokens = new_tokens
+            t_width += 1
+            t_linear, t_cpu = new_linear, new_cpu
+            t_kept.append(work)
             if growth > 0:
                 blocks_free -= growth
-                growing_by[t].append(work)
-            s0, s1 = (mine, other) if t == 0 else (other, mine)
-            t = 1 if s1 > s0 else 0
+                t_growing.append(work)
             kept += 1
             if overdue:
                 forced.append(request_id)
+            # The next offer aims at the sub-batch with more slack; a tie goes to sub-batch 0.
+            if other > mine if t == 0 else other >= mine:
+                t, o = o, t
+                t_count, o_count = o_count, t_count
+                t_tokens, o_tokens = o_tokens, t_tokens
+                t_width, o_width = o_width, t_width
+                t_linear, o_linear = o_linear, t_linear
+                t_cpu, o_cpu = o_cpu, t_cpu
+                t_gpu_attn, o_gpu_attn = o_gpu_attn, t_gpu_attn
+                t_kept, o_kept = o_kept, t_kept
+                t_growing, o_growing = o_growing, t_growing
+        self.count[t], self.tokens[t], self.width[t] = t_count, t_tokens, t_width
+        self.linear[t], self.cpu[t] = t_linear, t_cpu
+        self.count[o], self.tokens[o], self.width[o] = o_count, o_tokens, o_width
+        self.linear[o], self.cpu[o] = o_linear, o_cpu
         self.target = t
         return forced
 
