@@ -59,3 +59,29 @@ def test_the_request_that_ends_a_losing_run_is_named_with_its_tail():
     # It never ran on the host, or it ends no later than under gpu-only: no such sentence.
     assert _last_request(neo.assign(cpu_steps=0), gpu_only)[1] == ""
     assert _last_request(neo, gpu_only.assign(finish_s=[12.0, 25.0]))[1] == ""
+
+
+def test_headroom_counts_cells_where_a_five_percent_win_is_possible():
+    """Per load: how far apart gpu-only, neo and apex are, and where adaptive or any other
+    policy beats the best of them by 5%; cells under load whose rivals agree within 5% are
+    named as the ones the arrivals decide."""
+    from experiments.policy_map import headroom_section
+
+    policies = list(POLICIES)
+    cells = []
+    for load, apex, adaptive, other in (
+        ("offline", 2.0, 2.2, 1.0),  # rivals 1.0 .. 2.0, adaptive +10%: room, won
+        ("offline", 1.0, 1.0, 1.06),  # rivals agree; another policy +6%
+        ("50%", 1.01, 1.0, 1.0),  # rivals within 1%: the arrivals decide
+        ("150%", 1.2, 1.1, 1.0),  # rivals 20% apart under load: room, not won
+    ):
+        row = dict.fromkeys(policies, other)
+        row.update({"gpu-only": 1.0, "neo": 1.0, "apex": apex, "adaptive": adaptive})
+        cells.append({"host": "h", "workload_name": "w", "load": load, **row})
+    text = headroom_section(pd.DataFrame(cells))
+    assert "a quarter of the cells: 1 of 4" in text
+    assert "| offline | 2 | 2.000 | 1 | 1 | 1 |" in text
+    assert "| 50% | 1 | 1.010 | 0 | 0 | 0 |" in text
+    assert "| 150% | 1 | 1.200 | 1 | 0 | 0 |" in text
+    assert "In 1 of the 2 cells under Poisson load" in text
+    assert "would need 1 of the other 3 cells" in text
