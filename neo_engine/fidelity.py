@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ks_2samp
 
+from neo_engine.bandwidth import PROBE_BYTES, BandwidthTrace, ReadProbe, in_state
 from neo_engine.config import EngineConfig
 from neo_engine.engine import LLMEngine
 from neo_engine.opbench import reference_kernel
@@ -138,14 +139,19 @@ def workload_engine(
     )
 
 
-def warm_up(engine: LLMEngine, requests: WorkloadSettings) -> None:
+def warm_up(
+    engine: LLMEngine, requests: WorkloadSettings, trace: BandwidthTrace | None = None
+) -> None:
     """Two short requests (kernel load, allocator), then the iteration log on and the clock
-    at zero: what a timed workload runs after."""
+    at zero: what a timed workload runs after. With a `trace`, its first sample is taken
+    just before the clock starts (stamped 0), so that it delays no request."""
     warm = synthetic(2, math.inf, requests.input_len, 4, requests.seed + 1)
     replay(
         engine, [w.__class__(10**6 + w.request_id, 0.0, w.prompt_len, w.output_len) for w in warm]
     )
     engine.keep_iteration_log = True
+    if trace:
+        trace.sample(at=0.0)
     engine.reset_clock()
 
 
@@ -157,21 +163,26 @@ def run_policy(
     profile_path: Path,
     out: Path,
     anchor: ProfileAnchor | None = None,
+    probe: ReadProbe | None = None,
 ) -> dict:
     """One policy at one load (`rate` req/s, inf = all at once): the engine in real time, then
     neo-sim on the same arrivals; per-metric rows and the per-iteration comparison. With an
     `anchor`, the profile's operators are re-measured just before and after the engine run and
-    neo-sim runs once more with the profile re-anchored to them (`anchored_rows`)."""
+    neo-sim runs once more with the profile re-anchored to them (`anchored_rows`). The memory
+    bandwidth is sampled through the engine run with `probe` (`bandwidth.BandwidthTrace`), and
+    each iteration carries the bandwidth it ran at (`read_gbs`)."""
     s = settings
     factors_before = anchor.measure() if anchor else []
     workload = build_workload(dataclasses.replace(s.requests, rate=rate))
     engine = workload_engine(s, policy, profile_path)
-    warm_up(engine, s.requests)
+    trace = BandwidthTrace(engine.now, probe=probe)
+    warm_up(engine, s.requests, trace)
     started = time.perf_counter()
-    outputs = replay(engine, workload)
+    outputs = replay(engine, workload, trace)
     wall = time.perf_counter() - started
     real = engine_metrics(engine, workload, outputs)
     plans = [it.plan for it in engine.iterations]
+    read_gbs = trace.at([it.start_s for it in engine.iterations])  # the state each ran in
     forward_s = [it.duration_s for it in engine.iterations]  # forward pass and sampling
     # A step's whole time: the forward pass and sampling, plus the engine's host work around
     # them (scheduling, detokenizing, bookkeeping), which a measured profile's host overhead
@@ -183,6 +194,7 @@ def run_policy(
     factors = anchor.factors(factors_before + anchor.measure()) if anchor else {}
 
     profile = load_profile(profile_path)
+    profile_gbs = profile.provenance.machine.get("read_gbs")
     cost = ProfiledCostModel(profile, engine.spec)
     shared = profile.provenance.machine.get("device", "cpu") == "cpu"
     sim = Simulation(policy, config, cost, workload, lanes_share_compute=shared).run()
@@ -227,6 +239,7 @@ def run_policy(
             "num_seqs": [p.num_seqs for p in plans],
             "prefill_tokens": [sum(w.num_tokens for w in p.prefills) for p in plans],
             "cpu_decodes": [len(p.cpu_decodes) for p in plans],
+            "read_gbs": read_gbs,
         }
     )
     real_requests, sim_requests = real.requests_frame(), sim.metrics.requests_frame()
@@ -256,6 +269,9 @@ def run_policy(
         "iterations": per_iteration,
         "iteration_mape": iteration_mape(measured, predicted),
         "iteration_mape_overlapped": iteration_mape(measured, predicted_overlap),
+        "bandwidth": [gbs for _, gbs in trace.samples],
+        "iteration_mape_profiled_state": mape_in_state(per_iteration, profile_gbs),
+        "profile_gbs": profile_gbs,
         "wall_s": wall,
         "host_share": sum(measured) and 1 - sum(forward_s) / sum(measured),
         "host_overhead": profile.host_overhead,
@@ -281,6 +297,40 @@ def measured_over_predicted_by_kind(iterations: pd.DataFrame) -> dict[str, float
     return ratios
 
 
+STATE_TOLERANCE = 0.10  # an iteration ran in the profile's bandwidth state within this
+
+
+def mape_in_state(iterations: pd.DataFrame, profile_gbs: float | None) -> dict | None:
+    """Per-iteration MAPE over the iterations that ran while the memory bandwidth was within
+    `STATE_TOLERANCE` of the bandwidth at profiling (`read_gbs` of each, from the run's trace),
+    and their share: the cost model judged on the machine in the state it was measured in.
+    None when the profile records no bandwidth."""
+    if not profile_gbs:
+        return None
+    keep = in_state(iterations["read_gbs"].tolist(), profile_gbs, STATE_TOLERANCE)
+    kept = iterations[keep]
+    return {
+        "mape": iteration_mape(kept["measured_s"].tolist(), kept["timing_model_s"].tolist())
+        if len(kept)
+        else None,
+        "share": len(kept) / len(iterations) if len(iterations) else 0.0,
+    }
+
+
+def _bandwidth_cell(samples: list[float]) -> str:
+    """A run's bandwidth samples: min / median / max GB/s."""
+    if not samples:
+        return "-"
+    return f"{min(samples):.0f} / {float(np.median(samples)):.0f} / {max(samples):.0f}"
+
+
+def _state_cell(state: dict | None) -> str:
+    if state is None:
+        return "-"
+    mape = "-" if state["mape"] is None else f"{100 * state['mape']:.1f}%"
+    return f"{mape} ({100 * state['share']:.0f}%)"
+
+
 def _ratio_cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -304,7 +354,8 @@ def target_bounds() -> str:
 def target_verdicts(results: list[dict], rows: list[dict], anchored: list[dict]) -> str:
     """One markdown table row per (run, targeted metric): its error, and for a miss the term
     that explains it: the machine, when the reference kernel moved by more than the target
-    during the run (with the error once the profile is re-anchored beside the run); else the
+    during the run (with the error once the profile is re-anchored beside the run), or when
+    most iterations ran with the memory bandwidth out of its state at profiling; else the
     kind of iteration that ran off its prediction (prefill-bearing: the compute-bound GEMMs
     and prefill attention; decode-only: weight and KV reads), or the profile's level as a
     whole when both kinds ran off alike."""
@@ -338,6 +389,17 @@ def _cause(run: dict, bound: float, re_anchored: float | None) -> str:
         )
         if re_anchored is not None:
             text += f"; re-anchored beside the run: {100 * re_anchored:+.1f}%"
+        return text
+    state = run.get("iteration_mape_profiled_state")
+    if state is not None and state["share"] < 0.5:
+        text = (
+            f"the machine: {100 * (1 - state['share']):.0f}% of the iterations ran with the "
+            f"memory bandwidth more than {100 * STATE_TOLERANCE:.0f}% off its value at "
+            f"profiling ({run['profile_gbs']:.0f} GB/s; during the run "
+            f"{_bandwidth_cell(run['bandwidth'])} GB/s min / median / max)"
+        )
+        if state["mape"] is not None:
+            text += f"; per-iteration MAPE over the others: {100 * state['mape']:.1f}%"
         return text
     kinds = {
         "prefill-bearing": run["ratio_by_kind"]["with_prefill"],
@@ -466,12 +528,14 @@ def run_fidelity(settings: FidelitySettings) -> int:
     reference = reference_kernel(profile.model)
     baseline_ms = reference()
     anchor = ProfileAnchor(profile_path, settings.anchor_points) if settings.anchor_points else None
+    probe = ReadProbe()
+    now_gbs = probe.read_gbs()
     results = []
 
     def timed(policy: str, load: str, rate: float) -> dict:
         """One run, with the reference kernel timed before and after it (drift)."""
         before = reference()
-        result = run_policy(policy, load, rate, settings, profile_path, out, anchor)
+        result = run_policy(policy, load, rate, settings, profile_path, out, anchor, probe)
         result["drift"] = (before / baseline_ms - 1, reference() / baseline_ms - 1)
         return result
 
@@ -489,7 +553,9 @@ def run_fidelity(settings: FidelitySettings) -> int:
             results.append(timed(policy, load, rate))
     if anchor:
         anchor.close()
-    write_report(results, settings, profile_path, out, since_profiling(profile, baseline_ms))
+    write_report(
+        results, settings, profile_path, out, since_profiling(profile, baseline_ms, now_gbs)
+    )
     print((out / "report.md").read_text())
     return 0
 
@@ -520,21 +586,30 @@ def errors_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def since_profiling(profile: Profile, now_ms: float) -> str:
-    """One sentence: the reference kernel now against its time when the profile was measured
-    (`reference_kernel_ms`, recorded by neo-profile), the machine's drift since then."""
+def since_profiling(profile: Profile, now_ms: float, now_gbs: float) -> str:
+    """The reference kernel and the memory bandwidth now against their values when the
+    profile was measured (`reference_kernel_ms`, `read_gbs`, recorded by neo-profile): the
+    machine's drift since then."""
     provenance = profile.provenance
     then_ms = provenance.machine.get("reference_kernel_ms")
     if not then_ms:
-        return (
+        text = (
             "The profile records no reference kernel time (measured before neo-profile "
             "recorded one), so drift since profiling is not known."
         )
-    return (
-        f"Since the profile was measured ({provenance.date}), the reference kernel went from "
-        f"{then_ms:.4f} to {now_ms:.4f} ms ({100 * (now_ms / then_ms - 1):+.0f}%): drift since "
-        "profiling, which biases every prediction below by about as much."
-    )
+    else:
+        text = (
+            f"Since the profile was measured ({provenance.date}), the reference kernel went from "
+            f"{then_ms:.4f} to {now_ms:.4f} ms ({100 * (now_ms / then_ms - 1):+.0f}%): drift "
+            "since profiling, which biases every prediction below by about as much."
+        )
+    then_gbs = provenance.machine.get("read_gbs")
+    if then_gbs:
+        text += (
+            f" The memory read bandwidth read {then_gbs:.1f} GB/s at profiling, {now_gbs:.1f} "
+            "GB/s at the start of validate."
+        )
+    return text
 
 
 def write_report(
@@ -606,7 +681,8 @@ Factors (measured now / profile):
         f"{100 * r['iteration_mape_overlapped']:.1f}% | {r['pipelined']} | {r['cpu_decodes']} | "
         f"{100 * r['host_share']:.1f}% | {_ratio_cell(r['ratio_by_kind']['with_prefill'])} | "
         f"{_ratio_cell(r['ratio_by_kind']['decode_only'])} | {r['wall_s']:.0f} s | "
-        f"{100 * r['drift'][0]:+.0f}% / {100 * r['drift'][1]:+.0f}% |"
+        f"{100 * r['drift'][0]:+.0f}% / {100 * r['drift'][1]:+.0f}% | "
+        f"{_bandwidth_cell(r['bandwidth'])} | {_state_cell(r['iteration_mape_profiled_state'])} |"
         for r in results
     )
     s, w, pools = settings, settings.requests, settings.scheduler
@@ -637,8 +713,8 @@ fidelity.json (`{{"policy", "load", "metric", "engine", "sim", "error"}}`).
 ## Runs
 
 | policy | load | req/s | iterations | MAPE, overlapped | pipelined | CPU decodes | host work \
-| prefill iterations | decode-only iterations | wall | drift |
-|---|---|---|---|---|---|---|---|---|---|---|---|
+| prefill iterations | decode-only iterations | wall | drift | read GB/s | MAPE, profiled state |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 {runs}
 
 "MAPE, overlapped" prices the same plans as if the GPU and CPU lanes were separate chips; on
@@ -651,7 +727,13 @@ that prefill some prompt (compute-bound) and over the others (bound by weight an
 these batch sizes); the kind whose ratio is off is where the cost model, or the machine since
 profiling, is wrong. drift: a reference
 kernel (one QKV projection of 4 tokens) timed before / after the run, against its time at the
-start of validate. {drift_since_profiling}
+start of validate. read GB/s: the host's memory read bandwidth sampled through the run (a sum
+over {PROBE_BYTES // 2**20} MiB at the start, every 5 s between steps, in idle waits and at the end;
+min / median / max): a small decode step reads every weight from memory, so it follows this
+bandwidth, which the cache-resident reference kernel does not see (`neo_engine/bandwidth.py`).
+MAPE, profiled state: the per-iteration MAPE over the iterations that ran while the bandwidth
+was within {100 * STATE_TOLERANCE:.0f}% of its value at profiling (their share in brackets): the
+cost model on the machine in the state it was measured in. {drift_since_profiling}
 
 ## Trace-driven: the queueing and scheduling model alone
 

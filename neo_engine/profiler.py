@@ -193,6 +193,7 @@ def cmd_measure(run: ProfileSettings) -> int:
     started = time.perf_counter()
     overlap = HOST_OVERLAP[run.host_overlap]
     samples, launch = measure(spec, device, grids, repeats, run.host_threads, run.passes, overlap)
+    from neo_engine.bandwidth import ReadProbe
     from neo_engine.executor import host_lane
     from neo_engine.opbench import measure_host_overhead, reference_kernel
 
@@ -204,6 +205,8 @@ def cmd_measure(run: ProfileSettings) -> int:
         "host_lane": host_lane(device.type == "cuda", run.host_threads, overlap),
         # this machine's speed now, for comparing later runs with (neo-sim validate's drift)
         "reference_kernel_ms": round(reference_kernel(spec)(), 5),
+        # and its memory read bandwidth (neo_engine.bandwidth: small decode steps follow it)
+        "read_gbs": round(ReadProbe().read_gbs(), 2),
         "quick": run.quick,
         "repeats": repeats,
         "passes": run.passes,

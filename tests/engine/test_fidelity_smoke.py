@@ -37,6 +37,7 @@ def test_validate_quick_writes_the_report(tmp_path):
     )
     assert "Trace-driven" in report and "drift since profiling" in report
     assert "| prefill iterations | decode-only iterations |" in report
+    assert "| read GB/s | MAPE, profiled state |" in report
     assert "which this profile does not price" in report  # the shipped one predates it
     # Offline, the plans do not depend on the clock: replaying the engine's measured steps
     # (forward pass plus host work) gives its makespan back, up to the replay loop's own time.
@@ -52,6 +53,7 @@ def test_validate_quick_writes_the_report(tmp_path):
     assert "## Targets" in report and "| neo | offline | throughput |" in report
     iterations = pd.read_csv(tmp_path / "iterations.csv")
     assert iterations["measured_s"].gt(0).all() and iterations["timing_model_s"].gt(0).all()
+    assert iterations["read_gbs"].gt(0).all()  # each iteration's bandwidth, from the trace
     assert (tmp_path / "neo_offline_iterations.html").exists()
 
 
@@ -74,9 +76,17 @@ def test_measured_over_predicted_is_summed_per_kind_of_iteration():
 def test_a_missed_target_is_put_on_the_machine_or_on_a_kind_of_iteration():
     from neo_engine.fidelity import target_verdicts
 
-    def run(policy, load, drift, with_prefill, decode_only):
+    def run(policy, load, drift, with_prefill, decode_only, state=None):
         ratios = {"with_prefill": with_prefill, "decode_only": decode_only}
-        return {"policy": policy, "load": load, "drift": drift, "ratio_by_kind": ratios}
+        return {
+            "policy": policy,
+            "load": load,
+            "drift": drift,
+            "ratio_by_kind": ratios,
+            "iteration_mape_profiled_state": state,
+            "profile_gbs": 52.0,
+            "bandwidth": [31.0, 33.0, 50.0],
+        }
 
     def row(policy, load, metric, error):
         return {"policy": policy, "load": load, "metric": metric, "error": error}
@@ -86,6 +96,8 @@ def test_a_missed_target_is_put_on_the_machine_or_on_a_kind_of_iteration():
         run("neo", "offline", (-0.02, 0.01), 1.01, 1.20),  # steady; decode-only off
         run("neo", "overload", (0.0, 0.02), 1.12, 1.13),  # steady; both kinds off alike
         run("neo", "unsaturated", (0.0, 0.0), 1.0, 1.0),  # throughput not targeted there
+        # steady reference kernel, but 70% of the iterations in another bandwidth state
+        run("gpu-only", "unsaturated", (0.0, 0.01), 1.1, 1.3, {"mape": 0.042, "share": 0.3}),
     ]
     rows = [
         row("gpu-only", "offline", "throughput", 0.145),
@@ -94,6 +106,7 @@ def test_a_missed_target_is_put_on_the_machine_or_on_a_kind_of_iteration():
         row("neo", "overload", "throughput", 0.11),
         row("neo", "unsaturated", "throughput", 0.30),
         row("neo", "unsaturated", "tpot_p50", -0.02),
+        row("gpu-only", "unsaturated", "tpot_p50", -0.3),
     ]
     anchored = [row("gpu-only", "offline", "throughput", 0.062)]
     table = target_verdicts(results, rows, anchored).splitlines()
@@ -108,4 +121,8 @@ def test_a_missed_target_is_put_on_the_machine_or_on_a_kind_of_iteration():
         "| neo | overload | throughput | +11.0% | <= 5% | missed: the profile's level as a whole "
         "(iterations ran prefill-bearing 1.12x, decode-only 1.13x their prediction) |",
         "| neo | unsaturated | tpot_p50 | -2.0% | <= 10% | met |",
+        "| gpu-only | unsaturated | tpot_p50 | -30.0% | <= 10% | missed: the machine: 70% of the "
+        "iterations ran with the memory bandwidth more than 10% off its value at profiling "
+        "(52 GB/s; during the run 31 / 33 / 50 GB/s min / median / max); per-iteration MAPE "
+        "over the others: 4.2% |",
     ]

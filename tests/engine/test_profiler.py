@@ -52,8 +52,8 @@ def test_round_trip_predicts_the_measured_grid_exactly(tiny_profile):
 
 
 def test_validate_reports_drift_since_profiling(tiny_profile, tmp_path):
-    """A profile that recorded the reference kernel's time (neo-profile does) gives validate's
-    drift since profiling; one that did not says so."""
+    """A profile that recorded the reference kernel's time and the memory bandwidth (neo-profile
+    does) gives validate's drift since profiling; one that did not says so."""
     import dataclasses
 
     from neo_engine.fidelity import since_profiling
@@ -61,14 +61,16 @@ def test_validate_reports_drift_since_profiling(tiny_profile, tmp_path):
 
     path, _ = tiny_profile
     profile = load_profile(path)
-    assert "not known" in since_profiling(profile, 0.2)
+    assert "not known" in since_profiling(profile, 0.2, 40.0)
     assert reference_kernel(profile.model, repeats=5)() > 0
-    machine = {"reference_kernel_ms": 0.25}
+    machine = {"reference_kernel_ms": 0.25, "read_gbs": 52.0}
     recorded = dataclasses.replace(
         profile, provenance=dataclasses.replace(profile.provenance, machine=machine)
     )
     again = save_profile(recorded, tmp_path / "with-reference.json")
-    assert "0.2500 to 0.3000 ms (+20%)" in since_profiling(load_profile(again), 0.3)
+    text = since_profiling(load_profile(again), 0.3, 33.0)
+    assert "0.2500 to 0.3000 ms (+20%)" in text
+    assert "bandwidth read 52.0 GB/s at profiling, 33.0 GB/s at the start of validate" in text
 
 
 def test_neo_sim_accepts_a_measured_profile(tiny_profile, tmp_path):
