@@ -1,12 +1,11 @@
 """The host's memory read bandwidth, sampled through a run: a drift probe that tracks the engine.
 
 A small decode step reads every weight from DRAM, so its time follows the memory bandwidth
-the machine gives it. On the build VMs that bandwidth is not constant: measured on
-2026-12-04 (AMD EPYC, 2 vCPUs) it switched between ~50-55 and ~30-34 GB/s every few seconds
-to minutes, with batch-1..4 decode steps of the fidelity workload at ~1.0-1.1x their
-prediction in the fast state and ~1.3x in the slow one (correlation 0.76), while the
-compute-bound reference kernel (`opbench.reference_kernel`, cache-resident) stayed within
-+-5% most of the time (correlation 0.09). `neo-profile` records the bandwidth at profiling
+the machine gives it. On the build VMs that bandwidth is not constant:
+`benchmarks/results/bandwidth_drift.json` (AMD EPYC, 2 vCPUs) saw it range over 18-64 GB/s
+within four minutes, with batch-1 decode steps against their prediction correlating 0.80
+with its inverse and 0.08 with the compute-bound, cache-resident reference kernel
+(`opbench.reference_kernel`). `neo-profile` records the bandwidth at profiling
 time (`read_gbs`) and `neo-sim validate` samples it through every engine run
 (`BandwidthTrace`), so that each iteration can be judged against the machine state it ran in.
 """
