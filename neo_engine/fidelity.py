@@ -32,7 +32,13 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ks_2samp
 
-from neo_engine.bandwidth import PROBE_BYTES, BandwidthTrace, ReadProbe, in_state
+from neo_engine.bandwidth import (
+    PROBE_BYTES,
+    SAMPLE_EVERY_S,
+    BandwidthTrace,
+    ReadProbe,
+    in_state,
+)
 from neo_engine.config import EngineConfig
 from neo_engine.engine import LLMEngine
 from neo_engine.opbench import reference_kernel
@@ -736,9 +742,10 @@ these batch sizes); the kind whose ratio is off is where the cost model, or the 
 profiling, is wrong. drift: a reference
 kernel (one QKV projection of 4 tokens) timed before / after the run, against its time at the
 start of validate. read GB/s: the host's memory read bandwidth sampled through the run (a sum
-over {PROBE_BYTES // 2**20} MiB at the start, every 5 s between steps, in idle waits and at the end;
-min / median / max): a small decode step reads every weight from memory, so it follows this
-bandwidth, which the cache-resident reference kernel does not see (`neo_engine/bandwidth.py`).
+over {PROBE_BYTES // 2**20} MiB at the start, every {SAMPLE_EVERY_S:.0f} s between steps, in idle
+waits and at the end; min / median / max): a small decode step reads every weight from memory,
+so it follows this bandwidth, which the cache-resident reference kernel does not see
+(`neo_engine/bandwidth.py`).
 MAPE, profiled state: the per-iteration MAPE over the iterations that ran while the bandwidth
 was within {100 * STATE_TOLERANCE:.0f}% of its value at profiling (their share in brackets): the
 cost model on the machine in the state it was measured in. {drift_since_profiling}
