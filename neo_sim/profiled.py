@@ -197,25 +197,30 @@ class ProfiledCostModel(CostModel):
         row, row1, wx = table.rows_at(batch)  # type: ignore[union-attr]
         ys = table.ys
         first, last, last_index = ys[0], ys[-1], len(ys) - 1
+        # Each grid cell's width and both rows' rise across it, computed once: the same
+        # floats `Table2D.__call__` computes per call, so the results are bit for bit its.
+        spans = [b - a for a, b in zip(ys, ys[1:])] or [1.0]
+        rise = [b - a for a, b in zip(row, row[1:])] or [0.0]
+        rise1 = [b - a for a, b in zip(row1, row1[1:])] or [0.0]
 
         def seconds(total_tokens: int) -> float:
             """`Table2D.__call__(batch, context)`'s arithmetic, bit for bit, with the batch's
-            rows bound once; repeated on purpose: NEO's greedy step calls this for every
-            CPU decode it prices, and each nested call it saves shows in the benchmark."""
+            rows and their per-cell differences bound once; repeated on purpose: NEO's greedy
+            step calls this for every CPU decode it prices, and each operation it saves
+            shows in the benchmark."""
             total = total_tokens if total_tokens > batch else batch
             y = total / batch
             if not low_y <= y <= high_y:
                 return self._decode_attn(op, batch, total)
             if not last_index or y <= first:
-                j, j1, wy = 0, min(1, last_index), 0.0
+                j, wy = 0, 0.0
             elif y >= last:
-                j, j1, wy = last_index - 1, last_index, 1.0
+                j, wy = last_index - 1, 1.0
             else:
                 j = bisect_right(ys, y) - 1
-                j1 = j + 1
-                wy = (y - ys[j]) / (ys[j1] - ys[j])
-            low = row[j] + wy * (row[j1] - row[j])
-            high = row1[j] + wy * (row1[j1] - row1[j])
+                wy = (y - ys[j]) / spans[j]
+            low = row[j] + wy * rise[j]
+            high = row1[j] + wy * rise1[j]
             return low + wx * (high - low)
 
         return seconds
