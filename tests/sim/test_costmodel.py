@@ -122,6 +122,20 @@ def test_a_steady_runs_attention_equals_one_lookup_per_iteration(
 
 
 @settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 300), contexts=st.lists(st.integers(1, 40_000), max_size=20))
+def test_the_cpu_attention_pricer_equals_the_lookup(t4_profile, batch, contexts):
+    """`cpu_decode_attn_at(batch)` (NEO's greedy step prices with it) binds a batch's rows and
+    their per-cell differences once: its values must be `cpu_decode_attn`'s bit for bit,
+    on grid points, between them, at the grid's edges and beyond."""
+    c = ProfiledCostModel(t4_profile)
+    table = c._tables["cpu_decode_attn"]
+    on_grid = [round(y) for y in table.ys if y >= 1]
+    pricer = c.cpu_decode_attn_at(batch)
+    for context in [*contexts, *on_grid, 1]:
+        assert pricer(batch * context) == c.cpu_decode_attn(batch, batch * context)
+
+
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(-10.0, 300.0), min_size=1, max_size=50), st.floats(0.0, 40.0))
 def test_walking_a_table_along_one_axis_equals_its_lookups(ys, x):
     from neo_sim.interp import Table2D
