@@ -10,7 +10,7 @@ same plans. It reports, over the blocks, the correlation of measured / predicted
 probe, and the measured / predicted ratio in the profiled bandwidth state (within 10% of the
 bandwidth at profiling) and out of it.
 
-Run: python -m benchmarks.bandwidth_drift [--seconds 240]
+Run: python -m benchmarks.bandwidth_drift [--seconds 240] [--profile P]
 Writes benchmarks/results/bandwidth_drift.json with the machine it ran on.
 """
 
@@ -29,6 +29,9 @@ from benchmarks import RESULTS, write_result
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=240.0, help="how long to sample")
+    p.add_argument(
+        "--profile", help="profile to predict with; unset: this machine's (as neo-sim validate)"
+    )
     p.add_argument("--output", type=Path, default=RESULTS / "bandwidth_drift.json")
     args = p.parse_args(argv)
 
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from neo_sim.timing import TimingModel
 
     settings = FidelitySettings()
-    profile_path = profile_of_this_machine(None, settings.model)
+    profile_path = profile_of_this_machine(args.profile, settings.model)
     profile = load_profile(profile_path)
     engine = workload_engine(settings, "gpu-only", profile_path)
     warm_up(engine, settings.requests)
@@ -93,10 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                 if mask.any()
                 else None,
             }
+
+    def correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+        """Pearson's r, where there are enough blocks for one (None otherwise)."""
+        return float(np.corrcoef(a, b)[0, 1]) if len(a) >= 3 else None
+
     summary = {
         "blocks": len(blocks),
-        "correlation_with_reference_kernel_ms": float(np.corrcoef(ratio, ref)[0, 1]),
-        "correlation_with_inverse_read_gbs": float(np.corrcoef(ratio, 1 / gbs)[0, 1]),
+        "correlation_with_reference_kernel_ms": correlation(ratio, ref),
+        "correlation_with_inverse_read_gbs": correlation(ratio, 1 / gbs),
         "read_gbs_range": [float(gbs.min()), float(gbs.max())],
         "reference_kernel_ms_range": [float(ref.min()), float(ref.max())],
         "measured_over_predicted_range": [float(ratio.min()), float(ratio.max())],
