@@ -18,11 +18,12 @@ with a few cost-model lookups, not a rescan of the batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from neo_sim.costmodel import CostModel
 from neo_sim.model import ModelSpec
+from neo_sim.scheduler.kv import BlockPool
 from neo_sim.scheduler.plan import DecodeWork, PrefillWork, SubBatch, Swap, context_tokens
 from neo_sim.scheduler.request import Device
 
@@ -220,20 +221,20 @@ class CpuDecodeOffers:
         self,
         decodes: Sequence[DecodeWork],
         overdue_each: Iterable[bool],
-        held: Mapping[int, Sized],
-        block_size: int,
+        host_pool: BlockPool,
         blocks_free: int,
         room: int,
     ) -> list[int]:
-        """Offer `decodes` in turn, with whether each is overdue; `held` maps a request to the
-        host blocks it holds (blocks of `block_size` tokens), from which the blocks its next
-        token adds are counted, only for the decodes priced. One is kept on the target if both
-        slacks stay non-negative, or if it is overdue (the starvation bound); it is skipped,
-        unpriced, if it is not overdue and at least as long as one already rejected, if its
-        blocks exceed those still free, or once `room` decodes are kept. Returns the ids of
+        """Offer `decodes` in turn, with whether each is overdue; the blocks a decode's next
+        token adds to `host_pool` are counted (as `BlockPool.extra_blocks` counts them, inline)
+        only for the decodes priced. One is kept on the target if both slacks stay
+        non-negative, or if it is overdue (the starvation bound); it is skipped, unpriced, if
+        it is not overdue and at least as long as one already rejected, if its blocks exceed
+        those still free, or once `room` decodes are kept. Returns the ids of
         the overdue ones kept. One loop with its state in locals, the per-width and per-count
         terms read from lists: it runs for every CPU decode of every iteration."""
         launch = self.cost.launch
+        held, block_size = host_pool.tables, host_pool.block_size
         lanes = self.cost.cpu_lane_table(max(self.count) + len(decodes) + 1)
         linears = self.cost.linear_table(max(self.width) + len(decodes) + 1)
         t = self.target

@@ -387,8 +387,7 @@ class NeoPolicy(Policy):
         forced = offers.offer_in_turn(
             works,
             [True] * overdue + [False] * (len(works) - overdue),
-            self.kv.cpu.tables,
-            self.config.block_size,
+            self.kv.cpu,
             cpu_free,
             min(budget.seqs, budget.tokens),
         )

@@ -185,8 +185,9 @@ def test_greedy_offers_price_exactly_what_the_builders_would(which):
             expected = slacks(m0, m1)
             keep = force or min(expected) >= 0
             before = offers.num_kept
-            held = {rid: [0] * (-(-work.context_len // 16) - growth)}
-            forced = offers.offer_in_turn([work], [force], held, 16, 1, 1)
+            forced = offers.offer_in_turn(
+                [work], [force], _host_pool({rid: work.context_len - 16 * growth}), 1, 1
+            )
             assert offers.num_kept - before == keep and forced == ([rid] if keep and force else [])
             if keep:
                 assert offers.target == (1 if expected[1] > expected[0] else 0)
@@ -202,6 +203,17 @@ def test_greedy_offers_price_exactly_what_the_builders_would(which):
         assert (b0.freeze(), b1.freeze()) == (m0.freeze(), m1.freeze())
         assert (b0.times(), b1.times()) == (m0.times(), m1.times())
     assert kept_any and rejected_any and forced_any  # every branch was exercised
+
+
+def _host_pool(held_tokens: dict[int, int]):
+    """A host pool of 16-token blocks where each request holds the blocks of its tokens (the
+    offers count a decode's new blocks from them)."""
+    from neo_sim.scheduler.kv import BlockPool, blocks_for
+
+    pool = BlockPool(sum(blocks_for(max(0, n), 16) for n in held_tokens.values()), 16, "CPU")
+    for rid, tokens in held_tokens.items():
+        pool.grow(rid, max(0, tokens))
+    return pool
 
 
 def test_greedy_offers_skip_rules():
@@ -222,8 +234,8 @@ def test_greedy_offers_skip_rules():
 
     def offer(o: CpuDecodeOffers, decodes: list, blocks_free: int, room: int) -> list[int]:
         works, overdue, growth = zip(*decodes)
-        held = {w.request_id: [0] * (-(-w.context_len // 16) - g) for w, g in zip(works, growth)}
-        return o.offer_in_turn(works, overdue, held, 16, blocks_free, room)
+        held = {w.request_id: w.context_len - 16 * g for w, g in zip(works, growth)}
+        return o.offer_in_turn(works, overdue, _host_pool(held), blocks_free, room)
 
     huge = 10**6  # a context no slack can hide
     o = offers()
