@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=RESULTS / "bandwidth_drift.json")
     args = p.parse_args(argv)
 
-    from neo_engine.bandwidth import ReadProbe
+    from neo_engine.bandwidth import ReadProbe, in_state
     from neo_engine.fidelity import (
         STATE_TOLERANCE,
         profile_of_this_machine,
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     profile_gbs = profile.provenance.machine.get("read_gbs")
     states = {}
     if profile_gbs:
-        near = np.abs(gbs / profile_gbs - 1) <= STATE_TOLERANCE
+        near = np.array(in_state(gbs.tolist(), profile_gbs, STATE_TOLERANCE))
         for name, mask in (("profiled_state", near), ("other_state", ~near)):
             states[name] = {
                 "blocks": int(mask.sum()),
