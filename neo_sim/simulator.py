@@ -68,13 +68,17 @@ class Simulation:
         clock: str = "timing",
         lanes_share_compute: bool = False,
         replay_s: Sequence[float] | None = None,
+        clock_cost: Callable[[float], CostModel] | None = None,
     ):
         """`record_timeline`: lane spans of the first N iterations; `record_plans`: every plan
         (tests); `record_iterations`: one IterationRecord per iteration (else totals only, in
         constant memory); `clock="predicted"` advances by the scheduler's own estimate;
         `replay_s`: the k-th iteration takes replay_s[k] seconds (a real run's measured
         iteration periods: the trace-driven mode, whose error is the queueing and scheduling
-        model's alone), iterations beyond it the timing model's."""
+        model's alone), iterations beyond it the timing model's; `clock_cost`: the cost model
+        the clock prices an iteration starting at time t with (a machine whose speed changed
+        during a real run, e.g. `neo_sim.bandwidth.at_bandwidth` at the bandwidth sampled
+        then), while the policy plans with `cost` as the real scheduler did."""
         self.policy = policy if isinstance(policy, Policy) else make_policy(policy, config, cost)
         if clock not in ("timing", "predicted"):
             raise ValueError("clock must be 'timing' or 'predicted'")
@@ -86,9 +90,18 @@ class Simulation:
         self.record_plans = record_plans
         self.record_iterations = record_iterations
         self.replay_s = list(replay_s) if replay_s is not None else None
+        self.clock_cost = clock_cost
+        self._clock_timing: dict[int, TimingModel] = {}  # id(cost model) -> its timing model
+        self._timing_args = (config.block_size, noise, seed, lanes_share_compute)
         # Steady runs skip step(): not while plans, lane spans or per-task noise must be drawn,
-        # nor while iterations take replayed times.
-        self.steady_runs = steady_runs and not record_plans and noise == 0 and replay_s is None
+        # nor while iterations take replayed times or a clock whose costs change.
+        self.steady_runs = (
+            steady_runs
+            and not record_plans
+            and noise == 0
+            and replay_s is None
+            and clock_cost is None
+        )
         self.records = {
             r.request_id: RequestRecord(
                 request_id=r.request_id,
@@ -180,11 +193,22 @@ class Simulation:
         self.now = max(self.now, self.workload[self._next].arrival_s)
         return True
 
+    def _timing_at(self, t: float) -> TimingModel:
+        """The timing model of an iteration starting at time t: `clock_cost`'s cost model
+        then, if one is given (one timing model per cost model it returns), else the run's."""
+        if self.clock_cost is None:
+            return self.timing
+        cost = self.clock_cost(t)
+        timing = self._clock_timing.get(id(cost))
+        if timing is None:
+            timing = self._clock_timing[id(cost)] = TimingModel(cost, *self._timing_args)
+        return timing
+
     # ---- one iteration -------------------------------------------------------------------------
     def _run_plan(self, plan: Plan) -> None:
         record = self.totals.count < self.record_timeline
-        timing = self.timing.run(plan, record=record)
         start = self.now
+        timing = self._timing_at(start).run(plan, record=record)
         k = self.totals.count
         if self.replay_s is not None and k < len(self.replay_s):
             self.now = start + self.replay_s[k]
