@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from neo_engine.bandwidth import BandwidthTrace
 from neo_engine.config import HOST_OVERLAP, LoadSettings
 from neo_sim import __version__, settings
 from neo_sim.costmodel import Efficiencies, RooflineCostModel
@@ -48,6 +49,7 @@ from neo_sim.profiled import ProfiledCostModel
 from neo_sim.settings import check, setting
 
 REPEATS = {True: 3, False: 5}  # timed repeats per point: quick, full
+PROFILE_BANDWIDTH_EVERY_S = 2.0  # ~15 ms per sample: under 1% of the profiling time
 
 
 def fit_memory(spec: ModelSpec, grids: Grids, budget_bytes: float) -> Grids:
@@ -106,8 +108,10 @@ def measure(
     host_threads: int | None = None,
     passes: int = 3,
     host_overlap: bool | None = None,
+    bandwidth: BandwidthTrace | None = None,
 ) -> tuple[dict, float]:
-    """Time every sampled operator on every grid point; returns (samples, launch seconds)."""
+    """Time every sampled operator on every grid point; returns (samples, launch seconds).
+    `bandwidth` is sampled between points (`BandwidthTrace.maybe_sample`) through the run."""
     bench = Benches(spec, device, repeats, host_threads, host_overlap)
     jobs = [(op, point) for op in SAMPLED for point in points(grids, op)]
     # Several shuffled passes, median per point: a slow phase of a noisy machine then spreads
@@ -120,6 +124,8 @@ def measure(
         rng.shuffle(order)
         schedule += order
     for op, point in tqdm(schedule, unit="point", desc="profiling"):
+        if bandwidth is not None:
+            bandwidth.maybe_sample()
         runs.setdefault((op.name, point), []).append(bench.time(op, point))
     results = {key: statistics.median(values) for key, values in runs.items()}
     launch = bench.time_launch()
@@ -192,8 +198,15 @@ def cmd_measure(run: ProfileSettings) -> int:
     )
     started = time.perf_counter()
     overlap = HOST_OVERLAP[run.host_overlap]
-    samples, launch = measure(spec, device, grids, repeats, run.host_threads, run.passes, overlap)
-    from neo_engine.bandwidth import ReadProbe
+    # The memory read bandwidth through the measurement (neo_engine.bandwidth: small decode
+    # steps follow it, and on the build VMs it moves between states that last tens of
+    # seconds): the profile records the state its points were measured in, the median.
+    bandwidth = BandwidthTrace(time.perf_counter, every_s=PROFILE_BANDWIDTH_EVERY_S)
+    samples, launch = measure(
+        spec, device, grids, repeats, run.host_threads, run.passes, overlap, bandwidth
+    )
+    bandwidth.sample()
+    read_gbs = [gbs for _, gbs in bandwidth.samples]
     from neo_engine.executor import host_lane
     from neo_engine.opbench import measure_host_overhead, reference_kernel
 
@@ -205,8 +218,9 @@ def cmd_measure(run: ProfileSettings) -> int:
         "host_lane": host_lane(device.type == "cuda", run.host_threads, overlap),
         # this machine's speed now, for comparing later runs with (neo-sim validate's drift)
         "reference_kernel_ms": round(reference_kernel(spec)(), 5),
-        # and its memory read bandwidth (neo_engine.bandwidth: small decode steps follow it)
-        "read_gbs": round(ReadProbe().read_gbs(), 2),
+        # and its memory read bandwidth while the points were measured: median, min, max
+        "read_gbs": round(statistics.median(read_gbs), 2),
+        "read_gbs_range": [round(min(read_gbs), 2), round(max(read_gbs), 2)],
         "quick": run.quick,
         "repeats": repeats,
         "passes": run.passes,

@@ -233,3 +233,18 @@ def test_the_engines_host_overhead_is_read_from_its_decode_steps():
     overhead = measure_host_overhead(LoadSettings("dummy:tiny"), batches=(1, 8), steps=4)
     assert overhead.fixed_s >= 0 and overhead.per_seq_s >= 0
     assert 0 < overhead.seconds(8) < 0.05
+
+
+def test_measure_samples_the_bandwidth_between_points():
+    """The profile records the memory bandwidth its points were measured at (the median of
+    samples taken between points): `measure` samples a trace it is given."""
+    from neo_engine.bandwidth import BandwidthTrace, ReadProbe
+    from neo_sim.grids import points
+    from neo_sim.operators import SAMPLED
+
+    spec = LoadSettings("dummy:tiny").model_spec()
+    trace = BandwidthTrace(time.perf_counter, every_s=0.0, probe=ReadProbe(num_bytes=2**20))
+    measure(spec, torch.device("cpu"), TINY_GRIDS, repeats=1, passes=1, bandwidth=trace)
+    jobs = sum(len(list(points(TINY_GRIDS, op))) for op in SAMPLED)
+    assert len(trace.samples) == jobs  # every_s=0: one sample before each point
+    assert all(gbs > 0 for _, gbs in trace.samples)
