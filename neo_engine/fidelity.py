@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -607,6 +608,7 @@ def run_fidelity(settings: FidelitySettings) -> int:
     out.mkdir(parents=True, exist_ok=True)
     profile_path = profile_of_this_machine(settings.profile, settings.model)
     profile = load_profile(profile_path)
+    shutil.copyfile(profile_path, out / "profile.json")  # the report's profile travels with it
     reference = reference_kernel(profile.model)
     baseline_ms = reference()
     anchor = ProfileAnchor(profile_path, settings.anchor_points) if settings.anchor_points else None
@@ -862,7 +864,7 @@ measurement of one operator ranges over +-30% within a minute, and the profile a
 runs are minutes apart, so a drift between them biases every latency the same way.
 
 Files: fidelity.json, fidelity_replay.json, fidelity_bandwidth.json, fidelity_anchored.json,
-summary.csv, iterations.csv,
+summary.csv, iterations.csv, profile.json (the profile neo-sim ran on),
 *_engine_requests.csv, *_sim_requests.csv, *_iterations.html (per policy and load).
 """
     (out / "report.md").write_text(body)

@@ -9,19 +9,20 @@ compute-bound steps did not. A measured profile records the bandwidth at profili
 The model: each operator reads its bytes (`opwork.work`) at up to a fixed fraction of the
 machine's read bandwidth, its *streaming efficiency*: the highest fraction any of its samples
 reached at profiling (its kernels at their best; e.g. one layer's projections of one token
-read their weights at ~0.7 of the probe's bandwidth on the AVX512-BF16 VM). At another
+read their weights at 0.71 of the probe's bandwidth on the AVX512-BF16 VM,
+`experiments/results/fidelity_fast_profile/profile.json`). At another
 bandwidth a sample takes
 
     max(its measured time, its bytes / (efficiency x bandwidth))
 
 so an operator that streamed at its best slows in proportion to the bandwidth lost, and one
 that was bound by compute or overheads slows only once the bandwidth can no longer feed it (a
-batch of 5 decodes through oneDNN read its weights at ~0.35 of the probe's bandwidth and did
-not slow when the probe fell by a third). A bandwidth above the one at profiling leaves the
-profile as measured: what else bounded an operator then is not known. No constant is fitted:
-the efficiencies and the times are the profile's own. `neo-sim validate` runs neo-sim with its
-clock on the profile at the bandwidth sampled through the engine run (its "bandwidth-tracked"
-rows) to separate the machine's state from the cost model's error.
+batch of 5 decodes through oneDNN read its weights at 0.36 of the probe's bandwidth in the same
+profile and did not slow when the probe fell by a third). A bandwidth above the one at
+profiling leaves the profile as measured: what else bounded an operator then is not known. No
+constant is fitted: the efficiencies and the times are the profile's own. `neo-sim validate`
+runs neo-sim with its clock on the profile at the bandwidth sampled through the engine run
+(its "bandwidth-tracked" rows) to separate the machine's state from the cost model's error.
 """
 
 from __future__ import annotations
