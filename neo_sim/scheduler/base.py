@@ -21,7 +21,7 @@ from typing import Any
 
 from neo_sim.costmodel import CostModel
 from neo_sim.errors import NeoError
-from neo_sim.scheduler.kv import KVManager, blocks_for
+from neo_sim.scheduler.kv import BlockPool, KVManager, blocks_for
 from neo_sim.scheduler.plan import Plan, Swap
 from neo_sim.scheduler.request import Request, RequestState
 from neo_sim.settings import check, setting
@@ -170,6 +170,15 @@ class Budget:
             self.tokens -= tokens
             return True
         return False
+
+    def take_each(self, count: int, tokens: int) -> int:
+        """`take(tokens)` `count` times, at once; returns how many succeeded (the k-th does
+        while seqs >= k and the tokens left cover k x tokens)."""
+        fits = self.tokens // tokens if tokens else (count if self.tokens >= 0 else 0)
+        taken = max(0, min(count, self.seqs, fits))
+        self.seqs -= taken
+        self.tokens -= taken * tokens
+        return taken
 
     def give(self, tokens: int) -> None:
         self.seqs += 1
@@ -396,6 +405,21 @@ class Policy(ABC):
 
     def _blocks(self, num_tokens: int) -> int:
         return blocks_for(num_tokens, self.config.block_size)
+
+    @staticmethod
+    def _next_token_blocks(pool: BlockPool, requests: Iterable[Request]) -> int:
+        """Blocks `pool` adds for each of `requests` to hold its `seq_len` tokens (the sum of
+        `pool.extra_blocks`), in one loop: every step asks it of every GPU resident."""
+        tables, block_size = pool.tables, pool.block_size
+        need = 0
+        for r in requests:
+            table = tables.get(r.request_id)
+            extra = -(-(r.prompt_len + r.num_generated) // block_size) - (
+                len(table) if table else 0
+            )
+            if extra > 0:
+                need += extra
+        return need
 
     def _move_kv(self, r: Request, to_gpu: bool) -> Swap:
         """Move a request's cached KV to the other pool; the Swap tells the executor what to copy.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import SubBatchBuilder, iteration_s, sequential_layer_s, swap_s
+from neo_sim.scheduler.kv import BlockPool
 from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap
 from neo_sim.scheduler.request import Request, RequestState
 
@@ -38,7 +39,7 @@ class GpuOnlyPolicy(Policy):
         conditions as they will stand at that iteration, after the decodes' growth."""
         cfg, gpu = self.config, self.kv.gpu
         n = len(running)
-        growth = sum(gpu.extra_blocks(r.request_id, r.seq_len) for r in running)
+        growth = self._next_token_blocks(gpu, running)
         if self.swapped:  # _swap_in, and no admission while anything is swapped
             first = min(self.swapped.values(), key=lambda r: r.admit_order)
             used = gpu.num_used + growth
@@ -92,8 +93,7 @@ class GpuOnlyPolicy(Policy):
         """Preempt the newest running requests until every decode has a slot and a block."""
         gpu = self.kv.gpu
         running = list(self.gpu_running.values())
-        decodes = [r for r in running if not r.is_prefilling]
-        need = sum(gpu.extra_blocks(r.request_id, r.seq_len) for r in decodes)
+        decodes, need = _decodes_and_growth(running, gpu)
         swaps: list[Swap] = []
         recomputed: list[int] = []
         while running and (need > gpu.num_free or len(decodes) > min(budget.seqs, budget.tokens)):
@@ -124,16 +124,21 @@ class GpuOnlyPolicy(Policy):
         return self._swap_in_parked(budget)
 
     def _schedule_running(self, batch: SubBatchBuilder, budget: Budget) -> None:
-        """Decodes first, then the next chunk of any prompt already being prefilled."""
+        """Decodes first, then the next chunk of any prompt already being prefilled. The
+        decodes go in one pass (`Request.is_prefilling` and `seq_len` read in place, blocks
+        grown and work added in bulk): it runs for every running request every iteration."""
         gpu = self.kv.gpu
         prefilling = []
+        works = []
         for r in self.gpu_running.values():
-            if r.is_prefilling:
+            computed, seq_len = r.num_computed, r.prompt_len + r.num_generated
+            if computed < seq_len - 1 or computed == 0:  # r.is_prefilling
                 prefilling.append(r)
-                continue
-            budget.take(1)
-            gpu.grow(r.request_id, r.seq_len)
-            batch.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
+            else:
+                works.append(DecodeWork(r.request_id, seq_len))
+        budget.take_each(len(works), 1)
+        gpu.grow_each(works)
+        batch.add_decodes(works, on_gpu=True)
         for r in prefilling:
             chunk = min(r.seq_len - r.num_computed, budget.tokens)
             end = r.num_computed + chunk
@@ -166,3 +171,21 @@ class GpuOnlyPolicy(Policy):
             self._mark_admitted(r)
             self.gpu_running[r.request_id] = r
             batch.add_prefill(PrefillWork(r.request_id, r.num_computed, end))
+
+
+def _decodes_and_growth(running: list[Request], gpu: BlockPool) -> tuple[list[Request], int]:
+    """The decoding requests of `running` (in order) and the GPU blocks their next tokens add
+    (`BlockPool.extra_blocks` of each), in one pass over them."""
+    tables, block_size = gpu.tables, gpu.block_size
+    decodes = []
+    need = 0
+    for r in running:
+        computed, seq_len = r.num_computed, r.prompt_len + r.num_generated
+        if computed < seq_len - 1 or computed == 0:  # r.is_prefilling
+            continue
+        decodes.append(r)
+        table = tables.get(r.request_id)
+        extra = -(-seq_len // block_size) - (len(table) if table else 0)
+        if extra > 0:
+            need += extra
+    return decodes, need

@@ -148,7 +148,7 @@ class NeoPolicy(Policy):
     def _swap_out(self, budget: Budget) -> tuple[tuple[Swap, ...], tuple[int, ...]]:
         gpu = self.kv.gpu
         decodes = list(self.gpu_running.values())
-        need = sum(gpu.extra_blocks(r.request_id, r.seq_len) for r in decodes)
+        need = self._next_token_blocks(gpu, decodes)
         swaps: list[Swap] = []
         recomputed: list[int] = []
         while decodes and (need > gpu.num_free or len(decodes) > min(budget.seqs, budget.tokens)):
@@ -513,9 +513,7 @@ class NeoPolicy(Policy):
 
     def _gpu_blocks_after_growth(self) -> int:
         gpu = self.kv.gpu
-        return gpu.num_used + sum(
-            gpu.extra_blocks(r.request_id, r.seq_len) for r in self.gpu_running.values()
-        )
+        return gpu.num_used + self._next_token_blocks(gpu, self.gpu_running.values())
 
     def _cpu_decodes_longest_waiting_first(self) -> list[Request]:
         """CPU decodes by the step of their last token, oldest first (ties: admission order),

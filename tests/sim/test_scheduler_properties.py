@@ -240,3 +240,17 @@ def test_neo_fairness_guarantee(w):
     assert {rid: r.max_host_wait_steps for rid, r in seen.items() if r.max_host_wait_steps} == (
         longest
     )
+
+
+def test_budget_take_each_is_take_repeated():
+    """`Budget.take_each(count, tokens)`: the gpu-only decode loop's one call equals `take`
+    called `count` times, successes and what is left alike, on every small budget."""
+    from itertools import product
+
+    from neo_sim.scheduler.base import Budget
+
+    for seqs, tokens, count, each in product(range(-1, 5), range(-1, 7), range(6), range(3)):
+        once, repeated = Budget(seqs, tokens), Budget(seqs, tokens)
+        taken = once.take_each(count, each)
+        assert taken == sum(repeated.take(each) for _ in range(count))
+        assert (once.seqs, once.tokens) == (repeated.seqs, repeated.tokens)
