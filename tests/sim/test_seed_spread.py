@@ -1,0 +1,73 @@
+"""experiments/seed_spread.py: which policy-map cells it re-runs, and what it reports."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from experiments.seed_spread import edge_cells, summarise
+
+
+def _map_rows(cells: dict[tuple[str, str, str], dict[str, float]], refused=()) -> pd.DataFrame:
+    rows = []
+    for (host, workload, load), tput in cells.items():
+        for policy, value in tput.items():
+            rows.append(
+                {
+                    "host": host,
+                    "workload_name": workload,
+                    "load": load,
+                    "policy": policy,
+                    "throughput_tok_s": value,
+                    "rate": math.inf if load == "offline" else 2.0,
+                    "rejected": 3 if (host, workload, load) in refused else 0,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_edge_cells_are_those_below_or_well_above_the_best_rival_and_comparable():
+    rivals = {"gpu-only": 100.0, "neo": 110.0, "apex": 105.0}
+    rows = _map_rows(
+        {
+            ("t4", "osc", "offline"): rivals | {"adaptive": 108.0},  # 0.982: below
+            ("t4", "osc", "50%"): rivals | {"adaptive": 110.0},  # 1.0: neither
+            ("t4", "long", "offline"): rivals | {"adaptive": 116.0},  # 1.055: above
+            ("h100", "osc", "offline"): rivals | {"adaptive": 90.0},  # refused: not comparable
+        },
+        refused={("h100", "osc", "offline")},
+    )
+    cells = edge_cells(rows)
+    assert list(zip(cells.host, cells.workload_name, cells.load)) == [
+        ("t4", "long", "offline"),
+        ("t4", "osc", "offline"),
+    ]
+    assert cells.map_ratio.tolist() == pytest.approx([116 / 110, 108 / 110])
+    assert cells.rate.tolist() == [math.inf, math.inf]
+
+
+def test_summary_gives_each_seeds_ratio_and_the_ratio_of_means():
+    runs = []
+    for seed, (neo, adaptive) in enumerate([(100.0, 95.0), (100.0, 105.0)]):
+        for policy, value in {
+            "gpu-only": 90.0,
+            "neo": neo,
+            "apex": 80.0,
+            "adaptive": adaptive,
+        }.items():
+            runs.append(
+                {
+                    "host": "t4",
+                    "workload_name": "osc",
+                    "load": "offline",
+                    "seed": seed,
+                    "policy": policy,
+                    "throughput_tok_s": value,
+                }
+            )
+    (row,) = summarise(pd.DataFrame(runs)).to_dict("records")
+    assert row["seed 0"] == pytest.approx(0.95) and row["min"] == pytest.approx(0.95)
+    assert row["max"] == pytest.approx(1.05) and row["of means"] == pytest.approx(1.0)
+    assert row["seeds"] == 2 and row["seed changes the run"]
