@@ -50,6 +50,7 @@ from neo_sim.errors import NeoError
 from neo_sim.lanes import busy_by_lane
 from neo_sim.latency import RequestRecord
 from neo_sim.metrics import GapLog, IterationRecord, Metrics
+from neo_sim.model import ModelSpec
 from neo_sim.profile import Profile, load_profile
 from neo_sim.profiled import ProfiledCostModel
 from neo_sim.scheduler import make_policy
@@ -316,7 +317,7 @@ class CostsAtBandwidth:
     """One profile's cost models at the memory bandwidths a run sampled
     (`neo_sim.bandwidth.at_bandwidth`), built once per distinct value."""
 
-    def __init__(self, profile: Profile, spec):
+    def __init__(self, profile: Profile, spec: ModelSpec):
         self.profile = profile
         self.spec = spec
         self._costs: dict[float, ProfiledCostModel] = {}

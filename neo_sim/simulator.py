@@ -91,7 +91,7 @@ class Simulation:
         self.record_iterations = record_iterations
         self.replay_s = list(replay_s) if replay_s is not None else None
         self.clock_cost = clock_cost
-        self._clock_timing: dict[int, TimingModel] = {}  # id(cost model) -> its timing model
+        self._clock_timing: dict[CostModel, TimingModel] = {}  # clock_cost's, one per model
         self._timing_args = (config.block_size, noise, seed, lanes_share_compute)
         # Steady runs skip step(): not while plans, lane spans or per-task noise must be drawn,
         # nor while iterations take replayed times or a clock whose costs change.
@@ -194,21 +194,21 @@ class Simulation:
         return True
 
     def _timing_at(self, t: float) -> TimingModel:
-        """The timing model of an iteration starting at time t: `clock_cost`'s cost model
-        then, if one is given (one timing model per cost model it returns), else the run's."""
-        if self.clock_cost is None:
-            return self.timing
+        """The timing model of an iteration starting at time t under `clock_cost` (one timing
+        model per cost model it returns, kept with it)."""
         cost = self.clock_cost(t)
-        timing = self._clock_timing.get(id(cost))
+        timing = self._clock_timing.get(cost)
         if timing is None:
-            timing = self._clock_timing[id(cost)] = TimingModel(cost, *self._timing_args)
+            timing = self._clock_timing[cost] = TimingModel(cost, *self._timing_args)
         return timing
 
     # ---- one iteration -------------------------------------------------------------------------
     def _run_plan(self, plan: Plan) -> None:
         record = self.totals.count < self.record_timeline
         start = self.now
-        timing = self._timing_at(start).run(plan, record=record)
+        timing = (self.timing if self.clock_cost is None else self._timing_at(start)).run(
+            plan, record=record
+        )
         k = self.totals.count
         if self.replay_s is not None and k < len(self.replay_s):
             self.now = start + self.replay_s[k]
