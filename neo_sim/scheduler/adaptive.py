@@ -10,20 +10,25 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   out the prompts NEO would place on the host (`_without_cpu_prefills`): their decodes would
   wait.
 - With `slo_tpot_s` set, a prompt goes to the host only while an iteration decoding every
-  resident is predicted within it, host decodes are added while the iteration stays within
-  it, and of the candidate plans the fastest-serving one within it is run (the fastest one
-  if none is within it): host residents do not take turns, so each gets its next token within
-  the SLO whenever the hardware allows it.
+  resident is predicted within the iteration's TPOT budget, host decodes are added while the
+  iteration stays within it, and of the candidate plans the fastest-serving one within it is
+  run (the fastest one if none is within it): host residents do not take turns, so each gets
+  its next token within the budget whenever the hardware allows it. The budget is the SLO,
+  less what the residents already lost: TPOT is a request's mean gap between tokens, so after
+  an iteration that ran long (a prefill) the next ones run shorter, by what it lost spread over
+  the tokens it has left, for its mean to stay within the SLO (`_tpot_budget_s`).
 Steps 1-3 (swaps, admission, placement where the host pays) and the starvation bound are NEO's.
 """
 
 from __future__ import annotations
 
+import math
+
 from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget
 from neo_sim.scheduler.estimate import SubBatchBuilder, slacks
 from neo_sim.scheduler.neo import Candidate, SteadyPrefill
-from neo_sim.scheduler.plan import DecodeWork, Mode
+from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork
 from neo_sim.scheduler.request import Device
 
 Option = tuple[Mode, tuple[SubBatchBuilder, ...], tuple[int, ...]]
@@ -33,6 +38,37 @@ class AdaptivePolicy(ApexPolicy):
     name = "adaptive"
     listing_rank = 30
     variants = {"adaptive": {}}
+    _tpot_limit_s = math.inf  # this step's TPOT budget (`_tpot_budget_s`), with an SLO set
+
+    def step(self, now: float = 0.0) -> Plan:
+        if self.config.slo_tpot_s is not None:
+            self._tpot_limit_s = self._tpot_budget_s(now)
+        return super().step(now)
+
+    def _tpot_budget_s(self, now: float) -> float:
+        """The longest the next iteration may take so that every decoding resident that can
+        still meet the TPOT SLO can keep its mean gap between tokens within it: what its SLO
+        leaves of the gaps to come (SLO x all its gaps, less the time since its first token),
+        spread over the gaps it has left (its length taken as `max_new_tokens`: exact with
+        ignore_eos, else a bound). The tightest such budget, at most the SLO; residents that
+        cannot meet it any more are not held to it."""
+        slo = self.config.slo_tpot_s
+        limit = slo
+        for residents in (self.gpu_running, self.cpu_running):
+            for r in residents.values():
+                if r.num_generated < 1:
+                    continue
+                if r.decode_start_s is None:
+                    r.decode_start_s = now  # its first token is out: a full SLO ahead
+                    continue
+                gaps_left = r.max_new_tokens - r.num_generated
+                if gaps_left < 1:
+                    continue
+                left_s = slo * (r.max_new_tokens - 1) - (now - r.decode_start_s)
+                budget = left_s / gaps_left
+                if 0 < budget < limit:
+                    limit = budget
+        return limit
 
     def _plan_work(self, candidates: list[Candidate], budget: Budget) -> Option:
         if not (candidates or self.gpu_running) or not self.cpu_running:
@@ -77,9 +113,10 @@ class AdaptivePolicy(ApexPolicy):
         return lean if lean else None
 
     def _best(self, options: list[Option]) -> Option:
-        """Most requests/s; with a TPOT SLO, among the plans within it (else the fastest)."""
-        slo = self.config.slo_tpot_s
-        if slo is not None:
+        """Most requests/s; with a TPOT SLO, among the plans within this step's budget (else
+        the fastest)."""
+        if self.config.slo_tpot_s is not None:
+            slo = self._tpot_limit_s
             within = [o for o in options if self._work_s(o[0], o[1]) <= slo]
             if not within:
                 return min(options, key=lambda o: self._work_s(o[0], o[1]))
@@ -93,9 +130,8 @@ class AdaptivePolicy(ApexPolicy):
         stays within it (a host decode left out waits a whole iteration more, which is what
         breaks a TPOT SLO, so the admission rule below sizes the host set instead)."""
         worth, rate = super()._worth(mode, chosen, best)
-        slo = self.config.slo_tpot_s
-        if slo is not None:
-            worth = self._work_s(mode, chosen) <= slo
+        if self.config.slo_tpot_s is not None:
+            worth = self._work_s(mode, chosen) <= self._tpot_limit_s
         return worth, rate
 
     def _host_resident_pays(
@@ -109,13 +145,28 @@ class AdaptivePolicy(ApexPolicy):
         """With a TPOT SLO a host resident pays while an iteration decoding every resident
         (fused, or pipelined with the host decodes in sub-batch 1, whichever is faster) stays
         within it: host residents do not take turns under an SLO. Without one, NEO's test."""
-        slo = self.config.slo_tpot_s
-        if slo is None:
+        if self.config.slo_tpot_s is None:
             return super()._host_resident_pays(gpu, host, fused, prefill_tokens, best)
         fastest = self._work_s(Mode.FUSED, (fused,))
         if gpu:
             fastest = min(fastest, self._work_s(Mode.PIPELINED, (gpu, host)))
-        return fastest <= slo, best
+        return fastest + self._steady_prefill_s(prefill_tokens) <= self._tpot_limit_s, best
+
+    def _steady_prefill_s(self, prefill: SteadyPrefill) -> float:
+        """Seconds of prefill an iteration carries on average in the steady state, which every
+        resident's mean gap between tokens pays: each resident's slot takes a new prompt
+        about as long as its own once per its output length (NEO's `SteadyPrefill`), and a
+        prompt of L tokens costs an iteration of that prefill alone."""
+        memo = self.__dict__.setdefault("_prefill_s_memo", {})
+        total = 0.0
+        for r in (*prefill.residents, *prefill.added):
+            seconds = memo.get(r.prompt_len)
+            if seconds is None:
+                alone = SubBatchBuilder(self.cost)
+                alone.add_prefill(PrefillWork(r.request_id, 0, r.prompt_len))
+                seconds = memo[r.prompt_len] = self._work_s(Mode.SEQUENTIAL, (alone,))
+            total += seconds / r.max_new_tokens
+        return total
 
     def _extend_pipelined(
         self,

@@ -50,6 +50,9 @@ class Request:
     # The longest a host resident with KV waited for progress, in iterations (the starvation
     # bound's unit: NEO's `max_cpu_wait_steps` caps it where its conditions hold).
     max_host_wait_steps: int = 0
+    # When its first token was out (the start of the first step after it), seconds: a TPOT
+    # SLO's budget for its next token counts from here (`AdaptivePolicy`); None until then.
+    decode_start_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.prompt_len < 1:

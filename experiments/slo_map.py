@@ -1,0 +1,167 @@
+"""Experiment: the policy map under a TPOT SLO: goodput of gpu-only, neo, apex and adaptive.
+
+Issue 13 asks adaptive, under an SLO, for at least 0.99x the best goodput of gpu-only, neo and
+apex in every cell of the policy map. The SLO here is a time-per-output-token bound, set in
+each cell at `SLO_OVER_GPU_ONLY` x gpu-only's TPOT p90 in that cell (offloading may at most
+double the time per token the GPU alone gives its requests): a scenario, not a model constant.
+Every policy runs with it set (`slo_tpot_s`: adaptive and the NEO family plan within it where
+they can), and goodput counts the requests whose TPOT meets it, per second of the run.
+
+Cells as on the policy map (`experiments/policy_map.py`: its hosts, workloads, request count,
+offline and Poisson loads at 50/90/150% of gpu-only's offline throughput, the same arrivals
+for every policy). Phase 1 runs gpu-only everywhere (offline first: its throughput sets the
+loads) for the bound; phase 2 runs the four policies with it.
+
+Run: python -m experiments.slo_map [--quick] [--workers N]
+Writes experiments/results/slo_map/{results.csv,cells.csv,report.md}.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pandas as pd
+
+from experiments import common
+from experiments.policy_map import (
+    FULL_REQUESTS,
+    HOSTS,
+    LOADS,
+    QUICK,
+    TRACE_FILES,
+    WORKLOADS,
+    base_spec,
+)
+
+RIVALS = ("gpu-only", "neo", "apex")
+POLICIES = (*RIVALS, "adaptive")
+SLO_OVER_GPU_ONLY = 2.0  # the cell's TPOT bound: this x gpu-only's TPOT p90 there
+BELOW, ABOVE = 0.99, 1.05  # issue 13's targets, adaptive / best rival
+
+
+def _cell_specs(hosts, workloads, loads, requests, seed, capacity=None):
+    """(host, workload, load label, spec) of every cell: offline, or Poisson at each load's
+    fraction of `capacity[(host, workload)]` (req/s) when given."""
+    for h in hosts:
+        for w in workloads:
+            base = base_spec(h, w, requests, seed).with_(slo_per_token_s=None)
+            if capacity is None:
+                yield h, w, "offline", base.with_(rate=math.inf)
+            elif (h, w) in capacity:
+                for fraction in loads:
+                    yield h, w, f"{fraction:.0%}", base.with_(rate=fraction * capacity[(h, w)])
+
+
+def cell_ratios(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: the bound, each policy's goodput (req/s), and adaptive / best rival
+    (NaN where no rival serves any request within the bound)."""
+    goodput = rows.pivot_table(
+        index=["host", "workload_name", "load"], columns="policy", values="goodput_req_s"
+    )
+    bound = rows[rows.policy == "gpu-only"].set_index(["host", "workload_name", "load"])[
+        "slo_tpot_s"
+    ]
+    out = goodput[list(POLICIES)].copy()
+    out.insert(0, "tpot_bound_s", bound.reindex(out.index))
+    best = out[list(RIVALS)].max(axis=1)
+    out["adaptive / best rival"] = (out["adaptive"] / best).where(best > 0)
+    return out.reset_index()
+
+
+def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per load and over all: cells, cells where some rival serves within the bound, and
+    adaptive / best rival's median, worst and counts against the targets."""
+    rows = []
+    for load, group in [*cells.groupby("load", sort=False), ("all", cells)]:
+        ratio = group["adaptive / best rival"].dropna()
+        worst = group.loc[ratio.idxmin()] if len(ratio) else None
+        rows.append(
+            {
+                "load": load,
+                "cells": len(group),
+                "some rival within the bound": len(ratio),
+                "median": ratio.median() if len(ratio) else float("nan"),
+                "worst": ratio.min() if len(ratio) else float("nan"),
+                "worst cell": f"{worst.host}, {worst.workload_name}" if worst is not None else "-",
+                f">= {BELOW}": int((ratio >= BELOW).sum()),
+                f">= {ABOVE}": int((ratio >= ABOVE).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    out = common.output_dir(args, "slo_map")
+    hosts = QUICK["hosts"] if args.quick else tuple(HOSTS)
+    workloads = [
+        w
+        for w in (QUICK["workloads"] if args.quick else tuple(WORKLOADS))
+        if w not in TRACE_FILES or TRACE_FILES[w].exists()
+    ]
+    loads = QUICK["loads"] if args.quick else LOADS
+    requests = QUICK["requests"] if args.quick else FULL_REQUESTS
+    started = time.perf_counter()
+
+    # Phase 1: gpu-only offline (capacity), then at each load: the cells' TPOT bounds.
+    offline = list(_cell_specs(hosts, workloads, loads, requests, args.seed))
+    first = common.sweep([s.with_(policy="gpu-only") for *_, s in offline], args.workers)
+    capacity = {
+        (h, w): r.throughput_req_s
+        for (h, w, _, _), r in zip(offline, first.itertuples())
+        if r.throughput_req_s > 0 and not isinstance(getattr(r, "error", None), str)
+    }
+    cells = offline + list(_cell_specs(hosts, workloads, loads, requests, args.seed, capacity))
+    gpu_only = pd.concat(
+        [
+            first,
+            common.sweep(
+                [s.with_(policy="gpu-only") for *_, s in cells[len(offline) :]], args.workers
+            ),
+        ],
+        ignore_index=True,
+    )
+    bounds = [SLO_OVER_GPU_ONLY * t for t in gpu_only["tpot_p90"]]
+
+    # Phase 2: every policy with the cell's bound set.
+    specs, labels = [], []
+    for (h, w, load, spec), bound in zip(cells, bounds):
+        if not bound > 0:
+            continue  # gpu-only served nothing here: no bound to set
+        for policy in POLICIES:
+            specs.append(spec.with_(policy=policy, slo_tpot_s=bound))
+            labels.append((h, w, load))
+    rows = common.sweep(specs, args.workers)
+    rows[["host", "workload_name", "load"]] = pd.DataFrame(labels, index=rows.index)
+    rows.to_csv(out / "results.csv", index=False)
+    table = cell_ratios(rows)
+    table.to_csv(out / "cells.csv", index=False)
+    wall = time.perf_counter() - started
+    below = table[table["adaptive / best rival"] < BELOW]
+    body = f"""
+{len(table)} cells ({requests} requests each; {wall:.0f} s), each with a TPOT bound of
+{SLO_OVER_GPU_ONLY:g}x gpu-only's TPOT p90 in that cell, set for every policy; goodput: the
+requests whose TPOT meets it, per second. Ratios: adaptive's goodput over the best of gpu-only,
+neo and apex (cells where none of them serves a request within the bound are left out).
+
+{common.markdown_table(summary_table(table), "{:.3f}")}
+
+Cells where adaptive is below {BELOW}x the best rival:
+
+{common.markdown_table(below.round(4), "{:.4g}") if len(below) else "none"}
+
+Every cell, with each policy's goodput (req/s) and the bound: cells.csv.
+"""
+    common.write_report(
+        out / "report.md",
+        "The policy map under a TPOT SLO: goodput",
+        body,
+        "python -m experiments.slo_map" + (" --quick" if args.quick else ""),
+    )
+    print((out / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
