@@ -62,16 +62,24 @@ def cell_ratios(rows: pd.DataFrame) -> pd.DataFrame:
     bound = rows[rows.policy == "gpu-only"].set_index(["host", "workload_name", "load"])[
         "slo_tpot_s"
     ]
+    refused = rows[rows.policy == "gpu-only"].set_index(["host", "workload_name", "load"])[
+        "rejected"
+    ]
     out = goodput[list(POLICIES)].copy()
     out.insert(0, "tpot_bound_s", bound.reindex(out.index))
+    out["gpu_only_refused"] = refused.reindex(out.index).fillna(0).astype(int)
     best = out[list(RIVALS)].max(axis=1)
-    out["adaptive / best rival"] = (out["adaptive"] / best).where(best > 0)
+    # As on the policy map, a cell where gpu-only refused requests that never fit its KV pool
+    # is not comparable: the others serve requests it never had to.
+    comparable = (best > 0) & (out["gpu_only_refused"] == 0)
+    out["adaptive / best rival"] = (out["adaptive"] / best).where(comparable)
     return out.reset_index()
 
 
 def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per load and over all: cells, cells where some rival serves within the bound, and
-    adaptive / best rival's median, worst and counts against the targets."""
+    """Per load and over all: cells, comparable cells (some rival serves within the bound,
+    gpu-only refused nothing), and adaptive / best rival's median, worst and counts against
+    the targets."""
     rows = []
     for load, group in [*cells.groupby("load", sort=False), ("all", cells)]:
         ratio = group["adaptive / best rival"].dropna()
@@ -80,7 +88,7 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
             {
                 "load": load,
                 "cells": len(group),
-                "some rival within the bound": len(ratio),
+                "comparable": len(ratio),
                 "median": ratio.median() if len(ratio) else float("nan"),
                 "worst": ratio.min() if len(ratio) else float("nan"),
                 "worst cell": f"{worst.host}, {worst.workload_name}" if worst is not None else "-",
@@ -143,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 {len(table)} cells ({requests} requests each; {wall:.0f} s), each with a TPOT bound of
 {SLO_OVER_GPU_ONLY:g}x gpu-only's TPOT p90 in that cell, set for every policy; goodput: the
 requests whose TPOT meets it, per second. Ratios: adaptive's goodput over the best of gpu-only,
-neo and apex (cells where none of them serves a request within the bound are left out).
+neo and apex (left out: cells where none of them serves a request within the bound, and those
+where gpu-only refused requests that never fit its KV pool, as on the policy map).
 
 {common.markdown_table(summary_table(table), "{:.3f}")}
 

@@ -28,7 +28,7 @@ from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget
 from neo_sim.scheduler.estimate import SubBatchBuilder, slacks
 from neo_sim.scheduler.neo import Candidate, SteadyPrefill
-from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork
+from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, decode_works
 from neo_sim.scheduler.request import Device
 
 Option = tuple[Mode, tuple[SubBatchBuilder, ...], tuple[int, ...]]
@@ -68,7 +68,21 @@ class AdaptivePolicy(ApexPolicy):
                 budget = left_s / gaps_left
                 if 0 < budget < limit:
                     limit = budget
-        return limit
+        return max(limit, self._least_progress_s()) if limit < slo else limit
+
+    def _least_progress_s(self) -> float:
+        """Predicted seconds of the cheapest iteration that still decodes a host resident:
+        every GPU decode and the longest-waiting host decode, fused. No budget goes below it,
+        or no plan would decode on the host at all and host residents would never progress."""
+        b = SubBatchBuilder(self.cost)
+        b.add_decodes(decode_works(self.gpu_running.values()), on_gpu=True)
+        if self.cpu_running:
+            oldest = min(
+                self.cpu_running.values(), key=lambda r: (r.last_progress_step, r.admit_order)
+            )
+            b.add_cpu_decode(DecodeWork(oldest.request_id, oldest.seq_len))
+        mode = Mode.FUSED if self.cpu_running else Mode.SEQUENTIAL
+        return self._work_s(mode, (b,)) if b else 0.0
 
     def _plan_work(self, candidates: list[Candidate], budget: Budget) -> Option:
         if not (candidates or self.gpu_running) or not self.cpu_running:
@@ -143,10 +157,16 @@ class AdaptivePolicy(ApexPolicy):
         best: float,
     ) -> tuple[bool, float]:
         """With a TPOT SLO a host resident pays while an iteration decoding every resident
-        (fused, or pipelined with the host decodes in sub-batch 1, whichever is faster) stays
-        within it: host residents do not take turns under an SLO. Without one, NEO's test."""
+        (fused, or pipelined with the host decodes in sub-batch 1, whichever is faster), plus
+        its share of the prefill time the residents' slots bring, stays within this step's
+        budget: host residents do not take turns under an SLO, and each prefill stalls every
+        decode. A prompt that can never fit the GPU pool always goes (it has no other place).
+        Without an SLO, NEO's test."""
         if self.config.slo_tpot_s is None:
             return super()._host_resident_pays(gpu, host, fused, prefill_tokens, best)
+        candidate = prefill_tokens.added[-1]
+        if self._blocks(candidate.max_seq_len) > self.kv.gpu.num_blocks:
+            return True, best  # it can never fit the GPU: the host is its only place
         fastest = self._work_s(Mode.FUSED, (fused,))
         if gpu:
             fastest = min(fastest, self._work_s(Mode.PIPELINED, (gpu, host)))
