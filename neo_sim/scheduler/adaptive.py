@@ -53,7 +53,8 @@ class AdaptivePolicy(ApexPolicy):
         ignore_eos, else a bound). The step's budget is the tightest of them, at most the
         SLO, but no tighter than the iteration that decodes every resident: a resident that
         has fallen behind further than that is not held to it, since serving it first would
-        leave the host residents out of the iteration, each a whole gap further behind."""
+        leave the host residents out of the iteration, each a whole gap further behind; and
+        never below the cheapest iteration that still decodes a host resident."""
         slo = self.config.slo_tpot_s
         everyone = self._everyone_s()
         limit = slo
@@ -71,7 +72,21 @@ class AdaptivePolicy(ApexPolicy):
                 budget = left_s / gaps_left
                 if everyone <= budget < limit:
                     limit = budget
-        return limit
+        return max(limit, self._least_progress_s())
+
+    def _least_progress_s(self) -> float:
+        """Predicted seconds of the cheapest iteration that still decodes a host resident:
+        every GPU decode and the longest-waiting host decode, fused. No budget goes below it,
+        or with only host residents no plan would hold any work (a stall)."""
+        b = SubBatchBuilder(self.cost)
+        b.add_decodes(decode_works(self.gpu_running.values()), on_gpu=True)
+        if self.cpu_running:
+            oldest = min(
+                self.cpu_running.values(), key=lambda r: (r.last_progress_step, r.admit_order)
+            )
+            b.add_cpu_decode(DecodeWork(oldest.request_id, oldest.seq_len))
+        mode = Mode.FUSED if self.cpu_running else Mode.SEQUENTIAL
+        return self._work_s(mode, (b,)) if b else 0.0
 
     def _everyone_s(self) -> float:
         """Predicted seconds of the decode-only iteration of every resident, fused."""
