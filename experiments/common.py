@@ -49,6 +49,14 @@ def sweep(specs: list[RunSpec], workers: int | None, executor: str = "process") 
     return run_sweep(specs, executor, workers, progress=progress, run=run_or_error)
 
 
+CELL = ["host", "workload_name", "load"]  # a policy-map cell's key columns
+
+
+def per_cell(rows: pd.DataFrame, policy: str, column: str) -> pd.Series:
+    """One policy's `column` in each cell of a map's results, indexed by `CELL`."""
+    return rows[rows.policy == policy].set_index(CELL)[column]
+
+
 def output_dir(args: argparse.Namespace, name: str) -> Path:
     path = args.output or RESULTS / name
     path.mkdir(parents=True, exist_ok=True)

@@ -33,19 +33,13 @@ BELOW, ABOVE = 0.99, 1.05  # issue 13's targets: adaptive / best rival
 def edge_cells(map_rows: pd.DataFrame) -> pd.DataFrame:
     """The map's comparable cells where adaptive / best rival is < BELOW or >= ABOVE: host,
     workload, load, the cell's arrival rate and that ratio on the map."""
-    cells = map_rows.pivot_table(
-        index=["host", "workload_name", "load"], columns="policy", values="throughput_tok_s"
-    )
-    refused = map_rows[map_rows.policy == "gpu-only"].set_index(["host", "workload_name", "load"])[
-        "rejected"
-    ]
-    rates = map_rows[map_rows.policy == "adaptive"].set_index(["host", "workload_name", "load"])[
-        "rate"
-    ]
+    cells = map_rows.pivot_table(index=common.CELL, columns="policy", values="throughput_tok_s")
+    refused = common.per_cell(map_rows, "gpu-only", "rejected")
+    rates = common.per_cell(map_rows, "adaptive", "rate")
     ratio = cells["adaptive"] / cells[list(RIVALS)].max(axis=1)
     keep = ((ratio < BELOW) | (ratio >= ABOVE)) & (refused.reindex(cells.index) == 0)
     out = ratio[keep].rename("map_ratio").reset_index()
-    out["rate"] = [rates[tuple(k)] for k in out[["host", "workload_name", "load"]].values]
+    out["rate"] = [rates[tuple(k)] for k in out[common.CELL].values]
     return out
 
 

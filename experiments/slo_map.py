@@ -56,15 +56,9 @@ def _cell_specs(hosts, workloads, loads, requests, seed, capacity=None):
 def cell_ratios(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: the bound, each policy's goodput (req/s), and adaptive / best rival
     (NaN where no rival serves any request within the bound)."""
-    goodput = rows.pivot_table(
-        index=["host", "workload_name", "load"], columns="policy", values="goodput_req_s"
-    )
-    bound = rows[rows.policy == "gpu-only"].set_index(["host", "workload_name", "load"])[
-        "slo_tpot_s"
-    ]
-    refused = rows[rows.policy == "gpu-only"].set_index(["host", "workload_name", "load"])[
-        "rejected"
-    ]
+    goodput = rows.pivot_table(index=common.CELL, columns="policy", values="goodput_req_s")
+    bound = common.per_cell(rows, "gpu-only", "slo_tpot_s")
+    refused = common.per_cell(rows, "gpu-only", "rejected")
     out = goodput[list(POLICIES)].copy()
     out.insert(0, "tpot_bound_s", bound.reindex(out.index))
     out["gpu_only_refused"] = refused.reindex(out.index).fillna(0).astype(int)
