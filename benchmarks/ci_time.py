@@ -43,6 +43,17 @@ def pytest_summary(output: str) -> dict:
     return {}
 
 
+def failure_lines(stdout: str, limit: int = 80) -> list[str]:
+    """Each failed test's header and pytest's `E` lines (what was asserted), in order: the
+    tail of a long run's output rarely reaches them."""
+    keep = [
+        line
+        for line in stdout.splitlines()
+        if line.startswith("E ") or (line.startswith("_") and line.rstrip().endswith("_"))
+    ]
+    return keep[:limit]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", type=Path, default=RESULTS / "ci_time.json")
@@ -77,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         wall_s=wall,
         reference_s=reference,
         **summary,
+        failures=failure_lines(run.stdout),
         stdout_tail=run.stdout[-2000:],
         stderr_tail=run.stderr[-2000:],
     )

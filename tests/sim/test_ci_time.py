@@ -27,3 +27,25 @@ def test_counts_and_seconds_come_from_the_last_summary_line():
 
 def test_an_output_without_a_summary_gives_nothing():
     assert pytest_summary("pip: error\n") == {}
+
+
+def test_failure_lines_keep_each_failed_tests_header_and_what_it_asserted():
+    from benchmarks.ci_time import failure_lines
+
+    out = "\n".join(
+        [
+            "...F..",
+            "=================================== FAILURES ===================================",
+            "______________________ test_validate_quick_writes_the_report ______________________",
+            "    def test_validate_quick_writes_the_report(tmp_path):",
+            ">       assert abs(r['error']) < 0.01",
+            "E       assert 0.02 < 0.01",
+            "E        +  where 0.02 = abs(0.02)",
+            "1 failed, 5 passed in 3.00s",
+        ]
+    )
+    assert failure_lines(out) == [
+        "______________________ test_validate_quick_writes_the_report ______________________",
+        "E       assert 0.02 < 0.01",
+        "E        +  where 0.02 = abs(0.02)",
+    ]
