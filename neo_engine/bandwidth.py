@@ -53,10 +53,15 @@ class BandwidthTrace:
         clock: Callable[[], float],
         every_s: float = SAMPLE_EVERY_S,
         probe: ReadProbe | None = None,
+        pause: Callable[[float], None] | None = None,
     ):
+        """`pause(seconds)`, if given, is told how long each sample between steps took, so
+        that the run's clock can leave it out (`LLMEngine.pause_clock`): the probe is the
+        measurement's own work, not the engine's."""
         self.clock = clock
         self.every_s = every_s
         self.probe = probe or ReadProbe()
+        self.pause = pause
         self.samples: list[tuple[float, float]] = []
 
     def sample(self, at: float | None = None) -> None:
@@ -66,7 +71,10 @@ class BandwidthTrace:
 
     def maybe_sample(self) -> None:
         if not self.samples or self.clock() - self.samples[-1][0] >= self.every_s:
+            started = time.perf_counter()
             self.sample()
+            if self.pause is not None:
+                self.pause(time.perf_counter() - started)
 
     def sample_while_idle(self, idle_s: float) -> None:
         """Before an idle wait of `idle_s`: sample if the wait is several probes long and the

@@ -321,6 +321,11 @@ class LLMEngine:
         self._t0 = time.monotonic()
         self._predicted_now = 0.0
 
+    def pause_clock(self, seconds: float) -> None:
+        """Real clock only: leave out `seconds` of work that is not serving (a measurement
+        taken between steps): times read after it are as if it had not happened."""
+        self._t0 += seconds
+
     def advance_clock_to(self, t: float) -> None:
         """Predicted clock only: jump an idle engine forward to time t (the next arrival)."""
         if self.config.clock != "predicted":

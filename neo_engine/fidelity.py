@@ -184,7 +184,7 @@ def run_policy(
     factors_before = anchor.measure() if anchor else []
     workload = build_workload(dataclasses.replace(s.requests, rate=rate))
     engine = workload_engine(s, policy, profile_path)
-    trace = BandwidthTrace(engine.now, probe=probe)
+    trace = BandwidthTrace(engine.now, probe=probe, pause=engine.pause_clock)
     warm_up(engine, s.requests, trace)
     started = time.perf_counter()
     outputs = replay(engine, workload, trace)

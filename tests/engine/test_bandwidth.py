@@ -54,6 +54,30 @@ def test_the_trace_samples_on_its_period_and_in_long_idle_waits():
     assert all(math.isnan(x) for x in BandwidthTrace(clock, probe=CountingProbe()).at([1.0]))
 
 
+def test_samples_between_steps_are_left_out_of_the_run_clock():
+    """`pause` hears how long each sample between steps took (the engine's clock then skips
+    it: `LLMEngine.pause_clock`); samples in idle waits and at the ends are not reported."""
+    from neo_engine.bandwidth import BandwidthTrace
+    from neo_engine.config import EngineConfig
+    from neo_engine.engine import LLMEngine
+
+    paused: list[float] = []
+    clock = FakeClock()
+    trace = BandwidthTrace(clock, every_s=5.0, probe=CountingProbe(), pause=paused.append)
+    trace.maybe_sample()
+    clock.t = 3.0
+    trace.sample_while_idle(2.0)
+    trace.sample()
+    assert len(paused) == 1 and paused[0] >= 0
+    engine = LLMEngine(
+        EngineConfig.of("dummy:tiny", device="cpu", max_model_len=64, num_gpu_blocks=8)
+    )
+    before = engine.now()
+    engine.pause_clock(100.0)
+    assert engine.now() < before - 99.0
+    engine.close()
+
+
 def test_mape_in_the_profiled_state_keeps_the_iterations_that_ran_in_it():
     from neo_engine.fidelity import mape_in_state
 
