@@ -23,6 +23,7 @@ Steps 1-3 (swaps, admission, placement where the host pays) and the starvation b
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget
@@ -76,24 +77,26 @@ class AdaptivePolicy(ApexPolicy):
 
     def _least_progress_s(self) -> float:
         """Predicted seconds of the cheapest iteration that still decodes a host resident:
-        every GPU decode and the longest-waiting host decode, fused. No budget goes below it,
-        or with only host residents no plan would hold any work (a stall)."""
-        b = SubBatchBuilder(self.cost)
-        b.add_decodes(decode_works(self.gpu_running.values()), on_gpu=True)
-        if self.cpu_running:
-            oldest = min(
-                self.cpu_running.values(), key=lambda r: (r.last_progress_step, r.admit_order)
-            )
-            b.add_cpu_decode(DecodeWork(oldest.request_id, oldest.seq_len))
-        mode = Mode.FUSED if self.cpu_running else Mode.SEQUENTIAL
-        return self._work_s(mode, (b,)) if b else 0.0
+        every GPU decode and the longest-waiting host decode (last progress, then admission
+        order, as `_cpu_decodes_longest_waiting_first` ranks them), fused. No budget goes
+        below it, or with only host residents no plan would hold any work (a stall)."""
+        host = self.cpu_running.values()
+        if host:
+            host = [min(host, key=lambda r: (r.last_progress_step, r.admit_order))]
+        return self._decode_only_s(host)
 
     def _everyone_s(self) -> float:
         """Predicted seconds of the decode-only iteration of every resident, fused."""
+        return self._decode_only_s(self.cpu_running.values())
+
+    def _decode_only_s(self, host: Iterable[Request]) -> float:
+        """Predicted seconds of a decode-only iteration of every GPU resident and `host`'s
+        decodes, fused (GPU-only if there are none)."""
         b = SubBatchBuilder(self.cost)
         b.add_decodes(decode_works(self.gpu_running.values()), on_gpu=True)
-        b.add_decodes(decode_works(self.cpu_running.values()), on_gpu=False)
-        return self._work_s(Mode.FUSED if self.cpu_running else Mode.SEQUENTIAL, (b,)) if b else 0.0
+        on_host = decode_works(host)
+        b.add_decodes(on_host, on_gpu=False)
+        return self._work_s(Mode.FUSED if on_host else Mode.SEQUENTIAL, (b,)) if b else 0.0
 
     def _plan_work(self, candidates: list[Candidate], budget: Budget) -> Option:
         if not (candidates or self.gpu_running) or not self.cpu_running:

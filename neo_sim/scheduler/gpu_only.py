@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import SubBatchBuilder, iteration_s, sequential_layer_s, swap_s
-from neo_sim.scheduler.kv import BlockPool
 from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap
 from neo_sim.scheduler.request import Request, RequestState
 
@@ -93,7 +92,8 @@ class GpuOnlyPolicy(Policy):
         """Preempt the newest running requests until every decode has a slot and a block."""
         gpu = self.kv.gpu
         running = list(self.gpu_running.values())
-        decodes, need = _decodes_and_growth(running, gpu)
+        decodes = [r for r in running if not r.is_prefilling]
+        need = self._next_token_blocks(gpu, decodes)
         swaps: list[Swap] = []
         recomputed: list[int] = []
         while running and (need > gpu.num_free or len(decodes) > min(budget.seqs, budget.tokens)):
@@ -171,21 +171,3 @@ class GpuOnlyPolicy(Policy):
             self._mark_admitted(r)
             self.gpu_running[r.request_id] = r
             batch.add_prefill(PrefillWork(r.request_id, r.num_computed, end))
-
-
-def _decodes_and_growth(running: list[Request], gpu: BlockPool) -> tuple[list[Request], int]:
-    """The decoding requests of `running` (in order) and the GPU blocks their next tokens add
-    (`BlockPool.extra_blocks` of each), in one pass over them."""
-    tables, block_size = gpu.tables, gpu.block_size
-    decodes = []
-    need = 0
-    for r in running:
-        computed, seq_len = r.num_computed, r.prompt_len + r.num_generated
-        if computed < seq_len - 1 or computed == 0:  # r.is_prefilling
-            continue
-        decodes.append(r)
-        table = tables.get(r.request_id)
-        extra = -(-seq_len // block_size) - (len(table) if table else 0)
-        if extra > 0:
-            need += extra
-    return decodes, need
