@@ -4,8 +4,8 @@ with its host set sized by predicted throughput, within a TPOT SLO when one is s
 What it adds to `apex` (docs/architecture.md, "Adaptive"):
 - NEO's pipelined plan keeps a CPU decode only while no slack turns negative (host attention
   stays hidden). Past that point the GPU waits, yet one more request per iteration can still
-  be worth the wait; adaptive keeps adding CPU decodes, longest-waiting first, while the
-  pipelined plan's predicted requests/s rises (`_extend_pipelined`).
+  be worth the wait; adaptive keeps adding CPU decodes, longest-waiting first, while each
+  pays for the seconds it adds (`_extend_pipelined`, `_HostDecodePrice`).
 - Without an SLO, when the pipelined plan loses to the GPU-only one, the GPU-only plan leaves
   out the prompts NEO would place on the host (`_without_cpu_prefills`): their decodes would
   wait.
@@ -228,8 +228,8 @@ class AdaptivePolicy(ApexPolicy):
         candidates: list[Candidate],
         seq: SubBatchBuilder,
     ) -> None:
-        """Add the CPU decodes NEO's slack rule left out while the pipelined plan's predicted
-        requests/s rises (and beats the GPU-only plan once sub-batch 1 is no longer empty)."""
+        """Add the CPU decodes NEO's slack rule left out while each pays for the time it adds
+        (`_host_decode_pays`; with a TPOT SLO: while the iteration stays within it)."""
         planned = {d.request_id for b in (b0, b1) for d in b.cpu_decodes}
         cpu_pool = self.kv.cpu
         cpu_free = cpu_pool.num_free - sum(
@@ -240,7 +240,7 @@ class AdaptivePolicy(ApexPolicy):
             for b in (b0, b1)
             for d in b.cpu_decodes
         )
-        best = self._rate(*((Mode.PIPELINED, (b0, b1)) if b1 else (Mode.SEQUENTIAL, (seq,))))
+        price = _HostDecodePrice(self, b0, b1, seq)
         shortest_rejected = float("inf")
         for r in self._cpu_decodes_longest_waiting_first():
             seq_len = r.seq_len
@@ -251,12 +251,65 @@ class AdaptivePolicy(ApexPolicy):
                 continue
             s0, s1 = slacks(b0, b1)
             target = b1 if s1 >= s0 or not b1 else b0
-            target.add_cpu_decode(DecodeWork(r.request_id, seq_len))
-            worth, rate = self._worth(Mode.PIPELINED, (b0, b1), best)
+            work = DecodeWork(r.request_id, seq_len)
+            target.add_cpu_decode(work)
+            if self.config.slo_tpot_s is not None:
+                worth = self._work_s(Mode.PIPELINED, (b0, b1)) <= self._tpot_limit_s
+            else:
+                worth = price.pays(work)
             if not worth:
                 target.pop_cpu_decode()
                 budget.give(1)
                 shortest_rejected = seq_len
                 continue
-            best = rate
             cpu_free -= growth
+
+
+class _HostDecodePrice:
+    """Whether a host decode added to a pipelined plan beyond NEO's slack rule pays for the
+    time it adds (no SLO set). Two tests, both in requests served:
+    - the plan's value per second does not fall (the rule before this one, kept);
+    - the decode is worth at least what GPU-only iterations would serve in the seconds it adds
+      (`seq`'s requests/s times them): those seconds are taken from the GPU's residents, who
+      wait for the host, and GPU-only iterations could run in them instead.
+    A host decode's value is its share of a GPU decode's: min(1, its context / the mean
+    context of the GPU's decodes). The host holds residents because the GPU pool is full, so
+    the GPU serves about (pool tokens / mean context) requests per iteration; each token a
+    host resident gets on the host brings it back to the GPU that much longer, so the GPU is
+    left its longer, dearer tokens and the host took its cheapest: a host token at a short
+    context saves the GPU less than one of its own. (Capped at 1: a host token at a longer
+    context than the GPU's mean would save more only while the GPU pool stays full until that
+    request ends, which it does not near the end of a run.) On g5.8xlarge with 1000/800
+    offline the extension without these tests decoded ~130 host residents per iteration,
+    each iteration 6x a GPU-only one, at about GPU-only's requests/s; the GPU's own residents
+    then aged together and the host residents came back long: 0.94x NEO (1.00x with them,
+    docs/architecture.md, "Adaptive")."""
+
+    def __init__(self, policy: AdaptivePolicy, b0: SubBatchBuilder, b1, seq: SubBatchBuilder):
+        self.policy, self.chosen = policy, (b0, b1)
+        n = len(seq.gpu_decodes)
+        self.gpu_context = seq.gpu_decode_tokens / n if n else None
+        self.gpu_only_rate = policy._rate(Mode.SEQUENTIAL, (seq,)) if seq else 0.0
+        if b1:  # the plan's value: its requests, each host decode at its share of one
+            self.seconds = policy._work_s(Mode.PIPELINED, self.chosen)
+            host = [d for b in self.chosen for d in b.cpu_decodes]
+            self.value = b0.num_seqs + b1.num_seqs - sum(1.0 - self._share(d) for d in host)
+        else:  # the first host decode will open sub-batch 1: against the GPU-only plan
+            self.seconds = policy._work_s(Mode.SEQUENTIAL, (seq,))
+            self.value = seq.num_seqs
+        self.best = self.value / self.seconds if self.seconds else 0.0
+
+    def _share(self, work: DecodeWork) -> float:
+        if self.gpu_context is None:
+            return 1.0
+        return min(1.0, work.context_len / self.gpu_context)
+
+    def pays(self, work: DecodeWork) -> bool:
+        """`work` was just added to the plan: keep it? (If so, it becomes part of the plan.)"""
+        seconds = self.policy._work_s(Mode.PIPELINED, self.chosen)
+        share = self._share(work)
+        value = self.value + share
+        if value / seconds < self.best or (seconds - self.seconds) * self.gpu_only_rate > share:
+            return False
+        self.value, self.seconds, self.best = value, seconds, value / seconds
+        return True

@@ -134,3 +134,25 @@ def test_adaptive_leaves_host_prompts_out_of_gpu_only_iterations():
     }
     assert tok_s["neo"] < 0.995 * tok_s["gpu-only"]  # the loss adaptive removes
     assert tok_s["adaptive"] >= tok_s["gpu-only"]
+
+
+def test_host_decodes_beyond_the_slack_rule_pay_for_the_gpu_time_they_take():
+    """g5.8xlarge, 1000/800 offline (a policy-map cell): host decodes that run at about
+    GPU-only's requests/s are not worth the seconds they take from the GPU's residents. Priced
+    by requests/s alone the extension decoded ~130 host residents per iteration (each 6x a
+    GPU-only one) and fell to 0.94x NEO; priced against the GPU-only iterations those seconds
+    could run, with short-context host tokens at their share of a GPU one, it keeps up."""
+    spec = RunSpec.of(
+        hardware="a10g-g5.8xlarge",
+        model="llama-3-8b",
+        input_len=1000,
+        output_len=800,
+        num_requests=200,
+        rate=math.inf,
+        max_batch_tokens=8192,
+        timeline_iterations=0,
+    )
+    tok_s = {
+        p: execute(spec.with_(policy=p)).summary["throughput_tok_s"] for p in ("neo", "adaptive")
+    }
+    assert tok_s["adaptive"] >= 0.99 * tok_s["neo"]
