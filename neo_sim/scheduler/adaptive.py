@@ -195,14 +195,7 @@ class AdaptivePolicy(ApexPolicy):
         the bound; `experiments/results/slo_map`.) Without an SLO, NEO's test."""
         if self.config.slo_tpot_s is None:
             return super()._host_pays_for_swapped(victim)
-        others = (r for r in self.gpu_running.values() if r.request_id != victim.request_id)
-        gpu, host, fused = self._steady_builders(others)
-        residents = (*self.gpu_running.values(), *self.cpu_running.values())
-        prefill = SteadyPrefill([r for r in residents if r is not victim])
-        prefill.add(victim)
-        for b in (host, fused):
-            b.add_cpu_decode(DecodeWork(victim.request_id, victim.seq_len))
-        return self._host_resident_pays(gpu, host, fused, prefill, 0.0)[0]
+        return self._host_pays_for(victim)
 
     def _steady_prefill_s(self, prefill: SteadyPrefill) -> float:
         """Seconds of prefill an iteration carries on average in the steady state, which every

@@ -188,10 +188,16 @@ class NeoPolicy(Policy):
             # No bound, nothing mandatory: the artifact's rule. Under a TPOT SLO a parked
             # request would wait for GPU room far beyond it: it stays a host resident.
             return True
-        others = (r for r in self.gpu_running.values() if r.request_id != victim.request_id)
+        return self._host_pays_for(victim)
+
+    def _host_pays_for(self, victim: Request) -> bool:
+        """`_host_resident_pays` for `victim`, a GPU resident, as a host resident instead: the
+        steady iteration of the others on the GPU and every host resident and it on the host."""
+        others = [r for r in self.gpu_running.values() if r is not victim]
         gpu, host, fused = self._steady_builders(others)
         best = self._steady_rate(gpu, host, fused)
-        prefill = SteadyPrefill((*self.gpu_running.values(), *self.cpu_running.values()))
+        prefill = SteadyPrefill((*others, *self.cpu_running.values()))
+        prefill.add(victim)
         for b in (host, fused):
             b.add_cpu_decode(DecodeWork(victim.request_id, victim.seq_len))
         return self._host_resident_pays(gpu, host, fused, prefill, best)[0]
