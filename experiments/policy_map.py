@@ -27,7 +27,9 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -89,6 +91,29 @@ def base_spec(host: str, workload: str, requests: int, seed: int) -> RunSpec:
     )
 
 
+def cell_specs(
+    hosts: Iterable[str],
+    workloads: Iterable[str],
+    loads: Iterable[float],
+    requests: int,
+    seed: int,
+    capacity: dict[tuple[str, str], float] | None = None,
+    **settings: Any,
+) -> Iterator[tuple[str, str, str, RunSpec]]:
+    """(host, workload, load label, spec) of every cell, `settings` applied to each spec:
+    offline, or, when `capacity` is given, Poisson at each of `loads` (fractions of
+    `capacity[(host, workload)]`, req/s; a cell without a capacity is left out)."""
+    workloads = tuple(workloads)
+    for h in hosts:
+        for w in workloads:
+            base = base_spec(h, w, requests, seed).with_(**settings)
+            if capacity is None:
+                yield h, w, "offline", base.with_(rate=math.inf)
+            elif (h, w) in capacity:
+                for fraction in loads:
+                    yield h, w, f"{fraction:.0%}", base.with_(rate=fraction * capacity[(h, w)])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
@@ -119,32 +144,31 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     # Phase 1: every policy offline; gpu-only's throughput is the cell's capacity.
-    offline = [
-        base_spec(h, w, requests, args.seed).with_(policy=pol, rate=math.inf)
-        for h in hosts
-        for w in workloads
-        for pol in policies
-    ]
-    rows = common.sweep(offline, args.workers, args.executor)
-    rows["host"] = [h for h in hosts for w in workloads for _ in policies]
-    rows["workload_name"] = [w for h in hosts for w in workloads for _ in policies]
-    rows["load"] = "offline"
+    offline = list(cell_specs(hosts, workloads, loads, requests, args.seed))
+    rows = common.sweep(
+        [spec.with_(policy=pol) for *_, spec in offline for pol in policies],
+        args.workers,
+        args.executor,
+    )
+    rows[["host", "workload_name", "load"]] = pd.DataFrame(
+        [cell for *cell, _ in offline for _ in policies], index=rows.index
+    )
     capacity = {
         (r.host, r.workload_name): r.throughput_req_s
         for r in rows.itertuples()
         if r.policy == "gpu-only" and not isinstance(getattr(r, "error", None), str)
     }
     # Phase 2: Poisson arrivals at fractions of that capacity, the same arrivals per cell.
-    loaded, labels = [], []
-    for (h, w), cap in capacity.items():
-        for fraction in loads:
-            for pol in policies:
-                spec = base_spec(h, w, requests, args.seed).with_(policy=pol, rate=fraction * cap)
-                loaded.append(spec)
-                labels.append((h, w, f"{fraction:.0%}"))
+    loaded = list(cell_specs(hosts, workloads, loads, requests, args.seed, capacity))
     if loaded:
-        more = common.sweep(loaded, args.workers, args.executor)
-        more[["host", "workload_name", "load"]] = pd.DataFrame(labels, index=more.index)
+        more = common.sweep(
+            [spec.with_(policy=pol) for *_, spec in loaded for pol in policies],
+            args.workers,
+            args.executor,
+        )
+        more[["host", "workload_name", "load"]] = pd.DataFrame(
+            [cell for *cell, _ in loaded for _ in policies], index=more.index
+        )
         rows = pd.concat([rows, more], ignore_index=True)
     wall = time.perf_counter() - started
     rows.to_csv(out / "results.csv", index=False)
