@@ -9,8 +9,9 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
 - Without an SLO, when the pipelined plan loses to the GPU-only one, the GPU-only plan leaves
   out the prompts NEO would place on the host (`_without_cpu_prefills`): their decodes would
   wait.
-- With `slo_tpot_s` set, a prompt goes to the host only while an iteration decoding every
-  resident is predicted within the iteration's TPOT budget, host decodes are added while the
+- With `slo_tpot_s` set, prompts go to the host only while an iteration decoding every
+  resident is predicted within the iteration's TPOT budget and only if the host pays (the
+  steady iteration serves no fewer requests/s with them), host decodes are added while the
   iteration stays within it, and of the candidate plans the fastest-serving one within it is
   run (the fastest one if none is within it): host residents do not take turns, so each gets
   its next token within the budget whenever the hardware allows it. The budget is the SLO,
@@ -162,6 +163,37 @@ class AdaptivePolicy(ApexPolicy):
             worth = self._work_s(mode, chosen) <= self._tpot_limit_s
         return worth, rate
 
+    def _host_admissions(self, candidates: list[Candidate]) -> int:
+        """Under a TPOT SLO: of the prompts placed on the host (a suffix of `candidates`), the
+        longest prefix that fits the SLO (`_fits_tpot_budget`, each prompt with those before
+        it) and, of those, the one whose steady iteration serves the most requests/s, if that
+        is no fewer than without any of them: the host must pay, not only keep up. Judged as
+        a set, since the host lane's fixed costs make the first host decode the dearest (on
+        the T4 with osc one host decode beside 4 GPU ones lowers the steady requests/s from
+        74 to 63, many raise it). A prompt that can never fit the GPU pool always goes (it
+        has no other place), with those before it. Without an SLO, NEO's rule."""
+        if self.config.slo_tpot_s is None:
+            return super()._host_admissions(candidates)
+        first_cpu = next((i for i, (_, d) in enumerate(candidates) if d == Device.CPU), None)
+        if first_cpu is None:
+            return len(candidates)
+        gpu_side = [*self.gpu_running.values(), *(r for r, _ in candidates[:first_cpu])]
+        gpu, host, fused = self._steady_builders(gpu_side)
+        prefill = SteadyPrefill((*gpu_side, *self.cpu_running.values()))
+        kept, best = first_cpu, self._steady_rate(gpu, host, fused)
+        for i in range(first_cpu, len(candidates)):
+            r = candidates[i][0]
+            for b in (host, fused):
+                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+            prefill.add(r)
+            never_fits_gpu = self._blocks(r.max_seq_len) > self.kv.gpu.num_blocks
+            if not (never_fits_gpu or self._fits_tpot_budget(gpu, host, fused, prefill)):
+                break
+            rate = self._steady_rate(gpu, host, fused)
+            if rate >= best or never_fits_gpu:
+                kept, best = i + 1, max(best, rate)
+        return kept
+
     def _host_resident_pays(
         self,
         gpu: SubBatchBuilder,
@@ -170,29 +202,43 @@ class AdaptivePolicy(ApexPolicy):
         prefill_tokens: SteadyPrefill,
         best: float,
     ) -> tuple[bool, float]:
-        """With a TPOT SLO a host resident pays while an iteration decoding every resident
-        (fused, or pipelined with the host decodes in sub-batch 1, whichever is faster), plus
-        its share of the prefill time the residents' slots bring, stays within this step's
-        budget: host residents do not take turns under an SLO, and each prefill stalls every
-        decode. A prompt that can never fit the GPU pool always goes (it has no other place).
-        Without an SLO, NEO's test."""
+        """With a TPOT SLO (the test of a request swapped out of a full GPU pool, which stays
+        on the host only if it passes): the host resident just added fits the SLO
+        (`_fits_tpot_budget`) and the steady iteration with it serves at least `best`
+        requests/s; a request that can never fit the GPU pool always stays. Without an SLO,
+        NEO's test."""
         if self.config.slo_tpot_s is None:
             return super()._host_resident_pays(gpu, host, fused, prefill_tokens, best)
         candidate = prefill_tokens.added[-1]
         if self._blocks(candidate.max_seq_len) > self.kv.gpu.num_blocks:
             return True, best  # it can never fit the GPU: the host is its only place
+        rate = self._steady_rate(gpu, host, fused)
+        pays = rate >= best and self._fits_tpot_budget(gpu, host, fused, prefill_tokens)
+        return pays, max(best, rate)
+
+    def _fits_tpot_budget(
+        self,
+        gpu: SubBatchBuilder,
+        host: SubBatchBuilder,
+        fused: SubBatchBuilder,
+        prefill_tokens: SteadyPrefill,
+    ) -> bool:
+        """Whether an iteration decoding every resident (fused, or pipelined with the host
+        decodes in sub-batch 1, whichever is faster), plus the share of prefill time the
+        residents' slots bring, stays within this step's TPOT budget: host residents do not
+        take turns under an SLO, and each prefill stalls every decode."""
         fastest = self._work_s(Mode.FUSED, (fused,))
         if gpu:
             fastest = min(fastest, self._work_s(Mode.PIPELINED, (gpu, host)))
-        return fastest + self._steady_prefill_s(prefill_tokens) <= self._tpot_limit_s, best
+        return fastest + self._steady_prefill_s(prefill_tokens) <= self._tpot_limit_s
 
     def _host_pays_for_swapped(self, victim: Request) -> bool:
         """Under a TPOT SLO a request swapped out of a full GPU pool stays a host resident only
-        if it passes the SLO test a new host prompt must pass (`_host_resident_pays`); else it
-        is parked and swapped back before new prompts take GPU room, as under gpu-only. (NEO
-        keeps every such request on the host under an SLO: on the A10G and 2x H100 hosts with
-        long outputs they then waited up to `max_cpu_wait_steps` iterations there, far past
-        the bound; `experiments/results/slo_map`.) Without an SLO, NEO's test."""
+        if the host pays for it within the SLO (`_host_resident_pays`); else it is parked and
+        swapped back before new prompts take GPU room, as under gpu-only. (NEO keeps every
+        such request on the host under an SLO: on the A10G and 2x H100 hosts with long outputs
+        they then waited up to `max_cpu_wait_steps` iterations there, far past the bound;
+        `experiments/results/slo_map_before`.) Without an SLO, NEO's test."""
         if self.config.slo_tpot_s is None:
             return super()._host_pays_for_swapped(victim)
         return self._host_pays_for(victim)
