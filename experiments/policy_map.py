@@ -143,16 +143,19 @@ def main(argv: list[str] | None = None) -> int:
     policies = list(POLICIES)
     started = time.perf_counter()
 
+    def run_cells(cells: list[tuple[str, str, str, RunSpec]]) -> pd.DataFrame:
+        """Every policy in each cell, labelled with the cell."""
+        rows = common.sweep(
+            [spec.with_(policy=pol) for *_, spec in cells for pol in policies],
+            args.workers,
+            args.executor,
+        )
+        labels = [cell for *cell, _ in cells for _ in policies]
+        rows[["host", "workload_name", "load"]] = pd.DataFrame(labels, index=rows.index)
+        return rows
+
     # Phase 1: every policy offline; gpu-only's throughput is the cell's capacity.
-    offline = list(cell_specs(hosts, workloads, loads, requests, args.seed))
-    rows = common.sweep(
-        [spec.with_(policy=pol) for *_, spec in offline for pol in policies],
-        args.workers,
-        args.executor,
-    )
-    rows[["host", "workload_name", "load"]] = pd.DataFrame(
-        [cell for *cell, _ in offline for _ in policies], index=rows.index
-    )
+    rows = run_cells(list(cell_specs(hosts, workloads, loads, requests, args.seed)))
     capacity = {
         (r.host, r.workload_name): r.throughput_req_s
         for r in rows.itertuples()
@@ -161,15 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     # Phase 2: Poisson arrivals at fractions of that capacity, the same arrivals per cell.
     loaded = list(cell_specs(hosts, workloads, loads, requests, args.seed, capacity))
     if loaded:
-        more = common.sweep(
-            [spec.with_(policy=pol) for *_, spec in loaded for pol in policies],
-            args.workers,
-            args.executor,
-        )
-        more[["host", "workload_name", "load"]] = pd.DataFrame(
-            [cell for *cell, _ in loaded for _ in policies], index=more.index
-        )
-        rows = pd.concat([rows, more], ignore_index=True)
+        rows = pd.concat([rows, run_cells(loaded)], ignore_index=True)
     wall = time.perf_counter() - started
     rows.to_csv(out / "results.csv", index=False)
     (out / "run.json").write_text(json.dumps({"wall_s": wall, "workers": args.workers}) + "\n")

@@ -136,14 +136,11 @@ def test_adaptive_leaves_host_prompts_out_of_gpu_only_iterations():
     assert tok_s["adaptive"] >= tok_s["gpu-only"]
 
 
-def test_host_decodes_beyond_the_slack_rule_pay_for_the_gpu_time_they_take():
-    """g5.8xlarge, 1000/800 offline (a policy-map cell): host decodes that run at about
-    GPU-only's requests/s are not worth the seconds they take from the GPU's residents. Priced
-    by requests/s alone the extension decoded ~130 host residents per iteration (each 6x a
-    GPU-only one) and fell to 0.94x NEO; priced against the GPU-only iterations those seconds
-    could run, with short-context host tokens at their share of a GPU one, it keeps up."""
-    spec = RunSpec.of(
-        hardware="a10g-g5.8xlarge",
+def _a10g_long_outputs_offline(hardware: str) -> RunSpec:
+    """A policy-map cell: Llama-3-8B on an A10G host, 200 requests of 1000 + 800 tokens, all
+    at once (experiments/policy_map.py's settings)."""
+    return RunSpec.of(
+        hardware=hardware,
         model="llama-3-8b",
         input_len=1000,
         output_len=800,
@@ -152,6 +149,15 @@ def test_host_decodes_beyond_the_slack_rule_pay_for_the_gpu_time_they_take():
         max_batch_tokens=8192,
         timeline_iterations=0,
     )
+
+
+def test_host_decodes_beyond_the_slack_rule_pay_for_the_gpu_time_they_take():
+    """g5.8xlarge, 1000/800 offline (a policy-map cell): host decodes that run at about
+    GPU-only's requests/s are not worth the seconds they take from the GPU's residents. Priced
+    by requests/s alone the extension decoded ~130 host residents per iteration (each 6x a
+    GPU-only one) and fell to 0.94x NEO; priced against the GPU-only iterations those seconds
+    could run, with short-context host tokens at their share of a GPU one, it keeps up."""
+    spec = _a10g_long_outputs_offline("a10g-g5.8xlarge")
     tok_s = {
         p: execute(spec.with_(policy=p)).summary["throughput_tok_s"] for p in ("neo", "adaptive")
     }
@@ -165,16 +171,7 @@ def test_under_a_tpot_slo_host_residents_must_pay_not_only_fit():
     left out as soon as a GPU-only plan served a little more, and 62 of 200 missed the bound
     (goodput 0.70x gpu-only's). Admitted only where the host pays, adaptive serves what
     gpu-only serves within it."""
-    spec = RunSpec.of(
-        hardware="a10g-g5.16xlarge",
-        model="llama-3-8b",
-        input_len=1000,
-        output_len=800,
-        num_requests=200,
-        rate=math.inf,
-        max_batch_tokens=8192,
-        timeline_iterations=0,
-    )
+    spec = _a10g_long_outputs_offline("a10g-g5.16xlarge")
     gpu_only = execute(spec.with_(policy="gpu-only")).summary
     bound = 2 * gpu_only["tpot_p90"]
     adaptive = execute(spec.with_(policy="adaptive", slo_tpot_s=bound)).summary
