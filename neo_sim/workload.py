@@ -10,7 +10,7 @@ Trace files are CSV with columns `num_prefill_tokens,num_decode_tokens` and an o
 `arrived_at` (seconds), the format of the public Azure LLM inference traces. With arrival times
 and no rate, the trace's times are replayed; with a rate, the trace's times are stretched or
 squeezed to that mean rate (keeping its burstiness); without arrival times, arrivals are drawn
-at the rate.
+at the rate. A run replays the trace's first requests, or (`trace_start`) a later window of it.
 """
 
 from __future__ import annotations
@@ -64,6 +64,13 @@ class WorkloadSettings:
         1.0, "gamma shape of arrival gaps: 1 = Poisson, < 1 burstier", low=0, low_open=True
     )
     seed: int = setting(0, "random seed of arrivals, lengths and timing noise")
+    trace_start: int = setting(
+        0,
+        "requests of the trace to skip: replay the window that starts after them (its times "
+        "counted from its own first arrival)",
+        unit="requests",
+        low=0,
+    )
 
     def __post_init__(self) -> None:
         check(self, "workload")
@@ -82,7 +89,7 @@ def build_workload(settings: WorkloadSettings) -> list[RequestSpec]:
         rate = math.inf if s.rate is None else s.rate
         n = s.num_requests or SYNTHETIC_REQUESTS
         return synthetic(n, rate, s.input_len, s.output_len, s.seed, s.burstiness)
-    return from_trace(s.trace_path, s.num_requests, s.rate, s.seed, s.burstiness)
+    return from_trace(s.trace_path, s.num_requests, s.rate, s.seed, s.burstiness, s.trace_start)
 
 
 @dataclass(frozen=True)
@@ -198,9 +205,17 @@ def from_trace(
     rate: float | None = None,
     seed: int = 0,
     burstiness: float = 1.0,
+    start: int = 0,
 ) -> list[RequestSpec]:
-    """The first `n` requests of a trace, timed as described in the module docstring."""
+    """`n` requests of a trace from its `start`-th on (all of them after it if `n` is None),
+    timed as described in the module docstring (a timed window from its own first arrival)."""
     rows = read_trace(path)
+    if start:
+        if not 0 <= start < len(rows):
+            raise NeoError(
+                f"{path}: --trace-start {start} is past the trace's {len(rows)} requests"
+            )
+        rows = rows[start:]
     if n is not None:
         if n <= 0:
             raise NeoError(f"--num-requests must be > 0, got {n}")

@@ -65,6 +65,18 @@ def test_trace_replay_and_rescaling():
     assert [r.prompt_len for r in fast] == [r.prompt_len for r in replay]
 
 
+def test_a_trace_window_replays_later_requests_from_its_own_first_arrival(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text(
+        "num_prefill_tokens,num_decode_tokens,arrived_at\n10,5,0\n20,6,1\n30,7,3\n40,8,6\n"
+    )
+    window = from_trace(path, n=2, start=1)
+    assert [(r.prompt_len, r.arrival_s) for r in window] == [(20, 0.0), (30, 2.0)]
+    assert [r.prompt_len for r in from_trace(path, start=2)] == [30, 40]  # to the end
+    with pytest.raises(NeoError, match="--trace-start 4 is past the trace's 4 requests"):
+        from_trace(path, start=4)
+
+
 def test_untimed_trace_needs_a_rate(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("num_prefill_tokens,num_decode_tokens\n10,5\n20,6\n")
