@@ -177,19 +177,14 @@ class AdaptivePolicy(ApexPolicy):
         first_cpu = next((i for i, (_, d) in enumerate(candidates) if d == Device.CPU), None)
         if first_cpu is None:
             return len(candidates)
-        gpu_side = [*self.gpu_running.values(), *(r for r, _ in candidates[:first_cpu])]
-        gpu, host, fused = self._steady_builders(gpu_side)
-        prefill = SteadyPrefill((*gpu_side, *self.cpu_running.values()))
-        kept, best = first_cpu, self._steady_rate(gpu, host, fused)
-        for i in range(first_cpu, len(candidates)):
+        steady = self._admission_steady_state(candidates[:first_cpu])
+        kept, best = first_cpu, self._steady_rate(*steady[:3])
+        for i in self._host_candidates_in_turn(candidates, first_cpu, steady):
             r = candidates[i][0]
-            for b in (host, fused):
-                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
-            prefill.add(r)
             never_fits_gpu = self._blocks(r.max_seq_len) > self.kv.gpu.num_blocks
-            if not (never_fits_gpu or self._fits_tpot_budget(gpu, host, fused, prefill)):
+            if not (never_fits_gpu or self._fits_tpot_budget(*steady)):
                 break
-            rate = self._steady_rate(gpu, host, fused)
+            rate = self._steady_rate(*steady[:3])
             if rate >= best or never_fits_gpu:
                 kept, best = i + 1, max(best, rate)
         return kept

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import (
@@ -280,19 +280,39 @@ class NeoPolicy(Policy):
         first_cpu = next((i for i, (_, d) in enumerate(candidates) if d == Device.CPU), None)
         if first_cpu is None:
             return len(candidates)
-        gpu_side = [*self.gpu_running.values(), *(r for r, _ in candidates[:first_cpu])]
+        steady = self._admission_steady_state(candidates[:first_cpu])
+        best = self._steady_rate(*steady[:3])
+        for i in self._host_candidates_in_turn(candidates, first_cpu, steady):
+            pays, best = self._host_resident_pays(*steady, best)
+            if not pays:
+                return i
+        return len(candidates)
+
+    def _admission_steady_state(
+        self, gpu_placed: list[Candidate]
+    ) -> tuple[SubBatchBuilder, SubBatchBuilder, SubBatchBuilder, SteadyPrefill]:
+        """The steady state the host-pays test prices before any host-placed prompt joins:
+        `_steady_builders` of the GPU residents and `gpu_placed` prompts, and the prefill
+        every resident's slot brings (gpu, host, fused, prefill)."""
+        gpu_side = [*self.gpu_running.values(), *(r for r, _ in gpu_placed)]
         gpu, host, fused = self._steady_builders(gpu_side)
-        best = self._steady_rate(gpu, host, fused)
-        prefill = SteadyPrefill((*gpu_side, *self.cpu_running.values()))
+        return gpu, host, fused, SteadyPrefill((*gpu_side, *self.cpu_running.values()))
+
+    @staticmethod
+    def _host_candidates_in_turn(
+        candidates: list[Candidate],
+        first_cpu: int,
+        steady: tuple[SubBatchBuilder, SubBatchBuilder, SubBatchBuilder, SteadyPrefill],
+    ) -> Iterator[int]:
+        """Add each host-placed candidate (from `first_cpu` on) to `steady`'s host decodes,
+        fused batch and prefill in turn, yielding its index once it is in."""
+        _, host, fused, prefill = steady
         for i in range(first_cpu, len(candidates)):
             r = candidates[i][0]
             for b in (host, fused):
                 b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
             prefill.add(r)
-            pays, best = self._host_resident_pays(gpu, host, fused, prefill, best)
-            if not pays:
-                return i
-        return len(candidates)
+            yield i
 
     def _steady_builders(
         self, gpu_side: Iterable[Request]
