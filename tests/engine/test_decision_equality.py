@@ -22,9 +22,13 @@ from neo_sim.scheduler.gpu_only import GpuOnlyPolicy
 from neo_sim.simulator import Simulation
 from neo_sim.workload import synthetic
 
+# (policy, TPOT SLO in seconds): every policy, and adaptive planning within an SLO (0.1 s keeps
+# host decodes in its plans at this load)
+CASES = [*((policy, None) for policy in POLICIES), ("adaptive", 0.1)]
 
-@pytest.mark.parametrize("policy", list(POLICIES))
-def test_simulator_and_engine_make_identical_plans(policy):
+
+@pytest.mark.parametrize("policy,slo_tpot_s", CASES)
+def test_simulator_and_engine_make_identical_plans(policy, slo_tpot_s):
     cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
     workload = synthetic(40, rate=6.0, input_len=48, output_len=14, seed=3)
     engine = LLMEngine(
@@ -37,6 +41,7 @@ def test_simulator_and_engine_make_identical_plans(policy):
             block_size=8,
             max_model_len=256,
             max_batch_tokens=320,
+            slo_tpot_s=slo_tpot_s,
         ),
         cost_model=cost,
     )
