@@ -12,12 +12,17 @@ and arrival times do not depend on it, so in a trace cell seed k replays the tra
 that starts k x requests in, `trace_start`) and reports, per cell, adaptive / best rival at
 each seed, and the ratio of the means over seeds.
 
-Run: python -m experiments.seed_spread [--seeds 5] [--workers N]
-Writes experiments/results/seed_spread/{results.csv,report.md}.
+With `--slo-map` it does the same for the SLO map (`experiments/slo_map.py`): its edge cells by
+goodput, each re-run with the cell's TPOT bound from the committed map set for every policy.
+
+Run: python -m experiments.seed_spread [--slo-map] [--seeds 5] [--workers N]
+Writes experiments/results/seed_spread/{results.csv,report.md} (with --slo-map:
+experiments/results/seed_spread_slo/).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -31,25 +36,46 @@ POLICIES = (*RIVALS, "adaptive")
 BELOW, ABOVE = 0.99, 1.05  # issue 13's targets: adaptive / best rival
 
 
-def edge_cells(map_rows: pd.DataFrame) -> pd.DataFrame:
-    """The map's comparable cells where adaptive / best rival is < BELOW or >= ABOVE: host,
-    workload, load, the cell's arrival rate and that ratio on the map."""
-    cells = map_rows.pivot_table(index=common.CELL, columns="policy", values="throughput_tok_s")
+@dataclasses.dataclass(frozen=True)
+class MapKind:
+    """Which map's edge cells are re-run, by which metric, and where the result goes."""
+
+    name: str  # in the report's prose
+    results: str  # the committed map's results.csv, under experiments/results/
+    metric: str  # the summary column compared
+    output: str  # folder under experiments/results/
+    tpot_bound: bool  # each cell runs with the map's TPOT bound (slo_tpot_s) set
+
+
+THROUGHPUT_MAP = MapKind("policy map", "policy_map", "throughput_tok_s", "seed_spread", False)
+SLO_MAP = MapKind("SLO map", "slo_map", "goodput_req_s", "seed_spread_slo", True)
+
+
+def edge_cells(map_rows: pd.DataFrame, metric: str = THROUGHPUT_MAP.metric) -> pd.DataFrame:
+    """The map's comparable cells (some rival serves, gpu-only refused nothing) where adaptive
+    / best rival by `metric` is < BELOW or >= ABOVE: host, workload, load, the cell's arrival
+    rate, its TPOT bound (NaN if the map set none) and that ratio on the map."""
+    cells = map_rows.pivot_table(index=common.CELL, columns="policy", values=metric)
     refused = common.per_cell(map_rows, "gpu-only", "rejected")
-    rates = common.per_cell(map_rows, "adaptive", "rate")
-    ratio = cells["adaptive"] / cells[list(RIVALS)].max(axis=1)
-    keep = ((ratio < BELOW) | (ratio >= ABOVE)) & (refused.reindex(cells.index) == 0)
+    adaptive = map_rows[map_rows.policy == "adaptive"].set_index(common.CELL)
+    best = cells[list(RIVALS)].max(axis=1)
+    ratio = cells["adaptive"] / best
+    comparable = (best > 0) & (refused.reindex(cells.index) == 0)
+    keep = ((ratio < BELOW) | (ratio >= ABOVE)) & comparable
     out = ratio[keep].rename("map_ratio").reset_index()
-    out["rate"] = [rates[tuple(k)] for k in out[common.CELL].values]
+    keys = [tuple(k) for k in out[common.CELL].values]
+    out["rate"] = [adaptive.loc[k, "rate"] for k in keys]
+    bound = adaptive.get("slo_tpot_s")  # a column of the maps' results, absent in some tests
+    out["slo_tpot_s"] = [float("nan") if bound is None else bound.loc[k] for k in keys]
     return out
 
 
-def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: adaptive / best rival at each seed (min, max), at seed 0, and the ratio of
-    adaptive's mean throughput to the best rival's mean over the seeds."""
+def summarise(runs: pd.DataFrame, metric: str = THROUGHPUT_MAP.metric) -> pd.DataFrame:
+    """Per cell: adaptive / best rival by `metric` at each seed (min, max), at seed 0, and the
+    ratio of adaptive's mean to the best rival's mean over the seeds."""
     rows = []
     for (host, workload, load), cell in runs.groupby(["host", "workload_name", "load"], sort=False):
-        tput = cell.pivot_table(index="seed", columns="policy", values="throughput_tok_s")
+        tput = cell.pivot_table(index="seed", columns="policy", values=metric)
         per_seed = tput["adaptive"] / tput[list(RIVALS)].max(axis=1)
         means = tput.mean()
         rows.append(
@@ -72,43 +98,54 @@ def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per cell (default 5)")
     p.add_argument(
+        "--slo-map",
+        action="store_true",
+        help="the SLO map's edge cells by goodput, each with its TPOT bound (default: the "
+        "policy map's, by throughput)",
+    )
+    p.add_argument(
         "--policy-map",
-        default=str(common.RESULTS / "policy_map" / "results.csv"),
-        help="the policy map's results.csv whose edge cells are re-run",
+        default=None,
+        help="the map's results.csv whose edge cells are re-run (default: the committed one)",
     )
     args = p.parse_args(argv)
     if args.seeds < 1:
         print("seed_spread: --seeds must be >= 1", file=sys.stderr)
         return 2
-    out = common.output_dir(args, "seed_spread")
-    cells = edge_cells(pd.read_csv(args.policy_map))
+    kind = SLO_MAP if args.slo_map else THROUGHPUT_MAP
+    out = common.output_dir(args, kind.output)
+    source = args.policy_map or str(common.RESULTS / kind.results / "results.csv")
+    cells = edge_cells(pd.read_csv(source), kind.metric)
     requests = 60 if args.quick else FULL_REQUESTS
     if args.quick:
         cells = cells.head(2)
     labels, specs = [], []
     for cell in cells.itertuples():
         for seed in range(args.seeds):
+            spec = base_spec(cell.host, cell.workload_name, requests, seed).with_(rate=cell.rate)
+            if cell.workload_name in TRACE_FILES:  # the seed picks the trace's window
+                spec = spec.with_(trace_start=seed * requests)
+            if kind.tpot_bound:  # goodput by the TPOT bound alone, as on the SLO map
+                spec = spec.with_(slo_tpot_s=cell.slo_tpot_s, slo_per_token_s=None)
             for policy in POLICIES:
-                spec = base_spec(cell.host, cell.workload_name, requests, seed)
-                if cell.workload_name in TRACE_FILES:  # the seed picks the trace's window
-                    spec = spec.with_(trace_start=seed * requests)
-                specs.append(spec.with_(policy=policy, rate=cell.rate))
+                specs.append(spec.with_(policy=policy))
                 labels.append((cell.host, cell.workload_name, cell.load, seed))
     started = time.perf_counter()
     runs = common.sweep(specs, args.workers)
     runs[["host", "workload_name", "load", "seed"]] = pd.DataFrame(labels, index=runs.index)
     runs.to_csv(out / "results.csv", index=False)
-    table = summarise(runs)
+    table = summarise(runs, kind.metric)
     table.insert(3, "map", cells["map_ratio"].to_numpy())
     below = table[table["map"] < BELOW]
     above = table[table["map"] >= ABOVE]
     as_on_map = "" if args.quick else ", as on the map"
+    what = "goodput within the cell's TPOT bound" if kind.tpot_bound else "throughput"
     body = f"""
-The committed policy map's cells where adaptive is below {BELOW}x ({len(below)}) or at least
+The committed {kind.name}'s cells where adaptive is below {BELOW}x ({len(below)}) or at least
 {ABOVE}x ({len(above)}) the best of gpu-only, neo and apex, re-run with seeds 0..{args.seeds - 1}
 ({requests} requests each{as_on_map}; {time.perf_counter() - started:.0f} s). Columns: adaptive /
 best rival on the committed map, at seed 0 here, its min and max over the seeds, and adaptive's
-mean throughput over the seeds against the best rival's mean. In a trace cell, seed k replays
+mean {what} over the seeds against the best rival's mean. In a trace cell, seed k replays
 the trace's (k+1)-th window of {requests} requests (requests k x {requests} on; a replay does not
 depend on the seed) at the cell's rate on the map, set from the first window's capacity, so its
 load differs from window to window.
@@ -119,11 +156,14 @@ Of the cells below {BELOW}x on the map, {_count(below, "of means", BELOW)} of {l
 below it in the ratio of means; of those at least {ABOVE}x on the map,
 {_count(above, "of means", ABOVE, True)} of {len(above)} stay at least {ABOVE}x.
 """
+    flags = (" --slo-map" if args.slo_map else "") + (
+        f" --seeds {args.seeds}" if args.seeds != 5 else ""
+    )
     common.write_report(
         out / "report.md",
-        "Adaptive's edge cells on the policy map, over arrival seeds",
+        f"Adaptive's edge cells on the {kind.name}, over arrival seeds",
         body,
-        "python -m experiments.seed_spread" + (f" --seeds {args.seeds}" if args.seeds != 5 else ""),
+        "python -m experiments.seed_spread" + flags,
     )
     print((out / "report.md").read_text())
     return 0

@@ -71,3 +71,17 @@ def test_summary_gives_each_seeds_ratio_and_the_ratio_of_means():
     assert row["seed 0"] == pytest.approx(0.95) and row["min"] == pytest.approx(0.95)
     assert row["max"] == pytest.approx(1.05) and row["of means"] == pytest.approx(1.0)
     assert row["seeds"] == 2 and row["seed changes the run"]
+
+
+def test_slo_map_edge_cells_compare_goodput_carry_the_bound_and_skip_cells_nobody_serves():
+    rows = _map_rows(
+        {
+            ("t4", "osc", "offline"): {"gpu-only": 2.0, "neo": 1.0, "apex": 1.0, "adaptive": 1.9},
+            ("g5", "osc", "offline"): {"gpu-only": 0.0, "neo": 0.0, "apex": 0.0, "adaptive": 0.0},
+        }
+    ).rename(columns={"throughput_tok_s": "goodput_req_s"})
+    rows["slo_tpot_s"] = 0.25
+    cells = edge_cells(rows, "goodput_req_s")
+    assert list(zip(cells.host, cells.workload_name)) == [("t4", "osc")]  # 0.95: below
+    assert cells.map_ratio.tolist() == pytest.approx([0.95])
+    assert cells.slo_tpot_s.tolist() == [0.25]
