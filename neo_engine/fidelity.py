@@ -190,7 +190,8 @@ def run_policy(
     outputs = replay(engine, workload, trace)
     wall = time.perf_counter() - started
     real = engine_metrics(engine, workload, outputs)
-    plans = [it.plan for it in engine.iterations]
+    engine_iterations = engine.iterations
+    plans = [it.plan for it in engine_iterations]
     read_gbs = trace.at([it.start_s for it in engine.iterations])  # the state each ran in
     forward_s = [it.duration_s for it in engine.iterations]  # forward pass and sampling
     # A step's whole time: the forward pass and sampling, plus the engine's host work around
@@ -209,7 +210,13 @@ def run_policy(
     sim = Simulation(policy, config, cost, workload, lanes_share_compute=shared).run()
     # Trace-driven: the same simulation with each iteration taking the engine's measured step.
     replayed = Simulation(
-        policy, config, cost, workload, lanes_share_compute=shared, replay_s=measured
+        policy,
+        config,
+        cost,
+        workload,
+        lanes_share_compute=shared,
+        replay_s=measured,
+        replay_starts_s=[it.start_s for it in engine_iterations],
     ).run()
     timing = TimingModel(cost, config.block_size, lanes_share_compute=shared)
     predicted = [timing.run(p).duration_s for p in plans]
@@ -840,9 +847,10 @@ cost model on the machine in the state it was measured in. {drift_since_profilin
 
 ## Trace-driven: the queueing and scheduling model alone
 
-The same simulations with the k-th iteration taking the engine's k-th measured step (its
-forward pass plus its host work; the cost model taken out): what remains is the error of the
-arrivals, batching and scheduling model alone (fidelity_replay.json, same rows).
+The same simulations with each iteration taking the measured step (its forward pass plus
+its host work; the cost model taken out) of the engine iteration that started nearest it:
+what remains is the error of the arrivals, batching and scheduling model alone
+(fidelity_replay.json, same rows).
 
 {errors_table(replay)}
 

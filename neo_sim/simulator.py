@@ -17,6 +17,7 @@ turns this off; `tests/sim/test_steady_runs.py` checks both give the same result
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import time
@@ -69,13 +70,19 @@ class Simulation:
         lanes_share_compute: bool = False,
         replay_s: Sequence[float] | None = None,
         clock_cost: Callable[[float], CostModel] | None = None,
+        replay_starts_s: Sequence[float] | None = None,
     ):
         """`record_timeline`: lane spans of the first N iterations; `record_plans`: every plan
         (tests); `record_iterations`: one IterationRecord per iteration (else totals only, in
         constant memory); `clock="predicted"` advances by the scheduler's own estimate;
         `replay_s`: the k-th iteration takes replay_s[k] seconds (a real run's measured
         iteration periods: the trace-driven mode, whose error is the queueing and scheduling
-        model's alone), iterations beyond it the timing model's; `clock_cost`: the cost model
+        model's alone), iterations beyond it the timing model's; with `replay_starts_s` (when
+        each of those iterations started, on the workload's clock) an iteration takes the
+        period of the real one that started nearest its own start instead: paired by index,
+        one iteration more or fewer anywhere (an arrival that fell on the other side of an
+        iteration's end) would pair every later iteration with another's period;
+        `clock_cost`: the cost model
         the clock prices an iteration starting at time t with (a machine whose speed changed
         during a real run, e.g. `neo_sim.bandwidth.at_bandwidth` at the bandwidth sampled
         then), while the policy plans with `cost` as the real scheduler did."""
@@ -90,6 +97,11 @@ class Simulation:
         self.record_plans = record_plans
         self.record_iterations = record_iterations
         self.replay_s = list(replay_s) if replay_s is not None else None
+        self.replay_starts_s = list(replay_starts_s) if replay_starts_s is not None else None
+        if self.replay_starts_s is not None and (
+            self.replay_s is None or len(self.replay_starts_s) != len(self.replay_s)
+        ):
+            raise ValueError("replay_starts_s needs replay_s, one start per period")
         self.clock_cost = clock_cost
         self._clock_timing: dict[CostModel, TimingModel] = {}  # clock_cost's, one per model
         self._timing_args = (config.block_size, noise, seed, lanes_share_compute)
@@ -210,8 +222,9 @@ class Simulation:
             plan, record=record
         )
         k = self.totals.count
-        if self.replay_s is not None and k < len(self.replay_s):
-            self.now = start + self.replay_s[k]
+        replayed = self._replayed(k, start) if self.replay_s is not None else None
+        if replayed is not None:
+            self.now = start + replayed
         else:
             self.now = start + (
                 plan.predicted_s if self.clock == "predicted" else timing.duration_s
@@ -238,6 +251,19 @@ class Simulation:
             self.timeline.extend((plan.step, start, span) for span in timing.spans)
         if self.record_plans:
             self.plans.append(plan)
+
+    def _replayed(self, k: int, start: float) -> float | None:
+        """The replayed period of the k-th iteration, starting at `start` (None: beyond the
+        replay, the timing model's)."""
+        periods, starts = self.replay_s, self.replay_starts_s
+        if starts is None:
+            return periods[k] if k < len(periods) else None
+        if not starts:
+            return None
+        j = bisect.bisect_left(starts, start)
+        if j == len(starts) or (j > 0 and start - starts[j - 1] <= starts[j] - start):
+            j -= 1
+        return periods[j]
 
     def _finish(self, r: Request) -> None:
         rec = self.records[r.request_id]

@@ -200,6 +200,26 @@ def test_trace_driven_mode_takes_the_replayed_iteration_times():
     assert record.finish_s == pytest.approx(7.0 + last)
 
 
+def test_a_replay_with_start_times_pairs_iterations_by_when_they_started():
+    """With `replay_starts_s` an iteration takes the period of the real iteration that started
+    nearest it, so an iteration the real run had and the simulation has not (here: a first
+    one the simulation never runs, the request arriving at 0.5 s) shifts no later pairing:
+    the prefill at 0.5 s takes the real prefill's 2.0 s, the decodes the real decodes' 4.0 s;
+    paired by index they take 1.0, 2.0 and 4.0 s."""
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    config = SchedulerConfig(num_gpu_blocks=10, num_cpu_blocks=10, max_batch_tokens=4096)
+    workload = [RequestSpec(0, 0.5, 10, 3)]
+    periods, starts = [1.0, 2.0, 4.0, 4.0], [-0.5, 0.5, 2.5, 6.5]
+    paired = simulate("gpu-only", config, cost, workload, replay_s=periods, replay_starts_s=starts)
+    (record,) = paired.metrics.requests
+    assert (record.first_token_s, record.finish_s) == (2.5, 10.5)
+    by_index = simulate("gpu-only", config, cost, workload, replay_s=periods)
+    (record,) = by_index.metrics.requests
+    assert (record.first_token_s, record.finish_s) == (1.5, 7.5)
+    with pytest.raises(ValueError, match="one start per period"):
+        simulate("gpu-only", config, cost, workload, replay_s=periods, replay_starts_s=[0.0])
+
+
 def test_layer_loop_in_locals_equals_the_task_loop():
     """The timing model's usual path (`_layers_in_locals`: no noise, no spans, separate
     lanes) runs the generic task loop (`_layers`) with its state in locals: on random sub-batch
