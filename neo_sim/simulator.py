@@ -78,11 +78,14 @@ class Simulation:
         `replay_s`: the k-th iteration takes replay_s[k] seconds (a real run's measured
         iteration periods: the trace-driven mode, whose error is the queueing and scheduling
         model's alone), iterations beyond it the timing model's; with `replay_starts_s` (when
-        each of those iterations started, on the workload's clock) an iteration takes the
-        period of the real one that started nearest its own start instead: paired by index,
-        one iteration more or fewer anywhere (an arrival that fell on the other side of an
-        iteration's end) would pair every later iteration with another's period;
-        `clock_cost`: the cost model
+        each of those iterations started, on the workload's clock) the pairing starts again
+        after every idle wait: the first iteration after one takes the period of the real one
+        that started nearest it, the next ones the real ones that followed it. Paired by index
+        alone, one iteration more or fewer anywhere (an arrival that fell on the other side of
+        an iteration's end) would pair every later iteration with another's period; paired by
+        start time alone, the real run's few microseconds between steps, which the periods
+        leave out, would add up through a busy stretch until iterations paired with their
+        neighbours. `clock_cost`: the cost model
         the clock prices an iteration starting at time t with (a machine whose speed changed
         during a real run, e.g. `neo_sim.bandwidth.at_bandwidth` at the bandwidth sampled
         then), while the policy plans with `cost` as the real scheduler did."""
@@ -98,6 +101,7 @@ class Simulation:
         self.record_iterations = record_iterations
         self.replay_s = list(replay_s) if replay_s is not None else None
         self.replay_starts_s = list(replay_starts_s) if replay_starts_s is not None else None
+        self._replay_next: int | None = None  # the next period to take; None: pair by time
         if self.replay_starts_s is not None and (
             self.replay_s is None or len(self.replay_starts_s) != len(self.replay_s)
         ):
@@ -203,6 +207,7 @@ class Simulation:
         if self._next >= len(self.workload):
             return False
         self.now = max(self.now, self.workload[self._next].arrival_s)
+        self._replay_next = None  # a replay pairs by start time again
         return True
 
     def _timing_at(self, t: float) -> TimingModel:
@@ -258,11 +263,14 @@ class Simulation:
         periods, starts = self.replay_s, self.replay_starts_s
         if starts is None:
             return periods[k] if k < len(periods) else None
-        if not starts:
+        j = self._replay_next
+        if j is None:  # the first iteration, or the first after an idle wait
+            j = bisect.bisect_left(starts, start)
+            if j == len(starts) or (j > 0 and start - starts[j - 1] <= starts[j] - start):
+                j -= 1
+        if not 0 <= j < len(periods):
             return None
-        j = bisect.bisect_left(starts, start)
-        if j == len(starts) or (j > 0 and start - starts[j - 1] <= starts[j] - start):
-            j -= 1
+        self._replay_next = j + 1
         return periods[j]
 
     def _finish(self, r: Request) -> None:
