@@ -85,3 +85,23 @@ def test_slo_map_edge_cells_compare_goodput_carry_the_bound_and_skip_cells_nobod
     assert list(zip(cells.host, cells.workload_name)) == [("t4", "osc")]  # 0.95: below
     assert cells.map_ratio.tolist() == pytest.approx([0.95])
     assert cells.slo_tpot_s.tolist() == [0.25]
+
+
+def test_slo_map_spread_runs_every_policy_with_the_cells_bound(tmp_path):
+    """--slo-map end to end on a one-cell map: each policy runs with the cell's TPOT bound
+    (goodput by it alone) over the seeds, and the report compares goodput."""
+    from experiments.seed_spread import main
+
+    rows = _map_rows(
+        {("t4", "osc", "offline"): {"gpu-only": 2.0, "neo": 1.0, "apex": 1.0, "adaptive": 1.5}}
+    ).rename(columns={"throughput_tok_s": "goodput_req_s"})
+    rows["slo_tpot_s"] = 0.3
+    source = tmp_path / "map.csv"
+    rows.to_csv(source, index=False)
+    out = tmp_path / "out"
+    argv = ["--slo-map", "--quick", "--seeds", "2", "--policy-map", str(source)]
+    assert main([*argv, "--output", str(out), "--workers", "1"]) == 0
+    runs = pd.read_csv(out / "results.csv")
+    assert len(runs) == 2 * 4 and (runs.slo_tpot_s == 0.3).all()
+    assert runs.slo_per_token_s.isna().all()
+    assert "goodput within the cell's TPOT bound" in (out / "report.md").read_text()
