@@ -76,6 +76,8 @@ class WorkloadSettings:
         check(self, "workload")
         if not (self.workload == "synthetic" or self.workload.startswith("trace:")):
             raise NeoError(f"--workload must be 'synthetic' or 'trace:PATH', got {self.workload!r}")
+        if self.trace_start and self.trace_path is None:
+            raise NeoError("--trace-start applies to a trace workload (--workload trace:PATH)")
 
     @property
     def trace_path(self) -> str | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from neo_sim.errors import NeoError
-from neo_sim.workload import arrival_times, from_trace, read_trace, synthetic
+from neo_sim.workload import WorkloadSettings, arrival_times, from_trace, read_trace, synthetic
 
 TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
 CODE_TRACE = TRACES / "azure_code_2023.csv"
@@ -75,6 +75,8 @@ def test_a_trace_window_replays_later_requests_from_its_own_first_arrival(tmp_pa
     assert [r.prompt_len for r in from_trace(path, start=2)] == [30, 40]  # to the end
     with pytest.raises(NeoError, match="--trace-start 4 is past the trace's 4 requests"):
         from_trace(path, start=4)
+    with pytest.raises(NeoError, match="applies to a trace workload"):
+        WorkloadSettings(trace_start=5)
 
 
 def test_untimed_trace_needs_a_rate(tmp_path):
