@@ -190,9 +190,9 @@ def run_policy(
     outputs = replay(engine, workload, trace)
     wall = time.perf_counter() - started
     real = engine_metrics(engine, workload, outputs)
-    engine_iterations = engine.iterations
-    plans = [it.plan for it in engine_iterations]
-    read_gbs = trace.at([it.start_s for it in engine.iterations])  # the state each ran in
+    plans = [it.plan for it in engine.iterations]
+    starts = [it.start_s for it in engine.iterations]
+    read_gbs = trace.at(starts)  # the state each ran in
     forward_s = [it.duration_s for it in engine.iterations]  # forward pass and sampling
     # A step's whole time: the forward pass and sampling, plus the engine's host work around
     # them (scheduling, detokenizing, bookkeeping), which a measured profile's host overhead
@@ -216,7 +216,7 @@ def run_policy(
         workload,
         lanes_share_compute=shared,
         replay_s=measured,
-        replay_starts_s=[it.start_s for it in engine_iterations],
+        replay_starts_s=starts,
     ).run()
     timing = TimingModel(cost, config.block_size, lanes_share_compute=shared)
     predicted = [timing.run(p).duration_s for p in plans]

@@ -174,14 +174,13 @@ class AdaptivePolicy(ApexPolicy):
         has no other place), with those before it. Without an SLO, NEO's rule."""
         if self.config.slo_tpot_s is None:
             return super()._host_admissions(candidates)
-        first_cpu = next((i for i, (_, d) in enumerate(candidates) if d == Device.CPU), None)
+        first_cpu = self._first_host_placed(candidates)
         if first_cpu is None:
             return len(candidates)
         steady = self._admission_steady_state(candidates[:first_cpu])
         kept, best = first_cpu, self._steady_rate(*steady[:3])
         for i in self._host_candidates_in_turn(candidates, first_cpu, steady):
-            r = candidates[i][0]
-            never_fits_gpu = self._blocks(r.max_seq_len) > self.kv.gpu.num_blocks
+            never_fits_gpu = self._never_fits_gpu(candidates[i][0])
             if not (never_fits_gpu or self._fits_tpot_budget(*steady)):
                 break
             rate = self._steady_rate(*steady[:3])
@@ -204,12 +203,15 @@ class AdaptivePolicy(ApexPolicy):
         NEO's test."""
         if self.config.slo_tpot_s is None:
             return super()._host_resident_pays(gpu, host, fused, prefill_tokens, best)
-        candidate = prefill_tokens.added[-1]
-        if self._blocks(candidate.max_seq_len) > self.kv.gpu.num_blocks:
-            return True, best  # it can never fit the GPU: the host is its only place
+        if self._never_fits_gpu(prefill_tokens.added[-1]):
+            return True, best  # the host is its only place
         rate = self._steady_rate(gpu, host, fused)
         pays = rate >= best and self._fits_tpot_budget(gpu, host, fused, prefill_tokens)
         return pays, max(best, rate)
+
+    def _never_fits_gpu(self, r: Request) -> bool:
+        """Whether `r` at its full length needs more blocks than the whole GPU pool holds."""
+        return self._blocks(r.max_seq_len) > self.kv.gpu.num_blocks
 
     def _fits_tpot_budget(
         self,
@@ -263,7 +265,7 @@ class AdaptivePolicy(ApexPolicy):
         seq: SubBatchBuilder,
     ) -> None:
         """Add the CPU decodes NEO's slack rule left out while each pays for the time it adds
-        (`_host_decode_pays`; with a TPOT SLO: while the iteration stays within it)."""
+        (`_HostDecodePrice`; with a TPOT SLO: while the iteration stays within it)."""
         planned = {d.request_id for b in (b0, b1) for d in b.cpu_decodes}
         cpu_pool = self.kv.cpu
         cpu_free = cpu_pool.num_free - sum(
@@ -274,7 +276,7 @@ class AdaptivePolicy(ApexPolicy):
             for b in (b0, b1)
             for d in b.cpu_decodes
         )
-        price = _HostDecodePrice(self, b0, b1, seq)
+        price = None if self.config.slo_tpot_s is not None else _HostDecodePrice(self, b0, b1, seq)
         shortest_rejected = float("inf")
         for r in self._cpu_decodes_longest_waiting_first():
             seq_len = r.seq_len
@@ -287,7 +289,7 @@ class AdaptivePolicy(ApexPolicy):
             target = b1 if s1 >= s0 or not b1 else b0
             work = DecodeWork(r.request_id, seq_len)
             target.add_cpu_decode(work)
-            if self.config.slo_tpot_s is not None:
+            if price is None:  # under a TPOT SLO
                 worth = self._work_s(Mode.PIPELINED, (b0, b1)) <= self._tpot_limit_s
             else:
                 worth = price.pays(work)
@@ -319,7 +321,13 @@ class _HostDecodePrice:
     then aged together and the host residents came back long: 0.94x NEO (1.00x with them,
     docs/architecture.md, "Adaptive")."""
 
-    def __init__(self, policy: AdaptivePolicy, b0: SubBatchBuilder, b1, seq: SubBatchBuilder):
+    def __init__(
+        self,
+        policy: AdaptivePolicy,
+        b0: SubBatchBuilder,
+        b1: SubBatchBuilder,
+        seq: SubBatchBuilder,
+    ):
         self.policy, self.chosen = policy, (b0, b1)
         n = len(seq.gpu_decodes)
         self.gpu_context = seq.gpu_decode_tokens / n if n else None

@@ -277,7 +277,7 @@ class NeoPolicy(Policy):
         the host pays for them (`_host_resident_pays`). Host placement is sticky (a prompt
         placed on the host decodes there until it ends or is swapped back), so a prompt the
         host cannot pay for waits for GPU KV instead, as under gpu-only."""
-        first_cpu = next((i for i, (_, d) in enumerate(candidates) if d == Device.CPU), None)
+        first_cpu = self._first_host_placed(candidates)
         if first_cpu is None:
             return len(candidates)
         steady = self._admission_steady_state(candidates[:first_cpu])
@@ -287,6 +287,11 @@ class NeoPolicy(Policy):
             if not pays:
                 return i
         return len(candidates)
+
+    @staticmethod
+    def _first_host_placed(candidates: list[Candidate]) -> int | None:
+        """Index of the first candidate placed on the host (those after it are too), or None."""
+        return next((i for i, (_, d) in enumerate(candidates) if d == Device.CPU), None)
 
     def _admission_steady_state(
         self, gpu_placed: list[Candidate]
