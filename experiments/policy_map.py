@@ -70,6 +70,9 @@ QUICK = {
     "requests": 60,
 }
 FULL_REQUESTS = 200
+RIVALS = ("gpu-only", "neo", "apex")  # issue 13: adaptive against the best of these
+COMPARED = (*RIVALS, "adaptive")
+BELOW, ABOVE = 0.99, 1.05  # issue 13's targets: adaptive / best rival
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +117,20 @@ def cell_specs(
                     yield h, w, f"{fraction:.0%}", base.with_(rate=fraction * capacity[(h, w)])
 
 
+def map_scope(quick: bool) -> tuple[tuple[str, ...], list[str], tuple[float, ...], int]:
+    """The map's hosts, workloads (a trace that is not beside the checkout is left out), loads
+    and requests per run: all of them, or `QUICK`'s."""
+    hosts = QUICK["hosts"] if quick else tuple(HOSTS)
+    workloads = [
+        w
+        for w in (QUICK["workloads"] if quick else tuple(WORKLOADS))
+        if w not in TRACE_FILES or TRACE_FILES[w].exists()
+    ]
+    loads = QUICK["loads"] if quick else LOADS
+    requests = QUICK["requests"] if quick else FULL_REQUESTS
+    return hosts, workloads, loads, requests
+
+
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
@@ -132,14 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(rows, out, args, run.get("wall_s", float("nan")), requests)
         print((out / "report.md").read_text())
         return 0
-    hosts = QUICK["hosts"] if args.quick else tuple(HOSTS)
-    workloads = [  # a trace that is not beside the checkout is left out
-        w
-        for w in (QUICK["workloads"] if args.quick else tuple(WORKLOADS))
-        if w not in TRACE_FILES or TRACE_FILES[w].exists()
-    ]
-    loads = QUICK["loads"] if args.quick else LOADS
-    requests = QUICK["requests"] if args.quick else FULL_REQUESTS
+    hosts, workloads, loads, requests = map_scope(args.quick)
     policies = list(POLICIES)
     started = time.perf_counter()
 
@@ -222,15 +232,15 @@ def rivals_section(comparable: pd.DataFrame) -> str:
         if g.empty:
             continue
         apex = g["apex"] / g["neo"]
-        rivals = g["adaptive"] / g[["gpu-only", "neo", "apex"]].max(axis=1)
+        rivals = g["adaptive"] / g[list(RIVALS)].max(axis=1)
         others = g["adaptive"] / g[everyone].max(axis=1)
         top, low = g.loc[apex.idxmax()], g.loc[rivals.idxmin()]
         lines.append(
             f"| {group} | {len(g)} | {apex.median():.3f} | {apex.max():.3f} ({top.host}, "
             f"{top.workload_name}, {top.load}) | {apex.min():.3f} | {rivals.median():.3f} | "
             f"{rivals.min():.3f} ({low.host}, {low.workload_name}, {low.load}) | "
-            f"{(rivals >= 0.99).sum()} | {(rivals >= 1.05).sum()} | {others.median():.3f} | "
-            f"{(others >= 0.99).sum()} |"
+            f"{(rivals >= BELOW).sum()} | {(rivals >= ABOVE).sum()} | {others.median():.3f} | "
+            f"{(others >= BELOW).sum()} |"
         )
     return "\n".join(lines)
 
@@ -240,18 +250,18 @@ def headroom_section(comparable: pd.DataFrame) -> str:
     second target: adaptive >= 1.05x of that best in a quarter of the cells), load by load:
     below capacity the arrivals set every policy's throughput, so the rivals' spread (best
     over worst of the three) and the best other policy of the map bound what is there."""
-    rivals = ["gpu-only", "neo", "apex"]
-    if not set(rivals) | {"adaptive"} <= set(comparable):
+    rivals = list(RIVALS)
+    if not set(COMPARED) <= set(comparable):
         return ""
-    others = [p for p in POLICIES if p in comparable and p not in (*rivals, "adaptive")]
+    others = [p for p in POLICIES if p in comparable and p not in COMPARED]
     best = comparable[rivals].max(axis=1)  # per cell, computed once
     spread = best / comparable[rivals].min(axis=1)
     others_win = (
-        comparable[others].max(axis=1) / best >= 1.05
+        comparable[others].max(axis=1) / best >= ABOVE
         if others
         else pd.Series(False, index=comparable.index)
     )
-    adaptive_wins = comparable["adaptive"] / best >= 1.05
+    adaptive_wins = comparable["adaptive"] / best >= ABOVE
     lines = [
         "| load | cells | rivals' spread: max | cells where the rivals differ by >= 5% | "
         "adaptive >= 1.05x the best rival | any other policy >= 1.05x the best rival |",
@@ -260,12 +270,12 @@ def headroom_section(comparable: pd.DataFrame) -> str:
     for load, g in comparable.groupby("load", sort=False):
         cells = g.index
         lines.append(
-            f"| {load} | {len(g)} | {spread[cells].max():.3f} | {(spread[cells] >= 1.05).sum()} | "
+            f"| {load} | {len(g)} | {spread[cells].max():.3f} | {(spread[cells] >= ABOVE).sum()} | "
             f"{adaptive_wins[cells].sum()} | {others_win[cells].sum()} |"
         )
     quarter = -(-len(comparable) // 4)
     loaded = comparable["load"] != "offline"
-    bound = loaded & (spread < 1.05)
+    bound = loaded & (spread < ABOVE)
     beaten = (bound & others_win).sum()
     room = len(comparable) - bound.sum()
     return (

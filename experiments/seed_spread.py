@@ -29,11 +29,8 @@ import time
 import pandas as pd
 
 from experiments import common
-from experiments.policy_map import FULL_REQUESTS, TRACE_FILES, base_spec
-
-RIVALS = ("gpu-only", "neo", "apex")
-POLICIES = (*RIVALS, "adaptive")
-BELOW, ABOVE = 0.99, 1.05  # issue 13's targets: adaptive / best rival
+from experiments.policy_map import ABOVE, BELOW, FULL_REQUESTS, RIVALS, TRACE_FILES, base_spec
+from experiments.policy_map import COMPARED as POLICIES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,20 +23,10 @@ import time
 import pandas as pd
 
 from experiments import common
-from experiments.policy_map import (
-    FULL_REQUESTS,
-    HOSTS,
-    LOADS,
-    QUICK,
-    TRACE_FILES,
-    WORKLOADS,
-    cell_specs,
-)
+from experiments.policy_map import ABOVE, BELOW, RIVALS, cell_specs, map_scope
+from experiments.policy_map import COMPARED as POLICIES
 
-RIVALS = ("gpu-only", "neo", "apex")
-POLICIES = (*RIVALS, "adaptive")
 SLO_OVER_GPU_ONLY = 2.0  # the cell's TPOT bound: this x gpu-only's TPOT p90 there
-BELOW, ABOVE = 0.99, 1.05  # issue 13's targets, adaptive / best rival
 # goodput counts the TPOT bound alone, not the policy map's per-token latency bound
 TPOT_GOODPUT = {"slo_per_token_s": None}
 
@@ -84,14 +74,7 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
     out = common.output_dir(args, "slo_map")
-    hosts = QUICK["hosts"] if args.quick else tuple(HOSTS)
-    workloads = [
-        w
-        for w in (QUICK["workloads"] if args.quick else tuple(WORKLOADS))
-        if w not in TRACE_FILES or TRACE_FILES[w].exists()
-    ]
-    loads = QUICK["loads"] if args.quick else LOADS
-    requests = QUICK["requests"] if args.quick else FULL_REQUESTS
+    hosts, workloads, loads, requests = map_scope(args.quick)
     started = time.perf_counter()
 
     # Phase 1: gpu-only offline (capacity), then at each load: the cells' TPOT bounds.
