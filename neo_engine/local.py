@@ -60,7 +60,8 @@ def host_memory_bytes() -> float:
 
 def source_commit() -> str:
     """The checkout's commit (with "+dirty" if it has uncommitted changes), or "unknown"
-    outside a git checkout: which code produced a result. Result folders do not count: a
+    outside a git checkout unless NEO_SOURCE_COMMIT names it (a copy of the tree without its
+    .git, as on a lent GPU machine): which code produced a result. Result folders do not count: a
     benchmark that writes several files would otherwise call its own later ones dirty."""
     import subprocess
 
@@ -86,9 +87,9 @@ def source_commit() -> str:
             timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("NEO_SOURCE_COMMIT", "unknown")
     if head.returncode != 0:
-        return "unknown"
+        return os.environ.get("NEO_SOURCE_COMMIT", "unknown")
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 

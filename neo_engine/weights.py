@@ -161,12 +161,16 @@ def load_checkpoint(
 def random_weights(
     spec: ModelSpec, dtype: torch.dtype, device: torch.device, seed: int = 0
 ) -> ModelWeights:
-    """Random weights of the right shapes (std 0.02, norms at 1), for dummy:PRESET models."""
-    gen = torch.Generator().manual_seed(seed)
+    """Random weights of the right shapes (std 0.02, norms at 1), for dummy:PRESET models.
+    On a CUDA device they are drawn there (an 8B model's 8e9 numbers take ~40 s on a host
+    core and milliseconds on a GPU), so a CUDA model's numbers differ from a CPU one's."""
+    draw_on = device if device.type == "cuda" else torch.device("cpu")
+    gen = torch.Generator(device=draw_on).manual_seed(seed)
     h, q, kv, inter = spec.hidden_size, spec.q_size, spec.kv_size, spec.intermediate_size
 
     def rand(*shape: int) -> torch.Tensor:
-        return (torch.randn(*shape, generator=gen) * 0.02).to(device=device, dtype=dtype)
+        drawn = torch.randn(*shape, generator=gen, device=draw_on, dtype=torch.float32)
+        return (drawn * 0.02).to(device=device, dtype=dtype)
 
     def ones(n: int) -> torch.Tensor:
         return torch.ones(n, device=device, dtype=dtype)

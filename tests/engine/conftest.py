@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# The device the engine's correctness tests run it on: cpu here and in CI; cuda on a lent GPU
+# (benchmarks/gpu/run.sh sets NEO_TEST_DEVICE=cuda). transformers' reference stays on the CPU.
+DEVICE = os.environ.get("NEO_TEST_DEVICE", "cpu")
 
 
 def save_tiny_llama(directory, num_kv_heads: int, seed: int = 0, initializer_range: float = 0.02):

@@ -21,6 +21,7 @@ from neo_sim.scheduler import POLICIES, Mode
 from neo_sim.scheduler.gpu_only import GpuOnlyPolicy
 from neo_sim.simulator import Simulation
 from neo_sim.workload import synthetic
+from tests.engine.conftest import DEVICE
 
 # (policy, TPOT SLO in seconds): every policy, and adaptive planning within an SLO (0.1 s keeps
 # host decodes in its plans at this load)
@@ -34,6 +35,7 @@ def test_simulator_and_engine_make_identical_plans(policy, slo_tpot_s):
     engine = LLMEngine(
         EngineConfig.of(
             "dummy:tiny",
+            device=DEVICE,
             policy=policy,
             clock="predicted",
             gpu_kv_blocks=14,

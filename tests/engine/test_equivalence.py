@@ -11,7 +11,7 @@ from neo_sim.costmodel import RooflineCostModel
 from neo_sim.hardware import PRESETS as HW
 from neo_sim.model import PRESETS as MODELS
 from neo_sim.scheduler import Mode
-from tests.engine.conftest import hf_greedy
+from tests.engine.conftest import DEVICE, hf_greedy
 
 NEW_TOKENS = 20
 CASES = [  # (policy, GPU KV blocks of 4 tokens)
@@ -43,6 +43,7 @@ def test_greedy_tokens_equal_transformers(tiny_llama, prompts, policy, gpu_block
     expected = hf_greedy(model, prompts, NEW_TOKENS)
     llm = LLM(
         str(directory),
+        device=DEVICE,
         dtype="float32",  # transformers' precision: equality, not closeness
         policy=policy,
         gpu_kv_blocks=gpu_blocks,
@@ -76,6 +77,7 @@ def test_offloading_plans_give_the_same_tokens(tiny_llama, prompts, policy, mode
     expected = hf_greedy(model, prompts, NEW_TOKENS)
     llm = LLM(
         str(directory),
+        device=DEVICE,
         dtype="float32",  # transformers' precision: equality, not closeness
         policy=policy,
         gpu_kv_blocks=10,

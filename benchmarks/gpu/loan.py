@@ -1,0 +1,426 @@
+"""What one GPU loan measures, step by step (`benchmarks/gpu/run.sh` runs the steps in order).
+
+    python -m benchmarks.gpu.loan env    --device cuda --out DIR   # DIR/env.json
+    python -m benchmarks.gpu.loan micro  --device cuda --out DIR   # DIR/micro.json
+    python -m benchmarks.gpu.loan engine --device cuda --out DIR --profile DIR/profile.json
+    python -m benchmarks.gpu.loan summary --out DIR                # DIR/summary.md, printed
+
+`micro`: the engine's device decode attention, its host decode attention (all host cores) and
+host<->device copies, each against its physical limit (the device's and the host's measured
+memory read bandwidth; PCIe from the datasheet). `engine`: the real engine, offline, on a
+Llama-3-8B-shaped model with random bf16 weights and a device KV pool small enough that KV,
+not compute, bounds the batch (the regime NEO is for), one run per policy on the same
+requests; beside each, neo-sim's prediction of the same run on the profile `neo-profile`
+measured just before (`--profile`). `--device cpu --quick` is the rehearsal: the same steps on
+a tiny model on this machine's CPU, in about a minute (tests/engine/test_gpu_loan.py runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+# PCIe Gen5 x16 per direction: the NVIDIA H200 datasheet gives "PCIe Gen5: 128 GB/s" (both
+# directions together).
+PCIE_GEN5_X16_GBS = 64.0
+# HBM3e of the H200: NVIDIA H200 datasheet, 4.8 TB/s; the measured read bandwidth is the limit
+# the report uses, this is for the record.
+H200_HBM_DATASHEET_GBS = 4800.0
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """The KV-limited offline run: one workload, every policy, engine beside simulator."""
+
+    model: str  # dummy:PRESET: random weights of that shape
+    dtype: str
+    num_requests: int
+    input_len: int  # tokens per prompt (the workload spreads lengths +-10% around it)
+    output_len: int  # tokens generated per request (ignore_eos)
+    gpu_kv_requests: int  # requests whose whole context the device KV pool holds
+    block_size: int
+    policies: tuple[str, ...]
+
+    @property
+    def gpu_kv_blocks(self) -> int:
+        per_request = math.ceil(1.1 * (self.input_len + self.output_len) / self.block_size)
+        return self.gpu_kv_requests * per_request
+
+    @property
+    def cpu_kv_blocks(self) -> int:
+        per_request = math.ceil(1.1 * (self.input_len + self.output_len) / self.block_size) + 1
+        return self.num_requests * per_request + 16
+
+
+@dataclass(frozen=True)
+class MicroPoints:
+    """The operator points the micro-benchmarks time: (batch, context) pairs."""
+
+    model: str
+    device_attention: tuple[tuple[int, int], ...]
+    host_attention: tuple[tuple[int, int], ...]
+    copy_bytes: int
+
+
+POLICIES = ("gpu-only", "neo", "apex", "adaptive")
+ENGINE_RUNS = {
+    # one H200, Llama-3-8B shape: the device pool holds 16 requests' contexts (~10K tokens)
+    "cuda": EngineRun("dummy:llama-3-8b", "bfloat16", 64, 512, 128, 16, 16, POLICIES),
+    # the rehearsal: a tiny model on this machine's CPU standing in for the GPU
+    "cpu": EngineRun("dummy:tiny", "float32", 12, 32, 12, 3, 8, POLICIES),
+}
+MICRO = {
+    "cuda": MicroPoints(
+        "dummy:llama-3-8b", ((16, 1024), (64, 1024), (64, 4096)), ((16, 1024), (64, 2048)), 2**28
+    ),
+    "cpu": MicroPoints("dummy:tiny", ((4, 256),), ((4, 256),), 2**26),
+}
+
+
+# ---- env -------------------------------------------------------------------------------------
+def step_env(device: str, out: Path) -> dict:
+    """What the machine is: Python, torch, CUDA, the GPU, host cores and CPU, compilers."""
+    import torch
+
+    from neo_sim.machine import this_machine
+
+    info: dict = {
+        "python": platform.python_version(),
+        "executable": sys.executable,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "host_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "machine": this_machine(),
+        "compilers": {name: shutil.which(name) for name in ("g++", "c++", "nvcc", "ninja")},
+        "carried_wheels": os.environ.get("NEO_CARRIED_WHEELS", "none"),
+    }
+    for name in ("transformers", "numpy", "pandas", "scipy", "safetensors", "pytest"):
+        try:
+            module = __import__(name)
+            info[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            info[name] = None
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = {
+            "name": props.name,
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "multiprocessors": props.multi_processor_count,
+            "capability": f"{props.major}.{props.minor}",
+        }
+    write(out / "env.json", info)
+    return info
+
+
+# ---- micro -----------------------------------------------------------------------------------
+def device_read_gbs(device: str) -> float:
+    """GB/s of summing a buffer several times the caches (all host threads on a CPU)."""
+    import torch
+
+    size = 2**31 if device == "cuda" else 2**28
+    x = torch.ones(size // 4, dtype=torch.float32, device=device)
+    best = math.inf
+    for _ in range(5):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        x.sum().item()
+        best = min(best, time.perf_counter() - started)
+    return size / best / 1e9
+
+
+def step_micro(device: str, out: Path) -> dict:
+    """Decode attention on the device and on the host, and copies both ways, each as GB/s
+    against its physical limit (per-layer times read from the engine's executor in situ)."""
+    import torch
+
+    from neo_engine.config import LoadSettings
+    from neo_engine.opbench import CopyBench, InSituBench
+
+    points = MICRO[device]
+    spec = LoadSettings(points.model, device=device, dtype=ENGINE_RUNS[device].dtype).model_spec()
+    kv_bytes = spec.kv_bytes_per_token_per_layer
+    limits = {"device_read_gbs": device_read_gbs(device), "host_read_gbs": device_read_gbs("cpu")}
+    if device == "cuda":
+        limits |= {
+            "pcie_datasheet_gbs": PCIE_GEN5_X16_GBS,
+            "hbm_datasheet_gbs": H200_HBM_DATASHEET_GBS,
+        }
+    bench = InSituBench(spec, torch.device(device), repeats=5)
+    rows = []
+    for where, pairs, timer, limit in (
+        ("device", points.device_attention, bench.time_gpu_decode_attn, "device_read_gbs"),
+        ("host", points.host_attention, bench.time_cpu_decode_attn, "host_read_gbs"),
+    ):
+        for batch, context in pairs:
+            seconds = timer(batch, context)
+            gbs = batch * context * kv_bytes / seconds / 1e9
+            rows.append(
+                {
+                    "op": f"{where}_decode_attention",
+                    "batch": batch,
+                    "context": context,
+                    "ms_per_layer": 1e3 * seconds,
+                    "kv_gbs": gbs,
+                    "of_limit": gbs / limits[limit],
+                    "limit": limit,
+                }
+            )
+            print(f"{where} decode attention {batch}x{context}: {gbs:.1f} GB/s of KV")
+    bench.close()
+    copies = CopyBench(torch.device(device), repeats=10)
+    for to_device in (True, False):
+        seconds = copies.time_copy(points.copy_bytes, to_device)
+        gbs = points.copy_bytes / seconds / 1e9
+        limit = "pcie_datasheet_gbs" if device == "cuda" else "host_read_gbs"
+        rows.append(
+            {
+                "op": "h2d" if to_device else "d2h",
+                "bytes": points.copy_bytes,
+                "ms": 1e3 * seconds,
+                "gbs": gbs,
+                "of_limit": gbs / limits[limit],
+                "limit": limit,
+            }
+        )
+        print(f"{'h2d' if to_device else 'd2h'} {points.copy_bytes >> 20} MiB: {gbs:.1f} GB/s")
+    copies.close()
+    result = {"model": spec.name, "dtype": spec.dtype, "limits": limits, "rows": rows}
+    write(out / "micro.json", result)
+    return result
+
+
+# ---- engine ----------------------------------------------------------------------------------
+def step_engine(device: str, out: Path, profile: Path, budget_s: float) -> dict:
+    """Every policy on the same KV-limited offline workload: the engine's measured tokens/s
+    beside neo-sim's prediction on `profile`. A policy whose run would not end within
+    `budget_s` (judged by the longest run so far) is skipped, and one that fails is recorded
+    with its error; the others still run."""
+    import torch
+
+    from neo_sim.scheduler import SchedulerConfig
+    from neo_sim.workload import WorkloadSettings, build_workload
+
+    run = ENGINE_RUNS[device]
+    requests = WorkloadSettings(
+        num_requests=run.num_requests,
+        rate=math.inf,
+        input_len=run.input_len,
+        output_len=run.output_len,
+    )
+    workload = build_workload(requests)
+    scheduler = SchedulerConfig(
+        num_gpu_blocks=run.gpu_kv_blocks,
+        num_cpu_blocks=run.cpu_kv_blocks,
+        block_size=run.block_size,
+    )
+    started = time.perf_counter()
+    rows, skipped, failed = [], [], {}
+    longest = 0.0
+    for policy in run.policies:
+        if time.perf_counter() - started + longest > budget_s:
+            skipped.append(policy)
+            print(f"engine: {policy} skipped (would end past the {budget_s:.0f} s budget)")
+            continue
+        began = time.perf_counter()
+        try:
+            row = engine_and_simulator(run, policy, device, workload, requests, scheduler, profile)
+        except Exception as exc:  # one policy's failure is a finding, not the end of the loan
+            failed[policy] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+            continue
+        finally:
+            longest = max(longest, time.perf_counter() - began)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+        print(
+            f"engine: {policy}: {row['engine_tok_s']:.1f} tok/s (neo-sim {row['sim_tok_s']:.1f}, "
+            f"{100 * row['sim_error']:+.1f}%), mean batch {row['mean_batch']:.1f}, "
+            f"{row['host_decodes']} host decodes, {row['wall_s']:.1f} s"
+        )
+    gpu_only = next((r["engine_tok_s"] for r in rows if r["policy"] == "gpu-only"), None)
+    for r in rows:
+        r["vs_gpu_only"] = r["engine_tok_s"] / gpu_only if gpu_only else None
+    result = {
+        "run": dataclasses.asdict(run)
+        | {"gpu_kv_blocks": run.gpu_kv_blocks, "cpu_kv_blocks": run.cpu_kv_blocks},
+        "profile": str(profile),
+        "rows": rows,
+        "skipped": skipped,
+        "failed": failed,
+    }
+    write(out / "engine.json", result)
+    return result
+
+
+def engine_and_simulator(
+    run: EngineRun, policy: str, device: str, workload, requests, scheduler, profile: Path
+) -> dict:
+    """One policy: the engine's offline run, then neo-sim's on the same requests and pools."""
+    from neo_engine.config import EngineConfig
+    from neo_engine.engine import LLMEngine
+    from neo_engine.fidelity import engine_metrics, warm_up
+    from neo_engine.replay import replay
+    from neo_sim.profile import load_profile
+    from neo_sim.profiled import ProfiledCostModel
+    from neo_sim.simulator import Simulation
+
+    engine = LLMEngine(
+        EngineConfig.of(
+            run.model,
+            device=device,
+            dtype=run.dtype,
+            policy=policy,
+            profile=str(profile),
+            max_model_len=2 * (run.input_len + run.output_len),
+            scheduler=scheduler,
+        )
+    )
+    try:
+        warm_up(engine, requests)
+        began = time.perf_counter()
+        outputs = replay(engine, workload)
+        wall = time.perf_counter() - began
+        summary = engine_metrics(engine, workload, outputs).summary()
+        plans = [it.plan for it in engine.iterations]
+        config, spec = engine.scheduler_config, engine.spec
+    finally:
+        engine.close()
+    cost = ProfiledCostModel(load_profile(profile), spec)
+    sim = Simulation(policy, config, cost, workload, lanes_share_compute=device == "cpu").run()
+    sim_summary = sim.metrics.summary()
+    modes = [p.mode.value for p in plans]
+    return {
+        "policy": policy,
+        "engine_tok_s": summary["throughput_tok_s"],
+        "sim_tok_s": sim_summary["throughput_tok_s"],
+        "sim_error": sim_summary["throughput_tok_s"] / summary["throughput_tok_s"] - 1,
+        "engine_tpot_p50_s": summary["tpot_p50"],
+        "sim_tpot_p50_s": sim_summary["tpot_p50"],
+        "completed": summary["completed"],
+        "iterations": len(plans),
+        "mean_batch": sum(p.num_seqs for p in plans) / max(1, len(plans)),
+        "host_decodes": sum(len(p.cpu_decodes) for p in plans),
+        "modes": {m: modes.count(m) for m in sorted(set(modes))},
+        "wall_s": wall,
+    }
+
+
+# ---- summary ---------------------------------------------------------------------------------
+def step_summary(out: Path) -> str:
+    """summary.md from whatever the steps wrote (a missing step is said to be missing)."""
+
+    def read(name: str) -> dict | None:
+        path = out / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    lines = ["# GPU loan: summary", ""]
+    env = read("env.json")
+    if env:
+        gpu = env.get("gpu", {}).get("name", "no GPU")
+        lines += [
+            f"- machine: {gpu}; {env['host_cores']} host cores ({env['machine'].get('cpu')}); "
+            f"torch {env['torch']} (CUDA {env['torch_cuda']}); Python {env['python']}",
+            "",
+        ]
+    tests = out / "tests.log"
+    if tests.exists():
+        last = [line for line in tests.read_text().splitlines() if line.strip()][-1:]
+        lines += [f"- correctness tests: {last[0] if last else 'no output'}", ""]
+    micro = read("micro.json")
+    if micro:
+        lines += ["| operator | shape | GB/s | of limit | limit |", "|---|---|---:|---:|---|"]
+        for r in micro["rows"]:
+            shape = f"{r['batch']}x{r['context']}" if "batch" in r else f"{r['bytes'] >> 20} MiB"
+            gbs = r.get("kv_gbs", r.get("gbs"))
+            limit = micro["limits"][r["limit"]]
+            lines.append(
+                f"| {r['op']} | {shape} | {gbs:.1f} | {100 * r['of_limit']:.0f}% | "
+                f"{r['limit']} {limit:.1f} |"
+            )
+        lines.append("")
+    engine = read("engine.json")
+    if engine:
+        run = engine["run"]
+        lines += [
+            f"Engine offline, {run['model']} ({run['dtype']}), {run['num_requests']} requests x "
+            f"({run['input_len']} + {run['output_len']}) tokens, device KV {run['gpu_kv_blocks']} "
+            f"blocks of {run['block_size']}:",
+            "",
+            "| policy | engine tok/s | vs gpu-only | neo-sim tok/s | sim error | mean batch | "
+            "host decodes |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in engine["rows"]:
+            vs = f"{r['vs_gpu_only']:.2f}x" if r["vs_gpu_only"] else "-"
+            lines.append(
+                f"| {r['policy']} | {r['engine_tok_s']:.1f} | {vs} | {r['sim_tok_s']:.1f} | "
+                f"{100 * r['sim_error']:+.1f}% | {r['mean_batch']:.1f} | {r['host_decodes']} |"
+            )
+        for policy, error in engine.get("failed", {}).items():
+            lines.append(f"\n{policy} FAILED: {error}")
+        if engine["skipped"]:
+            lines.append(f"\nskipped (time budget): {', '.join(engine['skipped'])}")
+        lines.append("")
+    for name in ("env.json", "tests.log", "micro.json", "profile.json", "engine.json"):
+        if not (out / name).exists():
+            lines.append(f"- missing: {name} (its step failed or ran out of time; see run.log)")
+    text = "\n".join(lines) + "\n"
+    (out / "summary.md").write_text(text)
+    print(text)
+    return text
+
+
+def write(path: Path, data: dict) -> None:
+    from neo_engine.local import machine_summary
+
+    path.write_text(json.dumps(data | {"recorded_on": machine_summary()}, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu.loan", description=__doc__)
+    p.add_argument("step", choices=("env", "micro", "engine", "summary"))
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    p.add_argument("--out", required=True, help="folder the step writes its file to")
+    p.add_argument("--profile", help="the measured profile neo-sim predicts with (engine)")
+    p.add_argument(
+        "--budget-s", type=float, default=600.0, help="engine: seconds its runs may take in all"
+    )
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.device == "cuda" and args.step != "summary":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("loan: --device cuda but torch sees no CUDA device", file=sys.stderr)
+            return 2
+    if args.step == "env":
+        step_env(args.device, out)
+    elif args.step == "micro":
+        step_micro(args.device, out)
+    elif args.step == "engine":
+        if not args.profile:
+            p.error("engine needs --profile")
+        step_engine(args.device, out, Path(args.profile), args.budget_s)
+    else:
+        step_summary(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
