@@ -398,13 +398,17 @@ def _ratio_cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-# Targets the report checks (issue 17): the error bound and the loads it applies to.
+ITERATION_MAPE_TARGET = 0.10  # per-iteration MAPE once drift is accounted for (issue 17)
+# Targets the report checks (issue 17's, at the saturated loads it names; TPOT also where the
+# arrivals set the pace): the error bound and the loads it applies to. An iteration_mape
+# row's error is the MAPE itself; a miss's cause says how much of it is the machine's drift.
 TARGETS = {
     "throughput": (0.05, ("offline", "overload")),  # where the system decides throughput
+    "ttft_p50": (0.10, ("offline", "overload")),
     "tpot_p50": (0.10, ("offline", "overload", "unsaturated")),
+    "iteration_mape": (ITERATION_MAPE_TARGET, ("offline", "overload")),
 }
 SAME_KIND = 0.05  # two kinds' measured/predicted ratios closer than this move together
-ITERATION_MAPE_TARGET = 0.10  # per-iteration MAPE once drift is accounted for (issue 17)
 
 
 def target_bounds() -> str:
@@ -867,7 +871,8 @@ bandwidth state while those in it kept the per-iteration MAPE within
 |---|---|---|---|---|---|
 {target_verdicts(results, rows, anchored, tracked)}
 
-Targets: throughput error <= 5%, p50 TTFT and TPOT error <= 10%, per-iteration MAPE <= 10%.
+These are issue 17's targets (throughput error <= 5%, p50 TTFT and TPOT error <= 10%,
+per-iteration MAPE <= 10%, at the saturated loads), each checked in the table above.
 This machine's own repeatability is worse than the latency targets: the same in-situ
 measurement of one operator ranges over +-30% within a minute, and the profile and the engine
 runs are minutes apart, so a drift between them biases every latency the same way.

@@ -127,6 +127,13 @@ def test_a_missed_target_is_put_on_the_machine_or_on_a_kind_of_iteration():
         row("gpu-only", "unsaturated", "tpot_p50", -0.3),
     ]
     rows.append(row("apex", "overload", "tpot_p50", -0.25))
+    # TTFT and the per-iteration MAPE are targeted at the saturated loads only
+    rows += [
+        row("neo", "offline", "ttft_p50", -0.108),
+        row("neo", "unsaturated", "ttft_p50", 0.5),
+        row("neo", "overload", "iteration_mape", 0.047),
+        row("gpu-only", "unsaturated", "iteration_mape", 0.18),
+    ]
     anchored = [row("gpu-only", "offline", "throughput", 0.062)]
     table = target_verdicts(results, rows, anchored).splitlines()
     assert table == [
@@ -137,8 +144,12 @@ def test_a_missed_target_is_put_on_the_machine_or_on_a_kind_of_iteration():
         "| neo | offline | throughput | +9.0% | <= 5% | missed: the decode-only iterations' "
         "operators (iterations ran prefill-bearing 1.01x, decode-only 1.20x their prediction, "
         "with the reference kernel steady) |",
+        "| neo | offline | ttft_p50 | -10.8% | <= 10% | missed: the decode-only iterations' "
+        "operators (iterations ran prefill-bearing 1.01x, decode-only 1.20x their prediction, "
+        "with the reference kernel steady) |",
         "| neo | overload | throughput | +11.0% | <= 5% | missed: the profile's level as a whole "
         "(iterations ran prefill-bearing 1.12x, decode-only 1.13x their prediction) |",
+        "| neo | overload | iteration_mape | +4.7% | <= 10% | met |",
         "| neo | unsaturated | tpot_p50 | -2.0% | <= 10% | met |",
         "| gpu-only | unsaturated | tpot_p50 | -30.0% | <= 10% | missed: the machine: 70% of the "
         "iterations ran with the memory bandwidth more than 10% off its value at profiling "
