@@ -189,6 +189,20 @@ H100_SXM = GPUSpec(
         "(1,979 sparse)",
     },
 )
+# Not a host preset (the lent machine's host CPU has no datasheet here): the GPU the device
+# loan of issue 16 runs on, for the derived-vs-measured comparison (benchmarks/gpu/loan.py).
+H200_SXM = GPUSpec(
+    "NVIDIA H200 SXM 141GB",
+    141 * GiB,
+    4800 * GB,
+    989 * TFLOPS,
+    sources={
+        "memory_bytes": "NVIDIA H200 datasheet: 141 GB HBM3e",
+        "hbm_bytes_per_s": "NVIDIA H200 datasheet: 4.8 TB/s",
+        "peak_flops_per_s": "NVIDIA H200 datasheet: 1,979 TFLOPS BF16/FP16 Tensor with "
+        "sparsity, so 989 dense (the H100 SXM's)",
+    },
+)
 H100_NVLINK = 450 * GB
 _NVLINK_SRC = "NVIDIA H100 datasheet: NVLink 900 GB/s total, 450 GB/s per direction"
 

@@ -2,17 +2,21 @@
 
     python -m benchmarks.gpu.loan env    --device cuda --out DIR   # DIR/env.json
     python -m benchmarks.gpu.loan micro  --device cuda --out DIR   # DIR/micro.json
+    python -m benchmarks.gpu.loan derived --device cuda --out DIR --profile DIR/profile.json
     python -m benchmarks.gpu.loan engine --device cuda --out DIR --profile DIR/profile.json
     python -m benchmarks.gpu.loan summary --out DIR                # DIR/summary.md, printed
 
 `micro`: the engine's device decode attention, its host decode attention (all host cores) and
 host<->device copies, each against its physical limit (the device's and the host's measured
-memory read bandwidth; PCIe from the datasheet). `engine`: the real engine, offline, on a
-Llama-3-8B-shaped model with random bf16 weights and a device KV pool small enough that KV,
-not compute, bounds the batch (the regime NEO is for), one run per policy on the same
-requests; beside each, neo-sim's prediction of the same run on the profile `neo-profile`
-measured just before (`--profile`). `--device cpu --quick` is the rehearsal: the same steps on
-a tiny model on this machine's CPU, in about a minute (tests/engine/test_gpu_loan.py runs it).
+memory read bandwidth; PCIe from its specification). `derived`: the measured profile against
+the cost model the toolkit would have used without it (on CUDA the H200's datasheet peaks
+times the efficiencies calibrated on A100/A40 measurements: a GPU the calibration never saw).
+`engine`: the real engine, offline, on a Llama-3-8B-shaped model with random bf16 weights and a
+device KV pool small enough that KV, not compute, bounds the batch (the regime NEO is for),
+one run per policy on the same requests; beside each, neo-sim's prediction of the same run on
+the profile `neo-profile` measured just before (`--profile`). `--device cpu` is the rehearsal:
+the same steps on a tiny model on this machine's CPU, in about half a minute
+(tests/engine/test_gpu_loan.py runs it).
 """
 
 from __future__ import annotations
@@ -29,13 +33,6 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-
-# PCIe Gen5 x16 per direction: the NVIDIA H200 datasheet gives "PCIe Gen5: 128 GB/s" (both
-# directions together).
-PCIE_GEN5_X16_GBS = 64.0
-# HBM3e of the H200: NVIDIA H200 datasheet, 4.8 TB/s; the measured read bandwidth is the limit
-# the report uses, this is for the record.
-H200_HBM_DATASHEET_GBS = 4800.0
 
 
 @dataclass(frozen=True)
@@ -154,9 +151,11 @@ def step_micro(device: str, out: Path) -> dict:
     kv_bytes = spec.kv_bytes_per_token_per_layer
     limits = {"device_read_gbs": device_read_gbs(device), "host_read_gbs": device_read_gbs("cpu")}
     if device == "cuda":
+        from neo_sim.hardware import H200_SXM, PCIE5_X16
+
         limits |= {
-            "pcie_datasheet_gbs": PCIE_GEN5_X16_GBS,
-            "hbm_datasheet_gbs": H200_HBM_DATASHEET_GBS,
+            "pcie_datasheet_gbs": PCIE5_X16 / 1e9,
+            "hbm_datasheet_gbs": H200_SXM.hbm_bytes_per_s / 1e9,
         }
     bench = InSituBench(spec, torch.device(device), repeats=5)
     rows = []
@@ -199,6 +198,53 @@ def step_micro(device: str, out: Path) -> dict:
     copies.close()
     result = {"model": spec.name, "dtype": spec.dtype, "limits": limits, "rows": rows}
     write(out / "micro.json", result)
+    return result
+
+
+# ---- derived ---------------------------------------------------------------------------------
+def step_derived(device: str, out: Path, profile_path: Path) -> dict:
+    """Per operator, the derived cost model's time over the measured one at every grid point
+    of the profile: on CUDA the H200's datasheet peaks times the default (calibrated)
+    efficiencies, PCIe Gen5 from its specification, the host as the profile probed it; on a
+    CPU device (the rehearsal) the profile's own probed roofline."""
+    import statistics
+
+    from neo_sim.costmodel import Efficiencies, RooflineCostModel
+    from neo_sim.operators import SAMPLED
+    from neo_sim.profile import load_profile, sample_points
+
+    profile = load_profile(profile_path)
+    hardware = profile.hardware
+    if device == "cuda":
+        from neo_sim.hardware import H200_SXM, PCIE5_X16
+
+        hardware = dataclasses.replace(
+            hardware, gpu=H200_SXM, pcie_h2d_bytes_per_s=PCIE5_X16, pcie_d2h_bytes_per_s=PCIE5_X16
+        )
+        efficiencies, what = Efficiencies(), "H200 datasheet x calibrated efficiencies"
+    else:
+        efficiencies, what = Efficiencies.of_probed_rates(), "this machine's probed roofline"
+    derived = RooflineCostModel(profile.model, hardware, efficiencies)
+    rows = []
+    for op in SAMPLED:
+        ratios = [
+            derived.evaluate(op.name, *op.from_axes(*point)) / seconds
+            for point, seconds in sample_points(profile.samples[op.name])
+            if seconds > 0
+        ]
+        rows.append(
+            {
+                "op": op.name,
+                "points": len(ratios),
+                "median_ratio": statistics.median(ratios),
+                "mape": statistics.fmean(abs(r - 1) for r in ratios),
+                "lowest_ratio": min(ratios),
+                "highest_ratio": max(ratios),
+            }
+        )
+        print(f"derived/measured {op.name}: median {rows[-1]['median_ratio']:.2f}x")
+    result = {"derived": what, "model": profile.model.name, "rows": rows}
+    write(out / "derived.json", result)
     return result
 
 
@@ -352,6 +398,21 @@ def step_summary(out: Path) -> str:
                 f"{r['limit']} {limit:.1f} |"
             )
         lines.append("")
+    derived = read("derived.json")
+    if derived:
+        lines += [
+            f"Measured profile against the derived one ({derived['derived']}), derived / "
+            "measured time over the profile's grid points:",
+            "",
+            "| operator | points | median | lowest | highest | MAPE |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in derived["rows"]:
+            lines.append(
+                f"| {r['op']} | {r['points']} | {r['median_ratio']:.2f}x | "
+                f"{r['lowest_ratio']:.2f}x | {r['highest_ratio']:.2f}x | {100 * r['mape']:.0f}% |"
+            )
+        lines.append("")
     engine = read("engine.json")
     if engine:
         run = engine["run"]
@@ -375,7 +436,14 @@ def step_summary(out: Path) -> str:
         if engine["skipped"]:
             lines.append(f"\nskipped (time budget): {', '.join(engine['skipped'])}")
         lines.append("")
-    for name in ("env.json", "tests.log", "micro.json", "profile.json", "engine.json"):
+    for name in (
+        "env.json",
+        "tests.log",
+        "micro.json",
+        "profile.json",
+        "derived.json",
+        "engine.json",
+    ):
         if not (out / name).exists():
             lines.append(f"- missing: {name} (its step failed or ran out of time; see run.log)")
     text = "\n".join(lines) + "\n"
@@ -393,10 +461,10 @@ def write(path: Path, data: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu.loan", description=__doc__)
-    p.add_argument("step", choices=("env", "micro", "engine", "summary"))
+    p.add_argument("step", choices=("env", "micro", "derived", "engine", "summary"))
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     p.add_argument("--out", required=True, help="folder the step writes its file to")
-    p.add_argument("--profile", help="the measured profile neo-sim predicts with (engine)")
+    p.add_argument("--profile", help="the measured profile (derived, engine)")
     p.add_argument(
         "--budget-s", type=float, default=600.0, help="engine: seconds its runs may take in all"
     )
@@ -413,9 +481,11 @@ def main(argv: list[str] | None = None) -> int:
         step_env(args.device, out)
     elif args.step == "micro":
         step_micro(args.device, out)
+    elif args.step in ("derived", "engine") and not args.profile:
+        p.error(f"{args.step} needs --profile")
+    elif args.step == "derived":
+        step_derived(args.device, out, Path(args.profile))
     elif args.step == "engine":
-        if not args.profile:
-            p.error("engine needs --profile")
         step_engine(args.device, out, Path(args.profile), args.budget_s)
     else:
         step_summary(out)

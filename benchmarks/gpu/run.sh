@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU loan in one command (issue 16): checks, CUDA correctness tests, micro-benchmarks, a
-# measured profile, the engine gpu-only vs neo (vs apex, adaptive) in the KV-limited regime, and
-# neo-sim's prediction of the same runs. Everything lands in $OUT (at most 8 files):
-#   env.json tests.log micro.json profile.json engine.json summary.md run.log
+# measured profile (beside the derived one), the engine gpu-only vs neo (vs apex, adaptive) in
+# the KV-limited regime, and neo-sim's prediction of the same runs. Everything lands in $OUT (at most 8 files):
+#   env.json tests.log micro.json profile.json derived.json engine.json summary.md run.log
 #
-#   benchmarks/gpu/run.sh                       # on the lent machine: --device cuda, ~7 min
-#   benchmarks/gpu/run.sh --device cpu --quick  # the rehearsal here (tiny model, ~2 min)
+#   benchmarks/gpu/run.sh                       # on the lent machine: --device cuda, <= 9 min
+#   benchmarks/gpu/run.sh --device cpu --quick  # the rehearsal here (tiny model, ~30 s)
 #
 # Installs nothing from a network. Python packages the machine's image lacks travel as wheels
 # in .whl/ (the device tool's README says how); none are needed today: the image has torch,
@@ -76,6 +76,9 @@ timeout "$(cap "$LIMIT_PROFILE")" "$PY" -m neo_engine.profiler "${PROFILE_ARGS[@
   --output "$OUT/profile.json" 2>&1 | grep -v "profiling:"
 
 if [ -f "$OUT/profile.json" ]; then
+  stamp "the measured profile against the derived one"
+  timeout 60 "$PY" -m benchmarks.gpu.loan derived --device "$DEVICE" --out "$OUT" \
+    --profile "$OUT/profile.json"
   stamp "engine vs neo-sim, every policy"
   limit=$(cap "$LIMIT_ENGINE")
   timeout "$limit" "$PY" -m benchmarks.gpu.loan engine --device "$DEVICE" --out "$OUT" \

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.gpu.loan import POLICIES, step_summary
+from benchmarks.gpu.loan import POLICIES, step_derived, step_summary
+from neo_sim.operators import SAMPLED
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,8 @@ def test_the_rehearsal_runs_every_step_and_reports_every_policy(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     written = {p.name for p in tmp_path.iterdir()}
-    expected = {"env.json", "tests.log", "micro.json", "profile.json", "engine.json"}
+    expected = {"env.json", "tests.log", "micro.json", "profile.json", "derived.json"}
+    expected |= {"engine.json"}
     assert expected | {"summary.md", "run.log"} <= written
     assert len(written) <= 8  # what the device tool brings back from $OUT
     assert " passed" in (tmp_path / "tests.log").read_text()
@@ -34,6 +36,9 @@ def test_the_rehearsal_runs_every_step_and_reports_every_policy(tmp_path):
     ops = {r["op"] for r in micro["rows"]}
     assert ops == {"device_decode_attention", "host_decode_attention", "h2d", "d2h"}
     assert all(r["of_limit"] > 0 for r in micro["rows"])
+    derived = json.loads((tmp_path / "derived.json").read_text())
+    assert {r["op"] for r in derived["rows"]} == {op.name for op in SAMPLED}
+    assert all(r["points"] > 0 and r["median_ratio"] > 0 for r in derived["rows"])
     engine = json.loads((tmp_path / "engine.json").read_text())
     assert not engine["failed"] and not engine["skipped"]
     rows = {r["policy"]: r for r in engine["rows"]}
@@ -50,5 +55,19 @@ def test_the_summary_names_the_steps_that_left_nothing(tmp_path):
     (tmp_path / "tests.log").write_text("3 passed in 1.0s\n")
     text = step_summary(tmp_path)
     assert "correctness tests: 3 passed" in text
-    for name in ("env.json", "micro.json", "profile.json", "engine.json"):
+    for name in ("env.json", "micro.json", "profile.json", "derived.json", "engine.json"):
         assert f"missing: {name}" in text
+
+
+def test_on_cuda_the_profile_is_set_against_the_h200_datasheet_and_calibrated_efficiencies(
+    tmp_path,
+):
+    """The derived side of the loan's comparison needs no GPU: any measured profile can be put
+    against the H200's datasheet roofline (here the shipped CPU profile, so only the shape of
+    the result is checked)."""
+    profile = ROOT / "profiles" / "cpu-2core-vm__small.json"
+    result = step_derived("cuda", tmp_path, profile)
+    assert result["derived"] == "H200 datasheet x calibrated efficiencies"
+    ratios = {r["op"]: r["median_ratio"] for r in result["rows"]}
+    # an H200 computes and reads memory far faster than a 2-core VM
+    assert ratios["linear"] < 0.2 and ratios["gpu_decode_attn"] < 0.5
