@@ -8,7 +8,7 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   pays for the seconds it adds (`_extend_pipelined`, `_HostDecodePrice`).
 - Without an SLO, when the pipelined plan loses to the GPU-only one, the GPU-only plan leaves
   out the prompts NEO would place on the host (`_without_cpu_prefills`): their decodes would
-  wait.
+  wait; unless the host set they start pays as a whole (`_host_set_pays`).
 - With `slo_tpot_s` set, prompts go to the host only while an iteration decoding every
   resident is predicted within the iteration's TPOT budget and only if the host pays (the
   steady iteration serves no fewer requests/s with them), host decodes are added while the
@@ -24,7 +24,7 @@ Steps 1-3 (swaps, admission, placement where the host pays) and the starvation b
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget
@@ -122,12 +122,59 @@ class AdaptivePolicy(ApexPolicy):
         best = self._best(options)
         if best[0] == Mode.SEQUENTIAL and b1 and self.config.slo_tpot_s is None:
             # The pipelined plan was priced and lost: decoding on the host does not pay this
-            # iteration, so a prompt placed there would only join residents that wait. (Under
-            # a TPOT SLO the host set is sized by the SLO instead.)
+            # iteration, so a prompt placed there would only join residents that wait, unless
+            # the host set it starts pays as a whole. (Under a TPOT SLO the host set is sized
+            # by the SLO instead.)
             lean = self._without_cpu_prefills(best[1][0])
-            if lean is not None:
+            if lean is not None and not self._host_set_pays(candidates):
                 return Mode.SEQUENTIAL, (lean,), ()
         return best
+
+    def _host_set_pays(self, candidates: list[Candidate]) -> bool:
+        """Whether the host set that the host-placed prompts among `candidates` start pays as
+        a whole: the steady decode-only iteration of the host residents, these prompts and the
+        waiting prompts the host pool has room for next (FCFS; with the GPU pool full they are
+        placed there too) serves more requests/s than both the GPU-only iteration and the
+        pipelined one without the prompts. One host decode rarely pays for the host lane's
+        fixed costs where many do (T4 with osc: one beside 4 GPU decodes lowers the steady
+        rate from 74 to 63 requests/s), so judging the prompts by this iteration alone never
+        lets the set grow: T4 osc offline at the default 4096-token budget ran at 0.39x NEO's
+        throughput, its first host resident waiting ~44 iterations for GPU room."""
+        first_cpu = self._first_host_placed(candidates)
+        if first_cpu is None:
+            return False
+        steady = self._admission_steady_state(candidates[:first_cpu])
+        gpu, host, fused, _ = steady
+        without = self._steady_rate(gpu, host, fused)
+        gpu_only = self._rate(Mode.SEQUENTIAL, (gpu,)) if gpu else 0.0
+        for _ in self._host_candidates_in_turn(candidates, first_cpu, steady):
+            pass
+        for r in self._waiting_the_host_could_hold(candidates):
+            for b in (host, fused):
+                b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
+        return self._steady_rate(gpu, host, fused) >= max(without, gpu_only)
+
+    def _waiting_the_host_could_hold(self, candidates: list[Candidate]) -> Iterator[Request]:
+        """The waiting requests after `candidates`, in order, while the host pool's free
+        blocks (less the host-placed candidates') and the request slots hold them."""
+        admitted = {r.request_id for r, _ in candidates}
+        free = self.kv.cpu.num_free - sum(
+            self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
+        )
+        slots = (
+            self.config.max_num_seqs
+            - len(self.gpu_running)
+            - len(self.cpu_running)
+            - len(candidates)
+        )
+        for r in self.waiting:
+            if r.request_id in admitted:
+                continue
+            need = self._blocks(r.seq_len)
+            if need > free or slots < 1:
+                return
+            free, slots = free - need, slots - 1
+            yield r
 
     def _without_cpu_prefills(self, seq: SubBatchBuilder) -> SubBatchBuilder | None:
         """`seq` without its host-placed prompts, if it has any and keeps other work (None
