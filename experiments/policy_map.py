@@ -8,7 +8,8 @@ by how much; a heat map shows neo/gpu-only throughput over the whole map.
 
 Hosts: t4 + Llama-2-7B, a10g-g5.{2,4,8,16}xlarge + Llama-3-8B, h100 + Llama-3-8B, h100x2 +
 Llama-3.1-70B, each with its shipped cost model and default settings (KV pools from memory)
-except 8,192 tokens per iteration, so that every trace prompt fits one iteration.
+except 8,192 tokens per iteration, so that every trace prompt fits one iteration
+(--max-batch-tokens runs the map at another budget).
 Workloads: the Azure code and conversation traces (their first N requests, lengths as
 recorded, arrivals stretched to the load's rate), OSC-like summarisation (~370 in / ~45 out),
 synthetic input 1000 with outputs 50, 200, 400 and 800, and a long-prompt one (~2,600 / ~300).
@@ -70,6 +71,7 @@ QUICK = {
     "requests": 60,
 }
 FULL_REQUESTS = 200
+MAX_BATCH_TOKENS = 8192  # tokens per iteration: every trace prompt fits one iteration
 RIVALS = ("gpu-only", "neo", "apex")  # issue 13: adaptive against the best of these
 COMPARED = (*RIVALS, "adaptive")
 BELOW, ABOVE = 0.99, 1.05  # issue 13's targets: adaptive / best rival
@@ -87,7 +89,7 @@ def base_spec(host: str, workload: str, requests: int, seed: int) -> RunSpec:
         **HOSTS[host],
         **WORKLOADS[workload],
         num_requests=requests,
-        max_batch_tokens=8192,
+        max_batch_tokens=MAX_BATCH_TOKENS,
         seed=seed,
         timeline_iterations=0,
         slo_per_token_s=LATENCY_BOUND_S.get(host, 2.0),
@@ -135,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
     p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=MAX_BATCH_TOKENS,
+        help=f"tokens per iteration (default {MAX_BATCH_TOKENS}; a prompt longer than this is "
+        "rejected by every policy, so its cell is left out of the comparisons)",
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="rewrite report.md, cells.csv and the heat map from the folder's results.csv",
@@ -165,14 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         return rows
 
     # Phase 1: every policy offline; gpu-only's throughput is the cell's capacity.
-    rows = run_cells(list(cell_specs(hosts, workloads, loads, requests, args.seed)))
+    budget = {"max_batch_tokens": args.max_batch_tokens}
+    rows = run_cells(list(cell_specs(hosts, workloads, loads, requests, args.seed, **budget)))
     capacity = {
         (r.host, r.workload_name): r.throughput_req_s
         for r in rows.itertuples()
         if r.policy == "gpu-only" and not isinstance(getattr(r, "error", None), str)
     }
     # Phase 2: Poisson arrivals at fractions of that capacity, the same arrivals per cell.
-    loaded = list(cell_specs(hosts, workloads, loads, requests, args.seed, capacity))
+    loaded = list(cell_specs(hosts, workloads, loads, requests, args.seed, capacity, **budget))
     if loaded:
         rows = pd.concat([rows, run_cells(loaded)], ignore_index=True)
     wall = time.perf_counter() - started
@@ -508,7 +518,8 @@ def write_report(rows: pd.DataFrame, out: Path, args, wall: float, requests: int
         else "(wall time not recorded: the results predate run.json)"
     )
     body = f"""
-{n_runs} runs ({len(table)} cells x {len(POLICIES)} policies, {requests} requests each)
+{n_runs} runs ({len(table)} cells x {len(POLICIES)} policies, {requests} requests each,
+{int(rows["max_batch_tokens"].max())} tokens per iteration)
 {timing}. Capacity = gpu-only's
 offline throughput in that cell; loads are Poisson at the given fraction of it.
 
