@@ -253,11 +253,13 @@ def step_derived(device: str, out: Path, profile_path: Path) -> dict:
 
 
 # ---- engine ----------------------------------------------------------------------------------
-def step_engine(device: str, out: Path, profile: Path, budget_s: float) -> dict:
+def step_engine(device: str, out: Path, profile: Path | None, budget_s: float) -> dict:
     """Every policy on the same KV-limited offline workload: the engine's measured tokens/s
-    beside neo-sim's prediction on `profile`. A policy whose run would not end within
+    beside neo-sim's prediction on `profile` (without one, the engine decides with its quick
+    probe of the machine and nothing is simulated). A policy whose run would not end within
     `budget_s` (judged by the longest run so far) is skipped, and one that fails is recorded
-    with its error; the others still run."""
+    with its error; the others still run. engine.json is rewritten after each policy, so a
+    run stopped at its time limit keeps the policies it finished."""
     import torch
 
     from neo_sim.scheduler import SchedulerConfig
@@ -296,18 +298,30 @@ def step_engine(device: str, out: Path, profile: Path, budget_s: float) -> dict:
             if device == "cuda":
                 torch.cuda.empty_cache()
         rows.append(row)
-        print(
-            f"engine: {policy}: {row['engine_tok_s']:.1f} tok/s (neo-sim {row['sim_tok_s']:.1f}, "
-            f"{100 * row['sim_error']:+.1f}%), mean batch {row['mean_batch']:.1f}, "
-            f"{row['host_decodes']} host decodes, {row['wall_s']:.1f} s"
+        write_engine_result(out, run, profile, rows, skipped, failed)
+        predicted = (
+            f"neo-sim {row['sim_tok_s']:.1f}, {100 * row['sim_error']:+.1f}%"
+            if row["sim_tok_s"]
+            else "not simulated: no measured profile"
         )
+        print(
+            f"engine: {policy}: {row['engine_tok_s']:.1f} tok/s ({predicted}), mean batch "
+            f"{row['mean_batch']:.1f}, {row['host_decodes']} host decodes, {row['wall_s']:.1f} s"
+        )
+    return write_engine_result(out, run, profile, rows, skipped, failed)
+
+
+def write_engine_result(
+    out: Path, run: EngineRun, profile: Path | None, rows: list, skipped: list, failed: dict
+) -> dict:
+    """engine.json: the rows so far, each with its tokens/s over gpu-only's."""
     gpu_only = next((r["engine_tok_s"] for r in rows if r["policy"] == "gpu-only"), None)
     for r in rows:
         r["vs_gpu_only"] = r["engine_tok_s"] / gpu_only if gpu_only else None
     result = {
         "run": dataclasses.asdict(run)
         | {"gpu_kv_blocks": run.gpu_kv_blocks, "cpu_kv_blocks": run.cpu_kv_blocks},
-        "profile": str(profile),
+        "profile": str(profile) if profile else None,
         "rows": rows,
         "skipped": skipped,
         "failed": failed,
@@ -317,9 +331,10 @@ def step_engine(device: str, out: Path, profile: Path, budget_s: float) -> dict:
 
 
 def engine_and_simulator(
-    run: EngineRun, policy: str, device: str, workload, requests, scheduler, profile: Path
+    run: EngineRun, policy: str, device: str, workload, requests, scheduler, profile: Path | None
 ) -> dict:
-    """One policy: the engine's offline run, then neo-sim's on the same requests and pools."""
+    """One policy: the engine's offline run, then neo-sim's on the same requests and pools
+    (with a measured `profile`; without one, only the engine)."""
     from neo_engine.config import EngineConfig
     from neo_engine.engine import LLMEngine
     from neo_engine.fidelity import engine_metrics, warm_up
@@ -334,7 +349,7 @@ def engine_and_simulator(
             device=device,
             dtype=run.dtype,
             policy=policy,
-            profile=str(profile),
+            profile=str(profile) if profile else None,
             max_model_len=2 * (run.input_len + run.output_len),
             scheduler=scheduler,
         )
@@ -349,17 +364,21 @@ def engine_and_simulator(
         config, spec = engine.scheduler_config, engine.spec
     finally:
         engine.close()
-    cost = ProfiledCostModel(load_profile(profile), spec)
-    sim = Simulation(policy, config, cost, workload, lanes_share_compute=device == "cpu").run()
-    sim_summary = sim.metrics.summary()
+    sim_tok_s = sim_tpot_s = None
+    if profile:
+        cost = ProfiledCostModel(load_profile(profile), spec)
+        shared = device == "cpu"  # a CPU device's lanes share its cores
+        sim = Simulation(policy, config, cost, workload, lanes_share_compute=shared).run()
+        sim_summary = sim.metrics.summary()
+        sim_tok_s, sim_tpot_s = sim_summary["throughput_tok_s"], sim_summary["tpot_p50"]
     modes = [p.mode.value for p in plans]
     return {
         "policy": policy,
         "engine_tok_s": summary["throughput_tok_s"],
-        "sim_tok_s": sim_summary["throughput_tok_s"],
-        "sim_error": sim_summary["throughput_tok_s"] / summary["throughput_tok_s"] - 1,
+        "sim_tok_s": sim_tok_s,
+        "sim_error": sim_tok_s / summary["throughput_tok_s"] - 1 if sim_tok_s else None,
         "engine_tpot_p50_s": summary["tpot_p50"],
-        "sim_tpot_p50_s": sim_summary["tpot_p50"],
+        "sim_tpot_p50_s": sim_tpot_s,
         "completed": summary["completed"],
         "iterations": len(plans),
         "mean_batch": sum(p.num_seqs for p in plans) / max(1, len(plans)),
@@ -431,9 +450,14 @@ def step_summary(out: Path) -> str:
         ]
         for r in engine["rows"]:
             vs = f"{r['vs_gpu_only']:.2f}x" if r["vs_gpu_only"] else "-"
+            sim = (
+                f"{r['sim_tok_s']:.1f} | {100 * r['sim_error']:+.1f}%"
+                if r["sim_tok_s"]
+                else "- | -"
+            )
             lines.append(
-                f"| {r['policy']} | {r['engine_tok_s']:.1f} | {vs} | {r['sim_tok_s']:.1f} | "
-                f"{100 * r['sim_error']:+.1f}% | {r['mean_batch']:.1f} | {r['host_decodes']} |"
+                f"| {r['policy']} | {r['engine_tok_s']:.1f} | {vs} | {sim} | "
+                f"{r['mean_batch']:.1f} | {r['host_decodes']} |"
             )
         for policy, error in engine.get("failed", {}).items():
             lines.append(f"\n{policy} FAILED: {error}")
@@ -468,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("step", choices=("env", "micro", "derived", "engine", "summary"))
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     p.add_argument("--out", required=True, help="folder the step writes its file to")
-    p.add_argument("--profile", help="the measured profile (derived, engine)")
+    p.add_argument(
+        "--profile", help="the measured profile (derived; engine: without it, no simulation)"
+    )
     p.add_argument(
         "--budget-s", type=float, default=600.0, help="engine: seconds its runs may take in all"
     )
@@ -485,12 +511,13 @@ def main(argv: list[str] | None = None) -> int:
         step_env(args.device, out)
     elif args.step == "micro":
         step_micro(args.device, out)
-    elif args.step in ("derived", "engine") and not args.profile:
-        p.error(f"{args.step} needs --profile")
+    elif args.step == "derived" and not args.profile:
+        p.error("derived needs --profile")
     elif args.step == "derived":
         step_derived(args.device, out, Path(args.profile))
     elif args.step == "engine":
-        step_engine(args.device, out, Path(args.profile), args.budget_s)
+        profile = Path(args.profile) if args.profile else None
+        step_engine(args.device, out, profile, args.budget_s)
     else:
         step_summary(out)
     return 0

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.gpu.loan import POLICIES, step_derived, step_summary
+from benchmarks.gpu.loan import POLICIES, step_derived, step_engine, step_summary
 from neo_sim.operators import SAMPLED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,3 +71,13 @@ def test_on_cuda_the_profile_is_set_against_the_h200_datasheet_and_calibrated_ef
     ratios = {r["op"]: r["median_ratio"] for r in result["rows"]}
     # an H200 computes and reads memory far faster than a 2-core VM
     assert ratios["linear"] < 0.2 and ratios["gpu_decode_attn"] < 0.5
+
+
+def test_without_a_profile_the_engine_comparison_still_runs_unsimulated(tmp_path):
+    """If neo-profile fails or runs out of time on the loan, the engine's policies are still
+    compared (deciding with the engine's quick probe), with nothing simulated beside them."""
+    result = step_engine("cpu", tmp_path, None, budget_s=600)
+    assert [r["policy"] for r in result["rows"]] == list(POLICIES)
+    assert all(r["engine_tok_s"] > 0 and r["sim_tok_s"] is None for r in result["rows"])
+    assert json.loads((tmp_path / "engine.json").read_text())["profile"] is None
+    assert "| neo |" in step_summary(tmp_path)
