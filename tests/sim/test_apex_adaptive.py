@@ -111,21 +111,25 @@ def test_the_tpot_budget_spreads_what_a_resident_lost_over_the_gaps_it_has_left(
     assert policy._tpot_budget_s(0.6) == pytest.approx(0.1)  # the SLO at most
 
 
+def _osc_lengths(hardware: str, model: str, **settings) -> RunSpec:
+    """The policy map's osc workload (prompts ~370, outputs ~45 tokens) on `hardware`."""
+    return RunSpec.of(
+        hardware=hardware,
+        model=model,
+        input_len=370,
+        output_len=45,
+        timeline_iterations=0,
+        **settings,
+    )
+
+
 def test_adaptive_leaves_host_prompts_out_of_gpu_only_iterations():
     """A10G at 1.5x gpu-only's capacity (the policy map's g5.2xlarge osc cell): once the GPU
     KV is full, NEO keeps one host-placed prompt in each GPU-only iteration (to keep the batch
     above `cpu_prefill_min_tokens`), doubling iterations of ~110 GPU decodes while the prompt's
     host decodes wait. adaptive leaves such prompts out where the pipelined plan lost, and
     keeps up with gpu-only where neo falls behind."""
-    spec = RunSpec.of(
-        hardware="a10g-g5.2xlarge",
-        model="llama-3-8b",
-        input_len=370,
-        output_len=45,
-        num_requests=200,
-        max_batch_tokens=8192,
-        timeline_iterations=0,
-    )
+    spec = _osc_lengths("a10g-g5.2xlarge", "llama-3-8b", num_requests=200, max_batch_tokens=8192)
     capacity = execute(spec.with_(policy="gpu-only", rate=math.inf)).summary["throughput_req_s"]
     loaded = spec.with_(rate=1.5 * capacity)
     tok_s = {
@@ -144,15 +148,8 @@ def test_host_prompts_stay_when_the_host_set_they_start_pays(max_batch_tokens):
     4096-token budget adaptive ran at 0.39x NEO's throughput (0.45x at 1024) with 60-76% of
     its requests parked on the host. Judged as a set (with the waiting prompts the host pool
     holds next), the prompts stay and adaptive keeps up with NEO at every budget."""
-    spec = RunSpec.of(
-        hardware="t4",
-        model="llama-2-7b",
-        input_len=370,
-        output_len=45,
-        num_requests=60,
-        rate=math.inf,
-        max_batch_tokens=max_batch_tokens,
-        timeline_iterations=0,
+    spec = _osc_lengths(
+        "t4", "llama-2-7b", num_requests=60, rate=math.inf, max_batch_tokens=max_batch_tokens
     )
     tok_s = {
         p: execute(spec.with_(policy=p)).summary["throughput_tok_s"] for p in ("neo", "adaptive")
