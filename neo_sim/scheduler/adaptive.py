@@ -139,7 +139,8 @@ class AdaptivePolicy(ApexPolicy):
         fixed costs where many do (T4 with osc: one beside 4 GPU decodes lowers the steady
         rate from 74 to 63 requests/s), so judging the prompts by this iteration alone never
         lets the set grow: T4 osc offline at the default 4096-token budget ran at 0.39x NEO's
-        throughput, its first host resident waiting ~44 iterations for GPU room."""
+        throughput (200 requests; with 60, the first host resident waited 44 iterations for
+        GPU room while every later host prompt was left out)."""
         first_cpu = self._first_host_placed(candidates)
         if first_cpu is None:
             return False
