@@ -6,9 +6,10 @@
     python -m benchmarks.gpu.loan engine --device cuda --out DIR --profile DIR/profile.json
     python -m benchmarks.gpu.loan summary --out DIR                # DIR/summary.md, printed
 
-`micro`: the engine's device decode attention, its host decode attention (all host cores) and
-host<->device copies, each against its physical limit (the device's and the host's measured
-memory read bandwidth; PCIe from its specification). `derived`: the measured profile against
+`micro`: the engine's device decode attention, its host decode attention (all host cores),
+host<->device copies and a layer's projections and MLP, each against its physical limit (the
+device's and the host's measured memory read bandwidth; PCIe from its specification; the bf16
+tensor peak from the datasheet). `derived`: the measured profile against
 the cost model the toolkit would have used without it (on CUDA the H200's datasheet peaks
 times the efficiencies calibrated on A100/A40 measurements: a GPU the calibration never saw).
 `engine`: the real engine, offline, on a Llama-3-8B-shaped model with random bf16 weights and a
@@ -71,6 +72,7 @@ class MicroPoints:
     device_attention: tuple[tuple[int, int], ...]
     host_attention: tuple[tuple[int, int], ...]
     copy_bytes: int
+    linear_tokens: tuple[int, ...]  # a layer's projections and MLP at these token counts
 
 
 POLICIES = ("gpu-only", "neo", "apex", "adaptive")
@@ -82,9 +84,13 @@ ENGINE_RUNS = {
 }
 MICRO = {
     "cuda": MicroPoints(
-        "dummy:llama-3-8b", ((16, 1024), (64, 1024), (64, 4096)), ((16, 1024), (64, 2048)), 2**28
+        "dummy:llama-3-8b",
+        ((16, 1024), (64, 1024), (64, 4096)),
+        ((16, 1024), (64, 2048)),
+        2**28,
+        (16, 256, 1024, 4096, 8192),
     ),
-    "cpu": MicroPoints("dummy:tiny", ((4, 256),), ((4, 256),), 2**26),
+    "cpu": MicroPoints("dummy:tiny", ((4, 256),), ((4, 256),), 2**26, (16, 256)),
 }
 
 
@@ -160,6 +166,7 @@ def step_micro(device: str, out: Path) -> dict:
         limits |= {
             "pcie_datasheet_gbs": PCIE5_X16 / 1e9,
             "hbm_datasheet_gbs": H200_SXM.hbm_bytes_per_s / 1e9,
+            "bf16_datasheet_tflops": H200_SXM.peak_flops_per_s / 1e12,
         }
     bench = InSituBench(spec, torch.device(device), repeats=5)
     rows = []
@@ -182,6 +189,15 @@ def step_micro(device: str, out: Path) -> dict:
                 }
             )
             print(f"{where} decode attention {batch}x{context}: {gbs:.1f} GB/s of KV")
+    for tokens in points.linear_tokens:
+        seconds = bench.time_linear(tokens)
+        tflops = spec.linear_flops_per_token_per_layer * tokens / seconds / 1e12
+        row = {"op": "linear", "tokens": tokens, "ms_per_layer": 1e3 * seconds, "tflops": tflops}
+        if device == "cuda":  # against the dense bf16 tensor peak (datasheet)
+            row |= {"of_limit": tflops / limits["bf16_datasheet_tflops"]}
+            row |= {"limit": "bf16_datasheet_tflops"}
+        rows.append(row)
+        print(f"linear, {tokens} tokens: {tflops:.2f} TFLOP/s")
     bench.close()
     copies = CopyBench(torch.device(device), repeats=10)
     for to_device in (True, False):
@@ -411,15 +427,18 @@ def step_summary(out: Path) -> str:
         lines += [f"- correctness tests: {last[0] if last else 'no output'}", ""]
     micro = read("micro.json")
     if micro:
-        lines += ["| operator | shape | GB/s | of limit | limit |", "|---|---|---:|---:|---|"]
+        lines += ["| operator | shape | rate | of limit | limit |", "|---|---|---:|---:|---|"]
         for r in micro["rows"]:
-            shape = f"{r['batch']}x{r['context']}" if "batch" in r else f"{r['bytes'] >> 20} MiB"
-            gbs = r.get("kv_gbs", r.get("gbs"))
-            limit = micro["limits"][r["limit"]]
-            lines.append(
-                f"| {r['op']} | {shape} | {gbs:.1f} | {100 * r['of_limit']:.0f}% | "
-                f"{r['limit']} {limit:.1f} |"
-            )
+            if r["op"] == "linear":
+                shape, rate = f"{r['tokens']} tokens", f"{r['tflops']:.2f} TFLOP/s"
+            else:
+                shape = (
+                    f"{r['batch']}x{r['context']}" if "batch" in r else f"{r['bytes'] >> 20} MiB"
+                )
+                rate = f"{r.get('kv_gbs', r.get('gbs')):.1f} GB/s"
+            share = f"{100 * r['of_limit']:.0f}%" if "of_limit" in r else "-"
+            limit = f"{r['limit']} {micro['limits'][r['limit']]:.1f}" if "limit" in r else "-"
+            lines.append(f"| {r['op']} | {shape} | {rate} | {share} | {limit} |")
         lines.append("")
     derived = read("derived.json")
     if derived:

@@ -34,8 +34,9 @@ def test_the_rehearsal_runs_every_step_and_reports_every_policy(tmp_path):
     assert " passed" in (tmp_path / "tests.log").read_text()
     micro = json.loads((tmp_path / "micro.json").read_text())
     ops = {r["op"] for r in micro["rows"]}
-    assert ops == {"device_decode_attention", "host_decode_attention", "h2d", "d2h"}
-    assert all(r["of_limit"] > 0 for r in micro["rows"])
+    assert ops == {"device_decode_attention", "host_decode_attention", "h2d", "d2h", "linear"}
+    assert all(r["of_limit"] > 0 for r in micro["rows"] if r["op"] != "linear")
+    assert all(r["tflops"] > 0 for r in micro["rows"] if r["op"] == "linear")
     derived = json.loads((tmp_path / "derived.json").read_text())
     assert {r["op"] for r in derived["rows"]} == {op.name for op in SAMPLED}
     assert all(r["points"] > 0 and r["median_ratio"] > 0 for r in derived["rows"])
