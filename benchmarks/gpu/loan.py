@@ -16,7 +16,7 @@ times the efficiencies calibrated on A100/A40 measurements: a GPU the calibratio
 device KV pool small enough that KV, not compute, bounds the batch (the regime NEO is for),
 one run per policy on the same requests; beside each, neo-sim's prediction of the same run on
 the profile `neo-profile` measured just before (`--profile`). `--device cpu` is the rehearsal:
-the same steps on a tiny model on this machine's CPU, in about half a minute
+the same steps on a tiny model on this machine's CPU, in under a minute
 (tests/engine/test_gpu_loan.py runs it).
 """
 

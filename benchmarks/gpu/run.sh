@@ -5,7 +5,7 @@
 #   env.json tests.log micro.json profile.json derived.json engine.json summary.md run.log
 #
 #   benchmarks/gpu/run.sh                       # on the lent machine: --device cuda, <= 9 min
-#   benchmarks/gpu/run.sh --device cpu --quick  # the rehearsal here (tiny model, ~30 s)
+#   benchmarks/gpu/run.sh --device cpu --quick  # the rehearsal here (tiny model, < 1 min)
 #
 # Installs nothing from a network. Python packages the machine's image lacks travel as wheels
 # in .whl/ (the device tool's README says how); none are needed today: the image has torch,
