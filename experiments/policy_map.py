@@ -24,6 +24,7 @@ with the `png` extra, heatmap.png);
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -133,9 +134,8 @@ def map_scope(quick: bool) -> tuple[tuple[str, ...], list[str], tuple[float, ...
     return hosts, workloads, loads, requests
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
+def add_budget_argument(p: argparse.ArgumentParser) -> None:
+    """--max-batch-tokens: the map's tokens per iteration (this map's and the SLO map's)."""
     p.add_argument(
         "--max-batch-tokens",
         type=int,
@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"tokens per iteration (default {MAX_BATCH_TOKENS}; a prompt longer than this is "
         "rejected by every policy, so its cell is left out of the comparisons)",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
+    add_budget_argument(p)
     p.add_argument(
         "--report-only",
         action="store_true",

@@ -12,7 +12,7 @@ offline and Poisson loads at 50/90/150% of gpu-only's offline throughput, the sa
 for every policy). Phase 1 runs gpu-only everywhere (offline first: its throughput sets the
 loads) for the bound; phase 2 runs the four policies with it.
 
-Run: python -m experiments.slo_map [--quick] [--workers N]
+Run: python -m experiments.slo_map [--quick] [--workers N] [--max-batch-tokens N (default 8192)]
 Writes experiments/results/slo_map/{results.csv,cells.csv,report.md}.
 """
 
@@ -23,7 +23,14 @@ import time
 import pandas as pd
 
 from experiments import common
-from experiments.policy_map import ABOVE, BELOW, RIVALS, cell_specs, map_scope
+from experiments.policy_map import (
+    ABOVE,
+    BELOW,
+    RIVALS,
+    add_budget_argument,
+    cell_specs,
+    map_scope,
+)
 from experiments.policy_map import COMPARED as POLICIES
 
 SLO_OVER_GPU_ONLY = 2.0  # the cell's TPOT bound: this x gpu-only's TPOT p90 there
@@ -72,13 +79,16 @@ def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = common.parser(__doc__.splitlines()[0])
+    add_budget_argument(p)
+    args = p.parse_args(argv)
+    settings = TPOT_GOODPUT | {"max_batch_tokens": args.max_batch_tokens}
     out = common.output_dir(args, "slo_map")
     hosts, workloads, loads, requests = map_scope(args.quick)
     started = time.perf_counter()
 
     # Phase 1: gpu-only offline (capacity), then at each load: the cells' TPOT bounds.
-    offline = list(cell_specs(hosts, workloads, loads, requests, args.seed, **TPOT_GOODPUT))
+    offline = list(cell_specs(hosts, workloads, loads, requests, args.seed, **settings))
     first = common.sweep([s.with_(policy="gpu-only") for *_, s in offline], args.workers)
     capacity = {
         (h, w): r.throughput_req_s
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if r.throughput_req_s > 0 and not isinstance(getattr(r, "error", None), str)
     }
     cells = offline + list(
-        cell_specs(hosts, workloads, loads, requests, args.seed, capacity, **TPOT_GOODPUT)
+        cell_specs(hosts, workloads, loads, requests, args.seed, capacity, **settings)
     )
     gpu_only = pd.concat(
         [
@@ -115,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     below = table[table["adaptive / best rival"] < BELOW]
     body = f"""
-{len(table)} cells ({requests} requests each; {wall:.0f} s), each with a TPOT bound of
+{len(table)} cells ({requests} requests each, {args.max_batch_tokens} tokens per iteration;
+{wall:.0f} s), each with a TPOT bound of
 {SLO_OVER_GPU_ONLY:g}x gpu-only's TPOT p90 in that cell, set for every policy; goodput: the
 requests whose TPOT meets it, per second. Ratios: adaptive's goodput over the best of gpu-only,
 neo and apex (left out: cells where none of them serves a request within the bound, and those
