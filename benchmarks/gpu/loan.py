@@ -483,6 +483,7 @@ def step_summary(out: Path) -> str:
         if engine["skipped"]:
             lines.append(f"\nskipped (time budget): {', '.join(engine['skipped'])}")
         lines.append("")
+    lines += target_lines(tests.read_text() if tests.exists() else None, engine)
     for name in (
         "env.json",
         "tests.log",
@@ -497,6 +498,38 @@ def step_summary(out: Path) -> str:
     (out / "summary.md").write_text(text)
     print(text)
     return text
+
+
+NEO_OVER_GPU_ONLY = 1.2  # issue 16's target: neo's tokens/s over gpu-only's, KV-limited
+SIM_WITHIN = 0.10  # issue 16's target: neo-sim's throughput within this of the engine's
+
+
+def target_lines(tests_log: str | None, engine: dict | None) -> list[str]:
+    """Issue 16's targets, each met, missed or not measured, from what the steps wrote."""
+    import re
+
+    def verdict(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("met" if ok else "MISSED")
+
+    tests_ok = None
+    if tests_log:
+        counts = dict((k, int(n)) for n, k in re.findall(r"(\d+) (passed|failed|error)", tests_log))
+        tests_ok = counts.get("passed", 0) > 0 and not (counts.get("failed") or counts.get("error"))
+    rows = {r["policy"]: r for r in (engine or {}).get("rows", [])}
+    neo = rows.get("neo", {}).get("vs_gpu_only")
+    errors = [abs(r["sim_error"]) for r in rows.values() if r.get("sim_error") is not None]
+    return [
+        "Targets (issue 16):",
+        "",
+        f"- CUDA correctness tests all pass: {verdict(tests_ok)}",
+        f"- neo >= {NEO_OVER_GPU_ONLY}x gpu-only tokens/s, KV-limited: "
+        + (f"{neo:.2f}x, " if neo else "")
+        + verdict(None if neo is None else neo >= NEO_OVER_GPU_ONLY),
+        f"- neo-sim within {100 * SIM_WITHIN:.0f}% of the engine's throughput, every policy: "
+        + (f"worst {100 * max(errors):.1f}%, " if errors else "")
+        + verdict(None if not errors else max(errors) <= SIM_WITHIN),
+        "",
+    ]
 
 
 def write(path: Path, data: dict) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.gpu.loan import POLICIES, step_derived, step_engine, step_summary
+from benchmarks.gpu.loan import POLICIES, step_derived, step_engine, step_summary, target_lines
 from neo_sim.operators import SAMPLED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,3 +82,19 @@ def test_without_a_profile_the_engine_comparison_still_runs_unsimulated(tmp_path
     assert all(r["engine_tok_s"] > 0 and r["sim_tok_s"] is None for r in result["rows"])
     assert json.loads((tmp_path / "engine.json").read_text())["profile"] is None
     assert "| neo |" in step_summary(tmp_path)
+
+
+def test_the_summary_says_which_of_issue_16s_targets_were_met():
+    engine = {
+        "rows": [
+            {"policy": "gpu-only", "vs_gpu_only": 1.0, "sim_error": 0.04},
+            {"policy": "neo", "vs_gpu_only": 1.31, "sim_error": -0.12},
+        ]
+    }
+    lines = target_lines("== 40 passed, 2 failed in 9.1s ==", engine)
+    assert "- CUDA correctness tests all pass: MISSED" in lines
+    assert "- neo >= 1.2x gpu-only tokens/s, KV-limited: 1.31x, met" in lines
+    assert any("worst 12.0%, MISSED" in line for line in lines)
+    nothing = target_lines(None, None)
+    assert sum("not measured" in line for line in nothing) == 3
+    assert "- CUDA correctness tests all pass: met" in target_lines("28 passed in 7.2s", None)
