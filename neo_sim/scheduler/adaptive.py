@@ -159,9 +159,7 @@ class AdaptivePolicy(ApexPolicy):
         """The waiting requests after `candidates`, in order, while the host pool's free
         blocks (less the host-placed candidates') and the request slots hold them."""
         admitted = {r.request_id for r, _ in candidates}
-        free = self.kv.cpu.num_free - sum(
-            self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
-        )
+        free = self._host_blocks_free_after(candidates)
         slots = (
             self.config.max_num_seqs
             - len(self.gpu_running)
@@ -316,9 +314,7 @@ class AdaptivePolicy(ApexPolicy):
         (`_HostDecodePrice`; with a TPOT SLO: while the iteration stays within it)."""
         planned = {d.request_id for b in (b0, b1) for d in b.cpu_decodes}
         cpu_pool = self.kv.cpu
-        cpu_free = cpu_pool.num_free - sum(
-            self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
-        )
+        cpu_free = self._host_blocks_free_after(candidates)
         cpu_free -= sum(
             cpu_pool.extra_blocks(d.request_id, d.context_len)
             for b in (b0, b1)

@@ -33,7 +33,6 @@ from neo_sim.scheduler.base import Budget
 from neo_sim.scheduler.estimate import SubBatchBuilder
 from neo_sim.scheduler.neo import Candidate, NeoPolicy
 from neo_sim.scheduler.plan import DecodeWork, Mode, PrefillWork
-from neo_sim.scheduler.request import Device
 
 
 class ApexPolicy(NeoPolicy):
@@ -63,9 +62,7 @@ class ApexPolicy(NeoPolicy):
         for r in self.gpu_running.values():
             b.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
         cpu_pool = self.kv.cpu
-        cpu_free = cpu_pool.num_free - sum(
-            self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
-        )
+        cpu_free = self._host_blocks_free_after(candidates)
         best = self._rate(Mode.FUSED, (b,))
         limit = self._overdue_before()
         shortest_rejected = float("inf")

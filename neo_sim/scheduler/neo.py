@@ -288,6 +288,12 @@ class NeoPolicy(Policy):
                 return i
         return len(candidates)
 
+    def _host_blocks_free_after(self, candidates: list[Candidate]) -> int:
+        """Host KV blocks left once this step's host-placed prompts take theirs."""
+        return self.kv.cpu.num_free - sum(
+            self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
+        )
+
     @staticmethod
     def _first_host_placed(candidates: list[Candidate]) -> int | None:
         """Index of the first candidate placed on the host (those after it are too), or None."""
@@ -401,9 +407,7 @@ class NeoPolicy(Policy):
         b0.add_decodes(decode_works(self.gpu_running.values()), True)
         if not self.cpu_running:
             return b0, b1, ()  # no CPU decode to place
-        cpu_free = self.kv.cpu.num_free - sum(
-            self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
-        )
+        cpu_free = self._host_blocks_free_after(candidates)
         if not b0:
             # No GPU work to hide CPU attention behind: a CPU-only sequential batch.
             for r in self._cpu_decodes_longest_waiting_first():

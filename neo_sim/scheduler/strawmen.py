@@ -14,7 +14,7 @@ from neo_sim.scheduler.base import Budget
 from neo_sim.scheduler.estimate import SubBatchBuilder
 from neo_sim.scheduler.neo import Candidate, NeoPolicy
 from neo_sim.scheduler.plan import DecodeWork, Mode, PrefillWork
-from neo_sim.scheduler.request import Device, Request
+from neo_sim.scheduler.request import Request
 
 
 class _NoSlackPolicy(NeoPolicy):
@@ -88,9 +88,7 @@ class FullOffloadPolicy(_NoSlackPolicy):
 def _add_all_cpu_decodes(policy: NeoPolicy, builders, budget: Budget, candidates) -> None:
     """Every CPU decode that budget and host KV allow, each to the sub-batch with less CPU work."""
     cpu = policy.kv.cpu
-    cpu_free = cpu.num_free - sum(
-        policy._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
-    )
+    cpu_free = policy._host_blocks_free_after(candidates)
     for r in policy._cpu_decodes_longest_waiting_first():
         growth = cpu.extra_blocks(r.request_id, r.seq_len)
         if growth > cpu_free or not budget.take(1):
