@@ -109,7 +109,7 @@ def step_env(device: str, out: Path) -> dict:
         "cuda_available": torch.cuda.is_available(),
         "host_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "machine": this_machine(),
+        "host": this_machine(),
         "compilers": {name: shutil.which(name) for name in ("g++", "c++", "nvcc", "ninja")},
         "carried_wheels": os.environ.get("NEO_CARRIED_WHEELS", "none"),
     }
@@ -132,20 +132,16 @@ def step_env(device: str, out: Path) -> dict:
 
 
 # ---- micro -----------------------------------------------------------------------------------
-def device_read_gbs(device: str) -> float:
+READ_PROBE_BYTES = {"cuda": 2**31, "cpu": 2**28}  # several times each side's caches
+
+
+def read_gbs(device: str) -> float:
     """GB/s of summing a buffer several times the caches (all host threads on a CPU)."""
     import torch
 
-    size = 2**31 if device == "cuda" else 2**28
-    x = torch.ones(size // 4, dtype=torch.float32, device=device)
-    best = math.inf
-    for _ in range(5):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        x.sum().item()
-        best = min(best, time.perf_counter() - started)
-    return size / best / 1e9
+    from neo_engine.local import read_bandwidth
+
+    return read_bandwidth(torch.device(device), READ_PROBE_BYTES[device]) / 1e9
 
 
 def step_micro(device: str, out: Path) -> dict:
@@ -159,7 +155,7 @@ def step_micro(device: str, out: Path) -> dict:
     points = MICRO[device]
     spec = LoadSettings(points.model, device=device, dtype=ENGINE_RUNS[device].dtype).model_spec()
     kv_bytes = spec.kv_bytes_per_token_per_layer
-    limits = {"device_read_gbs": device_read_gbs(device), "host_read_gbs": device_read_gbs("cpu")}
+    limits = {"device_read_gbs": read_gbs(device), "host_read_gbs": read_gbs("cpu")}
     if device == "cuda":
         from neo_sim.hardware import H200_SXM, PCIE5_X16
 
@@ -417,7 +413,7 @@ def step_summary(out: Path) -> str:
     if env:
         gpu = env.get("gpu", {}).get("name", "no GPU")
         lines += [
-            f"- machine: {gpu}; {env['host_cores']} host cores ({env['machine'].get('cpu')}); "
+            f"- machine: {gpu}; {env['host_cores']} host cores ({env['host'].get('cpu')}); "
             f"torch {env['torch']} (CUDA {env['torch_cuda']}); Python {env['python']}",
             "",
         ]
@@ -533,10 +529,10 @@ def target_lines(tests_log: str | None, engine: dict | None) -> list[str]:
 
 
 def write(path: Path, data: dict) -> None:
-    from neo_engine.local import machine_summary
+    """`benchmarks.write_result`: the step's fields with the machine and commit they ran on."""
+    from benchmarks import write_result
 
-    path.write_text(json.dumps(data | {"recorded_on": machine_summary()}, indent=1) + "\n")
-    print(f"wrote {path}")
+    write_result(path, f"gpu_loan_{path.stem}", **data)
 
 
 def main(argv: list[str] | None = None) -> int:
