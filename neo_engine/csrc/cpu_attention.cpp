@@ -251,11 +251,6 @@ inline void scale_inplace(float* acc, float s, int d) {
 // Per query head of one (request, KV head): running max, running sum, output accumulator.
 struct HeadState {
   std::vector<float> q, acc, m, l, s;
-  // The group's queries unscaled in bf16, when every value is a bf16 number (a bf16 model's
-  // queries, widened): bf16 keys are then scored with native dot products.
-  std::vector<at::BFloat16> qb;
-  bool q_is_bf16 = false;
-  float scale = 1.f;
   void reset(int64_t group, int64_t head_dim, int64_t block_size) {
     q.assign(group * head_dim, 0.f);
     acc.assign(group * head_dim, 0.f);
@@ -274,15 +269,6 @@ inline void attend_tile(HeadState& st, const T* kt, const T* vt, int64_t ntok, i
     float* sg = &st.s[g * block_size];
     const float* qg = &st.q[g * head_dim];
     int64_t t = 0;
-#if defined(NEO_AVX512) && defined(NEO_NATIVE_BF16)
-    if constexpr (std::is_same_v<T, at::BFloat16>) {
-      if (st.q_is_bf16) {
-        const at::BFloat16* qbg = &st.qb[g * head_dim];
-        for (; t + 4 <= ntok; t += 4) dot4_bf16(qbg, kt + t * head_dim, d, st.scale, sg + t);
-        for (; t < ntok; ++t) sg[t] = dot_bf16(qbg, kt + t * head_dim, d, st.scale);
-      }
-    }
-#endif
     for (; t + 4 <= ntok; t += 4) dot4(qg, kt + t * head_dim, d, sg + t);
     for (; t < ntok; ++t) sg[t] = dot(qg, kt + t * head_dim, d);
     float bmax = -std::numeric_limits<float>::infinity();
@@ -318,24 +304,23 @@ inline void accumulate_group32(float* acc, int64_t acc_stride, const float* w, i
     for (int u = 0; u < 2; ++u) _mm512_storeu_ps(acc + g * acc_stride + 16 * u, r[g][u]);
 }
 
+// The same for any group: up to 8 heads at a time (accumulate_group32's register budget).
 inline void accumulate_group(int64_t group, float* acc, int64_t acc_stride, const float* w,
                              int64_t w_stride, const at::BFloat16* v, int ntok, int d) {
-  switch (group) {
-    case 1: accumulate_group32<1>(acc, acc_stride, w, w_stride, v, ntok, d); break;
-    case 2: accumulate_group32<2>(acc, acc_stride, w, w_stride, v, ntok, d); break;
-    case 3: accumulate_group32<3>(acc, acc_stride, w, w_stride, v, ntok, d); break;
-    case 4: accumulate_group32<4>(acc, acc_stride, w, w_stride, v, ntok, d); break;
-    case 5: accumulate_group32<5>(acc, acc_stride, w, w_stride, v, ntok, d); break;
-    case 6: accumulate_group32<6>(acc, acc_stride, w, w_stride, v, ntok, d); break;
-    case 7: accumulate_group32<7>(acc, acc_stride, w, w_stride, v, ntok, d); break;
-    default: accumulate_group32<8>(acc, acc_stride, w, w_stride, v, ntok, d); break;
+  for (int64_t g0 = 0; g0 < group; g0 += 8) {
+    float* a = acc + g0 * acc_stride;
+    const float* wg = w + g0 * w_stride;
+    switch (std::min<int64_t>(group - g0, 8)) {
+      case 1: accumulate_group32<1>(a, acc_stride, wg, w_stride, v, ntok, d); break;
+      case 2: accumulate_group32<2>(a, acc_stride, wg, w_stride, v, ntok, d); break;
+      case 3: accumulate_group32<3>(a, acc_stride, wg, w_stride, v, ntok, d); break;
+      case 4: accumulate_group32<4>(a, acc_stride, wg, w_stride, v, ntok, d); break;
+      case 5: accumulate_group32<5>(a, acc_stride, wg, w_stride, v, ntok, d); break;
+      case 6: accumulate_group32<6>(a, acc_stride, wg, w_stride, v, ntok, d); break;
+      case 7: accumulate_group32<7>(a, acc_stride, wg, w_stride, v, ntok, d); break;
+      default: accumulate_group32<8>(a, acc_stride, wg, w_stride, v, ntok, d); break;
+    }
   }
-}
-
-// Whether attend_bf16_two_pass serves a shape: heads a multiple of 32 values (vdpbf16ps's
-// width) and up to 8 query heads per KV head (accumulate_group32's register budget).
-inline bool two_pass_applies(int64_t head_dim, int64_t group) {
-  return head_dim % 32 == 0 && group >= 1 && group <= 8;
 }
 
 // The group's queries as bf16 (`buf` holds a copy where they come widened to fp32), or nullptr
@@ -427,6 +412,12 @@ inline void attend_bf16_two_pass(const at::BFloat16* qb, float scale, const at::
 }
 #endif
 
+// One query head's output: its accumulated values times 1 / its sum of weights, in Q.
+template <typename Q>
+inline void store_head(Q* o, const float* acc, float inv, int64_t head_dim) {
+  for (int64_t i = 0; i < head_dim; ++i) o[i] = Q(acc[i] * inv);
+}
+
 // Q: the query's and the output's element type (float, or at::BFloat16 for a bf16 model:
 // its query is then scored as it is and its output rounded once, as torch's cast would).
 template <typename T, typename Q>
@@ -458,10 +449,9 @@ void attend(const Q* q, const T* k_cache, const T* v_cache, const int32_t* table
       thread_local std::vector<at::BFloat16> q_buf;
       thread_local std::vector<float> scores, acc, inv;
       const int64_t n = (h1 - h0) * group * head_dim;
-      const at::BFloat16* qb =
-          two_pass_applies(head_dim, group) && len > 0
-              ? query_as_bf16(q + b * q_row + h0 * group * head_dim, n, q_buf)
-              : nullptr;
+      const at::BFloat16* qb =  // vdpbf16ps takes 32 values at a time
+          head_dim % 32 == 0 ? query_as_bf16(q + b * q_row + h0 * group * head_dim, n, q_buf)
+                             : nullptr;
       if (qb != nullptr) {
         acc.resize(group * head_dim);
         inv.resize(group);
@@ -469,10 +459,9 @@ void attend(const Q* q, const T* k_cache, const T* v_cache, const int32_t* table
           attend_bf16_two_pass(qb + (h - h0) * group * head_dim, scale, k_cache + h * tile,
                                v_cache + h * tile, tables + b * max_blocks, len, block_size,
                                block_stride, group, head_dim, scores, acc.data(), inv.data());
-          for (int64_t g = 0; g < group; ++g) {
-            Q* o = out + (b * q_heads + h * group + g) * head_dim;
-            for (int64_t i = 0; i < head_dim; ++i) o[i] = Q(acc[g * head_dim + i] * inv[g]);
-          }
+          for (int64_t g = 0; g < group; ++g)
+            store_head(out + (b * q_heads + h * group + g) * head_dim, &acc[g * head_dim],
+                       inv[g], head_dim);
         }
         continue;
       }
@@ -486,25 +475,6 @@ void attend(const Q* q, const T* k_cache, const T* v_cache, const int32_t* table
         for (int64_t i = 0; i < head_dim; ++i)
           st.q[g * head_dim + i] =
               to_float(q[b * q_row + (h * group + g) * head_dim + i]) * scale;
-#if defined(NEO_AVX512) && defined(NEO_NATIVE_BF16)
-      if (std::is_same_v<T, at::BFloat16> && head_dim % 32 == 0) {
-        const Q* qh = q + b * q_row + h * group * head_dim;
-        bool exact = true;
-        if constexpr (std::is_same_v<Q, float>) {
-          for (int64_t i = 0; i < group * head_dim && exact; ++i) {
-            uint32_t bits;
-            std::memcpy(&bits, qh + i, sizeof(bits));
-            exact = (bits & 0xFFFFu) == 0;
-          }
-        }
-        st.q_is_bf16 = exact;
-        st.scale = scale;
-        if (exact) {
-          st.qb.resize(group * head_dim);
-          for (int64_t i = 0; i < group * head_dim; ++i) st.qb[i] = at::BFloat16(qh[i]);
-        }
-      }
-#endif
     }
     const int64_t nblocks = (len + block_size - 1) / block_size;
     const int64_t ahead = std::min<int64_t>(tile * static_cast<int64_t>(sizeof(T)), 2048);
@@ -528,11 +498,9 @@ void attend(const Q* q, const T* k_cache, const T* v_cache, const int32_t* table
     }
     for (int64_t h = h0; h < h1; ++h) {
       const HeadState& st = state[h - h0];
-      for (int64_t g = 0; g < group; ++g) {
-        Q* o = out + (b * q_heads + h * group + g) * head_dim;
-        const float inv = st.l[g] > 0.f ? 1.f / st.l[g] : 0.f;
-        for (int64_t i = 0; i < head_dim; ++i) o[i] = Q(st.acc[g * head_dim + i] * inv);
-      }
+      for (int64_t g = 0; g < group; ++g)
+        store_head(out + (b * q_heads + h * group + g) * head_dim, &st.acc[g * head_dim],
+                   st.l[g] > 0.f ? 1.f / st.l[g] : 0.f, head_dim);
     }
   }
 }

@@ -38,8 +38,8 @@ SHAPES = [
     (2, 9, 3, 64, 4, [31, 9]),  # SmolLM2's 3:1 grouping
     (5, 32, 8, 128, 32, [300, 257, 5, 64, 129]),  # Llama-3 style
     (2, 4, 1, 40, 8, [23, 40]),  # head_dim not a multiple of 16 (scalar tail)
-    (2, 8, 1, 64, 16, [33, 70]),  # 8 query heads per KV head: the native bf16 path's widest
-    (2, 16, 1, 64, 16, [40, 7]),  # 16 per KV head: past it, the general path
+    (2, 8, 1, 64, 16, [33, 70]),  # 8 query heads per KV head: the bf16 values' widest pass
+    (2, 16, 1, 64, 16, [40, 7]),  # 16 per KV head: two such passes
 ]
 
 
