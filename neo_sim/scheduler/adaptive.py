@@ -144,13 +144,11 @@ class AdaptivePolicy(ApexPolicy):
         first_cpu = self._first_host_placed(candidates)
         if first_cpu is None:
             return False
-        steady = self._admission_steady_state(candidates[:first_cpu])
-        gpu, host, fused, _ = steady
+        gpu, host, fused, _ = self._admission_steady_state(candidates[:first_cpu])
         without = self._steady_rate(gpu, host, fused)
         gpu_only = self._rate(Mode.SEQUENTIAL, (gpu,)) if gpu else 0.0
-        for _ in self._host_candidates_in_turn(candidates, first_cpu, steady):
-            pass
-        for r in self._waiting_the_host_could_hold(candidates):
+        host_set = [r for r, _ in candidates[first_cpu:]]
+        for r in (*host_set, *self._waiting_the_host_could_hold(candidates)):
             for b in (host, fused):
                 b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
         return self._steady_rate(gpu, host, fused) >= max(without, gpu_only)
