@@ -300,3 +300,32 @@ def prefill_attention_bf16(
     out = torch.empty(q.shape, dtype=q.dtype)
     module.prefill_attention_bf16(q, k, v, out, scale, torch.get_num_threads())
     return out
+
+
+def prefill_attention_ranges_bf16(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ranges: list[tuple[int, int]],
+    scale: float,
+    out: torch.Tensor,
+) -> bool:
+    """Causal attention of several whole prompts in one call: prompt i is rows ranges[i] =
+    (first, end) of q [N, Hq, D] and k, v [N, Hkv, D]; its output goes to the same rows of
+    `out` [N, Hq, D] (contiguous). False, with nothing written, where the kernel does not
+    apply (as `prefill_attention_bf16`); per prompt, the same result as that one-prompt call
+    (the same work items, each computed alone)."""
+    module = _fused_applies(q, k, v, out)
+    if (
+        module is None
+        or not module.native_bf16()
+        or q.dim() != 3
+        or q.shape[2] % 32
+        or q.shape[2] > 256
+        or any(t.stride(2) != 1 for t in (q, k, v))
+        or not out.is_contiguous()
+    ):
+        return False
+    rows = torch.tensor(ranges, dtype=torch.int64).reshape(-1, 2)
+    module.prefill_attention_ranges_bf16(q, k, v, out, rows, scale, torch.get_num_threads())
+    return True

@@ -30,7 +30,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from neo_engine.attention import device_decode_stage, host_decode_stage, prefill_stage
+from neo_engine.attention import (
+    device_decode_stage,
+    host_decode_stage,
+    prefill_stage,
+    whole_prompts_stage,
+)
 from neo_engine.kv_cache import KVPool, copy_blocks
 from neo_engine.layers import Rotary, linear, post_projection, pre_projection, rms_norm
 from neo_engine.weights import ModelWeights
@@ -234,7 +239,11 @@ class Executor:
         if not (p.prefills or p.gpu is not None):
             return  # a sub-batch of CPU decodes only: no device attention to run
         with self._span(Lane.GPU, Task.GPU_ATTN, layer, p.index):
-            for pf in p.prefills:
+            prefills = p.prefills
+            whole = [(pf.pool, pf.slots, pf.rows) for pf in prefills if not pf.start]
+            if len(whole) > 1 and whole_prompts_stage(layer, whole, q, k, v, self.scale, out):
+                prefills = [pf for pf in prefills if pf.start]
+            for pf in prefills:
                 a, b = pf.rows
                 out[a:b] = prefill_stage(
                     pf.pool,

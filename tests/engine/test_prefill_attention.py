@@ -94,11 +94,37 @@ def test_rows_attend_only_to_earlier_keys():
     assert not torch.equal(before[-1], after[-1])
 
 
+@needs_native
+def test_several_prompts_in_one_call_equal_one_call_each():
+    """The batched call (row ranges of a fused QKV output, gaps between them, lengths that end
+    in every K block of a tile) gives each prompt exactly its one-prompt result, and leaves
+    the rows outside every range as they were."""
+    lengths, gaps = [1, 16, 33, 100, 129, 64, 250], [0, 3, 0, 5, 1, 0, 2]
+    tokens, heads, kv_heads, dim = sum(lengths) + sum(gaps), 9, 3, 64
+    gen = torch.Generator().manual_seed(11)
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).bfloat16()
+    q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=1)
+    q, k, v = (x.view(tokens, -1, dim) for x in (q, k, v))
+    ranges, row = [], 0
+    for length, gap in zip(lengths, gaps):
+        ranges.append((row + gap, row + gap + length))
+        row += gap + length
+    out = torch.full((tokens, heads, dim), 7.0, dtype=torch.bfloat16)
+    assert cpu_kernel.prefill_attention_ranges_bf16(q, k, v, ranges, 0.125, out)
+    untouched = torch.ones(tokens, dtype=torch.bool)
+    for a, b in ranges:
+        alone = cpu_kernel.prefill_attention_bf16(q[a:b], k[a:b], v[a:b], 0.125)
+        assert torch.equal(out[a:b], alone)
+        untouched[a:b] = False
+    assert (out[untouched] == 7.0).all()
+
+
 def test_declines_what_it_does_not_cover():
     """fp32, a head size that is not a multiple of 32, or no native build: None (torch's SDPA
     runs instead)."""
     q = torch.randn(10, 2, 64)
     assert cpu_kernel.prefill_attention_bf16(q, q, q, 0.125) is None
+    assert not cpu_kernel.prefill_attention_ranges_bf16(q, q, q, [(0, 10)], 0.125, q.clone())
     odd = torch.randn(10, 2, 40).bfloat16()
     assert cpu_kernel.prefill_attention_bf16(odd, odd, odd, 0.125) is None
     if not native:
