@@ -41,13 +41,15 @@ def setting(
     parse: Callable[[str], Any] | None = None,
     choices: tuple[str, ...] | None = None,
     cli: bool = True,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """A dataclass field with the metadata the tools read.
 
     `low`/`high` bound the value (`low_open`: strictly above `low`); None values skip the check
     (an optional setting left unset). `flag` names the command-line flag when it should differ
     from the field name; `parse` turns the flag's text into a value; `cli=False` keeps the field
-    off the command line (it is set by code, not users).
+    off the command line (it is set by code, not users). `aliases` are other names the
+    setting answers to, as a flat name and as a flag: vLLM's, where the meaning is the same.
     """
     metadata = {
         "help": help,
@@ -59,6 +61,7 @@ def setting(
         "parse": parse,
         "choices": choices,
         "cli": cli,
+        "aliases": aliases,
     }
     return dataclasses.field(default=default, metadata=metadata)
 
@@ -132,6 +135,8 @@ def names(cls: type) -> dict[str, tuple[str, ...]]:
         add(f.name, (f.name,))
         alias = (f.metadata.get("flag") or "").replace("-", "_")
         if alias and alias != f.name:
+            add(alias, (f.name,))
+        for alias in f.metadata.get("aliases", ()):
             add(alias, (f.name,))
     return out
 
@@ -270,7 +275,8 @@ def add_arguments(
             kwargs["type"] = _argparse_type(f, kind)
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
-        flags = dict.fromkeys((flag, "--" + f.name.replace("_", "-")))
+        known_as = (f.name, *f.metadata.get("aliases", ()))
+        flags = dict.fromkeys((flag, *("--" + n.replace("_", "-") for n in known_as)))
         parser.add_argument(*flags, **kwargs)
 
 

@@ -57,7 +57,11 @@ class SchedulerConfig:
         512, "request slots: requests resident on the GPU or the CPU", unit="requests", low=1
     )
     max_batch_tokens: int = setting(
-        4096, "tokens per iteration (a whole prompt must fit)", unit="tokens", low=1
+        4096,
+        "tokens per iteration (a whole prompt must fit); vLLM's max_num_batched_tokens",
+        unit="tokens",
+        low=1,
+        aliases=("max_num_batched_tokens",),
     )
     swap_in_watermark: float = setting(
         0.95,

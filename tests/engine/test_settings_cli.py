@@ -31,6 +31,16 @@ def test_neo_serve_flags_are_engine_and_server_settings_with_their_defaults():
     assert config.kv == ENGINE_KV  # the one stated difference
 
 
+def test_vllm_names_of_the_same_setting_are_accepted():
+    """vLLM's max_num_batched_tokens is our max_batch_tokens (tokens per iteration): a vLLM
+    user's keyword and flag work unchanged."""
+    config = EngineConfig.of("dummy:tiny", max_num_batched_tokens=2048)
+    assert config.scheduler.max_batch_tokens == 2048
+    args = serve_parser().parse_args(["--model", "m", "--max-num-batched-tokens", "1024"])
+    assert settings.from_args(EngineConfig, args).scheduler.max_batch_tokens == 1024
+    assert "--max-num-batched-tokens" in serve_parser().format_help()
+
+
 def test_neo_profile_and_validate_flags_match_their_settings():
     measure, check = profile_parsers()
     assert assert_flags_match(measure, ProfileSettings(LoadSettings("m")), {"help"}) >= 6
