@@ -280,13 +280,9 @@ def fused_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out
 
 
-def prefill_attention_bf16(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
-) -> torch.Tensor | None:
-    """Causal attention of one whole prompt (q [T, Hq, D], k, v [T, Hkv, D], bf16 on the CPU,
-    head dims contiguous) through the compiled flash kernel with native bf16 dot products
-    (`csrc/prefill_attention.cpp`): [T, Hq, D], or None where it does not apply (another
-    dtype or device, a head size that is not a multiple of 32, no AVX512-BF16 in this build)."""
+def _prefill_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """The compiled module if the bf16 prefill kernel covers q, k, v (bf16 CPU tensors [T, H,
+    D], head dims contiguous, D a multiple of 32 up to 256, an AVX512-BF16 build), else None."""
     module = _fused_applies(q, k, v)
     if (
         module is None
@@ -296,6 +292,19 @@ def prefill_attention_bf16(
         or q.shape[2] > 256
         or any(t.stride(2) != 1 for t in (q, k, v))
     ):
+        return None
+    return module
+
+
+def prefill_attention_bf16(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor | None:
+    """Causal attention of one whole prompt (q [T, Hq, D], k, v [T, Hkv, D], bf16 on the CPU,
+    head dims contiguous) through the compiled flash kernel with native bf16 dot products
+    (`csrc/prefill_attention.cpp`): [T, Hq, D], or None where it does not apply (another
+    dtype or device, a head size that is not a multiple of 32, no AVX512-BF16 in this build)."""
+    module = _prefill_kernel(q, k, v)
+    if module is None:
         return None
     out = torch.empty(q.shape, dtype=q.dtype)
     module.prefill_attention_bf16(q, k, v, out, scale, torch.get_num_threads())
@@ -312,19 +321,11 @@ def prefill_attention_ranges_bf16(
 ) -> bool:
     """Causal attention of several whole prompts in one call: prompt i is rows ranges[i] =
     (first, end) of q [N, Hq, D] and k, v [N, Hkv, D]; its output goes to the same rows of
-    `out` [N, Hq, D] (contiguous). False, with nothing written, where the kernel does not
-    apply (as `prefill_attention_bf16`); per prompt, the same result as that one-prompt call
-    (the same work items, each computed alone)."""
-    module = _fused_applies(q, k, v, out)
-    if (
-        module is None
-        or not module.native_bf16()
-        or q.dim() != 3
-        or q.shape[2] % 32
-        or q.shape[2] > 256
-        or any(t.stride(2) != 1 for t in (q, k, v))
-        or not out.is_contiguous()
-    ):
+    `out` [N, Hq, D] (contiguous, bf16). False, with nothing written, where the kernel does
+    not apply (as `prefill_attention_bf16`); per prompt, the same result as that one-prompt
+    call (the same work items, each computed alone)."""
+    module = _prefill_kernel(q, k, v)
+    if module is None or out.dtype != torch.bfloat16 or not out.is_contiguous():
         return False
     rows = torch.tensor(ranges, dtype=torch.int64).reshape(-1, 2)
     module.prefill_attention_ranges_bf16(q, k, v, out, rows, scale, torch.get_num_threads())
