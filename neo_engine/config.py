@@ -9,6 +9,7 @@ exactly one of their defaults, here, for the reason given at `ENGINE_KV`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,14 @@ ENGINE_KV = KVCacheSettings(cpu_kv_gb=2.0)
 HOST_OVERLAP: dict[str, bool | None] = {"auto": None, "yes": True, "no": False}
 
 DEFAULT_MAX_MODEL_LEN = 4096  # cap on the default context: the model's own, at most this
+
+
+def default_max_model_len(spec: ModelSpec) -> int:
+    """The context an engine serves when max_model_len is unset (tokens): the model's own, at
+    most DEFAULT_MAX_MODEL_LEN and at most its sliding window (beyond which neo_engine's full
+    attention would differ from the model's)."""
+    window = spec.sliding_window
+    return int(min(spec.max_position_embeddings, DEFAULT_MAX_MODEL_LEN, window or math.inf))
 
 
 @dataclass(frozen=True)

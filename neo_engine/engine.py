@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from neo_engine.config import DEFAULT_MAX_MODEL_LEN, HOST_OVERLAP, EngineConfig
+from neo_engine.config import HOST_OVERLAP, EngineConfig, default_max_model_len
 from neo_engine.cpu_kernel import SKINNY_MAX_ROWS, load_extension, skinny_path
 from neo_engine.detokenizer import IncrementalDetokenizer
 from neo_engine.executor import Executor
@@ -172,8 +171,7 @@ class LLMEngine:
             ", ".join(f"{k}={v}" for k, v in self.build_info.items() if k != "model"),
         )
         window = self.spec.sliding_window
-        limits = (self.spec.max_position_embeddings, DEFAULT_MAX_MODEL_LEN, window or math.inf)
-        self.max_model_len = config.max_model_len or int(min(limits))
+        self.max_model_len = config.max_model_len or default_max_model_len(self.spec)
         if window is not None and self.max_model_len > window:
             raise NeoError(
                 f"{load.model} uses sliding-window attention ({window} tokens), which neo_engine "

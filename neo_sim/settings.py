@@ -221,9 +221,11 @@ def _argparse_type(f: dataclasses.Field, kind: Any) -> Callable[[str], Any]:
     return convert
 
 
-def _help(f: dataclasses.Field) -> str:
+def _help(f: dataclasses.Field, rule: str | None = None) -> str:
     unit = f.metadata.get("unit")
-    if f.default is dataclasses.MISSING:
+    if rule is not None:
+        tail = f"unset: {rule}"
+    elif f.default is dataclasses.MISSING:
         tail = "required"
     elif f.default is None:
         tail = "optional"
@@ -238,12 +240,16 @@ def add_arguments(
     cls: type,
     skip: tuple[str, ...] = (),
     defaults: Any | None = None,
+    rules: Mapping[str, str] | None = None,
 ) -> None:
     """Add a flag for every user-facing field of `cls` (nested groups included).
 
     `defaults`, an instance of `cls`, supplies the defaults shown and used instead of the
-    class's (a tool whose own defaults differ, stated where that instance is made).
+    class's (a tool whose own defaults differ, stated where that instance is made). `rules`
+    names fields whose default the tool works out itself (field name -> the rule, in words for
+    the help): their flags default to None, which the tool replaces before `from_args`.
     """
+    rules = rules or {}
     for f, kind in group_fields(cls):
         if f.name in skip:
             continue
@@ -255,17 +261,19 @@ def add_arguments(
                 if isinstance(parser, argparse.ArgumentParser)
                 else parser
             )
-            add_arguments(group, kind, skip, current)
+            add_arguments(group, kind, skip, current, rules)
             continue
         if not f.metadata.get("cli", False):
             continue
         if defaults is not None:
             f = _with_default(f, getattr(defaults, f.name))
         flag = flag_of(f)
-        kwargs: dict[str, Any] = {"dest": f.name, "help": _help(f)}
+        kwargs: dict[str, Any] = {"dest": f.name, "help": _help(f, rules.get(f.name))}
         if kind is not bool:
             kwargs["metavar"] = flag[2:].upper().replace("-", "_")
-        if f.default is dataclasses.MISSING:
+        if f.name in rules:
+            kwargs["default"] = None
+        elif f.default is dataclasses.MISSING:
             kwargs["required"] = True
         else:
             kwargs["default"] = f.default

@@ -21,14 +21,33 @@ def test_neo_serve_flags_are_engine_and_server_settings_with_their_defaults():
     parser = serve_parser()
     engine_names = set(settings.names(EngineConfig))
     server_names = set(settings.names(ServerSettings))
-    checked = assert_flags_match(parser, EngineConfig.of("m"), server_names | {"help"})
+    ruled = {"max_batch_tokens"}  # the server works it out (test below)
+    checked = assert_flags_match(parser, EngineConfig.of("m"), server_names | ruled | {"help"})
     checked += assert_flags_match(parser, ServerSettings(), engine_names | {"help"})
     assert checked >= 20
-    args = parser.parse_args(["--model", "dummy:tiny"])
+    args = parser.parse_args(["--model", "dummy:tiny", "--max-batch-tokens", "4096"])
     config = settings.from_args(EngineConfig, args)
     assert config == EngineConfig.of("dummy:tiny")
     assert config.scheduler == SchedulerConfig()  # the simulator's scheduler defaults
     assert config.kv == ENGINE_KV  # the one stated difference
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], 2048),  # dummy:tiny's own context, 2048, is vLLM's server budget too
+        (["--max-model-len", "1000"], 2048),
+        (["--max-model-len", "3000"], 3000),  # every prompt must fit one iteration
+        (["--max-batch-tokens", "1024", "--max-model-len", "1024"], 1024),  # as given
+    ],
+)
+def test_neo_serve_budget_unset_is_vllms_server_rule(flags, expected):
+    from neo_engine.server import SERVING_BATCH_TOKENS, serving_batch_tokens
+
+    args = serve_parser().parse_args(["--model", "dummy:tiny", *flags])
+    budget = args.max_batch_tokens or serving_batch_tokens(args)
+    assert SERVING_BATCH_TOKENS == 2048 and budget == expected
+    assert "unset: max(max_model_len, 2048)" in " ".join(serve_parser().format_help().split())
 
 
 def test_vllm_names_of_the_same_setting_are_accepted():
