@@ -16,10 +16,12 @@
 //   pair of probabilities (p_j, p_{j+1}) broadcast then adds to 16 output dims.
 // Work items are (query head, block of 16 query rows), the longest (last) blocks first,
 // handed out dynamically: causal blocks differ in length. Per item, tiles of 64 keys up to the
-// block's last row (the last tile cut to the 16-key blocks that reach it): scores in fp32, scaled, masked causally, an online softmax in fp32
-// (running max and sum per row), the probabilities rounded to bf16 for the V product (as
-// torch's flash kernel does for bf16), the output accumulated in fp32 and divided by the sum at
-// the end, then rounded to bf16 (nearest even). GQA: query heads share their KV head's packing.
+// block's last row (the last tile cut to the 16-key blocks that reach it): scores in fp32,
+// scaled, masked causally, an online softmax in fp32 (running max and sum per row), the
+// probabilities rounded to bf16 for the V product (as torch's flash kernel does for bf16), the
+// output accumulated in fp32 and divided by the sum at the end, then rounded to bf16 (nearest
+// even). GQA: query heads share their KV head's packing. A batch's whole prompts can go in one
+// call (`prefill_attention_ranges_bf16`): their items are handed out together.
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -112,8 +114,10 @@ inline void tile_scores(const Strided& q, int64_t head, int64_t r, int64_t last,
 // out_acc[row] = out_acc[row] * alpha[row] + P[row] @ V(tile), rows [0, rows) of a group,
 // over the tile's first kKeys keys (a template: a constant trip count for the compiler).
 template <int kKeys>
-__attribute__((always_inline)) inline void tile_values(const bf16* probs /* [kRowGroup][kTile] */, const float* alpha,
-                        const bf16* vt, int64_t dim, int rows, float* out_acc /* [rows][dim] */) {
+__attribute__((always_inline)) inline void tile_values(const bf16* probs /* [kRowGroup][kTile] */,
+                                                       const float* alpha, const bf16* vt,
+                                                       int64_t dim, int rows,
+                                                       float* out_acc /* [rows][dim] */) {
   const int64_t chunks = dim / 16;
   for (int64_t c0 = 0; c0 < chunks; c0 += 4) {
     const int nc = static_cast<int>(std::min<int64_t>(4, chunks - c0));
@@ -192,8 +196,10 @@ __attribute__((always_inline)) inline void tile_softmax(const Strided& q, int64_
 
 // One tile of kBlocks K blocks for a query block: its softmax, then its values.
 template <int kBlocks>
-__attribute__((always_inline)) inline void tile(const Strided& q, int64_t head, int64_t r0, int rows, int64_t j0, const bf16* kt,
-          const bf16* vt, int64_t dim, float scale, RowState& st, bf16* probs, float* acc) {
+__attribute__((always_inline)) inline void tile(const Strided& q, int64_t head, int64_t r0,
+                                                int rows, int64_t j0, const bf16* kt,
+                                                const bf16* vt, int64_t dim, float scale,
+                                                RowState& st, bf16* probs, float* acc) {
   tile_softmax<kBlocks>(q, head, r0, rows, j0, kt, dim, scale, st, probs);
   for (int g = 0; g < rows; g += kRowGroup)
     tile_values<16 * kBlocks>(probs + g * kTile, st.alpha + g, vt, dim,
@@ -315,7 +321,9 @@ void prefill_attention_ranges_bf16(const at::Tensor& q, const at::Tensor& k, con
   // runtime, whose idle threads would spin beside torch's in the next op.
   std::atomic<int64_t> next{0};
   const int64_t tasks =  // a short prompt's few items are not worth waking the pool for
-      most < kTile && prompts == 1 ? 1 : std::min<int64_t>(std::max<int64_t>(1, num_threads), count);
+      most < kTile && prompts == 1
+          ? 1
+          : std::min<int64_t>(std::max<int64_t>(1, num_threads), count);
   at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
     for (int64_t i = next++; i < count; i = next++) {
       const Item& it = items[i];
