@@ -9,6 +9,10 @@ counts the causal half of the two matrix products (2 T^2 Hq D). Also the largest
 from a float64 reference of each, at the shortest T of each shape (both round the
 probabilities to bf16 before the product with V).
 
+Also a batch's whole prompts (--batch PROMPTSxTOKENS, 32x128 by default), rows of one fused
+QKV output: one kernel call per prompt against one call over all of them (the engine's
+`attention.whole_prompts_stage`), side by side.
+
 Run: python -m benchmarks.prefill_attention [--repeats N] [--tokens 128,512,1024,2048]
 Writes benchmarks/results/prefill_attention_bfloat16.json (--output elsewhere).
 """
@@ -74,10 +78,46 @@ def measure(module, shape: tuple[int, int, int, int], repeats: int, errors: bool
     return {f"{n}_s": statistics.median(t) for n, t in times.items()} | result
 
 
+def measure_batch(module, prompts: int, tokens: int, heads: tuple[int, int, int], repeats: int):
+    """Median seconds of a batch's whole prompts (`prompts` x `tokens`, rows of one fused QKV
+    output, as a layer makes them) attended one call per prompt and in one call over their
+    row ranges (`prefill_attention_ranges_bf16`), alternating."""
+    num_heads, kv_heads, dim = heads
+    rows = prompts * tokens
+    qkv = torch.randn(rows, (num_heads + 2 * kv_heads) * dim).bfloat16()
+    q, k, v = qkv.split([num_heads * dim, kv_heads * dim, kv_heads * dim], dim=1)
+    q, k, v = (x.view(rows, -1, dim) for x in (q, k, v))
+    scale, threads = 1 / math.sqrt(dim), torch.get_num_threads()
+    out = torch.empty(rows, num_heads, dim, dtype=torch.bfloat16)
+    spans = [(i * tokens, (i + 1) * tokens) for i in range(prompts)]
+    ranges = torch.tensor(spans, dtype=torch.int64)
+
+    def per_prompt():
+        for a, b in spans:
+            module.prefill_attention_bf16(q[a:b], k[a:b], v[a:b], out[a:b], scale, threads)
+
+    def one_call():
+        module.prefill_attention_ranges_bf16(q, k, v, out, ranges, scale, threads)
+
+    variants = {"per_prompt": per_prompt, "one_call": one_call}
+    times: dict[str, list[float]] = {n: [] for n in variants}
+    for f in variants.values():
+        f()
+    for _ in range(repeats):
+        for name, f in variants.items():
+            start = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - start)
+    return {f"{n}_s": statistics.median(t) for n, t in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--tokens", default="128,512,1024,2048")
+    p.add_argument(
+        "--batch", default="32x128", help="PROMPTSxTOKENS of the batched-call comparison"
+    )
     p.add_argument("--output", type=Path, default=RESULTS / "prefill_attention_bfloat16.json")
     args = p.parse_args(argv)
     module = load_extension()
@@ -107,6 +147,18 @@ def main(argv: list[str] | None = None) -> int:
                     "speedup": torch_s / ours_s,
                 }
             )
+    prompts, tokens = (int(x) for x in args.batch.split("x"))
+    batched = []
+    for model, heads in HEADS.items():
+        run = measure_batch(module, prompts, tokens, heads, args.repeats)
+        ratio = run["one_call_s"] / run["per_prompt_s"]
+        print(
+            f"{model} {prompts} prompts x {tokens}: one call per prompt "
+            f"{run['per_prompt_s'] * 1e3:.2f} ms | one call {run['one_call_s'] * 1e3:.2f} ms "
+            f"| {ratio:.2f}x the time",
+            flush=True,
+        )
+        batched.append({"model": model, "prompts": prompts, "tokens": tokens, **run})
     write_result(
         args.output,
         "prefill_attention",
@@ -115,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats=args.repeats,
         reference_loop_s=reference_s(),
         runs=runs,
+        batched=batched,
     )
     return 0
 

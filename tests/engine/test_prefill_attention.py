@@ -140,3 +140,7 @@ def test_benchmark_measures_both_side_by_side():
     run = measure(module, (40, 4, 2, 64), repeats=1, errors=True)
     assert run["torch_sdpa_s"] > 0 and run["ours_s"] > 0
     assert run["ours_max_error"] <= 1.25 * run["torch_sdpa_max_error"] + 2**-8
+    from benchmarks.prefill_attention import measure_batch
+
+    batch = measure_batch(module, prompts=3, tokens=20, heads=(4, 2, 64), repeats=1)
+    assert batch["per_prompt_s"] > 0 and batch["one_call_s"] > 0
