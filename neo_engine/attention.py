@@ -123,7 +123,7 @@ def whole_prompts_stage(
     nothing done, where that kernel does not apply (the caller then runs `prefill_stage` per
     prompt). Per prompt the same output as `prefill_stage`. One call instead of one per
     prompt: in the engine's prefill of 32 prompts of 128 tokens (SmolLM2, 960 calls per
-    step) attention took 0.83x the time, the step 0.99x (side by side, 2026-12-04)."""
+    step) attention took 0.78x the time, the step 0.96x (side by side, ad hoc, 2026-12-04)."""
     ranges = [rows for _, _, rows in prompts]
     if not prefill_attention_ranges_bf16(q, k, v, ranges, scale, out.view(q.shape)):
         return False
