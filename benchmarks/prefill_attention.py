@@ -43,6 +43,20 @@ def causal_float64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
     return torch.einsum("hts,shd->thd", probs, vd)
 
 
+def alternating_medians(variants: dict, repeats: int) -> dict[str, float]:
+    """`{name}_s`: the median seconds of each callable, run once to warm up, then `repeats`
+    times in turn (A B A B ...: a drift of the machine's speed falls on all alike)."""
+    times: dict[str, list[float]] = {n: [] for n in variants}
+    for f in variants.values():
+        f()
+    for _ in range(repeats):
+        for name, f in variants.items():
+            start = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - start)
+    return {f"{n}_s": statistics.median(t) for n, t in times.items()}
+
+
 def measure(module, shape: tuple[int, int, int, int], repeats: int, errors: bool) -> dict:
     """Median seconds of torch's SDPA and ours for one prompt of `shape` (tokens, query heads,
     KV heads, head dim), alternating; with `errors`, each one's largest difference from float64."""
@@ -67,15 +81,7 @@ def measure(module, shape: tuple[int, int, int, int], repeats: int, errors: bool
         exact = causal_float64(q, k, v, scale)
         for name, f in variants.items():
             result[f"{name}_max_error"] = (f().double() - exact).abs().max().item()
-    times: dict[str, list[float]] = {n: [] for n in variants}
-    for f in variants.values():
-        f()
-    for _ in range(repeats):
-        for name, f in variants.items():
-            start = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - start)
-    return {f"{n}_s": statistics.median(t) for n, t in times.items()} | result
+    return alternating_medians(variants, repeats) | result
 
 
 def measure_batch(module, prompts: int, tokens: int, heads: tuple[int, int, int], repeats: int):
@@ -100,15 +106,7 @@ def measure_batch(module, prompts: int, tokens: int, heads: tuple[int, int, int]
         module.prefill_attention_ranges_bf16(q, k, v, out, ranges, scale, threads)
 
     variants = {"per_prompt": per_prompt, "one_call": one_call}
-    times: dict[str, list[float]] = {n: [] for n in variants}
-    for f in variants.values():
-        f()
-    for _ in range(repeats):
-        for name, f in variants.items():
-            start = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - start)
-    return {f"{n}_s": statistics.median(t) for n, t in times.items()}
+    return alternating_medians(variants, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
