@@ -462,7 +462,14 @@ def main(argv: list[str] | None = None) -> int:
     except NeoError as exc:
         print(f"neo-serve: error: {exc}", file=sys.stderr)
         return 2
-    log.info("serving %s (%s) on http://%s:%d", args.model, args.policy, args.host, args.port)
+    log.info(
+        "serving %s (%s) on http://%s:%d, %d tokens per iteration",
+        args.model,
+        args.policy,
+        args.host,
+        args.port,
+        engine.engine.scheduler_config.max_batch_tokens,
+    )
     try:
         server.run()
     finally:
