@@ -411,13 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def serving_batch_tokens(args: argparse.Namespace) -> int:
-    """The server's tokens per iteration when --max-batch-tokens is unset (see
-    SERVING_BATCH_TOKENS); the model's context is read from its config, not its weights."""
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """The engine's settings from neo-serve's flags, the token budget resolved when unset:
+    max(max_model_len, SERVING_BATCH_TOKENS), the context read from the model's config, not
+    its weights."""
+    if args.max_batch_tokens is not None:
+        return settings.from_args(EngineConfig, args)
     max_model_len = args.max_model_len or default_max_model_len(
         settings.from_args(LoadSettings, args).model_spec()
     )
-    return max(max_model_len, SERVING_BATCH_TOKENS)
+    budget = max(max_model_len, SERVING_BATCH_TOKENS)
+    return settings.from_args(EngineConfig, args, max_batch_tokens=budget)
 
 
 def create_server(args: argparse.Namespace):
@@ -428,9 +432,7 @@ def create_server(args: argparse.Namespace):
     from neo_engine.engine import LLMEngine
 
     server_settings = settings.from_args(ServerSettings, args)
-    if args.max_batch_tokens is None:
-        args = argparse.Namespace(**{**vars(args), "max_batch_tokens": serving_batch_tokens(args)})
-    config = settings.from_args(EngineConfig, args)
+    config = engine_config(args)
     engine = AsyncEngine(LLMEngine(config))
     name = server_settings.served_model_name or config.load.model
     app = build_app(engine, name, engine.engine.max_model_len, server_settings.api_key)

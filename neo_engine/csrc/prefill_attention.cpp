@@ -21,7 +21,7 @@
 // probabilities rounded to bf16 for the V product (as torch's flash kernel does for bf16), the
 // output accumulated in fp32 and divided by the sum at the end, then rounded to bf16 (nearest
 // even). GQA: query heads share their KV head's packing. A batch's whole prompts can go in one
-// call (`prefill_attention_ranges_bf16`): their items are handed out together.
+// call (`prefill_attention_ranges_bf16`), in groups whose packed K/V stay in the caches.
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -246,9 +246,10 @@ void attend_block(const Strided& q, int64_t head, int64_t kv_head, int64_t r0, i
 // For each prompt s, rows [ranges[s][0], ranges[s][1]) of q, k, v and out: out = causal
 // softmax(q k^T * scale) v over that prompt's rows alone. q [N, Hq, D], k, v [N, Hkv, D], all
 // bf16 with D contiguous (rows may be strided: views of a fused QKV output); out [N, Hq, D]
-// contiguous (rows outside every range untouched). One call for a batch's prompts: one pool
-// wake-up, and every prompt's work items handed out together, longest first (per-prompt calls
-// cost ~0.1 ms each beyond their arithmetic at 128-token prompts, 32 prompts x 30 layers).
+// contiguous (rows outside every range untouched). One call for a batch's prompts: per group
+// of prompts (kGroupBytes), one pool wake-up for its packing and one for its work items, handed
+// out together, longest first (per-prompt calls cost ~0.1 ms each beyond their arithmetic at
+// 128-token prompts, 32 prompts x 30 layers).
 void prefill_attention_ranges_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                    at::Tensor& out, const at::Tensor& ranges, double scale,
                                    int64_t num_threads) {

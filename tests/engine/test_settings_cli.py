@@ -42,10 +42,10 @@ def test_neo_serve_flags_are_engine_and_server_settings_with_their_defaults():
     ],
 )
 def test_neo_serve_budget_unset_is_vllms_server_rule(flags, expected):
-    from neo_engine.server import SERVING_BATCH_TOKENS, serving_batch_tokens
+    from neo_engine.server import SERVING_BATCH_TOKENS, engine_config
 
     args = serve_parser().parse_args(["--model", "dummy:tiny", *flags])
-    budget = args.max_batch_tokens or serving_batch_tokens(args)
+    budget = engine_config(args).scheduler.max_batch_tokens
     assert SERVING_BATCH_TOKENS == 2048 and budget == expected
     assert "unset: max(max_model_len, 2048)" in " ".join(serve_parser().format_help().split())
 
