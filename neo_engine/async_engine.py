@@ -9,6 +9,15 @@ Failure isolation: a request the engine refuses fails alone (NeoError: the clien
 EngineError: ours), a request whose sampling fails ends with finish_reason "error", and should
 the thread itself ever die, `healthy` turns False and every request fails fast instead of
 hanging. The thread warms the engine up (kernels built, one tiny generation) before `ready`.
+
+The thread also builds the engine: every torch kernel of the process then runs on that one
+thread, so the process has one OpenMP team. libgomp counts the threads of every team alive
+and, once they outnumber the cores, throttles each team's spin-wait from 300,000 to 100 spins
+(GOMP_SPINCOUNT in libgomp's manual): a team's workers then sleep between kernels and each
+parallel kernel pays a wake-up. An engine loaded on the main thread and stepped on this one
+left the main thread's idle team beside this thread's (2 cores: a batch-64 decode step of
+SmolLM2-135M took 97 ms instead of 82; `benchmarks/results/openmp_teams.json` times the
+effect on small kernels).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from neo_engine.engine import EngineStats, LLMEngine, RequestOutput
@@ -83,24 +93,34 @@ class RequestStream:
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine):
-        self.engine = engine
+    engine: LLMEngine  # built and stepped on the engine thread
+
+    def __init__(self, build: Callable[[], LLMEngine]):
+        """`build` makes the engine; it runs on the engine thread (module docstring: one
+        OpenMP team), and its exception, if any, is raised here."""
         self._commands: queue.Queue = queue.Queue()
         self._sinks: dict[int, tuple[asyncio.Queue, asyncio.AbstractEventLoop]] = {}
         self._ids = itertools.count()
-        self._stats: EngineStats = engine.stats()
         self._stop = threading.Event()
         self._deadline = float("inf")  # when stopping: in-flight work may run until then
         self.shutdown_timeout_s = 30.0  # the server sets its own
         self.ready = threading.Event()  # set once the engine is warm
         self.healthy = True  # False if the engine thread died
-        self._thread = threading.Thread(target=self._main, name="neo-engine", daemon=True)
+        self._thread = threading.Thread(
+            target=self._main, args=(build,), name="neo-engine", daemon=True
+        )
         # Finished outputs for the latency histograms, drained by /metrics; bounded.
         self.finished_outputs: collections.deque[RequestOutput] = collections.deque(
             maxlen=FINISHED_KEPT
         )
         self._finished_lock = threading.Lock()
+        self._built = threading.Event()
+        self._build_error: BaseException | None = None
         self._thread.start()
+        self._built.wait()
+        if self._build_error is not None:
+            raise self._build_error
+        self._stats: EngineStats = self.engine.stats()
 
     # ---- the API the server uses --------------------------------------------------------------
     async def start(self, prompt: str | list[int], params: SamplingParams) -> RequestStream:
@@ -151,7 +171,14 @@ class AsyncEngine:
         self.engine.close()
 
     # ---- the engine thread --------------------------------------------------------------------
-    def _main(self) -> None:
+    def _main(self, build: Callable[[], LLMEngine]) -> None:
+        try:
+            self.engine = build()
+        except BaseException as exc:  # raised on the caller's thread by __init__
+            self._build_error = exc
+            return
+        finally:
+            self._built.set()
         try:
             self._warm_up()
             self.ready.set()

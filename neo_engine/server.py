@@ -433,7 +433,7 @@ def create_server(args: argparse.Namespace):
 
     server_settings = settings.from_args(ServerSettings, args)
     config = engine_config(args)
-    engine = AsyncEngine(LLMEngine(config))
+    engine = AsyncEngine(lambda: LLMEngine(config))
     name = server_settings.served_model_name or config.load.model
     app = build_app(engine, name, engine.engine.max_model_len, server_settings.api_key)
     server = uvicorn.Server(

@@ -18,6 +18,7 @@ from neo_engine.async_engine import AsyncEngine, EngineError
 from neo_engine.config import EngineConfig
 from neo_engine.engine import LLMEngine
 from neo_engine.sampling import SamplingError, SamplingParams
+from neo_sim.errors import NeoError
 from tests.engine.test_server import MODEL, metrics, server  # noqa: F401 (fixture)
 
 COMPLETIONS = "/v1/completions"
@@ -211,10 +212,36 @@ def test_api_key_is_required_when_configured():
 
 
 def tiny_async_engine() -> AsyncEngine:
-    engine = LLMEngine(EngineConfig.of("dummy:tiny", max_model_len=1024, gpu_kv_blocks=256))
-    async_engine = AsyncEngine(engine)
+    config = EngineConfig.of("dummy:tiny", max_model_len=1024, gpu_kv_blocks=256)
+    async_engine = AsyncEngine(lambda: LLMEngine(config))
     assert async_engine.ready.wait(timeout=600)
     return async_engine
+
+
+def test_the_engine_is_built_on_the_thread_that_steps_it():
+    """Every torch kernel on one thread, so one OpenMP team (async_engine's docstring): an
+    engine built on the caller's thread leaves that thread's team beside the engine
+    thread's, and libgomp then throttles both teams' spin-wait."""
+    config = EngineConfig.of("dummy:tiny", max_model_len=1024, gpu_kv_blocks=256)
+    built_on: list[int] = []
+
+    def build() -> LLMEngine:
+        built_on.append(threading.get_ident())
+        return LLMEngine(config)
+
+    async_engine = AsyncEngine(build)
+    try:
+        assert built_on == [async_engine._thread.ident] != [threading.get_ident()]
+    finally:
+        async_engine.shutdown(timeout_s=5)
+
+
+def test_an_engine_that_fails_to_build_raises_on_the_callers_thread():
+    def build() -> LLMEngine:
+        raise NeoError("no such model")
+
+    with pytest.raises(NeoError, match="no such model"):
+        AsyncEngine(build)
 
 
 def test_if_the_engine_thread_dies_requests_fail_fast_and_health_says_so():
