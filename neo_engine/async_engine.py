@@ -15,9 +15,8 @@ thread, so the process has one OpenMP team. libgomp counts the threads of every 
 and, once they outnumber the cores, throttles each team's spin-wait from 300,000 to 100 spins
 (GOMP_SPINCOUNT in libgomp's manual): a team's workers then sleep between kernels and each
 parallel kernel pays a wake-up. An engine loaded on the main thread and stepped on this one
-left the main thread's idle team beside this thread's (2 cores: a batch-64 decode step of
-SmolLM2-135M took 97 ms instead of 82; `benchmarks/results/openmp_teams.json` times the
-effect on small kernels).
+left the main thread's idle team beside this thread's: on 2 cores a batch-64 decode step of
+SmolLM2-135M then took 1.25x the time (`benchmarks/results/openmp_teams.json`).
 """
 
 from __future__ import annotations
