@@ -1,14 +1,18 @@
 """Benchmark: host decode attention (NEO's hot spot) against this machine's memory bandwidth.
 
-fp16 KV, batch 32, context 1024, 32 query heads x 128 (Llama-2-7B's layer shape), paged with
-16-token blocks scattered through a larger pool. Reported side by side in one run:
+By default fp16 KV, batch 32, context 1024, 32 query heads x 128 (Llama-2-7B's layer shape),
+paged with 16-token blocks scattered through a larger pool. `--layers N` gives each of N
+layers its own pools and times the calls over all of them in turn, as a decode step makes
+them: every layer's KV then comes from DRAM even where one layer's would fit the caches
+(SmolLM2-135M's decode step: `--batch 64 --context 160 --heads 9 --kv-heads 3 --head-dim 64
+--kv-dtype bfloat16 --query-dtype bfloat16 --layers 30`). Reported side by side in one run:
 - this machine's read bandwidth (a summation over a 1 GiB buffer with all threads);
 - our C++ kernel (reads each K/V byte once, in place): GB/s of KV read and % of that bandwidth;
 - for context, torch SDPA over the same data already contiguous in fp32 (no paging, 2x bytes),
   and the torch fallback (gather blocks, then attend).
 Target: >= 85% of the measured read bandwidth (the kernel reads each cached K/V byte once).
 
-Run: python -m benchmarks.host_attention [--repeats N] [--threads T]
+Run: python -m benchmarks.host_attention [--repeats N] [--threads T] [shape options]
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch.nn.functional as F
 from benchmarks import RESULTS, write_result
 from neo_engine.cpu_kernel import decode_attention, load_extension, reference_decode_attention
 from neo_engine.kv_cache import cpu_tensor
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def best(fn, repeats: int) -> float:
@@ -50,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-heads", type=int, default=32)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--kv-dtype", choices=tuple(DTYPES), default="float16")
+    p.add_argument("--query-dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--layers", type=int, default=1, help="pools read in turn, one per layer")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--output", type=Path, default=RESULTS / "host_attention.json")
@@ -69,20 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     blocks_per = L // bs
     pool_blocks = 2 * b * blocks_per
-    k = cpu_tensor((pool_blocks, hkv, bs, d), torch.float16)  # as the engine allocates pools
-    v = cpu_tensor((pool_blocks, hkv, bs, d), torch.float16)
-    k.normal_()
-    v.normal_()
+    kv_dtype, layers = DTYPES[args.kv_dtype], args.layers
+    shape = (pool_blocks, hkv, bs, d)
+    k = [cpu_tensor(shape, kv_dtype) for _ in range(layers)]  # as the engine allocates pools
+    v = [cpu_tensor(shape, kv_dtype) for _ in range(layers)]
+    for t in (*k, *v):
+        t.normal_()
     tables = torch.randperm(pool_blocks)[: b * blocks_per].view(b, blocks_per).int().contiguous()
     lens = torch.full((b,), L, dtype=torch.int32)
-    q = torch.randn(b, hq, d)
+    q = torch.randn(b, hq, d).to(DTYPES[args.query_dtype])
     scale = 1 / math.sqrt(d)
-    kv_bytes = 2 * b * L * hkv * d * 2
-    t_kernel = best(
-        lambda: decode_attention(q, k, v, tables, lens, scale, num_threads=args.threads),
-        args.repeats,
-    )
+    kv_bytes = 2 * b * L * hkv * d * k[0].element_size()  # per call (one layer)
+
+    def every_layer() -> None:
+        for i in range(layers):
+            decode_attention(q, k[i], v[i], tables, lens, scale, num_threads=args.threads)
+
+    t_kernel = best(every_layer, args.repeats) / layers
     kernel_gbs = kv_bytes / t_kernel / 1e9
+    q, k, v = q.float(), k[0], v[0]
 
     kc = torch.randn(b, hkv, L, d)
     vc = torch.randn(b, hkv, L, d)
@@ -93,16 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     t_gather = best(lambda: reference_decode_attention(q, k, v, tables, lens, scale), 2)
 
     print(
-        f"host decode attention, fp16 KV, batch {b}, context {L}, {hq}x{d} heads "
-        f"({hkv} KV heads), {args.threads} threads; KV read per call {kv_bytes / 1e6:.0f} MB"
+        f"host decode attention, {args.kv_dtype} KV, {args.query_dtype} query, batch {b}, "
+        f"context {L}, {hq}x{d} heads ({hkv} KV heads), {layers} layer(s) in turn, "
+        f"{args.threads} threads; KV read per call {kv_bytes / 1e6:.1f} MB"
     )
     print(f"  machine read bandwidth (1 GiB sum)    {read_gbs:6.1f} GB/s")
     print(
-        f"  neo C++ kernel (paged, in place)      {t_kernel * 1e3:7.1f} ms  {kernel_gbs:6.1f} GB/s"
+        f"  neo C++ kernel (paged, in place)      {t_kernel * 1e3:7.2f} ms  {kernel_gbs:6.1f} GB/s"
         f"  = {100 * kernel_gbs / read_gbs:.0f}% of read bandwidth"
     )
-    print(f"  torch SDPA, contiguous fp32 KV        {t_sdpa * 1e3:7.1f} ms  (reads 2x the bytes)")
-    print(f"  torch fallback (gather, then attend)  {t_gather * 1e3:7.1f} ms")
+    print(f"  torch SDPA, contiguous fp32 KV        {t_sdpa * 1e3:7.2f} ms  (one layer, cached)")
+    print(f"  torch fallback (gather, then attend)  {t_gather * 1e3:7.2f} ms")
     print(
         f"  kernel speed-up vs SDPA {t_sdpa / t_kernel:.2f}x, vs fallback "
         f"{t_gather / t_kernel:.2f}x"

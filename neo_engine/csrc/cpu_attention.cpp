@@ -80,11 +80,17 @@ inline float hsum(__m256 v) {
 // hardware prefetchers cannot run ahead from one block to the next, and a step's KV comes
 // from DRAM (every layer's is read once per step, after the rest of the step evicted it).
 // Asking for the whole tile of the next block only, into L1, left too few lines in flight:
-// SmolLM2's decode shape (64 requests, 9 query over 3 KV heads, 30 layers' pools read one
-// after the other) read at 12-14 GB/s of the 33 GB/s a sum reads; six blocks ahead into L2
-// at 20-21 GB/s (0.64x the time at 160 tokens, 0.73x at 1,024); ten or sixteen ahead, or one
-// stream running on from the keys into the values, no faster (medians of interleaved runs).
+// SmolLM2's decode shape (64 requests, 9 query over 3 KV heads, bf16, 30 layers' pools read
+// one after the other) read at 12-15 GB/s of the 33 GB/s a sum reads; six blocks ahead into
+// L2 at 20-21 GB/s (0.64-0.76x the time at 160 and 1,024 tokens; the general path, with an
+// fp32 query, 0.84-0.93x); ten or sixteen ahead, or one stream running on from the keys into
+// the values, no faster. Llama-2-7B's layer (32 heads of 128, fp16, 1,024 tokens): unchanged,
+// 0.99x (medians of interleaved runs, ad hoc).
 constexpr int64_t kPrefetchBlocks = 6;
+// Of a block's run of adjacent heads, at most this much is requested ahead: a long run (32
+// heads of 128 values: 128 KiB a block) is contiguous, which the hardware prefetchers follow
+// once it is started, and six whole runs would overflow L2.
+constexpr int64_t kPrefetchRunBytes = 8192;
 
 inline void prefetch_l2(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
@@ -497,7 +503,8 @@ void attend(const Q* q, const T* k_cache, const T* v_cache, const int32_t* table
     }
     const int64_t nblocks = (len + block_size - 1) / block_size;
     const int32_t* table = tables + b * max_blocks;
-    const int64_t run_bytes = (h1 - h0) * tile * static_cast<int64_t>(sizeof(T));
+    const int64_t run_bytes =
+        std::min((h1 - h0) * tile * static_cast<int64_t>(sizeof(T)), kPrefetchRunBytes);
     const int64_t stride_bytes = block_stride * static_cast<int64_t>(sizeof(T));
     const int64_t first = std::min(nblocks, kPrefetchBlocks);
     prefetch_blocks(k_cache + h0 * tile, table, 0, first, stride_bytes, run_bytes);
