@@ -52,6 +52,18 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def engine_build() -> str:
+    """What decides the engine's operator times here beyond the machine: torch's version and
+    the host kernels' sources (12 hex digits). A profile records it, and validate measures a
+    new one where it differs: a profile timed with other kernels prices this engine wrong
+    (the paged attention kernel's deeper prefetch alone took SmolLM2's batch-64 decode
+    attention from ~17.5 to ~12.8 ms a step)."""
+    key = hashlib.sha1(torch.__version__.encode())
+    for path in (*_SOURCES, *_HEADERS):
+        key.update(path.read_bytes())
+    return f"torch {torch.__version__}, host kernels {key.hexdigest()[:12]}"
+
+
 def load_extension():
     """The compiled module, or None if it cannot be built here."""
     global _module, _failed

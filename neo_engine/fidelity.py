@@ -566,9 +566,11 @@ def machine_key(here: dict) -> str:
 
 def this_engine_machine() -> dict:
     """The facts a profile must share with this machine to price the engine here: the CPU's
-    (`neo_sim.machine.this_machine`), the GPU's name, and how the engine runs its host lane."""
+    (`neo_sim.machine.this_machine`), the GPU's name, how the engine runs its host lane, and
+    the torch and host kernels it runs (`cpu_kernel.engine_build`)."""
     import torch
 
+    from neo_engine.cpu_kernel import engine_build
     from neo_engine.executor import host_lane
     from neo_sim.machine import this_machine
 
@@ -576,6 +578,7 @@ def this_engine_machine() -> dict:
     if torch.cuda.is_available():
         here["gpu"] = torch.cuda.get_device_name(0)
     here["host_lane"] = host_lane(torch.cuda.is_available())  # as the engine will run it
+    here["engine_build"] = engine_build()
     return here
 
 

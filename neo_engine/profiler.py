@@ -207,6 +207,7 @@ def cmd_measure(run: ProfileSettings) -> int:
     )
     bandwidth.sample()
     read_gbs = [gbs for _, gbs in bandwidth.samples]
+    from neo_engine.cpu_kernel import engine_build
     from neo_engine.executor import host_lane
     from neo_engine.opbench import measure_host_overhead, reference_kernel
 
@@ -216,6 +217,8 @@ def cmd_measure(run: ProfileSettings) -> int:
     machine = machine_info(device) | {
         # the host attention's times hold for the host lane as it ran (neo_engine.executor)
         "host_lane": host_lane(device.type == "cuda", run.host_threads, overlap),
+        # and for the torch and host kernels they were timed with
+        "engine_build": engine_build(),
         # this machine's speed now, for comparing later runs with (neo-sim validate's drift)
         "reference_kernel_ms": round(reference_kernel(spec)(), 5),
         # and its memory read bandwidth while the points were measured: median, min, max

@@ -61,9 +61,16 @@ def mismatches(recorded: dict[str, Any], here: dict[str, Any] | None = None) -> 
     record (profiles older than this check) counts as a difference: nothing vouches for it."""
     here = this_machine() if here is None else here
     out = []
-    # The GPU and the host lane (how the engine runs its host attention,
-    # `neo_engine.executor.host_lane`) are compared only where the engine adds them to `here`.
-    facts = (("cpu", "CPU"), ("cpu_cores", "cores"), ("gpu", "GPU"), ("host_lane", "host lane"))
+    # The GPU, the host lane (how the engine runs its host attention,
+    # `neo_engine.executor.host_lane`) and the engine build (torch and the host kernels,
+    # `neo_engine.cpu_kernel.engine_build`) are compared only where the engine adds them.
+    facts = (
+        ("cpu", "CPU"),
+        ("cpu_cores", "cores"),
+        ("gpu", "GPU"),
+        ("host_lane", "host lane"),
+        ("engine_build", "engine build"),
+    )
     for key, label in facts:
         if key not in here:
             continue

@@ -48,3 +48,16 @@ def test_the_host_lane_is_compared_only_where_the_engine_names_it():
     assert mismatches(here, {**here, "host_lane": inline}) == [
         f"host lane not recorded (this machine: {inline})"
     ]
+
+
+def test_the_engine_build_is_compared_only_where_the_engine_names_it():
+    """A profile timed with other host kernels or another torch prices this engine wrong."""
+    here = {"cpu": "c", "cpu_features": AVX2, "cpu_cores": 2}
+    old, new = "torch 2.13.0+cpu, host kernels aaaaaaaaaaaa", "torch 2.13.0+cpu, host kernels b"
+    assert mismatches({**here, "engine_build": old}, here) == []
+    assert mismatches({**here, "engine_build": old}, {**here, "engine_build": new}) == [
+        f"engine build {old} (this machine: {new})"
+    ]
+    assert mismatches(here, {**here, "engine_build": new}) == [
+        f"engine build not recorded (this machine: {new})"
+    ]
