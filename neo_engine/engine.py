@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from neo_engine.config import HOST_OVERLAP, EngineConfig, default_max_model_len
-from neo_engine.cpu_kernel import SKINNY_MAX_ROWS, load_extension, skinny_path
+from neo_engine.cpu_kernel import SKINNY_MAX_ROWS, engine_build, load_extension, skinny_path
 from neo_engine.detokenizer import IncrementalDetokenizer
 from neo_engine.executor import Executor
 from neo_engine.kv_cache import KVPool
@@ -160,6 +160,7 @@ class LLMEngine:
             "kv_dtype": self.spec.kv_dtype,
             "dtype_reason": load.dtype_reason(),
             "host_kernels": "c++" if kernels is not None else "torch fallback",
+            "engine_build": engine_build(),  # as a measured profile records it
             "decode_gemm": _gemm_path(self.torch_dtype, self.device, prepacked),
             "cpu": cpu_name(),
             "cpu_features": ",".join(name for name, present in features.items() if present),
