@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from neo_sim.machine import mismatches, this_machine
 
 AVX2 = {"avx2": True, "avx512f": False, "avx512_bf16": False, "amx_bf16": False}
@@ -37,27 +39,25 @@ def test_a_gpu_is_compared_only_where_this_machine_has_one():
     ]
 
 
-def test_the_host_lane_is_compared_only_where_the_engine_names_it():
-    here = {"cpu": "c", "cpu_features": AVX2, "cpu_cores": 2}
-    inline, overlapped = "inline, 2 threads", "overlapped, 1 thread"
-    assert mismatches({**here, "host_lane": overlapped}, here) == []
-    assert mismatches({**here, "host_lane": overlapped}, {**here, "host_lane": inline}) == [
-        f"host lane {overlapped} (this machine: {inline})"
-    ]
-    # a profile from before the host lane was recorded timed its CPU attention some other way
-    assert mismatches(here, {**here, "host_lane": inline}) == [
-        f"host lane not recorded (this machine: {inline})"
-    ]
+# Facts only the engine adds to `here`: how it runs its host lane (a profile's CPU attention
+# times hold only for that) and its build (torch and the host kernels it was timed with).
+ENGINE_FACTS = [
+    ("host_lane", "host lane", "overlapped, 1 thread", "inline, 2 threads"),
+    (
+        "engine_build",
+        "engine build",
+        "torch 2.13.0+cpu, host kernels a",
+        "torch 2.13.0+cpu, host kernels b",
+    ),
+]
 
 
-def test_the_engine_build_is_compared_only_where_the_engine_names_it():
-    """A profile timed with other host kernels or another torch prices this engine wrong."""
+@pytest.mark.parametrize(("key", "label", "recorded", "ours"), ENGINE_FACTS)
+def test_engine_facts_are_compared_only_where_the_engine_names_them(key, label, recorded, ours):
     here = {"cpu": "c", "cpu_features": AVX2, "cpu_cores": 2}
-    old, new = "torch 2.13.0+cpu, host kernels aaaaaaaaaaaa", "torch 2.13.0+cpu, host kernels b"
-    assert mismatches({**here, "engine_build": old}, here) == []
-    assert mismatches({**here, "engine_build": old}, {**here, "engine_build": new}) == [
-        f"engine build {old} (this machine: {new})"
+    assert mismatches({**here, key: recorded}, here) == []
+    assert mismatches({**here, key: recorded}, {**here, key: ours}) == [
+        f"{label} {recorded} (this machine: {ours})"
     ]
-    assert mismatches(here, {**here, "engine_build": new}) == [
-        f"engine build not recorded (this machine: {new})"
-    ]
+    # a profile from before the fact was recorded: nothing vouches that it was timed this way
+    assert mismatches(here, {**here, key: ours}) == [f"{label} not recorded (this machine: {ours})"]
