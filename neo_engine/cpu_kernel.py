@@ -52,16 +52,21 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def _sources_digest(seed: str) -> str:
+    """12 hex digits of `seed` and the host kernels' sources and headers."""
+    key = hashlib.sha1(seed.encode())
+    for path in (*_SOURCES, *_HEADERS):
+        key.update(path.read_bytes())
+    return key.hexdigest()[:12]
+
+
 def engine_build() -> str:
     """What decides the engine's operator times here beyond the machine: torch's version and
     the host kernels' sources (12 hex digits). A profile records it, and validate measures a
     new one where it differs: a profile timed with other kernels prices this engine wrong
     (the paged attention kernel's deeper prefetch alone took SmolLM2's batch-64 decode
     attention from ~17.5 to ~12.8 ms a step)."""
-    key = hashlib.sha1(torch.__version__.encode())
-    for path in (*_SOURCES, *_HEADERS):
-        key.update(path.read_bytes())
-    return f"torch {torch.__version__}, host kernels {key.hexdigest()[:12]}"
+    return f"torch {torch.__version__}, host kernels {_sources_digest(torch.__version__)}"
 
 
 def load_extension():
@@ -78,10 +83,7 @@ def load_extension():
         try:
             from torch.utils.cpp_extension import load
 
-            key = hashlib.sha1((_cpu_flags() + torch.__version__).encode())
-            for path in (*_SOURCES, *_HEADERS):
-                key.update(path.read_bytes())
-            tag = key.hexdigest()[:12]
+            tag = _sources_digest(_cpu_flags() + torch.__version__)
             _module = load(
                 name=f"neo_cpu_attention_{tag}",
                 sources=[str(path) for path in _SOURCES],
