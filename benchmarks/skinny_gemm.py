@@ -6,8 +6,9 @@ M = 1..32 token rows, in --dtype (float32 or bfloat16). Reported side by side in
 the median of alternating repeats:
 - F.linear (what transformers calls), the weight-major torch.mm the engine used before, and
   our kernel (in bf16 on a CPU with AVX512-BF16: its native path and its portable path);
-  in bf16, also oneDNN with prepacked weights as `layers.linear` runs it (the kernel up to
-  `layers.SKINNY_ROWS_WITH_PREPACKED` rows, oneDNN's blocked weights beyond);
+  where torch has oneDNN's prepacking ops, also `layers.linear` with prepacked weights as the
+  engine runs it (the kernel up to `layers.SKINNY_ROWS_WITH_PREPACKED` rows, oneDNN's blocked
+  weights beyond);
   GB/s of weights streamed and the kernel's speed-up over F.linear;
 - this machine's read bandwidth (benchmarks.host_attention's 1 GiB sum), for reference, and
   which path the kernel took.

@@ -58,6 +58,11 @@ class LoadSettings:
     )
     kv_dtype: str | None = setting(None, "KV cache dtype; unset: the compute dtype")
     seed: int = setting(0, "seed of random weights and of sampling without its own seed")
+    prepack_weights: bool = setting(
+        True,
+        "on a CPU device in bf16 or fp32, also keep each GEMM weight in oneDNN's blocked layout "
+        "(weights.PrepackedWeight): faster GEMMs past a few rows, twice the weights' memory",
+    )
 
     def __post_init__(self) -> None:
         check(self, "load settings")

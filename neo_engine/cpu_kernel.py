@@ -61,12 +61,20 @@ def _sources_digest(seed: str) -> str:
 
 
 def engine_build() -> str:
-    """What decides the engine's operator times here beyond the machine: torch's version and
-    the host kernels' sources (12 hex digits). A profile records it, and validate measures a
-    new one where it differs: a profile timed with other kernels prices this engine wrong
-    (the paged attention kernel's deeper prefetch alone took SmolLM2's batch-64 decode
-    attention from ~17.5 to ~12.8 ms a step)."""
-    return f"torch {torch.__version__}, host kernels {_sources_digest(torch.__version__)}"
+    """What decides the engine's operator times here beyond the machine: torch's version, the
+    host kernels' sources (12 hex digits) and the dtypes whose GEMM weights the engine
+    prepacks by default (`weights.PREPACKED_DTYPES`). A profile records it, and validate
+    measures a new one where it differs: a profile timed with other kernels prices this
+    engine wrong (the paged attention kernel's deeper prefetch alone took SmolLM2's batch-64
+    decode attention from ~17.5 to ~12.8 ms a step; prepacked fp32 weights took the `small` preset's
+    32-row decode GEMMs from 51 to 35 ms, benchmarks/results/skinny_gemm_float32_avx512.json)."""
+    from neo_engine.weights import PREPACKED_DTYPES
+
+    prepacked = "/".join(str(d).removeprefix("torch.") for d in PREPACKED_DTYPES)
+    return (
+        f"torch {torch.__version__}, host kernels {_sources_digest(torch.__version__)}, "
+        f"prepacked GEMM weights: {prepacked}"
+    )
 
 
 def load_extension():
@@ -142,7 +150,7 @@ def decode_attention(
 # Up to this many rows of x, per dtype, `skinny_linear` beats torch's F.linear on the CPUs
 # measured (benchmarks/skinny_gemm.py): fp32 1.2-4.4x at 1..32 rows (AVX2,
 # results/skinny_gemm.json); bf16 2.1x at 1 row, 1.1x at 16, 0.93x at 24 and 32 (AVX512-BF16,
-# results/skinny_gemm_bfloat16.json). Above it the blocked GEMMs win. (With prepacked bf16
+# results/skinny_gemm_bfloat16.json). Above it the blocked GEMMs win. (With prepacked
 # weights `layers.linear` hands over to oneDNN far earlier: SKINNY_ROWS_WITH_PREPACKED.)
 SKINNY_MAX_ROWS = {torch.float32: 32, torch.bfloat16: 16}
 

@@ -121,7 +121,7 @@ def _gemm_path(dtype: torch.dtype, device: torch.device, prepacked: bool) -> str
         return "torch"
     if prepacked:
         return (
-            f"{skinny_path(dtype)} up to {SKINNY_ROWS_WITH_PREPACKED} rows, "
+            f"{skinny_path(dtype)} up to {SKINNY_ROWS_WITH_PREPACKED[dtype]} rows, "
             "oneDNN with prepacked weights beyond"
         )
     return f"{skinny_path(dtype)} up to {SKINNY_MAX_ROWS.get(dtype, 0)} rows, torch beyond"
@@ -147,7 +147,7 @@ class LLMEngine:
             )
         else:
             self.weights = random_weights(self.spec, self.torch_dtype, self.device, load.seed)
-        prepacked = can_prepack(self.torch_dtype, self.device)
+        prepacked = load.prepack_weights and can_prepack(self.torch_dtype, self.device)
         if prepacked:
             prepack(self.weights)
         self.tokenizer = load_tokenizer(ref.checkpoint_dir, self.spec.vocab_size)

@@ -20,19 +20,34 @@ from neo_engine.cpu_kernel import (
     skinny_linear,
 )
 from neo_engine.weights import LayerWeights, Linear, PrepackedWeight
+from neo_sim.machine import cpu_features
 from neo_sim.model import ModelSpec
 
-# With a prepacked weight, the skinny kernel only up to this many rows: beyond it oneDNN's
-# prepacked GEMM is as fast or faster (bf16 on AVX512-BF16, measured beside each other on
-# SmolLM2's shapes: the kernel 1.5x faster at 1-2 rows, level at 4, 1.3-1.5x slower at 8-32).
-SKINNY_ROWS_WITH_PREPACKED = 4
+
+def _skinny_rows_with_prepacked() -> dict[torch.dtype, int]:
+    """With a prepacked weight, the skinny kernel only up to this many rows, per dtype: beyond
+    it oneDNN's prepacked GEMM is as fast or faster. Measured beside each other on SmolLM2's
+    shapes (30 layers' weights, far larger than the caches): bf16 on AVX512-BF16, the kernel
+    1.5x faster at 1-2 rows, level at 4, 1.3-1.5x slower at 8-32; fp32 with AVX-512, the kernel
+    1.2-1.3x faster at 1-2 rows, 1.2x slower at 3, 1.35-1.5x at 4-32; fp32 with oneDNN held to
+    AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 on the same AMD EPYC, half the vector width for its tiles),
+    the kernel 1.04-1.11x faster at 4-7 rows, 0.98x at 8, 0.94-0.96x at 12-16 (ad hoc,
+    2026-12-04). The kernel streams the weights at the read bandwidth whatever the rows; the
+    blocked GEMM's cost per row halves with twice the vector width, so the crossover sits at
+    fewer rows on AVX-512."""
+    wide = cpu_features()["avx512f"]
+    return {torch.bfloat16: 4, torch.float32: 4 if wide else 8}
+
+
+SKINNY_ROWS_WITH_PREPACKED = _skinny_rows_with_prepacked()
 
 
 def linear(x: torch.Tensor, weight: Linear) -> torch.Tensor:
     """x [M, in] @ weight[out, in]^T: F.linear's result.
 
-    A prepacked weight (bf16 on a CPU device, `weights.PrepackedWeight`) goes to oneDNN with
-    its blocked copy, or for a row or few to the skinny kernel. Otherwise:
+    A prepacked weight (bf16 or fp32 on a CPU device, `weights.PrepackedWeight`) goes to
+    oneDNN with its blocked copy, or for a row or few to the skinny kernel. Otherwise (torch
+    without oneDNN's prepacking ops, or another dtype):
 
     Decode batches (few rows) on a CPU device go to the skinny-GEMM kernel, which streams the
     weights at the machine's read bandwidth. Past it, while the weights are most of the bytes
@@ -44,7 +59,7 @@ def linear(x: torch.Tensor, weight: Linear) -> torch.Tensor:
     every M past the kernel (benchmarks/results/skinny_gemm_bfloat16.json) and needs no copy.
     """
     if isinstance(weight, PrepackedWeight):
-        if x.shape[0] <= SKINNY_ROWS_WITH_PREPACKED:
+        if x.shape[0] <= SKINNY_ROWS_WITH_PREPACKED[x.dtype]:
             out = skinny_linear(x, weight.weight)
             if out is not None:
                 return out

@@ -21,14 +21,20 @@ PREPACK_ROWS_HINT = 32
 
 @dataclass(frozen=True)
 class PrepackedWeight:
-    """A weight [out, in] with oneDNN's blocked copy of it, for bf16 on a CPU device.
+    """A weight [out, in] with oneDNN's blocked copy of it, for bf16 or fp32 on a CPU device.
 
-    F.linear hands torch's plain [out, in] weight to oneDNN, which reorders it into its blocked
-    layout on every call; at decode sizes that reorder costs up to half as much again as the
-    multiplication itself (benchmarks/results/skinny_gemm_bfloat16.json, AVX512-BF16: 21 ms vs
-    27 ms at 32 rows, 15 vs 24 ms at 16; the same numbers). The plain weight stays for the
-    skinny kernel, which reads it as fast or faster for a few rows (`layers.linear`): bf16
-    weights take twice their memory on a CPU device."""
+    F.linear hands torch's plain [out, in] bf16 weight to oneDNN, which reorders it into its
+    blocked layout on every call; at decode sizes that reorder costs up to half as much again
+    as the multiplication itself (benchmarks/results/skinny_gemm_bfloat16.json, AVX512-BF16:
+    21 ms vs 27 ms at 32 rows, 15 vs 24 ms at 16; the same numbers). In fp32, the prepacked
+    copy beat the engine's path without it (the skinny kernel up to 32 rows, then torch's BLAS,
+    MKL) on SmolLM2's weights from 3 rows up: 0.65-0.83x its time at 3-6 rows, 0.69-0.80x at
+    8-32, 0.77-0.88x at 128-2,048 (AMD EPYC with AVX-512, ad hoc beside each other,
+    2026-12-04; the engine 1.2-1.3x faster at batch 8-64,
+    benchmarks/results/prepacked_weights_float32.json); its sums run in another order than
+    the BLAS's, so the last bits differ. The plain weight stays for the skinny kernel, which
+    reads it as fast or faster for a few rows (`layers.linear`): weights take twice their
+    memory on a CPU device (`LoadSettings.prepack_weights=False` keeps one copy)."""
 
     weight: torch.Tensor  # [out, in], plain
     blocked: torch.Tensor  # oneDNN's layout of the same numbers (torch.ops.mkldnn)
@@ -65,11 +71,14 @@ class ModelWeights:
     lm_head: Linear  # [vocab, hidden] (may be `embed` itself)
 
 
+PREPACKED_DTYPES = (torch.bfloat16, torch.float32)  # `prepack` applies to these on a CPU
+
+
 def can_prepack(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether `prepack` applies: bf16 on a CPU device with torch's oneDNN ops."""
+    """Whether `prepack` applies: PREPACKED_DTYPES on a CPU device with torch's oneDNN ops."""
     return (
         device.type == "cpu"
-        and dtype == torch.bfloat16
+        and dtype in PREPACKED_DTYPES
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
     )

@@ -157,3 +157,23 @@ def test_a_refused_prompt_leaves_the_offline_llm_healthy():
     assert not llm.engine.has_unfinished()
     out = llm.generate(["fine"], SamplingParams(max_tokens=3, ignore_eos=True))
     assert len(out[0].token_ids) == 3
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prepacking_can_be_turned_off_and_says_which_gemms_run(dtype):
+    """prepack_weights=False keeps one copy of each weight (half the memory) and sends GEMMs
+    past the skinny kernel to torch; both engines name their path in build_info."""
+    from neo_engine.weights import PrepackedWeight, can_prepack
+
+    if not can_prepack(getattr(torch, dtype), torch.device("cpu")):
+        pytest.skip("torch without oneDNN's prepacking ops")
+    packed = LLMEngine(EngineConfig.of("dummy:tiny", dtype=dtype, max_model_len=256))
+    plain = LLMEngine(
+        EngineConfig.of("dummy:tiny", dtype=dtype, max_model_len=256, prepack_weights=False)
+    )
+    assert isinstance(packed.weights.layers[0].qkv, PrepackedWeight)
+    assert isinstance(plain.weights.layers[0].qkv, torch.Tensor)
+    assert "oneDNN with prepacked weights" in packed.build_info["decode_gemm"]
+    assert "torch beyond" in plain.build_info["decode_gemm"]
+    for engine in (packed, plain):
+        engine.close()

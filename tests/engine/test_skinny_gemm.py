@@ -111,21 +111,40 @@ def test_linear_gives_the_same_numbers_with_and_without_the_kernel(monkeypatch):
     assert torch.allclose(slow, torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 4, 5, 32, 300])
-def test_prepacked_weights_give_f_linear_s_numbers(rows):
-    """bf16 on a CPU device: oneDNN with the blocked copy past a few rows, the skinny kernel
-    below; both within bf16's rounding of F.linear (oneDNN's own: identical)."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 4, 5, 8, 9, 32, 300])
+def test_prepacked_weights_give_f_linear_s_numbers(rows, dtype):
+    """bf16 or fp32 on a CPU device: oneDNN with the blocked copy past a few rows, the skinny
+    kernel below (how many: `SKINNY_ROWS_WITH_PREPACKED`, per dtype and vector width); both
+    within the dtype's rounding of F.linear (bf16: 8 bits; fp32: sums in another order than
+    the BLAS's, a few units in the last place)."""
     from neo_engine.weights import PrepackedWeight, can_prepack
 
-    if not can_prepack(torch.bfloat16, torch.device("cpu")):
-        pytest.skip("torch has no oneDNN bf16 prepacking here")
+    if not can_prepack(dtype, torch.device("cpu")):
+        pytest.skip(f"torch has no oneDNN {dtype} prepacking here")
     gen = torch.Generator().manual_seed(rows)
-    w = torch.randn(200, 96, generator=gen).bfloat16()
-    x = torch.randn(rows, 96, generator=gen).bfloat16()
+    w = torch.randn(200, 96, generator=gen).to(dtype)
+    x = torch.randn(rows, 96, generator=gen).to(dtype)
     packed = PrepackedWeight.of(w)
     assert packed.shape == w.shape
     expected = torch.nn.functional.linear(x, w)
     got = linear(x, packed)
-    assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+    assert got.dtype == dtype and got.shape == expected.shape
     diff = (got.double() - expected.double()).abs().max().item()
-    assert diff <= 2.0**-7 * expected.abs().max().item()
+    tolerance = 2.0**-7 if dtype == torch.bfloat16 else 1e-6
+    assert diff <= tolerance * expected.abs().max().item()
+
+
+def test_fp32_weights_are_prepacked_on_a_cpu_device():
+    """The engine prepacks fp32 as it does bf16 where torch has oneDNN's ops (fp32 BLAS took
+    1.2-1.5x the prepacked GEMM's time at decode and prefill sizes), and hands a row or two to
+    the skinny kernel, which streams the plain weight faster there."""
+    from neo_engine.layers import SKINNY_ROWS_WITH_PREPACKED
+    from neo_engine.weights import can_prepack
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch without oneDNN")
+    assert can_prepack(torch.float32, torch.device("cpu"))
+    assert not can_prepack(torch.float16, torch.device("cpu"))
+    assert 2 <= SKINNY_ROWS_WITH_PREPACKED[torch.float32] <= 8
+    assert SKINNY_ROWS_WITH_PREPACKED[torch.bfloat16] == 4
