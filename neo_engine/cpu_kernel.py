@@ -60,17 +60,21 @@ def _sources_digest(seed: str) -> str:
     return key.hexdigest()[:12]
 
 
-def engine_build() -> str:
+def engine_build(prepack: bool = True) -> str:
     """What decides the engine's operator times here beyond the machine: torch's version, the
     host kernels' sources (12 hex digits) and the dtypes whose GEMM weights the engine
     prepacks by default (`weights.PREPACKED_DTYPES`). A profile records it, and validate
     measures a new one where it differs: a profile timed with other kernels prices this
     engine wrong (the paged attention kernel's deeper prefetch alone took SmolLM2's batch-64
-    decode attention from ~17.5 to ~12.8 ms a step; prepacked fp32 weights took the `small` preset's
-    32-row decode GEMMs from 51 to 35 ms, benchmarks/results/skinny_gemm_float32_avx512.json)."""
+    decode attention from ~17.5 to ~12.8 ms a step; prepacked fp32 weights took the `small`
+    preset's 32-row decode GEMMs from 51 to 35 ms,
+    benchmarks/results/skinny_gemm_float32_avx512.json). `prepack=False`: an engine (or a
+    profile) run with `LoadSettings.prepack_weights` off."""
     from neo_engine.weights import PREPACKED_DTYPES
 
-    prepacked = "/".join(str(d).removeprefix("torch.") for d in PREPACKED_DTYPES)
+    prepacked = "none"
+    if prepack:
+        prepacked = "/".join(str(d).removeprefix("torch.") for d in PREPACKED_DTYPES)
     return (
         f"torch {torch.__version__}, host kernels {_sources_digest(torch.__version__)}, "
         f"prepacked GEMM weights: {prepacked}"

@@ -160,7 +160,7 @@ class LLMEngine:
             "kv_dtype": self.spec.kv_dtype,
             "dtype_reason": load.dtype_reason(),
             "host_kernels": "c++" if kernels is not None else "torch fallback",
-            "engine_build": engine_build(),  # as a measured profile records it
+            "engine_build": engine_build(load.prepack_weights),  # as a measured profile records it
             "decode_gemm": _gemm_path(self.torch_dtype, self.device, prepacked),
             "cpu": cpu_name(),
             "cpu_features": ",".join(name for name, present in features.items() if present),

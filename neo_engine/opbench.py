@@ -24,7 +24,8 @@ import torch
 
 from neo_engine.config import LoadSettings
 from neo_engine.kv_cache import KVPool
-from neo_engine.weights import can_prepack, prepack, random_weights
+from neo_engine.weights import can_prepack, random_weights
+from neo_engine.weights import prepack as prepack_in_place
 from neo_sim.lanes import Task
 from neo_sim.model import ModelSpec
 from neo_sim.profile import HostOverhead
@@ -130,6 +131,7 @@ class InSituBench:
         block_size: int = 16,
         host_threads: int | None = None,
         host_overlap: bool | None = None,
+        prepack: bool = True,
     ):
         from neo_engine.executor import Executor
 
@@ -139,8 +141,8 @@ class InSituBench:
         self.block_size = block_size
         dtype, kv_dtype = getattr(torch, spec.dtype), getattr(torch, spec.kv_dtype)
         self.weights = random_weights(self.spec, dtype, device)
-        if can_prepack(dtype, device):  # as the engine runs them
-            prepack(self.weights)
+        if prepack and can_prepack(dtype, device):  # as the engine runs them (prepack_weights)
+            prepack_in_place(self.weights)
         self.dtype, self.kv_dtype = dtype, kv_dtype
         self.host_threads = host_threads
         self.host_overlap = host_overlap

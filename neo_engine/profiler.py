@@ -109,10 +109,12 @@ def measure(
     passes: int = 3,
     host_overlap: bool | None = None,
     bandwidth: BandwidthTrace | None = None,
+    prepack: bool = True,
 ) -> tuple[dict, float]:
     """Time every sampled operator on every grid point; returns (samples, launch seconds).
-    `bandwidth` is sampled between points (`BandwidthTrace.maybe_sample`) through the run."""
-    bench = Benches(spec, device, repeats, host_threads, host_overlap)
+    `bandwidth` is sampled between points (`BandwidthTrace.maybe_sample`) through the run;
+    `prepack`: the GEMM weights as `LoadSettings.prepack_weights` has the engine keep them."""
+    bench = Benches(spec, device, repeats, host_threads, host_overlap, prepack)
     jobs = [(op, point) for op in SAMPLED for point in points(grids, op)]
     # Several shuffled passes, median per point: a slow phase of a noisy machine then spreads
     # over all curves and all passes instead of bending one stretch of one curve.
@@ -145,11 +147,17 @@ class Benches:
         repeats: int,
         host_threads: int | None = None,
         host_overlap: bool | None = None,
+        prepack: bool = True,
     ):
         from neo_engine.opbench import CopyBench, InSituBench
 
         self.in_situ = InSituBench(
-            spec, device, repeats, host_threads=host_threads, host_overlap=host_overlap
+            spec,
+            device,
+            repeats,
+            host_threads=host_threads,
+            host_overlap=host_overlap,
+            prepack=prepack,
         )
         self.copies = CopyBench(device, repeats)
         self.timers = {
@@ -203,7 +211,15 @@ def cmd_measure(run: ProfileSettings) -> int:
     # seconds): the profile records the state its points were measured in, the median.
     bandwidth = BandwidthTrace(time.perf_counter, every_s=PROFILE_BANDWIDTH_EVERY_S)
     samples, launch = measure(
-        spec, device, grids, repeats, run.host_threads, run.passes, overlap, bandwidth
+        spec,
+        device,
+        grids,
+        repeats,
+        run.host_threads,
+        run.passes,
+        overlap,
+        bandwidth,
+        run.load.prepack_weights,
     )
     bandwidth.sample()
     read_gbs = [gbs for _, gbs in bandwidth.samples]
@@ -218,7 +234,7 @@ def cmd_measure(run: ProfileSettings) -> int:
         # the host attention's times hold for the host lane as it ran (neo_engine.executor)
         "host_lane": host_lane(device.type == "cuda", run.host_threads, overlap),
         # and for the torch and host kernels they were timed with
-        "engine_build": engine_build(),
+        "engine_build": engine_build(run.load.prepack_weights),
         # this machine's speed now, for comparing later runs with (neo-sim validate's drift)
         "reference_kernel_ms": round(reference_kernel(spec)(), 5),
         # and its memory read bandwidth while the points were measured: median, min, max

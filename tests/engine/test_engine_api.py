@@ -175,5 +175,8 @@ def test_prepacking_can_be_turned_off_and_says_which_gemms_run(dtype):
     assert isinstance(plain.weights.layers[0].qkv, torch.Tensor)
     assert "oneDNN with prepacked weights" in packed.build_info["decode_gemm"]
     assert "torch beyond" in plain.build_info["decode_gemm"]
+    # a profile measured with one prices the other wrong: their engine builds differ
+    assert plain.build_info["engine_build"].endswith("prepacked GEMM weights: none")
+    assert packed.build_info["engine_build"] != plain.build_info["engine_build"]
     for engine in (packed, plain):
         engine.close()

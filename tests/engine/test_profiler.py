@@ -248,3 +248,21 @@ def test_measure_samples_the_bandwidth_between_points():
     jobs = sum(len(list(points(TINY_GRIDS, op))) for op in SAMPLED)
     assert len(trace.samples) == jobs  # every_s=0: one sample before each point
     assert all(gbs > 0 for _, gbs in trace.samples)
+
+
+def test_the_profiler_keeps_the_weights_as_the_engine_would():
+    """`--no-prepack-weights` reaches the operator benches, so a profile measured with it
+    prices an engine run with it (and records that in its engine build)."""
+    from neo_engine.opbench import InSituBench
+    from neo_engine.weights import PrepackedWeight, can_prepack
+
+    spec = LoadSettings("dummy:tiny", dtype="float32").model_spec()
+    if not can_prepack(torch.float32, torch.device("cpu")):
+        pytest.skip("torch without oneDNN's prepacking ops")
+    packed = InSituBench(spec, torch.device("cpu"), repeats=1)
+    plain = InSituBench(spec, torch.device("cpu"), repeats=1, prepack=False)
+    assert isinstance(packed.weights.layers[0].gate_up, PrepackedWeight)
+    assert isinstance(plain.weights.layers[0].gate_up, torch.Tensor)
+    assert plain.time_linear(8) > 0
+    for bench in (packed, plain):
+        bench.close()
