@@ -99,7 +99,7 @@ def _fit_variant(t, flops, nbytes, items, use_flops: bool, use_items: bool):
     from scipy.optimize import least_squares
 
     def unpack(p):
-        fixed, per_item, rate, bw = np.exp(p)
+        fixed, per_item, rate, bw = np.exp(np.clip(p, -700.0, 700.0))  # the solver may try far
         return fixed, (per_item if use_items else 0.0), (rate if use_flops else np.inf), bw
 
     def residuals(p):
