@@ -25,7 +25,12 @@ from neo_engine.detokenizer import IncrementalDetokenizer
 from neo_engine.executor import Executor
 from neo_engine.kv_cache import KVPool
 from neo_engine.layers import SKINNY_ROWS_WITH_PREPACKED
-from neo_engine.local import cpu_features, cpu_name, host_memory_bytes
+from neo_engine.local import (
+    available_memory_bytes,
+    cpu_features,
+    cpu_name,
+    host_memory_bytes,
+)
 from neo_engine.sampling import (
     SamplingError,
     SamplingParams,
@@ -34,7 +39,13 @@ from neo_engine.sampling import (
     token_logprob,
 )
 from neo_engine.tokenizer import load_tokenizer
-from neo_engine.weights import can_prepack, load_checkpoint, prepack, random_weights
+from neo_engine.weights import (
+    can_prepack,
+    gemm_weight_bytes,
+    load_checkpoint,
+    prepack,
+    random_weights,
+)
 from neo_sim.capacity import DeviceMemory, resolve_pools
 from neo_sim.costmodel import CostModel, Efficiencies, RooflineCostModel
 from neo_sim.errors import NeoError
@@ -127,6 +138,29 @@ def _gemm_path(dtype: torch.dtype, device: torch.device, prepacked: bool) -> str
     return f"{skinny_path(dtype)} up to {SKINNY_MAX_ROWS.get(dtype, 0)} rows, torch beyond"
 
 
+# The prepacked copy of the GEMM weights may take at most this share of the memory available
+# once the weights are loaded: the KV pools (the host pool 2 GB by default) and the run's
+# activations come after it.
+PREPACK_MEMORY_SHARE = 0.5
+
+
+def _room_for_blocked_copy(weights) -> bool:
+    """Whether the blocked copy of `weights` fits in PREPACK_MEMORY_SHARE of the memory
+    available now; if not, says so (the engine then keeps one copy, as prepack_weights=False:
+    slower GEMMs past a few rows, no out-of-memory at start for a large fp32 model)."""
+    need, room = gemm_weight_bytes(weights), available_memory_bytes()
+    if need <= PREPACK_MEMORY_SHARE * room:
+        return True
+    log.warning(
+        "not prepacking the GEMM weights: their blocked copy (%.1f GB) would take more than "
+        "%.0f%% of the %.1f GB of memory available; pass prepack_weights=False to silence this",
+        need / 1e9,
+        100 * PREPACK_MEMORY_SHARE,
+        room / 1e9,
+    )
+    return False
+
+
 class LLMEngine:
     """The serving loop. `cost_model` overrides the scheduler's cost model (else the profile
     named in the config, else a quick probe of this machine)."""
@@ -148,6 +182,8 @@ class LLMEngine:
         else:
             self.weights = random_weights(self.spec, self.torch_dtype, self.device, load.seed)
         prepacked = load.prepack_weights and can_prepack(self.torch_dtype, self.device)
+        if prepacked:
+            prepacked = _room_for_blocked_copy(self.weights)
         if prepacked:
             prepack(self.weights)
         self.tokenizer = load_tokenizer(ref.checkpoint_dir, self.spec.vocab_size)

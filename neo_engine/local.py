@@ -58,6 +58,19 @@ def host_memory_bytes() -> float:
         return 16 * 2**30
 
 
+def available_memory_bytes() -> float:
+    """Host memory the kernel says a process can still take without swapping (MemAvailable),
+    else the whole host memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return host_memory_bytes()
+
+
 def source_commit() -> str:
     """The checkout's commit (with "+dirty" if it has uncommitted changes), or "unknown"
     outside a git checkout unless NEO_SOURCE_COMMIT names it (a copy of the tree without its

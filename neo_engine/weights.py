@@ -84,6 +84,14 @@ def can_prepack(dtype: torch.dtype, device: torch.device) -> bool:
     )
 
 
+def gemm_weight_bytes(weights: ModelWeights) -> int:
+    """Bytes of the GEMM weights `prepack` would copy (every layer's and the LM head)."""
+    mats = [w for layer in weights.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+    mats.append(weights.lm_head)
+    plain = (w.weight if isinstance(w, PrepackedWeight) else w for w in mats)
+    return sum(w.numel() * w.element_size() for w in plain)
+
+
 def prepack(weights: ModelWeights) -> ModelWeights:
     """The same weights with every GEMM weight also in oneDNN's blocked layout (in place)."""
 

@@ -180,3 +180,20 @@ def test_prepacking_can_be_turned_off_and_says_which_gemms_run(dtype):
     assert packed.build_info["engine_build"] != plain.build_info["engine_build"]
     for engine in (packed, plain):
         engine.close()
+
+
+def test_no_prepacked_copy_where_it_would_not_fit_in_memory(monkeypatch, caplog):
+    """A model whose blocked weight copy would take more than half the available memory keeps
+    one copy (and says so) instead of running out of memory at start."""
+    from neo_engine import engine as engine_module
+    from neo_engine.weights import can_prepack
+
+    if not can_prepack(torch.float32, torch.device("cpu")):
+        pytest.skip("torch without oneDNN's prepacking ops")
+    monkeypatch.setattr(engine_module, "available_memory_bytes", lambda: 1e3)
+    with caplog.at_level("WARNING", logger="neo_engine.engine"):
+        engine = LLMEngine(EngineConfig.of("dummy:tiny", dtype="float32", max_model_len=256))
+    assert isinstance(engine.weights.layers[0].qkv, torch.Tensor)
+    assert "torch beyond" in engine.build_info["decode_gemm"]
+    assert "not prepacking the GEMM weights" in caplog.text
+    engine.close()
