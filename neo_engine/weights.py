@@ -84,24 +84,31 @@ def can_prepack(dtype: torch.dtype, device: torch.device) -> bool:
     )
 
 
+LAYER_GEMMS = ("qkv", "o", "gate_up", "down")  # the `Linear` fields of `LayerWeights`
+
+
+def _gemm_slots(weights: ModelWeights) -> list[tuple[object, str]]:
+    """(holder, field) of every GEMM weight: each layer's LAYER_GEMMS and the LM head."""
+    slots: list[tuple[object, str]] = [(layer, f) for layer in weights.layers for f in LAYER_GEMMS]
+    return [*slots, (weights, "lm_head")]
+
+
 def gemm_weight_bytes(weights: ModelWeights) -> int:
     """Bytes of the GEMM weights `prepack` would copy (every layer's and the LM head)."""
-    mats = [w for layer in weights.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]
-    mats.append(weights.lm_head)
-    plain = (w.weight if isinstance(w, PrepackedWeight) else w for w in mats)
-    return sum(w.numel() * w.element_size() for w in plain)
+    total = 0
+    for holder, field_name in _gemm_slots(weights):
+        w = getattr(holder, field_name)
+        plain = w.weight if isinstance(w, PrepackedWeight) else w
+        total += plain.numel() * plain.element_size()
+    return total
 
 
 def prepack(weights: ModelWeights) -> ModelWeights:
     """The same weights with every GEMM weight also in oneDNN's blocked layout (in place)."""
-
-    def pack(w: Linear) -> PrepackedWeight:
-        return w if isinstance(w, PrepackedWeight) else PrepackedWeight.of(w)
-
-    for layer in weights.layers:
-        layer.qkv, layer.o = pack(layer.qkv), pack(layer.o)
-        layer.gate_up, layer.down = pack(layer.gate_up), pack(layer.down)
-    weights.lm_head = pack(weights.lm_head)
+    for holder, field_name in _gemm_slots(weights):
+        w: Linear = getattr(holder, field_name)
+        if not isinstance(w, PrepackedWeight):
+            setattr(holder, field_name, PrepackedWeight.of(w))
     return weights
 
 

@@ -196,4 +196,5 @@ def test_no_prepacked_copy_where_it_would_not_fit_in_memory(monkeypatch, caplog)
     assert isinstance(engine.weights.layers[0].qkv, torch.Tensor)
     assert "torch beyond" in engine.build_info["decode_gemm"]
     assert "not prepacking the GEMM weights" in caplog.text
+    assert engine.build_info["engine_build"].endswith("prepacked GEMM weights: none")
     engine.close()
