@@ -3,7 +3,7 @@
 Four kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spot, with
 the paged KV store `write_kv` that `KVPool.write` uses in RAM), a
 skinny fp32/bf16 GEMM for decode batches on a CPU device (`csrc/skinny_gemm.cpp`), the
-layer's elementwise ops fused for bf16 on a CPU device (`csrc/fused_ops.cpp`), and a bf16
+layer's elementwise ops fused for bf16 and fp32 on a CPU device (`csrc/fused_ops.cpp`), and a bf16
 flash prefill attention (`csrc/prefill_attention.cpp`; these last two use the vector e^x of
 `csrc/avx512_math.h`). The extension is
 compiled when an engine starts (before it accepts a request) with the machine's own instruction
@@ -230,12 +230,12 @@ def reference_decode_attention(
 
 
 def fused_silu_mul(gate_up: torch.Tensor) -> torch.Tensor | None:
-    """SiLU(gate) * up of gate_up [T, 2I] = [gate | up] in one pass (bf16, AVX512-BF16), or
-    None where it does not apply."""
+    """SiLU(gate) * up of gate_up [T, 2I] = [gate | up] in one pass (fp32; bf16 with
+    AVX512-BF16), or None where it does not apply."""
     module = _fused_applies(gate_up)
     if (
         module is None
-        or not module.native_bf16()
+        or (gate_up.dtype == _BF16 and not module.native_bf16())
         or gate_up.dim() != 2
         or gate_up.stride(1) != 1
         or gate_up.shape[1] % 2
@@ -268,19 +268,24 @@ def greedy_tokens(logits: torch.Tensor, maxes: torch.Tensor) -> torch.Tensor | N
 
 
 _BF16 = torch.bfloat16
+_FUSED_DTYPES = (torch.bfloat16, torch.float32)
 
 
 def _fused_applies(*tensors: torch.Tensor):
-    """The compiled module if every tensor is a bf16 CPU tensor (the fused ops' domain), else
-    None: fp32 keeps torch's own ops, whose results the equality tests pin exactly."""
+    """The compiled module if the tensors are CPU tensors of one dtype, bf16 or fp32 (the fused
+    ops' domain), else None (torch's ops then)."""
+    dtype = tensors[0].dtype
+    if dtype not in _FUSED_DTYPES:
+        return None
     for t in tensors:  # a loop, not any(genexpr): this runs several times per layer
-        if t.dtype != _BF16 or t.device.type != "cpu":
+        if t.dtype != dtype or t.device.type != "cpu":
             return None
     return load_extension()
 
 
 def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
-    """`layers.rms_norm` in one pass (bf16, x [T, H]), or None where it does not apply."""
+    """`layers.rms_norm` in one pass (bf16 or fp32, x [T, H]), or None where it does not
+    apply."""
     module = _fused_applies(x, weight)
     if module is None or x.dim() != 2:
         return None
@@ -292,7 +297,7 @@ def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
 
 def fused_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor | None:
     """The rotate-half rotary embedding of x [T, H, D] with cos, sin [T, 1, D] in one pass
-    (bf16), or None."""
+    (bf16 or fp32), or None."""
     module = _fused_applies(x, cos, sin)
     if module is None or x.dim() != 3 or x.stride(2) != 1 or x.stride(1) != x.shape[2]:
         return None
@@ -312,6 +317,7 @@ def _prefill_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     module = _fused_applies(q, k, v)
     if (
         module is None
+        or q.dtype != _BF16
         or not module.native_bf16()
         or q.dim() != 3
         or q.shape[2] % 32

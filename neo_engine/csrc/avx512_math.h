@@ -21,24 +21,28 @@ inline __m512 load_bf16x16(const void* p) {
   return widen_bf16(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
 }
 
-// e^x for fp32 lanes: 2^(x log2 e) split into an integer n and a fraction f in [-0.5, 0.5];
-// 2^f by its Taylor polynomial to degree 7 (relative error < 2e-8 there), scaled by 2^n.
+// e^x for fp32 lanes: e^x = 2^n e^r with n = round(x log2 e) and r = x - n ln 2 in
+// [-0.35, 0.35], r computed in two steps (ln 2 split into a high part exact to 16 bits and the
+// rest: Cody and Waite's reduction, so r keeps its accuracy at large |x|, where reducing
+// x log2 e rounded lost up to 6 ulps at |x| ~ 16); e^r by its Taylor polynomial to degree 7
+// (truncation < 6e-9 relative), scaled by 2^n. Within ~2 fp32 ulps of the exact value.
 // Inputs are clamped to [-87.3, 88.7]: below, ~1e-38 (callers mask what must be exactly zero);
 // above, ~3e38.
 inline __m512 exp512(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
   x = _mm512_min_ps(x, _mm512_set1_ps(88.7f));
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(1.525273380405984e-05f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381606e-04f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618129107628477e-03f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550410866482158e-02f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402265069591007e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471805599453e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln 2's top bits
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);     // and the rest
+  __m512 p = _mm512_set1_ps(1.f / 5040.f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
   return _mm512_scalef_ps(p, n);
 }
 

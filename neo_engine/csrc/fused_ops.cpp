@@ -1,21 +1,28 @@
-// Fused elementwise ops of a Llama layer on a CPU device, bf16: RMSNorm and the rotary
-// embedding, each one pass over its rows.
+// Fused elementwise ops of a Llama layer on a CPU device, bf16 and fp32: RMSNorm, the rotary
+// embedding and SiLU(gate) * up, each one pass over its rows.
 //
 // Why: in torch each of them is 3 to 8 ops (a float copy, a square, a mean, an rsqrt, products,
 // a cast back, ...), each a dispatch, an allocation and a pass over memory. At a 64-request
 // decode batch of SmolLM2 one RMSNorm costs ~50 us that way (~14 us fused), and ~10 ms at a
 // 4,096-token prefill chunk (~0.4 ms fused). vLLM's CPU backend fuses these too.
 //
-// The rounding is torch's, step by step: every intermediate tensor torch would round to bf16
-// is rounded here too (at::BFloat16 rounds to nearest even, as torch does), so the rotary
+// bf16: the rounding is torch's, step by step: every intermediate tensor torch would round to
+// bf16 is rounded here too (at::BFloat16 rounds to nearest even, as torch does), so the rotary
 // embedding equals torch's bit for bit, and RMSNorm up to the order of the sum of squares
 // (fp32 either way; tests/engine/test_fused_ops.py compares both). SiLU(gate) * up is fused
 // on CPUs with AVX512-BF16, with a vectorised e^x (avx512_math.h; a scalar expf per element
 // made an earlier version 4x slower than torch's ops): torch's two roundings (SiLU's output,
-// then the product), its exp replaced by a polynomial within 2e-8, so an element differs from
-// torch's by one bf16 step only where that moves it across a rounding boundary. Rows are
-// split over torch's own thread pool (at::parallel_for), not a second OpenMP runtime, and
-// small inputs run on the calling thread.
+// then the product), its exp replaced by avx512_math.h's (within ~2 fp32 ulps), so an element
+// differs from torch's by one bf16 step only where that moves it across a rounding boundary.
+//
+// fp32: the same expressions in fp32, loops the compiler vectorises for the machine's own
+// instruction set (AVX2 or AVX-512; e^x through avx512_math.h on AVX-512, glibc's vector expf
+// elsewhere). Under -ffast-math a product and a sum may fuse into one FMA and a sum of
+// squares runs in another order, so an element may differ from torch's ops by a few fp32 ulps
+// (the tests bound it); the GEMMs around them differ from torch's by far more.
+//
+// Rows are split over torch's own thread pool (at::parallel_for), not a second OpenMP runtime,
+// and small inputs run on the calling thread.
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -36,8 +43,10 @@ inline float f(bf16 v) { return static_cast<float>(v); }
 
 int64_t grain(int64_t columns) { return std::max<int64_t>(1, kElementsPerTask / columns); }
 
-void check_bf16(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kBFloat16, name, ": CPU bf16 only");
+// Every tensor of a call on the CPU, in x's dtype, which is bf16 or fp32.
+void check_dtype(const at::Tensor& t, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dtype, name, ": a CPU tensor in x's dtype");
+  TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kFloat, name, ": bf16 or fp32 only");
 }
 
 #if defined(NEO_NATIVE_BF16)
@@ -64,10 +73,31 @@ inline void store16(bf16* p, __m512 v) {
 }  // namespace
 
 // out[t] = w * bf16(x[t] * rsqrt(mean(x[t]^2) + eps)), x [T, H] contiguous.
+// fp32: out[t] = w * (x[t] * rsqrt(mean(x[t]^2) + eps)).
+static void rms_norm_fp32(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out, float eps) {
+  const int64_t rows = x.size(0), cols = x.size(1);
+  const float* xp = x.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* xr = xp + t * cols;
+      float* o = op + t * cols;
+      float squares = 0.f;
+      for (int64_t i = 0; i < cols; ++i) squares += xr[i] * xr[i];
+      const float scale = 1.f / std::sqrt(squares / static_cast<float>(cols) + eps);
+      for (int64_t i = 0; i < cols; ++i) o[i] = wp[i] * (xr[i] * scale);
+    }
+  });
+}
+
 void fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out, double eps) {
-  check_bf16(x, "x");
-  check_bf16(weight, "weight");
+  check_dtype(x, x.scalar_type(), "x");
+  check_dtype(weight, x.scalar_type(), "weight");
+  check_dtype(out, x.scalar_type(), "out");
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && out.is_contiguous(), "x: [T, H] contiguous");
+  TORCH_CHECK(weight.is_contiguous() && weight.numel() == x.size(1), "weight: [H] contiguous");
+  if (x.scalar_type() == at::kFloat) return rms_norm_fp32(x, weight, out, static_cast<float>(eps));
   const int64_t rows = x.size(0), cols = x.size(1);
   const bf16* xp = x.data_ptr<bf16>();
   const bf16* wp = weight.data_ptr<bf16>();
@@ -102,15 +132,48 @@ void fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, at::Tensor& o
 
 // Rotate-half rotary embedding: out = bf16(bf16(x * cos) + bf16(rotate_half(x) * sin)), x
 // [T, H, D] with any row stride (a view of the fused q/k/v projection), cos/sin [T, D].
+// fp32: out = x * cos + rotate_half(x) * sin, each product rounded as torch rounds it (no FMA:
+// where the two terms cancel, a fused one would differ from torch's by far more than an ulp
+// of the result).
+__attribute__((optimize("fp-contract=off"))) static void rotate_head_fp32(
+    const float* x, const float* c, const float* s, float* o, int64_t half) {
+  for (int64_t i = 0; i < half; ++i) o[i] = x[i] * c[i] - x[i + half] * s[i];
+  for (int64_t i = half; i < 2 * half; ++i) o[i] = x[i] * c[i] + x[i - half] * s[i];
+}
+
+static void rotary_fp32(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                 at::Tensor& out) {
+  const int64_t rows = x.size(0), heads = x.size(1), dim = x.size(2), half = dim / 2;
+  const int64_t row_stride = x.stride(0);
+  const float* xp = x.data_ptr<float>();
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, rows, grain(heads * dim), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* c = cp + t * dim;
+      const float* s = sp + t * dim;
+      for (int64_t h = 0; h < heads; ++h) {
+        rotate_head_fp32(xp + t * row_stride + h * dim, c, s, op + (t * heads + h) * dim, half);
+      }
+    }
+  });
+}
+
 void fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                   at::Tensor& out) {
-  check_bf16(x, "x");
-  check_bf16(cos, "cos");
-  check_bf16(sin, "sin");
+  check_dtype(x, x.scalar_type(), "x");
+  check_dtype(cos, x.scalar_type(), "cos");
+  check_dtype(sin, x.scalar_type(), "sin");
+  check_dtype(out, x.scalar_type(), "out");
   TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.stride(1) == x.size(2),
               "x: [T, H, D] with contiguous heads");
   TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && out.is_contiguous(),
               "cos, sin, out: contiguous");
+  TORCH_CHECK(cos.numel() == x.size(0) * x.size(2) && sin.numel() == cos.numel() &&
+                  out.numel() == x.numel() && x.size(2) % 2 == 0,
+              "cos, sin: [T, D]; out: [T, H, D]; D even");
+  if (x.scalar_type() == at::kFloat) return rotary_fp32(x, cos, sin, out);
   const int64_t rows = x.size(0), heads = x.size(1), dim = x.size(2), half = dim / 2;
   const int64_t row_stride = x.stride(0);
   const bf16* xp = x.data_ptr<bf16>();
@@ -148,13 +211,42 @@ void fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 }
 
 // out[t] = bf16(bf16(silu(gate[t])) * up[t]) with gate_up [T, 2I] = [gate | up], out [T, I].
+// fp32: out[t] = silu(gate[t]) * up[t], silu(g) = g / (1 + e^-g).
+static void silu_mul_fp32(const at::Tensor& gate_up, at::Tensor& out) {
+  const int64_t rows = gate_up.size(0), cols = gate_up.size(1) / 2;
+  const int64_t row_stride = gate_up.stride(0);
+  const float* gp = gate_up.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* g = gp + t * row_stride;
+      const float* u = g + cols;
+      float* o = op + t * cols;
+      int64_t i = 0;
+#if defined(__AVX512F__)
+      const __m512 one = _mm512_set1_ps(1.f);
+      for (; i < cols; i += 16) {
+        const __mmask16 m = cols - i >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - i)) - 1);
+        const __m512 x = _mm512_maskz_loadu_ps(m, g + i);
+        const __m512 e = neo::exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        const __m512 silu = _mm512_div_ps(x, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(o + i, m, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(m, u + i)));
+      }
+#endif
+      for (; i < cols; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+    }
+  });
+}
+
 void fused_silu_mul(const at::Tensor& gate_up, at::Tensor& out) {
-#if defined(NEO_NATIVE_BF16)
-  check_bf16(gate_up, "gate_up");
+  check_dtype(gate_up, gate_up.scalar_type(), "gate_up");
+  check_dtype(out, gate_up.scalar_type(), "out");
   TORCH_CHECK(gate_up.dim() == 2 && gate_up.stride(1) == 1 && gate_up.size(1) % 2 == 0,
               "gate_up: [T, 2I] with contiguous rows");
   const int64_t rows = gate_up.size(0), cols = gate_up.size(1) / 2;
   TORCH_CHECK(out.is_contiguous() && out.size(0) == rows && out.size(1) == cols, "out: [T, I]");
+  if (gate_up.scalar_type() == at::kFloat) return silu_mul_fp32(gate_up, out);
+#if defined(NEO_NATIVE_BF16)
   const int64_t row_stride = gate_up.stride(0);
   const bf16* gp = gate_up.data_ptr<bf16>();
   bf16* op = out.data_ptr<bf16>();
