@@ -1,7 +1,37 @@
-// What the AVX-512 kernels share: whether this build has native bf16 dot products
+// What the vector kernels share: whether this build has native bf16 dot products
 // (NEO_NATIVE_BF16: AVX-512 with AVX512-BF16 and AVX512-BW; one build fact, which every kernel
-// and `native_bf16()` in bindings.cpp read), bf16 -> fp32 widening and e^x on 16 fp32 lanes.
+// and `native_bf16()` in bindings.cpp read), bf16 -> fp32 widening, and e^x on 16 fp32 lanes
+// (AVX-512) and on 8 (AVX2 with FMA).
 #pragma once
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+namespace neo {
+
+// e^x for 8 fp32 lanes (AVX2): Cephes' expf, the same Cody-Waite reduction as exp512 below and
+// a degree-5 minimax polynomial (relative error ~1e-7). Inputs clamped to [-87.3, 88.7].
+inline __m256 exp256(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  x = _mm256_min_ps(x, _mm256_set1_ps(88.7f));
+  const __m256 fx = _mm256_floor_ps(
+      _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  __m256 v = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  v = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), v);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(v, v), _mm256_add_ps(v, _mm256_set1_ps(1.f)));
+  const __m256i e = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+}  // namespace neo
+#endif
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #define NEO_NATIVE_BF16 1

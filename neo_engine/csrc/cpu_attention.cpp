@@ -41,7 +41,7 @@
 #if defined(NEO_AVX2) && defined(__AVX512F__)
 #define NEO_AVX512 1
 #endif
-#include "avx512_math.h"  // NEO_NATIVE_BF16, neo::load_bf16x16
+#include "avx512_math.h"  // NEO_NATIVE_BF16, neo::load_bf16x16, neo::exp256
 
 namespace {
 
@@ -237,30 +237,16 @@ inline void accumulate_block(float* acc, const float* w, const T* v, int ntok, i
   }
 }
 
-// exp(x - shift) for n scores in place; returns their sum. AVX2: a Cephes-style polynomial
-// (relative error ~1e-7 over the range softmax uses), scalar expf for the tail.
+// exp(x - shift) for n scores in place; returns their sum. AVX2: neo::exp256 (Cephes' expf,
+// relative error ~1e-7), scalar expf for the tail.
 inline float exp_shifted_sum(float* x, int n, float shift) {
   float sum = 0.f;
   int i = 0;
 #ifdef NEO_AVX2
-  const __m256 lo = _mm256_set1_ps(-87.3f), log2e = _mm256_set1_ps(1.44269504088896341f);
-  const __m256 c1 = _mm256_set1_ps(0.693359375f), c2 = _mm256_set1_ps(-2.12194440e-4f);
-  const __m256 sh = _mm256_set1_ps(shift), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f);
+  const __m256 sh = _mm256_set1_ps(shift);
   __m256 total = _mm256_setzero_ps();
   for (; i + 8 <= n; i += 8) {
-    __m256 v = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh), lo);
-    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(v, log2e, half));
-    v = _mm256_fnmadd_ps(fx, c1, v);
-    v = _mm256_fnmadd_ps(fx, c2, v);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(v, v), _mm256_add_ps(v, one));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    const __m256 y = neo::exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
     _mm256_storeu_ps(x + i, y);
     total = _mm256_add_ps(total, y);
   }

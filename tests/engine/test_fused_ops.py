@@ -80,7 +80,7 @@ def test_silu_mul_equals_torch_but_for_rare_rounding_steps(rows, intermediate):
 
 
 # fp32: the same expressions, vectorised by the compiler; under -ffast-math a sum of squares
-# runs in another order and e^x is avx512_math.h's polynomial (glibc's expf without AVX-512),
+# runs in another order and e^x is avx512_math.h's exp512 (exp256 on AVX2-only builds),
 # so elements may differ from torch's by a few fp32 ulps. Bound: 2^-20 relative (8 ulps at
 # most), far inside what the GEMMs around them change (tests/engine/test_equivalence.py pins
 # the engine's greedy tokens to transformers').
