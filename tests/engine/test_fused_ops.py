@@ -41,22 +41,27 @@ def test_rms_norm_equals_torch_to_the_sum_order(rows):
     assert cpu_kernel.fused_rms_norm(x.float(), weight, 1e-5) is None  # mixed dtypes: torch's
 
 
-def test_rotary_equals_torch_bit_for_bit_on_a_strided_view():
-    """The fused rotary embedding takes q as the view of the fused q/k/v projection it is
-    (rows strided by q + 2 kv) and gives torch's rotate-half result exactly."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_rotary_equals_torch_bit_for_bit_on_a_strided_view(dtype):
+    """The fused rotary embedding takes q and k as the view of the fused q/k/v projection they
+    are (rows strided by q + 2 kv) and gives torch's rotate-half result exactly: in bf16 it
+    rounds where torch rounds; in fp32 each product is rounded on its own (no fused
+    multiply-add: where x cos and rotate_half(x) sin cancel, an FMA would move the result by
+    far more than an ulp of it)."""
     spec = PRESETS["smollm2-135m"]
     rotary = Rotary(spec, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
-    qkv = torch.randn(37, spec.q_size + 2 * spec.kv_size, generator=gen).bfloat16()
-    q = qkv[:, : spec.q_size].view(-1, spec.num_heads, spec.head_dim)
+    qkv = torch.randn(37, spec.q_size + 2 * spec.kv_size, generator=gen).to(dtype)
+    heads = spec.num_heads + spec.num_kv_heads
+    qk = qkv[:, : spec.q_size + spec.kv_size].view(-1, heads, spec.head_dim)
     positions = torch.randint(0, 2000, (37,), generator=gen)
-    cos, sin = rotary._rows(positions, torch.bfloat16)
+    cos, sin = rotary._rows(positions, dtype)
     half = spec.head_dim // 2
-    expected = q * cos + torch.cat([-q[..., half:], q[..., :half]], dim=-1) * sin
-    fused = cpu_kernel.fused_rotary(q, cos, sin)
+    expected = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
+    fused = cpu_kernel.fused_rotary(qk, cos, sin)
     assert fused is not None and torch.equal(fused, expected)
-    assert torch.equal(rotary(q, positions), expected)
-    assert cpu_kernel.fused_rotary(q.double(), cos.double(), sin.double()) is None  # no fp64
+    assert torch.equal(rotary(qk, positions), expected)
+    assert cpu_kernel.fused_rotary(qk.double(), cos.double(), sin.double()) is None  # no fp64
 
 
 @pytest.mark.parametrize("rows,intermediate", [(1, 1536), (7, 40), (300, 1536)])
@@ -96,24 +101,6 @@ def test_fp32_rms_norm_within_ulps_of_torch(rows):
     assert fused is not None and fused.dtype == torch.float32
     torch.testing.assert_close(fused, torch_rms_norm(x, weight, 1e-5), rtol=FP32_RTOL, atol=0)
     assert torch.equal(rms_norm(x, weight, 1e-5), fused)  # the layer uses it for fp32
-
-
-def test_fp32_rotary_equals_torch_bit_for_bit_on_a_strided_view():
-    """Each product is rounded on its own, as torch's ops round it (no fused multiply-add:
-    where x cos and rotate_half(x) sin cancel, an FMA would move the result by far more than
-    an ulp of it), so the fp32 rotary embedding is torch's exactly."""
-    spec = PRESETS["smollm2-135m"]
-    rotary = Rotary(spec, torch.device("cpu"))
-    gen = torch.Generator().manual_seed(1)
-    qkv = torch.randn(37, spec.q_size + 2 * spec.kv_size, generator=gen)
-    qk = qkv[:, : spec.q_size + spec.kv_size].view(-1, spec.num_heads + spec.num_kv_heads, 64)
-    positions = torch.randint(0, 2000, (37,), generator=gen)
-    cos, sin = rotary._rows(positions, torch.float32)
-    half = spec.head_dim // 2
-    expected = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
-    fused = cpu_kernel.fused_rotary(qk, cos, sin)
-    assert fused is not None and torch.equal(fused, expected)
-    assert torch.equal(rotary(qk, positions), expected)
 
 
 @pytest.mark.parametrize("rows,intermediate", [(1, 1536), (7, 40), (300, 1536)])
