@@ -21,31 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks import RESULTS, write_result
 from neo_engine import cpu_kernel
+from neo_engine.layers import torch_rms_norm, torch_rotary, torch_silu_mul
 from neo_sim.model import PRESETS
 
 ROWS = {"decode batch": 32, "prefill chunk": 4096}
-
-
-def torch_rms_norm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`layers.rms_norm`'s fallback expression."""
-    xf = x.float()
-    return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype)
-
-
-def torch_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`layers.Rotary`'s fallback expression."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
-
-
-def torch_silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """`layers.post_projection`'s fallback expression."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
 
 
 def cases(rows: int, dtype: torch.dtype) -> dict[str, tuple[Callable, Callable]]:
@@ -62,7 +44,7 @@ def cases(rows: int, dtype: torch.dtype) -> dict[str, tuple[Callable, Callable]]
     gate_up = (torch.randn(rows, 2 * spec.intermediate_size, generator=gen) * 4).to(dtype)
     k = cpu_kernel
     return {
-        "rms_norm": (lambda: torch_rms_norm(x, w), lambda: k.fused_rms_norm(x, w, 1e-5)),
+        "rms_norm": (lambda: torch_rms_norm(x, w, 1e-5), lambda: k.fused_rms_norm(x, w, 1e-5)),
         "rotary": (lambda: torch_rotary(qk, cos, sin), lambda: k.fused_rotary(qk, cos, sin)),
         "silu_mul": (lambda: torch_silu_mul(gate_up), lambda: k.fused_silu_mul(gate_up)),
     }

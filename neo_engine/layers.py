@@ -76,11 +76,28 @@ def linear(x: torch.Tensor, weight: Linear) -> torch.Tensor:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     fused = fused_rms_norm(x, weight, eps)
-    if fused is not None:
-        return fused
+    return fused if fused is not None else torch_rms_norm(x, weight, eps)
+
+
+# torch's expressions of the fused ops: what runs where `cpu_kernel`'s fused op does not apply
+# (another device or dtype, no compiled module); the tests and benchmarks.fused_ops compare
+# the fused ops against them.
+def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
+
+
+def torch_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary embedding of x [..., D] with cos, sin broadcast to it."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+
+def torch_silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """SiLU(gate) * up of gate_up [..., 2I] = [gate | up]."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 class Rotary:
@@ -125,11 +142,7 @@ class Rotary:
         """x: [T, heads, head_dim]; positions: [T]."""
         cos, sin = self._rows(positions, x.dtype)
         fused = fused_rotary(x, cos, sin)
-        if fused is not None:
-            return fused
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+        return fused if fused is not None else torch_rotary(x, cos, sin)
 
 
 def _llama3_scaled(inv_freq: torch.Tensor, cfg: dict) -> torch.Tensor:
@@ -173,6 +186,5 @@ def post_projection(
     gate_up = linear(x, w.gate_up)
     act = fused_silu_mul(gate_up)
     if act is None:
-        gate, up = gate_up.chunk(2, dim=-1)
-        act = F.silu(gate) * up
+        act = torch_silu_mul(gate_up)
     return h + linear(act, w.down)

@@ -8,19 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from neo_engine import cpu_kernel
-from neo_engine.layers import Rotary, rms_norm
+from neo_engine.layers import Rotary, rms_norm, torch_rms_norm
 from neo_sim.model import PRESETS
 
 pytestmark = pytest.mark.skipif(
     cpu_kernel.load_extension() is None, reason="no C++ toolchain: torch fallbacks only"
 )
-
-
-def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """`layers.rms_norm`'s torch expression (its fallback without the compiled module)."""
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
 
 
 @pytest.mark.parametrize("rows", [1, 5, 64, 3000])
