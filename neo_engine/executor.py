@@ -49,7 +49,7 @@ from neo_sim.scheduler.request import Device
 @dataclass
 class StepResult:
     request_ids: list[int]  # requests that produce a token, in row order of `logits`
-    logits: torch.Tensor  # [n, vocab] float32 on the CPU
+    logits: torch.Tensor  # [n, vocab] float32 on the executor's device (sampled there)
     spans: list[Span]
     duration_s: float
     # For requests that asked for prompt log-probabilities: (first position, logits [n, vocab])
@@ -326,7 +326,9 @@ class Executor:
         The producing rows of every sub-batch go through the LM head in one GEMM: it is bound
         by reading its weights (vocab x hidden), so one pass per sub-batch would read them
         once per sub-batch (measured: pipelined iterations' LM head took 1.8x the profiled
-        time, which prices one pass)."""
+        time, which prices one pass). The next-token logits stay on the device: the engine
+        samples them there (on CUDA a copy of a [256 x 128k] float32 batch to the CPU would
+        move 131 MB a step); prompt logits, rare and scored row by row, come to the CPU."""
         request_ids: list[int] = []
         parts = []
         prompt_logits: dict[int, tuple[int, torch.Tensor]] = {}
@@ -343,9 +345,9 @@ class Executor:
                 request_ids += [rid for _, rid in p.producers]
             if parts:
                 x = rms_norm(torch.cat(parts) if len(parts) > 1 else parts[0], norm, eps)
-                logits = linear(x, self.w.lm_head).float().cpu()
+                logits = linear(x, self.w.lm_head).float()
             else:
-                logits = torch.empty(0, self.spec.vocab_size)
+                logits = torch.empty(0, self.spec.vocab_size, device=self.device)
         return request_ids, logits, prompt_logits
 
     # ---- inputs --------------------------------------------------------------------------------

@@ -236,14 +236,17 @@ class InSituBench:
 
     def time_sampling(self, num_seqs: int) -> float:
         """Median seconds of `sample_rows` choosing greedy tokens from num_seqs rows of logits
-        (float32 on the CPU, as the executor hands them over)."""
+        (float32 on the profiled device, as the executor hands them over)."""
         from neo_engine.sampling import SamplingParams, sample_rows
 
-        logits = torch.randn(num_seqs, self.spec.vocab_size)
+        logits = torch.randn(num_seqs, self.spec.vocab_size, device=self.device)
         params = [SamplingParams(temperature=0)] * num_seqs
         generators = [None] * num_seqs
-        cpu = torch.device("cpu")
-        return _median_time(lambda: sample_rows(logits, params, generators), cpu, self.repeats)
+
+        def sampling() -> object:
+            return sample_rows(logits, params, generators)
+
+        return _median_time(sampling, self.device, self.repeats)
 
 
 HOST_OVERHEAD_BATCHES = (1, 4, 16, 64)  # decode batch sizes the engine's host work is read at

@@ -102,7 +102,9 @@ def sample_rows(
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
 ) -> list[int | SamplingError]:
-    """One token per row of logits [B, vocab], or the SamplingError of that row. The check,
+    """One token per row of logits [B, vocab] (on the device that computed them: on a GPU
+    the batch is sampled there and only the chosen ids come back, not B x vocab floats), or
+    the SamplingError of that row. The check,
     the greedy choices and the sampling of the other rows (`_sample_batch`) are batched ops
     (row by row they cost a decode batch of 32 about 6 ms a step on a CPU). A row is usable
     when its largest logit is finite: not all -inf (masked), no NaN, no +inf (a reduction:
@@ -161,16 +163,19 @@ def _sample_batch(
     sampled with temperature): temperature, then each row's top-k / top-p filter, then the
     inverse of the row's cumulative distribution at one uniform draw (`_inverse_cdf`), taken
     from the row's generator when its request has a seed (so a seeded request reproduces
-    whatever batch it runs in), else from torch's global generator. One draw per row:
-    torch.multinomial, or an exponential race, draws per vocabulary entry, ~1 ms per row of
-    a 49k vocabulary on a CPU, which made sampling a third of a served decode step."""
+    whatever batch it runs in), else from torch's global generator; the draws are made on
+    the CPU (so a seed gives the same draw on any device) and go to the logits' device. One
+    draw per row: torch.multinomial, or an exponential race, draws per vocabulary entry, ~1 ms
+    per row of a 49k vocabulary on a CPU, which made sampling a third of a served decode
+    step."""
     # Every pass over a decode batch's logits ([64, 49k] here: 6-12 MB, cold from the LM
     # head) costs milliseconds, so bf16 logits go to float32 inside the pass that needs them
     # (the division by the temperatures, else the softmax), never in a pass of their own.
     temperatures = [p.temperature for p in params]
     scores = logits
     if any(t != 1.0 for t in temperatures):  # x / 1.0 == x: skip a pass over the batch
-        scores = logits / torch.tensor(temperatures, dtype=torch.float32)[:, None]
+        divisors = torch.tensor(temperatures, dtype=torch.float32, device=logits.device)
+        scores = logits / divisors[:, None]
     vocab = scores.shape[-1]
     filtered = [row for row, p in enumerate(params) if 0 < p.top_k < vocab or p.top_p < 1.0]
     if filtered and scores.data_ptr() == logits.data_ptr():
@@ -187,7 +192,7 @@ def _sample_batch(
             for row, g in enumerate(generators)
         ]
     )
-    chosen, usable = _inverse_cdf(weights, draws)
+    chosen, usable = _inverse_cdf(weights, draws.to(weights.device))
     return [
         chosen[row] if usable[row] else SamplingError("sampling probabilities are not finite")
         for row in range(len(params))
@@ -221,7 +226,7 @@ def _inverse_cdf(weights: torch.Tensor, draws: torch.Tensor) -> tuple[list[int],
     # A draw that rounds up to the total finds no block: take the last block that holds weight.
     last = (block_cdf < total[:, None]).sum(dim=-1)  # the total's own block at most
     block = torch.minimum(block, last)
-    rows = torch.arange(n)
+    rows = torch.arange(n, device=weights.device)
     before = torch.where(block > 0, block_cdf[rows, (block - 1).clamp(min=0)], 0.0)
     inside = blocks[rows, block]  # [n, size]
     inner_cdf = inside.double().cumsum(dim=-1)

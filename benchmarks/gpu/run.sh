@@ -45,7 +45,7 @@ if [ "$QUICK" = 1 ]; then
   LIMIT_BUILD=300 LIMIT_TESTS=240 LIMIT_MICRO=60 LIMIT_PROFILE=240 LIMIT_ENGINE=150 TOTAL=900
 else
   TESTS=(tests/engine/test_equivalence.py tests/engine/test_decision_equality.py
-         tests/engine/test_host_kernel.py)
+         tests/engine/test_host_kernel.py tests/engine/test_sampling.py)
   PROFILE_ARGS=(--model dummy:llama-3-8b --dtype bfloat16 --quick --passes 2)
   # the loan: 9 minutes in all (a command may run 10), each step capped by what is left
   LIMIT_BUILD=180 LIMIT_TESTS=150 LIMIT_MICRO=60 LIMIT_PROFILE=150 LIMIT_ENGINE=240 TOTAL=540

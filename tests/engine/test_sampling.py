@@ -1,4 +1,5 @@
-"""`sample_rows`: a decode batch's tokens in batched ops, the same as row by row."""
+"""`sample_rows`: a decode batch's tokens in batched ops, the same as row by row, on the
+device that computed the logits (NEO_TEST_DEVICE: the CPU here, CUDA on a lent GPU)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from neo_engine.sampling import SamplingError, SamplingParams, _inverse_cdf, sample, sample_rows
+from tests.engine.conftest import DEVICE
 
 
 def test_rows_equal_one_by_one_and_a_bad_row_fails_alone():
@@ -13,6 +15,7 @@ def test_rows_equal_one_by_one_and_a_bad_row_fails_alone():
     logits = torch.randn(5, 50, generator=gen)
     logits[1, 7] = logits[1, 9] = 10.0  # a tie: the first index wins, as argmax of one row
     logits[3] = float("-inf")  # no finite logit
+    logits = logits.to(DEVICE)
     greedy = SamplingParams(temperature=0)
     sampled = SamplingParams(temperature=0.8, top_k=5, seed=3)
     params = [greedy, greedy, sampled, greedy, sampled]
@@ -39,7 +42,7 @@ def test_sampled_rows_follow_their_distribution_and_never_pick_a_filtered_token(
     draws each token with its softmax probability, honours temperature and top-k / top-p,
     and a seeded row gives the same token alone or in any batch."""
     probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0])
-    logits = torch.log(probs).expand(20_000, -1).clone()  # the last token: -inf, never drawn
+    logits = torch.log(probs).expand(20_000, -1).to(DEVICE, copy=True)  # the last: -inf
     params = [SamplingParams(temperature=1.0)] * len(logits)
     tokens = torch.tensor(sample_rows(logits, params, [None] * len(logits)))
     freq = torch.bincount(tokens, minlength=5).double() / len(tokens)
@@ -80,7 +83,7 @@ def test_the_two_level_inverse_cdf_picks_what_one_full_cumulative_sum_picks():
     draws[11] = 1 - 2**-53  # may round draw * total up to the total
     for row, block in ((3, 1), (4, 2), (5, 1)):  # a draw exactly at a block boundary
         draws[row] = cdf[row, block * 256 - 1] / cdf[row, -1]
-    chosen, usable = _inverse_cdf(weights, draws)
+    chosen, usable = _inverse_cdf(weights.to(DEVICE), draws.to(DEVICE))
     expected = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True).view(-1)
     tolerance = 2**-16  # of the total: float32 block sums of 256 entries, summed over blocks
     for row in range(64):
@@ -108,13 +111,13 @@ def test_greedy_rows_are_torch_argmax_first_maximum(compiled, monkeypatch):
     torch's argmax (no compiled module)."""
     from neo_engine import cpu_kernel, sampling
 
-    if compiled and cpu_kernel.load_extension() is None:
-        pytest.skip("no compiled host kernels here")
+    if compiled and (DEVICE != "cpu" or cpu_kernel.load_extension() is None):
+        pytest.skip("the compiled search reads logits on the CPU, and needs the host kernels")
     if not compiled:
         monkeypatch.setattr(sampling, "greedy_tokens", lambda logits, maxes: None)
     generator = torch.Generator().manual_seed(3)
     for batch, vocab in [(1, 5), (7, 33), (64, 49152), (3, 100_003)]:
-        logits = torch.randint(-4, 3, (batch, vocab), generator=generator).float()
+        logits = torch.randint(-4, 3, (batch, vocab), generator=generator).float().to(DEVICE)
         logits[:, -1] = 2.0  # a tie with an earlier maximum, at the very end of the row
         want = logits.argmax(dim=-1).tolist()
         greedy = SamplingParams(temperature=0)
