@@ -215,17 +215,30 @@ class Executor:
         if plan.swap_out:
             with self._span(Lane.D2H, Task.SWAP_OUT):
                 for s in plan.swap_out:
-                    copy_blocks(self.gpu_pool, self.cpu_pool, s.src_blocks, s.dst_blocks)
+                    self._on_host_thread(
+                        copy_blocks, self.gpu_pool, self.cpu_pool, s.src_blocks, s.dst_blocks
+                    )
         if plan.swap_in:
             with self._span(Lane.H2D, Task.SWAP_IN):
                 for s in plan.swap_in:
-                    copy_blocks(
+                    self._on_host_thread(
+                        copy_blocks,
                         self.cpu_pool,
                         self.gpu_pool,
                         s.src_blocks,
                         s.dst_blocks,
                         non_blocking=self._cuda,
                     )
+
+    def _on_host_thread(self, fn, *args, **kwargs) -> None:
+        """fn(*args, **kwargs) on the long-lived host worker where there is one (CUDA with the
+        lanes overlapped), else here: a swap gathers and scatters the host pool's blocks with
+        parallel CPU kernels, and on CUDA this thread must keep no OpenMP team beside the
+        worker's (`host_threads`). Same stream, so the GPU side stays in order."""
+        if self._cuda and self._host is not None:
+            self._host.submit(fn, *args, **kwargs).result()
+        else:
+            fn(*args, **kwargs)
 
     def _pre_and_attend(self, p: _Prepared, layer: int) -> None:
         lw = self.w.layers[layer]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from neo_engine.cpu_kernel import load_extension
+from neo_engine.host_threads import on_passing_thread
 from neo_sim.model import ModelSpec
 
 
@@ -120,9 +121,11 @@ def advise_huge_pages(tensor: torch.Tensor) -> bool:
 
 
 def cpu_tensor(shape, dtype: torch.dtype, pin: bool = False) -> torch.Tensor:
-    """A zeroed CPU tensor, on huge pages where the OS allows (pinned memory when asked)."""
+    """A zeroed CPU tensor, on huge pages where the OS allows (pinned memory when asked: the
+    host pool beside a GPU, zeroed on a passing thread, since the thread that drives the GPU
+    must keep no OpenMP team of its own, `host_threads`)."""
     if pin:
-        return torch.zeros(shape, dtype=dtype, pin_memory=True)
+        return on_passing_thread(lambda: torch.zeros(shape, dtype=dtype, pin_memory=True))
     t = torch.empty(shape, dtype=dtype)
     advise_huge_pages(t)
     return t.zero_()

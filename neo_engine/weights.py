@@ -114,7 +114,10 @@ def prepack(weights: ModelWeights) -> ModelWeights:
 
 def _fuse(spec: ModelSpec, get, dtype: torch.dtype, device: torch.device) -> ModelWeights:
     def t(name: str) -> torch.Tensor:
-        return get(name).to(device=device, dtype=dtype).contiguous()
+        # Moved first, then converted: a blocking copy to CUDA that also converts does the
+        # conversion on the CPU (torch's copy_ for CUDA), on the calling thread, which on
+        # CUDA must keep no OpenMP team of its own (`host_threads`).
+        return get(name).to(device=device).to(dtype=dtype).contiguous()
 
     layers = []
     for i in range(spec.num_layers):
