@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from neo_engine.host_threads import host_work
+
 PROBE_BYTES = 256 * 2**20  # several times any L3 these VMs have: the sum streams from DRAM
 PROBE_PASSES = 2  # the faster of two passes (the first can pay for page-table walks)
 SAMPLE_EVERY_S = 5.0  # between engine steps: ~15 ms per probe, 0.3% of a run's wall time
@@ -25,13 +27,20 @@ SAMPLE_EVERY_S = 5.0  # between engine steps: ~15 ms per probe, 0.3% of a run's 
 
 class ReadProbe:
     """Times `torch.sum` over a buffer far larger than the caches: GB/s read, now. One
-    probe costs ~2 x 5-8 ms here."""
+    probe costs ~2 x 5-8 ms here. `beside_gpu`: the calling thread drives a GPU, so the
+    sums run on passing threads (`host_threads.host_work`)."""
 
-    def __init__(self, num_bytes: int = PROBE_BYTES, passes: int = PROBE_PASSES):
-        self.buffer = torch.ones(num_bytes // 4, dtype=torch.float32)
+    def __init__(
+        self, num_bytes: int = PROBE_BYTES, passes: int = PROBE_PASSES, beside_gpu: bool = False
+    ):
+        self.beside_gpu = beside_gpu
+        self.buffer = host_work(lambda: torch.ones(num_bytes // 4, dtype=torch.float32), beside_gpu)
         self.passes = passes
 
     def read_gbs(self) -> float:
+        return host_work(self._read_gbs, self.beside_gpu)
+
+    def _read_gbs(self) -> float:
         best = float("inf")
         for _ in range(self.passes):
             started = time.perf_counter()

@@ -23,6 +23,7 @@ from neo_engine.config import HOST_OVERLAP, EngineConfig, default_max_model_len
 from neo_engine.cpu_kernel import SKINNY_MAX_ROWS, engine_build, load_extension, skinny_path
 from neo_engine.detokenizer import IncrementalDetokenizer
 from neo_engine.executor import Executor
+from neo_engine.host_threads import host_work
 from neo_engine.kv_cache import KVPool
 from neo_engine.layers import SKINNY_ROWS_WITH_PREPACKED
 from neo_engine.local import (
@@ -283,7 +284,9 @@ class LLMEngine:
             return ProfiledCostModel(load_profile(self.config.profile), self.spec)
         from neo_engine.local import probe_hardware
 
-        hardware = probe_hardware(self.device, self.torch_dtype)
+        hardware = host_work(
+            lambda: probe_hardware(self.device, self.torch_dtype), self.device.type == "cuda"
+        )
         # Probed figures are achieved rates already (see of_probed_rates); a small launch cost.
         eff = Efficiencies.of_probed_rates(launch_s=50e-6, sampling_s=1e-4)
         return RooflineCostModel(self.spec, hardware, eff)

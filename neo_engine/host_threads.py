@@ -24,3 +24,10 @@ def on_passing_thread(fn: Callable[[], T]) -> T:
     kernels started with it); fn's result, or its exception raised here."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neo-passing") as pool:
         return pool.submit(fn).result()
+
+
+def host_work(fn: Callable[[], T], beside_gpu: bool) -> T:
+    """fn(), parallel CPU work of a thread that may drive a GPU: on a passing thread when it
+    does (`beside_gpu`: the device is CUDA), here otherwise (on a CPU device this thread's
+    team is the one the engine computes with)."""
+    return on_passing_thread(fn) if beside_gpu else fn()

@@ -156,8 +156,13 @@ class InSituBench:
                 self._executor.close()
             self._capacity = max(blocks, 2 * self._capacity, 64)
             gpu = KVPool(self.spec, self._capacity, self.block_size, self.kv_dtype, self.device)
-            cpu = KVPool(
-                self.spec, self._capacity, self.block_size, self.kv_dtype, torch.device("cpu")
+            cpu = KVPool(  # pinned beside a GPU, as the engine's (and zeroed off this thread)
+                self.spec,
+                self._capacity,
+                self.block_size,
+                self.kv_dtype,
+                torch.device("cpu"),
+                pin=self.device.type == "cuda",
             )
             self._executor = self._Executor(
                 self.spec, self.weights, self.device, gpu, cpu, self.host_threads, self.host_overlap

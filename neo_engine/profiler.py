@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from neo_engine.bandwidth import BandwidthTrace
+from neo_engine.bandwidth import BandwidthTrace, ReadProbe
 from neo_engine.config import HOST_OVERLAP, LoadSettings
+from neo_engine.host_threads import host_work
 from neo_sim import __version__, settings
 from neo_sim.costmodel import Efficiencies, RooflineCostModel
 from neo_sim.errors import NeoError
@@ -209,7 +210,12 @@ def cmd_measure(run: ProfileSettings) -> int:
     # The memory read bandwidth through the measurement (neo_engine.bandwidth: small decode
     # steps follow it, and on the build VMs it moves between states that last tens of
     # seconds): the profile records the state its points were measured in, the median.
-    bandwidth = BandwidthTrace(time.perf_counter, every_s=PROFILE_BANDWIDTH_EVERY_S)
+    beside_gpu = device.type == "cuda"  # host-side probes then run off the calling thread
+    bandwidth = BandwidthTrace(
+        time.perf_counter,
+        every_s=PROFILE_BANDWIDTH_EVERY_S,
+        probe=ReadProbe(beside_gpu=beside_gpu),
+    )
     samples, launch = measure(
         spec,
         device,
@@ -236,7 +242,7 @@ def cmd_measure(run: ProfileSettings) -> int:
         # and for the torch and host kernels they were timed with
         "engine_build": engine_build(run.load.prepack_weights),
         # this machine's speed now, for comparing later runs with (neo-sim validate's drift)
-        "reference_kernel_ms": round(reference_kernel(spec)(), 5),
+        "reference_kernel_ms": round(host_work(reference_kernel(spec), beside_gpu), 5),
         # and its memory read bandwidth while the points were measured: median, min, max
         "read_gbs": round(statistics.median(read_gbs), 2),
         "read_gbs_range": [round(min(read_gbs), 2), round(max(read_gbs), 2)],

@@ -150,12 +150,16 @@ def step_micro(device: str, out: Path) -> dict:
     import torch
 
     from neo_engine.config import LoadSettings
+    from neo_engine.host_threads import host_work
     from neo_engine.opbench import CopyBench, InSituBench
 
     points = MICRO[device]
     spec = LoadSettings(points.model, device=device, dtype=ENGINE_RUNS[device].dtype).model_spec()
     kv_bytes = spec.kv_bytes_per_token_per_layer
-    limits = {"device_read_gbs": read_gbs(device), "host_read_gbs": read_gbs("cpu")}
+    # the host's probe off this thread beside a GPU: it drives the executor, whose host worker
+    # must be the only OpenMP team (neo_engine/host_threads.py)
+    host_gbs = host_work(lambda: read_gbs("cpu"), device == "cuda")
+    limits = {"device_read_gbs": read_gbs(device), "host_read_gbs": host_gbs}
     if device == "cuda":
         from neo_sim.hardware import H200_SXM, PCIE5_X16
 

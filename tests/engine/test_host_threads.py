@@ -41,3 +41,16 @@ def test_an_exception_is_raised_to_the_caller():
 
     with pytest.raises(ValueError, match="from the passing thread"):
         on_passing_thread(fail)
+
+
+def test_host_work_leaves_this_thread_only_beside_a_gpu():
+    """`host_work` runs here on a CPU device (this thread's team computes there) and on a
+    passing thread beside a GPU; the bandwidth probe beside a GPU reads through it."""
+    from neo_engine.bandwidth import ReadProbe
+    from neo_engine.host_threads import host_work
+
+    here = threading.get_ident()
+    assert host_work(threading.get_ident, beside_gpu=False) == here
+    assert host_work(threading.get_ident, beside_gpu=True) != here
+    gbs = ReadProbe(num_bytes=16 * 2**20, beside_gpu=True).read_gbs()
+    assert 0 < gbs < 10_000
