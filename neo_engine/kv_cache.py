@@ -57,7 +57,9 @@ class KVPool:
         blocks, offsets = slots
         dtype, device = self.k.dtype, self.device
         if not (k.dtype == v.dtype == dtype and k.device == v.device == device):
-            k, v = k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype)
+            # converted where they are, then moved: a blocking copy from a GPU that also
+            # converts does it on the CPU, with a thread team (neo_engine/host_threads.py)
+            k, v = k.to(dtype=dtype).to(device=device), v.to(dtype=dtype).to(device=device)
         module = load_extension() if self.device.type == "cpu" else None
         if module is not None and blocks.dtype == offsets.dtype == torch.int64:
             # Rows may be strided (views of the fused projection); heads must be contiguous.
