@@ -126,9 +126,7 @@ class AdaptivePolicy(ApexPolicy):
             # the host set it starts pays as a whole. (Under a TPOT SLO the host set is sized
             # by the SLO instead.)
             lean = self._without_cpu_prefills(best[1][0])
-            if lean is not None and not (
-                self._host_set_pays(candidates) or self._host_rides_prefills(candidates)
-            ):
+            if lean is not None and not self._host_set_pays(candidates):
                 return Mode.SEQUENTIAL, (lean,), ()
         return best
 
@@ -154,67 +152,6 @@ class AdaptivePolicy(ApexPolicy):
             for b in (host, fused):
                 b.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
         return self._steady_rate(gpu, host, fused) >= max(without, gpu_only)
-
-    def _host_rides_prefills(self, candidates: list[Candidate]) -> bool:
-        """Whether host residents pay by riding the prefills still to come, where their
-        decode-only iterations would not (`_host_set_pays` prices those). A pipelined
-        iteration whose GPU sub-batch prefills this step's prompts hides the first k members
-        of the host set (its residents, the host-placed prompts, the waiting prompts the host
-        could hold next) at `riding_s` seconds a token (what they add to the GPU-only
-        iteration, over k), where GPU-only decode iterations cost `per_gpu_token`. The
-        prompts still waiting give about (their tokens / this step's prompt tokens) such
-        windows, so the k members get min(their remaining tokens, windows x k) tokens that
-        way; the rest after they swap back to the GPU pool. The set pays if those tokens save
-        more seconds than its copies cost: the new members' prompt KV to the host and, unless
-        they finish there, their KV back. On 2x H100 with Llama-3.1-70B, 1000/50 offline,
-        a window of 7 prompts hides 30 host decodes at 1.2 ms a token against the GPU's 1.35
-        ms, 21 windows remain: NEO's host set (its 145 swaps back included) served 1.037x
-        gpu-only's tokens/s, adaptive without this test 1.010x (it left every host prompt
-        out, one host decode beside 28 GPU ones never paying), 1.037x with it. k is tried at
-        powers of two and the whole set (each try prices two plans)."""
-        gpu = SubBatchBuilder(self.cost)
-        gpu.add_decodes(decode_works(self.gpu_running.values()), on_gpu=True)
-        first_cpu = self._first_host_placed(candidates)
-        if not gpu or first_cpu is None:
-            return False
-        gpu_s = self._work_s(Mode.SEQUENTIAL, (gpu,))
-        per_gpu_token = gpu_s / gpu.num_seqs
-        window = SubBatchBuilder(self.cost)
-        for r, device in candidates:
-            window.add_prefill(PrefillWork(r.request_id, r.num_computed, r.seq_len, device))
-        prompt_tokens = window.num_tokens
-        window.add_decodes(gpu.gpu_decodes, on_gpu=True, tokens=gpu.gpu_decode_tokens)
-        window_s = self._work_s(Mode.SEQUENTIAL, (window,))
-        admitted = {r.request_id for r, _ in candidates}
-        waiting = sum(
-            r.prompt_len - r.num_computed for r in self.waiting if r.request_id not in admitted
-        )
-        windows = 1 + waiting / prompt_tokens
-        host_set = [
-            *self.cpu_running.values(),
-            *(r for r, _ in candidates[first_cpu:]),
-            *self._waiting_the_host_could_hold(candidates),
-        ]
-        kv_bytes = self.cost.model.kv_bytes_per_token
-        host = SubBatchBuilder(self.cost)
-        demand = context = new_context = 0
-        for k, r in enumerate(host_set, 1):
-            host.add_cpu_decode(DecodeWork(r.request_id, r.seq_len))
-            demand += r.max_new_tokens - r.num_generated
-            context += r.seq_len
-            if r.request_id not in self.cpu_running:
-                new_context += r.seq_len
-            if k & (k - 1) and k < len(host_set):
-                continue  # priced at powers of two and the whole set
-            riding_s = (self._work_s(Mode.PIPELINED, (window, host)) - window_s) / k
-            if riding_s >= per_gpu_token:
-                continue
-            riding = min(demand, windows * k)
-            back = 0.0 if riding >= demand else self.cost.h2d((context + riding) * kv_bytes)
-            copies = back + self.cost.d2h(new_context * kv_bytes)
-            if riding * (per_gpu_token - riding_s) > copies:
-                return True
-        return False
 
     def _waiting_the_host_could_hold(self, candidates: list[Candidate]) -> Iterator[Request]:
         """The waiting requests after `candidates`, in order, while the host pool's free
