@@ -194,3 +194,48 @@ def test_a_miss_the_tracked_bandwidth_explains_is_put_on_the_machine():
         "with the reference kernel steady); in the profiled bandwidth state (40% of the "
         "iterations) the per-iteration MAPE is 16.0%; with the bandwidth tracked -14.0% |",
     ]
+
+
+def test_a_ttft_miss_is_put_on_the_iterations_before_the_median_first_token():
+    """A TTFT median rests on the work its request waited behind: the iterations that started
+    before that request's first token. The timing model's summed error over them, against
+    the engine's TTFT p50, is the miss's term (with the queue not draining, about the error)."""
+    from neo_engine.fidelity import lag_before_median_first_token, target_verdicts
+
+    iterations = pd.DataFrame(
+        {
+            "start_s": [0.0, 1.0, 2.0, 3.0, 4.0],
+            "measured_s": [1.0, 1.0, 1.0, 1.0, 1.0],
+            "timing_model_s": [1.2, 1.1, 1.0, 0.5, 0.5],  # early ones over-predicted
+            "prefill_tokens": [64, 0, 64, 0, 0],
+        }
+    )
+    requests = pd.DataFrame({"ttft_s": [1.0, 2.0, 3.5], "first_token_s": [1.0, 2.5, 4.5]})
+    lag = lag_before_median_first_token(iterations, requests)
+    assert lag["first_token_s"] == 2.5 and lag["iterations"] == 3  # those starting before it
+    assert lag["lag_s"] == pytest.approx(0.3) and lag["ttft_p50_s"] == 2.0
+    assert lag["ratio_by_kind"] == pytest.approx(
+        {"with_prefill": 2.0 / 2.2, "decode_only": 1 / 1.1}
+    )
+    run = {
+        "policy": "neo",
+        "load": "overload",
+        "drift": (0.0, 0.01),
+        "ratio_by_kind": {"with_prefill": 0.98, "decode_only": 0.99},
+        "iteration_mape_profiled_state": None,
+        "profile_gbs": 52.0,
+        "bandwidth": [31.0, 33.0, 50.0],
+        "ttft_lag": lag,
+    }
+    rows = [
+        {"policy": "neo", "load": "overload", "metric": metric, "error": error}
+        for metric, error in (("ttft_p50", 0.13), ("throughput", 0.09))
+    ]
+    assert target_verdicts([run], rows, []).splitlines() == [
+        "| neo | overload | throughput | +9.0% | <= 5% | missed: the profile's level as a whole "
+        "(iterations ran prefill-bearing 0.98x, decode-only 0.99x their prediction) |",
+        "| neo | overload | ttft_p50 | +13.0% | <= 10% | missed: the timing model over the 3 "
+        "iterations before the median first token (at 2.50 s; they ran prefill-bearing 0.91x, "
+        "decode-only 0.91x their prediction): +0.300 s in sum, +15.0% of the engine's TTFT p50 |",
+    ]
+    assert lag_before_median_first_token(iterations, requests.iloc[:0]) is None
