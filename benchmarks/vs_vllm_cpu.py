@@ -59,9 +59,10 @@ def workloads(
     max_model_len: int,
     trace: Path | None,
     batches: tuple[int, ...] = UNIFORM_BATCHES,
+    new_tokens: int = NEW_TOKENS,
 ) -> list[dict]:
     """The prompts (token ids) and output lengths of each workload, from fixed seeds (the
-    trace workload only with a trace)."""
+    trace workload only with a trace); the uniform batches generate `new_tokens` each."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
@@ -71,9 +72,9 @@ def workloads(
 
     out = [
         {
-            "name": f"batch {b} x ({PROMPT_TOKENS} + {NEW_TOKENS})",
+            "name": f"batch {b} x ({PROMPT_TOKENS} + {new_tokens})",
             "prompts": [ids(PROMPT_TOKENS) for _ in range(b)],
-            "max_tokens": [NEW_TOKENS] * b,
+            "max_tokens": [new_tokens] * b,
         }
         for b in batches
     ]
@@ -214,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run benchmarks/busy_loop.py beside each engine, keeping this share of one core "
         "busy (what a serving benchmark's client takes); 0: none",
     )
+    p.add_argument(
+        "--new-tokens",
+        type=int,
+        default=NEW_TOKENS,
+        help=f"tokens each request of the uniform batches generates (default {NEW_TOKENS}; "
+        "2 times the prefill of their 128-token prompts, nearly alone)",
+    )
     p.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile")
     p.add_argument(
         "--output",
@@ -237,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
 
     vocab = parse_model_arg(str(args.model)).spec.vocab_size
     batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
-    jobs = workloads(vocab, args.max_model_len, None if args.no_trace else args.trace, batches)
+    if args.new_tokens < 1:
+        raise SystemExit(f"vs_vllm_cpu: --new-tokens must be >= 1, got {args.new_tokens}")
+    trace = None if args.no_trace else args.trace
+    jobs = workloads(vocab, args.max_model_len, trace, batches, args.new_tokens)
     reference = [reference_s()]
     with busy_beside(args.busy_core_share):
         before, neo_path = run_neo(args, jobs)

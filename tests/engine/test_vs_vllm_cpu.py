@@ -26,6 +26,8 @@ def test_workloads_are_the_stated_shapes_and_fit_the_context():
     assert [len(w["prompts"]) for w in uniform] == list(UNIFORM_BATCHES)
     assert all(len(p) == 128 for w in uniform for p in w["prompts"])
     assert all(n == 64 for w in uniform for n in w["max_tokens"])
+    prefill = workloads(vocab_size=1000, max_model_len=512, trace=None, batches=(4,), new_tokens=2)
+    assert prefill[0]["max_tokens"] == [2] * 4 and prefill[0]["name"] == "batch 4 x (128 + 2)"
     assert all(100 <= t < 1000 for w in jobs for p in w["prompts"] for t in p)
     if TRACE.exists():
         trace = jobs[-1]
