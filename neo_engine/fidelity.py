@@ -531,7 +531,7 @@ def _cost_model_cause(run: dict, bound: float, metric: str = "") -> str:
         else ""
     )
     lag = run.get("ttft_lag")
-    if metric == "ttft_p50" and lag is not None and lag["iterations"]:
+    if metric == "ttft_p50" and lag is not None and lag["iterations"] and lag["ttft_p50_s"] > 0:
         cells = _kind_cells(lag["ratio_by_kind"])
         return (
             f"the timing model over the {lag['iterations']} iterations before the median "
