@@ -539,10 +539,7 @@ def _cost_model_cause(run: dict, bound: float, metric: str = "") -> str:
             f"prediction): {lag['lag_s']:+.3f} s in sum, "
             f"{100 * lag['lag_s'] / lag['ttft_p50_s']:+.1f}% of the engine's TTFT p50{in_state}"
         )
-    kinds = {
-        "prefill-bearing": run["ratio_by_kind"]["with_prefill"],
-        "decode-only": run["ratio_by_kind"]["decode_only"],
-    }
+    kinds = {KIND_NAMES[k]: ratio for k, ratio in run["ratio_by_kind"].items()}
     known = {kind: ratio for kind, ratio in kinds.items() if ratio is not None}
     if not known:
         return "no iteration to attribute it to"
@@ -556,11 +553,14 @@ def _cost_model_cause(run: dict, bound: float, metric: str = "") -> str:
     )
 
 
+# `measured_over_predicted_by_kind`'s keys, as the report names the kinds of iteration
+KIND_NAMES = {"with_prefill": "prefill-bearing", "decode_only": "decode-only"}
+
+
 def _kind_cells(ratios: dict[str, float | None]) -> str:
     """measured / predicted time per kind of iteration, in words: "prefill-bearing 1.07x,
     decode-only 1.05x" (a kind with no iteration left out)."""
-    names = {"with_prefill": "prefill-bearing", "decode_only": "decode-only"}
-    return ", ".join(f"{names[k]} {r:.2f}x" for k, r in ratios.items() if r is not None)
+    return ", ".join(f"{KIND_NAMES[k]} {r:.2f}x" for k, r in ratios.items() if r is not None)
 
 
 class ProfileAnchor:

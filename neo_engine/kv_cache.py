@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from neo_engine.cpu_kernel import load_extension
-from neo_engine.host_threads import host_work
+from neo_engine.host_threads import on_passing_thread
 from neo_sim.model import ModelSpec
 
 
@@ -127,7 +127,7 @@ def cpu_tensor(shape, dtype: torch.dtype, pin: bool = False) -> torch.Tensor:
     host pool beside a GPU, zeroed on a passing thread, since the thread that drives the GPU
     must keep no OpenMP team of its own, `host_threads`)."""
     if pin:
-        return host_work(lambda: torch.zeros(shape, dtype=dtype, pin_memory=True), True)
+        return on_passing_thread(lambda: torch.zeros(shape, dtype=dtype, pin_memory=True))
     t = torch.empty(shape, dtype=dtype)
     advise_huge_pages(t)
     return t.zero_()
