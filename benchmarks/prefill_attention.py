@@ -1,20 +1,22 @@
-"""Benchmark: the bf16 flash prefill attention kernel vs torch's CPU SDPA, one prompt at a time.
+"""Benchmark: the flash prefill attention kernel vs torch's CPU SDPA, one prompt at a time.
 
 Causal attention of one prompt of T tokens, as `attention.prefill_attention` runs it, for
 SmolLM2-135M's heads (9 query heads over 3 KV heads of 64 dims) and Llama-3-8B's (32 over 8,
-128 dims), bf16, every core. Side by side in one run, as the median of alternating repeats:
-torch's `F.scaled_dot_product_attention` (its flash kernel for 4-D inputs, `enable_gqa`) and
-ours (`csrc/prefill_attention.cpp`, native bf16 dot products, AVX512-BF16 only); GFLOP/s
-counts the causal half of the two matrix products (2 T^2 Hq D). Also the largest difference
-from a float64 reference of each, at the shortest T of each shape (both round the
-probabilities to bf16 before the product with V).
+128 dims), bf16 or fp32 (--dtype), every core. Side by side in one run, as the median of
+alternating repeats: torch's `F.scaled_dot_product_attention` (its flash kernel for 4-D
+inputs, `enable_gqa`) and ours (`csrc/prefill_attention.cpp`: native bf16 dot products with
+AVX512-BF16, fp32 FMA with AVX-512); GFLOP/s counts the causal half of the two matrix
+products (2 T^2 Hq D). Also the largest difference from a float64 reference of each, at the
+shortest T of each shape (in bf16 both round the probabilities to bf16 before the product
+with V).
 
 Also a batch's whole prompts (--batch PROMPTSxTOKENS, 32x128 by default), rows of one fused
 QKV output: one kernel call per prompt against one call over all of them (the engine's
 `attention.whole_prompts_stage`), side by side.
 
-Run: python -m benchmarks.prefill_attention [--repeats N] [--tokens 128,512,1024,2048]
-Writes benchmarks/results/prefill_attention_bfloat16.json (--output elsewhere).
+Run: python -m benchmarks.prefill_attention [--dtype bfloat16|float32] [--repeats N]
+     [--tokens 128,512,1024,2048]
+Writes benchmarks/results/prefill_attention_{dtype}.json (--output elsewhere).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import RESULTS, reference_s, write_result
-from neo_engine.cpu_kernel import load_extension
+from neo_engine.cpu_kernel import load_extension, prefill_path
 
 HEADS = {"smollm2-135m": (9, 3, 64), "llama-3-8b": (32, 8, 128)}  # query heads, KV heads, dim
 
@@ -57,18 +59,21 @@ def alternating_medians(variants: dict, repeats: int) -> dict[str, float]:
     return {f"{n}_s": statistics.median(t) for n, t in times.items()}
 
 
-def measure(module, shape: tuple[int, int, int, int], repeats: int, errors: bool) -> dict:
+def measure(
+    module, shape: tuple[int, int, int, int], dtype: torch.dtype, repeats: int, errors: bool
+) -> dict:
     """Median seconds of torch's SDPA and ours for one prompt of `shape` (tokens, query heads,
-    KV heads, head dim), alternating; with `errors`, each one's largest difference from float64."""
+    KV heads, head dim) in `dtype`, alternating; with `errors`, each one's largest difference
+    from float64."""
     tokens, heads, kv_heads, dim = shape
-    q = torch.randn(tokens, heads, dim).bfloat16()
-    k, v = (torch.randn(tokens, kv_heads, dim).bfloat16() for _ in range(2))
+    q = torch.randn(tokens, heads, dim).to(dtype)
+    k, v = (torch.randn(tokens, kv_heads, dim).to(dtype) for _ in range(2))
     scale, threads = 1 / math.sqrt(dim), torch.get_num_threads()
     qh, kh, vh = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
     out = torch.empty_like(q)
 
     def ours():
-        module.prefill_attention_bf16(q, k, v, out, scale, threads)
+        module.prefill_attention(q, k, v, out, scale, threads)
         return out
 
     def torch_sdpa():
@@ -84,48 +89,75 @@ def measure(module, shape: tuple[int, int, int, int], repeats: int, errors: bool
     return alternating_medians(variants, repeats) | result
 
 
-def measure_batch(module, prompts: int, tokens: int, heads: tuple[int, int, int], repeats: int):
+def measure_batch(
+    module,
+    prompts: int,
+    tokens: int,
+    heads: tuple[int, int, int],
+    dtype: torch.dtype,
+    repeats: int,
+) -> dict:
     """Median seconds of a batch's whole prompts (`prompts` x `tokens`, rows of one fused QKV
-    output, as a layer makes them) attended one call per prompt and in one call over their
-    row ranges (`prefill_attention_ranges_bf16`), alternating."""
+    output, as a layer makes them) attended one call per prompt (torch's SDPA and ours) and in
+    one call of ours over their row ranges (`prefill_attention_ranges`, as the engine runs
+    them), alternating."""
     num_heads, kv_heads, dim = heads
     rows = prompts * tokens
-    qkv = torch.randn(rows, (num_heads + 2 * kv_heads) * dim).bfloat16()
+    qkv = torch.randn(rows, (num_heads + 2 * kv_heads) * dim).to(dtype)
     q, k, v = qkv.split([num_heads * dim, kv_heads * dim, kv_heads * dim], dim=1)
     q, k, v = (x.view(rows, -1, dim) for x in (q, k, v))
     scale, threads = 1 / math.sqrt(dim), torch.get_num_threads()
-    out = torch.empty(rows, num_heads, dim, dtype=torch.bfloat16)
+    out = torch.empty(rows, num_heads, dim, dtype=dtype)
     spans = [(i * tokens, (i + 1) * tokens) for i in range(prompts)]
     ranges = torch.tensor(spans, dtype=torch.int64)
 
+    def torch_per_prompt():
+        for a, b in spans:
+            qh, kh, vh = (x[a:b].transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+            o = F.scaled_dot_product_attention(
+                qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True
+            )
+            out[a:b] = o[0].transpose(0, 1)
+
     def per_prompt():
         for a, b in spans:
-            module.prefill_attention_bf16(q[a:b], k[a:b], v[a:b], out[a:b], scale, threads)
+            module.prefill_attention(q[a:b], k[a:b], v[a:b], out[a:b], scale, threads)
 
     def one_call():
-        module.prefill_attention_ranges_bf16(q, k, v, out, ranges, scale, threads)
+        module.prefill_attention_ranges(q, k, v, out, ranges, scale, threads)
 
-    variants = {"per_prompt": per_prompt, "one_call": one_call}
+    variants = {
+        "torch_per_prompt": torch_per_prompt,
+        "per_prompt": per_prompt,
+        "one_call": one_call,
+    }
     return alternating_medians(variants, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--tokens", default="128,512,1024,2048")
     p.add_argument(
         "--batch", default="32x128", help="PROMPTSxTOKENS of the batched-call comparison"
     )
-    p.add_argument("--output", type=Path, default=RESULTS / "prefill_attention_bfloat16.json")
+    p.add_argument("--output", type=Path, help="default: results/prefill_attention_{dtype}.json")
     args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    output = args.output or RESULTS / f"prefill_attention_{args.dtype}.json"
     module = load_extension()
-    if module is None or not module.native_bf16():
-        raise SystemExit("prefill_attention: no AVX512-BF16 build of the host kernels here")
+    if module is None or not module.prefill_attention_covers(args.dtype):
+        raise SystemExit(
+            f"prefill_attention: this build of the host kernels has no {args.dtype} kernel "
+            "(bf16 needs AVX512-BF16, fp32 AVX-512)"
+        )
     torch.manual_seed(0)
     runs = []
     for model, (heads, kv_heads, dim) in HEADS.items():
         for i, tokens in enumerate(int(t) for t in args.tokens.split(",")):
-            run = measure(module, (tokens, heads, kv_heads, dim), args.repeats, errors=i == 0)
+            shape = (tokens, heads, kv_heads, dim)
+            run = measure(module, shape, dtype, args.repeats, errors=i == 0)
             flops = 2 * tokens * tokens * heads * dim
             torch_s, ours_s = run["torch_sdpa_s"], run["ours_s"]
             print(
@@ -148,19 +180,21 @@ def main(argv: list[str] | None = None) -> int:
     prompts, tokens = (int(x) for x in args.batch.split("x"))
     batched = []
     for model, heads in HEADS.items():
-        run = measure_batch(module, prompts, tokens, heads, args.repeats)
-        ratio = run["one_call_s"] / run["per_prompt_s"]
+        run = measure_batch(module, prompts, tokens, heads, dtype, args.repeats)
+        ratio = run["one_call_s"] / run["torch_per_prompt_s"]
         print(
-            f"{model} {prompts} prompts x {tokens}: one call per prompt "
-            f"{run['per_prompt_s'] * 1e3:.2f} ms | one call {run['one_call_s'] * 1e3:.2f} ms "
-            f"| {ratio:.2f}x the time",
+            f"{model} {prompts} prompts x {tokens}: torch, one call per prompt "
+            f"{run['torch_per_prompt_s'] * 1e3:.2f} ms | ours, one call per prompt "
+            f"{run['per_prompt_s'] * 1e3:.2f} ms | ours, one call "
+            f"{run['one_call_s'] * 1e3:.2f} ms ({ratio:.2f}x torch's time)",
             flush=True,
         )
         batched.append({"model": model, "prompts": prompts, "tokens": tokens, **run})
     write_result(
-        args.output,
+        output,
         "prefill_attention",
-        dtype="bfloat16",
+        dtype=args.dtype,
+        kernel=prefill_path(dtype),
         threads=torch.get_num_threads(),
         repeats=args.repeats,
         reference_loop_s=reference_s(),

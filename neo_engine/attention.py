@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from neo_engine.cpu_kernel import decode_attention as host_decode_attention
-from neo_engine.cpu_kernel import prefill_attention_bf16, prefill_attention_ranges_bf16
+from neo_engine.cpu_kernel import flash_prefill_attention, flash_prefill_attention_ranges
 from neo_engine.kv_cache import KVPool
 
 
@@ -28,11 +28,12 @@ def prefill_attention(
 
     SDPA gets 4-D [1, H, T, D] tensors: on a CPU, torch runs its flash kernel only for 4-D
     inputs and falls back to the math path (the whole T x T score matrix, ~6x slower at a
-    2,000-token prompt) for 3-D ones. A whole bf16 prompt on a CPU with AVX512-BF16 goes to
-    the compiled flash kernel instead (`cpu_kernel.prefill_attention_bf16`: ~2x torch's there)."""
+    2,000-token prompt) for 3-D ones. A whole bf16 prompt on a CPU with AVX512-BF16, or fp32
+    on one with AVX-512, goes to the compiled flash kernel instead
+    (`cpu_kernel.flash_prefill_attention`; benchmarks/prefill_attention.py times both)."""
     t = q.shape[0]
     if prefix is None:
-        native = prefill_attention_bf16(q, k, v, scale)
+        native = flash_prefill_attention(q, k, v, scale)
         if native is not None:
             return native.reshape(t, -1)
     qh, kh, vh = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
@@ -119,13 +120,13 @@ def whole_prompts_stage(
     layer: int, prompts: list[tuple[KVPool, tuple, tuple[int, int]]], q, k, v, scale: float, out
 ) -> bool:
     """`prefill_stage` of several whole prompts (no cached prefix), each (its pool, its slots,
-    its rows of q/k/v/out; out [N, Hq x D]), in one call of the bf16 kernel: False, with
+    its rows of q/k/v/out; out [N, Hq x D]), in one call of the flash kernel: False, with
     nothing done, where that kernel does not apply (the caller then runs `prefill_stage` per
     prompt). Per prompt the same output as `prefill_stage`. One call instead of one per
     prompt: in the engine's prefill of 32 prompts of 128 tokens (SmolLM2, 960 calls per
     step) attention took 0.78x the time, the step 0.96x (side by side, ad hoc, 2026-12-04)."""
     ranges = [rows for _, _, rows in prompts]
-    if not prefill_attention_ranges_bf16(q, k, v, ranges, scale, out.view(q.shape)):
+    if not flash_prefill_attention_ranges(q, k, v, ranges, scale, out.view(q.shape)):
         return False
     for pool, slots, (a, b) in prompts:  # attention read the new k/v rows, not the pool
         pool.write(layer, slots, k[a:b], v[a:b])

@@ -4,7 +4,7 @@ Four kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spo
 the paged KV store `write_kv` that `KVPool.write` uses in RAM), a
 skinny fp32/bf16 GEMM for decode batches on a CPU device (`csrc/skinny_gemm.cpp`), the
 layer's elementwise ops fused for bf16 and fp32 on a CPU device (`csrc/fused_ops.cpp`), and a bf16
-flash prefill attention (`csrc/prefill_attention.cpp`; these last two use the vector e^x of
+and fp32 flash prefill attention (`csrc/prefill_attention.cpp`; these last two use the vector e^x of
 `csrc/avx512_math.h`). The extension is
 compiled when an engine starts (before it accepts a request) with the machine's own instruction
 set (`-march=native`), and cached by torch under a name that hashes the CPU's flags, torch's
@@ -311,39 +311,55 @@ def fused_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return out
 
 
+_PREFILL_DTYPES = {torch.bfloat16: "bfloat16", torch.float32: "float32"}
+
+
 def _prefill_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """The compiled module if the bf16 prefill kernel covers q, k, v (bf16 CPU tensors [T, H,
-    D], head dims contiguous, D a multiple of 32 up to 256, an AVX512-BF16 build), else None."""
+    """The compiled module if its flash prefill kernel covers q, k, v (CPU tensors [T, H, D]
+    of one dtype, head dims contiguous, D a multiple of 32 up to 256; bf16 in an AVX512-BF16
+    build, fp32 in an AVX-512 one), else None."""
     module = _fused_applies(q, k, v)
     if (
         module is None
-        or q.dtype != _BF16
-        or not module.native_bf16()
         or q.dim() != 3
         or q.shape[2] % 32
         or q.shape[2] > 256
         or any(t.stride(2) != 1 for t in (q, k, v))
+        or not module.prefill_attention_covers(_PREFILL_DTYPES[q.dtype])
     ):
         return None
     return module
 
 
-def prefill_attention_bf16(
+def prefill_path(dtype: torch.dtype) -> str:
+    """Which prefill attention whole prompts of this dtype take here, in words (benchmark
+    results)."""
+    module = load_extension()
+    name = _PREFILL_DTYPES.get(dtype)
+    if module is None or name is None or not module.prefill_attention_covers(name):
+        return "torch SDPA"
+    if dtype == torch.bfloat16:
+        return "compiled flash kernel, native bf16 dot products (AVX512-BF16)"
+    return "compiled flash kernel, fp32 FMA (AVX-512)"
+
+
+def flash_prefill_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
 ) -> torch.Tensor | None:
-    """Causal attention of one whole prompt (q [T, Hq, D], k, v [T, Hkv, D], bf16 on the CPU,
-    head dims contiguous) through the compiled flash kernel with native bf16 dot products
+    """Causal attention of one whole prompt (q [T, Hq, D], k, v [T, Hkv, D], bf16 or fp32 on
+    the CPU, head dims contiguous) through the compiled flash kernel
     (`csrc/prefill_attention.cpp`): [T, Hq, D], or None where it does not apply (another
-    dtype or device, a head size that is not a multiple of 32, no AVX512-BF16 in this build)."""
+    dtype or device, a head size that is not a multiple of 32, no AVX512-BF16 for bf16 or no
+    AVX-512 for fp32 in this build)."""
     module = _prefill_kernel(q, k, v)
     if module is None:
         return None
     out = torch.empty(q.shape, dtype=q.dtype)
-    module.prefill_attention_bf16(q, k, v, out, scale, torch.get_num_threads())
+    module.prefill_attention(q, k, v, out, scale, torch.get_num_threads())
     return out
 
 
-def prefill_attention_ranges_bf16(
+def flash_prefill_attention_ranges(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -353,12 +369,12 @@ def prefill_attention_ranges_bf16(
 ) -> bool:
     """Causal attention of several whole prompts in one call: prompt i is rows ranges[i] =
     (first, end) of q [N, Hq, D] and k, v [N, Hkv, D]; its output goes to the same rows of
-    `out` [N, Hq, D] (contiguous, bf16). False, with nothing written, where the kernel does
-    not apply (as `prefill_attention_bf16`); per prompt, the same result as that one-prompt
-    call (the same work items, each computed alone)."""
+    `out` [N, Hq, D] (contiguous, q's dtype). False, with nothing written, where the kernel
+    does not apply (as `flash_prefill_attention`); per prompt, the same result as that
+    one-prompt call (the same work items, each computed alone)."""
     module = _prefill_kernel(q, k, v)
-    if module is None or out.dtype != torch.bfloat16 or not out.is_contiguous():
+    if module is None or out.dtype != q.dtype or not out.is_contiguous():
         return False
     rows = torch.tensor(ranges, dtype=torch.int64).reshape(-1, 2)
-    module.prefill_attention_ranges_bf16(q, k, v, out, rows, scale, torch.get_num_threads())
+    module.prefill_attention_ranges(q, k, v, out, rows, scale, torch.get_num_threads())
     return True

@@ -24,11 +24,12 @@ void skinny_linear(const at::Tensor& x, const at::Tensor& weight, at::Tensor& ou
 void write_kv(torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor blocks,
               torch::Tensor offsets, torch::Tensor k, torch::Tensor v);
 void fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, at::Tensor& out, double eps);
-void prefill_attention_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            at::Tensor& out, double scale, int64_t num_threads);
-void prefill_attention_ranges_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                   at::Tensor& out, const at::Tensor& ranges, double scale,
-                                   int64_t num_threads);
+bool prefill_attention_covers(const std::string& dtype);
+void prefill_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       at::Tensor& out, double scale, int64_t num_threads);
+void prefill_attention_ranges(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              at::Tensor& out, const at::Tensor& ranges, double scale,
+                              int64_t num_threads);
 void fused_silu_mul(const at::Tensor& gate_up, at::Tensor& out);
 void fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                   at::Tensor& out);
@@ -49,10 +50,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("fused_rotary", &fused_rotary, "bf16 rotate-half rotary embedding in one pass",
         py::call_guard<py::gil_scoped_release>());
-  m.def("prefill_attention_bf16", &prefill_attention_bf16,
-        "causal prefill attention of one prompt, bf16, native bf16 dot products",
+  m.def("prefill_attention_covers", &prefill_attention_covers,
+        "whether this build has the prefill attention kernel for a dtype ('bfloat16', 'float32')");
+  m.def("prefill_attention", &prefill_attention,
+        "causal prefill attention of one prompt (bf16 native dot products, or fp32 AVX-512)",
         py::call_guard<py::gil_scoped_release>());
-  m.def("prefill_attention_ranges_bf16", &prefill_attention_ranges_bf16,
+  m.def("prefill_attention_ranges", &prefill_attention_ranges,
         "causal prefill attention of several prompts (row ranges of q, k, v) in one call",
         py::call_guard<py::gil_scoped_release>());
   m.def("fused_silu_mul", &fused_silu_mul, "bf16 SiLU(gate) * up in one pass",

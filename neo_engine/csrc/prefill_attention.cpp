@@ -1,27 +1,33 @@
-// Causal prefill attention of one prompt on the CPU, bf16, with native bf16 dot products
-// (AVX512-BF16): a flash-attention kernel (scores, online softmax and the weighted sum of V
-// one tile of keys at a time; no T x T matrix).
+// Causal prefill attention on the CPU, bf16 (native bf16 dot products, AVX512-BF16) or fp32
+// (AVX-512 FMA): a flash-attention kernel (scores, online softmax and the weighted sum of V one
+// tile of keys at a time; no T x T matrix).
 //
 // Why: on CPUs without AMX, torch's own CPU flash attention runs bf16 at ~55-110 GFLOP/s for
 // SmolLM2's heads (D = 64) at 256-2,000-token prompts, while the same machine's bf16 GEMMs
 // reach ~400: prefill attention took a third of neo_engine's time on a trace of
-// conversation-length prompts (benchmarks/prefill_attention.py measures both side by side).
+// conversation-length prompts. In fp32 torch reaches ~50-125 GFLOP/s there against fp32
+// GEMMs' ~190, one call per prompt (benchmarks/prefill_attention.py measures both dtypes side
+// by side with torch).
 //
-// How: K and V of each KV head are first repacked so that one vdpbf16ps (32 bf16 products
-// summed pairwise into 16 fp32 lanes) does useful work without any horizontal sum:
-// - K in blocks of 16 keys, per pair of head dims (d, d+1): lane j holds (k_j[d], k_j[d+1]);
-//   a query row's pair (q[d], q[d+1]) broadcast to every lane then adds 16 scores' worth of
-//   two products each;
-// - V per pair of keys (j, j+1), per 16 head dims: lane n holds (v_j[n], v_{j+1}[n]); the
-//   pair of probabilities (p_j, p_{j+1}) broadcast then adds to 16 output dims.
+// How: K and V of each KV head are first repacked so that one vector instruction does useful
+// work without any horizontal sum:
+// - bf16: K in blocks of 16 keys, per pair of head dims (d, d+1): lane j holds (k_j[d],
+//   k_j[d+1]); a query row's pair (q[d], q[d+1]) broadcast to every lane then adds 16 scores'
+//   worth of two products each (vdpbf16ps). V per pair of keys (j, j+1), per 16 head dims:
+//   lane n holds (v_j[n], v_{j+1}[n]); the pair of probabilities (p_j, p_{j+1}) broadcast then
+//   adds to 16 output dims.
+// - fp32: K in blocks of 16 keys, per head dim d: lane j holds k_j[d]; q[d] broadcast adds one
+//   product to 16 scores (vfmadd). V per key, its head dims contiguous; p_j broadcast adds to
+//   16 output dims.
 // Work items are (query head, block of 16 query rows), the longest (last) blocks first,
 // handed out dynamically: causal blocks differ in length. Per item, tiles of 64 keys up to the
 // block's last row (the last tile cut to the 16-key blocks that reach it): scores in fp32,
 // scaled, masked causally, an online softmax in fp32 (running max and sum per row), the
-// probabilities rounded to bf16 for the V product (as torch's flash kernel does for bf16), the
-// output accumulated in fp32 and divided by the sum at the end, then rounded to bf16 (nearest
-// even). GQA: query heads share their KV head's packing. A batch's whole prompts can go in one
-// call (`prefill_attention_ranges_bf16`), in groups whose packed K/V stay in the caches.
+// probabilities in the input's dtype for the V product (bf16 rounds them, as torch's flash
+// kernel does for bf16), the output accumulated in fp32 and divided by the sum at the end, then
+// rounded to the input's dtype (bf16: nearest even). GQA: query heads share their KV head's
+// packing. A batch's whole prompts can go in one call (`prefill_attention_ranges`), in groups
+// whose packed K/V stay in the caches.
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -32,11 +38,12 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "avx512_math.h"
 
-#if defined(NEO_NATIVE_BF16)
+#if defined(__AVX512F__)
 namespace {
 
 using bf16 = at::BFloat16;
@@ -49,6 +56,18 @@ constexpr int64_t kGroupBytes = 1 << 20;  // packed K + V of the prompts attende
 
 using neo::exp512;
 
+template <class E>
+struct Strided {  // rows [T, H, D] with D contiguous
+  const E* data;
+  int64_t row, head;
+  const E* at(int64_t t, int64_t h) const { return data + t * row + h * head; }
+};
+
+// Both layouts put a block of 16 keys in 16 * dim elements and a key's V in dim elements
+// (bf16: a pair of keys in 2 * dim), so a tile's K and V start at element j0 * dim of its
+// head's packing in either dtype.
+
+#if defined(NEO_NATIVE_BF16)
 inline __m512i broadcast_pair(const bf16* two) {
   int32_t bits;
   std::memcpy(&bits, two, sizeof(bits));
@@ -57,51 +76,45 @@ inline __m512i broadcast_pair(const bf16* two) {
 
 inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
 
-struct Strided {  // rows [T, H, D] with D contiguous
-  const bf16* data;
-  int64_t row, head;
-  const bf16* at(int64_t t, int64_t h) const { return data + t * row + h * head; }
-};
-
-// Kp[h][block][pair][lane][2] and Vp[h][key pair][chunk][lane][2], zero past the prompt.
-// Copies pairs of bf16 as 32-bit words (a K pair is two adjacent head dims of one key).
-void pack(const Strided& k, const Strided& v, int64_t tokens, int64_t kv_heads, int64_t dim,
+// Kp[h][block][pair][lane][2] and Vp[h][key pair][chunk][lane][2], zero past the prompt, for
+// packing item (h, block). Copies pairs of bf16 as 32-bit words (a K pair is two adjacent head
+// dims of one key).
+void pack(const Strided<bf16>& k, const Strided<bf16>& v, int64_t tokens, int64_t dim,
           int64_t padded, bf16* kp, bf16* vp, int64_t item) {
   const int64_t pairs = dim / 2, blocks = padded / kKeyBlock, head = padded * dim;
-  {
-    const int64_t h = item / blocks, b = item % blocks;
-    uint32_t* kb = reinterpret_cast<uint32_t*>(kp + h * head + b * kKeyBlock * dim);
-    uint16_t* vb = reinterpret_cast<uint16_t*>(vp + h * head + b * kKeyBlock * dim);
-    for (int lane = 0; lane < kKeyBlock; ++lane) {
-      const int64_t t = b * kKeyBlock + lane;
-      const int e = lane & 1;  // V: this key's place in its pair
-      uint16_t* vpair = vb + (lane / 2) * 2 * dim;
-      if (t >= tokens) {
-        for (int64_t p = 0; p < pairs; ++p) kb[p * kKeyBlock + lane] = 0;
-        for (int64_t n = 0; n < dim; ++n) vpair[2 * n + e] = 0;
-        continue;
-      }
-      uint32_t krow[kMaxHeadDim / 2];
-      std::memcpy(krow, k.at(t, h), dim * sizeof(bf16));
-      for (int64_t p = 0; p < pairs; ++p) kb[p * kKeyBlock + lane] = krow[p];
-      uint16_t vrow[kMaxHeadDim];
-      std::memcpy(vrow, v.at(t, h), dim * sizeof(bf16));
-      // Chunk c of 16 dims, lane n: (v_j[16c + n], v_j+1[16c + n]) at [(16c + n) * 2 + e].
-      for (int64_t n = 0; n < dim; ++n) vpair[2 * n + e] = vrow[n];
+  const int64_t h = item / blocks, b = item % blocks;
+  uint32_t* kb = reinterpret_cast<uint32_t*>(kp + h * head + b * kKeyBlock * dim);
+  uint16_t* vb = reinterpret_cast<uint16_t*>(vp + h * head + b * kKeyBlock * dim);
+  for (int lane = 0; lane < kKeyBlock; ++lane) {
+    const int64_t t = b * kKeyBlock + lane;
+    const int e = lane & 1;  // V: this key's place in its pair
+    uint16_t* vpair = vb + (lane / 2) * 2 * dim;
+    if (t >= tokens) {
+      for (int64_t p = 0; p < pairs; ++p) kb[p * kKeyBlock + lane] = 0;
+      for (int64_t n = 0; n < dim; ++n) vpair[2 * n + e] = 0;
+      continue;
     }
+    uint32_t krow[kMaxHeadDim / 2];
+    std::memcpy(krow, k.at(t, h), dim * sizeof(bf16));
+    for (int64_t p = 0; p < pairs; ++p) kb[p * kKeyBlock + lane] = krow[p];
+    uint16_t vrow[kMaxHeadDim];
+    std::memcpy(vrow, v.at(t, h), dim * sizeof(bf16));
+    // Chunk c of 16 dims, lane n: (v_j[16c + n], v_j+1[16c + n]) at [(16c + n) * 2 + e].
+    for (int64_t n = 0; n < dim; ++n) vpair[2 * n + e] = vrow[n];
   }
 }
 
 // Scores of rows [r, r + kRowGroup) (clamped to `last`) against the tile's first `kBlocks`
 // K blocks (fewer than the tile's four where the query block ends before the tile does).
 template <int kBlocks>
-inline void tile_scores(const Strided& q, int64_t head, int64_t r, int64_t last, const bf16* kt,
-                        int64_t dim, __m512 (&acc)[kRowGroup][kTile / 16]) {
+inline void tile_scores(const Strided<bf16>& q, int64_t head, int64_t r, int64_t last,
+                        const bf16* kt, int64_t dim, __m512 (&acc)[kRowGroup][kTile / 16]) {
   const bf16* rows[kRowGroup];
   for (int i = 0; i < kRowGroup; ++i) rows[i] = q.at(std::min(r + i, last), head);
   for (int i = 0; i < kRowGroup; ++i)
     for (int b = 0; b < kBlocks; ++b) acc[i][b] = _mm512_setzero_ps();
   const int64_t pairs = dim / 2, block = pairs * kKeyBlock * 2;
+#pragma GCC unroll 4  // as the fp32 loops below: 0.8x the time at 512-2,048 tokens
   for (int64_t p = 0; p < pairs; ++p) {
     __m512bh kv[kBlocks];
     for (int b = 0; b < kBlocks; ++b) kv[b] = as_bh(_mm512_loadu_si512(kt + b * block + p * 32));
@@ -128,6 +141,7 @@ __attribute__((always_inline)) inline void tile_values(const bf16* probs /* [kRo
         acc[i][c] = i < rows ? _mm512_mul_ps(_mm512_loadu_ps(out_acc + i * dim + (c0 + c) * 16),
                                              _mm512_set1_ps(alpha[i]))
                              : _mm512_setzero_ps();
+#pragma GCC unroll 4
     for (int jp = 0; jp < kKeys / 2; ++jp) {
       const bf16* vrow = vt + jp * 2 * dim;
       __m512bh vv[4];
@@ -142,6 +156,97 @@ __attribute__((always_inline)) inline void tile_values(const bf16* probs /* [kRo
   }
 }
 
+inline void store_probs(__m512 p, bf16* dst) {
+  const __m256bh pb = _mm512_cvtneps_pbh(p);
+  std::memcpy(dst, &pb, sizeof(pb));
+}
+#endif  // NEO_NATIVE_BF16
+
+// fp32: Kp[h][block][dim][lane] and Vp[h][key][dim], zero past the prompt, for packing item
+// (h, block).
+void pack(const Strided<float>& k, const Strided<float>& v, int64_t tokens, int64_t dim,
+          int64_t padded, float* kp, float* vp, int64_t item) {
+  const int64_t blocks = padded / kKeyBlock, head = padded * dim;
+  const int64_t h = item / blocks, b = item % blocks;
+  float* kb = kp + h * head + b * kKeyBlock * dim;
+  float* vb = vp + h * head + b * kKeyBlock * dim;
+  for (int lane = 0; lane < kKeyBlock; ++lane) {
+    const int64_t t = b * kKeyBlock + lane;
+    if (t >= tokens) {
+      for (int64_t d = 0; d < dim; ++d) kb[d * kKeyBlock + lane] = 0.f;
+      std::fill(vb + lane * dim, vb + (lane + 1) * dim, 0.f);
+      continue;
+    }
+    const float* krow = k.at(t, h);
+    for (int64_t d = 0; d < dim; ++d) kb[d * kKeyBlock + lane] = krow[d];
+    std::memcpy(vb + lane * dim, v.at(t, h), dim * sizeof(float));
+  }
+}
+
+template <int kBlocks>
+inline void tile_scores(const Strided<float>& q, int64_t head, int64_t r, int64_t last,
+                        const float* kt, int64_t dim, __m512 (&acc)[kRowGroup][kTile / 16]) {
+  const float* rows[kRowGroup];
+  for (int i = 0; i < kRowGroup; ++i) rows[i] = q.at(std::min(r + i, last), head);
+  for (int i = 0; i < kRowGroup; ++i)
+    for (int b = 0; b < kBlocks; ++b) acc[i][b] = _mm512_setzero_ps();
+  const int64_t block = dim * kKeyBlock;
+  // Unrolled: SmolLM2's heads at 128-2,048-token prompts took 0.7-0.8x the time with both
+  // this loop and the values' loop over keys unrolled by 4 (the values' alone: 0.8-1.0x; ad
+  // hoc, side by side, AMD EPYC with AVX-512). A pass of 4 x 16 output dims holds its
+  // accumulators in registers only with a constant count (`values_pass`): 0.8x the time.
+#pragma GCC unroll 4
+  for (int64_t d = 0; d < dim; ++d) {
+    __m512 kv[kBlocks];
+    for (int b = 0; b < kBlocks; ++b) kv[b] = _mm512_loadu_ps(kt + b * block + d * kKeyBlock);
+    for (int i = 0; i < kRowGroup; ++i) {
+      const __m512 qd = _mm512_set1_ps(rows[i][d]);
+      for (int b = 0; b < kBlocks; ++b) acc[i][b] = _mm512_fmadd_ps(qd, kv[b], acc[i][b]);
+    }
+  }
+}
+
+// Output dims in passes of kChunks x 16 (a constant: the accumulators stay in registers).
+template <int kKeys, int kChunks>
+__attribute__((always_inline)) inline void values_pass(const float* probs, const float* alpha,
+                                                       const float* vt, int64_t dim, int rows,
+                                                       float* out_acc) {
+  for (int64_t c0 = 0; c0 < dim / 16; c0 += kChunks) {
+    __m512 acc[kRowGroup][kChunks];
+    for (int i = 0; i < kRowGroup; ++i)
+      for (int c = 0; c < kChunks; ++c)
+        acc[i][c] = i < rows ? _mm512_mul_ps(_mm512_loadu_ps(out_acc + i * dim + (c0 + c) * 16),
+                                             _mm512_set1_ps(alpha[i]))
+                             : _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int j = 0; j < kKeys; ++j) {
+      const float* vrow = vt + j * dim + c0 * 16;
+      __m512 vv[kChunks];
+      for (int c = 0; c < kChunks; ++c) vv[c] = _mm512_loadu_ps(vrow + c * 16);
+      for (int i = 0; i < kRowGroup; ++i) {
+        const __m512 pj = _mm512_set1_ps(probs[i * kTile + j]);
+        for (int c = 0; c < kChunks; ++c) acc[i][c] = _mm512_fmadd_ps(pj, vv[c], acc[i][c]);
+      }
+    }
+    for (int i = 0; i < rows; ++i)
+      for (int c = 0; c < kChunks; ++c)
+        _mm512_storeu_ps(out_acc + i * dim + (c0 + c) * 16, acc[i][c]);
+  }
+}
+
+template <int kKeys>
+__attribute__((always_inline)) inline void tile_values(const float* probs /* [kRowGroup][kTile] */,
+                                                       const float* alpha, const float* vt,
+                                                       int64_t dim, int rows,
+                                                       float* out_acc /* [rows][dim] */) {
+  if (dim % 64 == 0)
+    values_pass<kKeys, 4>(probs, alpha, vt, dim, rows, out_acc);
+  else
+    values_pass<kKeys, 2>(probs, alpha, vt, dim, rows, out_acc);
+}
+
+inline void store_probs(__m512 p, float* dst) { _mm512_storeu_ps(dst, p); }
+
 // A query block's online-softmax state, per row, through its tiles.
 struct RowState {
   float max[kRows], alpha[kRows];
@@ -150,13 +255,13 @@ struct RowState {
 
 // Rows [r0, r0 + rows) against the tile at key j0, over its first kBlocks K blocks: scores,
 // scaled and masked causally, the online softmax's update of `st`, and the probabilities
-// (bf16) into probs [rows][kTile]. A template so that a row's kBlocks score vectors stay in
+// (in E) into probs [rows][kTile]. A template so that a row's kBlocks score vectors stay in
 // registers.
-template <int kBlocks>
-__attribute__((always_inline)) inline void tile_softmax(const Strided& q, int64_t head,
+template <int kBlocks, class E>
+__attribute__((always_inline)) inline void tile_softmax(const Strided<E>& q, int64_t head,
                                                         int64_t r0, int rows, int64_t j0,
-                                                        const bf16* kt, int64_t dim, float scale,
-                                                        RowState& st, bf16* __restrict probs) {
+                                                        const E* kt, int64_t dim, float scale,
+                                                        RowState& st, E* __restrict probs) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const __m512 vscale = _mm512_set1_ps(scale);
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -186,8 +291,7 @@ __attribute__((always_inline)) inline void tile_softmax(const Strided& q, int64_
       __m512 sum = _mm512_mul_ps(st.sum[row], _mm512_set1_ps(st.alpha[row]));
       for (int b = 0; b < kBlocks; ++b) {
         const __m512 p = _mm512_maskz_mov_ps(keep[b], exp512(_mm512_sub_ps(s[i][b], m)));
-        const __m256bh pb = _mm512_cvtneps_pbh(p);
-        std::memcpy(probs + row * kTile + 16 * b, &pb, sizeof(pb));
+        store_probs(p, probs + row * kTile + 16 * b);
         sum = _mm512_add_ps(sum, p);
       }
       st.sum[row] = sum;
@@ -196,32 +300,33 @@ __attribute__((always_inline)) inline void tile_softmax(const Strided& q, int64_
 }
 
 // One tile of kBlocks K blocks for a query block: its softmax, then its values.
-template <int kBlocks>
-__attribute__((always_inline)) inline void tile(const Strided& q, int64_t head, int64_t r0,
-                                                int rows, int64_t j0, const bf16* kt,
-                                                const bf16* vt, int64_t dim, float scale,
-                                                RowState& st, bf16* probs, float* acc) {
+template <int kBlocks, class E>
+__attribute__((always_inline)) inline void tile(const Strided<E>& q, int64_t head, int64_t r0,
+                                                int rows, int64_t j0, const E* kt, const E* vt,
+                                                int64_t dim, float scale, RowState& st,
+                                                E* probs, float* acc) {
   tile_softmax<kBlocks>(q, head, r0, rows, j0, kt, dim, scale, st, probs);
   for (int g = 0; g < rows; g += kRowGroup)
     tile_values<16 * kBlocks>(probs + g * kTile, st.alpha + g, vt, dim,
                               std::min(kRowGroup, rows - g), acc + g * dim);
 }
 
-void attend_block(const Strided& q, int64_t head, int64_t kv_head, int64_t r0, int64_t r1,
-                  int64_t dim, int64_t padded, const bf16* kp, const bf16* vp, float scale,
-                  bf16* out, int64_t out_row) {
-  alignas(64) bf16 probs[kRows * kTile];
+template <class E>
+void attend_block(const Strided<E>& q, int64_t head, int64_t kv_head, int64_t r0, int64_t r1,
+                  int64_t dim, int64_t padded, const E* kp, const E* vp, float scale, E* out,
+                  int64_t out_row) {
+  alignas(64) E probs[kRows * kTile];
   alignas(64) float acc[kRows * kMaxHeadDim];
   RowState st;
   const int rows = static_cast<int>(r1 - r0);
   std::fill(acc, acc + rows * dim, 0.f);
   std::fill(st.max, st.max + kRows, -std::numeric_limits<float>::infinity());
   for (int i = 0; i < kRows; ++i) st.sum[i] = _mm512_setzero_ps();
-  const bf16* kh = kp + kv_head * padded * dim;
-  const bf16* vh = vp + kv_head * padded * dim;
+  const E* kh = kp + kv_head * padded * dim;
+  const E* vh = vp + kv_head * padded * dim;
   for (int64_t j0 = 0; j0 < r1; j0 += kTile) {
-    const bf16* kt = kh + j0 * dim;  // the tile's K blocks of 16 keys
-    const bf16* vt = vh + j0 * dim;  // kTile / 2 V key pairs
+    const E* kt = kh + j0 * dim;  // the tile's K blocks of 16 keys
+    const E* vt = vh + j0 * dim;  // its keys' V
     // Only the K blocks up to the block's last row: keys past it are masked in every row, so
     // a block of only such keys adds nothing (a 16-row query block ends inside its last tile
     // in 3 of 4 cases; at a 128-token prompt whole tiles computed 1.5x the causal scores).
@@ -234,40 +339,17 @@ void attend_block(const Strided& q, int64_t head, int64_t kv_head, int64_t r0, i
     }
   }
   for (int row = 0; row < rows; ++row) {
-    bf16* o = out + (r0 + row) * out_row + head * dim;
+    E* o = out + (r0 + row) * out_row + head * dim;
     const float inv = 1.f / _mm512_reduce_add_ps(st.sum[row]);
-    for (int64_t d = 0; d < dim; ++d) o[d] = bf16(acc[row * dim + d] * inv);
+    for (int64_t d = 0; d < dim; ++d) o[d] = E(acc[row * dim + d] * inv);
   }
 }
 
-}  // namespace
-#endif
-
-// For each prompt s, rows [ranges[s][0], ranges[s][1]) of q, k, v and out: out = causal
-// softmax(q k^T * scale) v over that prompt's rows alone. q [N, Hq, D], k, v [N, Hkv, D], all
-// bf16 with D contiguous (rows may be strided: views of a fused QKV output); out [N, Hq, D]
-// contiguous (rows outside every range untouched). One call for a batch's prompts: per group
-// of prompts (kGroupBytes), one pool wake-up for its packing and one for its work items, handed
-// out together, longest first (per-prompt calls cost ~0.1 ms each beyond their arithmetic at
-// 128-token prompts, 32 prompts x 30 layers).
-void prefill_attention_ranges_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                   at::Tensor& out, const at::Tensor& ranges, double scale,
-                                   int64_t num_threads) {
-#if defined(NEO_NATIVE_BF16)
-  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&q, &k, &v, &out}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kBFloat16 && t->dim() == 3 &&
-                    t->stride(2) == 1,
-                "prefill_attention_bf16: CPU bf16 [T, H, D] tensors with D contiguous");
-  }
-  const int64_t tokens = q.size(0), heads = q.size(1), dim = q.size(2), kv_heads = k.size(1);
-  TORCH_CHECK(dim % 32 == 0 && dim <= kMaxHeadDim, "head dim must be a multiple of 32, <= 256");
-  TORCH_CHECK(k.size(0) == tokens && v.size(0) == tokens && v.size(1) == kv_heads &&
-                  k.size(2) == dim && v.size(2) == dim && heads % kv_heads == 0,
-              "prefill_attention_bf16: shapes of q, k, v do not match");
-  TORCH_CHECK(out.is_contiguous() && out.sizes() == q.sizes(), "out: [T, Hq, D] contiguous");
-  TORCH_CHECK(ranges.device().is_cpu() && ranges.scalar_type() == at::kLong &&
-                  ranges.dim() == 2 && ranges.size(1) == 2 && ranges.is_contiguous(),
-              "ranges: [S, 2] int64 (first row, end row) per prompt");
+// The kernel for element type E (checks done by the caller).
+template <class E>
+void attend_ranges(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out,
+                   const at::Tensor& ranges, float s, int64_t num_threads) {
+  const int64_t heads = q.size(1), dim = q.size(2), kv_heads = k.size(1);
   const int64_t prompts = ranges.size(0);
   const int64_t* r = ranges.data_ptr<int64_t>();
   // Per prompt: its first row, its length, and its packed K/V's size (elements, K or V).
@@ -276,22 +358,19 @@ void prefill_attention_ranges_bf16(const at::Tensor& q, const at::Tensor& k, con
   for (int64_t p = 0; p < prompts; ++p) {
     first[p] = r[2 * p];
     length[p] = r[2 * p + 1] - r[2 * p];
-    TORCH_CHECK(first[p] >= 0 && length[p] >= 0 && r[2 * p + 1] <= tokens,
-                "ranges: rows outside q");
     packed[p] = kv_heads * ((length[p] + kTile - 1) / kTile * kTile) * dim;
     most = std::max(most, length[p]);
   }
   if (most == 0) return;
-  const Strided qs{q.data_ptr<bf16>(), q.stride(0), q.stride(1)};
-  const Strided ks{k.data_ptr<bf16>(), k.stride(0), k.stride(1)};
-  const Strided vs{v.data_ptr<bf16>(), v.stride(0), v.stride(1)};
-  auto rows_of = [&](const Strided& x, int64_t p) {
-    return Strided{x.data + first[p] * x.row, x.row, x.head};
+  const Strided<E> qs{q.data_ptr<E>(), q.stride(0), q.stride(1)};
+  const Strided<E> ks{k.data_ptr<E>(), k.stride(0), k.stride(1)};
+  const Strided<E> vs{v.data_ptr<E>(), v.stride(0), v.stride(1)};
+  auto rows_of = [&](const Strided<E>& x, int64_t p) {
+    return Strided<E>{x.data + first[p] * x.row, x.row, x.head};
   };
   const int64_t group = heads / kv_heads;
-  bf16* o = out.data_ptr<bf16>();
-  const float s = static_cast<float>(scale);
-  std::vector<bf16> kp, vp;
+  E* o = out.data_ptr<E>();
+  std::vector<E> kp, vp;
   std::vector<int64_t> packed_at;
   std::vector<std::pair<int64_t, int64_t>> packing;  // (prompt, its packing item)
   struct Item {
@@ -301,12 +380,13 @@ void prefill_attention_ranges_bf16(const at::Tensor& q, const at::Tensor& k, con
   // Prompts in groups whose packed K and V stay within kGroupBytes (at least one prompt each):
   // a group is packed, then attended while its K/V are still in the caches. Packing every
   // prompt of a batch first streamed them out (32 prompts of 128 tokens with Llama-3-8B's heads
-  // pack 16 MB), and one call then took 1.10x the time of a call per prompt.
+  // pack 16 MB in bf16), and one call then took 1.10x the time of a call per prompt.
+  constexpr int64_t kBytes = sizeof(E);
   for (int64_t g0 = 0; g0 < prompts;) {
     int64_t g1 = g0, bytes = 0;
     packed_at.assign(1, 0);
-    while (g1 < prompts && (g1 == g0 || bytes + 2 * packed[g1] * 2 <= kGroupBytes)) {
-      bytes += 2 * packed[g1] * 2;
+    while (g1 < prompts && (g1 == g0 || bytes + 2 * packed[g1] * kBytes <= kGroupBytes)) {
+      bytes += 2 * packed[g1] * kBytes;
       packed_at.push_back(packed_at.back() + packed[g1]);
       ++g1;
     }
@@ -327,7 +407,7 @@ void prefill_attention_ranges_bf16(const at::Tensor& q, const at::Tensor& k, con
       for (int64_t i = begin; i < end; ++i) {
         const auto [p, item] = packing[i];
         const int64_t padded = packed[p] / (kv_heads * dim);
-        pack(rows_of(ks, p), rows_of(vs, p), length[p], kv_heads, dim, padded,
+        pack(rows_of(ks, p), rows_of(vs, p), length[p], dim, padded,
              kp.data() + packed_at[p - g0], vp.data() + packed_at[p - g0], item);
       }
     });
@@ -352,15 +432,72 @@ void prefill_attention_ranges_bf16(const at::Tensor& q, const at::Tensor& k, con
     });
     g0 = g1;
   }
-#else
-  TORCH_CHECK(false, "prefill_attention_bf16: this build has no AVX512-BF16");
+}
+
+}  // namespace
+#endif  // __AVX512F__
+
+// Whether this build runs prefill attention of `dtype` ("bfloat16" or "float32"): bf16 needs
+// AVX512-BF16, fp32 AVX-512F. Elsewhere torch's SDPA runs instead.
+bool prefill_attention_covers(const std::string& dtype) {
+#if defined(NEO_NATIVE_BF16)
+  if (dtype == "bfloat16") return true;
+#endif
+#if defined(__AVX512F__)
+  if (dtype == "float32") return true;
+#endif
+  return false;
+}
+
+// For each prompt s, rows [ranges[s][0], ranges[s][1]) of q, k, v and out: out = causal
+// softmax(q k^T * scale) v over that prompt's rows alone. q [N, Hq, D], k, v [N, Hkv, D], all
+// of one dtype that `prefill_attention_covers`, with D contiguous (rows may be strided: views
+// of a fused QKV output); out [N, Hq, D] contiguous (rows outside every range untouched). One
+// call for a batch's prompts: per group of prompts (kGroupBytes), one pool wake-up for its
+// packing and one for its work items, handed out together, longest first (per-prompt calls
+// cost ~0.1 ms each beyond their arithmetic at 128-token prompts, 32 prompts x 30 layers).
+void prefill_attention_ranges(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              at::Tensor& out, const at::Tensor& ranges, double scale,
+                              int64_t num_threads) {
+  const at::ScalarType dtype = q.scalar_type();
+  TORCH_CHECK(prefill_attention_covers(dtype == at::kBFloat16 ? "bfloat16"
+                                       : dtype == at::kFloat  ? "float32"
+                                                              : ""),
+              "prefill_attention: this build has no kernel for ", dtype);
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&q, &k, &v, &out}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == dtype && t->dim() == 3 &&
+                    t->stride(2) == 1,
+                "prefill_attention: CPU [T, H, D] tensors of one dtype with D contiguous");
+  }
+  const int64_t tokens = q.size(0), heads = q.size(1), dim = q.size(2), kv_heads = k.size(1);
+  TORCH_CHECK(dim % 32 == 0 && dim <= 256, "head dim must be a multiple of 32, <= 256");
+  TORCH_CHECK(k.size(0) == tokens && v.size(0) == tokens && v.size(1) == kv_heads &&
+                  k.size(2) == dim && v.size(2) == dim && heads % kv_heads == 0,
+              "prefill_attention: shapes of q, k, v do not match");
+  TORCH_CHECK(out.is_contiguous() && out.sizes() == q.sizes(), "out: [T, Hq, D] contiguous");
+  TORCH_CHECK(ranges.device().is_cpu() && ranges.scalar_type() == at::kLong &&
+                  ranges.dim() == 2 && ranges.size(1) == 2 && ranges.is_contiguous(),
+              "ranges: [S, 2] int64 (first row, end row) per prompt");
+  const int64_t* r = ranges.data_ptr<int64_t>();
+  for (int64_t p = 0; p < ranges.size(0); ++p)
+    TORCH_CHECK(r[2 * p] >= 0 && r[2 * p + 1] >= r[2 * p] && r[2 * p + 1] <= tokens,
+                "ranges: rows outside q");
+#if defined(__AVX512F__)
+  const float s = static_cast<float>(scale);
+  if (dtype == at::kFloat) {
+    attend_ranges<float>(q, k, v, out, ranges, s, num_threads);
+    return;
+  }
+#if defined(NEO_NATIVE_BF16)
+  attend_ranges<bf16>(q, k, v, out, ranges, s, num_threads);
+#endif
 #endif
 }
 
 // out [T, Hq, D] (contiguous) = causal softmax(q k^T * scale) v of one prompt: the ranges
 // kernel over all of q's rows.
-void prefill_attention_bf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            at::Tensor& out, double scale, int64_t num_threads) {
+void prefill_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       at::Tensor& out, double scale, int64_t num_threads) {
   const at::Tensor all = at::tensor({int64_t{0}, q.size(0)}, at::kLong).view({1, 2});
-  prefill_attention_ranges_bf16(q, k, v, out, all, scale, num_threads);
+  prefill_attention_ranges(q, k, v, out, all, scale, num_threads);
 }

@@ -1,5 +1,6 @@
-"""The bf16 flash prefill attention (`csrc/prefill_attention.cpp`) against a float64 reference
-and against torch's own bf16 attention, whose error it must not exceed by more than rounding."""
+"""The flash prefill attention (`csrc/prefill_attention.cpp`, bf16 and fp32) against a float64
+reference and against torch's own attention in the same dtype, whose error it must not exceed
+by more than rounding."""
 
 from __future__ import annotations
 
@@ -13,8 +14,21 @@ from neo_engine import cpu_kernel
 from neo_engine.attention import prefill_attention
 
 module = cpu_kernel.load_extension()
-native = module is not None and module.native_bf16()
-needs_native = pytest.mark.skipif(not native, reason="no AVX512-BF16 in this build")
+COVERED = {
+    dtype: module is not None and module.prefill_attention_covers(name)
+    for dtype, name in ((torch.bfloat16, "bfloat16"), (torch.float32, "float32"))
+}
+DTYPES = [
+    pytest.param(
+        dtype,
+        marks=pytest.mark.skipif(not covered, reason=f"no {dtype} prefill kernel in this build"),
+        id=str(dtype).removeprefix("torch."),
+    )
+    for dtype, covered in COVERED.items()
+]
+# Beyond torch's own error: one rounding of the output (bf16), or a few fp32 ulps of e^x and
+# of the sums' order.
+SLACK = {torch.bfloat16: 2**-8, torch.float32: 1e-5}
 
 
 def reference(q, k, v, scale) -> torch.Tensor:
@@ -47,100 +61,104 @@ SHAPES = [  # tokens, query heads, KV heads, head dim: tails of every tile, GQA,
 ]
 
 
-@needs_native
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("tokens,heads,kv_heads,dim", SHAPES)
-def test_as_close_to_float64_as_torch(tokens, heads, kv_heads, dim):
-    """Within torch's own bf16 error of the exact result (plus one bf16 rounding step of the
-    output): both round the probabilities to bf16 before the V product."""
+def test_as_close_to_float64_as_torch(tokens, heads, kv_heads, dim, dtype):
+    """Within torch's own error of the exact result in the same dtype (plus `SLACK`): in bf16
+    both round the probabilities to bf16 before the V product."""
     gen = torch.Generator().manual_seed(tokens * 1000 + dim)
-    q = (torch.randn(tokens, heads, dim, generator=gen) * 2).bfloat16()
-    k = (torch.randn(tokens, kv_heads, dim, generator=gen) * 2).bfloat16()
-    v = torch.randn(tokens, kv_heads, dim, generator=gen).bfloat16()
+    q = (torch.randn(tokens, heads, dim, generator=gen) * 2).to(dtype)
+    k = (torch.randn(tokens, kv_heads, dim, generator=gen) * 2).to(dtype)
+    v = torch.randn(tokens, kv_heads, dim, generator=gen).to(dtype)
     scale = 1 / math.sqrt(dim)
-    ours = cpu_kernel.prefill_attention_bf16(q, k, v, scale)
-    assert ours is not None and ours.dtype == torch.bfloat16 and ours.shape == q.shape
+    ours = cpu_kernel.flash_prefill_attention(q, k, v, scale)
+    assert ours is not None and ours.dtype == dtype and ours.shape == q.shape
     exact = reference(q, k, v, scale)
     ours_error = (ours.double() - exact).abs().max().item()
     torch_error = (torch_sdpa(q, k, v, scale).double() - exact).abs().max().item()
-    assert ours_error <= 1.25 * torch_error + 2**-8, (ours_error, torch_error)
+    assert ours_error <= 1.25 * torch_error + SLACK[dtype], (ours_error, torch_error)
     assert torch.isfinite(ours).all()
 
 
-@needs_native
-def test_strided_views_of_a_fused_qkv():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_views_of_a_fused_qkv(dtype):
     """q, k, v as the layer makes them: column slices of one [T, (Hq + 2 Hkv) D] output."""
     tokens, heads, kv_heads, dim = 90, 9, 3, 64
     gen = torch.Generator().manual_seed(7)
-    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).bfloat16()
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).to(dtype)
     q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=1)
     q, k, v = (x.view(tokens, -1, dim) for x in (q, k, v))
     assert not q.is_contiguous()
-    ours = cpu_kernel.prefill_attention_bf16(q, k, v, 0.125)
-    dense = cpu_kernel.prefill_attention_bf16(q.contiguous(), k.contiguous(), v.contiguous(), 0.125)
+    ours = cpu_kernel.flash_prefill_attention(q, k, v, 0.125)
+    dense = cpu_kernel.flash_prefill_attention(
+        q.contiguous(), k.contiguous(), v.contiguous(), 0.125
+    )
     assert torch.equal(ours, dense)
-    # The layer's entry point takes the kernel for a whole bf16 prompt: [T, Hq * D].
+    # The layer's entry point takes the kernel for a whole prompt: [T, Hq * D].
     assert torch.equal(prefill_attention(q, k, v, 0.125), dense.reshape(tokens, -1))
 
 
-@needs_native
-def test_rows_attend_only_to_earlier_keys():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_attend_only_to_earlier_keys(dtype):
     """Changing the last token's K and V changes no earlier row's output (causality)."""
     gen = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(150, 4, 64, generator=gen).bfloat16() for _ in range(3))
-    before = cpu_kernel.prefill_attention_bf16(q, k, v, 0.125)
+    q, k, v = (torch.randn(150, 4, 64, generator=gen).to(dtype) for _ in range(3))
+    before = cpu_kernel.flash_prefill_attention(q, k, v, 0.125)
     k[-1], v[-1] = k[-1] * 5, -v[-1]
-    after = cpu_kernel.prefill_attention_bf16(q, k, v, 0.125)
+    after = cpu_kernel.flash_prefill_attention(q, k, v, 0.125)
     assert torch.equal(before[:-1], after[:-1])
     assert not torch.equal(before[-1], after[-1])
 
 
-@needs_native
-def test_several_prompts_in_one_call_equal_one_call_each():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_several_prompts_in_one_call_equal_one_call_each(dtype):
     """The batched call (row ranges of a fused QKV output, gaps between them, lengths that end
     in every K block of a tile) gives each prompt exactly its one-prompt result, and leaves
     the rows outside every range as they were."""
     lengths, gaps = [1, 16, 33, 100, 129, 64, 250], [0, 3, 0, 5, 1, 0, 2]
     tokens, heads, kv_heads, dim = sum(lengths) + sum(gaps), 9, 3, 64
     gen = torch.Generator().manual_seed(11)
-    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).bfloat16()
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=gen).to(dtype)
     q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=1)
     q, k, v = (x.view(tokens, -1, dim) for x in (q, k, v))
     ranges, row = [], 0
     for length, gap in zip(lengths, gaps):
         ranges.append((row + gap, row + gap + length))
         row += gap + length
-    out = torch.full((tokens, heads, dim), 7.0, dtype=torch.bfloat16)
-    assert cpu_kernel.prefill_attention_ranges_bf16(q, k, v, ranges, 0.125, out)
+    out = torch.full((tokens, heads, dim), 7.0, dtype=dtype)
+    assert cpu_kernel.flash_prefill_attention_ranges(q, k, v, ranges, 0.125, out)
     untouched = torch.ones(tokens, dtype=torch.bool)
     for a, b in ranges:
-        alone = cpu_kernel.prefill_attention_bf16(q[a:b], k[a:b], v[a:b], 0.125)
+        alone = cpu_kernel.flash_prefill_attention(q[a:b], k[a:b], v[a:b], 0.125)
         assert torch.equal(out[a:b], alone)
         untouched[a:b] = False
     assert (out[untouched] == 7.0).all()
 
 
 def test_declines_what_it_does_not_cover():
-    """fp32, a head size that is not a multiple of 32, or no native build: None (torch's SDPA
-    runs instead)."""
+    """fp16, mixed dtypes, a head size that is not a multiple of 32, or a dtype this build has
+    no kernel for: None (torch's SDPA runs instead)."""
     q = torch.randn(10, 2, 64)
-    assert cpu_kernel.prefill_attention_bf16(q, q, q, 0.125) is None
-    assert not cpu_kernel.prefill_attention_ranges_bf16(q, q, q, [(0, 10)], 0.125, q.clone())
-    odd = torch.randn(10, 2, 40).bfloat16()
-    assert cpu_kernel.prefill_attention_bf16(odd, odd, odd, 0.125) is None
-    if not native:
-        b = q.bfloat16()
-        assert cpu_kernel.prefill_attention_bf16(b, b, b, 0.125) is None
+    half = q.half()
+    assert cpu_kernel.flash_prefill_attention(half, half, half, 0.125) is None
+    assert cpu_kernel.flash_prefill_attention(q, q.bfloat16(), q, 0.125) is None
+    assert not cpu_kernel.flash_prefill_attention_ranges(half, half, half, [(0, 10)], 0.125, half)
+    for dtype, covered in COVERED.items():
+        odd = torch.randn(10, 2, 40).to(dtype)
+        assert cpu_kernel.flash_prefill_attention(odd, odd, odd, 0.125) is None
+        x = q.to(dtype)
+        assert (cpu_kernel.flash_prefill_attention(x, x, x, 0.125) is None) == (not covered)
 
 
-@needs_native
-def test_benchmark_measures_both_side_by_side():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_benchmark_measures_both_side_by_side(dtype):
     """`benchmarks.prefill_attention.measure` times both and reports each one's error."""
     from benchmarks.prefill_attention import measure
 
-    run = measure(module, (40, 4, 2, 64), repeats=1, errors=True)
+    run = measure(module, (40, 4, 2, 64), dtype, repeats=1, errors=True)
     assert run["torch_sdpa_s"] > 0 and run["ours_s"] > 0
-    assert run["ours_max_error"] <= 1.25 * run["torch_sdpa_max_error"] + 2**-8
+    assert run["ours_max_error"] <= 1.25 * run["torch_sdpa_max_error"] + SLACK[dtype]
     from benchmarks.prefill_attention import measure_batch
 
-    batch = measure_batch(module, prompts=3, tokens=20, heads=(4, 2, 64), repeats=1)
+    batch = measure_batch(module, prompts=3, tokens=20, heads=(4, 2, 64), dtype=dtype, repeats=1)
     assert batch["per_prompt_s"] > 0 and batch["one_call_s"] > 0
