@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 import torch
 
 from neo_engine.config import HOST_OVERLAP, EngineConfig, default_max_model_len
-from neo_engine.cpu_kernel import SKINNY_MAX_ROWS, engine_build, load_extension, skinny_path
+from neo_engine.cpu_kernel import (
+    SKINNY_MAX_ROWS,
+    engine_build,
+    load_extension,
+    prefill_path,
+    skinny_path,
+)
 from neo_engine.detokenizer import IncrementalDetokenizer
 from neo_engine.executor import Executor
 from neo_engine.host_threads import host_work
@@ -199,6 +205,9 @@ class LLMEngine:
             # as a measured profile records it (one copy where memory ruled the blocked one out)
             "engine_build": engine_build(load.prepack_weights and prepacked == wanted),
             "decode_gemm": _gemm_path(self.torch_dtype, self.device, prepacked),
+            "prefill_attention": (
+                prefill_path(self.torch_dtype) if self.device.type == "cpu" else "torch SDPA"
+            ),
             "cpu": cpu_name(),
             "cpu_features": ",".join(name for name, present in features.items() if present),
         }

@@ -162,3 +162,11 @@ def test_benchmark_measures_both_side_by_side(dtype):
 
     batch = measure_batch(module, prompts=3, tokens=20, heads=(4, 2, 64), dtype=dtype, repeats=1)
     assert batch["per_prompt_s"] > 0 and batch["one_call_s"] > 0
+
+
+def test_the_path_in_words_says_which_kernel_runs():
+    """`prefill_path` (engine.build_info, /metrics, benchmark results) names the compiled
+    kernel exactly where the build covers the dtype, torch's SDPA elsewhere."""
+    for dtype, covered in COVERED.items():
+        assert cpu_kernel.prefill_path(dtype).startswith("compiled") == covered
+    assert cpu_kernel.prefill_path(torch.float16) == "torch SDPA"

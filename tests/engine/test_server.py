@@ -15,8 +15,9 @@ import time
 
 import httpx
 import pytest
+import torch
 
-from neo_engine.cpu_kernel import engine_build
+from neo_engine.cpu_kernel import engine_build, prefill_path
 from neo_engine.server import build_parser, create_server
 from neo_sim.machine import native_bf16
 
@@ -87,6 +88,7 @@ def test_metrics_say_which_precision_and_kernels_run_and_why(server):
     assert f'dtype="{expected}"' in info and f'kv_dtype="{expected}"' in info
     assert 'dtype_reason="cpu device default' in info
     assert 'decode_gemm="' in info
+    assert f'prefill_attention="{prefill_path(getattr(torch, expected))}"' in info
     assert 'host_kernels="c++"' in info or 'host_kernels="torch fallback"' in info
     assert f'engine_build="{engine_build()}"' in info  # as a measured profile records it
 
