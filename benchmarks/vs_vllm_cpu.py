@@ -50,7 +50,15 @@ DEFAULT_MODEL = SMOLLM2
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_conv_2023.csv"
 UNIFORM_BATCHES, PROMPT_TOKENS, NEW_TOKENS, TRACE_REQUESTS = (1, 8, 32), 128, 64, 64
 # What decides neo_engine's speed on this machine, recorded with every result.
-PATH_FACTS = ("dtype", "kv_dtype", "dtype_reason", "host_kernels", "decode_gemm", "cpu")
+PATH_FACTS = (
+    "dtype",
+    "kv_dtype",
+    "dtype_reason",
+    "host_kernels",
+    "decode_gemm",
+    "prefill_attention",
+    "cpu",
+)
 FIRST_ID = 100  # prompt ids from here up: clear of the special tokens at the vocabulary's start
 
 
