@@ -65,7 +65,43 @@ struct Strided {  // rows [T, H, D] with D contiguous
 
 // Both layouts put a block of 16 keys in 16 * dim elements and a key's V in dim elements
 // (bf16: a pair of keys in 2 * dim), so a tile's K and V start at element j0 * dim of its
-// head's packing in either dtype.
+// head's packing in either dtype. `Lanes<E>` is what differs in the arithmetic: how many
+// values of E one 32-bit lane holds (bf16: a pair, fp32: one), and the vector load, broadcast
+// and multiply-add over them.
+template <class E>
+struct Lanes;
+
+template <>
+struct Lanes<float> {
+  using Vec = __m512;
+  static constexpr int kPerLane = 1;
+  static Vec load(const float* p) { return _mm512_loadu_ps(p); }
+  static Vec broadcast(const float* p) { return _mm512_set1_ps(*p); }
+  static __m512 madd(__m512 acc, Vec a, Vec b) { return _mm512_fmadd_ps(a, b, acc); }
+};
+
+// fp32: Kp[h][block][dim][lane] and Vp[h][key][dim], zero past the prompt, for packing item
+// (h, block).
+void pack(const Strided<float>& k, const Strided<float>& v, int64_t tokens, int64_t dim,
+          int64_t padded, float* kp, float* vp, int64_t item) {
+  const int64_t blocks = padded / kKeyBlock, head = padded * dim;
+  const int64_t h = item / blocks, b = item % blocks;
+  float* kb = kp + h * head + b * kKeyBlock * dim;
+  float* vb = vp + h * head + b * kKeyBlock * dim;
+  for (int lane = 0; lane < kKeyBlock; ++lane) {
+    const int64_t t = b * kKeyBlock + lane;
+    if (t >= tokens) {
+      for (int64_t d = 0; d < dim; ++d) kb[d * kKeyBlock + lane] = 0.f;
+      std::fill(vb + lane * dim, vb + (lane + 1) * dim, 0.f);
+      continue;
+    }
+    const float* krow = k.at(t, h);
+    for (int64_t d = 0; d < dim; ++d) kb[d * kKeyBlock + lane] = krow[d];
+    std::memcpy(vb + lane * dim, v.at(t, h), dim * sizeof(float));
+  }
+}
+
+inline void store_probs(__m512 p, float* dst) { _mm512_storeu_ps(dst, p); }
 
 #if defined(NEO_NATIVE_BF16)
 inline __m512i broadcast_pair(const bf16* two) {
@@ -75,6 +111,15 @@ inline __m512i broadcast_pair(const bf16* two) {
 }
 
 inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
+
+template <>
+struct Lanes<bf16> {
+  using Vec = __m512bh;
+  static constexpr int kPerLane = 2;
+  static Vec load(const bf16* p) { return as_bh(_mm512_loadu_si512(p)); }
+  static Vec broadcast(const bf16* p) { return as_bh(broadcast_pair(p)); }
+  static __m512 madd(__m512 acc, Vec a, Vec b) { return _mm512_dpbf16_ps(acc, a, b); }
+};
 
 // Kp[h][block][pair][lane][2] and Vp[h][key pair][chunk][lane][2], zero past the prompt, for
 // packing item (h, block). Copies pairs of bf16 as 32-bit words (a K pair is two adjacent head
@@ -104,113 +149,49 @@ void pack(const Strided<bf16>& k, const Strided<bf16>& v, int64_t tokens, int64_
   }
 }
 
-// Scores of rows [r, r + kRowGroup) (clamped to `last`) against the tile's first `kBlocks`
-// K blocks (fewer than the tile's four where the query block ends before the tile does).
-template <int kBlocks>
-inline void tile_scores(const Strided<bf16>& q, int64_t head, int64_t r, int64_t last,
-                        const bf16* kt, int64_t dim, __m512 (&acc)[kRowGroup][kTile / 16]) {
-  const bf16* rows[kRowGroup];
-  for (int i = 0; i < kRowGroup; ++i) rows[i] = q.at(std::min(r + i, last), head);
-  for (int i = 0; i < kRowGroup; ++i)
-    for (int b = 0; b < kBlocks; ++b) acc[i][b] = _mm512_setzero_ps();
-  const int64_t pairs = dim / 2, block = pairs * kKeyBlock * 2;
-#pragma GCC unroll 4  // as the fp32 loops below: 0.8x the time at 512-2,048 tokens
-  for (int64_t p = 0; p < pairs; ++p) {
-    __m512bh kv[kBlocks];
-    for (int b = 0; b < kBlocks; ++b) kv[b] = as_bh(_mm512_loadu_si512(kt + b * block + p * 32));
-    for (int i = 0; i < kRowGroup; ++i) {
-      const __m512bh qp = as_bh(broadcast_pair(rows[i] + 2 * p));
-      for (int b = 0; b < kBlocks; ++b) acc[i][b] = _mm512_dpbf16_ps(acc[i][b], qp, kv[b]);
-    }
-  }
-}
-
-// out_acc[row] = out_acc[row] * alpha[row] + P[row] @ V(tile), rows [0, rows) of a group,
-// over the tile's first kKeys keys (a template: a constant trip count for the compiler).
-template <int kKeys>
-__attribute__((always_inline)) inline void tile_values(const bf16* probs /* [kRowGroup][kTile] */,
-                                                       const float* alpha, const bf16* vt,
-                                                       int64_t dim, int rows,
-                                                       float* out_acc /* [rows][dim] */) {
-  const int64_t chunks = dim / 16;
-  for (int64_t c0 = 0; c0 < chunks; c0 += 4) {
-    const int nc = static_cast<int>(std::min<int64_t>(4, chunks - c0));
-    __m512 acc[kRowGroup][4];
-    for (int i = 0; i < kRowGroup; ++i)
-      for (int c = 0; c < nc; ++c)
-        acc[i][c] = i < rows ? _mm512_mul_ps(_mm512_loadu_ps(out_acc + i * dim + (c0 + c) * 16),
-                                             _mm512_set1_ps(alpha[i]))
-                             : _mm512_setzero_ps();
-#pragma GCC unroll 4
-    for (int jp = 0; jp < kKeys / 2; ++jp) {
-      const bf16* vrow = vt + jp * 2 * dim;
-      __m512bh vv[4];
-      for (int c = 0; c < nc; ++c) vv[c] = as_bh(_mm512_loadu_si512(vrow + (c0 + c) * 32));
-      for (int i = 0; i < kRowGroup; ++i) {
-        const __m512bh pp = as_bh(broadcast_pair(probs + i * kTile + 2 * jp));
-        for (int c = 0; c < nc; ++c) acc[i][c] = _mm512_dpbf16_ps(acc[i][c], pp, vv[c]);
-      }
-    }
-    for (int i = 0; i < rows; ++i)
-      for (int c = 0; c < nc; ++c) _mm512_storeu_ps(out_acc + i * dim + (c0 + c) * 16, acc[i][c]);
-  }
-}
-
 inline void store_probs(__m512 p, bf16* dst) {
   const __m256bh pb = _mm512_cvtneps_pbh(p);
   std::memcpy(dst, &pb, sizeof(pb));
 }
 #endif  // NEO_NATIVE_BF16
 
-// fp32: Kp[h][block][dim][lane] and Vp[h][key][dim], zero past the prompt, for packing item
-// (h, block).
-void pack(const Strided<float>& k, const Strided<float>& v, int64_t tokens, int64_t dim,
-          int64_t padded, float* kp, float* vp, int64_t item) {
-  const int64_t blocks = padded / kKeyBlock, head = padded * dim;
-  const int64_t h = item / blocks, b = item % blocks;
-  float* kb = kp + h * head + b * kKeyBlock * dim;
-  float* vb = vp + h * head + b * kKeyBlock * dim;
-  for (int lane = 0; lane < kKeyBlock; ++lane) {
-    const int64_t t = b * kKeyBlock + lane;
-    if (t >= tokens) {
-      for (int64_t d = 0; d < dim; ++d) kb[d * kKeyBlock + lane] = 0.f;
-      std::fill(vb + lane * dim, vb + (lane + 1) * dim, 0.f);
-      continue;
-    }
-    const float* krow = k.at(t, h);
-    for (int64_t d = 0; d < dim; ++d) kb[d * kKeyBlock + lane] = krow[d];
-    std::memcpy(vb + lane * dim, v.at(t, h), dim * sizeof(float));
-  }
-}
+// The two loops below are unrolled by 4 and keep their accumulators in registers (a constant
+// count of them: `values_pass`): with SmolLM2's heads at 128-2,048-token prompts that took the
+// fp32 kernel to 0.46-0.62x its time (from below torch's SDPA speed to ~175 GFLOP/s, about this
+// VM's fp32 GEMM peak) and the bf16 one to ~0.7-0.8x (ad hoc, side by side, AMD EPYC with
+// AVX512-BF16). Unrolled alone the values' loop gained less (0.8-1.0x); its accumulators, with
+// a run-time count, went through the stack.
 
-template <int kBlocks>
-inline void tile_scores(const Strided<float>& q, int64_t head, int64_t r, int64_t last,
-                        const float* kt, int64_t dim, __m512 (&acc)[kRowGroup][kTile / 16]) {
-  const float* rows[kRowGroup];
+// Scores of rows [r, r + kRowGroup) (clamped to `last`) against the tile's first `kBlocks`
+// K blocks (fewer than the tile's four where the query block ends before the tile does).
+template <int kBlocks, class E>
+inline void tile_scores(const Strided<E>& q, int64_t head, int64_t r, int64_t last, const E* kt,
+                        int64_t dim, __m512 (&acc)[kRowGroup][kTile / 16]) {
+  using L = Lanes<E>;
+  const E* rows[kRowGroup];
   for (int i = 0; i < kRowGroup; ++i) rows[i] = q.at(std::min(r + i, last), head);
   for (int i = 0; i < kRowGroup; ++i)
     for (int b = 0; b < kBlocks; ++b) acc[i][b] = _mm512_setzero_ps();
-  const int64_t block = dim * kKeyBlock;
-  // Unrolled: SmolLM2's heads at 128-2,048-token prompts took 0.7-0.8x the time with both
-  // this loop and the values' loop over keys unrolled by 4 (the values' alone: 0.8-1.0x; ad
-  // hoc, side by side, AMD EPYC with AVX-512). A pass of 4 x 16 output dims holds its
-  // accumulators in registers only with a constant count (`values_pass`): 0.8x the time.
+  const int64_t block = dim * kKeyBlock, steps = dim / L::kPerLane;
 #pragma GCC unroll 4
-  for (int64_t d = 0; d < dim; ++d) {
-    __m512 kv[kBlocks];
-    for (int b = 0; b < kBlocks; ++b) kv[b] = _mm512_loadu_ps(kt + b * block + d * kKeyBlock);
+  for (int64_t s = 0; s < steps; ++s) {
+    typename L::Vec kv[kBlocks];
+    for (int b = 0; b < kBlocks; ++b)
+      kv[b] = L::load(kt + b * block + s * kKeyBlock * L::kPerLane);
     for (int i = 0; i < kRowGroup; ++i) {
-      const __m512 qd = _mm512_set1_ps(rows[i][d]);
-      for (int b = 0; b < kBlocks; ++b) acc[i][b] = _mm512_fmadd_ps(qd, kv[b], acc[i][b]);
+      const typename L::Vec qs = L::broadcast(rows[i] + s * L::kPerLane);
+      for (int b = 0; b < kBlocks; ++b) acc[i][b] = L::madd(acc[i][b], qs, kv[b]);
     }
   }
 }
 
-// Output dims in passes of kChunks x 16 (a constant: the accumulators stay in registers).
-template <int kKeys, int kChunks>
-__attribute__((always_inline)) inline void values_pass(const float* probs, const float* alpha,
-                                                       const float* vt, int64_t dim, int rows,
+// out_acc[row] = out_acc[row] * alpha[row] + P[row] @ V(tile), rows [0, rows) of a group,
+// over the tile's first kKeys keys, in passes of kChunks x 16 output dims.
+template <int kKeys, int kChunks, class E>
+__attribute__((always_inline)) inline void values_pass(const E* probs, const float* alpha,
+                                                       const E* vt, int64_t dim, int rows,
                                                        float* out_acc) {
+  using L = Lanes<E>;
   for (int64_t c0 = 0; c0 < dim / 16; c0 += kChunks) {
     __m512 acc[kRowGroup][kChunks];
     for (int i = 0; i < kRowGroup; ++i)
@@ -219,13 +200,13 @@ __attribute__((always_inline)) inline void values_pass(const float* probs, const
                                              _mm512_set1_ps(alpha[i]))
                              : _mm512_setzero_ps();
 #pragma GCC unroll 4
-    for (int j = 0; j < kKeys; ++j) {
-      const float* vrow = vt + j * dim + c0 * 16;
-      __m512 vv[kChunks];
-      for (int c = 0; c < kChunks; ++c) vv[c] = _mm512_loadu_ps(vrow + c * 16);
+    for (int s = 0; s < kKeys / L::kPerLane; ++s) {
+      const E* vrow = vt + s * L::kPerLane * dim;
+      typename L::Vec vv[kChunks];
+      for (int c = 0; c < kChunks; ++c) vv[c] = L::load(vrow + (c0 + c) * 16 * L::kPerLane);
       for (int i = 0; i < kRowGroup; ++i) {
-        const __m512 pj = _mm512_set1_ps(probs[i * kTile + j]);
-        for (int c = 0; c < kChunks; ++c) acc[i][c] = _mm512_fmadd_ps(pj, vv[c], acc[i][c]);
+        const typename L::Vec ps = L::broadcast(probs + i * kTile + s * L::kPerLane);
+        for (int c = 0; c < kChunks; ++c) acc[i][c] = L::madd(acc[i][c], ps, vv[c]);
       }
     }
     for (int i = 0; i < rows; ++i)
@@ -234,9 +215,9 @@ __attribute__((always_inline)) inline void values_pass(const float* probs, const
   }
 }
 
-template <int kKeys>
-__attribute__((always_inline)) inline void tile_values(const float* probs /* [kRowGroup][kTile] */,
-                                                       const float* alpha, const float* vt,
+template <int kKeys, class E>
+__attribute__((always_inline)) inline void tile_values(const E* probs /* [kRowGroup][kTile] */,
+                                                       const float* alpha, const E* vt,
                                                        int64_t dim, int rows,
                                                        float* out_acc /* [rows][dim] */) {
   if (dim % 64 == 0)
@@ -244,8 +225,6 @@ __attribute__((always_inline)) inline void tile_values(const float* probs /* [kR
   else
     values_pass<kKeys, 2>(probs, alpha, vt, dim, rows, out_acc);
 }
-
-inline void store_probs(__m512 p, float* dst) { _mm512_storeu_ps(dst, p); }
 
 // A query block's online-softmax state, per row, through its tiles.
 struct RowState {
