@@ -1,16 +1,16 @@
 """Build and load the host kernels (C++, OpenMP), with torch fallbacks.
 
-Four kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spot, with
-the paged KV store `write_kv` that `KVPool.write` uses in RAM), a
-skinny fp32/bf16 GEMM for decode batches on a CPU device (`csrc/skinny_gemm.cpp`), the
-layer's elementwise ops fused for bf16 and fp32 on a CPU device (`csrc/fused_ops.cpp`), and a bf16
-and fp32 flash prefill attention (`csrc/prefill_attention.cpp`; these last two use the vector e^x of
-`csrc/avx512_math.h`). The extension is
-compiled when an engine starts (before it accepts a request) with the machine's own instruction
-set (`-march=native`), and cached by torch under a name that hashes the CPU's flags, torch's
-version and the sources themselves: a cache is never reused on a different CPU, and two
-checkouts with different sources never rebuild over each other. If no compiler is available,
-or NEO_DISABLE_CPP_KERNEL=1, both fall back to pure torch: the same numbers, more slowly.
+Four kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spot, with the
+paged KV store `write_kv` that `KVPool.write` uses in RAM), a skinny fp32/bf16 GEMM for decode
+batches on a CPU device (`csrc/skinny_gemm.cpp`), the layer's elementwise ops fused for bf16
+and fp32 on a CPU device (`csrc/fused_ops.cpp`), and a bf16 (AVX512-BF16) and fp32 (AVX-512)
+flash prefill attention (`csrc/prefill_attention.cpp`; these last two use the vector e^x of
+`csrc/avx512_math.h`). The extension is compiled when an engine starts (before it accepts a
+request) with the machine's own instruction set (`-march=native`), and cached by torch under a
+name that hashes the CPU's flags, torch's version and the sources themselves: a cache is never
+reused on a different CPU, and two checkouts with different sources never rebuild over each
+other. If no compiler is available, or NEO_DISABLE_CPP_KERNEL=1, all fall back to pure torch:
+the same numbers, more slowly.
 """
 
 from __future__ import annotations
