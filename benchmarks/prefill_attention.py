@@ -45,6 +45,14 @@ def causal_float64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
     return torch.einsum("hts,shd->thd", probs, vd)
 
 
+def torch_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of one prompt through torch's SDPA as the engine calls it (4-D views,
+    GQA): [T, Hq, D] from q [T, Hq, D], k, v [T, Hkv, D]."""
+    qh, kh, vh = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+    o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
+    return o[0].transpose(0, 1)
+
+
 def alternating_medians(variants: dict, repeats: int) -> dict[str, float]:
     """`{name}_s`: the median seconds of each callable, run once to warm up, then `repeats`
     times in turn (A B A B ...: a drift of the machine's speed falls on all alike)."""
@@ -69,18 +77,13 @@ def measure(
     q = torch.randn(tokens, heads, dim).to(dtype)
     k, v = (torch.randn(tokens, kv_heads, dim).to(dtype) for _ in range(2))
     scale, threads = 1 / math.sqrt(dim), torch.get_num_threads()
-    qh, kh, vh = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
     out = torch.empty_like(q)
 
     def ours():
         module.prefill_attention(q, k, v, out, scale, threads)
         return out
 
-    def torch_sdpa():
-        o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True)
-        return o[0].transpose(0, 1)
-
-    variants = {"torch_sdpa": torch_sdpa, "ours": ours}
+    variants = {"torch_sdpa": lambda: torch_sdpa(q, k, v, scale), "ours": ours}
     result = {}
     if errors:
         exact = causal_float64(q, k, v, scale)
@@ -113,11 +116,7 @@ def measure_batch(
 
     def torch_per_prompt():
         for a, b in spans:
-            qh, kh, vh = (x[a:b].transpose(0, 1).unsqueeze(0) for x in (q, k, v))
-            o = F.scaled_dot_product_attention(
-                qh, kh, vh, is_causal=True, scale=scale, enable_gqa=True
-            )
-            out[a:b] = o[0].transpose(0, 1)
+            out[a:b] = torch_sdpa(q[a:b], k[a:b], v[a:b], scale)
 
     def per_prompt():
         for a, b in spans:

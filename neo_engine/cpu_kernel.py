@@ -314,6 +314,12 @@ def fused_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 _PREFILL_DTYPES = {torch.bfloat16: "bfloat16", torch.float32: "float32"}
 
 
+def _prefill_covers(module, dtype: torch.dtype) -> bool:
+    """Whether this build of the host kernels has the flash prefill kernel for `dtype`."""
+    name = _PREFILL_DTYPES.get(dtype)
+    return module is not None and name is not None and module.prefill_attention_covers(name)
+
+
 def _prefill_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """The compiled module if its flash prefill kernel covers q, k, v (CPU tensors [T, H, D]
     of one dtype, head dims contiguous, D a multiple of 32 up to 256; bf16 in an AVX512-BF16
@@ -325,18 +331,16 @@ def _prefill_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         or q.shape[2] % 32
         or q.shape[2] > 256
         or any(t.stride(2) != 1 for t in (q, k, v))
-        or not module.prefill_attention_covers(_PREFILL_DTYPES[q.dtype])
+        or not _prefill_covers(module, q.dtype)
     ):
         return None
     return module
 
 
-def prefill_path(dtype: torch.dtype) -> str:
-    """Which prefill attention whole prompts of this dtype take here, in words (benchmark
-    results)."""
-    module = load_extension()
-    name = _PREFILL_DTYPES.get(dtype)
-    if module is None or name is None or not module.prefill_attention_covers(name):
+def prefill_path(dtype: torch.dtype, device_type: str = "cpu") -> str:
+    """Which prefill attention whole prompts of this dtype take on a device of this type here,
+    in words (engine.build_info, /metrics, benchmark results)."""
+    if device_type != "cpu" or not _prefill_covers(load_extension(), dtype):
         return "torch SDPA"
     if dtype == torch.bfloat16:
         return "compiled flash kernel, native bf16 dot products (AVX512-BF16)"

@@ -205,9 +205,7 @@ class LLMEngine:
             # as a measured profile records it (one copy where memory ruled the blocked one out)
             "engine_build": engine_build(load.prepack_weights and prepacked == wanted),
             "decode_gemm": _gemm_path(self.torch_dtype, self.device, prepacked),
-            "prefill_attention": (
-                prefill_path(self.torch_dtype) if self.device.type == "cpu" else "torch SDPA"
-            ),
+            "prefill_attention": prefill_path(self.torch_dtype, self.device.type),
             "cpu": cpu_name(),
             "cpu_features": ",".join(name for name, present in features.items() if present),
         }

@@ -416,16 +416,24 @@ void attend_ranges(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 }  // namespace
 #endif  // __AVX512F__
 
-// Whether this build runs prefill attention of `dtype` ("bfloat16" or "float32"): bf16 needs
-// AVX512-BF16, fp32 AVX-512F. Elsewhere torch's SDPA runs instead.
-bool prefill_attention_covers(const std::string& dtype) {
+namespace {
+// Whether this build has the kernel for `dtype`: bf16 needs AVX512-BF16, fp32 AVX-512F.
+bool covers(at::ScalarType dtype) {
 #if defined(NEO_NATIVE_BF16)
-  if (dtype == "bfloat16") return true;
+  if (dtype == at::kBFloat16) return true;
 #endif
 #if defined(__AVX512F__)
-  if (dtype == "float32") return true;
+  if (dtype == at::kFloat) return true;
 #endif
   return false;
+}
+}  // namespace
+
+// `covers` by the dtype's name ("bfloat16" or "float32"), for Python. Elsewhere torch's SDPA
+// runs instead.
+bool prefill_attention_covers(const std::string& dtype) {
+  return (dtype == "bfloat16" && covers(at::kBFloat16)) ||
+         (dtype == "float32" && covers(at::kFloat));
 }
 
 // For each prompt s, rows [ranges[s][0], ranges[s][1]) of q, k, v and out: out = causal
@@ -439,10 +447,7 @@ void prefill_attention_ranges(const at::Tensor& q, const at::Tensor& k, const at
                               at::Tensor& out, const at::Tensor& ranges, double scale,
                               int64_t num_threads) {
   const at::ScalarType dtype = q.scalar_type();
-  TORCH_CHECK(prefill_attention_covers(dtype == at::kBFloat16 ? "bfloat16"
-                                       : dtype == at::kFloat  ? "float32"
-                                                              : ""),
-              "prefill_attention: this build has no kernel for ", dtype);
+  TORCH_CHECK(covers(dtype), "prefill_attention: this build has no kernel for ", dtype);
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&q, &k, &v, &out}) {
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == dtype && t->dim() == 3 &&
                     t->stride(2) == 1,

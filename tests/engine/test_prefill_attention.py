@@ -170,3 +170,4 @@ def test_the_path_in_words_says_which_kernel_runs():
     for dtype, covered in COVERED.items():
         assert cpu_kernel.prefill_path(dtype).startswith("compiled") == covered
     assert cpu_kernel.prefill_path(torch.float16) == "torch SDPA"
+    assert cpu_kernel.prefill_path(torch.float32, "cuda") == "torch SDPA"
