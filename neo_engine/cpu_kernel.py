@@ -10,7 +10,9 @@ request) with the machine's own instruction set (`-march=native`), and cached by
 name that hashes the CPU's flags, torch's version and the sources themselves: a cache is never
 reused on a different CPU, and two checkouts with different sources never rebuild over each
 other. If no compiler is available, or NEO_DISABLE_CPP_KERNEL=1, all fall back to pure torch:
-the same numbers, more slowly.
+the same numbers, more slowly. With NEO_CPU_ISA=avx2 (`neo_sim.machine.isa_cap`) the extension
+is compiled without AVX-512 and torch's kernels are held to AVX2 (`apply_isa_cap`): an AVX-512
+machine runs what an AVX2-only one would.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import threading
 from pathlib import Path
 
 import torch
+
+from neo_sim.errors import NeoError
+from neo_sim.machine import ISA_CAP_ENV, isa_cap
 
 log = logging.getLogger(__name__)
 _SOURCES = [
@@ -52,6 +57,40 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+# What holds torch's own kernels to an ISA cap: ATen's vectorized kernels, oneDNN (bf16 and
+# prepacked GEMMs, convolutions) and MKL (fp32 GEMMs; on AMD CPUs it runs AVX2 code anyway).
+# Each library reads its variable once, at its first kernel.
+_TORCH_ISA_ENV = {
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    }
+}
+_COMPILE_ISA_FLAGS = {"avx2": ["-mno-avx512f"]}  # also turns off every AVX-512 subset
+
+
+def apply_isa_cap() -> None:
+    """Hold torch's kernels to NEO_CPU_ISA's cap (no-op without one): sets the libraries'
+    variables where unset and checks that ATen took its cap; NeoError if it ran a kernel
+    before (the cap must then be set before Python starts, as benchmarks and tests do)."""
+    cap = isa_cap()
+    if cap is None:
+        return
+    for name, value in _TORCH_ISA_ENV[cap].items():
+        os.environ.setdefault(name, value)
+    running = torch.backends.cpu.get_cpu_capability()
+    if running.lower() not in (cap, "default"):
+        raise NeoError(
+            f"{ISA_CAP_ENV}={cap} but torch already runs {running} kernels (it read its "
+            f"instruction set before the cap was set): set {ISA_CAP_ENV}={cap} in the "
+            "environment before Python starts"
+        )
+
+
+apply_isa_cap()  # at import, before this process's first torch kernel as a rule
+
+
 def _sources_digest(seed: str) -> str:
     """12 hex digits of `seed` and the host kernels' sources and headers."""
     key = hashlib.sha1(seed.encode())
@@ -63,18 +102,18 @@ def _sources_digest(seed: str) -> str:
 def engine_build(prepack: bool = True) -> str:
     """What decides the engine's operator times here beyond the machine: torch's version, the
     host kernels' sources (12 hex digits) and the dtypes whose GEMM weights the engine
-    prepacks by default (`weights.PREPACKED_DTYPES`). A profile records it, and validate
-    measures a new one where it differs: a profile timed with other kernels prices this
+    prepacks by default here (`weights.can_prepack` on a CPU device). A profile records it,
+    and validate measures a new one where it differs: a profile timed with other kernels prices this
     engine wrong (the paged attention kernel's deeper prefetch alone took SmolLM2's batch-64
     decode attention from ~17.5 to ~12.8 ms a step; prepacked fp32 weights took the `small`
     preset's 32-row decode GEMMs from 51 to 35 ms,
     benchmarks/results/skinny_gemm_float32_avx512.json). `prepack=False`: an engine (or a
     profile) run with `LoadSettings.prepack_weights` off."""
-    from neo_engine.weights import PREPACKED_DTYPES
+    from neo_engine.weights import PREPACKED_DTYPES, can_prepack
 
-    prepacked = "none"
-    if prepack:
-        prepacked = "/".join(str(d).removeprefix("torch.") for d in PREPACKED_DTYPES)
+    cpu = torch.device("cpu")
+    dtypes = [d for d in PREPACKED_DTYPES if prepack and can_prepack(d, cpu)]
+    prepacked = "/".join(str(d).removeprefix("torch.") for d in dtypes) or "none"
     return (
         f"torch {torch.__version__}, host kernels {_sources_digest(torch.__version__)}, "
         f"prepacked GEMM weights: {prepacked}"
@@ -92,16 +131,19 @@ def load_extension():
         if os.environ.get("NEO_DISABLE_CPP_KERNEL") == "1":
             _failed = True
             return None
+        apply_isa_cap()  # before the build: a wrong cap is an error, not a fallback
         try:
             from torch.utils.cpp_extension import load
 
-            tag = _sources_digest(_cpu_flags() + torch.__version__)
+            cap = isa_cap()
+            tag = _sources_digest(_cpu_flags() + torch.__version__ + (cap or ""))
             _module = load(
                 name=f"neo_cpu_attention_{tag}",
                 sources=[str(path) for path in _SOURCES],
                 extra_cflags=[
                     "-O3",
                     "-march=native",
+                    *_COMPILE_ISA_FLAGS.get(cap, []),
                     "-fopenmp",
                     "-ffast-math",
                     "-fno-finite-math-only",

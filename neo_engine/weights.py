@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -75,13 +76,25 @@ PREPACKED_DTYPES = (torch.bfloat16, torch.float32)  # `prepack` applies to these
 
 
 def can_prepack(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether `prepack` applies: PREPACKED_DTYPES on a CPU device with torch's oneDNN ops."""
-    return (
-        device.type == "cpu"
-        and dtype in PREPACKED_DTYPES
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    )
+    """Whether `prepack` applies: PREPACKED_DTYPES on a CPU device whose oneDNN prepacks
+    them (`_onednn_prepacks`)."""
+    return device.type == "cpu" and dtype in PREPACKED_DTYPES and _onednn_prepacks(dtype)
+
+
+@cache  # the CPU and torch do not change within a process
+def _onednn_prepacks(dtype: torch.dtype) -> bool:
+    """Whether torch's oneDNN reorders a `dtype` weight into its blocked layout on this CPU,
+    tried on a small one: its bf16 path needs AVX512-BW/VL/DQ or AVX-NE-CONVERT and raises
+    elsewhere (an AVX2-only CPU: `NEO_CPU_ISA=avx2` on an AVX-512 one shows it)."""
+    if not (
+        torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    ):
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), 1)
+    except RuntimeError:
+        return False
+    return True
 
 
 LAYER_GEMMS = ("qkv", "o", "gate_up", "down")  # the `Linear` fields of `LayerWeights`

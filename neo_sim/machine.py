@@ -14,8 +14,18 @@ import platform
 from functools import cache
 from typing import Any
 
+from neo_sim.errors import NeoError
+
 # The vector extensions that decide which kernels and dtypes are fast on a CPU.
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+# NEO_CPU_ISA=avx2 runs this process as on a CPU without AVX-512 (nor AVX512-BF16, nor AMX):
+# the build machines change from one session to the next, and an AVX-512 one can then build,
+# test and time the code an AVX2-only one would run (our kernels compiled without AVX-512,
+# torch's own kernels held to AVX2: `neo_engine.cpu_kernel.apply_isa_cap`). The memory and
+# caches stay this machine's, so timings stand in for an AVX2 CPU's, they are not one's.
+ISA_CAP_ENV = "NEO_CPU_ISA"
+ISA_CAPS = {"avx2": ("avx2",)}  # cap -> the CPU_FEATURES it keeps
 
 
 @cache  # a machine's CPU does not change within a process
@@ -30,13 +40,33 @@ def _cpuinfo_line(prefix: str) -> str:
     return ""
 
 
+def isa_cap() -> str | None:
+    """The instruction-set cap NEO_CPU_ISA sets ("avx2"), or None (the CPU as it is)."""
+    cap = os.environ.get(ISA_CAP_ENV, "").strip().lower()
+    if not cap:
+        return None
+    if cap not in ISA_CAPS:
+        raise NeoError(
+            f"{ISA_CAP_ENV}={cap!r} is not a cap neo knows: use one of "
+            f"{', '.join(ISA_CAPS)} (or unset it)"
+        )
+    return cap
+
+
 def cpu_name() -> str:
-    return _cpuinfo_line("model name") or platform.processor() or "cpu"
+    """The CPU's model name, marked when NEO_CPU_ISA caps it (a capped CPU is another machine
+    to a profile: its times are not the uncapped one's)."""
+    name = _cpuinfo_line("model name") or platform.processor() or "cpu"
+    cap = isa_cap()
+    return f"{name} (capped at {cap.upper()})" if cap else name
 
 
 def cpu_features() -> dict[str, bool]:
+    """Which of CPU_FEATURES this CPU has (those above NEO_CPU_ISA's cap read as absent)."""
     flags = set(_cpuinfo_line("flags").split())
-    return {name: name in flags for name in CPU_FEATURES}
+    cap = isa_cap()
+    kept = ISA_CAPS[cap] if cap else CPU_FEATURES
+    return {name: name in flags and name in kept for name in CPU_FEATURES}
 
 
 def native_bf16() -> str | None:
