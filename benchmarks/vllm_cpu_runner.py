@@ -3,7 +3,8 @@ starts it as `PYTHON benchmarks/vllm_cpu_runner.py JOB.json RESULT.json`.
 
 JOB: {"model", "dtype", "max_model_len", "repeats", "eager",
       "workloads": [{"name", "prompts": [[token ids]], "max_tokens": [int]}]}
-RESULT: {"vllm_version", "load_s", "workloads": [{"name", "times_s", "token_ids"}]}
+RESULT: {"vllm_version", "load_s", "kernels", "torch_cpu_capability",
+         "workloads": [{"name", "times_s", "token_ids"}]}
 Each workload runs once to warm up, then `repeats` times, timed around `LLM.generate`
 (greedy, ignore_eos, one SamplingParams per request). Imports only vLLM and the standard
 library, so it runs in any vLLM venv.
@@ -16,7 +17,18 @@ import sys
 import time
 
 
+def kernels() -> str:
+    """The kernel library vLLM's CPU platform loads in this process (its rule, on torch.cpu's
+    checks: `benchmarks/isa_cap_site` caps them with NEO_CPU_ISA=avx2)."""
+    import torch
+
+    if not torch.cpu._is_avx512_supported():
+        return "_C_AVX2"
+    return "_C (AVX-512 + BF16)" if torch.cpu._is_avx512_bf16_supported() else "_C_AVX512"
+
+
 def main(job_path: str, result_path: str) -> None:
+    import torch
     from vllm import LLM, SamplingParams, __version__
 
     with open(job_path) as f:
@@ -49,7 +61,16 @@ def main(job_path: str, result_path: str) -> None:
         results.append({"name": w["name"], "times_s": times, "token_ids": token_ids})
         print(f"vllm {w['name']}: {min(times):.2f} s", flush=True)
     with open(result_path, "w") as f:
-        json.dump({"vllm_version": __version__, "load_s": load_s, "workloads": results}, f)
+        json.dump(
+            {
+                "vllm_version": __version__,
+                "load_s": load_s,
+                "kernels": kernels(),
+                "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "workloads": results,
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ KV vLLM would otherwise reuse; neo_engine caches no prefixes). Its first start c
 (`benchmarks/busy_loop.py`): how each engine holds up next to a benchmark client, as in
 `benchmarks/serve_vs_vllm.py`. --batches and --no-trace choose the workloads.
 
+With NEO_CPU_ISA=avx2 in the environment both engines run as on an AVX2-only CPU (neo_engine:
+`neo_sim.machine.isa_cap`; vLLM: torch's variables, and `benchmarks/isa_cap_site` makes its
+CPUID checks answer so, hence its _C_AVX2 kernels): an AVX-512 machine's stand-in for one.
+
 Run: python -m benchmarks.vs_vllm_cpu --vllm-python W/bin/python [--dtype bfloat16]
 Writes benchmarks/results/vs_vllm_cpu.json (float32) or vs_vllm_cpu_DTYPE.json (--output
 elsewhere).
@@ -45,6 +49,7 @@ import time
 from pathlib import Path
 
 from benchmarks import RESULTS, SMOLLM2, reference_s, write_result
+from neo_sim.machine import isa_cap, torch_isa_environment
 
 DEFAULT_MODEL = SMOLLM2
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_conv_2023.csv"
@@ -137,11 +142,15 @@ def run_vllm(args, jobs: list[dict]) -> dict:
     """Each workload on vLLM's CPU backend, in its own Python (`vllm_cpu_runner.py`)."""
     threads = os.cpu_count() or 1
     env = os.environ | {
+        **torch_isa_environment(),
         "VLLM_TARGET_DEVICE": "cpu",
         "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
         "VLLM_CPU_KVCACHE_SPACE": "2",
         "HF_HUB_OFFLINE": "1",
     }
+    if isa_cap():
+        site = str(Path(__file__).with_name("isa_cap_site"))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (site, env.get("PYTHONPATH"))))
     with tempfile.TemporaryDirectory(prefix="neo-vs-vllm-") as tmp:
         job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job.write_text(
@@ -182,13 +191,6 @@ def busy_beside(share: float):
     finally:
         proc.kill()
         proc.wait()
-
-
-def vllm_kernels(features: dict[str, bool]) -> str:
-    """Which of vllm-cpu's kernel libraries its CPU platform loads on this CPU (its rule)."""
-    if features.get("avx512f"):
-        return "_C (AVX-512 + BF16)" if features.get("avx512_bf16") else "_C_AVX512"
-    return "_C_AVX2"
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[int, float]:
@@ -248,7 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (args.model / "config.json").exists():
         raise SystemExit(f"vs_vllm_cpu: no checkpoint at {args.model} (--model)")
-    from neo_engine.local import cpu_features
     from neo_sim.model import parse_model_arg
 
     vocab = parse_model_arg(str(args.model)).spec.vocab_size
@@ -296,7 +297,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{w['name']:<48} {r['neo_engine_tok_s']:>10.1f} {r['vllm_tok_s']:>11.1f} "
             f"{r['ratio']:>6.2f}  {same}/{r['requests']} ({share:.0%} of tokens)"
         )
-    features = cpu_features()
     write_result(
         args.output,
         "vs_vllm_cpu",
@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         vllm={
             "version": vllm["vllm_version"],
             "python": str(args.vllm_python),
-            "kernels": vllm_kernels(features),
+            "kernels": vllm["kernels"],
+            "torch_cpu_capability": vllm["torch_cpu_capability"],
             "compiled": not args.vllm_eager,
             "load_s": vllm["load_s"],
         },

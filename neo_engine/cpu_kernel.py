@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from neo_sim.errors import NeoError
-from neo_sim.machine import ISA_CAP_ENV, isa_cap
+from neo_sim.machine import ISA_CAP_ENV, export_torch_isa_environment, isa_cap
 
 log = logging.getLogger(__name__)
 _SOURCES = [
@@ -57,16 +57,6 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-# What holds torch's own kernels to an ISA cap: ATen's vectorized kernels, oneDNN (bf16 and
-# prepacked GEMMs, convolutions) and MKL (fp32 GEMMs; on AMD CPUs it runs AVX2 code anyway).
-# Each library reads its variable once, at its first kernel.
-_TORCH_ISA_ENV = {
-    "avx2": {
-        "ATEN_CPU_CAPABILITY": "avx2",
-        "ONEDNN_MAX_CPU_ISA": "AVX2",
-        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-    }
-}
 _COMPILE_ISA_FLAGS = {"avx2": ["-mno-avx512f"]}  # also turns off every AVX-512 subset
 
 
@@ -77,8 +67,7 @@ def apply_isa_cap() -> None:
     cap = isa_cap()
     if cap is None:
         return
-    for name, value in _TORCH_ISA_ENV[cap].items():
-        os.environ.setdefault(name, value)
+    export_torch_isa_environment()
     running = torch.backends.cpu.get_cpu_capability()
     if running.lower() not in (cap, "default"):
         raise NeoError(

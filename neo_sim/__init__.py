@@ -5,3 +5,7 @@ Python, so the engine (torch) and the simulator can both import them.
 """
 
 __version__ = "0.1.0"
+
+from neo_sim.machine import export_torch_isa_environment  # noqa: E402 (NEO_CPU_ISA, pure Python)
+
+export_torch_isa_environment()

@@ -26,6 +26,16 @@ CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 # caches stay this machine's, so timings stand in for an AVX2 CPU's, they are not one's.
 ISA_CAP_ENV = "NEO_CPU_ISA"
 ISA_CAPS = {"avx2": ("avx2",)}  # cap -> the CPU_FEATURES it keeps
+# What holds torch's own kernels to a cap: ATen's vectorized kernels (and inductor's generated
+# code), oneDNN (bf16 and prepacked GEMMs) and MKL (fp32 GEMMs; on AMD CPUs it runs AVX2 code
+# anyway). Each library reads its variable once, at its first kernel.
+TORCH_ISA_ENV = {
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    }
+}
 
 
 @cache  # a machine's CPU does not change within a process
@@ -51,6 +61,20 @@ def isa_cap() -> str | None:
             f"{', '.join(ISA_CAPS)} (or unset it)"
         )
     return cap
+
+
+def torch_isa_environment() -> dict[str, str]:
+    """The variables that hold torch's kernels to NEO_CPU_ISA's cap (none without one), for
+    this process before its first torch kernel and for the processes it starts."""
+    cap = isa_cap()
+    return dict(TORCH_ISA_ENV[cap]) if cap else {}
+
+
+def export_torch_isa_environment() -> None:
+    """Set `torch_isa_environment` in this process's environment where unset. Importing
+    neo_sim does it, so that torch, whenever it runs its first kernel, finds the cap."""
+    for name, value in torch_isa_environment().items():
+        os.environ.setdefault(name, value)
 
 
 def cpu_name() -> str:

@@ -9,7 +9,6 @@ from benchmarks.vs_vllm_cpu import (
     UNIFORM_BATCHES,
     agreement,
     main,
-    vllm_kernels,
     workloads,
 )
 
@@ -45,10 +44,23 @@ def test_chosen_batches_without_the_trace_and_the_busy_loop_checks_its_share():
         busy_main(["--share", "1.5"])
 
 
-def test_which_vllm_kernels_this_cpu_gets():
-    assert vllm_kernels({"avx2": True}) == "_C_AVX2"
-    assert vllm_kernels({"avx512f": True}) == "_C_AVX512"
-    assert vllm_kernels({"avx512f": True, "avx512_bf16": True}).startswith("_C ")
+def test_the_isa_cap_reaches_vllm_s_choice_of_kernels():
+    """With NEO_CPU_ISA=avx2, benchmarks/isa_cap_site (on vLLM's PYTHONPATH) makes torch.cpu's
+    CPUID checks, by which vLLM picks its kernel library, answer as an AVX2-only CPU's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = os.environ | {
+        "NEO_CPU_ISA": "avx2",
+        "PYTHONPATH": os.pathsep.join([str(root / "benchmarks" / "isa_cap_site"), str(root)]),
+    }
+    code = "from benchmarks.vllm_cpu_runner import kernels; print(kernels())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "_C_AVX2"
 
 
 def test_without_a_vllm_python_it_skips_with_a_clear_message(capsys):
