@@ -140,9 +140,21 @@ def aiperf_numbers(artifacts: Path) -> dict:
     }
 
 
-def vllm_bench(venv: Path, base: str, model: str, tokenizer: Path, out: Path) -> dict:
-    """vLLM's own serving benchmark (`vllm bench serve`, openai completions backend)."""
-    argv = [
+def vllm_bench_argv(
+    venv: Path,
+    base: str,
+    model: str,
+    tokenizer: Path,
+    out: Path,
+    name: str,
+    lengths: tuple[int, int],
+    num_prompts: int,
+    request_rate: str,
+    *extra: str,
+) -> list[str]:
+    """`vllm bench serve` (openai completions backend) against `base` with random prompts of
+    `lengths` (prompt, output tokens), its result saved as out/NAME.json; `extra` flags last."""
+    return [
         str(venv / "bin" / "vllm"),
         "bench",
         "serve",
@@ -157,19 +169,35 @@ def vllm_bench(venv: Path, base: str, model: str, tokenizer: Path, out: Path) ->
         "--dataset-name",
         "random",
         "--random-input-len",
-        str(PROMPT_TOKENS),
+        str(lengths[0]),
         "--random-output-len",
-        str(OUTPUT_TOKENS),
+        str(lengths[1]),
         "--num-prompts",
-        str(REQUESTS),
+        str(num_prompts),
         "--request-rate",
-        "2",
+        request_rate,
+        *extra,
         "--save-result",
         "--result-dir",
         str(out),
         "--result-filename",
-        "vllm_bench.json",
+        f"{name}.json",
     ]
+
+
+def vllm_bench(venv: Path, base: str, model: str, tokenizer: Path, out: Path) -> dict:
+    """vLLM's own serving benchmark (`vllm bench serve`, openai completions backend)."""
+    argv = vllm_bench_argv(
+        venv,
+        base,
+        model,
+        tokenizer,
+        out,
+        "vllm_bench",
+        (PROMPT_TOKENS, OUTPUT_TOKENS),
+        REQUESTS,
+        "2",
+    )
     env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_TARGET_DEVICE": "cpu"}
     result = run_client("vllm bench serve 0.32.0", argv, env, timeout_s=900)
     return result | {"report": "vllm_bench.json"}

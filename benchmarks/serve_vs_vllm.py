@@ -39,42 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks import RESULTS, reference_s, write_result
-from benchmarks.serve_clients import DEFAULT_MODEL, run_client
+from benchmarks.serve_clients import DEFAULT_MODEL, run_client, vllm_bench_argv
 from benchmarks.serve_load import free_port, start_server, wait_healthy
-
-
-def bench_argv(venv: Path, base: str, model: Path, args, out: Path, name: str) -> list[str]:
-    return [
-        str(venv / "bin" / "vllm"),
-        "bench",
-        "serve",
-        "--backend",
-        "openai",
-        "--base-url",
-        base,
-        "--model",
-        str(model),
-        "--tokenizer",
-        str(model),
-        "--dataset-name",
-        "random",
-        "--random-input-len",
-        str(args.input_len),
-        "--random-output-len",
-        str(args.output_len),
-        "--ignore-eos",
-        "--num-prompts",
-        str(args.num_prompts),
-        "--request-rate",
-        "inf",
-        "--seed",
-        "0",
-        "--save-result",
-        "--result-dir",
-        str(out),
-        "--result-filename",
-        f"{name}.json",
-    ]
 
 
 @dataclass(frozen=True)
@@ -228,7 +194,20 @@ def main(argv: list[str] | None = None) -> int:
 
     def bench(name: str, base: str, i: int) -> None:
         label = f"{name}-{i + 1}"
-        argv = bench_argv(args.vllm_venv, base, args.model, args, args.output, label)
+        argv = vllm_bench_argv(
+            args.vllm_venv,
+            base,
+            str(args.model),
+            args.model,
+            args.output,
+            label,
+            (args.input_len, args.output_len),
+            args.num_prompts,
+            "inf",
+            "--ignore-eos",
+            "--seed",
+            "0",
+        )
         result = run_client(f"vllm bench serve against {name}", argv, env, 1800)
         result |= {"server": name, "repeat": i + 1, "reference_loop_s": reference_s()}
         if result["rc"] == 0:
