@@ -3,7 +3,7 @@
 Four kernels: the host decode attention (`csrc/cpu_attention.cpp`, NEO's hot spot, with the
 paged KV store `write_kv` that `KVPool.write` uses in RAM), a skinny fp32/bf16 GEMM for decode
 batches on a CPU device (`csrc/skinny_gemm.cpp`), the layer's elementwise ops fused for bf16
-and fp32 on a CPU device (`csrc/fused_ops.cpp`), and a bf16 (AVX512-BF16) and fp32 (AVX-512)
+and fp32 on a CPU device (`csrc/fused_ops.cpp`), and a bf16 (AVX512-BF16) and fp32 (AVX-512 or AVX2)
 flash prefill attention (`csrc/prefill_attention.cpp`; these last two use the vector e^x of
 `csrc/avx512_math.h`). The extension is compiled when an engine starts (before it accepts a
 request) with the machine's own instruction set (`-march=native`), and cached by torch under a
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from neo_sim.errors import NeoError
-from neo_sim.machine import ISA_CAP_ENV, export_torch_isa_environment, isa_cap
+from neo_sim.machine import ISA_CAP_ENV, cpu_features, export_torch_isa_environment, isa_cap
 
 log = logging.getLogger(__name__)
 _SOURCES = [
@@ -354,7 +354,7 @@ def _prefill_covers(module, dtype: torch.dtype) -> bool:
 def _prefill_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """The compiled module if its flash prefill kernel covers q, k, v (CPU tensors [T, H, D]
     of one dtype, head dims contiguous, D a multiple of 32 up to 256; bf16 in an AVX512-BF16
-    build, fp32 in an AVX-512 one), else None."""
+    build, fp32 in an AVX-512 or AVX2 + FMA one), else None."""
     module = _fused_applies(q, k, v)
     if (
         module is None
@@ -375,7 +375,7 @@ def prefill_path(dtype: torch.dtype, device_type: str = "cpu") -> str:
         return "torch SDPA"
     if dtype == torch.bfloat16:
         return "compiled flash kernel, native bf16 dot products (AVX512-BF16)"
-    return "compiled flash kernel, fp32 FMA (AVX-512)"
+    return f"compiled flash kernel, fp32 FMA ({'AVX-512' if cpu_features()['avx512f'] else 'AVX2'})"
 
 
 def flash_prefill_attention(
@@ -384,8 +384,8 @@ def flash_prefill_attention(
     """Causal attention of one whole prompt (q [T, Hq, D], k, v [T, Hkv, D], bf16 or fp32 on
     the CPU, head dims contiguous) through the compiled flash kernel
     (`csrc/prefill_attention.cpp`): [T, Hq, D], or None where it does not apply (another
-    dtype or device, a head size that is not a multiple of 32, no AVX512-BF16 for bf16 or no
-    AVX-512 for fp32 in this build)."""
+    dtype or device, a head size that is not a multiple of 32, no AVX512-BF16 for bf16 or
+    neither AVX-512 nor AVX2 with FMA for fp32 in this build)."""
     module = _prefill_kernel(q, k, v)
     if module is None:
         return None

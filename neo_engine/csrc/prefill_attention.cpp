@@ -1,5 +1,5 @@
 // Causal prefill attention on the CPU, bf16 (native bf16 dot products, AVX512-BF16) or fp32
-// (AVX-512 FMA): a flash-attention kernel (scores, online softmax and the weighted sum of V one
+// (FMA on 16 lanes with AVX-512, on 8 with AVX2): a flash-attention kernel (scores, online softmax and the weighted sum of V one
 // tile of keys at a time; no T x T matrix).
 //
 // Why: on CPUs without AMX, torch's own CPU flash attention runs bf16 at ~55-110 GFLOP/s for
@@ -16,12 +16,15 @@
 //   worth of two products each (vdpbf16ps). V per pair of keys (j, j+1), per 16 head dims:
 //   lane n holds (v_j[n], v_{j+1}[n]); the pair of probabilities (p_j, p_{j+1}) broadcast then
 //   adds to 16 output dims.
-// - fp32: K in blocks of 16 keys, per head dim d: lane j holds k_j[d]; q[d] broadcast adds one
-//   product to 16 scores (vfmadd). V per key, its head dims contiguous; p_j broadcast adds to
-//   16 output dims.
+// - fp32: K in blocks of one key per lane (16 with AVX-512, 8 with AVX2), per head dim d: lane
+//   j holds k_j[d]; q[d] broadcast adds one product to a block's scores (vfmadd). V per key,
+//   its head dims contiguous; p_j broadcast adds to a vector of output dims. With AVX2 (16
+//   vector registers, not 32) a register-blocked pass takes 2 query rows instead of 4, so that
+//   its score and value accumulators stay in registers: under NEO_CPU_ISA=avx2 on an AMD EPYC
+//   1.15-1.99x torch's SDPA (benchmarks/results/prefill_attention_float32_avx2cap.json).
 // Work items are (query head, block of 16 query rows), the longest (last) blocks first,
-// handed out dynamically: causal blocks differ in length. Per item, tiles of 64 keys up to the
-// block's last row (the last tile cut to the 16-key blocks that reach it): scores in fp32,
+// handed out dynamically: causal blocks differ in length. Per item, tiles of four K blocks up to
+// the block's last row (the last tile cut to the K blocks that reach it): scores in fp32,
 // scaled, masked causally, an online softmax in fp32 (running max and sum per row), the
 // probabilities in the input's dtype for the V product (bf16 rounds them, as torch's flash
 // kernel does for bf16), the output accumulated in fp32 and divided by the sum at the end, then
@@ -43,18 +46,87 @@
 
 #include "avx512_math.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define NEO_PREFILL_F32 1
 namespace {
 
+// The fp32 vector the kernel computes in: 16 lanes with AVX-512, 8 with AVX2 (16 registers
+// instead of 32, so fewer query rows per register-blocked pass). Everything width-dependent
+// goes through it; a K block holds one key per lane.
+#if defined(__AVX512F__)
+struct F32 {
+  using V = __m512;
+  using Mask = __mmask16;
+  static constexpr int kWidth = 16;
+  static constexpr int kRowGroup = 4;  // query rows per register-blocked pass
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V x) { _mm512_storeu_ps(p, x); }
+  static V fmadd(V a, V b, V acc) { return _mm512_fmadd_ps(a, b, acc); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static float reduce_max(V x) { return _mm512_reduce_max_ps(x); }
+  static float reduce_add(V x) { return _mm512_reduce_add_ps(x); }
+  static V exp(V x) { return neo::exp512(x); }
+  static Mask all() { return 0xFFFF; }
+  // Lanes whose key (first_key + lane) is at or before `row`.
+  static Mask keys_upto(int first_key, int row) {
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    return _mm512_cmple_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(first_key)),
+                                   _mm512_set1_epi32(row));
+  }
+  static V select(Mask m, V x, V otherwise) { return _mm512_mask_mov_ps(otherwise, m, x); }
+  static V keep(Mask m, V x) { return _mm512_maskz_mov_ps(m, x); }
+};
+#else
+struct F32 {
+  using V = __m256;
+  using Mask = __m256;  // all ones in a lane kept
+  static constexpr int kWidth = 8;
+  static constexpr int kRowGroup = 2;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V x) { _mm256_storeu_ps(p, x); }
+  static V fmadd(V a, V b, V acc) { return _mm256_fmadd_ps(a, b, acc); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static float reduce_max(V x) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  }
+  static float reduce_add(V x) {
+    __m128 m = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+  }
+  static V exp(V x) { return neo::exp256(x); }
+  static Mask all() { return _mm256_castsi256_ps(_mm256_set1_epi32(-1)); }
+  static Mask keys_upto(int first_key, int row) {
+    const __m256i keys = _mm256_add_epi32(_mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm256_set1_epi32(first_key));
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(row + 1), keys));
+  }
+  static V select(Mask m, V x, V otherwise) { return _mm256_blendv_ps(otherwise, x, m); }
+  static V keep(Mask m, V x) { return _mm256_and_ps(m, x); }
+};
+#endif
+
 using bf16 = at::BFloat16;
-constexpr int kKeyBlock = 16;   // keys per packed K block (the 16 lanes)
-constexpr int kTile = 64;       // keys per softmax tile (four K blocks)
-constexpr int kRows = 16;       // query rows per work item
-constexpr int kRowGroup = 4;    // query rows per register-blocked pass
+using Vf = F32::V;
+constexpr int kKeyBlock = F32::kWidth;      // keys per packed K block (one per lane)
+constexpr int kBlocksPerTile = 4;           // K blocks per softmax tile
+constexpr int kTile = kBlocksPerTile * kKeyBlock;  // keys per softmax tile
+constexpr int kRows = 16;                   // query rows per work item
+constexpr int kRowGroup = F32::kRowGroup;   // query rows per register-blocked pass
 constexpr int kMaxHeadDim = 256;
 constexpr int64_t kGroupBytes = 1 << 20;  // packed K + V of the prompts attended together
-
-using neo::exp512;
 
 template <class E>
 struct Strided {  // rows [T, H, D] with D contiguous
@@ -73,11 +145,11 @@ struct Lanes;
 
 template <>
 struct Lanes<float> {
-  using Vec = __m512;
+  using Vec = Vf;
   static constexpr int kPerLane = 1;
-  static Vec load(const float* p) { return _mm512_loadu_ps(p); }
-  static Vec broadcast(const float* p) { return _mm512_set1_ps(*p); }
-  static __m512 madd(__m512 acc, Vec a, Vec b) { return _mm512_fmadd_ps(a, b, acc); }
+  static Vec load(const float* p) { return F32::load(p); }
+  static Vec broadcast(const float* p) { return F32::set1(*p); }
+  static Vf madd(Vf acc, Vec a, Vec b) { return F32::fmadd(a, b, acc); }
 };
 
 // fp32: Kp[h][block][dim][lane] and Vp[h][key][dim], zero past the prompt, for packing item
@@ -101,7 +173,7 @@ void pack(const Strided<float>& k, const Strided<float>& v, int64_t tokens, int6
   }
 }
 
-inline void store_probs(__m512 p, float* dst) { _mm512_storeu_ps(dst, p); }
+inline void store_probs(Vf p, float* dst) { F32::store(dst, p); }
 
 #if defined(NEO_NATIVE_BF16)
 inline __m512i broadcast_pair(const bf16* two) {
@@ -166,12 +238,12 @@ inline void store_probs(__m512 p, bf16* dst) {
 // K blocks (fewer than the tile's four where the query block ends before the tile does).
 template <int kBlocks, class E>
 inline void tile_scores(const Strided<E>& q, int64_t head, int64_t r, int64_t last, const E* kt,
-                        int64_t dim, __m512 (&acc)[kRowGroup][kTile / 16]) {
+                        int64_t dim, Vf (&acc)[kRowGroup][kBlocksPerTile]) {
   using L = Lanes<E>;
   const E* rows[kRowGroup];
   for (int i = 0; i < kRowGroup; ++i) rows[i] = q.at(std::min(r + i, last), head);
   for (int i = 0; i < kRowGroup; ++i)
-    for (int b = 0; b < kBlocks; ++b) acc[i][b] = _mm512_setzero_ps();
+    for (int b = 0; b < kBlocks; ++b) acc[i][b] = F32::zero();
   const int64_t block = dim * kKeyBlock, steps = dim / L::kPerLane;
 #pragma GCC unroll 4
   for (int64_t s = 0; s < steps; ++s) {
@@ -186,24 +258,25 @@ inline void tile_scores(const Strided<E>& q, int64_t head, int64_t r, int64_t la
 }
 
 // out_acc[row] = out_acc[row] * alpha[row] + P[row] @ V(tile), rows [0, rows) of a group,
-// over the tile's first kKeys keys, in passes of kChunks x 16 output dims.
+// over the tile's first kKeys keys, in passes of kChunks x kWidth output dims.
 template <int kKeys, int kChunks, class E>
 __attribute__((always_inline)) inline void values_pass(const E* probs, const float* alpha,
                                                        const E* vt, int64_t dim, int rows,
                                                        float* out_acc) {
   using L = Lanes<E>;
-  for (int64_t c0 = 0; c0 < dim / 16; c0 += kChunks) {
-    __m512 acc[kRowGroup][kChunks];
+  constexpr int W = F32::kWidth;
+  for (int64_t c0 = 0; c0 < dim / W; c0 += kChunks) {
+    Vf acc[kRowGroup][kChunks];
     for (int i = 0; i < kRowGroup; ++i)
       for (int c = 0; c < kChunks; ++c)
-        acc[i][c] = i < rows ? _mm512_mul_ps(_mm512_loadu_ps(out_acc + i * dim + (c0 + c) * 16),
-                                             _mm512_set1_ps(alpha[i]))
-                             : _mm512_setzero_ps();
+        acc[i][c] = i < rows ? F32::mul(F32::load(out_acc + i * dim + (c0 + c) * W),
+                                        F32::set1(alpha[i]))
+                             : F32::zero();
 #pragma GCC unroll 4
     for (int s = 0; s < kKeys / L::kPerLane; ++s) {
       const E* vrow = vt + s * L::kPerLane * dim;
       typename L::Vec vv[kChunks];
-      for (int c = 0; c < kChunks; ++c) vv[c] = L::load(vrow + (c0 + c) * 16 * L::kPerLane);
+      for (int c = 0; c < kChunks; ++c) vv[c] = L::load(vrow + (c0 + c) * W * L::kPerLane);
       for (int i = 0; i < kRowGroup; ++i) {
         const typename L::Vec ps = L::broadcast(probs + i * kTile + s * L::kPerLane);
         for (int c = 0; c < kChunks; ++c) acc[i][c] = L::madd(acc[i][c], ps, vv[c]);
@@ -211,7 +284,7 @@ __attribute__((always_inline)) inline void values_pass(const E* probs, const flo
     }
     for (int i = 0; i < rows; ++i)
       for (int c = 0; c < kChunks; ++c)
-        _mm512_storeu_ps(out_acc + i * dim + (c0 + c) * 16, acc[i][c]);
+        F32::store(out_acc + i * dim + (c0 + c) * W, acc[i][c]);
   }
 }
 
@@ -220,7 +293,7 @@ __attribute__((always_inline)) inline void tile_values(const E* probs /* [kRowGr
                                                        const float* alpha, const E* vt,
                                                        int64_t dim, int rows,
                                                        float* out_acc /* [rows][dim] */) {
-  if (dim % 64 == 0)
+  if (dim % (4 * F32::kWidth) == 0)
     values_pass<kKeys, 4>(probs, alpha, vt, dim, rows, out_acc);
   else
     values_pass<kKeys, 2>(probs, alpha, vt, dim, rows, out_acc);
@@ -229,7 +302,7 @@ __attribute__((always_inline)) inline void tile_values(const E* probs /* [kRowGr
 // A query block's online-softmax state, per row, through its tiles.
 struct RowState {
   float max[kRows], alpha[kRows];
-  __m512 sum[kRows];  // per lane; summed across lanes at the end
+  Vf sum[kRows];  // per lane; summed across lanes at the end
 };
 
 // Rows [r0, r0 + rows) against the tile at key j0, over its first kBlocks K blocks: scores,
@@ -242,36 +315,34 @@ __attribute__((always_inline)) inline void tile_softmax(const Strided<E>& q, int
                                                         const E* kt, int64_t dim, float scale,
                                                         RowState& st, E* __restrict probs) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  const __m512 vscale = _mm512_set1_ps(scale);
-  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const Vf vscale = F32::set1(scale), neg_inf = F32::set1(kNegInf);
   const bool diagonal = j0 + kTile - 1 > r0;  // some key past some row: mask
   for (int g = 0; g < rows; g += kRowGroup) {
-    __m512 s[kRowGroup][kTile / 16];
+    Vf s[kRowGroup][kBlocksPerTile];
     tile_scores<kBlocks>(q, head, r0 + g, r0 + rows - 1, kt, dim, s);
     const int in_group = std::min(kRowGroup, rows - g);
     for (int i = 0; i < in_group; ++i) {
       const int row = g + i;
-      __mmask16 keep[kBlocks];
-      __m512 tile_max = _mm512_set1_ps(kNegInf);
+      typename F32::Mask keep[kBlocks];
+      Vf tile_max = neg_inf;
       for (int b = 0; b < kBlocks; ++b) {
-        s[i][b] = _mm512_mul_ps(s[i][b], vscale);
-        keep[b] = 0xFFFF;
+        s[i][b] = F32::mul(s[i][b], vscale);
+        keep[b] = F32::all();
         if (diagonal) {
-          const __m512i keys = _mm512_add_epi32(lane, _mm512_set1_epi32(int(j0 + 16 * b)));
-          keep[b] = _mm512_cmple_epi32_mask(keys, _mm512_set1_epi32(int(r0 + row)));
-          s[i][b] = _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), keep[b], s[i][b]);
+          keep[b] = F32::keys_upto(int(j0 + kKeyBlock * b), int(r0 + row));
+          s[i][b] = F32::select(keep[b], s[i][b], neg_inf);
         }
-        tile_max = _mm512_max_ps(tile_max, s[i][b]);
+        tile_max = F32::max(tile_max, s[i][b]);
       }
-      const float new_max = std::max(st.max[row], _mm512_reduce_max_ps(tile_max));
+      const float new_max = std::max(st.max[row], F32::reduce_max(tile_max));
       st.alpha[row] = st.max[row] == kNegInf ? 0.f : std::exp(st.max[row] - new_max);
       st.max[row] = new_max;
-      const __m512 m = _mm512_set1_ps(new_max);
-      __m512 sum = _mm512_mul_ps(st.sum[row], _mm512_set1_ps(st.alpha[row]));
+      const Vf m = F32::set1(new_max);
+      Vf sum = F32::mul(st.sum[row], F32::set1(st.alpha[row]));
       for (int b = 0; b < kBlocks; ++b) {
-        const __m512 p = _mm512_maskz_mov_ps(keep[b], exp512(_mm512_sub_ps(s[i][b], m)));
-        store_probs(p, probs + row * kTile + 16 * b);
-        sum = _mm512_add_ps(sum, p);
+        const Vf p = F32::keep(keep[b], F32::exp(F32::sub(s[i][b], m)));
+        store_probs(p, probs + row * kTile + kKeyBlock * b);
+        sum = F32::add(sum, p);
       }
       st.sum[row] = sum;
     }
@@ -286,7 +357,7 @@ __attribute__((always_inline)) inline void tile(const Strided<E>& q, int64_t hea
                                                 E* probs, float* acc) {
   tile_softmax<kBlocks>(q, head, r0, rows, j0, kt, dim, scale, st, probs);
   for (int g = 0; g < rows; g += kRowGroup)
-    tile_values<16 * kBlocks>(probs + g * kTile, st.alpha + g, vt, dim,
+    tile_values<kKeyBlock * kBlocks>(probs + g * kTile, st.alpha + g, vt, dim,
                               std::min(kRowGroup, rows - g), acc + g * dim);
 }
 
@@ -300,7 +371,7 @@ void attend_block(const Strided<E>& q, int64_t head, int64_t kv_head, int64_t r0
   const int rows = static_cast<int>(r1 - r0);
   std::fill(acc, acc + rows * dim, 0.f);
   std::fill(st.max, st.max + kRows, -std::numeric_limits<float>::infinity());
-  for (int i = 0; i < kRows; ++i) st.sum[i] = _mm512_setzero_ps();
+  for (int i = 0; i < kRows; ++i) st.sum[i] = F32::zero();
   const E* kh = kp + kv_head * padded * dim;
   const E* vh = vp + kv_head * padded * dim;
   for (int64_t j0 = 0; j0 < r1; j0 += kTile) {
@@ -309,17 +380,18 @@ void attend_block(const Strided<E>& q, int64_t head, int64_t kv_head, int64_t r0
     // Only the K blocks up to the block's last row: keys past it are masked in every row, so
     // a block of only such keys adds nothing (a 16-row query block ends inside its last tile
     // in 3 of 4 cases; at a 128-token prompt whole tiles computed 1.5x the causal scores).
-    const int blocks = static_cast<int>((std::min<int64_t>(kTile, r1 - j0) + 15) / 16);
+    const int blocks =
+        static_cast<int>((std::min<int64_t>(kTile, r1 - j0) + kKeyBlock - 1) / kKeyBlock);
     switch (blocks) {
       case 1: tile<1>(q, head, r0, rows, j0, kt, vt, dim, scale, st, probs, acc); break;
       case 2: tile<2>(q, head, r0, rows, j0, kt, vt, dim, scale, st, probs, acc); break;
       case 3: tile<3>(q, head, r0, rows, j0, kt, vt, dim, scale, st, probs, acc); break;
-      default: tile<kTile / 16>(q, head, r0, rows, j0, kt, vt, dim, scale, st, probs, acc);
+      default: tile<kBlocksPerTile>(q, head, r0, rows, j0, kt, vt, dim, scale, st, probs, acc);
     }
   }
   for (int row = 0; row < rows; ++row) {
     E* o = out + (r0 + row) * out_row + head * dim;
-    const float inv = 1.f / _mm512_reduce_add_ps(st.sum[row]);
+    const float inv = 1.f / F32::reduce_add(st.sum[row]);
     for (int64_t d = 0; d < dim; ++d) o[d] = E(acc[row * dim + d] * inv);
   }
 }
@@ -414,15 +486,16 @@ void attend_ranges(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 }
 
 }  // namespace
-#endif  // __AVX512F__
+#endif  // NEO_PREFILL_F32
 
 namespace {
-// Whether this build has the kernel for `dtype`: bf16 needs AVX512-BF16, fp32 AVX-512F.
+// Whether this build has the kernel for `dtype`: bf16 needs AVX512-BF16, fp32 AVX-512F or
+// AVX2 with FMA.
 bool covers(at::ScalarType dtype) {
 #if defined(NEO_NATIVE_BF16)
   if (dtype == at::kBFloat16) return true;
 #endif
-#if defined(__AVX512F__)
+#if defined(NEO_PREFILL_F32)
   if (dtype == at::kFloat) return true;
 #endif
   return false;
@@ -466,7 +539,7 @@ void prefill_attention_ranges(const at::Tensor& q, const at::Tensor& k, const at
   for (int64_t p = 0; p < ranges.size(0); ++p)
     TORCH_CHECK(r[2 * p] >= 0 && r[2 * p + 1] >= r[2 * p] && r[2 * p + 1] <= tokens,
                 "ranges: rows outside q");
-#if defined(__AVX512F__)
+#if defined(NEO_PREFILL_F32)
   const float s = static_cast<float>(scale);
   if (dtype == at::kFloat) {
     attend_ranges<float>(q, k, v, out, ranges, s, num_threads);

@@ -21,10 +21,10 @@ from neo_sim.errors import NeoError
 ROOT = Path(__file__).resolve().parents[2]
 TORCH_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 # The kernel tests whose code differs between the AVX2 and the AVX-512 builds, and the bf16
-# engine tests (their portable path). test_prefill_attention is left out: its kernel needs
-# AVX-512, and that it declines without it is tested there.
+# engine tests (their portable path).
 KERNEL_TESTS = (
     "tests/engine/test_host_kernel.py",
+    "tests/engine/test_prefill_attention.py",
     "tests/engine/test_skinny_gemm.py",
     "tests/engine/test_fused_ops.py",
     "tests/engine/test_kv_write.py",
@@ -93,10 +93,12 @@ def test_the_avx2_build_passes_the_kernel_tests():
         "-c",
         "import torch; from neo_engine import cpu_kernel as k; m = k.load_extension(); "
         "print(torch.backends.cpu.get_cpu_capability(), m is not None, "
-        "m is not None and m.native_bf16(), k.prefill_path(torch.float32))",
+        "m is not None and m.native_bf16(), k.prefill_path(torch.float32), '|', "
+        "k.prefill_path(torch.bfloat16))",
         timeout=600,
     ).stdout
     assert facts.split()[:3] == ["AVX2", "True", "False"], facts  # built, without AVX-512
-    assert "torch SDPA" in facts
+    assert facts.split("|")[0].rstrip().endswith("fp32 FMA (AVX2)")
+    assert facts.split("|")[1].strip() == "torch SDPA"  # bf16's kernel needs AVX512-BF16
     tests = capped("-m", "pytest", "-p", "no:cacheprovider", *KERNEL_TESTS, timeout=900).stdout
     assert " passed" in tests.splitlines()[-1]
