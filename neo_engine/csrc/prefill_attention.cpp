@@ -21,7 +21,7 @@
 //   its head dims contiguous; p_j broadcast adds to a vector of output dims. With AVX2 (16
 //   vector registers, not 32) a register-blocked pass takes 2 query rows instead of 4, so that
 //   its score and value accumulators stay in registers: under NEO_CPU_ISA=avx2 on an AMD EPYC
-//   1.15-1.99x torch's SDPA (benchmarks/results/prefill_attention_float32_avx2cap.json).
+//   1.06-2.07x torch's SDPA (benchmarks/results/prefill_attention_float32_avx2cap.json).
 // Work items are (query head, block of 16 query rows), the longest (last) blocks first,
 // handed out dynamically: causal blocks differ in length. Per item, tiles of four K blocks up to
 // the block's last row (the last tile cut to the K blocks that reach it): scores in fp32,
