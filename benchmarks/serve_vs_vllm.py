@@ -41,6 +41,7 @@ from pathlib import Path
 from benchmarks import RESULTS, reference_s, write_result
 from benchmarks.serve_clients import DEFAULT_MODEL, run_client, vllm_bench_argv
 from benchmarks.serve_load import free_port, start_server, wait_healthy
+from benchmarks.vs_vllm_cpu import vllm_cpu_environment
 
 
 @dataclass(frozen=True)
@@ -173,12 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print("serve_vs_vllm: skipped: give --vllm-venv, a venv with vllm-cpu (see --help)")
         return 0
     args.output.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {
-        "VLLM_TARGET_DEVICE": "cpu",
-        "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}",
-        "VLLM_CPU_KVCACHE_SPACE": "2",
-        "HF_HUB_OFFLINE": "1",
-    }
+    env = vllm_cpu_environment()  # NEO_CPU_ISA, if set, holds both servers to it
     runs: list[dict] = []
     budgets = Budgets(args.max_batch_tokens, args.max_batch_size)
     servers = {

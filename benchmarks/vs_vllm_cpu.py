@@ -138,19 +138,26 @@ def run_neo(args, jobs: list[dict]) -> tuple[list[dict], dict]:
     return results, path
 
 
-def run_vllm(args, jobs: list[dict]) -> dict:
-    """Each workload on vLLM's CPU backend, in its own Python (`vllm_cpu_runner.py`)."""
-    threads = os.cpu_count() or 1
+def vllm_cpu_environment() -> dict[str, str]:
+    """The environment vLLM's CPU backend runs in here (offline or `vllm serve`): its CPU
+    build, every core for its OpenMP threads, 2 GB of KV, no hub; with NEO_CPU_ISA=avx2 also
+    held to AVX2 (torch's variables, and `isa_cap_site` for its choice of kernels)."""
     env = os.environ | {
         **torch_isa_environment(),
         "VLLM_TARGET_DEVICE": "cpu",
-        "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
+        "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}",
         "VLLM_CPU_KVCACHE_SPACE": "2",
         "HF_HUB_OFFLINE": "1",
     }
     if isa_cap():
         site = str(Path(__file__).with_name("isa_cap_site"))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (site, env.get("PYTHONPATH"))))
+    return env
+
+
+def run_vllm(args, jobs: list[dict]) -> dict:
+    """Each workload on vLLM's CPU backend, in its own Python (`vllm_cpu_runner.py`)."""
+    env = vllm_cpu_environment()
     with tempfile.TemporaryDirectory(prefix="neo-vs-vllm-") as tmp:
         job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job.write_text(
