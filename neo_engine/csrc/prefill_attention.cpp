@@ -1,6 +1,6 @@
 // Causal prefill attention on the CPU, bf16 (native bf16 dot products, AVX512-BF16) or fp32
-// (FMA on 16 lanes with AVX-512, on 8 with AVX2): a flash-attention kernel (scores, online softmax and the weighted sum of V one
-// tile of keys at a time; no T x T matrix).
+// (FMA on 16 lanes with AVX-512, on 8 with AVX2): a flash-attention kernel (scores, online
+// softmax and the weighted sum of V one tile of keys at a time; no T x T matrix).
 //
 // Why: on CPUs without AMX, torch's own CPU flash attention runs bf16 at ~55-110 GFLOP/s for
 // SmolLM2's heads (D = 64) at 256-2,000-token prompts, while the same machine's bf16 GEMMs

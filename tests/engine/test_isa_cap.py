@@ -19,7 +19,7 @@ from neo_sim import machine
 from neo_sim.errors import NeoError
 
 ROOT = Path(__file__).resolve().parents[2]
-TORCH_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+TORCH_ISA_VARIABLES = tuple(machine.TORCH_ISA_ENV["avx2"])  # what the cap sets for torch
 # The kernel tests whose code differs between the AVX2 and the AVX-512 builds, and the bf16
 # engine tests (their portable path).
 KERNEL_TESTS = (
