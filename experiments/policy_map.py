@@ -479,7 +479,8 @@ overdue decodes fit the batch beside the GPU decodes and their host blocks fit:
 def write_report(rows: pd.DataFrame, out: Path, args, wall: float, requests: int) -> None:
     table = cell_table(rows)
     table.to_csv(out / "cells.csv", index=False)
-    comparable = table[table["gpu_only_refused"] == 0]
+    ran_none = table[table["gpu-only"].isna()]  # gpu-only's run failed: nothing to compare
+    comparable = table[(table["gpu_only_refused"] == 0) & table["gpu-only"].notna()]
     refusing = table[table["gpu_only_refused"] > 0]
     neo = comparable["neo"]
     below = comparable[neo < 0.97]
@@ -534,14 +535,16 @@ offline throughput in that cell; loads are Poisson at the given fraction of it.
 In {len(refusing)} cells gpu-only refused requests that can never fit its GPU KV pool (long
 trace prompts on the T4's pool) while the offloading policies served them: throughputs there
 are over different sets of requests and are left out of the comparison below (they are in the
-full table, column gpu_only_refused).
+full table, column gpu_only_refused). In {len(ran_none)} more gpu-only could run none of the
+requests (its runs failed; see the errors below): no ratio exists there, so they are left out
+too.
 
 Over the {len(comparable)} comparable cells, neo >= 0.97 x gpu-only output tokens/s in
 {(neo >= 0.97).sum()}, below in {len(below)}; median {neo.median():.3f}, best {neo.max():.3f}.
 neo-unbounded (no starvation bound): >= 0.97 in {(comparable["neo-unbounded"] >= 0.97).sum()},
-median {comparable["neo-unbounded"].median():.3f}. Longest token gap (max over requests): neo
-{comparable["neo_gap_max_s"].max():.1f} s at most, gpu-only
-{comparable["gpu_only_gap_max_s"].max():.1f} s.
+median {comparable["neo-unbounded"].median():.3f}. Longest token gap (max over requests, in
+every cell each ran): neo {table["neo_gap_max_s"].max():.1f} s at most, gpu-only
+{table["gpu_only_gap_max_s"].max():.1f} s.
 
 {below_table}
 
