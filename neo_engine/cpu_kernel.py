@@ -28,6 +28,7 @@ import torch
 
 from neo_sim.errors import NeoError
 from neo_sim.machine import ISA_CAP_ENV, cpu_features, export_torch_isa_environment, isa_cap
+from neo_sim.profile import HOST_OVERHEAD_ACCOUNTING
 
 log = logging.getLogger(__name__)
 _SOURCES = [
@@ -90,7 +91,8 @@ def _sources_digest(seed: str) -> str:
 
 def engine_build(prepack: bool = True) -> str:
     """What decides the engine's operator times here beyond the machine: torch's version, the
-    host kernels' sources (12 hex digits) and the dtypes whose GEMM weights the engine
+    host kernels' sources (12 hex digits), what a profile's host overhead covers
+    (`neo_sim.profile.HOST_OVERHEAD_ACCOUNTING`) and the dtypes whose GEMM weights the engine
     prepacks by default here (`weights.can_prepack` on a CPU device). A profile records it,
     and validate measures a new one where it differs: a profile timed with other kernels prices this
     engine wrong (the paged attention kernel's deeper prefetch alone took SmolLM2's batch-64
@@ -105,7 +107,7 @@ def engine_build(prepack: bool = True) -> str:
     prepacked = "/".join(str(d).removeprefix("torch.") for d in dtypes) or "none"
     return (
         f"torch {torch.__version__}, host kernels {_sources_digest(torch.__version__)}, "
-        f"prepacked GEMM weights: {prepacked}"
+        f"host overhead accounting {HOST_OVERHEAD_ACCOUNTING}, prepacked GEMM weights: {prepacked}"
     )
 
 

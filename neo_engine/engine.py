@@ -56,7 +56,7 @@ from neo_engine.weights import (
 from neo_sim.capacity import DeviceMemory, resolve_pools
 from neo_sim.costmodel import CostModel, Efficiencies, RooflineCostModel
 from neo_sim.errors import NeoError
-from neo_sim.lanes import Lane, Span, busy_by_lane
+from neo_sim.lanes import Lane, Span, busy_by_lane, covered_s
 from neo_sim.latency import Latency
 from neo_sim.model import ModelSpec
 from neo_sim.profile import load_profile
@@ -103,6 +103,17 @@ class IterationLog:
     # measured: the rest of `step()` (scheduling, detokenizing, bookkeeping), the engine's host
     # work between forward passes, which a measured profile's host overhead prices
     host_s: float = 0.0
+    # measured: the sampling's share of `duration_s`
+    sampling_s: float = 0.0
+
+    @property
+    def untimed_s(self) -> float:
+        """The engine's own work in this step outside the operators a profile times: its host
+        work, plus the forward pass's time that no task's span covers (embedding lookup,
+        building the inputs, dispatch between layers and tasks). A measured profile's host
+        overhead prices it (`opbench.measure_host_overhead`)."""
+        forward = self.duration_s - self.sampling_s - covered_s(self.spans)
+        return self.host_s + max(0.0, forward)
 
 
 @dataclass
@@ -503,7 +514,7 @@ class LLMEngine:
             duration = result.duration_s + sampling_s
             host_s = time.perf_counter() - began - duration
             self.iterations.append(
-                IterationLog(plan, start, duration, result.spans, max(0.0, host_s))
+                IterationLog(plan, start, duration, result.spans, max(0.0, host_s), sampling_s)
             )
 
     def stats(self) -> EngineStats:

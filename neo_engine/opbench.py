@@ -263,13 +263,18 @@ def measure_host_overhead(
     batches: tuple[int, ...] = HOST_OVERHEAD_BATCHES,
     steps: int = 8,
 ) -> HostOverhead:
-    """The engine's own work per step beyond its forward pass and sampling
-    (`IterationLog.host_s`: scheduling, preparing inputs, bookkeeping, detokenizing) as
-    `HostOverhead(fixed_s, per_seq_s)`: a real `LLMEngine` on the profiled model (`load`)
-    decodes greedy requests at each of `batches`, `steps` decode-only steps each; the median
-    host time per batch size, then a least-squares line (terms clamped at 0). gpu-only
-    plans with ample GPU KV: NEO's pricing of its host candidates, which the simulator runs
-    itself, is not in it."""
+    """The engine's own work per step beyond the operators a profile times
+    (`IterationLog.untimed_s`: scheduling, bookkeeping and detokenizing between forward
+    passes, and the forward pass's time outside its timed tasks: embedding lookup, building
+    the inputs, dispatch between layers) as `HostOverhead(fixed_s, per_seq_s)`. Priced without
+    the forward pass's share (`HOST_OVERHEAD_ACCOUNTING` 1), the fidelity workload's decode
+    steps on the `small` preset spent ~0.45 ms (4-6%) outside any timed task and its
+    prefill-bearing ones ~0.7 ms (2026-12-05, ad hoc), one reason neo-sim's saturated
+    throughput read high in most fidelity runs (docs/fidelity.md). Here: a real `LLMEngine`
+    on the profiled model (`load`) decodes greedy requests at each of `batches`, `steps`
+    decode-only steps each; the median of that work per batch size, then a least-squares line
+    (terms clamped at 0). gpu-only plans with ample GPU KV: NEO's pricing of its host
+    candidates, which the simulator runs itself, is not in it."""
     from neo_engine.config import EngineConfig
     from neo_engine.engine import LLMEngine
     from neo_engine.sampling import SamplingParams
@@ -305,7 +310,7 @@ def measure_host_overhead(
             while engine.has_unfinished():
                 engine.step()
             host = [
-                it.host_s
+                it.untimed_s
                 for it in engine.iterations[first:]
                 if it.plan.num_seqs == batch and not it.plan.prefills
             ]

@@ -63,6 +63,18 @@ class Span:
         return " ".join(parts)
 
 
+def covered_s(spans: Iterable[Span]) -> float:
+    """Seconds of an iteration in which some lane ran a task or waited (the union of the
+    spans' intervals): the part of an iteration its tasks account for."""
+    total, end = 0.0, float("-inf")
+    for span in sorted(spans, key=lambda s: s.start_s):
+        if span.end_s <= end:
+            continue
+        total += span.end_s - max(span.start_s, end)
+        end = span.end_s
+    return total
+
+
 def busy_by_lane(spans: Iterable[Span]) -> dict[Lane, float]:
     """Seconds each lane worked (waiting is not work)."""
     busy = dict.fromkeys(Lane, 0.0)

@@ -235,6 +235,33 @@ def test_the_engines_host_overhead_is_read_from_its_decode_steps():
     assert 0 < overhead.seconds(8) < 0.05
 
 
+def test_untimed_work_is_the_step_outside_the_timed_tasks(monkeypatch):
+    """The host overhead a profile measures is a step's time outside the operators it times:
+    the host work between forward passes plus the forward pass's time no task's span covers
+    (the sampling is the LM head operator's, so it is not counted)."""
+    from neo_engine import LLM, SamplingParams
+    from neo_engine import executor as executor_module
+    from neo_sim.lanes import covered_s
+
+    slow = 0.05
+    real = executor_module.Executor._prepare
+
+    def slow_prepare(self, *args, **kwargs):  # untimed work inside the forward pass
+        time.sleep(slow)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(executor_module.Executor, "_prepare", slow_prepare)
+    llm = LLM("dummy:tiny", policy="gpu-only")
+    llm.engine.keep_iteration_log = True
+    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True))
+    for it in llm.engine.iterations:
+        forward = it.duration_s - it.sampling_s - covered_s(it.spans)
+        assert 0 < it.sampling_s < it.duration_s
+        assert it.untimed_s >= it.host_s + slow * 0.9
+        assert abs(it.untimed_s - (it.host_s + forward)) < 1e-9
+    llm.engine.close()
+
+
 def test_measure_samples_the_bandwidth_between_points():
     """The profile records the memory bandwidth its points were measured at (the median of
     samples taken between points): `measure` samples a trace it is given."""
