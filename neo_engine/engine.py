@@ -61,7 +61,7 @@ from neo_sim.latency import Latency
 from neo_sim.model import ModelSpec
 from neo_sim.profile import load_profile
 from neo_sim.profiled import ProfiledCostModel
-from neo_sim.scheduler import Mode, Plan, Request, SchedulerConfig, make_policy
+from neo_sim.scheduler import Mode, Plan, Request, SchedulerConfig, make_policy, policy_config
 from neo_sim.scheduler.kv import blocks_for
 
 log = logging.getLogger(__name__)
@@ -281,7 +281,7 @@ class LLMEngine:
             memory = DeviceMemory(float(total), float(total - free), host_memory_bytes())
         else:  # a CPU standing in for a GPU: no device memory to measure
             memory = DeviceMemory(None, self.spec.weight_bytes, host_memory_bytes())
-        config = resolve_pools(c.scheduler, c.kv, self.spec, memory)
+        config = resolve_pools(policy_config(c.policy, c.scheduler), c.kv, self.spec, memory)
         if not config.chunked_prefill_tokens and config.max_batch_tokens < self.max_model_len:
             raise NeoError(
                 f"max_batch_tokens ({config.max_batch_tokens}) < max_model_len "

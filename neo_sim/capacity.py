@@ -110,11 +110,13 @@ def host_kv_bytes(memory: DeviceMemory, kv: KVCacheSettings) -> float:
 def resolve_pools(
     config: SchedulerConfig, kv: KVCacheSettings, model: ModelSpec, memory: DeviceMemory
 ) -> SchedulerConfig:
-    """`config` with its unset pool sizes computed from memory; explicit counts are kept."""
+    """`config` with its unset pool sizes computed from memory; explicit counts are kept.
+    `config` carries its policy's fixed settings (`scheduler.policy_config`): the activations
+    kept out of the device pool are those of its largest iteration (`iteration_tokens`)."""
     block_bytes = config.block_size * model.kv_bytes_per_token
     gpu_blocks = config.num_gpu_blocks
     if gpu_blocks is None:
-        free = device_kv_bytes(model, memory, kv, config.max_batch_tokens)
+        free = device_kv_bytes(model, memory, kv, config.iteration_tokens)
         if free < block_bytes:
             raise NeoError(
                 f"{model.name} ({memory.resident_bytes / GiB:.1f} GiB resident) leaves no room "

@@ -20,7 +20,7 @@ from neo_sim.capacity import KVCacheSettings, memory_of_hardware, resolve_pools
 from neo_sim.catalog import Target, resolve_target
 from neo_sim.errors import NeoError
 from neo_sim.metrics import SLO
-from neo_sim.scheduler import POLICIES, SchedulerConfig
+from neo_sim.scheduler import POLICIES, SchedulerConfig, policy_config
 from neo_sim.settings import check, setting
 from neo_sim.simulator import SimResult, simulate
 from neo_sim.units import GB
@@ -144,9 +144,13 @@ class RunOutput:
 
 
 def scheduler_config(spec: RunSpec, target: Target) -> SchedulerConfig:
-    """The run's scheduler config with its KV pools sized from the target's memory."""
+    """The run's scheduler config, with its policy's fixed settings, its KV pools sized from
+    the target's memory."""
     return resolve_pools(
-        spec.scheduler, spec.kv, target.model, memory_of_hardware(target.hardware, target.model)
+        policy_config(spec.policy, spec.scheduler),
+        spec.kv,
+        target.model,
+        memory_of_hardware(target.hardware, target.model),
     )
 
 

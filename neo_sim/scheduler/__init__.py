@@ -47,14 +47,29 @@ def _discover() -> dict[str, tuple[type[Policy], dict]]:
 POLICIES: dict[str, tuple[type[Policy], dict]] = _discover()
 
 
-def make_policy(name: str, config: SchedulerConfig, cost: CostModel) -> Policy:
-    """Build the policy `name` over `config` and `cost`; NeoError for unknown names."""
+def policy_config(name: str, config: SchedulerConfig) -> SchedulerConfig:
+    """`config` with the settings the policy `name` fixes (vllm-256: chunked prefill), as its
+    KV pools must be sized (`neo_sim.capacity`: activations for `iteration_tokens`); NeoError
+    for unknown names and for chunked prefill asked of a policy that prefills whole prompts."""
     try:
         cls, fixed = POLICIES[name]
     except KeyError:
         raise NeoError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}") from None
     if fixed:
         config = dataclasses.replace(config, **fixed)
+    if config.chunked_prefill_tokens and not cls.chunks_prompts:
+        chunking = ", ".join(n for n, (c, _) in POLICIES.items() if c.chunks_prompts)
+        raise NeoError(
+            f"chunked_prefill_tokens applies to {chunking}; policy {name} prefills whole "
+            "prompts (leave it at 0)"
+        )
+    return config
+
+
+def make_policy(name: str, config: SchedulerConfig, cost: CostModel) -> Policy:
+    """Build the policy `name` over `config` and `cost`; NeoError for unknown names."""
+    config = policy_config(name, config)
+    cls, _ = POLICIES[name]
     policy = cls(config, cost)
     policy.name = name
     return policy
@@ -65,6 +80,7 @@ __all__ = [
     "Policy",
     "SchedulerConfig",
     "make_policy",
+    "policy_config",
     "Plan",
     "SubBatch",
     "PrefillWork",

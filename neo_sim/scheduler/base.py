@@ -104,6 +104,15 @@ class SchedulerConfig:
     def pools_resolved(self) -> bool:
         return self.num_gpu_blocks is not None and self.num_cpu_blocks is not None
 
+    @property
+    def iteration_tokens(self) -> int:
+        """Most tokens one iteration can hold, what device memory keeps activations for: the
+        prompt-chunk budget with chunked prefill (gpu-only's vllm-N: decodes and chunks share
+        it), else `max_batch_tokens` (as vLLM's memory profiling runs max_num_batched_tokens)."""
+        if self.chunked_prefill_tokens:
+            return min(self.chunked_prefill_tokens, self.max_batch_tokens)
+        return self.max_batch_tokens
+
 
 @dataclass(frozen=True)
 class SteadyRun:
@@ -199,6 +208,9 @@ class Policy(ABC):
     # Where the variants are listed (CLI choices, comparisons, the policy map): baselines
     # first, then the offloading policies, then the strawmen.
     listing_rank = 100
+    # Whether the policy cuts prompts into `chunked_prefill_tokens` chunks (others refuse the
+    # setting: their iterations would hold more tokens than memory was sized for).
+    chunks_prompts = False
 
     def __init__(self, config: SchedulerConfig, cost: CostModel):
         if not config.pools_resolved:

@@ -18,6 +18,7 @@ from neo_sim.scheduler.request import Request, RequestState
 class GpuOnlyPolicy(Policy):
     name = "gpu-only"
     listing_rank = 0
+    chunks_prompts = True
     variants = {
         "gpu-only": {},
         "vllm-256": {"chunked_prefill_tokens": 256},

@@ -14,7 +14,7 @@ from neo_sim.errors import NeoError
 from neo_sim.hardware import PRESETS
 from neo_sim.model import PRESETS as MODELS
 from neo_sim.runs import RunSpec
-from neo_sim.scheduler import SchedulerConfig
+from neo_sim.scheduler import SchedulerConfig, policy_config
 from neo_sim.units import GB, GiB
 
 # Flags of the commands themselves, not settings of a run (none of them repeats a setting).
@@ -149,6 +149,26 @@ def test_one_capacity_formula_for_hardware_and_measured_memory():
     assert kept.num_gpu_blocks == 7
     stand_in = resolve_pools(SchedulerConfig(), KVCacheSettings(), model, cpu_device)
     assert stand_in.num_gpu_blocks == int(1.0 * GB // block)
+
+
+def test_chunked_prefill_keeps_activations_for_its_chunk_only():
+    """vllm-N's iterations hold at most N tokens, so its device pool keeps activations for N
+    (vLLM profiles max_num_batched_tokens), not for max_batch_tokens: on the T4 at an
+    8192-token budget that is the difference between one Llama-2-7B request of 1,000 tokens
+    resident and more than two. A policy that prefills whole prompts refuses the setting."""
+    model, hw = MODELS["llama-2-7b"], PRESETS["t4"]
+    memory = memory_of_hardware(hw, model)
+    base = SchedulerConfig(max_batch_tokens=8192)
+    whole = resolve_pools(policy_config("gpu-only", base), KVCacheSettings(), model, memory)
+    chunked = resolve_pools(policy_config("vllm-256", base), KVCacheSettings(), model, memory)
+    per_token = (4 * 4096 + 2 * 11008) * 2  # activation bytes a token of an iteration holds
+    block = 16 * model.kv_bytes_per_token
+    extra = int((8192 - 256) * per_token // block)
+    assert chunked.iteration_tokens == 256 and whole.iteration_tokens == 8192
+    assert extra - 1 <= chunked.num_gpu_blocks - whole.num_gpu_blocks <= extra + 1
+    assert chunked.num_gpu_blocks * 16 > 2 * 1050 > whole.num_gpu_blocks * 16
+    with pytest.raises(NeoError, match="prefills whole prompts"):
+        policy_config("neo", dataclasses.replace(base, chunked_prefill_tokens=512))
 
 
 def test_a_model_that_cannot_fit_says_what_to_do():
