@@ -47,7 +47,15 @@ def run(args: argparse.Namespace) -> int:
         f"{len(workload)} requests at rate {first['rate']} on {first['hardware']} with "
         f"{first['model']}; cost model: {first['cost_model']}"
     )
-    print(f"KV pools: GPU {first['gpu_kv_blocks']} blocks, CPU {first['cpu_kv_blocks']} blocks")
+    gpu = f"GPU {first['gpu_kv_blocks']} blocks"
+    others = [  # chunked prefill keeps less memory for activations, so more for KV
+        f"{n}: {o.summary['gpu_kv_blocks']}"
+        for n, o in outputs.items()
+        if o.summary["gpu_kv_blocks"] != first["gpu_kv_blocks"]
+    ]
+    if others:
+        gpu += f" ({', '.join(others)})"
+    print(f"KV pools: {gpu}, CPU {first['cpu_kv_blocks']} blocks")
     print(common.format_table({n: o.summary for n, o in outputs.items()}, ratio_to=names[0]))
     if args.output:
         from neo_sim import plots

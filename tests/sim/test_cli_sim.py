@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -100,6 +101,17 @@ def test_compare_same_arrivals_and_ratios(tmp_path, capsys):
     b = pd.read_csv(tmp_path / "neo" / "requests.csv")
     assert (a["arrival_s"] == b["arrival_s"]).all() and (a["prompt_len"] == b["prompt_len"]).all()
     assert (tmp_path / "compare.html").exists()
+
+
+def test_compare_names_a_policy_whose_pool_differs(capsys):
+    """Chunked prefill keeps activations for its chunk only, so its GPU pool is larger: the
+    header says so instead of showing the first policy's pool for all."""
+    args = ["compare", "--hardware", "t4", "--model", "llama-2-7b", "--num-requests", "10"]
+    assert main([*args, "--policies", "gpu-only,vllm-256,neo"]) == 0
+    header = capsys.readouterr().out.splitlines()[1]
+    blocks = [int(n) for n in re.findall(r"(\d+)(?: blocks|\))", header)]
+    assert header.startswith("KV pools: GPU 135 blocks (vllm-256: ") and "neo" not in header
+    assert blocks[1] > blocks[0]
 
 
 @pytest.mark.parametrize("executor", ["process", "dask"])
