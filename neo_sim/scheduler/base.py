@@ -106,12 +106,11 @@ class SchedulerConfig:
 
     @property
     def iteration_tokens(self) -> int:
-        """Most tokens one iteration can hold, what device memory keeps activations for: the
-        prompt-chunk budget with chunked prefill (gpu-only's vllm-N: decodes and chunks share
-        it), else `max_batch_tokens` (as vLLM's memory profiling runs max_num_batched_tokens)."""
-        if self.chunked_prefill_tokens:
-            return min(self.chunked_prefill_tokens, self.max_batch_tokens)
-        return self.max_batch_tokens
+        """Most tokens one iteration holds: the prompt-chunk budget with chunked prefill
+        (gpu-only's vllm-N: decodes and chunks share it), else `max_batch_tokens`. The budget
+        gpu-only plans with and what device memory keeps activations for (as vLLM's memory
+        profiling runs max_num_batched_tokens): one number, so the two cannot part."""
+        return self.chunked_prefill_tokens or self.max_batch_tokens
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ class GpuOnlyPolicy(Policy):
 
     def steady_run(self) -> SteadyRun | None:
         cfg = self.config
-        return self._steady_gpu_decodes(cfg.chunked_prefill_tokens or cfg.max_batch_tokens)
+        return self._steady_gpu_decodes(cfg.iteration_tokens)
 
     def _queues_stay_put(self, running: tuple[Request, ...], token_budget: int) -> bool:
         """Queued work that cannot start at a steady run's first iteration cannot start later
@@ -65,7 +65,7 @@ class GpuOnlyPolicy(Policy):
         self.step_index += 1
         self.now = now
         cfg = self.config
-        budget = Budget(cfg.max_batch_size, cfg.chunked_prefill_tokens or cfg.max_batch_tokens)
+        budget = Budget(cfg.max_batch_size, cfg.iteration_tokens)
         swap_out, recomputed = self._preempt_until_decodes_fit(budget)
         swap_in = () if (swap_out or recomputed) else self._swap_in(budget)
         batch = SubBatchBuilder(self.cost)
