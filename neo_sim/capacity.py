@@ -81,10 +81,13 @@ def memory_of_hardware(hardware: HardwareSpec, model: ModelSpec) -> DeviceMemory
     )
 
 
-def activation_reserve_bytes(model: ModelSpec, max_batch_tokens: int) -> float:
-    """Peak activations of one iteration: the MLP intermediates and logits dominate, plus
-    0.5 GiB for the CUDA context and allocator slack. Per GPU."""
-    per_token = (4 * model.hidden_size + 2 * model.intermediate_size) * model.dtype_bytes
+def activation_reserve_bytes(model: ModelSpec, max_batch_tokens: int, tp: int = 1) -> float:
+    """Peak activations of one iteration on one GPU of a `tp`-wide group, in bytes: per token,
+    four hidden-size buffers (residual, normed input, attention and MLP outputs; every GPU holds
+    them whole) and the MLP's gate/up intermediates (2 x intermediate_size, sharded 1/tp by
+    tensor parallelism, as the weights are), plus 0.5 GiB for the CUDA context and allocator
+    slack."""
+    per_token = (4 * model.hidden_size + 2 * model.intermediate_size / tp) * model.dtype_bytes
     return max_batch_tokens * per_token + 0.5 * GiB
 
 
@@ -97,7 +100,7 @@ def device_kv_bytes(
     return (
         memory.device_bytes * kv.gpu_memory_utilization
         - memory.resident_bytes
-        - memory.tp * activation_reserve_bytes(model, max_batch_tokens)
+        - memory.tp * activation_reserve_bytes(model, max_batch_tokens, memory.tp)
     )
 
 

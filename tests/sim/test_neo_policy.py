@@ -312,7 +312,7 @@ def test_a_request_swapped_out_where_the_host_cannot_pay_is_parked(monkeypatch):
         **H100X2_70B_OFFLINE,
         input_len=1000,
         output_len=300,
-        num_requests=300,
+        num_requests=400,
         max_num_seqs=1024,
         max_batch_size=512,
     )

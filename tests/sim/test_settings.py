@@ -171,6 +171,26 @@ def test_chunked_prefill_keeps_activations_for_its_chunk_only():
         policy_config("neo", dataclasses.replace(base, chunked_prefill_tokens=512))
 
 
+def test_tensor_parallel_gpus_each_keep_their_shard_of_the_mlp_activations():
+    """Under tensor parallelism every GPU holds the hidden-size buffers of an iteration whole
+    but only 1/tp of the MLP intermediates (as of the weights): on 2x H100 + Llama-3.1-70B at
+    8192 tokens, each GPU keeps 8192 x intermediate_size x 2 bytes (~0.47 GB) less than a lone
+    GPU would, and the pool over both GPUs is that much larger."""
+    model, hw = MODELS["llama-3.1-70b"], PRESETS["h100x2"]
+    config = SchedulerConfig(max_batch_tokens=8192)
+    memory = memory_of_hardware(hw, model)
+    split = resolve_pools(config, KVCacheSettings(), model, memory)
+    unsharded = resolve_pools(
+        config, KVCacheSettings(), model, dataclasses.replace(memory, tp=1)
+    )  # the same bytes charged as one device: one reserve of the whole MLP
+    per_gpu = (4 * model.hidden_size + model.intermediate_size) * model.dtype_bytes * 8192
+    whole = (4 * model.hidden_size + 2 * model.intermediate_size) * model.dtype_bytes * 8192
+    block = 16 * model.kv_bytes_per_token
+    free = hw.total_gpu_memory_bytes * 0.9 - model.weight_bytes - 2 * (per_gpu + 0.5 * GiB)
+    assert split.num_gpu_blocks == int(free // block)
+    assert unsharded.num_gpu_blocks == int((free + 2 * per_gpu - whole + 0.5 * GiB) // block)
+
+
 def test_a_model_that_cannot_fit_says_what_to_do():
     model, hw = MODELS["llama-2-70b"], PRESETS["t4"]
     with pytest.raises(NeoError, match="--gpu-kv-blocks"):
