@@ -339,6 +339,41 @@ def chunked_section(comparable: pd.DataFrame) -> str:
     )
 
 
+ADAPTIVE_CHUNKED = "adaptive-1024"  # adaptive with its prompts in chunks (a larger GPU pool)
+
+
+def adaptive_chunked_section(comparable: pd.DataFrame) -> str:
+    """adaptive-1024 against adaptive (what chunking the prompts inside adaptive's plans is
+    worth) and against the better of vllm-256 and vllm-512, per host group."""
+    if not {ADAPTIVE_CHUNKED, "adaptive", *CHUNKED} <= set(comparable):
+        return ""
+    own = comparable[ADAPTIVE_CHUNKED] / comparable["adaptive"]
+    vllm = comparable[ADAPTIVE_CHUNKED] / comparable[list(CHUNKED)].max(axis=1)
+    lines = [
+        f"| hosts | cells | {ADAPTIVE_CHUNKED} / adaptive: median | best (cell) | worst (cell) "
+        f"| >= 1.05 | < 0.95 | {ADAPTIVE_CHUNKED} / best of vllm-256, vllm-512: median | "
+        "worst (cell) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for group, hosts in {**HOST_GROUPS, "all": tuple(HOSTS)}.items():
+        mask = comparable["host"].isin(hosts)
+        g, v = own[mask], vllm[mask]
+        if g.empty:
+            continue
+        top, low, vlow = (comparable.loc[i] for i in (g.idxmax(), g.idxmin(), v.idxmin()))
+        lines.append(
+            f"| {group} | {len(g)} | {g.median():.3f} | {g.max():.3f} ({top.host}, "
+            f"{top.workload_name}, {top.load}) | {g.min():.3f} ({low.host}, {low.workload_name}, "
+            f"{low.load}) | {(g >= ABOVE).sum()} | {(g < 1 / ABOVE).sum()} | {v.median():.3f} | "
+            f"{v.min():.3f} ({vlow.host}, {vlow.workload_name}, {vlow.load}) |"
+        )
+    return (
+        f"{ADAPTIVE_CHUNKED}: adaptive with its prompts prefilled in chunks of at most 1024 "
+        "tokens per iteration (GPU- and host-placed alike), so that its GPU pool keeps "
+        "activations for 1024 tokens, not the map's budget:\n\n" + "\n".join(lines)
+    )
+
+
 WINDOWS = 10  # a losing cell's run is cut into this many windows of gpu-only's duration
 LOSS_HEADER = (
     "| host | workload | window | sequences/s | mean iteration | neo host decodes per "
@@ -599,6 +634,8 @@ comparable cells (ratios of output tokens/s in each cell):
 {headroom_section(comparable)}
 
 {chunked_section(comparable)}
+
+{adaptive_chunked_section(comparable)}
 
 Our apex is our reading of the paper (neo_sim/scheduler/apex.py says which choices are ours),
 run on our cost models, not APEX's code on its machines: its gains over neo are where the

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from neo_sim.costmodel import CostModel
 from neo_sim.lanes import Lane, Span, Task
-from neo_sim.scheduler.estimate import swap_bytes
+from neo_sim.scheduler.estimate import prefill_attn_s, swap_bytes
 from neo_sim.scheduler.plan import Plan, SubBatch, context_tokens
 from neo_sim.scheduler.request import Device
 
@@ -358,7 +358,7 @@ class TimingModel:
         prefill = 0.0
         cpu_prefill_tokens = 0
         for p in sb.prefills:
-            prefill += c.prefill_attn(p.end) - c.prefill_attn(p.start)
+            prefill += prefill_attn_s(c, p)
             if p.kv_device == Device.CPU:
                 cpu_prefill_tokens += p.num_tokens
         return self._costs_of(

@@ -29,9 +29,9 @@ from collections.abc import Iterable, Iterator
 from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget
 from neo_sim.scheduler.estimate import SubBatchBuilder, slacks
-from neo_sim.scheduler.neo import Candidate, SteadyPrefill
+from neo_sim.scheduler.neo import Candidate, SteadyPrefill, never_trimmed
 from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, decode_works
-from neo_sim.scheduler.request import Device, Request
+from neo_sim.scheduler.request import Request
 
 Option = tuple[Mode, tuple[SubBatchBuilder, ...], tuple[int, ...]]
 
@@ -39,7 +39,11 @@ Option = tuple[Mode, tuple[SubBatchBuilder, ...], tuple[int, ...]]
 class AdaptivePolicy(ApexPolicy):
     name = "adaptive"
     listing_rank = 30
-    variants = {"adaptive": {}}
+    # adaptive-1024: prompts prefilled in chunks of at most 1024 tokens per iteration, so the
+    # GPU pool keeps activations for 1024 tokens only (`SchedulerConfig.iteration_tokens`):
+    # more KV where the GPU pool binds, slower admission where it does not (docs/architecture.md,
+    # "Adaptive"; 1024 of 512, 1024, 2048 and 4096 measured on the policy map).
+    variants = {"adaptive": {}, "adaptive-1024": {"chunked_prefill_tokens": 1024}}
     _tpot_limit_s = math.inf  # this step's TPOT budget (`_tpot_budget_s`), with an SLO set
 
     def step(self, now: float = 0.0) -> Plan:
@@ -179,10 +183,10 @@ class AdaptivePolicy(ApexPolicy):
         `cpu_prefill_min_tokens`; with many GPU decodes that prefill can double the iteration
         while the prompt's host decodes wait for a pipelined plan that pays (policy map,
         g5.2xlarge osc at 150%: one ~370-token prompt per iteration for 26 iterations)."""
-        if not any(p.kv_device == Device.CPU for p in seq.prefills):
+        if all(never_trimmed(p) for p in seq.prefills):
             return None
-        on_gpu = (p for p in seq.prefills if p.kv_device == Device.GPU)
-        lean = self._gpu_only_batch(on_gpu, seq.gpu_decodes)
+        kept = (p for p in seq.prefills if never_trimmed(p))
+        lean = self._gpu_only_batch(kept, seq.gpu_decodes)
         return lean if lean else None
 
     def _best(self, options: list[Option]) -> Option:

@@ -32,7 +32,7 @@ from __future__ import annotations
 from neo_sim.scheduler.base import Budget
 from neo_sim.scheduler.estimate import SubBatchBuilder
 from neo_sim.scheduler.neo import Candidate, NeoPolicy
-from neo_sim.scheduler.plan import DecodeWork, Mode, PrefillWork
+from neo_sim.scheduler.plan import DecodeWork, Mode
 
 
 class ApexPolicy(NeoPolicy):
@@ -58,7 +58,7 @@ class ApexPolicy(NeoPolicy):
         """One sub-batch: every prefill and GPU decode, and the CPU decodes worth their time."""
         b = SubBatchBuilder(self.cost)
         for r, device in candidates:
-            b.add_prefill(PrefillWork(r.request_id, r.num_computed, r.seq_len, device))
+            b.add_prefill(self._prefill_work(r, device))
         for r in self.gpu_running.values():
             b.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
         cpu_pool = self.kv.cpu

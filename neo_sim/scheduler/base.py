@@ -82,7 +82,8 @@ class SchedulerConfig:
     )
     chunked_prefill_tokens: int = setting(
         0,
-        "gpu-only: prompt chunk budget per iteration, 0 = whole prompts (vllm-N sets N)",
+        "prompts prefilled in chunks: tokens per iteration, decodes included (gpu-only, neo, "
+        "apex, adaptive; vllm-N and adaptive-1024 set it); 0 = whole prompts",
         unit="tokens",
         low=0,
     )
@@ -107,9 +108,9 @@ class SchedulerConfig:
     @property
     def iteration_tokens(self) -> int:
         """Most tokens one iteration holds: the prompt-chunk budget with chunked prefill
-        (gpu-only's vllm-N: decodes and chunks share it), else `max_batch_tokens`. The budget
-        gpu-only plans with and what device memory keeps activations for (as vLLM's memory
-        profiling runs max_num_batched_tokens): one number, so the two cannot part."""
+        (decodes and chunks share it), else `max_batch_tokens`. The budget the policies plan
+        with and what device memory keeps activations for (as vLLM's memory profiling runs
+        max_num_batched_tokens): one number, so the two cannot part."""
         return self.chunked_prefill_tokens or self.max_batch_tokens
 
 
@@ -263,7 +264,7 @@ class Policy(ABC):
         stop = set(finished)
         done: list[Request] = []
         for sb in plan.sub_batches:
-            self._advance([(p.request_id, p.end) for p in sb.prefills], stop, done)
+            self._advance([(p.request_id, p.end) for p in sb.prefills], stop, done, False)
             self._advance(sb.gpu_decodes, stop, done)
             self._advance(sb.cpu_decodes, stop, done)
         return done
@@ -376,11 +377,17 @@ class Policy(ABC):
 
     # ---- shared mechanics ------------------------------------------------------------------
     def _advance(
-        self, works: Iterable[tuple[int, int]], stop: set[int], done: list[Request]
+        self,
+        works: Iterable[tuple[int, int]],
+        stop: set[int],
+        done: list[Request],
+        decodes: bool = True,
     ) -> None:
         """The books after an iteration computed (request id, end of its token range) of each
-        of `works`; those that got their last token are retired and added to `done`. One loop
-        with its state in locals: it runs for every request of every iteration."""
+        of `works`; those that got their last token are retired and added to `done`. A host
+        resident's wait for progress is recorded for `decodes` only (a chunked prompt's last
+        chunk is not a resident's turn). One loop with its state in locals: it runs for every
+        request of every iteration."""
         requests, step = self.requests, self.step_index
         for request_id, end in works:
             r = requests.get(request_id)
@@ -388,7 +395,7 @@ class Policy(ABC):
                 continue  # aborted while the iteration ran
             if r.state == _ON_CPU:
                 r.cpu_steps += 1
-                if r.num_computed:  # it had KV, so it waited since its last progress
+                if decodes and r.num_computed:  # a resident: it waited since its last progress
                     waited = step - r.last_progress_step
                     if waited > r.max_host_wait_steps:
                         r.max_host_wait_steps = waited

@@ -55,6 +55,16 @@ def cpu_lane_s(c: CostModel, n_cdec: int, cpu_decode_tokens: int) -> float:
     return to_host + c.cpu_decode_attn(n_cdec, cpu_decode_tokens) + back + c.launch
 
 
+def prefill_attn_s(c: CostModel, work: PrefillWork) -> float:
+    """Per layer: a prefill (or chunk) attending over its tokens and the cached ones before
+    them; a later chunk of a host-placed prompt first copies those from the host (h2d), as the
+    executor's `prefill_stage` does."""
+    attn = c.prefill_attn(work.end) - c.prefill_attn(work.start)
+    if work.start and work.kv_device == Device.CPU:
+        attn += c.h2d(work.start * c.model.kv_bytes_per_token_per_layer)
+    return attn
+
+
 def offload_s(c: CostModel, cpu_prefill_tokens: int) -> float:
     """Per layer: the d2h copy of the fresh KV of a sub-batch's CPU-placed prefills."""
     return c.d2h(cpu_prefill_tokens * c.model.kv_bytes_per_token_per_layer)
@@ -152,8 +162,7 @@ class SubBatchBuilder:
         return work
 
     def _account_prefill(self, work: PrefillWork, sign: int) -> None:
-        c = self.cost
-        attn = c.prefill_attn(work.end) - c.prefill_attn(work.start)
+        attn = prefill_attn_s(self.cost, work)
         self.num_tokens += sign * work.num_tokens
         self.prefill_attn_s += sign * attn
         if work.kv_device == Device.CPU:

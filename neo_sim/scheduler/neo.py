@@ -30,6 +30,7 @@ from __future__ import annotations
 import heapq
 import operator
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import takewhile
 
 from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import (
@@ -75,6 +76,12 @@ class NeoPolicy(Policy):
     # neo-unbounded: the artifact's rule, no starvation bound (throughput over fairness).
     listing_rank = 10
     variants = {"neo": {}, "neo-unbounded": {"max_cpu_wait_steps": UNBOUNDED_WAIT}}
+    # With `chunked_prefill_tokens`, a prompt is prefilled in chunks that fill the iteration's
+    # token budget; until its last chunk it stays first in line (`waiting`), its KV in the
+    # pool it was placed in.
+    chunks_prompts = True
+    # This step's candidates that get a chunk short of their prompt: request id -> chunk end.
+    _chunk_ends: dict[int, int] = {}
     # (step, its CPU decodes longest-waiting first, their decodes): `_host_decodes`
     _waited_order: tuple[int, list[Request], list[DecodeWork]] = (-1, [], [])
 
@@ -86,7 +93,7 @@ class NeoPolicy(Policy):
     def step(self, now: float = 0.0) -> Plan:
         self.step_index += 1
         self.now = now
-        budget = Budget(self.config.max_batch_size, self.config.max_batch_tokens)
+        budget = Budget(self.config.max_batch_size, self.config.iteration_tokens)
         reserved = self._reserve_for_overdue(budget)
         swap_out, recomputed = self._swap_out(budget)
         swap_in = () if (swap_out or recomputed) else self._swap_in(budget)
@@ -233,9 +240,11 @@ class NeoPolicy(Policy):
     # ---- step 3 ---------------------------------------------------------------------------
     def _admit(self, budget: Budget) -> list[Candidate]:
         candidates = self._place(budget)
-        kept = self._host_admissions(candidates)
-        for r, _ in candidates[kept:]:  # a suffix: once one prompt goes to the host, all do
-            budget.give(r.seq_len - r.num_computed)
+        # A prompt part-way through its chunks is committed to its pool: it always goes on.
+        started = sum(1 for _ in takewhile(lambda c: c[0].num_computed > 0, candidates))
+        kept = max(self._host_admissions(candidates), started)
+        for r, device in candidates[kept:]:  # a suffix: once one goes to the host, all do
+            budget.give(self._prefill_work(r, device).num_tokens)
         return candidates[:kept]
 
     def _place(self, budget: Budget) -> list[Candidate]:
@@ -251,18 +260,31 @@ class NeoPolicy(Policy):
         slots = self.config.max_num_seqs - self.num_resident
         to_cpu = False
         candidates: list[Candidate] = []
+        chunking = self.config.chunked_prefill_tokens > 0
+        self._chunk_ends = {}
         for r in self.waiting:
             if slots <= 0:
                 break
-            blocks = self._blocks(r.seq_len)
-            if not to_cpu and gpu_used + blocks <= gpu.num_blocks and self._gpu_allowed():
+            held = self._partial_prefill_device(r)
+            blocks = gpu.extra_blocks(r.request_id, r.seq_len)
+            fits_gpu = not to_cpu and gpu_used + blocks <= gpu.num_blocks
+            fits_cpu = cpu_used + self._blocks(r.max_seq_len) <= self._cpu_admission_limit(gpu_used)
+            if held is not None:  # a prompt part-way through its chunks stays where it is
+                if not (fits_gpu if held == Device.GPU else fits_cpu):
+                    break
+                device = held
+            elif fits_gpu and self._gpu_allowed():
                 device = Device.GPU
-            elif cpu_used + self._blocks(r.max_seq_len) <= self._cpu_admission_limit(gpu_used):
+            elif fits_cpu:
                 device = Device.CPU
             else:
                 break
-            if not budget.take(r.seq_len - r.num_computed):
+            remaining = r.seq_len - r.num_computed
+            chunk = min(remaining, budget.tokens) if chunking else remaining
+            if chunk < 1 or not budget.take(chunk):
                 break
+            if chunk < remaining:
+                self._chunk_ends[r.request_id] = r.num_computed + chunk
             if device == Device.GPU:
                 gpu_used += blocks
             else:
@@ -289,10 +311,26 @@ class NeoPolicy(Policy):
         return len(candidates)
 
     def _host_blocks_free_after(self, candidates: list[Candidate]) -> int:
-        """Host KV blocks left once this step's host-placed prompts take theirs."""
-        return self.kv.cpu.num_free - sum(
-            self._blocks(r.seq_len) for r, d in candidates if d == Device.CPU
+        """Host KV blocks left once this step's host-placed prompts (or chunks) take theirs."""
+        cpu = self.kv.cpu
+        return cpu.num_free - sum(
+            cpu.extra_blocks(r.request_id, self._prefill_work(r, d).end)
+            for r, d in candidates
+            if d == Device.CPU
         )
+
+    def _prefill_work(self, r: Request, device: Device) -> PrefillWork:
+        """This step's prefill of candidate `r`: its next chunk (`_place` sized it), else the
+        rest of its prompt."""
+        end = self._chunk_ends.get(r.request_id, r.seq_len)
+        return PrefillWork(r.request_id, r.num_computed, end, device)
+
+    def _partial_prefill_device(self, r: Request) -> Device | None:
+        """Where a waiting request that has some chunks prefilled keeps their KV (it stays
+        there); None for a prompt not started."""
+        if not r.num_computed:
+            return None
+        return Device.GPU if self.kv.gpu.holds(r.request_id) else Device.CPU
 
     @staticmethod
     def _first_host_placed(candidates: list[Candidate]) -> int | None:
@@ -403,7 +441,7 @@ class NeoPolicy(Policy):
     ) -> tuple[SubBatchBuilder, SubBatchBuilder, tuple[int, ...]]:
         b0, b1 = SubBatchBuilder(self.cost), SubBatchBuilder(self.cost)
         for r, device in candidates:
-            b0.add_prefill(PrefillWork(r.request_id, r.num_computed, r.seq_len, device))
+            b0.add_prefill(self._prefill_work(r, device))
         b0.add_decodes(decode_works(self.gpu_running.values()), True)
         if not self.cpu_running:
             return b0, b1, ()  # no CPU decode to place
@@ -453,12 +491,7 @@ class NeoPolicy(Policy):
         threshold = self.config.cpu_prefill_min_tokens
         while b0.prefills:
             p = b0.pop_prefill()
-            if (
-                p.kv_device == Device.GPU
-                or b0.num_tokens < threshold
-                or not b0
-                or min(slacks(b0, b1)) < 0
-            ):
+            if never_trimmed(p) or b0.num_tokens < threshold or not b0 or min(slacks(b0, b1)) < 0:
                 b0.add_prefill(p)
                 return
 
@@ -483,7 +516,7 @@ class NeoPolicy(Policy):
         threshold = self.config.cpu_prefill_min_tokens
         while seq.prefills:
             p = seq.pop_prefill()
-            if p.kv_device == Device.GPU or seq.num_tokens < threshold or not seq:
+            if never_trimmed(p) or seq.num_tokens < threshold or not seq:
                 seq.add_prefill(p)
                 break
         return seq
@@ -505,14 +538,19 @@ class NeoPolicy(Policy):
     ) -> Plan:
         gpu, cpu = self.kv.gpu, self.kv.cpu
         admitted = {p.request_id: p for b in chosen for p in b.prefills}
+        part_way: list[Request] = []  # prefilled a chunk short of the prompt: still first
         for _ in range(len(admitted)):
             r = self.waiting.popleft()
             p = admitted[r.request_id]  # KeyError: admitted prompts were not a FCFS prefix
             on_gpu = p.kv_device == Device.GPU
             self.kv.pool(on_gpu).grow(r.request_id, p.end)
+            self._mark_admitted(r)
+            if p.end < r.seq_len:
+                part_way.append(r)
+                continue
             r.state = RequestState.RUNNING_GPU if on_gpu else RequestState.RUNNING_CPU
             (self.gpu_running if on_gpu else self.cpu_running)[r.request_id] = r
-            self._mark_admitted(r)
+        self.waiting.extendleft(reversed(part_way))
         for b in chosen:
             gpu.grow_each(b.gpu_decodes)
             growing = b.cpu_decodes_growing
@@ -573,6 +611,13 @@ class NeoPolicy(Policy):
         works = decode_works(order)
         self._waited_order = (self.step_index, order, works)
         return order, works
+
+
+def never_trimmed(p: PrefillWork) -> bool:
+    """A prefill that trimming a plan never drops: a GPU-placed one (NEO trims only host
+    prompts), or a later chunk of a host-placed prompt, which has its KV on the host and no
+    other place to go (dropped, it would hold up every prompt behind it)."""
+    return p.kv_device == Device.GPU or p.start > 0
 
 
 def _steady_prefill_tokens(r: Request) -> float:

@@ -13,13 +13,16 @@ from __future__ import annotations
 from neo_sim.scheduler.base import Budget
 from neo_sim.scheduler.estimate import SubBatchBuilder
 from neo_sim.scheduler.neo import Candidate, NeoPolicy
-from neo_sim.scheduler.plan import DecodeWork, Mode, PrefillWork
+from neo_sim.scheduler.plan import DecodeWork, Mode
 from neo_sim.scheduler.request import Request
 
 
 class _NoSlackPolicy(NeoPolicy):
     """Strawmen keep every sub-batch they build: no prefill trimming, no mode comparison, and
-    the artifact's placement (every prompt that overflows the GPU goes to the host)."""
+    the artifact's placement (every prompt that overflows the GPU goes to the host). They
+    prefill whole prompts, as the paper's strawmen do."""
+
+    chunks_prompts = False
 
     listing_rank = 50
 
@@ -54,7 +57,7 @@ class SymmetricPolicy(_NoSlackPolicy):
             return min(halves, key=lambda b: (b.num_tokens, b.num_seqs))
 
         for r, device in candidates:
-            lighter().add_prefill(PrefillWork(r.request_id, r.num_computed, r.seq_len, device))
+            lighter().add_prefill(self._prefill_work(r, device))
         for r in self.gpu_running.values():
             lighter().add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
         _add_all_cpu_decodes(self, halves, budget, candidates)
@@ -78,7 +81,7 @@ class FullOffloadPolicy(_NoSlackPolicy):
     def _build_sub_batches(self, candidates: list[Candidate], budget: Budget):
         b0, b1 = SubBatchBuilder(self.cost), SubBatchBuilder(self.cost)
         for r, device in candidates:
-            b0.add_prefill(PrefillWork(r.request_id, r.num_computed, r.seq_len, device))
+            b0.add_prefill(self._prefill_work(r, device))
         for r in self.gpu_running.values():  # only if the pools were shared; normally empty
             b0.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
         _add_all_cpu_decodes(self, (b0, b1), budget, candidates)

@@ -17,19 +17,25 @@ from neo_engine.replay import replay
 from neo_sim.costmodel import RooflineCostModel
 from neo_sim.hardware import PRESETS as HW
 from neo_sim.model import PRESETS as MODELS
-from neo_sim.scheduler import POLICIES, Mode
+from neo_sim.scheduler import POLICIES, Device, Mode
 from neo_sim.scheduler.gpu_only import GpuOnlyPolicy
 from neo_sim.simulator import Simulation
 from neo_sim.workload import synthetic
 from tests.engine.conftest import DEVICE
 
-# (policy, TPOT SLO in seconds): every policy, and adaptive planning within an SLO (0.1 s keeps
-# host decodes in its plans at this load)
-CASES = [*((policy, None) for policy in POLICIES), ("adaptive", 0.1)]
+# (policy, TPOT SLO in seconds, prompt chunk in tokens): every policy, adaptive planning within
+# an SLO (0.1 s keeps host decodes in its plans at this load), and NEO's and adaptive's plans
+# with chunked prefill (20-token chunks of the ~48-token prompts, on the GPU and the host)
+CASES = [
+    *((policy, None, 0) for policy in POLICIES),
+    ("adaptive", 0.1, 0),
+    ("neo", None, 20),
+    ("adaptive", None, 20),
+]
 
 
-@pytest.mark.parametrize("policy,slo_tpot_s", CASES)
-def test_simulator_and_engine_make_identical_plans(policy, slo_tpot_s):
+@pytest.mark.parametrize("policy,slo_tpot_s,chunk", CASES)
+def test_simulator_and_engine_make_identical_plans(policy, slo_tpot_s, chunk):
     cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
     workload = synthetic(40, rate=6.0, input_len=48, output_len=14, seed=3)
     engine = LLMEngine(
@@ -44,6 +50,7 @@ def test_simulator_and_engine_make_identical_plans(policy, slo_tpot_s):
             max_model_len=256,
             max_batch_tokens=320,
             slo_tpot_s=slo_tpot_s,
+            chunked_prefill_tokens=chunk,
         ),
         cost_model=cost,
     )
@@ -72,3 +79,7 @@ def test_simulator_and_engine_make_identical_plans(policy, slo_tpot_s):
         assert any(p.mode == Mode.FUSED for p in engine_plans)
     if policy == "gpu-only":
         assert any(p.swap_out for p in engine_plans)
+    if chunk:  # prompts went in chunks, on both pools, later chunks over cached KV
+        started = [p for plan in engine_plans for p in plan.prefills if p.start]
+        assert {p.kv_device for p in started} == {Device.GPU, Device.CPU}
+        assert all(plan.num_tokens <= chunk for plan in engine_plans)

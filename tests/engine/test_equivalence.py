@@ -10,7 +10,7 @@ from neo_engine import LLM, SamplingParams
 from neo_sim.costmodel import RooflineCostModel
 from neo_sim.hardware import PRESETS as HW
 from neo_sim.model import PRESETS as MODELS
-from neo_sim.scheduler import Mode
+from neo_sim.scheduler import Device, Mode
 from tests.engine.conftest import DEVICE, hf_greedy
 
 NEW_TOKENS = 20
@@ -98,4 +98,35 @@ def test_offloading_plans_give_the_same_tokens(tiny_llama, prompts, policy, mode
     assert chosen and any(p.sub_batches[-1].cpu_decodes for p in chosen)
     if mode == Mode.FUSED:  # the host attention ran beside device work of the same batch
         assert any(p.sub_batches[0].gpu_decodes or p.sub_batches[0].prefills for p in chosen)
+    llm.engine.close()
+
+
+@pytest.mark.parametrize("policy", ["neo", "adaptive"])
+def test_chunked_prompts_in_offloading_plans_give_the_same_tokens(tiny_llama, prompts, policy):
+    """With chunked prefill, a prompt's later chunks attend over the KV its earlier chunks
+    left in its pool, the host's included (copied to the device for the chunk's attention):
+    still transformers' tokens, under the KV pressure that puts prompts on the host."""
+    directory, model = tiny_llama
+    expected = hf_greedy(model, prompts, NEW_TOKENS)
+    llm = LLM(
+        str(directory),
+        device=DEVICE,
+        dtype="float32",  # transformers' precision: equality, not closeness
+        policy=policy,
+        gpu_kv_blocks=10,
+        cpu_kv_blocks=200,
+        block_size=4,
+        max_model_len=128,
+        chunked_prefill_tokens=16,
+    )
+    llm.engine.policy.cost = t4_like_cost()  # decide as on a T4 host
+    llm.engine.keep_iteration_log = True
+    outputs = llm.generate(
+        prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+    )
+    assert [o.token_ids for o in outputs] == expected
+    plans = [it.plan for it in llm.engine.iterations]
+    started = {p.kv_device for plan in plans for p in plan.prefills if p.start}
+    assert started == {Device.GPU, Device.CPU}
+    assert all(plan.num_tokens <= 16 for plan in plans)
     llm.engine.close()

@@ -11,6 +11,7 @@ the end, every request finished or aborted exactly once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -51,6 +52,8 @@ def workloads(draw):
         max_batch_tokens=draw(st.integers(64, 600)),
         cpu_prefill_min_tokens=draw(st.sampled_from([0, 16, 128])),
         max_cpu_wait_steps=draw(st.integers(1, 8)),
+        # applied only to the policies that chunk prompts (`chunks_prompts`)
+        chunked_prefill_tokens=draw(st.sampled_from([0, 0, 24, 64, 160])),
     )
     n = draw(st.integers(1, 30))
     arrivals = sorted(draw(st.lists(st.integers(0, 40), min_size=n, max_size=n)))
@@ -73,7 +76,11 @@ def check_pools(policy) -> None:
         elif r.state in (RequestState.RUNNING_CPU, RequestState.SWAPPED):
             assert not on_gpu
         elif r.state == RequestState.WAITING:
-            assert not on_gpu and not on_cpu
+            # no KV, unless part-way through its prompt's chunks (or given its first chunk
+            # by the step just planned): then in one pool
+            assert not (on_gpu and on_cpu)
+            assert (on_gpu or on_cpu) >= (r.num_computed > 0)
+            assert not (on_gpu or on_cpu) or policy.config.chunked_prefill_tokens
 
 
 def check_plan(policy, plan: Plan) -> None:
@@ -83,6 +90,11 @@ def check_plan(policy, plan: Plan) -> None:
     for p in plan.prefills:
         r = policy.requests[p.request_id]
         want = RequestState.RUNNING_GPU if p.kv_device == Device.GPU else RequestState.RUNNING_CPU
+        if p.end < r.seq_len:
+            assert policy.config.chunked_prefill_tokens  # a chunk short of the prompt
+            if r.state == RequestState.WAITING:  # the NEO family's: it waits, first in line
+                assert r is policy.waiting[0]
+                want = r.state
         assert r.state == want
         assert p.start == r.num_computed and p.start < p.end <= r.seq_len
         pool = policy.kv.gpu if p.kv_device == Device.GPU else policy.kv.cpu
@@ -96,6 +108,7 @@ def check_plan(policy, plan: Plan) -> None:
             assert r.state == state and d.context_len == r.seq_len == r.num_computed + 1
             assert pool.num_blocks_of(d.request_id) >= blocks_for(d.context_len, bs)
     assert plan.num_seqs <= policy.config.max_batch_size
+    assert plan.num_tokens <= policy.config.iteration_tokens, "more tokens than memory allows"
     if len(plan.sub_batches) == 2:
         assert plan.mode == Mode.PIPELINED
         assert not plan.sub_batches[1].prefills or policy.name == "symmetric"
@@ -105,7 +118,7 @@ def check_plan(policy, plan: Plan) -> None:
 
 def drive(name: str, w: Workload, max_steps: int = 20_000):
     rng = random.Random(w.seed)
-    policy = make_policy(name, w.config, _cost())
+    policy = make_policy(name, _config_for(name, w.config), _cost())
     pending = list(enumerate(w.requests))
     added: list[int] = []
     finished: list[int] = []
@@ -133,6 +146,13 @@ def drive(name: str, w: Workload, max_steps: int = 20_000):
         step += 1
         assert step < max_steps, f"{name}: no progress (livelock) after {step} steps"
     return policy, added, finished, aborted
+
+
+def _config_for(name: str, config: SchedulerConfig) -> SchedulerConfig:
+    """`config`, without chunked prefill for a policy that prefills whole prompts."""
+    if POLICIES[name][0].chunks_prompts:
+        return config
+    return dataclasses.replace(config, chunked_prefill_tokens=0)
 
 
 _COST = None
@@ -163,7 +183,7 @@ def test_policy_invariants(name, w):
 @given(w=workloads())
 def test_first_admissions_follow_arrival_order(name, w):
     rng = random.Random(w.seed)
-    policy = make_policy(name, w.config, _cost())
+    policy = make_policy(name, _config_for(name, w.config), _cost())
     order: list[int] = []
     accepted: list[int] = []
     for rid, (_, prompt, max_new) in enumerate(w.requests):
@@ -211,7 +231,7 @@ def test_neo_fairness_guarantee(w):
         limit = policy.step_index + 1 - w.config.max_cpu_wait_steps
         cpu = policy.kv.cpu
         overdue = [r for r in policy.cpu_running.values() if r.last_progress_step < limit]
-        room = min(w.config.max_batch_size, w.config.max_batch_tokens) - 1
+        room = min(w.config.max_batch_size, w.config.iteration_tokens) - 1
         room -= len(policy.gpu_running)
         need = sum(cpu.extra_blocks(r.request_id, r.seq_len) for r in overdue)
         spare = cpu.num_free + sum(
@@ -228,9 +248,7 @@ def test_neo_fairness_guarantee(w):
         if overdue and len(overdue) <= room and need <= spare:
             still_on_cpu = [r for r in overdue if r.request_id in policy.cpu_running]
             assert {r.request_id for r in still_on_cpu} <= set(plan.request_ids)
-        for rid in {d.request_id for d in plan.cpu_decodes} | {
-            p.request_id for p in plan.prefills if p.kv_device == Device.CPU and p.start
-        }:
+        for rid in {d.request_id for d in plan.cpu_decodes}:
             if rid in waits:
                 longest[rid] = max(longest.get(rid, 0), waits[rid])
         now += plan.predicted_s

@@ -168,7 +168,7 @@ def test_chunked_prefill_keeps_activations_for_its_chunk_only():
     assert extra - 1 <= chunked.num_gpu_blocks - whole.num_gpu_blocks <= extra + 1
     assert chunked.num_gpu_blocks * 16 > 2 * 1050 > whole.num_gpu_blocks * 16
     with pytest.raises(NeoError, match="prefills whole prompts"):
-        policy_config("neo", dataclasses.replace(base, chunked_prefill_tokens=512))
+        policy_config("symmetric", dataclasses.replace(base, chunked_prefill_tokens=512))
 
 
 def test_tensor_parallel_gpus_each_keep_their_shard_of_the_mlp_activations():
