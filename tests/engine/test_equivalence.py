@@ -37,10 +37,10 @@ def t4_like_cost():
     return RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
 
 
-@pytest.mark.parametrize("policy,gpu_blocks", CASES)
-def test_greedy_tokens_equal_transformers(tiny_llama, prompts, policy, gpu_blocks):
-    directory, model = tiny_llama
-    expected = hf_greedy(model, prompts, NEW_TOKENS)
+def generate_greedy(directory, prompts, policy: str, gpu_blocks: int, as_on_t4: bool, **extra):
+    """The engine's greedy tokens for `prompts` (fp32, 4-token blocks, a 200-block host pool)
+    and its plans, with plans priced as on a T4 host if `as_on_t4`: (outputs, plans, the
+    engine, closed)."""
     llm = LLM(
         str(directory),
         device=DEVICE,
@@ -50,18 +50,30 @@ def test_greedy_tokens_equal_transformers(tiny_llama, prompts, policy, gpu_block
         cpu_kv_blocks=200,
         block_size=4,
         max_model_len=128,
+        **extra,
     )
+    if as_on_t4:
+        llm.engine.policy.cost = t4_like_cost()  # decide as on a T4 host
     llm.engine.keep_iteration_log = True
-    outputs = llm.generate(
-        prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
-    )
+    try:
+        outputs = llm.generate(
+            prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+        )
+        return outputs, [it.plan for it in llm.engine.iterations], llm.engine
+    finally:
+        llm.engine.close()
+
+
+@pytest.mark.parametrize("policy,gpu_blocks", CASES)
+def test_greedy_tokens_equal_transformers(tiny_llama, prompts, policy, gpu_blocks):
+    directory, model = tiny_llama
+    expected = hf_greedy(model, prompts, NEW_TOKENS)
+    outputs, plans, _ = generate_greedy(directory, prompts, policy, gpu_blocks, as_on_t4=False)
     assert [o.token_ids for o in outputs] == expected
-    plans = [it.plan for it in llm.engine.iterations]
     if gpu_blocks <= 8:
         assert sum(o.cpu_steps for o in outputs) > sum(o.gpu_steps for o in outputs) / 2
     if (policy, gpu_blocks) == ("gpu-only", 25):
         assert any(p.swap_out for p in plans) and any(p.swap_in for p in plans)
-    llm.engine.close()
 
 
 @pytest.mark.parametrize("host_overlap", ["yes", "no"])
@@ -75,30 +87,15 @@ def test_offloading_plans_give_the_same_tokens(tiny_llama, prompts, policy, mode
     (a CPU device's default)."""
     directory, model = tiny_llama
     expected = hf_greedy(model, prompts, NEW_TOKENS)
-    llm = LLM(
-        str(directory),
-        device=DEVICE,
-        dtype="float32",  # transformers' precision: equality, not closeness
-        policy=policy,
-        gpu_kv_blocks=10,
-        cpu_kv_blocks=200,
-        block_size=4,
-        max_model_len=128,
-        host_overlap=host_overlap,
+    outputs, plans, engine = generate_greedy(
+        directory, prompts, policy, 10, as_on_t4=True, host_overlap=host_overlap
     )
-    assert llm.engine.executor.host_overlap == (host_overlap == "yes")
-    llm.engine.policy.cost = t4_like_cost()  # decide as on a T4 host
-    llm.engine.keep_iteration_log = True
-    outputs = llm.generate(
-        prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
-    )
+    assert engine.executor.host_overlap == (host_overlap == "yes")
     assert [o.token_ids for o in outputs] == expected
-    plans = [it.plan for it in llm.engine.iterations]
     chosen = [p for p in plans if p.mode == mode]
     assert chosen and any(p.sub_batches[-1].cpu_decodes for p in chosen)
     if mode == Mode.FUSED:  # the host attention ran beside device work of the same batch
         assert any(p.sub_batches[0].gpu_decodes or p.sub_batches[0].prefills for p in chosen)
-    llm.engine.close()
 
 
 @pytest.mark.parametrize("policy", ["neo", "adaptive"])
@@ -108,25 +105,10 @@ def test_chunked_prompts_in_offloading_plans_give_the_same_tokens(tiny_llama, pr
     still transformers' tokens, under the KV pressure that puts prompts on the host."""
     directory, model = tiny_llama
     expected = hf_greedy(model, prompts, NEW_TOKENS)
-    llm = LLM(
-        str(directory),
-        device=DEVICE,
-        dtype="float32",  # transformers' precision: equality, not closeness
-        policy=policy,
-        gpu_kv_blocks=10,
-        cpu_kv_blocks=200,
-        block_size=4,
-        max_model_len=128,
-        chunked_prefill_tokens=16,
-    )
-    llm.engine.policy.cost = t4_like_cost()  # decide as on a T4 host
-    llm.engine.keep_iteration_log = True
-    outputs = llm.generate(
-        prompts, SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+    outputs, plans, _ = generate_greedy(
+        directory, prompts, policy, 10, as_on_t4=True, chunked_prefill_tokens=16
     )
     assert [o.token_ids for o in outputs] == expected
-    plans = [it.plan for it in llm.engine.iterations]
     started = {p.kv_device for plan in plans for p in plan.prefills if p.start}
     assert started == {Device.GPU, Device.CPU}
     assert all(plan.num_tokens <= 16 for plan in plans)
-    llm.engine.close()
