@@ -339,11 +339,11 @@ def chunked_section(comparable: pd.DataFrame) -> str:
     )
 
 
-ADAPTIVE_CHUNKED = "adaptive-1024"  # adaptive with its prompts in chunks (a larger GPU pool)
+ADAPTIVE_CHUNKED = "adaptive-4096"  # adaptive with its prompts in chunks (a larger GPU pool)
 
 
 def adaptive_chunked_section(comparable: pd.DataFrame) -> str:
-    """adaptive-1024 against adaptive (what chunking the prompts inside adaptive's plans is
+    """adaptive-4096 against adaptive (what chunking the prompts inside adaptive's plans is
     worth) and against the better of vllm-256 and vllm-512, per host group."""
     if not {ADAPTIVE_CHUNKED, "adaptive", *CHUNKED} <= set(comparable):
         return ""
@@ -367,10 +367,13 @@ def adaptive_chunked_section(comparable: pd.DataFrame) -> str:
             f"{low.load}) | {(g >= ABOVE).sum()} | {(g < 1 / ABOVE).sum()} | {v.median():.3f} | "
             f"{v.min():.3f} ({vlow.host}, {vlow.workload_name}, {vlow.load}) |"
         )
+    chunk = POLICIES[ADAPTIVE_CHUNKED][1]["chunked_prefill_tokens"]
     return (
-        f"{ADAPTIVE_CHUNKED}: adaptive with its prompts prefilled in chunks of at most 1024 "
-        "tokens per iteration (GPU- and host-placed alike), so that its GPU pool keeps "
-        "activations for 1024 tokens, not the map's budget:\n\n" + "\n".join(lines)
+        f"{ADAPTIVE_CHUNKED}: adaptive with its prompts prefilled in chunks of at most {chunk} "
+        "tokens per iteration (GPU-placed ones, and host-placed ones longer than that), so "
+        f"that its GPU pool keeps activations for {chunk} tokens, not the map's budget (at a "
+        f"budget of {chunk} it is adaptive with the last GPU prompt of a step cut to fill "
+        "it):\n\n" + "\n".join(lines)
     )
 
 

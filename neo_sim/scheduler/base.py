@@ -83,7 +83,7 @@ class SchedulerConfig:
     chunked_prefill_tokens: int = setting(
         0,
         "prompts prefilled in chunks: tokens per iteration, decodes included (gpu-only, neo, "
-        "apex, adaptive; vllm-N and adaptive-1024 set it); 0 = whole prompts",
+        "apex, adaptive; vllm-N and adaptive-4096 set it); 0 = whole prompts",
         unit="tokens",
         low=0,
     )

@@ -81,6 +81,31 @@ def test_cpu_placement_follows_fcfs_once_one_prompt_goes_to_cpu():
     assert placed == [(0, Device.GPU), (1, Device.CPU), (2, Device.CPU)]
 
 
+def test_chunked_prompts_keep_their_pool_and_a_host_prompt_an_iteration_holds_goes_whole():
+    """With 64-token chunks: a prompt cut at the end of a step's budget goes on, first in line,
+    in the pool its first chunk chose; a host-placed prompt that one iteration holds whole is
+    not cut (it waits a step rather than be committed to the host by a chunk), while a longer
+    one goes to the host in chunks, each within the iteration's 64 tokens."""
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    config = t4_config(num_gpu_blocks=4, block_size=16, chunked_prefill_tokens=64)
+    policy = make_policy("neo", config, cost)
+    policy.add([Request(0, 40, 30), Request(1, 50, 4), Request(2, 150, 4), Request(3, 30, 4)])
+    works: dict[int, list] = {}
+    while policy.has_work:
+        plan = policy.step()
+        assert plan.num_tokens <= 64
+        for p in plan.prefills:
+            works.setdefault(p.request_id, []).append((p.start, p.end, p.kv_device))
+            if p.end < policy.requests[p.request_id].seq_len:
+                assert policy.waiting[0].request_id == p.request_id
+        policy.complete(plan)
+    assert works[0] == [(0, 40, Device.GPU)]
+    assert works[1] == [(0, 50, Device.CPU)]  # 24 tokens were left in the first step
+    chunks = works[2]
+    assert len(chunks) > 2 and {d for *_, d in chunks} == {Device.CPU}
+    assert [s for s, *_ in chunks[1:]] == [e for _, e, _ in chunks[:-1]] and chunks[-1][1] == 150
+
+
 def _slow_launch_cost():
     # A host whose per-layer CPU launch cost is huge: pipelining rarely pays, so the artifact's
     # rule (run the sequential plan when it serves more) leaves CPU-resident requests idle.
