@@ -107,11 +107,14 @@ class SchedulerConfig:
 
     @property
     def iteration_tokens(self) -> int:
-        """Most tokens one iteration holds: the prompt-chunk budget with chunked prefill
-        (decodes and chunks share it), else `max_batch_tokens`. The budget the policies plan
-        with and what device memory keeps activations for (as vLLM's memory profiling runs
-        max_num_batched_tokens): one number, so the two cannot part."""
-        return self.chunked_prefill_tokens or self.max_batch_tokens
+        """Most tokens one iteration holds: `max_batch_tokens`, or the prompt-chunk budget
+        with chunked prefill where that is smaller (decodes and chunks share it; a chunk above
+        the cap does not lift it). The budget the policies plan with and what device memory
+        keeps activations for (as vLLM's memory profiling runs max_num_batched_tokens): one
+        number, so the two cannot part."""
+        if self.chunked_prefill_tokens:
+            return min(self.chunked_prefill_tokens, self.max_batch_tokens)
+        return self.max_batch_tokens
 
 
 @dataclass(frozen=True)

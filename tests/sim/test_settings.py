@@ -165,6 +165,8 @@ def test_chunked_prefill_keeps_activations_for_its_chunk_only():
     block = 16 * model.kv_bytes_per_token
     extra = int((8192 - 256) * per_token // block)
     assert chunked.iteration_tokens == 256 and whole.iteration_tokens == 8192
+    capped = policy_config("vllm-512", SchedulerConfig(max_batch_tokens=300))
+    assert capped.iteration_tokens == 300  # a chunk above the cap does not lift it
     assert extra - 1 <= chunked.num_gpu_blocks - whole.num_gpu_blocks <= extra + 1
     assert chunked.num_gpu_blocks * 16 > 2 * 1050 > whole.num_gpu_blocks * 16
     with pytest.raises(NeoError, match="prefills whole prompts"):
