@@ -9,7 +9,10 @@
    the GPU while it fits, else on the CPU (only with host room for every CPU resident to grow
    to its full length), and once one goes to the CPU later ones follow; a prompt goes to the
    CPU only where the host pays for it (`_host_resident_pays`), else it waits for GPU KV.
-   (Tentative: only the prompts that survive steps 5 and 6 are really admitted.)
+   (Tentative: only the prompts that survive steps 5 and 6 are really admitted.) With
+   `chunked_prefill_tokens`, the last prompt admitted gets the rest of the budget as a chunk
+   (unless it goes to the host and an iteration holds it whole: it then waits a step); a
+   prompt part-way through its chunks stays first in line, its KV in its pool, and goes on.
 4. `_build_sub_batches`: sub-batch 0 gets the prefills and GPU decodes; CPU decodes are added
    one by one, longest-waiting first, to the sub-batch with more slack, skipping any request at
    least as long as one already rejected, and rejecting one that would make a slack negative.
