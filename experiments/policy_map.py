@@ -339,11 +339,11 @@ def chunked_section(comparable: pd.DataFrame) -> str:
     )
 
 
-ADAPTIVE_CHUNKED = "adaptive-4096"  # adaptive with its prompts in chunks (a larger GPU pool)
+ADAPTIVE_CHUNKED = "adaptive-chunked"  # adaptive with its prompts in chunks (a larger pool)
 
 
 def adaptive_chunked_section(comparable: pd.DataFrame) -> str:
-    """adaptive-4096 against adaptive (what chunking the prompts inside adaptive's plans is
+    """adaptive-chunked against adaptive (what chunking the prompts inside adaptive's plans is
     worth) and against the better of vllm-256 and vllm-512, per host group."""
     if not {ADAPTIVE_CHUNKED, "adaptive", *CHUNKED} <= set(comparable):
         return ""
@@ -367,13 +367,14 @@ def adaptive_chunked_section(comparable: pd.DataFrame) -> str:
             f"{low.load}) | {(g >= ABOVE).sum()} | {(g < 1 / ABOVE).sum()} | {v.median():.3f} | "
             f"{v.min():.3f} ({vlow.host}, {vlow.workload_name}, {vlow.load}) |"
         )
-    chunk = POLICIES[ADAPTIVE_CHUNKED][1]["chunked_prefill_tokens"]
+    fixed = POLICIES[ADAPTIVE_CHUNKED][1]
+    chunk, gain = fixed["kv_chunk_tokens"], fixed["kv_chunk_min_gain"]
     return (
         f"{ADAPTIVE_CHUNKED}: adaptive with its prompts prefilled in chunks of at most {chunk} "
         "tokens per iteration (GPU-placed ones, and host-placed ones longer than that), so "
-        f"that its GPU pool keeps activations for {chunk} tokens, not the map's budget (at a "
-        f"budget of {chunk} it is adaptive with the last GPU prompt of a step cut to fill "
-        "it):\n\n" + "\n".join(lines)
+        f"that its GPU pool keeps activations for {chunk} tokens, not the map's budget, on "
+        f"the hosts where that enlarges the pool by {gain:.0%} or more; elsewhere, and at a "
+        f"budget of {chunk} or less, it is adaptive:\n\n" + "\n".join(lines)
     )
 
 

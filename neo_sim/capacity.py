@@ -118,6 +118,8 @@ def resolve_pools(
     kept out of the device pool are those of its largest iteration (`iteration_tokens`)."""
     block_bytes = config.block_size * model.kv_bytes_per_token
     gpu_blocks = config.num_gpu_blocks
+    if gpu_blocks is None and config.kv_chunk_tokens and not config.chunked_prefill_tokens:
+        config = _chunk_where_it_buys_kv(config, kv, model, memory)
     if gpu_blocks is None:
         free = device_kv_bytes(model, memory, kv, config.iteration_tokens)
         if free < block_bytes:
@@ -130,3 +132,16 @@ def resolve_pools(
     if cpu_blocks is None:
         cpu_blocks = int(host_kv_bytes(memory, kv) // block_bytes)
     return dataclasses.replace(config, num_gpu_blocks=gpu_blocks, num_cpu_blocks=cpu_blocks)
+
+
+def _chunk_where_it_buys_kv(
+    config: SchedulerConfig, kv: KVCacheSettings, model: ModelSpec, memory: DeviceMemory
+) -> SchedulerConfig:
+    """`config` with `kv_chunk_tokens` adopted as its prompt chunk if the smaller activation
+    reserve enlarges the GPU pool by `kv_chunk_min_gain` or more, else unchanged (whole
+    prompts, admitted faster). A separate setting, not `chunked_prefill_tokens` itself, so that
+    applying the policy's fixed settings again (`make_policy`) cannot undo the choice."""
+    chunked = dataclasses.replace(config, chunked_prefill_tokens=config.kv_chunk_tokens)
+    whole = device_kv_bytes(model, memory, kv, config.iteration_tokens)
+    smaller = device_kv_bytes(model, memory, kv, chunked.iteration_tokens)
+    return chunked if whole > 0 and smaller >= whole * (1 + config.kv_chunk_min_gain) else config

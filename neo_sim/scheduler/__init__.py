@@ -57,7 +57,7 @@ def policy_config(name: str, config: SchedulerConfig) -> SchedulerConfig:
         raise NeoError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}") from None
     if fixed:
         config = dataclasses.replace(config, **fixed)
-    if config.chunked_prefill_tokens and not cls.chunks_prompts:
+    if (config.chunked_prefill_tokens or config.kv_chunk_tokens) and not cls.chunks_prompts:
         chunking = ", ".join(n for n, (c, _) in POLICIES.items() if c.chunks_prompts)
         raise NeoError(
             f"chunked_prefill_tokens applies to {chunking}; policy {name} prefills whole "

@@ -39,11 +39,15 @@ Option = tuple[Mode, tuple[SubBatchBuilder, ...], tuple[int, ...]]
 class AdaptivePolicy(ApexPolicy):
     name = "adaptive"
     listing_rank = 30
-    # adaptive-4096: prompts prefilled in chunks of at most 4096 tokens per iteration, so the
-    # GPU pool keeps activations for 4096 tokens only (`SchedulerConfig.iteration_tokens`):
-    # more KV where the GPU pool binds, slower admission where it does not (docs/architecture.md,
-    # "Adaptive"; 4096 of 512, 1024, 2048 and 4096 measured on the policy map).
-    variants = {"adaptive": {}, "adaptive-4096": {"chunked_prefill_tokens": 4096}}
+    # adaptive-chunked: prompts prefilled in chunks of at most 4096 tokens per iteration where
+    # that enlarges the GPU pool by 5% or more (`kv_chunk_tokens`: the pool then keeps
+    # activations for 4096 tokens only, `SchedulerConfig.iteration_tokens`); elsewhere whole
+    # prompts, admitted faster (docs/architecture.md, "Adaptive"; 4096 of 512, 1024, 2048 and
+    # 4096 measured on the policy map).
+    variants = {
+        "adaptive": {},
+        "adaptive-chunked": {"kv_chunk_tokens": 4096, "kv_chunk_min_gain": 0.05},
+    }
     _tpot_limit_s = math.inf  # this step's TPOT budget (`_tpot_budget_s`), with an SLO set
 
     def step(self, now: float = 0.0) -> Plan:

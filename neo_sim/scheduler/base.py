@@ -83,8 +83,22 @@ class SchedulerConfig:
     chunked_prefill_tokens: int = setting(
         0,
         "prompts prefilled in chunks: tokens per iteration, decodes included (gpu-only, neo, "
-        "apex, adaptive; vllm-N and adaptive-4096 set it); 0 = whole prompts",
+        "apex, adaptive; vllm-N set it); 0 = whole prompts",
         unit="tokens",
+        low=0,
+    )
+    kv_chunk_tokens: int = setting(
+        0,
+        "a prompt chunk adopted as chunked_prefill_tokens only where its smaller activation "
+        "reserve enlarges the memory-sized GPU KV pool by kv_chunk_min_gain or more "
+        "(adaptive-chunked sets 4096); 0 = off",
+        unit="tokens",
+        low=0,
+    )
+    kv_chunk_min_gain: float = setting(
+        0.05,
+        "the GPU KV pool growth, as a fraction, that kv_chunk_tokens must buy: chunks admit "
+        "prompts more slowly, worth it only for the KV",
         low=0,
     )
 

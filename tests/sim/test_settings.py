@@ -10,11 +10,12 @@ import pytest
 from neo_sim import settings
 from neo_sim.capacity import DeviceMemory, KVCacheSettings, memory_of_hardware, resolve_pools
 from neo_sim.cli import build_parser
+from neo_sim.costmodel import RooflineCostModel
 from neo_sim.errors import NeoError
 from neo_sim.hardware import PRESETS
 from neo_sim.model import PRESETS as MODELS
 from neo_sim.runs import RunSpec
-from neo_sim.scheduler import SchedulerConfig, policy_config
+from neo_sim.scheduler import SchedulerConfig, make_policy, policy_config
 from neo_sim.units import GB, GiB
 
 # Flags of the commands themselves, not settings of a run (none of them repeats a setting).
@@ -171,6 +172,27 @@ def test_chunked_prefill_keeps_activations_for_its_chunk_only():
     assert chunked.num_gpu_blocks * 16 > 2 * 1050 > whole.num_gpu_blocks * 16
     with pytest.raises(NeoError, match="prefills whole prompts"):
         policy_config("symmetric", dataclasses.replace(base, chunked_prefill_tokens=512))
+
+
+def test_adaptive_chunked_chunks_only_where_the_chunks_buy_kv():
+    """adaptive-chunked takes 4096-token chunks where the smaller activation reserve enlarges
+    the GPU pool by 5% or more (2x H100 + 70B at 8192 tokens: 1,988 -> 2,180 blocks) and
+    prefills whole prompts where it would not (one H100 + 8B: +0.6%; any host at a 4096-token
+    budget), since chunks admit prompts more slowly; building the policy keeps the choice."""
+    cost = RooflineCostModel(MODELS["llama-3-8b"], PRESETS["h100"])
+
+    def chunk(hw: str, model: str, budget: int) -> int:
+        config = policy_config("adaptive-chunked", SchedulerConfig(max_batch_tokens=budget))
+        m = MODELS[model]
+        config = resolve_pools(config, KVCacheSettings(), m, memory_of_hardware(PRESETS[hw], m))
+        return make_policy("adaptive-chunked", config, cost).config.chunked_prefill_tokens
+
+    assert chunk("h100x2", "llama-3.1-70b", 8192) == 4096
+    assert chunk("t4", "llama-2-7b", 8192) == 4096
+    assert chunk("h100", "llama-3-8b", 8192) == 0
+    assert chunk("h100x2", "llama-3.1-70b", 4096) == 0
+    with pytest.raises(NeoError, match="prefills whole"):
+        policy_config("symmetric", SchedulerConfig(kv_chunk_tokens=512))
 
 
 def test_tensor_parallel_gpus_each_keep_their_shard_of_the_mlp_activations():
