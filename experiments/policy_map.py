@@ -228,6 +228,12 @@ HOST_GROUPS = {
     "A10G": tuple(h for h in HOSTS if h.startswith("g5.")),
     "H100": ("h100", "h100x2"),
 }
+GROUP_ROWS = {**HOST_GROUPS, "all": tuple(HOSTS)}  # the report tables' rows: groups, then all
+
+
+def cell_label(row: pd.Series) -> str:
+    """A cell of the map as the report names it: "host, workload, load"."""
+    return f"{row.host}, {row.workload_name}, {row.load}"
 
 
 def rivals_section(comparable: pd.DataFrame) -> str:
@@ -242,8 +248,7 @@ def rivals_section(comparable: pd.DataFrame) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     everyone = [p for p in POLICIES if p in comparable and p != "adaptive"]
-    groups = {**HOST_GROUPS, "all": tuple(HOSTS)}
-    for group, hosts in groups.items():
+    for group, hosts in GROUP_ROWS.items():
         g = comparable[comparable["host"].isin(hosts)]
         if g.empty:
             continue
@@ -252,9 +257,9 @@ def rivals_section(comparable: pd.DataFrame) -> str:
         others = g["adaptive"] / g[everyone].max(axis=1)
         top, low = g.loc[apex.idxmax()], g.loc[rivals.idxmin()]
         lines.append(
-            f"| {group} | {len(g)} | {apex.median():.3f} | {apex.max():.3f} ({top.host}, "
-            f"{top.workload_name}, {top.load}) | {apex.min():.3f} | {rivals.median():.3f} | "
-            f"{rivals.min():.3f} ({low.host}, {low.workload_name}, {low.load}) | "
+            f"| {group} | {len(g)} | {apex.median():.3f} | {apex.max():.3f} ({cell_label(top)}) |"
+            f" {apex.min():.3f} | {rivals.median():.3f} | "
+            f"{rivals.min():.3f} ({cell_label(low)}) | "
             f"{(rivals >= BELOW).sum()} | {(rivals >= ABOVE).sum()} | {others.median():.3f} | "
             f"{(others >= BELOW).sum()} |"
         )
@@ -322,15 +327,15 @@ def chunked_section(comparable: pd.DataFrame) -> str:
         "| offloading ahead by > 5% | best (cell) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for group, hosts in {**HOST_GROUPS, "all": tuple(HOSTS)}.items():
+    for group, hosts in GROUP_ROWS.items():
         g = ratio[comparable["host"].isin(hosts)]
         if g.empty:
             continue
         top, low = comparable.loc[g.idxmax()], comparable.loc[g.idxmin()]
         lines.append(
             f"| {group} | {len(g)} | {g.median():.3f} | {(g > ABOVE).sum()} | {g.max():.2f}x "
-            f"({top.host}, {top.workload_name}, {top.load}) | {(g < 1 / ABOVE).sum()} | "
-            f"{1 / g.min():.2f}x ({low.host}, {low.workload_name}, {low.load}) |"
+            f"({cell_label(top)}) | {(g < 1 / ABOVE).sum()} | "
+            f"{1 / g.min():.2f}x ({cell_label(low)}) |"
         )
     return (
         "The better of vllm-256 and vllm-512 against the best of neo, apex and adaptive, per "
@@ -355,17 +360,17 @@ def adaptive_chunked_section(comparable: pd.DataFrame) -> str:
         "worst (cell) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for group, hosts in {**HOST_GROUPS, "all": tuple(HOSTS)}.items():
+    for group, hosts in GROUP_ROWS.items():
         mask = comparable["host"].isin(hosts)
         g, v = own[mask], vllm[mask]
         if g.empty:
             continue
         top, low, vlow = (comparable.loc[i] for i in (g.idxmax(), g.idxmin(), v.idxmin()))
         lines.append(
-            f"| {group} | {len(g)} | {g.median():.3f} | {g.max():.3f} ({top.host}, "
-            f"{top.workload_name}, {top.load}) | {g.min():.3f} ({low.host}, {low.workload_name}, "
-            f"{low.load}) | {(g >= ABOVE).sum()} | {(g < 1 / ABOVE).sum()} | {v.median():.3f} | "
-            f"{v.min():.3f} ({vlow.host}, {vlow.workload_name}, {vlow.load}) |"
+            f"| {group} | {len(g)} | {g.median():.3f} | {g.max():.3f} ({cell_label(top)}) |"
+            f" {g.min():.3f} ({cell_label(low)}) |"
+            f" {(g >= ABOVE).sum()} | {(g < 1 / ABOVE).sum()} | {v.median():.3f} | "
+            f"{v.min():.3f} ({cell_label(vlow)}) |"
         )
     fixed = POLICIES[ADAPTIVE_CHUNKED][1]
     chunk, gain = fixed["kv_chunk_tokens"], fixed["kv_chunk_min_gain"]
@@ -575,7 +580,7 @@ def write_report(rows: pd.DataFrame, out: Path, args, wall: float, requests: int
         worst = table.loc[table[pol].idxmin()]
         losses.append(
             f"| {pol} | {(table[pol] < 1).sum()} of {len(table)} | {table[pol].min():.3f} "
-            f"({worst.host}, {worst.workload_name}, {worst.load}) | {table[pol].median():.3f} |"
+            f"({cell_label(worst)}) | {table[pol].median():.3f} |"
         )
     fig = plots.ratio_heatmap_figure(
         table.assign(
