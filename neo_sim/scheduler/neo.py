@@ -271,14 +271,12 @@ class NeoPolicy(Policy):
             held = self._partial_prefill_device(r)
             blocks = gpu.extra_blocks(r.request_id, r.seq_len)
             fits_gpu = not to_cpu and gpu_used + blocks <= gpu.num_blocks
-            fits_cpu = cpu_used + self._blocks(r.max_seq_len) <= self._cpu_admission_limit(gpu_used)
-            if held is not None:  # a prompt part-way through its chunks stays where it is
-                if not (fits_gpu if held == Device.GPU else fits_cpu):
-                    break
-                device = held
-            elif fits_gpu and self._gpu_allowed():
+            # A prompt part-way through its chunks stays in the pool it is in (`held`).
+            if fits_gpu and (held == Device.GPU or (held is None and self._gpu_allowed())):
                 device = Device.GPU
-            elif fits_cpu:
+            elif held == Device.GPU:
+                break  # its first chunks are on the GPU, which has no room for the rest now
+            elif cpu_used + self._blocks(r.max_seq_len) <= self._cpu_admission_limit(gpu_used):
                 device = Device.CPU
             else:
                 break
