@@ -344,6 +344,18 @@ class NeoPolicy(Policy):
             and remaining <= self.config.iteration_tokens
         )
 
+    def _recompute(self, r: Request) -> None:
+        """The base's preemption, except that a prompt part-way through its chunks stays first
+        in `waiting`: its KV holds room in its pool, and queued behind the recomputed request
+        that room could serve neither (the property tests' livelock: a 136-token prompt held
+        32 of 44 GPU blocks behind a recomputed request that needed more than the 12 left)."""
+        if not (self.waiting and self.waiting[0].num_computed):
+            super()._recompute(r)
+            return
+        part_way = self.waiting.popleft()
+        super()._recompute(r)
+        self.waiting.appendleft(part_way)
+
     def _partial_prefill_device(self, r: Request) -> Device | None:
         """Where a waiting request that has some chunks prefilled keeps their KV (it stays
         there); None for a prompt not started."""

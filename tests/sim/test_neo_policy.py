@@ -106,6 +106,37 @@ def test_chunked_prompts_keep_their_pool_and_a_host_prompt_an_iteration_holds_go
     assert [s for s, *_ in chunks[1:]] == [e for _, e, _ in chunks[:-1]] and chunks[-1][1] == 150
 
 
+def test_a_prompt_part_way_through_its_chunks_stays_first_when_a_resident_is_recomputed():
+    """With no host pool, a GPU resident that cannot grow is recomputed and queued again;
+    the prompt whose first chunks hold most of the GPU pool stays ahead of it, so it finishes
+    and frees the pool (queued behind it, neither could ever run: found by the property tests,
+    hypothesis's falsifying example)."""
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    config = t4_config(
+        num_gpu_blocks=44,
+        num_cpu_blocks=0,
+        block_size=4,
+        max_batch_size=8,
+        max_num_seqs=20,
+        max_batch_tokens=64,
+        cpu_prefill_min_tokens=0,
+        max_cpu_wait_steps=1,
+        chunked_prefill_tokens=64,
+    )
+    lengths = [(1, 1), (1, 1), (1, 33), (1, 1), (77, 25), (1, 1), (1, 1), (91, 3), (1, 1)]
+    lengths += [(33, 32), (103, 2), (136, 1)] + [(1, 1)] * 15
+    policy = make_policy("neo", config, cost)
+    policy.add(Request(i, prompt, new) for i, (prompt, new) in enumerate(lengths))
+    recomputed = 0
+    for _ in range(500):
+        if not policy.has_work:
+            break
+        plan = policy.step()
+        recomputed += len(plan.recomputed)
+        policy.complete(plan)
+    assert recomputed and not policy.has_work
+
+
 def _slow_launch_cost():
     # A host whose per-layer CPU launch cost is huge: pipelining rarely pays, so the artifact's
     # rule (run the sequential plan when it serves more) leaves CPU-resident requests idle.
