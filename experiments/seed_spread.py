@@ -15,9 +15,13 @@ each seed, and the ratio of the means over seeds.
 With `--slo-map` it does the same for the SLO map (`experiments/slo_map.py`): its edge cells by
 goodput, each re-run with the cell's TPOT bound from the committed map set for every policy.
 
-Run: python -m experiments.seed_spread [--slo-map] [--seeds 5] [--workers N]
+With `--policy P` it judges policy P (default adaptive; e.g. adaptive-chunked) instead: P's
+edge cells, P and the three rivals re-run.
+
+Run: python -m experiments.seed_spread [--slo-map] [--policy P] [--seeds 5] [--workers N]
 Writes experiments/results/seed_spread/{results.csv,report.md} (with --slo-map:
-experiments/results/seed_spread_slo/).
+experiments/results/seed_spread_slo/; with --policy P: seed_spread_P, seed_spread_slo_P,
+dashes as underscores).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import pandas as pd
 
 from experiments import common
 from experiments.policy_map import ABOVE, BELOW, FULL_REQUESTS, RIVALS, TRACE_FILES, base_spec
-from experiments.policy_map import COMPARED as POLICIES
+from neo_sim.scheduler import POLICIES
+
+JUDGED = "adaptive"  # the policy whose edge cells are re-run, unless --policy names another
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,32 +54,36 @@ THROUGHPUT_MAP = MapKind("policy map", "policy_map", "throughput_tok_s", "seed_s
 SLO_MAP = MapKind("SLO map", "slo_map", "goodput_req_s", "seed_spread_slo", True)
 
 
-def edge_cells(map_rows: pd.DataFrame, metric: str = THROUGHPUT_MAP.metric) -> pd.DataFrame:
-    """The map's comparable cells (some rival serves, gpu-only refused nothing) where adaptive
+def edge_cells(
+    map_rows: pd.DataFrame, metric: str = THROUGHPUT_MAP.metric, policy: str = JUDGED
+) -> pd.DataFrame:
+    """The map's comparable cells (some rival serves, gpu-only refused nothing) where `policy`
     / best rival by `metric` is < BELOW or >= ABOVE: host, workload, load, the cell's arrival
     rate, its TPOT bound (NaN if the map set none) and that ratio on the map."""
     cells = map_rows.pivot_table(index=common.CELL, columns="policy", values=metric)
     refused = common.per_cell(map_rows, "gpu-only", "rejected")
-    adaptive = map_rows[map_rows.policy == "adaptive"].set_index(common.CELL)
+    judged = map_rows[map_rows.policy == policy].set_index(common.CELL)
     best = cells[list(RIVALS)].max(axis=1)
-    ratio = cells["adaptive"] / best
+    ratio = cells[policy] / best
     comparable = (best > 0) & (refused.reindex(cells.index) == 0)
     keep = ((ratio < BELOW) | (ratio >= ABOVE)) & comparable
     out = ratio[keep].rename("map_ratio").reset_index()
     keys = [tuple(k) for k in out[common.CELL].values]
-    out["rate"] = [adaptive.loc[k, "rate"] for k in keys]
-    bound = adaptive.get("slo_tpot_s")  # a column of the maps' results, absent in some tests
+    out["rate"] = [judged.loc[k, "rate"] for k in keys]
+    bound = judged.get("slo_tpot_s")  # a column of the maps' results, absent in some tests
     out["slo_tpot_s"] = [float("nan") if bound is None else bound.loc[k] for k in keys]
     return out
 
 
-def summarise(runs: pd.DataFrame, metric: str = THROUGHPUT_MAP.metric) -> pd.DataFrame:
-    """Per cell: adaptive / best rival by `metric` at each seed (min, max), at seed 0, and the
-    ratio of adaptive's mean to the best rival's mean over the seeds."""
+def summarise(
+    runs: pd.DataFrame, metric: str = THROUGHPUT_MAP.metric, policy: str = JUDGED
+) -> pd.DataFrame:
+    """Per cell: `policy` / best rival by `metric` at each seed (min, max), at seed 0, and the
+    ratio of its mean to the best rival's mean over the seeds."""
     rows = []
     for (host, workload, load), cell in runs.groupby(["host", "workload_name", "load"], sort=False):
         tput = cell.pivot_table(index="seed", columns="policy", values=metric)
-        per_seed = tput["adaptive"] / tput[list(RIVALS)].max(axis=1)
+        per_seed = tput[policy] / tput[list(RIVALS)].max(axis=1)
         means = tput.mean()
         rows.append(
             {
@@ -84,7 +94,7 @@ def summarise(runs: pd.DataFrame, metric: str = THROUGHPUT_MAP.metric) -> pd.Dat
                 "seed 0": per_seed.get(0, float("nan")),
                 "min": per_seed.min(),
                 "max": per_seed.max(),
-                "of means": means["adaptive"] / means[list(RIVALS)].max(),
+                "of means": means[policy] / means[list(RIVALS)].max(),
                 "seed changes the run": bool(tput.nunique().max() > 1),
             }
         )
@@ -105,14 +115,30 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the map's results.csv whose edge cells are re-run (default: the committed one)",
     )
+    p.add_argument(
+        "--policy",
+        default=JUDGED,
+        help=f"the policy judged against the best of {', '.join(RIVALS)} (default {JUDGED}); "
+        "the map must have run it",
+    )
     args = p.parse_args(argv)
     if args.seeds < 1:
         print("seed_spread: --seeds must be >= 1", file=sys.stderr)
         return 2
+    policy = args.policy
+    if policy not in POLICIES or policy in RIVALS:
+        others = ", ".join(n for n in POLICIES if n not in RIVALS)
+        print(f"seed_spread: --policy must be one of {others}", file=sys.stderr)
+        return 2
     kind = SLO_MAP if args.slo_map else THROUGHPUT_MAP
-    out = common.output_dir(args, kind.output)
+    suffix = "" if policy == JUDGED else "_" + policy.replace("-", "_")
+    out = common.output_dir(args, kind.output + suffix)
     source = args.policy_map or str(common.RESULTS / kind.results / "results.csv")
-    cells = edge_cells(pd.read_csv(source), kind.metric)
+    map_rows = pd.read_csv(source)
+    if policy not in set(map_rows["policy"]):
+        print(f"seed_spread: {source} has no runs of {policy}", file=sys.stderr)
+        return 2
+    cells = edge_cells(map_rows, kind.metric, policy)
     requests = 60 if args.quick else FULL_REQUESTS
     if args.quick:
         cells = cells.head(2)
@@ -124,24 +150,24 @@ def main(argv: list[str] | None = None) -> int:
                 spec = spec.with_(trace_start=seed * requests)
             if kind.tpot_bound:  # goodput by the TPOT bound alone, as on the SLO map
                 spec = spec.with_(slo_tpot_s=cell.slo_tpot_s, slo_per_token_s=None)
-            for policy in POLICIES:
-                specs.append(spec.with_(policy=policy))
+            for name in (*RIVALS, policy):
+                specs.append(spec.with_(policy=name))
                 labels.append((cell.host, cell.workload_name, cell.load, seed))
     started = time.perf_counter()
     runs = common.sweep(specs, args.workers)
     runs[["host", "workload_name", "load", "seed"]] = pd.DataFrame(labels, index=runs.index)
     runs.to_csv(out / "results.csv", index=False)
-    table = summarise(runs, kind.metric)
+    table = summarise(runs, kind.metric, policy)
     table.insert(3, "map", cells["map_ratio"].to_numpy())
     below = table[table["map"] < BELOW]
     above = table[table["map"] >= ABOVE]
     as_on_map = "" if args.quick else ", as on the map"
     what = "goodput within the cell's TPOT bound" if kind.tpot_bound else "throughput"
     body = f"""
-The committed {kind.name}'s cells where adaptive is below {BELOW}x ({len(below)}) or at least
+The committed {kind.name}'s cells where {policy} is below {BELOW}x ({len(below)}) or at least
 {ABOVE}x ({len(above)}) the best of gpu-only, neo and apex, re-run with seeds 0..{args.seeds - 1}
-({requests} requests each{as_on_map}; {time.perf_counter() - started:.0f} s). Columns: adaptive /
-best rival on the committed map, at seed 0 here, its min and max over the seeds, and adaptive's
+({requests} requests each{as_on_map}; {time.perf_counter() - started:.0f} s). Columns: {policy} /
+best rival on the committed map, at seed 0 here, its min and max over the seeds, and {policy}'s
 mean {what} over the seeds against the best rival's mean. In a trace cell, seed k replays
 the trace's (k+1)-th window of {requests} requests (requests k x {requests} on; a replay does not
 depend on the seed) at the cell's rate on the map, set from the first window's capacity, so its
@@ -153,12 +179,14 @@ Of the cells below {BELOW}x on the map, {_count(below, "of means", BELOW)} of {l
 below it in the ratio of means; of those at least {ABOVE}x on the map,
 {_count(above, "of means", ABOVE, True)} of {len(above)} stay at least {ABOVE}x.
 """
-    flags = (" --slo-map" if args.slo_map else "") + (
-        f" --seeds {args.seeds}" if args.seeds != 5 else ""
+    flags = (
+        (" --slo-map" if args.slo_map else "")
+        + (f" --policy {policy}" if policy != JUDGED else "")
+        + (f" --seeds {args.seeds}" if args.seeds != 5 else "")
     )
     common.write_report(
         out / "report.md",
-        f"Adaptive's edge cells on the {kind.name}, over arrival seeds",
+        f"{policy[0].upper() + policy[1:]}'s edge cells on the {kind.name}, over arrival seeds",
         body,
         "python -m experiments.seed_spread" + flags,
     )
