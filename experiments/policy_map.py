@@ -384,15 +384,12 @@ def adaptive_chunked_section(comparable: pd.DataFrame) -> str:
         )
     fixed = POLICIES[ADAPTIVE_CHUNKED][1]
     chunk, gain = fixed["kv_chunk_tokens"], fixed["kv_chunk_min_gain"]
-    tolerance = fixed["host_prefill_tolerance"]
     return (
         f"{ADAPTIVE_CHUNKED}: adaptive with its prompts prefilled in chunks of at most {chunk} "
-        "tokens per iteration (GPU-placed ones, and host-placed ones longer than that), so "
-        f"that its GPU pool keeps activations for {chunk} tokens, not the map's budget, on "
-        f"the hosts where that enlarges the pool by {gain:.0%} or more; there, while the "
-        "host holds residents, an iteration takes no more prompt tokens than the fewest "
-        f"whose GPU linear cost per token is within {tolerance:.0%} of that at {chunk}. "
-        f"Elsewhere, and at a budget of {chunk} or less, it is adaptive:\n\n" + "\n".join(lines)
+        "tokens per iteration, after the residents' decodes (vLLM's order), so that its GPU "
+        f"pool keeps activations for {chunk} tokens, not the map's budget, on the hosts where "
+        f"that enlarges the pool by {gain:.0%} or more; elsewhere it is adaptive:\n\n"
+        + "\n".join(lines)
     )
 
 

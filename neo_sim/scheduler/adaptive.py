@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from functools import cached_property
 
 from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget
@@ -40,21 +39,16 @@ Option = tuple[Mode, tuple[SubBatchBuilder, ...], tuple[int, ...]]
 class AdaptivePolicy(ApexPolicy):
     name = "adaptive"
     listing_rank = 30
-    # adaptive-chunked: prompts prefilled in chunks of at most 4096 tokens per iteration where
-    # that enlarges the GPU pool by 5% or more (`kv_chunk_tokens`: the pool then keeps
-    # activations for 4096 tokens only, `SchedulerConfig.iteration_tokens`); elsewhere whole
-    # prompts, admitted faster (docs/architecture.md, "Adaptive"; 4096 of 512, 1024, 2048 and
+    # adaptive-chunked: prompts prefilled in chunks of at most 1024 tokens per iteration, after
+    # the residents' decodes, where that enlarges the GPU pool by 5% or more (`kv_chunk_tokens`:
+    # the pool then keeps activations for 1024 tokens only, `SchedulerConfig.iteration_tokens`);
+    # elsewhere whole prompts, admitted faster (docs/architecture.md, "Adaptive": 1024 of 512 to
     # 4096 measured on the policy map).
     variants = {
         "adaptive": {},
-        "adaptive-chunked": {
-            "kv_chunk_tokens": 4096,
-            "kv_chunk_min_gain": 0.05,
-            "host_prefill_tolerance": 0.03,
-        },
+        "adaptive-chunked": {"kv_chunk_tokens": 1024, "kv_chunk_min_gain": 0.05},
     }
     _tpot_limit_s = math.inf  # this step's TPOT budget (`_tpot_budget_s`), with an SLO set
-    _prefill_capped = False  # this step's admission runs under `_host_prefill_cap`
 
     def step(self, now: float = 0.0) -> Plan:
         if self.config.slo_tpot_s is not None:
@@ -62,46 +56,29 @@ class AdaptivePolicy(ApexPolicy):
         return super().step(now)
 
     def _admit(self, budget: Budget) -> list[Candidate]:
-        """NEO's admission, its prompt tokens held to `_host_prefill_cap` while the host holds
-        residents; the tokens held back stay in the budget for this step's decodes."""
-        withheld = max(0, budget.tokens - self._host_prefill_cap) if self.cpu_running else 0
-        self._prefill_capped = withheld > 0
+        """NEO's admission; with chunked prefill, after the residents' decodes, as vLLM orders
+        chunked prefill: a token for each resident is held out of the budget the prompts
+        take, and given back for this step's decodes. NEO admits prompts first, so with
+        iterations of a chunk's size the prompts took all of it and left the residents out
+        of the iteration (policy map, ad hoc, 1,024-token chunks: 10 cells below 0.99x the
+        best rival with the prompts first, none after the decodes; docs/architecture.md,
+        "Adaptive")."""
+        if not self.config.chunked_prefill_tokens:
+            return super()._admit(budget)
+        withheld = min(budget.tokens, len(self.gpu_running) + len(self.cpu_running))
         budget.tokens -= withheld
         candidates = super()._admit(budget)
         budget.tokens += withheld
-        self._prefill_capped = False
         return candidates
-
-    @cached_property
-    def _host_prefill_cap(self) -> int:
-        """Prompt tokens an iteration takes while the host holds residents: the fewest (whole
-        blocks) whose GPU linear cost per token is within `host_prefill_tolerance` of that
-        cost at the full iteration budget (the whole budget with the setting off or without
-        chunked prefill, which a cut budget needs). Host residents are there because the GPU
-        pool was full: admitting faster then widens no GPU batch, it only lengthens the
-        iteration each resident waits for its next token, and past this width a prefill runs
-        the GPU's linear layers hardly more efficiently (adaptive-chunked at 3% of a 4096-token
-        budget: 1,280 tokens on the T4, 1,344 on the A10G, 2,256 on 2x H100 with the 70B;
-        docs/architecture.md, "Adaptive")."""
-        config, cost = self.config, self.cost
-        full = config.iteration_tokens
-        if not (config.host_prefill_tolerance and config.chunked_prefill_tokens):
-            return full
-        per_token = cost.linear(full) / full * (1 + config.host_prefill_tolerance)
-        step = config.block_size
-        return next((n for n in range(step, full, step) if cost.linear(n) <= per_token * n), full)
 
     def _waits_to_go_whole(
         self, chunk: int, remaining: int, device: Device, held: Device | None
     ) -> bool:
-        """NEO's rule, except under `_host_prefill_cap`, where a host-placed prompt is cut
-        like any other: the GPU pool has been full long enough for the host to hold residents,
-        so waiting a step rarely finds it room, and the cap would make a prompt longer than
-        the cap wait for the step the host holds none (policy map, ad hoc: 6 cells below
-        0.99x the best rival with NEO's rule, 4 with it against the cap, 2 without)."""
-        if self._prefill_capped:
-            return False
-        return super()._waits_to_go_whole(chunk, remaining, device, held)
+        """Never: a host-placed prompt is cut like any other. With the residents' decodes
+        first, NEO's rule (a new host prompt one iteration holds waits rather than be cut)
+        put 5 cells of the policy map below 0.99x the best rival, none without it (ad hoc,
+        1,024-token chunks)."""
+        return False
 
     def _tpot_budget_s(self, now: float) -> float:
         """The longest the next iteration may take for the decoding residents to keep their

@@ -101,13 +101,6 @@ class SchedulerConfig:
         "prompts more slowly, worth it only for the KV",
         low=0,
     )
-    host_prefill_tolerance: float = setting(
-        0.0,
-        "adaptive with chunked prefill: while the host holds residents, an iteration's prompt "
-        "tokens stop at the fewest whose GPU linear cost per token is within this fraction of "
-        "its cost at the full iteration budget (adaptive-chunked sets 0.03); 0 = off",
-        low=0,
-    )
 
     slo_tpot_s: float | None = setting(
         None,

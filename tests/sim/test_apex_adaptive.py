@@ -200,42 +200,30 @@ def test_under_a_tpot_slo_host_residents_must_pay_not_only_fit():
     assert adaptive["goodput_req_s"] >= 0.99 * gpu_only_good["goodput_req_s"]
 
 
-def _prompt_tokens_by_host_residency(tolerance: float) -> tuple[int, list[int], list[int]]:
-    """adaptive on the T4 with 4096-token chunks, 60 prompts of 1000 tokens at once: its
-    prompt-token cap, and each plan's prompt tokens, split by whether the host held residents
-    when the plan was made."""
+def _prompt_tokens_beside_residents(policy_name: str) -> list[tuple[int, int]]:
+    """`policy_name` on the T4 with 1024-token chunks, 60 prompts of 1000 tokens at once: per
+    plan made with residents, (its prompt tokens, the residents then)."""
     cost = resolve_target("t4", "llama-2-7b").cost
     config = SchedulerConfig(
-        num_gpu_blocks=135,
-        num_cpu_blocks=4096,
-        max_batch_tokens=4096,
-        chunked_prefill_tokens=4096,
-        host_prefill_tolerance=tolerance,
+        num_gpu_blocks=135, num_cpu_blocks=4096, max_batch_tokens=4096, chunked_prefill_tokens=1024
     )
-    policy = make_policy("adaptive", config, cost)
+    policy = make_policy(policy_name, config, cost)
     policy.add(Request(i, 1000, 50) for i in range(60))
-    with_host, without = [], []
+    seen = []
     while policy.has_work:
-        hosting = bool(policy.cpu_running)
+        residents = len(policy.gpu_running) + len(policy.cpu_running)
         plan = policy.step()
-        tokens = sum(p.num_tokens for p in plan.prefills)
-        if tokens:
-            (with_host if hosting else without).append(tokens)
+        if residents:
+            seen.append((sum(p.num_tokens for p in plan.prefills), residents))
         policy.complete(plan)
-    return policy._host_prefill_cap, with_host, without
+    return seen
 
 
-def test_while_the_host_holds_residents_prompts_are_admitted_no_wider_than_the_gpu_needs():
-    """With `host_prefill_tolerance` (adaptive-chunked: 0.03), an iteration takes at most the
-    fewest prompt tokens (whole blocks) whose linear cost per token is within the tolerance of
-    that at the full budget, while the host holds residents; without residents, and with the
-    setting off, the whole budget."""
-    cost = resolve_target("t4", "llama-2-7b").cost
-    cap, with_host, without = _prompt_tokens_by_host_residency(0.03)
-    per_token = cost.linear(4096) / 4096 * 1.03
-    assert cap % 16 == 0 and cost.linear(cap) <= per_token * cap
-    assert cost.linear(cap - 16) > per_token * (cap - 16)
-    assert with_host and max(with_host) <= cap < 4096
-    assert max(without) > cap
-    uncapped, with_host, _ = _prompt_tokens_by_host_residency(0.0)
-    assert uncapped == 4096 and max(with_host) > cap
+def test_with_chunked_prefill_adaptive_admits_prompts_after_the_residents_decodes():
+    """vLLM's order for chunked prefill: adaptive's prompts take what the iteration's budget
+    leaves after a token for each resident, so no resident is squeezed out by a chunk; NEO
+    admits prompts first and its chunks take the whole budget."""
+    adaptive = _prompt_tokens_beside_residents("adaptive")
+    assert adaptive and all(tokens <= 1024 - residents for tokens, residents in adaptive)
+    neo = _prompt_tokens_beside_residents("neo")
+    assert any(tokens > 1024 - residents for tokens, residents in neo)

@@ -175,10 +175,11 @@ def test_chunked_prefill_keeps_activations_for_its_chunk_only():
 
 
 def test_adaptive_chunked_chunks_only_where_the_chunks_buy_kv():
-    """adaptive-chunked takes 4096-token chunks where the smaller activation reserve enlarges
-    the GPU pool by 5% or more (2x H100 + 70B at 8192 tokens: 1,988 -> 2,180 blocks) and
-    prefills whole prompts where it would not (one H100 + 8B: +0.6%; any host at a 4096-token
-    budget), since chunks admit prompts more slowly; building the policy keeps the choice."""
+    """adaptive-chunked takes 1024-token chunks where the smaller activation reserve enlarges
+    the GPU pool by 5% or more (2x H100 + 70B at 8192 tokens: 1,988 -> 2,324 blocks; at 4096:
+    2,180 -> 2,324, +6.6%) and prefills whole prompts where it would not (one H100 + 8B: +0.6%
+    at 8192; an A10G + 8B at 4096: +4.4%; 2x H100 at 2048: +2.1%), since chunks admit prompts
+    more slowly; building the policy keeps the choice."""
     cost = RooflineCostModel(MODELS["llama-3-8b"], PRESETS["h100"])
 
     def chunk(hw: str, model: str, budget: int) -> int:
@@ -187,10 +188,12 @@ def test_adaptive_chunked_chunks_only_where_the_chunks_buy_kv():
         config = resolve_pools(config, KVCacheSettings(), m, memory_of_hardware(PRESETS[hw], m))
         return make_policy("adaptive-chunked", config, cost).config.chunked_prefill_tokens
 
-    assert chunk("h100x2", "llama-3.1-70b", 8192) == 4096
-    assert chunk("t4", "llama-2-7b", 8192) == 4096
+    assert chunk("h100x2", "llama-3.1-70b", 8192) == 1024
+    assert chunk("h100x2", "llama-3.1-70b", 4096) == 1024
+    assert chunk("t4", "llama-2-7b", 8192) == 1024
     assert chunk("h100", "llama-3-8b", 8192) == 0
-    assert chunk("h100x2", "llama-3.1-70b", 4096) == 0
+    assert chunk("a10g-g5.2xlarge", "llama-3-8b", 4096) == 0
+    assert chunk("h100x2", "llama-3.1-70b", 2048) == 0
     with pytest.raises(NeoError, match="prefills whole"):
         policy_config("symmetric", SchedulerConfig(kv_chunk_tokens=512))
 
