@@ -56,16 +56,19 @@ class AdaptivePolicy(ApexPolicy):
         return super().step(now)
 
     def _admit(self, budget: Budget) -> list[Candidate]:
-        """NEO's admission; with chunked prefill, after the residents' decodes, as vLLM orders
-        chunked prefill: a token for each resident is held out of the budget the prompts
-        take, and given back for this step's decodes. NEO admits prompts first, so with
-        iterations of a chunk's size the prompts took all of it and left the residents out
-        of the iteration (policy map, ad hoc, 1,024-token chunks: 10 cells below 0.99x the
-        best rival with the prompts first, none after the decodes; docs/architecture.md,
-        "Adaptive")."""
+        """NEO's admission; with chunked prefill, after every resident's decode, as vLLM orders
+        chunked prefill. NEO's step takes the GPU decodes' tokens first (step 1) and holds
+        the overdue host decodes' (the starvation bound), then lets the prompts take the rest
+        of the budget, and the other host decodes only what the prompts leave: with
+        iterations of a chunk's size, a chunk takes it all, so the host residents decode only
+        once overdue. Here a token for each of them is held out of the prompts' budget and
+        given back for this step's decodes (policy map, ad hoc, 1,024-token chunks: 10 cells
+        below 0.99x the best rival with the prompts first, none after the decodes;
+        docs/architecture.md, "Adaptive")."""
         if not self.config.chunked_prefill_tokens:
             return super()._admit(budget)
-        withheld = min(budget.tokens, len(self.gpu_running) + len(self.cpu_running))
+        waiting_turn = len(self.cpu_running) - len(self._overdue())
+        withheld = min(budget.tokens, waiting_turn)
         budget.tokens -= withheld
         candidates = super()._admit(budget)
         budget.tokens += withheld
@@ -76,7 +79,7 @@ class AdaptivePolicy(ApexPolicy):
     ) -> bool:
         """Never: a host-placed prompt is cut like any other. With the residents' decodes
         first, NEO's rule (a new host prompt one iteration holds waits rather than be cut)
-        put 5 cells of the policy map below 0.99x the best rival, none without it (ad hoc,
+        put 7 cells of the policy map below 0.99x the best rival, none without it (ad hoc,
         1,024-token chunks)."""
         return False
 
