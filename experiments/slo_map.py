@@ -1,4 +1,5 @@
-"""Experiment: the policy map under a TPOT SLO: goodput of gpu-only, neo, apex and adaptive.
+"""Experiment: the policy map under a TPOT SLO: goodput of gpu-only, neo, apex and adaptive
+(and adaptive-chunked).
 
 Issue 13 asks adaptive, under an SLO, for at least 0.99x the best goodput of gpu-only, neo and
 apex in every cell of the policy map. The SLO here is a time-per-output-token bound, set in
@@ -25,13 +26,17 @@ import pandas as pd
 from experiments import common
 from experiments.policy_map import (
     ABOVE,
+    ADAPTIVE_CHUNKED,
     BELOW,
+    COMPARED,
     RIVALS,
     add_budget_argument,
     cell_specs,
     map_scope,
 )
-from experiments.policy_map import COMPARED as POLICIES
+
+POLICIES = (*COMPARED, ADAPTIVE_CHUNKED)  # the rivals, adaptive, and adaptive with its chunks
+JUDGED = ("adaptive", ADAPTIVE_CHUNKED)  # each against the best rival
 
 SLO_OVER_GPU_ONLY = 2.0  # the cell's TPOT bound: this x gpu-only's TPOT p90 there
 # goodput counts the TPOT bound alone, not the policy map's per-token latency bound
@@ -39,29 +44,32 @@ TPOT_GOODPUT = {"slo_per_token_s": None}
 
 
 def cell_ratios(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell: the bound, each policy's goodput (req/s), and adaptive / best rival
-    (NaN where no rival serves any request within the bound)."""
+    """One row per cell: the bound, each policy's goodput (req/s), and adaptive / best rival,
+    adaptive-chunked / best rival where it ran (NaN where no rival serves any request within
+    the bound)."""
     goodput = rows.pivot_table(index=common.CELL, columns="policy", values="goodput_req_s")
     bound = common.per_cell(rows, "gpu-only", "slo_tpot_s")
     refused = common.per_cell(rows, "gpu-only", "rejected")
-    out = goodput[list(POLICIES)].copy()
+    judged = [p for p in JUDGED if p in goodput]
+    out = goodput[[*RIVALS, *judged]].copy()
     out.insert(0, "tpot_bound_s", bound.reindex(out.index))
     out["gpu_only_refused"] = refused.reindex(out.index).fillna(0).astype(int)
     best = out[list(RIVALS)].max(axis=1)
     # As on the policy map, a cell where gpu-only refused requests that never fit its KV pool
     # is not comparable: the others serve requests it never had to.
     comparable = (best > 0) & (out["gpu_only_refused"] == 0)
-    out["adaptive / best rival"] = (out["adaptive"] / best).where(comparable)
+    for policy in judged:
+        out[f"{policy} / best rival"] = (out[policy] / best).where(comparable)
     return out.reset_index()
 
 
-def summary_table(cells: pd.DataFrame) -> pd.DataFrame:
+def summary_table(cells: pd.DataFrame, policy: str = "adaptive") -> pd.DataFrame:
     """Per load and over all: cells, comparable cells (some rival serves within the bound,
-    gpu-only refused nothing), and adaptive / best rival's median, worst and counts against
+    gpu-only refused nothing), and `policy` / best rival's median, worst and counts against
     the targets."""
     rows = []
     for load, group in [*cells.groupby("load", sort=False), ("all", cells)]:
-        ratio = group["adaptive / best rival"].dropna()
+        ratio = group[f"{policy} / best rival"].dropna()
         worst = group.loc[ratio.idxmin()] if len(ratio) else None
         rows.append(
             {
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     table = cell_ratios(rows)
     table.to_csv(out / "cells.csv", index=False)
     wall = time.perf_counter() - started
-    below = table[table["adaptive / best rival"] < BELOW]
+    below = table[(table[[f"{p} / best rival" for p in JUDGED]] < BELOW).any(axis=1)]
     body = f"""
 {len(table)} cells ({requests} requests each, {args.max_batch_tokens} tokens per iteration;
 {wall:.0f} s), each with a TPOT bound of
@@ -134,7 +142,12 @@ where gpu-only refused requests that never fit its KV pool, as on the policy map
 
 {common.markdown_table(summary_table(table), "{:.3f}")}
 
-Cells where adaptive is below {BELOW}x the best rival:
+{ADAPTIVE_CHUNKED} (adaptive with its prompts in chunks after the residents' decodes, where
+the chunks buy KV; the policy map's report says where) against the same best rival:
+
+{common.markdown_table(summary_table(table, ADAPTIVE_CHUNKED), "{:.3f}")}
+
+Cells where adaptive or {ADAPTIVE_CHUNKED} is below {BELOW}x the best rival:
 
 {common.markdown_table(below.round(4), "{:.4g}") if len(below) else "none"}
 
