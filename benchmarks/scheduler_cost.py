@@ -31,7 +31,7 @@ HOSTS = {
     "h100": "llama-3-8b",
     "h100x2": "llama-3.1-70b",
 }
-POLICIES = ("gpu-only", "neo", "apex", "adaptive")
+POLICIES = ("gpu-only", "neo", "apex", "adaptive", "adaptive-chunked")
 TARGET_SHARE = 0.01
 
 
@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for hardware, model in tqdm(HOSTS.items(), unit="host"):
         rows += measure(hardware, model, args.requests)
-    header = f"{'hardware':18s} {'policy':9s} {'sched ms/step':>13s} {'iter ms':>8s} {'share':>7s}"
+    header = f"{'hardware':18s} {'policy':16s} {'sched ms/step':>13s} {'iter ms':>8s} {'share':>7s}"
     print(f"{header} {'reference s':>11s}")
     for r in rows:
         print(
-            f"{r['hardware']:18s} {r['policy']:9s} {r['scheduler_ms_per_step']:13.3f} "
+            f"{r['hardware']:18s} {r['policy']:16s} {r['scheduler_ms_per_step']:13.3f} "
             f"{r['iteration_ms_mean']:8.1f} {100 * r['scheduler_share']:6.2f}% "
             f"{r['reference_s']:11.3f}"
         )
