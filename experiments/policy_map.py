@@ -85,6 +85,13 @@ class Cell:
     load: str  # "offline" or "50%" ...
 
 
+def best_rival(values: pd.DataFrame | pd.Series) -> pd.Series | float:
+    """The best of `RIVALS` (issue 13 judges adaptive and its variants against it): per row of
+    a frame with a column per policy, or of a series indexed by policy (one cell's values)."""
+    rivals = values[list(RIVALS)]
+    return rivals.max(axis=1) if isinstance(values, pd.DataFrame) else rivals.max()
+
+
 def base_spec(host: str, workload: str, requests: int, seed: int) -> RunSpec:
     return RunSpec.of(
         **HOSTS[host],
@@ -254,7 +261,7 @@ def rivals_section(comparable: pd.DataFrame) -> str:
         if g.empty:
             continue
         apex = g["apex"] / g["neo"]
-        rivals = g["adaptive"] / g[list(RIVALS)].max(axis=1)
+        rivals = g["adaptive"] / best_rival(g)
         others = g["adaptive"] / g[everyone].max(axis=1)
         top, low = g.loc[apex.idxmax()], g.loc[rivals.idxmin()]
         lines.append(
@@ -276,7 +283,7 @@ def headroom_section(comparable: pd.DataFrame) -> str:
     if not set(COMPARED) <= set(comparable):
         return ""
     others = [p for p in POLICIES if p in comparable and p not in COMPARED]
-    best = comparable[rivals].max(axis=1)  # per cell, computed once
+    best = best_rival(comparable)  # per cell, computed once
     spread = best / comparable[rivals].min(axis=1)
     others_win = (
         comparable[others].max(axis=1) / best >= ABOVE
@@ -356,7 +363,7 @@ def adaptive_chunked_section(comparable: pd.DataFrame) -> str:
     if not {ADAPTIVE_CHUNKED, "adaptive", *CHUNKED} <= set(comparable):
         return ""
     chunked = comparable[ADAPTIVE_CHUNKED]
-    rivals = chunked / comparable[list(RIVALS)].max(axis=1)
+    rivals = chunked / best_rival(comparable)
     own = chunked / comparable["adaptive"]
     vllm = chunked / comparable[list(CHUNKED)].max(axis=1)
     lines = [

@@ -33,7 +33,15 @@ import time
 import pandas as pd
 
 from experiments import common
-from experiments.policy_map import ABOVE, BELOW, FULL_REQUESTS, RIVALS, TRACE_FILES, base_spec
+from experiments.policy_map import (
+    ABOVE,
+    BELOW,
+    FULL_REQUESTS,
+    RIVALS,
+    TRACE_FILES,
+    base_spec,
+    best_rival,
+)
 from neo_sim.scheduler import POLICIES
 
 JUDGED = "adaptive"  # the policy whose edge cells are re-run, unless --policy names another
@@ -63,7 +71,7 @@ def edge_cells(
     cells = map_rows.pivot_table(index=common.CELL, columns="policy", values=metric)
     refused = common.per_cell(map_rows, "gpu-only", "rejected")
     judged = map_rows[map_rows.policy == policy].set_index(common.CELL)
-    best = cells[list(RIVALS)].max(axis=1)
+    best = best_rival(cells)
     ratio = cells[policy] / best
     comparable = (best > 0) & (refused.reindex(cells.index) == 0)
     keep = ((ratio < BELOW) | (ratio >= ABOVE)) & comparable
@@ -83,7 +91,7 @@ def summarise(
     rows = []
     for (host, workload, load), cell in runs.groupby(["host", "workload_name", "load"], sort=False):
         tput = cell.pivot_table(index="seed", columns="policy", values=metric)
-        per_seed = tput[policy] / tput[list(RIVALS)].max(axis=1)
+        per_seed = tput[policy] / best_rival(tput)
         means = tput.mean()
         rows.append(
             {
@@ -94,7 +102,7 @@ def summarise(
                 "seed 0": per_seed.get(0, float("nan")),
                 "min": per_seed.min(),
                 "max": per_seed.max(),
-                "of means": means[policy] / means[list(RIVALS)].max(),
+                "of means": means[policy] / best_rival(means),
                 "seed changes the run": bool(tput.nunique().max() > 1),
             }
         )

@@ -31,6 +31,7 @@ from experiments.policy_map import (
     COMPARED,
     RIVALS,
     add_budget_argument,
+    best_rival,
     cell_specs,
     map_scope,
 )
@@ -54,7 +55,7 @@ def cell_ratios(rows: pd.DataFrame) -> pd.DataFrame:
     out = goodput[[*RIVALS, *judged]].copy()
     out.insert(0, "tpot_bound_s", bound.reindex(out.index))
     out["gpu_only_refused"] = refused.reindex(out.index).fillna(0).astype(int)
-    best = out[list(RIVALS)].max(axis=1)
+    best = best_rival(out)
     # As on the policy map, a cell where gpu-only refused requests that never fit its KV pool
     # is not comparable: the others serve requests it never had to.
     comparable = (best > 0) & (out["gpu_only_refused"] == 0)
