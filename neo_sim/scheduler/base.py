@@ -469,7 +469,8 @@ class Policy(ABC):
 
     def _swap_in_parked(self, budget: Budget) -> tuple[Swap, ...]:
         """Bring parked (swapped-out) requests back to the GPU, oldest first, while GPU KV
-        stays under the low watermark and the batch has room."""
+        stays under the low watermark and the batch has room: `budget` is what the running
+        requests have left, and each request brought back takes a slot and a token of it."""
         if not self.swapped:
             return ()
         gpu = self.kv.gpu
@@ -485,7 +486,7 @@ class Policy(ABC):
         swaps = []
         for r in sorted(self.swapped.values(), key=lambda r: r.admit_order):
             blocks = self._blocks(r.seq_len)
-            if used + blocks > limit or len(self.gpu_running) + 1 > min(budget.seqs, budget.tokens):
+            if used + blocks > limit or not budget.take(1):
                 break
             used += blocks
             swaps.append(self._move_kv(r, to_gpu=True))

@@ -122,7 +122,10 @@ class GpuOnlyPolicy(Policy):
         return swap
 
     def _swap_in(self, budget: Budget) -> tuple[Swap, ...]:
-        return self._swap_in_parked(budget)
+        """`_swap_in_parked` with what the running requests leave of `budget` (a copy:
+        `_schedule_running` charges every decode, those brought back too)."""
+        running = len(self.gpu_running)
+        return self._swap_in_parked(Budget(budget.seqs - running, budget.tokens - running))
 
     def _schedule_running(self, batch: SubBatchBuilder, budget: Budget) -> None:
         """Decodes first, then the next chunk of any prompt already being prefilled. The

@@ -401,3 +401,25 @@ def test_residents_keep_their_full_blocks_summed():
         assert residents.full_blocks == sum(-(-r.max_seq_len // 16) for r in residents.values())
     with pytest.raises(TypeError):
         residents.update({})
+
+
+@pytest.mark.parametrize("name", ["gpu-only", "neo", "apex", "adaptive"])
+def test_a_parked_request_returns_once_the_batch_has_a_slot_for_it(monkeypatch, name):
+    """Five requests decode on the GPU and a sixth is parked (swapped out, not a host
+    resident); the GPU pool and the batch (8 slots) have room for it, so the next step brings
+    it back. NEO's step hands `_swap_in_parked` the budget its running decodes have left, which
+    the parked-request check then compared with the running count again: 5 + 1 > 8 - 5 kept
+    it parked until at most 3 decoded (the one H100 with long prompts at 150% on the SLO map:
+    adaptive 0.985x the best rival)."""
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    policy = make_policy(name, t4_config(num_gpu_blocks=200, max_batch_size=8), cost)
+    monkeypatch.setattr(NeoPolicy, "_host_pays_for_swapped", lambda self, victim: False)
+    policy.add(Request(i, 16, 50) for i in range(6))
+    while len(policy.gpu_running) < 6 or any(r.is_prefilling for r in policy.gpu_running.values()):
+        policy.complete(policy.step())
+    parked = policy.gpu_running[5]
+    swap = policy._move_to_cpu(parked) if name != "gpu-only" else policy._preempt(parked)
+    assert swap is not None and 5 in policy.swapped and len(policy.gpu_running) == 5
+    plan = policy.step()
+    assert [s.request_id for s in plan.swap_in] == [5]
+    assert 5 in policy.gpu_running
