@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -46,6 +47,10 @@ _HEADERS = [Path(__file__).with_name("csrc") / "avx512_math.h"]  # in the cache 
 _lock = threading.Lock()
 _module = None
 _failed = False
+# torch's build lock (`FileBaton`, a `lock` file in the extension's build directory) is left
+# behind by a build that was killed, and every later build then waits on it for ever. A build
+# here takes 1-2.5 minutes; a lock this much older is from a dead one.
+STALE_BUILD_LOCK_S = 20 * 60
 
 
 def _cpu_flags() -> str:
@@ -111,6 +116,28 @@ def engine_build(prepack: bool = True) -> str:
     )
 
 
+def clear_stale_build_lock(name: str, now: float | None = None) -> bool:
+    """Remove the build lock of extension `name` if it is older than `STALE_BUILD_LOCK_S`
+    (a build that was killed left it), with a warning; True if one was removed."""
+    from torch.utils import cpp_extension
+
+    build_directory = getattr(cpp_extension, "_get_build_directory", None)  # private in torch
+    if build_directory is None:
+        return False
+    lock = Path(build_directory(name, verbose=False)) / "lock"
+    try:
+        age = (time.time() if now is None else now) - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < STALE_BUILD_LOCK_S:
+        return False
+    log.warning(
+        "removing %s, left %.0f min ago by a host-kernel build that did not finish", lock, age / 60
+    )
+    lock.unlink(missing_ok=True)
+    return True
+
+
 def load_extension():
     """The compiled module, or None if it cannot be built here."""
     global _module, _failed
@@ -128,8 +155,10 @@ def load_extension():
 
             cap = isa_cap()
             tag = _sources_digest(_cpu_flags() + torch.__version__ + (cap or ""))
+            name = f"neo_cpu_attention_{tag}"
+            clear_stale_build_lock(name)
             _module = load(
-                name=f"neo_cpu_attention_{tag}",
+                name=name,
                 sources=[str(path) for path in _SOURCES],
                 extra_cflags=[
                     "-O3",
