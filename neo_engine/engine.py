@@ -116,6 +116,25 @@ class IterationLog:
         return self.host_s + max(0.0, forward)
 
 
+def pools_line(config: SchedulerConfig) -> str:
+    """One line on the KV pools and how prompts are admitted, for the start-up log (as vLLM
+    logs its block counts): a pool's tokens are its blocks x block size."""
+    bs = config.block_size
+    if config.chunked_prefill_tokens:
+        prompts = f"prompts in chunks of at most {config.iteration_tokens} tokens per iteration"
+    else:
+        prompts = f"whole prompts, at most {config.max_batch_tokens} tokens per iteration"
+        if config.kv_chunk_tokens:
+            prompts += (
+                f" (kv_chunk_tokens={config.kv_chunk_tokens} not adopted: its smaller activation"
+                f" reserve would not grow the device pool by {config.kv_chunk_min_gain:.0%})"
+            )
+    return (
+        f"KV pools: {config.num_gpu_blocks} device blocks ({config.num_gpu_blocks * bs} tokens), "
+        f"{config.num_cpu_blocks} host blocks ({config.num_cpu_blocks * bs} tokens); {prompts}"
+    )
+
+
 @dataclass
 class EngineStats:
     waiting: int
@@ -235,6 +254,7 @@ class LLMEngine:
                 "lower max_model_len"
             )
         self.scheduler_config = self._scheduler_config()
+        log.info("%s", pools_line(self.scheduler_config))
         self.cost: CostModel = cost_model or self._cost_model()
         self.policy = make_policy(config.policy, self.scheduler_config, self.cost)
         kv_dtype = TORCH_DTYPES[self.spec.kv_dtype]

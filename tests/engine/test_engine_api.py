@@ -198,3 +198,16 @@ def test_no_prepacked_copy_where_it_would_not_fit_in_memory(monkeypatch, caplog)
     assert "not prepacking the GEMM weights" in caplog.text
     assert engine.build_info["engine_build"].endswith("prepacked GEMM weights: none")
     engine.close()
+
+
+def test_the_start_up_log_gives_the_kv_pools_and_how_prompts_are_admitted(caplog):
+    from neo_engine.engine import pools_line
+    from neo_sim.scheduler import SchedulerConfig
+
+    with caplog.at_level("INFO", logger="neo_engine.engine"):
+        LLM("dummy:tiny", max_model_len=256, gpu_kv_blocks=16, cpu_kv_blocks=300)
+    assert "KV pools: 16 device blocks (256 tokens), 300 host blocks (4800 tokens)" in caplog.text
+    chunked = SchedulerConfig(num_gpu_blocks=8, num_cpu_blocks=8, chunked_prefill_tokens=512)
+    assert pools_line(chunked).endswith("prompts in chunks of at most 512 tokens per iteration")
+    refused = SchedulerConfig(num_gpu_blocks=8, num_cpu_blocks=8, kv_chunk_tokens=1024)
+    assert "kv_chunk_tokens=1024 not adopted" in pools_line(refused)
