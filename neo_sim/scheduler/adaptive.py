@@ -17,7 +17,10 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   its next token within the budget whenever the hardware allows it. The budget is the SLO,
   less what the residents already lost: TPOT is a request's mean gap between tokens, so after
   an iteration that ran long (a prefill) the next ones run shorter, by what it lost spread over
-  the tokens it has left, for its mean to stay within the SLO (`_tpot_budget_s`).
+  the tokens it has left, for its mean to stay within the SLO (`_tpot_budget_s`). Of the
+  plans within it, those that decode every host resident go first; with chunked prefill a
+  host set is judged with the waiting prompts it would take next, each decode at its mean
+  future context (`_host_set_with_the_waiting`).
 Steps 1-3 (swaps, admission, placement where the host pays) and the starvation bound are NEO's.
 """
 
@@ -223,13 +226,21 @@ class AdaptivePolicy(ApexPolicy):
 
     def _best(self, options: list[Option]) -> Option:
         """Most requests/s; with a TPOT SLO, among the plans within this step's budget (else
-        the fastest)."""
+        the fastest), and of those the ones that decode every host resident if any do."""
         if self.config.slo_tpot_s is not None:
             slo = self._tpot_limit_s
             within = [o for o in options if self._work_s(o[0], o[1]) <= slo]
             if not within:
                 return min(options, key=lambda o: self._work_s(o[0], o[1]))
-            options = within
+            # Host residents do not take turns under an SLO: a plan that leaves any of them
+            # out costs it a whole iteration's gap, so plans that decode them all go first.
+            host_residents = set(self.cpu_running)
+            everyone = [
+                o
+                for o in within
+                if host_residents <= {d.request_id for b in o[1] for d in b.cpu_decodes}
+            ]
+            options = everyone or within
         return max(options, key=lambda o: self._rate(o[0], o[1]))  # first of equals wins
 
     def _worth(
@@ -266,7 +277,42 @@ class AdaptivePolicy(ApexPolicy):
             rate = self._steady_rate(*steady[:3])
             if rate >= best or never_fits_gpu:
                 kept, best = i + 1, max(best, rate)
+        if kept == first_cpu and self.config.chunked_prefill_tokens:
+            return self._host_set_with_the_waiting(candidates, first_cpu)
         return kept
+
+    def _host_set_with_the_waiting(self, candidates: list[Candidate], first_cpu: int) -> int:
+        """Under a TPOT SLO with chunked prefill, where no prefix of this step's host prompts
+        pays: all of them (`len(candidates)`) if, with the waiting prompts the host pool holds
+        next, they make a host set that fits the SLO (`_fits_tpot_budget`) and whose steady
+        iteration serves no fewer requests/s than the host residents alone; else none of them
+        (`first_cpu`). A chunk's budget caps a step at one or two prompts, and one host decode
+        rarely pays for the host lane's fixed costs where many do (T4 with osc), so judged a
+        step at a time the set never grows. Every decode is priced at its mean context over
+        the tokens it has left (`_at_mean_future_context`): the set is judged for its
+        lifetime, and at today's contexts a set of 1,000-token prompts with 800 tokens to go
+        looked as if it paid on g5.8xlarge where its run lost (docs/architecture.md,
+        "Adaptive")."""
+        gpu_side = [*self.gpu_running.values(), *(r for r, _ in candidates[:first_cpu])]
+        gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
+        on_gpu = [_at_mean_future_context(r) for r in gpu_side]
+        on_host = [_at_mean_future_context(r) for r in self.cpu_running.values()]
+        for b in (gpu, fused):
+            b.add_decodes(on_gpu, on_gpu=True)
+        for b in (host, fused):
+            b.add_decodes(on_host, on_gpu=False)
+        without = self._steady_rate(gpu, host, fused)
+        prefill = SteadyPrefill((*gpu_side, *self.cpu_running.values()))
+        newcomers = (r for r, _ in candidates[first_cpu:])
+        for r in (*newcomers, *self._waiting_the_host_could_hold(candidates)):
+            for b in (host, fused):
+                b.add_cpu_decode(_at_mean_future_context(r))
+            prefill.add(r)
+            if not self._fits_tpot_budget(gpu, host, fused, prefill):
+                break
+            if self._steady_rate(gpu, host, fused) >= without:
+                return len(candidates)
+        return first_cpu
 
     def _host_resident_pays(
         self,
@@ -433,3 +479,9 @@ class _HostDecodePrice:
             return False
         self.value, self.seconds, self.best = value, seconds, value / seconds
         return True
+
+
+def _at_mean_future_context(r: Request) -> DecodeWork:
+    """`r`'s decode at its mean context over the tokens it has left (its length taken as
+    `max_new_tokens`): what its attention costs on average over the rest of its life."""
+    return DecodeWork(r.request_id, r.seq_len + (r.max_new_tokens - r.num_generated) // 2)
