@@ -235,17 +235,8 @@ def test_under_an_slo_with_chunks_the_host_set_is_judged_with_the_waiting_prompt
     step at a time adaptive-chunked placed nothing on the host (goodput 1.68x gpu-only's);
     judged with the waiting prompts the host pool holds next, its host serves most requests
     within the bound. (neo and apex serve none within it here.)"""
-    spec = RunSpec.of(
-        hardware="t4",
-        model="llama-2-7b",
-        input_len=370,
-        output_len=45,
-        num_requests=100,
-        rate=math.inf,
-        max_batch_tokens=8192,
-        timeline_iterations=0,
-        slo_per_token_s=None,
-    )
+    osc = T4_LONG_OUTPUTS | dict(input_len=370, output_len=45, num_requests=100)
+    spec = RunSpec.of(**osc, max_batch_tokens=8192, slo_per_token_s=None)
     gpu_only = execute(spec.with_(policy="gpu-only")).summary
     bound = 2 * gpu_only["tpot_p90"]
     chunked = execute(spec.with_(policy="adaptive-chunked", slo_tpot_s=bound)).summary
