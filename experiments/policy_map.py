@@ -65,6 +65,14 @@ WORKLOADS = {
     "long": dict(input_len=2600, output_len=300),
 }
 LOADS = (0.5, 0.9, 1.5)  # fractions of gpu-only's offline throughput
+
+
+def load_label(fraction: float) -> str:
+    """A Poisson load's name in the maps' tables: "50%" for 0.5 of gpu-only's capacity."""
+    return f"{fraction:.0%}"
+
+
+LOAD_LABELS = ("offline", *map(load_label, LOADS))  # the maps' loads, in order
 QUICK = {
     "hosts": ("t4", "g5.2xlarge", "g5.16xlarge"),
     "workloads": ("osc", "1000/200"),
@@ -124,7 +132,7 @@ def cell_specs(
                 yield h, w, "offline", base.with_(rate=math.inf)
             elif (h, w) in capacity:
                 for fraction in loads:
-                    yield h, w, f"{fraction:.0%}", base.with_(rate=fraction * capacity[(h, w)])
+                    yield h, w, load_label(fraction), base.with_(rate=fraction * capacity[(h, w)])
 
 
 def map_scope(quick: bool) -> tuple[tuple[str, ...], list[str], tuple[float, ...], int]:

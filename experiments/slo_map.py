@@ -29,7 +29,7 @@ from experiments.policy_map import (
     ADAPTIVE_CHUNKED,
     BELOW,
     COMPARED,
-    LOADS,
+    LOAD_LABELS,
     RIVALS,
     add_budget_argument,
     best_rival,
@@ -105,7 +105,7 @@ def headroom_table(rows: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     )
     out = []
     present = set(judged.index.get_level_values("load"))
-    for load in [x for x in ("offline", *(f"{f:.0%}" for f in LOADS)) if x in present]:
+    for load in (x for x in LOAD_LABELS if x in present):
         at = judged.index.get_level_values("load") == load
         row = {
             "load": load,

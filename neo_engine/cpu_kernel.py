@@ -116,7 +116,7 @@ def engine_build(prepack: bool = True) -> str:
     )
 
 
-def clear_stale_build_lock(name: str, now: float | None = None) -> bool:
+def clear_stale_build_lock(name: str) -> bool:
     """Remove the build lock of extension `name` if it is older than `STALE_BUILD_LOCK_S`
     (a build that was killed left it), with a warning; True if one was removed."""
     from torch.utils import cpp_extension
@@ -126,7 +126,7 @@ def clear_stale_build_lock(name: str, now: float | None = None) -> bool:
         return False
     lock = Path(build_directory(name, verbose=False)) / "lock"
     try:
-        age = (time.time() if now is None else now) - lock.stat().st_mtime
+        age = time.time() - lock.stat().st_mtime
     except FileNotFoundError:
         return False
     if age < STALE_BUILD_LOCK_S:

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget
 from neo_sim.scheduler.estimate import SubBatchBuilder, slacks
-from neo_sim.scheduler.neo import Candidate, SteadyPrefill, never_trimmed
+from neo_sim.scheduler.neo import Candidate, SteadyPrefill, decode_only_builders, never_trimmed
 from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, decode_works
 from neo_sim.scheduler.request import Device, Request
 
@@ -294,13 +294,11 @@ class AdaptivePolicy(ApexPolicy):
         looked as if it paid on g5.8xlarge where its run lost (docs/architecture.md,
         "Adaptive")."""
         gpu_side = [*self.gpu_running.values(), *(r for r, _ in candidates[:first_cpu])]
-        gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
-        on_gpu = [_at_mean_future_context(r) for r in gpu_side]
-        on_host = [_at_mean_future_context(r) for r in self.cpu_running.values()]
-        for b in (gpu, fused):
-            b.add_decodes(on_gpu, on_gpu=True)
-        for b in (host, fused):
-            b.add_decodes(on_host, on_gpu=False)
+        gpu, host, fused = decode_only_builders(
+            self.cost,
+            [_at_mean_future_context(r) for r in gpu_side],
+            [_at_mean_future_context(r) for r in self.cpu_running.values()],
+        )
         without = self._steady_rate(gpu, host, fused)
         prefill = SteadyPrefill((*gpu_side, *self.cpu_running.values()))
         newcomers = (r for r, _ in candidates[first_cpu:])

@@ -35,6 +35,7 @@ import operator
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import takewhile
 
+from neo_sim.costmodel import CostModel
 from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import (
     CpuDecodeOffers,
@@ -399,14 +400,7 @@ class NeoPolicy(Policy):
     ) -> tuple[SubBatchBuilder, SubBatchBuilder, SubBatchBuilder]:
         """The decode-only iteration the host-pays test prices: `gpu_side`'s decodes on the
         GPU, the host residents' on the host, and both in one fused batch (gpu, host, fused)."""
-        gpu, host, fused = (SubBatchBuilder(self.cost) for _ in range(3))
-        on_gpu, on_host = decode_works(gpu_side), self._host_decodes()[1]
-        gpu_tokens, host_tokens = context_tokens(on_gpu), context_tokens(on_host)
-        for b in (gpu, fused):
-            b.add_decodes(on_gpu, on_gpu=True, tokens=gpu_tokens)
-        for b in (host, fused):
-            b.add_decodes(on_host, on_gpu=False, tokens=host_tokens)
-        return gpu, host, fused
+        return decode_only_builders(self.cost, decode_works(gpu_side), self._host_decodes()[1])
 
     def _host_resident_pays(
         self,
@@ -656,6 +650,20 @@ def _steady_prefill_tokens(r: Request) -> float:
     about as long as its own once per its output length (in iterations; at least one, as
     `Request` checks)."""
     return r.prompt_len / r.max_new_tokens
+
+
+def decode_only_builders(
+    cost: CostModel, on_gpu: list[DecodeWork], on_host: list[DecodeWork]
+) -> tuple[SubBatchBuilder, SubBatchBuilder, SubBatchBuilder]:
+    """A decode-only iteration of `on_gpu` and `on_host`, three ways: the GPU's decodes, the
+    host's, and both in one fused batch (gpu, host, fused)."""
+    gpu, host, fused = (SubBatchBuilder(cost) for _ in range(3))
+    gpu_tokens, host_tokens = context_tokens(on_gpu), context_tokens(on_host)
+    for b in (gpu, fused):
+        b.add_decodes(on_gpu, on_gpu=True, tokens=gpu_tokens)
+    for b in (host, fused):
+        b.add_decodes(on_host, on_gpu=False, tokens=host_tokens)
+    return gpu, host, fused
 
 
 class SteadyPrefill:
