@@ -20,7 +20,10 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   the tokens it has left, for its mean to stay within the SLO (`_tpot_budget_s`). Of the
   plans within it, those that decode every host resident go first; with chunked prefill a
   host set is judged with the waiting prompts it would take next, each decode at its mean
-  future context (`_host_set_with_the_waiting`).
+  future context (`_host_set_with_the_waiting`), and the plans that decode host residents
+  take the last prompt's chunk after their host decodes, cut to what the budget leaves
+  (`_add_what_fits`). Parked requests (swapped out where the host did not pay for them) are
+  judged again every step and decode on the host once it pays (`_host_takes_parked`).
 Steps 1-3 (swaps, admission, placement where the host pays) and the starvation bound are NEO's.
 """
 
@@ -34,7 +37,7 @@ from neo_sim.scheduler.base import Budget
 from neo_sim.scheduler.estimate import SubBatchBuilder, slacks
 from neo_sim.scheduler.neo import Candidate, SteadyPrefill, decode_only_builders, never_trimmed
 from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, decode_works
-from neo_sim.scheduler.request import Device, Request
+from neo_sim.scheduler.request import Device, Request, RequestState
 
 Option = tuple[Mode, tuple[SubBatchBuilder, ...], tuple[int, ...]]
 
@@ -56,7 +59,24 @@ class AdaptivePolicy(ApexPolicy):
     def step(self, now: float = 0.0) -> Plan:
         if self.config.slo_tpot_s is not None:
             self._tpot_limit_s = self._tpot_budget_s(now)
+            if self.swapped:
+                self._host_takes_parked()
         return super().step(now)
+
+    def _host_takes_parked(self) -> None:
+        """Under a TPOT SLO: parked requests (swapped out of a full GPU pool where the host did
+        not pay for them) become host residents, oldest first, while the host pays for each
+        within the SLO (`_host_pays_for`, the test that parked them, asked again every step):
+        their KV is already in the host pool, so nothing moves. Parked, a request gets no
+        token until the GPU has room: on g5.16xlarge with 1000/800 offline under the SLO
+        map's bound the parked ones waited ~45 s each, the run's only requests over the
+        bound (docs/architecture.md, "Adaptive")."""
+        for r in sorted(self.swapped.values(), key=lambda r: r.admit_order):
+            if not self._host_pays_for(r):
+                return
+            del self.swapped[r.request_id]
+            self.cpu_running[r.request_id] = r
+            r.state = RequestState.RUNNING_CPU
 
     def _admit(self, budget: Budget) -> list[Candidate]:
         """NEO's admission; with chunked prefill, after every resident's decode, as vLLM orders
@@ -141,13 +161,25 @@ class AdaptivePolicy(ApexPolicy):
     def _plan_work(self, candidates: list[Candidate], budget: Budget) -> Option:
         if not (candidates or self.gpu_running) or not self.cpu_running:
             return super()._plan_work(candidates, budget)  # GPU-only or CPU-only work
+        last_chunk = None
+        if self._host_decodes_before_the_last_chunk(candidates):
+            last_chunk = self._prefill_work(*candidates[-1])
+            candidates = candidates[:-1]
         fused_budget = Budget(budget.seqs, budget.tokens)
         b0, b1, forced = self._build_sub_batches(candidates, budget)
         if b1:
             self._trim_cpu_prefills(b0, b1)
-        seq = self._sequential_batch(b0)
+        if last_chunk is not None:  # the GPU-only plan takes it whole
+            b0.add_prefill(last_chunk)
+            seq = self._sequential_batch(b0)
+            b0.pop_prefill()
+        else:
+            seq = self._sequential_batch(b0)
         self._extend_pipelined(b0, b1, budget, candidates, seq)
         fused, fused_forced = self._build_fused(candidates, fused_budget)
+        if last_chunk is not None:
+            self._add_what_fits(last_chunk, len(candidates), Mode.PIPELINED, (b0, b1))
+            self._add_what_fits(last_chunk, len(candidates), Mode.FUSED, (fused,))
         options: list[Option] = []
         if not (forced or fused_forced):  # GPU-only cannot serve an overdue CPU decode
             options.append((Mode.SEQUENTIAL, (seq,), ()))
@@ -168,6 +200,58 @@ class AdaptivePolicy(ApexPolicy):
             if lean is not None and not self._host_set_pays(candidates):
                 return Mode.SEQUENTIAL, (lean,), ()
         return best
+
+    def _host_decodes_before_the_last_chunk(self, candidates: list[Candidate]) -> bool:
+        """Whether the plans that decode host residents take the last prompt's chunk only
+        after their host decodes (`_add_what_fits`): under a TPOT SLO with chunked prefill,
+        where other GPU work remains without it. The host decodes are added while the plan
+        stays within the step's TPOT budget, so a whole chunk priced first left most of them
+        out, and the plan that does not decode them at all ran instead: on g5.16xlarge with
+        1000/800 offline ~1,000 GPU-only iterations carried the prompts while ~47 host
+        residents waited (docs/architecture.md, "Adaptive"). vLLM orders chunked prefill
+        the same way: decodes first, then the chunk that fits."""
+        return bool(
+            self.config.slo_tpot_s is not None
+            and self.config.chunked_prefill_tokens
+            and candidates
+            and (len(candidates) > 1 or self.gpu_running)
+        )
+
+    def _add_what_fits(
+        self,
+        chunk: PrefillWork,
+        num_before: int,
+        mode: Mode,
+        chosen: tuple[SubBatchBuilder, ...],
+    ) -> None:
+        """Add to `chosen` (its first sub-batch holds the prompts) the longest prefix of `chunk`
+        that keeps the plan within this step's TPOT budget; the whole chunk where not one
+        token fits (the residents' decodes alone fill the budget: a plan without the prompt
+        would stall admission, T4 1000/200 offline fell from 2.55x to 0.99x the best rival
+        when such chunks were dropped) or where the plan holds no host decode, and nothing
+        where trimming left out a prompt before it (prompts are admitted in order)."""
+        b = chosen[0]
+        if len(b.prefills) != num_before:
+            return
+        if not any(c.cpu_decodes for c in chosen):
+            b.add_prefill(chunk)
+            return
+        limit = self._tpot_limit_s
+        fits, over = 0, chunk.num_tokens + 1  # tokens known to fit, and known not to
+        while over - fits > 1:
+            mid = (fits + over) // 2
+            b.add_prefill(
+                PrefillWork(chunk.request_id, chunk.start, chunk.start + mid, chunk.kv_device)
+            )
+            within = self._work_s(mode, chosen) <= limit
+            b.pop_prefill()
+            fits, over = (mid, over) if within else (fits, mid)
+        if fits == 0 or fits == chunk.num_tokens:
+            b.add_prefill(chunk)
+        else:
+            b.add_prefill(
+                PrefillWork(chunk.request_id, chunk.start, chunk.start + fits, chunk.kv_device)
+            )
 
     def _host_set_pays(self, candidates: list[Candidate]) -> bool:
         """Whether the host set that the host-placed prompts among `candidates` start pays as

@@ -25,12 +25,15 @@ from tests.engine.conftest import DEVICE
 
 # (policy, TPOT SLO in seconds, prompt chunk in tokens): every policy, adaptive planning within
 # an SLO (0.1 s keeps host decodes in its plans at this load), and NEO's and adaptive's plans
-# with chunked prefill (20-token chunks of the ~48-token prompts, on the GPU and the host)
+# with chunked prefill (20-token chunks of the ~48-token prompts, on the GPU and the host),
+# adaptive's also within an SLO (0.09 s: a chunk cut to the step's TPOT budget and a parked
+# request taken by the host happen at this load)
 CASES = [
     *((policy, None, 0) for policy in POLICIES),
     ("adaptive", 0.1, 0),
     ("neo", None, 20),
     ("adaptive", None, 20),
+    ("adaptive", 0.09, 20),
 ]
 
 
