@@ -112,3 +112,42 @@ def test_chunked_prompts_in_offloading_plans_give_the_same_tokens(tiny_llama, pr
     started = {p.kv_device for plan in plans for p in plan.prefills if p.start}
     assert started == {Device.GPU, Device.CPU}
     assert all(plan.num_tokens <= 16 for plan in plans)
+
+
+def test_adaptive_within_a_tpot_slo_with_chunks_gives_the_same_tokens(
+    tiny_llama, prompts, monkeypatch
+):
+    """Adaptive under a TPOT SLO with chunked prefill, as on a T4 host under KV pressure (14
+    device blocks, 0.08 s, 32-token chunks): some chunks are cut to the step's TPOT budget
+    and a parked request decodes on the host from the KV it was parked with; still
+    transformers' tokens."""
+    from neo_sim.scheduler.adaptive import AdaptivePolicy
+
+    seen = {"cut": 0, "taken from parked": 0}
+    add_what_fits, takes_parked = AdaptivePolicy._add_what_fits, AdaptivePolicy._host_takes_parked
+
+    def spy_fits(self, chunk, num_before, mode, chosen):
+        add_what_fits(self, chunk, num_before, mode, chosen)
+        b = chosen[0]
+        seen["cut"] += len(b.prefills) > num_before and b.prefills[-1] != chunk
+
+    def spy_parked(self):
+        parked = len(self.swapped)
+        takes_parked(self)
+        seen["taken from parked"] += parked - len(self.swapped)
+
+    monkeypatch.setattr(AdaptivePolicy, "_add_what_fits", spy_fits)
+    monkeypatch.setattr(AdaptivePolicy, "_host_takes_parked", spy_parked)
+    directory, model = tiny_llama
+    expected = hf_greedy(model, prompts, NEW_TOKENS)
+    outputs, _, _ = generate_greedy(
+        directory,
+        prompts,
+        "adaptive",
+        14,
+        as_on_t4=True,
+        chunked_prefill_tokens=32,
+        slo_tpot_s=0.08,
+    )
+    assert [o.token_ids for o in outputs] == expected
+    assert seen["cut"] and seen["taken from parked"]
