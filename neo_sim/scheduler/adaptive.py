@@ -233,11 +233,14 @@ class AdaptivePolicy(ApexPolicy):
         b = chosen[0]
         if len(b.prefills) != num_before:
             return
-        if not any(c.cpu_decodes for c in chosen):
-            b.add_prefill(chunk)
-            return
+        b.add_prefill(chunk)
         limit = self._tpot_limit_s
-        fits, over = 0, chunk.num_tokens + 1  # tokens known to fit, and known not to
+        if not all(chosen) or not any(c.cpu_decodes for c in chosen):
+            return  # not a plan that decodes host residents (a pipelined one needs both)
+        if self._work_s(mode, chosen) <= limit:
+            return
+        b.pop_prefill()
+        fits, over = 0, chunk.num_tokens  # tokens known to fit, and known not to
         while over - fits > 1:
             mid = (fits + over) // 2
             b.add_prefill(
@@ -246,12 +249,8 @@ class AdaptivePolicy(ApexPolicy):
             within = self._work_s(mode, chosen) <= limit
             b.pop_prefill()
             fits, over = (mid, over) if within else (fits, mid)
-        if fits == 0 or fits == chunk.num_tokens:
-            b.add_prefill(chunk)
-        else:
-            b.add_prefill(
-                PrefillWork(chunk.request_id, chunk.start, chunk.start + fits, chunk.kv_device)
-            )
+        end = chunk.start + fits if fits else chunk.end
+        b.add_prefill(PrefillWork(chunk.request_id, chunk.start, end, chunk.kv_device))
 
     def _host_set_pays(self, candidates: list[Candidate]) -> bool:
         """Whether the host set that the host-placed prompts among `candidates` start pays as
