@@ -55,6 +55,7 @@ class AdaptivePolicy(ApexPolicy):
         "adaptive-chunked": {"kv_chunk_tokens": 1024, "kv_chunk_min_gain": 0.05},
     }
     _tpot_limit_s = math.inf  # this step's TPOT budget (`_tpot_budget_s`), with an SLO set
+    _held_out_host_blocks = 0  # those of the chunk `_plan_work` holds out of its plans
 
     def step(self, now: float = 0.0) -> Plan:
         if self.config.slo_tpot_s is not None:
@@ -161,10 +162,23 @@ class AdaptivePolicy(ApexPolicy):
     def _plan_work(self, candidates: list[Candidate], budget: Budget) -> Option:
         if not (candidates or self.gpu_running) or not self.cpu_running:
             return super()._plan_work(candidates, budget)  # GPU-only or CPU-only work
-        last_chunk = None
-        if self._host_decodes_before_the_last_chunk(candidates):
-            last_chunk = self._prefill_work(*candidates[-1])
-            candidates = candidates[:-1]
+        if not self._host_decodes_before_the_last_chunk(candidates):
+            return self._plan_options(candidates, budget, None)
+        last_chunk = self._prefill_work(*candidates[-1])
+        if last_chunk.kv_device == Device.CPU:
+            self._held_out_host_blocks = self.kv.cpu.extra_blocks(
+                last_chunk.request_id, last_chunk.end
+            )
+        try:
+            return self._plan_options(candidates[:-1], budget, last_chunk)
+        finally:
+            self._held_out_host_blocks = 0
+
+    def _plan_options(
+        self, candidates: list[Candidate], budget: Budget, last_chunk: PrefillWork | None
+    ) -> Option:
+        """`_plan_work`'s plans of `candidates`, and of `last_chunk` where given (held out of
+        `candidates`: `_host_decodes_before_the_last_chunk`); the best of them."""
         fused_budget = Budget(budget.seqs, budget.tokens)
         b0, b1, forced = self._build_sub_batches(candidates, budget)
         if b1:
@@ -200,6 +214,11 @@ class AdaptivePolicy(ApexPolicy):
             if lean is not None and not self._host_set_pays(candidates):
                 return Mode.SEQUENTIAL, (lean,), ()
         return best
+
+    def _host_blocks_free_after(self, candidates: list[Candidate]) -> int:
+        """NEO's count, less the host blocks of the chunk `_plan_work` holds out of its plans
+        while it builds them: the host decodes must not take the room that chunk needs."""
+        return super()._host_blocks_free_after(candidates) - self._held_out_host_blocks
 
     def _host_decodes_before_the_last_chunk(self, candidates: list[Candidate]) -> bool:
         """Whether the plans that decode host residents take the last prompt's chunk only

@@ -9,9 +9,11 @@ import pytest
 
 from neo_sim.catalog import resolve_target
 from neo_sim.runs import RunSpec, execute
-from neo_sim.scheduler import Mode, Request, SchedulerConfig, make_policy
+from neo_sim.scheduler import Device, Mode, Request, SchedulerConfig, make_policy
+from neo_sim.scheduler.base import Budget
 from neo_sim.scheduler.estimate import SubBatchBuilder, iteration_s, sequential_layer_s, swap_s
 from neo_sim.scheduler.plan import DecodeWork, PrefillWork
+from neo_sim.scheduler.request import RequestState
 
 T4_LONG_OUTPUTS = dict(
     hardware="t4",
@@ -329,3 +331,37 @@ def test_under_an_slo_parked_requests_and_host_decodes_go_before_prompt_chunks()
     missed the bound): 1.00x gpu-only's goodput. With the host decodes before the last
     chunk and parked requests taken by the host once it pays, 1.06x."""
     assert _g5_16xlarge_slo_goodput_over_gpu_only("adaptive-chunked") >= 1.04
+
+
+def test_a_held_out_chunk_keeps_its_host_blocks_from_the_host_decodes():
+    """Under a TPOT SLO with chunks the last prompt's chunk is held out of the plans while they
+    take their host decodes (`_add_what_fits`), but not its host blocks: with the host pool's
+    free blocks exactly those the host-placed prompt needs, no host decode whose next token
+    needs a new block joins a plan (it would exhaust the pool when the plan commits)."""
+    cost = resolve_target("t4", "llama-2-7b").cost
+    config = SchedulerConfig(
+        num_gpu_blocks=20,
+        num_cpu_blocks=6,
+        block_size=4,
+        max_batch_tokens=64,
+        chunked_prefill_tokens=64,
+        slo_tpot_s=10.0,
+    )
+    policy = make_policy("adaptive", config, cost)
+    for i, on_gpu in ((0, True), (1, False), (2, False)):
+        r = Request(i, 8, 20, admit_order=i, num_computed=8, num_generated=1, decode_start_s=0.0)
+        r.state = RequestState.RUNNING_GPU if on_gpu else RequestState.RUNNING_CPU
+        policy.kv.pool(on_gpu).grow(i, 8)  # two blocks: the next token needs a third
+        (policy.gpu_running if on_gpu else policy.cpu_running)[i] = r
+    prompt = Request(3, 8, 20)
+    assert policy.kv.cpu.num_free == 2 == policy.kv.cpu.extra_blocks(3, 8)
+    mode, chosen, _ = policy._plan_work([(prompt, Device.CPU)], Budget(8, 64))
+    host_growth = sum(
+        policy.kv.cpu.extra_blocks(d.request_id, d.context_len)
+        for b in chosen
+        for d in b.cpu_decodes
+    )
+    prompt_blocks = sum(
+        policy.kv.cpu.extra_blocks(p.request_id, p.end) for b in chosen for p in b.prefills
+    )
+    assert host_growth + prompt_blocks <= policy.kv.cpu.num_free
