@@ -10,7 +10,7 @@ import pytest
 from neo_sim.catalog import resolve_target
 from neo_sim.runs import RunSpec, execute
 from neo_sim.scheduler import Device, Mode, Request, SchedulerConfig, make_policy
-from neo_sim.scheduler.base import Budget
+from neo_sim.scheduler.base import Budget, Policy
 from neo_sim.scheduler.estimate import SubBatchBuilder, iteration_s, sequential_layer_s, swap_s
 from neo_sim.scheduler.plan import DecodeWork, PrefillWork
 from neo_sim.scheduler.request import RequestState
@@ -24,6 +24,12 @@ T4_LONG_OUTPUTS = dict(
     rate=math.inf,
     timeline_iterations=0,
 )
+
+
+def _t4_policy(name: str, **settings) -> Policy:
+    """Policy `name` scheduling as on the T4 with Llama-2-7B (its shipped profile), with these
+    `SchedulerConfig` settings."""
+    return make_policy(name, SchedulerConfig(**settings), resolve_target("t4", "llama-2-7b").cost)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +52,7 @@ def test_adaptive_beats_apex_and_neo_on_a_t4(summaries):
 def test_a_fused_plan_is_priced_as_one_batch_with_host_attention_beside_gpu_attention():
     """The estimate of a FUSED plan is linear(all tokens) + max(GPU attention, host lane)
     per layer, plus the LM head: no second pass over the weights."""
-    cost = resolve_target("t4", "llama-2-7b").cost
-    config = SchedulerConfig(num_gpu_blocks=135, num_cpu_blocks=4096, max_batch_tokens=8192)
-    policy = make_policy("apex", config, cost)
+    policy = _t4_policy("apex", num_gpu_blocks=135, num_cpu_blocks=4096, max_batch_tokens=8192)
     policy.add(Request(i, 1000, 200) for i in range(60))
     for _ in range(400):
         plan = policy.step()
@@ -58,6 +62,7 @@ def test_a_fused_plan_is_priced_as_one_batch_with_host_attention_beside_gpu_atte
     else:
         pytest.fail("apex never ran a fused iteration")
     (batch,) = plan.sub_batches
+    cost = policy.cost
     b = SubBatchBuilder(cost)
     for p in batch.prefills:
         b.add_prefill(p)
@@ -66,7 +71,7 @@ def test_a_fused_plan_is_priced_as_one_batch_with_host_attention_beside_gpu_atte
     for d in batch.cpu_decodes:
         b.add_cpu_decode(d)
     expected = iteration_s(cost, sequential_layer_s(b), b.num_seqs)
-    expected += swap_s(cost, plan.swap_out, plan.swap_in, config.block_size)
+    expected += swap_s(cost, plan.swap_out, plan.swap_in, policy.config.block_size)
     assert batch.cpu_decodes
     assert plan.predicted_s == pytest.approx(expected, rel=1e-9)
 
@@ -99,9 +104,7 @@ def test_under_a_tight_tpot_slo_adaptive_keeps_its_requests_within_it():
 
 
 def test_the_tpot_budget_spreads_what_a_resident_lost_over_the_gaps_it_has_left():
-    cost = resolve_target("t4", "llama-2-7b").cost
-    config = SchedulerConfig(num_gpu_blocks=400, num_cpu_blocks=400, slo_tpot_s=0.1)
-    policy = make_policy("adaptive", config, cost)
+    policy = _t4_policy("adaptive", num_gpu_blocks=400, num_cpu_blocks=400, slo_tpot_s=0.1)
     fresh, behind, lost = Request(0, 100, 11), Request(1, 100, 11), Request(2, 100, 11)
     for r, generated, start in ((fresh, 1, None), (behind, 6, 0.0), (lost, 6, -2.0)):
         r.num_generated, r.decode_start_s = generated, start
@@ -213,11 +216,13 @@ def _g5_16xlarge_slo_goodput_over_gpu_only(policy: str) -> float:
 def _prompt_tokens_beside_residents(policy_name: str) -> list[tuple[int, int]]:
     """`policy_name` on the T4 with 1024-token chunks, 60 prompts of 1000 tokens at once: per
     plan made with residents, (its prompt tokens, the residents then)."""
-    cost = resolve_target("t4", "llama-2-7b").cost
-    config = SchedulerConfig(
-        num_gpu_blocks=135, num_cpu_blocks=4096, max_batch_tokens=4096, chunked_prefill_tokens=1024
+    policy = _t4_policy(
+        policy_name,
+        num_gpu_blocks=135,
+        num_cpu_blocks=4096,
+        max_batch_tokens=4096,
+        chunked_prefill_tokens=1024,
     )
-    policy = make_policy(policy_name, config, cost)
     policy.add(Request(i, 1000, 50) for i in range(60))
     seen = []
     while policy.has_work:
@@ -258,9 +263,7 @@ def test_under_an_slo_a_parked_request_becomes_a_host_resident_once_the_host_pay
     """A parked request (swapped out of a full GPU pool where the host did not pay for it) is
     judged again every step under a TPOT SLO; once the host pays for it, it decodes there
     from the KV it already has in the host pool (no copy), instead of waiting for GPU room."""
-    cost = resolve_target("t4", "llama-2-7b").cost
-    config = SchedulerConfig(num_gpu_blocks=200, num_cpu_blocks=400, slo_tpot_s=0.5)
-    policy = make_policy("adaptive", config, cost)
+    policy = _t4_policy("adaptive", num_gpu_blocks=200, num_cpu_blocks=400, slo_tpot_s=0.5)
     policy.add(Request(i, 16, 50) for i in range(3))
     while len(policy.gpu_running) < 3 or any(r.is_prefilling for r in policy.gpu_running.values()):
         policy.complete(policy.step())
@@ -281,19 +284,18 @@ def test_under_an_slo_the_last_chunk_takes_what_the_host_decodes_leave_of_the_bu
     last prompt's chunk after their host decodes, cut to the longest prefix within the
     step's budget; whole where not one token fits (dropping it would stall admission) or
     where the plan decodes nothing on the host."""
-    cost = resolve_target("t4", "llama-2-7b").cost
-    config = SchedulerConfig(
+    policy = _t4_policy(
+        "adaptive-chunked",
         num_gpu_blocks=400,
         num_cpu_blocks=400,
         max_batch_tokens=2048,
         chunked_prefill_tokens=1024,
         slo_tpot_s=0.1,
     )
-    policy = make_policy("adaptive-chunked", config, cost)
     chunk = PrefillWork(9, 0, 1000)
 
     def plan(host_decodes: int) -> tuple[SubBatchBuilder, SubBatchBuilder]:
-        b0, b1 = SubBatchBuilder(cost), SubBatchBuilder(cost)
+        b0, b1 = SubBatchBuilder(policy.cost), SubBatchBuilder(policy.cost)
         for i in range(4):
             b0.add_gpu_decode(DecodeWork(i, 500))
         for i in range(host_decodes):
@@ -338,8 +340,8 @@ def test_a_held_out_chunk_keeps_its_host_blocks_from_the_host_decodes():
     take their host decodes (`_add_what_fits`), but not its host blocks: with the host pool's
     free blocks exactly those the host-placed prompt needs, no host decode whose next token
     needs a new block joins a plan (it would exhaust the pool when the plan commits)."""
-    cost = resolve_target("t4", "llama-2-7b").cost
-    config = SchedulerConfig(
+    policy = _t4_policy(
+        "adaptive",
         num_gpu_blocks=20,
         num_cpu_blocks=6,
         block_size=4,
@@ -347,7 +349,6 @@ def test_a_held_out_chunk_keeps_its_host_blocks_from_the_host_decodes():
         chunked_prefill_tokens=64,
         slo_tpot_s=10.0,
     )
-    policy = make_policy("adaptive", config, cost)
     for i, on_gpu in ((0, True), (1, False), (2, False)):
         r = Request(i, 8, 20, admit_order=i, num_computed=8, num_generated=1, decode_start_s=0.0)
         r.state = RequestState.RUNNING_GPU if on_gpu else RequestState.RUNNING_CPU
