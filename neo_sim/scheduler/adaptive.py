@@ -24,6 +24,10 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   take the last prompt's chunk after their host decodes, cut to what the budget leaves
   (`_add_what_fits`). Parked requests (swapped out where the host did not pay for them) are
   judged again every step and decode on the host once it pays (`_host_takes_parked`).
+- With chunked prefill, where GPU KV alone holds the waiting prompts back (all residents on
+  the GPU, the next prompt would not fit), the prompt in line is spread over the steps until a
+  resident ends, where the cost model says the decodes gain more than its own lose
+  (`_chunk_of`, `_spread_chunk`).
 Steps 1-3 (swaps, admission, placement where the host pays) and the starvation bound are NEO's.
 """
 
@@ -56,6 +60,8 @@ class AdaptivePolicy(ApexPolicy):
     }
     _tpot_limit_s = math.inf  # this step's TPOT budget (`_tpot_budget_s`), with an SLO set
     _held_out_host_blocks = 0  # those of the chunk `_plan_work` holds out of its plans
+    _spreads = True  # whether `_chunk_of` may spread a prompt (`_admit` turns it off to redo)
+    _spread = False  # whether it spread this step's first prompt
 
     def step(self, now: float = 0.0) -> Plan:
         if self.config.slo_tpot_s is not None:
@@ -94,9 +100,82 @@ class AdaptivePolicy(ApexPolicy):
         waiting_turn = len(self.cpu_running) - len(self._overdue())
         withheld = min(budget.tokens, waiting_turn)
         budget.tokens -= withheld
+        self._spread = False
         candidates = super()._admit(budget)
+        if self._spread and any(device == Device.CPU for _, device in candidates):
+            # The host takes prompts this step: GPU KV does not gate admission after all.
+            for r, device in candidates:
+                budget.give(self._prefill_work(r, device).num_tokens)
+            self._spreads = False
+            try:
+                candidates = super()._admit(budget)
+            finally:
+                self._spreads = True
         budget.tokens += withheld
         return candidates
+
+    def _chunk_of(self, r: Request, device: Device, remaining: int, tokens: int) -> int:
+        """NEO's chunk, or, where GPU KV alone gates admission (`_gpu_kv_gates_admission`),
+        the prompt spread over the steps until a resident ends (`_spread_chunk`)."""
+        chunk = super()._chunk_of(r, device, remaining, tokens)
+        if not self._spreads or device != Device.GPU or r is not self.waiting[0]:
+            return chunk
+        if not self._gpu_kv_gates_admission(r):
+            return chunk
+        spread = self._spread_chunk(r, chunk, remaining)
+        self._spread = spread < chunk
+        return spread
+
+    def _gpu_kv_gates_admission(self, first: Request) -> bool:
+        """Whether GPU KV, and nothing else, holds back the prompts waiting behind `first`
+        (the head of the queue): every resident is on the GPU, none is parked, and the next
+        waiting prompt would not fit beside `first`'s. Then no prompt is admitted before a
+        resident ends and frees its KV, whatever `first`'s chunks."""
+        if not self.gpu_running or self.cpu_running or self.swapped or len(self.waiting) < 2:
+            return False
+        gpu = self.kv.gpu
+        used = self._gpu_blocks_after_growth() + gpu.extra_blocks(first.request_id, first.seq_len)
+        return used + self._blocks(self.waiting[1].seq_len) > gpu.num_blocks
+
+    def _spread_chunk(self, r: Request, chunk: int, remaining: int) -> int:
+        """`r`'s chunk this step when no other prompt can start before the first resident
+        ends (the horizon: the fewest tokens any resident has left, `max_new_tokens` taken as
+        its length as `_tpot_budget_s` does): its rest in as few steps as `chunk` allows, or
+        spread evenly over more steps, up to the horizon, whichever the cost model predicts
+        serves the most decode tokens per second over the horizon (as few steps: `chunk` first,
+        as NEO cuts it). Spread, each chunk rides
+        with the decodes in steps that read the same weights (linear layers cost little more
+        per token below the GPU's compute-bound batch), instead of one step of `chunk` tokens
+        followed by decode-only steps that leave that compute idle; the price is `r`'s own
+        decodes, which start later (Sarathi-Serve sizes its chunks by the same arithmetic;
+        docs/architecture.md, "Adaptive", rule 4). Every step priced as the first chunk."""
+        horizon = min(q.max_new_tokens - q.num_generated for q in self.gpu_running.values())
+        fewest = -(-remaining // chunk)
+        if horizon <= fewest:
+            return chunk
+        residents = decode_works(self.gpu_running.values())
+        after = SubBatchBuilder(self.cost)  # a step once `r` decodes too
+        after.add_decodes(residents, on_gpu=True)
+        after.add_gpu_decode(DecodeWork(r.request_id, r.seq_len))
+        after_s = self._work_s(Mode.SEQUENTIAL, (after,))
+        during = SubBatchBuilder(self.cost)
+        during.add_decodes(residents, on_gpu=True)
+        best_size, best_rate = chunk, 0.0
+        steps = fewest
+        while True:
+            size = chunk if steps == fewest else -(-remaining // steps)
+            during.add_prefill(
+                PrefillWork(r.request_id, r.num_computed, r.num_computed + size, Device.GPU)
+            )
+            during_s = self._work_s(Mode.SEQUENTIAL, (during,))
+            during.pop_prefill()
+            tokens = horizon * len(residents) + horizon - steps
+            rate = tokens / (steps * during_s + (horizon - steps) * after_s)
+            if rate > best_rate:
+                best_size, best_rate = size, rate
+            if steps == horizon:
+                return best_size
+            steps = min(2 * steps, horizon)
 
     def _waits_to_go_whole(
         self, chunk: int, remaining: int, device: Device, held: Device | None

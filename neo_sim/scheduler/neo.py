@@ -282,7 +282,7 @@ class NeoPolicy(Policy):
             else:
                 break
             remaining = r.seq_len - r.num_computed
-            chunk = min(remaining, budget.tokens) if chunking else remaining
+            chunk = self._chunk_of(r, device, remaining, budget.tokens) if chunking else remaining
             if self._waits_to_go_whole(chunk, remaining, device, held):
                 break
             if chunk < 1 or not budget.take(chunk):
@@ -297,6 +297,11 @@ class NeoPolicy(Policy):
             slots -= 1
             candidates.append((r, device))
         return candidates
+
+    def _chunk_of(self, r: Request, device: Device, remaining: int, tokens: int) -> int:
+        """With chunked prefill, the tokens of `r`'s prompt (`remaining` left) this step
+        prefills on `device`: all the budget's `tokens` allow."""
+        return min(remaining, tokens)
 
     def _host_admissions(self, candidates: list[Candidate]) -> int:
         """How many of `candidates` to admit: every GPU-placed one, and host-placed ones while

@@ -39,21 +39,62 @@ CASES = [
 
 @pytest.mark.parametrize("policy,slo_tpot_s,chunk", CASES)
 def test_simulator_and_engine_make_identical_plans(policy, slo_tpot_s, chunk):
-    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
     workload = synthetic(40, rate=6.0, input_len=48, output_len=14, seed=3)
+    engine_plans = _identical_plans(
+        policy, workload, 14, 600, slo_tpot_s=slo_tpot_s, chunked_prefill_tokens=chunk
+    )
+    cpu_decodes = sum(len(p.cpu_decodes) for p in engine_plans)
+    offloads = not issubclass(POLICIES[policy][0], GpuOnlyPolicy)
+    if offloads:
+        assert cpu_decodes > 0, "KV pressure should have pushed decodes to the CPU"
+    if policy == "neo":
+        assert any(p.mode == Mode.PIPELINED for p in engine_plans)
+    if policy in ("apex", "adaptive"):  # host attention beside GPU attention, one batch
+        assert any(p.mode == Mode.FUSED for p in engine_plans)
+    if policy == "gpu-only":
+        assert any(p.swap_out for p in engine_plans)
+    if chunk:  # prompts went in chunks, on both pools, later chunks over cached KV
+        started = [p for plan in engine_plans for p in plan.prefills if p.start]
+        assert {p.kv_device for p in started} == {Device.GPU, Device.CPU}
+        assert all(plan.num_tokens <= chunk for plan in engine_plans)
+
+
+def test_simulator_and_engine_spread_the_same_prompts(monkeypatch):
+    """Adaptive with no host pool and 256-token chunks of ~180-token prompts: GPU KV alone
+    gates admission and some prompts are spread over the steps until a resident ends (rule
+    4), from the residents' lengths and `max_new_tokens` as each side keeps them."""
+    from neo_sim.scheduler.adaptive import AdaptivePolicy
+
+    spread = [0]
+    spread_chunk = AdaptivePolicy._spread_chunk
+
+    def spy(self, r, chunk, remaining):
+        size = spread_chunk(self, r, chunk, remaining)
+        spread[0] += size < chunk
+        return size
+
+    monkeypatch.setattr(AdaptivePolicy, "_spread_chunk", spy)
+    workload = synthetic(40, rate=6.0, input_len=180, output_len=60, seed=3)
+    _identical_plans("adaptive", workload, 250, 0, chunked_prefill_tokens=256, max_model_len=320)
+    assert spread[0] >= 2 and spread[0] % 2 == 0  # the same steps on both sides
+
+
+def _identical_plans(policy: str, workload, gpu_blocks: int, cpu_blocks: int, **settings):
+    """Run `workload` through the engine (a tiny random Llama, plans priced as Llama-2-7B on
+    a T4) and the simulator with the same scheduler settings; assert every request got its
+    tokens and every step's plan is equal on both sides; the engine's plans."""
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
     engine = LLMEngine(
         EngineConfig.of(
             "dummy:tiny",
             device=DEVICE,
             policy=policy,
             clock="predicted",
-            gpu_kv_blocks=14,
-            cpu_kv_blocks=600,
+            gpu_kv_blocks=gpu_blocks,
+            cpu_kv_blocks=cpu_blocks,
             block_size=8,
-            max_model_len=256,
             max_batch_tokens=320,
-            slo_tpot_s=slo_tpot_s,
-            chunked_prefill_tokens=chunk,
+            **{"max_model_len": 256, **settings},
         ),
         cost_model=cost,
     )
@@ -72,17 +113,4 @@ def test_simulator_and_engine_make_identical_plans(policy, slo_tpot_s, chunk):
     assert len(engine_plans) == len(result.plans)
     for step, (a, b) in enumerate(zip(engine_plans, result.plans)):
         assert a == b, f"{policy}: plans differ at iteration {step}:\n{a}\n{b}"
-    cpu_decodes = sum(len(p.cpu_decodes) for p in engine_plans)
-    offloads = not issubclass(POLICIES[policy][0], GpuOnlyPolicy)
-    if offloads:
-        assert cpu_decodes > 0, "KV pressure should have pushed decodes to the CPU"
-    if policy == "neo":
-        assert any(p.mode == Mode.PIPELINED for p in engine_plans)
-    if policy in ("apex", "adaptive"):  # host attention beside GPU attention, one batch
-        assert any(p.mode == Mode.FUSED for p in engine_plans)
-    if policy == "gpu-only":
-        assert any(p.swap_out for p in engine_plans)
-    if chunk:  # prompts went in chunks, on both pools, later chunks over cached KV
-        started = [p for plan in engine_plans for p in plan.prefills if p.start]
-        assert {p.kv_device for p in started} == {Device.GPU, Device.CPU}
-        assert all(plan.num_tokens <= chunk for plan in engine_plans)
+    return engine_plans
