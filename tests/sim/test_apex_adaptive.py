@@ -163,16 +163,16 @@ def test_host_prompts_stay_when_the_host_set_they_start_pays(max_batch_tokens):
     assert tok_s["adaptive"] >= 0.99 * tok_s["neo"]
 
 
-def _a10g_long_outputs_offline(hardware: str) -> RunSpec:
-    """A policy-map cell: Llama-3-8B on an A10G host, 200 requests of 1000 + 800 tokens, all
-    at once (experiments/policy_map.py's settings)."""
+def _a10g_cell(hardware: str, output_len: int = 800, rate: float = math.inf) -> RunSpec:
+    """A policy-map cell: Llama-3-8B on an A10G host, 200 requests of 1000 + `output_len`
+    tokens at `rate` req/s (all at once by default; experiments/policy_map.py's settings)."""
     return RunSpec.of(
         hardware=hardware,
         model="llama-3-8b",
         input_len=1000,
-        output_len=800,
+        output_len=output_len,
         num_requests=200,
-        rate=math.inf,
+        rate=rate,
         max_batch_tokens=8192,
         timeline_iterations=0,
     )
@@ -184,7 +184,7 @@ def test_host_decodes_beyond_the_slack_rule_pay_for_the_gpu_time_they_take():
     by requests/s alone the extension decoded ~130 host residents per iteration (each 6x a
     GPU-only one) and fell to 0.94x NEO; priced against the GPU-only iterations those seconds
     could run, with short-context host tokens at their share of a GPU one, it keeps up."""
-    spec = _a10g_long_outputs_offline("a10g-g5.8xlarge")
+    spec = _a10g_cell("a10g-g5.8xlarge")
     tok_s = {
         p: execute(spec.with_(policy=p)).summary["throughput_tok_s"] for p in ("neo", "adaptive")
     }
@@ -202,9 +202,13 @@ def test_under_a_tpot_slo_host_residents_must_pay_not_only_fit():
 
 
 def _g5_16xlarge_slo_goodput_over_gpu_only(policy: str) -> float:
-    """`policy`'s goodput over gpu-only's on g5.16xlarge, 1000/800 offline, with a TPOT bound
-    of twice gpu-only's TPOT p90 set for both (an SLO-map cell)."""
-    spec = _a10g_long_outputs_offline("a10g-g5.16xlarge")
+    """`policy`'s goodput over gpu-only's on g5.16xlarge, 1000/800 offline (an SLO-map cell)."""
+    return _slo_goodput_over_gpu_only(_a10g_cell("a10g-g5.16xlarge"), policy)
+
+
+def _slo_goodput_over_gpu_only(spec: RunSpec, policy: str) -> float:
+    """`policy`'s goodput over gpu-only's in `spec`, with a TPOT bound of twice gpu-only's
+    TPOT p90 set for both (as on the SLO map)."""
     bound = 2 * execute(spec.with_(policy="gpu-only")).summary["tpot_p90"]
     goodput = {
         p: execute(spec.with_(policy=p, slo_tpot_s=bound)).summary["goodput_req_s"]
@@ -414,20 +418,5 @@ def test_under_an_slo_spread_prompts_raise_goodput_where_gpu_kv_gates_admission(
     rate), a TPOT bound of twice gpu-only's p90: the host does not pay there, GPU KV gates
     admission, and spreading each prompt over the steps to the next free slot lifts
     adaptive-chunked's goodput from 1.035x gpu-only's to over 1.05x (SLO map)."""
-    spec = RunSpec.of(
-        hardware="a10g-g5.2xlarge",
-        model="llama-3-8b",
-        input_len=1000,
-        output_len=200,
-        num_requests=200,
-        rate=3.607,
-        max_batch_tokens=8192,
-        timeline_iterations=0,
-        slo_per_token_s=None,
-    )
-    bound = 2 * execute(spec.with_(policy="gpu-only")).summary["tpot_p90"]
-    goodput = {
-        p: execute(spec.with_(policy=p, slo_tpot_s=bound)).summary["goodput_req_s"]
-        for p in ("adaptive-chunked", "gpu-only")
-    }
-    assert goodput["adaptive-chunked"] >= 1.05 * goodput["gpu-only"]
+    spec = _a10g_cell("a10g-g5.2xlarge", output_len=200, rate=3.607)
+    assert _slo_goodput_over_gpu_only(spec, "adaptive-chunked") >= 1.05
