@@ -79,7 +79,9 @@ def test_simulator_and_engine_spread_the_same_prompts(monkeypatch):
     assert spread[0] >= 2 and spread[0] % 2 == 0  # the same steps on both sides
 
 
-def _identical_plans(policy: str, workload, gpu_blocks: int, cpu_blocks: int, **settings):
+def _identical_plans(
+    policy: str, workload, gpu_blocks: int, cpu_blocks: int, max_model_len: int = 256, **settings
+):
     """Run `workload` through the engine (a tiny random Llama, plans priced as Llama-2-7B on
     a T4) and the simulator with the same scheduler settings; assert every request got its
     tokens and every step's plan is equal on both sides; the engine's plans."""
@@ -94,7 +96,8 @@ def _identical_plans(policy: str, workload, gpu_blocks: int, cpu_blocks: int, **
             cpu_kv_blocks=cpu_blocks,
             block_size=8,
             max_batch_tokens=320,
-            **{"max_model_len": 256, **settings},
+            max_model_len=max_model_len,
+            **settings,
         ),
         cost_model=cost,
     )
