@@ -62,6 +62,8 @@ class AdaptivePolicy(ApexPolicy):
     _held_out_host_blocks = 0  # those of the chunk `_plan_work` holds out of its plans
     _spreads = True  # whether `_chunk_of` may spread a prompt (`_admit` turns it off to redo)
     _spread = False  # whether it spread this step's first prompt
+    _gpu_pool_filled = False  # whether the GPU pool has filled since it last emptied
+    _gpu_prompt_tokens_left: int | None = None  # this step's, under `_steady_admission_tokens`
 
     def step(self, now: float = 0.0) -> Plan:
         if self.config.slo_tpot_s is not None:
@@ -114,17 +116,130 @@ class AdaptivePolicy(ApexPolicy):
         budget.tokens += withheld
         return candidates
 
+    def _place(self, budget: Budget) -> list[Candidate]:
+        """NEO's placement, the GPU's prompt tokens capped at the rate its residents free the
+        pool (`_steady_admission_tokens`); notes when the GPU pool first fills."""
+        if not self.gpu_running:
+            self._gpu_pool_filled = False  # empty again: the next fill is a start too
+        self._gpu_prompt_tokens_left = self._steady_admission_tokens()
+        candidates = super()._place(budget)
+        if not self._gpu_pool_filled and len(candidates) < len(self.waiting):
+            self._gpu_pool_filled = self._gpu_pool_full_for(
+                self.waiting[len(candidates)], candidates
+            )
+        return candidates
+
+    def _gpu_pool_full_for(self, r: Request, candidates: list[Candidate]) -> bool:
+        """Whether the GPU pool, after this step's growth and GPU-placed `candidates`, has no
+        room for waiting prompt `r`."""
+        gpu = self.kv.gpu
+        used = self._gpu_blocks_after_growth() + sum(
+            gpu.extra_blocks(q.request_id, q.seq_len)
+            for q, device in candidates
+            if device == Device.GPU
+        )
+        return used + gpu.extra_blocks(r.request_id, r.seq_len) > gpu.num_blocks
+
+    def _steady_admission_tokens(self) -> int | None:
+        """Rule 5, with chunked prefill: the most prompt tokens this step's GPU prompts may take,
+        the rate at which the GPU's residents free its pool (each resident's slot takes a prompt
+        as long as its own once per its output length, NEO's `SteadyPrefill`, scaled from the
+        blocks in use to the whole pool). None (no cap) before the pool first fills (the start:
+        nothing departs yet), without GPU residents, where every waiting request fits the pool
+        to its end (`_waiting_fit_to_the_end`), where the host decodes a token no slower than
+        the GPU (`_host_keeps_pace`), and where the cost model prices NEO's whole chunks above
+        the spread prompts (`_spread_prompts_pay`). After the cohort admitted at the start
+        departs together, NEO refills the pool in whole chunks followed by decode-only
+        iterations, and the cycle repeats each output length: on g5.2xlarge with 1000/200
+        offline 188 iterations of ~990 prompt tokens (0.194 s) and 772 decode-only ones (0.045
+        s). At the steady rate the prompts spread over the iterations as under vLLM's chunked
+        prefill with a small budget (~220 prompt tokens beside ~37 decodes, 0.072 s), and
+        departures stay staggered (docs/architecture.md, "Adaptive", rule 5)."""
+        if not (self.config.chunked_prefill_tokens and self._gpu_pool_filled and self.gpu_running):
+            return None
+        used = self.kv.gpu.num_used
+        if used < 1 or self._waiting_fit_to_the_end() or self._host_keeps_pace():
+            return None
+        full = self.kv.gpu.num_blocks / used  # a full pool's residents per resident now
+        if not self._spread_prompts_pay(len(self.gpu_running) * full):
+            return None
+        steady = sum(r.prompt_len / r.max_new_tokens for r in self.gpu_running.values())
+        return max(1, math.ceil(steady * full))
+
+    def _waiting_fit_to_the_end(self) -> bool:
+        """Whether every waiting request fits the GPU pool's free room at its full length
+        (prompt and `max_new_tokens`): then no admission waits for a departure, and there is
+        nothing to pace (the end of an offline run; most steps below capacity). Counted at
+        the prompt's length only, admitting the last cohort whole overfilled the pool as it
+        grew (policy map, g5.2xlarge with 1000/800 offline: 1.09x the best rival paced, 1.07x)."""
+        gpu = self.kv.gpu
+        free = gpu.num_blocks - self._gpu_blocks_after_growth()
+        for r in self.waiting:
+            free -= gpu.extra_blocks(r.request_id, r.max_seq_len)
+            if free < 0:
+                return False
+        return True
+
+    def _host_keeps_pace(self) -> bool:
+        """Whether the host decodes a token (at the GPU residents' mean context) in no more time
+        than the GPU's decode-only iteration spends per resident. There NEO's whole chunks are
+        windows in which host residents decode, which pays more than smooth GPU iterations
+        (g5.16xlarge with 1000/200 offline: 1.011x the best rival unpaced, 0.983x paced; the
+        T4, whose GPU holds two residents: 1.104x and 1.063x). Never without a host pool."""
+        if not self.kv.cpu.num_blocks:
+            return False
+        gpu = self.gpu_running.values()
+        host_s = self.cost.model.num_layers * self.cost.cpu_decode_attn(
+            len(gpu), sum(r.seq_len for r in gpu)
+        )
+        return host_s <= self._decode_only_s(())
+
+    def _spread_prompts_pay(self, residents: float) -> bool:
+        """Whether, in the steady state of the GPU residents' mix (their mean context, prompt
+        and output length; `residents` of them, as a full pool holds), prompts spread at the
+        steady rate serve more decodes per second than NEO's whole chunks. Per admission
+        interval (n = output length / residents iterations): NEO runs one iteration carrying a
+        whole prompt and n - 1 decode-only ones; spread, n iterations each carry 1/n of it
+        (priced at mid-prompt) beside one resident fewer (the slot its prefill holds). A prompt
+        token rides a small iteration for less (A10G: 0.126 ms against 0.153 ms in a whole
+        chunk), but with long outputs on the 2x H100 + 70B the idle slot costs more than that
+        saves (1000/800 offline: 1.19x the best rival unpaced, 1.11x paced)."""
+        gpu = self.gpu_running.values()
+        count = len(gpu)
+        context = sum(r.seq_len for r in gpu) // count
+        prompt = round(sum(r.prompt_len for r in gpu) / count)
+        n = max(1.0, sum(r.max_new_tokens for r in gpu) / count / residents)
+        size = max(2, round(residents))
+
+        def iteration_s(decodes: int, chunk: int = 0, start: int = 0) -> float:
+            b = SubBatchBuilder(self.cost)
+            b.add_decodes([DecodeWork(-1 - i, context) for i in range(decodes)], on_gpu=True)
+            if chunk:
+                b.add_prefill(PrefillWork(-1 - decodes, start, start + chunk))
+            return self._work_s(Mode.SEQUENTIAL, (b,))
+
+        whole = n * size / (iteration_s(size, prompt) + (n - 1) * iteration_s(size))
+        chunk = max(1, round(prompt / n))
+        spread = (size - 1) / iteration_s(size - 1, chunk, max(0, round((prompt - chunk) / 2)))
+        return spread > whole
+
     def _chunk_of(self, r: Request, device: Device, remaining: int, tokens: int) -> int:
-        """NEO's chunk, or, where GPU KV alone gates admission (`_gpu_kv_gates_admission`),
-        the prompt spread over the steps until a resident ends (`_spread_chunk`)."""
+        """NEO's chunk, at most the GPU's steady admission tokens left this step
+        (`_steady_admission_tokens`); or, where GPU KV alone gates admission
+        (`_gpu_kv_gates_admission`), the prompt spread over the steps until a resident ends
+        (`_spread_chunk`)."""
         chunk = super()._chunk_of(r, device, remaining, tokens)
-        if not self._spreads or device != Device.GPU or r is not self.waiting[0]:
+        if device != Device.GPU:
             return chunk
-        if not self._gpu_kv_gates_admission(r):
-            return chunk
-        spread = self._spread_chunk(r, chunk, remaining)
-        self._spread = spread < chunk
-        return spread
+        if self._gpu_prompt_tokens_left is not None:
+            chunk = min(chunk, self._gpu_prompt_tokens_left)
+        if self._spreads and chunk > 0 and r is self.waiting[0] and self._gpu_kv_gates_admission(r):
+            spread = self._spread_chunk(r, chunk, remaining)
+            self._spread = spread < chunk
+            chunk = spread
+        if self._gpu_prompt_tokens_left is not None:
+            self._gpu_prompt_tokens_left -= chunk
+        return chunk
 
     def _gpu_kv_gates_admission(self, first: Request) -> bool:
         """Whether GPU KV, and nothing else, holds back the prompts waiting behind `first`

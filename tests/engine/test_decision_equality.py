@@ -117,3 +117,24 @@ def _identical_plans(
     for step, (a, b) in enumerate(zip(engine_plans, result.plans)):
         assert a == b, f"{policy}: plans differ at iteration {step}:\n{a}\n{b}"
     return engine_plans
+
+
+def test_simulator_and_engine_pace_the_same_prompts(monkeypatch):
+    """Adaptive with no host pool and 256-token chunks, a backlog of ~250-token prompts: once
+    the GPU pool has filled, the GPU's prompts take the rate its residents free it (rule 5),
+    from the residents' lengths, `max_new_tokens` and the pool's blocks in use as each side
+    keeps them."""
+    from neo_sim.scheduler.adaptive import AdaptivePolicy
+
+    paced = [0]
+    steady_admission_tokens = AdaptivePolicy._steady_admission_tokens
+
+    def spy(self):
+        tokens = steady_admission_tokens(self)
+        paced[0] += tokens is not None
+        return tokens
+
+    monkeypatch.setattr(AdaptivePolicy, "_steady_admission_tokens", spy)
+    workload = synthetic(60, rate=40.0, input_len=250, output_len=50, seed=3)
+    _identical_plans("adaptive", workload, 1000, 0, chunked_prefill_tokens=256, max_model_len=400)
+    assert paced[0] >= 10 and paced[0] % 2 == 0  # the same steps on both sides
