@@ -215,9 +215,11 @@ class AdaptivePolicy(ApexPolicy):
         n = max(1.0, sum(r.max_new_tokens for r in gpu) / count / residents)
         size = max(2, round(residents))
 
+        works = [DecodeWork(-1 - i, context) for i in range(size)]
+
         def iteration_s(decodes: int, chunk: int = 0, start: int = 0) -> float:
             b = SubBatchBuilder(self.cost)
-            b.add_decodes([DecodeWork(-1 - i, context) for i in range(decodes)], on_gpu=True)
+            b.add_decodes(works[:decodes], on_gpu=True, tokens=decodes * context)
             if chunk:
                 b.add_prefill(PrefillWork(-1 - decodes, start, start + chunk))
             return self._work_s(Mode.SEQUENTIAL, (b,))
