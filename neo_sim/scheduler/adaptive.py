@@ -121,7 +121,10 @@ class AdaptivePolicy(ApexPolicy):
 
     def _place(self, budget: Budget) -> list[Candidate]:
         """NEO's placement, the GPU's prompt tokens capped at the rate its residents free the
-        pool (`_steady_admission_tokens`); notes when the GPU pool first fills."""
+        pool (`_steady_admission_tokens`); notes when the GPU pool first fills. Rule 5 is
+        for chunked prefill only: without it, NEO's placement as it is."""
+        if not self.config.chunked_prefill_tokens:
+            return super()._place(budget)
         if not self.gpu_running:
             self._gpu_pool_filled = False  # empty again: the next fill is a start too
         self._gpu_prompt_tokens_left = self._steady_admission_tokens()
