@@ -157,7 +157,7 @@ class AdaptivePolicy(ApexPolicy):
         the spread prompts (`_spread_prompts_pay`). After the cohort admitted at the start
         departs together, NEO refills the pool in whole chunks followed by decode-only
         iterations, and the cycle repeats each output length: on g5.2xlarge with 1000/200
-        offline 188 iterations of ~990 prompt tokens (0.194 s) and 772 decode-only ones (0.045
+        offline 201 iterations of ~950 prompt tokens (0.215 s) and 654 decode-only ones (0.045
         s). At the steady rate the prompts spread over the iterations as under vLLM's chunked
         prefill with a small budget (~220 prompt tokens beside ~37 decodes, 0.071 s), and
         departures stay staggered (docs/architecture.md, "Adaptive", rule 5)."""
