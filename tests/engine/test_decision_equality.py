@@ -120,7 +120,7 @@ def _identical_plans(
 
 
 def test_simulator_and_engine_pace_the_same_prompts(monkeypatch):
-    """Adaptive with no host pool and 256-token chunks, a backlog of ~250-token prompts: once
+    """Adaptive with no host pool and 256-token chunks, a backlog of ~200-token prompts: once
     the GPU pool has filled, the GPU's prompts take the rate its residents free it (rule 5),
     from the residents' lengths, `max_new_tokens` and the pool's blocks in use as each side
     keeps them."""
@@ -135,6 +135,6 @@ def test_simulator_and_engine_pace_the_same_prompts(monkeypatch):
         return tokens
 
     monkeypatch.setattr(AdaptivePolicy, "_steady_admission_tokens", spy)
-    workload = synthetic(60, rate=40.0, input_len=250, output_len=50, seed=3)
-    _identical_plans("adaptive", workload, 1000, 0, chunked_prefill_tokens=256, max_model_len=400)
+    workload = synthetic(60, rate=40.0, input_len=200, output_len=60, seed=3)
+    _identical_plans("adaptive", workload, 1200, 0, chunked_prefill_tokens=256, max_model_len=400)
     assert paced[0] >= 10 and paced[0] % 2 == 0  # the same steps on both sides
