@@ -210,8 +210,8 @@ class AdaptivePolicy(ApexPolicy):
         and decode-only iterations after them; spread, n iterations each carry 1/n of it
         (priced at mid-prompt) beside one resident fewer (the slot its prefill holds). Priced
         as one iteration of the whole prompt, NEO's side came out dearer than it runs with
-        long prompts (2x H100 with 2,600-token prompts offline: paced 1.135x the best rival,
-        1.148x now that it is not). A prompt
+        long prompts (2x H100 with 2,600-token prompts offline: 1.135x the best rival priced
+        so, 1.148x priced as NEO cuts it, 1.166x never paced). A prompt
         token rides a small iteration for less (A10G: 0.126 ms against 0.153 ms in a whole
         chunk), but with long outputs on the 2x H100 + 70B the idle slot costs more than that
         saves (1000/800 offline: 1.19x the best rival unpaced, 1.11x paced)."""
