@@ -161,7 +161,7 @@ class AdaptivePolicy(ApexPolicy):
         s). At the steady rate the prompts spread over the iterations as under vLLM's chunked
         prefill with a small budget (~220 prompt tokens beside ~37 decodes, 0.071 s), and
         departures stay staggered (docs/architecture.md, "Adaptive", rule 5)."""
-        if not (self.config.chunked_prefill_tokens and self._gpu_pool_filled and self.gpu_running):
+        if not (self._gpu_pool_filled and self.gpu_running):  # set by `_place`, with chunks only
             return None
         used = self.kv.gpu.num_used
         if used < 1 or self._waiting_fit_to_the_end() or self._host_keeps_pace():
@@ -211,16 +211,19 @@ class AdaptivePolicy(ApexPolicy):
         (priced at mid-prompt) beside one resident fewer (the slot its prefill holds). Priced
         as one iteration of the whole prompt, NEO's side came out dearer than it runs with
         long prompts (2x H100 with 2,600-token prompts offline: 1.135x the best rival priced
-        so, 1.148x priced as NEO cuts it, 1.166x never paced). A prompt
-        token rides a small iteration for less (A10G: 0.126 ms against 0.153 ms in a whole
-        chunk), but with long outputs on the 2x H100 + 70B the idle slot costs more than that
-        saves (1000/800 offline: 1.19x the best rival unpaced, 1.11x paced)."""
+        so, 1.148x priced as NEO cuts it, 1.166x never paced). A prompt token rides a small
+        iteration for less (A10G: 0.126 ms against 0.153 ms in a whole chunk), but with long
+        outputs on the 2x H100 + 70B the idle slot costs more than that saves (1000/800
+        offline: 1.19x the best rival unpaced, 1.11x paced)."""
         gpu = self.gpu_running.values()
         count = len(gpu)
         context = sum(r.seq_len for r in gpu) // count
         prompt = round(sum(r.prompt_len for r in gpu) / count)
-        n = max(1.0, sum(r.max_new_tokens for r in gpu) / count / residents)
         size = max(2, round(residents))
+        cut = max(1, self.config.chunked_prefill_tokens - size)  # NEO's chunk beside them
+        steps = -(-prompt // cut)
+        # iterations per admission, at least NEO's chunks of one prompt
+        n = max(float(steps), sum(r.max_new_tokens for r in gpu) / count / residents)
 
         works = [DecodeWork(-1 - i, context) for i in range(size)]
 
@@ -231,9 +234,6 @@ class AdaptivePolicy(ApexPolicy):
                 b.add_prefill(PrefillWork(-1 - decodes, start, start + chunk))
             return self._work_s(Mode.SEQUENTIAL, (b,))
 
-        cut = max(1, self.config.chunked_prefill_tokens - size)  # NEO's chunk beside them
-        steps = -(-prompt // cut)
-        n = max(n, float(steps))
         last = prompt - (steps - 1) * cut
         whole_s = (steps - 1) * iteration_s(size, cut) + iteration_s(size, last, prompt - last)
         whole = n * size / (whole_s + (n - steps) * iteration_s(size))

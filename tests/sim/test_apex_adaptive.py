@@ -433,7 +433,7 @@ def _paced_policy(
     """Adaptive with 1024-token chunks on `hardware` (its shipped profile; the GPU pool the
     policy map gives adaptive-chunked on the A10G hosts by default), 120 requests of 1000 +
     `output_len` tokens all at once, stepped until its GPU pool has filled (rule 5's start)
-    and 20 more steps."""
+    and `steps_after` more steps."""
     cost = resolve_target(hardware, model).cost
     config = SchedulerConfig(
         max_batch_tokens=8192,
