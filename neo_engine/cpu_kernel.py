@@ -399,11 +399,27 @@ def _prefill_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return module
 
 
+def torch_prefill_wins(dtype: torch.dtype) -> bool:
+    """Whether the engine gives whole prompts of this dtype to torch's SDPA although our flash
+    kernel covers them: bf16 on a CPU with AMX-BF16. There torch's CPU flash attention
+    multiplies its blocks on AMX tiles (oneDNN's brgemm), our kernel with AVX512-BF16 dot
+    products; on an Emerald Rapids VM (2 cores) torch ran 1.5-4.3x faster at 128-2,048 tokens
+    and took 0.83x our one-call time for 32 prompts of 128 tokens
+    (benchmarks/results/prefill_attention_bfloat16_amx.json). fp32 never runs on AMX, so
+    there our kernel stays (1.2-2.0x torch's on the same VM)."""
+    return dtype == torch.bfloat16 and _AMX_BF16
+
+
+_AMX_BF16 = cpu_features()["amx_bf16"]
+
+
 def prefill_path(dtype: torch.dtype, device_type: str = "cpu") -> str:
     """Which prefill attention whole prompts of this dtype take on a device of this type here,
     in words (engine.build_info, /metrics, benchmark results)."""
     if device_type != "cpu" or not _prefill_covers(load_extension(), dtype):
         return "torch SDPA"
+    if torch_prefill_wins(dtype):
+        return "torch SDPA (its flash attention on AMX tiles)"
     if dtype == torch.bfloat16:
         return "compiled flash kernel, native bf16 dot products (AVX512-BF16)"
     return f"compiled flash kernel, fp32 FMA ({'AVX-512' if cpu_features()['avx512f'] else 'AVX2'})"

@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neo_engine import cpu_kernel
+from neo_engine import attention, cpu_kernel
 from neo_engine.attention import prefill_attention
+from neo_sim.machine import cpu_features
 
 module = cpu_kernel.load_extension()
 COVERED = {
@@ -94,8 +95,30 @@ def test_strided_views_of_a_fused_qkv(dtype):
         q.contiguous(), k.contiguous(), v.contiguous(), 0.125
     )
     assert torch.equal(ours, dense)
-    # The layer's entry point takes the kernel for a whole prompt: [T, Hq * D].
-    assert torch.equal(prefill_attention(q, k, v, 0.125), dense.reshape(tokens, -1))
+    # The layer's entry point takes the kernel for a whole prompt (torch's where it wins):
+    # [T, Hq * D].
+    taken = torch_sdpa(q, k, v, 0.125) if cpu_kernel.torch_prefill_wins(dtype) else dense
+    assert torch.equal(prefill_attention(q, k, v, 0.125), taken.reshape(tokens, -1))
+
+
+@pytest.mark.parametrize("torch_wins", [False, True])
+def test_the_engine_takes_torchs_kernel_exactly_where_it_wins(monkeypatch, torch_wins):
+    """bf16 prompts go to torch's SDPA where `torch_prefill_wins` (a CPU with AMX-BF16), to
+    our kernel elsewhere, one prompt or several at once; fp32 never counts as a torch win."""
+    assert cpu_kernel.torch_prefill_wins(torch.bfloat16) == cpu_features()["amx_bf16"]
+    assert not cpu_kernel.torch_prefill_wins(torch.float32)
+    monkeypatch.setattr(attention, "torch_prefill_wins", lambda dtype: torch_wins)
+    calls = []
+    monkeypatch.setattr(attention, "flash_prefill_attention", lambda *a: calls.append(a))
+    monkeypatch.setattr(
+        attention, "flash_prefill_attention_ranges", lambda *a: calls.append(a) or True
+    )
+    q = torch.randn(12, 4, 64).bfloat16()
+    out = attention.prefill_attention(q, q, q, 0.125)
+    assert torch.equal(out, torch_sdpa(q, q, q, 0.125).reshape(12, -1))  # fell through
+    done = attention.whole_prompts_stage(0, [], q, q, q, 0.125, torch.empty(12, 256))
+    assert done == (not torch_wins)
+    assert len(calls) == (0 if torch_wins else 2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -166,8 +189,10 @@ def test_benchmark_measures_both_side_by_side(dtype):
 
 def test_the_path_in_words_says_which_kernel_runs():
     """`prefill_path` (engine.build_info, /metrics, benchmark results) names the compiled
-    kernel exactly where the build covers the dtype, torch's SDPA elsewhere."""
+    kernel exactly where the build covers the dtype and the engine takes it, torch's SDPA
+    elsewhere."""
     for dtype, covered in COVERED.items():
-        assert cpu_kernel.prefill_path(dtype).startswith("compiled") == covered
+        taken = covered and not cpu_kernel.torch_prefill_wins(dtype)
+        assert cpu_kernel.prefill_path(dtype).startswith("compiled") == taken
     assert cpu_kernel.prefill_path(torch.float16) == "torch SDPA"
     assert cpu_kernel.prefill_path(torch.float32, "cuda") == "torch SDPA"
