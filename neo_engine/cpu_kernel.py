@@ -403,10 +403,11 @@ def torch_prefill_wins(dtype: torch.dtype) -> bool:
     """Whether the engine gives whole prompts of this dtype to torch's SDPA although our flash
     kernel covers them: bf16 on a CPU with AMX-BF16. There torch's CPU flash attention
     multiplies its blocks on AMX tiles (oneDNN's brgemm), our kernel with AVX512-BF16 dot
-    products; on an Emerald Rapids VM (2 cores) torch ran 1.5-4.3x faster at 128-2,048 tokens
-    and took 0.83x our one-call time for 32 prompts of 128 tokens
+    products; on an Intel Xeon VM with AMX (2 cores) torch ran 1.18-4.35x faster at 128-2,048
+    tokens and took 0.84x our one-call time for 32 prompts of 128 tokens
     (benchmarks/results/prefill_attention_bfloat16_amx.json). fp32 never runs on AMX, so
-    there our kernel stays (1.2-2.0x torch's on the same VM)."""
+    there our kernel stays (1.06-1.71x torch's speed on the same VM,
+    prefill_attention_float32_amx.json)."""
     return dtype == torch.bfloat16 and _AMX_BF16
 
 
