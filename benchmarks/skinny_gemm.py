@@ -8,7 +8,7 @@ the median of alternating repeats:
   our kernel (in bf16 on a CPU with AVX512-BF16: its native path and its portable path);
   where torch has oneDNN's prepacking ops, also `layers.linear` with prepacked weights as the
   engine runs it (the kernel up to `layers.SKINNY_ROWS_WITH_PREPACKED` rows, oneDNN's blocked
-  weights beyond);
+  weights beyond) and oneDNN's blocked GEMM at every M (where the hand-over belongs);
   GB/s of weights streamed and the kernel's speed-up over F.linear;
 - this machine's read bandwidth (benchmarks.host_attention's 1 GiB sum), for reference, and
   which path the kernel took.
@@ -58,6 +58,10 @@ def median_times(rows: int, weights, module, threads: int, repeats: int) -> dict
     if can_prepack(dtype, torch.device("cpu")):  # what the engine runs past a few rows
         packed = [PrepackedWeight.of(w) for w in weights]
         variants["oneDNN-prepacked"] = lambda: [linear(xs[p.shape[1]], p) for p in packed]
+        variants["oneDNN-alone"] = lambda: [  # the blocked GEMM at every M: where to hand over
+            torch.ops.mkldnn._linear_pointwise(xs[p.shape[1]], p.blocked, None, "none", [], "")
+            for p in packed
+        ]
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():
         fn()  # warm-up

@@ -216,24 +216,27 @@ def decode_attention(
 # Up to this many rows of x, per dtype, `skinny_linear` beats torch's F.linear on the CPUs
 # measured (benchmarks/skinny_gemm.py): fp32 1.2-4.4x at 1..32 rows (AVX2,
 # results/skinny_gemm.json); bf16 2.1x at 1 row, 1.1x at 16, 0.93x at 24 and 32 (AVX512-BF16,
-# results/skinny_gemm_bfloat16.json). Above it the blocked GEMMs win. (With prepacked
-# weights `layers.linear` hands over to oneDNN far earlier: SKINNY_ROWS_WITH_PREPACKED.)
-SKINNY_MAX_ROWS = {torch.float32: 32, torch.bfloat16: 16}
+# results/skinny_gemm_bfloat16.json). Above it the blocked GEMMs win. With AMX-BF16 oneDNN's
+# bf16 GEMM multiplies up to 16 rows in one tile pass and F.linear caught up by 4-6 rows
+# (results/skinny_gemm_bfloat16_amx.json). (With prepacked weights `layers.linear` hands over
+# to oneDNN far earlier: SKINNY_ROWS_WITH_PREPACKED.)
+SKINNY_MAX_ROWS = {torch.float32: 32, torch.bfloat16: 4 if cpu_features()["amx_bf16"] else 16}
 
 
 def skinny_linear(
-    x: torch.Tensor, weight: torch.Tensor, native: bool = True
+    x: torch.Tensor, weight: torch.Tensor, native: bool = True, max_rows: int | None = None
 ) -> torch.Tensor | None:
     """x [M, K] @ weight[N, K]^T for a small M on the CPU, in fp32 or bf16 (x, weight and the
     result share the dtype; sums are fp32), or None where the kernel does not apply (another
-    device or dtype, too many rows, no compiled extension). `native=False` forces the portable
-    bf16 path on a CPU that has the native one (its tests)."""
+    device or dtype, more rows than `max_rows`, by default SKINNY_MAX_ROWS's, no compiled
+    extension). `native=False` forces the portable bf16 path on a CPU that has the native one
+    and `max_rows` takes more rows than the engine gives it (its tests)."""
     if (
         x.device.type != "cpu"
         or x.dtype not in SKINNY_MAX_ROWS
         or weight.dtype != x.dtype
         or x.dim() != 2
-        or x.shape[0] > SKINNY_MAX_ROWS[x.dtype]
+        or x.shape[0] > (max_rows or SKINNY_MAX_ROWS[x.dtype])
     ):
         return None
     module = load_extension()
