@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import RESULTS, SMOLLM2, reference_s, write_result
@@ -113,6 +114,19 @@ def workloads(
     return out
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One workload's timed runs on both engines (seconds) and their greedy outputs: every
+    neo_engine run's, and vLLM's last; paired: the i-th runs of both ran side by side."""
+
+    workload: dict
+    neo_s: list[float]
+    vllm_s: list[float]
+    neo_outputs: list[list[list[int]]]
+    vllm_output: list[list[int]]
+    paired: bool
+
+
 def run_neo(args, jobs: list[dict]) -> tuple[list[dict], dict]:
     """Each workload on neo_engine: warm-up, then --repeats timed runs."""
     from neo_engine import LLM, SamplingParams
@@ -155,26 +169,31 @@ def vllm_cpu_environment() -> dict[str, str]:
     return env
 
 
+RUNNER = Path(__file__).with_name("vllm_cpu_runner.py")
+
+
+def write_job(args, jobs: list[dict], path: Path) -> Path:
+    """The runner's job file (its docstring gives the format)."""
+    job = {
+        "model": str(args.model),
+        "dtype": args.dtype,
+        "max_model_len": args.max_model_len,
+        "repeats": args.repeats,
+        "eager": args.vllm_eager,
+        "workloads": jobs,
+    }
+    path.write_text(json.dumps(job))
+    return path
+
+
 def run_vllm(args, jobs: list[dict]) -> dict:
     """Each workload on vLLM's CPU backend, in its own Python (`vllm_cpu_runner.py`)."""
     env = vllm_cpu_environment()
     with tempfile.TemporaryDirectory(prefix="neo-vs-vllm-") as tmp:
-        job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job.write_text(
-            json.dumps(
-                {
-                    "model": str(args.model),
-                    "dtype": args.dtype,
-                    "max_model_len": args.max_model_len,
-                    "repeats": args.repeats,
-                    "eager": args.vllm_eager,
-                    "workloads": jobs,
-                }
-            )
-        )
-        runner = Path(__file__).with_name("vllm_cpu_runner.py")
+        job = write_job(args, jobs, Path(tmp) / "job.json")
+        result = Path(tmp) / "result.json"
         proc = subprocess.run(
-            [str(args.vllm_python), str(runner), str(job), str(result)],
+            [str(args.vllm_python), str(RUNNER), str(job), str(result)],
             env=env,
             capture_output=True,
             text=True,
@@ -184,6 +203,85 @@ def run_vllm(args, jobs: list[dict]) -> dict:
             tail = (proc.stdout + proc.stderr)[-3000:]
             raise SystemExit(f"vs_vllm_cpu: vLLM failed (exit {proc.returncode}):\n{tail}")
         return json.loads(result.read_text())
+
+
+class VllmSession:
+    """vLLM's CPU backend loaded in its own Python (`vllm_cpu_runner.py --serve`), running one
+    workload at a time on request, so that its runs can alternate with neo_engine's."""
+
+    def __init__(self, args, jobs: list[dict], tmp: Path):
+        self._log = open(tmp / "vllm.log", "w+")  # noqa: SIM115 (closed in close())
+        job = write_job(args, jobs, tmp / "job.json")
+        self._proc = subprocess.Popen(
+            [str(args.vllm_python), str(RUNNER), str(job), "--serve"],
+            env=vllm_cpu_environment(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+        self.facts = self._reply()
+
+    def _reply(self) -> dict:
+        for line in self._proc.stdout:
+            if line.startswith("RESULT "):
+                return json.loads(line.removeprefix("RESULT "))
+        self._log.seek(0)
+        tail = self._log.read()[-3000:]
+        raise SystemExit(f"vs_vllm_cpu: vLLM stopped (exit {self._proc.wait()}):\n{tail}")
+
+    def run(self, index: int) -> tuple[float, list[list[int]]]:
+        """Workload `index` once: (seconds, each request's token ids)."""
+        self._proc.stdin.write(f"{index}\n")
+        self._proc.stdin.flush()
+        reply = self._reply()
+        return reply["time_s"], reply["token_ids"]
+
+    def close(self) -> None:
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._log.close()
+
+
+def run_interleaved(args, jobs: list[dict]) -> tuple[list[dict], dict, dict]:
+    """Both engines loaded at once, each workload's runs alternating between them (neo_engine
+    first in even rounds, vLLM first in odd ones), so that this VM's drifting speed falls on
+    both alike: per workload {"neo", "vllm"} lists of (seconds, token ids); the neo_engine
+    path facts; vLLM's facts."""
+    from neo_engine import LLM, SamplingParams
+
+    llm = LLM(str(args.model), dtype=args.dtype, max_model_len=args.max_model_len)
+    path = {key: llm.engine.build_info[key] for key in PATH_FACTS}
+
+    def neo(w: dict) -> tuple[float, list[list[int]]]:
+        params = [
+            SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in w["max_tokens"]
+        ]
+        started = time.perf_counter()
+        outputs = llm.generate(w["prompts"], params)
+        return time.perf_counter() - started, [o.token_ids for o in outputs]
+
+    with tempfile.TemporaryDirectory(prefix="neo-vs-vllm-") as tmp:
+        session = VllmSession(args, jobs, Path(tmp))
+        try:
+            runs = []
+            for index, w in enumerate(jobs):
+                neo(w), session.run(index)  # warm-ups
+                pairs = {"neo": [], "vllm": []}
+                for round_ in range(args.repeats):
+                    order = ("neo", "vllm") if round_ % 2 == 0 else ("vllm", "neo")
+                    for engine in order:
+                        pairs[engine].append(neo(w) if engine == "neo" else session.run(index))
+                runs.append(pairs)
+                ratio = statistics.median(v[0] / n[0] for n, v in zip(pairs["neo"], pairs["vllm"]))
+                print(f"{w['name']}: paired ratio {ratio:.2f}", flush=True)
+        finally:
+            session.close()
+            llm.engine.close()
+    return runs, path, session.facts
 
 
 @contextlib.contextmanager
@@ -241,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--vllm-eager", action="store_true", help="vLLM without torch.compile")
     p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="both engines loaded at once, their runs alternating workload by workload (a "
+        "drifting VM's speed then falls on both alike); unset: neo_engine, vLLM, neo_engine",
+    )
+    p.add_argument(
         "--output",
         type=Path,
         help="result file; unset: vs_vllm_cpu.json for float32, vs_vllm_cpu_DTYPE.json else",
@@ -266,43 +370,74 @@ def main(argv: list[str] | None = None) -> int:
     trace = None if args.no_trace else args.trace
     jobs = workloads(vocab, args.max_model_len, trace, batches, args.new_tokens)
     reference = [reference_s()]
-    with busy_beside(args.busy_core_share):
-        before, neo_path = run_neo(args, jobs)
-    reference.append(reference_s())
-    with busy_beside(args.busy_core_share):
-        vllm = run_vllm(args, jobs)
-    reference.append(reference_s())
-    with busy_beside(args.busy_core_share):
-        after, _ = run_neo(args, jobs)
-    reference.append(reference_s())
+    if args.interleave:
+        with busy_beside(args.busy_core_share):
+            runs, neo_path, vllm = run_interleaved(args, jobs)
+        reference.append(reference_s())
+        measured = [
+            Measured(
+                w,
+                [t for t, _ in r["neo"]],
+                [t for t, _ in r["vllm"]],
+                [o for _, o in r["neo"]],
+                r["vllm"][-1][1],
+                paired=True,
+            )
+            for w, r in zip(jobs, runs)
+        ]
+    else:
+        with busy_beside(args.busy_core_share):
+            before, neo_path = run_neo(args, jobs)
+        reference.append(reference_s())
+        with busy_beside(args.busy_core_share):
+            vllm = run_vllm(args, jobs)
+        reference.append(reference_s())
+        with busy_beside(args.busy_core_share):
+            after, _ = run_neo(args, jobs)
+        reference.append(reference_s())
+        measured = [
+            Measured(
+                w,
+                b["times_s"] + a["times_s"],
+                v["times_s"],
+                [b["token_ids"], a["token_ids"]],
+                v["token_ids"],
+                paired=False,
+            )
+            for w, b, v, a in zip(jobs, before, vllm["workloads"], after)
+        ]
 
     rows = []
     print(f"{'workload':<48} {'neo tok/s':>10} {'vLLM tok/s':>11} {'ratio':>6}  same greedy")
-    for w, b, v, a in zip(jobs, before, vllm["workloads"], after):
-        tokens = sum(w["max_tokens"])
-        neo_s = statistics.median(b["times_s"] + a["times_s"])
-        vllm_s = statistics.median(v["times_s"])
-        same, share = agreement(b["token_ids"], v["token_ids"])
-        rows.append(
-            {
-                "workload": w["name"],
-                "requests": len(w["prompts"]),
-                "prompt_tokens": sum(len(x) for x in w["prompts"]),
-                "generated_tokens": tokens,
-                "neo_engine_s": {"before": b["times_s"], "after": a["times_s"]},
-                "vllm_s": v["times_s"],
-                "neo_engine_tok_s": tokens / neo_s,
-                "vllm_tok_s": tokens / vllm_s,
-                "ratio": vllm_s / neo_s,
-                "identical_outputs": same,
-                "agreeing_share": share,
-                "neo_runs_agree": b["token_ids"] == a["token_ids"],
-            }
-        )
-        r = rows[-1]
+    for m in measured:
+        w, tokens = m.workload, sum(m.workload["max_tokens"])
+        neo_s, vllm_s = statistics.median(m.neo_s), statistics.median(m.vllm_s)
+        same, share = agreement(m.neo_outputs[0], m.vllm_output)
+        row = {
+            "workload": w["name"],
+            "requests": len(w["prompts"]),
+            "prompt_tokens": sum(len(x) for x in w["prompts"]),
+            "generated_tokens": tokens,
+            "neo_engine_s": (
+                m.neo_s
+                if m.paired
+                else {"before": m.neo_s[: args.repeats], "after": m.neo_s[args.repeats :]}
+            ),
+            "vllm_s": m.vllm_s,
+            "neo_engine_tok_s": tokens / neo_s,
+            "vllm_tok_s": tokens / vllm_s,
+            "ratio": vllm_s / neo_s,
+            "identical_outputs": same,
+            "agreeing_share": share,
+            "neo_runs_agree": all(o == m.neo_outputs[0] for o in m.neo_outputs),
+        }
+        if m.paired:  # round by round: neo_engine's i-th run beside vLLM's
+            row["paired_ratios"] = [v / n for n, v in zip(m.neo_s, m.vllm_s)]
+            row["median_paired_ratio"] = statistics.median(row["paired_ratios"])
+        rows.append(row)
         print(
-            f"{w['name']:<48} {r['neo_engine_tok_s']:>10.1f} {r['vllm_tok_s']:>11.1f} "
-            f"{r['ratio']:>6.2f}  {same}/{r['requests']} ({share:.0%} of tokens)"
+            f"{w['name']:<48} {row['neo_engine_tok_s']:>10.1f} {row['vllm_tok_s']:>11.1f} "
+            f"{row['ratio']:>6.2f}  {same}/{row['requests']} ({share:.0%} of tokens)"
         )
     write_result(
         args.output,
@@ -321,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         reference_loop_s=reference,
         busy_core_share=args.busy_core_share,
+        interleaved=args.interleave,
         workloads=rows,
         command=" ".join(
             [Path(sys.executable).name, "-m", "benchmarks.vs_vllm_cpu", *(argv or sys.argv[1:])]

@@ -73,3 +73,62 @@ def test_the_serving_comparison_skips_without_a_vllm_venv(capsys, tmp_path):
 
     assert serve_main(["--vllm-venv", str(tmp_path)]) == 0
     assert "skipped: give --vllm-venv" in capsys.readouterr().out
+
+
+# A stand-in for vLLM's offline API, as much of it as benchmarks/vllm_cpu_runner.py calls:
+# every request generates token 7.
+FAKE_VLLM = """
+__version__ = "0.0+fake"
+
+
+class SamplingParams:
+    def __init__(self, temperature, max_tokens, ignore_eos):
+        self.max_tokens = max_tokens
+
+
+class _Completion:
+    def __init__(self, token_ids):
+        self.token_ids = token_ids
+
+
+class _RequestOutput:
+    def __init__(self, token_ids):
+        self.outputs = [_Completion(token_ids)]
+
+
+class LLM:
+    def __init__(self, **settings):
+        pass
+
+    def generate(self, prompts, params, use_tqdm):
+        return [_RequestOutput([7] * p.max_tokens) for p in params]
+"""
+
+
+def test_interleaved_runs_alternate_and_pair_up(tmp_path, monkeypatch):
+    """--interleave keeps vLLM's runner loaded (`--serve`) and alternates runs with
+    neo_engine's: each workload gets --repeats runs of each engine and one paired ratio per
+    round, the runner's outputs reach the agreement count, and neo_engine's runs agree."""
+    import json
+    import sys
+
+    from tests.engine.conftest import save_tiny_llama
+
+    fake = tmp_path / "fake"
+    (fake / "vllm").mkdir(parents=True)
+    (fake / "vllm" / "__init__.py").write_text(FAKE_VLLM)
+    monkeypatch.setenv("PYTHONPATH", str(fake))
+    save_tiny_llama(tmp_path / "model", num_kv_heads=2)
+    out = tmp_path / "result.json"
+    argv = ["--vllm-python", sys.executable, "--model", str(tmp_path / "model"), "--interleave"]
+    argv += ["--batches", "1,2", "--no-trace", "--new-tokens", "3", "--repeats", "3"]
+    assert main([*argv, "--max-model-len", "256", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["interleaved"] and result["vllm"]["version"] == "0.0+fake"
+    assert [w["requests"] for w in result["workloads"]] == [1, 2]
+    for w in result["workloads"]:
+        assert len(w["neo_engine_s"]) == len(w["vllm_s"]) == len(w["paired_ratios"]) == 3
+        assert w["paired_ratios"][0] == pytest.approx(w["vllm_s"][0] / w["neo_engine_s"][0])
+        assert w["neo_runs_agree"] and w["generated_tokens"] == 3 * w["requests"]
+        # neo_engine's tokens come from a random model: all 7s would be a coincidence.
+        assert w["identical_outputs"] == 0 and w["agreeing_share"] < 1
