@@ -22,6 +22,11 @@ bound to every core (VLLM_CPU_OMP_THREADS_BIND; its default keeps one back), 2 G
 KV vLLM would otherwise reuse; neo_engine caches no prefixes). Its first start compiles
 (torch.compile, minutes); --vllm-eager skips that and runs it uncompiled.
 
+--interleave loads both engines at once (vLLM's runner waiting on a pipe,
+`vllm_cpu_runner.py --serve`) and alternates their runs workload by workload, neo_engine first
+in even rounds: on a VM whose speed drifts within minutes, each round's two runs see the same
+machine, and the result adds each round's paired ratio and their median.
+
 --busy-core-share F runs a process keeping F of one core busy beside each engine
 (`benchmarks/busy_loop.py`): how each engine holds up next to a benchmark client, as in
 `benchmarks/serve_vs_vllm.py`. --batches and --no-trace choose the workloads.
