@@ -5,10 +5,11 @@ SmolLM2-135M's heads (9 query heads over 3 KV heads of 64 dims) and Llama-3-8B's
 128 dims), bf16 or fp32 (--dtype), every core. Side by side in one run, as the median of
 alternating repeats: torch's `F.scaled_dot_product_attention` (its flash kernel for 4-D
 inputs, `enable_gqa`) and ours (`csrc/prefill_attention.cpp`: native bf16 dot products with
-AVX512-BF16, fp32 FMA with AVX-512); GFLOP/s counts the causal half of the two matrix
-products (2 T^2 Hq D). Also the largest difference from a float64 reference of each, at the
-shortest T of each shape (in bf16 both round the probabilities to bf16 before the product
-with V).
+AVX512-BF16, fp32 FMA with AVX-512; in bf16 on a CPU with AMX-BF16 also
+`csrc/amx_prefill_attention.cpp` on AMX tiles, what the engine runs there); GFLOP/s counts
+the causal half of the two matrix products (2 T^2 Hq D). Also the largest difference from a
+float64 reference of each, at the shortest T of each shape (in bf16 both round the
+probabilities to bf16 before the product with V).
 
 Also a batch's whole prompts (--batch PROMPTSxTOKENS, 32x128 by default), rows of one fused
 QKV output: one kernel call per prompt against one call over all of them (the engine's
@@ -84,6 +85,15 @@ def measure(
         return out
 
     variants = {"torch_sdpa": lambda: torch_sdpa(q, k, v, scale), "ours": ours}
+    if amx_runs(module, dtype):
+        whole = torch.tensor([[0, tokens]], dtype=torch.int64)
+        amx_out = torch.empty_like(q)
+
+        def ours_amx():
+            module.amx_prefill_attention_ranges(q, k, v, amx_out, whole, scale, threads)
+            return amx_out
+
+        variants["ours_amx"] = ours_amx
     result = {}
     if errors:
         exact = causal_float64(q, k, v, scale)
@@ -130,7 +140,16 @@ def measure_batch(
         "per_prompt": per_prompt,
         "one_call": one_call,
     }
+    if amx_runs(module, dtype):
+        variants["amx_one_call"] = lambda: module.amx_prefill_attention_ranges(
+            q, k, v, out, ranges, scale, threads
+        )
     return alternating_medians(variants, repeats)
+
+
+def amx_runs(module, dtype: torch.dtype) -> bool:
+    """Whether the AMX tile kernel (`csrc/amx_prefill_attention.cpp`) runs here for `dtype`."""
+    return dtype == torch.bfloat16 and module.amx_prefill_available()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,10 +178,17 @@ def main(argv: list[str] | None = None) -> int:
             run = measure(module, shape, dtype, args.repeats, errors=i == 0)
             flops = 2 * tokens * tokens * heads * dim
             torch_s, ours_s = run["torch_sdpa_s"], run["ours_s"]
+            amx = (
+                f" | on AMX tiles {run['ours_amx_s'] * 1e3:7.2f} ms "
+                f"{flops / run['ours_amx_s'] / 1e9:5.0f} GFLOP/s "
+                f"{torch_s / run['ours_amx_s']:.2f}x"
+                if "ours_amx_s" in run
+                else ""
+            )
             print(
                 f"{model} T={tokens:<5} torch {torch_s * 1e3:7.2f} ms "
                 f"{flops / torch_s / 1e9:5.0f} GFLOP/s | ours {ours_s * 1e3:7.2f} ms "
-                f"{flops / ours_s / 1e9:5.0f} GFLOP/s | {torch_s / ours_s:.2f}x",
+                f"{flops / ours_s / 1e9:5.0f} GFLOP/s | {torch_s / ours_s:.2f}x{amx}",
                 flush=True,
             )
             runs.append(
@@ -185,7 +211,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{model} {prompts} prompts x {tokens}: torch, one call per prompt "
             f"{run['torch_per_prompt_s'] * 1e3:.2f} ms | ours, one call per prompt "
             f"{run['per_prompt_s'] * 1e3:.2f} ms | ours, one call "
-            f"{run['one_call_s'] * 1e3:.2f} ms ({ratio:.2f}x torch's time)",
+            f"{run['one_call_s'] * 1e3:.2f} ms ({ratio:.2f}x torch's time)"
+            + (
+                f" | on AMX tiles, one call {run['amx_one_call_s'] * 1e3:.2f} ms "
+                f"({run['amx_one_call_s'] / run['torch_per_prompt_s']:.2f}x torch's time)"
+                if "amx_one_call_s" in run
+                else ""
+            ),
             flush=True,
         )
         batched.append({"model": model, "prompts": prompts, "tokens": tokens, **run})

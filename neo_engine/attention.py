@@ -13,11 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from neo_engine.cpu_kernel import decode_attention as host_decode_attention
-from neo_engine.cpu_kernel import (
-    flash_prefill_attention,
-    flash_prefill_attention_ranges,
-    torch_prefill_wins,
-)
+from neo_engine.cpu_kernel import flash_prefill_attention, flash_prefill_attention_ranges
 from neo_engine.kv_cache import KVPool
 
 
@@ -32,12 +28,12 @@ def prefill_attention(
 
     SDPA gets 4-D [1, H, T, D] tensors: on a CPU, torch runs its flash kernel only for 4-D
     inputs and falls back to the math path (the whole T x T score matrix, ~6x slower at a
-    2,000-token prompt) for 3-D ones. A whole bf16 prompt on a CPU with AVX512-BF16 but no
-    AMX, or fp32 on one with AVX-512 or AVX2, goes to the compiled flash kernel instead
-    (`cpu_kernel.flash_prefill_attention`; benchmarks/prefill_attention.py times both; with
-    AMX torch's bf16 kernel wins: `cpu_kernel.torch_prefill_wins`)."""
+    2,000-token prompt) for 3-D ones. A whole bf16 prompt on a CPU with AVX512-BF16 (on AMX
+    tiles where the CPU has them), or fp32 on one with AVX-512 or AVX2, goes to the compiled
+    flash kernel instead (`cpu_kernel.flash_prefill_attention`;
+    benchmarks/prefill_attention.py times them)."""
     t = q.shape[0]
-    if prefix is None and not torch_prefill_wins(q.dtype):
+    if prefix is None:
         native = flash_prefill_attention(q, k, v, scale)
         if native is not None:
             return native.reshape(t, -1)
@@ -131,8 +127,6 @@ def whole_prompts_stage(
     prompt: in the engine's prefill of 32 prompts of 128 tokens (SmolLM2, 960 calls per
     step) attention took 0.78x the time, the step 0.96x (side by side, ad hoc, 2026-12-04)."""
     ranges = [rows for _, _, rows in prompts]
-    if torch_prefill_wins(q.dtype):
-        return False
     if not flash_prefill_attention_ranges(q, k, v, ranges, scale, out.view(q.shape)):
         return False
     for pool, slots, (a, b) in prompts:  # attention read the new k/v rows, not the pool

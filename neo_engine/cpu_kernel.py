@@ -39,6 +39,7 @@ _SOURCES = [
         "skinny_gemm.cpp",
         "fused_ops.cpp",
         "prefill_attention.cpp",
+        "amx_prefill_attention.cpp",
         "greedy_rows.cpp",
         "bindings.cpp",
     )
@@ -402,19 +403,12 @@ def _prefill_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return module
 
 
-def torch_prefill_wins(dtype: torch.dtype) -> bool:
-    """Whether the engine gives whole prompts of this dtype to torch's SDPA although our flash
-    kernel covers them: bf16 on a CPU with AMX-BF16. There torch's CPU flash attention
-    multiplies its blocks on AMX tiles (oneDNN's brgemm), our kernel with AVX512-BF16 dot
-    products; on an Intel Xeon VM with AMX (2 cores) torch ran 1.18-4.35x faster at 128-2,048
-    tokens and took 0.84x our one-call time for 32 prompts of 128 tokens
-    (benchmarks/results/prefill_attention_bfloat16_amx.json). fp32 never runs on AMX, so
-    there our kernel stays (1.06-1.71x torch's speed on the same VM,
-    prefill_attention_float32_amx.json)."""
-    return dtype == torch.bfloat16 and _AMX_BF16
-
-
-_AMX_BF16 = cpu_features()["amx_bf16"]
+def _amx_applies(module, q: torch.Tensor) -> bool:
+    """Whether the AMX tile kernel (`csrc/amx_prefill_attention.cpp`) takes these prompts: bf16,
+    heads of 64-256 dims in steps of 64, a build and CPU with AMX-BF16. Where it applies it
+    runs 1.15-1.51x torch's SDPA and several times our AVX512-BF16 kernel at SmolLM2's heads
+    (benchmarks/results/prefill_attention_bfloat16_amx.json, an Intel Xeon VM)."""
+    return q.dtype == torch.bfloat16 and q.shape[2] % 64 == 0 and module.amx_prefill_available()
 
 
 def prefill_path(dtype: torch.dtype, device_type: str = "cpu") -> str:
@@ -422,26 +416,31 @@ def prefill_path(dtype: torch.dtype, device_type: str = "cpu") -> str:
     in words (engine.build_info, /metrics, benchmark results)."""
     if device_type != "cpu" or not _prefill_covers(load_extension(), dtype):
         return "torch SDPA"
-    if torch_prefill_wins(dtype):
-        return "torch SDPA (its flash attention on AMX tiles)"
+    if dtype == torch.bfloat16 and load_extension().amx_prefill_available():
+        return "compiled flash kernel on AMX tiles (heads not a multiple of 64: AVX512-BF16)"
     if dtype == torch.bfloat16:
         return "compiled flash kernel, native bf16 dot products (AVX512-BF16)"
     return f"compiled flash kernel, fp32 FMA ({'AVX-512' if cpu_features()['avx512f'] else 'AVX2'})"
 
 
 def flash_prefill_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, amx: bool = True
 ) -> torch.Tensor | None:
     """Causal attention of one whole prompt (q [T, Hq, D], k, v [T, Hkv, D], bf16 or fp32 on
     the CPU, head dims contiguous) through the compiled flash kernel
     (`csrc/prefill_attention.cpp`): [T, Hq, D], or None where it does not apply (another
     dtype or device, a head size that is not a multiple of 32, no AVX512-BF16 for bf16 or
-    neither AVX-512 nor AVX2 with FMA for fp32 in this build)."""
+    neither AVX-512 nor AVX2 with FMA for fp32 in this build). bf16 goes to the AMX tile kernel
+    where it applies (`_amx_applies`; `amx=False`: the AVX512-BF16 one, for its tests)."""
     module = _prefill_kernel(q, k, v)
     if module is None:
         return None
     out = torch.empty(q.shape, dtype=q.dtype)
-    module.prefill_attention(q, k, v, out, scale, torch.get_num_threads())
+    if amx and _amx_applies(module, q):
+        rows = torch.tensor([[0, q.shape[0]]], dtype=torch.int64)
+        module.amx_prefill_attention_ranges(q, k, v, out, rows, scale, torch.get_num_threads())
+    else:
+        module.prefill_attention(q, k, v, out, scale, torch.get_num_threads())
     return out
 
 
@@ -452,6 +451,7 @@ def flash_prefill_attention_ranges(
     ranges: list[tuple[int, int]],
     scale: float,
     out: torch.Tensor,
+    amx: bool = True,
 ) -> bool:
     """Causal attention of several whole prompts in one call: prompt i is rows ranges[i] =
     (first, end) of q [N, Hq, D] and k, v [N, Hkv, D]; its output goes to the same rows of
@@ -462,5 +462,8 @@ def flash_prefill_attention_ranges(
     if module is None or out.dtype != q.dtype or not out.is_contiguous():
         return False
     rows = torch.tensor(ranges, dtype=torch.int64).reshape(-1, 2)
-    module.prefill_attention_ranges(q, k, v, out, rows, scale, torch.get_num_threads())
+    if amx and _amx_applies(module, q):
+        module.amx_prefill_attention_ranges(q, k, v, out, rows, scale, torch.get_num_threads())
+    else:
+        module.prefill_attention_ranges(q, k, v, out, rows, scale, torch.get_num_threads())
     return True

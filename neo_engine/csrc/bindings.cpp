@@ -30,6 +30,10 @@ void prefill_attention(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 void prefill_attention_ranges(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               at::Tensor& out, const at::Tensor& ranges, double scale,
                               int64_t num_threads);
+bool amx_prefill_available();
+void amx_prefill_attention_ranges(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                  at::Tensor& out, const at::Tensor& ranges, double scale,
+                                  int64_t num_threads);
 void fused_silu_mul(const at::Tensor& gate_up, at::Tensor& out);
 void fused_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                   at::Tensor& out);
@@ -57,6 +61,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("prefill_attention_ranges", &prefill_attention_ranges,
         "causal prefill attention of several prompts (row ranges of q, k, v) in one call",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("amx_prefill_available", &amx_prefill_available,
+        "whether this build and CPU run the bf16 prefill attention on AMX tiles");
+  m.def("amx_prefill_attention_ranges", &amx_prefill_attention_ranges,
+        "bf16 causal prefill attention of several prompts (row ranges) on AMX tiles",
         py::call_guard<py::gil_scoped_release>());
   m.def("fused_silu_mul", &fused_silu_mul, "bf16 SiLU(gate) * up in one pass",
         py::call_guard<py::gil_scoped_release>());

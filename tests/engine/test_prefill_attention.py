@@ -12,13 +12,25 @@ import torch.nn.functional as F
 
 from neo_engine import attention, cpu_kernel
 from neo_engine.attention import prefill_attention
-from neo_sim.machine import cpu_features
 
 module = cpu_kernel.load_extension()
 COVERED = {
     dtype: module is not None and module.prefill_attention_covers(name)
     for dtype, name in ((torch.bfloat16, "bfloat16"), (torch.float32, "float32"))
 }
+AMX = module is not None and module.amx_prefill_available()
+# Every kernel this machine can run: bf16 on AVX512-BF16 and, where the CPU has AMX-BF16, on
+# AMX tiles (amx=True; heads that are not a multiple of 64 dims stay on the first), fp32.
+KERNELS = [
+    pytest.param(
+        dtype,
+        amx,
+        marks=pytest.mark.skipif(not covered, reason=f"no {dtype} prefill kernel in this build"),
+        id=str(dtype).removeprefix("torch.") + ("-amx" if amx else ""),
+    )
+    for dtype, covered in COVERED.items()
+    for amx in ([False, True] if dtype == torch.bfloat16 and AMX else [False])
+]
 DTYPES = [
     pytest.param(
         dtype,
@@ -62,9 +74,9 @@ SHAPES = [  # tokens, query heads, KV heads, head dim: tails of every tile, GQA,
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype, amx", KERNELS)
 @pytest.mark.parametrize("tokens,heads,kv_heads,dim", SHAPES)
-def test_as_close_to_float64_as_torch(tokens, heads, kv_heads, dim, dtype):
+def test_as_close_to_float64_as_torch(tokens, heads, kv_heads, dim, dtype, amx):
     """Within torch's own error of the exact result in the same dtype (plus `SLACK`): in bf16
     both round the probabilities to bf16 before the V product."""
     gen = torch.Generator().manual_seed(tokens * 1000 + dim)
@@ -72,7 +84,7 @@ def test_as_close_to_float64_as_torch(tokens, heads, kv_heads, dim, dtype):
     k = (torch.randn(tokens, kv_heads, dim, generator=gen) * 2).to(dtype)
     v = torch.randn(tokens, kv_heads, dim, generator=gen).to(dtype)
     scale = 1 / math.sqrt(dim)
-    ours = cpu_kernel.flash_prefill_attention(q, k, v, scale)
+    ours = cpu_kernel.flash_prefill_attention(q, k, v, scale, amx=amx)
     assert ours is not None and ours.dtype == dtype and ours.shape == q.shape
     exact = reference(q, k, v, scale)
     ours_error = (ours.double() - exact).abs().max().item()
@@ -81,8 +93,8 @@ def test_as_close_to_float64_as_torch(tokens, heads, kv_heads, dim, dtype):
     assert torch.isfinite(ours).all()
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_strided_views_of_a_fused_qkv(dtype):
+@pytest.mark.parametrize("dtype, amx", KERNELS)
+def test_strided_views_of_a_fused_qkv(dtype, amx):
     """q, k, v as the layer makes them: column slices of one [T, (Hq + 2 Hkv) D] output."""
     tokens, heads, kv_heads, dim = 90, 9, 3, 64
     gen = torch.Generator().manual_seed(7)
@@ -90,51 +102,64 @@ def test_strided_views_of_a_fused_qkv(dtype):
     q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=1)
     q, k, v = (x.view(tokens, -1, dim) for x in (q, k, v))
     assert not q.is_contiguous()
-    ours = cpu_kernel.flash_prefill_attention(q, k, v, 0.125)
+    ours = cpu_kernel.flash_prefill_attention(q, k, v, 0.125, amx=amx)
     dense = cpu_kernel.flash_prefill_attention(
-        q.contiguous(), k.contiguous(), v.contiguous(), 0.125
+        q.contiguous(), k.contiguous(), v.contiguous(), 0.125, amx=amx
     )
     assert torch.equal(ours, dense)
-    # The layer's entry point takes the kernel for a whole prompt (torch's where it wins):
+    # The layer's entry point takes the kernel for a whole prompt (AMX tiles where they run):
     # [T, Hq * D].
-    taken = torch_sdpa(q, k, v, 0.125) if cpu_kernel.torch_prefill_wins(dtype) else dense
-    assert torch.equal(prefill_attention(q, k, v, 0.125), taken.reshape(tokens, -1))
+    if amx or not AMX or dtype != torch.bfloat16:
+        assert torch.equal(prefill_attention(q, k, v, 0.125), dense.reshape(tokens, -1))
 
 
-@pytest.mark.parametrize("torch_wins", [False, True])
-def test_the_engine_takes_torchs_kernel_exactly_where_it_wins(monkeypatch, torch_wins):
-    """bf16 prompts go to torch's SDPA where `torch_prefill_wins` (a CPU with AMX-BF16), to
-    our kernel elsewhere, one prompt or several at once; fp32 never counts as a torch win."""
-    assert cpu_kernel.torch_prefill_wins(torch.bfloat16) == cpu_features()["amx_bf16"]
-    assert not cpu_kernel.torch_prefill_wins(torch.float32)
-    monkeypatch.setattr(attention, "torch_prefill_wins", lambda dtype: torch_wins)
-    calls = []
-    monkeypatch.setattr(attention, "flash_prefill_attention", lambda *a: calls.append(a))
-    monkeypatch.setattr(
-        attention, "flash_prefill_attention_ranges", lambda *a: calls.append(a) or True
+@pytest.mark.skipif(not AMX, reason="no AMX-BF16 here")
+def test_bf16_prompts_run_on_amx_tiles_where_the_cpu_has_them():
+    """With AMX-BF16 the engine's bf16 prompts go to the tile kernel (one prompt or several):
+    its results differ from the AVX512-BF16 kernel's in the last bits (other summation
+    orders), equal to those of `amx=True`; heads that are not a multiple of 64 dims stay on
+    the AVX512-BF16 kernel; `prefill_path` says so."""
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(200, 4, 64, generator=gen).bfloat16() for _ in range(3))
+    tiles = cpu_kernel.flash_prefill_attention(q, k, v, 0.125, amx=True)
+    vectors = cpu_kernel.flash_prefill_attention(q, k, v, 0.125, amx=False)
+    assert not torch.equal(tiles, vectors)
+    assert torch.equal(prefill_attention(q, k, v, 0.125), tiles.reshape(200, -1))
+    written = []
+
+    class Pool:  # where whole_prompts_stage stores each prompt's new K/V
+        def write(self, layer, slots, k, v):
+            written.append(k.shape[0])
+
+    out = torch.empty_like(q).reshape(200, -1)
+    prompts = [(Pool(), None, (0, 120)), (Pool(), None, (120, 200))]
+    assert attention.whole_prompts_stage(0, prompts, q, k, v, 0.125, out)
+    assert written == [120, 80]
+    first = cpu_kernel.flash_prefill_attention(q[:120], k[:120], v[:120], 0.125, amx=True)
+    assert torch.equal(out[:120], first.reshape(120, -1))
+    narrow = [x[:, :, :32].contiguous() for x in (q, k, v)]
+    assert torch.equal(
+        cpu_kernel.flash_prefill_attention(*narrow, 0.125, amx=True),
+        cpu_kernel.flash_prefill_attention(*narrow, 0.125, amx=False),
     )
-    q = torch.randn(12, 4, 64).bfloat16()
-    out = attention.prefill_attention(q, q, q, 0.125)
-    assert torch.equal(out, torch_sdpa(q, q, q, 0.125).reshape(12, -1))  # fell through
-    done = attention.whole_prompts_stage(0, [], q, q, q, 0.125, torch.empty(12, 256))
-    assert done == (not torch_wins)
-    assert len(calls) == (0 if torch_wins else 2)
+    assert "AMX tiles" in cpu_kernel.prefill_path(torch.bfloat16)
+    assert "AMX" not in cpu_kernel.prefill_path(torch.float32)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_rows_attend_only_to_earlier_keys(dtype):
+@pytest.mark.parametrize("dtype, amx", KERNELS)
+def test_rows_attend_only_to_earlier_keys(dtype, amx):
     """Changing the last token's K and V changes no earlier row's output (causality)."""
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(150, 4, 64, generator=gen).to(dtype) for _ in range(3))
-    before = cpu_kernel.flash_prefill_attention(q, k, v, 0.125)
+    before = cpu_kernel.flash_prefill_attention(q, k, v, 0.125, amx=amx)
     k[-1], v[-1] = k[-1] * 5, -v[-1]
-    after = cpu_kernel.flash_prefill_attention(q, k, v, 0.125)
+    after = cpu_kernel.flash_prefill_attention(q, k, v, 0.125, amx=amx)
     assert torch.equal(before[:-1], after[:-1])
     assert not torch.equal(before[-1], after[-1])
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_several_prompts_in_one_call_equal_one_call_each(dtype):
+@pytest.mark.parametrize("dtype, amx", KERNELS)
+def test_several_prompts_in_one_call_equal_one_call_each(dtype, amx):
     """The batched call (row ranges of a fused QKV output, gaps between them, lengths that end
     in every K block of a tile) gives each prompt exactly its one-prompt result, and leaves
     the rows outside every range as they were."""
@@ -149,10 +174,10 @@ def test_several_prompts_in_one_call_equal_one_call_each(dtype):
         ranges.append((row + gap, row + gap + length))
         row += gap + length
     out = torch.full((tokens, heads, dim), 7.0, dtype=dtype)
-    assert cpu_kernel.flash_prefill_attention_ranges(q, k, v, ranges, 0.125, out)
+    assert cpu_kernel.flash_prefill_attention_ranges(q, k, v, ranges, 0.125, out, amx=amx)
     untouched = torch.ones(tokens, dtype=torch.bool)
     for a, b in ranges:
-        alone = cpu_kernel.flash_prefill_attention(q[a:b], k[a:b], v[a:b], 0.125)
+        alone = cpu_kernel.flash_prefill_attention(q[a:b], k[a:b], v[a:b], 0.125, amx=amx)
         assert torch.equal(out[a:b], alone)
         untouched[a:b] = False
     assert (out[untouched] == 7.0).all()
@@ -189,10 +214,8 @@ def test_benchmark_measures_both_side_by_side(dtype):
 
 def test_the_path_in_words_says_which_kernel_runs():
     """`prefill_path` (engine.build_info, /metrics, benchmark results) names the compiled
-    kernel exactly where the build covers the dtype and the engine takes it, torch's SDPA
-    elsewhere."""
+    kernel exactly where the build covers the dtype, torch's SDPA elsewhere."""
     for dtype, covered in COVERED.items():
-        taken = covered and not cpu_kernel.torch_prefill_wins(dtype)
-        assert cpu_kernel.prefill_path(dtype).startswith("compiled") == taken
+        assert cpu_kernel.prefill_path(dtype).startswith("compiled") == covered
     assert cpu_kernel.prefill_path(torch.float16) == "torch SDPA"
     assert cpu_kernel.prefill_path(torch.float32, "cuda") == "torch SDPA"
