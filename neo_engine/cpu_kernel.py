@@ -406,7 +406,7 @@ def _prefill_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
 def _amx_applies(module, q: torch.Tensor) -> bool:
     """Whether the AMX tile kernel (`csrc/amx_prefill_attention.cpp`) takes these prompts: bf16,
     heads of 64-256 dims in steps of 64, a build and CPU with AMX-BF16. On an Intel Xeon VM it
-    ran 1.13-1.79x torch's SDPA (whose CPU flash kernel also multiplies on AMX tiles) at
+    ran 1.13-1.79x torch's SDPA (whose CPU flash kernel runs at AMX speeds there too) at
     SmolLM2's heads and 1.01-1.58x at Llama-3-8B's, 128-2,048 tokens, and 2.4-4.3x our
     AVX512-BF16 kernel; 32 prompts of 128 tokens in one call took 0.63x / 0.78x torch's time
     called per prompt (benchmarks/results/prefill_attention_bfloat16_amx.json)."""
