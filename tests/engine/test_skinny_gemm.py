@@ -10,7 +10,7 @@ import torch
 
 from neo_engine import cpu_kernel
 from neo_engine.cpu_kernel import SKINNY_MAX_ROWS, skinny_linear, skinny_path
-from neo_engine.layers import linear
+from neo_engine.layers import linear, linear_add
 from neo_sim.machine import cpu_features
 
 SHAPES = [
@@ -151,3 +151,27 @@ def test_fp32_weights_are_prepacked_on_a_cpu_device():
     assert not can_prepack(torch.float16, torch.device("cpu"))
     assert 2 <= SKINNY_ROWS_WITH_PREPACKED[torch.float32] <= 8
     assert SKINNY_ROWS_WITH_PREPACKED[torch.bfloat16] == (1 if cpu_features()["amx_bf16"] else 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [1, 4, 5, 64])
+@pytest.mark.parametrize("prepacked", [False, True])
+def test_linear_add_is_the_residual_plus_the_product(rows, dtype, prepacked):
+    """`linear_add` (the layer's residual adds; oneDNN's post-op past the skinny kernel's rows
+    with a prepacked weight) gives residual + x @ w^T: within bf16 roundings of its terms'
+    sizes in bf16 (the fused path rounds the sum once, the plain one the product first), to
+    fp32 summation error in fp32."""
+    from neo_engine.weights import PrepackedWeight, can_prepack
+
+    if prepacked and not can_prepack(dtype, torch.device("cpu")):
+        pytest.skip(f"torch has no oneDNN {dtype} prepacking here")
+    gen = torch.Generator().manual_seed(rows)
+    w = torch.randn(96, 200, generator=gen).to(dtype)
+    x = torch.randn(rows, 200, generator=gen).to(dtype)
+    residual = torch.randn(rows, 96, generator=gen).to(dtype) * 10
+    got = linear_add(x, PrepackedWeight.of(w) if prepacked else w, residual)
+    exact = residual.double() + x.double() @ w.double().T
+    size = residual.double().abs() + x.double().abs() @ w.double().abs().T  # of the terms
+    assert got.dtype == dtype and got.shape == residual.shape
+    tolerance = 2.0**-7 if dtype == torch.bfloat16 else 1e-6
+    assert ((got.double() - exact).abs() <= tolerance * size).all()
