@@ -96,6 +96,27 @@ void pack_values(const uint16_t* v, int64_t stride, int64_t T, int64_t D, int64_
     }
 }
 
+// tmm0-3 += A x B_j for j = 0..3: A (into tmm6) 16 rows of 64 bytes from a, rows a_stride bytes
+// apart; B_j (into tmm7) a packed tile at b + j * b_step.
+inline void accumulate_four(const uint16_t* a, int64_t a_stride, const uint16_t* b, int64_t b_step) {
+  _tile_loadd(6, a, a_stride);
+  _tile_loadd(7, b, 64);
+  _tile_dpbf16ps(0, 6, 7);
+  _tile_loadd(7, b + b_step, 64);
+  _tile_dpbf16ps(1, 6, 7);
+  _tile_loadd(7, b + 2 * b_step, 64);
+  _tile_dpbf16ps(2, 6, 7);
+  _tile_loadd(7, b + 3 * b_step, 64);
+  _tile_dpbf16ps(3, 6, 7);
+}
+
+inline void zero_four() {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+}
+
 inline void combine(float* acc, const float* part, const float* alpha) {
   for (int r = 0; r < 16; ++r) {
     float* a = acc + r * 256;
@@ -133,21 +154,10 @@ void attend_rows(const uint16_t* q, int64_t q_stride, int64_t T, int64_t D, int6
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   const __m512 scale_v = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
   for (int64_t kb = 0; kb < key_blocks; ++kb) {
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    zero_four();
     const uint16_t* kt = kp + 4 * kb * chunks * kTile;
     for (int64_t c = 0; c < chunks; ++c) {
-      _tile_loadd(6, qa + c * 32, qa_bytes);
-      _tile_loadd(7, kt + (0 * chunks + c) * kTile, 64);
-      _tile_dpbf16ps(0, 6, 7);
-      _tile_loadd(7, kt + (1 * chunks + c) * kTile, 64);
-      _tile_dpbf16ps(1, 6, 7);
-      _tile_loadd(7, kt + (2 * chunks + c) * kTile, 64);
-      _tile_dpbf16ps(2, 6, 7);
-      _tile_loadd(7, kt + (3 * chunks + c) * kTile, 64);
-      _tile_dpbf16ps(3, 6, 7);
+      accumulate_four(qa + c * 32, qa_bytes, kt + c * kTile, chunks * kTile);
     }
     _tile_stored(0, scores, kKeys * 4);
     _tile_stored(1, scores + 16, kKeys * 4);
@@ -187,28 +197,9 @@ void attend_rows(const uint16_t* q, int64_t q_stride, int64_t T, int64_t D, int6
     const uint16_t* v0 = vp + 2 * kb * vchunks * kTile;
     const uint16_t* v1 = v0 + vchunks * kTile;
     for (int64_t g = 0; g < vchunks; g += 4) {
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      _tile_loadd(6, probs, kKeys * 2);
-      _tile_loadd(7, v0 + (g + 0) * kTile, 64);
-      _tile_dpbf16ps(0, 6, 7);
-      _tile_loadd(7, v0 + (g + 1) * kTile, 64);
-      _tile_dpbf16ps(1, 6, 7);
-      _tile_loadd(7, v0 + (g + 2) * kTile, 64);
-      _tile_dpbf16ps(2, 6, 7);
-      _tile_loadd(7, v0 + (g + 3) * kTile, 64);
-      _tile_dpbf16ps(3, 6, 7);
-      _tile_loadd(6, probs + 32, kKeys * 2);
-      _tile_loadd(7, v1 + (g + 0) * kTile, 64);
-      _tile_dpbf16ps(0, 6, 7);
-      _tile_loadd(7, v1 + (g + 1) * kTile, 64);
-      _tile_dpbf16ps(1, 6, 7);
-      _tile_loadd(7, v1 + (g + 2) * kTile, 64);
-      _tile_dpbf16ps(2, 6, 7);
-      _tile_loadd(7, v1 + (g + 3) * kTile, 64);
-      _tile_dpbf16ps(3, 6, 7);
+      zero_four();
+      accumulate_four(probs, kKeys * 2, v0 + g * kTile, kTile);  // keys 0..31 of the step
+      accumulate_four(probs + 32, kKeys * 2, v1 + g * kTile, kTile);  // keys 32..63
       _tile_stored(0, part[0], 64);
       _tile_stored(1, part[1], 64);
       _tile_stored(2, part[2], 64);
