@@ -132,26 +132,37 @@ class Measured:
     paired: bool
 
 
-def run_neo(args, jobs: list[dict]) -> tuple[list[dict], dict]:
-    """Each workload on neo_engine: warm-up, then --repeats timed runs."""
-    from neo_engine import LLM, SamplingParams
+def load_neo(args):
+    """neo_engine's offline LLM as both engines are compared, and its path facts."""
+    from neo_engine import LLM
 
     llm = LLM(str(args.model), dtype=args.dtype, max_model_len=args.max_model_len)
-    path = {key: llm.engine.build_info[key] for key in PATH_FACTS}
+    return llm, {key: llm.engine.build_info[key] for key in PATH_FACTS}
+
+
+def run_neo_once(llm, workload: dict) -> tuple[float, list[list[int]]]:
+    """One timed run of a workload on neo_engine: (seconds, each request's token ids)."""
+    from neo_engine import SamplingParams
+
+    params = [
+        SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in workload["max_tokens"]
+    ]
+    started = time.perf_counter()
+    outputs = llm.generate(workload["prompts"], params)
+    return time.perf_counter() - started, [o.token_ids for o in outputs]
+
+
+def run_neo(args, jobs: list[dict]) -> tuple[list[dict], dict]:
+    """Each workload on neo_engine: warm-up, then --repeats timed runs."""
+    llm, path = load_neo(args)
     results = []
     for w in jobs:
-        params = [
-            SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in w["max_tokens"]
-        ]
-        llm.generate(w["prompts"], params)  # warm-up (and the host kernels' build)
-        times, outputs = [], []
+        run_neo_once(llm, w)  # warm-up (and the host kernels' build)
+        times, token_ids = [], []
         for _ in range(args.repeats):
-            started = time.perf_counter()
-            outputs = llm.generate(w["prompts"], params)
-            times.append(time.perf_counter() - started)
-        results.append(
-            {"name": w["name"], "times_s": times, "token_ids": [o.token_ids for o in outputs]}
-        )
+            seconds, token_ids = run_neo_once(llm, w)
+            times.append(seconds)
+        results.append({"name": w["name"], "times_s": times, "token_ids": token_ids})
         print(f"neo_engine {w['name']}: {min(times):.2f} s", flush=True)
     llm.engine.close()
     return results, path
@@ -256,30 +267,19 @@ def run_interleaved(args, jobs: list[dict]) -> tuple[list[dict], dict, dict]:
     first in even rounds, vLLM first in odd ones), so that this VM's drifting speed falls on
     both alike: per workload {"neo", "vllm"} lists of (seconds, token ids); the neo_engine
     path facts; vLLM's facts."""
-    from neo_engine import LLM, SamplingParams
-
-    llm = LLM(str(args.model), dtype=args.dtype, max_model_len=args.max_model_len)
-    path = {key: llm.engine.build_info[key] for key in PATH_FACTS}
-
-    def neo(w: dict) -> tuple[float, list[list[int]]]:
-        params = [
-            SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in w["max_tokens"]
-        ]
-        started = time.perf_counter()
-        outputs = llm.generate(w["prompts"], params)
-        return time.perf_counter() - started, [o.token_ids for o in outputs]
-
+    llm, path = load_neo(args)
     with tempfile.TemporaryDirectory(prefix="neo-vs-vllm-") as tmp:
         session = VllmSession(args, jobs, Path(tmp))
         try:
             runs = []
             for index, w in enumerate(jobs):
-                neo(w), session.run(index)  # warm-ups
+                run_neo_once(llm, w), session.run(index)  # warm-ups
                 pairs = {"neo": [], "vllm": []}
                 for round_ in range(args.repeats):
                     order = ("neo", "vllm") if round_ % 2 == 0 else ("vllm", "neo")
                     for engine in order:
-                        pairs[engine].append(neo(w) if engine == "neo" else session.run(index))
+                        run = run_neo_once(llm, w) if engine == "neo" else session.run(index)
+                        pairs[engine].append(run)
                 runs.append(pairs)
                 ratio = statistics.median(v[0] / n[0] for n, v in zip(pairs["neo"], pairs["vllm"]))
                 print(f"{w['name']}: paired ratio {ratio:.2f}", flush=True)

@@ -416,9 +416,10 @@ def _amx_applies(module, q: torch.Tensor) -> bool:
 def prefill_path(dtype: torch.dtype, device_type: str = "cpu") -> str:
     """Which prefill attention whole prompts of this dtype take on a device of this type here,
     in words (engine.build_info, /metrics, benchmark results)."""
-    if device_type != "cpu" or not _prefill_covers(load_extension(), dtype):
+    module = load_extension()
+    if device_type != "cpu" or not _prefill_covers(module, dtype):
         return "torch SDPA"
-    if dtype == torch.bfloat16 and load_extension().amx_prefill_available():
+    if dtype == torch.bfloat16 and module.amx_prefill_available():
         return "compiled flash kernel on AMX tiles (heads not a multiple of 64: AVX512-BF16)"
     if dtype == torch.bfloat16:
         return "compiled flash kernel, native bf16 dot products (AVX512-BF16)"
@@ -438,11 +439,7 @@ def flash_prefill_attention(
     if module is None:
         return None
     out = torch.empty(q.shape, dtype=q.dtype)
-    if amx and _amx_applies(module, q):
-        rows = torch.tensor([[0, q.shape[0]]], dtype=torch.int64)
-        module.amx_prefill_attention_ranges(q, k, v, out, rows, scale, torch.get_num_threads())
-    else:
-        module.prefill_attention(q, k, v, out, scale, torch.get_num_threads())
+    _attend_prompts(module, q, k, v, [(0, q.shape[0])], scale, out, amx)
     return out
 
 
@@ -463,9 +460,17 @@ def flash_prefill_attention_ranges(
     module = _prefill_kernel(q, k, v)
     if module is None or out.dtype != q.dtype or not out.is_contiguous():
         return False
-    rows = torch.tensor(ranges, dtype=torch.int64).reshape(-1, 2)
-    if amx and _amx_applies(module, q):
-        module.amx_prefill_attention_ranges(q, k, v, out, rows, scale, torch.get_num_threads())
-    else:
-        module.prefill_attention_ranges(q, k, v, out, rows, scale, torch.get_num_threads())
+    _attend_prompts(module, q, k, v, ranges, scale, out, amx)
     return True
+
+
+def _attend_prompts(module, q, k, v, ranges, scale: float, out: torch.Tensor, amx: bool) -> None:
+    """The prompts at row `ranges` through the AMX tile kernel where it applies (and `amx`),
+    else the AVX-512 / AVX2 one (whose one-prompt entry is this call with one range)."""
+    rows = torch.tensor(ranges, dtype=torch.int64).reshape(-1, 2)
+    kernel = (
+        module.amx_prefill_attention_ranges
+        if amx and _amx_applies(module, q)
+        else module.prefill_attention_ranges
+    )
+    kernel(q, k, v, out, rows, scale, torch.get_num_threads())

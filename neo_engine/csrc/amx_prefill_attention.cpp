@@ -29,7 +29,8 @@ namespace {
 
 #ifdef NEO_AMX
 // Every tile here is 16 rows of 64 bytes: 16 x 32 bf16 (A and B operands, B in pairs) or
-// 16 x 16 fp32 (results). tmm0-1: scores, tmm2-5: output chunks, tmm6: A, tmm7: B.
+// 16 x 16 fp32 (results). tmm0-3: results (four score tiles, then four output chunks), tmm6:
+// A, tmm7: B.
 struct TileConfig {
   uint8_t palette = 1;
   uint8_t start_row = 0;
@@ -61,7 +62,8 @@ constexpr int64_t kKeys = 64;   // keys per softmax step: 4 score tiles
 
 // K of one KV head as the B operand of Q K^T, per 16 keys and 32 dims: row r holds, key by key,
 // dims 2r and 2r + 1 (a 16 x 16 transpose of dim pairs). Keys past T are zeros.
-void pack_keys(const uint16_t* k, int64_t stride, int64_t T, int64_t D, int64_t keys, uint16_t* out) {
+void pack_keys(const uint16_t* k, int64_t stride, int64_t T, int64_t D, int64_t keys,
+               uint16_t* out) {
   const int64_t chunks = D / 32;
   for (int64_t b = 0; b < keys / 16; ++b)
     for (int64_t c = 0; c < chunks; ++c) {
@@ -80,17 +82,21 @@ void pack_keys(const uint16_t* k, int64_t stride, int64_t T, int64_t D, int64_t 
 
 // V of one KV head as the B operand of P V, per 32 keys and 16 dims: row r holds, dim by dim,
 // keys 2r and 2r + 1 (two rows interleaved). Keys past T are zeros.
-void pack_values(const uint16_t* v, int64_t stride, int64_t T, int64_t D, int64_t keys, uint16_t* out) {
+void pack_values(const uint16_t* v, int64_t stride, int64_t T, int64_t D, int64_t keys,
+                 uint16_t* out) {
   const int64_t chunks = D / 16;
-  const __m256i zero = _mm256_setzero_si256();
+  auto row = [&](int64_t key, int64_t c) {  // 16 dims of one key, zeros past T
+    return key < T ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + key * stride + c * 16))
+                   : _mm256_setzero_si256();
+  };
   for (int64_t b = 0; b < keys / 32; ++b)
     for (int64_t c = 0; c < chunks; ++c) {
       uint16_t* tile = out + (b * chunks + c) * kTile;
       for (int r = 0; r < 16; ++r) {
         const int64_t key = b * 32 + 2 * r;
-        const __m256i lo = key < T ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + key * stride + c * 16)) : zero;
-        const __m256i hi = key + 1 < T ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + (key + 1) * stride + c * 16)) : zero;
-        const __m512i pairs = _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+        const __m512i first = _mm512_cvtepu16_epi32(row(key, c));
+        const __m512i second = _mm512_slli_epi32(_mm512_cvtepu16_epi32(row(key + 1, c)), 16);
+        const __m512i pairs = _mm512_or_si512(first, second);
         _mm512_storeu_si512(tile + r * 32, pairs);
       }
     }
@@ -98,7 +104,8 @@ void pack_values(const uint16_t* v, int64_t stride, int64_t T, int64_t D, int64_
 
 // tmm0-3 += A x B_j for j = 0..3: A (into tmm6) 16 rows of 64 bytes from a, rows a_stride bytes
 // apart; B_j (into tmm7) a packed tile at b + j * b_step.
-inline void accumulate_four(const uint16_t* a, int64_t a_stride, const uint16_t* b, int64_t b_step) {
+inline void accumulate_four(const uint16_t* a, int64_t a_stride, const uint16_t* b,
+                            int64_t b_step) {
   _tile_loadd(6, a, a_stride);
   _tile_loadd(7, b, 64);
   _tile_dpbf16ps(0, 6, 7);
@@ -128,7 +135,8 @@ inline void combine(float* acc, const float* part, const float* alpha) {
 // 16 query rows (from i0) of query head h against keys 0..i0 + 15, 64 keys at a time, with
 // an online softmax; D a multiple of 64.
 void attend_rows(const uint16_t* q, int64_t q_stride, int64_t T, int64_t D, int64_t h, int64_t i0,
-                 const uint16_t* kp, const uint16_t* vp, float scale, uint16_t* out, int64_t out_stride) {
+                 const uint16_t* kp, const uint16_t* vp, float scale, uint16_t* out,
+                 int64_t out_stride) {
   alignas(64) uint16_t padded_q[16 * 256];
   alignas(64) float scores[16 * kKeys];
   alignas(64) uint16_t probs[16 * kKeys];
@@ -166,13 +174,17 @@ void attend_rows(const uint16_t* q, int64_t q_stride, int64_t T, int64_t D, int6
     const bool whole = kb * kKeys + kKeys - 1 <= i0;  // every row sees every key of the block
     for (int r = 0; r < 16; ++r) {
       __m512 x[4];
-      for (int j = 0; j < 4; ++j) x[j] = _mm512_mul_ps(_mm512_load_ps(scores + r * kKeys + 16 * j), scale_v);
+      for (int j = 0; j < 4; ++j) {
+        x[j] = _mm512_mul_ps(_mm512_load_ps(scores + r * kKeys + 16 * j), scale_v);
+      }
       __mmask16 visible[4] = {0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF};
       const int64_t limit = i0 + r - kb * kKeys;  // keys 0..limit of this block are visible
       if (!whole) {
-        const __m512i lim = _mm512_set1_epi32(static_cast<int>(std::max<int64_t>(-1, std::min<int64_t>(limit, kKeys))));
+        const int64_t last = std::max<int64_t>(-1, std::min<int64_t>(limit, kKeys));
+        const __m512i lim = _mm512_set1_epi32(static_cast<int>(last));
         for (int j = 0; j < 4; ++j) {
-          visible[j] = _mm512_cmple_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(16 * j)), lim);
+          const __m512i key = _mm512_add_epi32(lane, _mm512_set1_epi32(16 * j));
+          visible[j] = _mm512_cmple_epi32_mask(key, lim);
           x[j] = _mm512_mask_mov_ps(ninf, visible[j], x[j]);
         }
       }
@@ -181,18 +193,23 @@ void attend_rows(const uint16_t* q, int64_t q_stride, int64_t T, int64_t D, int6
       if (limit < 0) {
         for (int j = 0; j < 4; ++j) p[j] = _mm512_setzero_ps();
       } else {
-        const float mx = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(x[0], x[1]), _mm512_max_ps(x[2], x[3])));
+        const float mx = _mm512_reduce_max_ps(
+            _mm512_max_ps(_mm512_max_ps(x[0], x[1]), _mm512_max_ps(x[2], x[3])));
         if (mx > m[r]) {
           alpha[r] = std::exp(m[r] - mx);
           m[r] = mx;
         }
         const __m512 mm = _mm512_set1_ps(m[r]);
-        for (int j = 0; j < 4; ++j) p[j] = _mm512_maskz_mov_ps(visible[j], neo::exp512(_mm512_sub_ps(x[j], mm)));
+        for (int j = 0; j < 4; ++j) {
+          p[j] = _mm512_maskz_mov_ps(visible[j], neo::exp512(_mm512_sub_ps(x[j], mm)));
+        }
       }
       const __m512bh p01 = _mm512_cvtne2ps_pbh(p[1], p[0]), p23 = _mm512_cvtne2ps_pbh(p[3], p[2]);
-      _mm512_store_si512(reinterpret_cast<__m512i*>(probs + r * kKeys), reinterpret_cast<const __m512i&>(p01));
-      _mm512_store_si512(reinterpret_cast<__m512i*>(probs + r * kKeys + 32), reinterpret_cast<const __m512i&>(p23));
-      l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3])));
+      auto* row_probs = reinterpret_cast<__m512i*>(probs + r * kKeys);
+      _mm512_store_si512(row_probs, reinterpret_cast<const __m512i&>(p01));
+      _mm512_store_si512(row_probs + 1, reinterpret_cast<const __m512i&>(p23));
+      const __m512 sum = _mm512_add_ps(_mm512_add_ps(p[0], p[1]), _mm512_add_ps(p[2], p[3]));
+      l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(sum);
     }
     const uint16_t* v0 = vp + 2 * kb * vchunks * kTile;
     const uint16_t* v1 = v0 + vchunks * kTile;
@@ -243,34 +260,39 @@ void amx_prefill_attention_ranges(const at::Tensor& q, const at::Tensor& k, cons
   }
   const int64_t heads = q.size(1), dim = q.size(2), kv_heads = k.size(1);
   TORCH_CHECK(dim % 64 == 0 && dim <= 256, "amx_prefill_attention: head dim 64, 128, 192 or 256");
+  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0) && v.size(1) == kv_heads &&
+                  k.size(2) == dim && v.size(2) == dim,
+              "amx_prefill_attention: q, k, v of the same rows and head dim, k and v alike");
   TORCH_CHECK(heads % kv_heads == 0 && out.is_contiguous() && out.sizes() == q.sizes(),
               "amx_prefill_attention: out like q, query heads a multiple of KV heads");
   const auto rows = ranges.to(at::kLong).contiguous();
   const int64_t prompts = rows.size(0);
   const int64_t* row = rows.data_ptr<int64_t>();
 #ifdef NEO_AMX
+  auto keys_of = [&](int64_t s) {  // a prompt's keys, padded to whole softmax steps
+    return (row[2 * s + 1] - row[2 * s] + kKeys - 1) / kKeys * kKeys;
+  };
   std::vector<int64_t> offset(prompts + 1, 0);  // each prompt's packed K/V, per KV head
   for (int64_t s = 0; s < prompts; ++s) {
     TORCH_CHECK(0 <= row[2 * s] && row[2 * s] <= row[2 * s + 1] && row[2 * s + 1] <= q.size(0),
                 "amx_prefill_attention: ranges within q's rows");
-    const int64_t T = row[2 * s + 1] - row[2 * s];
-    offset[s + 1] = offset[s] + 2 * kv_heads * ((T + kKeys - 1) / kKeys * kKeys) * dim;
+    offset[s + 1] = offset[s] + 2 * kv_heads * keys_of(s) * dim;
   }
   std::unique_ptr<uint16_t[]> packed(new uint16_t[std::max<int64_t>(1, offset[prompts])]);
   const auto* qd = reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>());
   const auto* kd = reinterpret_cast<const uint16_t*>(k.data_ptr<at::BFloat16>());
   const auto* vd = reinterpret_cast<const uint16_t*>(v.data_ptr<at::BFloat16>());
   auto* od = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  auto keys_of = [&](int64_t s) {
-    return (row[2 * s + 1] - row[2 * s] + kKeys - 1) / kKeys * kKeys;
-  };
   at::parallel_for(0, prompts * kv_heads * 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t s = i / (2 * kv_heads), g = (i / 2) % kv_heads, first = row[2 * s];
       const int64_t T = row[2 * s + 1] - first, keys = keys_of(s);
       uint16_t* dst = packed.get() + offset[s] + (2 * g + i % 2) * keys * dim;
-      if (i % 2 == 0) pack_keys(kd + first * k.stride(0) + g * dim, k.stride(0), T, dim, keys, dst);
-      else pack_values(vd + first * v.stride(0) + g * dim, v.stride(0), T, dim, keys, dst);
+      if (i % 2 == 0) {
+        pack_keys(kd + first * k.stride(0) + g * dim, k.stride(0), T, dim, keys, dst);
+      } else {
+        pack_values(vd + first * v.stride(0) + g * dim, v.stride(0), T, dim, keys, dst);
+      }
     }
   });
   struct Item {
