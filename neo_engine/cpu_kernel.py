@@ -41,10 +41,12 @@ _SOURCES = [
         "prefill_attention.cpp",
         "amx_prefill_attention.cpp",
         "greedy_rows.cpp",
+        "decode_layers.cpp",
         "bindings.cpp",
     )
 ]
-_HEADERS = [Path(__file__).with_name("csrc") / "avx512_math.h"]  # in the cache key too
+# in the cache key too
+_HEADERS = [Path(__file__).with_name("csrc") / name for name in ("avx512_math.h", "kernels.h")]
 _lock = threading.Lock()
 _module = None
 _failed = False

@@ -36,6 +36,7 @@ from neo_engine.attention import (
     prefill_stage,
     whole_prompts_stage,
 )
+from neo_engine.decode_layers import FusedDecodeLayers
 from neo_engine.kv_cache import KVPool, copy_blocks
 from neo_engine.layers import Rotary, linear, post_projection, pre_projection, rms_norm
 from neo_engine.weights import ModelWeights
@@ -130,7 +131,11 @@ class Executor:
         cpu_pool: KVPool,
         host_threads: int | None = None,
         host_overlap: bool | None = None,
+        fuse_decode_layers: bool = True,
     ):
+        """`fuse_decode_layers`: run a decode-only iteration's layers in one compiled call
+        where that applies (`decode_layers.FusedDecodeLayers`); False times the stages one by
+        one (the operator benchmark reads PRE, GPU_ATTN and POST)."""
         self.spec = spec
         self.w = weights
         self.device = device
@@ -155,6 +160,9 @@ class Executor:
         )
         self._t0 = 0.0
         self._spans: list[Span] = []
+        self._fused = (
+            FusedDecodeLayers.build(spec, weights, device, gpu_pool) if fuse_decode_layers else None
+        )
 
     @property
     def host_lane(self) -> str:
@@ -194,19 +202,37 @@ class Executor:
         if one_iteration_worker:
             self._host = self._new_host_worker()
         try:
-            for layer in range(self.spec.num_layers):
-                for p in preps:
-                    if layer:
-                        self._post(p, layer - 1)
-                    self._pre_and_attend(p, layer)
-            for p in preps:
-                self._post(p, self.spec.num_layers - 1)
+            if self._fused is not None and len(preps) == 1 and _decodes_only(preps[0]):
+                self._run_fused(preps[0])
+            else:
+                self._run_layers(preps)
         finally:
             if one_iteration_worker:
                 self.close()  # the worker thread exits, and its OpenMP team with it
         request_ids, logits, prompt_logits = self._logits(preps)
         duration = time.perf_counter() - self._t0
         return StepResult(request_ids, logits, self._spans, duration, prompt_logits)
+
+    def _run_layers(self, preps: list[_Prepared]) -> None:
+        """Every layer, stage by stage (the module docstring's order)."""
+        for layer in range(self.spec.num_layers):
+            for p in preps:
+                if layer:
+                    self._post(p, layer - 1)
+                self._pre_and_attend(p, layer)
+        for p in preps:
+            self._post(p, self.spec.num_layers - 1)
+
+    def _run_fused(self, p: _Prepared) -> None:
+        """Every layer of a sub-batch of device decodes in one compiled call, one span per
+        layer laid end to end from the call's start."""
+        cos, sin = self.rotary.rows(p.positions, p.hidden.dtype)
+        d = p.gpu
+        start = time.perf_counter() - self._t0
+        p.hidden, seconds = self._fused.run(p.hidden, cos, sin, d.slots, d.tables, d.lens)
+        for layer, duration in enumerate(seconds):
+            self._spans.append(Span(Lane.GPU, Task.LAYER, start, duration, layer, p.index))
+            start += duration
 
     # ---- stages ------------------------------------------------------------------------------
     def _swap(self, plan: Plan) -> None:
@@ -442,6 +468,11 @@ class Executor:
     # ---- timing --------------------------------------------------------------------------------
     def _span(self, lane: Lane, task: Task, layer: int | None = None, sub_batch: int | None = None):
         return _Timed(self, lane, task, layer, sub_batch)
+
+
+def _decodes_only(p: _Prepared) -> bool:
+    """Whether a sub-batch holds device decodes only (what `FusedDecodeLayers` runs)."""
+    return p.gpu is not None and not p.prefills and p.cpu is None and not p.prompt_rows
 
 
 class _Timed:

@@ -148,7 +148,7 @@ class Rotary:
         emb = torch.cat([freqs, freqs], dim=-1)
         self._cos, self._sin = emb.cos().float(), emb.sin().float()
 
-    def _rows(self, positions: torch.Tensor, dtype: torch.dtype):
+    def rows(self, positions: torch.Tensor, dtype: torch.dtype):
         """cos, sin [T, 1, head_dim] at `positions`, in `dtype` (positions are never written
         in place, so the same tensor object means the same positions)."""
         for seen, seen_dtype, cos, sin in self._recent:
@@ -162,7 +162,7 @@ class Rotary:
 
     def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x: [T, heads, head_dim]; positions: [T]."""
-        cos, sin = self._rows(positions, x.dtype)
+        cos, sin = self.rows(positions, x.dtype)
         fused = fused_rotary(x, cos, sin)
         return fused if fused is not None else torch_rotary(x, cos, sin)
 

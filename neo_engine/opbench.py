@@ -165,7 +165,14 @@ class InSituBench:
                 pin=self.device.type == "cuda",
             )
             self._executor = self._Executor(
-                self.spec, self.weights, self.device, gpu, cpu, self.host_threads, self.host_overlap
+                self.spec,
+                self.weights,
+                self.device,
+                gpu,
+                cpu,
+                self.host_threads,
+                self.host_overlap,
+                fuse_decode_layers=False,  # the stages timed one by one: PRE, GPU_ATTN, POST
             )
         return self._executor
 

@@ -36,6 +36,8 @@ class Task(StrEnum):
     SWAP_IN = "swap-in"  # whole-request KV to the device, before the iteration (H2D)
     LM_HEAD = "lm-head"  # final norm, LM head and sampling, once per iteration (GPU)
     WAIT = "wait"  # measured only: the device lane idles until the host's output is ready
+    LAYER = "layer"  # measured only: pre, device decode attention and post of one layer in one
+    # call (a decode-only iteration on a CPU device, neo_engine/decode_layers.py) (GPU)
 
 
 @dataclass(frozen=True)

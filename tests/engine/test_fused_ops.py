@@ -48,7 +48,7 @@ def test_rotary_equals_torch_bit_for_bit_on_a_strided_view(dtype):
     heads = spec.num_heads + spec.num_kv_heads
     qk = qkv[:, : spec.q_size + spec.kv_size].view(-1, heads, spec.head_dim)
     positions = torch.randint(0, 2000, (37,), generator=gen)
-    cos, sin = rotary._rows(positions, dtype)
+    cos, sin = rotary.rows(positions, dtype)
     half = spec.head_dim // 2
     expected = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
     fused = cpu_kernel.fused_rotary(qk, cos, sin)
