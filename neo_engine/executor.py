@@ -160,7 +160,8 @@ class Executor:
         )
         self._t0 = 0.0
         self._spans: list[Span] = []
-        self._fused = (
+        # None where the fused layers do not apply; set to None, every plan runs stage by stage
+        self.fused_layers: FusedDecodeLayers | None = (
             FusedDecodeLayers.build(spec, weights, device, gpu_pool) if fuse_decode_layers else None
         )
 
@@ -202,7 +203,7 @@ class Executor:
         if one_iteration_worker:
             self._host = self._new_host_worker()
         try:
-            if self._fused is not None and len(preps) == 1 and _decodes_only(preps[0]):
+            if self.fused_layers is not None and len(preps) == 1 and _decodes_only(preps[0]):
                 self._run_fused(preps[0])
             else:
                 self._run_layers(preps)
@@ -229,7 +230,7 @@ class Executor:
         cos, sin = self.rotary.rows(p.positions, p.hidden.dtype)
         d = p.gpu
         start = time.perf_counter() - self._t0
-        p.hidden, seconds = self._fused.run(p.hidden, cos, sin, d.slots, d.tables, d.lens)
+        p.hidden, seconds = self.fused_layers.run(p.hidden, cos, sin, d.slots, d.tables, d.lens)
         for layer, duration in enumerate(seconds):
             self._spans.append(Span(Lane.GPU, Task.LAYER, start, duration, layer, p.index))
             start += duration

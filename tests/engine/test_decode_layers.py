@@ -50,7 +50,7 @@ def test_fused_layers_give_the_stage_by_stage_logits_and_kv(dtype, bias, batch):
         pytest.skip(f"no compiled host kernels or no oneDNN prepacking for {dtype} here")
     spec = dataclasses.replace(LoadSettings("dummy:tiny").model_spec(), qkv_bias=bias)
     fused, staged = _executors(spec, dtype)
-    assert fused._fused is not None and staged._fused is None
+    assert fused.fused_layers is not None and staged.fused_layers is None
     # The batch sizes cover the skinny kernel's rows (1, on every CPU) and oneDNN's (37).
     assert SKINNY_ROWS_WITH_PREPACKED[dtype] < 37
     gen = torch.Generator().manual_seed(batch)
