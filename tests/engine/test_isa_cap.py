@@ -29,6 +29,7 @@ KERNEL_TESTS = (
     "tests/engine/test_fused_ops.py",
     "tests/engine/test_kv_write.py",
     "tests/engine/test_bf16.py",
+    "tests/engine/test_decode_layers.py",
 )
 
 
