@@ -68,6 +68,7 @@ PATH_FACTS = (
     "host_kernels",
     "decode_gemm",
     "prefill_attention",
+    "decode_layers",
     "cpu",
 )
 FIRST_ID = 100  # prompt ids from here up: clear of the special tokens at the vocabulary's start

@@ -239,12 +239,6 @@ class LLMEngine:
             "cpu": cpu_name(),
             "cpu_features": ",".join(name for name, present in features.items() if present),
         }
-        log.info(
-            "loaded %s in %.1f s (%s)",
-            load.model,
-            time.perf_counter() - started,
-            ", ".join(f"{k}={v}" for k, v in self.build_info.items() if k != "model"),
-        )
         window = self.spec.sliding_window
         self.max_model_len = config.max_model_len or default_max_model_len(self.spec)
         if window is not None and self.max_model_len > window:
@@ -279,6 +273,17 @@ class LLMEngine:
             self.cpu_pool,
             config.host_threads,
             HOST_OVERLAP[config.host_overlap],
+        )
+        self.build_info["decode_layers"] = (
+            "fused: one compiled call per decode-only iteration"
+            if self.executor.fused_layers is not None
+            else "stage by stage"
+        )
+        log.info(
+            "loaded %s in %.1f s (%s)",
+            load.model,
+            time.perf_counter() - started,
+            ", ".join(f"{k}={v}" for k, v in self.build_info.items() if k != "model"),
         )
         self._live: dict[int, _Live] = {}
         self._ids = itertools.count()

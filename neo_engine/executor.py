@@ -18,6 +18,10 @@ memory; on the CPU the same code runs with plain tensors. Where the two lanes sh
 cores (a CPU device) they do not overlap by default (`host_overlap`): the host attention runs
 on the calling thread, in the same order, as the timing model's shared lanes price it.
 
+A plan of device decodes only (one sub-batch, no prefills, no host decodes) on a CPU device
+runs every layer in one compiled call instead (`decode_layers.FusedDecodeLayers`: the same
+kernels, bit for bit, without Python between them), timed as one span per layer.
+
 Every task is timed as a `neo_sim.lanes.Span` (lane, task, layer, sub-batch), the vocabulary
 of the simulator's timing model, for the profiler and the fidelity report.
 """

@@ -163,6 +163,7 @@ def test_a_refused_prompt_leaves_the_offline_llm_healthy():
 def test_prepacking_can_be_turned_off_and_says_which_gemms_run(dtype):
     """prepack_weights=False keeps one copy of each weight (half the memory) and sends GEMMs
     past the skinny kernel to torch; both engines name their path in build_info."""
+    from neo_engine.cpu_kernel import load_extension
     from neo_engine.weights import PrepackedWeight, can_prepack
 
     if not can_prepack(getattr(torch, dtype), torch.device("cpu")):
@@ -175,6 +176,10 @@ def test_prepacking_can_be_turned_off_and_says_which_gemms_run(dtype):
     assert isinstance(plain.weights.layers[0].qkv, torch.Tensor)
     assert "oneDNN with prepacked weights" in packed.build_info["decode_gemm"]
     assert "torch beyond" in plain.build_info["decode_gemm"]
+    # decode-only iterations run their layers in one compiled call only over prepacked weights
+    if load_extension() is not None:
+        assert packed.build_info["decode_layers"].startswith("fused")
+    assert plain.build_info["decode_layers"] == "stage by stage"
     # a profile measured with one prices the other wrong: their engine builds differ
     assert plain.build_info["engine_build"].endswith("prepacked GEMM weights: none")
     assert packed.build_info["engine_build"] != plain.build_info["engine_build"]
