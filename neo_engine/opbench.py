@@ -147,7 +147,6 @@ class InSituBench:
         self.host_threads = host_threads
         self.host_overlap = host_overlap
         self._executor = None
-        self._fused = None  # the executor's `FusedDecodeLayers`, None where they do not apply
         self._capacity = 0
         self._Executor = Executor
 
@@ -173,11 +172,8 @@ class InSituBench:
                 cpu,
                 self.host_threads,
                 self.host_overlap,
+                fuse_decode_layers=False,  # the stages timed one by one: PRE, GPU_ATTN, POST
             )
-            # The stages are timed one by one (PRE, GPU_ATTN, POST); the fused layers, where
-            # they apply, only to price decode-only plans as the engine runs them (`decode`).
-            self._fused = self._executor.fused_layers
-            self._executor.fused_layers = None
         return self._executor
 
     def close(self) -> None:
@@ -210,34 +206,16 @@ class InSituBench:
         return {task: statistics.median(v) for task, v in runs.items()}
 
     def decode(self, batch: int, context_len: int, on_gpu: bool = True) -> dict[Task, float]:
-        """A sequential plan of `batch` decodes over `context_len` tokens each.
-
-        Device decodes on a CPU device run, in the engine, every layer in one compiled call
-        (`executor.Executor.fused_layers`), which leaves out the Python between the stages:
-        there the plan is also run fused, and PRE, GPU_ATTN and POST are scaled by the fused
-        layer's time over their sum (the stages keep their measured shares of it), so that a
-        profile prices a decode-only step as the engine runs it. Where the fused layers do
-        not apply, the stages as timed."""
+        """A sequential plan of `batch` decodes over `context_len` tokens each."""
         from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, SubBatch
 
         work = tuple(DecodeWork(i, context_len) for i in range(batch))
         sb = SubBatch(gpu_decodes=work) if on_gpu else SubBatch(cpu_decodes=work)
-        args = (
+        return self._run(
             Plan(1, Mode.SEQUENTIAL, (sb,)),
             dict.fromkeys(range(batch), context_len),
             dict.fromkeys(range(batch), on_gpu),
         )
-        staged = self._run(*args)
-        if not on_gpu or self._fused is None:
-            return staged
-        self._executor.fused_layers = self._fused
-        try:
-            layer_s = self._run(*args)[Task.LAYER]
-        finally:
-            self._executor.fused_layers = None
-        stages = (Task.PRE, Task.GPU_ATTN, Task.POST)
-        scale = layer_s / sum(staged[t] for t in stages)
-        return {**staged, **{t: staged[t] * scale for t in stages}}
 
     def prefill(self, prompt_len: int) -> dict[Task, float]:
         """A sequential plan of one whole prompt."""

@@ -225,39 +225,6 @@ def test_in_situ_layer_time_is_the_mean_over_the_layers_of_a_run(monkeypatch):
     assert bench.decode(2, 16)[Task.POST] == 3.0
 
 
-def test_decode_stages_are_priced_at_the_fused_layers_time_where_the_engine_fuses(monkeypatch):
-    """Where the engine runs a decode-only step's layers in one compiled call, the profile's
-    PRE, GPU_ATTN and POST of a device decode plan take their measured shares of that call's
-    per-layer time; host decodes, and builds without the fused layers, keep the stages' own."""
-    from neo_engine.cpu_kernel import load_extension
-    from neo_engine.opbench import InSituBench
-    from neo_engine.weights import can_prepack
-    from neo_sim.lanes import Task
-
-    if load_extension() is None or not can_prepack(torch.float32, torch.device("cpu")):
-        pytest.skip("no compiled host kernels or no oneDNN prepacking here")
-    spec = LoadSettings("dummy:tiny", dtype="float32", kv_dtype="float32").model_spec()
-    for prepack, fused_expected in ((True, True), (False, False)):
-        bench = InSituBench(spec, torch.device("cpu"), repeats=1, prepack=prepack)
-        bench._executor_for(64)
-        assert (bench._fused is not None) is fused_expected
-        assert bench._executor.fused_layers is None  # stages one by one unless asked
-
-        def timed(plan, lengths, on_gpu, bench=bench):
-            if bench._executor.fused_layers is not None:
-                return {Task.LAYER: 2.0, Task.LM_HEAD: 5.0}
-            return {Task.PRE: 1.0, Task.GPU_ATTN: 2.0, Task.POST: 1.0, Task.LM_HEAD: 5.0}
-
-        monkeypatch.setattr(bench, "_run", timed)
-        device = bench.decode(4, 16)
-        scale = 0.5 if fused_expected else 1.0
-        assert device[Task.PRE] == scale and device[Task.GPU_ATTN] == 2 * scale
-        assert device[Task.POST] == scale and device[Task.LM_HEAD] == 5.0
-        assert bench.decode(4, 16, on_gpu=False)[Task.PRE] == 1.0
-        assert bench._executor.fused_layers is None
-        bench.close()
-
-
 def test_the_engines_host_overhead_is_read_from_its_decode_steps():
     """neo-profile reads the engine's own work per step (scheduling, bookkeeping,
     detokenizing) from a real engine's decode steps: some fixed time, growing with the batch."""
