@@ -56,43 +56,37 @@ inline __m512 load_bf16x16(const void* p) {
 // rest: Cody and Waite's reduction, so r keeps its accuracy at large |x|, where reducing
 // x log2 e rounded lost up to 6 ulps at |x| ~ 16); e^r by its Taylor polynomial to degree 7
 // (truncation < 6e-9 relative), scaled by 2^n. Within ~2 fp32 ulps of the exact value.
-// Inputs are clamped to [-87.3, 88.7]: below, ~1e-38 (callers mask what must be exactly zero);
-// above, ~3e38.
-inline __m512 exp512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-  x = _mm512_min_ps(x, _mm512_set1_ps(88.7f));
+// exp512_taylor is that with the polynomial's degree as a parameter, for x already clamped.
+template <int Degree>
+inline __m512 exp512_taylor(__m512 x) {
+  static constexpr float kInverseFactorial[8] = {1.f,        1.f,         1.f / 2.f,
+                                                 1.f / 6.f,  1.f / 24.f,  1.f / 120.f,
+                                                 1.f / 720.f, 1.f / 5040.f};
+  static_assert(Degree >= 1 && Degree <= 7, "exp512_taylor: degree 1 to 7");
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln 2's top bits
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);     // and the rest
-  __m512 p = _mm512_set1_ps(1.f / 5040.f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 720.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  __m512 p = _mm512_set1_ps(kInverseFactorial[Degree]);
+  for (int k = Degree - 1; k >= 0; --k) {
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kInverseFactorial[k]));
+  }
   return _mm512_scalef_ps(p, n);
 }
 
-// e^x for x <= 0 (a softmax's scores less their max), in fewer steps than exp512: no upper
-// clamp, and e^r by its Taylor polynomial to degree 5 (truncation < 2.5e-6 relative at
-// |r| <= 0.35), for probabilities that are then rounded to bf16 (2^-9 relative) before they
-// multiply V. The lower clamp stays: it keeps r finite for -inf lanes (callers mask them).
-inline __m512 exp512_nonpositive(__m512 x) {
+// Inputs are clamped to [-87.3, 88.7]: below, ~1e-38 (callers mask what must be exactly zero);
+// above, ~3e38.
+inline __m512 exp512(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-  __m512 p = _mm512_set1_ps(1.f / 120.f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
+  return exp512_taylor<7>(_mm512_min_ps(x, _mm512_set1_ps(88.7f)));
+}
+
+// e^x for x <= 0 (a softmax's scores less their max), in fewer steps than exp512: no upper
+// clamp, and e^r to degree 5 (truncation < 2.5e-6 relative at |r| <= 0.35), for probabilities
+// that are then rounded to bf16 (2^-9 relative) before they multiply V. The lower clamp stays:
+// it keeps r finite for -inf lanes (callers mask them).
+inline __m512 exp512_nonpositive(__m512 x) {
+  return exp512_taylor<5>(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)));
 }
 
 }  // namespace neo
