@@ -336,14 +336,14 @@ def greedy_tokens(logits: torch.Tensor, maxes: torch.Tensor) -> torch.Tensor | N
 
 
 _BF16 = torch.bfloat16
-_FUSED_DTYPES = (torch.bfloat16, torch.float32)
+FUSED_DTYPES = (torch.bfloat16, torch.float32)  # the fused ops' domain
 
 
 def _fused_applies(*tensors: torch.Tensor):
     """The compiled module if the tensors are CPU tensors of one dtype, bf16 or fp32 (the fused
     ops' domain), else None (torch's ops then)."""
     dtype = tensors[0].dtype
-    if dtype not in _FUSED_DTYPES:
+    if dtype not in FUSED_DTYPES:
         return None
     for t in tensors:  # a loop, not any(genexpr): this runs several times per layer
         if t.dtype != dtype or t.device.type != "cpu":

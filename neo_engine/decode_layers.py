@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import torch
 
-from neo_engine.cpu_kernel import load_extension
+from neo_engine.cpu_kernel import FUSED_DTYPES, load_extension
 from neo_engine.kv_cache import KVPool
 from neo_engine.layers import SKINNY_ROWS_WITH_PREPACKED
 from neo_engine.weights import ModelWeights, PrepackedWeight
 from neo_sim.model import ModelSpec
-
-_DTYPES = (torch.bfloat16, torch.float32)  # the fused ops' domain (`cpu_kernel._fused_applies`)
 
 
 class FusedDecodeLayers:
@@ -43,7 +41,7 @@ class FusedDecodeLayers:
         module = load_extension() if device.type == "cpu" else None
         if (
             module is None
-            or dtype not in _DTYPES
+            or dtype not in FUSED_DTYPES
             or pool.k.dtype != dtype
             or pool.device.type != "cpu"
         ):

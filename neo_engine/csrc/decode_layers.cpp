@@ -126,6 +126,18 @@ class DecodeLayers {
     return at::add(residual, linear(x, w));
   }
 
+  // SiLU(gate) * up: the fused kernel, or torch's ops where it has no bf16 path (as
+  // `layers.post_projection` falls back to `layers.torch_silu_mul`).
+  static at::Tensor silu_mul(const at::Tensor& gate_up) {
+    if (gate_up.scalar_type() == at::kBFloat16 && !native_bf16()) {
+      const auto halves = gate_up.chunk(2, 1);
+      return at::silu(halves[0]) * halves[1];
+    }
+    at::Tensor act = at::empty({gate_up.size(0), gate_up.size(1) / 2}, gate_up.options());
+    fused_silu_mul(gate_up, act);
+    return act;
+  }
+
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
     at::Tensor out = at::empty_like(x);
     fused_rms_norm(x, weight, out, eps_);
@@ -154,14 +166,7 @@ class DecodeLayers {
     decode_attention(q, k_cache, v_cache, tables, lens, attn, scale_, at::get_num_threads());
     const at::Tensor h = linear_add(attn.view({tokens, q_size}), w.o, hidden);
     const at::Tensor gate_up = linear(rms_norm(h, w.post_norm), w.gate_up);
-    at::Tensor act = at::empty({tokens, gate_up.size(1) / 2}, gate_up.options());
-    if (gate_up.scalar_type() == at::kBFloat16 && !native_bf16()) {
-      const auto halves = gate_up.chunk(2, 1);  // torch's ops, as layers.torch_silu_mul
-      act = at::silu(halves[0]) * halves[1];
-    } else {
-      fused_silu_mul(gate_up, act);
-    }
-    return linear_add(act, w.down, h);
+    return linear_add(silu_mul(gate_up), w.down, h);
   }
 
   std::vector<Layer> layers_;
