@@ -151,13 +151,15 @@ def workload_engine(
 def warm_up(
     engine: LLMEngine, requests: WorkloadSettings, trace: BandwidthTrace | None = None
 ) -> None:
-    """Two short requests (kernel load, allocator), then the iteration log on and the clock
+    """Two short requests (kernel load, allocator) and the GEMMs of every iteration size
+    (`LLMEngine.warm_gemms`), then the iteration log on and the clock
     at zero: what a timed workload runs after. With a `trace`, its first sample is taken
     just before the clock starts (stamped 0), so that it delays no request."""
     warm = synthetic(2, math.inf, requests.input_len, 4, requests.seed + 1)
     replay(
         engine, [w.__class__(10**6 + w.request_id, 0.0, w.prompt_len, w.output_len) for w in warm]
     )
+    engine.warm_gemms()  # as a server does before serving; the profile's points ran warm too
     engine.keep_iteration_log = True
     if trace:
         trace.sample(at=0.0)

@@ -68,7 +68,7 @@ def linear(x: torch.Tensor, weight: Linear) -> torch.Tensor:
             out = skinny_linear(x, weight.weight)
             if out is not None:
                 return out
-        return torch.ops.mkldnn._linear_pointwise(x, weight.blocked, None, "none", [], "")
+        return _blocked_linear(x, weight)
     out = skinny_linear(x, weight)
     if out is not None:
         return out
@@ -92,8 +92,78 @@ def linear_add(x: torch.Tensor, weight: Linear, residual: torch.Tensor) -> torch
         and residual.dtype == x.dtype
         and residual.is_contiguous()
     ):
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight.blocked, None, "add")
+        return _blocked_linear(x, weight, residual)
     return residual + linear(x, weight)
+
+
+EXACT_ROWS = 64  # up to this many rows oneDNN's GEMM runs at the rows it is given
+
+
+def blocked_rows(rows: int) -> int:
+    """The rows oneDNN's prepacked GEMM runs `rows` rows at: itself up to EXACT_ROWS (decode
+    batches, which repeat step after step), then rounded up to one of 16 steps per octave
+    (at most 1/16 more rows; 176 sizes up to 8,192 tokens).
+
+    oneDNN builds (JIT-compiles) a GEMM for each new row count on its first call and caches
+    it: on the AMX VM a bf16 GEMM of SmolLM2's shapes took 0.4-0.5 ms on its first call at
+    2-17 rows, 1-1.3 ms at 33-73, 2.5-8 ms at 257-1,000, against 0.05-0.4 / 0.1-0.4 / 0.3-3 ms
+    once built (fp32: ~0.5 ms more on a first call); a prefill-bearing step of the `small`
+    preset with a new token count took 33-43 ms where the same step took 22-28 ms again
+    (ad hoc, 2026-12-06). Served prompts make a new token count at nearly every
+    prefill-bearing step, and the cache holds 1,024 GEMMs (ONEDNN_PRIMITIVE_CACHE_CAPACITY)
+    at ~4 per row count, so past a few hundred distinct counts they would be built again and
+    again. Rounded, the counts are few and each is built once, for at most 1/16 more rows."""
+    if rows <= EXACT_ROWS:
+        return rows
+    step = 1 << (rows.bit_length() - 5)  # 16 steps from one power of two to the next
+    return -(-rows // step) * step
+
+
+def _blocked_linear(
+    x: torch.Tensor, weight: PrepackedWeight, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """oneDNN's prepacked GEMM (plus `residual`, added as its output's post-op) at
+    `blocked_rows` rows: the inputs padded with zero rows where that is more, the output's
+    rows beyond x's left off (a view of its first rows, contiguous). Rows are independent in
+    a GEMM, so the padding changes no other row's numbers."""
+    rows = x.shape[0]
+    padded = blocked_rows(rows)
+    if padded != rows:
+        x = _with_zero_rows(x, padded)
+        residual = None if residual is None else _with_zero_rows(residual, padded)
+    if residual is None:
+        out = torch.ops.mkldnn._linear_pointwise(x, weight.blocked, None, "none", [], "")
+    else:
+        out = torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight.blocked, None, "add")
+    return out if padded == rows else out[:rows]
+
+
+def build_blocked_gemms(layer: LayerWeights, max_rows: int) -> int:
+    """Build oneDNN's GEMMs of a layer's prepacked weights at every row count past
+    EXACT_ROWS that `blocked_rows` gives up to `max_rows` (the tokens of an iteration), as the
+    layers call them (QKV and gate/up plain, O and down with the residual add), on zero
+    inputs: oneDNN keys a built GEMM by its shapes, not its weights, so one layer builds every
+    layer's. Returns how many row counts were built (0 where the weights are not prepacked).
+    What an engine does before serving (`LLMEngine.warm_up`), so that no step pays a build."""
+    if not all(isinstance(w, PrepackedWeight) for w in (layer.qkv, layer.o, layer.gate_up)):
+        return 0
+    sizes = sorted({blocked_rows(m) for m in range(EXACT_ROWS + 1, max_rows + 1)})
+    hidden, intermediate = layer.o.shape[0], layer.down.shape[1]
+    dtype = layer.input_norm.dtype
+    for rows in sizes:
+        h = torch.zeros(rows, hidden, dtype=dtype)
+        linear(h, layer.qkv)
+        linear_add(torch.zeros(rows, layer.o.shape[1], dtype=dtype), layer.o, h)
+        linear(h, layer.gate_up)
+        linear_add(torch.zeros(rows, intermediate, dtype=dtype), layer.down, h)
+    return len(sizes)
+
+
+def _with_zero_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    out = t.new_empty((rows, *t.shape[1:]))
+    out[: t.shape[0]] = t
+    out[t.shape[0] :].zero_()
+    return out
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -132,7 +132,11 @@ class InSituBench:
         host_threads: int | None = None,
         host_overlap: bool | None = None,
         prepack: bool = True,
+        fuse_decode_layers: bool = False,
     ):
+        """`fuse_decode_layers`: run decode-only plans as the engine does, each layer in one
+        call (`Task.LAYER` spans; `time_fused_decode_layer`); off by default, so that PRE,
+        GPU_ATTN and POST are timed one by one."""
         from neo_engine.executor import Executor
 
         self.spec = spec.__class__(**{**spec.to_dict(), "num_layers": min(layers, spec.num_layers)})
@@ -146,6 +150,7 @@ class InSituBench:
         self.dtype, self.kv_dtype = dtype, kv_dtype
         self.host_threads = host_threads
         self.host_overlap = host_overlap
+        self.fuse_decode_layers = fuse_decode_layers
         self._executor = None
         self._capacity = 0
         self._Executor = Executor
@@ -172,7 +177,7 @@ class InSituBench:
                 cpu,
                 self.host_threads,
                 self.host_overlap,
-                fuse_decode_layers=False,  # the stages timed one by one: PRE, GPU_ATTN, POST
+                fuse_decode_layers=self.fuse_decode_layers,
             )
         return self._executor
 

@@ -154,7 +154,7 @@ def test_fp32_weights_are_prepacked_on_a_cpu_device():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("rows", [1, 4, 5, 64])
+@pytest.mark.parametrize("rows", [1, 4, 5, 64, 73])
 @pytest.mark.parametrize("prepacked", [False, True])
 def test_linear_add_is_the_residual_plus_the_product(rows, dtype, prepacked):
     """`linear_add` (the layer's residual adds; oneDNN's post-op past the skinny kernel's rows
@@ -175,3 +175,62 @@ def test_linear_add_is_the_residual_plus_the_product(rows, dtype, prepacked):
     assert got.dtype == dtype and got.shape == residual.shape
     tolerance = 2.0**-7 if dtype == torch.bfloat16 else 1e-6
     assert ((got.double() - exact).abs() <= tolerance * size).all()
+
+
+def test_blocked_rows_are_few_and_waste_at_most_a_sixteenth():
+    """oneDNN's GEMM runs at the rows given up to EXACT_ROWS (decode batches), then at row
+    counts rounded up to 16 steps per octave, so that an engine builds at most 176 sizes up
+    to 8,192 tokens and never runs more than 1/16 extra rows."""
+    from neo_engine.layers import EXACT_ROWS, blocked_rows
+
+    sizes = [blocked_rows(m) for m in range(1, 8193)]
+    assert sizes[:EXACT_ROWS] == list(range(1, EXACT_ROWS + 1))
+    assert all(m <= b <= m * 17 / 16 for m, b in zip(range(1, 8193), sizes))
+    assert sizes == sorted(sizes)
+    assert len(set(sizes)) == 176
+    assert [blocked_rows(m) for m in (65, 73, 300, 1000, 8192)] == [68, 76, 304, 1024, 8192]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows", [65, 73, 250, 257, 1000])
+def test_padded_rows_leave_the_rows_numbers_as_unpadded(rows, dtype):
+    """Past EXACT_ROWS the prepacked GEMM runs on zero-padded inputs (`blocked_rows`): the
+    rows asked for come out bit for bit as oneDNN gives them unpadded (rows are independent in
+    a GEMM), plain and with the residual add, as contiguous [rows, out] tensors."""
+    from neo_engine.weights import PrepackedWeight, can_prepack
+
+    if not can_prepack(dtype, torch.device("cpu")):
+        pytest.skip(f"torch has no oneDNN {dtype} prepacking here")
+    gen = torch.Generator().manual_seed(rows)
+    packed = PrepackedWeight.of(torch.randn(200, 96, generator=gen).to(dtype))
+    x = torch.randn(rows, 96, generator=gen).to(dtype)
+    residual = torch.randn(rows, 200, generator=gen).to(dtype)
+    pointwise = torch.ops.mkldnn._linear_pointwise
+    got = linear(x, packed)
+    assert got.shape == (rows, 200) and got.is_contiguous()
+    assert torch.equal(got, pointwise(x, packed.blocked, None, "none", [], ""))
+    added = linear_add(x, packed, residual)
+    assert added.shape == (rows, 200) and added.is_contiguous()
+    assert torch.equal(added, pointwise.binary(x, residual, packed.blocked, None, "add"))
+
+
+def test_a_layer_builds_its_gemms_at_every_padded_row_count():
+    """`build_blocked_gemms` runs a layer's four GEMMs at each row count past EXACT_ROWS that
+    an iteration of up to max_rows tokens runs them at (what `LLMEngine.warm_up` does before
+    serving), and nothing for weights without the blocked copy."""
+    from neo_engine.layers import EXACT_ROWS, blocked_rows, build_blocked_gemms
+    from neo_engine.weights import LayerWeights, PrepackedWeight, can_prepack
+
+    if not can_prepack(torch.float32, torch.device("cpu")):
+        pytest.skip("torch has no oneDNN prepacking here")
+
+    def layer(pack):
+        w = (lambda o, i: PrepackedWeight.of(torch.randn(o, i))) if pack else torch.randn
+        return LayerWeights(
+            torch.ones(32), w(48, 32), w(32, 32), torch.ones(32), w(80, 32), w(32, 40)
+        )
+
+    expected = len({blocked_rows(m) for m in range(EXACT_ROWS + 1, 301)})
+    assert build_blocked_gemms(layer(True), 300) == expected == 35
+    assert build_blocked_gemms(layer(True), EXACT_ROWS) == 0
+    assert build_blocked_gemms(layer(False), 300) == 0
