@@ -28,7 +28,7 @@ from neo_engine.weights import can_prepack, random_weights
 from neo_engine.weights import prepack as prepack_in_place
 from neo_sim.lanes import Task
 from neo_sim.model import ModelSpec
-from neo_sim.profile import HostOverhead
+from neo_sim.profile import FusedDecodeSaving, HostOverhead
 
 
 def _median_time(
@@ -132,11 +132,7 @@ class InSituBench:
         host_threads: int | None = None,
         host_overlap: bool | None = None,
         prepack: bool = True,
-        fuse_decode_layers: bool = False,
     ):
-        """`fuse_decode_layers`: run decode-only plans as the engine does, each layer in one
-        call (`Task.LAYER` spans; `time_fused_decode_layer`); off by default, so that PRE,
-        GPU_ATTN and POST are timed one by one."""
         from neo_engine.executor import Executor
 
         self.spec = spec.__class__(**{**spec.to_dict(), "num_layers": min(layers, spec.num_layers)})
@@ -150,8 +146,8 @@ class InSituBench:
         self.dtype, self.kv_dtype = dtype, kv_dtype
         self.host_threads = host_threads
         self.host_overlap = host_overlap
-        self.fuse_decode_layers = fuse_decode_layers
         self._executor = None
+        self._fused = None  # the executor's `FusedDecodeLayers`; None where it does not fuse
         self._capacity = 0
         self._Executor = Executor
 
@@ -177,8 +173,11 @@ class InSituBench:
                 cpu,
                 self.host_threads,
                 self.host_overlap,
-                fuse_decode_layers=self.fuse_decode_layers,
             )
+            # The stages are timed one by one (PRE, GPU_ATTN, POST), as the operators are
+            # priced; the fused layers run only where `fused_decode` asks for them.
+            self._fused = self._executor.fused_layers
+            self._executor.fused_layers = None
         return self._executor
 
     def close(self) -> None:
@@ -221,6 +220,19 @@ class InSituBench:
             dict.fromkeys(range(batch), context_len),
             dict.fromkeys(range(batch), on_gpu),
         )
+
+    def fused_decode(self, batch: int, context_len: int) -> float | None:
+        """Per-layer seconds of `decode(batch, context_len)` run as the engine runs a
+        decode-only iteration on this device, each layer in one call (`Task.LAYER`); None
+        where the engine does not fuse (another device, dtype or build)."""
+        self._executor_for(0)
+        if self._fused is None:
+            return None
+        self._executor.fused_layers = self._fused
+        try:
+            return self.decode(batch, context_len)[Task.LAYER]
+        finally:
+            self._executor.fused_layers = None
 
     def prefill(self, prompt_len: int) -> dict[Task, float]:
         """A sequential plan of one whole prompt."""
@@ -332,10 +344,45 @@ def measure_host_overhead(
         engine.close()
     if not points:
         raise RuntimeError("the engine ran no decode-only step to read its host work from")
+    return HostOverhead(*_per_sequence_line(points))
+
+
+FUSED_SAVING_BATCHES = (1, 4, 16, 64)  # decode batch sizes the fused layers' saving is read at
+
+
+def measure_fused_decode_saving(
+    bench: InSituBench,
+    batches: tuple[int, ...] = FUSED_SAVING_BATCHES,
+    rounds: int = 3,
+) -> FusedDecodeSaving | None:
+    """What the engine saves per layer where it runs a decode-only iteration's layers in one
+    call each (`decode_layers.FusedDecodeLayers`) against the stages one by one, as the
+    profile's operators are timed (`neo_sim.profile.FusedDecodeSaving`): at each of
+    `batches` decodes of a block's tokens (the `linear` operator's decode points), the
+    stages' sum less the fused layer's time, each the median of `rounds` runs taken in
+    turn; then a least-squares line (terms clamped at 0). None where the engine does not fuse
+    (`InSituBench.fused_decode`)."""
+    context = bench.block_size
+    if bench.fused_decode(1, context) is None:
+        return None
+    points = []
+    for batch in batches:
+        staged, fused = [], []
+        for _ in range(rounds):
+            stages = bench.decode(batch, context)
+            staged.append(stages[Task.PRE] + stages[Task.GPU_ATTN] + stages[Task.POST])
+            fused.append(bench.fused_decode(batch, context))
+        points.append((batch, statistics.median(staged) - statistics.median(fused)))
+    return FusedDecodeSaving(*_per_sequence_line(points))
+
+
+def _per_sequence_line(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares (fixed, per sequence) seconds through (sequences, seconds) points, both
+    clamped at 0."""
     n = len(points)
     mean_x = sum(x for x, _ in points) / n
     mean_y = sum(y for _, y in points) / n
     spread = sum((x - mean_x) ** 2 for x, _ in points)
     slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
     slope = max(0.0, slope)
-    return HostOverhead(fixed_s=max(0.0, mean_y - slope * mean_x), per_seq_s=slope)
+    return max(0.0, mean_y - slope * mean_x), slope

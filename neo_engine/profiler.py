@@ -231,9 +231,26 @@ def cmd_measure(run: ProfileSettings) -> int:
     read_gbs = [gbs for _, gbs in bandwidth.samples]
     from neo_engine.cpu_kernel import engine_build
     from neo_engine.executor import host_lane
-    from neo_engine.opbench import measure_host_overhead, reference_kernel
+    from neo_engine.opbench import (
+        InSituBench,
+        measure_fused_decode_saving,
+        measure_host_overhead,
+        reference_kernel,
+    )
 
     host_overhead = measure_host_overhead(run.load, run.host_overlap)
+    bench = InSituBench(
+        spec,
+        device,
+        repeats,
+        host_threads=run.host_threads,
+        host_overlap=overlap,
+        prepack=run.load.prepack_weights,
+    )
+    try:
+        fused_saving = measure_fused_decode_saving(bench)
+    finally:
+        bench.close()
     elapsed = time.perf_counter() - started
 
     machine = machine_info(device) | {
@@ -261,9 +278,13 @@ def cmd_measure(run: ProfileSettings) -> int:
     )
     output = Path(run.output) if run.output else None
     name = output.stem if output else f"local-{device.type}__{spec.name}"
-    profile = make_profile(name, hardware, spec, provenance, samples, launch, host_overhead)
+    profile = make_profile(
+        name, hardware, spec, provenance, samples, launch, host_overhead, fused_saving
+    )
     path = save_profile(profile, output or Path("profiles") / f"{name}.json")
     print(f"the engine's own work per iteration: {host_overhead}")
+    if fused_saving is not None:
+        print(f"saved per layer where a decode-only iteration runs fused: {fused_saving}")
     print(f"wrote {path} in {elapsed:.0f} s; use it with: neo-sim run --hardware {path}")
     return 0
 

@@ -79,6 +79,14 @@ class CostModel(ABC):
         property, measured on it; 0 where nothing measured it (derived hardware)."""
         return 0.0
 
+    def fused_decode_saving(self, num_seqs: int) -> float:
+        """Per layer, seconds a decode-only iteration of `num_seqs` device decodes saves where
+        the engine runs each layer in one call (`neo_sim.profile.FusedDecodeSaving`): an
+        engine's property, measured on it; 0 where nothing measured it. Charged only to a plan
+        the engine fuses (`neo_sim.scheduler.plan.SubBatch.decodes_only`, alone in its
+        plan), by the timing model and the scheduler's estimate alike."""
+        return 0.0
+
     def evaluate(self, op: str, *args: float) -> float:
         """Seconds of operator `op` called with `args` (the registry's order)."""
         operator(op)  # KeyError naming the registered operators

@@ -19,6 +19,7 @@ A profile is JSON:
         "cpu_decode_attn": {"batch": [...], "context_len": [...], "seconds": [[...], ...]},
         "launch":          {"seconds": 0.0008},
         "host_overhead":   {"fixed_s": ..., "per_seq_s": ...}   (optional: `HostOverhead`)
+        "fused_decode_saving": {"fixed_s": ..., "per_seq_s": ...}   (optional: `FusedDecodeSaving`)
       },
       "fit": {op: {"fixed_s", "per_item_s", "flops_per_s", "bytes_per_s"}}   (optional)
     }
@@ -75,20 +76,16 @@ class Samples2D:
     seconds: tuple[tuple[float, ...], ...]
 
 
-# What a measured profile's host overhead covers; a profile measured under another accounting
-# prices the engine's steps differently, so it is measured again (it is part of
-# `neo_engine.cpu_kernel.engine_build`). 2 (2026-12-05): the forward pass's untimed work too.
-HOST_OVERHEAD_ACCOUNTING = 2
+# What a measured profile's engine terms cover (its host overhead and fused decode saving); a
+# profile measured under another accounting prices the engine's steps differently, so it is
+# measured again (it is part of `neo_engine.cpu_kernel.engine_build`). 2 (2026-12-05): the
+# forward pass's untimed work too. 3 (2026-12-06): the fused decode layers' saving.
+HOST_OVERHEAD_ACCOUNTING = 3
 
 
 @dataclass(frozen=True)
-class HostOverhead:
-    """The serving engine's own work in an iteration beyond the operators a profile times
-    (scheduling, bookkeeping, detokenizing, and inside the forward pass the embedding lookup,
-    building the inputs and the dispatch between layers), which the GPU waits through in a
-    synchronous engine: `fixed_s + per_seq_s * num_seqs` seconds. neo-profile measures it on
-    the engine (`opbench.measure_host_overhead`); derived profiles and profiles measured
-    before it existed have none (an iteration then pays nothing for it)."""
+class PerSequence:
+    """Seconds linear in an iteration's sequences: `fixed_s + per_seq_s * num_seqs`."""
 
     fixed_s: float
     per_seq_s: float
@@ -98,6 +95,35 @@ class HostOverhead:
 
     def __str__(self) -> str:
         return f"{1e3 * self.fixed_s:.3f} ms + {1e6 * self.per_seq_s:.1f} us per sequence"
+
+
+@dataclass(frozen=True)
+class HostOverhead(PerSequence):
+    """The serving engine's own work in an iteration beyond the operators a profile times
+    (scheduling, bookkeeping, detokenizing, and inside the forward pass the embedding lookup,
+    building the inputs and the dispatch between layers), which the GPU waits through in a
+    synchronous engine. neo-profile measures it on the engine
+    (`opbench.measure_host_overhead`); derived profiles and profiles measured before it
+    existed have none (an iteration then pays nothing for it)."""
+
+
+@dataclass(frozen=True)
+class FusedDecodeSaving(PerSequence):
+    """Per layer, what a decode-only iteration saves where the engine runs each layer in one
+    compiled call (`neo_engine/decode_layers.py`: a CPU device, one sub-batch of device decodes,
+    no prefill, no host decode) against the stages one by one, as the operators are timed: the
+    Python and dispatch between the stages (SmolLM2-135M, bf16, AMX VM: 120-180 us a layer at
+    1-128 decodes of 16-256 tokens, ad hoc, 2026-12-06). neo-profile measures it
+    (`opbench.measure_fused_decode_saving`) where the engine fuses; elsewhere there is none
+    and such an iteration pays its stages' sum."""
+
+
+# The engine's own terms a measured profile may hold beside its operators: `Profile` field
+# and `samples` key -> their kind.
+ENGINE_TERMS: dict[str, type[PerSequence]] = {
+    "host_overhead": HostOverhead,
+    "fused_decode_saving": FusedDecodeSaving,
+}
 
 
 @dataclass(frozen=True)
@@ -111,6 +137,7 @@ class Profile:
     fits: dict[str, RooflineFit]
     path: str = ""
     host_overhead: HostOverhead | None = None
+    fused_decode_saving: FusedDecodeSaving | None = None
 
     def rescaled(self, factors: Mapping[str, float]) -> Profile:
         """This profile with each operator's samples times its factor (1 where none is given):
@@ -140,8 +167,10 @@ class Profile:
                     "seconds": [list(row) for row in s.seconds],
                 }
         samples["launch"] = {"seconds": self.launch_s}
-        if self.host_overhead is not None:
-            samples["host_overhead"] = dataclasses.asdict(self.host_overhead)
+        for term in ENGINE_TERMS:
+            value = getattr(self, term)
+            if value is not None:
+                samples[term] = dataclasses.asdict(value)
         p = self.provenance
         return {
             "schema_version": SCHEMA_VERSION,
@@ -188,6 +217,7 @@ def make_profile(
     samples: dict[str, Samples1D | Samples2D],
     launch_s: float,
     host_overhead: HostOverhead | None = None,
+    fused_decode_saving: FusedDecodeSaving | None = None,
 ) -> Profile:
     """Assemble a profile from samples, fitting each operator."""
     return Profile(
@@ -199,6 +229,7 @@ def make_profile(
         float(launch_s),
         fit_samples(model, samples),
         host_overhead=host_overhead,
+        fused_decode_saving=fused_decode_saving,
     )
 
 
@@ -270,12 +301,13 @@ def profile_from_dict(data: Any, where: str = "profile") -> Profile:
         )
         samples[op.name] = Samples2D(rows_at, cols_at, secs2)
     launch = v.seconds(v.get(raw, "launch", dict, "samples.launch"), "seconds", "samples.launch")
-    host_overhead = None
-    if "host_overhead" in raw:  # optional: measured profiles only, since it exists
-        entry = v.get(raw, "host_overhead", dict, "samples.host_overhead")
-        host_overhead = HostOverhead(
-            *(v.seconds(entry, term, "samples.host_overhead") for term in ("fixed_s", "per_seq_s"))
-        )
+    terms: dict[str, PerSequence] = {}
+    for term, kind in ENGINE_TERMS.items():  # optional: measured profiles only, since they exist
+        if term in raw:
+            entry = v.get(raw, term, dict, f"samples.{term}")
+            terms[term] = kind(
+                *(v.seconds(entry, part, f"samples.{term}") for part in ("fixed_s", "per_seq_s"))
+            )
     fits_raw = data.get("fit")
     if fits_raw:
         fits = {}
@@ -286,7 +318,7 @@ def profile_from_dict(data: Any, where: str = "profile") -> Profile:
             )
     else:
         fits = fit_samples(model, samples)
-    return Profile(name, hardware, model, provenance, samples, launch, fits, where, host_overhead)
+    return Profile(name, hardware, model, provenance, samples, launch, fits, where, **terms)
 
 
 def _wrap(build, where: str, field_name: str):

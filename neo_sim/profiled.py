@@ -241,3 +241,7 @@ class ProfiledCostModel(CostModel):
     def host_overhead(self, num_seqs: int) -> float:
         measured = self.profile.host_overhead
         return measured.seconds(num_seqs) if measured is not None and num_seqs > 0 else 0.0
+
+    def fused_decode_saving(self, num_seqs: int) -> float:
+        measured = self.profile.fused_decode_saving
+        return measured.seconds(num_seqs) if measured is not None and num_seqs > 0 else 0.0

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 from neo_sim.costmodel import CostModel
 from neo_sim.lanes import Lane, Span, Task
-from neo_sim.scheduler.estimate import prefill_attn_s, swap_bytes
+from neo_sim.scheduler.estimate import fused_stages, prefill_attn_s, swap_bytes
 from neo_sim.scheduler.plan import Plan, SubBatch, context_tokens
 from neo_sim.scheduler.request import Device
 
@@ -106,7 +106,13 @@ class TimingModel:
 
     def run(self, plan: Plan, record: bool = False) -> IterationTiming:
         cost, layers = self.cost, self.cost.model.num_layers
-        batches = [self._costs(sb) for sb in plan.sub_batches if sb]
+        work = [sb for sb in plan.sub_batches if sb]
+        batches = [self._costs(sb) for sb in work]
+        if len(work) == 1 and work[0].decodes_only:  # the engine runs it one layer per call
+            c = batches[0]
+            saving = cost.fused_decode_saving(len(work[0].gpu_decodes))
+            pre, attn, post = fused_stages(c.pre_s, c.gpu_attn_s, c.post_s, saving)
+            batches[0] = c._replace(pre_s=pre, gpu_attn_s=attn, post_s=post)
         lane_free = dict.fromkeys(_LANES, 0.0)
         busy = dict.fromkeys(_LANES, 0.0)
         spans: list[Span] = []
@@ -346,9 +352,14 @@ class TimingModel:
         lm_head = c.lm_head(batch)
         swapped = c.d2h(0) + c.h2d(0)
         host = c.host_overhead(batch)
+        saving = c.fused_decode_saving(batch)
 
         def timed(gpu_attn: float) -> tuple[float, float]:  # as _gpu_only
-            gpu_busy = layers * (pre + gpu_attn + post) + lm_head  # _gpu_lane_s
+            if saving > 0:  # as run(): a decode-only plan
+                fused_pre, gpu_attn, fused_post = fused_stages(pre, gpu_attn, post, saving)
+                gpu_busy = layers * (fused_pre + gpu_attn + fused_post) + lm_head
+            else:
+                gpu_busy = layers * (pre + gpu_attn + post) + lm_head  # _gpu_lane_s
             return swapped + gpu_busy + host, gpu_busy
 
         return timed

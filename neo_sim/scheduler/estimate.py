@@ -339,7 +339,29 @@ def pipelined_layer_s(b0: SubBatchBuilder, b1: SubBatchBuilder) -> float:
 
 
 def sequential_layer_s(b: SubBatchBuilder) -> float:
-    return _sequential_layer_s(b.times())
+    """A sequential plan's layer (`b` its only sub-batch); a decode-only one as the engine
+    runs it, one call per layer (`fused_stages`)."""
+    t = b.times()
+    if b.gpu_decodes and not b.prefills and not b.cpu_decodes:  # `SubBatch.decodes_only`
+        saving = b.cost.fused_decode_saving(len(b.gpu_decodes))
+        if saving > 0:
+            linear_s, gpu_attn, _ = fused_stages(t.linear_s, t.gpu_attn_s, 0.0, saving)
+            t = t._replace(linear_s=linear_s, gpu_attn_s=gpu_attn)
+    return _sequential_layer_s(t)
+
+
+def fused_stages(
+    pre_s: float, gpu_attn_s: float, post_s: float, saving_s: float
+) -> tuple[float, float, float]:
+    """A decode-only layer's stages where the engine runs the layer in one call: each scaled
+    so that they sum to their sum less `saving_s` (the cost model's `fused_decode_saving`), at
+    least 0, each keeping its share. The timing model and the scheduler's estimate both price
+    such a layer through this."""
+    total = pre_s + gpu_attn_s + post_s
+    if saving_s <= 0 or total <= 0:
+        return pre_s, gpu_attn_s, post_s
+    scale = max(0.0, total - saving_s) / total
+    return pre_s * scale, gpu_attn_s * scale, post_s * scale
 
 
 def _sequential_layer_s(t: LayerTimes) -> float:
@@ -357,9 +379,13 @@ def gpu_decodes_pricer(cost: CostModel, batch: int) -> Callable[[float], float]:
     offload = offload_s(cost, 0)
     lm_head = cost.lm_head(batch)
     host = cost.host_overhead(batch)
+    saving = cost.fused_decode_saving(batch)
 
-    def predicted_s(gpu_attn: float) -> float:  # _sequential_layer_s, then iteration_s
-        return layers * max(linear + max(gpu_attn, cpu), offload) + lm_head + host
+    def predicted_s(gpu_attn: float) -> float:  # sequential_layer_s, then iteration_s
+        fused_linear = linear
+        if saving > 0:
+            fused_linear, gpu_attn, _ = fused_stages(linear, gpu_attn, 0.0, saving)
+        return layers * max(fused_linear + max(gpu_attn, cpu), offload) + lm_head + host
 
     return predicted_s
 

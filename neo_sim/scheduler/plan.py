@@ -101,6 +101,13 @@ class SubBatch:
             *request_ids_of(self.cpu_decodes),
         )
 
+    @property
+    def decodes_only(self) -> bool:
+        """Device decodes and nothing else. Alone in its plan, such a sub-batch is what an
+        engine on a CPU device runs one layer per call (neo_engine/decode_layers.py), which
+        saves the cost model's `fused_decode_saving` a layer."""
+        return bool(self.gpu_decodes) and not self.prefills and not self.cpu_decodes
+
     def __bool__(self) -> bool:
         return bool(self.prefills or self.gpu_decodes or self.cpu_decodes)
 

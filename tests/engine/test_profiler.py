@@ -225,6 +225,51 @@ def test_in_situ_layer_time_is_the_mean_over_the_layers_of_a_run(monkeypatch):
     assert bench.decode(2, 16)[Task.POST] == 3.0
 
 
+def test_the_fused_decode_saving_is_the_stages_sum_less_the_fused_layer(monkeypatch):
+    """Per batch, the stages timed one by one (as the operators are) less the same plan's
+    layer run in one call as the engine runs it; a least-squares line through the points;
+    nothing where the engine does not fuse."""
+    from neo_engine import opbench
+    from neo_sim.lanes import Task
+
+    bench = opbench.InSituBench(
+        LoadSettings("dummy:tiny").model_spec(), torch.device("cpu"), repeats=1
+    )
+    stages = {Task.PRE: 1.0, Task.GPU_ATTN: 0.5, Task.POST: 1.5}
+    monkeypatch.setattr(
+        bench, "decode", lambda b, c: {t: v + 0.1 * b / 3 for t, v in stages.items()}
+    )
+    monkeypatch.setattr(bench, "fused_decode", lambda b, c: 2.0 + 0.05 * b)
+    saving = opbench.measure_fused_decode_saving(bench, batches=(1, 4, 16), rounds=2)
+    assert saving.fixed_s == pytest.approx(1.0) and saving.per_seq_s == pytest.approx(0.05)
+    monkeypatch.setattr(bench, "fused_decode", lambda b, c: None)
+    assert opbench.measure_fused_decode_saving(bench) is None
+    bench.close()
+
+
+def test_in_situ_runs_a_decode_plan_fused_only_when_asked():
+    """The bench's executor keeps the engine's fused layers (where they apply) off, so that
+    the operators' stages are timed one by one, and runs a decode plan fused for
+    `fused_decode` alone: one per-layer time, its stages' spans absent."""
+    from neo_engine.cpu_kernel import load_extension
+    from neo_engine.opbench import InSituBench
+    from neo_engine.weights import can_prepack
+    from neo_sim.lanes import Task
+
+    if load_extension() is None or not can_prepack(torch.float32, torch.device("cpu")):
+        pytest.skip("no compiled host kernels or no oneDNN prepacking here")
+    spec = LoadSettings("dummy:tiny", dtype="float32", kv_dtype="float32").model_spec()
+    bench = InSituBench(spec, torch.device("cpu"), repeats=1)
+    layer_s = bench.fused_decode(4, 16)
+    assert layer_s is not None and layer_s > 0
+    staged = bench.decode(4, 16)
+    assert Task.LAYER not in staged and staged[Task.PRE] > 0 and staged[Task.POST] > 0
+    bench.close()
+    unpacked = InSituBench(spec, torch.device("cpu"), repeats=1, prepack=False)
+    assert unpacked.fused_decode(4, 16) is None  # the engine fuses prepacked weights only
+    unpacked.close()
+
+
 def test_the_engines_host_overhead_is_read_from_its_decode_steps():
     """neo-profile reads the engine's own work per step (scheduling, bookkeeping,
     detokenizing) from a real engine's decode steps: some fixed time, growing with the batch."""

@@ -257,3 +257,37 @@ def test_layer_loop_in_locals_equals_the_task_loop():
                 ready = timing._layers(batches, swapped, run_task, free, busy, periodic=True)
             results.append((ready, free, busy))
         assert results[0] == results[1]
+
+
+def test_only_a_decode_only_plan_gets_the_fused_decode_saving():
+    """The engine runs a plan of device decodes alone (one sub-batch, no prefill, no host
+    decode) one layer per call, saving the cost model's `fused_decode_saving` a layer: the
+    timing model charges such a plan its stages less that, the scheduler's estimate the same,
+    and every other plan its stages in full."""
+    from neo_sim.scheduler.estimate import SubBatchBuilder, iteration_s, sequential_layer_s
+    from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, SubBatch
+
+    class Fusing(RooflineCostModel):
+        def fused_decode_saving(self, num_seqs: int) -> float:
+            return 1e-4 + 1e-6 * num_seqs
+
+    plain = RooflineCostModel(MODELS["llama-2-7b"], HW["a10g-g5.2xlarge"])
+    fusing = Fusing(MODELS["llama-2-7b"], HW["a10g-g5.2xlarge"])
+    layers = plain.model.num_layers
+    decodes = tuple(DecodeWork(i, 300) for i in range(8))
+    others = tuple(DecodeWork(10 + i, 300) for i in range(4))
+    only = Plan(1, Mode.SEQUENTIAL, (SubBatch(gpu_decodes=decodes),))
+    t_plain, t_fused = TimingModel(plain, 16).run(only), TimingModel(fusing, 16).run(only)
+    assert t_plain.duration_s - t_fused.duration_s == pytest.approx(layers * (1e-4 + 8e-6))
+    builder = SubBatchBuilder(fusing)
+    builder.add_decodes(decodes, on_gpu=True)
+    estimate = iteration_s(fusing, sequential_layer_s(builder), only.num_seqs)
+    assert estimate == pytest.approx(t_fused.duration_s, rel=1e-12)
+    for plan in (
+        Plan(
+            1, Mode.SEQUENTIAL, (SubBatch(prefills=(PrefillWork(20, 0, 64),), gpu_decodes=decodes),)
+        ),
+        Plan(1, Mode.SEQUENTIAL, (SubBatch(gpu_decodes=decodes, cpu_decodes=others),)),
+        Plan(1, Mode.PIPELINED, (SubBatch(gpu_decodes=decodes), SubBatch(cpu_decodes=others))),
+    ):
+        assert TimingModel(fusing, 16).run(plan) == TimingModel(plain, 16).run(plan)

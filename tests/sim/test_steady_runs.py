@@ -128,3 +128,40 @@ def test_the_engines_host_overhead_is_paid_by_every_iteration_steady_or_not(poli
     pd.testing.assert_frame_equal(fast.iterations, slow.iterations, check_exact=True)
     bare = execute(RunSpec.of(**spec, **(workload | {"hardware": str(shipped)})))
     assert fast.summary["iteration_s_mean"] > bare.summary["iteration_s_mean"]
+
+
+@pytest.mark.parametrize("policy", ["gpu-only", "neo"])
+def test_the_fused_decode_saving_shortens_decode_only_iterations_steady_or_not(policy, tmp_path):
+    """A measured profile's fused decode saving (what the engine saves per layer by running a
+    decode-only iteration's layers in one call each) shortens every decode-only iteration, in
+    the steady runs' closed forms exactly as in the stepped iterations, and no other."""
+    import dataclasses
+    from pathlib import Path
+
+    from neo_sim.profile import FusedDecodeSaving, load_profile, save_profile
+
+    shipped = Path(__file__).resolve().parents[2] / "profiles" / "cpu-2core-vm__small.json"
+    profile = load_profile(shipped)
+    saving = FusedDecodeSaving(fixed_s=1e-4, per_seq_s=1e-6)
+    path = save_profile(dataclasses.replace(profile, fused_decode_saving=saving), tmp_path / "p")
+    assert load_profile(path).fused_decode_saving == saving
+    workload = dict(hardware=str(path), rate=2.0, input_len=64, output_len=40)
+    spec = dict(model="small", policy=policy, num_requests=30, seed=2, timeline_iterations=0)
+    fast = execute(RunSpec.of(**spec, **workload, iteration_records=True))
+    slow = execute(RunSpec.of(**spec, **workload, iteration_records=True, steady_runs=False))
+    assert fast.result.steady_iterations > 0
+    pd.testing.assert_frame_equal(fast.requests, slow.requests, check_exact=True)
+    pd.testing.assert_frame_equal(fast.iterations, slow.iterations, check_exact=True)
+    bare = execute(
+        RunSpec.of(**spec, **(workload | {"hardware": str(shipped)}), iteration_records=True)
+    )
+    it, base = fast.iterations, bare.iterations
+
+    def decode_only(frame):
+        one = (frame["mode"] == "sequential") & (frame.num_cpu_decodes == 0)
+        return frame[one & (frame.prefill_tokens == 0) & (frame.num_gpu_decodes > 0)]
+
+    assert decode_only(it).duration_s.mean() < decode_only(base).duration_s.mean()
+    # Arrivals match both runs' first prefill-bearing iteration: the same plan, the same time.
+    first, first_bare = it[it.prefill_tokens > 0].iloc[0], base[base.prefill_tokens > 0].iloc[0]
+    assert first.duration_s == first_bare.duration_s
