@@ -316,6 +316,7 @@ def run_policy(
         "wall_s": wall,
         "host_share": sum(measured) and 1 - sum(forward_s) / sum(measured),
         "host_overhead": profile.host_overhead,
+        "fused_decode_saving": profile.fused_decode_saving,
         "ratio_by_kind": measured_over_predicted_by_kind(per_iteration),
         "ttft_lag": lag_before_median_first_token(per_iteration, real_requests),
         "dtype": dtype,
@@ -782,6 +783,13 @@ def write_report(
         "engine's host overhead), so it is a floor under the throughput error at the "
         "saturated loads"
     )
+    saving = results[0]["fused_decode_saving"]
+    fused_priced = (
+        f"; the decode-only iterations the engine runs one layer per call are priced with the "
+        f"profile's fused decode saving ({saving} a layer)"
+        if saving is not None
+        else ""
+    )
     (out / "fidelity.json").write_text(json.dumps(rows, indent=1) + "\n")
     replay = [r for result in results for r in result["replay_rows"]]
     (out / "fidelity_replay.json").write_text(json.dumps(replay, indent=1) + "\n")
@@ -889,7 +897,8 @@ fidelity.json (`{{"policy", "load", "metric", "engine", "sim", "error"}}`).
 this CPU-only machine they share the cores, which the timing model knows. host work: the share
 of the engine's steps spent outside the forward pass and its sampling (scheduling,
 detokenizing, bookkeeping; the rest of `LLMEngine.step`), {host_priced} (the sampling is
-priced too: the profile's `lm_head` includes it). Per-iteration times compare whole steps.
+priced too: the profile's `lm_head` includes it){fused_priced}. Per-iteration times compare
+whole steps.
 prefill / decode-only iterations: measured over predicted time, summed over the iterations
 that prefill some prompt (compute-bound) and over the others (bound by weight and KV reads at
 these batch sizes); the kind whose ratio is off is where the cost model, or the machine since
