@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from neo_sim.profile import FusedDecodeSaving, HostOverhead, load_profile, save_profile
 from neo_sim.runs import RunSpec, execute
 from neo_sim.scheduler import POLICIES
 
@@ -104,21 +107,17 @@ def test_steady_runs_cover_a_queue_that_cannot_move(policy):
     assert fast.result.steady_iterations > 0.5 * len(fast.iterations)
 
 
-@pytest.mark.parametrize("policy", ["gpu-only", "neo"])
-def test_the_engines_host_overhead_is_paid_by_every_iteration_steady_or_not(policy, tmp_path):
-    """A measured profile's host overhead (the engine's own work per iteration) lengthens
-    every iteration by fixed + per-sequence seconds, in the steady runs' closed forms exactly as
-    in the stepped iterations."""
-    import dataclasses
-    from pathlib import Path
+SHIPPED_CPU_PROFILE = Path(__file__).resolve().parents[2] / "profiles" / "cpu-2core-vm__small.json"
 
-    from neo_sim.profile import HostOverhead, load_profile, save_profile
 
-    shipped = Path(__file__).resolve().parents[2] / "profiles" / "cpu-2core-vm__small.json"
-    profile = load_profile(shipped)
-    overhead = HostOverhead(fixed_s=4e-4, per_seq_s=2e-5)
-    path = save_profile(dataclasses.replace(profile, host_overhead=overhead), tmp_path / "p.json")
-    assert load_profile(path).host_overhead == overhead
+def with_engine_term(policy: str, tmp_path: Path, **term):
+    """The shipped CPU profile with an engine term set (`Profile` field=value), saved and read
+    back; then runs on it with and without steady runs, which must agree bit for bit, and a
+    run on the profile without the term. Returns (the steady run, the bare run)."""
+    profile = load_profile(SHIPPED_CPU_PROFILE)
+    path = save_profile(dataclasses.replace(profile, **term), tmp_path / "p.json")
+    ((field, value),) = term.items()
+    assert getattr(load_profile(path), field) == value
     workload = dict(hardware=str(path), rate=2.0, input_len=64, output_len=40)
     spec = dict(model="small", policy=policy, num_requests=30, seed=2, timeline_iterations=0)
     fast = execute(RunSpec.of(**spec, **workload, iteration_records=True))
@@ -126,7 +125,17 @@ def test_the_engines_host_overhead_is_paid_by_every_iteration_steady_or_not(poli
     assert fast.result.steady_iterations > 0
     pd.testing.assert_frame_equal(fast.requests, slow.requests, check_exact=True)
     pd.testing.assert_frame_equal(fast.iterations, slow.iterations, check_exact=True)
-    bare = execute(RunSpec.of(**spec, **(workload | {"hardware": str(shipped)})))
+    bare = workload | {"hardware": str(SHIPPED_CPU_PROFILE)}
+    return fast, execute(RunSpec.of(**spec, **bare, iteration_records=True))
+
+
+@pytest.mark.parametrize("policy", ["gpu-only", "neo"])
+def test_the_engines_host_overhead_is_paid_by_every_iteration_steady_or_not(policy, tmp_path):
+    """A measured profile's host overhead (the engine's own work per iteration) lengthens
+    every iteration by fixed + per-sequence seconds, in the steady runs' closed forms exactly as
+    in the stepped iterations."""
+    overhead = HostOverhead(fixed_s=4e-4, per_seq_s=2e-5)
+    fast, bare = with_engine_term(policy, tmp_path, host_overhead=overhead)
     assert fast.summary["iteration_s_mean"] > bare.summary["iteration_s_mean"]
 
 
@@ -135,26 +144,8 @@ def test_the_fused_decode_saving_shortens_decode_only_iterations_steady_or_not(p
     """A measured profile's fused decode saving (what the engine saves per layer by running a
     decode-only iteration's layers in one call each) shortens every decode-only iteration, in
     the steady runs' closed forms exactly as in the stepped iterations, and no other."""
-    import dataclasses
-    from pathlib import Path
-
-    from neo_sim.profile import FusedDecodeSaving, load_profile, save_profile
-
-    shipped = Path(__file__).resolve().parents[2] / "profiles" / "cpu-2core-vm__small.json"
-    profile = load_profile(shipped)
     saving = FusedDecodeSaving(fixed_s=1e-4, per_seq_s=1e-6)
-    path = save_profile(dataclasses.replace(profile, fused_decode_saving=saving), tmp_path / "p")
-    assert load_profile(path).fused_decode_saving == saving
-    workload = dict(hardware=str(path), rate=2.0, input_len=64, output_len=40)
-    spec = dict(model="small", policy=policy, num_requests=30, seed=2, timeline_iterations=0)
-    fast = execute(RunSpec.of(**spec, **workload, iteration_records=True))
-    slow = execute(RunSpec.of(**spec, **workload, iteration_records=True, steady_runs=False))
-    assert fast.result.steady_iterations > 0
-    pd.testing.assert_frame_equal(fast.requests, slow.requests, check_exact=True)
-    pd.testing.assert_frame_equal(fast.iterations, slow.iterations, check_exact=True)
-    bare = execute(
-        RunSpec.of(**spec, **(workload | {"hardware": str(shipped)}), iteration_records=True)
-    )
+    fast, bare = with_engine_term(policy, tmp_path, fused_decode_saving=saving)
     it, base = fast.iterations, bare.iterations
 
     def decode_only(frame):
