@@ -9,6 +9,7 @@ The executor runs these per layer and per sub-batch, on whichever lane the plan 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -138,25 +139,32 @@ def _blocked_linear(
     return out if padded == rows else out[:rows]
 
 
-def build_blocked_gemms(layer: LayerWeights, max_rows: int) -> int:
+def build_blocked_gemms(
+    layer: LayerWeights, max_rows: int, budget_s: float = math.inf
+) -> tuple[int, int]:
     """Build oneDNN's GEMMs of a layer's prepacked weights at every row count past
     EXACT_ROWS that `blocked_rows` gives up to `max_rows` (the tokens of an iteration), as the
     layers call them (QKV and gate/up plain, O and down with the residual add), on zero
     inputs: oneDNN keys a built GEMM by its shapes, not its weights, so one layer builds every
-    layer's. Returns how many row counts were built (0 where the weights are not prepacked).
-    What an engine does before serving (`LLMEngine.warm_up`), so that no step pays a build."""
+    layer's. Smallest first, until `budget_s` seconds have passed (a large model's GEMMs at
+    thousands of rows take seconds each to run on a few cores; the sizes left are built when
+    first used). Returns (row counts built, row counts there are); (0, 0) where the weights are
+    not prepacked. What an engine does before serving (`LLMEngine.warm_up`)."""
     if not all(isinstance(w, PrepackedWeight) for w in (layer.qkv, layer.o, layer.gate_up)):
-        return 0
+        return 0, 0
     sizes = sorted({blocked_rows(m) for m in range(EXACT_ROWS + 1, max_rows + 1)})
     hidden, intermediate = layer.o.shape[0], layer.down.shape[1]
     dtype = layer.input_norm.dtype
-    for rows in sizes:
+    deadline = time.perf_counter() + budget_s
+    for built, rows in enumerate(sizes, start=1):
         h = torch.zeros(rows, hidden, dtype=dtype)
         linear(h, layer.qkv)
         linear_add(torch.zeros(rows, layer.o.shape[1], dtype=dtype), layer.o, h)
         linear(h, layer.gate_up)
         linear_add(torch.zeros(rows, intermediate, dtype=dtype), layer.down, h)
-    return len(sizes)
+        if time.perf_counter() > deadline:
+            return built, len(sizes)
+    return len(sizes), len(sizes)
 
 
 def _with_zero_rows(t: torch.Tensor, rows: int) -> torch.Tensor:

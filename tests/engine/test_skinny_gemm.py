@@ -217,7 +217,8 @@ def test_padded_rows_leave_the_rows_numbers_as_unpadded(rows, dtype):
 def test_a_layer_builds_its_gemms_at_every_padded_row_count():
     """`build_blocked_gemms` runs a layer's four GEMMs at each row count past EXACT_ROWS that
     an iteration of up to max_rows tokens runs them at (what `LLMEngine.warm_up` does before
-    serving), and nothing for weights without the blocked copy."""
+    serving), smallest first within its time budget, and nothing for weights without the
+    blocked copy."""
     from neo_engine.layers import EXACT_ROWS, blocked_rows, build_blocked_gemms
     from neo_engine.weights import LayerWeights, PrepackedWeight, can_prepack
 
@@ -231,6 +232,7 @@ def test_a_layer_builds_its_gemms_at_every_padded_row_count():
         )
 
     expected = len({blocked_rows(m) for m in range(EXACT_ROWS + 1, 301)})
-    assert build_blocked_gemms(layer(True), 300) == expected == 35
-    assert build_blocked_gemms(layer(True), EXACT_ROWS) == 0
-    assert build_blocked_gemms(layer(False), 300) == 0
+    assert build_blocked_gemms(layer(True), 300) == (expected, expected) == (35, 35)
+    assert build_blocked_gemms(layer(True), 300, budget_s=0.0) == (1, 35)  # then out of time
+    assert build_blocked_gemms(layer(True), EXACT_ROWS) == (0, 0)
+    assert build_blocked_gemms(layer(False), 300) == (0, 0)
