@@ -67,7 +67,7 @@ from neo_sim.scheduler.kv import blocks_for
 log = logging.getLogger(__name__)
 
 # At most this long building GEMMs before serving (`warm_gemms`), seconds: the sizes up to
-# 8,192 tokens of one layer took 2.4 s at SmolLM2-135M's shapes on the AMX VM, and a
+# 8,192 tokens of one layer took 2.4-3.7 s at SmolLM2-135M's shapes on the AMX VM, and a
 # Llama-3-8B layer does ~70x the multiply-adds per row; the sizes left build when first used.
 WARM_GEMMS_S = 30.0
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -583,10 +583,9 @@ class LLMEngine:
     def warm_gemms(self) -> None:
         """On a CPU device with prepacked weights: build oneDNN's GEMMs at every row count an
         iteration of up to the scheduler's tokens per iteration runs them at
-        (`layers.build_blocked_gemms`): 2.4 s for one layer of SmolLM2-135M's shapes at up to
-        8,192 tokens on the AMX VM, most of it the large GEMMs' own work (up to 2,048 tokens
-        1.2 s, 1.1 s of it the builds). Steps with new token counts otherwise pay the builds
-        as they come: a prefill-bearing step of the `small` preset took 1.5-1.6x as long with
+        (`layers.build_blocked_gemms`): 2.4-3.7 s for one layer of SmolLM2-135M's shapes at up
+        to 8,192 tokens on the AMX VM as its speed moved, most of it the large GEMMs' own
+        work. Steps with new token counts otherwise pay the builds as they come: a prefill-bearing step of the `small` preset took 1.5-1.6x as long with
         a new count (ad hoc, 2026-12-06)."""
         if self.device.type != "cpu" or not self.weights.layers:
             return
