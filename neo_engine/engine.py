@@ -31,7 +31,7 @@ from neo_engine.detokenizer import IncrementalDetokenizer
 from neo_engine.executor import Executor
 from neo_engine.host_threads import host_work
 from neo_engine.kv_cache import KVPool
-from neo_engine.layers import SKINNY_ROWS_WITH_PREPACKED, build_blocked_gemms
+from neo_engine.layers import EXACT_ROWS, SKINNY_ROWS_WITH_PREPACKED, build_blocked_gemms
 from neo_engine.local import (
     available_memory_bytes,
     cpu_features,
@@ -175,7 +175,8 @@ def _gemm_path(dtype: torch.dtype, device: torch.device, prepacked: bool) -> str
     if prepacked:
         return (
             f"{skinny_path(dtype)} up to {SKINNY_ROWS_WITH_PREPACKED[dtype]} rows, "
-            "oneDNN with prepacked weights beyond"
+            f"oneDNN with prepacked weights beyond (past {EXACT_ROWS} rows at 16 row counts "
+            "per octave, layers.blocked_rows)"
         )
     return f"{skinny_path(dtype)} up to {SKINNY_MAX_ROWS.get(dtype, 0)} rows, torch beyond"
 
@@ -585,8 +586,9 @@ class LLMEngine:
         iteration of up to the scheduler's tokens per iteration runs them at
         (`layers.build_blocked_gemms`): 2.4-3.7 s for one layer of SmolLM2-135M's shapes at up
         to 8,192 tokens on the AMX VM as its speed moved, most of it the large GEMMs' own
-        work. Steps with new token counts otherwise pay the builds as they come: a prefill-bearing step of the `small` preset took 1.5-1.6x as long with
-        a new count (ad hoc, 2026-12-06)."""
+        work. Steps with new token counts otherwise pay the builds as they come: a
+        prefill-bearing step of the `small` preset took 1.5-1.6x as long with a new count
+        (ad hoc, 2026-12-06)."""
         if self.device.type != "cpu" or not self.weights.layers:
             return
         started = time.perf_counter()
