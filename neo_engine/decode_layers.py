@@ -20,7 +20,7 @@ import torch
 
 from neo_engine.cpu_kernel import FUSED_DTYPES, load_extension
 from neo_engine.kv_cache import KVPool
-from neo_engine.layers import SKINNY_ROWS_WITH_PREPACKED
+from neo_engine.layers import EXACT_ROWS, SKINNY_ROWS_WITH_PREPACKED
 from neo_engine.weights import ModelWeights, PrepackedWeight
 from neo_sim.model import ModelSpec
 
@@ -77,6 +77,7 @@ class FusedDecodeLayers:
             eps=spec.rms_norm_eps,
             scale=spec.head_dim**-0.5,
             skinny_rows=SKINNY_ROWS_WITH_PREPACKED[dtype],
+            exact_rows=EXACT_ROWS,  # past it, GEMMs at `layers.blocked_rows`'s row counts
         )
         return cls(compiled, pool)
 

@@ -570,16 +570,17 @@ class LLMEngine:
             tokens_per_s=rate,
         )
 
-    def warm_up(self) -> None:
-        """Run one tiny generation (allocator, caches, lazy torch paths) and build the
-        GEMMs of every iteration size (`warm_gemms`), so that the first real requests do not
-        pay for them. Leaves no trace in the counters."""
+    def warm_up(self, build_gemms: bool = True) -> None:
+        """Run one tiny generation (allocator, caches, lazy torch paths) and, with
+        `build_gemms`, build the GEMMs of every iteration size (`warm_gemms`), so that the
+        first real requests do not pay for them. Leaves no trace in the counters."""
         rid = self.add_request([1], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))
         while rid in self._live:
             self.step()
         self._counts = dict.fromkeys(self._counts, 0)
         self._recent.clear()
-        self.warm_gemms()
+        if build_gemms:
+            self.warm_gemms()
 
     def warm_gemms(self) -> None:
         """On a CPU device with prepacked weights: build oneDNN's GEMMs at every row count an

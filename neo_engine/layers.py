@@ -20,7 +20,7 @@ from neo_engine.cpu_kernel import (
     fused_silu_mul,
     skinny_linear,
 )
-from neo_engine.weights import LayerWeights, Linear, PrepackedWeight
+from neo_engine.weights import LAYER_GEMMS, LayerWeights, Linear, PrepackedWeight
 from neo_sim.machine import cpu_features
 from neo_sim.model import ModelSpec
 
@@ -150,7 +150,7 @@ def build_blocked_gemms(
     thousands of rows take seconds each to run on a few cores; the sizes left are built when
     first used). Returns (row counts built, row counts there are); (0, 0) where the weights are
     not prepacked. What an engine does before serving (`LLMEngine.warm_up`)."""
-    if not all(isinstance(w, PrepackedWeight) for w in (layer.qkv, layer.o, layer.gate_up)):
+    if not all(isinstance(getattr(layer, gemm), PrepackedWeight) for gemm in LAYER_GEMMS):
         return 0, 0
     sizes = sorted({blocked_rows(m) for m in range(EXACT_ROWS + 1, max_rows + 1)})
     hidden, intermediate = layer.o.shape[0], layer.down.shape[1]

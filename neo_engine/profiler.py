@@ -39,6 +39,7 @@ from neo_sim.grids import Grids, measured_grids, points, samples_on
 from neo_sim.model import ModelSpec, parse_model_arg
 from neo_sim.operators import SAMPLED, Operator
 from neo_sim.profile import (
+    FusedDecodeSaving,
     Provenance,
     Samples1D,
     load_profile,
@@ -111,10 +112,13 @@ def measure(
     host_overlap: bool | None = None,
     bandwidth: BandwidthTrace | None = None,
     prepack: bool = True,
-) -> tuple[dict, float]:
-    """Time every sampled operator on every grid point; returns (samples, launch seconds).
+) -> tuple[dict, float, FusedDecodeSaving | None]:
+    """Time every sampled operator on every grid point; returns (samples, launch seconds,
+    the fused decode layers' saving on the same bench, `opbench.measure_fused_decode_saving`).
     `bandwidth` is sampled between points (`BandwidthTrace.maybe_sample`) through the run;
     `prepack`: the GEMM weights as `LoadSettings.prepack_weights` has the engine keep them."""
+    from neo_engine.opbench import measure_fused_decode_saving
+
     bench = Benches(spec, device, repeats, host_threads, host_overlap, prepack)
     jobs = [(op, point) for op in SAMPLED for point in points(grids, op)]
     # Several shuffled passes, median per point: a slow phase of a noisy machine then spreads
@@ -132,8 +136,9 @@ def measure(
         runs.setdefault((op.name, point), []).append(bench.time(op, point))
     results = {key: statistics.median(values) for key, values in runs.items()}
     launch = bench.time_launch()
+    fused_saving = measure_fused_decode_saving(bench.in_situ)
     bench.close()
-    return samples_on(grids, lambda op, point: results[(op.name, point)]), launch
+    return samples_on(grids, lambda op, point: results[(op.name, point)]), launch, fused_saving
 
 
 class Benches:
@@ -216,7 +221,7 @@ def cmd_measure(run: ProfileSettings) -> int:
         every_s=PROFILE_BANDWIDTH_EVERY_S,
         probe=ReadProbe(beside_gpu=beside_gpu),
     )
-    samples, launch = measure(
+    samples, launch, fused_saving = measure(
         spec,
         device,
         grids,
@@ -231,26 +236,9 @@ def cmd_measure(run: ProfileSettings) -> int:
     read_gbs = [gbs for _, gbs in bandwidth.samples]
     from neo_engine.cpu_kernel import engine_build
     from neo_engine.executor import host_lane
-    from neo_engine.opbench import (
-        InSituBench,
-        measure_fused_decode_saving,
-        measure_host_overhead,
-        reference_kernel,
-    )
+    from neo_engine.opbench import measure_host_overhead, reference_kernel
 
     host_overhead = measure_host_overhead(run.load, run.host_overlap)
-    bench = InSituBench(
-        spec,
-        device,
-        repeats,
-        host_threads=run.host_threads,
-        host_overlap=overlap,
-        prepack=run.load.prepack_weights,
-    )
-    try:
-        fused_saving = measure_fused_decode_saving(bench)
-    finally:
-        bench.close()
     elapsed = time.perf_counter() - started
 
     machine = machine_info(device) | {

@@ -9,7 +9,9 @@
 // over q and k, the KV store, paged decode attention, O projection + residual, RMSNorm,
 // gate/up projection, SiLU * up, down projection + residual. The GEMMs are `layers.linear`'s:
 // the skinny kernel up to `skinny_rows` rows, else oneDNN's prepacked GEMM, reached through
-// torch's dispatcher (mkldnn::_linear_pointwise, its .binary form for the residual adds).
+// torch's dispatcher (mkldnn::_linear_pointwise, its .binary form for the residual adds), past
+// `exact_rows` rows at `layers.blocked_rows`'s row counts (zero-padded), so that a decode batch
+// of a new size finds the GEMMs the engine built before serving.
 //
 // neo_engine/decode_layers.py decides when this applies and builds the spans it times.
 
@@ -18,6 +20,7 @@
 #include <torch/extension.h>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -41,6 +44,23 @@ struct Layer {
   at::Tensor input_norm, post_norm, qkv_bias;  // qkv_bias undefined where the model has none
   Gemm qkv, o, gate_up, down;
 };
+
+// `layers.blocked_rows`: `rows` up to `exact`, else rounded up to one of 16 steps per octave
+// (the two must agree: the engine builds the GEMMs at Python's counts before serving).
+int64_t blocked_rows(int64_t rows, int64_t exact) {
+  if (rows <= exact) return rows;
+  const int bit_length = 64 - __builtin_clzll(static_cast<uint64_t>(rows));
+  const int64_t step = int64_t{1} << (bit_length - 5);
+  return (rows + step - 1) / step * step;
+}
+
+// `t` [rows, n] with zero rows appended up to `padded` rows (itself where none are needed).
+at::Tensor with_zero_rows(const at::Tensor& t, int64_t padded) {
+  if (t.size(0) == padded) return t;
+  at::Tensor out = at::zeros({padded, t.size(1)}, t.options());
+  out.narrow(0, 0, t.size(0)).copy_(t);
+  return out;
+}
 
 at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& blocked) {
   static auto op = c10::Dispatcher::singleton()
@@ -67,9 +87,9 @@ class DecodeLayers {
  public:
   DecodeLayers(const std::vector<std::vector<at::Tensor>>& layers, int64_t heads,
                int64_t kv_heads, int64_t head_dim, double eps, double scale,
-               int64_t skinny_rows)
+               int64_t skinny_rows, int64_t exact_rows)
       : heads_(heads), kv_heads_(kv_heads), head_dim_(head_dim), eps_(eps), scale_(scale),
-        skinny_rows_(skinny_rows) {
+        skinny_rows_(skinny_rows), exact_rows_(exact_rows) {
     for (const auto& t : layers) {
       TORCH_CHECK(t.size() == kSlots, "DecodeLayers: ", kSlots, " tensors per layer");
       Layer layer;
@@ -113,17 +133,23 @@ class DecodeLayers {
 
  private:
   at::Tensor linear(const at::Tensor& x, const Gemm& w) const {
-    if (x.size(0) <= skinny_rows_) {
-      at::Tensor out = at::empty({x.size(0), w.plain.size(0)}, x.options());
+    const int64_t rows = x.size(0);
+    if (rows <= skinny_rows_) {
+      at::Tensor out = at::empty({rows, w.plain.size(0)}, x.options());
       skinny_linear(x, w.plain, out, at::get_num_threads(), true);
       return out;
     }
-    return onednn_linear(x, w.blocked);
+    const int64_t padded = blocked_rows(rows, exact_rows_);
+    return onednn_linear(with_zero_rows(x, padded), w.blocked).narrow(0, 0, rows);
   }
 
   at::Tensor linear_add(const at::Tensor& x, const Gemm& w, const at::Tensor& residual) const {
-    if (x.size(0) > skinny_rows_) return onednn_linear_add(x, residual, w.blocked);
-    return at::add(residual, linear(x, w));
+    const int64_t rows = x.size(0);
+    if (rows <= skinny_rows_) return at::add(residual, linear(x, w));
+    const int64_t padded = blocked_rows(rows, exact_rows_);
+    return onednn_linear_add(with_zero_rows(x, padded), with_zero_rows(residual, padded),
+                             w.blocked)
+        .narrow(0, 0, rows);
   }
 
   // SiLU(gate) * up: the fused kernel, or torch's ops where it has no bf16 path (as
@@ -172,16 +198,16 @@ class DecodeLayers {
   std::vector<Layer> layers_;
   int64_t heads_, kv_heads_, head_dim_;
   double eps_, scale_;
-  int64_t skinny_rows_;
+  int64_t skinny_rows_, exact_rows_;
 };
 
 void bind_decode_layers(pybind11::module_& m) {
   pybind11::class_<DecodeLayers>(m, "DecodeLayers")
       .def(pybind11::init<const std::vector<std::vector<at::Tensor>>&, int64_t, int64_t,
-                          int64_t, double, double, int64_t>(),
+                          int64_t, double, double, int64_t, int64_t>(),
            pybind11::arg("layers"), pybind11::arg("heads"), pybind11::arg("kv_heads"),
            pybind11::arg("head_dim"), pybind11::arg("eps"), pybind11::arg("scale"),
-           pybind11::arg("skinny_rows"))
+           pybind11::arg("skinny_rows"), pybind11::arg("exact_rows"))
       .def("run", &DecodeLayers::run, "every layer of a decode-only batch; (hidden, seconds)",
            pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -24,7 +24,14 @@ from typing import NamedTuple
 from neo_sim.costmodel import CostModel
 from neo_sim.model import ModelSpec
 from neo_sim.scheduler.kv import BlockPool
-from neo_sim.scheduler.plan import DecodeWork, PrefillWork, SubBatch, Swap, context_tokens
+from neo_sim.scheduler.plan import (
+    DecodeWork,
+    PrefillWork,
+    SubBatch,
+    Swap,
+    context_tokens,
+    decodes_only,
+)
 from neo_sim.scheduler.request import Device
 
 
@@ -342,7 +349,7 @@ def sequential_layer_s(b: SubBatchBuilder) -> float:
     """A sequential plan's layer (`b` its only sub-batch); a decode-only one as the engine
     runs it, one call per layer (`fused_stages`)."""
     t = b.times()
-    if b.gpu_decodes and not b.prefills and not b.cpu_decodes:  # `SubBatch.decodes_only`
+    if decodes_only(b.prefills, b.gpu_decodes, b.cpu_decodes):
         saving = b.cost.fused_decode_saving(len(b.gpu_decodes))
         if saving > 0:
             linear_s, gpu_attn, _ = fused_stages(t.linear_s, t.gpu_attn_s, 0.0, saving)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -103,13 +103,22 @@ class SubBatch:
 
     @property
     def decodes_only(self) -> bool:
-        """Device decodes and nothing else. Alone in its plan, such a sub-batch is what an
-        engine on a CPU device runs one layer per call (neo_engine/decode_layers.py), which
-        saves the cost model's `fused_decode_saving` a layer."""
-        return bool(self.gpu_decodes) and not self.prefills and not self.cpu_decodes
+        return decodes_only(self.prefills, self.gpu_decodes, self.cpu_decodes)
 
     def __bool__(self) -> bool:
         return bool(self.prefills or self.gpu_decodes or self.cpu_decodes)
+
+
+def decodes_only(
+    prefills: Sequence[PrefillWork],
+    gpu_decodes: Sequence[DecodeWork],
+    cpu_decodes: Sequence[DecodeWork],
+) -> bool:
+    """Device decodes and nothing else. Alone in its plan, such a sub-batch is what an engine
+    on a CPU device runs one layer per call (neo_engine/decode_layers.py), which saves the cost
+    model's `fused_decode_saving` a layer (`SubBatch.decodes_only`, and the scheduler's
+    estimate of a sub-batch under construction)."""
+    return bool(gpu_decodes) and not prefills and not cpu_decodes
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, SubBatch
 
 CPU = torch.device("cpu")
 BLOCK = 16
+POOL_BLOCKS = 256  # room for 73 requests of up to 70 tokens
 
 
 def _executors(spec, dtype):
@@ -33,7 +34,7 @@ def _executors(spec, dtype):
     weights = prepack(weights)
     made = []
     for fuse in (True, False):
-        pools = [KVPool(spec, 128, BLOCK, dtype, CPU) for _ in range(2)]
+        pools = [KVPool(spec, POOL_BLOCKS, BLOCK, dtype, CPU) for _ in range(2)]
         made.append(Executor(spec, weights, CPU, *pools, fuse_decode_layers=fuse))
     return made
 
@@ -44,14 +45,15 @@ def _applies(dtype) -> bool:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "qkv-bias"])
-@pytest.mark.parametrize("batch", [1, 5, 37])
+@pytest.mark.parametrize("batch", [1, 5, 37, 73])
 def test_fused_layers_give_the_stage_by_stage_logits_and_kv(dtype, bias, batch):
     if not _applies(dtype):
         pytest.skip(f"no compiled host kernels or no oneDNN prepacking for {dtype} here")
     spec = dataclasses.replace(LoadSettings("dummy:tiny").model_spec(), qkv_bias=bias)
     fused, staged = _executors(spec, dtype)
     assert fused.fused_layers is not None and staged.fused_layers is None
-    # The batch sizes cover the skinny kernel's rows (1, on every CPU) and oneDNN's (37).
+    # The batch sizes cover the skinny kernel's rows (1, on every CPU), oneDNN's (37) and
+    # oneDNN's at padded row counts (73 runs at 76: `layers.blocked_rows`).
     assert SKINNY_ROWS_WITH_PREPACKED[dtype] < 37
     gen = torch.Generator().manual_seed(batch)
     lengths = {rid: int(torch.randint(3, 70, (1,), generator=gen)) for rid in range(batch)}
@@ -61,7 +63,7 @@ def test_fused_layers_give_the_stage_by_stage_logits_and_kv(dtype, bias, batch):
     }
     results = []
     for executor in (fused, staged):
-        kv = KVManager(128, 128, BLOCK)
+        kv = KVManager(POOL_BLOCKS, POOL_BLOCKS, BLOCK)
         for rid, n in lengths.items():
             kv.gpu.grow(rid, n)
         # prefill every prompt but its last token (stage by stage in both), then decode it
@@ -95,7 +97,7 @@ def test_plans_with_prefills_run_stage_by_stage():
         pytest.skip("no compiled host kernels or no oneDNN prepacking here")
     spec = LoadSettings("dummy:tiny").model_spec()
     fused, _ = _executors(spec, torch.float32)
-    kv = KVManager(128, 128, BLOCK)
+    kv = KVManager(POOL_BLOCKS, POOL_BLOCKS, BLOCK)
     kv.gpu.grow(0, 20)
     kv.gpu.grow(1, 9)
     tokens = {0: [5] * 20, 1: [7] * 9}

@@ -31,9 +31,17 @@ def tiny_profile(tmp_path_factory):
 
     device = torch.device("cpu")
     spec = LoadSettings("dummy:tiny").model_spec()
-    samples, launch = measure(spec, device, TINY_GRIDS, repeats=1, passes=1)
+    samples, launch, fused_saving = measure(spec, device, TINY_GRIDS, repeats=1, passes=1)
     provenance = Provenance("measured", "2026-01-01", "test", "tiny grids")
-    profile = make_profile("test-tiny", probe_hardware(device), spec, provenance, samples, launch)
+    profile = make_profile(
+        "test-tiny",
+        probe_hardware(device),
+        spec,
+        provenance,
+        samples,
+        launch,
+        fused_decode_saving=fused_saving,
+    )
     return save_profile(profile, tmp_path_factory.mktemp("prof") / "tiny.json"), samples
 
 
