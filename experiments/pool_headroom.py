@@ -14,8 +14,9 @@ chunk there, multiplies its GPU pool by each `--scales` factor (same chunk, same
 same arrivals) and compares its throughput with the map's best rival, at the rivals' own
 pools. Scale 1 re-runs the map's own cell (a check: it must match the committed results).
 
-So it is a bound, not a policy: if a cell stays below 1.05x with a free GPU pool k times as
-large, no placement of host residents worth at most (k - 1) of the pool can lift it there.
+It prices capacity, not a policy: what (k - 1) of the pool in extra residents would buy if
+each cost no more time than a GPU resident does. A host resident costs the host lane's time
+instead of its GPU attention (docs/architecture.md, "Adaptive", has the arithmetic).
 
 Run: python -m experiments.pool_headroom [--scales 1,1.02,1.05,1.1,1.2,1.5] [--workers N]
 Writes experiments/results/pool_headroom/{results.csv,run.json,report.md}; --report-only
