@@ -8,7 +8,7 @@ and 150% cells. There a policy serves more only by batching more decodes per wei
 (more residents, so more KV) or by spending less GPU time per token. The host pool is how an
 offloading policy adds residents, but each host decode costs host lane time (the NEO
 artifact's 0.8 ms per layer of CPU attention, plus the attention itself). This script prices
-the other side of that trade: what the extra residents would buy if they cost nothing. It
+the other side of that trade: what extra residents would buy at a GPU resident's cost. It
 takes the committed map's offline and 150% cells, resolves adaptive-chunked's own pools and
 chunk there, multiplies its GPU pool by each `--scales` factor (same chunk, same host pool,
 same arrivals) and compares its throughput with the map's best rival, at the rivals' own
