@@ -355,11 +355,9 @@ class TimingModel:
         saving = c.fused_decode_saving(batch)
 
         def timed(gpu_attn: float) -> tuple[float, float]:  # as _gpu_only
-            if saving > 0:  # as run(): a decode-only plan
-                fused_pre, gpu_attn, fused_post = fused_stages(pre, gpu_attn, post, saving)
-                gpu_busy = layers * (fused_pre + gpu_attn + fused_post) + lm_head
-            else:
-                gpu_busy = layers * (pre + gpu_attn + post) + lm_head  # _gpu_lane_s
+            # As run(): a decode-only plan's stages less the saving (none: unchanged).
+            fused_pre, gpu_attn, fused_post = fused_stages(pre, gpu_attn, post, saving)
+            gpu_busy = layers * (fused_pre + gpu_attn + fused_post) + lm_head  # _gpu_lane_s
             return swapped + gpu_busy + host, gpu_busy
 
         return timed

@@ -389,9 +389,7 @@ def gpu_decodes_pricer(cost: CostModel, batch: int) -> Callable[[float], float]:
     saving = cost.fused_decode_saving(batch)
 
     def predicted_s(gpu_attn: float) -> float:  # sequential_layer_s, then iteration_s
-        fused_linear = linear
-        if saving > 0:
-            fused_linear, gpu_attn, _ = fused_stages(linear, gpu_attn, 0.0, saving)
+        fused_linear, gpu_attn, _ = fused_stages(linear, gpu_attn, 0.0, saving)
         return layers * max(fused_linear + max(gpu_attn, cpu), offload) + lm_head + host
 
     return predicted_s
