@@ -100,6 +100,14 @@ def best_rival(values: pd.DataFrame | pd.Series) -> pd.Series | float:
     return rivals.max(axis=1) if isinstance(values, pd.DataFrame) else rivals.max()
 
 
+def comparable_cells(best: pd.Series, gpu_only_refused: pd.Series) -> pd.Series:
+    """Per cell (the index of `best`, the best rival's value there): whether the cell is
+    comparable, some rival serving and gpu-only refusing nothing (where it refused requests
+    that never fit its KV pool, the others serve requests it never had to; a cell without a
+    gpu-only row is not comparable either)."""
+    return (best > 0) & (gpu_only_refused.reindex(best.index) == 0)
+
+
 def base_spec(host: str, workload: str, requests: int, seed: int) -> RunSpec:
     return RunSpec.of(
         **HOSTS[host],

@@ -43,6 +43,7 @@ from experiments.policy_map import (
     base_spec,
     best_rival,
     cell_label,
+    comparable_cells,
 )
 from neo_sim.catalog import resolve_target
 from neo_sim.runs import RunSpec, scheduler_config
@@ -57,9 +58,9 @@ def map_cells(map_rows: pd.DataFrame) -> pd.DataFrame:
     tokens/s."""
     ok = map_rows[map_rows.get("error", pd.Series(index=map_rows.index, dtype=object)).isna()]
     wide = ok.pivot_table(index=common.CELL, columns="policy", values="throughput_tok_s")
-    refused = common.per_cell(ok, "gpu-only", "rejected").reindex(wide.index)
+    refused = common.per_cell(ok, "gpu-only", "rejected")
     best = best_rival(wide)
-    keep = (best > 0) & (refused == 0) & wide.index.get_level_values("load").isin(LOADS)
+    keep = comparable_cells(best, refused) & wide.index.get_level_values("load").isin(LOADS)
     cells = pd.DataFrame(
         {"best_rival_tok_s": best[keep], "map_tok_s": wide.loc[keep, ADAPTIVE_CHUNKED]}
     )
@@ -104,11 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     cells = map_cells(pd.read_csv(common.RESULTS / "policy_map" / "results.csv"))
     if args.quick:
         cells = cells[cells.host == "g5.4xlarge"]
-    rate = [math.inf if c.load == "offline" else c.rate for c in cells.itertuples()]
     specs, labels = [], []
-    for c, r in zip(cells.itertuples(), rate):
+    for c in cells.itertuples():  # the map's arrival rate: inf offline
         for s in scales:
-            specs.append(scaled_spec(c.host, c.workload_name, r, s, args.seed))
+            specs.append(scaled_spec(c.host, c.workload_name, c.rate, s, args.seed))
             labels.append((c.host, c.workload_name, c.load, s))
     started = time.perf_counter()
     rows = common.sweep(specs, args.workers)

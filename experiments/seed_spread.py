@@ -41,6 +41,7 @@ from experiments.policy_map import (
     TRACE_FILES,
     base_spec,
     best_rival,
+    comparable_cells,
 )
 from neo_sim.scheduler import POLICIES
 
@@ -73,8 +74,7 @@ def edge_cells(
     judged = map_rows[map_rows.policy == policy].set_index(common.CELL)
     best = best_rival(cells)
     ratio = cells[policy] / best
-    comparable = (best > 0) & (refused.reindex(cells.index) == 0)
-    keep = ((ratio < BELOW) | (ratio >= ABOVE)) & comparable
+    keep = ((ratio < BELOW) | (ratio >= ABOVE)) & comparable_cells(best, refused)
     out = ratio[keep].rename("map_ratio").reset_index()
     keys = [tuple(k) for k in out[common.CELL].values]
     out["rate"] = [judged.loc[k, "rate"] for k in keys]
