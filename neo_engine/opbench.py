@@ -363,7 +363,7 @@ def measure_fused_decode_saving(
     turn; then a least-squares line (terms clamped at 0). None where the engine does not fuse
     (`InSituBench.fused_decode`)."""
     context = bench.block_size
-    if bench.fused_decode(1, context) is None:
+    if bench.fused_decode(1, context) is None:  # also the fused layers' first, untimed run
         return None
     points = []
     for batch in batches:
