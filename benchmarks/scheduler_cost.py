@@ -4,7 +4,7 @@ The scheduler runs on the serving host between iterations (the engine overlaps n
 it), so its Python time per step adds to every iteration. For every shipped host preset and
 its model (the policy map's), each offloading policy and gpu-only schedule the same workload
 (input ~1000, output ~200 tokens, Poisson at 90% of gpu-only's offline throughput, which
-keeps both GPU and host pools busy), and adaptive and adaptive-chunked again under a TPOT SLO
+keeps both GPU and host pools busy), and adaptive and adaptive-whole again under a TPOT SLO
 (twice gpu-only's TPOT p90 there, as on the SLO map); this times `step()` on this machine and
 divides by the simulated iteration time on the target hardware. Target (issue 13): below 1%.
 This VM's speed drifts (up to 2x within an hour), so each host's rows record `reference_s`, a
@@ -33,10 +33,10 @@ HOSTS = {
     "h100": "llama-3-8b",
     "h100x2": "llama-3.1-70b",
 }
-POLICIES = ("gpu-only", "neo", "apex", "adaptive", "adaptive-chunked")
+POLICIES = ("gpu-only", "neo", "apex", "adaptive", "adaptive-whole")
 # Under a TPOT SLO adaptive plans within it (its own admission and plan choice): timed too,
 # with the SLO map's bound (`SLO_OVER_GPU_ONLY` x gpu-only's TPOT p90 at the same load).
-SLO_POLICIES = ("adaptive", "adaptive-chunked")
+SLO_POLICIES = ("adaptive", "adaptive-whole")
 TARGET_SHARE = 0.01
 
 

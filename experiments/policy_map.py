@@ -39,6 +39,7 @@ from experiments import common
 from neo_sim import plots
 from neo_sim.runs import RunSpec
 from neo_sim.scheduler import POLICIES
+from neo_sim.scheduler.base import SchedulerConfig
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 HOSTS = {
@@ -83,6 +84,7 @@ FULL_REQUESTS = 200
 MAX_BATCH_TOKENS = 8192  # tokens per iteration: every trace prompt fits one iteration
 RIVALS = ("gpu-only", "neo", "apex")  # issue 13: adaptive against the best of these
 COMPARED = (*RIVALS, "adaptive")
+ADAPTIVE_WHOLE = "adaptive-whole"  # adaptive with whole prompts (its pool keeps more activations)
 BELOW, ABOVE = 0.99, 1.05  # issue 13's targets: adaptive / best rival
 
 
@@ -166,6 +168,17 @@ def add_budget_argument(p: argparse.ArgumentParser) -> None:
         help=f"tokens per iteration (default {MAX_BATCH_TOKENS}; a prompt longer than this is "
         "rejected by every policy, so its cell is left out of the comparisons)",
     )
+
+
+def map_command(module: str, args: argparse.Namespace) -> str:
+    """The command line that wrote a map's report, with the options that change its cells (a
+    budget of 4096 and its folder read as the default map's command otherwise)."""
+    options = " --quick" if args.quick else ""
+    if args.max_batch_tokens != MAX_BATCH_TOKENS:
+        options += f" --max-batch-tokens {args.max_batch_tokens}"
+    if args.output is not None:
+        options += f" --output {args.output}"
+    return f"python -m experiments.{module}{options}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,7 +349,7 @@ def headroom_section(comparable: pd.DataFrame) -> str:
 
 
 CHUNKED = ("vllm-256", "vllm-512")  # chunked prefill: small iterations, a larger GPU pool
-OFFLOADING = ("neo", "apex", "adaptive")
+OFFLOADING = ("neo", "apex", ADAPTIVE_WHOLE)  # the offloading policies that prefill whole prompts
 
 
 def chunked_section(comparable: pd.DataFrame) -> str:
@@ -362,57 +375,54 @@ def chunked_section(comparable: pd.DataFrame) -> str:
             f"{1 / g.min():.2f}x ({cell_label(low)}) |"
         )
     return (
-        "The better of vllm-256 and vllm-512 against the best of neo, apex and adaptive, per "
-        "comparable cell (chunked prefill keeps activations for its chunk only, so its GPU "
-        "pool is larger; the offloading policies prefill whole prompts):\n\n" + "\n".join(lines)
+        "The better of vllm-256 and vllm-512 against the best of neo, apex and "
+        f"{ADAPTIVE_WHOLE}, per comparable cell (chunked prefill keeps activations for its "
+        "chunk only, so its GPU pool is larger; these offloading policies prefill whole "
+        "prompts):\n\n" + "\n".join(lines)
     )
 
 
-ADAPTIVE_CHUNKED = "adaptive-chunked"  # adaptive with its prompts in chunks (a larger pool)
-
-
-def adaptive_chunked_section(comparable: pd.DataFrame) -> str:
-    """adaptive-chunked against the best of gpu-only, neo and apex (issue 13's targets, as
-    `rivals_section` counts them for adaptive), against adaptive (what chunking the prompts
-    inside adaptive's plans is worth) and against the better of vllm-256 and vllm-512, per
-    host group."""
-    if not {ADAPTIVE_CHUNKED, "adaptive", *CHUNKED} <= set(comparable):
+def chunking_section(comparable: pd.DataFrame) -> str:
+    """What adaptive's prompt chunks are worth, per host group: adaptive against
+    adaptive-whole (the same plans with whole prompts), adaptive-whole against the best of
+    gpu-only, neo and apex (issue 13's targets, as `rivals_section` counts them for adaptive),
+    and adaptive against the better of vllm-256 and vllm-512."""
+    if not {ADAPTIVE_WHOLE, "adaptive", *CHUNKED} <= set(comparable):
         return ""
-    chunked = comparable[ADAPTIVE_CHUNKED]
-    rivals = chunked / best_rival(comparable)
-    own = chunked / comparable["adaptive"]
-    vllm = chunked / comparable[list(CHUNKED)].max(axis=1)
+    adaptive = comparable["adaptive"]
+    whole = comparable[ADAPTIVE_WHOLE] / best_rival(comparable)
+    own = adaptive / comparable[ADAPTIVE_WHOLE]
+    vllm = adaptive / comparable[list(CHUNKED)].max(axis=1)
     lines = [
-        f"| hosts | cells | {ADAPTIVE_CHUNKED} / max(gpu-only, neo, apex): median | worst "
-        f"(cell) | cells >= 0.99 | cells >= 1.05 | {ADAPTIVE_CHUNKED} / adaptive: median | "
-        f"best (cell) | worst (cell) | >= 1.05 | < 0.95 | {ADAPTIVE_CHUNKED} / best of "
-        "vllm-256, vllm-512: median | worst (cell) |",
+        f"| hosts | cells | adaptive / {ADAPTIVE_WHOLE}: median | best (cell) | worst (cell) | "
+        f">= 1.05 | < 0.95 | {ADAPTIVE_WHOLE} / max(gpu-only, neo, apex): median | worst "
+        "(cell) | cells >= 0.99 | cells >= 1.05 | adaptive / best of vllm-256, vllm-512: "
+        "median | worst (cell) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group, hosts in GROUP_ROWS.items():
         mask = comparable["host"].isin(hosts)
-        r, g, v = rivals[mask], own[mask], vllm[mask]
+        w, g, v = whole[mask], own[mask], vllm[mask]
         if g.empty:
             continue
-        rlow, top, low, vlow = (
-            comparable.loc[i] for i in (r.idxmin(), g.idxmax(), g.idxmin(), v.idxmin())
+        top, low, wlow, vlow = (
+            comparable.loc[i] for i in (g.idxmax(), g.idxmin(), w.idxmin(), v.idxmin())
         )
         lines.append(
-            f"| {group} | {len(g)} | {r.median():.3f} | {r.min():.3f} ({cell_label(rlow)}) |"
-            f" {(r >= BELOW).sum()} | {(r >= ABOVE).sum()} |"
-            f" {g.median():.3f} | {g.max():.3f} ({cell_label(top)}) |"
-            f" {g.min():.3f} ({cell_label(low)}) |"
-            f" {(g >= ABOVE).sum()} | {(g < 1 / ABOVE).sum()} | {v.median():.3f} | "
+            f"| {group} | {len(g)} | {g.median():.3f} | {g.max():.3f} ({cell_label(top)}) |"
+            f" {g.min():.3f} ({cell_label(low)}) | {(g >= ABOVE).sum()} |"
+            f" {(g < 1 / ABOVE).sum()} | {w.median():.3f} | {w.min():.3f} ({cell_label(wlow)}) |"
+            f" {(w >= BELOW).sum()} | {(w >= ABOVE).sum()} | {v.median():.3f} | "
             f"{v.min():.3f} ({cell_label(vlow)}) |"
         )
-    fixed = POLICIES[ADAPTIVE_CHUNKED][1]
-    chunk, gain = fixed["kv_chunk_tokens"], fixed["kv_chunk_min_gain"]
+    chunk = POLICIES["adaptive"][1]["kv_chunk_tokens"]
+    gain = SchedulerConfig().kv_chunk_min_gain
     return (
-        f"{ADAPTIVE_CHUNKED}: adaptive with its prompts prefilled in chunks of at most {chunk} "
-        "tokens per iteration, after the residents' decodes (vLLM's order), so that its GPU "
-        f"pool keeps activations for {chunk} tokens, not the map's budget, on the hosts where "
-        f"that enlarges the pool by {gain:.0%} or more; elsewhere it is adaptive:\n\n"
-        + "\n".join(lines)
+        f"adaptive prefills its prompts in chunks of at most {chunk} tokens per iteration, "
+        "after the residents' decodes (vLLM's order), so that its GPU pool keeps activations "
+        f"for {chunk} tokens, not the map's budget, on the hosts where that enlarges the pool "
+        f"by {gain:.0%} or more; elsewhere whole prompts. {ADAPTIVE_WHOLE} is adaptive with "
+        "whole prompts everywhere:\n\n" + "\n".join(lines)
     )
 
 
@@ -565,7 +575,7 @@ def fairness_section(rows: pd.DataFrame) -> str:
     ok = rows[rows["error"].isna()] if "error" in rows else rows
     lines = []
     guarantee = int(ok.loc[ok["policy"] == "neo", "max_cpu_wait_steps"].max()) + 1
-    for policy in ("neo", "apex", "adaptive", "neo-unbounded"):
+    for policy in ("neo", "apex", "adaptive", ADAPTIVE_WHOLE, "neo-unbounded"):
         mine = ok[ok["policy"] == policy]
         if not len(mine):
             continue
@@ -678,7 +688,7 @@ comparable cells (ratios of output tokens/s in each cell):
 
 {chunked_section(comparable)}
 
-{adaptive_chunked_section(comparable)}
+{chunking_section(comparable)}
 
 Our apex is our reading of the paper (neo_sim/scheduler/apex.py says which choices are ours),
 run on our cost models, not APEX's code on its machines: its gains over neo are where the
@@ -711,7 +721,7 @@ above), heatmap.html{png_note}.
         out / "report.md",
         "The policy map",
         body,
-        f"python -m experiments.policy_map{' --quick' if args.quick else ''}",
+        map_command("policy_map", args),
     )
 
 

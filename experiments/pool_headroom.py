@@ -1,15 +1,15 @@
-"""How much of issue 13's throughput quarter is GPU KV capacity: adaptive-chunked re-run on the
+"""How much of issue 13's throughput quarter is GPU KV capacity: adaptive re-run on the
 policy map's offline and overloaded cells with its GPU KV pool enlarged, as if it were free.
 
 Issue 13 asks adaptive for >= 1.05x the best of gpu-only, neo and apex in a quarter of the
-policy map's cells (52 of 208); `adaptive-chunked` reaches 44. Below capacity (50% and 90%
+policy map's cells (52 of 208); `adaptive` reaches 44. Below capacity (50% and 90%
 load) the arrivals set every policy's throughput, so the quarter has to come from the offline
 and 150% cells. There a policy serves more only by batching more decodes per weight read
 (more residents, so more KV) or by spending less GPU time per token. The host pool is how an
 offloading policy adds residents, but each host decode costs host lane time (the NEO
 artifact's 0.8 ms per layer of CPU attention, plus the attention itself). This script prices
 the other side of that trade: what extra residents would buy at a GPU resident's cost. It
-takes the committed map's offline and 150% cells, resolves adaptive-chunked's own pools and
+takes the committed map's offline and 150% cells, resolves adaptive's own pools and
 chunk there, multiplies its GPU pool by each `--scales` factor (same chunk, same host pool,
 same arrivals) and compares its throughput with the map's best rival, at the rivals' own
 pools. Scale 1 re-runs the map's own cell (a check: it must match the committed results).
@@ -36,7 +36,6 @@ import pandas as pd
 from experiments import common
 from experiments.policy_map import (
     ABOVE,
-    ADAPTIVE_CHUNKED,
     BELOW,
     FULL_REQUESTS,
     GROUP_ROWS,
@@ -48,30 +47,29 @@ from experiments.policy_map import (
 from neo_sim.catalog import resolve_target
 from neo_sim.runs import RunSpec, scheduler_config
 
+JUDGED = "adaptive"  # the policy whose GPU pool is scaled
 LOADS = ("offline", "150%")  # the cells where a policy can serve more than the arrivals bring
 SCALES = (1.0, 1.02, 1.05, 1.1, 1.2, 1.5)  # GPU KV pool multipliers; 1 re-runs the map's cell
 
 
 def map_cells(map_rows: pd.DataFrame) -> pd.DataFrame:
     """The committed map's comparable cells at `LOADS` (some rival serves, gpu-only refused
-    nothing): host, workload, load, arrival rate, the best rival's and adaptive-chunked's
+    nothing): host, workload, load, arrival rate, the best rival's and adaptive's
     tokens/s."""
     ok = map_rows[map_rows.get("error", pd.Series(index=map_rows.index, dtype=object)).isna()]
     wide = ok.pivot_table(index=common.CELL, columns="policy", values="throughput_tok_s")
     refused = common.per_cell(ok, "gpu-only", "rejected")
     best = best_rival(wide)
     keep = comparable_cells(best, refused) & wide.index.get_level_values("load").isin(LOADS)
-    cells = pd.DataFrame(
-        {"best_rival_tok_s": best[keep], "map_tok_s": wide.loc[keep, ADAPTIVE_CHUNKED]}
-    )
-    cells["rate"] = common.per_cell(ok, ADAPTIVE_CHUNKED, "rate").reindex(cells.index)
+    cells = pd.DataFrame({"best_rival_tok_s": best[keep], "map_tok_s": wide.loc[keep, JUDGED]})
+    cells["rate"] = common.per_cell(ok, JUDGED, "rate").reindex(cells.index)
     return cells.reset_index()
 
 
 def scaled_spec(host: str, workload: str, rate: float, scale: float, seed: int) -> RunSpec:
-    """adaptive-chunked in this cell with its resolved GPU pool times `scale`, its chunk
+    """adaptive in this cell with its resolved GPU pool times `scale`, its chunk
     (adopted where it buys KV, `kv_chunk_tokens`) and host pool as the map's run has them."""
-    spec = base_spec(host, workload, FULL_REQUESTS, seed).with_(policy=ADAPTIVE_CHUNKED, rate=rate)
+    spec = base_spec(host, workload, FULL_REQUESTS, seed).with_(policy=JUDGED, rate=rate)
     config = scheduler_config(spec, resolve_target(spec.hardware, spec.model))
     return spec.with_(
         num_gpu_blocks=max(1, math.floor(config.num_gpu_blocks * scale)),
@@ -144,8 +142,8 @@ def report(rows: pd.DataFrame, scales: list[float], wall_s: float) -> str:
             counts.append(f"{(g.ratio >= ABOVE).sum()} / {(g.ratio < BELOW).sum()} of {len(g)}")
         lines.append(f"| x{s:g} | " + " | ".join(counts) + " |")
     text = [
-        "adaptive-chunked / best of gpu-only, neo and apex (the rivals at the map's own pools), "
-        "on the policy map's comparable offline and 150% cells, with adaptive-chunked's GPU KV "
+        "adaptive / best of gpu-only, neo and apex (the rivals at the map's own pools), "
+        "on the policy map's comparable offline and 150% cells, with adaptive's GPU KV "
         "pool multiplied by each factor (same chunk, host pool and arrivals):",
         "",
         *lines,
@@ -155,7 +153,7 @@ def report(rows: pd.DataFrame, scales: list[float], wall_s: float) -> str:
         drift = (one["throughput_tok_s"] / one["map_tok_s"] - 1).abs().max()
         text += [
             "",
-            f"Check: at x1 the runs reproduce the committed map's adaptive-chunked throughput "
+            f"Check: at x1 the runs reproduce the committed map's adaptive throughput "
             f"within {drift:.2e} (relative, worst cell).",
         ]
     wide = rows.pivot_table(index=common.CELL, columns="scale", values="ratio")

@@ -15,7 +15,7 @@ each seed, and the ratio of the means over seeds.
 With `--slo-map` it does the same for the SLO map (`experiments/slo_map.py`): its edge cells by
 goodput, each re-run with the cell's TPOT bound from the committed map set for every policy.
 
-With `--policy P` it judges policy P (default adaptive; e.g. adaptive-chunked) instead: P's
+With `--policy P` it judges policy P (default adaptive; e.g. adaptive-whole) instead: P's
 edge cells, P and the three rivals re-run.
 
 Run: python -m experiments.seed_spread [--slo-map] [--policy P] [--seeds 5] [--workers N]

@@ -7,7 +7,8 @@ Policies, by name (`make_policy`; each policy class lists its names in `variants
 - `apex`: APEX's fused batches (host attention beside GPU attention, no split), NEO's
   pipelining or GPU-only, whichever predicts more requests/s per iteration;
 - `adaptive`: ours: APEX's choice with host sets sized by predicted requests/s, host residents
-  served before new host prompts while the host lags, within a TPOT SLO when one is set;
+  served before new host prompts while the host lags, within a TPOT SLO when one is set, and
+  prompts in 1024-token chunks where they buy GPU KV (`adaptive-whole`: whole prompts);
 - `symmetric`: two equal sub-batches (strawman);
 - `full-offload`: all decode attention and KV on the CPU (FastDecode-like strawman).
 """
@@ -56,6 +57,7 @@ def policy_config(name: str, config: SchedulerConfig) -> SchedulerConfig:
     except KeyError:
         raise NeoError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}") from None
     if fixed:
+        _refuse_overrides(name, config, fixed)
         config = dataclasses.replace(config, **fixed)
     if (config.chunked_prefill_tokens or config.kv_chunk_tokens) and not cls.chunks_prompts:
         chunking = ", ".join(n for n, (c, _) in POLICIES.items() if c.chunks_prompts)
@@ -64,6 +66,18 @@ def policy_config(name: str, config: SchedulerConfig) -> SchedulerConfig:
             "prompts (leave it at 0)"
         )
     return config
+
+
+def _refuse_overrides(name: str, config: SchedulerConfig, fixed: dict) -> None:
+    """NeoError where `config` asks for another value of a setting the policy `name` fixes
+    (vllm-256 with chunked_prefill_tokens=512): the policy's value would silently win."""
+    defaults = SchedulerConfig()
+    for field, value in fixed.items():
+        asked = getattr(config, field)
+        if asked != value and asked != getattr(defaults, field):
+            variants = [n for n, (c, f) in POLICIES.items() if c is POLICIES[name][0] and not f]
+            instead = f"; {variants[0]} takes {field} as given" if variants else ""
+            raise NeoError(f"policy {name} fixes {field}={value} (asked {asked}){instead}")
 
 
 def make_policy(name: str, config: SchedulerConfig, cost: CostModel) -> Policy:

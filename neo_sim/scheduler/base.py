@@ -91,7 +91,7 @@ class SchedulerConfig:
         0,
         "a prompt chunk adopted as chunked_prefill_tokens only where its smaller activation "
         "reserve enlarges the memory-sized GPU KV pool by kv_chunk_min_gain or more "
-        "(adaptive-chunked sets it); 0 = off",
+        "(adaptive sets it); 0 = off",
         unit="tokens",
         low=0,
     )

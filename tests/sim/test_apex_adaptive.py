@@ -35,7 +35,7 @@ def _t4_policy(name: str, **settings) -> Policy:
 @pytest.fixture(scope="module")
 def summaries() -> dict[str, dict]:
     spec = RunSpec.of(**T4_LONG_OUTPUTS)
-    return {p: execute(spec.with_(policy=p)).summary for p in ("neo", "apex", "adaptive")}
+    return {p: execute(spec.with_(policy=p)).summary for p in ("neo", "apex", "adaptive-whole")}
 
 
 def test_apex_runs_fused_iterations_and_beats_neo_on_a_t4(summaries):
@@ -46,7 +46,7 @@ def test_apex_runs_fused_iterations_and_beats_neo_on_a_t4(summaries):
 
 def test_adaptive_beats_apex_and_neo_on_a_t4(summaries):
     best_rival = max(summaries[p]["throughput_tok_s"] for p in ("neo", "apex"))
-    assert summaries["adaptive"]["throughput_tok_s"] > 1.05 * best_rival
+    assert summaries["adaptive-whole"]["throughput_tok_s"] > 1.05 * best_rival
 
 
 def test_a_fused_plan_is_priced_as_one_batch_with_host_attention_beside_gpu_attention():
@@ -77,7 +77,7 @@ def test_a_fused_plan_is_priced_as_one_batch_with_host_attention_beside_gpu_atte
 
 
 def test_adaptive_with_a_tpot_slo_keeps_tpot_within_it_and_raises_goodput():
-    spec = RunSpec.of(**T4_LONG_OUTPUTS, policy="adaptive", slo_tpot_s=0.4)
+    spec = RunSpec.of(**T4_LONG_OUTPUTS, policy="adaptive-whole", slo_tpot_s=0.4)
     free = execute(spec.with_(slo_tpot_s=None))
     bound = execute(spec)
     assert free.summary["tpot_p50"] > 0.4  # without the SLO, host residents take turns
@@ -98,13 +98,13 @@ def test_under_a_tight_tpot_slo_adaptive_keeps_its_requests_within_it():
     spec = RunSpec.of(**T4_LONG_OUTPUTS, slo_per_token_s=None)
     gpu_only = execute(spec.with_(policy="gpu-only"))
     bound = 2 * gpu_only.summary["tpot_p90"]
-    limited = execute(spec.with_(policy="adaptive", slo_tpot_s=bound))
+    limited = execute(spec.with_(policy="adaptive-whole", slo_tpot_s=bound))
     assert (limited.requests["tpot_s"] <= bound).mean() >= 0.9
     assert limited.summary["goodput_req_s"] > 1.5 * gpu_only.summary["throughput_req_s"]
 
 
 def test_the_tpot_budget_spreads_what_a_resident_lost_over_the_gaps_it_has_left():
-    policy = _t4_policy("adaptive", num_gpu_blocks=400, num_cpu_blocks=400, slo_tpot_s=0.1)
+    policy = _t4_policy("adaptive-whole", num_gpu_blocks=400, num_cpu_blocks=400, slo_tpot_s=0.1)
     fresh, behind, lost = Request(0, 100, 11), Request(1, 100, 11), Request(2, 100, 11)
     for r, generated, start in ((fresh, 1, None), (behind, 6, 0.0), (lost, 6, -2.0)):
         r.num_generated, r.decode_start_s = generated, start
@@ -140,10 +140,10 @@ def test_adaptive_leaves_host_prompts_out_of_gpu_only_iterations():
     loaded = spec.with_(rate=1.5 * capacity)
     tok_s = {
         p: execute(loaded.with_(policy=p)).summary["throughput_tok_s"]
-        for p in ("gpu-only", "neo", "adaptive")
+        for p in ("gpu-only", "neo", "adaptive-whole")
     }
     assert tok_s["neo"] < 0.995 * tok_s["gpu-only"]  # the loss adaptive removes
-    assert tok_s["adaptive"] >= tok_s["gpu-only"]
+    assert tok_s["adaptive-whole"] >= tok_s["gpu-only"]
 
 
 @pytest.mark.parametrize("max_batch_tokens", [1024, 4096, 8192])
@@ -158,9 +158,10 @@ def test_host_prompts_stay_when_the_host_set_they_start_pays(max_batch_tokens):
         "t4", "llama-2-7b", num_requests=60, rate=math.inf, max_batch_tokens=max_batch_tokens
     )
     tok_s = {
-        p: execute(spec.with_(policy=p)).summary["throughput_tok_s"] for p in ("neo", "adaptive")
+        p: execute(spec.with_(policy=p)).summary["throughput_tok_s"]
+        for p in ("neo", "adaptive-whole")
     }
-    assert tok_s["adaptive"] >= 0.99 * tok_s["neo"]
+    assert tok_s["adaptive-whole"] >= 0.99 * tok_s["neo"]
 
 
 def _a10g_cell(hardware: str, output_len: int = 800, rate: float = math.inf) -> RunSpec:
@@ -186,9 +187,10 @@ def test_host_decodes_beyond_the_slack_rule_pay_for_the_gpu_time_they_take():
     could run, with short-context host tokens at their share of a GPU one, it keeps up."""
     spec = _a10g_cell("a10g-g5.8xlarge")
     tok_s = {
-        p: execute(spec.with_(policy=p)).summary["throughput_tok_s"] for p in ("neo", "adaptive")
+        p: execute(spec.with_(policy=p)).summary["throughput_tok_s"]
+        for p in ("neo", "adaptive-whole")
     }
-    assert tok_s["adaptive"] >= 0.99 * tok_s["neo"]
+    assert tok_s["adaptive-whole"] >= 0.99 * tok_s["neo"]
 
 
 def test_under_a_tpot_slo_host_residents_must_pay_not_only_fit():
@@ -198,7 +200,7 @@ def test_under_a_tpot_slo_host_residents_must_pay_not_only_fit():
     left out as soon as a GPU-only plan served a little more, and 62 of 200 missed the bound
     (goodput 0.70x gpu-only's). Admitted only where the host pays, adaptive serves what
     gpu-only serves within it."""
-    assert _g5_16xlarge_slo_goodput_over_gpu_only("adaptive") >= 0.99
+    assert _g5_16xlarge_slo_goodput_over_gpu_only("adaptive-whole") >= 0.99
 
 
 def _g5_16xlarge_slo_goodput_over_gpu_only(policy: str) -> float:
@@ -242,7 +244,7 @@ def test_with_chunked_prefill_adaptive_admits_prompts_after_the_residents_decode
     """vLLM's order for chunked prefill: adaptive's prompts take what the iteration's budget
     leaves after a token for each resident, so no resident is squeezed out by a chunk; NEO
     admits prompts first and its chunks take the whole budget."""
-    adaptive = _prompt_tokens_beside_residents("adaptive")
+    adaptive = _prompt_tokens_beside_residents("adaptive-whole")
     assert adaptive and all(tokens <= 1024 - residents for tokens, residents in adaptive)
     neo = _prompt_tokens_beside_residents("neo")
     assert any(tokens > 1024 - residents for tokens, residents in neo)
@@ -251,14 +253,14 @@ def test_with_chunked_prefill_adaptive_admits_prompts_after_the_residents_decode
 def test_under_an_slo_with_chunks_the_host_set_is_judged_with_the_waiting_prompts():
     """T4, osc lengths, offline, TPOT bound 2x gpu-only's p90: chunks cap a step at one or
     two prompts, and one host decode never pays for the host lane (a set does), so judged a
-    step at a time adaptive-chunked placed nothing on the host (goodput 1.68x gpu-only's);
+    step at a time adaptive placed nothing on the host (goodput 1.68x gpu-only's);
     judged with the waiting prompts the host pool holds next, its host serves most requests
     within the bound. (neo and apex serve none within it here.)"""
     osc = T4_LONG_OUTPUTS | dict(input_len=370, output_len=45, num_requests=100)
     spec = RunSpec.of(**osc, max_batch_tokens=8192, slo_per_token_s=None)
     gpu_only = execute(spec.with_(policy="gpu-only")).summary
     bound = 2 * gpu_only["tpot_p90"]
-    chunked = execute(spec.with_(policy="adaptive-chunked", slo_tpot_s=bound)).summary
+    chunked = execute(spec.with_(policy="adaptive", slo_tpot_s=bound)).summary
     assert chunked["cpu_served_fraction"] > 0.3
     assert chunked["goodput_req_s"] > 1.8 * gpu_only["throughput_req_s"]  # all within it
 
@@ -267,7 +269,7 @@ def test_under_an_slo_a_parked_request_becomes_a_host_resident_once_the_host_pay
     """A parked request (swapped out of a full GPU pool where the host did not pay for it) is
     judged again every step under a TPOT SLO; once the host pays for it, it decodes there
     from the KV it already has in the host pool (no copy), instead of waiting for GPU room."""
-    policy = _t4_policy("adaptive", num_gpu_blocks=200, num_cpu_blocks=400, slo_tpot_s=0.5)
+    policy = _t4_policy("adaptive-whole", num_gpu_blocks=200, num_cpu_blocks=400, slo_tpot_s=0.5)
     policy.add(Request(i, 16, 50) for i in range(3))
     while len(policy.gpu_running) < 3 or any(r.is_prefilling for r in policy.gpu_running.values()):
         policy.complete(policy.step())
@@ -289,7 +291,7 @@ def test_under_an_slo_the_last_chunk_takes_what_the_host_decodes_leave_of_the_bu
     step's budget; whole where not one token fits (dropping it would stall admission) or
     where the plan decodes nothing on the host."""
     policy = _t4_policy(
-        "adaptive-chunked",
+        "adaptive",
         num_gpu_blocks=400,
         num_cpu_blocks=400,
         max_batch_tokens=2048,
@@ -332,11 +334,11 @@ def test_under_an_slo_the_last_chunk_takes_what_the_host_decodes_leave_of_the_bu
 
 def test_under_an_slo_parked_requests_and_host_decodes_go_before_prompt_chunks():
     """g5.16xlarge, 1000/800 offline, a bound of twice gpu-only's TPOT p90 (an SLO-map cell):
-    adaptive-chunked opened the host, then ran the prompts' chunks in ~1,000 GPU-only
+    adaptive opened the host, then ran the prompts' chunks in ~1,000 GPU-only
     iterations while ~47 host residents waited, and left requests parked ~45 s (14 of 200
     missed the bound): 1.00x gpu-only's goodput. With the host decodes before the last
     chunk and parked requests taken by the host once it pays, 1.06x."""
-    assert _g5_16xlarge_slo_goodput_over_gpu_only("adaptive-chunked") >= 1.04
+    assert _g5_16xlarge_slo_goodput_over_gpu_only("adaptive") >= 1.04
 
 
 def test_a_held_out_chunk_keeps_its_host_blocks_from_the_host_decodes():
@@ -345,7 +347,7 @@ def test_a_held_out_chunk_keeps_its_host_blocks_from_the_host_decodes():
     free blocks exactly those the host-placed prompt needs, no host decode whose next token
     needs a new block joins a plan (it would exhaust the pool when the plan commits)."""
     policy = _t4_policy(
-        "adaptive",
+        "adaptive-whole",
         num_gpu_blocks=20,
         num_cpu_blocks=6,
         block_size=4,
@@ -377,7 +379,7 @@ def _prefill_steps(hardware: str, model: str, requests: list[Request], **setting
     `requests` all at once: how many steps each request's prompt took."""
     cost = resolve_target(hardware, model).cost
     config = SchedulerConfig(max_batch_tokens=8192, chunked_prefill_tokens=1024, **settings)
-    policy = make_policy("adaptive", config, cost)
+    policy = make_policy("adaptive-whole", config, cost)
     policy.add(requests)
     steps = dict.fromkeys((r.request_id for r in requests), 0)
     while policy.has_work:
@@ -417,9 +419,9 @@ def test_under_an_slo_spread_prompts_raise_goodput_where_gpu_kv_gates_admission(
     """g5.2xlarge, 1000/200, Poisson at 150% of gpu-only's capacity (3.61 req/s, the SLO map's
     rate), a TPOT bound of twice gpu-only's p90: the host does not pay there, GPU KV gates
     admission, and spreading each prompt over the steps to the next free slot lifts
-    adaptive-chunked's goodput from 1.035x gpu-only's to over 1.05x (SLO map)."""
+    adaptive's goodput from 1.035x gpu-only's to over 1.05x (SLO map)."""
     spec = _a10g_cell("a10g-g5.2xlarge", output_len=200, rate=3.607)
-    assert _slo_goodput_over_gpu_only(spec, "adaptive-chunked") >= 1.05
+    assert _slo_goodput_over_gpu_only(spec, "adaptive") >= 1.05
 
 
 def _paced_policy(
@@ -431,7 +433,7 @@ def _paced_policy(
     steps_after: int = 20,
 ) -> Policy:
     """Adaptive with 1024-token chunks on `hardware` (its shipped profile; the GPU pool the
-    policy map gives adaptive-chunked on the A10G hosts by default), 120 requests of 1000 +
+    policy map gives adaptive on the A10G hosts by default), 120 requests of 1000 +
     `output_len` tokens all at once, stepped until its GPU pool has filled (rule 5's start)
     and `steps_after` more steps."""
     cost = resolve_target(hardware, model).cost
@@ -441,7 +443,7 @@ def _paced_policy(
         num_gpu_blocks=num_gpu_blocks,
         num_cpu_blocks=num_cpu_blocks,
     )
-    policy = make_policy("adaptive", config, cost)
+    policy = make_policy("adaptive-whole", config, cost)
     policy.add([Request(i, 1000, output_len) for i in range(120)])
     while not policy._gpu_pool_filled:
         policy.complete(policy.step())
@@ -493,15 +495,15 @@ def test_prompts_are_not_paced_where_the_host_keeps_pace_or_whole_chunks_serve_m
     assert not pays(_paced_policy("h100x2", "llama-3.1-70b", 800, 2324, steps_after=600))
 
 
-def test_paced_prompts_raise_adaptive_chunked_throughput_on_an_a10g():
+def test_paced_prompts_raise_adaptive_throughput_on_an_a10g():
     """g5.2xlarge, 1000/200, Poisson at 150% of gpu-only's capacity (the policy map's cell):
     NEO refills the pool in whole chunks and decode-only iterations; paced at the steady rate
-    (rule 5) adaptive-chunked serves over 1.05x the best of gpu-only, neo and apex (1.03x
+    (rule 5) adaptive serves over 1.05x the best of gpu-only, neo and apex (1.03x
     before; policy map)."""
     spec = _a10g_cell("a10g-g5.2xlarge", output_len=200, rate=3.607)
     tok_s = {
         p: execute(spec.with_(policy=p)).summary["throughput_tok_s"]
-        for p in ("gpu-only", "neo", "apex", "adaptive-chunked")
+        for p in ("gpu-only", "neo", "apex", "adaptive")
     }
     rivals = max(tok_s["gpu-only"], tok_s["neo"], tok_s["apex"])
-    assert tok_s["adaptive-chunked"] >= 1.05 * rivals
+    assert tok_s["adaptive"] >= 1.05 * rivals

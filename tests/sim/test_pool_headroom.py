@@ -17,10 +17,10 @@ def test_map_cells_are_the_comparable_offline_and_overloaded_ones():
     rivals = {"gpu-only": 100.0, "neo": 110.0, "apex": 105.0}
     rows = _map_rows(
         {
-            ("t4", "osc", "offline"): rivals | {"adaptive-chunked": 112.0},
-            ("t4", "osc", "150%"): rivals | {"adaptive-chunked": 120.0},
-            ("t4", "osc", "90%"): rivals | {"adaptive-chunked": 120.0},  # arrival-set: left out
-            ("h100", "osc", "offline"): rivals | {"adaptive-chunked": 99.0},  # refused
+            ("t4", "osc", "offline"): rivals | {"adaptive": 112.0},
+            ("t4", "osc", "150%"): rivals | {"adaptive": 120.0},
+            ("t4", "osc", "90%"): rivals | {"adaptive": 120.0},  # arrival-set: left out
+            ("h100", "osc", "offline"): rivals | {"adaptive": 99.0},  # refused
         },
         refused={("h100", "osc", "offline")},
     )
@@ -35,7 +35,7 @@ def test_map_cells_are_the_comparable_offline_and_overloaded_ones():
 
 
 def test_scaled_spec_multiplies_the_resolved_gpu_pool_and_keeps_chunk_and_host_pool():
-    """On g5.4xlarge adaptive-chunked adopts 1,024-token chunks (they enlarge the GPU pool);
+    """On g5.4xlarge adaptive adopts 1,024-token chunks (they enlarge the GPU pool);
     the scaled run pins those pools and that chunk, so only the GPU pool changes."""
     base = scaled_spec("g5.4xlarge", "1000/200", math.inf, 1.0, 0)
     bigger = scaled_spec("g5.4xlarge", "1000/200", math.inf, 1.1, 0)

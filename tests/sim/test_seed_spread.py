@@ -108,7 +108,7 @@ def test_slo_map_spread_runs_every_policy_with_the_cells_bound(tmp_path):
 
 
 def test_policy_option_judges_another_policy_on_its_own_edge_cells(tmp_path):
-    """--policy adaptive-chunked: the edge cells are that policy's (adaptive's ratio is not
+    """--policy adaptive-whole: the edge cells are that policy's (adaptive's ratio is not
     looked at), it runs beside the three rivals, and the report names it; a rival or an
     unknown name, or a policy the map never ran, is refused."""
     from experiments.seed_spread import main
@@ -116,19 +116,19 @@ def test_policy_option_judges_another_policy_on_its_own_edge_cells(tmp_path):
     rivals = {"gpu-only": 100.0, "neo": 110.0, "apex": 105.0}
     rows = _map_rows(
         {
-            ("t4", "osc", "offline"): rivals | {"adaptive": 100.0, "adaptive-chunked": 120.0},
-            ("t4", "long", "offline"): rivals | {"adaptive": 120.0, "adaptive-chunked": 110.0},
+            ("t4", "osc", "offline"): rivals | {"adaptive": 100.0, "adaptive-whole": 120.0},
+            ("t4", "long", "offline"): rivals | {"adaptive": 120.0, "adaptive-whole": 110.0},
         }
     )
-    cells = edge_cells(rows, policy="adaptive-chunked")
+    cells = edge_cells(rows, policy="adaptive-whole")
     assert list(zip(cells.host, cells.workload_name)) == [("t4", "osc")]
     source = tmp_path / "map.csv"
     rows.to_csv(source, index=False)
     out = tmp_path / "out"
     argv = ["--quick", "--seeds", "1", "--policy-map", str(source), "--workers", "1"]
-    assert main([*argv, "--policy", "adaptive-chunked", "--output", str(out)]) == 0
+    assert main([*argv, "--policy", "adaptive-whole", "--output", str(out)]) == 0
     runs = pd.read_csv(out / "results.csv")
-    assert sorted(runs.policy) == ["adaptive-chunked", "apex", "gpu-only", "neo"]
-    assert "where adaptive-chunked is below" in (out / "report.md").read_text()
+    assert sorted(runs.policy) == ["adaptive-whole", "apex", "gpu-only", "neo"]
+    assert "where adaptive-whole is below" in (out / "report.md").read_text()
     for bad in ("neo", "nope", "symmetric"):
         assert main([*argv, "--policy", bad, "--output", str(tmp_path / bad)]) == 2

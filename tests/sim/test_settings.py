@@ -174,8 +174,8 @@ def test_chunked_prefill_keeps_activations_for_its_chunk_only():
         policy_config("symmetric", dataclasses.replace(base, chunked_prefill_tokens=512))
 
 
-def test_adaptive_chunked_chunks_only_where_the_chunks_buy_kv():
-    """adaptive-chunked takes 1024-token chunks where the smaller activation reserve enlarges
+def test_adaptive_chunks_only_where_the_chunks_buy_kv():
+    """adaptive takes 1024-token chunks where the smaller activation reserve enlarges
     the GPU pool by 5% or more (2x H100 + 70B at 8192 tokens: 1,988 -> 2,324 blocks; at 4096:
     2,180 -> 2,324, +6.6%) and prefills whole prompts where it would not (one H100 + 8B: +0.6%
     at 8192; an A10G + 8B at 4096: +4.4%; 2x H100 at 2048: +2.1%), since chunks admit prompts
@@ -183,10 +183,10 @@ def test_adaptive_chunked_chunks_only_where_the_chunks_buy_kv():
     cost = RooflineCostModel(MODELS["llama-3-8b"], PRESETS["h100"])
 
     def chunk(hw: str, model: str, budget: int) -> int:
-        config = policy_config("adaptive-chunked", SchedulerConfig(max_batch_tokens=budget))
+        config = policy_config("adaptive", SchedulerConfig(max_batch_tokens=budget))
         m = MODELS[model]
         config = resolve_pools(config, KVCacheSettings(), m, memory_of_hardware(PRESETS[hw], m))
-        return make_policy("adaptive-chunked", config, cost).config.chunked_prefill_tokens
+        return make_policy("adaptive", config, cost).config.chunked_prefill_tokens
 
     assert chunk("h100x2", "llama-3.1-70b", 8192) == 1024
     assert chunk("h100x2", "llama-3.1-70b", 4096) == 1024
@@ -196,6 +196,25 @@ def test_adaptive_chunked_chunks_only_where_the_chunks_buy_kv():
     assert chunk("h100x2", "llama-3.1-70b", 2048) == 0
     with pytest.raises(NeoError, match="prefills whole"):
         policy_config("symmetric", SchedulerConfig(kv_chunk_tokens=512))
+
+
+def test_a_setting_the_policy_fixes_cannot_be_asked_otherwise():
+    """vllm-256 fixes its chunk and adaptive its conditional chunk: another value asked for is
+    refused by name (it used to lose silently to the policy's), the policy's own value and the
+    default pass, and the error names the variant that takes the setting as given."""
+    chunked = SchedulerConfig(chunked_prefill_tokens=512)
+    with pytest.raises(NeoError, match=r"vllm-256 fixes chunked_prefill_tokens=256 .*gpu-only"):
+        policy_config("vllm-256", chunked)
+    with pytest.raises(NeoError, match=r"adaptive fixes kv_chunk_tokens=1024 .*adaptive-whole"):
+        policy_config("adaptive", SchedulerConfig(kv_chunk_tokens=512))
+    assert (
+        policy_config("vllm-256", SchedulerConfig(chunked_prefill_tokens=256)).iteration_tokens
+        == 256
+    )
+    assert (
+        policy_config("adaptive-whole", SchedulerConfig(kv_chunk_tokens=512)).kv_chunk_tokens == 512
+    )
+    assert policy_config("adaptive", chunked).chunked_prefill_tokens == 512  # not a fixed one
 
 
 def test_tensor_parallel_gpus_each_keep_their_shard_of_the_mlp_activations():
