@@ -41,7 +41,7 @@ from collections.abc import Iterable, Iterator
 
 from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget
-from neo_sim.scheduler.estimate import SubBatchBuilder, slacks
+from neo_sim.scheduler.estimate import SubBatchBuilder, gpu_attn_s, gpu_decodes_pricer, slacks
 from neo_sim.scheduler.neo import Candidate, SteadyPrefill, decode_only_builders, never_trimmed
 from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, decode_works
 from neo_sim.scheduler.request import Device, Request, RequestState
@@ -330,9 +330,13 @@ class AdaptivePolicy(ApexPolicy):
         SLO, but no tighter than the iteration that decodes every resident: a resident that
         has fallen behind further than that is not held to it, since serving it first would
         leave the host residents out of the iteration, each a whole gap further behind; and
-        never below the cheapest iteration that still decodes a host resident."""
+        never below the cheapest iteration that still decodes a host resident. Both
+        iterations are priced once a step at most, and `everyone` only where some resident's
+        budget is under the SLO (it is the cheapest one without host residents): every step
+        under an SLO runs this."""
         slo = self.config.slo_tpot_s
-        everyone = self._everyone_s()
+        least = self._least_progress_s()
+        everyone = None if self.cpu_running else least
         limit = slo
         for residents in (self.gpu_running, self.cpu_running):
             for r in residents.values():
@@ -346,9 +350,12 @@ class AdaptivePolicy(ApexPolicy):
                     continue
                 left_s = slo * (r.max_new_tokens - 1) - (now - r.decode_start_s)
                 budget = left_s / gaps_left
-                if everyone <= budget < limit:
-                    limit = budget
-        return max(limit, self._least_progress_s())
+                if budget < limit:
+                    if everyone is None:
+                        everyone = self._everyone_s()
+                    if everyone <= budget:
+                        limit = budget
+        return max(limit, least)
 
     def _least_progress_s(self) -> float:
         """Predicted seconds of the cheapest iteration that still decodes a host resident:
@@ -366,12 +373,20 @@ class AdaptivePolicy(ApexPolicy):
 
     def _decode_only_s(self, host: Iterable[Request]) -> float:
         """Predicted seconds of a decode-only iteration of every GPU resident and `host`'s
-        decodes, fused (GPU-only if there are none)."""
+        decodes, fused (GPU-only if there are none: priced from the residents' count and
+        context by `gpu_decodes_pricer`, the same arithmetic without building their decodes,
+        since under an SLO every step prices it)."""
+        host = list(host)
+        if not host:
+            n = len(self.gpu_running)
+            if not n:
+                return 0.0
+            tokens = sum(r.prompt_len + r.num_generated for r in self.gpu_running.values())
+            return gpu_decodes_pricer(self.cost, n)(gpu_attn_s(self.cost, 0.0, n, tokens))
         b = SubBatchBuilder(self.cost)
         b.add_decodes(decode_works(self.gpu_running.values()), on_gpu=True)
-        on_host = decode_works(host)
-        b.add_decodes(on_host, on_gpu=False)
-        return self._work_s(Mode.FUSED if on_host else Mode.SEQUENTIAL, (b,)) if b else 0.0
+        b.add_decodes(decode_works(host), on_gpu=False)
+        return self._work_s(Mode.FUSED, (b,))
 
     def _plan_work(self, candidates: list[Candidate], budget: Budget) -> Option:
         if not (candidates or self.gpu_running) or not self.cpu_running:

@@ -12,7 +12,7 @@ from neo_sim.runs import RunSpec, execute
 from neo_sim.scheduler import Device, Mode, Request, SchedulerConfig, make_policy
 from neo_sim.scheduler.base import Budget, Policy
 from neo_sim.scheduler.estimate import SubBatchBuilder, iteration_s, sequential_layer_s, swap_s
-from neo_sim.scheduler.plan import DecodeWork, PrefillWork
+from neo_sim.scheduler.plan import DecodeWork, PrefillWork, decode_works
 from neo_sim.scheduler.request import RequestState
 
 T4_LONG_OUTPUTS = dict(
@@ -115,6 +115,26 @@ def test_the_tpot_budget_spreads_what_a_resident_lost_over_the_gaps_it_has_left(
     assert fresh.decode_start_s == 0.6
     del policy.gpu_running[behind.request_id]
     assert policy._tpot_budget_s(0.6) == pytest.approx(0.1)  # the SLO at most
+
+
+def test_the_decode_only_price_without_host_decodes_is_the_builders():
+    """Under an SLO every step prices the decode-only iteration of the GPU residents; without
+    host decodes it does so from their count and context (`gpu_decodes_pricer`), which must
+    equal, bit for bit, what a builder of their decodes prices (on the T4, where decode-only
+    layers run fused, and with a host resident beside them, which the builder still prices)."""
+    policy = _t4_policy("adaptive", num_gpu_blocks=400, num_cpu_blocks=400, slo_tpot_s=0.1)
+    for i, (prompt, generated) in enumerate(((100, 3), (700, 40), (1500, 1))):
+        r = Request(i, prompt, 50)
+        r.num_generated = generated
+        policy.gpu_running[i] = r
+    builder = SubBatchBuilder(policy.cost)
+    builder.add_decodes(decode_works(policy.gpu_running.values()), on_gpu=True)
+    assert policy._decode_only_s(()) == policy._work_s(Mode.SEQUENTIAL, (builder,))
+    host = Request(9, 300, 50)
+    builder.add_decodes(decode_works([host]), on_gpu=False)
+    assert policy._decode_only_s([host]) == policy._work_s(Mode.FUSED, (builder,))
+    policy.gpu_running.clear()
+    assert policy._decode_only_s(()) == 0.0
 
 
 def _osc_lengths(hardware: str, model: str, **settings) -> RunSpec:

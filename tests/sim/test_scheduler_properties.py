@@ -149,8 +149,12 @@ def drive(name: str, w: Workload, max_steps: int = 20_000):
 
 
 def _config_for(name: str, config: SchedulerConfig) -> SchedulerConfig:
-    """`config`, without chunked prefill for a policy that prefills whole prompts."""
-    if POLICIES[name][0].chunks_prompts:
+    """`config`, without chunked prefill for a policy that prefills whole prompts, and with the
+    settings the policy fixes left at their defaults (it refuses another value for them)."""
+    cls, fixed = POLICIES[name]
+    defaults = SchedulerConfig()
+    config = dataclasses.replace(config, **{k: getattr(defaults, k) for k in fixed})
+    if cls.chunks_prompts:
         return config
     return dataclasses.replace(config, chunked_prefill_tokens=0)
 
