@@ -340,16 +340,17 @@ class AdaptivePolicy(ApexPolicy):
         limit = slo
         for residents in (self.gpu_running, self.cpu_running):
             for r in residents.values():
-                if r.num_generated < 1:
+                generated, start = r.num_generated, r.decode_start_s
+                if generated < 1:
                     continue
-                if r.decode_start_s is None:
+                if start is None:
                     r.decode_start_s = now  # its first token is out: a full SLO ahead
                     continue
-                gaps_left = r.max_new_tokens - r.num_generated
+                length = r.max_new_tokens
+                gaps_left = length - generated
                 if gaps_left < 1:
                     continue
-                left_s = slo * (r.max_new_tokens - 1) - (now - r.decode_start_s)
-                budget = left_s / gaps_left
+                budget = (slo * (length - 1) - (now - start)) / gaps_left
                 if budget < limit:
                     if everyone is None:
                         everyone = self._everyone_s()

@@ -449,12 +449,11 @@ class Policy(ABC):
     def _next_token_blocks(pool: BlockPool, requests: Iterable[Request]) -> int:
         """Blocks `pool` adds for each of `requests` to hold its `seq_len` tokens (the sum of
         `pool.extra_blocks`), in one loop: every step asks it of every GPU resident."""
-        tables, block_size = pool.tables, pool.block_size
+        lookup, block_size = pool.tables.get, pool.block_size
         need = 0
         for r in requests:
-            table = tables.get(r.request_id)
-            extra = -(-(r.prompt_len + r.num_generated) // block_size) - (
-                len(table) if table else 0
+            extra = -(-(r.prompt_len + r.num_generated) // block_size) - len(
+                lookup(r.request_id, ())
             )
             if extra > 0:
                 need += extra
