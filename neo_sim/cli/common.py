@@ -13,7 +13,7 @@ from neo_sim import settings
 from neo_sim.errors import NeoError
 from neo_sim.metrics import SUMMARY_ROWS
 from neo_sim.runs import RunSpec, check_size
-from neo_sim.scheduler import POLICIES
+from neo_sim.scheduler import require_policy
 
 # Settings of the engine alone: the simulator never runs on a CPU device.
 SIM_SKIP = ("cpu_device_kv_gb",)
@@ -61,8 +61,7 @@ def parse_policies(text: str) -> list[str]:
     if not names:
         raise NeoError("--policies is empty")
     for name in names:
-        if name not in POLICIES:
-            raise NeoError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
+        require_policy(name)
     return names
 
 

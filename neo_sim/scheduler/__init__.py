@@ -46,16 +46,26 @@ def _discover() -> dict[str, tuple[type[Policy], dict]]:
 
 
 POLICIES: dict[str, tuple[type[Policy], dict]] = _discover()
+# Names that were policies once, and what they are called now (2026-12-06: adaptive's chunked
+# form took its name; the whole-prompt form is adaptive-whole).
+RENAMED = {"adaptive-chunked": "adaptive"}
+
+
+def require_policy(name: str) -> None:
+    """NeoError unless `name` is a policy: naming the policies, or a renamed one's new name."""
+    if name in POLICIES:
+        return
+    if name in RENAMED:
+        raise NeoError(f"policy {name!r} is now named {RENAMED[name]!r}")
+    raise NeoError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
 
 
 def policy_config(name: str, config: SchedulerConfig) -> SchedulerConfig:
     """`config` with the settings the policy `name` fixes (vllm-256: chunked prefill), as its
     KV pools must be sized (`neo_sim.capacity`: activations for `iteration_tokens`); NeoError
     for unknown names and for chunked prefill asked of a policy that prefills whole prompts."""
-    try:
-        cls, fixed = POLICIES[name]
-    except KeyError:
-        raise NeoError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}") from None
+    require_policy(name)
+    cls, fixed = POLICIES[name]
     if fixed:
         _refuse_overrides(name, config, fixed)
         config = dataclasses.replace(config, **fixed)

@@ -215,6 +215,8 @@ def test_a_setting_the_policy_fixes_cannot_be_asked_otherwise():
         policy_config("adaptive-whole", SchedulerConfig(kv_chunk_tokens=512)).kv_chunk_tokens == 512
     )
     assert policy_config("adaptive", chunked).chunked_prefill_tokens == 512  # not a fixed one
+    with pytest.raises(NeoError, match="'adaptive-chunked' is now named 'adaptive'"):
+        policy_config("adaptive-chunked", SchedulerConfig())
 
 
 def test_tensor_parallel_gpus_each_keep_their_shard_of_the_mlp_activations():
