@@ -105,6 +105,8 @@ __all__ = [
     "SchedulerConfig",
     "make_policy",
     "policy_config",
+    "require_policy",
+    "RENAMED",
     "Plan",
     "SubBatch",
     "PrefillWork",
