@@ -38,8 +38,7 @@ import pandas as pd
 from experiments import common
 from neo_sim import plots
 from neo_sim.runs import RunSpec
-from neo_sim.scheduler import POLICIES
-from neo_sim.scheduler.base import SchedulerConfig
+from neo_sim.scheduler import POLICIES, SchedulerConfig
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
 HOSTS = {

@@ -376,10 +376,11 @@ def _sequential_layer_s(t: LayerTimes) -> float:
 
 
 def gpu_decodes_pricer(cost: CostModel, batch: int) -> Callable[[float], float]:
-    """For steady runs: the GPU attention time (`gpu_attn_s` of the iteration's decodes) ->
-    what `step()` predicts for a sequential iteration of `batch` GPU decodes and nothing
-    else. The same arithmetic as `SubBatchBuilder.times`, `sequential_layer_s` and
-    `iteration_s` on that plan, with the per-batch terms looked up once."""
+    """For steady runs, and adaptive's decode-only price under an SLO: the GPU attention time
+    (`gpu_attn_s` of the iteration's decodes) -> what `step()` predicts for a sequential
+    iteration of `batch` GPU decodes and nothing else. The same arithmetic as
+    `SubBatchBuilder.times`, `sequential_layer_s` and `iteration_s` on that plan, with the
+    per-batch terms looked up once."""
     layers = cost.model.num_layers
     linear = cost.linear(batch)
     cpu = cpu_lane_s(cost, 0, 0)
