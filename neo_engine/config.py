@@ -17,7 +17,7 @@ from neo_sim import settings
 from neo_sim.capacity import KVCacheSettings
 from neo_sim.machine import native_bf16
 from neo_sim.model import ModelRef, ModelSpec, parse_model_arg
-from neo_sim.scheduler import POLICIES, SchedulerConfig
+from neo_sim.scheduler import POLICIES, RENAMED, SchedulerConfig
 from neo_sim.settings import check, setting
 from neo_sim.units import canonical_dtype
 
@@ -102,7 +102,7 @@ class EngineConfig:
     """Everything an `LLMEngine` is built from."""
 
     load: LoadSettings
-    policy: str = setting("neo", "scheduling policy", choices=tuple(POLICIES))
+    policy: str = setting("neo", "scheduling policy", choices=tuple(POLICIES), renamed=RENAMED)
     max_model_len: int | None = setting(
         None,
         f"longest prompt + output; unset: the model's context, at most {DEFAULT_MAX_MODEL_LEN}",

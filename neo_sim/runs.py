@@ -20,7 +20,7 @@ from neo_sim.capacity import KVCacheSettings, memory_of_hardware, resolve_pools
 from neo_sim.catalog import Target, resolve_target
 from neo_sim.errors import NeoError
 from neo_sim.metrics import SLO
-from neo_sim.scheduler import POLICIES, SchedulerConfig, policy_config
+from neo_sim.scheduler import POLICIES, RENAMED, SchedulerConfig, policy_config
 from neo_sim.settings import check, setting
 from neo_sim.simulator import SimResult, simulate
 from neo_sim.units import GB
@@ -39,7 +39,7 @@ class RunSpec:
         "model preset (llama-2-7b, ...), dummy:PRESET, or an HF config.json path; optional "
         "with a profile file",
     )
-    policy: str = setting("neo", "scheduling policy", choices=tuple(POLICIES))
+    policy: str = setting("neo", "scheduling policy", choices=tuple(POLICIES), renamed=RENAMED)
     noise: float = setting(0.0, "log-normal sigma of per-task time noise (0: deterministic)", low=0)
     slo_ttft_s: float | None = setting(
         None, "TTFT SLO for goodput", unit="s", low=0, low_open=True, flag="slo-ttft"

@@ -40,6 +40,7 @@ def setting(
     flag: str | None = None,
     parse: Callable[[str], Any] | None = None,
     choices: tuple[str, ...] | None = None,
+    renamed: Mapping[str, str] | None = None,
     cli: bool = True,
     aliases: tuple[str, ...] = (),
 ) -> Any:
@@ -47,9 +48,11 @@ def setting(
 
     `low`/`high` bound the value (`low_open`: strictly above `low`); None values skip the check
     (an optional setting left unset). `flag` names the command-line flag when it should differ
-    from the field name; `parse` turns the flag's text into a value; `cli=False` keeps the field
-    off the command line (it is set by code, not users). `aliases` are other names the
-    setting answers to, as a flat name and as a flag: vLLM's, where the meaning is the same.
+    from the field name; `parse` turns the flag's text into a value; `renamed` maps former
+    values of a `choices` setting to their new names, for the error that refuses them;
+    `cli=False` keeps the field off the command line (it is set by code, not users). `aliases`
+    are other names the setting answers to, as a flat name and as a flag: vLLM's, where the
+    meaning is the same.
     """
     metadata = {
         "help": help,
@@ -60,6 +63,7 @@ def setting(
         "flag": flag,
         "parse": parse,
         "choices": choices,
+        "renamed": renamed,
         "cli": cli,
         "aliases": aliases,
     }
@@ -81,6 +85,9 @@ def bound_error(f: dataclasses.Field, value: Any) -> str | None:
         return f"must be <= {high:g}, got {value}"
     choices = meta.get("choices")
     if choices and value not in choices:
+        renamed = meta.get("renamed") or {}
+        if value in renamed:
+            return f"{value!r} is now named {renamed[value]!r}"
         return f"must be one of {', '.join(choices)}, got {value!r}"
     return None
 

@@ -98,3 +98,8 @@ def test_engine_refuses_a_token_budget_below_the_context():
         LLMEngine(
             EngineConfig.of("dummy:tiny", max_model_len=512, max_batch_tokens=256, gpu_kv_blocks=64)
         )
+
+
+def test_the_engine_refuses_a_renamed_policy_with_its_new_name():
+    with pytest.raises(NeoError, match="policy 'adaptive-chunked' is now named 'adaptive'"):
+        EngineConfig.of("dummy:tiny", policy="adaptive-chunked")

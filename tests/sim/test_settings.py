@@ -219,6 +219,19 @@ def test_a_setting_the_policy_fixes_cannot_be_asked_otherwise():
         policy_config("adaptive-chunked", SchedulerConfig())
 
 
+def test_a_renamed_policy_is_refused_with_its_new_name_wherever_it_is_named(capsys):
+    """A former name (`RENAMED`) reaches every way of naming a policy: a run spec and the
+    --policy flag say its new name, not only the list of choices."""
+    with pytest.raises(NeoError, match="policy 'adaptive-chunked' is now named 'adaptive'"):
+        RunSpec.of(hardware="t4", policy="adaptive-chunked")
+    parser = subparsers(build_parser())["run"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--hardware", "t4", "--policy", "adaptive-chunked"])
+    assert "'adaptive-chunked' is now named 'adaptive'" in capsys.readouterr().err
+    with pytest.raises(NeoError, match="policy must be one of gpu-only, "):
+        RunSpec.of(hardware="t4", policy="adaptive-chunky")
+
+
 def test_tensor_parallel_gpus_each_keep_their_shard_of_the_mlp_activations():
     """Under tensor parallelism every GPU holds the hidden-size buffers of an iteration whole
     but only 1/tp of the MLP intermediates (as of the weights): on 2x H100 + Llama-3.1-70B at
