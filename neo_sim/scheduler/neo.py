@@ -88,6 +88,9 @@ class NeoPolicy(Policy):
     _chunk_ends: dict[int, int] = {}
     # (step, its CPU decodes longest-waiting first, their decodes): `_host_decodes`
     _waited_order: tuple[int, list[Request], list[DecodeWork]] = (-1, [], [])
+    # (step, the GPU residents counted, their number, the blocks their next tokens add):
+    # `_gpu_blocks_after_growth`, set by step 1 and valid until `_commit` or a swap-in
+    _next_growth: tuple[int, dict[int, Request], int, int] = (-1, {}, 0, 0)
 
     def steady_run(self) -> SteadyRun | None:
         """With nothing waiting and nothing on the CPU, NEO's step is GPU-only's: it decodes
@@ -172,6 +175,8 @@ class NeoPolicy(Policy):
                 swaps.append(swap)
         budget.seqs -= len(decodes)
         budget.tokens -= len(decodes)
+        # Every victim left gpu_running: `need` is what the residents left need.
+        self._next_growth = (self.step_index, self.gpu_running, len(self.gpu_running), need)
         return tuple(swaps), tuple(recomputed)
 
     def _move_to_cpu(self, r: Request) -> Swap | None:
@@ -567,6 +572,7 @@ class NeoPolicy(Policy):
         self, mode: Mode, chosen: tuple[SubBatchBuilder, ...], swap_out, swap_in, recomputed, forced
     ) -> Plan:
         gpu, cpu = self.kv.gpu, self.kv.cpu
+        self._next_growth = NeoPolicy._next_growth  # residents join and grow below
         admitted = {p.request_id: p for b in chosen for p in b.prefills}
         part_way: list[Request] = []  # prefilled a chunk short of the prompt: still first
         for _ in range(len(admitted)):
@@ -615,8 +621,17 @@ class NeoPolicy(Policy):
         return num_seqs / self._work_s(mode, chosen) if num_seqs else 0.0
 
     def _gpu_blocks_after_growth(self) -> int:
-        gpu = self.kv.gpu
-        return gpu.num_used + self._next_token_blocks(gpu, self.gpu_running.values())
+        """GPU blocks in use once every GPU resident holds its next token. Steps 1 to 3 ask it
+        up to five times (adaptive) of residents that do not change between step 1's
+        preemptions and `_commit` unless step 2 swaps some in (which rebuilds `gpu_running`),
+        and nothing grows before `_commit`: the count is kept per step for the dict it was
+        taken over (a pass over every resident: ~10% of a step on one H100)."""
+        gpu, running = self.kv.gpu, self.gpu_running
+        step, counted, size, need = self._next_growth
+        if step != self.step_index or counted is not running or size != len(running):
+            need = self._next_token_blocks(gpu, running.values())
+            self._next_growth = (self.step_index, running, len(running), need)
+        return gpu.num_used + need
 
     def _cpu_decodes_longest_waiting_first(self) -> list[Request]:
         """CPU decodes by the step of their last token, oldest first (ties: admission order),
