@@ -49,6 +49,7 @@ class SimResult:
     scheduler_s: float  # wall time spent inside policy.step()
     steady_iterations: int  # iterations advanced as steady runs, without step()
     first_rejection: str | None = None  # why the first rejected request can never run
+    complete_s: float = 0.0  # wall time inside policy.complete(): the books after each step
 
 
 class Simulation:
@@ -133,6 +134,7 @@ class Simulation:
         self.timeline: list[tuple[int, float, Span]] = []
         self.plans: list[Plan] = []
         self.scheduler_s = 0.0
+        self.complete_s = 0.0
         self.steady_iterations = 0
         self.now = 0.0
         self._next = 0  # index of the next arrival in self.workload
@@ -171,6 +173,7 @@ class Simulation:
             self.scheduler_s,
             self.steady_iterations,
             self.first_rejection,
+            self.complete_s,
         )
 
     # ---- arrivals ------------------------------------------------------------------------------
@@ -244,7 +247,10 @@ class Simulation:
             producers += request_ids_of(sb.cpu_decodes)
         records = self.records
         self.itl.add_each(tokens_at([records[rid] for rid in producers], now), 1)
-        for r in policy.complete(plan):
+        started = time.perf_counter()
+        done = policy.complete(plan)
+        self.complete_s += time.perf_counter() - started
+        for r in done:
             self._finish(r)
         if self.record_iterations:
             iteration = IterationRecord.of(plan, start, timing.duration_s, timing.busy_s)
