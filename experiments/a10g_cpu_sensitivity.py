@@ -34,7 +34,8 @@ PAPER_GAIN = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = common.parser(__doc__.splitlines()[0])
+    args = p.parse_args(argv)
     out = common.output_dir(args, "a10g_cpu_sensitivity")
     outputs = [50, 100, 200, 300, 400] if not args.quick else [100, 300]
     n = 2000 if not args.quick else 300
@@ -123,7 +124,7 @@ Plot: `gain_vs_cpu.html`. Data: `results.csv`, `gains.csv`, `summary.csv`.
         out / "report.md",
         "A10G + Llama-3-8B: gain vs host CPU",
         body,
-        "python -m experiments.a10g_cpu_sensitivity" + (" --quick" if args.quick else ""),
+        common.command_line("a10g_cpu_sensitivity", p, args),
     )
     print((out / "report.md").read_text())
     return 0

@@ -28,6 +28,28 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+# Options that change how fast a script runs or which of its files it rewrites, not its results.
+NOT_IN_COMMAND = frozenset({"workers", "executor", "report_only"})
+
+
+def command_line(module: str, p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The command that wrote a report, for its header: `python -m experiments.<module>` with
+    every option of `p` that `args` sets away from its default, so that the line reruns the
+    same runs (--seed, --output, --quick, a script's own options), less `NOT_IN_COMMAND`."""
+    defaults = p.parse_args([])
+    parts = [f"python -m experiments.{module}"]
+    for action in p._actions:
+        dest = action.dest
+        if not action.option_strings or dest in NOT_IN_COMMAND or not hasattr(defaults, dest):
+            continue
+        value = getattr(args, dest)
+        if value == getattr(defaults, dest):
+            continue
+        flag = max(action.option_strings, key=len)  # the long form
+        parts.append(flag if action.nargs == 0 else f"{flag} {value}")
+    return " ".join(parts)
+
+
 def progress(iterable, total: int):
     return tqdm(iterable, total=total, unit="run")
 

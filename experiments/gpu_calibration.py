@@ -225,7 +225,8 @@ def fit_all_reduce() -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = common.parser(__doc__.splitlines()[0])
+    args = p.parse_args(argv)
     out = common.output_dir(args, "gpu_calibration")
     data = {gpu: load(gpu) for gpu in GPUS}
     fits = {gpu: fit_gpus({gpu: data[gpu]}) for gpu in GPUS}
@@ -316,7 +317,7 @@ Files: fit.json (parameters and datasheet figures), errors.csv.
         out / "report.md",
         "GPU linear layers and all-reduce, calibrated on measured A100 and A40 times",
         body,
-        "python -m experiments.gpu_calibration",
+        common.command_line("gpu_calibration", p, args),
     )
     print((out / "report.md").read_text())
     return 0

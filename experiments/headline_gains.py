@@ -65,7 +65,8 @@ def workloads(quick: bool) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = common.parser(__doc__.splitlines()[0])
+    args = p.parse_args(argv)
     out = common.output_dir(args, "headline_gains")
     n = 300 if args.quick else 1500
     specs, labels = [], []
@@ -153,7 +154,7 @@ Plot: `gains.html`. Data: `results.csv`, `gains.csv`, `summary.csv`.
         out / "report.md",
         "Headline gains on T4, A10G and H100",
         body,
-        "python -m experiments.headline_gains" + (" --quick" if args.quick else ""),
+        common.command_line("headline_gains", p, args),
     )
     print((out / "report.md").read_text())
     return 0

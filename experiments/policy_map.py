@@ -169,17 +169,6 @@ def add_budget_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def map_command(module: str, args: argparse.Namespace) -> str:
-    """The command line that wrote a map's report, with the options that change its cells (a
-    budget of 4096 and its folder read as the default map's command otherwise)."""
-    options = " --quick" if args.quick else ""
-    if args.max_batch_tokens != MAX_BATCH_TOKENS:
-        options += f" --max-batch-tokens {args.max_batch_tokens}"
-    if args.output is not None:
-        options += f" --output {args.output}"
-    return f"python -m experiments.{module}{options}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--executor", choices=("process", "dask", "serial"), default="process")
@@ -196,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         requests = int(rows["num_requests"].max())
         run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
         args.workers = run.get("workers", args.workers)
-        write_report(rows, out, args, run.get("wall_s", float("nan")), requests)
+        wall = run.get("wall_s", float("nan"))
+        write_report(rows, out, args, wall, requests, common.command_line("policy_map", p, args))
         print((out / "report.md").read_text())
         return 0
     hosts, workloads, loads, requests = map_scope(args.quick)
@@ -229,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     rows.to_csv(out / "results.csv", index=False)
     (out / "run.json").write_text(json.dumps({"wall_s": wall, "workers": args.workers}) + "\n")
-    write_report(rows, out, args, wall, requests)
+    write_report(rows, out, args, wall, requests, common.command_line("policy_map", p, args))
     print((out / "report.md").read_text())
     return 0
 
@@ -595,7 +585,9 @@ overdue decodes fit the batch beside the GPU decodes and their host blocks fit:
 """
 
 
-def write_report(rows: pd.DataFrame, out: Path, args, wall: float, requests: int) -> None:
+def write_report(
+    rows: pd.DataFrame, out: Path, args, wall: float, requests: int, command: str
+) -> None:
     table = cell_table(rows)
     table.round(3).to_csv(out / "cells.csv", index=False)
     ran_none = table[table["gpu-only"].isna()]  # gpu-only's run failed: nothing to compare
@@ -720,7 +712,7 @@ above), heatmap.html{png_note}.
         out / "report.md",
         "The policy map",
         body,
-        map_command("policy_map", args),
+        command,
     )
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     out = common.output_dir(args, "pool_headroom")
-    command = " ".join(["python -m experiments.pool_headroom", *(argv or sys.argv[1:])])
+    command = common.command_line("pool_headroom", p, args)
     if args.report_only:
         rows = pd.read_csv(out / "results.csv")
         run = json.loads((out / "run.json").read_text())

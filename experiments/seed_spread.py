@@ -187,16 +187,11 @@ Of the cells below {BELOW}x on the map, {_count(below, "of means", BELOW)} of {l
 below it in the ratio of means; of those at least {ABOVE}x on the map,
 {_count(above, "of means", ABOVE, True)} of {len(above)} stay at least {ABOVE}x.
 """
-    flags = (
-        (" --slo-map" if args.slo_map else "")
-        + (f" --policy {policy}" if policy != JUDGED else "")
-        + (f" --seeds {args.seeds}" if args.seeds != 5 else "")
-    )
     common.write_report(
         out / "report.md",
         f"{policy[0].upper() + policy[1:]}'s edge cells on the {kind.name}, over arrival seeds",
         body,
-        "python -m experiments.seed_spread" + flags,
+        common.command_line("seed_spread", p, args),
     )
     print((out / "report.md").read_text())
     return 0

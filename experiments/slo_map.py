@@ -34,7 +34,6 @@ from experiments.policy_map import (
     add_budget_argument,
     best_rival,
     cell_specs,
-    map_command,
     map_scope,
 )
 
@@ -204,7 +203,7 @@ Every cell, with each policy's goodput (req/s) and the bound: cells.csv.
         out / "report.md",
         "The policy map under a TPOT SLO: goodput",
         body,
-        map_command("slo_map", args),
+        common.command_line("slo_map", p, args),
     )
     print((out / "report.md").read_text())
     return 0

@@ -51,7 +51,8 @@ def keeps_up_rate(part: pd.DataFrame, target: float, metric: str, share: float) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = common.parser(__doc__.splitlines()[0])
+    args = p.parse_args(argv)
     out = common.output_dir(args, "t4_load_latency")
     rates = list(np.arange(0.25, 10.01, 0.25)) if not args.quick else [0.5, 2.0, 4.0]
     n = 200 if args.quick else 1000
@@ -145,7 +146,7 @@ Plot: `load_latency.html`. Data: `results.csv`, `sustained.csv`.
         out / "report.md",
         "T4 + Llama-2-7B load vs latency",
         body,
-        "python -m experiments.t4_load_latency" + (" --quick" if args.quick else ""),
+        common.command_line("t4_load_latency", p, args),
     )
     print((out / "report.md").read_text())
     return 0

@@ -20,7 +20,27 @@ def test_quick_policy_map_writes_its_report(tmp_path):
     assert {"max_token_gap_max_s", "goodput_req_s"} <= set(results.columns)
     report = (tmp_path / "report.md").read_text()
     assert "neo vs gpu-only" in report and "Every cell" in report
+    # The header's command reruns these runs: every option that changes them, not --workers.
+    assert f"by `python -m experiments.policy_map --output {tmp_path} --quick` on" in report
     assert (tmp_path / "heatmap.html").stat().st_size > 1000
+
+
+def test_a_report_names_the_options_its_runs_were_made_with():
+    """The command in a report's header: each option set away from its default, in the
+    parser's order, flags bare; options of speed (--workers, --executor) left out."""
+    from experiments import common
+
+    p = common.parser("test")
+    p.add_argument("--slo-map", action="store_true")
+    p.add_argument("--policy", default="adaptive")
+    p.add_argument("--executor", default="process")
+    assert common.command_line("x", p, p.parse_args([])) == "python -m experiments.x"
+    args = p.parse_args(["--workers", "2", "--policy", "apex", "--seed", "3", "--slo-map"])
+    assert common.command_line("x", p, args) == (
+        "python -m experiments.x --seed 3 --slo-map --policy apex"
+    )
+    args = p.parse_args(["--executor", "dask", "--quick", "--output", "out"])
+    assert common.command_line("x", p, args) == "python -m experiments.x --output out --quick"
 
 
 def test_a_configuration_where_nothing_fits_is_a_row_not_a_crash():
