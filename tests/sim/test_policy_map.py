@@ -83,8 +83,8 @@ def test_the_request_that_ends_a_losing_run_is_named_with_its_tail():
 
 def test_headroom_counts_cells_where_a_five_percent_win_is_possible():
     """Per load: how far apart gpu-only, neo and apex are, and where adaptive or any other
-    policy beats the best of them by 5%; cells under load whose rivals agree within 5% are
-    named as the ones the arrivals decide."""
+    policy beats the best of them by 5%; cells below capacity are named as the ones the
+    arrivals decide, the overloaded ones counted as room."""
     from experiments.policy_map import headroom_section
 
     policies = list(POLICIES)
@@ -103,5 +103,10 @@ def test_headroom_counts_cells_where_a_five_percent_win_is_possible():
     assert "| offline | 2 | 2.000 | 1 | 1 | 1 |" in text
     assert "| 50% | 1 | 1.010 | 0 | 0 | 0 |" in text
     assert "| 150% | 1 | 1.200 | 1 | 0 | 0 |" in text
-    assert "In 1 of the 2 cells under Poisson load" in text
-    assert "would need 1 of the other 3 cells" in text
+    # Below capacity (50%) the arrivals decide; overloaded (150%) cells count as room.
+    assert "In the 1 cells whose Poisson load is below capacity" in text
+    assert "within 1.0% of one another there" in text and "by 5% in 0 of those" in text
+    assert (
+        "would need 1 of the other 3 cells (offline and overloaded), where adaptive does so in 1."
+        in text
+    )
