@@ -423,3 +423,31 @@ def test_a_parked_request_returns_once_the_batch_has_a_slot_for_it(monkeypatch, 
     plan = policy.step()
     assert [s.request_id for s in plan.swap_in] == [5]
     assert 5 in policy.gpu_running
+
+
+@pytest.mark.parametrize("name", ["neo", "adaptive"])
+def test_the_kept_next_token_count_equals_a_recount_at_every_call(monkeypatch, name):
+    """`_gpu_blocks_after_growth` keeps step 1's count of the GPU residents' next-token blocks
+    for the rest of the step (until a swap-in rebuilds `gpu_running` or `_commit` grows it):
+    under sustained load on a small GPU pool, with swaps out and back in and chunked prompts,
+    every call it answers equals a count taken afresh, and the kept count is used."""
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    config = t4_config(num_gpu_blocks=120, chunked_prefill_tokens=256)
+    policy = make_policy(name, config, cost)
+    kept = NeoPolicy._gpu_blocks_after_growth
+    calls = {"asked": 0, "kept": 0}
+
+    def checked(self):
+        recount = self.kv.gpu.num_used + self._next_token_blocks(
+            self.kv.gpu, self.gpu_running.values()
+        )
+        calls["kept"] += self._next_growth[0] == self.step_index
+        calls["asked"] += 1
+        answer = kept(self)
+        assert answer == recount
+        return answer
+
+    monkeypatch.setattr(NeoPolicy, "_gpu_blocks_after_growth", checked)
+    _, plans = run_load(policy, random.Random(5), steps=400, rate_per_step=0.6)
+    assert any(p.swap_in for p in plans) and any(p.swap_out for p in plans)
+    assert calls["kept"] > calls["asked"] / 2 > 100
