@@ -73,6 +73,9 @@ def load_label(fraction: float) -> str:
 
 
 LOAD_LABELS = ("offline", *map(load_label, LOADS))  # the maps' loads, in order
+# Poisson loads below gpu-only's offline throughput: there the arrivals, not the policy, set
+# every policy's throughput
+BELOW_CAPACITY = frozenset(load_label(f) for f in LOADS if f < 1)
 QUICK = {
     "hosts": ("t4", "g5.2xlarge", "g5.16xlarge"),
     "workloads": ("osc", "1000/200"),
@@ -180,13 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     out = common.output_dir(args, "policy_map")
+    command = common.command_line("policy_map", p, args)
     if args.report_only:
         rows = pd.read_csv(out / "results.csv")
         requests = int(rows["num_requests"].max())
         run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
         args.workers = run.get("workers", args.workers)
-        wall = run.get("wall_s", float("nan"))
-        write_report(rows, out, args, wall, requests, common.command_line("policy_map", p, args))
+        write_report(rows, out, args, run.get("wall_s", float("nan")), requests, command)
         print((out / "report.md").read_text())
         return 0
     hosts, workloads, loads, requests = map_scope(args.quick)
@@ -219,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     rows.to_csv(out / "results.csv", index=False)
     (out / "run.json").write_text(json.dumps({"wall_s": wall, "workers": args.workers}) + "\n")
-    write_report(rows, out, args, wall, requests, common.command_line("policy_map", p, args))
+    write_report(rows, out, args, wall, requests, command)
     print((out / "report.md").read_text())
     return 0
 
@@ -321,7 +324,7 @@ def headroom_section(comparable: pd.DataFrame) -> str:
             f"{adaptive_wins[cells].sum()} | {others_win[cells].sum()} |"
         )
     quarter = -(-len(comparable) // 4)
-    under = comparable["load"].map(below_capacity)
+    under = comparable["load"].isin(BELOW_CAPACITY)
     beaten = (under & (others_win | adaptive_wins)).sum()
     room = len(comparable) - under.sum()
     return (
@@ -335,12 +338,6 @@ def headroom_section(comparable: pd.DataFrame) -> str:
         f"of the other {room} cells (offline and overloaded), where adaptive does so in "
         f"{(adaptive_wins & ~under).sum()}."
     )
-
-
-def below_capacity(load: str) -> bool:
-    """Whether a map's load label ("offline", "90%", "150%") is a Poisson load below
-    gpu-only's offline throughput, where the arrivals, not the policy, set the throughput."""
-    return load != "offline" and float(load.rstrip("%")) < 100
 
 
 def _spread_text(spread: pd.Series) -> str:
