@@ -435,6 +435,47 @@ def test_a_prompt_is_not_spread_where_its_own_decodes_are_worth_more():
     assert max(steps) <= 3
 
 
+def _lone_prompt_beside_residents(residents: int) -> Policy:
+    """Adaptive with 1024-token chunks on g5.2xlarge (Llama-3-8B, its shipped profile), a GPU
+    pool with room to spare and no host room: `residents` requests of 1000 + 200 tokens
+    prefilled and decoding, then one more prompt of 1,000 tokens arrives alone."""
+    cost = resolve_target("a10g-g5.2xlarge", "llama-3-8b").cost
+    config = SchedulerConfig(
+        max_batch_tokens=8192, chunked_prefill_tokens=1024, num_gpu_blocks=3100, num_cpu_blocks=0
+    )
+    policy = make_policy("adaptive-whole", config, cost)
+    policy.add([Request(i, 1000, 200) for i in range(residents)])
+    while policy.waiting or any(r.is_prefilling for r in policy.gpu_running.values()):
+        policy.complete(policy.step())
+    policy.add([Request(residents, 1000, 200)])
+    return policy
+
+
+def test_a_lone_prompt_is_spread_over_the_decode_steps_until_a_resident_ends():
+    """Rule 4 where nothing else waits: beside 30 GPU residents of 1000/200 on an A10G, NEO
+    would prefill the new prompt in one ~1,000-token step and run decode-only steps after it;
+    with no other prompt to start, adaptive spreads it, as where GPU KV gates admission."""
+    policy = _lone_prompt_beside_residents(30)
+    assert policy._no_other_prompt_starts(policy.waiting[0])
+    plan = policy.step()
+    (chunk,) = plan.prefills
+    assert 0 < chunk.num_tokens <= 500
+
+
+def test_a_lone_prompt_is_not_spread_beside_host_residents_or_a_second_prompt():
+    """The rule's bounds: a second waiting prompt could start (GPU KV does not gate it here),
+    and host residents decode in the windows whole chunks open (rule 4 applies only while
+    the host holds none)."""
+    policy = _lone_prompt_beside_residents(30)
+    lone = policy.waiting[0]
+    policy.add([Request(31, 1000, 200)])
+    assert not policy._no_other_prompt_starts(lone)
+    policy.abort(31)
+    resident = next(iter(policy.gpu_running.values()))
+    policy.cpu_running[resident.request_id] = resident  # as if it decoded on the host
+    assert not policy._no_other_prompt_starts(lone)
+
+
 def test_under_an_slo_spread_prompts_raise_goodput_where_gpu_kv_gates_admission():
     """g5.2xlarge, 1000/200, Poisson at 150% of gpu-only's capacity (3.61 req/s, the SLO map's
     rate), a TPOT bound of twice gpu-only's p90: the host does not pay there, GPU KV gates
