@@ -1,5 +1,9 @@
 """APEX's fused iterations and the adaptive policy: what each is for, on the shipped T4 profile
-(small GPU, weight-bound decode linears: where APEX argues fused batches beat NEO's split)."""
+(small GPU, weight-bound decode linears: where APEX argues fused batches beat NEO's split).
+
+`adaptive` fixes its chunk (1,024 tokens where they buy KV), so tests that need other
+settings, or whole prompts, schedule with `adaptive-whole`: the same policy, whole prompts
+unless `chunked_prefill_tokens` is given (then under adaptive's chunked rules)."""
 
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ def test_apex_runs_fused_iterations_and_beats_neo_on_a_t4(summaries):
     assert summaries["apex"]["throughput_tok_s"] > 1.1 * summaries["neo"]["throughput_tok_s"]
 
 
-def test_adaptive_beats_apex_and_neo_on_a_t4(summaries):
+def test_adaptive_whole_beats_apex_and_neo_on_a_t4(summaries):
     best_rival = max(summaries[p]["throughput_tok_s"] for p in ("neo", "apex"))
     assert summaries["adaptive-whole"]["throughput_tok_s"] > 1.05 * best_rival
 
@@ -76,7 +80,7 @@ def test_a_fused_plan_is_priced_as_one_batch_with_host_attention_beside_gpu_atte
     assert plan.predicted_s == pytest.approx(expected, rel=1e-9)
 
 
-def test_adaptive_with_a_tpot_slo_keeps_tpot_within_it_and_raises_goodput():
+def test_adaptive_whole_with_a_tpot_slo_keeps_tpot_within_it_and_raises_goodput():
     spec = RunSpec.of(**T4_LONG_OUTPUTS, policy="adaptive-whole", slo_tpot_s=0.4)
     free = execute(spec.with_(slo_tpot_s=None))
     bound = execute(spec)
@@ -88,7 +92,7 @@ def test_adaptive_with_a_tpot_slo_keeps_tpot_within_it_and_raises_goodput():
     assert bound.summary["goodput_req_s"] > 2 * max(good.values())
 
 
-def test_under_a_tight_tpot_slo_adaptive_keeps_its_requests_within_it():
+def test_under_a_tight_tpot_slo_adaptive_whole_keeps_its_requests_within_it():
     """A bound of twice gpu-only's TPOT p90 (experiments/slo_map.py's cells): fused iterations
     fit it, but each prefill stalls every decode, and TPOT is a request's mean gap. adaptive
     admits host residents only while the steady iteration plus its share of prefill time fits
@@ -149,7 +153,7 @@ def _osc_lengths(hardware: str, model: str, **settings) -> RunSpec:
     )
 
 
-def test_adaptive_leaves_host_prompts_out_of_gpu_only_iterations():
+def test_adaptive_whole_leaves_host_prompts_out_of_gpu_only_iterations():
     """A10G at 1.5x gpu-only's capacity (the policy map's g5.2xlarge osc cell): once the GPU
     KV is full, NEO keeps one host-placed prompt in each GPU-only iteration (to keep the batch
     above `cpu_prefill_min_tokens`), doubling iterations of ~110 GPU decodes while the prompt's
@@ -435,31 +439,45 @@ def test_a_prompt_is_not_spread_where_its_own_decodes_are_worth_more():
     assert max(steps) <= 3
 
 
-def _lone_prompt_beside_residents(residents: int) -> Policy:
+def _lone_prompt_beside_residents(residents: int, gap_s: float = 0.0) -> Policy:
     """Adaptive with 1024-token chunks on g5.2xlarge (Llama-3-8B, its shipped profile), a GPU
     pool with room to spare and no host room: `residents` requests of 1000 + 200 tokens
-    prefilled and decoding, then one more prompt of 1,000 tokens arrives alone."""
+    arriving `gap_s` apart, prefilled and decoding, then one more prompt of 1,000 tokens
+    arrives alone, `gap_s` after the last."""
     cost = resolve_target("a10g-g5.2xlarge", "llama-3-8b").cost
     config = SchedulerConfig(
         max_batch_tokens=8192, chunked_prefill_tokens=1024, num_gpu_blocks=3100, num_cpu_blocks=0
     )
     policy = make_policy("adaptive-whole", config, cost)
-    policy.add([Request(i, 1000, 200) for i in range(residents)])
+    policy.add([Request(i, 1000, 200, arrival_s=i * gap_s) for i in range(residents)])
     while policy.waiting or any(r.is_prefilling for r in policy.gpu_running.values()):
         policy.complete(policy.step())
-    policy.add([Request(residents, 1000, 200)])
+    policy.add([Request(residents, 1000, 200, arrival_s=residents * gap_s)])
     return policy
 
 
-def test_a_lone_prompt_is_spread_over_the_decode_steps_until_a_resident_ends():
-    """Rule 4 where nothing else waits: beside 30 GPU residents of 1000/200 on an A10G, NEO
-    would prefill the new prompt in one ~1,000-token step and run decode-only steps after it;
-    with no other prompt to start, adaptive spreads it, as where GPU KV gates admission."""
-    policy = _lone_prompt_beside_residents(30)
-    assert policy._no_other_prompt_starts(policy.waiting[0])
-    plan = policy.step()
-    (chunk,) = plan.prefills
-    assert 0 < chunk.num_tokens <= 500
+def test_a_lone_prompt_of_an_overloaded_run_is_spread_over_the_decode_steps():
+    """Rule 4 where nothing else waits but arrivals outpace the GPU: beside 30 GPU residents
+    of 1000/200 on an A10G, NEO would prefill the new prompt in one ~1,000-token step and run
+    decode-only steps after it; no other prompt can start meanwhile, so adaptive spreads it,
+    as where GPU KV gates admission. 30 arrivals at once, or 0.05 s apart (20 req/s x 200
+    tokens x a ~40 ms step keeps ~160 requests resident; the pool holds ~40)."""
+    for gap_s in (0.0, 0.05):
+        policy = _lone_prompt_beside_residents(30, gap_s)
+        assert policy._arrivals_outpace_the_gpu()
+        plan = policy.step()
+        (chunk,) = plan.prefills
+        assert 0 < chunk.num_tokens <= 500
+
+
+def test_a_lone_prompt_below_capacity_goes_whole():
+    """1 req/s x 200 tokens x a ~40 ms step keeps ~8 requests resident, fewer than the ~40 the
+    pool holds: the arrivals set the throughput, and spreading the prompt would only delay
+    its first token."""
+    policy = _lone_prompt_beside_residents(30, 1.0)
+    assert not policy._arrivals_outpace_the_gpu()
+    (chunk,) = policy.step().prefills
+    assert chunk.num_tokens == 1024 - 30  # NEO's cut: the budget beside 30 decodes
 
 
 def test_a_lone_prompt_is_not_spread_beside_host_residents_or_a_second_prompt():
@@ -468,6 +486,7 @@ def test_a_lone_prompt_is_not_spread_beside_host_residents_or_a_second_prompt():
     the host holds none)."""
     policy = _lone_prompt_beside_residents(30)
     lone = policy.waiting[0]
+    assert policy._no_other_prompt_starts(lone)
     policy.add([Request(31, 1000, 200)])
     assert not policy._no_other_prompt_starts(lone)
     policy.abort(31)
