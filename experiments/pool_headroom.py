@@ -2,9 +2,9 @@
 policy map's offline and overloaded cells with its GPU KV pool enlarged, as if it were free.
 
 Issue 13 asks adaptive for >= 1.05x the best of gpu-only, neo and apex in a quarter of the
-policy map's cells (52 of 208); `adaptive` reaches 44. Below capacity (50% and 90%
-load) the arrivals set every policy's throughput, so the quarter has to come from the offline
-and 150% cells. There a policy serves more only by batching more decodes per weight read
+policy map's cells (52 of 208); `adaptive` reaches 46 (the committed map). Below capacity
+(50% and 90% load) the arrivals set every policy's throughput, so the quarter has to come from
+the offline and 150% cells. There a policy serves more only by batching more decodes per weight read
 (more residents, so more KV) or by spending less GPU time per token. The host pool is how an
 offloading policy adds residents, but each host decode costs host lane time (the NEO
 artifact's 0.8 ms per layer of CPU attention, plus the attention itself). This script prices

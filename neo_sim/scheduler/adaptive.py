@@ -25,9 +25,10 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   (`_add_what_fits`). Parked requests (swapped out where the host did not pay for them) are
   judged again every step and decode on the host once it pays (`_host_takes_parked`).
 - With chunked prefill, where GPU KV alone holds the waiting prompts back (all residents on
-  the GPU, the next prompt would not fit), the prompt in line is spread over the steps until a
-  resident ends, where the cost model says the decodes gain more than its own lose
-  (`_chunk_of`, `_spread_chunk`); and once the GPU pool has filled, the GPU's prompts take
+  the GPU, the next prompt would not fit), or where it waits alone while the arrivals outpace
+  the GPU, the prompt in line is spread over the steps until a resident ends, where the cost
+  model says the decodes gain more than its own lose (`_chunk_of`, `_no_other_prompt_starts`,
+  `_spread_chunk`); and once the GPU pool has filled, the GPU's prompts take
   at most the tokens per iteration at which its residents free it, so that they ride the
   decodes in small iterations instead of refilling the pool in whole chunks after each
   cohort departs (`_steady_admission_tokens`).
@@ -77,7 +78,9 @@ class AdaptivePolicy(ApexPolicy):
 
     def __init__(self, config: SchedulerConfig, cost: CostModel):
         super().__init__(config, cost)
-        self._recent_arrivals: deque[Request] = deque(maxlen=self.ARRIVAL_WINDOW)
+        self._recent_arrivals: deque[Request] = deque()
+        self._recent_output_tokens = 0  # their `max_new_tokens`, summed
+        self._recent_tokens = 0  # their `max_seq_len`, summed
 
     def step(self, now: float = 0.0) -> Plan:
         if self.config.slo_tpot_s is not None:
@@ -279,9 +282,9 @@ class AdaptivePolicy(ApexPolicy):
         decode-only steps until the next, as rule 4's argument has it (`_spread_chunk`).
         Below capacity it does not apply: the arrivals set the throughput there, and a spread
         prompt only waits longer for its first token (policy map, ad hoc: TTFT p90 up to 2x on
-        the A10G hosts at 50% load when it applied there, throughput unchanged). Policy map,
-        ad hoc, its 104 offline and 150% cells: 46 at >= 1.05x the best rival (from 44),
-        none below 0.99x (docs/architecture.md, "Adaptive", rule 4)."""
+        the A10G hosts at 50% load when it applied there, throughput unchanged). On the
+        committed policy map: 46 cells at >= 1.05x the best rival (from 44), none below 0.99x
+        (docs/architecture.md, "Adaptive", rule 4, has what it costs in TTFT at 150%)."""
         if not self.gpu_running or self.cpu_running or self.swapped:
             return False
         if len(self.waiting) == 1:
@@ -291,7 +294,15 @@ class AdaptivePolicy(ApexPolicy):
     def add(self, requests: Iterable[Request] | Request) -> None:
         requests = [requests] if isinstance(requests, Request) else list(requests)
         super().add(requests)
-        self._recent_arrivals.extend(requests)
+        recent = self._recent_arrivals
+        for r in requests:
+            recent.append(r)
+            self._recent_output_tokens += r.max_new_tokens
+            self._recent_tokens += r.max_seq_len
+            if len(recent) > self.ARRIVAL_WINDOW:
+                gone = recent.popleft()
+                self._recent_output_tokens -= gone.max_new_tokens
+                self._recent_tokens -= gone.max_seq_len
 
     def _arrivals_outpace_the_gpu(self) -> bool:
         """Whether the recent arrivals (the last `ARRIVAL_WINDOW`) would, by Little's law, keep
@@ -307,8 +318,8 @@ class AdaptivePolicy(ApexPolicy):
         if span_s <= 0:
             return True
         rate = (len(recent) - 1) / span_s
-        output = sum(r.max_new_tokens for r in recent) / len(recent)
-        length = round(sum(r.max_seq_len for r in recent) / len(recent))
+        output = self._recent_output_tokens / len(recent)
+        length = round(self._recent_tokens / len(recent))
         pool = self.kv.gpu.num_blocks / self._blocks(length)
         return rate * output * self._decode_only_s(()) >= pool
 

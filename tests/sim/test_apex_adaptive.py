@@ -480,6 +480,18 @@ def test_a_lone_prompt_below_capacity_goes_whole():
     assert chunk.num_tokens == 1024 - 30  # NEO's cut: the budget beside 30 decodes
 
 
+def test_the_arrival_rate_is_the_recent_arrivals():
+    """A window of the last `ARRIVAL_WINDOW` arrivals: after 31 at 1 req/s, a burst of that
+    many 10 ms apart outpaces the GPU; the slow ones no longer count."""
+    policy = _lone_prompt_beside_residents(30, 1.0)
+    window = policy.ARRIVAL_WINDOW
+    start = 31.0
+    policy.add([Request(100 + i, 1000, 200, arrival_s=start + 0.01 * i) for i in range(window)])
+    assert policy._arrivals_outpace_the_gpu()
+    assert len(policy._recent_arrivals) == window
+    assert policy._recent_output_tokens == 200 * window
+
+
 def test_a_lone_prompt_is_not_spread_beside_host_residents_or_a_second_prompt():
     """The rule's bounds: a second waiting prompt could start (GPU KV does not gate it here),
     and host residents decode in the windows whole chunks open (rule 4 applies only while
