@@ -72,8 +72,9 @@ class AdaptivePolicy(ApexPolicy):
     _spread = False  # whether it spread this step's first prompt
     _gpu_pool_filled = False  # whether the GPU pool has filled since it last emptied
     _gpu_prompt_tokens_left: int | None = None  # this step's, under `_steady_admission_tokens`
-    # Requests whose arrivals `_arrivals_outpace_the_gpu` rates: a window, so that a server's
-    # load is judged on its recent arrivals, not since its start.
+    # The arrivals `_arrivals_outpace_the_gpu` rates, latest last: a window, so that a server's
+    # load is judged on its recent arrivals, not since its start (64 set beforehand, not fitted:
+    # the map's runs are stationary, 200 requests each).
     ARRIVAL_WINDOW = 64
 
     def __init__(self, config: SchedulerConfig, cost: CostModel):
@@ -292,6 +293,8 @@ class AdaptivePolicy(ApexPolicy):
         return self._gpu_kv_gates_admission(first)
 
     def add(self, requests: Iterable[Request] | Request) -> None:
+        """The policy's `add`; each request also joins the arrival window (in arrival order,
+        as the simulator and the engine add them)."""
         requests = [requests] if isinstance(requests, Request) else list(requests)
         super().add(requests)
         recent = self._recent_arrivals
