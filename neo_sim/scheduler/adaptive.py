@@ -74,7 +74,8 @@ class AdaptivePolicy(ApexPolicy):
     _gpu_prompt_tokens_left: int | None = None  # this step's, under `_steady_admission_tokens`
     # The arrivals `_arrivals_outpace_the_gpu` rates, latest last: a window, so that a server's
     # load is judged on its recent arrivals, not since its start (64 set beforehand, not fitted:
-    # the map's runs are stationary, 200 requests each).
+    # the map's runs are stationary, 200 requests each; docs/architecture.md, rule 4, has 16
+    # and 256 measured after).
     ARRIVAL_WINDOW = 64
 
     def __init__(self, config: SchedulerConfig, cost: CostModel):
