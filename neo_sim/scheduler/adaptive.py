@@ -329,10 +329,11 @@ class AdaptivePolicy(ApexPolicy):
 
     def _gpu_kv_gates_admission(self, first: Request) -> bool:
         """Whether GPU KV, and nothing else, holds back the prompts waiting behind `first`
-        (the head of the queue): every resident is on the GPU, none is parked, and the next
-        waiting prompt would not fit beside `first`'s. Then no prompt is admitted before a
-        resident ends and frees its KV, whatever `first`'s chunks."""
-        if not self.gpu_running or self.cpu_running or self.swapped or len(self.waiting) < 2:
+        (the head of the queue), where every resident is on the GPU and none is parked (its
+        caller, `_no_other_prompt_starts`, has checked that): the next waiting prompt would
+        not fit beside `first`'s. Then no prompt is admitted before a resident ends and frees
+        its KV, whatever `first`'s chunks."""
+        if len(self.waiting) < 2:
             return False
         gpu = self.kv.gpu
         used = self._gpu_blocks_after_growth() + gpu.extra_blocks(first.request_id, first.seq_len)
