@@ -14,7 +14,7 @@ fixed pure-Python loop timed just before them (`benchmarks.reference_s`), and ea
 fastest of `--repeats` identical runs (the schedule is deterministic: only the timing differs;
 the least time is the one least disturbed, as `timeit` reports). On one H100 a run is ~1,300
 steps, ~0.2 s of scheduler time: one run read 0.11 to 0.18 ms a step for gpu-only within an
-hour (2026-12-06).
+hour (2026-12-06, ad hoc: those single runs are not committed).
 
 Run: python -m benchmarks.scheduler_cost [--requests N] [--repeats N]
 Writes benchmarks/results/scheduler_cost.json with the machine it ran on.
