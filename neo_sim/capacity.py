@@ -118,7 +118,12 @@ def resolve_pools(
     kept out of the device pool are those of its largest iteration (`iteration_tokens`)."""
     block_bytes = config.block_size * model.kv_bytes_per_token
     gpu_blocks = config.num_gpu_blocks
-    if gpu_blocks is None and config.kv_chunk_tokens and not config.chunked_prefill_tokens:
+    if (
+        gpu_blocks is None
+        and config.kv_chunk_tokens
+        and not config.chunked_prefill_tokens
+        and config.slo_ttft_s is None
+    ):
         config = _chunk_where_it_buys_kv(config, kv, model, memory)
     if gpu_blocks is None:
         free = device_kv_bytes(model, memory, kv, config.iteration_tokens)

@@ -41,9 +41,6 @@ class RunSpec:
     )
     policy: str = setting("neo", "scheduling policy", choices=tuple(POLICIES), renamed=RENAMED)
     noise: float = setting(0.0, "log-normal sigma of per-task time noise (0: deterministic)", low=0)
-    slo_ttft_s: float | None = setting(
-        None, "TTFT SLO for goodput", unit="s", low=0, low_open=True, flag="slo-ttft"
-    )
     slo_per_token_s: float | None = setting(
         None,
         "mean per-token latency (E2E / tokens) SLO for goodput, the NEO paper's bound",
@@ -176,9 +173,10 @@ def execute(spec: RunSpec, workload: list[RequestSpec] | None = None) -> RunOutp
             f"{result.first_rejection}"
         )
     slo = None
-    tpot_s = spec.scheduler.slo_tpot_s  # a scheduler setting too: adaptive plans within it
-    if any(x is not None for x in (spec.slo_ttft_s, tpot_s, spec.slo_per_token_s)):
-        slo = SLO(ttft_s=spec.slo_ttft_s, tpot_s=tpot_s, per_token_s=spec.slo_per_token_s)
+    # TTFT and TPOT bounds are scheduler settings too: adaptive plans for them
+    ttft_s, tpot_s = spec.scheduler.slo_ttft_s, spec.scheduler.slo_tpot_s
+    if any(x is not None for x in (ttft_s, tpot_s, spec.slo_per_token_s)):
+        slo = SLO(ttft_s=ttft_s, tpot_s=tpot_s, per_token_s=spec.slo_per_token_s)
     frame, iterations = result.metrics.requests_frame(), result.metrics.iterations_frame()
     summary: dict[str, Any] = {
         "policy": spec.policy,

@@ -32,6 +32,11 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   at most the tokens per iteration at which its residents free it, so that they ride the
   decodes in small iterations instead of refilling the pool in whole chunks after each
   cohort departs (`_steady_admission_tokens`).
+- With `slo_ttft_s` set, the prompts that can no longer get their first token within it wait
+  behind those that still can, each group first come, first served (`_late_prompts_last`):
+  under overload, first come first served makes every request wait the whole queue, so
+  once the queue is longer than the bound no one meets it; a late request counts for
+  goodput no more if it starts now than at the end, and the run still serves it.
 Steps 1-3 (swaps, admission, placement where the host pays) and the starvation bound are NEO's.
 """
 
@@ -85,11 +90,44 @@ class AdaptivePolicy(ApexPolicy):
         self._recent_tokens = 0  # their `max_seq_len`, summed
 
     def step(self, now: float = 0.0) -> Plan:
+        if self.config.slo_ttft_s is not None and self.waiting:
+            self._late_prompts_last(now)
         if self.config.slo_tpot_s is not None:
             self._tpot_limit_s = self._tpot_budget_s(now)
             if self.swapped:
                 self._host_takes_parked()
         return super().step(now)
+
+    @property
+    def _for_throughput(self) -> bool:
+        """Whether no SLO is set: the rules that hold prompts back for throughput apply."""
+        return self.config.slo_tpot_s is None and self.config.slo_ttft_s is None
+
+    def _late_prompts_last(self, now: float) -> None:
+        """Under a TTFT SLO: reorder the waiting queue so that the prompts that can still get
+        their first token within the bound come first, then those that can no longer, each
+        group in its order (arrival, as the queue keeps it). Late: the bound has run out by
+        `now` (one whose bound runs out during this step's iteration still goes first: it may
+        make it). Requests that hold KV (a prompt part-way through its chunks)
+        or have their first token out (recomputed after a preemption) keep their places at
+        the front: their TTFT is settled or they are committed to a pool. Runs each step
+        the bound is set, over the whole queue (microseconds for hundreds of prompts)."""
+        horizon = now - self.config.slo_ttft_s
+        queue = self.waiting
+        started = 0
+        for r in queue:
+            if r.num_computed == 0 and r.num_generated == 0:
+                break
+            started += 1
+        rest = list(queue)[started:]
+        in_time = [r for r in rest if r.arrival_s > horizon]
+        if len(in_time) in (0, len(rest)) or rest[: len(in_time)] == in_time:
+            return  # already in order
+        late = [r for r in rest if r.arrival_s <= horizon]
+        for _ in range(len(rest)):
+            queue.pop()
+        queue.extend(in_time)
+        queue.extend(late)
 
     def _host_takes_parked(self) -> None:
         """Under a TPOT SLO: parked requests (swapped out of a full GPU pool where the host did
@@ -179,6 +217,8 @@ class AdaptivePolicy(ApexPolicy):
         departures stay staggered (docs/architecture.md, "Adaptive", rule 5)."""
         if not (self._gpu_pool_filled and self.gpu_running):  # set by `_place`, with chunks only
             return None
+        if self.config.slo_ttft_s is not None:
+            return None
         used = self.kv.gpu.num_used
         if used < 1 or self._waiting_fit_to_the_end() or self._host_keeps_pace():
             return None
@@ -267,7 +307,13 @@ class AdaptivePolicy(ApexPolicy):
             return chunk
         if self._gpu_prompt_tokens_left is not None:
             chunk = min(chunk, self._gpu_prompt_tokens_left)
-        if self._spreads and chunk > 0 and r is self.waiting[0] and self._no_other_prompt_starts(r):
+        if (
+            self._spreads
+            and self.config.slo_ttft_s is None
+            and chunk > 0
+            and r is self.waiting[0]
+            and self._no_other_prompt_starts(r)
+        ):
             spread = self._spread_chunk(r, chunk, remaining)
             self._spread = spread < chunk
             chunk = spread
@@ -502,7 +548,7 @@ class AdaptivePolicy(ApexPolicy):
             mode, chosen = self._choose_mode(b0, b1, forced)
             return mode, chosen, (forced if mode == Mode.PIPELINED else ())
         best = self._best(options)
-        if best[0] == Mode.SEQUENTIAL and b1 and self.config.slo_tpot_s is None:
+        if best[0] == Mode.SEQUENTIAL and b1 and self._for_throughput:
             # The pipelined plan was priced and lost: decoding on the host does not pay this
             # iteration, so a prompt placed there would only join residents that wait, unless
             # the host set it starts pays as a whole. (Under a TPOT SLO the host set is sized

@@ -102,6 +102,15 @@ class SchedulerConfig:
         low=0,
     )
 
+    slo_ttft_s: float | None = setting(
+        None,
+        "TTFT SLO: goodput counts the requests within it; adaptive starts the prompts that can "
+        "still get their first token within it before those that no longer can",
+        unit="s",
+        low=0,
+        low_open=True,
+        flag="slo-ttft",
+    )
     slo_tpot_s: float | None = setting(
         None,
         "TPOT SLO: goodput counts the requests within it; adaptive sizes its host set and "
