@@ -13,15 +13,18 @@ that starts k x requests in, `trace_start`) and reports, per cell, adaptive / be
 each seed, and the ratio of the means over seeds.
 
 With `--slo-map` it does the same for the SLO map (`experiments/slo_map.py`): its edge cells by
-goodput, each re-run with the cell's TPOT bound from the committed map set for every policy.
+goodput, each re-run with the cell's TPOT bound from the committed map set for every policy;
+with `--slo-ttft-map` for the TTFT SLO map (`experiments.slo_map --slo ttft`), with its TTFT
+bounds.
 
 With `--policy P` it judges policy P (default adaptive; e.g. adaptive-whole) instead: P's
 edge cells, P and the three rivals re-run.
 
-Run: python -m experiments.seed_spread [--slo-map] [--policy P] [--seeds 5] [--workers N]
+Run: python -m experiments.seed_spread [--slo-map | --slo-ttft-map] [--policy P] [--seeds 5]
+[--workers N]
 Writes experiments/results/seed_spread/{results.csv,report.md} (with --slo-map:
-experiments/results/seed_spread_slo/; with --policy P: seed_spread_P, seed_spread_slo_P,
-dashes as underscores).
+experiments/results/seed_spread_slo/, with --slo-ttft-map: seed_spread_slo_ttft/; with
+--policy P: seed_spread_P, seed_spread_slo_P, dashes as underscores).
 """
 
 from __future__ import annotations
@@ -56,19 +59,27 @@ class MapKind:
     results: str  # the committed map's results.csv, under experiments/results/
     metric: str  # the summary column compared
     output: str  # folder under experiments/results/
-    tpot_bound: bool  # each cell runs with the map's TPOT bound (slo_tpot_s) set
+    # the setting of the map's per-cell bound, set in each re-run cell (None: no bound)
+    bound: str | None
+    bound_name: str = ""  # in the report: "TPOT", "TTFT"
 
 
-THROUGHPUT_MAP = MapKind("policy map", "policy_map", "throughput_tok_s", "seed_spread", False)
-SLO_MAP = MapKind("SLO map", "slo_map", "goodput_req_s", "seed_spread_slo", True)
+THROUGHPUT_MAP = MapKind("policy map", "policy_map", "throughput_tok_s", "seed_spread", None)
+SLO_MAP = MapKind("SLO map", "slo_map", "goodput_req_s", "seed_spread_slo", "slo_tpot_s", "TPOT")
+SLO_TTFT_MAP = MapKind(
+    "TTFT SLO map", "slo_map_ttft", "goodput_req_s", "seed_spread_slo_ttft", "slo_ttft_s", "TTFT"
+)
 
 
 def edge_cells(
-    map_rows: pd.DataFrame, metric: str = THROUGHPUT_MAP.metric, policy: str = JUDGED
+    map_rows: pd.DataFrame,
+    metric: str = THROUGHPUT_MAP.metric,
+    policy: str = JUDGED,
+    bound: str = "slo_tpot_s",
 ) -> pd.DataFrame:
     """The map's comparable cells (some rival serves, gpu-only refused nothing) where `policy`
     / best rival by `metric` is < BELOW or >= ABOVE: host, workload, load, the cell's arrival
-    rate, its TPOT bound (NaN if the map set none) and that ratio on the map."""
+    rate, its `bound` setting (NaN if the map set none) and that ratio on the map."""
     cells = map_rows.pivot_table(index=common.CELL, columns="policy", values=metric)
     refused = common.per_cell(map_rows, "gpu-only", "rejected")
     judged = map_rows[map_rows.policy == policy].set_index(common.CELL)
@@ -78,8 +89,8 @@ def edge_cells(
     out = ratio[keep].rename("map_ratio").reset_index()
     keys = [tuple(k) for k in out[common.CELL].values]
     out["rate"] = [judged.loc[k, "rate"] for k in keys]
-    bound = judged.get("slo_tpot_s")  # a column of the maps' results, absent in some tests
-    out["slo_tpot_s"] = [float("nan") if bound is None else bound.loc[k] for k in keys]
+    limit = judged.get(bound)  # a column of the maps' results, absent in some tests
+    out[bound] = [float("nan") if limit is None else limit.loc[k] for k in keys]
     return out
 
 
@@ -112,11 +123,17 @@ def summarise(
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per cell (default 5)")
-    p.add_argument(
+    maps = p.add_mutually_exclusive_group()
+    maps.add_argument(
         "--slo-map",
         action="store_true",
         help="the SLO map's edge cells by goodput, each with its TPOT bound (default: the "
         "policy map's, by throughput)",
+    )
+    maps.add_argument(
+        "--slo-ttft-map",
+        action="store_true",
+        help="the TTFT SLO map's edge cells by goodput, each with its TTFT bound",
     )
     p.add_argument(
         "--policy-map",
@@ -138,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         others = ", ".join(n for n in POLICIES if n not in RIVALS)
         print(f"seed_spread: --policy must be one of {others}", file=sys.stderr)
         return 2
-    kind = SLO_MAP if args.slo_map else THROUGHPUT_MAP
+    kind = SLO_MAP if args.slo_map else SLO_TTFT_MAP if args.slo_ttft_map else THROUGHPUT_MAP
     suffix = "" if policy == JUDGED else "_" + policy.replace("-", "_")
     out = common.output_dir(args, kind.output + suffix)
     source = args.policy_map or str(common.RESULTS / kind.results / "results.csv")
@@ -146,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if policy not in set(map_rows["policy"]):
         print(f"seed_spread: {source} has no runs of {policy}", file=sys.stderr)
         return 2
-    cells = edge_cells(map_rows, kind.metric, policy)
+    cells = edge_cells(map_rows, kind.metric, policy, kind.bound or "slo_tpot_s")
     requests = 60 if args.quick else FULL_REQUESTS
     if args.quick:
         cells = cells.head(2)
@@ -156,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             spec = base_spec(cell.host, cell.workload_name, requests, seed).with_(rate=cell.rate)
             if cell.workload_name in TRACE_FILES:  # the seed picks the trace's window
                 spec = spec.with_(trace_start=seed * requests)
-            if kind.tpot_bound:  # goodput by the TPOT bound alone, as on the SLO map
-                spec = spec.with_(slo_tpot_s=cell.slo_tpot_s, slo_per_token_s=None)
+            if kind.bound:  # goodput by the map's bound alone, as on the map
+                limit = getattr(cell, kind.bound)
+                spec = spec.with_(**{kind.bound: limit}, slo_per_token_s=None)
             for name in (*RIVALS, policy):
                 specs.append(spec.with_(policy=name))
                 labels.append((cell.host, cell.workload_name, cell.load, seed))
@@ -170,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     below = table[table["map"] < BELOW]
     above = table[table["map"] >= ABOVE]
     as_on_map = "" if args.quick else ", as on the map"
-    what = "goodput within the cell's TPOT bound" if kind.tpot_bound else "throughput"
+    what = f"goodput within the cell's {kind.bound_name} bound" if kind.bound else "throughput"
     body = f"""
 The committed {kind.name}'s cells where {policy} is below {BELOW}x ({len(below)}) or at least
 {ABOVE}x ({len(above)}) the best of gpu-only, neo and apex, re-run with seeds 0..{args.seeds - 1}
