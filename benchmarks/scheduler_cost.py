@@ -45,7 +45,7 @@ POLICIES = ("gpu-only", "neo", "apex", "adaptive", "adaptive-whole")
 # Under a TPOT SLO adaptive plans within it (its own admission and plan choice): timed too,
 # with the SLO map's bound (`SLO_OVER_GPU_ONLY` x gpu-only's TPOT p90 at the same load).
 SLO_POLICIES = ("adaptive", "adaptive-whole")
-# Under a TTFT SLO adaptive reorders its queue each step (`_late_prompts_last`): timed too,
+# Under a TTFT SLO adaptive reorders its queue each step (`_order_for_the_ttft_bound`): timed too,
 # with the TTFT SLO map's bound (`SLO_OVER_GPU_ONLY` x gpu-only's TTFT p90 at 50% load).
 TTFT_SLO_POLICIES = ("adaptive",)
 TARGET_SHARE = 0.01

@@ -168,6 +168,36 @@ def headroom_table(rows: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def long_prompts_table(rows: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Per load, who the goodput serves: of the quarter of requests with the longest prompts,
+    the share within the bound under adaptive and under the cell's best rival (by goodput),
+    medians over the comparable cells, and the cells where adaptive's share is more than 5
+    points below the rival's (a rule that favours short prompts shows here)."""
+    judged = cells.dropna(subset=[f"{JUDGED[0]} / best rival"]).set_index(common.CELL)
+    share = rows.set_index([*common.CELL, "policy"])["slo_met_share_long_prompts"]
+    best = judged[list(RIVALS)].idxmax(axis=1)
+    ours = pd.Series([share.loc[(*k, JUDGED[0])] for k in best.index], index=best.index)
+    rival = pd.Series([share.loc[(*k, p)] for k, p in best.items()], index=best.index)
+    out = []
+    present = set(judged.index.get_level_values("load"))
+    for load in (x for x in LOAD_LABELS if x in present):
+        at = judged.index.get_level_values("load") == load
+        gap = ours[at] - rival[at]
+        worst = gap.idxmin()
+        out.append(
+            {
+                "load": load,
+                "cells": int(at.sum()),
+                f"{JUDGED[0]}: median share": ours[at].median(),
+                "best rival: median share": rival[at].median(),
+                "cells 5+ points below the rival": int((gap < -0.05).sum()),
+                "largest gap": gap.min(),
+                "its cell": f"{worst[0]}, {worst[1]}",
+            }
+        )
+    return pd.DataFrame(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     add_budget_argument(p)
@@ -258,6 +288,12 @@ quarter of the cells):
 
 {common.markdown_table(headroom_table(rows, table), "{:.3f}")}
 {below_capacity if bound.reference_load is None else ""}
+Who the goodput serves: the quarter of requests with the longest prompts (prompt length at
+or above the run's 75th percentile), the share of them within the bound (rejected or
+unfinished ones count as missed), adaptive against the cell's best rival:
+
+{common.markdown_table(long_prompts_table(rows, table), "{:.3f}")}
+
 Cells where {" or ".join(judged)} is below {BELOW}x the best rival:
 
 {common.markdown_table(below.round(4), "{:.4g}") if len(below) else "none"}

@@ -326,6 +326,14 @@ def summarize(
         if slo.per_token_s is not None:
             ok &= done["per_token_s"].to_numpy() <= slo.per_token_s
         out["goodput_req_s"] = float(ok.sum()) / span if span > 0 else float("nan")
+        # Who the goodput serves: the share of all requests within the SLO, and of the quarter
+        # with the longest prompts (a rule that favours short prompts shows here; rejected and
+        # unfinished requests count as missed).
+        out["slo_met_share"] = float(ok.sum()) / len(requests)
+        cutoff = requests["prompt_len"].quantile(0.75)
+        long_ids = requests.loc[requests["prompt_len"] >= cutoff, "request_id"]
+        met_long = done["request_id"][ok].isin(long_ids).sum()
+        out["slo_met_share_long_prompts"] = float(met_long) / len(long_ids)
     if totals.count and span and span > 0:
         n = totals.count
         out["gpu_busy"] = totals.gpu_busy_s / span

@@ -60,6 +60,32 @@ def test_metrics_follow_vllm_definitions():
     assert s["goodput_req_s"] == 0.0 and s["throughput_req_s"] == pytest.approx(1.0)
 
 
+def test_slo_shares_count_all_requests_and_the_quarter_with_the_longest_prompts():
+    """Four requests, prompts of 10, 20, 30 and 40 tokens, the first token 0.1 s x the prompt
+    length after arrival; a TTFT bound of 2.5 s: the two short ones meet it. Of all requests
+    half do, of the longest quarter (the 40-token prompt) none; a rejected request counts as
+    missed."""
+    itl = GapLog()
+    records = []
+    for i, n in enumerate((10, 20, 30, 40)):
+        r = RequestRecord(i, arrival_s=0.0, prompt_len=n, output_len=1)
+        r.on_token(0.1 * n, itl)
+        r.finish_s, r.status = 0.1 * n, "finished"
+        records.append(r)
+    m = Metrics.of(records, [], itl)
+    s = summarize(m.requests_frame(), m.totals, itl.values(), SLO(ttft_s=2.5))
+    assert s["slo_met_share"] == pytest.approx(0.5)
+    assert s["slo_met_share_long_prompts"] == 0.0
+    s = summarize(m.requests_frame(), m.totals, itl.values(), SLO(ttft_s=5.0))
+    assert s["slo_met_share"] == 1.0 and s["slo_met_share_long_prompts"] == 1.0
+    rejected = RequestRecord(4, arrival_s=0.0, prompt_len=50, output_len=1)
+    rejected.status = "rejected"
+    m = Metrics.of([*records, rejected], [], itl)
+    s = summarize(m.requests_frame(), m.totals, itl.values(), SLO(ttft_s=5.0))
+    assert s["slo_met_share"] == pytest.approx(0.8)
+    assert s["slo_met_share_long_prompts"] == pytest.approx(0.5)  # 40 met, 50 rejected
+
+
 def test_timing_model_shows_a_bubble_when_the_cpu_is_slow():
     model = MODELS["llama-2-7b"]
     fast = RooflineCostModel(model, HW["t4"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from experiments.slo_map import cell_ratios, headroom_table, summary_table
+from experiments.slo_map import cell_ratios, headroom_table, long_prompts_table, summary_table
 
 
 def _rows(cells: dict[tuple[str, str, str], dict[str, float]], refused=()) -> pd.DataFrame:
@@ -69,3 +69,31 @@ def test_headroom_counts_the_requests_the_best_rival_serves_within_the_bound():
     assert offline["its run over the cell's shortest: longest"] == pytest.approx(80 / 64)
     assert offline["adaptive >= 1.05x"] == 1  # 2.2 / 2.0 in the first cell, 1.0 in the second
     assert table.loc["50%", "cells where it serves >= 0.952 of them"] == 0  # 0.9 x 100 / 100
+
+
+def test_long_prompts_table_sets_adaptive_against_the_cells_best_rival():
+    """Per load: the share of the longest-prompt quarter within the bound, adaptive against
+    the rival with the best goodput in that cell (neo in the first, gpu-only in the second),
+    and the cells where adaptive is more than 5 points below it."""
+    rows = _rows(
+        {
+            ("t4", "osc", "offline"): {"gpu-only": 1.0, "neo": 2.0, "apex": 1.5, "adaptive": 2.2},
+            ("t4", "long", "offline"): {"gpu-only": 1.0, "neo": 0.5, "apex": 0.5, "adaptive": 1.0},
+        }
+    )
+    share = {
+        ("osc", "neo"): 0.9,
+        ("osc", "adaptive"): 0.5,
+        ("long", "gpu-only"): 0.4,
+        ("long", "adaptive"): 0.42,
+    }
+    rows["slo_met_share_long_prompts"] = [
+        share.get((w, p), 0.0) for w, p in zip(rows.workload_name, rows.policy)
+    ]
+    table = long_prompts_table(rows, cell_ratios(rows)).set_index("load")
+    assert table.loc["offline", "cells"] == 2
+    assert table.loc["offline", "adaptive: median share"] == pytest.approx(0.46)
+    assert table.loc["offline", "best rival: median share"] == pytest.approx(0.65)
+    assert table.loc["offline", "cells 5+ points below the rival"] == 1
+    assert table.loc["offline", "largest gap"] == pytest.approx(-0.4)
+    assert table.loc["offline", "its cell"] == "t4, osc"
