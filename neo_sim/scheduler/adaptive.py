@@ -33,7 +33,8 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   decodes in small iterations instead of refilling the pool in whole chunks after each
   cohort departs (`_steady_admission_tokens`).
 - With `slo_ttft_s` set, the prompts that can still get their first token within it go
-  first, shortest first, and those that can no longer wait behind them in arrival order
+  first, in arrival order, less those predicted to miss it anyway behind them (the longest
+  dropped first, Moore and Hodgson's rule); those whose bound has run out wait behind
   (`_order_for_the_ttft_bound`): under overload, first come first served makes every
   request wait the whole queue, so once the queue is longer than the bound no one meets it;
   a late request counts for goodput no more if it starts now than at the end, and the run
@@ -44,6 +45,7 @@ Steps 1-3 (swaps, admission, placement where the host pays) and the starvation b
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -106,18 +108,18 @@ class AdaptivePolicy(ApexPolicy):
         return self.config.slo_tpot_s is None and self.config.slo_ttft_s is None
 
     def _order_for_the_ttft_bound(self, now: float) -> None:
-        """Under a TTFT SLO: reorder the waiting queue so that the prompts that can still get
-        their first token within the bound come first, shortest prompt first (ties in arrival
-        order), then those that can no longer, in arrival order. Late: the bound has run out
-        by `now` (one whose bound runs out during this step's iteration still goes first: it
-        may make it). Shortest first because the bound is one length for every request: a
-        prompt's prefill costs about its length in the iteration's token budget, and
-        shorter ones first get the most first tokens out by any time (the order that
-        minimises mean completion time on one server); long prompts pay for it
-        (`slo_met_share_long_prompts` in a run's summary). Requests that hold KV (a prompt
-        part-way through its chunks) or have their first token out (recomputed after a
-        preemption) keep their places at the front: their TTFT is settled or they are
-        committed to a pool. Runs each step the bound is set, over the whole queue."""
+        """Under a TTFT SLO: reorder the waiting queue for the most first tokens within the
+        bound. First the prompts that can still make it, in arrival order (their bounds run
+        out in that order), less those it predicts would miss anyway behind them; then those;
+        then the prompts whose bound has run out by `now`, in arrival order. Which would miss
+        (`_predicted_to_miss`): Moore and Hodgson's rule for the most jobs done by their due
+        dates on one server, the longest prompt dropped each time one would be late; a prompt
+        costs about its length in prefill time, so one long prompt pushed back can let
+        several short ones make it. Requests that hold KV (a prompt part-way through its
+        chunks) or have their first token out (recomputed after a preemption) keep their
+        places at the front: their TTFT is settled or they are committed to a pool. Long
+        prompts pay for the order where the bound cannot cover them all
+        (`slo_met_share_long_prompts` in a run's summary)."""
         horizon = now - self.config.slo_ttft_s
         queue = self.waiting
         started = 0
@@ -126,13 +128,55 @@ class AdaptivePolicy(ApexPolicy):
                 break
             started += 1
         rest = list(queue)[started:]
-        in_time = sorted((r for r in rest if r.arrival_s > horizon), key=lambda r: r.prompt_len)
-        ordered = in_time + [r for r in rest if r.arrival_s <= horizon]
+        by_arrival = sorted(rest, key=lambda r: r.arrival_s)  # the last step's order aside
+        in_time = [r for r in by_arrival if r.arrival_s > horizon]
+        miss = self._predicted_to_miss(in_time, now) if len(in_time) > 1 else set()
+        ordered = [r for r in in_time if r.request_id not in miss]
+        ordered += [r for r in in_time if r.request_id in miss]
+        ordered += [r for r in by_arrival if r.arrival_s <= horizon]
         if ordered == rest:
             return
         for _ in range(len(rest)):
             queue.pop()
         queue.extend(ordered)
+
+    def _predicted_to_miss(self, in_time: list[Request], now: float) -> set[int]:
+        """Of `in_time` (arrival order: the order their bounds run out), the ids of the prompts
+        to put behind the others so that the most of the rest get their first token within
+        the bound (Moore-Hodgson): taken in order, each is predicted to get it at the end of
+        the iteration that reaches its place in the prompt tokens so far, the budget's
+        prompt tokens an iteration (less a token per GPU resident's decode), each iteration
+        the residents' decode-only time plus the prompt tokens' own (the cost model's
+        seconds a token for a prompt of their mean length); where one would be late, the
+        longest so far goes behind."""
+        bound = self.config.slo_ttft_s
+        budget = max(1, self.config.iteration_tokens - len(self.gpu_running))
+        decode_s = self._decode_only_s(())
+        per_token_s = self._prompt_token_s(sum(r.prompt_len for r in in_time) // len(in_time))
+        longest: list[tuple[int, int]] = []  # (-prompt_len, -request_id): a max-heap
+        tokens, miss = 0, set()
+        for r in in_time:
+            heapq.heappush(longest, (-r.prompt_len, -r.request_id))
+            tokens += r.prompt_len
+            first_token_s = now + math.ceil(tokens / budget) * decode_s + tokens * per_token_s
+            if first_token_s > r.arrival_s + bound:
+                negative_length, negative_id = heapq.heappop(longest)
+                tokens -= -negative_length
+                miss.add(-negative_id)
+        return miss
+
+    def _prompt_token_s(self, length: int) -> float:
+        """Predicted GPU seconds a prompt token adds to an iteration, for a prompt of `length`
+        tokens: a `length`-token prefill less a one-token one (the weights' read is in both),
+        per token."""
+        length = max(2, min(length, self.config.iteration_tokens))
+
+        def prefill_s(tokens: int) -> float:
+            b = SubBatchBuilder(self.cost)
+            b.add_prefill(PrefillWork(-1, 0, tokens))
+            return self._work_s(Mode.SEQUENTIAL, (b,))
+
+        return max(0.0, prefill_s(length) - prefill_s(1)) / (length - 1)
 
     def _host_takes_parked(self) -> None:
         """Under a TPOT SLO: parked requests (swapped out of a full GPU pool where the host did

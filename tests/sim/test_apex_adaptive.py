@@ -625,17 +625,24 @@ def test_under_a_ttft_slo_prompts_past_their_bound_wait_behind_those_within_it()
         assert [r.request_id for r in policy.waiting] == order
 
 
-def test_under_a_ttft_slo_the_shortest_prompt_within_its_bound_goes_first():
-    """Three prompts within the bound, of 900, 300 and 600 tokens (arrived in that order): the
-    300 goes first, then the 600, then the 900; the one past its bound, though shorter than
-    all, waits behind them."""
+def test_under_a_ttft_slo_a_prompt_that_would_make_others_miss_goes_behind_them(monkeypatch):
+    """Moore-Hodgson on the queue, at 1 ms a prompt token and no residents: at t = 6 s with a
+    1 s bound, 600 tokens that arrived at 5.7 would get their first token at 6.6 (in time),
+    but then the 300 behind them (arrived 5.75) at 6.9, late; the longest so far goes behind,
+    and both 300s make it (6.3, 6.6): two first tokens in time instead of one. The prompt
+    whose bound ran out (arrived at 0) stays last."""
     policy = _ttft_policy(slo_ttft_s=1.0)
-    lengths = {0: 100, 1: 900, 2: 300, 3: 600}
-    arrivals = {0: 0.0, 1: 5.5, 2: 5.6, 3: 5.7}
-    policy.add([Request(i, lengths[i], 50, arrival_s=arrivals[i]) for i in lengths])
-    policy.step(6.0)
-    assert [r.request_id for r in policy.waiting] == [1, 0]  # 300 + 600 took the step
-    assert {r.request_id for r in policy.gpu_running.values()} == {2, 3}
+    monkeypatch.setattr(policy, "_prompt_token_s", lambda length: 0.001)
+    monkeypatch.setattr(policy, "_decode_only_s", lambda host: 0.0)
+    queue = {0: (100, 0.0), 1: (600, 5.7), 2: (300, 5.75), 3: (300, 5.8)}
+    policy.add([Request(i, n, 50, arrival_s=t) for i, (n, t) in queue.items()])
+    policy._order_for_the_ttft_bound(6.0)
+    assert [r.request_id for r in policy.waiting] == [2, 3, 1, 0]
+    for rid in (2, 3):  # with a 150 behind it instead, both make it (6.6, 6.75): arrival order
+        policy.abort(rid)
+    policy.add([Request(4, 150, 50, arrival_s=5.8)])
+    policy._order_for_the_ttft_bound(6.0)
+    assert [r.request_id for r in policy.waiting] == [1, 4, 0]
 
 
 def test_under_a_ttft_slo_a_prompt_part_way_through_its_chunks_keeps_its_place():
@@ -664,9 +671,10 @@ def test_under_a_ttft_slo_adaptive_serves_more_first_tokens_in_time_when_overloa
     """g5.4xlarge, 1000/200 at 150% of gpu-only's capacity (3.61 req/s), the TTFT map's bound
     there (0.645 s: twice gpu-only's TTFT p90 at 50% load). neo and apex place the overflow on
     the host first come, first served, and once their queue is longer than the bound the
-    prompts they start are already late; adaptive starts those still in time first, shortest
-    first (and, under the bound, holds none back for throughput). Measured 1.31x the better
-    of the two (1.15x in arrival order); 0.63x with its throughput rules and no reordering."""
+    prompts they start are already late; adaptive starts those still in time first, less
+    those predicted to miss anyway (and, under the bound, holds none back for throughput).
+    Measured 1.30x the better of the two (1.15x in arrival order alone); 0.63x with its
+    throughput rules and no reordering."""
     spec = _a10g_cell("a10g-g5.4xlarge", output_len=200, rate=3.607).with_(
         slo_ttft_s=0.645, slo_per_token_s=None
     )
