@@ -144,8 +144,11 @@ def _chunk_where_it_buys_kv(
 ) -> SchedulerConfig:
     """`config` with `kv_chunk_tokens` adopted as its prompt chunk if the smaller activation
     reserve enlarges the GPU pool by `kv_chunk_min_gain` or more, else unchanged (whole
-    prompts, admitted faster). A separate setting, not `chunked_prefill_tokens` itself, so that
-    applying the policy's fixed settings again (`make_policy`) cannot undo the choice."""
+    prompts, admitted faster). Never under a TTFT SLO (`resolve_pools` does not ask): a
+    chunk's iteration admits about one 1,000-token prompt, the budget eight, and the bound is
+    on first tokens (docs/architecture.md, "Adaptive", rule 6). A separate setting, not
+    `chunked_prefill_tokens` itself, so that applying the policy's fixed settings again
+    (`make_policy`) cannot undo the choice."""
     chunked = dataclasses.replace(config, chunked_prefill_tokens=config.kv_chunk_tokens)
     whole = device_kv_bytes(model, memory, kv, config.iteration_tokens)
     smaller = device_kv_bytes(model, memory, kv, chunked.iteration_tokens)

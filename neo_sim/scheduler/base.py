@@ -90,8 +90,8 @@ class SchedulerConfig:
     kv_chunk_tokens: int = setting(
         0,
         "a prompt chunk adopted as chunked_prefill_tokens only where its smaller activation "
-        "reserve enlarges the memory-sized GPU KV pool by kv_chunk_min_gain or more "
-        "(adaptive sets it); 0 = off",
+        "reserve enlarges the memory-sized GPU KV pool by kv_chunk_min_gain or more, and no "
+        "TTFT SLO is set (adaptive sets it); 0 = off",
         unit="tokens",
         low=0,
     )
@@ -104,8 +104,8 @@ class SchedulerConfig:
 
     slo_ttft_s: float | None = setting(
         None,
-        "TTFT SLO: goodput counts the requests within it; adaptive starts the prompts that can "
-        "still get their first token within it before those that no longer can",
+        "TTFT SLO: goodput counts the requests within it; adaptive orders its waiting prompts "
+        "for the most first tokens within it, and kv_chunk_tokens is not adopted under it",
         unit="s",
         low=0,
         low_open=True,
