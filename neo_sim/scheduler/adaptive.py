@@ -146,19 +146,19 @@ class AdaptivePolicy(ApexPolicy):
         the bound (Moore-Hodgson): taken in order, each is predicted to get it at the end of
         the iteration that reaches its place in the prompt tokens so far, the budget's
         prompt tokens an iteration (less a token per GPU resident's decode), each iteration
-        the residents' decode-only time plus the prompt tokens' own (the cost model's
-        seconds a token for a prompt of their mean length); where one would be late, the
-        longest so far goes behind."""
+        its floor (`_iteration_floor_s`) plus the prompt tokens' own seconds (the cost
+        model's, for a prompt of their mean length); where one would be late, the longest so
+        far goes behind."""
         bound = self.config.slo_ttft_s
         budget = max(1, self.config.iteration_tokens - len(self.gpu_running))
-        decode_s = self._decode_only_s(())
+        floor_s = self._iteration_floor_s()
         per_token_s = self._prompt_token_s(sum(r.prompt_len for r in in_time) // len(in_time))
         longest: list[tuple[int, int]] = []  # (-prompt_len, -request_id): a max-heap
         tokens, miss = 0, set()
         for r in in_time:
             heapq.heappush(longest, (-r.prompt_len, -r.request_id))
             tokens += r.prompt_len
-            first_token_s = now + math.ceil(tokens / budget) * decode_s + tokens * per_token_s
+            first_token_s = now + math.ceil(tokens / budget) * floor_s + tokens * per_token_s
             if first_token_s > r.arrival_s + bound:
                 negative_length, negative_id = heapq.heappop(longest)
                 tokens -= -negative_length
@@ -170,13 +170,18 @@ class AdaptivePolicy(ApexPolicy):
         tokens: a `length`-token prefill less a one-token one (the weights' read is in both),
         per token."""
         length = max(2, min(length, self.config.iteration_tokens))
+        return max(0.0, self._prefill_s(length) - self._prefill_s(1)) / (length - 1)
 
-        def prefill_s(tokens: int) -> float:
-            b = SubBatchBuilder(self.cost)
-            b.add_prefill(PrefillWork(-1, 0, tokens))
-            return self._work_s(Mode.SEQUENTIAL, (b,))
+    def _iteration_floor_s(self) -> float:
+        """Predicted seconds of an iteration before its prompt tokens: the residents'
+        decode-only step, or with none a one-token step (the weights' read and the LM head)."""
+        return max(self._decode_only_s(()), self._prefill_s(1))
 
-        return max(0.0, prefill_s(length) - prefill_s(1)) / (length - 1)
+    def _prefill_s(self, tokens: int) -> float:
+        """Predicted seconds of an iteration that prefills one prompt of `tokens` alone."""
+        b = SubBatchBuilder(self.cost)
+        b.add_prefill(PrefillWork(-1, 0, tokens))
+        return self._work_s(Mode.SEQUENTIAL, (b,))
 
     def _host_takes_parked(self) -> None:
         """Under a TPOT SLO: parked requests (swapped out of a full GPU pool where the host did
@@ -194,6 +199,34 @@ class AdaptivePolicy(ApexPolicy):
             r.state = RequestState.RUNNING_CPU
 
     def _admit(self, budget: Budget) -> list[Candidate]:
+        """`_admit_after_the_decodes`, within `_ttft_prompt_tokens` under a TTFT SLO."""
+        held = 0
+        if self.config.slo_ttft_s is not None and self.waiting:
+            held = max(0, budget.tokens - self._ttft_prompt_tokens())
+        budget.tokens -= held
+        try:
+            return self._admit_after_the_decodes(budget)
+        finally:
+            budget.tokens += held
+
+    def _ttft_prompt_tokens(self) -> int:
+        """Under a TTFT SLO: the most prompt tokens this step's iteration carries, so that a
+        prompt arriving during it can still get its first token within the bound. It waits
+        out the iteration in flight, then the one that prefills it: each may take half the
+        bound, its floor (`_iteration_floor_s`) plus its prompt tokens' own seconds (the cost
+        model's, `_prompt_token_s`). At least the first waiting prompt's rest (a longer one
+        goes alone). Whole budgets of prompts ran 1-2 s on the A10G, longer than the bounds
+        of short-prompt workloads (0.4 s with osc lengths): on the TTFT map 61 cells at
+        >= 1.05x instead of 47 (ad hoc; docs/architecture.md, "Adaptive", rule 6)."""
+        first = self.waiting[0]
+        rest = first.seq_len - first.num_computed
+        per_token_s = self._prompt_token_s(rest)
+        room_s = self.config.slo_ttft_s / 2 - self._iteration_floor_s()
+        if per_token_s <= 0 or room_s <= 0:
+            return rest
+        return max(rest, int(room_s / per_token_s))
+
+    def _admit_after_the_decodes(self, budget: Budget) -> list[Candidate]:
         """NEO's admission; with chunked prefill, after every resident's decode, as vLLM orders
         chunked prefill. NEO's step takes the GPU decodes' tokens first (step 1) and holds
         the overdue host decodes' (the starvation bound), then lets the prompts take the rest

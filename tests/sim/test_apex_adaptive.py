@@ -683,3 +683,27 @@ def test_under_a_ttft_slo_adaptive_serves_more_first_tokens_in_time_when_overloa
         for p in ("adaptive", "neo", "apex")
     }
     assert goodput["adaptive"] >= 1.1 * max(goodput["neo"], goodput["apex"])
+
+
+def test_under_a_ttft_slo_an_iteration_carries_the_prompts_half_the_bound_allows():
+    """Ten 370-token prompts at once on g5.2xlarge, a budget of 8,192 tokens: without a bound
+    one iteration prefills them all; under a 0.4 s bound it takes those whose prefill fits
+    half of it (a prompt arriving meanwhile waits out this iteration, then its own), so
+    fewer, and at least one; a prompt longer than that goes alone."""
+    cost = resolve_target("a10g-g5.2xlarge", "llama-3-8b").cost
+    plans = {}
+    for bound in (None, 0.4):
+        config = SchedulerConfig(
+            max_batch_tokens=8192, num_gpu_blocks=3100, num_cpu_blocks=0, slo_ttft_s=bound
+        )
+        policy = make_policy("adaptive-whole", config, cost)
+        policy.add([Request(i, 370, 50, arrival_s=0.0) for i in range(10)])
+        plans[bound] = policy.step(0.0)
+    assert len(plans[None].prefills) == 10
+    capped = plans[0.4].prefills
+    assert 1 <= len(capped) < 10
+    assert plans[0.4].predicted_s <= 0.2 < plans[None].predicted_s
+    policy = make_policy("adaptive-whole", config, cost)
+    policy.add([Request(0, 6000, 50, arrival_s=0.0)])
+    (alone,) = policy.step(0.0).prefills
+    assert alone.num_tokens == 6000
