@@ -92,6 +92,7 @@ class AdaptivePolicy(ApexPolicy):
         self._recent_arrivals: deque[Request] = deque()
         self._recent_output_tokens = 0  # their `max_new_tokens`, summed
         self._recent_tokens = 0  # their `max_seq_len`, summed
+        self._prefill_s_by_length: dict[int, float] = {}  # `_prefill_s`'s answers
 
     def step(self, now: float = 0.0) -> Plan:
         if self.config.slo_ttft_s is not None and self.waiting:
@@ -178,10 +179,15 @@ class AdaptivePolicy(ApexPolicy):
         return max(self._decode_only_s(()), self._prefill_s(1))
 
     def _prefill_s(self, tokens: int) -> float:
-        """Predicted seconds of an iteration that prefills one prompt of `tokens` alone."""
-        b = SubBatchBuilder(self.cost)
-        b.add_prefill(PrefillWork(-1, 0, tokens))
-        return self._work_s(Mode.SEQUENTIAL, (b,))
+        """Predicted seconds of an iteration that prefills one prompt of `tokens` alone; kept
+        per length (the cost model's answer does not change; under a TTFT SLO every step asks
+        it a few times)."""
+        known = self._prefill_s_by_length.get(tokens)
+        if known is None:
+            b = SubBatchBuilder(self.cost)
+            b.add_prefill(PrefillWork(-1, 0, tokens))
+            known = self._prefill_s_by_length[tokens] = self._work_s(Mode.SEQUENTIAL, (b,))
+        return known
 
     def _host_takes_parked(self) -> None:
         """Under a TPOT SLO: parked requests (swapped out of a full GPU pool where the host did
