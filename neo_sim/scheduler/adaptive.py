@@ -38,8 +38,10 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   (`_order_for_the_ttft_bound`): under overload, first come first served makes every
   request wait the whole queue, so once the queue is longer than the bound no one meets it;
   a late request counts for goodput no more if it starts now than at the end, and the run
-  still serves it. No prompt is held back for throughput (no lean plan, pacing or
-  spreading) and prompts go whole.
+  still serves it. An iteration carries only the prompt tokens whose prefill fits half the
+  bound (`_ttft_prompt_tokens`: an arrival waits out the iteration in flight, then its own).
+  No prompt is held back for throughput (no lean plan, pacing or spreading) and prompts go
+  whole.
 Steps 1-3 (swaps, admission, placement where the host pays) and the starvation bound are NEO's.
 """
 
