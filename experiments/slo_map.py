@@ -28,8 +28,10 @@ Writes experiments/results/slo_map/ (TPOT) or slo_map_ttft/ (TTFT):
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from experiments import common
@@ -133,25 +135,40 @@ def summary_table(cells: pd.DataFrame, policy: str = "adaptive") -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def _judged_cells(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """The comparable cells of `cell_ratios`'s table, indexed by the cell, and each one's rival
+    with the best goodput."""
+    judged = cells.dropna(subset=[f"{JUDGED[0]} / best rival"]).set_index(common.CELL)
+    return judged, judged[list(RIVALS)].idxmax(axis=1)
+
+
+def _of_policy(values: pd.Series, policies: pd.Series) -> pd.Series:
+    """`values` (indexed by the cell and the policy) of the policy `policies` names in each
+    of its cells."""
+    return pd.Series([values.loc[(*k, p)] for k, p in policies.items()], index=policies.index)
+
+
+def _by_load(judged: pd.DataFrame) -> Iterator[tuple[str, np.ndarray]]:
+    """(load, mask of `judged`'s rows at it) for each load present, in the maps' order."""
+    loads = judged.index.get_level_values("load")
+    for load in (x for x in LOAD_LABELS if x in set(loads)):
+        yield load, np.asarray(loads == load)
+
+
 def headroom_table(rows: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """Per load, where a policy can beat the best rival's goodput by 5% at all (issue 13's
     quarter): the share of all requests the best rival serves within the bound (a policy
     serving every request within it beats a share s by 1/s at most, on a run as long), its
     run over the shortest run of any policy in the cell, and the judged policies' cells at
     >= 1.05x. Comparable cells only."""
-    judged = cells.dropna(subset=[f"{JUDGED[0]} / best rival"]).set_index(common.CELL)
+    judged, best = _judged_cells(cells)
     by_policy = rows.set_index([*common.CELL, "policy"])
     within = by_policy["goodput_req_s"] * by_policy["duration_s"] / by_policy["num_requests"]
     span = by_policy["duration_s"].unstack("policy").loc[judged.index]
-    best = judged[list(RIVALS)].idxmax(axis=1)
-    share = pd.Series([within.loc[(*k, p)] for k, p in best.items()], index=best.index)
-    longer = pd.Series([span.loc[k, p] for k, p in best.items()], index=best.index) / span.min(
-        axis=1
-    )
+    share = _of_policy(within, best)
+    longer = _of_policy(by_policy["duration_s"], best) / span.min(axis=1)
     out = []
-    present = set(judged.index.get_level_values("load"))
-    for load in (x for x in LOAD_LABELS if x in present):
-        at = judged.index.get_level_values("load") == load
+    for load, at in _by_load(judged):
         row = {
             "load": load,
             "cells": int(at.sum()),
@@ -173,15 +190,12 @@ def long_prompts_table(rows: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     the share within the bound under adaptive and under the cell's best rival (by goodput),
     medians over the comparable cells, and the cells where adaptive's share is more than 5
     points below the rival's (a rule that favours short prompts shows here)."""
-    judged = cells.dropna(subset=[f"{JUDGED[0]} / best rival"]).set_index(common.CELL)
+    judged, best = _judged_cells(cells)
     share = rows.set_index([*common.CELL, "policy"])["slo_met_share_long_prompts"]
-    best = judged[list(RIVALS)].idxmax(axis=1)
-    ours = pd.Series([share.loc[(*k, JUDGED[0])] for k in best.index], index=best.index)
-    rival = pd.Series([share.loc[(*k, p)] for k, p in best.items()], index=best.index)
+    ours = _of_policy(share, pd.Series(JUDGED[0], index=best.index))
+    rival = _of_policy(share, best)
     out = []
-    present = set(judged.index.get_level_values("load"))
-    for load in (x for x in LOAD_LABELS if x in present):
-        at = judged.index.get_level_values("load") == load
+    for load, at in _by_load(judged):
         gap = ours[at] - rival[at]
         worst = gap.idxmin()
         out.append(
