@@ -106,9 +106,10 @@ class AdaptivePolicy(ApexPolicy):
         return super().step(now)
 
     @property
-    def _for_throughput(self) -> bool:
-        """Whether no SLO is set: the rules that hold prompts back for throughput apply."""
-        return self.config.slo_tpot_s is None and self.config.slo_ttft_s is None
+    def _holds_prompts_back(self) -> bool:
+        """Whether the rules that keep prompts waiting for throughput (rule 2's lean plan,
+        rule 4's spread, rule 5's pacing) may: not under a TTFT SLO (rule 6)."""
+        return self.config.slo_ttft_s is None
 
     def _order_for_the_ttft_bound(self, now: float) -> None:
         """Under a TTFT SLO: reorder the waiting queue for the most first tokens within the
@@ -307,7 +308,7 @@ class AdaptivePolicy(ApexPolicy):
         departures stay staggered (docs/architecture.md, "Adaptive", rule 5)."""
         if not (self._gpu_pool_filled and self.gpu_running):  # set by `_place`, with chunks only
             return None
-        if self.config.slo_ttft_s is not None:
+        if not self._holds_prompts_back:
             return None
         used = self.kv.gpu.num_used
         if used < 1 or self._waiting_fit_to_the_end() or self._host_keeps_pace():
@@ -399,7 +400,7 @@ class AdaptivePolicy(ApexPolicy):
             chunk = min(chunk, self._gpu_prompt_tokens_left)
         if (
             self._spreads
-            and self.config.slo_ttft_s is None
+            and self._holds_prompts_back
             and chunk > 0
             and r is self.waiting[0]
             and self._no_other_prompt_starts(r)
@@ -638,7 +639,12 @@ class AdaptivePolicy(ApexPolicy):
             mode, chosen = self._choose_mode(b0, b1, forced)
             return mode, chosen, (forced if mode == Mode.PIPELINED else ())
         best = self._best(options)
-        if best[0] == Mode.SEQUENTIAL and b1 and self._for_throughput:
+        if (
+            best[0] == Mode.SEQUENTIAL
+            and b1
+            and self.config.slo_tpot_s is None
+            and self._holds_prompts_back
+        ):
             # The pipelined plan was priced and lost: decoding on the host does not pay this
             # iteration, so a prompt placed there would only join residents that wait, unless
             # the host set it starts pays as a whole. (Under a TPOT SLO the host set is sized
