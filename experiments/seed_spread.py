@@ -46,6 +46,7 @@ from experiments.policy_map import (
     best_rival,
     comparable_cells,
 )
+from experiments.slo_map import BOUNDS, Bound
 from neo_sim.scheduler import POLICIES
 
 JUDGED = "adaptive"  # the policy whose edge cells are re-run, unless --policy names another
@@ -64,11 +65,14 @@ class MapKind:
     bound_name: str = ""  # in the report: "TPOT", "TTFT"
 
 
+def _slo_map(name: str, bound: Bound, output: str) -> MapKind:
+    """An SLO map's kind, its folder and bound as `experiments.slo_map` defines them."""
+    return MapKind(name, bound.folder, "goodput_req_s", output, bound.setting, bound.name)
+
+
 THROUGHPUT_MAP = MapKind("policy map", "policy_map", "throughput_tok_s", "seed_spread", None)
-SLO_MAP = MapKind("SLO map", "slo_map", "goodput_req_s", "seed_spread_slo", "slo_tpot_s", "TPOT")
-SLO_TTFT_MAP = MapKind(
-    "TTFT SLO map", "slo_map_ttft", "goodput_req_s", "seed_spread_slo_ttft", "slo_ttft_s", "TTFT"
-)
+SLO_MAP = _slo_map("SLO map", BOUNDS["tpot"], "seed_spread_slo")
+SLO_TTFT_MAP = _slo_map("TTFT SLO map", BOUNDS["ttft"], "seed_spread_slo_ttft")
 
 
 def edge_cells(
