@@ -707,3 +707,21 @@ def test_under_a_ttft_slo_an_iteration_carries_the_prompts_half_the_bound_allows
     policy.add([Request(0, 6000, 50, arrival_s=0.0)])
     (alone,) = policy.step(0.0).prefills
     assert alone.num_tokens == 6000
+
+
+def test_under_a_ttft_slo_prompts_that_make_the_bound_together_go_together(monkeypatch):
+    """A 0.1 s bound, a 10 ms iteration floor and 0.1 ms a prompt token: half the bound
+    carries 400 prompt tokens, one 300-token prompt. Two such prompts arrived 1 ms apart and
+    both make the bound in one iteration (first tokens at 72 ms): with every waiting prompt
+    predicted to make it, the cap would only add a floor to the second's wait and to any
+    arrival's behind it, so both go. With a late prompt in the queue, or one predicted to miss
+    (900 tokens more: 172 ms), the cap holds: those are what arrivals pass."""
+    for third, admitted in ((None, [0, 1]), ((300, -1.0), [0]), ((900, 0.0015), [0])):
+        policy = _ttft_policy(slo_ttft_s=0.1)
+        monkeypatch.setattr(policy, "_prompt_token_s", lambda length: 0.0001)
+        monkeypatch.setattr(policy, "_iteration_floor_s", lambda: 0.01)
+        policy.add([Request(0, 300, 50, arrival_s=0.0), Request(1, 300, 50, arrival_s=0.001)])
+        if third is not None:
+            policy.add([Request(2, third[0], 50, arrival_s=third[1])])
+        plan = policy.step(0.002)
+        assert [p.request_id for p in plan.prefills] == admitted
