@@ -52,6 +52,7 @@ class _Add:
     sink: asyncio.Queue
     loop: asyncio.AbstractEventLoop
     accepted: asyncio.Future
+    received: float  # time.monotonic() when the server got it: its arrival
 
 
 @dataclass
@@ -134,7 +135,7 @@ class AsyncEngine:
         rid = next(self._ids)
         sink: asyncio.Queue = asyncio.Queue()
         accepted = loop.create_future()
-        self._commands.put(_Add(rid, prompt, params, sink, loop, accepted))
+        self._commands.put(_Add(rid, prompt, params, sink, loop, accepted, time.monotonic()))
         await accepted
         return RequestStream(self, rid, sink)
 
@@ -239,7 +240,14 @@ class AsyncEngine:
                 command.loop.call_soon_threadsafe(_set_exception, command.accepted, error)
                 return
             try:
-                self.engine.add_request(command.prompt, command.params, command.request_id)
+                # it arrived before the step in flight ended: the engine counts from then
+                waited_s = time.monotonic() - command.received
+                self.engine.add_request(
+                    command.prompt,
+                    command.params,
+                    command.request_id,
+                    arrival_s=self.engine.now() - waited_s,
+                )
             except NeoError as exc:  # the client's input
                 command.loop.call_soon_threadsafe(_set_exception, command.accepted, exc)
                 return

@@ -346,9 +346,15 @@ class LLMEngine:
         prompt: str | list[int],
         params: SamplingParams | None = None,
         request_id: int | None = None,
+        arrival_s: float | None = None,
     ) -> int:
         """Queue a request. Everything is validated before the scheduler hears of it, so a
-        refused request (NeoError) leaves no trace."""
+        refused request (NeoError) leaves no trace. `arrival_s`: when it arrived, on the
+        engine's clock (`now()`; unset, or later than now: now). A server passes the time it
+        received the request and a replay the workload's arrival, since a request waits for
+        the step in flight before it is added: the scheduler's TTFT bound and adaptive's
+        arrival window count from the arrival, as in the simulator, and so do the request's
+        latencies."""
         params = params or SamplingParams()
         if isinstance(prompt, str):
             text = prompt
@@ -383,8 +389,9 @@ class LLMEngine:
                 seed = hash((self.config.load.seed, rid)) & 0xFFFFFFFF
             gen = torch.Generator().manual_seed(seed)
         now = self.now()
-        self.policy.add(Request(rid, len(tokens), params.max_tokens, arrival_s=now))
-        out = RequestOutput(rid, text, list(tokens), arrival_s=now)
+        arrived = now if arrival_s is None else min(arrival_s, now)
+        self.policy.add(Request(rid, len(tokens), params.max_tokens, arrival_s=arrived))
+        out = RequestOutput(rid, text, list(tokens), arrival_s=arrived)
         if params.prompt_logprobs is not None:
             out.prompt_logprobs = [None]  # the first token has nothing before it
         detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)

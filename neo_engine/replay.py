@@ -54,7 +54,12 @@ def replay(
         while i < len(pending) and pending[i].arrival_s <= now:
             spec = pending[i]
             params = SamplingParams(max_tokens=spec.output_len, temperature=0, ignore_eos=True)
-            engine.add_request(prompt_tokens(spec, vocab), params, request_id=spec.request_id)
+            engine.add_request(
+                prompt_tokens(spec, vocab),
+                params,
+                request_id=spec.request_id,
+                arrival_s=spec.arrival_s,
+            )
             i += 1
         for out in engine.step():
             if out.finished:

@@ -79,6 +79,17 @@ def test_simulator_and_engine_spread_the_same_prompts(monkeypatch):
     assert spread[0] >= 2 and spread[0] % 2 == 0  # the same steps on both sides
 
 
+def test_simulator_and_engine_order_the_same_prompts_under_a_ttft_slo():
+    """Adaptive under a 0.1 s TTFT bound (rule 6): each step reorders the waiting queue by
+    the bound, from the step's start and each request's arrival on each side's clock, and
+    sizes the iteration's prompts by it. The plans stay equal, and some prompt starts before
+    an older one (the reordering happened)."""
+    workload = synthetic(40, rate=6.0, input_len=48, output_len=14, seed=3)
+    plans = _identical_plans("adaptive", workload, 14, 600, slo_ttft_s=0.1)
+    started = [p.request_id for plan in plans for p in plan.prefills if p.start == 0]
+    assert started != sorted(started)
+
+
 def _identical_plans(
     policy: str, workload, gpu_blocks: int, cpu_blocks: int, max_model_len: int = 256, **settings
 ):

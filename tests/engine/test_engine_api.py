@@ -72,6 +72,27 @@ def test_offload_happens_under_kv_pressure_and_counters_show_it():
     engine.close()
 
 
+def test_a_request_counts_from_its_arrival_not_from_when_it_was_added():
+    """A request that arrived during the step in flight is added after it; the scheduler and
+    its latencies count from the arrival given (the TTFT bound is the client's), and an
+    arrival later than the engine's clock is taken as now."""
+    engine = LLMEngine(
+        EngineConfig.of("dummy:tiny", clock="predicted", block_size=8, max_model_len=256)
+    )
+    engine.advance_clock_to(5.0)
+    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+    early = engine.add_request([1, 2, 3], params, arrival_s=4.5)
+    late = engine.add_request([1, 2, 3], params, arrival_s=9.0)
+    plain = engine.add_request([1, 2, 3], params)
+    arrivals = {r.request_id: r.arrival_s for r in engine.policy.waiting}
+    assert arrivals == {early: 4.5, late: 5.0, plain: 5.0}
+    outs = {}
+    while engine.has_unfinished():
+        outs.update((o.request_id, o) for o in engine.step() if o.finished)
+    assert outs[early].arrival_s == 4.5 and outs[early].first_token_s > 5.0
+    engine.close()
+
+
 def test_abort_frees_everything():
     engine = pressured_engine()
     ids = [
