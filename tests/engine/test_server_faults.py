@@ -236,6 +236,45 @@ def test_the_engine_is_built_on_the_thread_that_steps_it():
         async_engine.shutdown(timeout_s=5)
 
 
+def test_a_served_request_counts_from_when_the_server_received_it():
+    """A request received while a step runs is added once the step ends; the engine counts
+    it from its receipt (the client's TTFT, and adaptive's TTFT bound), not from the add."""
+    async_engine = tiny_async_engine()
+    inner = async_engine.engine
+    step, add = inner.step, inner.add_request
+    slowed = threading.Event()
+    seen: dict[int, tuple[float, float]] = {}
+
+    def slow_step():
+        if inner.has_unfinished() and not slowed.is_set():
+            slowed.set()
+            time.sleep(0.4)
+        return step()
+
+    def spy_add(*args, arrival_s=None, **kwargs):
+        rid = add(*args, arrival_s=arrival_s, **kwargs)
+        seen[rid] = (arrival_s, inner.now())
+        return rid
+
+    inner.step, inner.add_request = slow_step, spy_add
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+
+    async def serve_two() -> int:
+        first = await async_engine.start([1, 2, 3], params)
+        await asyncio.sleep(0.1)  # the engine thread is inside its slow step
+        second = await async_engine.start([1, 2, 3], params)
+        for stream in (first, second):
+            async for _ in stream:
+                pass
+        return second.request_id
+
+    try:
+        arrival, added = seen[asyncio.run(serve_two())]
+        assert added - arrival >= 0.2
+    finally:
+        async_engine.shutdown(timeout_s=5)
+
+
 def test_an_engine_that_fails_to_build_raises_on_the_callers_thread():
     def build() -> LLMEngine:
         raise NeoError("no such model")
