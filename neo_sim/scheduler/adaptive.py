@@ -98,10 +98,12 @@ class AdaptivePolicy(ApexPolicy):
         self._recent_tokens = 0  # their `max_seq_len`, summed
         self._prefill_s_by_length: dict[int, float] = {}  # `_prefill_s`'s answers
         # Under a TTFT SLO, whether this step's queue is predicted to make the bound whole (no
-        # prompt late, none predicted to miss): set by `_order_for_the_ttft_bound`.
+        # prompt late, none predicted to miss): set by `_order_for_the_ttft_bound`, reset by
+        # each step (a request recomputed during the step joins a queue nobody judged).
         self._queue_makes_the_bound = False
 
     def step(self, now: float = 0.0) -> Plan:
+        self._queue_makes_the_bound = False  # no queue at the step's start: nothing judged
         if self.config.slo_ttft_s is not None and self.waiting:
             self._order_for_the_ttft_bound(now)
         if self.config.slo_tpot_s is not None:
