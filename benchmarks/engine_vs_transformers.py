@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import RESULTS, write_result
+from benchmarks.vs_vllm_cpu import PATH_FACTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
+    import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from neo_engine import LLM, SamplingParams
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         neo_engine_tok_s=total / neo_s,
         speed_up=hf_s / neo_s,
         identical_outputs=same,
+        transformers_version=transformers.__version__,
+        neo_engine_path={key: llm.engine.build_info[key] for key in PATH_FACTS},
     )
     return 0
 
