@@ -5,8 +5,11 @@ Clones this checkout's HEAD into a temporary directory and runs `.ci/run` there:
 runs the README's second command. The host kernels' build directory and the converted
 SmolLM2 checkpoint are pointed at empty temporary directories (TORCH_EXTENSIONS_DIR,
 NEO_MODELS_DIR), so the run pays the kernel compile and the model conversion a fresh machine
-pays; pip's own download cache is this machine's. Records the wall time, pytest's own time and
-counts (from its summary line), the commit and the machine.
+pays; pip's own download cache is this machine's. A checkout sits beside `shared/` (the traces,
+the GPU measurements), and the tests that read it find it there: the clone gets a `shared`
+link beside it too, where this checkout has one, so that those tests run rather than skip.
+Records the wall time, pytest's own time and counts (from its summary line), why each skipped
+test skipped (pytest's `-rs` lines, through PYTEST_ADDOPTS), the commit and the machine.
 
 Run with nothing else on the machine (its two cores are the run's): python -m benchmarks.ci_time
 Writes benchmarks/results/ci_time.json.
@@ -54,6 +57,11 @@ def failure_lines(stdout: str, limit: int = 80) -> list[str]:
     return keep[:limit]
 
 
+def skip_reasons(stdout: str) -> list[str]:
+    """pytest's `-rs` lines ("SKIPPED [3] tests/x.py:12: reason"), without the prefix."""
+    return [line[len("SKIPPED ") :] for line in stdout.splitlines() if line.startswith("SKIPPED ")]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", type=Path, default=RESULTS / "ci_time.json")
@@ -65,9 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="neo-ci-") as scratch:
         clone = Path(scratch) / "neo"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        shared = ROOT.parent / "shared"
+        if shared.is_dir():
+            (Path(scratch) / "shared").symlink_to(shared, target_is_directory=True)
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")} | {
             "TORCH_EXTENSIONS_DIR": str(Path(scratch) / "torch_extensions"),
             "NEO_MODELS_DIR": str(Path(scratch) / "models"),
+            "PYTEST_ADDOPTS": "-rs",
         }
         env["PATH"] = os.pathsep.join(
             d for d in env.get("PATH", "").split(os.pathsep) if not d.startswith(sys.prefix)
@@ -88,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         wall_s=wall,
         reference_s=reference,
         **summary,
+        shared_beside=shared.is_dir(),
         failures=failure_lines(run.stdout),
+        skipped=skip_reasons(run.stdout),
         stdout_tail=run.stdout[-2000:],
         stderr_tail=run.stderr[-2000:],
     )

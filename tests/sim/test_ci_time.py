@@ -49,3 +49,21 @@ def test_failure_lines_keep_each_failed_tests_header_and_what_it_asserted():
         "E       assert 0.02 < 0.01",
         "E        +  where 0.02 = abs(0.02)",
     ]
+
+
+def test_skip_reasons_keep_pytests_rs_lines_only():
+    from benchmarks.ci_time import skip_reasons
+
+    out = "\n".join(
+        [
+            "....s.",
+            "=========================== short test summary info ============================",
+            "SKIPPED [8] tests/engine/test_prefill_attention.py:77: no bf16 prefill kernel here",
+            "SKIPPED [1] tests/sim/test_workload.py:14: shared traces not present",
+            "5 passed, 9 skipped in 3.00s",
+        ]
+    )
+    assert skip_reasons(out) == [
+        "[8] tests/engine/test_prefill_attention.py:77: no bf16 prefill kernel here",
+        "[1] tests/sim/test_workload.py:14: shared traces not present",
+    ]
