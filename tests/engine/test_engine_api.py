@@ -188,7 +188,7 @@ def test_prepacking_can_be_turned_off_and_says_which_gemms_run(dtype):
     from neo_engine.weights import PrepackedWeight, can_prepack
 
     if not can_prepack(getattr(torch, dtype), torch.device("cpu")):
-        pytest.skip("torch without oneDNN's prepacking ops")
+        pytest.skip(f"torch has no oneDNN {dtype} prepacking here")
     packed = LLMEngine(EngineConfig.of("dummy:tiny", dtype=dtype, max_model_len=256))
     plain = LLMEngine(
         EngineConfig.of("dummy:tiny", dtype=dtype, max_model_len=256, prepack_weights=False)
