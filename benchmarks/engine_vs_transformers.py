@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import RESULTS, write_result
-from benchmarks.vs_vllm_cpu import PATH_FACTS
+from benchmarks.vs_vllm_cpu import path_facts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         speed_up=hf_s / neo_s,
         identical_outputs=same,
         transformers_version=transformers.__version__,
-        neo_engine_path={key: llm.engine.build_info[key] for key in PATH_FACTS},
+        neo_engine_path=path_facts(llm),
     )
     return 0
 

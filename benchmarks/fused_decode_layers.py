@@ -20,7 +20,13 @@ import sys
 from pathlib import Path
 
 from benchmarks import RESULTS, SMOLLM2, reference_s, write_result
-from benchmarks.vs_vllm_cpu import PATH_FACTS, TRACE, UNIFORM_BATCHES, run_neo_once, workloads
+from benchmarks.vs_vllm_cpu import (
+    TRACE,
+    UNIFORM_BATCHES,
+    path_facts,
+    run_neo_once,
+    workloads,
+)
 
 VARIANTS = ("fused", "stage_by_stage")
 
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         model=str(args.model.name),
         dtype=args.dtype,
         repeats=args.repeats,
-        neo_engine_path={key: llm.engine.build_info[key] for key in PATH_FACTS},
+        neo_engine_path=path_facts(llm),
         uniform_batches=list(UNIFORM_BATCHES),
         reference_loop_s=reference,
         workloads=rows,

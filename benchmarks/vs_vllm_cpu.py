@@ -71,6 +71,13 @@ PATH_FACTS = (
     "decode_layers",
     "cpu",
 )
+
+
+def path_facts(llm) -> dict:
+    """`PATH_FACTS` of an offline `LLM`'s engine, as every engine benchmark records them."""
+    return {key: llm.engine.build_info[key] for key in PATH_FACTS}
+
+
 FIRST_ID = 100  # prompt ids from here up: clear of the special tokens at the vocabulary's start
 
 
@@ -138,7 +145,7 @@ def load_neo(args):
     from neo_engine import LLM
 
     llm = LLM(str(args.model), dtype=args.dtype, max_model_len=args.max_model_len)
-    return llm, {key: llm.engine.build_info[key] for key in PATH_FACTS}
+    return llm, path_facts(llm)
 
 
 def run_neo_once(llm, workload: dict) -> tuple[float, list[list[int]]]:
