@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         clone = Path(scratch) / "neo"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
         shared = ROOT.parent / "shared"
-        if shared.is_dir():
+        shared_beside = shared.is_dir()
+        if shared_beside:
             (Path(scratch) / "shared").symlink_to(shared, target_is_directory=True)
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")} | {
             "TORCH_EXTENSIONS_DIR": str(Path(scratch) / "torch_extensions"),
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         wall_s=wall,
         reference_s=reference,
         **summary,
-        shared_beside=shared.is_dir(),
+        shared_beside=shared_beside,
         failures=failure_lines(run.stdout),
         skipped=skip_reasons(run.stdout),
         stdout_tail=run.stdout[-2000:],
