@@ -184,8 +184,9 @@ EFFICIENCY_SOURCES: dict[str, str] = {
         "residual add), " + _FIT
     ),
     "cpu_memory": (
-        "0.9 of the host's sustained bandwidth (assumption): our host kernel reaches 71% of the "
-        "read bandwidth of a 2-core AVX2 VM (benchmarks/results/host_attention.json)"
+        "0.9 of the host's sustained bandwidth (assumption, the top of what our host kernel "
+        "measured: 52-88% of the read bandwidth of a 2-core AVX-512 VM, 47-71% of an AVX2 one; "
+        "benchmarks/results/host_attention*.json, docs/engine-benchmarks.md)"
     ),
     "cpu_compute": "0.5 of fp32 FMA peak in a reduction-heavy kernel (assumption)",
     "pcie": (
