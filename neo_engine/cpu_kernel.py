@@ -217,12 +217,14 @@ def decode_attention(
 
 
 # Up to this many rows of x, per dtype, `skinny_linear` beats torch's F.linear on the CPUs
-# measured (benchmarks/skinny_gemm.py): fp32 1.2-4.4x at 1..32 rows (AVX2,
-# results/skinny_gemm.json); bf16 2.1x at 1 row, 1.1x at 16, 0.93x at 24 and 32 (AVX512-BF16,
-# results/skinny_gemm_bfloat16.json). Above it the blocked GEMMs win. With AMX-BF16 oneDNN's
-# bf16 GEMM multiplies up to 16 rows in one tile pass: F.linear is level with the kernel at 4
-# rows and 1.26x faster at 8 (results/skinny_gemm_bfloat16_amx.json). (With prepacked
-# weights `layers.linear` hands over to oneDNN far earlier: SKINNY_ROWS_WITH_PREPACKED.)
+# measured (benchmarks/skinny_gemm.py): fp32 1.3-3.4x at 1..32 rows (AVX2,
+# results/skinny_gemm.json); bf16 2.4x at 1 row, 1.07x at 16 (AVX512-BF16,
+# results/skinny_gemm_bfloat16.json, 2026-12-07), where at 24 and 32 rows that run read
+# 1.14x and 1.03x and its version at fcbbdf7 0.93x and 0.93x: 16 is kept. Above it the
+# blocked GEMMs win. With AMX-BF16 oneDNN's bf16 GEMM multiplies up to 16 rows in one tile
+# pass: F.linear is level with the kernel at 4 rows and 1.26x faster at 8
+# (results/skinny_gemm_bfloat16_amx.json). (With prepacked weights `layers.linear` hands over
+# to oneDNN far earlier: SKINNY_ROWS_WITH_PREPACKED.)
 SKINNY_MAX_ROWS = {torch.float32: 32, torch.bfloat16: 4 if cpu_features()["amx_bf16"] else 16}
 
 

@@ -35,9 +35,12 @@ def _skinny_rows_with_prepacked() -> dict[torch.dtype, int]:
     the kernel 1.04-1.11x faster at 4-7 rows, 0.98x at 8, 0.94-0.96x at 12-16 (ad hoc,
     2026-12-04). The kernel streams the weights at the read bandwidth whatever the rows; the
     blocked GEMM's cost per row halves with twice the vector width, so the crossover sits at
-    fewer rows on AVX-512. With AMX-BF16 oneDNN's bf16 GEMM multiplies up to 16 rows in one
-    pass of its tiles: 1.09x the kernel's time at 1 row, 0.82x at 2, 0.65x at 4
-    (results/skinny_gemm_bfloat16_amx.json, an Intel Xeon VM): the kernel keeps 1 row."""
+    fewer rows on AVX-512. The bf16 hand-over holds in results/skinny_gemm_bfloat16.json
+    (AVX512-BF16, 2026-12-07, over the `small` preset's weights): the kernel 1.5x and 1.75x
+    oneDNN's speed at 1 and 2 rows, 0.94x at 4, 0.58-0.91x at 8-32. With AMX-BF16 oneDNN's
+    bf16 GEMM multiplies up to 16 rows in one pass of its tiles: 1.09x the kernel's time at 1
+    row, 0.82x at 2, 0.65x at 4 (results/skinny_gemm_bfloat16_amx.json, an Intel Xeon VM):
+    the kernel keeps 1 row."""
     features = cpu_features()
     return {
         torch.bfloat16: 1 if features["amx_bf16"] else 4,
