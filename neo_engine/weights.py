@@ -25,9 +25,10 @@ class PrepackedWeight:
     """A weight [out, in] with oneDNN's blocked copy of it, for bf16 or fp32 on a CPU device.
 
     F.linear hands torch's plain [out, in] bf16 weight to oneDNN, which reorders it into its
-    blocked layout on every call; at decode sizes that reorder costs up to half as much again
-    as the multiplication itself (benchmarks/results/skinny_gemm_bfloat16.json, AVX512-BF16:
-    21 ms vs 27 ms at 32 rows, 15 vs 24 ms at 16; the same numbers). In fp32, the prepacked
+    blocked layout on every call; at decode sizes that reorder costs half to three quarters
+    as much again as the multiplication itself (benchmarks/results/skinny_gemm_bfloat16.json,
+    AVX512-BF16, 2026-12-07: 21 ms vs 31 ms at 32 rows, 14 vs 24 ms at 16; the same numbers;
+    the file's version at fcbbdf7 read 21 vs 27 and 15 vs 24). In fp32, the prepacked
     copy beat the engine's path without it (the skinny kernel up to 32 rows, then torch's BLAS,
     MKL) on SmolLM2's weights from 3 rows up: 0.65-0.83x its time at 3-6 rows, 0.69-0.80x at
     8-32, 0.77-0.88x at 128-2,048 (AMD EPYC with AVX-512, ad hoc beside each other,
