@@ -32,11 +32,12 @@ class PrepackedWeight:
     copy beat the engine's path without it (the skinny kernel up to 32 rows, then torch's BLAS,
     MKL) on SmolLM2's weights from 3 rows up: 0.65-0.83x its time at 3-6 rows, 0.69-0.80x at
     8-32, 0.77-0.88x at 128-2,048 (AMD EPYC with AVX-512, ad hoc beside each other,
-    2026-12-04; the engine 1.2-1.3x faster at batch 8-64,
-    benchmarks/results/prepacked_weights_float32.json); its sums run in another order than
-    the BLAS's, so the last bits differ. The plain weight stays for the skinny kernel, which
-    reads it as fast or faster for a few rows (`layers.linear`): weights take twice their
-    memory on a CPU device (`LoadSettings.prepack_weights=False` keeps one copy)."""
+    2026-12-04; the engine 1.2x faster at batch 8-64 then, 1.3-1.4x since the fused decode
+    layers, which need the prepacked copy, benchmarks/results/prepacked_weights_float32.json);
+    its sums run in another order than the BLAS's, so the last bits differ. The plain weight
+    stays for the skinny kernel, which reads it as fast or faster for a few rows
+    (`layers.linear`): weights take twice their memory on a CPU device
+    (`LoadSettings.prepack_weights=False` keeps one copy)."""
 
     weight: torch.Tensor  # [out, in], plain
     blocked: torch.Tensor  # oneDNN's layout of the same numbers (torch.ops.mkldnn)
