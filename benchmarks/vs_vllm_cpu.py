@@ -25,7 +25,9 @@ KV vLLM would otherwise reuse; neo_engine caches no prefixes). Its first start c
 --interleave loads both engines at once (vLLM's runner waiting on a pipe,
 `vllm_cpu_runner.py --serve`) and alternates their runs workload by workload, neo_engine first
 in even rounds: on a VM whose speed drifts within minutes, each round's two runs see the same
-machine, and the result adds each round's paired ratio and their median.
+machine, and the result adds each round's paired ratio and their median. Each timed run
+starts after --settle-s seconds idle: vLLM's processes keep a core busy for about a second
+after each generate call returns (`SETTLE_S`), which would otherwise fall on the run after it.
 
 --busy-core-share F runs a process keeping F of one core busy beside each engine
 (`benchmarks/busy_loop.py`): how each engine holds up next to a benchmark client, as in
@@ -79,6 +81,18 @@ def path_facts(llm) -> dict:
 
 
 FIRST_ID = 100  # prompt ids from here up: clear of the special tokens at the vocabulary's start
+# Seconds idle before each timed run under --interleave. After a generate call returns, the
+# loaded vLLM's processes burn one core for ~1 s (2026-12-07, bf16 on the AVX512-BF16 AMD EPYC:
+# 1.00 CPU-s in the first second, none in the next); neo_engine's runs right after vLLM's then
+# had one core of two for part of the run (prefill-only batch 8: paired ratios 0.65-0.81 where
+# neo_engine ran after vLLM, 1.01-1.13 where it ran after itself; with a 2 s pause before it,
+# 0.94-1.36 in every round). neo_engine leaves 0.02-0.03 CPU-s behind.
+SETTLE_S = 1.5
+
+
+def settle(seconds: float) -> None:
+    """Idle before a timed run, so that the other engine's leftover work ends (`SETTLE_S`)."""
+    time.sleep(seconds)
 
 
 def workloads(
@@ -286,6 +300,7 @@ def run_interleaved(args, jobs: list[dict]) -> tuple[list[dict], dict, dict]:
                 for round_ in range(args.repeats):
                     order = ("neo", "vllm") if round_ % 2 == 0 else ("vllm", "neo")
                     for engine in order:
+                        settle(args.settle_s)
                         run = run_neo_once(llm, w) if engine == "neo" else session.run(index)
                         pairs[engine].append(run)
                 runs.append(pairs)
@@ -358,6 +373,13 @@ def main(argv: list[str] | None = None) -> int:
         "drifting VM's speed then falls on both alike); unset: neo_engine, vLLM, neo_engine",
     )
     p.add_argument(
+        "--settle-s",
+        type=float,
+        default=SETTLE_S,
+        help=f"with --interleave, seconds idle before each timed run (default {SETTLE_S}: "
+        "vLLM keeps a core busy ~1 s after each run)",
+    )
+    p.add_argument(
         "--output",
         type=Path,
         help="result file; unset: vs_vllm_cpu.json for float32, vs_vllm_cpu_DTYPE.json else",
@@ -380,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
     if args.new_tokens < 1:
         raise SystemExit(f"vs_vllm_cpu: --new-tokens must be >= 1, got {args.new_tokens}")
+    if args.settle_s < 0:
+        raise SystemExit(f"vs_vllm_cpu: --settle-s must be >= 0, got {args.settle_s}")
     trace = None if args.no_trace else args.trace
     jobs = workloads(vocab, args.max_model_len, trace, batches, args.new_tokens)
     reference = [reference_s()]
@@ -470,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         reference_loop_s=reference,
         busy_core_share=args.busy_core_share,
         interleaved=args.interleave,
+        settle_s=args.settle_s if args.interleave else None,
         workloads=rows,
         command=" ".join(
             [Path(sys.executable).name, "-m", "benchmarks.vs_vllm_cpu", *(argv or sys.argv[1:])]

@@ -107,8 +107,9 @@ class LLM:
 
 def test_interleaved_runs_alternate_and_pair_up(tmp_path, monkeypatch):
     """--interleave keeps vLLM's runner loaded (`--serve`) and alternates runs with
-    neo_engine's: each workload gets --repeats runs of each engine and one paired ratio per
-    round, the runner's outputs reach the agreement count, and neo_engine's runs agree."""
+    neo_engine's, each after --settle-s idle: each workload gets --repeats runs of each engine
+    and one paired ratio per round, the runner's outputs reach the agreement count, and
+    neo_engine's runs agree."""
     import json
     import sys
 
@@ -120,11 +121,18 @@ def test_interleaved_runs_alternate_and_pair_up(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(fake))
     save_tiny_llama(tmp_path / "model", num_kv_heads=2)
     out = tmp_path / "result.json"
+    import benchmarks.vs_vllm_cpu as vs_vllm_cpu
+
+    settles = []
+    monkeypatch.setattr(vs_vllm_cpu, "settle", settles.append)
     argv = ["--vllm-python", sys.executable, "--model", str(tmp_path / "model"), "--interleave"]
     argv += ["--batches", "1,2", "--no-trace", "--new-tokens", "3", "--repeats", "3"]
+    argv += ["--settle-s", "0.25"]
     assert main([*argv, "--max-model-len", "256", "--output", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["interleaved"] and result["vllm"]["version"] == "0.0+fake"
+    # an idle pause before every timed run of either engine: 2 workloads x 3 rounds x 2
+    assert settles == [0.25] * 12 and result["settle_s"] == 0.25
     assert [w["requests"] for w in result["workloads"]] == [1, 2]
     for w in result["workloads"]:
         assert len(w["neo_engine_s"]) == len(w["vllm_s"]) == len(w["paired_ratios"]) == 3
