@@ -184,7 +184,7 @@ EFFICIENCY_SOURCES: dict[str, str] = {
         "residual add), " + _FIT
     ),
     "cpu_memory": (
-        "0.9 of the host's sustained bandwidth (assumption, the top of what our host kernel "
+        "0.9 of the host's sustained bandwidth (assumption, just above the most our host kernel "
         "measured: 52-88% of the read bandwidth of a 2-core AVX-512 VM, 47-71% of an AVX2 one; "
         "benchmarks/results/host_attention*.json, docs/engine-benchmarks.md)"
     ),
