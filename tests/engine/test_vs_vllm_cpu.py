@@ -121,10 +121,8 @@ def test_interleaved_runs_alternate_and_pair_up(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(fake))
     save_tiny_llama(tmp_path / "model", num_kv_heads=2)
     out = tmp_path / "result.json"
-    import benchmarks.vs_vllm_cpu as vs_vllm_cpu
-
     settles = []
-    monkeypatch.setattr(vs_vllm_cpu, "settle", settles.append)
+    monkeypatch.setattr("benchmarks.vs_vllm_cpu.settle", settles.append)
     argv = ["--vllm-python", sys.executable, "--model", str(tmp_path / "model"), "--interleave"]
     argv += ["--batches", "1,2", "--no-trace", "--new-tokens", "3", "--repeats", "3"]
     argv += ["--settle-s", "0.25"]
