@@ -44,6 +44,11 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   whose prompts make it together goes at once (`_head_that_makes_the_bound`).
   No prompt is held back for throughput (no lean plan, pacing or spreading) and prompts go
   whole.
+- Without an SLO, once arrivals have stopped (`_arrivals_stopped`) the run ends with its last
+  token, and adaptive plans for that end: the waiting queue goes most output left first
+  (`_order_most_output_left_first`), and once no prompt waits the GPU residents nearest their
+  end trade places with the requests off the GPU that have the most to go, by a margin that
+  weighs the copies against the drain they save (`_exchange`, `_margin`).
 Steps 1-3 (swaps, admission, placement where the host pays) and the starvation bound are NEO's.
 """
 
@@ -58,8 +63,14 @@ from neo_sim.costmodel import CostModel
 from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget, SchedulerConfig
 from neo_sim.scheduler.estimate import SubBatchBuilder, gpu_attn_s, gpu_decodes_pricer, slacks
-from neo_sim.scheduler.neo import Candidate, SteadyPrefill, decode_only_builders, never_trimmed
-from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, decode_works
+from neo_sim.scheduler.neo import (
+    Candidate,
+    NeoPolicy,
+    SteadyPrefill,
+    decode_only_builders,
+    never_trimmed,
+)
+from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap, decode_works
 from neo_sim.scheduler.request import Device, Request, RequestState
 
 Option = tuple[Mode, tuple[SubBatchBuilder, ...], tuple[int, ...]]
@@ -90,6 +101,9 @@ class AdaptivePolicy(ApexPolicy):
     # the map's runs are stationary, 200 requests each; docs/architecture.md, rule 4, has 16
     # and 256 measured after).
     ARRIVAL_WINDOW = 64
+    # Rule 7's "arrivals have stopped": a silence of this many mean gaps, which a Poisson
+    # stream shows with probability exp(-x) = 1% (chosen so, not fitted to the map).
+    ARRIVALS_STOPPED_GAPS = -math.log(0.01)
 
     def __init__(self, config: SchedulerConfig, cost: CostModel):
         super().__init__(config, cost)
@@ -110,6 +124,8 @@ class AdaptivePolicy(ApexPolicy):
             self._tpot_limit_s = self._tpot_budget_s(now)
             if self.swapped:
                 self._host_takes_parked()
+        elif self._plans_for_the_drain and len(self.waiting) > 1 and self._arrivals_stopped(now):
+            self._order_most_output_left_first()
         return super().step(now)
 
     @property
@@ -214,6 +230,82 @@ class AdaptivePolicy(ApexPolicy):
             del self.swapped[r.request_id]
             self.cpu_running[r.request_id] = r
             r.state = RequestState.RUNNING_CPU
+
+    def _order_most_output_left_first(self) -> None:
+        """Rule 7 (the drain): the waiting queue by output tokens left, most first (a prompt
+        part-way through its chunks stays at the head; ties keep arrival order). Once no
+        more arrivals come the queue is finite and the run ends with its last token: starting
+        the longest outputs first is the classic longest-processing-time rule for the
+        makespan, where first come, first served leaves a long output started last to decode
+        alone at the end. Lengths are `max_new_tokens`: exact with ignore_eos, else a bound."""
+        ordered = sorted(self.waiting, key=_part_way_then_most_left)
+        self.waiting.clear()
+        self.waiting.extend(ordered)
+
+    def _exchange(self) -> tuple[tuple[Swap, ...], tuple[Swap, ...]]:
+        """Rule 7 (the drain): once arrivals have stopped and no prompt waits, the GPU
+        residents with the fewest tokens left trade places with the requests off the GPU (host
+        residents or parked ones) with the most, where the one has at least `_margin` tokens
+        more to go than the other. Without it the host residents of the last admissions wait
+        for GPU room until the GPU's own residents finish, and then decode while the GPU batch
+        empties (g5.2xlarge 1000/400 offline: docs/architecture.md, rule 7); with it the
+        longest remaining work runs first and the batch stays full to the last seconds. The
+        resident takes the other's place, parked or on the host (the host set keeps its
+        size), and the copies go before the iteration's layers, as every plan's swaps."""
+        if not (self._plans_for_the_drain and (self.cpu_running or self.swapped)):
+            return (), ()
+        if self.waiting or not self._arrivals_stopped(self.now):
+            return (), ()
+        inside = sorted((r for r in self.gpu_running.values() if not r.is_prefilling), key=_left)
+        outside = sorted((*self.cpu_running.values(), *self.swapped.values()), key=_left)
+        outside_tokens = sum(map(_left, outside))
+        step_s = self._decode_only_s(())
+        used = self._gpu_blocks_after_growth()
+        outs: list[Swap] = []
+        ins: list[Swap] = []
+        for i, o in zip(inside, reversed(outside)):
+            after = used - self._blocks(i.seq_len) + self._blocks(o.seq_len)
+            host_room = self.kv.cpu.num_free >= self._blocks(i.num_computed)
+            if after > self.kv.gpu.num_blocks or not host_room:
+                break
+            if _left(o) - _left(i) <= _margin(outside_tokens, self._copy_s(i, o), step_s):
+                break
+            used = after
+            outs.append(self._move_kv(i, to_gpu=False))
+            del self.gpu_running[i.request_id]
+            if o.state == RequestState.SWAPPED:
+                self.swapped[i.request_id] = i
+                i.state = RequestState.SWAPPED
+                i.num_preemptions += 1
+            else:
+                self.cpu_running[i.request_id] = i
+                i.state = RequestState.RUNNING_CPU
+                self._waited_order = NeoPolicy._waited_order  # one joined: `_host_decodes` anew
+            ins.append(self._move_kv(o, to_gpu=True))
+            (self.swapped if o.state == RequestState.SWAPPED else self.cpu_running).pop(
+                o.request_id
+            )
+            o.state = RequestState.RUNNING_GPU
+            self.gpu_running[o.request_id] = o
+        if ins:
+            self.gpu_running = dict(
+                sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order)
+            )
+        return tuple(outs), tuple(ins)
+
+    def _copy_s(self, leaving: Request, joining: Request) -> float:
+        """Seconds of an exchange's copies: `leaving`'s KV to the host, then `joining`'s to
+        the GPU (`swap_s`'s terms for whole blocks)."""
+        per_block = self.config.block_size * self.cost.model.kv_bytes_per_token
+        out_bytes = self._blocks(leaving.num_computed) * per_block
+        in_bytes = self._blocks(joining.num_computed) * per_block
+        return self.cost.d2h(out_bytes) + self.cost.h2d(in_bytes)
+
+    @property
+    def _plans_for_the_drain(self) -> bool:
+        """Whether rule 7 may act: without an SLO, where the run's throughput is the goal (the
+        SLO maps judge goodput, and their orders are rule 6's or first come, first served)."""
+        return self.config.slo_tpot_s is None and self.config.slo_ttft_s is None
 
     def _admit(self, budget: Budget) -> list[Candidate]:
         """`_admit_after_the_decodes`, within `_ttft_prompt_tokens` under a TTFT SLO."""
@@ -478,6 +570,18 @@ class AdaptivePolicy(ApexPolicy):
                 gone = recent.popleft()
                 self._recent_output_tokens -= gone.max_new_tokens
                 self._recent_tokens -= gone.max_seq_len
+
+    def _arrivals_stopped(self, now: float) -> bool:
+        """Whether arrivals have stopped: none for `ARRIVALS_STOPPED_GAPS` mean gaps of the
+        recent arrivals (the window `_arrivals_outpace_the_gpu` rates), a silence a Poisson
+        stream at that rate shows with 1% probability. Arrivals all at one instant (offline)
+        have stopped as soon as the clock moves past them."""
+        recent = self._recent_arrivals
+        if not recent:
+            return False
+        last = recent[-1].arrival_s
+        mean_gap_s = (last - recent[0].arrival_s) / (len(recent) - 1) if len(recent) > 1 else 0.0
+        return now - last > self.ARRIVALS_STOPPED_GAPS * mean_gap_s
 
     def _arrivals_outpace_the_gpu(self) -> bool:
         """Whether the recent arrivals (the last `ARRIVAL_WINDOW`) would, by Little's law, keep
@@ -1058,3 +1162,23 @@ def _at_mean_future_context(r: Request) -> DecodeWork:
     """`r`'s decode at its mean context over the tokens it has left (its length taken as
     `max_new_tokens`): what its attention costs on average over the rest of its life."""
     return DecodeWork(r.request_id, r.seq_len + (r.max_new_tokens - r.num_generated) // 2)
+
+
+def _margin(outside_tokens: int, copy_s: float, step_s: float) -> float:
+    """Rule 7's margin, tokens left: the economic order quantity sqrt(2 W c / h) of the drain.
+    The requests off the GPU hold W = `outside_tokens` tokens to decode; each exchange costs
+    c = `copy_s`; a margin of M tokens costs about W / M exchanges and leaves the drain up to
+    M iterations longer than the longest-remaining-first order would, M / 2 on average, at
+    h = `step_s` an iteration. W c / M + M h / 2 is least at M = sqrt(2 W c / h)."""
+    return math.sqrt(2 * outside_tokens * copy_s / step_s) if step_s > 0 else math.inf
+
+
+def _left(r: Request) -> int:
+    """Output tokens `r` has left (its `max_new_tokens` less those generated)."""
+    return r.max_new_tokens - r.num_generated
+
+
+def _part_way_then_most_left(r: Request) -> tuple[bool, int]:
+    """Rule 7's queue order: a prompt part-way through its chunks first, then most output
+    tokens left first."""
+    return r.num_computed == 0, -_left(r)

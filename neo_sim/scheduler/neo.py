@@ -104,6 +104,8 @@ class NeoPolicy(Policy):
         reserved = self._reserve_for_overdue(budget)
         swap_out, recomputed = self._swap_out(budget)
         swap_in = () if (swap_out or recomputed) else self._swap_in(budget)
+        if not (swap_out or recomputed or swap_in):
+            swap_out, swap_in = self._exchange()
         recomputed = (*recomputed, *self._make_room_for_overdue())
         candidates = self._admit(budget)
         budget.seqs += reserved
@@ -123,6 +125,12 @@ class NeoPolicy(Policy):
             self._trim_cpu_prefills(b0, b1)
         mode, chosen = self._choose_mode(b0, b1, forced)
         return mode, chosen, (forced if mode == Mode.PIPELINED else ())
+
+    def _exchange(self) -> tuple[tuple[Swap, ...], tuple[Swap, ...]]:
+        """Step 2's other form where nothing else moved: (swap-outs, swap-ins) that trade GPU
+        residents for requests off the GPU, one for one (NEO trades none; adaptive's rule 7
+        does in the drain). The batch's slots are unchanged."""
+        return (), ()
 
     def _break_host_deadlock(self) -> int:
         """Nothing can run: CPU decodes cannot grow in a full host pool and cannot move to the

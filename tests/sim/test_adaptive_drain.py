@@ -1,0 +1,147 @@
+"""Adaptive's rule 7, the drain: once arrivals stop, the finite queue goes longest output
+first, and GPU residents near their end trade places with requests off the GPU that have more
+to go, where the copies cost less than the drain they save (docs/architecture.md, rule 7)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from neo_sim.catalog import resolve_target
+from neo_sim.runs import RunSpec, execute
+from neo_sim.scheduler import Request, SchedulerConfig, make_policy
+from neo_sim.scheduler.adaptive import AdaptivePolicy, _margin
+from neo_sim.scheduler.request import RequestState
+from neo_sim.workload import RequestSpec
+
+
+def _a10g_policy(**settings) -> AdaptivePolicy:
+    """adaptive-whole on g5.2xlarge (Llama-3-8B, its shipped profile) with these settings."""
+    cost = resolve_target("a10g-g5.2xlarge", "llama-3-8b").cost
+    config = SchedulerConfig(
+        **{"max_batch_tokens": 1024, "num_gpu_blocks": 3100, "num_cpu_blocks": 0, **settings}
+    )
+    policy = make_policy("adaptive-whole", config, cost)
+    assert isinstance(policy, AdaptivePolicy)
+    return policy
+
+
+def test_the_margin_is_the_drains_economic_order_quantity():
+    """sqrt(2 W c / h): 8,000 tokens off the GPU, 15 ms copies, 46 ms steps: ~72 tokens; four
+    times the work or copies twice as dear raise it by 2x and 1.41x; no step, no exchange."""
+    m = _margin(8000, 0.015, 0.046)
+    assert m == pytest.approx(72.2, abs=0.1)
+    assert _margin(32000, 0.015, 0.046) == pytest.approx(2 * m)
+    assert _margin(8000, 0.030, 0.046) == pytest.approx(math.sqrt(2) * m)
+    assert _margin(8000, 0.015, 0.0) == math.inf
+
+
+def test_arrivals_stop_after_a_silence_a_poisson_stream_rarely_shows():
+    """Ten arrivals 1 s apart: stopped once no other has come for ln(100) = 4.6 mean gaps
+    (a Poisson stream at that rate is that silent with probability 1%). Arrivals all at one
+    instant (offline) have stopped as soon as the clock moves past it."""
+    policy = _a10g_policy()
+    policy.add([Request(i, 100, 10, arrival_s=float(i)) for i in range(10)])
+    assert not policy._arrivals_stopped(9.0 + 4.5)
+    assert policy._arrivals_stopped(9.0 + 4.7)
+    offline = _a10g_policy()
+    offline.add([Request(i, 100, 10, arrival_s=0.0) for i in range(3)])
+    assert not offline._arrivals_stopped(0.0)
+    assert offline._arrivals_stopped(1e-6)
+
+
+@pytest.mark.parametrize(
+    ("gap_s", "settings", "first"),
+    [
+        (0.0, {}, 1),  # all at once, the clock past them: longest output first
+        (0.5, {}, 0),  # arrivals still coming (0.5 s apart, 0.1 s ago): first come
+        (0.0, {"slo_tpot_s": 1.0}, 0),  # under an SLO the rule does not act
+    ],
+)
+def test_once_arrivals_stop_the_queue_goes_longest_output_first(gap_s, settings, first):
+    """Three 600-token prompts (one fits the 1,024-token budget) with 10, 300 and 50 output
+    tokens."""
+    policy = _a10g_policy(**settings)
+    outputs = (10, 300, 50)
+    policy.add([Request(i, 600, n, arrival_s=i * gap_s) for i, n in enumerate(outputs)])
+    (prefill,) = policy.step(2 * gap_s + 0.1).prefills
+    assert prefill.request_id == first
+
+
+def test_longest_output_first_shortens_an_offline_batch_whose_long_output_came_last(
+    monkeypatch,
+):
+    """g5.2xlarge, a GPU pool of 4,000 tokens and no host pool, nine requests of 1000 + 100
+    tokens and one of 1000 + 900 last, all at once: first come, first served starts the long
+    one last, to decode alone for 800 iterations; started first it decodes beside the
+    others."""
+    spec = RunSpec.of(
+        hardware="a10g-g5.2xlarge",
+        model="llama-3-8b",
+        policy="adaptive-whole",
+        num_gpu_blocks=4000 // 16,
+        num_cpu_blocks=0,
+        timeline_iterations=0,
+    )
+    workload = [RequestSpec(i, 0.0, 1000, 100) for i in range(9)]
+    workload.append(RequestSpec(9, 0.0, 1000, 900))
+    ordered = execute(spec, workload).summary["duration_s"]
+    monkeypatch.setattr(AdaptivePolicy, "_arrivals_stopped", lambda self, now: False)
+    in_arrival_order = execute(spec, workload).summary["duration_s"]
+    assert ordered < 0.9 * in_arrival_order
+
+
+def test_in_the_drain_residents_near_their_end_trade_places_with_host_residents():
+    """g5.2xlarge, 1000/400 offline (a policy-map cell): the last host residents waited for
+    GPU room until the GPU's own residents finished, and then decoded with the GPU batch
+    emptying (docs/architecture.md, "Where an offline cell's last seconds go"); traded for
+    the residents nearest their end, the batch stays full to the last seconds. Priced out
+    (copies dearer than any drain saves) the rule trades nothing."""
+    spec = RunSpec.of(
+        hardware="a10g-g5.2xlarge",
+        model="llama-3-8b",
+        policy="adaptive",
+        input_len=1000,
+        output_len=400,
+        num_requests=200,
+        rate=math.inf,
+        max_batch_tokens=8192,
+        timeline_iterations=0,
+        iteration_records=True,
+    )
+    traded = execute(spec)
+    swaps = traded.iterations[["swap_out", "swap_in"]]
+    assert ((swaps.swap_out > 0) & (swaps.swap_in > 0)).any()  # exchanges: both in one plan
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(AdaptivePolicy, "_copy_s", lambda self, leaving, joining: math.inf)
+        untraded = execute(spec)
+    swaps = untraded.iterations[["swap_out", "swap_in"]]
+    assert not ((swaps.swap_out > 0) & (swaps.swap_in > 0)).any()
+    assert traded.summary["throughput_tok_s"] > 1.03 * untraded.summary["throughput_tok_s"]
+
+
+def test_an_exchange_moves_each_request_whole_and_the_resident_takes_the_others_place():
+    """One GPU resident with 3 tokens to go, one parked request with 301, a GPU pool too full
+    to take the parked one back (the swap-in watermark): after the exchange the parked one is
+    on the GPU with its KV there only, and the resident parked in its place with its KV on
+    the host only."""
+    policy = _a10g_policy(num_gpu_blocks=64, num_cpu_blocks=1000)  # room for the two prompts
+    policy.add([Request(0, 500, 4, arrival_s=0.0), Request(1, 500, 302, arrival_s=0.0)])
+    now = 0.0
+    while policy.waiting or len(policy.gpu_running) < 2:  # both prefilled, on the GPU
+        plan = policy.step(now)
+        policy.complete(plan)
+        now += plan.predicted_s
+    near_end, parked = policy.requests[0], policy.requests[1]
+    policy._move_kv(parked, to_gpu=False)  # park the long one by hand
+    del policy.gpu_running[1]
+    policy.swapped[1] = parked
+    parked.state = RequestState.SWAPPED
+    plan = policy.step(now + 1.0)
+    assert [s.request_id for s in plan.swap_out] == [0]
+    assert [s.request_id for s in plan.swap_in] == [1]
+    assert parked.state == RequestState.RUNNING_GPU and near_end.state == RequestState.SWAPPED
+    assert policy.kv.gpu.holds(1) and not policy.kv.cpu.holds(1)
+    assert policy.kv.cpu.holds(0) and not policy.kv.gpu.holds(0)
+    assert [d.request_id for d in plan.gpu_decodes] == [1]
