@@ -63,13 +63,7 @@ from neo_sim.costmodel import CostModel
 from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget, SchedulerConfig
 from neo_sim.scheduler.estimate import SubBatchBuilder, gpu_attn_s, gpu_decodes_pricer, slacks
-from neo_sim.scheduler.neo import (
-    Candidate,
-    NeoPolicy,
-    SteadyPrefill,
-    decode_only_builders,
-    never_trimmed,
-)
+from neo_sim.scheduler.neo import Candidate, SteadyPrefill, decode_only_builders, never_trimmed
 from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap, decode_works
 from neo_sim.scheduler.request import Device, Request, RequestState
 
@@ -272,15 +266,7 @@ class AdaptivePolicy(ApexPolicy):
                 break
             used = after
             outs.append(self._move_kv(i, to_gpu=False))
-            del self.gpu_running[i.request_id]
-            if o.state == RequestState.SWAPPED:
-                self.swapped[i.request_id] = i
-                i.state = RequestState.SWAPPED
-                i.num_preemptions += 1
-            else:
-                self.cpu_running[i.request_id] = i
-                i.state = RequestState.RUNNING_CPU
-                self._waited_order = NeoPolicy._waited_order  # one joined: `_host_decodes` anew
+            self._left_the_gpu(i, park=o.state == RequestState.SWAPPED)  # in o's place
             ins.append(self._move_kv(o, to_gpu=True))
             (self.swapped if o.state == RequestState.SWAPPED else self.cpu_running).pop(
                 o.request_id

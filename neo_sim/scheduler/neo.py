@@ -196,6 +196,12 @@ class NeoPolicy(Policy):
             return None
         park = not self._host_pays_for_swapped(r)
         swap = self._move_kv(r, to_gpu=False)
+        self._left_the_gpu(r, park)
+        return swap
+
+    def _left_the_gpu(self, r: Request, park: bool) -> None:
+        """The books of a GPU resident whose KV has just moved to the host: parked (a
+        preemption), or a host resident (then `_host_decodes` is built anew this step)."""
         del self.gpu_running[r.request_id]
         if park:
             self.swapped[r.request_id] = r
@@ -204,7 +210,7 @@ class NeoPolicy(Policy):
         else:
             self.cpu_running[r.request_id] = r
             r.state = RequestState.RUNNING_CPU
-        return swap
+            self._waited_order = NeoPolicy._waited_order
 
     def _host_pays_for_swapped(self, victim: Request) -> bool:
         """The host-pays test of step 3 for a request about to leave the GPU."""

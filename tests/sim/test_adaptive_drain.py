@@ -14,6 +14,7 @@ from neo_sim.scheduler import Request, SchedulerConfig, make_policy
 from neo_sim.scheduler.adaptive import AdaptivePolicy, _margin
 from neo_sim.scheduler.request import RequestState
 from neo_sim.workload import RequestSpec
+from tests.sim.test_apex_adaptive import _a10g_cell
 
 
 def _a10g_policy(**settings) -> AdaptivePolicy:
@@ -98,18 +99,8 @@ def test_in_the_drain_residents_near_their_end_trade_places_with_host_residents(
     emptying (docs/architecture.md, "Where an offline cell's last seconds go"); traded for
     the residents nearest their end, the batch stays full to the last seconds. Priced out
     (copies dearer than any drain saves) the rule trades nothing."""
-    spec = RunSpec.of(
-        hardware="a10g-g5.2xlarge",
-        model="llama-3-8b",
-        policy="adaptive",
-        input_len=1000,
-        output_len=400,
-        num_requests=200,
-        rate=math.inf,
-        max_batch_tokens=8192,
-        timeline_iterations=0,
-        iteration_records=True,
-    )
+    cell = _a10g_cell("a10g-g5.2xlarge", output_len=400)
+    spec = cell.with_(policy="adaptive", iteration_records=True)
     traded = execute(spec)
     swaps = traded.iterations[["swap_out", "swap_in"]]
     assert ((swaps.swap_out > 0) & (swaps.swap_in > 0)).any()  # exchanges: both in one plan
