@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks import RESULTS, reference_s, write_result
+from experiments import SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
 # pytest's last line: "465 passed, 6 skipped in 312.40s (0:05:12)" under -q (the project's
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="neo-ci-") as scratch:
         clone = Path(scratch) / "neo"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-        shared = ROOT.parent / "shared"
+        shared = SHARED
         shared_beside = shared.is_dir()
         if shared_beside:
             (Path(scratch) / "shared").symlink_to(shared, target_is_directory=True)

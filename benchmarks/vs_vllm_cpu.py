@@ -57,10 +57,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import RESULTS, SMOLLM2, reference_s, write_result
+from experiments import SHARED
 from neo_sim.machine import isa_cap, torch_isa_environment
 
 DEFAULT_MODEL = SMOLLM2
-TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure_conv_2023.csv"
+TRACE = SHARED / "traces" / "azure_conv_2023.csv"
 UNIFORM_BATCHES, PROMPT_TOKENS, NEW_TOKENS, TRACE_REQUESTS = (1, 8, 32), 128, 64, 64
 # What decides neo_engine's speed on this machine, recorded with every result.
 PATH_FACTS = (

@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
-from experiments import common
+from experiments import SHARED, common
 from neo_sim.model import ModelSpec
 from neo_sim.opwork import linear_kernels
 
-MEASUREMENTS = Path(__file__).resolve().parents[2] / "shared" / "gpu-measurements"
+MEASUREMENTS = SHARED / "gpu-measurements"
 # Datasheet figures (dense fp16/bf16 tensor peak, memory bandwidth). The source does not state
 # the A100's form factor; its all-reduce file is "pairwise NVLink" with up to 4 devices per
 # node, and NVLink bridges between pairs exist only on PCIe cards (SXM boards join all GPUs

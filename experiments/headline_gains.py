@@ -13,15 +13,14 @@ Run: python -m experiments.headline_gains [--quick]
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 
-from experiments import common
+from experiments import SHARED, common
 from neo_sim import plots
 from neo_sim.runs import RunSpec
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+TRACES = SHARED / "traces"
 HOSTS = {
     "t4": dict(
         hardware="t4",

@@ -35,12 +35,12 @@ from typing import Any
 
 import pandas as pd
 
-from experiments import common
+from experiments import SHARED, common
 from neo_sim import plots
 from neo_sim.runs import RunSpec
 from neo_sim.scheduler import POLICIES, SchedulerConfig
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+TRACES = SHARED / "traces"
 HOSTS = {
     "t4": dict(hardware="t4", model="llama-2-7b"),
     "g5.2xlarge": dict(hardware="a10g-g5.2xlarge", model="llama-3-8b"),

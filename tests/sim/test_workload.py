@@ -1,14 +1,14 @@
 import math
 import random
 import statistics
-from pathlib import Path
 
 import pytest
 
+from experiments import SHARED
 from neo_sim.errors import NeoError
 from neo_sim.workload import WorkloadSettings, arrival_times, from_trace, read_trace, synthetic
 
-TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
+TRACES = SHARED / "traces"
 CODE_TRACE = TRACES / "azure_code_2023.csv"
 CONV_TRACE = TRACES / "azure_conv_2023.csv"
 needs_traces = pytest.mark.skipif(not CODE_TRACE.exists(), reason="shared traces not present")
