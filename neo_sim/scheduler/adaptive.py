@@ -62,7 +62,13 @@ from collections.abc import Iterable, Iterator
 from neo_sim.costmodel import CostModel
 from neo_sim.scheduler.apex import ApexPolicy
 from neo_sim.scheduler.base import Budget, SchedulerConfig
-from neo_sim.scheduler.estimate import SubBatchBuilder, gpu_attn_s, gpu_decodes_pricer, slacks
+from neo_sim.scheduler.estimate import (
+    SubBatchBuilder,
+    gpu_attn_s,
+    gpu_decodes_pricer,
+    kv_copy_s,
+    slacks,
+)
 from neo_sim.scheduler.neo import Candidate, SteadyPrefill, decode_only_builders, never_trimmed
 from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap, decode_works
 from neo_sim.scheduler.request import Device, Request, RequestState
@@ -265,27 +271,20 @@ class AdaptivePolicy(ApexPolicy):
             if _left(o) - _left(i) <= _margin(outside_tokens, self._copy_s(i, o), step_s):
                 break
             used = after
-            outs.append(self._move_kv(i, to_gpu=False))
-            self._left_the_gpu(i, park=o.state == RequestState.SWAPPED)  # in o's place
-            ins.append(self._move_kv(o, to_gpu=True))
-            (self.swapped if o.state == RequestState.SWAPPED else self.cpu_running).pop(
-                o.request_id
-            )
-            o.state = RequestState.RUNNING_GPU
-            self.gpu_running[o.request_id] = o
+            outs.append(self._leave_gpu(i, park=o.state == RequestState.SWAPPED))  # o's place
+            ins.append(self._to_gpu(o))
         if ins:
-            self.gpu_running = dict(
-                sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order)
-            )
+            self._gpu_running_in_admission_order()
         return tuple(outs), tuple(ins)
 
     def _copy_s(self, leaving: Request, joining: Request) -> float:
         """Seconds of an exchange's copies: `leaving`'s KV to the host, then `joining`'s to
-        the GPU (`swap_s`'s terms for whole blocks)."""
-        per_block = self.config.block_size * self.cost.model.kv_bytes_per_token
-        out_bytes = self._blocks(leaving.num_computed) * per_block
-        in_bytes = self._blocks(joining.num_computed) * per_block
-        return self.cost.d2h(out_bytes) + self.cost.h2d(in_bytes)
+        the GPU, as `swap_s` prices them once made."""
+        out_blocks, in_blocks = (
+            self._blocks(leaving.num_computed),
+            self._blocks(joining.num_computed),
+        )
+        return kv_copy_s(self.cost, out_blocks, in_blocks, self.config.block_size)
 
     @property
     def _plans_for_the_drain(self) -> bool:

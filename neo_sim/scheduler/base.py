@@ -475,6 +475,29 @@ class Policy(ABC):
         r.num_swaps += 1
         return Swap(r.request_id, r.num_computed, tuple(src), tuple(dst))
 
+    def _park(self, r: Request) -> Swap:
+        """Preempt GPU resident `r` by swapping: its KV to the host, where it waits without
+        progress until it is brought back (`_to_gpu`)."""
+        swap = self._move_kv(r, to_gpu=False)
+        del self.gpu_running[r.request_id]
+        self.swapped[r.request_id] = r
+        r.state = RequestState.SWAPPED
+        r.num_preemptions += 1
+        return swap
+
+    def _to_gpu(self, r: Request) -> Swap:
+        """Bring a parked request or a host resident back: its KV to the GPU, it a GPU
+        resident. A caller that brings some back restores the residents' admission order
+        after (`_gpu_running_in_admission_order`)."""
+        swap = self._move_kv(r, to_gpu=True)
+        (self.swapped if r.state == RequestState.SWAPPED else self.cpu_running).pop(r.request_id)
+        r.state = RequestState.RUNNING_GPU
+        self.gpu_running[r.request_id] = r
+        return swap
+
+    def _gpu_running_in_admission_order(self) -> None:
+        self.gpu_running = dict(sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order))
+
     def _swap_in_parked(self, budget: Budget) -> tuple[Swap, ...]:
         """Bring parked (swapped-out) requests back to the GPU, oldest first, while GPU KV
         stays under the low watermark and the batch has room: `budget` is what the running
@@ -497,14 +520,9 @@ class Policy(ABC):
             if used + blocks > limit or not budget.take(1):
                 break
             used += blocks
-            swaps.append(self._move_kv(r, to_gpu=True))
-            del self.swapped[r.request_id]
-            r.state = RequestState.RUNNING_GPU
-            self.gpu_running[r.request_id] = r
+            swaps.append(self._to_gpu(r))
         if swaps:
-            self.gpu_running = dict(
-                sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order)
-            )
+            self._gpu_running_in_admission_order()
         return tuple(swaps)
 
     def _recompute(self, r: Request) -> None:

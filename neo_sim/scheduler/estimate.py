@@ -401,10 +401,10 @@ def swap_bytes(
 ) -> tuple[float, float]:
     """Bytes of a plan's swaps (out, in): whole requests, every layer, whole blocks, as the
     engine copies them."""
-    per_block = block_size * model.kv_bytes_per_token
-    out_bytes = sum(len(s.src_blocks) for s in swap_out) * per_block
-    in_bytes = sum(len(s.src_blocks) for s in swap_in) * per_block
-    return out_bytes, in_bytes
+    return (
+        _kv_bytes(model, _swapped_blocks(swap_out), block_size),
+        _kv_bytes(model, _swapped_blocks(swap_in), block_size),
+    )
 
 
 def swap_s(
@@ -412,8 +412,25 @@ def swap_s(
 ) -> float:
     """Seconds of a plan's swaps: one copy out, then one copy in, before any layer work (the
     timing model charges exactly these terms; docs/architecture.md, "Swaps")."""
-    out_bytes, in_bytes = swap_bytes(cost.model, swap_out, swap_in, block_size)
-    return cost.d2h(out_bytes) + cost.h2d(in_bytes)
+    return kv_copy_s(cost, _swapped_blocks(swap_out), _swapped_blocks(swap_in), block_size)
+
+
+def kv_copy_s(cost: CostModel, out_blocks: int, in_blocks: int, block_size: int) -> float:
+    """Seconds to copy `out_blocks` KV blocks to the host, then `in_blocks` to the GPU: a
+    plan's swaps (`swap_s`), or swaps a policy weighs before it makes them."""
+    model = cost.model
+    return cost.d2h(_kv_bytes(model, out_blocks, block_size)) + cost.h2d(
+        _kv_bytes(model, in_blocks, block_size)
+    )
+
+
+def _swapped_blocks(swaps: tuple[Swap, ...]) -> int:
+    return sum(len(s.src_blocks) for s in swaps)
+
+
+def _kv_bytes(model: ModelSpec, blocks: int, block_size: int) -> int:
+    """Bytes of `blocks` whole KV blocks, every layer."""
+    return blocks * (block_size * model.kv_bytes_per_token)
 
 
 def iteration_s(cost: CostModel, layer_s: float, num_seqs: int) -> float:

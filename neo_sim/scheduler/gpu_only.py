@@ -114,12 +114,7 @@ class GpuOnlyPolicy(Policy):
         if r.is_prefilling or cpu.extra_blocks(r.request_id, r.num_computed) > cpu.num_free:
             self._recompute(r)
             return None
-        swap = self._move_kv(r, to_gpu=False)
-        del self.gpu_running[r.request_id]
-        self.swapped[r.request_id] = r
-        r.state = RequestState.SWAPPED
-        r.num_preemptions += 1
-        return swap
+        return self._park(r)
 
     def _swap_in(self, budget: Budget) -> tuple[Swap, ...]:
         """`_swap_in_parked` with what the running requests leave of `budget` (a copy:

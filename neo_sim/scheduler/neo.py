@@ -194,23 +194,19 @@ class NeoPolicy(Policy):
         if cpu.extra_blocks(r.request_id, r.seq_len) > cpu.num_free:
             self._recompute(r)  # host memory is full too: drop the KV
             return None
-        park = not self._host_pays_for_swapped(r)
-        swap = self._move_kv(r, to_gpu=False)
-        self._left_the_gpu(r, park)
-        return swap
+        return self._leave_gpu(r, park=not self._host_pays_for_swapped(r))
 
-    def _left_the_gpu(self, r: Request, park: bool) -> None:
-        """The books of a GPU resident whose KV has just moved to the host: parked (a
-        preemption), or a host resident (then `_host_decodes` is built anew this step)."""
-        del self.gpu_running[r.request_id]
+    def _leave_gpu(self, r: Request, park: bool) -> Swap:
+        """GPU resident `r`'s KV to the host: parked (`_park`), or a host resident (then
+        `_host_decodes` is built anew this step)."""
         if park:
-            self.swapped[r.request_id] = r
-            r.state = RequestState.SWAPPED
-            r.num_preemptions += 1
-        else:
-            self.cpu_running[r.request_id] = r
-            r.state = RequestState.RUNNING_CPU
-            self._waited_order = NeoPolicy._waited_order
+            return self._park(r)
+        swap = self._move_kv(r, to_gpu=False)
+        del self.gpu_running[r.request_id]
+        self.cpu_running[r.request_id] = r
+        r.state = RequestState.RUNNING_CPU
+        self._waited_order = NeoPolicy._waited_order
+        return swap
 
     def _host_pays_for_swapped(self, victim: Request) -> bool:
         """The host-pays test of step 3 for a request about to leave the GPU."""
@@ -250,14 +246,9 @@ class NeoPolicy(Policy):
             if used + blocks > limit or not budget.take(1):
                 break
             used += blocks
-            swaps.append(self._move_kv(r, to_gpu=True))
-            del self.cpu_running[r.request_id]
-            self.gpu_running[r.request_id] = r
-            r.state = RequestState.RUNNING_GPU
+            swaps.append(self._to_gpu(r))
         if swaps:
-            self.gpu_running = dict(
-                sorted(self.gpu_running.items(), key=lambda kv: kv[1].admit_order)
-            )
+            self._gpu_running_in_admission_order()
         return tuple(swaps)
 
     # ---- step 3 ---------------------------------------------------------------------------
