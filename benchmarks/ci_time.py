@@ -74,10 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="neo-ci-") as scratch:
         clone = Path(scratch) / "neo"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-        shared = SHARED
-        shared_beside = shared.is_dir()
+        shared_beside = SHARED.is_dir()
         if shared_beside:
-            (Path(scratch) / "shared").symlink_to(shared, target_is_directory=True)
+            (Path(scratch) / "shared").symlink_to(SHARED, target_is_directory=True)
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")} | {
             "TORCH_EXTENSIONS_DIR": str(Path(scratch) / "torch_extensions"),
             "NEO_MODELS_DIR": str(Path(scratch) / "models"),

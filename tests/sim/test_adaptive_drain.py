@@ -8,24 +8,12 @@ import math
 
 import pytest
 
-from neo_sim.catalog import resolve_target
 from neo_sim.runs import RunSpec, execute
-from neo_sim.scheduler import Request, SchedulerConfig, make_policy
+from neo_sim.scheduler import Request
 from neo_sim.scheduler.adaptive import AdaptivePolicy, _margin
 from neo_sim.scheduler.request import RequestState
 from neo_sim.workload import RequestSpec
-from tests.sim.test_apex_adaptive import _a10g_cell
-
-
-def _a10g_policy(**settings) -> AdaptivePolicy:
-    """adaptive-whole on g5.2xlarge (Llama-3-8B, its shipped profile) with these settings."""
-    cost = resolve_target("a10g-g5.2xlarge", "llama-3-8b").cost
-    config = SchedulerConfig(
-        **{"max_batch_tokens": 1024, "num_gpu_blocks": 3100, "num_cpu_blocks": 0, **settings}
-    )
-    policy = make_policy("adaptive-whole", config, cost)
-    assert isinstance(policy, AdaptivePolicy)
-    return policy
+from tests.sim.test_apex_adaptive import _a10g_cell, _g5_2xlarge_policy
 
 
 def test_the_margin_is_the_drains_economic_order_quantity():
@@ -42,11 +30,11 @@ def test_arrivals_stop_after_a_silence_a_poisson_stream_rarely_shows():
     """Ten arrivals 1 s apart: stopped once no other has come for ln(100) = 4.6 mean gaps
     (a Poisson stream at that rate is that silent with probability 1%). Arrivals all at one
     instant (offline) have stopped as soon as the clock moves past it."""
-    policy = _a10g_policy()
+    policy = _g5_2xlarge_policy()
     policy.add([Request(i, 100, 10, arrival_s=float(i)) for i in range(10)])
     assert not policy._arrivals_stopped(9.0 + 4.5)
     assert policy._arrivals_stopped(9.0 + 4.7)
-    offline = _a10g_policy()
+    offline = _g5_2xlarge_policy()
     offline.add([Request(i, 100, 10, arrival_s=0.0) for i in range(3)])
     assert not offline._arrivals_stopped(0.0)
     assert offline._arrivals_stopped(1e-6)
@@ -63,7 +51,7 @@ def test_arrivals_stop_after_a_silence_a_poisson_stream_rarely_shows():
 def test_once_arrivals_stop_the_queue_goes_longest_output_first(gap_s, settings, first):
     """Three 600-token prompts (one fits the 1,024-token budget) with 10, 300 and 50 output
     tokens."""
-    policy = _a10g_policy(**settings)
+    policy = _g5_2xlarge_policy(**settings)
     outputs = (10, 300, 50)
     policy.add([Request(i, 600, n, arrival_s=i * gap_s) for i, n in enumerate(outputs)])
     (prefill,) = policy.step(2 * gap_s + 0.1).prefills
@@ -117,7 +105,7 @@ def test_an_exchange_moves_each_request_whole_and_the_resident_takes_the_others_
     to take the parked one back (the swap-in watermark): after the exchange the parked one is
     on the GPU with its KV there only, and the resident parked in its place with its KV on
     the host only."""
-    policy = _a10g_policy(num_gpu_blocks=64, num_cpu_blocks=1000)  # room for the two prompts
+    policy = _g5_2xlarge_policy(num_gpu_blocks=64, num_cpu_blocks=1000)  # room for the two prompts
     policy.add([Request(0, 500, 4, arrival_s=0.0), Request(1, 500, 302, arrival_s=0.0)])
     now = 0.0
     while policy.waiting or len(policy.gpu_running) < 2:  # both prefilled, on the GPU

@@ -605,14 +605,15 @@ def test_paced_prompts_raise_adaptive_throughput_on_an_a10g():
     assert tok_s["adaptive"] >= 1.05 * rivals
 
 
-def _ttft_policy(**settings) -> Policy:
-    """adaptive-whole on g5.2xlarge (Llama-3-8B, its shipped profile) with these settings, a
-    budget of 1,024 tokens per iteration (one 900-token prompt)."""
+def _g5_2xlarge_policy(**settings) -> AdaptivePolicy:
+    """adaptive-whole on g5.2xlarge (Llama-3-8B, its shipped profile), a budget of 1,024 tokens
+    per iteration (one 900-token prompt), a GPU pool of 3,100 blocks and no host pool, unless
+    `settings` say otherwise."""
     cost = resolve_target("a10g-g5.2xlarge", "llama-3-8b").cost
-    config = SchedulerConfig(
-        max_batch_tokens=1024, num_gpu_blocks=3100, num_cpu_blocks=0, **settings
-    )
-    return make_policy("adaptive-whole", config, cost)
+    defaults = {"max_batch_tokens": 1024, "num_gpu_blocks": 3100, "num_cpu_blocks": 0}
+    policy = make_policy("adaptive-whole", SchedulerConfig(**(defaults | settings)), cost)
+    assert isinstance(policy, AdaptivePolicy)
+    return policy
 
 
 def test_under_a_ttft_slo_prompts_past_their_bound_wait_behind_those_within_it():
@@ -622,7 +623,7 @@ def test_under_a_ttft_slo_prompts_past_their_bound_wait_behind_those_within_it()
     first served."""
     arrivals = (0.0, 5.5, 5.8)
     for bound, first, order in ((1.0, 1, [2, 0]), (None, 0, [1, 2])):
-        policy = _ttft_policy(slo_ttft_s=bound)
+        policy = _g5_2xlarge_policy(slo_ttft_s=bound)
         policy.add([Request(i, 900, 50, arrival_s=t) for i, t in enumerate(arrivals)])
         (prefill,) = policy.step(6.0).prefills
         assert prefill.request_id == first
@@ -635,7 +636,7 @@ def test_under_a_ttft_slo_a_prompt_that_would_make_others_miss_goes_behind_them(
     but then the 300 behind them (arrived 5.75) at 6.9, late; the longest so far goes behind,
     and both 300s make it (6.3, 6.6): two first tokens in time instead of one. The prompt
     whose bound ran out (arrived at 0) stays last."""
-    policy = _ttft_policy(slo_ttft_s=1.0)
+    policy = _g5_2xlarge_policy(slo_ttft_s=1.0)
     monkeypatch.setattr(policy, "_prompt_token_s", lambda length: 0.001)
     monkeypatch.setattr(policy, "_decode_only_s", lambda host: 0.0)
     queue = {0: (100, 0.0), 1: (600, 5.7), 2: (300, 5.75), 3: (300, 5.8)}
@@ -652,7 +653,7 @@ def test_under_a_ttft_slo_a_prompt_that_would_make_others_miss_goes_behind_them(
 def test_under_a_ttft_slo_a_prompt_part_way_through_its_chunks_keeps_its_place():
     """A prompt holding KV for its first chunk goes on first even once its bound has passed:
     it is committed to its pool, and the prompt behind it waits."""
-    policy = _ttft_policy(slo_ttft_s=1.0, chunked_prefill_tokens=1024)
+    policy = _g5_2xlarge_policy(slo_ttft_s=1.0, chunked_prefill_tokens=1024)
     policy.add([Request(0, 2000, 50, arrival_s=0.0)])
     policy.complete(policy.step(0.0))
     policy.add([Request(1, 1000, 50, arrival_s=5.5)])
@@ -721,7 +722,7 @@ def test_under_a_ttft_slo_prompts_that_make_the_bound_together_go_together(monke
     arrival's behind it, so both go. With a late prompt in the queue, or one predicted to miss
     (900 tokens more: 172 ms), the cap holds: those are what arrivals pass."""
     for third, admitted in ((None, [0, 1]), ((300, -1.0), [0]), ((900, 0.0015), [0])):
-        policy = _ttft_policy(slo_ttft_s=0.1)
+        policy = _g5_2xlarge_policy(slo_ttft_s=0.1)
         monkeypatch.setattr(policy, "_prompt_token_s", lambda length: 0.0001)
         monkeypatch.setattr(policy, "_iteration_floor_s", lambda: 0.01)
         policy.add([Request(0, 300, 50, arrival_s=0.0), Request(1, 300, 50, arrival_s=0.001)])
