@@ -48,7 +48,9 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   token, and adaptive plans for that end: the waiting queue goes most output left first
   (`_order_most_output_left_first`), and once no prompt waits the GPU residents nearest their
   end trade places with the requests off the GPU that have the most to go, by a margin that
-  weighs the copies against the drain they save (`_exchange`, `_margin`).
+  weighs the copies against the drain they save (`_exchange`, `_margin`). Under a TTFT SLO
+  the trades alone, once arrivals have stopped by a stricter test (a false alarm there costs
+  first tokens).
 Steps 1-3 (swaps, admission, placement where the host pays) and the starvation bound are NEO's.
 """
 
@@ -101,15 +103,18 @@ class AdaptivePolicy(ApexPolicy):
     # the map's runs are stationary, 200 requests each; docs/architecture.md, rule 4, has 16
     # and 256 measured after).
     ARRIVAL_WINDOW = 64
-    # Rule 7's "arrivals have stopped": a silence of this many mean gaps, which a Poisson
-    # stream shows with probability exp(-x) = 1% (chosen so, not fitted to the map).
-    ARRIVALS_STOPPED_GAPS = -math.log(0.01)
+    # Rule 7's "arrivals have stopped": a silence a Poisson stream shows with this probability
+    # (chosen so, not fitted to the map): after any one gap (exp(-x) = 1%: x = 4.6 mean gaps)
+    # without an SLO, and after any of the gaps seen so far (n exp(-x) = 1%, the union bound)
+    # under a TTFT SLO, where a false alarm costs first tokens (`_arrivals_stopped`).
+    ARRIVALS_STOPPED_CHANCE = 0.01
 
     def __init__(self, config: SchedulerConfig, cost: CostModel):
         super().__init__(config, cost)
         self._recent_arrivals: deque[Request] = deque()
         self._recent_output_tokens = 0  # their `max_new_tokens`, summed
         self._recent_tokens = 0  # their `max_seq_len`, summed
+        self._arrivals_seen = 0  # every request added since the start
         self._prefill_s_by_length: dict[int, float] = {}  # `_prefill_s`'s answers
         # Under a TTFT SLO, whether this step's queue is predicted to make the bound whole (no
         # prompt late, none predicted to miss): set by `_order_for_the_ttft_bound`, reset by
@@ -124,7 +129,7 @@ class AdaptivePolicy(ApexPolicy):
             self._tpot_limit_s = self._tpot_budget_s(now)
             if self.swapped:
                 self._host_takes_parked()
-        elif self._plans_for_the_drain and len(self.waiting) > 1 and self._arrivals_stopped(now):
+        elif self._orders_for_the_drain and len(self.waiting) > 1 and self._arrivals_stopped(now):
             self._order_most_output_left_first()
         return super().step(now)
 
@@ -252,7 +257,7 @@ class AdaptivePolicy(ApexPolicy):
         longest remaining work runs first and the batch stays full to the last seconds. The
         resident takes the other's place, parked or on the host (the host set keeps its
         size), and the copies go before the iteration's layers, as every plan's swaps."""
-        if not (self._plans_for_the_drain and (self.cpu_running or self.swapped)):
+        if not (self._exchanges_for_the_drain and (self.cpu_running or self.swapped)):
             return (), ()
         if self.waiting or not self._arrivals_stopped(self.now):
             return (), ()
@@ -287,10 +292,19 @@ class AdaptivePolicy(ApexPolicy):
         return kv_copy_s(self.cost, out_blocks, in_blocks, self.config.block_size)
 
     @property
-    def _plans_for_the_drain(self) -> bool:
-        """Whether rule 7 may act: without an SLO, where the run's throughput is the goal (the
-        SLO maps judge goodput, and their orders are rule 6's or first come, first served)."""
+    def _orders_for_the_drain(self) -> bool:
+        """Whether rule 7 may reorder the queue: without an SLO, where the run's throughput is
+        the goal (under a TTFT SLO the queue's order is rule 6's, under a TPOT SLO first come,
+        first served)."""
         return self.config.slo_tpot_s is None and self.config.slo_ttft_s is None
+
+    @property
+    def _exchanges_for_the_drain(self) -> bool:
+        """Whether rule 7 may trade places: not under a TPOT SLO, where a traded-out resident
+        would decode on the host beyond the budget rule 1's placement keeps. Under a TTFT SLO
+        the trades come once no prompt waits, after every first token, and shorten the run
+        its goodput is counted over."""
+        return self.config.slo_tpot_s is None
 
     def _admit(self, budget: Budget) -> list[Candidate]:
         """`_admit_after_the_decodes`, within `_ttft_prompt_tokens` under a TTFT SLO."""
@@ -547,6 +561,7 @@ class AdaptivePolicy(ApexPolicy):
         requests = [requests] if isinstance(requests, Request) else list(requests)
         super().add(requests)
         recent = self._recent_arrivals
+        self._arrivals_seen += len(requests)
         for r in requests:
             recent.append(r)
             self._recent_output_tokens += r.max_new_tokens
@@ -557,16 +572,22 @@ class AdaptivePolicy(ApexPolicy):
                 self._recent_tokens -= gone.max_seq_len
 
     def _arrivals_stopped(self, now: float) -> bool:
-        """Whether arrivals have stopped: none for `ARRIVALS_STOPPED_GAPS` mean gaps of the
-        recent arrivals (the window `_arrivals_outpace_the_gpu` rates), a silence a Poisson
-        stream at that rate shows with 1% probability. Arrivals all at one instant (offline)
+        """Whether arrivals have stopped: none for as many mean gaps of the recent arrivals
+        (the window `_arrivals_outpace_the_gpu` rates) as a Poisson stream at that rate
+        exceeds with probability `ARRIVALS_STOPPED_CHANCE`: after one gap without an SLO
+        (ln 100 = 4.6 gaps; a false alarm there costs a few copies and a reordered queue), after
+        any of the gaps seen so far under a TTFT SLO (ln(100 n): 9.9 gaps at n = 200), where a
+        false alarm's exchanges keep long outputs in the GPU pool that the next arrivals'
+        first tokens need (on g5.4xlarge 1000/800 at 150% load a lull at 98 s cost three
+        first tokens: docs/architecture.md, rule 7). Arrivals all at one instant (offline)
         have stopped as soon as the clock moves past them."""
         recent = self._recent_arrivals
         if not recent:
             return False
         last = recent[-1].arrival_s
         mean_gap_s = (last - recent[0].arrival_s) / (len(recent) - 1) if len(recent) > 1 else 0.0
-        return now - last > self.ARRIVALS_STOPPED_GAPS * mean_gap_s
+        gaps_seen = self._arrivals_seen if self.config.slo_ttft_s is not None else 1
+        return now - last > math.log(gaps_seen / self.ARRIVALS_STOPPED_CHANCE) * mean_gap_s
 
     def _arrivals_outpace_the_gpu(self) -> bool:
         """Whether the recent arrivals (the last `ARRIVAL_WINDOW`) would, by Little's law, keep
