@@ -14,7 +14,8 @@ time on the target hardware. Target (issue 13): below 1%.
 This VM's speed drifts (up to 2x within an hour), so each host's rows record `reference_s`, a
 fixed pure-Python loop timed just before them (`benchmarks.reference_s`), and each row is the
 fastest of `--repeats` identical runs (the schedule is deterministic: only the timing differs;
-the least time is the one least disturbed, as `timeit` reports). On one H100 a run is ~1,300
+the least time is the one least disturbed, as `timeit` reports), the repeats taken in turns
+over a host's rows so that a drift reaches them alike. On one H100 a run is ~1,300
 steps, ~0.2 s of scheduler time: one run read 0.11 to 0.18 ms a step for gpu-only within an
 hour (2026-12-06, ad hoc: those single runs are not committed).
 
@@ -52,7 +53,7 @@ TARGET_SHARE = 0.01
 
 
 def measure(hardware: str, model: str, requests: int, repeats: int) -> list[dict]:
-    from neo_sim.runs import RunSpec, execute
+    from neo_sim.runs import RunOutput, RunSpec, execute
 
     base = RunSpec.of(
         hardware=hardware,
@@ -65,33 +66,39 @@ def measure(hardware: str, model: str, requests: int, repeats: int) -> list[dict
         steady_runs=False,  # every iteration a full scheduler step
     )
     capacity = execute(base.with_(policy="gpu-only", rate=math.inf)).summary["throughput_req_s"]
-    rows = []
     reference = reference_s()
     loaded = base.with_(rate=0.9 * capacity)
-    ttft = BOUNDS["ttft"]  # the TTFT map's bound: from gpu-only's run at its reference load
+    # The SLO maps' bounds: TPOT from gpu-only's run at this load, TTFT from its run at the
+    # TTFT map's reference load.
+    tpot_bound = (
+        SLO_OVER_GPU_ONLY
+        * execute(loaded.with_(policy="gpu-only")).summary[BOUNDS["tpot"].reference]
+    )
+    ttft = BOUNDS["ttft"]
     light = execute(base.with_(policy="gpu-only", rate=ttft.reference_load * capacity)).summary
     ttft_bound = SLO_OVER_GPU_ONLY * light[ttft.reference]
-    bound = None  # set by gpu-only's run, the first of POLICIES, before any SLO run
-    cases = [(p, "") for p in POLICIES] + [(p, "tpot") for p in SLO_POLICIES]
-    cases += [(p, "ttft") for p in TTFT_SLO_POLICIES]
-    for policy, slo in cases:
-        slo_tpot_s = bound if slo == "tpot" else None
-        slo_ttft_s = ttft_bound if slo == "ttft" else None
-        spec = loaded.with_(policy=policy, slo_tpot_s=slo_tpot_s, slo_ttft_s=slo_ttft_s)
-        runs = []  # (scheduler seconds, wall seconds, result) of each repeat
-        for _ in range(repeats):
+    cases = [(p, None, None) for p in POLICIES]
+    cases += [(p, tpot_bound, None) for p in SLO_POLICIES]
+    cases += [(p, None, ttft_bound) for p in TTFT_SLO_POLICIES]
+    specs = [loaded.with_(policy=p, slo_tpot_s=t, slo_ttft_s=f) for p, t, f in cases]
+    # (scheduler seconds, wall seconds, result) of each case's runs. The repeats go round the
+    # cases, so that a drift in this VM's speed reaches every row alike (a row's runs spread
+    # over the host's whole measurement, not bunched in a minute of it).
+    runs: list[list[tuple[float, float, RunOutput]]] = [[] for _ in specs]
+    for _ in range(repeats):
+        for spec, of_case in zip(specs, runs):
             started = time.perf_counter()
             out = execute(spec)
             wall = time.perf_counter() - started
-            runs.append((out.result.scheduler_s + out.result.complete_s, wall, out))
-        _, wall, out = min(runs, key=lambda run: run[0])
-        if policy == "gpu-only" and not slo:
-            bound = SLO_OVER_GPU_ONLY * out.summary[BOUNDS["tpot"].reference]
+            of_case.append((out.result.scheduler_s + out.result.complete_s, wall, out))
+    rows = []
+    for (policy, slo_tpot_s, slo_ttft_s), spec, of_case in zip(cases, specs, runs):
+        _, wall, out = min(of_case, key=lambda run: run[0])
         steps = int(out.summary["num_iterations"])
         plan_s = out.result.scheduler_s / max(1, steps)
         books_s = out.result.complete_s / max(1, steps)
         per_step = plan_s + books_s
-        every_ms = [1e3 * total / max(1, steps) for total, _, _ in runs]
+        every_ms = [1e3 * total / max(1, steps) for total, _, _ in of_case]
         rows.append(
             {
                 "hardware": hardware,
