@@ -301,9 +301,11 @@ class AdaptivePolicy(ApexPolicy):
     @property
     def _exchanges_for_the_drain(self) -> bool:
         """Whether rule 7 may trade places: not under a TPOT SLO, where a traded-out resident
-        would decode on the host beyond the budget rule 1's placement keeps. Under a TTFT SLO
-        the trades come once no prompt waits, after every first token, and shorten the run
-        its goodput is counted over."""
+        waits parked, or decodes on the host only within the step's budget, and its mean gap
+        between tokens grows, which the margin does not price (allowed there, the TPOT map
+        moved in 4 cells, up 0.2-1.3%, none across 1.05x: docs/architecture.md, rule 7).
+        Under a TTFT SLO the trades come once no prompt waits, after every first token, and
+        shorten the run its goodput is counted over."""
         return self.config.slo_tpot_s is None
 
     def _admit(self, budget: Budget) -> list[Candidate]:
