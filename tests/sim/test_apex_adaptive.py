@@ -678,7 +678,7 @@ def test_under_a_ttft_slo_adaptive_serves_more_first_tokens_in_time_when_overloa
     the host first come, first served, and once their queue is longer than the bound the
     prompts they start are already late; adaptive starts those still in time first, less
     those predicted to miss anyway (and, under the bound, holds none back for throughput).
-    Measured 1.32x the better of the two (1.15x in arrival order alone); 0.43x with its
+    Measured 1.33x the better of the two (1.15x in arrival order alone); 0.43x with its
     throughput rules and no reordering."""
     spec = _a10g_cell("a10g-g5.4xlarge", output_len=200, rate=3.607).with_(
         slo_ttft_s=0.645, slo_per_token_s=None
