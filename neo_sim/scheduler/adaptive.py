@@ -335,7 +335,7 @@ class AdaptivePolicy(ApexPolicy):
         does: one prompt more can push the iteration's end past the bound of every prompt in
         it. On g5.2xlarge, 60 prompts of ~400 tokens at once under a 2 s bound, the third
         budget-full iteration ended at 2.012 s and its 11 prompts all missed, where gpu-only's
-        10 made it (0.74x gpu-only's goodput; with the head 1.07x; the TTFT map 68 cells at
+        10 made it (0.74x gpu-only's goodput; with the head 1.07x; the TTFT map 69 cells at
         >= 1.05x instead of 64: docs/architecture.md, rule 6).
 
         Where the whole queue is predicted to make the bound (`_queue_makes_the_bound`), the
