@@ -149,6 +149,8 @@ def test_an_exchange_moves_each_request_whole_and_the_resident_takes_the_others_
     policy.swapped[1] = parked
     parked.state = RequestState.SWAPPED
     if not trades:
+        policy.now = now + 1.0  # arrivals have stopped: only the SLO keeps the trade out
+        assert policy._arrivals_stopped(policy.now)
         assert policy._exchange() == ((), ())
         return
     plan = policy.step(now + 1.0)
@@ -158,3 +160,42 @@ def test_an_exchange_moves_each_request_whole_and_the_resident_takes_the_others_
     assert policy.kv.gpu.holds(1) and not policy.kv.cpu.holds(1)
     assert policy.kv.cpu.holds(0) and not policy.kv.gpu.holds(0)
     assert [d.request_id for d in plan.gpu_decodes] == [1]
+
+
+def test_no_trade_before_the_batchs_last_turnover(monkeypatch):
+    """One GPU resident with 3 tokens to go and two parked requests with 301: more requests
+    wait off the GPU than it holds, so each would take a resident's place as it ends anyway,
+    and none trades (`_in_the_last_turnover`); without that test the resident would trade."""
+    policy = _g5_2xlarge_policy(num_gpu_blocks=64, num_cpu_blocks=1000)
+    policy.add([Request(i, 300, n, arrival_s=0.0) for i, n in enumerate((4, 302, 302))])
+    now = 0.0
+    while policy.waiting or len(policy.gpu_running) < 3:  # all prefilled, on the GPU
+        plan = policy.step(now)
+        policy.complete(plan)
+        now += plan.predicted_s
+    for r in (policy.requests[1], policy.requests[2]):  # park the long ones by hand
+        policy._move_kv(r, to_gpu=False)
+        del policy.gpu_running[r.request_id]
+        policy.swapped[r.request_id] = r
+        r.state = RequestState.SWAPPED
+    policy.now = now + 1.0  # arrivals have stopped
+    assert policy._arrivals_stopped(policy.now)
+    assert policy._exchange() == ((), ())
+    monkeypatch.setattr(AdaptivePolicy, "_in_the_last_turnover", lambda self, residents: True)
+    outs, ins = policy._exchange()
+    assert [s.request_id for s in outs] == [0] and len(ins) == 1
+
+
+def test_trading_only_in_the_last_turnover_keeps_requests_ending(monkeypatch):
+    """g5.4xlarge, 1000/400 offline at the CLI's 4,096-token budget (a cell of the budget-4096
+    policy map): trading from the drain's start, with 160 requests off the GPU beside its 40,
+    sent residents near their end off the GPU, where they waited, and no request ended from
+    53 s to 93 s: 0.984x neo's throughput. Trading only in the batch's last turnover: above
+    neo's."""
+    spec = _a10g_cell("a10g-g5.4xlarge", output_len=400).with_(max_batch_tokens=4096)
+    neo = execute(spec.with_(policy="neo")).summary["throughput_tok_s"]
+    last_turnover = execute(spec.with_(policy="adaptive")).summary["throughput_tok_s"]
+    monkeypatch.setattr(AdaptivePolicy, "_in_the_last_turnover", lambda self, residents: True)
+    from_the_start = execute(spec.with_(policy="adaptive")).summary["throughput_tok_s"]
+    assert from_the_start < 0.99 * neo < neo < last_turnover
+    assert last_turnover > 1.03 * from_the_start
