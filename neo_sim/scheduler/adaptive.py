@@ -47,10 +47,11 @@ What it adds to `apex` (docs/architecture.md, "Adaptive"):
   whole.
 - Without an SLO, once arrivals have stopped (`_arrivals_stopped`) the run ends with its last
   token, and adaptive plans for that end: the waiting queue goes most output left first
-  (`_order_most_output_left_first`), and once no prompt waits and the requests off the GPU
-  are no more than its residents (`_in_the_last_turnover`) the GPU residents nearest their
-  end trade places with the requests off the GPU that have the most to go, by a margin that
-  weighs the copies against the drain they save (`_exchange`, `_margin`). Under a TTFT SLO
+  (`_order_most_output_left_first`), and once no prompt waits the GPU residents nearest their
+  end trade places with the requests off the GPU that have the most to go, where those are on
+  the run's critical path (more tokens left than the drain's work per batch slot,
+  `_tokens_per_slot`), by a margin that weighs the copies against the drain they save
+  (`_exchange`, `_margin`). Under a TTFT SLO
   the trades alone, once arrivals have stopped by a stricter test (a false alarm there costs
   first tokens).
 Steps 1-3 (swaps, admission, placement where the host pays) and the starvation bound are NEO's.
@@ -250,30 +251,31 @@ class AdaptivePolicy(ApexPolicy):
         self.waiting.extend(ordered)
 
     def _exchange(self) -> tuple[tuple[Swap, ...], tuple[Swap, ...]]:
-        """Rule 7 (the drain): once arrivals have stopped, no prompt waits and the batch is in
-        its last turnover (`_in_the_last_turnover`), the GPU residents with the fewest tokens
-        left trade places with the requests off the GPU (host
-        residents or parked ones) with the most, where the one has at least `_margin` tokens
-        more to go than the other. Without it the host residents of the last admissions wait
-        for GPU room until the GPU's own residents finish, and then decode while the GPU batch
-        empties (g5.2xlarge 1000/400 offline: docs/architecture.md, rule 7); with it the
-        longest remaining work runs first and the batch stays full to the last seconds. The
-        resident takes the other's place, parked or on the host (the host set keeps its
-        size), and the copies go before the iteration's layers, as every plan's swaps."""
+        """Rule 7 (the drain): once arrivals have stopped and no prompt waits, the GPU
+        residents with the fewest tokens left trade places with the requests off the GPU (host
+        residents or parked ones) with the most, where the one is on the run's critical path
+        (more tokens left than `_tokens_per_slot`) and has at least `_margin` tokens more to go
+        than the other. Without it the host residents of the last admissions wait for GPU room
+        until the GPU's own residents finish, and then decode while the GPU batch empties
+        (g5.2xlarge 1000/400 offline: docs/architecture.md, rule 7); with it the longest
+        remaining work runs first and the batch stays full to the last seconds. The resident
+        takes the other's place, parked or on the host (the host set keeps its size), and the
+        copies go before the iteration's layers, as every plan's swaps."""
         if not (self._exchanges_for_the_drain and (self.cpu_running or self.swapped)):
             return (), ()
         if self.waiting or not self._arrivals_stopped(self.now):
             return (), ()
         inside = sorted((r for r in self.gpu_running.values() if not r.is_prefilling), key=_left)
-        if not self._in_the_last_turnover(len(inside)):
-            return (), ()
         outside = sorted((*self.cpu_running.values(), *self.swapped.values()), key=_left)
         outside_tokens = sum(map(_left, outside))
+        critical = self._tokens_per_slot(inside, outside_tokens)
         step_s = self._decode_only_s(())
         used = self._gpu_blocks_after_growth()
         outs: list[Swap] = []
         ins: list[Swap] = []
         for i, o in zip(inside, reversed(outside)):
+            if _left(o) <= critical:
+                break  # it ends with the drain wherever it waits: trading it moves no end
             after = used - self._blocks(i.seq_len) + self._blocks(o.seq_len)
             host_room = self.kv.cpu.num_free >= self._blocks(i.num_computed)
             if after > self.kv.gpu.num_blocks or not host_room:
@@ -287,19 +289,25 @@ class AdaptivePolicy(ApexPolicy):
             self._gpu_running_in_admission_order()
         return tuple(outs), tuple(ins)
 
-    def _in_the_last_turnover(self, residents: int) -> bool:
-        """Whether the requests off the GPU (host residents and parked ones) are no more than
-        its `residents`: the batch's last turnover, where each of them takes the place of one
-        that ends and none is left for after. Rule 7 trades only then. Before it, every
-        resident's place goes to a request from off the GPU as it ends anyway, and a resident
-        traded out before its end waits off the GPU until it comes back to finish (in the
-        drain the host decodes few of its residents: the overdue ones, in the plans the
-        starvation bound forces): the trade copies its KV out and back and does not shorten
-        the run's end. On g5.4xlarge with 1000/400 offline at the CLI's 4,096-token budget the
-        trades began at 57 s with 160 requests off the GPU beside its 40, and no request
-        ended from 53 s to 93 s: 599.3 output tokens/s, 0.984x neo's; trading only in the last
-        turnover, 629.2 (1.033x; docs/architecture.md, rule 7)."""
-        return len(self.cpu_running) + len(self.swapped) <= residents
+    @staticmethod
+    def _tokens_per_slot(inside: list[Request], outside_tokens: int) -> float:
+        """Rule 7's critical path, in tokens left: the drain's decode work (the GPU residents'
+        `inside` tokens left and `outside_tokens` of the requests off the GPU) per slot of the
+        GPU batch, i.e. the iterations the drain takes if the batch stays full. The run cannot
+        end sooner than that or than its longest request's tokens left (McNaughton's bound
+        for preemptive scheduling on parallel machines), so only a request with more tokens
+        left than this sets its end and needs a GPU slot now; any other ends within the
+        drain wherever it waits. Trading for such a request gains nothing, and the resident
+        traded out near its end waits off the GPU until it comes back to finish (in the drain
+        the host decodes few of its residents: the overdue ones, in the plans the starvation
+        bound forces), its KV copied out and back. On g5.4xlarge with 1000/400 offline at
+        the CLI's 4,096-token budget, trading from the drain's start (no such test) began at
+        57 s with 160 requests off the GPU beside its 40, and no request ended from 53 s to
+        93 s: 599.3 output tokens/s, 0.984x neo's; with the test, 634.2 (1.041x;
+        docs/architecture.md, rule 7). No slot (no GPU resident): nothing is critical."""
+        if not inside:
+            return math.inf
+        return (sum(map(_left, inside)) + outside_tokens) / len(inside)
 
     def _copy_s(self, leaving: Request, joining: Request) -> float:
         """Seconds of an exchange's copies: `leaving`'s KV to the host, then `joining`'s to

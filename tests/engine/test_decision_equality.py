@@ -98,9 +98,9 @@ def test_simulator_and_engine_make_the_same_drain_exchanges(settings):
     goes longest output first (without an SLO), and in the drain GPU residents near their end
     trade places with host residents (rule 7; under a TTFT SLO too): plans that swap both
     ways, equal on both sides, and every request gets its tokens. Twelve requests beside a
-    GPU pool that holds about six: the trades come in the batch's last turnover."""
+    GPU pool that holds about eight: the trades come for the requests on the critical path."""
     workload = synthetic(12, rate=math.inf, input_len=48, output_len=14, seed=3)
-    plans = _identical_plans("adaptive", workload, 48, 600, **settings)
+    plans = _identical_plans("adaptive", workload, 64, 600, **settings)
     assert any(p.swap_out and p.swap_in for p in plans)
     if not settings:
         started = [p.request_id for plan in plans for p in plan.prefills if p.start == 0]

@@ -132,21 +132,22 @@ def test_under_a_ttft_slo_the_drains_trades_raise_goodput_without_costing_first_
 def test_an_exchange_moves_each_request_whole_and_the_resident_takes_the_others_place(
     settings, trades
 ):
-    """One GPU resident with 3 tokens to go, one parked request with 301, a GPU pool too full
-    to take the parked one back (the swap-in watermark): after the exchange the parked one is
-    on the GPU with its KV there only, and the resident parked in its place with its KV on
-    the host only. Under a TTFT SLO too (every first token is out); not under a TPOT SLO."""
-    policy = _g5_2xlarge_policy(num_gpu_blocks=64, num_cpu_blocks=1000, **settings)
-    policy.add([Request(0, 500, 4, arrival_s=0.0), Request(1, 500, 302, arrival_s=0.0)])
+    """Two GPU residents with 3 tokens to go, one parked request with 301 (on the critical
+    path: the drain's 307 tokens over two slots are 153.5 a slot), a GPU pool too full to take
+    the parked one back (the swap-in watermark): after the exchange the parked one is on the
+    GPU with its KV there only, and a resident parked in its place with its KV on the host
+    only. Under a TTFT SLO too (every first token is out); not under a TPOT SLO."""
+    policy = _g5_2xlarge_policy(num_gpu_blocks=59, num_cpu_blocks=1000, **settings)
+    policy.add([Request(i, 300, n, arrival_s=0.0) for i, n in enumerate((4, 4, 302))])
     now = 0.0
-    while policy.waiting or len(policy.gpu_running) < 2:  # both prefilled, on the GPU
+    while policy.waiting or len(policy.gpu_running) < 3:  # all prefilled, on the GPU
         plan = policy.step(now)
         policy.complete(plan)
         now += plan.predicted_s
-    near_end, parked = policy.requests[0], policy.requests[1]
+    near_end, parked = policy.requests[0], policy.requests[2]
     policy._move_kv(parked, to_gpu=False)  # park the long one by hand
-    del policy.gpu_running[1]
-    policy.swapped[1] = parked
+    del policy.gpu_running[2]
+    policy.swapped[2] = parked
     parked.state = RequestState.SWAPPED
     if not trades:
         policy.now = now + 1.0  # arrivals have stopped: only the SLO keeps the trade out
@@ -155,17 +156,18 @@ def test_an_exchange_moves_each_request_whole_and_the_resident_takes_the_others_
         return
     plan = policy.step(now + 1.0)
     assert [s.request_id for s in plan.swap_out] == [0]
-    assert [s.request_id for s in plan.swap_in] == [1]
+    assert [s.request_id for s in plan.swap_in] == [2]
     assert parked.state == RequestState.RUNNING_GPU and near_end.state == RequestState.SWAPPED
-    assert policy.kv.gpu.holds(1) and not policy.kv.cpu.holds(1)
+    assert policy.kv.gpu.holds(2) and not policy.kv.cpu.holds(2)
     assert policy.kv.cpu.holds(0) and not policy.kv.gpu.holds(0)
-    assert [d.request_id for d in plan.gpu_decodes] == [1]
+    assert sorted(d.request_id for d in plan.gpu_decodes) == [1, 2]
 
 
-def test_no_trade_before_the_batchs_last_turnover(monkeypatch):
-    """One GPU resident with 3 tokens to go and two parked requests with 301: more requests
-    wait off the GPU than it holds, so each would take a resident's place as it ends anyway,
-    and none trades (`_in_the_last_turnover`); without that test the resident would trade."""
+def test_no_trade_for_a_request_off_the_critical_path(monkeypatch):
+    """One GPU resident with 3 tokens to go and two parked requests with 301: the drain is
+    605 tokens for one slot, more than either parked one has left, so whatever the order they
+    end when it does, and none trades (`_tokens_per_slot`); held to no such path the
+    resident would trade."""
     policy = _g5_2xlarge_policy(num_gpu_blocks=64, num_cpu_blocks=1000)
     policy.add([Request(i, 300, n, arrival_s=0.0) for i, n in enumerate((4, 302, 302))])
     now = 0.0
@@ -181,21 +183,21 @@ def test_no_trade_before_the_batchs_last_turnover(monkeypatch):
     policy.now = now + 1.0  # arrivals have stopped
     assert policy._arrivals_stopped(policy.now)
     assert policy._exchange() == ((), ())
-    monkeypatch.setattr(AdaptivePolicy, "_in_the_last_turnover", lambda self, residents: True)
+    monkeypatch.setattr(AdaptivePolicy, "_tokens_per_slot", staticmethod(lambda *_: 0.0))
     outs, ins = policy._exchange()
     assert [s.request_id for s in outs] == [0] and len(ins) == 1
 
 
-def test_trading_only_in_the_last_turnover_keeps_requests_ending(monkeypatch):
+def test_trading_only_for_the_critical_path_keeps_requests_ending(monkeypatch):
     """g5.4xlarge, 1000/400 offline at the CLI's 4,096-token budget (a cell of the budget-4096
-    policy map): trading from the drain's start, with 160 requests off the GPU beside its 40,
-    sent residents near their end off the GPU, where they waited, and no request ended from
-    53 s to 93 s: 0.984x neo's throughput. Trading only in the batch's last turnover: above
-    neo's."""
+    policy map): trading for any request with more to go, with 160 requests off the GPU
+    beside its 40, sent residents near their end off the GPU, where they waited, and no
+    request ended from 53 s to 93 s: 0.984x neo's throughput. Trading only for requests on
+    the run's critical path: above neo's."""
     spec = _a10g_cell("a10g-g5.4xlarge", output_len=400).with_(max_batch_tokens=4096)
     neo = execute(spec.with_(policy="neo")).summary["throughput_tok_s"]
-    last_turnover = execute(spec.with_(policy="adaptive")).summary["throughput_tok_s"]
-    monkeypatch.setattr(AdaptivePolicy, "_in_the_last_turnover", lambda self, residents: True)
-    from_the_start = execute(spec.with_(policy="adaptive")).summary["throughput_tok_s"]
-    assert from_the_start < 0.99 * neo < neo < last_turnover
-    assert last_turnover > 1.03 * from_the_start
+    critical = execute(spec.with_(policy="adaptive")).summary["throughput_tok_s"]
+    monkeypatch.setattr(AdaptivePolicy, "_tokens_per_slot", staticmethod(lambda *_: 0.0))
+    any_longer = execute(spec.with_(policy="adaptive")).summary["throughput_tok_s"]
+    assert any_longer < 0.99 * neo < neo < critical
+    assert critical > 1.03 * any_longer
