@@ -362,7 +362,8 @@ class AdaptivePolicy(ApexPolicy):
         it. On g5.2xlarge, 60 prompts of ~400 tokens at once under a 2 s bound, the third
         budget-full iteration ended at 2.012 s and its 11 prompts all missed, where gpu-only's
         10 made it (0.74x gpu-only's goodput; with the head 1.07x; the TTFT map 69 cells at
-        >= 1.05x instead of 64: docs/architecture.md, rule 6).
+        >= 1.05x instead of 64 when it came, 72 since rule 7's critical path:
+        docs/architecture.md, rule 6).
 
         Where the whole queue is predicted to make the bound (`_queue_makes_the_bound`), the
         half-bound cap protects no one: an arrival would wait behind those prompts anyway,
