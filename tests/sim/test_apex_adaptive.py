@@ -210,8 +210,9 @@ def test_host_decodes_beyond_the_slack_rule_pay_for_the_gpu_time_they_take(monke
     by requests/s alone the extension decoded ~130 host residents per iteration (each 6x a
     GPU-only one) and fell to 0.94x NEO; priced against the GPU-only iterations those seconds
     could run, with short-context host tokens at their share of a GPU one, it keeps up. Rule
-    1 alone: rule 7's drain exchanges cost adaptive-whole 2-3% in this cell (its drain is 220
-    s of host residents taking turns; docs/architecture.md, rule 7), and are left out."""
+    1 alone: rule 7's drain exchanges are left out (they cost adaptive-whole 2-3% here until
+    they kept to the run's critical path, and gain it 1.7% since; docs/architecture.md,
+    rule 7)."""
     monkeypatch.setattr(AdaptivePolicy, "_exchange", lambda self: ((), ()))
     spec = _a10g_cell("a10g-g5.8xlarge")
     tok_s = {
