@@ -137,18 +137,8 @@ def test_an_exchange_moves_each_request_whole_and_the_resident_takes_the_others_
     the parked one back (the swap-in watermark): after the exchange the parked one is on the
     GPU with its KV there only, and a resident parked in its place with its KV on the host
     only. Under a TTFT SLO too (every first token is out); not under a TPOT SLO."""
-    policy = _g5_2xlarge_policy(num_gpu_blocks=59, num_cpu_blocks=1000, **settings)
-    policy.add([Request(i, 300, n, arrival_s=0.0) for i, n in enumerate((4, 4, 302))])
-    now = 0.0
-    while policy.waiting or len(policy.gpu_running) < 3:  # all prefilled, on the GPU
-        plan = policy.step(now)
-        policy.complete(plan)
-        now += plan.predicted_s
+    policy, now = _prefilled_then_parked(59, (4, 4, 302), parked=(2,), **settings)
     near_end, parked = policy.requests[0], policy.requests[2]
-    policy._move_kv(parked, to_gpu=False)  # park the long one by hand
-    del policy.gpu_running[2]
-    policy.swapped[2] = parked
-    parked.state = RequestState.SWAPPED
     if not trades:
         policy.now = now + 1.0  # arrivals have stopped: only the SLO keeps the trade out
         assert policy._arrivals_stopped(policy.now)
@@ -168,18 +158,7 @@ def test_no_trade_for_a_request_off_the_critical_path(monkeypatch):
     605 tokens for one slot, more than either parked one has left, so whatever the order they
     end when it does, and none trades (`_tokens_per_slot`); held to no such path the
     resident would trade."""
-    policy = _g5_2xlarge_policy(num_gpu_blocks=64, num_cpu_blocks=1000)
-    policy.add([Request(i, 300, n, arrival_s=0.0) for i, n in enumerate((4, 302, 302))])
-    now = 0.0
-    while policy.waiting or len(policy.gpu_running) < 3:  # all prefilled, on the GPU
-        plan = policy.step(now)
-        policy.complete(plan)
-        now += plan.predicted_s
-    for r in (policy.requests[1], policy.requests[2]):  # park the long ones by hand
-        policy._move_kv(r, to_gpu=False)
-        del policy.gpu_running[r.request_id]
-        policy.swapped[r.request_id] = r
-        r.state = RequestState.SWAPPED
+    policy, now = _prefilled_then_parked(64, (4, 302, 302), parked=(1, 2))
     policy.now = now + 1.0  # arrivals have stopped
     assert policy._arrivals_stopped(policy.now)
     assert policy._exchange() == ((), ())
@@ -201,3 +180,26 @@ def test_trading_only_for_the_critical_path_keeps_requests_ending(monkeypatch):
     any_longer = execute(spec.with_(policy="adaptive")).summary["throughput_tok_s"]
     assert any_longer < 0.99 * neo < neo < critical
     assert critical > 1.03 * any_longer
+
+
+def _prefilled_then_parked(
+    num_gpu_blocks: int, output_lens: tuple[int, ...], parked: tuple[int, ...], **settings
+) -> tuple[AdaptivePolicy, float]:
+    """adaptive-whole on g5.2xlarge (`_g5_2xlarge_policy`, a host pool of 1,000 blocks and a
+    GPU pool of `num_gpu_blocks`) with one 300-token prompt per entry of `output_lens`, all
+    arrived at 0 and prefilled on the GPU; then the requests `parked` parked by hand (their
+    KV to the host). Returns the policy and its clock (past every arrival)."""
+    policy = _g5_2xlarge_policy(num_gpu_blocks=num_gpu_blocks, num_cpu_blocks=1000, **settings)
+    policy.add([Request(i, 300, n, arrival_s=0.0) for i, n in enumerate(output_lens)])
+    now = 0.0
+    while policy.waiting or len(policy.gpu_running) < len(output_lens):
+        plan = policy.step(now)
+        policy.complete(plan)
+        now += plan.predicted_s
+    for request_id in parked:
+        r = policy.requests[request_id]
+        policy._move_kv(r, to_gpu=False)
+        del policy.gpu_running[request_id]
+        policy.swapped[request_id] = r
+        r.state = RequestState.SWAPPED
+    return policy, now
