@@ -269,6 +269,8 @@ class AdaptivePolicy(ApexPolicy):
         outside = sorted((*self.cpu_running.values(), *self.swapped.values()), key=_left)
         outside_tokens = sum(map(_left, outside))
         critical = self._tokens_per_slot(inside, outside_tokens)
+        if _left(outside[-1]) <= critical:
+            return (), ()  # none off the GPU sets the run's end: no trade, nothing to price
         step_s = self._decode_only_s(())
         used = self._gpu_blocks_after_growth()
         outs: list[Swap] = []
