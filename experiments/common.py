@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from neo_sim.errors import NeoError
 from neo_sim.runs import RunSpec, execute_summary
+from neo_sim.source import source_commit
 from neo_sim.sweeps import run_sweep
 from neo_sim.workload import WorkloadSettings
 
@@ -96,9 +97,10 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
 
 def write_report(path: Path, title: str, body: str, command: str) -> None:
     stamp = datetime.date.today().isoformat()
+    host = platform.node() or "this machine"
     header = (
-        f"# {title}\n\nGenerated {stamp} by `{command}` on {platform.node() or 'this machine'}"
-        f" (simulation: every number below is a prediction of neo-sim, except those marked"
-        f" [paper]).\n\n"
+        f"# {title}\n\nGenerated {stamp} by `{command}` on {host}, code at commit"
+        f" {source_commit()} (simulation: every number below is a prediction of neo-sim,"
+        f" except those marked [paper]).\n\n"
     )
     path.write_text(header + body.strip() + "\n")

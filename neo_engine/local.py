@@ -16,6 +16,7 @@ import torch
 
 from neo_sim.hardware import CPUSpec, GPUSpec, HardwareSpec
 from neo_sim.machine import cpu_features, cpu_name
+from neo_sim.source import source_commit
 
 _SOURCE = "measured at engine start by neo_engine.local.probe_hardware (rough)"
 
@@ -69,41 +70,6 @@ def available_memory_bytes() -> float:
     except OSError:
         pass
     return host_memory_bytes()
-
-
-def source_commit() -> str:
-    """The checkout's commit (with "+dirty" if it has uncommitted changes), or "unknown"
-    outside a git checkout unless NEO_SOURCE_COMMIT names it (a copy of the tree without its
-    .git, as on a lent GPU machine): which code produced a result. Result folders do not count: a
-    benchmark that writes several files would otherwise call its own later ones dirty."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-        )
-        dirty = subprocess.run(
-            [
-                "git",
-                "status",
-                "--porcelain",
-                "--untracked-files=no",
-                "--",
-                ".",
-                ":!benchmarks/results",
-                ":!experiments/results",
-            ],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return os.environ.get("NEO_SOURCE_COMMIT", "unknown")
-    if head.returncode != 0:
-        return os.environ.get("NEO_SOURCE_COMMIT", "unknown")
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def machine_summary() -> dict:

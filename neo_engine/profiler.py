@@ -49,6 +49,7 @@ from neo_sim.profile import (
 )
 from neo_sim.profiled import ProfiledCostModel
 from neo_sim.settings import check, setting
+from neo_sim.source import source_commit
 
 REPEATS = {True: 3, False: 5}  # timed repeats per point: quick, full
 PROFILE_BANDWIDTH_EVERY_S = 2.0  # ~15 ms per sample: under 1% of the profiling time
@@ -360,8 +361,6 @@ def cmd_check(args: CheckSettings) -> int:
             f"{floor:>30s}"
         )
     if args.json:
-        from neo_engine.local import source_commit
-
         Path(args.json).write_text(
             json.dumps(
                 {
