@@ -807,7 +807,9 @@ class AdaptivePolicy(ApexPolicy):
         b0, b1, forced = self._build_sub_batches(candidates, budget)
         if b1:
             self._trim_cpu_prefills(b0, b1)
-        if last_chunk is not None:  # the GPU-only plan takes it whole
+        if last_chunk is not None and len(b0.prefills) == len(candidates):
+            # The GPU-only plan takes it whole, unless trimming left out a prompt before it
+            # (prompts are admitted in order, as `_add_what_fits` keeps them).
             b0.add_prefill(last_chunk)
             seq = self._sequential_batch(b0)
             b0.pop_prefill()
