@@ -22,7 +22,7 @@ from typing import Any
 from neo_sim.costmodel import CostModel
 from neo_sim.errors import NeoError
 from neo_sim.scheduler.kv import BlockPool, KVManager, blocks_for
-from neo_sim.scheduler.plan import Plan, Swap
+from neo_sim.scheduler.plan import DecodeWork, Plan, Swap, new_tuple
 from neo_sim.scheduler.request import Request, RequestState
 from neo_sim.settings import check, setting
 
@@ -455,18 +455,24 @@ class Policy(ABC):
         return blocks_for(num_tokens, self.config.block_size)
 
     @staticmethod
-    def _next_token_blocks(pool: BlockPool, requests: Iterable[Request]) -> int:
+    def _next_token_growth(
+        pool: BlockPool, requests: Iterable[Request]
+    ) -> tuple[int, list[DecodeWork]]:
         """Blocks `pool` adds for each of `requests` to hold its `seq_len` tokens (the sum of
-        `pool.extra_blocks`), in one loop: every step asks it of every GPU resident."""
+        `pool.extra_blocks`), and the decodes of those that add some (a block boundary
+        crossed: about one decode in `block_size`), in one loop: every step asks it of every
+        GPU resident, and growing only those decodes spares the step a second pass over all
+        of them (`NeoPolicy._commit`)."""
         lookup, block_size = pool.tables.get, pool.block_size
         need = 0
+        growing = []
         for r in requests:
-            extra = -(-(r.prompt_len + r.num_generated) // block_size) - len(
-                lookup(r.request_id, ())
-            )
+            seq_len = r.prompt_len + r.num_generated
+            extra = -(-seq_len // block_size) - len(lookup(r.request_id, ()))
             if extra > 0:
                 need += extra
-        return need
+                growing.append(new_tuple(DecodeWork, (r.request_id, seq_len)))
+        return need, growing
 
     def _move_kv(self, r: Request, to_gpu: bool) -> Swap:
         """Move a request's cached KV to the other pool; the Swap tells the executor what to copy.

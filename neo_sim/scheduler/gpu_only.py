@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import SubBatchBuilder, iteration_s, sequential_layer_s, swap_s
-from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap
+from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap, new_tuple
 from neo_sim.scheduler.request import Request, RequestState
 
 
@@ -39,7 +39,7 @@ class GpuOnlyPolicy(Policy):
         conditions as they will stand at that iteration, after the decodes' growth."""
         cfg, gpu = self.config, self.kv.gpu
         n = len(running)
-        growth = self._next_token_blocks(gpu, running)
+        growth = self._next_token_growth(gpu, running)[0]
         if self.swapped:  # _swap_in, and no admission while anything is swapped
             first = min(self.swapped.values(), key=lambda r: r.admit_order)
             used = gpu.num_used + growth
@@ -66,10 +66,10 @@ class GpuOnlyPolicy(Policy):
         self.now = now
         cfg = self.config
         budget = Budget(cfg.max_batch_size, cfg.iteration_tokens)
-        swap_out, recomputed = self._preempt_until_decodes_fit(budget)
+        swap_out, recomputed, growing = self._preempt_until_decodes_fit(budget)
         swap_in = () if (swap_out or recomputed) else self._swap_in(budget)
         batch = SubBatchBuilder(self.cost)
-        self._schedule_running(batch, budget)
+        self._schedule_running(batch, budget, None if swap_in else growing)
         if not self.swapped:
             self._admit(batch, budget)
         layer_s = sequential_layer_s(batch)
@@ -89,12 +89,14 @@ class GpuOnlyPolicy(Policy):
     # ---- phases ----------------------------------------------------------------------------
     def _preempt_until_decodes_fit(
         self, budget: Budget
-    ) -> tuple[tuple[Swap, ...], tuple[int, ...]]:
-        """Preempt the newest running requests until every decode has a slot and a block."""
+    ) -> tuple[tuple[Swap, ...], tuple[int, ...], list[DecodeWork] | None]:
+        """Preempt the newest running requests until every decode has a slot and a block.
+        Also returns the decodes that add a block where none was preempted (those of every
+        GPU resident not prefilling, in `gpu_running`'s order), else None."""
         gpu = self.kv.gpu
         running = list(self.gpu_running.values())
         decodes = [r for r in running if not r.is_prefilling]
-        need = self._next_token_blocks(gpu, decodes)
+        need, growing = self._next_token_growth(gpu, decodes)
         swaps: list[Swap] = []
         recomputed: list[int] = []
         while running and (need > gpu.num_free or len(decodes) > min(budget.seqs, budget.tokens)):
@@ -107,7 +109,7 @@ class GpuOnlyPolicy(Policy):
                 recomputed.append(victim.request_id)
             else:
                 swaps.append(swap)
-        return tuple(swaps), tuple(recomputed)
+        return tuple(swaps), tuple(recomputed), None if swaps or recomputed else growing
 
     def _preempt(self, r: Request) -> Swap | None:
         cpu = self.kv.cpu
@@ -122,10 +124,15 @@ class GpuOnlyPolicy(Policy):
         running = len(self.gpu_running)
         return self._swap_in_parked(Budget(budget.seqs - running, budget.tokens - running))
 
-    def _schedule_running(self, batch: SubBatchBuilder, budget: Budget) -> None:
+    def _schedule_running(
+        self, batch: SubBatchBuilder, budget: Budget, growing: list[DecodeWork] | None
+    ) -> None:
         """Decodes first, then the next chunk of any prompt already being prefilled. The
         decodes go in one pass (`Request.is_prefilling` and `seq_len` read in place, blocks
-        grown and work added in bulk): it runs for every running request every iteration."""
+        grown and work added in bulk): it runs for every running request every iteration.
+        `growing`: the decodes that add a block, as `_preempt_until_decodes_fit` counted them
+        (the same decodes, in the same order, where it preempted none and none came back):
+        only those are grown, else each decode."""
         gpu = self.kv.gpu
         prefilling = []
         works = []
@@ -134,9 +141,9 @@ class GpuOnlyPolicy(Policy):
             if computed < seq_len - 1 or computed == 0:  # r.is_prefilling
                 prefilling.append(r)
             else:
-                works.append(DecodeWork(r.request_id, seq_len))
+                works.append(new_tuple(DecodeWork, (r.request_id, seq_len)))
         budget.take_each(len(works), 1)
-        gpu.grow_each(works)
+        gpu.grow_each(works if growing is None else growing)
         batch.add_decodes(works, on_gpu=True)
         for r in prefilling:
             chunk = min(r.seq_len - r.num_computed, budget.tokens)

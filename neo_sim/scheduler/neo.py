@@ -88,9 +88,10 @@ class NeoPolicy(Policy):
     _chunk_ends: dict[int, int] = {}
     # (step, its CPU decodes longest-waiting first, their decodes): `_host_decodes`
     _waited_order: tuple[int, list[Request], list[DecodeWork]] = (-1, [], [])
-    # (step, the GPU residents counted, their number, the blocks their next tokens add):
-    # `_gpu_blocks_after_growth`, set by step 1 and valid until `_commit` or a swap-in
-    _next_growth: tuple[int, dict[int, Request], int, int] = (-1, {}, 0, 0)
+    # (step, the GPU residents counted, their number, the blocks their next tokens add, the
+    # decodes that add them): `_gpu_blocks_after_growth`, set by step 1 and valid until
+    # `_commit` or a swap-in
+    _next_growth: tuple[int, dict[int, Request], int, int, list[DecodeWork]] = (-1, {}, 0, 0, [])
 
     def steady_run(self) -> SteadyRun | None:
         """With nothing waiting and nothing on the CPU, NEO's step is GPU-only's: it decodes
@@ -170,7 +171,7 @@ class NeoPolicy(Policy):
     def _swap_out(self, budget: Budget) -> tuple[tuple[Swap, ...], tuple[int, ...]]:
         gpu = self.kv.gpu
         decodes = list(self.gpu_running.values())
-        need = self._next_token_blocks(gpu, decodes)
+        need, growing = self._next_token_growth(gpu, decodes)
         swaps: list[Swap] = []
         recomputed: list[int] = []
         while decodes and (need > gpu.num_free or len(decodes) > min(budget.seqs, budget.tokens)):
@@ -184,7 +185,15 @@ class NeoPolicy(Policy):
         budget.seqs -= len(decodes)
         budget.tokens -= len(decodes)
         # Every victim left gpu_running: `need` is what the residents left need.
-        self._next_growth = (self.step_index, self.gpu_running, len(self.gpu_running), need)
+        if swaps or recomputed:
+            growing = [d for d in growing if d.request_id in self.gpu_running]
+        self._next_growth = (
+            self.step_index,
+            self.gpu_running,
+            len(self.gpu_running),
+            need,
+            growing,
+        )
         return tuple(swaps), tuple(recomputed)
 
     def _move_to_cpu(self, r: Request) -> Swap | None:
@@ -577,6 +586,7 @@ class NeoPolicy(Policy):
         self, mode: Mode, chosen: tuple[SubBatchBuilder, ...], swap_out, swap_in, recomputed, forced
     ) -> Plan:
         gpu, cpu = self.kv.gpu, self.kv.cpu
+        growing = self._decodes_that_grow(chosen)
         self._next_growth = NeoPolicy._next_growth  # residents join and grow below
         admitted = {p.request_id: p for b in chosen for p in b.prefills}
         part_way: list[Request] = []  # prefilled a chunk short of the prompt: still first
@@ -592,10 +602,13 @@ class NeoPolicy(Policy):
             r.state = RequestState.RUNNING_GPU if on_gpu else RequestState.RUNNING_CPU
             (self.gpu_running if on_gpu else self.cpu_running)[r.request_id] = r
         self.waiting.extendleft(reversed(part_way))
+        if growing is not None:
+            gpu.grow_each(growing)
         for b in chosen:
-            gpu.grow_each(b.gpu_decodes)
-            growing = b.cpu_decodes_growing
-            cpu.grow_each(b.cpu_decodes if growing is None else growing)
+            if growing is None:
+                gpu.grow_each(b.gpu_decodes)
+            host_growing = b.cpu_decodes_growing
+            cpu.grow_each(b.cpu_decodes if host_growing is None else host_growing)
         slack = slacks(*chosen) if mode == Mode.PIPELINED else ()
         predicted = self._work_s(mode, chosen) + swap_s(
             self.cost, swap_out, swap_in, self.config.block_size
@@ -611,6 +624,22 @@ class NeoPolicy(Policy):
             slack,
             forced,
         )
+
+    def _decodes_that_grow(self, chosen: tuple[SubBatchBuilder, ...]) -> list[DecodeWork] | None:
+        """The GPU decodes of `chosen` that add a block, as counted this step
+        (`_next_growth`), where the plan's first sub-batch decodes every GPU resident counted
+        (its GPU decodes are residents, each once, in `gpu_running`'s order, so the same number
+        means the same decodes in the same order, and the same block ids), else None (grow
+        each of them). A step thereby passes over its GPU residents once for their blocks,
+        not twice: the residents do not change between that count and `_commit` unless they
+        leave (the count is then taken anew) or a swap-in rebuilds `gpu_running`, and none
+        progresses within a step."""
+        step, counted, size, _, growing = self._next_growth
+        if step != self.step_index or counted is not self.gpu_running:
+            return None
+        if not chosen or not size == len(counted) == len(chosen[0].gpu_decodes):
+            return None
+        return growing
 
     # ---- helpers ---------------------------------------------------------------------------
     def _work_s(self, mode: Mode, chosen: tuple[SubBatchBuilder, ...]) -> float:
@@ -632,10 +661,10 @@ class NeoPolicy(Policy):
         and nothing grows before `_commit`: the count is kept per step for the dict it was
         taken over (a pass over every resident: ~10% of a step on one H100)."""
         gpu, running = self.kv.gpu, self.gpu_running
-        step, counted, size, need = self._next_growth
+        step, counted, size, need, _ = self._next_growth
         if step != self.step_index or counted is not running or size != len(running):
-            need = self._next_token_blocks(gpu, running.values())
-            self._next_growth = (self.step_index, running, len(running), need)
+            need, growing = self._next_token_growth(gpu, running.values())
+            self._next_growth = (self.step_index, running, len(running), need, growing)
         return gpu.num_used + need
 
     def _cpu_decodes_longest_waiting_first(self) -> list[Request]:

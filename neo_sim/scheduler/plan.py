@@ -53,13 +53,16 @@ class DecodeWork(NamedTuple):
     context_len: int
 
 
+# `new_tuple(DecodeWork, (request_id, context_len))` is `DecodeWork(request_id, context_len)`
+# in half the time (the named tuple's own `__new__` is a Python call): for the loops that make
+# one per resident per iteration.
+new_tuple = tuple.__new__
+
+
 def decode_works(requests: Iterable[Request]) -> list[DecodeWork]:
-    """`DecodeWork(r.request_id, r.seq_len)` of each of `requests`, built by `tuple.__new__`
-    (the named tuple's own `__new__` is a Python call, twice the time): the scheduler lists
-    every resident's decode every iteration."""
-    return [
-        _new_tuple(DecodeWork, (r.request_id, r.prompt_len + r.num_generated)) for r in requests
-    ]
+    """`DecodeWork(r.request_id, r.seq_len)` of each of `requests`, built by `new_tuple`: the
+    scheduler lists every resident's decode every iteration."""
+    return [new_tuple(DecodeWork, (r.request_id, r.prompt_len + r.num_generated)) for r in requests]
 
 
 def context_tokens(decodes: Iterable[DecodeWork]) -> int:
@@ -73,7 +76,6 @@ def request_ids_of(decodes: Iterable[DecodeWork]) -> list[int]:
 
 
 _REQUEST_ID, _CONTEXT_LEN = operator.itemgetter(0), operator.itemgetter(1)  # DecodeWork fields
-_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from neo_sim.hardware import PRESETS as HW
 from neo_sim.model import PRESETS as MODELS
 from neo_sim.runs import RunSpec, execute
 from neo_sim.scheduler import Device, Mode, Request, SchedulerConfig, make_policy
+from neo_sim.scheduler.gpu_only import GpuOnlyPolicy
 from neo_sim.scheduler.neo import NeoPolicy
 
 
@@ -438,8 +439,9 @@ def test_the_kept_next_token_count_equals_a_recount_at_every_call(monkeypatch, n
     calls = {"asked": 0, "kept": 0}
 
     def checked(self):
-        recount = self.kv.gpu.num_used + self._next_token_blocks(
-            self.kv.gpu, self.gpu_running.values()
+        recount = (
+            self.kv.gpu.num_used
+            + self._next_token_growth(self.kv.gpu, self.gpu_running.values())[0]
         )
         calls["kept"] += self._next_growth[0] == self.step_index
         calls["asked"] += 1
@@ -451,3 +453,68 @@ def test_the_kept_next_token_count_equals_a_recount_at_every_call(monkeypatch, n
     _, plans = run_load(policy, random.Random(5), steps=400, rate_per_step=0.6)
     assert any(p.swap_in for p in plans) and any(p.swap_out for p in plans)
     assert calls["kept"] > calls["asked"] / 2 > 100
+
+
+def _books_under_load(policy) -> list:
+    """Each step's plan and the GPU pool's block tables after it, under a seeded stream of
+    prompts (300 steps)."""
+    rng = random.Random(7)
+    seen = []
+    for step in range(300):
+        if rng.random() < 0.6:
+            policy.add(Request(step, rng.randint(200, 440), rng.randint(20, 300)))
+        plan = policy.step()
+        seen.append((plan, {k: list(v) for k, v in policy.kv.gpu.tables.items()}))
+        policy.complete(plan)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["neo", "apex", "adaptive", "adaptive-whole", "symmetric"])
+def test_growing_only_the_decodes_that_cross_a_block_keeps_every_block_id(monkeypatch, name):
+    """`_commit` grows only the GPU decodes that step 1 counted as crossing a block boundary
+    (`_decodes_that_grow`) where the plan decodes every resident counted, else each decode:
+    under sustained load on a small GPU pool (swaps both ways, chunked prompts) the plans,
+    their swaps' block ids included, and every block table after each step are those of
+    growing each decode, and the shortcut is taken in most steps."""
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    chunk = 0 if name == "symmetric" else 256  # the strawman prefills whole prompts
+    config = t4_config(num_gpu_blocks=120, chunked_prefill_tokens=chunk, block_size=4)
+    taken: list[bool] = []
+    grown = NeoPolicy._decodes_that_grow
+
+    def recorded(self, chosen):
+        growing = grown(self, chosen)
+        taken.append(growing is not None)
+        return growing
+
+    monkeypatch.setattr(NeoPolicy, "_decodes_that_grow", recorded)
+    shortcut = _books_under_load(make_policy(name, config, cost))
+    monkeypatch.setattr(NeoPolicy, "_decodes_that_grow", lambda self, chosen: None)
+    assert shortcut == _books_under_load(make_policy(name, config, cost))
+    assert any(p.swap_in for p, _ in shortcut) and any(p.swap_out for p, _ in shortcut)
+    assert sum(taken) > len(taken) / 2
+
+
+def test_gpu_only_grows_only_the_decodes_that_cross_a_block(monkeypatch):
+    """gpu-only's `_schedule_running` grows only the decodes that
+    `_preempt_until_decodes_fit` counted as crossing a block boundary where it preempted none
+    and none came back: the plans (swaps' block ids included) and every block table are
+    those of growing each decode, under preemptions and swap-ins on a small GPU pool."""
+    cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
+    config = t4_config(num_gpu_blocks=200, block_size=4)  # gpu-only: a request fits the GPU
+    schedule = GpuOnlyPolicy._schedule_running
+    taken: list[bool] = []
+
+    def recorded(self, batch, budget, growing):
+        taken.append(growing is not None)
+        return schedule(self, batch, budget, growing)
+
+    def each(self, batch, budget, growing):
+        return schedule(self, batch, budget, None)
+
+    monkeypatch.setattr(GpuOnlyPolicy, "_schedule_running", recorded)
+    shortcut = _books_under_load(make_policy("gpu-only", config, cost))
+    monkeypatch.setattr(GpuOnlyPolicy, "_schedule_running", each)
+    assert shortcut == _books_under_load(make_policy("gpu-only", config, cost))
+    assert any(p.swap_in for p, _ in shortcut) and any(p.swap_out for p, _ in shortcut)
+    assert sum(taken) > len(taken) / 2
