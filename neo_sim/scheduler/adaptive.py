@@ -273,20 +273,27 @@ class AdaptivePolicy(ApexPolicy):
             return (), ()  # none off the GPU sets the run's end: no trade, nothing to price
         step_s = self._decode_only_s(())
         used = self._gpu_blocks_after_growth()
-        outs: list[Swap] = []
-        ins: list[Swap] = []
+        host_free = self.kv.cpu.num_free
+        pairs: list[tuple[Request, Request]] = []
         for i, o in zip(inside, reversed(outside)):
             if _left(o) <= critical:
                 break  # it ends with the drain wherever it waits: trading it moves no end
             after = used - self._blocks(i.seq_len) + self._blocks(o.seq_len)
-            host_room = self.kv.cpu.num_free >= self._blocks(i.num_computed)
+            host_room = host_free >= self._blocks(i.num_computed)
             if after > self.kv.gpu.num_blocks or not host_room:
                 break
             if _left(o) - _left(i) <= _margin(outside_tokens, self._copy_s(i, o), step_s):
                 break
-            used = after
-            outs.append(self._leave_gpu(i, park=o.state == RequestState.SWAPPED))  # o's place
-            ins.append(self._to_gpu(o))
+            used, host_free = after, host_free - self._blocks(i.num_computed)
+            pairs.append((i, o))
+        # Every resident leaves before any request comes in: the executor copies the swaps
+        # out before the swaps in, so a swap out must not write host blocks that a swap in of
+        # the same plan reads (freed by an earlier pair's swap in, they were handed to a
+        # later pair's swap out, which overwrote that KV before it was copied in: the engine
+        # then decoded a request over another's KV). Each takes the other's place, parked or
+        # on the host.
+        outs = [self._leave_gpu(i, park=o.state == RequestState.SWAPPED) for i, o in pairs]
+        ins = [self._to_gpu(o) for _, o in pairs]
         if ins:
             self._gpu_running_in_admission_order()
         return tuple(outs), tuple(ins)

@@ -151,3 +151,23 @@ def test_adaptive_within_a_tpot_slo_with_chunks_gives_the_same_tokens(
     )
     assert [o.token_ids for o in outputs] == expected
     assert seen["cut"] and seen["taken from parked"]
+
+
+def test_the_drains_exchanges_give_the_same_tokens(tiny_llama):
+    """Adaptive's rule 7 trades GPU residents near their end for requests waiting off the GPU
+    with more to go, several pairs in one plan, swaps out and in together (as on a T4 host
+    with 40 device blocks, offline): the executor copies every swap out before any swap in,
+    so no swap out may write the host blocks a swap in of the same plan reads. Once it did
+    (a later pair's swap out took the host blocks an earlier pair's swap in had freed) and a
+    request decoded over another's KV; transformers' tokens now."""
+    directory, model = tiny_llama
+    gen = torch.Generator().manual_seed(3)
+    lengths = (43, 10, 22, 18, 19, 58, 15)
+    prompts = [torch.randint(1, 300, (n,), generator=gen).tolist() for n in lengths]
+    expected = hf_greedy(model, prompts, NEW_TOKENS)
+    outputs, plans, _ = generate_greedy(
+        directory, prompts, "adaptive-whole", 40, as_on_t4=True, chunked_prefill_tokens=64
+    )
+    trades = [p for p in plans if len(p.swap_out) >= 2 and len(p.swap_in) >= 2]
+    assert trades, "no plan traded two pairs: the case no longer tests the exchange's copies"
+    assert [o.token_ids for o in outputs] == expected

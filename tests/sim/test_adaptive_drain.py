@@ -153,6 +153,22 @@ def test_an_exchange_moves_each_request_whole_and_the_resident_takes_the_others_
     assert sorted(d.request_id for d in plan.gpu_decodes) == [1, 2]
 
 
+def test_an_exchanges_swaps_out_never_write_what_its_swaps_in_read():
+    """Two pairs trade in one plan (three GPU residents with 3 tokens to go, two parked
+    requests with 301): the executor copies every swap out before any swap in, so the host
+    blocks the swaps out write must not be those the swaps in read. Moved pair by pair, the
+    second resident's KV went to the host blocks the first parked request's swap in had just
+    freed (the pool hands out the last freed first), overwriting that KV before it was copied
+    in: in the engine that request then decoded over the other's KV."""
+    policy, now = _prefilled_then_parked(95, (4, 4, 4, 302, 302), parked=(3, 4))
+    policy.now = now + 1.0  # arrivals have stopped
+    assert policy._arrivals_stopped(policy.now)
+    outs, ins = policy._exchange()
+    assert len(outs) == len(ins) == 2
+    written = {b for s in outs for b in s.dst_blocks}
+    assert not written & {b for s in ins for b in s.src_blocks}
+
+
 def test_no_trade_for_a_request_off_the_critical_path(monkeypatch):
     """One GPU resident with 3 tokens to go and two parked requests with 301: the drain is
     605 tokens for one slot, more than either parked one has left, so whatever the order they
