@@ -242,7 +242,15 @@ class Executor:
     # ---- stages ------------------------------------------------------------------------------
     def _swap(self, plan: Plan) -> None:
         """Whole-request copies before any layer runs: the freed GPU blocks may be reused by
-        this iteration's prefills, and a swapped-in request attends at layer 0."""
+        this iteration's prefills, and a swapped-in request attends at layer 0. Every swap
+        out goes first (a swap in may take the GPU blocks it freed), so a plan whose swaps out
+        write host blocks its swaps in read is refused: it would decode over the wrong KV."""
+        overwritten = plan.host_blocks_overwritten
+        if overwritten:
+            raise RuntimeError(
+                f"plan {plan.step}: its swaps out would overwrite host blocks "
+                f"{sorted(overwritten)} before its swaps in read them (a scheduler bug)"
+            )
         if plan.swap_out:
             with self._span(Lane.D2H, Task.SWAP_OUT):
                 for s in plan.swap_out:

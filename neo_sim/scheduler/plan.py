@@ -156,6 +156,16 @@ class Plan:
         return bool(self.swap_out or self.swap_in or self.recomputed)
 
     @property
+    def host_blocks_overwritten(self) -> set[int]:
+        """Host blocks that a swap in of this plan reads and a swap out of it writes: the
+        executor copies every swap out, then every swap in, so such a block would hand the
+        swap in another request's KV. Always empty (the executor refuses a plan with any)."""
+        if not (self.swap_out and self.swap_in):
+            return set()
+        written = {b for s in self.swap_out for b in s.dst_blocks}
+        return {b for s in self.swap_in for b in s.src_blocks if b in written}
+
+    @property
     def num_seqs(self) -> int:
         return sum(sb.num_seqs for sb in self.sub_batches)
 

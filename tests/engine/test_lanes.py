@@ -92,3 +92,25 @@ def test_executor_and_timing_model_emit_the_same_spans(overlap, monkeypatch):
     busy = busy_by_lane(measured)
     assert busy[Lane.GPU] > 0 and busy[Lane.CPU] > 0 and busy[Lane.D2H] > 0
     assert busy[Lane.H2D] == 0.0  # no swap in
+
+
+def test_the_executor_refuses_swaps_out_that_overwrite_what_swaps_in_read():
+    """Every swap out is copied before any swap in: a plan whose swap out writes a host block
+    that its swap in reads would hand the request coming in another request's KV, so the
+    executor refuses it before copying anything."""
+    spec = LoadSettings("dummy:tiny").model_spec()
+    cpu = torch.device("cpu")
+    gpu_pool, host_pool = (KVPool(spec, 16, 8, torch.float32, cpu) for _ in range(2))
+    executor = Executor(spec, random_weights(spec, torch.float32, cpu), cpu, gpu_pool, host_pool)
+    plan = Plan(
+        7,
+        Mode.SEQUENTIAL,
+        (SubBatch(),),
+        swap_out=(Swap(0, 16, (0, 1), (5, 6)),),
+        swap_in=(Swap(1, 16, (6, 7), (0, 1)),),
+    )
+    assert plan.host_blocks_overwritten == {6}
+    host_pool.k.fill_(1.0)  # the device pool's blocks are zeros: a copy out would show
+    with pytest.raises(RuntimeError, match=r"plan 7: .*host blocks \[6\]"):
+        executor.run(plan, {}, KVManager(16, 16, 8))
+    assert bool((host_pool.k == 1.0).all())  # nothing was copied

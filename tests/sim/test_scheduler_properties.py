@@ -111,10 +111,7 @@ def check_plan(policy, plan: Plan) -> None:
             r = policy.requests[d.request_id]
             assert r.state == state and d.context_len == r.seq_len == r.num_computed + 1
             assert pool.num_blocks_of(d.request_id) >= blocks_for(d.context_len, bs)
-    # The executor copies every swap out, then every swap in: no swap out may write a host
-    # block that a swap in of the same plan reads (it would overwrite that KV first).
-    written = {b for s in plan.swap_out for b in s.dst_blocks}
-    assert not written & {b for s in plan.swap_in for b in s.src_blocks}
+    assert not plan.host_blocks_overwritten  # the executor would refuse the plan
     assert plan.num_seqs <= policy.config.max_batch_size
     assert plan.num_tokens <= policy.config.iteration_tokens, "more tokens than memory allows"
     if len(plan.sub_batches) == 2:
