@@ -279,12 +279,12 @@ class AdaptivePolicy(ApexPolicy):
             if _left(o) <= critical:
                 break  # it ends with the drain wherever it waits: trading it moves no end
             after = used - self._blocks(i.seq_len) + self._blocks(o.seq_len)
-            host_room = host_free >= self._blocks(i.num_computed)
-            if after > self.kv.gpu.num_blocks or not host_room:
+            out_blocks = self._blocks(i.num_computed)  # its KV's room on the host
+            if after > self.kv.gpu.num_blocks or out_blocks > host_free:
                 break
             if _left(o) - _left(i) <= _margin(outside_tokens, self._copy_s(i, o), step_s):
                 break
-            used, host_free = after, host_free - self._blocks(i.num_computed)
+            used, host_free = after, host_free - out_blocks
             pairs.append((i, o))
         # Every resident leaves before any request comes in: the executor copies the swaps
         # out before the swaps in, so a swap out must not write host blocks that a swap in of

@@ -634,12 +634,19 @@ class NeoPolicy(Policy):
         not twice: the residents do not change between that count and `_commit` unless they
         leave (the count is then taken anew) or a swap-in rebuilds `gpu_running`, and none
         progresses within a step."""
-        step, counted, size, _, growing = self._next_growth
-        if step != self.step_index or counted is not self.gpu_running:
+        kept = self._kept_growth()
+        if kept is None or not chosen or len(chosen[0].gpu_decodes) != len(self.gpu_running):
             return None
-        if not chosen or not size == len(counted) == len(chosen[0].gpu_decodes):
+        return kept[1]
+
+    def _kept_growth(self) -> tuple[int, list[DecodeWork]] | None:
+        """This step's count of the GPU residents' next-token blocks and the decodes that add
+        them (`_next_growth`), where it still holds: taken over `gpu_running` as it stands (a
+        swap-in rebuilds the dict, a resident leaving shrinks it); else None."""
+        step, counted, size, need, growing = self._next_growth
+        if step != self.step_index or counted is not self.gpu_running or size != len(counted):
             return None
-        return growing
+        return need, growing
 
     # ---- helpers ---------------------------------------------------------------------------
     def _work_s(self, mode: Mode, chosen: tuple[SubBatchBuilder, ...]) -> float:
@@ -661,10 +668,12 @@ class NeoPolicy(Policy):
         and nothing grows before `_commit`: the count is kept per step for the dict it was
         taken over (a pass over every resident: ~10% of a step on one H100)."""
         gpu, running = self.kv.gpu, self.gpu_running
-        step, counted, size, need, _ = self._next_growth
-        if step != self.step_index or counted is not running or size != len(running):
+        kept = self._kept_growth()
+        if kept is None:
             need, growing = self._next_token_growth(gpu, running.values())
             self._next_growth = (self.step_index, running, len(running), need, growing)
+        else:
+            need = kept[0]
         return gpu.num_used + need
 
     def _cpu_decodes_longest_waiting_first(self) -> list[Request]:
