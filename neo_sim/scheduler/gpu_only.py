@@ -9,10 +9,23 @@ baselines), decodes go first and prompts are cut into chunks that fill the token
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import NamedTuple
+
 from neo_sim.scheduler.base import Budget, Policy, SteadyRun
 from neo_sim.scheduler.estimate import SubBatchBuilder, iteration_s, sequential_layer_s, swap_s
+from neo_sim.scheduler.kv import BlockPool
 from neo_sim.scheduler.plan import DecodeWork, Mode, Plan, PrefillWork, Swap, new_tuple
 from neo_sim.scheduler.request import Request, RequestState
+
+
+class ResidentDecodes(NamedTuple):
+    """The GPU residents as a step needs them (`GpuOnlyPolicy._resident_decodes`)."""
+
+    works: list[DecodeWork]  # the decode of each resident not prefilling, in order
+    need: int  # blocks the pool adds for their next tokens
+    growing: list[DecodeWork]  # those of `works` that add some: a block boundary crossed
+    prefilling: list[Request]  # residents part-way through a prompt (chunked prefill)
 
 
 class GpuOnlyPolicy(Policy):
@@ -66,10 +79,10 @@ class GpuOnlyPolicy(Policy):
         self.now = now
         cfg = self.config
         budget = Budget(cfg.max_batch_size, cfg.iteration_tokens)
-        swap_out, recomputed, growing = self._preempt_until_decodes_fit(budget)
+        swap_out, recomputed, residents = self._preempt_until_decodes_fit(budget)
         swap_in = () if (swap_out or recomputed) else self._swap_in(budget)
         batch = SubBatchBuilder(self.cost)
-        self._schedule_running(batch, budget, None if swap_in else growing)
+        self._schedule_running(batch, budget, None if swap_in else residents)
         if not self.swapped:
             self._admit(batch, budget)
         layer_s = sequential_layer_s(batch)
@@ -89,27 +102,56 @@ class GpuOnlyPolicy(Policy):
     # ---- phases ----------------------------------------------------------------------------
     def _preempt_until_decodes_fit(
         self, budget: Budget
-    ) -> tuple[tuple[Swap, ...], tuple[int, ...], list[DecodeWork] | None]:
+    ) -> tuple[tuple[Swap, ...], tuple[int, ...], ResidentDecodes | None]:
         """Preempt the newest running requests until every decode has a slot and a block.
-        Also returns the decodes that add a block where none was preempted (those of every
-        GPU resident not prefilling, in `gpu_running`'s order), else None."""
+        Also returns the pass over the GPU residents it took (`_resident_decodes`) where it
+        preempted none (it still holds), else None."""
         gpu = self.kv.gpu
         running = list(self.gpu_running.values())
-        decodes = [r for r in running if not r.is_prefilling]
-        need, growing = self._next_token_growth(gpu, decodes)
+        residents = self._resident_decodes(gpu, running)
+        need, decoding = residents.need, len(residents.works)
         swaps: list[Swap] = []
         recomputed: list[int] = []
-        while running and (need > gpu.num_free or len(decodes) > min(budget.seqs, budget.tokens)):
+        while running and (need > gpu.num_free or decoding > min(budget.seqs, budget.tokens)):
             victim = running.pop()
             if not victim.is_prefilling:
-                decodes.pop()
+                decoding -= 1
                 need -= gpu.extra_blocks(victim.request_id, victim.seq_len)
             swap = self._preempt(victim)
             if swap is None:
                 recomputed.append(victim.request_id)
             else:
                 swaps.append(swap)
-        return tuple(swaps), tuple(recomputed), None if swaps or recomputed else growing
+        return tuple(swaps), tuple(recomputed), None if swaps or recomputed else residents
+
+    @staticmethod
+    def _resident_decodes(pool: BlockPool, requests: Iterable[Request]) -> ResidentDecodes:
+        """`requests`' decodes for the next iteration, the blocks `pool` adds for them (as
+        `Policy._next_token_growth` counts), those that add some, and the residents part-way
+        through a prompt, in one loop: a step needs each of these of every GPU resident. Three
+        passes did it before (the decodes picked by `Request.is_prefilling`, their blocks
+        counted, their work built): on a loaded H100's residents this loop takes 0.63x their
+        time (ad hoc, docs/policy-results.md). NEO's residents all decode, and there its two
+        passes (the count, then `decode_works`) are the faster."""
+        lookup, block_size = pool.tables.get, pool.block_size
+        need = 0
+        works: list[DecodeWork] = []
+        growing: list[DecodeWork] = []
+        prefilling: list[Request] = []
+        add = works.append
+        for r in requests:
+            computed, seq_len = r.num_computed, r.prompt_len + r.num_generated
+            if computed < seq_len - 1 or computed == 0:  # r.is_prefilling
+                prefilling.append(r)
+                continue
+            request_id = r.request_id
+            work = new_tuple(DecodeWork, (request_id, seq_len))
+            add(work)
+            extra = -(-seq_len // block_size) - len(lookup(request_id, ()))
+            if extra > 0:
+                need += extra
+                growing.append(work)
+        return ResidentDecodes(works, need, growing, prefilling)
 
     def _preempt(self, r: Request) -> Swap | None:
         cpu = self.kv.cpu
@@ -125,27 +167,21 @@ class GpuOnlyPolicy(Policy):
         return self._swap_in_parked(Budget(budget.seqs - running, budget.tokens - running))
 
     def _schedule_running(
-        self, batch: SubBatchBuilder, budget: Budget, growing: list[DecodeWork] | None
+        self, batch: SubBatchBuilder, budget: Budget, residents: ResidentDecodes | None
     ) -> None:
         """Decodes first, then the next chunk of any prompt already being prefilled. The
-        decodes go in one pass (`Request.is_prefilling` and `seq_len` read in place, blocks
-        grown and work added in bulk): it runs for every running request every iteration.
-        `growing`: the decodes that add a block, as `_preempt_until_decodes_fit` counted them
-        (the same decodes, in the same order, where it preempted none and none came back):
-        only those are grown, else each decode."""
+        decodes go in bulk (slots charged, blocks grown and work added at once): it runs for
+        every running request every iteration. `residents`: the GPU residents as
+        `_preempt_until_decodes_fit` passed over them, where it preempted none and none came
+        back since; else they are passed over anew."""
         gpu = self.kv.gpu
-        prefilling = []
-        works = []
-        for r in self.gpu_running.values():
-            computed, seq_len = r.num_computed, r.prompt_len + r.num_generated
-            if computed < seq_len - 1 or computed == 0:  # r.is_prefilling
-                prefilling.append(r)
-            else:
-                works.append(new_tuple(DecodeWork, (r.request_id, seq_len)))
+        if residents is None:
+            residents = self._resident_decodes(gpu, self.gpu_running.values())
+        works = residents.works
         budget.take_each(len(works), 1)
-        gpu.grow_each(works if growing is None else growing)
+        gpu.grow_each(residents.growing)
         batch.add_decodes(works, on_gpu=True)
-        for r in prefilling:
+        for r in residents.prefilling:
             chunk = min(r.seq_len - r.num_computed, budget.tokens)
             end = r.num_computed + chunk
             if (

@@ -12,6 +12,7 @@ from neo_sim.hardware import PRESETS as HW
 from neo_sim.model import PRESETS as MODELS
 from neo_sim.runs import RunSpec, execute
 from neo_sim.scheduler import Device, Mode, Request, SchedulerConfig, make_policy
+from neo_sim.scheduler.base import Policy
 from neo_sim.scheduler.gpu_only import GpuOnlyPolicy
 from neo_sim.scheduler.neo import NeoPolicy
 
@@ -496,25 +497,36 @@ def test_growing_only_the_decodes_that_cross_a_block_keeps_every_block_id(monkey
 
 
 def test_gpu_only_grows_only_the_decodes_that_cross_a_block(monkeypatch):
-    """gpu-only's `_schedule_running` grows only the decodes that
-    `_preempt_until_decodes_fit` counted as crossing a block boundary where it preempted none
-    and none came back: the plans (swaps' block ids included) and every block table are
-    those of growing each decode, under preemptions and swap-ins on a small GPU pool."""
+    """gpu-only grows only the decodes that its pass over the GPU residents found crossing a
+    block boundary, and keeps `_preempt_until_decodes_fit`'s pass for `_schedule_running`
+    where it preempted none and none came back: the plans (swaps' block ids included) and
+    every block table are those of a fresh pass growing each decode, under preemptions and
+    swap-ins on a small GPU pool."""
     cost = RooflineCostModel(MODELS["llama-2-7b"], HW["t4"])
     config = t4_config(num_gpu_blocks=200, block_size=4)  # gpu-only: a request fits the GPU
     schedule = GpuOnlyPolicy._schedule_running
+    passed = GpuOnlyPolicy._resident_decodes
     taken: list[bool] = []
 
-    def recorded(self, batch, budget, growing):
-        taken.append(growing is not None)
-        return schedule(self, batch, budget, growing)
+    def recorded(self, batch, budget, residents):
+        taken.append(residents is not None)
+        return schedule(self, batch, budget, residents)
 
-    def each(self, batch, budget, growing):
+    def each(self, batch, budget, residents):
         return schedule(self, batch, budget, None)
+
+    def growing_each(pool, requests):
+        # The reference: each decode grown, its blocks counted as every other policy does.
+        residents = passed(pool, requests)
+        decodes = [r for r in requests if not r.is_prefilling]
+        assert residents.need == Policy._next_token_growth(pool, decodes)[0]
+        assert residents.prefilling == [r for r in requests if r.is_prefilling]
+        return residents._replace(growing=residents.works)
 
     monkeypatch.setattr(GpuOnlyPolicy, "_schedule_running", recorded)
     shortcut = _books_under_load(make_policy("gpu-only", config, cost))
     monkeypatch.setattr(GpuOnlyPolicy, "_schedule_running", each)
+    monkeypatch.setattr(GpuOnlyPolicy, "_resident_decodes", staticmethod(growing_each))
     assert shortcut == _books_under_load(make_policy("gpu-only", config, cost))
     assert any(p.swap_in for p, _ in shortcut) and any(p.swap_out for p, _ in shortcut)
     assert sum(taken) > len(taken) / 2
