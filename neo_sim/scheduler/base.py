@@ -193,7 +193,6 @@ class Residents(dict[int, Request]):
     clear = popitem = setdefault = update = __ior__ = _refused  # type: ignore[assignment]
 
 
-_DONE = frozenset((RequestState.FINISHED, RequestState.ABORTED))  # Request.is_done
 _ON_CPU = RequestState.RUNNING_CPU
 
 
@@ -417,8 +416,8 @@ class Policy(ABC):
         requests, step = self.requests, self.step_index
         for request_id, end in works:
             r = requests.get(request_id)
-            if r is None or r.state in _DONE:
-                continue  # aborted while the iteration ran
+            if r is None:
+                continue  # aborted while the iteration ran (`_retire` forgets a request)
             if r.state == _ON_CPU:
                 r.cpu_steps += 1
                 if decodes and r.num_computed:  # a resident: it waited since its last progress
@@ -436,6 +435,8 @@ class Policy(ABC):
                     done.append(r)
 
     def _retire(self, r: Request, state: RequestState) -> None:
+        """Take `r` out of every queue and pool and forget it (`requests`): the books of a
+        plan that still holds it skip it (`_advance`)."""
         rid = r.request_id
         self.gpu_running.pop(rid, None)
         self.cpu_running.pop(rid, None)

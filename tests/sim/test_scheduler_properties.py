@@ -1,7 +1,8 @@
 """Invariants of every policy over random workloads (hypothesis).
 
 A driver feeds random arrivals to a policy, runs each plan with the policy's own prediction as
-the clock, randomly finishes requests early (EOS) and aborts some, and checks after every step:
+the clock, randomly finishes requests early (EOS) and aborts some (between iterations, and
+while one runs), and checks after every step:
 KV pools consistent and within capacity; every request's blocks in the pool its state says;
 plans well formed (no duplicates, blocks cover the work); NEO's pipelined plans have no negative
 slack unless they carry starvation-forced requests; first admissions in arrival order; and in
@@ -141,6 +142,10 @@ def drive(name: str, w: Workload, max_steps: int = 20_000):
         check_pools(policy)
         check_plan(policy, plan)
         now += plan.predicted_s
+        if plan.request_ids and rng.random() < 0.03:  # aborted while the iteration runs
+            victim = rng.choice(sorted(plan.request_ids))
+            assert policy.abort(victim)
+            aborted.append(victim)
         eos = {rid for rid in plan.request_ids if rng.random() < 0.02}
         finished += [r.request_id for r in policy.complete(plan, eos)]
         if policy.requests and rng.random() < 0.03:
