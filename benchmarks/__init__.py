@@ -26,6 +26,20 @@ def smollm2_checkpoint() -> Path:
     return SMOLLM2
 
 
+def checkpoint_or_exit(model: Path, benchmark: str) -> Path:
+    """`model`, a checkpoint directory: the default (`SMOLLM2`) is converted first where it is
+    missing, as a new user's first run needs; any other missing one ends the run saying how to
+    make it."""
+    if model == SMOLLM2:
+        return smollm2_checkpoint()
+    if not (model / "config.json").exists():
+        raise SystemExit(
+            f"{benchmark}: no checkpoint at {model} (--model; "
+            "python -m neo_engine.convert --output DIR writes SmolLM2-135M)"
+        )
+    return model
+
+
 def write_result(path: Path, benchmark: str, **fields: Any) -> dict:
     """Write `{"benchmark", "machine", **fields}` as JSON to `path` and say so; returns it."""
     from neo_engine.local import machine_summary  # torch: only when a result is written

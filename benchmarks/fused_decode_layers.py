@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from benchmarks import RESULTS, SMOLLM2, reference_s, write_result
+from benchmarks import RESULTS, SMOLLM2, checkpoint_or_exit, reference_s, write_result
 from benchmarks.vs_vllm_cpu import (
     TRACE,
     UNIFORM_BATCHES,
@@ -42,11 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.repeats < 1:
         raise SystemExit(f"fused_decode_layers: --repeats must be >= 1, got {args.repeats}")
-    if not (args.model / "config.json").exists():
-        raise SystemExit(
-            f"fused_decode_layers: no checkpoint at {args.model} (--model; "
-            "python -m neo_engine.convert --output DIR writes SmolLM2-135M)"
-        )
+    args.model = checkpoint_or_exit(args.model, "fused_decode_layers")
     output = args.output or RESULTS / f"fused_decode_layers_{args.dtype}.json"
     from neo_engine import LLM
 

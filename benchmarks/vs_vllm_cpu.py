@@ -56,7 +56,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import RESULTS, SMOLLM2, reference_s, write_result
+from benchmarks import RESULTS, SMOLLM2, checkpoint_or_exit, reference_s, write_result
 from experiments import SHARED
 from neo_sim.machine import isa_cap, torch_isa_environment
 
@@ -395,8 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             "(how to make one: python -m benchmarks.vs_vllm_cpu --help)"
         )
         return 0
-    if not (args.model / "config.json").exists():
-        raise SystemExit(f"vs_vllm_cpu: no checkpoint at {args.model} (--model)")
+    args.model = checkpoint_or_exit(args.model, "vs_vllm_cpu")
     from neo_sim.model import parse_model_arg
 
     vocab = parse_model_arg(str(args.model)).spec.vocab_size

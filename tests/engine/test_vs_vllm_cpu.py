@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from benchmarks.vs_vllm_cpu import (
@@ -49,7 +51,6 @@ def test_the_isa_cap_reaches_vllm_s_choice_of_kernels():
     CPUID checks, by which vLLM picks its kernel library, answer as an AVX2-only CPU's."""
     import os
     import subprocess
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
@@ -66,6 +67,20 @@ def test_the_isa_cap_reaches_vllm_s_choice_of_kernels():
 def test_without_a_vllm_python_it_skips_with_a_clear_message(capsys):
     assert main([]) == 0
     assert "skipped: give --vllm-python" in capsys.readouterr().out
+
+
+def test_a_missing_checkpoint_ends_the_run_saying_how_to_make_one(tmp_path, monkeypatch):
+    """The default checkpoint is converted where it is missing (`benchmarks.SMOLLM2`, what a
+    new user's first run needs); another directory that holds none ends the run, naming it."""
+    import benchmarks
+
+    converted = []
+    monkeypatch.setattr(benchmarks, "smollm2_checkpoint", lambda: converted.append(1) or "made")
+    assert benchmarks.checkpoint_or_exit(benchmarks.SMOLLM2, "vs_vllm_cpu") == "made"
+    assert converted == [1]
+    with pytest.raises(SystemExit, match=r"no checkpoint at .*neo_engine.convert --output DIR"):
+        main(["--vllm-python", sys.executable, "--model", str(tmp_path / "none")])
+    assert converted == [1]
 
 
 def test_the_serving_comparison_skips_without_a_vllm_venv(capsys, tmp_path):
@@ -111,7 +126,6 @@ def test_interleaved_runs_alternate_and_pair_up(tmp_path, monkeypatch):
     and one paired ratio per round, the runner's outputs reach the agreement count, and
     neo_engine's runs agree."""
     import json
-    import sys
 
     from tests.engine.conftest import save_tiny_llama
 
