@@ -29,7 +29,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks import RESULTS, SMOLLM2, write_result
+from benchmarks import RESULTS, SMOLLM2, checkpoint_or_exit, write_result
 from benchmarks.serve_load import kv_in_use, start_server
 
 DEFAULT_MODEL = SMOLLM2
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not (args.venv / "bin" / "lm_eval").exists():
         raise SystemExit(f"{args.venv / 'bin' / 'lm_eval'} not found: install lm-eval (--help)")
+    args.model = checkpoint_or_exit(args.model, "lm_eval_check")
     task_dir = write_task(args.output / "task")
     model = str(args.model)
     proc, base = start_server(f"--model {model}")

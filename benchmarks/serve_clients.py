@@ -32,7 +32,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks import RESULTS, SMOLLM2, write_result
+from benchmarks import RESULTS, SMOLLM2, checkpoint_or_exit, write_result
 from benchmarks.serve_load import kv_in_use, start_server
 
 DEFAULT_MODEL = SMOLLM2
@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown client {tool!r}; known: {', '.join(CLIENTS)}")
         if not (venvs[tool] / "bin" / tool).exists():
             raise SystemExit(f"{venvs[tool] / 'bin' / tool} not found: install it (see --help)")
+    args.model = checkpoint_or_exit(args.model, "serve_clients")
     args.output.mkdir(parents=True, exist_ok=True)
     model = str(args.model)
     proc, base = start_server(f"--model {model} {SERVER}")

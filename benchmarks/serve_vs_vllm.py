@@ -38,7 +38,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks import RESULTS, reference_s, write_result
+from benchmarks import RESULTS, checkpoint_or_exit, reference_s, write_result
 from benchmarks.serve_clients import DEFAULT_MODEL, run_client, vllm_bench_argv
 from benchmarks.serve_load import free_port, start_server, wait_healthy
 from benchmarks.vs_vllm_cpu import vllm_cpu_environment
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.vllm_venv is None or not (args.vllm_venv / "bin" / "vllm").exists():
         print("serve_vs_vllm: skipped: give --vllm-venv, a venv with vllm-cpu (see --help)")
         return 0
+    args.model = checkpoint_or_exit(args.model, "serve_vs_vllm")
     args.output.mkdir(parents=True, exist_ok=True)
     env = vllm_cpu_environment()  # NEO_CPU_ISA, if set, holds both servers to it
     runs: list[dict] = []

@@ -80,6 +80,13 @@ def test_a_missing_checkpoint_ends_the_run_saying_how_to_make_one(tmp_path, monk
     assert converted == [1]
     with pytest.raises(SystemExit, match=r"no checkpoint at .*neo_engine.convert --output DIR"):
         main(["--vllm-python", sys.executable, "--model", str(tmp_path / "none")])
+    from benchmarks.serve_vs_vllm import main as serve_main
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "vllm").touch()  # past the venv check, before any server starts
+    with pytest.raises(SystemExit, match=r"serve_vs_vllm: no checkpoint at"):
+        serve_main(["--vllm-venv", str(venv), "--model", str(tmp_path / "none")])
     assert converted == [1]
 
 
