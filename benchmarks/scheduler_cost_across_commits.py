@@ -194,11 +194,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
     ratios = paired_ratios(rounds["base"], rounds["head"])
-    print(f"{'hardware':18s} {'policy':22s} {'base ms':>8s} {'head ms':>8s} {'head/base':>9s}")
+    print(f"{'hardware':18s} {'policy':26s} {'base ms':>8s} {'head ms':>8s} {'head/base':>9s}")
     for r in ratios:
         policy = r["policy"] + (f" + {r['slo'].upper()} SLO" if r["slo"] else "")
         print(
-            f"{r['hardware']:18s} {policy:22s} {min(r['base_ms_per_step']):8.3f} "
+            f"{r['hardware']:18s} {policy:26s} {min(r['base_ms_per_step']):8.3f} "
             f"{min(r['head_ms_per_step']):8.3f} {r['ratio_median']:9.2f}"
         )
     projected = project(measured, commits["base"], ratios) if measured is not None else None
