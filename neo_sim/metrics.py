@@ -23,6 +23,7 @@ PERCENTILES = (50, 90, 99)
 # The summary metrics the command-line tables show: (key of summarize(), label, format).
 SUMMARY_ROWS = [
     ("completed", "completed requests", "{:.0f}"),
+    ("rejected", "rejected requests", "{:.0f}"),  # only where a run rejected some
     ("throughput_req_s", "throughput (req/s)", "{:.3f}"),
     ("throughput_tok_s", "output tokens/s", "{:.1f}"),
     ("goodput_req_s", "goodput (req/s)", "{:.3f}"),  # only with an SLO set
@@ -42,6 +43,9 @@ SUMMARY_ROWS = [
     ("cpu_served_fraction", "requests that ran on CPU", "{:.2f}"),
     ("mean_batch_size", "mean batch size", "{:.1f}"),
 ]
+
+# Rows the tables leave out where every run reads 0 (most runs reject nothing).
+ROWS_SHOWN_WHEN_NONZERO = frozenset({"rejected"})
 
 REQUEST_COLUMNS = [
     "request_id",

@@ -11,7 +11,7 @@ from typing import Any
 
 from neo_sim import settings
 from neo_sim.errors import NeoError
-from neo_sim.metrics import SUMMARY_ROWS
+from neo_sim.metrics import ROWS_SHOWN_WHEN_NONZERO, SUMMARY_ROWS
 from neo_sim.runs import RunSpec, check_size
 from neo_sim.scheduler import require_policy
 
@@ -81,6 +81,8 @@ def format_table(columns: dict[str, dict], ratio_to: str | None = None) -> str:
         if not any(key in c for c in columns.values()):
             continue
         values = [columns[n].get(key, float("nan")) for n in names]
+        if key in ROWS_SHOWN_WHEN_NONZERO and not any(values):
+            continue
         row = [label, *(fmt.format(v) for v in values)]
         if ratio_to:
             base = columns[ratio_to].get(key, float("nan"))

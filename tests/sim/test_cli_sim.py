@@ -248,3 +248,17 @@ def test_png_export_without_kaleido_warns_and_keeps_going(tmp_path, monkeypatch,
         assert plots.save_png(fig, tmp_path / "map.png") is None
     assert not (tmp_path / "map.png").exists()
     assert "pip install -e .[png]" in caplog.text
+
+
+def test_the_table_counts_rejected_requests_only_where_some_were(capsys):
+    """A prompt over the per-iteration budget is rejected (a warning names the first): the
+    table says how many, beside the completed ones, and leaves the row out where none were."""
+    args = ["compare", *T4, "--num-requests", "40", "--policies", "gpu-only,neo"]
+    assert main([*args, "--input-len", "800"]) == 0  # some prompts over 832 tokens
+    lines = capsys.readouterr().out.splitlines()
+    completed = next(line for line in lines if line.startswith("completed requests")).split()
+    rejected = next(line for line in lines if line.startswith("rejected requests")).split()
+    assert int(rejected[2]) > 0 and int(completed[2]) + int(rejected[2]) == 40
+    assert rejected[2] == rejected[3] and rejected[4] == "1.00x"
+    assert main([*args, "--input-len", "100"]) == 0
+    assert "rejected requests" not in capsys.readouterr().out
