@@ -71,7 +71,9 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def format_table(columns: dict[str, dict], ratio_to: str | None = None) -> str:
-    """A plain-text table: one row per summary metric, one column per run."""
+    """A plain-text table: one row per summary metric, one column per run. A metric a run
+    does not define (NaN: TPOT where every output is one token) reads "-", as does a ratio
+    to a zero or undefined one."""
     names = list(columns)
     header = ["metric", *names] + (
         [f"{n}/{ratio_to}" for n in names if n != ratio_to] if ratio_to else []
@@ -83,14 +85,10 @@ def format_table(columns: dict[str, dict], ratio_to: str | None = None) -> str:
         values = [columns[n].get(key, float("nan")) for n in names]
         if key in ROWS_SHOWN_WHEN_NONZERO and not any(values):
             continue
-        row = [label, *(fmt.format(v) for v in values)]
+        row = [label, *(fmt.format(v) if v == v else "-" for v in values)]
         if ratio_to:
             base = columns[ratio_to].get(key, float("nan"))
-            row += [
-                f"{columns[n].get(key, float('nan')) / base:.2f}x" if base else "-"
-                for n in names
-                if n != ratio_to
-            ]
+            row += [_ratio(columns[n].get(key, float("nan")), base) for n in names if n != ratio_to]
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     return "\n".join(
@@ -100,3 +98,7 @@ def format_table(columns: dict[str, dict], ratio_to: str | None = None) -> str:
         )
         for r in rows
     )
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base and value == value and base == base else "-"

@@ -262,3 +262,13 @@ def test_the_table_counts_rejected_requests_only_where_some_were(capsys):
     assert rejected[2] == rejected[3] and rejected[4] == "1.00x"
     assert main([*args, "--input-len", "100"]) == 0
     assert "rejected requests" not in capsys.readouterr().out
+
+
+def test_a_metric_a_run_does_not_define_reads_a_dash(capsys):
+    """One-token outputs have no gap between tokens: TPOT is undefined (NaN in summary.json),
+    and the table says "-", not "nan" and "nanx"."""
+    args = ["compare", *T4, "--num-requests", "5", "--output-len", "1"]
+    assert main([*args, "--policies", "gpu-only,neo"]) == 0
+    out = capsys.readouterr().out
+    tpot = next(line for line in out.splitlines() if line.startswith("TPOT p50"))
+    assert tpot.split()[3:] == ["-", "-", "-"] and "nan" not in out
