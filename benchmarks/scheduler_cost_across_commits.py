@@ -57,8 +57,9 @@ def row_key(row: dict) -> tuple[str, str, str]:
 
 
 def paired_ratios(base_rounds: list[list[dict]], head_rounds: list[list[dict]]) -> list[dict]:
-    """Per row present at both commits: each round's head / base ms a step, their median, and
-    each side's fastest round."""
+    """Per row present at both commits: each round's ms a step at each commit, the head /
+    base ratio of each round and their median, and the head's planned iteration (for
+    `project`)."""
     out = []
     base_by_round = [{row_key(r): r for r in rows} for rows in base_rounds]
     head_by_round = [{row_key(r): r for r in rows} for rows in head_rounds]
