@@ -55,6 +55,15 @@ def shipped_profile(hardware_name: str, model: ModelSpec) -> Path | None:
     return None
 
 
+def shipped_models(hardware_name: str) -> list[str]:
+    """Models with a shipped profile for this preset host (file names `HOST__MODEL.json`),
+    sorted: what `--model` can name to be priced from measurements rather than the roofline."""
+    host = ALIASES.get(hardware_name, hardware_name)
+    return sorted(
+        {path.stem.split("__", 1)[1] for d in profile_dirs() for path in d.glob(f"{host}__*.json")}
+    )
+
+
 def resolve_target(
     hardware_arg: str, model_arg: str | None = None, prefer_profile: bool = True
 ) -> Target:
@@ -73,7 +82,13 @@ def resolve_target(
         return Target(profile.hardware, model, cost, f"profile {hardware_arg}")
     hardware = resolve_hardware(hardware_arg)
     if not model_arg:
-        raise NeoError("--model is required with a hardware preset")
+        profiled = shipped_models(hardware_arg)
+        hint = (
+            f"shipped profiles for {hardware_arg}: {', '.join(profiled)}"
+            if profiled
+            else f"no shipped profile for {hardware_arg}: any model preset runs on its roofline"
+        )
+        raise NeoError(f"--model is required with a hardware preset ({hint})")
     model = parse_model_arg(model_arg).spec
     path = shipped_profile(hardware_arg, model) if prefer_profile else None
     if path is not None:
