@@ -56,12 +56,15 @@ def add_output_arg(p: argparse.ArgumentParser) -> None:
 
 
 def parse_policies(text: str) -> list[str]:
-    """A comma-separated list of policy names; NeoError naming an unknown one."""
+    """A comma-separated list of policy names; NeoError naming an unknown one, or one named
+    twice (a table has one column per policy: a second would be silently dropped)."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise NeoError("--policies is empty")
-    for name in names:
+    for i, name in enumerate(names):
         require_policy(name)
+        if name in names[:i]:
+            raise NeoError(f"--policies names {name!r} twice")
     return names
 
 

@@ -111,6 +111,10 @@ def test_cost_reads_a_profile_file(tmp_path, t4_profile, capsys):
         # A preset without --model names the models it ships profiles for, or says it has none.
         (["run", "--hardware", "h100"], "shipped profiles for h100: llama-2-7b, llama-3-8b"),
         (["run", "--hardware", "h100x2"], "no shipped profile for h100x2"),
+        (
+            ["compare", "--hardware", "t4", "--model", "llama-2-7b", "--policies", "neo,apex,neo"],
+            "--policies names 'neo' twice",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, needle):
