@@ -44,7 +44,7 @@ class _Common(BaseModel):
     max_completion_tokens: int | None = Field(default=None, gt=0)
     temperature: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     top_p: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
-    top_k: int = -1
+    top_k: int = Field(default=-1, ge=-1)  # 0 or -1: disabled, as vLLM
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     stop: str | list[str] | None = Field(default=None)
     stream: bool = False

@@ -27,10 +27,11 @@ class SamplingError(RuntimeError):
 class SamplingParams:
     """How to pick tokens and when to stop.
 
-    temperature 0 (or below 1e-5) means greedy; top_k <= 0 and top_p = 1 disable those
-    filters; `seed` (0..2^64-1) makes a request's sampling reproducible; `stop` strings (at
-    most 32, each at most 1024 characters) end generation and are cut from the text;
-    `ignore_eos` keeps generating past the end-of-sequence token (benchmarks use it).
+    temperature 0 (or below 1e-5) means greedy; top_k 0 or -1 and top_p = 1 disable those
+    filters (top_k below -1 is refused, as vLLM refuses it); `seed` (0..2^64-1) makes a
+    request's sampling reproducible; `stop` strings (at most 32, each at most 1024 characters)
+    end generation and are cut from the text; `ignore_eos` keeps generating past the
+    end-of-sequence token (benchmarks use it).
     """
 
     max_tokens: int = 16
@@ -58,6 +59,8 @@ class SamplingParams:
             raise NeoError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int):
             raise NeoError(f"top_k must be an integer, got {self.top_k!r}")
+        if self.top_k < -1:
+            raise NeoError(f"top_k must be 0 or -1 (disable), or at least 1, got {self.top_k}")
         if self.seed is not None and not (
             isinstance(self.seed, int) and 0 <= self.seed <= SEED_MAX
         ):

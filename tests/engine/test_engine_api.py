@@ -119,6 +119,7 @@ def test_abort_frees_everything():
         (lambda: SamplingParams(max_tokens=0), "max_tokens"),
         (lambda: SamplingParams(top_p=0.0), "top_p"),
         (lambda: SamplingParams(temperature=-1), "temperature"),
+        (lambda: SamplingParams(top_k=-5), "top_k"),
     ],
 )
 def test_bad_sampling_params(make, needle):

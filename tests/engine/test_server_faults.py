@@ -55,6 +55,7 @@ def post_raw(base: str, path: str, text: str) -> httpx.Response:
         ({"seed": 2**64}, "seed"),
         ({"seed": -1}, "seed"),
         ({"temperature": float("nan")}, "temperature"),
+        ({"top_k": -5}, "top_k"),
         ({"stop": ["x"] * 100}, "stop"),
         ({"logprobs": 50}, "logprobs"),
         ({"echo": True, "stream": True}, "echo"),
