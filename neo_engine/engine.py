@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -374,6 +374,14 @@ class LLMEngine:
             raise NeoError(
                 f"prompt has token ids outside the vocabulary [0, {self.spec.vocab_size})"
             )
+        if params.max_tokens is None:  # up to the end of the context, as vLLM
+            room = self.max_model_len - len(tokens)
+            if room < 1:
+                raise NeoError(
+                    f"prompt ({len(tokens)} tokens) leaves no room for a token in the "
+                    f"context length {self.max_model_len}"
+                )
+            params = replace(params, max_tokens=room)
         if len(tokens) + params.max_tokens > self.max_model_len:
             raise NeoError(
                 f"prompt ({len(tokens)} tokens) + max_tokens ({params.max_tokens}) "

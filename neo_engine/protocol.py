@@ -9,7 +9,7 @@ for them (a non-default value), never silently ignored (`UNSUPPORTED`). Field li
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,11 +34,28 @@ UNSUPPORTED: dict[str, Any] = {
     "guided_json": None,
     "guided_regex": None,
     "guided_choice": None,
+    # vLLM's extra sampling fields: each changes what is generated, so a client that asks for
+    # one is told it is not done rather than served as if it were.
+    "min_tokens": 0,
+    "min_p": 0.0,
+    "use_beam_search": False,
+    "include_stop_str_in_output": False,
+    "guided_grammar": None,
+    "structural_tag": None,
+    "allowed_token_ids": None,
+    "bad_words": None,
+    "logits_processors": None,
+    "truncate_prompt_tokens": None,
+    "chat_template": None,
+    "continue_final_message": False,
 }
 
 
 class _Common(BaseModel):
     model_config = ConfigDict(extra="allow")
+    # max_tokens when the client sends none: OpenAI's and vLLM's 16 for completions; chat
+    # overrides it with None, the rest of the context (vLLM's rule for chat).
+    default_max_tokens: ClassVar[int | None] = 16
     model: str
     max_tokens: int | None = Field(default=None, ge=0)  # 0: echo the prompt only
     max_completion_tokens: int | None = Field(default=None, gt=0)
@@ -47,6 +64,7 @@ class _Common(BaseModel):
     top_k: int = Field(default=-1, ge=-1)  # 0 or -1: disabled, as vLLM
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     stop: str | list[str] | None = Field(default=None)
+    stop_token_ids: list[int] | None = None  # vLLM's extra: these tokens end generation too
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     ignore_eos: bool = False
@@ -84,7 +102,9 @@ class _Common(BaseModel):
             raise NeoError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
         if self.prompt_only() and not getattr(self, "echo", False):
             raise NeoError("max_tokens: must be >= 1 (0 only with echo)")
-        max_tokens = self.max_tokens or self.max_completion_tokens or 16
+        max_tokens = self.max_tokens or self.max_completion_tokens
+        if max_tokens is None:
+            max_tokens = self.default_max_tokens
         return SamplingParams(
             max_tokens=1 if self.prompt_only() else max_tokens,
             logprobs=self.token_logprobs(),
@@ -94,6 +114,7 @@ class _Common(BaseModel):
             top_k=self.top_k,
             seed=self.seed,
             stop=tuple(stop),
+            stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
         )
 
@@ -151,7 +172,10 @@ class ChatMessage(BaseModel):
 
 
 class ChatRequest(_Common):
-    """The chat body: `logprobs` is a switch, `top_logprobs` the count of alternatives."""
+    """The chat body: `logprobs` is a switch, `top_logprobs` the count of alternatives;
+    without max_tokens it generates up to the end of the context, as vLLM's chat does."""
+
+    default_max_tokens: ClassVar[int | None] = None
 
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False

@@ -31,10 +31,11 @@ class SamplingParams:
     filters (top_k below -1 is refused, as vLLM refuses it); `seed` (0..2^64-1) makes a
     request's sampling reproducible; `stop` strings (at most 32, each at most 1024 characters)
     end generation and are cut from the text; `ignore_eos` keeps generating past the
-    end-of-sequence token (benchmarks use it).
+    end-of-sequence token (benchmarks use it); `max_tokens=None` generates up to the end of
+    the context (max_model_len less the prompt), as in vLLM.
     """
 
-    max_tokens: int = 16
+    max_tokens: int | None = 16
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -51,8 +52,10 @@ class SamplingParams:
         else:
             object.__setattr__(self, "stop", tuple(self.stop or ()))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise NeoError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if self.max_tokens is not None and (
+            not isinstance(self.max_tokens, int) or self.max_tokens < 1
+        ):
+            raise NeoError(f"max_tokens must be an integer >= 1 (or None), got {self.max_tokens!r}")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise NeoError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -71,6 +74,10 @@ class SamplingParams:
                 raise NeoError(f"{name} must be an integer in [0, {MAX_LOGPROBS}], got {value!r}")
         if len(self.stop) > MAX_STOP_STRINGS:
             raise NeoError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
+        if not all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids):
+            raise NeoError(
+                f"stop_token_ids must be token ids (integers >= 0), got {self.stop_token_ids!r}"
+            )
         for s in self.stop:
             if not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS:
                 raise NeoError(f"stop: strings must be 1..{MAX_STOP_CHARS} characters")

@@ -136,6 +136,25 @@ def test_bad_prompts(tiny):
         tiny.engine.add_request(list(range(250)), GREEDY)
 
 
+def test_max_tokens_none_generates_to_the_end_of_the_context(tiny):
+    """vLLM's meaning of max_tokens=None: max_model_len less the prompt (256 here)."""
+    params = SamplingParams(max_tokens=None, temperature=0, ignore_eos=True)
+    out = tiny.generate([list(range(1, 201))], params)[0]
+    assert len(out.token_ids) == 56 and out.finish_reason == "length"
+    with pytest.raises(NeoError, match="no room"):
+        tiny.engine.add_request(list(range(256)), params)
+
+
+def test_stop_token_ids_end_generation(tiny):
+    free = tiny.generate("abc", GREEDY)[0].token_ids
+    stop = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, stop_token_ids=[free[4]])
+    out = tiny.generate("abc", stop)[0]
+    first = free.index(free[4])  # the first time that token comes
+    assert out.token_ids == free[: first + 1] and out.finish_reason == "stop"
+    with pytest.raises(NeoError, match="stop_token_ids"):
+        SamplingParams(stop_token_ids=[-1])
+
+
 def test_cuda_request_without_a_gpu_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

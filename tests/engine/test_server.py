@@ -125,6 +125,39 @@ def test_openai_client_completion_chat_and_stream(server):
     assert "".join(c.choices[0].text for c in token_chunks) == done.choices[0].text
 
 
+def test_without_max_tokens_chat_runs_to_the_context_end_and_completions_to_16(server):
+    """vLLM's defaults: a chat without max_tokens may fill the context (max_model_len 512
+    here); a completion gets 16 tokens, as OpenAI's legacy endpoint."""
+    base, _ = server
+    chat = httpx.post(
+        f"{base}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "ignore_eos": True},
+        timeout=120,
+    ).json()
+    usage = chat["usage"]
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == 512
+    assert chat["choices"][0]["finish_reason"] == "length"
+    done = httpx.post(
+        f"{base}/v1/completions",
+        json={"model": MODEL, "prompt": "hi", "ignore_eos": True},
+        timeout=60,
+    ).json()
+    assert done["usage"]["completion_tokens"] == 16
+
+
+def test_stop_token_ids_end_a_served_request(server):
+    """vLLM's extra field: with every token id of dummy:tiny's vocabulary (2,048) listed, the
+    first token ends the request; with none listed, it runs to max_tokens."""
+    base, _ = server
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 8, "ignore_eos": True}
+    for ids, tokens, reason in (([], 8, "length"), (list(range(2048)), 1, "stop")):
+        r = httpx.post(f"{base}/v1/completions", json=body | {"stop_token_ids": ids}, timeout=60)
+        assert r.status_code == 200, r.text
+        done = r.json()
+        assert done["usage"]["completion_tokens"] == tokens
+        assert done["choices"][0]["finish_reason"] == reason
+
+
 def test_concurrent_streaming_and_plain_clients_all_complete(server):
     base, _ = server
 

@@ -64,6 +64,10 @@ def post_raw(base: str, path: str, text: str) -> httpx.Response:
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"best_of": 2}, "best_of"),
         ({"prompt": ["a"] * 300}, "prompt"),
+        ({"min_tokens": 4}, "min_tokens"),
+        ({"use_beam_search": True}, "use_beam_search"),
+        ({"include_stop_str_in_output": True}, "include_stop_str_in_output"),
+        ({"stop_token_ids": [-3]}, "stop_token_ids"),
     ],
 )
 def test_refused_values_get_a_400_naming_the_field(server, body, field):  # noqa: F811
