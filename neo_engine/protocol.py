@@ -48,6 +48,7 @@ UNSUPPORTED: dict[str, Any] = {
     "truncate_prompt_tokens": None,
     "chat_template": None,
     "continue_final_message": False,
+    "echo": False,  # on chat, vLLM's extra (the last message first); completions' own is done
 }
 
 
@@ -92,6 +93,10 @@ class _Common(BaseModel):
         """Alternatives per prompt token (echo with log-probabilities), or None."""
         return None
 
+    def echoes_prompt(self) -> bool:
+        """Whether the response starts with the prompt (completions' `echo`)."""
+        return False
+
     def prompt_only(self) -> bool:
         """max_tokens 0: score or echo the prompt, generate nothing (runs one token, dropped)."""
         return self.max_tokens == 0
@@ -100,8 +105,8 @@ class _Common(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if len(stop) > MAX_STOP_STRINGS:
             raise NeoError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
-        if self.prompt_only() and not getattr(self, "echo", False):
-            raise NeoError("max_tokens: must be >= 1 (0 only with echo)")
+        if self.prompt_only() and not self.echoes_prompt():
+            raise NeoError("max_tokens: must be >= 1 (0 only with echo, on /v1/completions)")
         max_tokens = self.max_tokens or self.max_completion_tokens
         if max_tokens is None:
             max_tokens = self.default_max_tokens
@@ -140,6 +145,9 @@ class CompletionRequest(_Common):
 
     def prompt_logprobs(self) -> int | None:
         return self.logprobs if self.echo else None
+
+    def echoes_prompt(self) -> bool:
+        return self.echo
 
 
 class TextPart(BaseModel):
