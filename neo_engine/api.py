@@ -9,6 +9,7 @@ from tqdm import tqdm
 from neo_engine.config import EngineConfig
 from neo_engine.engine import LLMEngine, RequestOutput
 from neo_engine.sampling import SamplingParams
+from neo_sim.errors import NeoError
 
 
 class LLM:
@@ -43,7 +44,10 @@ class LLM:
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
         if len(params) != len(prompts):
-            raise ValueError("give one SamplingParams, or one per prompt")
+            raise NeoError(
+                f"give one SamplingParams, or one per prompt: {len(params)} for "
+                f"{len(prompts)} prompts"
+            )
         ids: list[int] = []
         try:
             for prompt, sp in zip(prompts, params):
@@ -61,3 +65,22 @@ class LLM:
                     bar.update(1)
         bar.close()
         return [results[i] for i in ids]
+
+    def chat(
+        self,
+        messages: Sequence[dict] | Sequence[Sequence[dict]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """vLLM's `LLM.chat`: one conversation (a list of {"role", "content"} messages) or a
+        list of them, each rendered by the tokenizer's chat template (neo-serve's chat
+        prompt), then generated as `generate` does; one output per conversation."""
+        if not messages:
+            raise NeoError("messages is empty")
+        conversations = [messages] if isinstance(messages[0], dict) else messages
+        prompts = []
+        for i, conversation in enumerate(conversations):
+            if not conversation or not all(isinstance(m, dict) for m in conversation):
+                raise NeoError(f"conversation {i}: must be a non-empty list of message dicts")
+            prompts.append(self.tokenizer.chat_prompt(list(conversation)))
+        return self.generate(prompts, sampling_params, use_tqdm)

@@ -3,8 +3,9 @@
 Unknown fields are ignored, as OpenAI clients and benchmark tools send extras. Known fields
 that neo-serve does not implement are refused with a 400 naming the field when a client asks
 for them (a non-default value), never silently ignored (`UNSUPPORTED`). Field limits
-(max_tokens > 0, 0 <= temperature, 0 < top_p <= 1, n = 1, a 64-bit seed, stop strings) give
-400s naming the field.
+(max_tokens > 0, 0 <= temperature, 0 < top_p <= 1, top_k >= -1, n = 1, a 64-bit seed, stop
+strings and token ids) give 400s naming the field. Without max_tokens a completion gets 16
+tokens and a chat the rest of the context, as in vLLM.
 """
 
 from __future__ import annotations

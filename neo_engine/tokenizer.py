@@ -6,6 +6,7 @@ UTF-8 bytes so that prompts and outputs still round-trip as strings.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +21,7 @@ class Tokenizer(Protocol):
 
     def decode(self, token_ids: list[int]) -> str: ...
 
-    def chat_prompt(self, messages: list[dict]) -> str: ...
+    def chat_prompt(self, messages: list[dict]) -> list[int]: ...
 
 
 class ByteTokenizer:
@@ -54,8 +55,8 @@ class ByteTokenizer:
             parts.append(run.decode("utf-8", errors="replace"))
         return "".join(parts)
 
-    def chat_prompt(self, messages: list[dict]) -> str:
-        return plain_chat_prompt(messages)
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        return _user_input(lambda: self.encode(plain_chat_prompt(messages)))
 
 
 class HFTokenizer:
@@ -77,12 +78,30 @@ class HFTokenizer:
     def decode(self, token_ids: list[int]) -> str:
         return self._tok.decode(token_ids, skip_special_tokens=True)
 
-    def chat_prompt(self, messages: list[dict]) -> str:
-        if getattr(self._tok, "chat_template", None):
-            return self._tok.apply_chat_template(
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """The conversation's token ids, ready for the assistant's turn. A chat template
+        writes its own special tokens (Llama 3's starts with <|begin_of_text|>), so its text
+        is encoded without the tokenizer's (which would add a second BOS), as vLLM does; the
+        plain fallback is encoded as any prompt."""
+        if not getattr(self._tok, "chat_template", None):
+            return _user_input(lambda: self.encode(plain_chat_prompt(messages)))
+
+        def render() -> list[int]:
+            text = self._tok.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True
             )
-        return plain_chat_prompt(messages)
+            return list(self._tok.encode(text, add_special_tokens=False))
+
+        return _user_input(render)
+
+
+def _user_input(tokenize: Callable[[], list[int]]) -> list[int]:
+    """`tokenize()`, with what the messages make it raise (a lone surrogate is valid JSON but
+    not UTF-8; a template refuses roles out of order) as a NeoError: a 400, not a 500."""
+    try:
+        return tokenize()
+    except Exception as exc:
+        raise NeoError(f"messages cannot be tokenized: {exc}") from None
 
 
 def plain_chat_prompt(messages: list[dict]) -> str:

@@ -257,3 +257,16 @@ def test_the_start_up_log_gives_the_kv_pools_and_how_prompts_are_admitted(caplog
     assert pools_line(chunked).endswith("prompts in chunks of at most 512 tokens per iteration")
     refused = SchedulerConfig(num_gpu_blocks=8, num_cpu_blocks=8, kv_chunk_tokens=1024)
     assert "kv_chunk_tokens=1024 not adopted" in pools_line(refused)
+
+
+def test_chat_renders_each_conversation_as_neo_serve_does(tiny):
+    hello = [{"role": "user", "content": "Hi"}]
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    one, again = tiny.chat([hello, hello + [{"role": "user", "content": "Again"}]], params)
+    direct = tiny.generate([tiny.tokenizer.chat_prompt(hello)], params)[0]
+    assert one.token_ids == direct.token_ids and len(again.token_ids) == 4
+    assert tiny.chat(hello, params)[0].token_ids == direct.token_ids
+    with pytest.raises(NeoError, match="messages"):
+        tiny.chat([], params)
+    with pytest.raises(NeoError, match="one per prompt"):
+        tiny.generate(["a", "b"], [params])
