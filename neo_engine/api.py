@@ -37,9 +37,11 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = False,
     ) -> list[RequestOutput]:
-        """One output per prompt, in the order given. Prompts are strings or token-id lists."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        """One output per prompt, in the order given. Prompts are strings, token-id lists, or
+        vLLM's prompt dicts (`{"prompt": text}`, `{"prompt_token_ids": ids}`)."""
+        if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
+        prompts = [_prompt_of(p) for p in prompts]
         params = sampling_params or SamplingParams()
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
@@ -84,3 +86,14 @@ class LLM:
                 raise NeoError(f"conversation {i}: must be a non-empty list of message dicts")
             prompts.append(self.tokenizer.chat_prompt(list(conversation)))
         return self.generate(prompts, sampling_params, use_tqdm)
+
+
+def _prompt_of(prompt):
+    """A string or token-id list as given; vLLM's TextPrompt / TokensPrompt dicts unwrapped."""
+    if not isinstance(prompt, dict):
+        return prompt
+    if "prompt_token_ids" in prompt:
+        return prompt["prompt_token_ids"]
+    if "prompt" in prompt:
+        return prompt["prompt"]
+    raise NeoError(f"a prompt dict needs 'prompt' or 'prompt_token_ids', got keys {sorted(prompt)}")

@@ -270,3 +270,13 @@ def test_chat_renders_each_conversation_as_neo_serve_does(tiny):
         tiny.chat([], params)
     with pytest.raises(NeoError, match="one per prompt"):
         tiny.generate(["a", "b"], [params])
+
+
+def test_vllm_prompt_dicts_are_prompts(tiny):
+    params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+    ids = tiny.tokenizer.encode("abc")
+    by_text, by_ids = tiny.generate([{"prompt": "abc"}, {"prompt_token_ids": ids}], params)
+    assert by_text.token_ids == by_ids.token_ids == tiny.generate("abc", params)[0].token_ids
+    assert tiny.generate({"prompt": "abc"}, params)[0].token_ids == by_text.token_ids
+    with pytest.raises(NeoError, match="prompt_token_ids"):
+        tiny.generate([{"text": "abc"}], params)
