@@ -96,6 +96,13 @@ class RequestOutput:
         """TTFT, TPOT, E2E of this request so far (neo_sim.latency's definitions)."""
         return Latency.of(self.arrival_s, self.first_token_s, self.finish_s, len(self.token_ids))
 
+    @property
+    def outputs(self) -> tuple[RequestOutput]:
+        """vLLM's shape, so that its scripts run as written (`out.outputs[0].text`,
+        `.token_ids`, `.finish_reason`, `.logprobs`): one completion per request (n = 1), this
+        output itself."""
+        return (self,)
+
 
 @dataclass
 class IterationLog:

@@ -278,5 +278,9 @@ def test_vllm_prompt_dicts_are_prompts(tiny):
     by_text, by_ids = tiny.generate([{"prompt": "abc"}, {"prompt_token_ids": ids}], params)
     assert by_text.token_ids == by_ids.token_ids == tiny.generate("abc", params)[0].token_ids
     assert tiny.generate({"prompt": "abc"}, params)[0].token_ids == by_text.token_ids
+    # vLLM's scripts read the completion as out.outputs[0]
+    only = by_text.outputs[0]
+    assert (only.text, only.token_ids) == (by_text.text, by_text.token_ids)
+    assert len(by_text.outputs) == 1
     with pytest.raises(NeoError, match="prompt_token_ids"):
         tiny.generate([{"text": "abc"}], params)
