@@ -58,7 +58,7 @@ class _Common(BaseModel):
     # max_tokens when the client sends none: OpenAI's and vLLM's 16 for completions; chat
     # overrides it with None, the rest of the context (vLLM's rule for chat).
     default_max_tokens: ClassVar[int | None] = 16
-    model: str
+    model: str | None = None  # unset: the served model, as vLLM takes it
     max_tokens: int | None = Field(default=None, ge=0)  # 0: echo the prompt only
     max_completion_tokens: int | None = Field(default=None, gt=0)
     temperature: float = Field(default=1.0, ge=0, allow_inf_nan=False)

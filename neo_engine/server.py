@@ -116,8 +116,9 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
     def _check(req) -> JSONResponse | None:
-        """The checks every request passes first: model name, refused fields, readiness."""
-        if req.model != model_name:
+        """The checks every request passes first: model name (none given: the served one, as
+        vLLM), refused fields, readiness."""
+        if req.model is not None and req.model != model_name:
             return _error(
                 404,
                 f"model {req.model!r} does not exist; this server serves {model_name!r}",

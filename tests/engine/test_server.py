@@ -145,6 +145,15 @@ def test_without_max_tokens_chat_runs_to_the_context_end_and_completions_to_16(s
     assert done["usage"]["completion_tokens"] == 16
 
 
+def test_a_request_without_model_goes_to_the_served_model(server):
+    """As vLLM: `model` may be left out; a wrong one is a 404 (model_not_found)."""
+    base, _ = server
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200 and r.json()["model"] == MODEL, r.text
+    r = httpx.post(f"{base}/v1/completions", json={"model": "gpt-4", "prompt": "hi"}, timeout=60)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
 def test_stop_token_ids_end_a_served_request(server):
     """vLLM's extra field: with every token id of dummy:tiny's vocabulary (2,048) listed, the
     first token ends the request; with none listed, it runs to max_tokens."""
@@ -227,7 +236,6 @@ def test_concurrent_streaming_and_plain_clients_all_complete(server):
             "temperature",
         ),
         ("/v1/completions", {"model": MODEL, "prompt": 42}, 400, "prompt"),
-        ("/v1/completions", {"prompt": "x"}, 400, "model"),
         ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
         ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user"}]}, 400, "content"),
     ],
