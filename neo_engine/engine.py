@@ -540,14 +540,15 @@ class LLMEngine:
         return out
 
     def _hits_stop(self, live: _Live, token: int) -> bool:
-        """Whether `token` ends the request: EOS, a stop token, or text that reached a stop
-        string (the detokenizer takes every token, whichever it is)."""
+        """Whether `token` ends the request: a stop token (kept in `token_ids`, its text left
+        out, as vLLM leaves it out), EOS, or text that reached a stop string (the detokenizer
+        takes every other token, EOS included: a special token adds no text)."""
         p = live.params
+        if token in p.stop_token_ids:
+            return True
         if live.detokenizer.add(token):
             return True
-        if not p.ignore_eos and token == self.tokenizer.eos_token_id:
-            return True
-        return token in p.stop_token_ids
+        return not p.ignore_eos and token == self.tokenizer.eos_token_id
 
     def _account(
         self, plan: Plan, result, start: float, began: float, tokens: int, sampling_s: float

@@ -30,9 +30,10 @@ class SamplingParams:
     temperature 0 (or below 1e-5) means greedy; top_k 0 or -1 and top_p = 1 disable those
     filters (top_k below -1 is refused, as vLLM refuses it); `seed` (0..2^64-1) makes a
     request's sampling reproducible; `stop` strings (at most 32, each at most 1024 characters)
-    end generation and are cut from the text; `ignore_eos` keeps generating past the
-    end-of-sequence token (benchmarks use it); `max_tokens=None` generates up to the end of
-    the context (max_model_len less the prompt), as in vLLM.
+    end generation and are cut from the text, as are `stop_token_ids`' texts (the ids stay in
+    `token_ids`); `ignore_eos` keeps generating past the end-of-sequence token (benchmarks use
+    it); `max_tokens=None` generates up to the end of the context (max_model_len less the
+    prompt), as in vLLM.
     """
 
     max_tokens: int | None = 16

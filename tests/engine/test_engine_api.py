@@ -151,6 +151,7 @@ def test_stop_token_ids_end_generation(tiny):
     out = tiny.generate("abc", stop)[0]
     first = free.index(free[4])  # the first time that token comes
     assert out.token_ids == free[: first + 1] and out.finish_reason == "stop"
+    assert out.text == tiny.tokenizer.decode(free[:first])  # the stop token's text left out
     with pytest.raises(NeoError, match="stop_token_ids"):
         SamplingParams(stop_token_ids=[-1])
 
