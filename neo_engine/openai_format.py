@@ -68,8 +68,10 @@ def chat_logprobs(tokenizer, logprobs: list[TokenLogprob]) -> dict:
     }
 
 
-def usage(outputs: list[RequestOutput], prompt_only: bool = False) -> dict:
-    prompt = sum(len(o.prompt_token_ids) for o in outputs)
+def usage(outputs: list[RequestOutput], prompt_only: bool = False, n: int = 1) -> dict:
+    """Token counts of a response: `outputs` come in groups of `n` completions of one prompt
+    each, whose prompt counts once (as vLLM counts it)."""
+    prompt = sum(len(o.prompt_token_ids) for o in outputs[::n])
     completion = 0 if prompt_only else sum(len(o.token_ids) for o in outputs)
     return {
         "prompt_tokens": prompt,

@@ -3,13 +3,14 @@
 Unknown fields are ignored, as OpenAI clients and benchmark tools send extras. Known fields
 that neo-serve does not implement are refused with a 400 naming the field when a client asks
 for them (a non-default value), never silently ignored (`UNSUPPORTED`). Field limits
-(max_tokens > 0, 0 <= temperature, 0 < top_p <= 1, top_k >= -1, n = 1, a 64-bit seed, stop
+(max_tokens > 0, 0 <= temperature, 0 < top_p <= 1, top_k >= -1, n >= 1, a 64-bit seed, stop
 strings and token ids) give 400s naming the field. Without max_tokens a completion gets 16
 tokens and a chat the rest of the context, as in vLLM.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from neo_engine.sampling import MAX_LOGPROBS, MAX_STOP_STRINGS, SEED_MAX, SamplingParams
 from neo_sim.errors import NeoError
 
-MAX_PROMPTS = 256  # prompts in one completions request
+MAX_PROMPTS = 256  # prompts in one completions request, and completions (prompts x n) in one
 
 # Fields clients send that neo-serve does not implement, with the value that means "not asked".
 UNSUPPORTED: dict[str, Any] = {
@@ -70,7 +71,7 @@ class _Common(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     ignore_eos: bool = False
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_PROMPTS)  # completions of each prompt
 
     def refused_field(self) -> str | None:
         """The first field the client asked for that neo-serve does not implement."""
@@ -123,6 +124,15 @@ class _Common(BaseModel):
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
         )
+
+    def samples(self) -> list[SamplingParams]:
+        """The SamplingParams of each of the `n` completions of a prompt. With a seed, the
+        j-th samples with seed + j (mod 2^64), so that the n differ and each reproduces;
+        without one each request draws its own; greedy ones are alike, as in vLLM."""
+        params = self.sampling()
+        if params.seed is None:
+            return [params] * self.n
+        return [replace(params, seed=(params.seed + j) % (SEED_MAX + 1)) for j in range(self.n)]
 
     @property
     def wants_usage(self) -> bool:

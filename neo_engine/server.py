@@ -139,6 +139,19 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
         except EngineError as exc:
             return None, _error(500, str(exc))
 
+    async def _start_all(requests: list, param: str):
+        """Start each (prompt, SamplingParams) of `requests`: (their streams, None), or (None,
+        the error) with those already started closed (their requests aborted)."""
+        streams = []
+        for prompt, params in requests:
+            stream, bad = await _start(prompt, params, param)
+            if bad is not None:
+                for started in streams:
+                    started.close()
+                return None, bad
+            streams.append(stream)
+        return streams, None
+
     async def _collect(request: Request, streams: list) -> list | None:
         """Every stream's last output; None if the client went away first (then the
         requests are aborted and their KV freed)."""
@@ -166,22 +179,19 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             )
         if len(prompts) > MAX_PROMPTS:
             return _error(400, f"prompt: at most {MAX_PROMPTS} prompts", param="prompt")
+        if len(prompts) * req.n > MAX_PROMPTS:
+            return _error(400, f"n: prompts x n at most {MAX_PROMPTS}", param="n")
         if req.stream and len(prompts) != 1:
             return _error(400, "prompt: streaming takes exactly one prompt", param="prompt")
         if req.stream and req.echo:
             return _error(400, "echo: not supported with stream", param="echo")
         try:
-            params = req.sampling()
+            samples = req.samples()
         except NeoError as exc:
             return _error(400, str(exc))
-        streams = []
-        for prompt in prompts:
-            stream, bad = await _start(prompt, params, "prompt")
-            if bad is not None:
-                for s in streams:
-                    s.close()
-                return bad
-            streams.append(stream)
+        streams, bad = await _start_all([(p, sp) for p in prompts for sp in samples], "prompt")
+        if bad is not None:
+            return bad
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         tokenizer = engine.engine.tokenizer
         if req.stream:
@@ -193,7 +203,7 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
                     return fmt.completion_logprobs(tokenizer, shown), start + len(shown)
 
             return StreamingResponse(
-                _sse(streams[0], rid, created, model_name, False, req.wants_usage, stream_logprobs),
+                _sse(streams, rid, created, model_name, False, req.wants_usage, stream_logprobs),
                 media_type="text/event-stream",
             )
         results = await _collect(request, streams)
@@ -203,7 +213,8 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             return failed
         only = req.prompt_only()
         choices = []
-        for i, (prompt, out) in enumerate(zip(prompts, results)):
+        for i, out in enumerate(results):
+            prompt = prompts[i // req.n]
             text = "" if only else out.text
             if req.echo:
                 text = (prompt if isinstance(prompt, str) else tokenizer.decode(prompt)) + text
@@ -220,7 +231,7 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             "created": created,
             "model": model_name,
             "choices": choices,
-            "usage": fmt.usage(results, only),
+            "usage": fmt.usage(results, only, n=req.n),
         }
 
     @app.post("/v1/chat/completions")
@@ -229,10 +240,10 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             return bad
         try:
             prompt = engine.engine.tokenizer.chat_prompt(req.chat_messages())
-            params = req.sampling()
+            samples = req.samples()
         except NeoError as exc:
             return _error(400, str(exc))
-        stream, bad = await _start(prompt, params, "messages")
+        streams, bad = await _start_all([(prompt, sp) for sp in samples], "messages")
         if bad is not None:
             return bad
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -245,15 +256,14 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
                     return fmt.chat_logprobs(tokenizer, out.logprobs[start:]), len(out.logprobs)
 
             return StreamingResponse(
-                _sse(stream, rid, created, model_name, True, req.wants_usage, stream_logprobs),
+                _sse(streams, rid, created, model_name, True, req.wants_usage, stream_logprobs),
                 media_type="text/event-stream",
             )
-        results = await _collect(request, [stream])
+        results = await _collect(request, streams)
         if results is None:
             return _error(499, "client closed the request")
         if (failed := _failure(results)) is not None:
             return failed
-        out = results[0]
         return {
             "id": rid,
             "object": "chat.completion",
@@ -261,15 +271,16 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             "model": model_name,
             "choices": [
                 {
-                    "index": 0,
+                    "index": i,
                     "message": {"role": "assistant", "content": out.text},
                     "logprobs": fmt.chat_logprobs(tokenizer, out.logprobs)
                     if req.logprobs
                     else None,
                     "finish_reason": out.finish_reason,
                 }
+                for i, out in enumerate(results)
             ],
-            "usage": fmt.usage([out]),
+            "usage": fmt.usage(results, n=req.n),
         }
 
     return app
@@ -305,60 +316,84 @@ async def _drain(stream):
     return last
 
 
+async def _merged(streams: list):
+    """(index, output) of each of `streams` as its outputs come, until every one finished."""
+    if len(streams) == 1:
+        async for out in streams[0]:
+            yield 0, out
+        return
+    arrived: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, stream) -> None:
+        try:
+            async for out in stream:
+                arrived.put_nowait((index, out))
+        finally:
+            arrived.put_nowait((index, None))
+
+    pumps = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(streams)
+        while running:
+            index, out = await arrived.get()
+            if out is None:
+                running -= 1
+            else:
+                yield index, out
+    finally:
+        for task in pumps:
+            task.cancel()
+
+
 async def _sse(
-    stream, rid: str, created: int, model: str, chat: bool, usage: bool, logprobs_of=None
+    streams: list,
+    rid: str,
+    created: int,
+    model: str,
+    chat: bool,
+    usage: bool,
+    logprobs_of=None,
 ):
-    """Server-sent events of one request; closing it early (client gone) aborts the request.
-    `logprobs_of(out, start) -> (logprobs object of the tokens from start, next start)` adds
-    each chunk's log-probabilities when the client asked for them."""
+    """Server-sent events of one request's completions (`n` of them: choice i is
+    `streams[i]`); closing it early (client gone) aborts them. `logprobs_of(out, start) ->
+    (logprobs object of the tokens from start, next start)` adds each chunk's
+    log-probabilities when the client asked for them."""
     kind = "chat.completion.chunk" if chat else "text_completion"
-    sent = ""
-    last = None
-    scored = 0
+    head = {"id": rid, "object": kind, "created": created, "model": model}
+    sent = [""] * len(streams)
+    scored = [0] * len(streams)
+    last = [None] * len(streams)
+    failed = False
     try:
         if chat:
-            first = {
-                "index": 0,
-                "delta": {"role": "assistant", "content": ""},
-                "finish_reason": None,
-            }
-            yield _event(
-                {"id": rid, "object": kind, "created": created, "model": model, "choices": [first]}
-            )
-        async for out in stream:
-            last = out
+            for i in range(len(streams)):
+                first = {"index": i, "delta": {"role": "assistant", "content": ""}}
+                yield _event(head | {"choices": [first | {"finish_reason": None}]})
+        async for i, out in _merged(streams):
+            last[i] = out
             if out.finish_reason == "error":  # the OpenAI streaming error event, then done
                 error = {"message": f"generation failed: {out.error}", "type": "server_error"}
                 yield _event({"error": error | {"param": None, "code": None}})
+                failed = True
                 break
-            delta = out.text[len(sent) :] if out.text.startswith(sent) else ""
-            sent = out.text if out.text.startswith(sent) else sent
+            delta = out.text[len(sent[i]) :] if out.text.startswith(sent[i]) else ""
+            sent[i] = out.text if out.text.startswith(sent[i]) else sent[i]
             finish = out.finish_reason if out.finished else None
             logprobs = None
             if logprobs_of is not None:
-                logprobs, scored = logprobs_of(out, scored)
+                logprobs, scored[i] = logprobs_of(out, scored[i])
             choice = (
-                {"index": 0, "delta": {"content": delta}, "finish_reason": finish}
+                {"index": i, "delta": {"content": delta}, "finish_reason": finish}
                 if chat
-                else {"index": 0, "text": delta, "finish_reason": finish}
+                else {"index": i, "text": delta, "finish_reason": finish}
             ) | {"logprobs": logprobs}
-            yield _event(
-                {"id": rid, "object": kind, "created": created, "model": model, "choices": [choice]}
-            )
-        if usage and last is not None and last.finish_reason != "error":
-            yield _event(
-                {
-                    "id": rid,
-                    "object": kind,
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": fmt.usage([last]),
-                }
-            )
+            yield _event(head | {"choices": [choice]})
+        if usage and not failed and all(out is not None for out in last):
+            yield _event(head | {"choices": [], "usage": fmt.usage(last, n=len(streams))})
         yield "data: [DONE]\n\n"
     finally:
-        stream.close()
+        for stream in streams:
+            stream.close()
 
 
 def _event(payload: dict) -> str:

@@ -154,6 +154,54 @@ def test_a_request_without_model_goes_to_the_served_model(server):
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
 
+def _sse_chunks(base: str, path: str, body: dict) -> list[dict]:
+    with httpx.stream("POST", base + path, json=body | {"stream": True}, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        lines = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def test_n_completions_of_each_prompt_in_order_streamed_alike(server):
+    """n samples of each prompt (choice index: prompt x n + sample); the prompt counts once in
+    the usage, as in vLLM. Sampled texts are not compared across requests: a sampled token
+    may differ with the batch a request shares (bf16 numerics), greedy ones are."""
+    base, _ = server
+    body = {"model": MODEL, "max_tokens": 4, "ignore_eos": True, "temperature": 1.0, "seed": 7}
+    one = httpx.post(f"{base}/v1/completions", json=body | {"prompt": "ab"}, timeout=60).json()
+    many = body | {"prompt": ["ab", "cde"], "n": 3}
+    done = httpx.post(f"{base}/v1/completions", json=many, timeout=60).json()
+    texts = [c["text"] for c in done["choices"]]
+    assert [c["index"] for c in done["choices"]] == list(range(6))
+    assert len(set(texts[:3])) == 3  # three samples of one prompt differ
+    usage = done["usage"]
+    assert usage["prompt_tokens"] == 2 * one["usage"]["prompt_tokens"] + 1  # "ab" 3, "cde" 4
+    assert usage["completion_tokens"] == 6 * 4
+    greedy = body | {"temperature": 0, "messages": [{"role": "user", "content": "hi"}], "n": 2}
+    plain = httpx.post(f"{base}/v1/chat/completions", json=greedy, timeout=60).json()
+    with_usage = greedy | {"stream_options": {"include_usage": True}}
+    chunks = _sse_chunks(base, "/v1/chat/completions", with_usage)
+    streamed = ["", ""]
+    for chunk in chunks[:-1]:
+        for choice in chunk["choices"]:
+            streamed[choice["index"]] += choice["delta"].get("content") or ""
+    assert streamed == [c["message"]["content"] for c in plain["choices"]]
+    assert chunks[-1]["usage"] == plain["usage"] and plain["usage"]["completion_tokens"] == 8
+    r = httpx.post(f"{base}/v1/completions", json=body | {"prompt": ["a"] * 100, "n": 3})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+
+
+def test_n_samples_take_seed_plus_j():
+    from neo_engine.protocol import CompletionRequest
+
+    def seeds(**body):
+        return [p.seed for p in CompletionRequest(model=MODEL, prompt="x", **body).samples()]
+
+    assert seeds(n=3, seed=7) == [7, 8, 9]
+    assert seeds(n=2, seed=2**64 - 1) == [2**64 - 1, 0]
+    assert seeds(n=2) == [None, None]  # each request draws its own
+
+
 def test_stop_token_ids_end_a_served_request(server):
     """vLLM's extra field: with every token id of dummy:tiny's vocabulary (2,048) listed, the
     first token ends the request; with none listed, it runs to max_tokens."""
