@@ -316,33 +316,37 @@ async def _drain(stream):
     return last
 
 
-async def _merged(streams: list):
-    """(index, output) of each of `streams` as its outputs come, until every one finished."""
-    if len(streams) == 1:
-        async for out in streams[0]:
-            yield 0, out
-        return
-    arrived: asyncio.Queue = asyncio.Queue()
+class _Merged:
+    """(index, output) of each of several streams as its outputs come, until every one has
+    finished. `close()` stops the tasks that read them: an aborted request's stream gets no
+    more outputs, and a task left waiting on it would wait for ever."""
 
-    async def pump(index: int, stream) -> None:
+    def __init__(self, streams: list):
+        self._arrived: asyncio.Queue = asyncio.Queue()
+        self._running = len(streams)
+        self._readers = [asyncio.create_task(self._read(i, s)) for i, s in enumerate(streams)]
+
+    async def _read(self, index: int, stream) -> None:
         try:
             async for out in stream:
-                arrived.put_nowait((index, out))
+                self._arrived.put_nowait((index, out))
         finally:
-            arrived.put_nowait((index, None))
+            self._arrived.put_nowait((index, None))
 
-    pumps = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        running = len(streams)
-        while running:
-            index, out = await arrived.get()
-            if out is None:
-                running -= 1
-            else:
-                yield index, out
-    finally:
-        for task in pumps:
-            task.cancel()
+    def __aiter__(self) -> "_Merged":
+        return self
+
+    async def __anext__(self) -> tuple:
+        while self._running:
+            index, out = await self._arrived.get()
+            if out is not None:
+                return index, out
+            self._running -= 1
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
 
 
 async def _sse(
@@ -364,12 +368,13 @@ async def _sse(
     scored = [0] * len(streams)
     last = [None] * len(streams)
     failed = False
+    merged = _Merged(streams)
     try:
         if chat:
             for i in range(len(streams)):
                 first = {"index": i, "delta": {"role": "assistant", "content": ""}}
                 yield _event(head | {"choices": [first | {"finish_reason": None}]})
-        async for i, out in _merged(streams):
+        async for i, out in merged:
             last[i] = out
             if out.finish_reason == "error":  # the OpenAI streaming error event, then done
                 error = {"message": f"generation failed: {out.error}", "type": "server_error"}
@@ -392,6 +397,7 @@ async def _sse(
             yield _event(head | {"choices": [], "usage": fmt.usage(last, n=len(streams))})
         yield "data: [DONE]\n\n"
     finally:
+        merged.close()
         for stream in streams:
             stream.close()
 

@@ -302,7 +302,9 @@ def test_malformed_requests_get_4xx_naming_the_field(server, path, body, status,
     assert httpx.get(f"{base}/health", timeout=30).status_code == 200  # still serving
 
 
-def test_disconnect_mid_stream_aborts_and_frees_kv(server):
+@pytest.mark.parametrize("n", [1, 3])
+def test_disconnect_mid_stream_aborts_and_frees_kv(server, n):
+    """Every one of a stream's n completions is aborted when its client leaves."""
     base, _ = server
     body = {
         "model": MODEL,
@@ -310,6 +312,7 @@ def test_disconnect_mid_stream_aborts_and_frees_kv(server):
         "max_tokens": 300,
         "ignore_eos": True,
         "stream": True,
+        "n": n,
     }
     with (
         httpx.Client(base_url=base, timeout=60) as client,
