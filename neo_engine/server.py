@@ -181,8 +181,6 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             return _error(400, f"prompt: at most {MAX_PROMPTS} prompts", param="prompt")
         if len(prompts) * req.n > MAX_PROMPTS:
             return _error(400, f"n: prompts x n at most {MAX_PROMPTS}", param="n")
-        if req.stream and len(prompts) != 1:
-            return _error(400, "prompt: streaming takes exactly one prompt", param="prompt")
         if req.stream and req.echo:
             return _error(400, "echo: not supported with stream", param="echo")
         try:
@@ -203,7 +201,16 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
                     return fmt.completion_logprobs(tokenizer, shown), start + len(shown)
 
             return StreamingResponse(
-                _sse(streams, rid, created, model_name, False, req.wants_usage, stream_logprobs),
+                _sse(
+                    streams,
+                    rid,
+                    created,
+                    model_name,
+                    False,
+                    req.wants_usage,
+                    stream_logprobs,
+                    req.n,
+                ),
                 media_type="text/event-stream",
             )
         results = await _collect(request, streams)
@@ -256,7 +263,9 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
                     return fmt.chat_logprobs(tokenizer, out.logprobs[start:]), len(out.logprobs)
 
             return StreamingResponse(
-                _sse(streams, rid, created, model_name, True, req.wants_usage, stream_logprobs),
+                _sse(
+                    streams, rid, created, model_name, True, req.wants_usage, stream_logprobs, req.n
+                ),
                 media_type="text/event-stream",
             )
         results = await _collect(request, streams)
@@ -357,11 +366,12 @@ async def _sse(
     chat: bool,
     usage: bool,
     logprobs_of=None,
+    n: int = 1,
 ):
-    """Server-sent events of one request's completions (`n` of them: choice i is
-    `streams[i]`); closing it early (client gone) aborts them. `logprobs_of(out, start) ->
-    (logprobs object of the tokens from start, next start)` adds each chunk's
-    log-probabilities when the client asked for them."""
+    """Server-sent events of one request's completions: choice i is `streams[i]`, `n` of them
+    a prompt, prompt by prompt; closing it early (client gone) aborts them.
+    `logprobs_of(out, start) -> (logprobs object of the tokens from start, next start)` adds
+    each chunk's log-probabilities when the client asked for them."""
     kind = "chat.completion.chunk" if chat else "text_completion"
     head = {"id": rid, "object": kind, "created": created, "model": model}
     sent = [""] * len(streams)
@@ -394,7 +404,7 @@ async def _sse(
             ) | {"logprobs": logprobs}
             yield _event(head | {"choices": [choice]})
         if usage and not failed and all(out is not None for out in last):
-            yield _event(head | {"choices": [], "usage": fmt.usage(last, n=len(streams))})
+            yield _event(head | {"choices": [], "usage": fmt.usage(last, n=n)})
         yield "data: [DONE]\n\n"
     finally:
         merged.close()

@@ -189,6 +189,18 @@ def test_n_completions_of_each_prompt_in_order_streamed_alike(server):
     assert chunks[-1]["usage"] == plain["usage"] and plain["usage"]["completion_tokens"] == 8
     r = httpx.post(f"{base}/v1/completions", json=body | {"prompt": ["a"] * 100, "n": 3})
     assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    # several prompts stream too, as in vLLM: choice i is prompt i // n's sample i % n
+    batch = body | {"temperature": 0, "prompt": ["ab", "cde"], "n": 2}
+    plain = httpx.post(f"{base}/v1/completions", json=batch, timeout=60).json()
+    chunks = _sse_chunks(
+        base, "/v1/completions", batch | {"stream_options": {"include_usage": True}}
+    )
+    streamed = [""] * 4
+    for chunk in chunks[:-1]:
+        for choice in chunk["choices"]:
+            streamed[choice["index"]] += choice["text"]
+    assert streamed == [c["text"] for c in plain["choices"]]
+    assert chunks[-1]["usage"] == plain["usage"]
 
 
 def test_n_samples_take_seed_plus_j():
