@@ -47,6 +47,7 @@ from neo_engine.replay import replay
 from neo_engine.validate import SHIPPED_PROFILE, FidelitySettings, add_arguments
 from neo_sim.bandwidth import at_bandwidth
 from neo_sim.errors import NeoError
+from neo_sim.files import ensure_writable_dir
 from neo_sim.lanes import busy_by_lane
 from neo_sim.latency import RequestRecord
 from neo_sim.metrics import GapLog, IterationRecord, Metrics
@@ -672,8 +673,7 @@ def profile_of_this_machine(requested: str | None, model: str, measure=None) -> 
 
 def run_fidelity(settings: FidelitySettings) -> int:
     """Run every policy on the engine and in neo-sim; write and print the report."""
-    out = Path(settings.output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable_dir(Path(settings.output), "the report")
     profile_path = profile_of_this_machine(settings.profile, settings.model)
     profile = load_profile(profile_path)
     shutil.copyfile(profile_path, out / "profile.json")  # the report's profile travels with it

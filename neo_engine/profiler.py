@@ -35,6 +35,7 @@ from neo_engine.host_threads import host_work
 from neo_sim import __version__, settings
 from neo_sim.costmodel import Efficiencies, RooflineCostModel
 from neo_sim.errors import NeoError
+from neo_sim.files import ensure_writable_dir
 from neo_sim.grids import Grids, measured_grids, points, samples_on
 from neo_sim.model import ModelSpec, parse_model_arg
 from neo_sim.operators import SAMPLED, Operator
@@ -199,6 +200,10 @@ def cmd_measure(run: ProfileSettings) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NeoError("--device cuda: torch sees no CUDA device")
     spec = run.load.model_spec()
+    output = Path(run.output) if run.output else None
+    name = output.stem if output else f"local-{device.type}__{spec.name}"
+    path = output or Path("profiles") / f"{name}.json"
+    ensure_writable_dir(path.parent, f"the profile {path.name}")  # before minutes of measuring
     hardware = probe_hardware(device, getattr(torch, spec.dtype))
     budget = 0.25 * (
         hardware.gpu.memory_bytes if device.type == "cuda" else hardware.cpu.memory_bytes
@@ -265,12 +270,10 @@ def cmd_measure(run: ProfileSettings) -> int:
         (),
         machine,
     )
-    output = Path(run.output) if run.output else None
-    name = output.stem if output else f"local-{device.type}__{spec.name}"
     profile = make_profile(
         name, hardware, spec, provenance, samples, launch, host_overhead, fused_saving
     )
-    path = save_profile(profile, output or Path("profiles") / f"{name}.json")
+    path = save_profile(profile, path)
     print(f"the engine's own work per iteration: {host_overhead}")
     if fused_saving is not None:
         print(f"saved per layer where a decode-only iteration runs fused: {fused_saving}")

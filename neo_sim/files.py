@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,3 +24,17 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise NeoError(f"{path}: expected a JSON object ({what})")
     return data
+
+
+def ensure_writable_dir(path: Path, what: str) -> Path:
+    """`path` as a directory this process can write `what` in (made if missing), or NeoError
+    naming it. The tools check before they work, not when they write at the end: a profile
+    takes minutes to hours to measure, a sweep or a validation minutes."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise NeoError(f"{path}: cannot write {what} there ({reason})") from None
+    return path

@@ -12,10 +12,12 @@ import argparse
 import logging
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from neo_sim import __version__
 from neo_sim.cli import compare, cost, plan, run, sweep
 from neo_sim.errors import NeoError
+from neo_sim.files import ensure_writable_dir
 
 COMMANDS = [run, compare, sweep, plan, cost]
 PLUGIN_GROUP = "neo_sim.commands"
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        # Every command's --output is a results directory: checked before the work starts.
+        if getattr(args, "output", None):
+            ensure_writable_dir(Path(args.output), "results")
         return args.run(args)
     except NeoError as exc:
         print(f"neo-sim: error: {exc}", file=sys.stderr)

@@ -170,6 +170,15 @@ def test_bad_input_is_one_line_exit_2(argv, needle):
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_an_output_it_cannot_write_is_refused_before_measuring(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    argv = ["--model", "dummy:tiny", "--quick", "--output", str(blocker / "p.json")]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "cannot write the profile p.json there" in err and "expected ~" not in out
+
+
 def test_shipped_profiles_load_and_are_labelled_derived():
     from pathlib import Path
 

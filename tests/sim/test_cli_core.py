@@ -176,6 +176,10 @@ def bad_files(tmp_path, t4_profile):
             "none of the 3 requests can ever run",
         ),
         (["--hardware", "t4", "--model", "tiny", "--num-requests", "100000000"], "GB of memory"),
+        (  # an --output it cannot write in: said before the run, not after it
+            ["--hardware", "t4", "--model", "tiny", "--output", "{garbage}/results"],
+            "cannot write results there (Not a directory)",
+        ),
     ],
 )
 def test_bad_files_and_flags_are_one_line_exit_2(bad_files, argv, needle, capsys):
