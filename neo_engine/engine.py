@@ -42,6 +42,7 @@ from neo_engine.sampling import (
     SamplingError,
     SamplingParams,
     TokenLogprob,
+    penalized,
     sample_rows,
     token_logprob,
 )
@@ -381,6 +382,10 @@ class LLMEngine:
             raise NeoError(
                 f"prompt has token ids outside the vocabulary [0, {self.spec.vocab_size})"
             )
+        if any(t >= self.spec.vocab_size for t in params.logit_bias or ()):
+            raise NeoError(
+                f"logit_bias has token ids outside the vocabulary [0, {self.spec.vocab_size})"
+            )
         if params.max_tokens is None:  # up to the end of the context, as vLLM
             room = self.max_model_len - len(tokens)
             if room < 1:
@@ -484,9 +489,10 @@ class LLMEngine:
             self._score_prompt(self._live[rid], first, logits)
         lives = [self._live[rid] for rid in result.request_ids]
         sampling = time.perf_counter()
-        tokens = sample_rows(
-            result.logits, [live.params for live in lives], [live.generator for live in lives]
-        )
+        params = [live.params for live in lives]
+        histories = [(live.tokens, len(live.output.prompt_token_ids)) for live in lives]
+        scores = penalized(result.logits, params, histories)  # raw logits stay for logprobs
+        tokens = sample_rows(scores, params, [live.generator for live in lives])
         sampling_s = time.perf_counter() - sampling
         for row, (rid, live, token) in enumerate(zip(result.request_ids, lives, tokens)):
             if isinstance(token, SamplingError):

@@ -23,10 +23,6 @@ MAX_PROMPTS = 256  # prompts in one completions request, and completions (prompt
 # Fields clients send that neo-serve does not implement, with the value that means "not asked".
 UNSUPPORTED: dict[str, Any] = {
     "best_of": None,
-    "logit_bias": None,
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "repetition_penalty": 1.0,
     "response_format": None,
     "tools": None,
     "tool_choice": None,
@@ -68,6 +64,10 @@ class _Common(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     stop: str | list[str] | None = Field(default=None)
     stop_token_ids: list[int] | None = None  # vLLM's extra: these tokens end generation too
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2, allow_inf_nan=False)
+    repetition_penalty: float = Field(default=1.0, gt=0, allow_inf_nan=False)  # vLLM's extra
+    logit_bias: dict[str, float] | None = None  # token id (a string in JSON) -> -100..100
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     ignore_eos: bool = False
@@ -123,7 +123,21 @@ class _Common(BaseModel):
             stop=tuple(stop),
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias=self._logit_bias(),
         )
+
+    def _logit_bias(self) -> dict[int, float] | None:
+        """`logit_bias` with its keys as token ids; NeoError naming it for a key that is not."""
+        if not self.logit_bias:
+            return None
+        try:
+            return {int(token): bias for token, bias in self.logit_bias.items()}
+        except ValueError:
+            keys = list(self.logit_bias)
+            raise NeoError(f"logit_bias: keys must be token ids, got {keys}") from None
 
     def samples(self) -> list[SamplingParams]:
         """The SamplingParams of each of the `n` completions of a prompt. With a seed, the

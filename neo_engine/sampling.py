@@ -46,6 +46,13 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # per generated token: its log-probability and this many top
     prompt_logprobs: int | None = None  # the same for every prompt token after the first
+    # vLLM's penalties (`penalized`): each output token's logit less presence_penalty once and
+    # frequency_penalty per time it came; repetition_penalty divides the positive logits of
+    # tokens in the prompt or output (multiplies the negative ones); 1.0 is off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit (-100..100)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -82,6 +89,28 @@ class SamplingParams:
         for s in self.stop:
             if not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS:
                 raise NeoError(f"stop: strings must be 1..{MAX_STOP_CHARS} characters")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and -2 <= value <= 2):
+                raise NeoError(f"{name} must be a number in [-2, 2], got {value!r}")
+        rp = self.repetition_penalty
+        if not (isinstance(rp, (int, float)) and rp > 0 and math.isfinite(rp)):
+            raise NeoError(f"repetition_penalty must be a finite number > 0, got {rp!r}")
+        for token, bias in (self.logit_bias or {}).items():
+            if not (isinstance(token, int) and token >= 0):
+                raise NeoError(f"logit_bias: keys must be token ids (integers >= 0), got {token!r}")
+            if not (isinstance(bias, (int, float)) and -100 <= bias <= 100):
+                raise NeoError(f"logit_bias: values must be in [-100, 100], got {bias!r}")
+
+    @property
+    def penalizes(self) -> bool:
+        """Whether `penalized` changes this request's logits."""
+        return bool(
+            self.presence_penalty
+            or self.frequency_penalty
+            or self.repetition_penalty != 1.0
+            or self.logit_bias
+        )
 
     @property
     def greedy(self) -> bool:
@@ -106,6 +135,40 @@ def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
         values, ids = torch.topk(logprobs, min(top, logprobs.shape[-1]))
         best = tuple(zip(ids.tolist(), values.tolist()))
     return TokenLogprob(int(token), float(logprobs[token]), best)
+
+
+def penalized(
+    logits: torch.Tensor, params: list[SamplingParams], histories: list[tuple[list[int], int]]
+) -> torch.Tensor:
+    """The logits [B, vocab] that rows are sampled from once each row's penalties and logit
+    bias apply (vLLM's order: repetition, then frequency and presence, then the bias), in
+    float32; `logits` itself when no row has any (its rows stay raw for the log-probabilities,
+    which vLLM reports before penalties). `histories[row]` is (the request's tokens: prompt
+    then output, the prompt's length)."""
+    rows = [row for row, p in enumerate(params) if p.penalizes]
+    if not rows:
+        return logits
+    scores = logits.to(torch.float32, copy=True)
+    vocab = scores.shape[-1]
+    for row in rows:
+        p, (tokens, prompt_len) = params[row], histories[row]
+        line = scores[row]
+        if p.repetition_penalty != 1.0 and tokens:
+            seen = torch.tensor(sorted(set(tokens)), dtype=torch.long, device=line.device)
+            values = line[seen]
+            line[seen] = torch.where(
+                values > 0, values / p.repetition_penalty, values * p.repetition_penalty
+            )
+        output = tokens[prompt_len:]
+        if (p.frequency_penalty or p.presence_penalty) and output:
+            ids = torch.tensor(output, dtype=torch.long, device=line.device)
+            counts = torch.bincount(ids, minlength=vocab).to(line.dtype)
+            line -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), dtype=torch.long, device=line.device)
+            bias = torch.tensor(list(p.logit_bias.values()), dtype=line.dtype, device=line.device)
+            line[ids] += bias
+    return scores
 
 
 def sample_rows(

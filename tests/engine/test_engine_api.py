@@ -285,3 +285,12 @@ def test_vllm_prompt_dicts_are_prompts(tiny):
     assert len(by_text.outputs) == 1
     with pytest.raises(NeoError, match="prompt_token_ids"):
         tiny.generate([{"text": "abc"}], params)
+
+
+def test_a_logit_bias_steers_greedy_tokens(tiny):
+    """+100 on one token's logit makes greedy decoding pick it every step; an id past the
+    vocabulary is refused before the request is queued."""
+    biased = SamplingParams(max_tokens=5, temperature=0, ignore_eos=True, logit_bias={65: 100})
+    assert tiny.generate("abc", biased)[0].token_ids == [65] * 5
+    with pytest.raises(NeoError, match="logit_bias"):
+        tiny.engine.add_request("abc", SamplingParams(logit_bias={10**6: 1.0}))

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neo_engine.sampling import SamplingError, SamplingParams, _inverse_cdf, sample, sample_rows
+from neo_engine.sampling import (
+    SamplingError,
+    SamplingParams,
+    _inverse_cdf,
+    penalized,
+    sample,
+    sample_rows,
+)
+from neo_sim.errors import NeoError
 from tests.engine.conftest import DEVICE
 
 
@@ -132,3 +140,42 @@ def test_greedy_rows_are_torch_argmax_first_maximum(compiled, monkeypatch):
         assert [t for i, t in enumerate(tokens) if i not in (1, 2)] == [
             w for i, w in enumerate(want) if i not in (1, 2)
         ]
+
+
+def test_penalties_and_bias_as_vllm_applies_them():
+    """Repetition (prompt and output tokens: positive logits divided, negative multiplied),
+    then frequency (per occurrence in the output) and presence (once), then the bias; a row
+    without any is left as it was, and logits without any are returned as they are."""
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0]], device=DEVICE)
+    plain = SamplingParams()
+    assert penalized(logits, [plain, plain], [([0], 1), ([1], 1)]) is logits
+    p = SamplingParams(
+        repetition_penalty=2.0,
+        frequency_penalty=0.5,
+        presence_penalty=0.25,
+        logit_bias={4: -10.0},
+    )
+    # prompt [0, 1], output [3, 3, 1]
+    got = penalized(logits, [p, plain], [([0, 1, 3, 3, 1], 2), ([1], 1)])
+    expected = torch.tensor(
+        [
+            [2.0 / 2, -1.0 * 2 - 0.5 - 0.25, 0.5, 3.0 / 2 - 2 * 0.5 - 0.25, 1.0 - 10.0],
+            [1.0, 1.0, 1.0, 1.0, 1.0],
+        ]
+    )
+    assert torch.equal(got.cpu(), expected) and logits[0, 0] == 2.0  # the raw logits stay
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("presence_penalty", 2.5),
+        ("frequency_penalty", -3),
+        ("repetition_penalty", 0.0),
+        ("logit_bias", {3: 101.0}),
+        ("logit_bias", {-1: 1.0}),
+    ],
+)
+def test_penalties_out_of_range_are_refused(field, value):
+    with pytest.raises(NeoError, match=field):
+        SamplingParams(**{field: value})

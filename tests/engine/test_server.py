@@ -214,6 +214,22 @@ def test_n_samples_take_seed_plus_j():
     assert seeds(n=2) == [None, None]  # each request draws its own
 
 
+def test_logit_bias_and_penalties_are_served(server):
+    """A +100 bias on "A" (byte 65) makes the greedy completion all A's; a frequency penalty
+    of 2 then pushes it off "A" within a few tokens (its logit falls 2 per "A")."""
+    base, _ = server
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 4, "temperature": 0}
+    body |= {"ignore_eos": True, "logit_bias": {"65": 100}}
+    done = httpx.post(f"{base}/v1/completions", json=body, timeout=60).json()
+    assert done["choices"][0]["text"] == "AAAA"
+    lean = body | {"logit_bias": {"65": 5}, "max_tokens": 40}
+    alone = httpx.post(f"{base}/v1/completions", json=lean, timeout=60).json()
+    assert alone["choices"][0]["text"] == "A" * 40  # +5 alone keeps "A" on top
+    penalized = lean | {"frequency_penalty": 2}
+    r = httpx.post(f"{base}/v1/completions", json=penalized, timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] != "A" * 40
+
+
 def test_stop_token_ids_end_a_served_request(server):
     """vLLM's extra field: with every token id of dummy:tiny's vocabulary (2,048) listed, the
     first token ends the request; with none listed, it runs to max_tokens."""
