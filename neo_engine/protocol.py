@@ -15,7 +15,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from neo_engine.sampling import MAX_LOGPROBS, MAX_STOP_STRINGS, SEED_MAX, SamplingParams
+from neo_engine.sampling import (
+    MAX_LOGPROBS,
+    MAX_STOP_STRINGS,
+    PENALTY_LIMIT,
+    SEED_MAX,
+    SamplingParams,
+)
 from neo_sim.errors import NeoError
 
 MAX_PROMPTS = 256  # prompts in one completions request, and completions (prompts x n) in one
@@ -64,10 +70,14 @@ class _Common(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
     stop: str | list[str] | None = Field(default=None)
     stop_token_ids: list[int] | None = None  # vLLM's extra: these tokens end generation too
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2, allow_inf_nan=False)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2, allow_inf_nan=False)
+    presence_penalty: float = Field(
+        default=0.0, ge=-PENALTY_LIMIT, le=PENALTY_LIMIT, allow_inf_nan=False
+    )
+    frequency_penalty: float = Field(
+        default=0.0, ge=-PENALTY_LIMIT, le=PENALTY_LIMIT, allow_inf_nan=False
+    )
     repetition_penalty: float = Field(default=1.0, gt=0, allow_inf_nan=False)  # vLLM's extra
-    logit_bias: dict[str, float] | None = None  # token id (a string in JSON) -> -100..100
+    logit_bias: dict[str, float] | None = None  # token id (a string in JSON) -> bias
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     ignore_eos: bool = False

@@ -17,6 +17,8 @@ SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
 MAX_STOP_STRINGS = 32
 MAX_STOP_CHARS = 1024
 MAX_LOGPROBS = 20  # alternatives per token a request may ask for (vLLM's default cap)
+PENALTY_LIMIT = 2.0  # presence / frequency penalties within +-this (OpenAI's and vLLM's range)
+LOGIT_BIAS_LIMIT = 100.0  # a logit bias within +-this (OpenAI's range)
 
 
 class SamplingError(RuntimeError):
@@ -91,16 +93,24 @@ class SamplingParams:
                 raise NeoError(f"stop: strings must be 1..{MAX_STOP_CHARS} characters")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and -2 <= value <= 2):
-                raise NeoError(f"{name} must be a number in [-2, 2], got {value!r}")
+            if not (isinstance(value, (int, float)) and -PENALTY_LIMIT <= value <= PENALTY_LIMIT):
+                raise NeoError(
+                    f"{name} must be a number in [-{PENALTY_LIMIT:g}, {PENALTY_LIMIT:g}], "
+                    f"got {value!r}"
+                )
         rp = self.repetition_penalty
         if not (isinstance(rp, (int, float)) and rp > 0 and math.isfinite(rp)):
             raise NeoError(f"repetition_penalty must be a finite number > 0, got {rp!r}")
         for token, bias in (self.logit_bias or {}).items():
             if not (isinstance(token, int) and token >= 0):
                 raise NeoError(f"logit_bias: keys must be token ids (integers >= 0), got {token!r}")
-            if not (isinstance(bias, (int, float)) and -100 <= bias <= 100):
-                raise NeoError(f"logit_bias: values must be in [-100, 100], got {bias!r}")
+            if not (
+                isinstance(bias, (int, float)) and -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT
+            ):
+                raise NeoError(
+                    f"logit_bias: values must be in [-{LOGIT_BIAS_LIMIT:g}, "
+                    f"{LOGIT_BIAS_LIMIT:g}], got {bias!r}"
+                )
 
     @property
     def penalizes(self) -> bool:
