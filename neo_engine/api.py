@@ -38,7 +38,9 @@ class LLM:
         use_tqdm: bool = False,
     ) -> list[RequestOutput]:
         """One output per prompt, in the order given. Prompts are strings, token-id lists, or
-        vLLM's prompt dicts (`{"prompt": text}`, `{"prompt_token_ids": ids}`)."""
+        vLLM's prompt dicts (`{"prompt": text}`, `{"prompt_token_ids": ids}`). With `n` > 1 a
+        prompt's output is its first completion and `outputs` holds all n (vLLM's shape:
+        `out.outputs[j].text`), each its own request (`SamplingParams.samples`)."""
         if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         prompts = [_prompt_of(p) for p in prompts]
@@ -50,23 +52,25 @@ class LLM:
                 f"give one SamplingParams, or one per prompt: {len(params)} for "
                 f"{len(prompts)} prompts"
             )
-        ids: list[int] = []
+        ids: list[list[int]] = []  # each prompt's requests, one per completion
         try:
             for prompt, sp in zip(prompts, params):
-                ids.append(self.engine.add_request(prompt, sp))
+                ids.append([])
+                for sample in sp.samples():
+                    ids[-1].append(self.engine.add_request(prompt, sample))
         except Exception:  # a refused prompt: the batch is not started, nothing is left behind
-            for rid in ids:
+            for rid in (rid for of_prompt in ids for rid in of_prompt):
                 self.engine.abort(rid)
             raise
         results: dict[int, RequestOutput] = {}
-        bar = tqdm(total=len(ids), unit="req", disable=not use_tqdm)
+        bar = tqdm(total=sum(map(len, ids)), unit="req", disable=not use_tqdm)
         while self.engine.has_unfinished():
             for out in self.engine.step():
                 if out.finished and out.request_id not in results:
                     results[out.request_id] = out
                     bar.update(1)
         bar.close()
-        return [results[i] for i in ids]
+        return [_gathered([results[rid] for rid in of_prompt]) for of_prompt in ids]
 
     def chat(
         self,
@@ -86,6 +90,17 @@ class LLM:
                 raise NeoError(f"conversation {i}: must be a non-empty list of message dicts")
             prompts.append(self.tokenizer.chat_prompt(list(conversation)))
         return self.generate(prompts, sampling_params, use_tqdm)
+
+
+def _gathered(completions: list[RequestOutput]) -> RequestOutput:
+    """One prompt's output: its only completion, or the first with all n in `completions`,
+    each numbered by `index`."""
+    if len(completions) == 1:
+        return completions[0]
+    for j, out in enumerate(completions):
+        out.index = j
+    completions[0].completions = tuple(completions)
+    return completions[0]
 
 
 def _prompt_of(prompt):

@@ -92,17 +92,21 @@ class RequestOutput:
     max_host_wait_steps: int = 0  # iterations, the longest wait as a host resident
     logprobs: list[TokenLogprob] = field(default_factory=list)  # per generated token, if asked
     prompt_logprobs: list[TokenLogprob | None] | None = None  # per prompt token (first: None)
+    index: int = 0  # which of its prompt's n completions this is (vLLM's CompletionOutput.index)
+    # all n completions of its prompt, this one first, when `LLM.generate` was asked for n > 1
+    # (left out of == and repr: the tuple holds this output itself)
+    completions: tuple[RequestOutput, ...] = field(default=(), repr=False, compare=False)
 
     def latency(self) -> Latency:
         """TTFT, TPOT, E2E of this request so far (neo_sim.latency's definitions)."""
         return Latency.of(self.arrival_s, self.first_token_s, self.finish_s, len(self.token_ids))
 
     @property
-    def outputs(self) -> tuple[RequestOutput]:
+    def outputs(self) -> tuple[RequestOutput, ...]:
         """vLLM's shape, so that its scripts run as written (`out.outputs[0].text`,
-        `.token_ids`, `.finish_reason`, `.logprobs`): one completion per request (n = 1), this
-        output itself."""
-        return (self,)
+        `.token_ids`, `.finish_reason`, `.logprobs`): the prompt's n completions
+        (`completions`), or this output itself when it is the only one."""
+        return self.completions or (self,)
 
 
 @dataclass
@@ -364,6 +368,11 @@ class LLMEngine:
         arrival window count from the arrival, as in the simulator, and so do the request's
         latencies."""
         params = params or SamplingParams()
+        if params.n != 1:
+            raise NeoError(
+                f"n={params.n}: the engine queues one completion per request; add each of "
+                "params.samples() (LLM.generate and neo-serve do)"
+            )
         if isinstance(prompt, str):
             text = prompt
             try:

@@ -10,7 +10,6 @@ tokens and a chat the rest of the context, as in vLLM.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -92,7 +91,7 @@ class _Common(BaseModel):
                 continue
             if name == "response_format" and _is_text_format(value):
                 continue
-            if name == "best_of" and value == 1:
+            if name == "best_of" and value in (1, self.n):  # the best n of n: the n
                 continue
             return name
         return None
@@ -137,6 +136,7 @@ class _Common(BaseModel):
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
             logit_bias=self._logit_bias(),
+            n=self.n,
         )
 
     def _logit_bias(self) -> dict[int, float] | None:
@@ -150,13 +150,9 @@ class _Common(BaseModel):
             raise NeoError(f"logit_bias: keys must be token ids, got {keys}") from None
 
     def samples(self) -> list[SamplingParams]:
-        """The SamplingParams of each of the `n` completions of a prompt. With a seed, the
-        j-th samples with seed + j (mod 2^64), so that the n differ and each reproduces;
-        without one each request draws its own; greedy ones are alike, as in vLLM."""
-        params = self.sampling()
-        if params.seed is None:
-            return [params] * self.n
-        return [replace(params, seed=(params.seed + j) % (SEED_MAX + 1)) for j in range(self.n)]
+        """The SamplingParams of each of the `n` completions of a prompt
+        (`SamplingParams.samples`: with a seed, the j-th samples with seed + j)."""
+        return self.sampling().samples()
 
     @property
     def wants_usage(self) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -35,7 +35,8 @@ class SamplingParams:
     end generation and are cut from the text, as are `stop_token_ids`' texts (the ids stay in
     `token_ids`); `ignore_eos` keeps generating past the end-of-sequence token (benchmarks use
     it); `max_tokens=None` generates up to the end of the context (max_model_len less the
-    prompt), as in vLLM.
+    prompt), as in vLLM. `n` completions of each prompt (`LLM.generate`, neo-serve): with a
+    seed, the j-th samples with seed + j (`samples`).
     """
 
     max_tokens: int | None = 16
@@ -55,6 +56,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit (-100..100)
+    n: int = 1  # completions of each prompt
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -66,6 +68,8 @@ class SamplingParams:
             not isinstance(self.max_tokens, int) or self.max_tokens < 1
         ):
             raise NeoError(f"max_tokens must be an integer >= 1 (or None), got {self.max_tokens!r}")
+        if not (isinstance(self.n, int) and self.n >= 1):
+            raise NeoError(f"n must be an integer >= 1, got {self.n!r}")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise NeoError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -111,6 +115,16 @@ class SamplingParams:
                     f"logit_bias: values must be in [-{LOGIT_BIAS_LIMIT:g}, "
                     f"{LOGIT_BIAS_LIMIT:g}], got {bias!r}"
                 )
+
+    def samples(self) -> list[SamplingParams]:
+        """The parameters of each of the `n` completions of a prompt, one request each (n = 1).
+        With a seed, the j-th samples with seed + j (mod 2^64), so that the n differ and each
+        reproduces; without one each request draws its own; greedy ones are alike, as in
+        vLLM."""
+        one = replace(self, n=1)
+        if self.seed is None:
+            return [one] * self.n
+        return [replace(one, seed=(self.seed + j) % (SEED_MAX + 1)) for j in range(self.n)]
 
     @property
     def penalizes(self) -> bool:

@@ -120,6 +120,8 @@ def test_abort_frees_everything():
         (lambda: SamplingParams(top_p=0.0), "top_p"),
         (lambda: SamplingParams(temperature=-1), "temperature"),
         (lambda: SamplingParams(top_k=-5), "top_k"),
+        (lambda: SamplingParams(n=0), "n must"),
+        (lambda: SamplingParams(n=1.5), "n must"),
     ],
 )
 def test_bad_sampling_params(make, needle):
@@ -285,6 +287,27 @@ def test_vllm_prompt_dicts_are_prompts(tiny):
     assert len(by_text.outputs) == 1
     with pytest.raises(NeoError, match="prompt_token_ids"):
         tiny.generate([{"text": "abc"}], params)
+
+
+def test_n_completions_of_each_prompt_in_vllms_shape(tiny):
+    """SamplingParams(n=3): one output per prompt whose `outputs` holds three completions, the
+    j-th sampled with seed + j, so it is what a lone request with that seed generates."""
+    params = SamplingParams(max_tokens=5, temperature=1.0, seed=7, n=3, ignore_eos=True)
+    outs = tiny.generate(["abc", "xyz"], params)
+    assert len(outs) == 2
+    for out, prompt in zip(outs, ["abc", "xyz"]):
+        assert out.prompt == prompt and len(out.outputs) == 3
+        assert [c.index for c in out.outputs] == [0, 1, 2]
+        assert out.outputs[0] is out
+        assert all(c.prompt == prompt and len(c.token_ids) == 5 for c in out.outputs)
+    lone = SamplingParams(max_tokens=5, temperature=1.0, seed=8, ignore_eos=True)
+    assert tiny.generate("abc", lone)[0].token_ids == outs[0].outputs[1].token_ids
+    assert len({tuple(c.token_ids) for c in outs[0].outputs}) > 1
+    greedy = tiny.generate("abc", SamplingParams(max_tokens=4, temperature=0, n=2))[0]
+    assert greedy.outputs[0].token_ids == greedy.outputs[1].token_ids
+    assert "n=2" in repr(SamplingParams(n=2)) and "completions" not in repr(greedy)
+    with pytest.raises(NeoError, match="samples"):
+        tiny.engine.add_request("abc", params)
 
 
 def test_a_logit_bias_steers_greedy_tokens(tiny):

@@ -212,6 +212,17 @@ def test_n_samples_take_seed_plus_j():
     assert seeds(n=3, seed=7) == [7, 8, 9]
     assert seeds(n=2, seed=2**64 - 1) == [2**64 - 1, 0]
     assert seeds(n=2) == [None, None]  # each request draws its own
+    assert all(p.n == 1 for p in CompletionRequest(model=MODEL, prompt="x", n=3).samples())
+
+
+def test_best_of_is_taken_only_where_it_changes_nothing():
+    from neo_engine.protocol import CompletionRequest
+
+    def refused(**body):
+        return CompletionRequest(model=MODEL, prompt="x", **body).refused_field()
+
+    assert refused(best_of=1) is None and refused(n=3, best_of=3) is None
+    assert refused(best_of=2) == "best_of" and refused(n=2, best_of=4) == "best_of"
 
 
 def test_logit_bias_and_penalties_are_served(server):
