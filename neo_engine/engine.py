@@ -371,7 +371,8 @@ class LLMEngine:
         if params.n != 1:
             raise NeoError(
                 f"n={params.n}: the engine queues one completion per request; add each of "
-                "params.samples() (LLM.generate and neo-serve do)"
+                "params.samples() (LLM.generate and neo-serve do)",
+                param="n",
             )
         if isinstance(prompt, str):
             text = prompt
@@ -393,7 +394,8 @@ class LLMEngine:
             )
         if any(t >= self.spec.vocab_size for t in params.logit_bias or ()):
             raise NeoError(
-                f"logit_bias has token ids outside the vocabulary [0, {self.spec.vocab_size})"
+                f"logit_bias has token ids outside the vocabulary [0, {self.spec.vocab_size})",
+                param="logit_bias",
             )
         if params.max_tokens is None:  # up to the end of the context, as vLLM
             room = self.max_model_len - len(tokens)

@@ -115,9 +115,14 @@ class _Common(BaseModel):
     def sampling(self) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if len(stop) > MAX_STOP_STRINGS:
-            raise NeoError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(stop)}")
+            raise NeoError(
+                f"stop: at most {MAX_STOP_STRINGS} strings, got {len(stop)}", param="stop"
+            )
         if self.prompt_only() and not self.echoes_prompt():
-            raise NeoError("max_tokens: must be >= 1 (0 only with echo, on /v1/completions)")
+            raise NeoError(
+                "max_tokens: must be >= 1 (0 only with echo, on /v1/completions)",
+                param="max_tokens",
+            )
         max_tokens = self.max_tokens or self.max_completion_tokens
         if max_tokens is None:
             max_tokens = self.default_max_tokens
@@ -147,7 +152,9 @@ class _Common(BaseModel):
             return {int(token): bias for token, bias in self.logit_bias.items()}
         except ValueError:
             keys = list(self.logit_bias)
-            raise NeoError(f"logit_bias: keys must be token ids, got {keys}") from None
+            raise NeoError(
+                f"logit_bias: keys must be token ids, got {keys}", param="logit_bias"
+            ) from None
 
     def samples(self) -> list[SamplingParams]:
         """The SamplingParams of each of the `n` completions of a prompt
@@ -196,7 +203,9 @@ class ChatMessage(BaseModel):
         """The message's text; NeoError naming the field for parts neo-serve cannot read."""
         if self.content is None:
             if self.role != "assistant":
-                raise NeoError(f"{where}.content: required for role {self.role!r}")
+                raise NeoError(
+                    f"{where}.content: required for role {self.role!r}", param="messages"
+                )
             return ""
         if isinstance(self.content, str):
             return self.content
@@ -204,7 +213,8 @@ class ChatMessage(BaseModel):
         for i, part in enumerate(self.content):
             if part.type != "text" or part.text is None:
                 raise NeoError(
-                    f"{where}.content[{i}].type: only text parts are supported, got {part.type!r}"
+                    f"{where}.content[{i}].type: only text parts are supported, got {part.type!r}",
+                    param="messages",
                 )
             pieces.append(part.text)
         return "".join(pieces)

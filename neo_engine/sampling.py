@@ -67,53 +67,78 @@ class SamplingParams:
         if self.max_tokens is not None and (
             not isinstance(self.max_tokens, int) or self.max_tokens < 1
         ):
-            raise NeoError(f"max_tokens must be an integer >= 1 (or None), got {self.max_tokens!r}")
+            raise NeoError(
+                f"max_tokens must be an integer >= 1 (or None), got {self.max_tokens!r}",
+                param="max_tokens",
+            )
         if not (isinstance(self.n, int) and self.n >= 1):
-            raise NeoError(f"n must be an integer >= 1, got {self.n!r}")
+            raise NeoError(f"n must be an integer >= 1, got {self.n!r}", param="n")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise NeoError(f"temperature must be a finite number >= 0, got {self.temperature}")
+            raise NeoError(
+                f"temperature must be a finite number >= 0, got {self.temperature}",
+                param="temperature",
+            )
         if not 0 < self.top_p <= 1:
-            raise NeoError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise NeoError(f"top_p must be in (0, 1], got {self.top_p}", param="top_p")
         if not isinstance(self.top_k, int):
-            raise NeoError(f"top_k must be an integer, got {self.top_k!r}")
+            raise NeoError(f"top_k must be an integer, got {self.top_k!r}", param="top_k")
         if self.top_k < -1:
-            raise NeoError(f"top_k must be 0 or -1 (disable), or at least 1, got {self.top_k}")
+            raise NeoError(
+                f"top_k must be 0 or -1 (disable), or at least 1, got {self.top_k}", param="top_k"
+            )
         if self.seed is not None and not (
             isinstance(self.seed, int) and 0 <= self.seed <= SEED_MAX
         ):
-            raise NeoError(f"seed must be an integer in [0, 2^64 - 1], got {self.seed!r}")
+            raise NeoError(
+                f"seed must be an integer in [0, 2^64 - 1], got {self.seed!r}", param="seed"
+            )
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and 0 <= value <= MAX_LOGPROBS):
-                raise NeoError(f"{name} must be an integer in [0, {MAX_LOGPROBS}], got {value!r}")
+                raise NeoError(
+                    f"{name} must be an integer in [0, {MAX_LOGPROBS}], got {value!r}", param=name
+                )
         if len(self.stop) > MAX_STOP_STRINGS:
-            raise NeoError(f"stop: at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
+            raise NeoError(
+                f"stop: at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}", param="stop"
+            )
         if not all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids):
             raise NeoError(
-                f"stop_token_ids must be token ids (integers >= 0), got {self.stop_token_ids!r}"
+                f"stop_token_ids must be token ids (integers >= 0), got {self.stop_token_ids!r}",
+                param="stop_token_ids",
             )
         for s in self.stop:
             if not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS:
-                raise NeoError(f"stop: strings must be 1..{MAX_STOP_CHARS} characters")
+                raise NeoError(
+                    f"stop: strings must be 1..{MAX_STOP_CHARS} characters", param="stop"
+                )
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and -PENALTY_LIMIT <= value <= PENALTY_LIMIT):
                 raise NeoError(
                     f"{name} must be a number in [-{PENALTY_LIMIT:g}, {PENALTY_LIMIT:g}], "
-                    f"got {value!r}"
+                    f"got {value!r}",
+                    param=name,
                 )
         rp = self.repetition_penalty
         if not (isinstance(rp, (int, float)) and rp > 0 and math.isfinite(rp)):
-            raise NeoError(f"repetition_penalty must be a finite number > 0, got {rp!r}")
+            raise NeoError(
+                f"repetition_penalty must be a finite number > 0, got {rp!r}",
+                param="repetition_penalty",
+            )
         for token, bias in (self.logit_bias or {}).items():
             if not (isinstance(token, int) and token >= 0):
-                raise NeoError(f"logit_bias: keys must be token ids (integers >= 0), got {token!r}")
+                raise NeoError(
+                    f"logit_bias: keys must be token ids (integers >= 0), got {token!r}",
+                    param="logit_bias",
+                )
             if not (
                 isinstance(bias, (int, float)) and -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT
             ):
                 raise NeoError(
                     f"logit_bias: values must be in [-{LOGIT_BIAS_LIMIT:g}, "
-                    f"{LOGIT_BIAS_LIMIT:g}], got {bias!r}"
+                    f"{LOGIT_BIAS_LIMIT:g}], got {bias!r}",
+                    param="logit_bias",
                 )
 
     def samples(self) -> list[SamplingParams]:

@@ -134,7 +134,9 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
     async def _start(prompt, params, param: str):
         try:
             return await engine.start(prompt, params), None
-        except NeoError as exc:
+        except NeoError as exc:  # the field at fault, else the prompt (`param`)
+            if exc.param is not None:
+                return None, _error(400, str(exc), param=exc.param)
             return None, _error(400, f"{param}: {exc}", param=param)
         except EngineError as exc:
             return None, _error(500, str(exc))
@@ -186,7 +188,7 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
         try:
             samples = req.samples()
         except NeoError as exc:
-            return _error(400, str(exc))
+            return _error(400, str(exc), param=exc.param)
         streams, bad = await _start_all([(p, sp) for p in prompts for sp in samples], "prompt")
         if bad is not None:
             return bad
@@ -249,7 +251,7 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             prompt = engine.engine.tokenizer.chat_prompt(req.chat_messages())
             samples = req.samples()
         except NeoError as exc:
-            return _error(400, str(exc))
+            return _error(400, str(exc), param=exc.param)
         streams, bad = await _start_all([(prompt, sp) for sp in samples], "messages")
         if bad is not None:
             return bad

@@ -101,7 +101,7 @@ def _user_input(tokenize: Callable[[], list[int]]) -> list[int]:
     try:
         return tokenize()
     except Exception as exc:
-        raise NeoError(f"messages cannot be tokenized: {exc}") from None
+        raise NeoError(f"messages cannot be tokenized: {exc}", param="messages") from None
 
 
 def plain_chat_prompt(messages: list[dict]) -> str:

@@ -8,4 +8,9 @@ always means a bug in neo, not in the input.
 
 
 class NeoError(ValueError):
-    """A user-facing error: bad input, with a message that says what and how to fix it."""
+    """A user-facing error: bad input, with a message that says what and how to fix it.
+    `param`: the request field at fault, where there is one (neo-serve's 400 names it)."""
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        super().__init__(message)
+        self.param = param

@@ -79,6 +79,7 @@ def test_refused_values_get_a_400_naming_the_field(server, body, field):  # noqa
     r = post_raw(base, COMPLETIONS, json.dumps(request))
     assert r.status_code == 400, r.text
     assert field in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == field
     ok(base)
 
 
@@ -87,9 +88,11 @@ def test_a_prompt_the_tokenizer_cannot_encode_is_refused_alone(server):  # noqa:
     # A lone surrogate is valid JSON but not valid UTF-8: the tokenizer raises on it.
     r = post_raw(base, COMPLETIONS, f'{{"model": "{MODEL}", "prompt": "a\\ud800b"}}')
     assert r.status_code == 400 and "prompt" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "prompt"
     chat = f'{{"model": "{MODEL}", "messages": [{{"role": "user", "content": "a\\ud800b"}}]}}'
     r = post_raw(base, CHAT, chat)
     assert r.status_code == 400 and "messages" in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["param"] == "messages"
     ok(base)
 
 
