@@ -18,9 +18,12 @@ SmolLM2's and the byte tokenizer against whole decodes).
 
 Stop strings are searched only where a new piece can complete one (in a piece still waiting
 for a character too: a stop that ends before it stops the request at once), and the text
-ends just before the earliest one. While a request runs, `streamable_text` holds back the last
-`len(longest stop) - 1` characters, which may still turn into a stop string and be cut, so a
-streamed text is always a prefix of the final one.
+ends just before the earliest one (or just after it, with vLLM's include_stop_str_in_output).
+While a request runs, `streamable_text` holds back the last `len(longest stop) - 1`
+characters, which may still turn into a stop string and be cut, so a streamed text is always
+a prefix of the final one (nothing is held back when stop strings stay in the text: nothing
+before a stop's end is ever cut). As in vLLM, with `min_tokens` a stop string must end in the
+text of a later token: the first `min_tokens` tokens are not searched.
 """
 
 from __future__ import annotations
@@ -35,10 +38,19 @@ REPLACEMENT = "\ufffd"  # what a decode renders a partial UTF-8 sequence as
 class IncrementalDetokenizer:
     """The text of one request's generated tokens, built as they come."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        stop: Sequence[str] = (),
+        min_tokens: int = 0,
+        include_stop: bool = False,
+    ):
         self._tokenizer = tokenizer
         self._stop = tuple(s for s in stop if s)
-        self._held_back = max((len(s) for s in self._stop), default=1) - 1
+        self._min_tokens = min_tokens
+        self._include_stop = include_stop
+        longest = max((len(s) for s in self._stop), default=1)
+        self._held_back = 0 if include_stop else longest - 1
         self._ids: list[int] = []
         self._window_start = 0  # the decode window: the last committed piece's tokens on
         self._committed = 0  # tokens before this index are in `text`
@@ -85,13 +97,19 @@ class IncrementalDetokenizer:
         self._append(piece, commit=complete)
 
     def _append(self, piece: str, commit: bool) -> None:
-        """Cut at the earliest stop string that `piece` completes; else keep `piece` if
-        `commit`. Only the last `_held_back` characters can start a stop that ends in it."""
-        search_from = max(0, len(self._text) - self._held_back)
+        """Cut at the earliest stop string that `piece` completes (after it, when stops stay in
+        the text); else keep `piece` if `commit`. A stop is searched for only where it would
+        end in `piece` (its length less one character back from it); none is searched for
+        while the output holds at most `min_tokens` tokens."""
         text = self._text + piece
-        cuts = [i for i in (text.find(s, search_from) for s in self._stop) if i >= 0]
-        if cuts:
-            self._text = text[: min(cuts)]
-            self.stopped = True
-        elif commit:
+        if self._stop and len(self._ids) > self._min_tokens:
+            start = len(self._text) + 1
+            found = [(text.find(s, max(0, start - len(s))), s) for s in self._stop]
+            found = [(i, s) for i, s in found if i >= 0]
+            if found:
+                at, stop = min(found, key=lambda hit: hit[0])
+                self._text = text[: at + len(stop)] if self._include_stop else text[:at]
+                self.stopped = True
+                return
+        if commit:
             self._text = text

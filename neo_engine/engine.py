@@ -388,6 +388,11 @@ class LLMEngine:
                 raise NeoError("prompt must be a string or a list of token ids") from None
         if not tokens:
             raise NeoError("prompt is empty")
+        k = params.truncate_prompt_tokens
+        if k is not None and len(tokens) > k:  # vLLM's: the prompt's last k tokens
+            tokens = tokens[-k:]
+            if text is not None:  # the prompt the model sees (an echo shows it)
+                text = self.tokenizer.decode(tokens)
         if any(t < 0 or t >= self.spec.vocab_size for t in tokens):
             raise NeoError(
                 f"prompt has token ids outside the vocabulary [0, {self.spec.vocab_size})"
@@ -396,6 +401,12 @@ class LLMEngine:
             raise NeoError(
                 f"logit_bias has token ids outside the vocabulary [0, {self.spec.vocab_size})",
                 param="logit_bias",
+            )
+        if any(t >= self.spec.vocab_size for t in params.allowed_token_ids or ()):
+            raise NeoError(
+                f"allowed_token_ids has token ids outside the vocabulary "
+                f"[0, {self.spec.vocab_size})",
+                param="allowed_token_ids",
             )
         if params.max_tokens is None:  # up to the end of the context, as vLLM
             room = self.max_model_len - len(tokens)
@@ -425,7 +436,9 @@ class LLMEngine:
         out = RequestOutput(rid, text, list(tokens), arrival_s=arrived)
         if params.prompt_logprobs is not None:
             out.prompt_logprobs = [None]  # the first token has nothing before it
-        detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)
+        detokenizer = IncrementalDetokenizer(
+            self.tokenizer, params.stop, params.min_tokens, params.include_stop_str_in_output
+        )
         self._live[rid] = _Live(out, params, list(tokens), gen, detokenizer)
         return rid
 
@@ -502,7 +515,8 @@ class LLMEngine:
         sampling = time.perf_counter()
         params = [live.params for live in lives]
         histories = [(live.tokens, len(live.output.prompt_token_ids)) for live in lives]
-        scores = penalized(result.logits, params, histories)  # raw logits stay for logprobs
+        # raw logits stay for logprobs
+        scores = penalized(result.logits, params, histories, self.tokenizer.eos_token_id)
         tokens = sample_rows(scores, params, [live.generator for live in lives])
         sampling_s = time.perf_counter() - sampling
         for row, (rid, live, token) in enumerate(zip(result.request_ids, lives, tokens)):
@@ -558,10 +572,13 @@ class LLMEngine:
 
     def _hits_stop(self, live: _Live, token: int) -> bool:
         """Whether `token` ends the request: a stop token (kept in `token_ids`, its text left
-        out, as vLLM leaves it out), EOS, or text that reached a stop string (the detokenizer
-        takes every other token, EOS included: a special token adds no text)."""
+        out, as vLLM leaves it out, unless include_stop_str_in_output), EOS, or text that
+        reached a stop string (the detokenizer takes every other token, EOS included: a
+        special token adds no text)."""
         p = live.params
         if token in p.stop_token_ids:
+            if p.include_stop_str_in_output:
+                live.detokenizer.add(token)
             return True
         if live.detokenizer.add(token):
             return True

@@ -39,16 +39,11 @@ UNSUPPORTED: dict[str, Any] = {
     "guided_choice": None,
     # vLLM's extra sampling fields: each changes what is generated, so a client that asks for
     # one is told it is not done rather than served as if it were.
-    "min_tokens": 0,
-    "min_p": 0.0,
     "use_beam_search": False,
-    "include_stop_str_in_output": False,
     "guided_grammar": None,
     "structural_tag": None,
-    "allowed_token_ids": None,
     "bad_words": None,
     "logits_processors": None,
-    "truncate_prompt_tokens": None,
     "chat_template": None,
     "continue_final_message": False,
     "echo": False,  # on chat, vLLM's extra (the last message first); completions' own is done
@@ -81,6 +76,12 @@ class _Common(BaseModel):
     stream_options: dict[str, Any] | None = None
     ignore_eos: bool = False
     n: int = Field(default=1, ge=1, le=MAX_PROMPTS)  # completions of each prompt
+    # vLLM's extras (SamplingParams says what each does)
+    min_p: float = Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
+    min_tokens: int = Field(default=0, ge=0)
+    include_stop_str_in_output: bool = False
+    allowed_token_ids: list[int] | None = None
+    truncate_prompt_tokens: int | None = Field(default=None, ge=1)
 
     def refused_field(self) -> str | None:
         """The first field the client asked for that neo-serve does not implement."""
@@ -142,6 +143,11 @@ class _Common(BaseModel):
             repetition_penalty=self.repetition_penalty,
             logit_bias=self._logit_bias(),
             n=self.n,
+            min_p=self.min_p,
+            min_tokens=self.min_tokens,
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            allowed_token_ids=self.allowed_token_ids,
+            truncate_prompt_tokens=self.truncate_prompt_tokens,
         )
 
     def _logit_bias(self) -> dict[int, float] | None:

@@ -36,7 +36,12 @@ class SamplingParams:
     `token_ids`); `ignore_eos` keeps generating past the end-of-sequence token (benchmarks use
     it); `max_tokens=None` generates up to the end of the context (max_model_len less the
     prompt), as in vLLM. `n` completions of each prompt (`LLM.generate`, neo-serve): with a
-    seed, the j-th samples with seed + j (`samples`).
+    seed, the j-th samples with seed + j (`samples`). vLLM's extras: `min_p` drops tokens less
+    likely than min_p x the likeliest (after the temperature, before top-k/top-p);
+    `min_tokens` output tokens come before EOS or a stop token can be sampled or a stop string
+    can end the text; `include_stop_str_in_output` keeps the stop string (or stop token's
+    text); `allowed_token_ids` restricts every step to those tokens; `truncate_prompt_tokens`
+    keeps the prompt's last k tokens.
     """
 
     max_tokens: int | None = 16
@@ -57,6 +62,11 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit (-100..100)
     n: int = 1  # completions of each prompt
+    min_p: float = 0.0
+    min_tokens: int = 0
+    include_stop_str_in_output: bool = False
+    allowed_token_ids: tuple[int, ...] | None = None
+    truncate_prompt_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -64,6 +74,8 @@ class SamplingParams:
         else:
             object.__setattr__(self, "stop", tuple(self.stop or ()))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
+        if self.allowed_token_ids is not None:
+            object.__setattr__(self, "allowed_token_ids", tuple(self.allowed_token_ids))
         if self.max_tokens is not None and (
             not isinstance(self.max_tokens, int) or self.max_tokens < 1
         ):
@@ -120,6 +132,31 @@ class SamplingParams:
                     f"got {value!r}",
                     param=name,
                 )
+        if not (isinstance(self.min_p, (int, float)) and 0 <= self.min_p <= 1):
+            raise NeoError(f"min_p must be a number in [0, 1], got {self.min_p!r}", param="min_p")
+        if not (isinstance(self.min_tokens, int) and self.min_tokens >= 0):
+            raise NeoError(
+                f"min_tokens must be an integer >= 0, got {self.min_tokens!r}", param="min_tokens"
+            )
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise NeoError(
+                f"min_tokens ({self.min_tokens}) must be at most max_tokens ({self.max_tokens})",
+                param="min_tokens",
+            )
+        allowed = self.allowed_token_ids
+        if allowed is not None and not (
+            allowed and all(isinstance(t, int) and t >= 0 for t in allowed)
+        ):
+            raise NeoError(
+                f"allowed_token_ids must be a non-empty list of token ids, got {list(allowed)!r}",
+                param="allowed_token_ids",
+            )
+        k = self.truncate_prompt_tokens
+        if k is not None and not (isinstance(k, int) and k >= 1):
+            raise NeoError(
+                f"truncate_prompt_tokens must be an integer >= 1, got {k!r}",
+                param="truncate_prompt_tokens",
+            )
         rp = self.repetition_penalty
         if not (isinstance(rp, (int, float)) and rp > 0 and math.isfinite(rp)):
             raise NeoError(
@@ -153,13 +190,20 @@ class SamplingParams:
 
     @property
     def penalizes(self) -> bool:
-        """Whether `penalized` changes this request's logits."""
+        """Whether `penalized` changes this request's logits at every step (`min_tokens`
+        changes them only in its first steps)."""
         return bool(
             self.presence_penalty
             or self.frequency_penalty
             or self.repetition_penalty != 1.0
             or self.logit_bias
+            or self.allowed_token_ids
         )
+
+    def filters(self, vocab: int) -> bool:
+        """Whether sampling drops tokens from this request's distribution (top-k, top-p or
+        min-p; `_filtered`)."""
+        return 0 < self.top_k < vocab or self.top_p < 1.0 or self.min_p > 0
 
     @property
     def greedy(self) -> bool:
@@ -187,14 +231,23 @@ def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
 
 
 def penalized(
-    logits: torch.Tensor, params: list[SamplingParams], histories: list[tuple[list[int], int]]
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    histories: list[tuple[list[int], int]],
+    eos_token_id: int | None = None,
 ) -> torch.Tensor:
     """The logits [B, vocab] that rows are sampled from once each row's penalties and logit
-    bias apply (vLLM's order: repetition, then frequency and presence, then the bias), in
-    float32; `logits` itself when no row has any (its rows stay raw for the log-probabilities,
-    which vLLM reports before penalties). `histories[row]` is (the request's tokens: prompt
-    then output, the prompt's length)."""
-    rows = [row for row, p in enumerate(params) if p.penalizes]
+    bias apply (vLLM's order: repetition, then frequency and presence, then the bias), and its
+    masks (-inf: tokens outside `allowed_token_ids`; EOS, unless ignored, and the stop tokens
+    while the output is shorter than `min_tokens`), in float32; `logits` itself when no row
+    has any (its rows stay raw for the log-probabilities, which vLLM reports before
+    penalties). `histories[row]` is (the request's tokens: prompt then output, the prompt's
+    length)."""
+    held = [  # the tokens each row may not end with yet (min_tokens)
+        _ending_tokens(p, eos_token_id) if len(tokens) - prompt_len < p.min_tokens else []
+        for p, (tokens, prompt_len) in zip(params, histories)
+    ]
+    rows = [row for row, p in enumerate(params) if p.penalizes or held[row]]
     if not rows:
         return logits
     scores = logits.to(torch.float32, copy=True)
@@ -202,6 +255,13 @@ def penalized(
     for row in rows:
         p, (tokens, prompt_len) = params[row], histories[row]
         line = scores[row]
+        if p.allowed_token_ids:
+            kept = torch.tensor(p.allowed_token_ids, dtype=torch.long, device=line.device)
+            mask = torch.ones(vocab, dtype=torch.bool, device=line.device)
+            mask[kept] = False
+            line.masked_fill_(mask, float("-inf"))
+        if held[row]:
+            line[torch.tensor(held[row], dtype=torch.long, device=line.device)] = float("-inf")
         if p.repetition_penalty != 1.0 and tokens:
             seen = torch.tensor(sorted(set(tokens)), dtype=torch.long, device=line.device)
             values = line[seen]
@@ -218,6 +278,14 @@ def penalized(
             bias = torch.tensor(list(p.logit_bias.values()), dtype=line.dtype, device=line.device)
             line[ids] += bias
     return scores
+
+
+def _ending_tokens(params: SamplingParams, eos_token_id: int | None) -> list[int]:
+    """The tokens that end a request of `params`: its stop tokens, and EOS unless ignored."""
+    ending = list(params.stop_token_ids)
+    if eos_token_id is not None and not params.ignore_eos:
+        ending.append(eos_token_id)
+    return ending
 
 
 def sample_rows(
@@ -300,7 +368,7 @@ def _sample_batch(
         divisors = torch.tensor(temperatures, dtype=torch.float32, device=logits.device)
         scores = logits / divisors[:, None]
     vocab = scores.shape[-1]
-    filtered = [row for row, p in enumerate(params) if 0 < p.top_k < vocab or p.top_p < 1.0]
+    filtered = [row for row, p in enumerate(params) if p.filters(vocab)]
     if filtered and scores.data_ptr() == logits.data_ptr():
         # the caller's logits stay as they are (logprobs read them)
         scores = logits.to(torch.float32, copy=True)
@@ -368,8 +436,12 @@ def _inverse_cdf(weights: torch.Tensor, draws: torch.Tensor) -> tuple[list[int],
 
 
 def _filtered(scores: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """One row of temperature-scaled scores [vocab] with top-k, then top-p, applied (the
-    dropped entries at -inf)."""
+    """One row of temperature-scaled scores [vocab] with min-p, then top-k, then top-p,
+    applied (the dropped entries at -inf), as vLLM applies them. Min-p keeps the tokens whose
+    probability is at least min_p x the likeliest one's: a score at least max + log(min_p)."""
+    if params.min_p > 0:
+        floor = scores.max() + math.log(params.min_p)
+        scores = scores.masked_fill(scores < floor, float("-inf"))
     if params.top_k > 0 and params.top_k < scores.shape[-1]:
         kth = torch.topk(scores, params.top_k).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -223,10 +223,12 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
         only = req.prompt_only()
         choices = []
         for i, out in enumerate(results):
-            prompt = prompts[i // req.n]
             text = "" if only else out.text
-            if req.echo:
-                text = (prompt if isinstance(prompt, str) else tokenizer.decode(prompt)) + text
+            if req.echo:  # the prompt as the model saw it (truncate_prompt_tokens)
+                prompt = out.prompt
+                text = (
+                    prompt if prompt is not None else tokenizer.decode(out.prompt_token_ids)
+                ) + text
             logprobs = None
             if req.logprobs is not None:
                 logprobs = fmt.completion_logprobs(tokenizer, fmt.entries(out, req.echo, only))

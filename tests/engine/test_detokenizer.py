@@ -34,9 +34,9 @@ def whole_decode_reference(
 
 
 def feed(
-    tokenizer, ids: list[int], stop: tuple[str, ...] = ()
+    tokenizer, ids: list[int], stop: tuple[str, ...] = (), **options
 ) -> tuple[str, list[str], int | None]:
-    detok = IncrementalDetokenizer(tokenizer, stop)
+    detok = IncrementalDetokenizer(tokenizer, stop, **options)
     streamed, stopped_at = [], None
     for k, token in enumerate(ids, 1):
         if detok.add(token):
@@ -65,6 +65,21 @@ def test_stop_strings_end_where_whole_decodes_end(ids, stop):
     assert (final, stopped_at) == (want_text, want_step)
     for text in streamed:  # nothing streamed that the stop later cuts away
         assert final.startswith(text)
+
+
+def test_vllms_stop_options_keep_the_stop_string_or_look_for_it_after_min_tokens():
+    ids = list(b"say ab, then ab again")
+    assert feed(BYTES, ids, ("ab",))[0] == "say "
+    kept, streamed, at = feed(BYTES, ids, ("ab",), include_stop=True)
+    assert (kept, at) == ("say ab", 6)
+    assert streamed[-1] == "say a"  # nothing held back: the stop's start stays in the text
+    # min_tokens 6: the first "ab" ends in token 6, not after it; the second one stops
+    later, _, at = feed(BYTES, ids, ("ab",), min_tokens=6)
+    assert (later, at) == ("say ab, then ", 15)
+    # a stop that ends in a later token is found though it starts among the first ones
+    assert feed(BYTES, ids, ("ab",), min_tokens=5)[0] == "say "
+    text, _, at = feed(BYTES, ids, ("b, t",), min_tokens=7)
+    assert (text, at) == ("say a", 9)
 
 
 def test_multibyte_characters_split_over_tokens_never_stream_as_replacements(smollm2_dir):

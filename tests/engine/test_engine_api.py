@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -308,6 +310,31 @@ def test_n_completions_of_each_prompt_in_vllms_shape(tiny):
     assert "n=2" in repr(SamplingParams(n=2)) and "completions" not in repr(greedy)
     with pytest.raises(NeoError, match="samples"):
         tiny.engine.add_request("abc", params)
+
+
+def test_vllms_extras_min_tokens_allowed_ids_truncation_and_kept_stops(tiny):
+    greedy = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    first = tiny.generate("abc", greedy)[0].token_ids[0]
+    stopped = tiny.generate("abc", replace(greedy, stop_token_ids=(first,)))[0]
+    assert stopped.token_ids == [first] and stopped.finish_reason == "stop"
+    held = tiny.generate("abc", replace(greedy, stop_token_ids=(first,), min_tokens=3))[0]
+    assert len(held.token_ids) >= 3 and first not in held.token_ids[:3]
+    only = tiny.generate("abc", replace(greedy, allowed_token_ids=[66, 67]))[0]
+    assert set(only.token_ids) <= {66, 67} and len(only.token_ids) == 6
+    cut = tiny.generate([[70, 71, 72, 73]], replace(greedy, truncate_prompt_tokens=2))[0]
+    assert cut.prompt_token_ids == [72, 73]
+    assert cut.token_ids == tiny.generate([[72, 73]], greedy)[0].token_ids
+    text = tiny.generate("abcd", replace(greedy, truncate_prompt_tokens=2))[0]
+    assert text.prompt == "cd" and text.prompt_token_ids == tiny.tokenizer.encode("abcd")[-2:]
+    # a stop token's text ("A", byte 65) is left out, or kept when asked
+    forced = replace(greedy, logit_bias={65: 100}, stop_token_ids=(65,))
+    assert tiny.generate("abc", forced)[0].text == ""
+    kept = tiny.generate("abc", replace(forced, include_stop_str_in_output=True))[0]
+    assert kept.text == "A" and kept.token_ids == [65]
+    with pytest.raises(NeoError, match="allowed_token_ids"):
+        tiny.generate("abc", replace(greedy, allowed_token_ids=[10**6]))
+    with pytest.raises(NeoError, match="min_tokens"):
+        SamplingParams(max_tokens=2, min_tokens=3)
 
 
 def test_a_logit_bias_steers_greedy_tokens(tiny):

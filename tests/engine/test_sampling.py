@@ -174,8 +174,40 @@ def test_penalties_and_bias_as_vllm_applies_them():
         ("repetition_penalty", 0.0),
         ("logit_bias", {3: 101.0}),
         ("logit_bias", {-1: 1.0}),
+        ("min_p", 1.5),
+        ("min_tokens", -1),
+        ("allowed_token_ids", []),
+        ("allowed_token_ids", [3, -2]),
+        ("truncate_prompt_tokens", 0),
     ],
 )
 def test_penalties_out_of_range_are_refused(field, value):
     with pytest.raises(NeoError, match=field):
         SamplingParams(**{field: value})
+
+
+def test_min_tokens_masks_eos_and_stop_tokens_and_allowed_ids_mask_the_rest():
+    """While the output is shorter than min_tokens, EOS (unless ignored) and the stop tokens
+    are at -inf; from then on they are back. allowed_token_ids leaves only those tokens."""
+    logits = torch.zeros(1, 6, device=DEVICE)
+    p = SamplingParams(min_tokens=2, stop_token_ids=(4,))
+    early = penalized(logits, [p], [([9, 9, 1], 2)], eos_token_id=5)  # one output token
+    assert early[0].tolist() == [0.0, 0.0, 0.0, 0.0, float("-inf"), float("-inf")]
+    assert penalized(logits, [p], [([9, 9, 1, 2], 2)], eos_token_id=5) is logits
+    keep_eos = SamplingParams(min_tokens=2, ignore_eos=True)
+    assert penalized(logits, [keep_eos], [([9], 1)], eos_token_id=5) is logits
+    only = SamplingParams(allowed_token_ids=[1, 3], logit_bias={0: 5.0, 3: 1.0})
+    got = penalized(logits, [only], [([9], 1)], eos_token_id=5)[0].tolist()
+    inf = float("-inf")
+    assert got == [inf, 0.0, inf, 1.0, inf, inf]  # a bias cannot bring a token back
+
+
+def test_min_p_keeps_the_tokens_at_least_min_p_times_as_likely_as_the_likeliest():
+    """Probabilities 0.5, 0.3, 0.15, 0.05 with min_p 0.25: the floor is 0.125, so only the
+    first three are ever drawn; min_p 0.7 leaves the likeliest alone (0.3 < 0.35)."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = torch.log(probs).expand(3000, -1).to(DEVICE, copy=True)
+    some = [SamplingParams(temperature=1.0, min_p=0.25)] * len(logits)
+    assert set(sample_rows(logits, some, [None] * len(logits))) == {0, 1, 2}
+    strict = [SamplingParams(temperature=1.0, min_p=0.7)] * 200
+    assert set(sample_rows(logits[:200], strict, [None] * 200)) == {0}

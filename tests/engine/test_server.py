@@ -225,6 +225,28 @@ def test_best_of_is_taken_only_where_it_changes_nothing():
     assert refused(best_of=2) == "best_of" and refused(n=2, best_of=4) == "best_of"
 
 
+def test_vllms_sampling_extras_are_served(server):
+    """allowed_token_ids, min_tokens against a stop token, a kept stop string and a
+    truncated prompt's echo, as vLLM serves them."""
+    base, _ = server
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 4, "temperature": 0}
+    only = httpx.post(f"{base}/v1/completions", json=body | {"allowed_token_ids": [66]})
+    assert only.json()["choices"][0]["text"] == "BBBB"
+    forced = body | {"logit_bias": {"65": 100}, "stop": ["AA"], "ignore_eos": True}
+    cut = httpx.post(f"{base}/v1/completions", json=forced).json()["choices"][0]
+    assert (cut["text"], cut["finish_reason"]) == ("", "stop")
+    kept = forced | {"include_stop_str_in_output": True}
+    assert httpx.post(f"{base}/v1/completions", json=kept).json()["choices"][0]["text"] == "AA"
+    # min_tokens 3: no stop ends in the first 3 tokens; the 4th ends "AA" at characters 2-3
+    late = forced | {"min_tokens": 3}
+    done = httpx.post(f"{base}/v1/completions", json=late).json()
+    assert (done["choices"][0]["text"], done["choices"][0]["finish_reason"]) == ("AA", "stop")
+    assert done["usage"]["completion_tokens"] == 4
+    echo = body | {"prompt": "abcdef", "echo": True, "max_tokens": 1, "truncate_prompt_tokens": 3}
+    r = httpx.post(f"{base}/v1/completions", json=echo).json()
+    assert r["choices"][0]["text"].startswith("def") and r["usage"]["prompt_tokens"] == 3
+
+
 def test_logit_bias_and_penalties_are_served(server):
     """A +100 bias on "A" (byte 65) makes the greedy completion all A's; a frequency penalty
     of 2 then pushes it off "A" within a few tokens (its logit falls 2 per "A")."""

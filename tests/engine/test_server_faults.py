@@ -67,9 +67,13 @@ def post_raw(base: str, path: str, text: str) -> httpx.Response:
         ({"repetition_penalty": 0}, "repetition_penalty"),
         ({"best_of": 2}, "best_of"),
         ({"prompt": ["a"] * 300}, "prompt"),
-        ({"min_tokens": 4}, "min_tokens"),
+        ({"min_tokens": 4}, "min_tokens"),  # more than max_tokens
+        ({"min_p": 1.5}, "min_p"),
+        ({"allowed_token_ids": [10**6]}, "allowed_token_ids"),
+        ({"allowed_token_ids": []}, "allowed_token_ids"),
+        ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
         ({"use_beam_search": True}, "use_beam_search"),
-        ({"include_stop_str_in_output": True}, "include_stop_str_in_output"),
+        ({"bad_words": ["x"]}, "bad_words"),
         ({"stop_token_ids": [-3]}, "stop_token_ids"),
     ],
 )
