@@ -240,7 +240,52 @@ class ChatRequest(_Common):
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def chat_messages(self) -> list[dict[str, str]]:
-        return [
-            {"role": m.role, "content": m.text(f"messages[{i}]")}
-            for i, m in enumerate(self.messages)
-        ]
+        return _chat_messages(self.messages)
+
+
+def _chat_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    """The messages as the chat template takes them; NeoError naming a part it cannot read."""
+    return [{"role": m.role, "content": m.text(f"messages[{i}]")} for i, m in enumerate(messages)]
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize body: a prompt (with the tokenizer's special tokens unless
+    add_special_tokens is false), or chat messages rendered as a chat request renders them
+    (with the assistant's turn opened unless add_generation_prompt is false)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    prompt: str | None = None
+    add_special_tokens: bool = True
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    add_generation_prompt: bool = True
+
+    def token_ids(self, tokenizer) -> list[int]:
+        """The ids the engine would take for this prompt or these messages; NeoError naming
+        the field when the body gives neither or both, or asks for a switch of the other."""
+        if (self.prompt is None) == (self.messages is None):
+            raise NeoError("give either prompt or messages", param="prompt")
+        given = self.model_fields_set
+        if self.prompt is not None:
+            if "add_generation_prompt" in given:
+                raise NeoError(
+                    "add_generation_prompt: only with messages", param="add_generation_prompt"
+                )
+            try:
+                return tokenizer.encode(self.prompt, add_special_tokens=self.add_special_tokens)
+            except Exception as exc:  # e.g. a lone surrogate
+                raise NeoError(f"prompt cannot be tokenized: {exc}", param="prompt") from None
+        if "add_special_tokens" in given:
+            raise NeoError(
+                "add_special_tokens: only with prompt (a chat template writes its own)",
+                param="add_special_tokens",
+            )
+        return tokenizer.chat_prompt(_chat_messages(self.messages), self.add_generation_prompt)
+
+
+class DetokenizeRequest(BaseModel):
+    """vLLM's /detokenize body: token ids to decode."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    tokens: list[int]

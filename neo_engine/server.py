@@ -49,6 +49,16 @@ def _error(status: int, message: str, param: str | None = None, code: str | None
     )
 
 
+def _version() -> str:
+    """The installed neo's version (vLLM's /version reports its own)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("neo")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
+
+
 def build_app(engine, model_name: str, max_model_len: int, api_key: str | None = None):  # noqa: C901 - the routes read best together
     """The FastAPI app over an AsyncEngine."""
     from fastapi import FastAPI, Request
@@ -57,7 +67,13 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
     from starlette.exceptions import HTTPException
 
     from neo_engine.async_engine import EngineError
-    from neo_engine.protocol import MAX_PROMPTS, ChatRequest, CompletionRequest
+    from neo_engine.protocol import (
+        MAX_PROMPTS,
+        ChatRequest,
+        CompletionRequest,
+        DetokenizeRequest,
+        TokenizeRequest,
+    )
     from neo_engine.serve_metrics import ServerMetrics
 
     app = FastAPI(title="neo-serve", version="0.1.0")
@@ -115,9 +131,8 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
     async def prometheus():
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    def _check(req) -> JSONResponse | None:
-        """The checks every request passes first: model name (none given: the served one, as
-        vLLM), refused fields, readiness."""
+    def _wrong_model(req) -> JSONResponse | None:
+        """A 404 for a model this server does not serve (none named: the served one)."""
         if req.model is not None and req.model != model_name:
             return _error(
                 404,
@@ -125,6 +140,39 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
                 param="model",
                 code="model_not_found",
             )
+        return None
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest):
+        """vLLM's: the token ids of a prompt or of chat messages, as a request would take
+        them, with the context length they must fit in."""
+        if (wrong := _wrong_model(req)) is not None:
+            return wrong
+        try:
+            ids = req.token_ids(engine.engine.tokenizer)
+        except NeoError as exc:
+            return _error(400, str(exc), param=exc.param)
+        return {"count": len(ids), "max_model_len": max_model_len, "tokens": ids}
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest):
+        """vLLM's: the text of token ids."""
+        if (wrong := _wrong_model(req)) is not None:
+            return wrong
+        vocab = engine.engine.spec.vocab_size
+        if any(t < 0 or t >= vocab for t in req.tokens):
+            return _error(400, f"tokens: ids must be in [0, {vocab})", param="tokens")
+        return {"prompt": engine.engine.tokenizer.decode(req.tokens)}
+
+    @app.get("/version")
+    async def version():
+        return {"version": _version()}
+
+    def _check(req) -> JSONResponse | None:
+        """The checks every request passes first: model name (none given: the served one, as
+        vLLM), refused fields, readiness."""
+        if (wrong := _wrong_model(req)) is not None:
+            return wrong
         if (field := req.refused_field()) is not None:
             return _error(400, f"{field}: not supported by neo-serve", param=field)
         if not engine.healthy:

@@ -17,11 +17,13 @@ class Tokenizer(Protocol):
     eos_token_id: int | None
     vocab_size: int
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
     def decode(self, token_ids: list[int]) -> str: ...
 
-    def chat_prompt(self, messages: list[dict]) -> list[int]: ...
+    def chat_prompt(
+        self, messages: list[dict], add_generation_prompt: bool = True
+    ) -> list[int]: ...
 
 
 class ByteTokenizer:
@@ -35,8 +37,9 @@ class ByteTokenizer:
             raise NeoError(f"byte tokenizer needs a vocabulary of >= 258, model has {vocab_size}")
         self.vocab_size = vocab_size
 
-    def encode(self, text: str) -> list[int]:
-        return [self.bos_token_id, *text.encode("utf-8")]
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        body = list(text.encode("utf-8"))
+        return [self.bos_token_id, *body] if add_special_tokens else body
 
     def decode(self, token_ids: list[int]) -> str:
         """Bytes decode as UTF-8; ids past the byte range (a random model emits plenty) show
@@ -55,8 +58,8 @@ class ByteTokenizer:
             parts.append(run.decode("utf-8", errors="replace"))
         return "".join(parts)
 
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
-        return _user_input(lambda: self.encode(plain_chat_prompt(messages)))
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        return _user_input(lambda: self.encode(plain_chat_prompt(messages, add_generation_prompt)))
 
 
 class HFTokenizer:
@@ -72,23 +75,26 @@ class HFTokenizer:
         self.eos_token_id = self._tok.eos_token_id
         self.vocab_size = len(self._tok)
 
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text))
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens))
 
     def decode(self, token_ids: list[int]) -> str:
         return self._tok.decode(token_ids, skip_special_tokens=True)
 
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """The conversation's token ids, ready for the assistant's turn. A chat template
-        writes its own special tokens (Llama 3's starts with <|begin_of_text|>), so its text
-        is encoded without the tokenizer's (which would add a second BOS), as vLLM does; the
-        plain fallback is encoded as any prompt."""
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """The conversation's token ids, ready for the assistant's turn (unless
+        `add_generation_prompt` is False: the conversation alone). A chat template writes its
+        own special tokens (Llama 3's starts with <|begin_of_text|>), so its text is encoded
+        without the tokenizer's (which would add a second BOS), as vLLM does; the plain
+        fallback is encoded as any prompt."""
         if not getattr(self._tok, "chat_template", None):
-            return _user_input(lambda: self.encode(plain_chat_prompt(messages)))
+            return _user_input(
+                lambda: self.encode(plain_chat_prompt(messages, add_generation_prompt))
+            )
 
         def render() -> list[int]:
             text = self._tok.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
             )
             return list(self._tok.encode(text, add_special_tokens=False))
 
@@ -104,10 +110,10 @@ def _user_input(tokenize: Callable[[], list[int]]) -> list[int]:
         raise NeoError(f"messages cannot be tokenized: {exc}", param="messages") from None
 
 
-def plain_chat_prompt(messages: list[dict]) -> str:
+def plain_chat_prompt(messages: list[dict], add_generation_prompt: bool = True) -> str:
     """The fallback chat format when a tokenizer has no template."""
     lines = [f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages]
-    return "\n".join(lines) + "\nassistant:"
+    return "\n".join(lines) + ("\nassistant:" if add_generation_prompt else "")
 
 
 def load_tokenizer(directory: Path | None, vocab_size: int) -> Tokenizer:

@@ -435,3 +435,37 @@ def test_streamed_deltas_add_up_to_the_text_when_characters_span_tokens(server, 
             if line.startswith("data: ") and line != "data: [DONE]":
                 streamed.append(json.loads(line[len("data: ") :])["choices"][0]["text"])
     assert "".join(streamed) == text
+
+
+def test_tokenize_and_detokenize_as_vllm_serves_them(server):
+    """/tokenize gives the ids a completion or a chat request would take (the byte tokenizer:
+    BOS 256, then the UTF-8 bytes), /detokenize their text; /version names neo's."""
+    base, _ = server
+    r = httpx.post(f"{base}/tokenize", json={"model": MODEL, "prompt": "hi"}).json()
+    assert r == {"count": 3, "max_model_len": 512, "tokens": [256, 104, 105]}
+    bare = httpx.post(f"{base}/tokenize", json={"prompt": "hi", "add_special_tokens": False})
+    assert bare.json()["tokens"] == [104, 105]
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    ids = httpx.post(f"{base}/tokenize", json=chat).json()["tokens"]
+    assert bytes(ids[1:]).decode() == "user: hi\nassistant:"
+    # what a chat request takes: its usage counts the same prompt tokens
+    done = httpx.post(f"{base}/v1/chat/completions", json=chat | {"max_tokens": 1}).json()
+    assert done["usage"]["prompt_tokens"] == len(ids)
+    turn = httpx.post(f"{base}/tokenize", json=chat | {"add_generation_prompt": False})
+    assert bytes(turn.json()["tokens"][1:]).decode() == "user: hi"
+    text = httpx.post(f"{base}/detokenize", json={"tokens": [256, 104, 105]}).json()
+    assert text == {"prompt": "hi"}
+    assert httpx.get(f"{base}/version").json()["version"]
+    for path, body, param in [
+        ("/tokenize", {}, "prompt"),
+        ("/tokenize", {"prompt": "a"} | chat, "prompt"),
+        ("/tokenize", chat | {"add_special_tokens": True}, "add_special_tokens"),
+        ("/tokenize", {"prompt": "a", "add_generation_prompt": False}, "add_generation_prompt"),
+        ("/tokenize", {"prompt": "a", "return_token_strs": True}, "return_token_strs"),
+        ("/detokenize", {"tokens": [10**6]}, "tokens"),
+        ("/detokenize", {"tokens": "abc"}, "tokens"),
+    ]:
+        r = httpx.post(f"{base}{path}", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)
+    wrong = httpx.post(f"{base}/tokenize", json={"model": "other", "prompt": "a"})
+    assert wrong.status_code == 404
