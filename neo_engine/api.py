@@ -9,6 +9,7 @@ from tqdm import tqdm
 from neo_engine.config import EngineConfig
 from neo_engine.engine import LLMEngine, RequestOutput
 from neo_engine.sampling import SamplingParams
+from neo_engine.tokenizer import ChatOptions
 from neo_sim.errors import NeoError
 
 
@@ -77,18 +78,25 @@ class LLM:
         messages: Sequence[dict] | Sequence[Sequence[dict]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = False,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict | None = None,
     ) -> list[RequestOutput]:
         """vLLM's `LLM.chat`: one conversation (a list of {"role", "content"} messages) or a
         list of them, each rendered by the tokenizer's chat template (neo-serve's chat
-        prompt), then generated as `generate` does; one output per conversation."""
+        prompt; the keywords as vLLM's, `ChatOptions`), then generated as `generate` does;
+        one output per conversation."""
         if not messages:
             raise NeoError("messages is empty")
+        options = ChatOptions(
+            add_generation_prompt, continue_final_message, chat_template_kwargs or {}
+        )
         conversations = [messages] if isinstance(messages[0], dict) else messages
         prompts = []
         for i, conversation in enumerate(conversations):
             if not conversation or not all(isinstance(m, dict) for m in conversation):
                 raise NeoError(f"conversation {i}: must be a non-empty list of message dicts")
-            prompts.append(self.tokenizer.chat_prompt(list(conversation)))
+            prompts.append(self.tokenizer.chat_prompt(list(conversation), options))
         return self.generate(prompts, sampling_params, use_tqdm)
 
 

@@ -21,6 +21,7 @@ from neo_engine.sampling import (
     SEED_MAX,
     SamplingParams,
 )
+from neo_engine.tokenizer import ChatOptions
 from neo_sim.errors import NeoError
 
 MAX_PROMPTS = 256  # prompts in one completions request, and completions (prompts x n) in one
@@ -45,7 +46,6 @@ UNSUPPORTED: dict[str, Any] = {
     "bad_words": None,
     "logits_processors": None,
     "chat_template": None,
-    "continue_final_message": False,
     "echo": False,  # on chat, vLLM's extra (the last message first); completions' own is done
 }
 
@@ -235,12 +235,28 @@ class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    # vLLM's extras: how the conversation is rendered (`ChatOptions`)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def chat_options(self) -> ChatOptions:
+        return _chat_options(self)
 
     def token_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def chat_messages(self) -> list[dict[str, str]]:
         return _chat_messages(self.messages)
+
+
+def _chat_options(req: ChatRequest | TokenizeRequest) -> ChatOptions:
+    """The rendering a request asks for; NeoError naming the field for a contradiction."""
+    return ChatOptions(
+        add_generation_prompt=req.add_generation_prompt,
+        continue_final_message=req.continue_final_message,
+        template_kwargs=req.chat_template_kwargs or {},
+    )
 
 
 def _chat_messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
@@ -259,6 +275,8 @@ class TokenizeRequest(BaseModel):
     add_special_tokens: bool = True
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def token_ids(self, tokenizer) -> list[int]:
         """The ids the engine would take for this prompt or these messages; NeoError naming
@@ -267,10 +285,9 @@ class TokenizeRequest(BaseModel):
             raise NeoError("give either prompt or messages", param="prompt")
         given = self.model_fields_set
         if self.prompt is not None:
-            if "add_generation_prompt" in given:
-                raise NeoError(
-                    "add_generation_prompt: only with messages", param="add_generation_prompt"
-                )
+            for name in ("add_generation_prompt", "continue_final_message", "chat_template_kwargs"):
+                if name in given:
+                    raise NeoError(f"{name}: only with messages", param=name)
             try:
                 return tokenizer.encode(self.prompt, add_special_tokens=self.add_special_tokens)
             except Exception as exc:  # e.g. a lone surrogate
@@ -280,7 +297,7 @@ class TokenizeRequest(BaseModel):
                 "add_special_tokens: only with prompt (a chat template writes its own)",
                 param="add_special_tokens",
             )
-        return tokenizer.chat_prompt(_chat_messages(self.messages), self.add_generation_prompt)
+        return tokenizer.chat_prompt(_chat_messages(self.messages), _chat_options(self))
 
 
 class DetokenizeRequest(BaseModel):

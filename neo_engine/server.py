@@ -298,7 +298,7 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
         if (bad := _check(req)) is not None:
             return bad
         try:
-            prompt = engine.engine.tokenizer.chat_prompt(req.chat_messages())
+            prompt = engine.engine.tokenizer.chat_prompt(req.chat_messages(), req.chat_options())
             samples = req.samples()
         except NeoError as exc:
             return _error(400, str(exc), param=exc.param)

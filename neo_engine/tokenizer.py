@@ -6,11 +6,35 @@ UTF-8 bytes so that prompts and outputs still round-trip as strings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from neo_sim.errors import NeoError
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """How a conversation becomes a prompt (vLLM's chat request fields): with the assistant's
+    turn opened after it (`add_generation_prompt`), or its final message left open for the
+    model to go on with (`continue_final_message`), never both; `template_kwargs` are extra
+    variables for the chat template (e.g. a model's thinking switch)."""
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.add_generation_prompt and self.continue_final_message:
+            raise NeoError(
+                "continue_final_message: cannot be set together with add_generation_prompt "
+                "(set add_generation_prompt to false)",
+                param="continue_final_message",
+            )
+
+
+DEFAULT_CHAT = ChatOptions()
 
 
 class Tokenizer(Protocol):
@@ -22,7 +46,7 @@ class Tokenizer(Protocol):
     def decode(self, token_ids: list[int]) -> str: ...
 
     def chat_prompt(
-        self, messages: list[dict], add_generation_prompt: bool = True
+        self, messages: list[dict], options: ChatOptions = DEFAULT_CHAT
     ) -> list[int]: ...
 
 
@@ -58,8 +82,8 @@ class ByteTokenizer:
             parts.append(run.decode("utf-8", errors="replace"))
         return "".join(parts)
 
-    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        return _user_input(lambda: self.encode(plain_chat_prompt(messages, add_generation_prompt)))
+    def chat_prompt(self, messages: list[dict], options: ChatOptions = DEFAULT_CHAT) -> list[int]:
+        return _user_input(lambda: self.encode(plain_chat_prompt(messages, options)))
 
 
 class HFTokenizer:
@@ -81,20 +105,21 @@ class HFTokenizer:
     def decode(self, token_ids: list[int]) -> str:
         return self._tok.decode(token_ids, skip_special_tokens=True)
 
-    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        """The conversation's token ids, ready for the assistant's turn (unless
-        `add_generation_prompt` is False: the conversation alone). A chat template writes its
-        own special tokens (Llama 3's starts with <|begin_of_text|>), so its text is encoded
-        without the tokenizer's (which would add a second BOS), as vLLM does; the plain
-        fallback is encoded as any prompt."""
+    def chat_prompt(self, messages: list[dict], options: ChatOptions = DEFAULT_CHAT) -> list[int]:
+        """The conversation's token ids, rendered as `options` say (by default ready for the
+        assistant's turn). A chat template writes its own special tokens (Llama 3's starts
+        with <|begin_of_text|>), so its text is encoded without the tokenizer's (which would
+        add a second BOS), as vLLM does; the plain fallback is encoded as any prompt."""
         if not getattr(self._tok, "chat_template", None):
-            return _user_input(
-                lambda: self.encode(plain_chat_prompt(messages, add_generation_prompt))
-            )
+            return _user_input(lambda: self.encode(plain_chat_prompt(messages, options)))
 
         def render() -> list[int]:
             text = self._tok.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+                messages,
+                tokenize=False,
+                add_generation_prompt=options.add_generation_prompt,
+                continue_final_message=options.continue_final_message,
+                **options.template_kwargs,
             )
             return list(self._tok.encode(text, add_special_tokens=False))
 
@@ -110,10 +135,12 @@ def _user_input(tokenize: Callable[[], list[int]]) -> list[int]:
         raise NeoError(f"messages cannot be tokenized: {exc}", param="messages") from None
 
 
-def plain_chat_prompt(messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """The fallback chat format when a tokenizer has no template."""
+def plain_chat_prompt(messages: list[dict], options: ChatOptions = DEFAULT_CHAT) -> str:
+    """The fallback chat format when a tokenizer has no template: a line per message, the
+    final one left open when continued (the format has no end-of-turn mark to leave off);
+    there is no template to take `template_kwargs`."""
     lines = [f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages]
-    return "\n".join(lines) + ("\nassistant:" if add_generation_prompt else "")
+    return "\n".join(lines) + ("\nassistant:" if options.add_generation_prompt else "")
 
 
 def load_tokenizer(directory: Path | None, vocab_size: int) -> Tokenizer:

@@ -271,6 +271,10 @@ def test_chat_renders_each_conversation_as_neo_serve_does(tiny):
     direct = tiny.generate([tiny.tokenizer.chat_prompt(hello)], params)[0]
     assert one.token_ids == direct.token_ids and len(again.token_ids) == 4
     assert tiny.chat(hello, params)[0].token_ids == direct.token_ids
+    closed = tiny.chat(hello, params, add_generation_prompt=False)[0]
+    assert tiny.tokenizer.decode(closed.prompt_token_ids) == "user: Hi"
+    with pytest.raises(NeoError, match="continue_final_message"):
+        tiny.chat(hello, params, continue_final_message=True)
     with pytest.raises(NeoError, match="messages"):
         tiny.chat([], params)
     with pytest.raises(NeoError, match="one per prompt"):

@@ -467,5 +467,13 @@ def test_tokenize_and_detokenize_as_vllm_serves_them(server):
     ]:
         r = httpx.post(f"{base}{path}", json=body)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)
+    both = chat | {"continue_final_message": True}  # add_generation_prompt is on by default
+    r = httpx.post(f"{base}/v1/chat/completions", json=both)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "continue_final_message"
+    going_on = both | {"add_generation_prompt": False}
+    ids = httpx.post(f"{base}/tokenize", json=going_on).json()["tokens"]
+    assert bytes(ids[1:]).decode() == "user: hi"
+    done = httpx.post(f"{base}/v1/chat/completions", json=going_on | {"max_tokens": 1}).json()
+    assert done["usage"]["prompt_tokens"] == len(ids)
     wrong = httpx.post(f"{base}/tokenize", json={"model": "other", "prompt": "a"})
     assert wrong.status_code == 404
