@@ -47,6 +47,14 @@ UNSUPPORTED: dict[str, Any] = {
     "logits_processors": None,
     "chat_template": None,
     "echo": False,  # on chat, vLLM's extra (the last message first); completions' own is done
+    # vLLM's extras that change a response's text or shape, refused unless left as they are
+    "skip_special_tokens": True,
+    "spaces_between_special_tokens": True,
+    "prompt_logprobs": None,
+    "return_tokens_as_token_ids": False,
+    "priority": 0,
+    "structured_outputs": None,
+    "documents": None,
 }
 
 
@@ -88,7 +96,9 @@ class _Common(BaseModel):
         extra = self.model_extra or {}
         for name, default in UNSUPPORTED.items():
             value = extra.get(name, default)
-            if value in (default, None, False, 0, 0.0, [], {}):
+            if value is None or value == default:
+                continue
+            if not default and value in (False, 0, 0.0, "", [], {}):  # an empty ask: none
                 continue
             if name == "response_format" and _is_text_format(value):
                 continue
@@ -183,6 +193,18 @@ class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
+    add_special_tokens: bool = True  # vLLM's extra: false encodes a text prompt without BOS
+
+    def prompt_ids(self, prompt: str | list[int], tokenizer) -> str | list[int]:
+        """One prompt as the engine takes it: token ids as they are, a text as it is (the
+        engine encodes it, with the tokenizer's special tokens) or, with add_special_tokens
+        false, its ids without them; NeoError naming the prompt if it cannot be encoded."""
+        if self.add_special_tokens or not isinstance(prompt, str):
+            return prompt
+        try:
+            return tokenizer.encode(prompt, add_special_tokens=False)
+        except Exception as exc:  # e.g. a lone surrogate
+            raise NeoError(f"prompt cannot be tokenized: {exc}", param="prompt") from None
 
     def token_logprobs(self) -> int | None:
         return self.logprobs
@@ -239,8 +261,14 @@ class ChatRequest(_Common):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    add_special_tokens: bool = False  # the template writes its own: true is refused
 
     def chat_options(self) -> ChatOptions:
+        if self.add_special_tokens:
+            raise NeoError(
+                "add_special_tokens: not supported on chat (the chat template writes its own)",
+                param="add_special_tokens",
+            )
         return _chat_options(self)
 
     def token_logprobs(self) -> int | None:

@@ -235,6 +235,7 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             return _error(400, "echo: not supported with stream", param="echo")
         try:
             samples = req.samples()
+            prompts = [req.prompt_ids(p, engine.engine.tokenizer) for p in prompts]
         except NeoError as exc:
             return _error(400, str(exc), param=exc.param)
         streams, bad = await _start_all([(p, sp) for p in prompts for sp in samples], "prompt")

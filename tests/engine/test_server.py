@@ -475,5 +475,14 @@ def test_tokenize_and_detokenize_as_vllm_serves_them(server):
     assert bytes(ids[1:]).decode() == "user: hi"
     done = httpx.post(f"{base}/v1/chat/completions", json=going_on | {"max_tokens": 1}).json()
     assert done["usage"]["prompt_tokens"] == len(ids)
+    # add_special_tokens false on a completion: the prompt without BOS, as /tokenize says
+    plain = {"prompt": "hi", "max_tokens": 1, "add_special_tokens": False}
+    assert httpx.post(f"{base}/v1/completions", json=plain).json()["usage"]["prompt_tokens"] == 2
+    kept = httpx.post(f"{base}/v1/completions", json=plain | {"add_special_tokens": True})
+    assert kept.json()["usage"]["prompt_tokens"] == 3
+    r = httpx.post(f"{base}/v1/chat/completions", json=chat | {"add_special_tokens": True})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "add_special_tokens"
+    fine = {"skip_special_tokens": True, "priority": 0, "prompt_logprobs": None}
+    assert httpx.post(f"{base}/v1/completions", json=plain | fine).status_code == 200
     wrong = httpx.post(f"{base}/tokenize", json={"model": "other", "prompt": "a"})
     assert wrong.status_code == 404
