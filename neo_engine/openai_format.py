@@ -1,17 +1,27 @@
 """Engine outputs in OpenAI's response shapes: completion text with echo, log-probabilities of
 completions and chat (whole responses and streamed deltas), usage.
 
-Token strings are each token decoded alone by the model's tokenizer; a completion's
-`text_offset` is the cumulative length of those strings, as OpenAI's legacy API gives it.
+Token strings are each token decoded alone by the model's tokenizer (or vLLM's
+`token_id:<id>`, `return_tokens_as_token_ids`); a completion's `text_offset` is the cumulative
+length of those strings, as OpenAI's legacy API gives it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # light at import time: the server loads this before the engine
     from neo_engine.engine import RequestOutput
     from neo_engine.sampling import TokenLogprob
+
+
+def token_namer(tokenizer, as_ids: bool = False) -> Callable[[int], str]:
+    """How a response names a token: its text decoded alone, or `token_id:<id>` (vLLM's
+    return_tokens_as_token_ids, for clients that need the exact ids back)."""
+    if as_ids:
+        return lambda token: f"token_id:{token}"
+    return lambda token: tokenizer.decode([token])
 
 
 def entries(
@@ -35,10 +45,11 @@ def entries(
 
 
 def completion_logprobs(
-    tokenizer, shown: list[tuple[int, TokenLogprob | None]], offset: int = 0
+    name: Callable[[int], str], shown: list[tuple[int, TokenLogprob | None]], offset: int = 0
 ) -> dict:
-    """The legacy completions `logprobs` object over `shown` tokens, offsets from `offset`."""
-    tokens = [tokenizer.decode([token]) for token, _ in shown]
+    """The legacy completions `logprobs` object over `shown` tokens, each named by `name`
+    (`token_namer`), offsets from `offset`."""
+    tokens = [name(token) for token, _ in shown]
     offsets = []
     for text in tokens:
         offsets.append(offset)
@@ -46,18 +57,17 @@ def completion_logprobs(
     return {
         "tokens": tokens,
         "token_logprobs": [lp.logprob if lp else None for _, lp in shown],
-        "top_logprobs": [
-            {tokenizer.decode([t]): v for t, v in lp.top} if lp else None for _, lp in shown
-        ],
+        "top_logprobs": [{name(t): v for t, v in lp.top} if lp else None for _, lp in shown],
         "text_offset": offsets,
     }
 
 
-def chat_logprobs(tokenizer, logprobs: list[TokenLogprob]) -> dict:
-    """The chat `logprobs` object: one entry per generated token, with its alternatives."""
+def chat_logprobs(name: Callable[[int], str], logprobs: list[TokenLogprob]) -> dict:
+    """The chat `logprobs` object: one entry per generated token, with its alternatives, each
+    named by `name` (`token_namer`)."""
 
     def entry(token: int, logprob: float) -> dict:
-        text = tokenizer.decode([token])
+        text = name(token)
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     return {

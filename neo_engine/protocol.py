@@ -51,7 +51,6 @@ UNSUPPORTED: dict[str, Any] = {
     "skip_special_tokens": True,
     "spaces_between_special_tokens": True,
     "prompt_logprobs": None,
-    "return_tokens_as_token_ids": False,
     "priority": 0,
     "structured_outputs": None,
     "documents": None,
@@ -90,6 +89,7 @@ class _Common(BaseModel):
     include_stop_str_in_output: bool = False
     allowed_token_ids: list[int] | None = None
     truncate_prompt_tokens: int | None = Field(default=None, ge=1)
+    return_tokens_as_token_ids: bool = False  # log-probabilities name tokens "token_id:<id>"
 
     def refused_field(self) -> str | None:
         """The first field the client asked for that neo-serve does not implement."""

@@ -243,13 +243,14 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             return bad
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         tokenizer = engine.engine.tokenizer
+        name = fmt.token_namer(tokenizer, req.return_tokens_as_token_ids)
         if req.stream:
             stream_logprobs = None
             if req.logprobs is not None:
 
                 def stream_logprobs(out, start):
                     shown = fmt.entries(out, echo=False, prompt_only=False, start=start)
-                    return fmt.completion_logprobs(tokenizer, shown), start + len(shown)
+                    return fmt.completion_logprobs(name, shown), start + len(shown)
 
             return StreamingResponse(
                 _sse(
@@ -280,7 +281,7 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
                 ) + text
             logprobs = None
             if req.logprobs is not None:
-                logprobs = fmt.completion_logprobs(tokenizer, fmt.entries(out, req.echo, only))
+                logprobs = fmt.completion_logprobs(name, fmt.entries(out, req.echo, only))
             reason = "length" if only else out.finish_reason
             choices.append(
                 {"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason}
@@ -308,12 +309,13 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             return bad
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         tokenizer = engine.engine.tokenizer
+        name = fmt.token_namer(tokenizer, req.return_tokens_as_token_ids)
         if req.stream:
             stream_logprobs = None
             if req.logprobs:
 
                 def stream_logprobs(out, start):
-                    return fmt.chat_logprobs(tokenizer, out.logprobs[start:]), len(out.logprobs)
+                    return fmt.chat_logprobs(name, out.logprobs[start:]), len(out.logprobs)
 
             return StreamingResponse(
                 _sse(
@@ -335,9 +337,7 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": out.text},
-                    "logprobs": fmt.chat_logprobs(tokenizer, out.logprobs)
-                    if req.logprobs
-                    else None,
+                    "logprobs": fmt.chat_logprobs(name, out.logprobs) if req.logprobs else None,
                     "finish_reason": out.finish_reason,
                 }
                 for i, out in enumerate(results)

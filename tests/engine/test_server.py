@@ -486,3 +486,23 @@ def test_tokenize_and_detokenize_as_vllm_serves_them(server):
     assert httpx.post(f"{base}/v1/completions", json=plain | fine).status_code == 200
     wrong = httpx.post(f"{base}/tokenize", json={"model": "other", "prompt": "a"})
     assert wrong.status_code == 404
+
+
+def test_tokens_can_come_back_as_their_ids(server):
+    """vLLM's return_tokens_as_token_ids: log-probabilities name each token "token_id:<id>"
+    (the alternatives too), so a client gets the exact ids back."""
+    base, _ = server
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 3, "temperature": 0, "logprobs": 2}
+    body |= {"ignore_eos": True, "logit_bias": {"65": 100}}
+    plain = httpx.post(f"{base}/v1/completions", json=body).json()["choices"][0]["logprobs"]
+    assert plain["tokens"] == ["A", "A", "A"]
+    ids = httpx.post(f"{base}/v1/completions", json=body | {"return_tokens_as_token_ids": True})
+    logprobs = ids.json()["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == ["token_id:65"] * 3
+    assert all(k.startswith("token_id:") for top in logprobs["top_logprobs"] for k in top)
+    assert logprobs["text_offset"] == [0, 11, 22]  # the lengths of those names, as vLLM
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logprobs": True}
+    chat |= {"temperature": 0, "logit_bias": {"65": 100}, "return_tokens_as_token_ids": True}
+    content = httpx.post(f"{base}/v1/chat/completions", json=chat).json()
+    entry = content["choices"][0]["logprobs"]["content"][0]
+    assert entry["token"] == "token_id:65" and entry["bytes"] == list(b"token_id:65")

@@ -76,7 +76,6 @@ def post_raw(base: str, path: str, text: str) -> httpx.Response:
         ({"bad_words": ["x"]}, "bad_words"),
         ({"skip_special_tokens": False}, "skip_special_tokens"),
         ({"prompt_logprobs": 2}, "prompt_logprobs"),
-        ({"return_tokens_as_token_ids": True}, "return_tokens_as_token_ids"),
         ({"priority": 1}, "priority"),
         ({"structured_outputs": {"choice": ["a"]}}, "structured_outputs"),
         ({"stop_token_ids": [-3]}, "stop_token_ids"),
