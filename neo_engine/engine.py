@@ -42,6 +42,7 @@ from neo_engine.sampling import (
     SamplingError,
     SamplingParams,
     TokenLogprob,
+    blocked_tokens,
     penalized,
     sample_rows,
     token_logprob,
@@ -178,6 +179,7 @@ class _Live:
     tokens: list[int]  # prompt + generated
     generator: torch.Generator | None
     detokenizer: IncrementalDetokenizer
+    bad_words: tuple[tuple[int, ...], ...] = ()  # `params.bad_words` as token sequences
 
 
 def _gemm_path(dtype: torch.dtype, device: torch.device, prepacked: bool) -> str:
@@ -408,6 +410,7 @@ class LLMEngine:
                 f"[0, {self.spec.vocab_size})",
                 param="allowed_token_ids",
             )
+        bad_words = self._bad_word_tokens(params.bad_words)
         if params.max_tokens is None:  # up to the end of the context, as vLLM
             room = self.max_model_len - len(tokens)
             if room < 1:
@@ -439,8 +442,25 @@ class LLMEngine:
         detokenizer = IncrementalDetokenizer(
             self.tokenizer, params.stop, params.min_tokens, params.include_stop_str_in_output
         )
-        self._live[rid] = _Live(out, params, list(tokens), gen, detokenizer)
+        self._live[rid] = _Live(out, params, list(tokens), gen, detokenizer, bad_words)
         return rid
+
+    def _bad_word_tokens(self, words: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+        """Each bad word as the token sequences that would write it: as it stands and after a
+        space (a word inside text is usually tokenized with its leading space), encoded without
+        special tokens; NeoError naming the field if one cannot be encoded."""
+        sequences: set[tuple[int, ...]] = set()
+        for word in words:
+            for text in (word.lstrip(), " " + word.lstrip()):
+                try:
+                    ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
+                except Exception as exc:  # e.g. a lone surrogate
+                    raise NeoError(
+                        f"bad_words: {word!r} cannot be tokenized: {exc}", param="bad_words"
+                    ) from None
+                if ids and all(0 <= t < self.spec.vocab_size for t in ids):
+                    sequences.add(ids)
+        return tuple(sorted(sequences))
 
     def abort(self, request_id: int) -> bool:
         live = self._live.pop(request_id, None)
@@ -515,8 +535,14 @@ class LLMEngine:
         sampling = time.perf_counter()
         params = [live.params for live in lives]
         histories = [(live.tokens, len(live.output.prompt_token_ids)) for live in lives]
-        # raw logits stay for logprobs
-        scores = penalized(result.logits, params, histories, self.tokenizer.eos_token_id)
+        blocked = None
+        if any(live.params.min_tokens or live.bad_words for live in lives):
+            eos = self.tokenizer.eos_token_id
+            blocked = [
+                blocked_tokens(live.params, tokens, prompt_len, eos, live.bad_words)
+                for live, (tokens, prompt_len) in zip(lives, histories)
+            ]
+        scores = penalized(result.logits, params, histories, blocked)  # raw logits stay
         tokens = sample_rows(scores, params, [live.generator for live in lives])
         sampling_s = time.perf_counter() - sampling
         for row, (rid, live, token) in enumerate(zip(result.request_ids, lives, tokens)):

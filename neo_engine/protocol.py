@@ -43,7 +43,6 @@ UNSUPPORTED: dict[str, Any] = {
     "use_beam_search": False,
     "guided_grammar": None,
     "structural_tag": None,
-    "bad_words": None,
     "logits_processors": None,
     "chat_template": None,
     "echo": False,  # on chat, vLLM's extra (the last message first); completions' own is done
@@ -90,6 +89,7 @@ class _Common(BaseModel):
     allowed_token_ids: list[int] | None = None
     truncate_prompt_tokens: int | None = Field(default=None, ge=1)
     return_tokens_as_token_ids: bool = False  # log-probabilities name tokens "token_id:<id>"
+    bad_words: list[str] | None = None
 
     def refused_field(self) -> str | None:
         """The first field the client asked for that neo-serve does not implement."""
@@ -158,6 +158,7 @@ class _Common(BaseModel):
             include_stop_str_in_output=self.include_stop_str_in_output,
             allowed_token_ids=self.allowed_token_ids,
             truncate_prompt_tokens=self.truncate_prompt_tokens,
+            bad_words=tuple(self.bad_words or ()),
         )
 
     def _logit_bias(self) -> dict[int, float] | None:

@@ -41,7 +41,7 @@ class SamplingParams:
     `min_tokens` output tokens come before EOS or a stop token can be sampled or a stop string
     can end the text; `include_stop_str_in_output` keeps the stop string (or stop token's
     text); `allowed_token_ids` restricts every step to those tokens; `truncate_prompt_tokens`
-    keeps the prompt's last k tokens.
+    keeps the prompt's last k tokens; `bad_words` are never generated (`blocked_tokens`).
     """
 
     max_tokens: int | None = 16
@@ -67,6 +67,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     allowed_token_ids: tuple[int, ...] | None = None
     truncate_prompt_tokens: int | None = None
+    bad_words: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -74,6 +75,7 @@ class SamplingParams:
         else:
             object.__setattr__(self, "stop", tuple(self.stop or ()))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
+        object.__setattr__(self, "bad_words", tuple(self.bad_words or ()))
         if self.allowed_token_ids is not None:
             object.__setattr__(self, "allowed_token_ids", tuple(self.allowed_token_ids))
         if self.max_tokens is not None and (
@@ -150,6 +152,11 @@ class SamplingParams:
             raise NeoError(
                 f"allowed_token_ids must be a non-empty list of token ids, got {list(allowed)!r}",
                 param="allowed_token_ids",
+            )
+        if not all(isinstance(w, str) and w.strip() for w in self.bad_words):
+            raise NeoError(
+                f"bad_words must be non-blank strings, got {list(self.bad_words)!r}",
+                param="bad_words",
             )
         k = self.truncate_prompt_tokens
         if k is not None and not (isinstance(k, int) and k >= 1):
@@ -230,23 +237,43 @@ def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
     return TokenLogprob(int(token), float(logprobs[token]), best)
 
 
+def blocked_tokens(
+    params: SamplingParams,
+    tokens: list[int],
+    prompt_len: int,
+    eos_token_id: int | None,
+    bad_words: tuple[tuple[int, ...], ...] = (),
+) -> list[int]:
+    """The tokens a request may not take next (`tokens`: its prompt, then its output): EOS,
+    unless ignored, and its stop tokens while the output is shorter than `min_tokens`; and
+    the last token of each of `bad_words` (token sequences) whose other tokens end the output,
+    as vLLM bans bad words (a one-token word at every step)."""
+    blocked = []
+    output_len = len(tokens) - prompt_len
+    if output_len < params.min_tokens:
+        blocked += params.stop_token_ids
+        if eos_token_id is not None and not params.ignore_eos:
+            blocked.append(eos_token_id)
+    for word in bad_words:
+        before = len(word) - 1
+        if before <= output_len and (not before or tokens[-before:] == list(word[:-1])):
+            blocked.append(word[-1])
+    return blocked
+
+
 def penalized(
     logits: torch.Tensor,
     params: list[SamplingParams],
     histories: list[tuple[list[int], int]],
-    eos_token_id: int | None = None,
+    blocked: list[list[int]] | None = None,
 ) -> torch.Tensor:
     """The logits [B, vocab] that rows are sampled from once each row's penalties and logit
     bias apply (vLLM's order: repetition, then frequency and presence, then the bias), and its
-    masks (-inf: tokens outside `allowed_token_ids`; EOS, unless ignored, and the stop tokens
-    while the output is shorter than `min_tokens`), in float32; `logits` itself when no row
-    has any (its rows stay raw for the log-probabilities, which vLLM reports before
-    penalties). `histories[row]` is (the request's tokens: prompt then output, the prompt's
-    length)."""
-    held = [  # the tokens each row may not end with yet (min_tokens)
-        _ending_tokens(p, eos_token_id) if len(tokens) - prompt_len < p.min_tokens else []
-        for p, (tokens, prompt_len) in zip(params, histories)
-    ]
+    masks (-inf: tokens outside `allowed_token_ids`, and `blocked[row]`, `blocked_tokens`), in
+    float32; `logits` itself when no row has any (its rows stay raw for the log-probabilities,
+    which vLLM reports before penalties). `histories[row]` is (the request's tokens: prompt
+    then output, the prompt's length)."""
+    held = blocked or [[] for _ in params]
     rows = [row for row, p in enumerate(params) if p.penalizes or held[row]]
     if not rows:
         return logits
@@ -278,14 +305,6 @@ def penalized(
             bias = torch.tensor(list(p.logit_bias.values()), dtype=line.dtype, device=line.device)
             line[ids] += bias
     return scores
-
-
-def _ending_tokens(params: SamplingParams, eos_token_id: int | None) -> list[int]:
-    """The tokens that end a request of `params`: its stop tokens, and EOS unless ignored."""
-    ending = list(params.stop_token_ids)
-    if eos_token_id is not None and not params.ignore_eos:
-        ending.append(eos_token_id)
-    return ending
 
 
 def sample_rows(

@@ -335,6 +335,14 @@ def test_vllms_extras_min_tokens_allowed_ids_truncation_and_kept_stops(tiny):
     assert tiny.generate("abc", forced)[0].text == ""
     kept = tiny.generate("abc", replace(forced, include_stop_str_in_output=True))[0]
     assert kept.text == "A" and kept.token_ids == [65]
+    # bad words: "A" never comes though its logit is pushed to the top; with B on top and C
+    # next, "BB" never: a B is never followed by a B
+    ab = replace(greedy, allowed_token_ids=[65, 66], logit_bias={65: 100})
+    assert set(tiny.generate("abc", ab)[0].text) == {"A"}
+    assert set(tiny.generate("abc", replace(ab, bad_words=["A"]))[0].text) == {"B"}
+    bc = replace(greedy, allowed_token_ids=[66, 67], logit_bias={66: 60, 67: 50})
+    assert tiny.generate("abc", bc)[0].text == "BBBBBB"
+    assert tiny.generate("abc", replace(bc, bad_words=["BB"]))[0].text == "BCBCBC"
     with pytest.raises(NeoError, match="allowed_token_ids"):
         tiny.generate("abc", replace(greedy, allowed_token_ids=[10**6]))
     with pytest.raises(NeoError, match="min_tokens"):

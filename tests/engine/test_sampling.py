@@ -10,6 +10,7 @@ from neo_engine.sampling import (
     SamplingError,
     SamplingParams,
     _inverse_cdf,
+    blocked_tokens,
     penalized,
     sample,
     sample_rows,
@@ -179,6 +180,7 @@ def test_penalties_and_bias_as_vllm_applies_them():
         ("allowed_token_ids", []),
         ("allowed_token_ids", [3, -2]),
         ("truncate_prompt_tokens", 0),
+        ("bad_words", [" "]),
     ],
 )
 def test_penalties_out_of_range_are_refused(field, value):
@@ -186,19 +188,28 @@ def test_penalties_out_of_range_are_refused(field, value):
         SamplingParams(**{field: value})
 
 
-def test_min_tokens_masks_eos_and_stop_tokens_and_allowed_ids_mask_the_rest():
+def test_min_tokens_and_bad_words_block_tokens_and_allowed_ids_mask_the_rest():
     """While the output is shorter than min_tokens, EOS (unless ignored) and the stop tokens
-    are at -inf; from then on they are back. allowed_token_ids leaves only those tokens."""
-    logits = torch.zeros(1, 6, device=DEVICE)
+    are blocked; from then on they are back. A bad word's last token is blocked where its
+    other tokens end the output (a one-token word always). allowed_token_ids leaves only those
+    tokens. Blocked tokens are at -inf in the logits sampled from."""
     p = SamplingParams(min_tokens=2, stop_token_ids=(4,))
-    early = penalized(logits, [p], [([9, 9, 1], 2)], eos_token_id=5)  # one output token
-    assert early[0].tolist() == [0.0, 0.0, 0.0, 0.0, float("-inf"), float("-inf")]
-    assert penalized(logits, [p], [([9, 9, 1, 2], 2)], eos_token_id=5) is logits
+    assert blocked_tokens(p, [9, 9, 1], 2, eos_token_id=5) == [4, 5]  # one output token
+    assert blocked_tokens(p, [9, 9, 1, 2], 2, eos_token_id=5) == []
     keep_eos = SamplingParams(min_tokens=2, ignore_eos=True)
-    assert penalized(logits, [keep_eos], [([9], 1)], eos_token_id=5) is logits
-    only = SamplingParams(allowed_token_ids=[1, 3], logit_bias={0: 5.0, 3: 1.0})
-    got = penalized(logits, [only], [([9], 1)], eos_token_id=5)[0].tolist()
+    assert blocked_tokens(keep_eos, [9], 1, eos_token_id=5) == []
+    words = ((3,), (1, 2, 0))  # one token, and three whose first two must end the output
+    assert blocked_tokens(SamplingParams(), [1, 2], 0, None, words) == [3, 0]
+    assert blocked_tokens(SamplingParams(), [1, 2], 1, None, words) == [3]  # 1 is the prompt
+    assert blocked_tokens(SamplingParams(), [1, 2, 4], 0, None, words) == [3]
+    logits = torch.zeros(1, 6, device=DEVICE)
+    plain = SamplingParams()
+    assert penalized(logits, [plain], [([9], 1)], [[]]) is logits
     inf = float("-inf")
+    early = penalized(logits, [p], [([9, 9, 1], 2)], [[4, 5]])
+    assert early[0].tolist() == [0.0, 0.0, 0.0, 0.0, inf, inf]
+    only = SamplingParams(allowed_token_ids=[1, 3], logit_bias={0: 5.0, 3: 1.0})
+    got = penalized(logits, [only], [([9], 1)])[0].tolist()
     assert got == [inf, 0.0, inf, 1.0, inf, inf]  # a bias cannot bring a token back
 
 

@@ -242,6 +242,9 @@ def test_vllms_sampling_extras_are_served(server):
     done = httpx.post(f"{base}/v1/completions", json=late).json()
     assert (done["choices"][0]["text"], done["choices"][0]["finish_reason"]) == ("AA", "stop")
     assert done["usage"]["completion_tokens"] == 4
+    banned = body | {"allowed_token_ids": [66, 67], "logit_bias": {"66": 60, "67": 50}}
+    r = httpx.post(f"{base}/v1/completions", json=banned | {"bad_words": ["BB"]})
+    assert r.json()["choices"][0]["text"] == "BCBC"
     echo = body | {"prompt": "abcdef", "echo": True, "max_tokens": 1, "truncate_prompt_tokens": 3}
     r = httpx.post(f"{base}/v1/completions", json=echo).json()
     assert r["choices"][0]["text"].startswith("def") and r["usage"]["prompt_tokens"] == 3

@@ -73,7 +73,7 @@ def post_raw(base: str, path: str, text: str) -> httpx.Response:
         ({"allowed_token_ids": []}, "allowed_token_ids"),
         ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
         ({"use_beam_search": True}, "use_beam_search"),
-        ({"bad_words": ["x"]}, "bad_words"),
+        ({"bad_words": [""]}, "bad_words"),
         ({"skip_special_tokens": False}, "skip_special_tokens"),
         ({"prompt_logprobs": 2}, "prompt_logprobs"),
         ({"priority": 1}, "priority"),
