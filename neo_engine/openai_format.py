@@ -45,10 +45,14 @@ def entries(
 
 
 def completion_logprobs(
-    name: Callable[[int], str], shown: list[tuple[int, TokenLogprob | None]], offset: int = 0
+    name: Callable[[int], str],
+    shown: list[tuple[int, TokenLogprob | None]],
+    offset: int = 0,
+    top: int | None = None,
 ) -> dict:
     """The legacy completions `logprobs` object over `shown` tokens, each named by `name`
-    (`token_namer`), offsets from `offset`."""
+    (`token_namer`), offsets from `offset`, at most `top` alternatives each (a prompt scored
+    for more, vLLM's prompt_logprobs, shows the count asked here)."""
     tokens = [name(token) for token, _ in shown]
     offsets = []
     for text in tokens:
@@ -57,7 +61,7 @@ def completion_logprobs(
     return {
         "tokens": tokens,
         "token_logprobs": [lp.logprob if lp else None for _, lp in shown],
-        "top_logprobs": [{name(t): v for t, v in lp.top} if lp else None for _, lp in shown],
+        "top_logprobs": [{name(t): v for t, v in lp.top[:top]} if lp else None for _, lp in shown],
         "text_offset": offsets,
     }
 
@@ -76,6 +80,26 @@ def chat_logprobs(name: Callable[[int], str], logprobs: list[TokenLogprob]) -> d
             for lp in logprobs
         ]
     }
+
+
+def prompt_logprobs(name: Callable[[int], str], out: RequestOutput) -> list[dict | None]:
+    """vLLM's `prompt_logprobs`: per prompt position, None for the first (nothing comes before
+    it), else {token id: {"logprob", "rank", "decoded_token"}} of the prompt's token and its
+    most likely alternatives (ranked 1, 2, ...)."""
+
+    def entry(logprob: float, rank: int, token: int) -> dict:
+        return {"logprob": logprob, "rank": rank, "decoded_token": name(token)}
+
+    shown: list[dict | None] = []
+    for lp in out.prompt_logprobs or []:
+        if lp is None:
+            shown.append(None)
+            continue
+        position = {str(lp.token_id): entry(lp.logprob, lp.rank, lp.token_id)}
+        for rank, (token, logprob) in enumerate(lp.top, 1):
+            position.setdefault(str(token), entry(logprob, rank, token))
+        shown.append(position)
+    return shown
 
 
 def usage(outputs: list[RequestOutput], prompt_only: bool = False, n: int = 1) -> dict:

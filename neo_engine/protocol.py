@@ -49,7 +49,6 @@ UNSUPPORTED: dict[str, Any] = {
     # vLLM's extras that change a response's text or shape, refused unless left as they are
     "skip_special_tokens": True,
     "spaces_between_special_tokens": True,
-    "prompt_logprobs": None,
     "priority": 0,
     "structured_outputs": None,
     "documents": None,
@@ -89,6 +88,8 @@ class _Common(BaseModel):
     allowed_token_ids: list[int] | None = None
     truncate_prompt_tokens: int | None = Field(default=None, ge=1)
     return_tokens_as_token_ids: bool = False  # log-probabilities name tokens "token_id:<id>"
+    # vLLM's: each prompt token's log-probability and this many alternatives, in the response
+    prompt_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     bad_words: list[str] | None = None
 
     def refused_field(self) -> str | None:
@@ -111,9 +112,10 @@ class _Common(BaseModel):
         """Alternatives per generated token the client asked for (None: no log-probabilities)."""
         return None
 
-    def prompt_logprobs(self) -> int | None:
-        """Alternatives per prompt token (echo with log-probabilities), or None."""
-        return None
+    def prompt_alternatives(self) -> int | None:
+        """Alternatives per prompt token the engine must score (vLLM's prompt_logprobs, or
+        completions' echo with log-probabilities: the larger), or None."""
+        return self.prompt_logprobs
 
     def echoes_prompt(self) -> bool:
         """Whether the response starts with the prompt (completions' `echo`)."""
@@ -140,7 +142,7 @@ class _Common(BaseModel):
         return SamplingParams(
             max_tokens=1 if self.prompt_only() else max_tokens,
             logprobs=self.token_logprobs(),
-            prompt_logprobs=self.prompt_logprobs(),
+            prompt_logprobs=self.prompt_alternatives(),
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
@@ -210,8 +212,11 @@ class CompletionRequest(_Common):
     def token_logprobs(self) -> int | None:
         return self.logprobs
 
-    def prompt_logprobs(self) -> int | None:
-        return self.logprobs if self.echo else None
+    def prompt_alternatives(self) -> int | None:
+        asked = [
+            k for k in (self.logprobs if self.echo else None, self.prompt_logprobs) if k is not None
+        ]
+        return max(asked) if asked else None
 
     def echoes_prompt(self) -> bool:
         return self.echo

@@ -225,6 +225,7 @@ class TokenLogprob:
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()  # (token id, log-probability), most likely first
+    rank: int = 1  # among the vocabulary: how many tokens are at least as likely (vLLM's rank)
 
 
 def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
@@ -234,7 +235,8 @@ def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
     if top:
         values, ids = torch.topk(logprobs, min(top, logprobs.shape[-1]))
         best = tuple(zip(ids.tolist(), values.tolist()))
-    return TokenLogprob(int(token), float(logprobs[token]), best)
+    rank = int((logprobs >= logprobs[token]).sum())
+    return TokenLogprob(int(token), float(logprobs[token]), best, rank)
 
 
 def blocked_tokens(

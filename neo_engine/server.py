@@ -175,6 +175,8 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             return wrong
         if (field := req.refused_field()) is not None:
             return _error(400, f"{field}: not supported by neo-serve", param=field)
+        if req.stream and req.prompt_logprobs is not None:
+            return _error(400, "prompt_logprobs: not with stream", param="prompt_logprobs")
         if not engine.healthy:
             return _error(503, "the engine has stopped; see the server log")
         return None
@@ -281,11 +283,13 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
                 ) + text
             logprobs = None
             if req.logprobs is not None:
-                logprobs = fmt.completion_logprobs(name, fmt.entries(out, req.echo, only))
+                shown = fmt.entries(out, req.echo, only)
+                logprobs = fmt.completion_logprobs(name, shown, top=req.logprobs)
             reason = "length" if only else out.finish_reason
-            choices.append(
-                {"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason}
-            )
+            choice = {"index": i, "text": text, "logprobs": logprobs, "finish_reason": reason}
+            if req.prompt_logprobs is not None:
+                choice["prompt_logprobs"] = fmt.prompt_logprobs(name, out)
+            choices.append(choice)
         return {
             "id": rid,
             "object": "text_completion",
@@ -343,7 +347,11 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
                 for i, out in enumerate(results)
             ],
             "usage": fmt.usage(results, n=req.n),
-        }
+        } | (  # vLLM's: the prompt's, once for the n completions of it
+            {"prompt_logprobs": fmt.prompt_logprobs(name, results[0])}
+            if req.prompt_logprobs is not None
+            else {}
+        )
 
     return app
 

@@ -35,9 +35,13 @@ def test_prompt_and_token_logprobs_equal_transformers(tiny_llama, policy, gpu_bl
         assert len(lp.top) == 2 and lp.top[0][1] == pytest.approx(
             float(expected[q - 1].max()), abs=1e-4
         )
+        # the rank: how many tokens are at least as likely (transformers' float32 row)
+        at_least = int((expected[q - 1] >= expected[q - 1, prompt[q]] - 1e-6).sum())
+        assert abs(lp.rank - at_least) <= 1
     for i, lp in enumerate(out.logprobs):
         row = expected[len(prompt) - 1 + i]
         assert lp.token_id == out.token_ids[i] == int(row.argmax())  # greedy: the top token
+        assert lp.rank == 1
         assert lp.logprob == pytest.approx(float(row.max()), abs=1e-4)
         assert [t for t, _ in lp.top] == row.topk(3).indices.tolist()
 

@@ -509,3 +509,35 @@ def test_tokens_can_come_back_as_their_ids(server):
     content = httpx.post(f"{base}/v1/chat/completions", json=chat).json()
     entry = content["choices"][0]["logprobs"]["content"][0]
     assert entry["token"] == "token_id:65" and entry["bytes"] == list(b"token_id:65")
+
+
+def test_prompt_logprobs_as_vllm_gives_them(server):
+    """vLLM's prompt_logprobs: per prompt position None (the first), else the prompt token's
+    log-probability and rank and the top alternatives, keyed by token id; on a completion's
+    choice, once on a chat response; echo's own alternatives keep their count."""
+    base, _ = server
+    body = {"model": MODEL, "prompt": "hey", "max_tokens": 1, "prompt_logprobs": 2}
+    choice = httpx.post(f"{base}/v1/completions", json=body).json()["choices"][0]
+    scored = choice["prompt_logprobs"]
+    prompt = [256, *b"hey"]
+    assert scored[0] is None and len(scored) == len(prompt)
+    for position, token in zip(scored[1:], prompt[1:]):
+        mine = position[str(token)]
+        assert mine["decoded_token"] == chr(token) and mine["rank"] >= 1
+        assert mine["logprob"] <= 0 and 1 <= len(position) <= 3
+        ranks = sorted(v["rank"] for k, v in position.items() if k != str(token))
+        assert ranks == [1, 2][: len(ranks)]
+    both = body | {"echo": True, "logprobs": 1}
+    echoed = httpx.post(f"{base}/v1/completions", json=both).json()["choices"][0]
+    assert all(len(top) == 1 for top in echoed["logprobs"]["top_logprobs"][1:])
+    assert echoed["prompt_logprobs"] == scored
+    chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    plain = httpx.post(f"{base}/v1/chat/completions", json=chat).json()
+    assert "prompt_logprobs" not in plain
+    r = httpx.post(f"{base}/v1/chat/completions", json=chat | {"prompt_logprobs": 0}).json()
+    assert r["prompt_logprobs"][0] is None
+    assert len(r["prompt_logprobs"]) == r["usage"]["prompt_tokens"]
+    assert all(len(p) == 1 for p in r["prompt_logprobs"][1:])
+    streamed = chat | {"prompt_logprobs": 0, "stream": True}
+    r = httpx.post(f"{base}/v1/chat/completions", json=streamed)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_logprobs"
