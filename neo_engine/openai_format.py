@@ -87,19 +87,15 @@ def prompt_logprobs(name: Callable[[int], str], out: RequestOutput) -> list[dict
     it), else {token id: {"logprob", "rank", "decoded_token"}} of the prompt's token and its
     most likely alternatives (ranked 1, 2, ...)."""
 
-    def entry(logprob: float, rank: int, token: int) -> dict:
-        return {"logprob": logprob, "rank": rank, "decoded_token": name(token)}
-
-    shown: list[dict | None] = []
-    for lp in out.prompt_logprobs or []:
-        if lp is None:
-            shown.append(None)
-            continue
-        position = {str(lp.token_id): entry(lp.logprob, lp.rank, lp.token_id)}
-        for rank, (token, logprob) in enumerate(lp.top, 1):
-            position.setdefault(str(token), entry(logprob, rank, token))
-        shown.append(position)
-    return shown
+    return [
+        {
+            str(token): {"logprob": entry.logprob, "rank": entry.rank, "decoded_token": name(token)}
+            for token, entry in position.items()
+        }
+        if position is not None
+        else None
+        for position in out.prompt_logprobs or []
+    ]
 
 
 def usage(outputs: list[RequestOutput], prompt_only: bool = False, n: int = 1) -> dict:

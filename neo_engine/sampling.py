@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -218,14 +219,43 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
-class TokenLogprob:
+class Logprob:
+    """One token's entry in vLLM's per-position mapping (`TokenLogprob` as a Mapping); the
+    text of the token is neo-serve's to give (`decoded_token` stays None offline, as vLLM's
+    without detokenizing)."""
+
+    logprob: float
+    rank: int
+    decoded_token: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob(Mapping):
     """A token's log-probability under the model (raw logits, before temperature or top-k/p,
-    as vLLM reports them) and the most likely alternatives at that position."""
+    as vLLM reports them) and the most likely alternatives at that position. Also vLLM's
+    shape of a position, a mapping token id -> `Logprob` (the token first, then the
+    alternatives ranked 1, 2, ...), so that vLLM scripts read it as written
+    (`out.outputs[0].logprobs[i][token_id].logprob`)."""
 
     token_id: int
     logprob: float
     top: tuple[tuple[int, float], ...] = ()  # (token id, log-probability), most likely first
     rank: int = 1  # among the vocabulary: how many tokens are at least as likely (vLLM's rank)
+
+    def __getitem__(self, token: int) -> Logprob:
+        if token == self.token_id:
+            return Logprob(self.logprob, self.rank)
+        for rank, (alternative, logprob) in enumerate(self.top, 1):
+            if alternative == token:
+                return Logprob(logprob, rank)
+        raise KeyError(token)
+
+    def __iter__(self) -> Iterator[int]:
+        yield self.token_id
+        yield from (t for t, _ in self.top if t != self.token_id)
+
+    def __len__(self) -> int:
+        return 1 + sum(t != self.token_id for t, _ in self.top)
 
 
 def token_logprob(logits: torch.Tensor, token: int, top: int) -> TokenLogprob:

@@ -50,3 +50,23 @@ def test_no_logprobs_unless_asked(tiny_llama):
     directory, _ = tiny_llama
     out = LLM(str(directory)).generate([[1, 2, 3]], SamplingParams(max_tokens=2))[0]
     assert out.logprobs == [] and out.prompt_logprobs is None
+
+
+def test_a_position_reads_as_vllms_mapping(tiny_llama):
+    """vLLM scripts read a position as {token id: Logprob(logprob, rank, decoded_token)}: the
+    token first, then its alternatives ranked 1, 2, ..."""
+    directory, _ = tiny_llama
+    params = SamplingParams(
+        max_tokens=3, temperature=0, ignore_eos=True, logprobs=2, prompt_logprobs=1
+    )
+    out = LLM(str(directory)).generate([[5, 6, 7, 8]], params)[0]
+    first = out.outputs[0].logprobs[0]
+    token = out.token_ids[0]
+    assert first[token].logprob == first.logprob and first[token].rank == 1  # greedy
+    assert list(first) == [token, *(t for t, _ in first.top if t != token)]
+    assert [first[t].rank for t, _ in first.top] == [1, 2]
+    assert all(entry.decoded_token is None for entry in first.values())
+    scored = out.prompt_logprobs[1]
+    assert 6 in scored and scored[6].logprob == scored.logprob and len(scored) in (1, 2)
+    with pytest.raises(KeyError):
+        first[10**6]
