@@ -32,6 +32,11 @@ class LLM:
     def tokenizer(self):
         return self.engine.tokenizer
 
+    def get_tokenizer(self):
+        """vLLM's: the model's own tokenizer (transformers', for `apply_chat_template` and
+        the like), or the byte tokenizer of a dummy model."""
+        return self.engine.tokenizer.backend
+
     def generate(
         self,
         prompts: str | list[int] | Sequence[str | list[int]],

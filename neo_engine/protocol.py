@@ -45,7 +45,6 @@ UNSUPPORTED: dict[str, Any] = {
     "structural_tag": None,
     "logits_processors": None,
     "chat_template": None,
-    "echo": False,  # on chat, vLLM's extra (the last message first); completions' own is done
     # vLLM's extras that change a response's text or shape, refused unless left as they are
     "skip_special_tokens": True,
     "spaces_between_special_tokens": True,
@@ -268,6 +267,18 @@ class ChatRequest(_Common):
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
     add_special_tokens: bool = False  # the template writes its own: true is refused
+    echo: bool = False  # vLLM's: the reply starts with the last message when it is the reply's
+
+    def echoed(self) -> str:
+        """What the reply's content starts with under vLLM's chat echo: the last message's
+        text when that message has the reply's role (the assistant's, or with no assistant
+        turn opened, the last message's own: the message the model goes on with), else
+        nothing."""
+        if not self.echo:
+            return ""
+        last = self.messages[-1]
+        role = "assistant" if self.add_generation_prompt else last.role
+        return last.text(f"messages[{len(self.messages) - 1}]") if last.role == role else ""
 
     def chat_options(self) -> ChatOptions:
         if self.add_special_tokens:

@@ -175,6 +175,8 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             return wrong
         if (field := req.refused_field()) is not None:
             return _error(400, f"{field}: not supported by neo-serve", param=field)
+        if req.stream and req.echo:
+            return _error(400, "echo: not supported with stream", param="echo")
         if req.stream and req.prompt_logprobs is not None:
             return _error(400, "prompt_logprobs: not with stream", param="prompt_logprobs")
         if not engine.healthy:
@@ -233,8 +235,6 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             return _error(400, f"prompt: at most {MAX_PROMPTS} prompts", param="prompt")
         if len(prompts) * req.n > MAX_PROMPTS:
             return _error(400, f"n: prompts x n at most {MAX_PROMPTS}", param="n")
-        if req.stream and req.echo:
-            return _error(400, "echo: not supported with stream", param="echo")
         try:
             samples = req.samples()
             prompts = [req.prompt_ids(p, engine.engine.tokenizer) for p in prompts]
@@ -340,7 +340,7 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": out.text},
+                    "message": {"role": "assistant", "content": req.echoed() + out.text},
                     "logprobs": fmt.chat_logprobs(name, out.logprobs) if req.logprobs else None,
                     "finish_reason": out.finish_reason,
                 }

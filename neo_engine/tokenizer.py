@@ -45,6 +45,9 @@ class Tokenizer(Protocol):
 
     def decode(self, token_ids: list[int]) -> str: ...
 
+    @property
+    def backend(self) -> Any: ...
+
     def chat_prompt(
         self, messages: list[dict], options: ChatOptions = DEFAULT_CHAT
     ) -> list[int]: ...
@@ -60,6 +63,11 @@ class ByteTokenizer:
         if vocab_size < 258:
             raise NeoError(f"byte tokenizer needs a vocabulary of >= 258, model has {vocab_size}")
         self.vocab_size = vocab_size
+
+    @property
+    def backend(self) -> ByteTokenizer:
+        """The tokenizer underneath (`LLM.get_tokenizer`): this one."""
+        return self
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         body = list(text.encode("utf-8"))
@@ -98,6 +106,11 @@ class HFTokenizer:
             raise NeoError(f"{directory}: cannot load a tokenizer ({exc})") from None
         self.eos_token_id = self._tok.eos_token_id
         self.vocab_size = len(self._tok)
+
+    @property
+    def backend(self):
+        """The transformers tokenizer underneath (`LLM.get_tokenizer`)."""
+        return self._tok
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=add_special_tokens))

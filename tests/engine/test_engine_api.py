@@ -191,6 +191,13 @@ def test_real_smollm2_matches_transformers(smollm2_dir):
     out = llm.generate(prompt, SamplingParams(max_tokens=16, temperature=0))[0]
     assert out.token_ids == expected[: len(out.token_ids)]
     assert "Paris" in out.text
+    # vLLM scripts render prompts with llm.get_tokenizer(): transformers' own
+    rendered = llm.get_tokenizer().apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert rendered == prompt
     llm.engine.close()
 
 
@@ -279,6 +286,7 @@ def test_chat_renders_each_conversation_as_neo_serve_does(tiny):
         tiny.chat([], params)
     with pytest.raises(NeoError, match="one per prompt"):
         tiny.generate(["a", "b"], [params])
+    assert tiny.get_tokenizer() is tiny.tokenizer  # a dummy model's byte tokenizer
 
 
 def test_vllm_prompt_dicts_are_prompts(tiny):

@@ -541,3 +541,22 @@ def test_prompt_logprobs_as_vllm_gives_them(server):
     streamed = chat | {"prompt_logprobs": 0, "stream": True}
     r = httpx.post(f"{base}/v1/chat/completions", json=streamed)
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_logprobs"
+
+
+def test_chat_echo_starts_the_reply_with_the_last_message_of_its_role(server):
+    """vLLM's chat echo: the reply's content starts with the last message when that message
+    is the assistant's (or, continued, the message the model goes on with); else nothing."""
+    base, _ = server
+    body = {"model": MODEL, "max_tokens": 2, "temperature": 0, "echo": True}
+    body |= {"logit_bias": {"65": 100}, "ignore_eos": True}
+
+    def reply(messages, **extra):
+        r = httpx.post(f"{base}/v1/chat/completions", json=body | {"messages": messages} | extra)
+        return r.json()["choices"][0]["message"]["content"]
+
+    user = [{"role": "user", "content": "hi"}]
+    assert reply(user) == "AA"
+    started = user + [{"role": "assistant", "content": "Sure: "}]
+    assert reply(started) == "Sure: AA"
+    going_on = {"add_generation_prompt": False, "continue_final_message": True}
+    assert reply(user, **going_on) == "hiAA"

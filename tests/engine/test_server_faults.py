@@ -204,10 +204,13 @@ def test_chat_content_parts_and_null_assistant_content(server):  # noqa: F811
     image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
     r = httpx.post(base + CHAT, json={"model": MODEL, "messages": image}, timeout=60)
     assert r.status_code == 400 and "messages[0].content[0].type" in r.json()["error"]["message"]
-    # completions' echo and max_tokens 0 (score the prompt) have no meaning on chat; vLLM's
-    # chat echo (the last message first) is not done: each is a 400 naming its field.
+    # completions' max_tokens 0 (score the prompt) has no meaning on chat, nor with vLLM's chat
+    # echo (the last message first), which is not streamed: each is a 400 naming its field.
     hello = [{"role": "user", "content": "Hi"}]
-    for extra, field in (({"echo": True}, "echo"), ({"max_tokens": 0, "echo": True}, "echo")):
+    for extra, field in (
+        ({"echo": True, "stream": True}, "echo"),
+        ({"max_tokens": 0, "echo": True}, "max_tokens"),
+    ):
         body = {"model": MODEL, "messages": hello, "max_tokens": 3} | extra
         r = httpx.post(base + CHAT, json=body, timeout=60)
         assert r.status_code == 400 and field in r.json()["error"]["message"], r.text
