@@ -47,7 +47,7 @@ from neo_engine.sampling import (
     sample_rows,
     token_logprob,
 )
-from neo_engine.tokenizer import load_tokenizer
+from neo_engine.tokenizer import load_tokenizer, user_input
 from neo_engine.weights import (
     can_prepack,
     gemm_weight_bytes,
@@ -378,10 +378,7 @@ class LLMEngine:
             )
         if isinstance(prompt, str):
             text = prompt
-            try:
-                tokens = self.tokenizer.encode(prompt)
-            except Exception as exc:  # e.g. a lone surrogate: valid JSON, not valid UTF-8
-                raise NeoError(f"prompt cannot be tokenized: {exc}") from None
+            tokens = user_input(lambda: self.tokenizer.encode(prompt), "prompt", param=None)
         else:
             text = None
             try:
@@ -452,12 +449,12 @@ class LLMEngine:
         sequences: set[tuple[int, ...]] = set()
         for word in words:
             for text in (word.lstrip(), " " + word.lstrip()):
-                try:
-                    ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
-                except Exception as exc:  # e.g. a lone surrogate
-                    raise NeoError(
-                        f"bad_words: {word!r} cannot be tokenized: {exc}", param="bad_words"
-                    ) from None
+                encoded = user_input(
+                    lambda text=text: self.tokenizer.encode(text, add_special_tokens=False),
+                    f"bad_words: {word!r}",
+                    param="bad_words",
+                )
+                ids = tuple(encoded)
                 if ids and all(0 <= t < self.spec.vocab_size for t in ids):
                     sequences.add(ids)
         return tuple(sorted(sequences))

@@ -21,7 +21,7 @@ from neo_engine.sampling import (
     SEED_MAX,
     SamplingParams,
 )
-from neo_engine.tokenizer import ChatOptions
+from neo_engine.tokenizer import ChatOptions, user_input
 from neo_sim.errors import NeoError
 
 MAX_PROMPTS = 256  # prompts in one completions request, and completions (prompts x n) in one
@@ -203,19 +203,16 @@ class CompletionRequest(_Common):
         false, its ids without them; NeoError naming the prompt if it cannot be encoded."""
         if self.add_special_tokens or not isinstance(prompt, str):
             return prompt
-        try:
-            return tokenizer.encode(prompt, add_special_tokens=False)
-        except Exception as exc:  # e.g. a lone surrogate
-            raise NeoError(f"prompt cannot be tokenized: {exc}", param="prompt") from None
+        return user_input(
+            lambda: tokenizer.encode(prompt, add_special_tokens=False), "prompt", param="prompt"
+        )
 
     def token_logprobs(self) -> int | None:
         return self.logprobs
 
     def prompt_alternatives(self) -> int | None:
-        asked = [
-            k for k in (self.logprobs if self.echo else None, self.prompt_logprobs) if k is not None
-        ]
-        return max(asked) if asked else None
+        echoed = self.logprobs if self.echo else None
+        return max((k for k in (echoed, self.prompt_logprobs) if k is not None), default=None)
 
     def echoes_prompt(self) -> bool:
         return self.echo
@@ -333,10 +330,11 @@ class TokenizeRequest(BaseModel):
             for name in ("add_generation_prompt", "continue_final_message", "chat_template_kwargs"):
                 if name in given:
                     raise NeoError(f"{name}: only with messages", param=name)
-            try:
-                return tokenizer.encode(self.prompt, add_special_tokens=self.add_special_tokens)
-            except Exception as exc:  # e.g. a lone surrogate
-                raise NeoError(f"prompt cannot be tokenized: {exc}", param="prompt") from None
+            return user_input(
+                lambda: tokenizer.encode(self.prompt, add_special_tokens=self.add_special_tokens),
+                "prompt",
+                param="prompt",
+            )
         if "add_special_tokens" in given:
             raise NeoError(
                 "add_special_tokens: only with prompt (a chat template writes its own)",

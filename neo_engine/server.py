@@ -332,6 +332,7 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             return _error(499, "client closed the request")
         if (failed := _failure(results)) is not None:
             return failed
+        echoed = req.echoed()  # the same start for each of the n replies
         return {
             "id": rid,
             "object": "chat.completion",
@@ -340,7 +341,7 @@ def build_app(engine, model_name: str, max_model_len: int, api_key: str | None =
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": req.echoed() + out.text},
+                    "message": {"role": "assistant", "content": echoed + out.text},
                     "logprobs": fmt.chat_logprobs(name, out.logprobs) if req.logprobs else None,
                     "finish_reason": out.finish_reason,
                 }

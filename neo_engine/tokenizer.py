@@ -91,7 +91,7 @@ class ByteTokenizer:
         return "".join(parts)
 
     def chat_prompt(self, messages: list[dict], options: ChatOptions = DEFAULT_CHAT) -> list[int]:
-        return _user_input(lambda: self.encode(plain_chat_prompt(messages, options)))
+        return user_input(lambda: self.encode(plain_chat_prompt(messages, options)))
 
 
 class HFTokenizer:
@@ -124,7 +124,7 @@ class HFTokenizer:
         with <|begin_of_text|>), so its text is encoded without the tokenizer's (which would
         add a second BOS), as vLLM does; the plain fallback is encoded as any prompt."""
         if not getattr(self._tok, "chat_template", None):
-            return _user_input(lambda: self.encode(plain_chat_prompt(messages, options)))
+            return user_input(lambda: self.encode(plain_chat_prompt(messages, options)))
 
         def render() -> list[int]:
             text = self._tok.apply_chat_template(
@@ -136,16 +136,19 @@ class HFTokenizer:
             )
             return list(self._tok.encode(text, add_special_tokens=False))
 
-        return _user_input(render)
+        return user_input(render)
 
 
-def _user_input(tokenize: Callable[[], list[int]]) -> list[int]:
-    """`tokenize()`, with what the messages make it raise (a lone surrogate is valid JSON but
-    not UTF-8; a template refuses roles out of order) as a NeoError: a 400, not a 500."""
+def user_input(
+    tokenize: Callable[[], list[int]], what: str = "messages", param: str | None = "messages"
+) -> list[int]:
+    """`tokenize()`, with what a user's text makes it raise (a lone surrogate is valid JSON
+    but not UTF-8; a template refuses roles out of order) as a NeoError naming `what` (and
+    the request field `param`): a 400, not a 500."""
     try:
         return tokenize()
     except Exception as exc:
-        raise NeoError(f"messages cannot be tokenized: {exc}", param="messages") from None
+        raise NeoError(f"{what} cannot be tokenized: {exc}", param=param) from None
 
 
 def plain_chat_prompt(messages: list[dict], options: ChatOptions = DEFAULT_CHAT) -> str:
